@@ -1,0 +1,101 @@
+"""The one error hierarchy of shardwise.
+
+Every error that shardwise raises on purpose derives from :class:`ShardwiseError`, so a
+caller can catch everything of ours with one ``except`` and still tell the kinds apart.
+Each layer adds its own branch here (placement, storage, raft, net, ...), and boundaries
+(the wire, the CLI) translate these classes, never bare ``ValueError``/``KeyError``.
+"""
+
+from __future__ import annotations
+
+
+class ShardwiseError(Exception):
+    """Root of every error shardwise raises on purpose."""
+
+
+# --- placement ---------------------------------------------------------------------------
+
+
+class PlacementError(ShardwiseError):
+    """A placement structure was given input it cannot place."""
+
+
+class EmptyPlacementError(PlacementError):
+    """A lookup was made on a placement with no nodes (or no shards)."""
+
+
+class UnknownNodeError(PlacementError, KeyError):
+    """A node that is not part of the placement was named."""
+
+    def __init__(self, node: object) -> None:
+        super().__init__(node)
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"unknown node {self.node!r}"
+
+
+class DuplicateNodeError(PlacementError):
+    """A node was added twice, or listed twice."""
+
+
+class InvalidNodeError(PlacementError):
+    """A node name is not a non-empty ``str``."""
+
+
+class InvalidWeightError(PlacementError):
+    """A weight is not a positive, finite number."""
+
+
+class NotEnoughNodesError(PlacementError):
+    """More distinct nodes were asked for than the placement holds."""
+
+
+class UnsupportedKeyTypeError(PlacementError, TypeError):
+    """A key is not ``str``, ``bytes`` (or ``bytearray``/``memoryview``) or ``int``."""
+
+
+class InvalidPlacementArgumentError(PlacementError, ValueError):
+    """A size, count or factor given to a placement structure is out of its range."""
+
+
+class UnsupportedPlacementOperationError(PlacementError):
+    """The algorithm cannot do this by design (e.g. jump hash removing a middle bucket)."""
+
+
+# --- storage -----------------------------------------------------------------------------
+
+
+class StorageError(ShardwiseError):
+    """Durable storage could not be read or written as required."""
+
+
+class CorruptLogError(StorageError):
+    """A record in the middle of the log failed its checksum or could not be decoded.
+
+    A torn or corrupt record at the *tail* is an interrupted write and is truncated on
+    recovery; anything corrupt before the tail means data loss and is never skipped.
+    """
+
+
+class SnapshotError(StorageError):
+    """A snapshot file is missing, corrupt, or does not match what it claims to hold."""
+
+
+class StaleSnapshotError(SnapshotError):
+    """A snapshot was saved that is not newer than the one storage already holds."""
+
+
+class LogCompactedError(StorageError):
+    """Entries were asked for that a snapshot has replaced (the leader must send it)."""
+
+
+class LogUnavailableError(StorageError):
+    """Entries were asked for beyond the last index storage holds."""
+
+
+# --- testing -----------------------------------------------------------------------------
+
+
+class HistoryFormatError(ShardwiseError, ValueError):
+    """A recorded client history (e.g. a Jepsen log) could not be parsed."""

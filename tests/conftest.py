@@ -1,0 +1,48 @@
+"""Shared test setup: hypothesis profiles and a seeded random generator.
+
+Every random choice in a test comes from a seed that is printed, so a failure names the
+seed that replays it: ``SHARDWISE_TEST_SEED=<seed> pytest <test>``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import zlib
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Slow, shared CI machines: no per-example deadline (a hang is caught by pytest-timeout).
+settings.register_profile(
+    "default",
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("soak", parent=settings.get_profile("default"), max_examples=5000)
+settings.load_profile("soak" if os.environ.get("SHARDWISE_SOAK") else "default")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("SHARDWISE_SOAK"):
+        return
+    skip_soak = pytest.mark.skip(reason="soak test: run with `make soak`")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip_soak)
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A seed per test: fixed by the test's name, or forced by SHARDWISE_TEST_SEED."""
+    forced = os.environ.get("SHARDWISE_TEST_SEED")
+    value = int(forced) if forced else zlib.crc32(request.node.nodeid.encode())
+    print(f"seed={value} (replay with SHARDWISE_TEST_SEED={value})")
+    yield value
+
+
+@pytest.fixture
+def rng(seed: int) -> random.Random:
+    return random.Random(seed)

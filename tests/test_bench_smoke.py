@@ -1,0 +1,26 @@
+"""The benchmark scripts must keep running: a quick pass of each, checking its tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_placement_benchmark_quick_run() -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "placement.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    out = run.stdout
+    for heading in ("## Lookups", "## Load spread", "## Ring against theory", "## Keys moved"):
+        assert heading in out
+    for name in ("ring V=256", "rendezvous", "jump", "maglev", "bounded c=1.25", "uhashring"):
+        assert f"| {name}" in out
+    # The peer row is the unit of the ratio column.
+    assert "| uhashring (peer) |" in out and "| 1.00x |" in out
