@@ -1,0 +1,75 @@
+"""The values Raft storage persists: log entries, hard state and snapshot metadata.
+
+They are frozen msgspec Structs so that the log and the wire share one validated
+encoding, and so that nothing handed to storage can be mutated after it was persisted.
+Storage treats every payload as opaque: the Raft layer encodes an entry's kind (command,
+configuration change, no-op) inside ``LogEntry.data`` and a membership inside
+``SnapshotMeta.config``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+ENTRY_OVERHEAD_BYTES: Final = 16
+"""Fixed cost charged per entry by :func:`entry_size`, on top of its payload.
+
+Without it an empty entry (a leader's no-op) would cost nothing, and a ``max_bytes``
+limit would let an unbounded number of them through.
+"""
+
+
+class LogEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One Raft log entry: its position, the term it was created in, and its payload.
+
+    ``array_like`` encodes it as ``[index, term, data]``, which keeps the log compact.
+    """
+
+    index: int
+    """Position in the log, starting at 1; consecutive entries have consecutive indexes."""
+    term: int
+    """Term of the leader that created the entry; never decreases along the log."""
+    data: bytes
+    """Opaque payload, interpreted only by the Raft layer."""
+
+
+class HardState(msgspec.Struct, frozen=True, array_like=True):
+    """What a Raft node must remember across restarts besides its log.
+
+    ``term`` and ``vote`` must be durable before the node sends any message that depends
+    on them; ``commit`` is stored so that a restarted node can re-apply without waiting
+    for the leader.
+    """
+
+    term: int = 0
+    """Latest term this node has seen."""
+    vote: str | None = None
+    """Node id this node voted for in ``term``, or ``None``."""
+    commit: int = 0
+    """Highest log index known to be committed."""
+
+
+class SnapshotMeta(msgspec.Struct, frozen=True, array_like=True):
+    """What a snapshot covers: every entry up to ``index`` (whose term is ``term``)."""
+
+    index: int
+    """Index of the last entry the snapshot includes."""
+    term: int
+    """Term of the entry at ``index``."""
+    config: bytes = b""
+    """Opaque encoding of the cluster membership as of ``index``."""
+
+
+EMPTY_HARD_STATE: Final = HardState()
+"""The hard state of a node that has never seen a term."""
+
+
+def entry_size(entry: LogEntry) -> int:
+    """Size charged against a ``max_bytes`` limit: the payload plus a fixed overhead.
+
+    Both storage implementations, and the Raft layer when it sizes messages, use this one
+    measure, so a limit means the same thing everywhere.
+    """
+    return len(entry.data) + ENTRY_OVERHEAD_BYTES
