@@ -1,0 +1,1 @@
+"""Tools for testing shardwise itself: history recording and consistency checkers."""
