@@ -286,7 +286,7 @@ def test_bad_calls_leave_the_ring_unchanged() -> None:
 def test_batch_index_paths_agree_with_bisect(
     force_fallback: bool, layout: str, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shardwise.placement.batch_index as batch_index  # noqa: PLC0415
+    from shardwise.placement import batch_index  # noqa: PLC0415
 
     if force_fallback:
         monkeypatch.setattr(batch_index, "MAX_STEPS", 0)
