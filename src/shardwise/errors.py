@@ -94,6 +94,57 @@ class LogUnavailableError(StorageError):
     """Entries were asked for beyond the last index storage holds."""
 
 
+# --- raft --------------------------------------------------------------------------------
+
+
+class RaftError(ShardwiseError):
+    """The Raft layer refused an operation or found its state impossible."""
+
+
+class NotLeaderError(RaftError):
+    """Only the leader accepts proposals; ``leader`` is the current one if known."""
+
+    def __init__(self, node: str, leader: str | None) -> None:
+        hint = f"; the leader is {leader!r}" if leader else "; no leader is known"
+        super().__init__(f"node {node!r} is not the leader{hint}")
+        self.node = node
+        self.leader = leader
+
+
+class ProposalDroppedError(RaftError):
+    """A proposal was not accepted: a leadership transfer is in progress, too much is
+    uncommitted, or the leader lost its leadership before the entry committed."""
+
+
+class ConfChangeError(RaftError):
+    """A membership change is not allowed now (one is pending, the learner has not caught
+    up, the node is unknown, or the change would leave no voter)."""
+
+
+class ReplicaHaltedError(RaftError):
+    """A committed entry could not be applied; the replica stops rather than diverge."""
+
+
+class RaftTimeoutError(RaftError):
+    """An operation did not finish within its timeout. Its outcome is unknown: a proposal
+    may still commit, so retry it with the same client id and sequence number."""
+
+
+class ReplicaStoppedError(RaftError):
+    """The replica is not running (not started yet, or stopped). An operation in flight
+    when it stopped has an unknown outcome, as after a timeout."""
+
+
+class ProposalOutcomeUnknownError(RaftError):
+    """A snapshot from the leader replaced the log past a pending proposal, so whether its
+    entry committed cannot be told here; retry it with the same client id and sequence."""
+
+
+class CommandDecodeError(RaftError):
+    """A committed command could not be decoded by the state machine (a bug or a newer
+    command version): the host halts the replica rather than let replicas diverge."""
+
+
 # --- testing -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,556 @@
+"""The Raft core: a sans-IO state machine in the shape of etcd's RawNode.
+
+Feed it ``tick()`` (time), ``step(message)`` (the network) and ``propose(data)`` (clients);
+take a :class:`~shardwise.raft.ready.Ready` with ``ready()``, do what it says, and call
+``advance(ready)``. It never reads a clock, touches a file or opens a socket, so the same
+code runs in real processes and in a deterministic simulator.
+
+Beyond the paper: PreVote and CheckQuorum (a node that was cut off cannot depose a healthy
+leader when it returns), leadership transfer, ReadIndex reads, learners, pipelined appends
+with flow control, acknowledged and resumable snapshot chunks, and back-pressure on
+proposals. Membership changes are one server at a time; a leader accepts one only after it
+has committed an entry of its own term and while no other change is pending, which closes
+the known hole in single-server changes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from shardwise.errors import (
+    ConfChangeError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+)
+from shardwise.raft.log import RaftLog
+from shardwise.raft.messages import (
+    NOOP_PAYLOAD,
+    AppendEntries,
+    AppendResponse,
+    ConfChange,
+    ConfChangeKind,
+    EntryKind,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Membership,
+    Message,
+    ReadIndexResponse,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+    command_payload,
+    conf_change_payload,
+    decode_conf_change,
+    decode_membership,
+    encode_membership,
+    entry_kind,
+)
+from shardwise.raft.progress import Progress
+from shardwise.raft.reads import PendingReads
+from shardwise.raft.ready import (
+    MAX_APPLY_BYTES,
+    MAX_UNCOMMITTED_BYTES,
+    IncomingSnapshot,
+    RaftConfig,
+    ReadState,
+    Ready,
+    Role,
+)
+from shardwise.raft.replication import Replication
+from shardwise.storage.types import HardState, LogEntry, SnapshotMeta, entry_size
+
+
+class RaftNode(Replication):
+    """One member of one Raft group. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        node_id: str,
+        membership: Membership,
+        *,
+        config: RaftConfig | None = None,
+        seed: int = 0,
+        hard_state: HardState | None = None,
+        snapshot: tuple[SnapshotMeta, bytes] | None = None,
+        entries: Sequence[LogEntry] = (),
+    ) -> None:
+        """Start a node from what storage holds (all empty for a brand-new node).
+
+        ``membership`` is the bootstrap configuration, used only when there is no
+        snapshot; ``seed`` drives the randomized election timeout (deterministic runs).
+        """
+        self.id = node_id
+        self.config = config or RaftConfig()
+        self._rng = random.Random(f"{seed}:{node_id}")
+        meta, data = snapshot if snapshot else (None, b"")
+        self.log = RaftLog(meta, entries)
+        self._snapshot_data = data
+        self.membership = decode_membership(meta.config) if meta and meta.config else membership
+        state = hard_state or HardState()
+        self.term = state.term
+        self.vote = state.vote
+        if state.commit > self.log.last_index():
+            raise RaftError(f"hard state commit {state.commit} is past the log's end")
+        self.log.commit_to(state.commit)
+        self._persisted = HardState(self.term, self.vote, self.log.committed)
+        self.role = Role.FOLLOWER
+        self.lead: str | None = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._randomized_timeout = 0
+        self._votes: dict[str, bool] = {}
+        self.progress: dict[str, Progress] = {}
+        self._msgs: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._dropped_reads: list[bytes] = []
+        self._reads = PendingReads()
+        self._incoming: tuple[SnapshotMeta, bytearray] | None = None
+        self._installed: IncomingSnapshot | None = None
+        self._pending_conf_index = 0
+        self._uncommitted_bytes = 0
+        self._broadcast_pending = False
+        self._awaiting_advance = False
+        self.transferee: str | None = None
+        self._reset_timeout()
+
+    # --- role changes --------------------------------------------------------------------
+
+    def _reset_timeout(self) -> None:
+        ticks = self.config.election_ticks
+        self._randomized_timeout = ticks + self._rng.randrange(ticks)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.lead = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_timeout()
+        self._votes = {}
+        self.transferee = None
+        self._drop_reads()
+
+    def _drop_reads(self) -> None:
+        self._dropped_reads.extend(self._reads.drop_all(self.id))
+
+    def _become_follower(self, term: int, lead: str | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.lead = lead
+        self.progress = {}
+
+    def _become_pre_candidate(self) -> None:
+        # A pre-candidate does not change its term or vote: it only asks whether it could win.
+        self._votes = {}
+        self.lead = None
+        self.role = Role.PRE_CANDIDATE
+        self._drop_reads()
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.lead = self.id
+        last = self.log.last_index()
+        self.progress = {n: Progress(last + 1) for n in self.members()}
+        for pr in self.progress.values():
+            pr.recent_active = True
+        self.progress[self.id].become_replicate()
+        self.progress[self.id].match = self.log.stable
+        # No membership change until the no-op below (an entry of this term) is applied.
+        self._pending_conf_index = last + 1
+        self._uncommitted_bytes = 0
+        self._append_local(NOOP_PAYLOAD)
+
+    def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
+        if not self.promotable():
+            return
+        if pre_vote:
+            self._become_pre_candidate()
+            term = self.term + 1
+        else:
+            self._become_candidate()
+            term = self.term
+        self._votes[self.id] = True
+        if self._tally() >= self.quorum():
+            self._win_election(pre_vote)
+            return
+        for peer in sorted(self.voters - {self.id}):
+            self._send(
+                RequestVote(
+                    term=term,
+                    sender=self.id,
+                    to=peer,
+                    last_index=self.log.last_index(),
+                    last_term=self.log.last_term(),
+                    pre_vote=pre_vote,
+                    transfer=transfer,
+                )
+            )
+
+    def _tally(self) -> int:
+        return sum(1 for node, granted in self._votes.items() if granted and node in self.voters)
+
+    def _win_election(self, pre_vote: bool) -> None:
+        if pre_vote:
+            self._campaign(pre_vote=False)
+        else:
+            self._become_leader()
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One unit of time has passed."""
+        if self.role is Role.LEADER:
+            self._tick_leader()
+            return
+        self.election_elapsed += 1
+        if self.promotable() and self.election_elapsed >= self._randomized_timeout:
+            self.election_elapsed = 0
+            self._campaign(pre_vote=self.config.pre_vote)
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_active():
+                self._become_follower(self.term, None)
+                return
+            for node, pr in self.progress.items():
+                pr.recent_active = node == self.id
+            self.transferee = None  # a transfer that took an election timeout has failed
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat(b"")
+
+    def _quorum_active(self) -> bool:
+        active = sum(
+            1
+            for n in self.voters
+            if n == self.id or (n in self.progress and self.progress[n].recent_active)
+        )
+        return active >= self.quorum()
+
+    def propose(self, data: bytes) -> int:
+        """Append a command to the leader's log; returns its index (not yet committed)."""
+        return self._propose(command_payload(data))
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Propose a one-server membership change; see the module docstring for the rules."""
+        self._require_leader()
+        if self._pending_conf_index > self.log.applied:
+            raise ConfChangeError("a membership change is still pending; wait until it applies")
+        voters, learners = self.membership.voters, self.membership.learners
+        node = change.node
+        if change.kind is ConfChangeKind.ADD_LEARNER and node in voters | learners:
+            raise ConfChangeError(f"{node!r} is already a member")
+        if change.kind is ConfChangeKind.PROMOTE:
+            if node not in learners:
+                raise ConfChangeError(f"{node!r} is not a learner; add it as a learner first")
+            lag = self.log.last_index() - self.progress[node].match
+            if lag > self.config.catch_up_entries:
+                raise ConfChangeError(f"learner {node!r} is {lag} entries behind; not caught up")
+        if change.kind is ConfChangeKind.REMOVE:
+            if node not in voters | learners:
+                raise ConfChangeError(f"{node!r} is not a member")
+            if voters == {node}:
+                raise ConfChangeError("cannot remove the last voter")
+        index = self._propose(conf_change_payload(change))
+        self._pending_conf_index = index
+        return index
+
+    def _require_leader(self) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.id, self.lead)
+
+    def _propose(self, payload: bytes) -> int:
+        self._require_leader()
+        if self.transferee is not None:
+            raise ProposalDroppedError(f"leadership is moving to {self.transferee!r}")
+        if self._uncommitted_bytes + len(payload) > MAX_UNCOMMITTED_BYTES:
+            raise ProposalDroppedError("too many uncommitted bytes; the followers are behind")
+        return self._append_local(payload)
+
+    def _append_local(self, payload: bytes) -> int:
+        entry = LogEntry(self.log.last_index() + 1, self.term, payload)
+        self.log.append([entry])
+        self._uncommitted_bytes += entry_size(entry)
+        self._broadcast_pending = True  # sent at the next ready(): proposals batch up
+        return entry.index
+
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to ``target`` once it has caught up (it campaigns at once)."""
+        self._require_leader()
+        if target == self.id:
+            return
+        if target not in self.voters:
+            raise RaftError(f"cannot transfer leadership to {target!r}: not a voter")
+        self.transferee = target
+        self.election_elapsed = 0
+        if self.progress[target].match == self.log.last_index():
+            self._send(TimeoutNow(term=self.term, sender=self.id, to=target))
+        else:
+            self._send_append(target)
+
+    def compact(self, index: int, data: bytes) -> SnapshotMeta:
+        """The host took a snapshot of the state machine at ``index`` (its applied index).
+
+        Returns the snapshot's metadata (with the membership) for the host to persist; the
+        core drops the entries it covers and will send ``data`` to followers that need it.
+        """
+        if index != self.log.applied:
+            raise RaftError(f"snapshot at {index} but the applied index is {self.log.applied}")
+        meta = SnapshotMeta(index, self.log.term(index), encode_membership(self.membership))
+        self.log.compact(meta)
+        self._snapshot_data = data
+        return meta
+
+    # --- messages ------------------------------------------------------------------------
+
+    def step(self, m: Message) -> None:
+        """Handle one message from a peer."""
+        if m.to != self.id or m.sender == self.id:
+            return
+        if m.term > self.term:
+            if isinstance(m, RequestVote):
+                in_lease = (
+                    self.config.check_quorum
+                    and self.lead is not None
+                    and self.election_elapsed < self.config.election_ticks
+                )
+                if in_lease and not m.transfer:
+                    return  # we heard from a leader recently: do not help depose it
+            if isinstance(m, RequestVote) and m.pre_vote:
+                pass  # a pre-vote does not change our term
+            elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
+                pass  # a granted pre-vote echoes the term the candidate will run for
+            else:
+                lead = (
+                    m.sender if isinstance(m, AppendEntries | Heartbeat | InstallSnapshot) else None
+                )
+                self._become_follower(m.term, lead)
+        elif m.term < self.term:
+            self._step_stale(m)
+            return
+        self._dispatch(m)
+
+    def _step_stale(self, m: Message) -> None:
+        if isinstance(m, AppendEntries | Heartbeat) and (
+            self.config.check_quorum or self.config.pre_vote
+        ):
+            # A deposed leader that missed the election learns our term from this and steps
+            # down; without it, pre-vote would keep it from ever hearing of the new term.
+            self._send(
+                AppendResponse(term=self.term, sender=self.id, to=m.sender, index=0, reject=True)
+            )
+        elif isinstance(m, RequestVote) and m.pre_vote:
+            self._send(
+                VoteResponse(
+                    term=self.term, sender=self.id, to=m.sender, granted=False, pre_vote=True
+                )
+            )
+
+    def _dispatch(self, m: Message) -> None:
+        if isinstance(m, RequestVote):
+            self._handle_vote_request(m)
+        elif isinstance(m, VoteResponse):
+            self._handle_vote_response(m)
+        elif isinstance(m, AppendEntries):
+            self._follow(m.sender)
+            self._handle_append(m)
+        elif isinstance(m, Heartbeat):
+            self._follow(m.sender)
+            self._handle_heartbeat(m)
+        elif isinstance(m, InstallSnapshot):
+            self._follow(m.sender)
+            self._handle_snapshot_chunk(m)
+        elif isinstance(m, TimeoutNow):
+            if self.role is not Role.LEADER:
+                self._campaign(pre_vote=False, transfer=True)
+        elif isinstance(m, ReadIndexResponse):
+            self._read_states.append(ReadState(m.index, m.context))
+        elif self.role is Role.LEADER:
+            self._dispatch_leader(m)
+
+    def _follow(self, leader: str) -> None:
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, leader)
+        self.lead = leader
+        self.election_elapsed = 0
+
+    def _handle_vote_request(self, m: RequestVote) -> None:
+        can_vote = (
+            self.vote == m.sender
+            or (self.vote is None and self.lead is None)
+            or (m.pre_vote and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
+            term = m.term if m.pre_vote else self.term
+            self._send(
+                VoteResponse(
+                    term=term, sender=self.id, to=m.sender, granted=True, pre_vote=m.pre_vote
+                )
+            )
+            if not m.pre_vote:
+                self.vote = m.sender
+                self.election_elapsed = 0
+        else:
+            self._send(
+                VoteResponse(
+                    term=self.term, sender=self.id, to=m.sender, granted=False, pre_vote=m.pre_vote
+                )
+            )
+
+    def _handle_vote_response(self, m: VoteResponse) -> None:
+        expected = Role.PRE_CANDIDATE if m.pre_vote else Role.CANDIDATE
+        if self.role is not expected:
+            return
+        self._votes.setdefault(m.sender, m.granted)
+        granted = self._tally()
+        rejected = sum(1 for n, g in self._votes.items() if not g and n in self.voters)
+        if granted >= self.quorum():
+            self._win_election(m.pre_vote)
+        elif rejected >= self.quorum():
+            self._become_follower(self.term, None)
+
+    def _handle_append(self, m: AppendEntries) -> None:
+        log = self.log
+        if m.prev_index < log.committed:
+            self._send(
+                AppendResponse(term=self.term, sender=self.id, to=m.sender, index=log.committed)
+            )
+            return
+        if log.matches(m.prev_index, m.prev_term):
+            conflict = log.find_conflict(m.entries)
+            if conflict:
+                log.append(m.entries[conflict - m.prev_index - 1 :])
+            last_new = m.prev_index + len(m.entries)
+            log.commit_to(min(m.commit, last_new))
+            self._send(AppendResponse(term=self.term, sender=self.id, to=m.sender, index=last_new))
+            return
+        hint_index, hint_term = log.conflict_hint(min(m.prev_index, log.last_index()), m.prev_term)
+        self._send(
+            AppendResponse(
+                term=self.term,
+                sender=self.id,
+                to=m.sender,
+                index=m.prev_index,
+                reject=True,
+                hint_index=hint_index,
+                hint_term=hint_term,
+            )
+        )
+
+    def _handle_heartbeat(self, m: Heartbeat) -> None:
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._send(
+            HeartbeatResponse(term=self.term, sender=self.id, to=m.sender, context=m.context)
+        )
+
+    # --- Ready ---------------------------------------------------------------------------
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def has_ready(self) -> bool:
+        if self._awaiting_advance:
+            return False
+        return bool(
+            self._broadcast_pending
+            or self._msgs
+            or self._read_states
+            or self._dropped_reads
+            or self._installed
+            or self.log.unstable()
+            or self._hard_state() != self._persisted
+            or self.log.committed > self.log.applied
+        )
+
+    def ready(self) -> Ready:
+        """Collect the work for the host; call :meth:`advance` once it is done."""
+        if self._awaiting_advance:
+            raise RaftError("ready() called again before advance()")
+        if self._broadcast_pending and self.role is Role.LEADER:
+            self._broadcast_append()
+        self._broadcast_pending = False
+        state = self._hard_state()
+        entries = self.log.unstable()
+        ready = Ready(
+            hard_state=state if state != self._persisted else None,
+            entries=entries,
+            snapshot=self._installed,
+            messages=self._msgs,
+            committed=self.log.committed_entries(MAX_APPLY_BYTES),
+            read_states=self._read_states,
+            dropped_reads=self._dropped_reads,
+        )
+        ready.must_sync = bool(
+            entries
+            or self._installed
+            or (
+                ready.hard_state
+                and (state.term, state.vote) != (self._persisted.term, self._persisted.vote)
+            )
+        )
+        self._msgs, self._read_states, self._dropped_reads = [], [], []
+        self._installed = None
+        self._awaiting_advance = True
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """The host persisted, sent and applied what ``ready`` held."""
+        self._awaiting_advance = False
+        if ready.hard_state is not None:
+            self._persisted = ready.hard_state
+        if ready.entries:
+            last = ready.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        for entry in ready.committed:
+            if entry.index <= self.log.applied:
+                continue
+            if entry_kind(entry) is EntryKind.CONF_CHANGE:
+                self._apply_conf_change(decode_conf_change(entry))
+            self.log.applied = entry.index
+        if self.role is Role.LEADER and ready.entries:
+            self_progress = self.progress.get(self.id)
+            if self_progress is not None:
+                self_progress.acknowledge(self.log.stable)
+            if self._maybe_commit():
+                self._broadcast_append()
+
+    def _apply_conf_change(self, change: ConfChange) -> None:
+        voters, learners = set(self.membership.voters), set(self.membership.learners)
+        node = change.node
+        if change.kind is ConfChangeKind.ADD_LEARNER:
+            learners.add(node)
+        elif change.kind is ConfChangeKind.PROMOTE:
+            learners.discard(node)
+            voters.add(node)
+        else:
+            voters.discard(node)
+            learners.discard(node)
+        if not voters:
+            raise RaftError("a membership change left no voters")  # refused when proposed
+        self.membership = Membership(frozenset(voters), frozenset(learners))
+        if self.role is not Role.LEADER:
+            return
+        if node == self.id and change.kind is ConfChangeKind.REMOVE:
+            self._become_follower(self.term, None)
+            return
+        if change.kind is ConfChangeKind.ADD_LEARNER:
+            self.progress[node] = Progress(self.log.last_index() + 1)
+            self.progress[node].recent_active = True
+            self._send_append(node)
+        elif change.kind is ConfChangeKind.REMOVE:
+            self.progress.pop(node, None)
+        if self._maybe_commit():  # a smaller quorum may commit what was stuck
+            self._broadcast_append()

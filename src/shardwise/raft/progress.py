@@ -1,0 +1,124 @@
+"""What the leader knows of each follower's log, and how much it may send it.
+
+A follower is in one of three states (as in etcd's progress tracker):
+
+* ``PROBE``: the leader does not know where the logs agree; it sends one append at a
+  time and waits for the answer (or the next heartbeat) before sending another.
+* ``REPLICATE``: the logs agree up to ``match``; the leader streams appends without
+  waiting, up to ``MAX_INFLIGHT_MSGS`` messages and ``MAX_INFLIGHT_BYTES`` unacknowledged.
+* ``SNAPSHOT``: the follower needs entries the leader has compacted; a snapshot is on
+  its way in acknowledged chunks, and no appends are sent until it is installed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Final
+
+MAX_INFLIGHT_MSGS: Final = 64
+"""Appends in flight to one follower before the leader waits for acknowledgements."""
+
+MAX_INFLIGHT_BYTES: Final = 16 << 20
+"""Unacknowledged entry bytes to one follower before the leader waits."""
+
+
+class ProgressState(enum.Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+
+
+class Progress:
+    __slots__ = (
+        "inflight",
+        "inflight_bytes",
+        "match",
+        "next",
+        "probe_sent",
+        "recent_active",
+        "snapshot_index",
+        "snapshot_offset",
+        "state",
+    )
+
+    def __init__(self, next_index: int) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.recent_active = False
+        self.inflight: deque[tuple[int, int]] = deque()  # (last index sent, bytes)
+        self.inflight_bytes = 0
+        self.snapshot_index = 0
+        self.snapshot_offset = 0
+
+    def __repr__(self) -> str:
+        return f"Progress({self.state.value}, match={self.match}, next={self.next})"
+
+    def become_probe(self) -> None:
+        # After a snapshot, resume right after it; otherwise after what we know matches.
+        if self.state is ProgressState.SNAPSHOT:
+            self.next = max(self.match + 1, self.snapshot_index + 1)
+        else:
+            self.next = self.match + 1
+        self._reset(ProgressState.PROBE)
+
+    def become_replicate(self) -> None:
+        self.next = self.match + 1
+        self._reset(ProgressState.REPLICATE)
+
+    def become_snapshot(self, index: int) -> None:
+        self._reset(ProgressState.SNAPSHOT)
+        self.snapshot_index = index
+        self.snapshot_offset = 0
+
+    def _reset(self, state: ProgressState) -> None:
+        self.state = state
+        self.probe_sent = False
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        self.snapshot_index = 0 if state is not ProgressState.SNAPSHOT else self.snapshot_index
+
+    def paused(self) -> bool:
+        if self.state is ProgressState.PROBE:
+            return self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return True
+        return len(self.inflight) >= MAX_INFLIGHT_MSGS or self.inflight_bytes >= MAX_INFLIGHT_BYTES
+
+    def sent(self, last_index: int, size: int) -> None:
+        """An append carrying entries up to ``last_index`` went out."""
+        if self.state is ProgressState.REPLICATE:
+            if last_index >= self.next:
+                self.next = last_index + 1
+                self.inflight.append((last_index, size))
+                self.inflight_bytes += size
+        elif self.state is ProgressState.PROBE:
+            self.probe_sent = True
+
+    def acknowledge(self, index: int) -> bool:
+        """The follower matches up to ``index``; returns whether that is news."""
+        updated = index > self.match
+        if updated:
+            self.match = index
+            self.probe_sent = False
+        self.next = max(self.next, index + 1)
+        while self.inflight and self.inflight[0][0] <= index:
+            _, size = self.inflight.popleft()
+            self.inflight_bytes -= size
+        return updated
+
+    def reject(self, rejected: int, next_guess: int) -> bool:
+        """The follower refused an append at ``rejected``; returns False if stale."""
+        if self.state is ProgressState.REPLICATE:
+            if rejected <= self.match:
+                return False  # an old rejection, overtaken by later success
+            self.become_probe()
+            self.next = max(self.match + 1, min(next_guess, rejected))
+            return True
+        if self.next - 1 != rejected:
+            return False  # not the probe we are waiting for
+        self.next = max(self.match + 1, min(next_guess, rejected))
+        self.probe_sent = False
+        return True

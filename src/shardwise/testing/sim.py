@@ -1,0 +1,330 @@
+"""A deterministic cluster simulator: real Raft cores, simulated time, network and disks.
+
+Everything runs in one thread in virtual time, driven by one seeded generator: message
+delay (and so reordering), loss, duplication, partitions (any directed cut), and crashes
+that lose whatever a node wrote but had not synced. The same seed replays the same run
+exactly, so a failure is reproduced by its seed alone.
+
+Each simulated server does what the real host does with a Ready, in the same order:
+persist (snapshot, entries, hard state), sync, send, apply, advance. Invariants of Raft
+are checked as the run goes (:class:`Invariants`); a violation raises at once with the
+virtual time, so the seed and the time pinpoint it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from shardwise.errors import ShardwiseError
+from shardwise.raft.messages import EntryKind, Membership, Message, entry_kind
+from shardwise.raft.node import RaftNode
+from shardwise.raft.ready import RaftConfig, ReadState, Ready, Role
+from shardwise.storage.interface import load_state
+from shardwise.storage.memory import MemoryStorage
+from shardwise.storage.types import LogEntry
+
+TICK_UNITS: Final = 10
+"""Virtual time units per Raft tick; message delays are drawn in units."""
+
+MAX_READY_ROUNDS: Final = 10_000
+"""Bound on Ready rounds one server handles in one time unit (a livelock detector)."""
+
+
+class InvariantViolationError(ShardwiseError, AssertionError):
+    """The simulation reached a state Raft forbids."""
+
+
+class SimStateMachine(Protocol):
+    def applied_index(self) -> int: ...
+    def apply(self, index: int, command: bytes) -> bytes: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes, index: int) -> None: ...
+
+
+@dataclass
+class Faults:
+    """What the network does to messages; change the fields at any time during a run."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    min_delay: int = 1
+    max_delay: int = 5
+    """Delays are uniform in [min_delay, max_delay] units; their spread reorders messages."""
+
+
+@dataclass(order=True)
+class _InFlight:
+    time: int
+    seq: int
+    message: Message = field(compare=False)
+
+
+class SimNetwork:
+    def __init__(self, rng: random.Random, faults: Faults) -> None:
+        self.rng = rng
+        self.faults = faults
+        self.cut: set[tuple[str, str]] = set()
+        self._queue: list[_InFlight] = []
+        self._seq = 0
+        self.sent = 0
+        self.delivered = 0
+
+    def send(self, message: Message, now: int) -> None:
+        self.sent += 1
+        f = self.faults
+        if (message.sender, message.to) in self.cut or self.rng.random() < f.drop:
+            return
+        copies = 2 if self.rng.random() < f.duplicate else 1
+        for _ in range(copies):
+            self._seq += 1
+            delay = self.rng.randint(f.min_delay, f.max_delay)
+            heapq.heappush(self._queue, _InFlight(now + delay, self._seq, message))
+
+    def due(self, now: int) -> list[Message]:
+        out = []
+        while self._queue and self._queue[0].time <= now:
+            item = heapq.heappop(self._queue)
+            # A partition also stops messages already on the wire, as a cut cable does.
+            if (item.message.sender, item.message.to) not in self.cut:
+                out.append(item.message)
+        self.delivered += len(out)
+        return out
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Only nodes in the same group can talk (nodes in no group are isolated)."""
+        sets = [set(g) for g in groups]
+        everyone = set().union(*sets)
+        self.cut = {
+            (a, b)
+            for a in everyone
+            for b in everyone
+            if a != b and not any(a in s and b in s for s in sets)
+        }
+
+    def heal(self) -> None:
+        self.cut = set()
+
+
+class Invariants:
+    """Raft's safety properties, checked on every event of a run."""
+
+    def __init__(self) -> None:
+        self.leaders: dict[int, str] = {}
+        self.applied: dict[int, tuple[int, bytes]] = {}
+
+    def on_leader(self, node: RaftNode, now: int) -> None:
+        other = self.leaders.setdefault(node.term, node.id)
+        if other != node.id:
+            raise InvariantViolationError(
+                f"t={now}: two leaders in term {node.term}: {other}, {node.id}"
+            )
+        # Leader completeness: every entry any node applied is in the new leader's log.
+        log = node.log
+        for index, (term, _) in self.applied.items():
+            if index > log.offset and log.term_or_none(index) != term:
+                raise InvariantViolationError(
+                    f"t={now}: leader {node.id} (term {node.term}) lacks committed entry {index}"
+                )
+
+    def on_apply(self, node_id: str, entry: LogEntry, now: int) -> None:
+        seen = self.applied.setdefault(entry.index, (entry.term, entry.data))
+        if seen != (entry.term, entry.data):
+            raise InvariantViolationError(
+                f"t={now}: {node_id} applied a different entry at {entry.index}: "
+                f"term {entry.term} vs {seen[0]}"
+            )
+
+
+class SimServer:
+    """One simulated process: a Raft core, its memory-backed disk and its state machine."""
+
+    def __init__(
+        self,
+        node_id: str,
+        bootstrap: Membership,
+        cluster: SimCluster,
+        make_state_machine: Callable[[], SimStateMachine],
+    ) -> None:
+        self.id = node_id
+        self.bootstrap = bootstrap
+        self.cluster = cluster
+        self.make_state_machine = make_state_machine
+        self.storage = MemoryStorage()
+        self.alive = False
+        self.torn_crash_pending = False
+        self.results: dict[int, bytes] = {}
+        """Results of applied commands by index (for the test clients)."""
+        self.reads: list[ReadState] = []
+        self.dropped_reads: list[bytes] = []
+        self.boot()
+
+    def boot(self) -> None:
+        state = load_state(self.storage)
+        self.sm = self.make_state_machine()
+        self.node = RaftNode(
+            self.id,
+            self.bootstrap,
+            config=self.cluster.config,
+            seed=self.cluster.seed,
+            hard_state=state.hard_state,
+            snapshot=state.snapshot,
+            entries=state.entries,
+        )
+        if state.snapshot is not None:
+            meta, data = state.snapshot
+            self.sm.restore(data, meta.index)
+        self.was_leader_term = -1
+        self.alive = True
+        self.reads = []
+        self.dropped_reads = []
+
+    def crash(self) -> None:
+        """Power loss: unsynced writes are gone, the process restarts from its disk later."""
+        self.storage = self.storage.crash()
+        self.alive = False
+
+    def process(self) -> None:
+        rounds = 0
+        while self.alive and self.node.has_ready():
+            rounds += 1
+            if rounds > MAX_READY_ROUNDS:
+                raise InvariantViolationError(f"{self.id} produced Readies without end (livelock)")
+            self._handle(self.node.ready())
+        if self.alive and self.node.role is Role.LEADER and self.node.term != self.was_leader_term:
+            self.was_leader_term = self.node.term
+            self.cluster.invariants.on_leader(self.node, self.cluster.now)
+
+    def _handle(self, ready: Ready) -> None:
+        storage = self.storage
+        if ready.snapshot is not None:
+            storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
+            self.sm.restore(ready.snapshot.data, ready.snapshot.meta.index)
+        if ready.entries:
+            storage.append(ready.entries)
+        if ready.hard_state is not None:
+            storage.set_hard_state(ready.hard_state)
+        if self.torn_crash_pending and ready.must_sync:
+            self.torn_crash_pending = False
+            self.crash()  # written but not synced: the crash takes it, and nothing was sent
+            return
+        if ready.must_sync:
+            storage.sync()
+        for message in ready.messages:
+            self.cluster.network.send(message, self.cluster.now)
+        for entry in ready.committed:
+            self._apply(entry)
+        self.reads.extend(ready.read_states)
+        self.dropped_reads.extend(ready.dropped_reads)
+        self.node.advance(ready)
+        self._maybe_snapshot()
+
+    def _apply(self, entry: LogEntry) -> None:
+        self.cluster.invariants.on_apply(self.id, entry, self.cluster.now)
+        if entry.index <= self.sm.applied_index():
+            return
+        if entry_kind(entry) is EntryKind.COMMAND:
+            self.results[entry.index] = self.sm.apply(entry.index, entry.data[1:])
+
+    def _maybe_snapshot(self) -> None:
+        every = self.cluster.snapshot_every
+        applied = self.node.log.applied
+        if every and applied - self.node.log.snapshot.index >= every:
+            data = self.sm.snapshot()
+            meta = self.node.compact(applied, data)
+            self.storage.save_snapshot(meta, data)
+            self.storage.compact(meta.index)
+
+
+class SimCluster:
+    """A Raft group of simulated servers; ``seed`` decides every random choice."""
+
+    def __init__(
+        self,
+        ids: Iterable[str],
+        seed: int,
+        *,
+        make_state_machine: Callable[[], SimStateMachine],
+        faults: Faults | None = None,
+        config: RaftConfig | None = None,
+        snapshot_every: int = 0,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.now = 0
+        self.config = config or RaftConfig()
+        self.snapshot_every = snapshot_every
+        self.network = SimNetwork(self.rng, faults or Faults())
+        self.invariants = Invariants()
+        self.ids = sorted(ids)
+        bootstrap = Membership(frozenset(self.ids))
+        self.servers = {i: SimServer(i, bootstrap, self, make_state_machine) for i in self.ids}
+
+    # --- driving -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Advance virtual time by one unit."""
+        self.now += 1
+        alive = [s for s in self.servers.values() if s.alive]
+        if self.now % TICK_UNITS == 0:
+            for server in alive:
+                server.node.tick()
+        for message in self.network.due(self.now):
+            target = self.servers.get(message.to)
+            if target is not None and target.alive:
+                target.node.step(message)
+        for server in alive:
+            server.process()
+
+    def run(self, units: int) -> None:
+        for _ in range(units):
+            self.step()
+
+    def run_until(self, condition: Callable[[], bool], max_units: int) -> bool:
+        for _ in range(max_units):
+            if condition():
+                return True
+            self.step()
+        return condition()
+
+    def ticks(self, count: int) -> int:
+        return count * TICK_UNITS
+
+    # --- observing -----------------------------------------------------------------------
+
+    def leader(self) -> str | None:
+        """The leader of the highest term among live servers, if any."""
+        leaders = [s.node for s in self.servers.values() if s.alive and s.node.is_leader()]
+        if not leaders:
+            return None
+        return max(leaders, key=lambda n: n.term).id
+
+    def wait_for_leader(self, max_ticks: int = 200) -> str:
+        if not self.run_until(lambda: self.leader() is not None, self.ticks(max_ticks)):
+            raise InvariantViolationError(f"seed={self.seed}: no leader within {max_ticks} ticks")
+        leader = self.leader()
+        assert leader is not None
+        return leader
+
+    def node(self, node_id: str) -> RaftNode:
+        return self.servers[node_id].node
+
+    # --- faults --------------------------------------------------------------------------
+
+    def crash(self, node_id: str, *, torn: bool = False) -> None:
+        """Crash now, or (``torn``) in the middle of the node's next synced write."""
+        server = self.servers[node_id]
+        if torn:
+            server.torn_crash_pending = True
+        else:
+            server.crash()
+
+    def restart(self, node_id: str) -> None:
+        server = self.servers[node_id]
+        if server.alive:
+            server.crash()
+        server.torn_crash_pending = False
+        server.boot()

@@ -1,0 +1,271 @@
+"""White-box checks of single rules of the Raft core, driven by hand-made messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardwise.errors import ProposalDroppedError, RaftError
+from shardwise.raft import Membership, RaftConfig, RaftNode, Role, replication
+from shardwise.raft import node as node_module
+from shardwise.raft.log import RaftLog
+from shardwise.raft.messages import (
+    NOOP_PAYLOAD,
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    InstallSnapshot,
+    RequestVote,
+    SnapshotResponse,
+    VoteResponse,
+    command_payload,
+)
+from shardwise.raft.progress import MAX_INFLIGHT_MSGS, Progress, ProgressState
+from shardwise.storage.types import HardState, LogEntry, SnapshotMeta
+
+THREE = Membership(frozenset({"a", "b", "c"}))
+FIVE = Membership(frozenset({"a", "b", "c", "d", "e"}))
+
+
+def entry(index: int, term: int, data: bytes = b"x") -> LogEntry:
+    return LogEntry(index, term, command_payload(data))
+
+
+def drain(node: RaftNode) -> list[object]:
+    """Process Readies as a host would (persist, apply, advance); return the messages."""
+    messages: list[object] = []
+    while node.has_ready():
+        ready = node.ready()
+        messages.extend(ready.messages)
+        node.advance(ready)
+    return messages
+
+
+def role(node: RaftNode) -> Role:
+    return node.role  # a call, so the type checker does not narrow across steps
+
+
+def elect(node: RaftNode, voters: list[str]) -> None:
+    """Make ``node`` leader by granting it votes from ``voters`` (pre-vote, then vote)."""
+    for _ in range(node.config.election_ticks * 2):
+        node.tick()
+    drain(node)
+    assert role(node) is Role.PRE_CANDIDATE
+    for v in voters:
+        node.step(
+            VoteResponse(term=node.term + 1, sender=v, to=node.id, granted=True, pre_vote=True)
+        )
+    assert role(node) in {Role.CANDIDATE}
+    for v in voters:
+        node.step(VoteResponse(term=node.term, sender=v, to=node.id, granted=True))
+    assert role(node) in {Role.LEADER}
+    drain(node)
+
+
+def test_only_current_term_entries_are_committed_by_counting() -> None:
+    """Figure 8: an old-term entry on a majority is not committed until one of ours is."""
+    node = RaftNode("a", FIVE, hard_state=HardState(term=3), entries=[entry(1, 1), entry(2, 2)])
+    node.log.commit_to(1)
+    elect(node, ["b", "c"])  # term 4; the no-op sits at index 3
+    assert node.log.last_index() == 3
+    for follower in ("b", "c"):
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    assert node.log.committed == 1, "entry 2 (term 2) must not commit by counting replicas"
+    for follower in ("b", "c"):
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=3))
+    drain(node)
+    assert node.log.committed == 3  # the no-op of term 4 commits, and entry 2 with it
+
+
+def test_vote_requires_an_up_to_date_log() -> None:
+    node = RaftNode("a", THREE, hard_state=HardState(term=2), entries=[entry(1, 1), entry(2, 2)])
+    stale = RequestVote(term=3, sender="b", to="a", last_index=5, last_term=1)
+    node.step(stale)
+    response = drain(node)[-1]
+    assert isinstance(response, VoteResponse) and not response.granted
+    fresh = RequestVote(term=3, sender="c", to="a", last_index=2, last_term=2)
+    node.step(fresh)
+    response = drain(node)[-1]
+    assert isinstance(response, VoteResponse) and response.granted
+    assert node.vote == "c"
+
+
+def test_one_vote_per_term_and_it_is_persisted_before_answering() -> None:
+    node = RaftNode("a", THREE)
+    node.step(RequestVote(term=1, sender="b", to="a", last_index=0, last_term=0))
+    ready = node.ready()
+    assert ready.hard_state == HardState(term=1, vote="b", commit=0)
+    assert ready.must_sync, "a vote must be durable before the response is sent"
+    node.advance(ready)
+    node.step(RequestVote(term=1, sender="c", to="a", last_index=0, last_term=0))
+    response = drain(node)[-1]
+    assert isinstance(response, VoteResponse) and not response.granted
+
+
+def test_follower_rejects_with_a_term_hint_and_leader_skips_the_term() -> None:
+    follower = RaftNode(
+        "b",
+        THREE,
+        hard_state=HardState(term=5),
+        entries=[entry(1, 1), *(entry(i, 2) for i in range(2, 12))],
+    )
+    append = AppendEntries(term=5, sender="a", to="b", prev_index=11, prev_term=4)
+    follower.step(append)
+    reject = drain(follower)[-1]
+    assert isinstance(reject, AppendResponse) and reject.reject
+    # The whole run of term-2 entries is above the leader's term 4? No: 2 <= 4, so the
+    # follower points at its last entry with a term not above the leader's prev_term.
+    assert (reject.hint_index, reject.hint_term) == (11, 2)
+
+    log = RaftLog(None, [entry(1, 1), *(entry(i, 3) for i in range(2, 12))])
+    # The leader has no term-2 entries: it jumps back to the last entry of term <= 2.
+    assert log.conflict_hint(reject.hint_index, reject.hint_term) == (1, 1)
+
+
+def test_append_conflict_truncates_and_never_touches_committed() -> None:
+    node = RaftNode(
+        "b", THREE, hard_state=HardState(term=2), entries=[entry(1, 1), entry(2, 1), entry(3, 1)]
+    )
+    node.step(
+        AppendEntries(
+            term=2,
+            sender="a",
+            to="b",
+            prev_index=1,
+            prev_term=1,
+            entries=(entry(2, 2, b"new"),),
+            commit=2,
+        )
+    )
+    drain(node)
+    assert node.log.last_index() == 2 and node.log.term(2) == 2 and node.log.committed == 2
+    with pytest.raises(RaftError):
+        node.log.append([entry(2, 3)])  # below the commit index
+
+
+def test_replication_is_flow_controlled() -> None:
+    pr = Progress(next_index=1)
+    pr.match = 0
+    pr.become_replicate()
+    for i in range(1, MAX_INFLIGHT_MSGS + 1):
+        assert not pr.paused()
+        pr.sent(i, 10)
+    assert pr.paused()
+    pr.acknowledge(5)
+    assert not pr.paused() and pr.match == 5 and len(pr.inflight) == MAX_INFLIGHT_MSGS - 5
+    assert not pr.reject(3, 2), "a rejection below match is stale"
+    assert pr.reject(20, 9) and pr.state is ProgressState.PROBE and pr.next == 9
+
+
+def test_proposals_are_batched_into_one_append_per_follower() -> None:
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    for follower in ("b", "c"):  # both acknowledge the no-op: streaming (replicate) mode
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=1))
+    drain(node)
+    for i in range(10):
+        node.propose(f"p{i}".encode())
+    appends = [m for m in drain(node) if isinstance(m, AppendEntries)]
+    assert sorted(m.to for m in appends) == ["b", "c"]
+    assert all(len(m.entries) == 10 for m in appends)
+
+
+def test_back_pressure_on_uncommitted_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_module, "MAX_UNCOMMITTED_BYTES", 1000)
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    node.propose(b"x" * 500)
+    with pytest.raises(ProposalDroppedError, match="uncommitted"):
+        node.propose(b"y" * 600)
+
+
+def test_ready_must_be_advanced_before_the_next_one() -> None:
+    node = RaftNode("a", THREE)
+    node.step(RequestVote(term=1, sender="b", to="a", last_index=0, last_term=0))
+    node.ready()
+    assert not node.has_ready()
+    with pytest.raises(RaftError):
+        node.ready()
+
+
+def test_unknown_entry_kind_stops_the_replica() -> None:
+    node = RaftNode("b", THREE, hard_state=HardState(term=1))
+    node.step(
+        AppendEntries(
+            term=1,
+            sender="a",
+            to="b",
+            prev_index=0,
+            prev_term=0,
+            entries=(LogEntry(1, 1, b"\x7fgarbage"),),
+            commit=1,
+        )
+    )
+    ready = node.ready()
+    assert ready.committed
+    with pytest.raises(RaftError, match="unknown kind"):
+        node.advance(ready)
+
+
+def test_oversized_snapshot_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replication, "MAX_SNAPSHOT_BYTES", 10)
+    node = RaftNode("b", THREE, hard_state=HardState(term=1))
+    chunk = InstallSnapshot(
+        term=1,
+        sender="a",
+        to="b",
+        meta=SnapshotMeta(5, 1),
+        offset=0,
+        total=11,
+        data=b"x",
+        done=False,
+    )
+    node.step(chunk)
+    response = drain(node)[-1]
+    assert isinstance(response, SnapshotResponse) and response.reject
+
+
+def test_snapshot_chunks_resume_from_the_follower_offset() -> None:
+    node = RaftNode("b", THREE, hard_state=HardState(term=1))
+    meta = SnapshotMeta(5, 1, b"")
+
+    def chunk(offset: int, data: bytes, done: bool) -> InstallSnapshot:
+        return InstallSnapshot(
+            term=1, sender="a", to="b", meta=meta, offset=offset, total=6, data=data, done=done
+        )
+
+    node.step(chunk(0, b"abc", False))
+    node.step(chunk(6, b"", True))  # a chunk from the future: ask to resume at 3
+    responses = [m for m in drain(node) if isinstance(m, SnapshotResponse)]
+    assert [r.offset for r in responses] == [3, 3]
+    node.step(chunk(3, b"def", True))
+    ready = node.ready()
+    assert ready.snapshot is not None and ready.snapshot.data == b"abcdef"
+    node.advance(ready)
+    assert node.log.committed == 5 and node.log.last_index() == 5
+
+
+def test_stale_leader_learns_the_new_term_from_a_follower() -> None:
+    node = RaftNode("b", THREE, hard_state=HardState(term=5))
+    node.step(Heartbeat(term=3, sender="a", to="b"))
+    response = drain(node)[-1]
+    assert isinstance(response, AppendResponse) and response.term == 5
+
+
+def test_single_node_cluster_commits_and_reads_alone() -> None:
+    node = RaftNode("solo", Membership(frozenset({"solo"})), config=RaftConfig())
+    for _ in range(30):
+        node.tick()
+        drain(node)
+    assert node.is_leader()
+    index = node.propose(b"hello")
+    drain(node)
+    assert node.log.committed == index
+    node.read_index(b"ctx")
+    ready = node.ready()
+    assert [r.index for r in ready.read_states] == [index]
+    node.advance(ready)
+
+
+def test_noop_payload_is_not_a_command() -> None:
+    assert command_payload(b"") != NOOP_PAYLOAD
