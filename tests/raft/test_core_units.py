@@ -91,15 +91,40 @@ def test_vote_requires_an_up_to_date_log() -> None:
 
 
 def test_one_vote_per_term_and_it_is_persisted_before_answering() -> None:
-    node = RaftNode("a", THREE)
-    node.step(RequestVote(term=1, sender="b", to="a", last_index=0, last_term=0))
+    node = RaftNode("a", THREE, hard_state=HardState(term=1), entries=[entry(1, 1)])
+    node.step(RequestVote(term=2, sender="b", to="a", last_index=1, last_term=1))
     ready = node.ready()
-    assert ready.hard_state == HardState(term=1, vote="b", commit=0)
+    assert ready.hard_state == HardState(term=2, vote="b", commit=0)
     assert ready.must_sync, "a vote must be durable before the response is sent"
     node.advance(ready)
-    node.step(RequestVote(term=1, sender="c", to="a", last_index=0, last_term=0))
+    node.step(RequestVote(term=2, sender="c", to="a", last_index=1, last_term=1))
     response = drain(node)[-1]
     assert isinstance(response, VoteResponse) and not response.granted
+
+
+def test_founders_bootstrap_the_membership_into_the_log() -> None:
+    founders = [RaftNode(n, THREE) for n in ("a", "b", "c")]
+    firsts = {(n.log.entries[0], n.term, n.log.committed) for n in founders}
+    assert len(firsts) == 1, "every founder writes the same entry 1"
+    ready = founders[0].ready()
+    assert ready.entries and ready.hard_state == HardState(term=1, vote=None, commit=1)
+    founders[0].advance(ready)
+    assert founders[0].membership == THREE
+    joiner = RaftNode("d")  # joins later: knows nothing until the leader tells it
+    assert joiner.membership.voters == frozenset() and not joiner.promotable()
+    joiner.step(
+        AppendEntries(
+            term=1,
+            sender="a",
+            to="d",
+            prev_index=0,
+            prev_term=0,
+            entries=tuple(founders[0].log.entries),
+            commit=1,
+        )
+    )
+    drain(joiner)
+    assert joiner.membership == THREE
 
 
 def test_follower_rejects_with_a_term_hint_and_leader_skips_the_term() -> None:

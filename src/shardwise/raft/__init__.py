@@ -1,5 +1,6 @@
 """Raft: a sans-IO core (:class:`RaftNode`) and the types it exchanges with its host."""
 
+from shardwise.raft.host import HostOptions, HostStatus, RaftHost
 from shardwise.raft.messages import (
     MESSAGE_TYPES,
     ConfChange,
@@ -16,9 +17,12 @@ __all__ = [
     "ConfChange",
     "ConfChangeKind",
     "EntryKind",
+    "HostOptions",
+    "HostStatus",
     "Membership",
     "Message",
     "RaftConfig",
+    "RaftHost",
     "RaftNode",
     "ReadState",
     "Ready",

@@ -28,6 +28,8 @@ class EntryKind(enum.IntEnum):
     """A membership change (:class:`ConfChange`), applied by the core when committed."""
     NOOP = 2
     """The empty entry a new leader appends, so it can commit entries of earlier terms."""
+    MEMBERSHIP = 3
+    """A whole :class:`Membership`: entry 1 of every group, written at bootstrap."""
 
 
 class ConfChangeKind(enum.IntEnum):
@@ -62,6 +64,10 @@ def command_payload(data: bytes) -> bytes:
 
 def conf_change_payload(change: ConfChange) -> bytes:
     return bytes((EntryKind.CONF_CHANGE,)) + _encode(change)
+
+
+def membership_payload(membership: Membership) -> bytes:
+    return bytes((EntryKind.MEMBERSHIP,)) + _encode(membership)
 
 
 NOOP_PAYLOAD: Final = bytes((EntryKind.NOOP,))

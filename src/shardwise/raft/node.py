@@ -47,6 +47,7 @@ from shardwise.raft.messages import (
     decode_membership,
     encode_membership,
     entry_kind,
+    membership_payload,
 )
 from shardwise.raft.progress import Progress
 from shardwise.raft.reads import PendingReads
@@ -69,7 +70,7 @@ class RaftNode(Replication):
     def __init__(
         self,
         node_id: str,
-        membership: Membership,
+        membership: Membership | None = None,
         *,
         config: RaftConfig | None = None,
         seed: int = 0,
@@ -79,23 +80,38 @@ class RaftNode(Replication):
     ) -> None:
         """Start a node from what storage holds (all empty for a brand-new node).
 
-        ``membership`` is the bootstrap configuration, used only when there is no
-        snapshot; ``seed`` drives the randomized election timeout (deterministic runs).
+        ``membership``: for a founding member of a new group, the group's first
+        membership. With empty storage it becomes entry 1 of the log (term 1, committed,
+        identical on every founder), so the membership is in the log for anyone who joins
+        later. A node that joins an existing group passes ``None`` and learns the
+        membership from the leader. With a snapshot, the snapshot's membership wins.
+        ``seed`` drives the randomized election timeout (deterministic runs).
         """
         self.id = node_id
         self.config = config or RaftConfig()
         self._rng = random.Random(f"{seed}:{node_id}")
         meta, data = snapshot if snapshot else (None, b"")
-        self.log = RaftLog(meta, entries)
-        self._snapshot_data = data
-        self.membership = decode_membership(meta.config) if meta and meta.config else membership
         state = hard_state or HardState()
+        bootstrap = membership is not None and not snapshot and not entries and state.term == 0
+        if bootstrap and membership is not None:
+            entries = [LogEntry(1, 1, membership_payload(membership))]
+            state = HardState(term=1, vote=None, commit=1)
+        self.log = RaftLog(meta, entries)
+        if bootstrap:
+            self.log.stable = 0  # the bootstrap entry is not on disk yet: the first Ready has it
+        self._snapshot_data = data
+        if meta is not None and meta.config:
+            self.membership = decode_membership(meta.config)
+        else:
+            self.membership = membership or Membership(frozenset())
         self.term = state.term
         self.vote = state.vote
         if state.commit > self.log.last_index():
             raise RaftError(f"hard state commit {state.commit} is past the log's end")
         self.log.commit_to(state.commit)
-        self._persisted = HardState(self.term, self.vote, self.log.committed)
+        self._persisted = (
+            HardState() if bootstrap else HardState(self.term, self.vote, self.log.committed)
+        )
         self.role = Role.FOLLOWER
         self.lead: str | None = None
         self.election_elapsed = 0
@@ -517,8 +533,11 @@ class RaftNode(Replication):
         for entry in ready.committed:
             if entry.index <= self.log.applied:
                 continue
-            if entry_kind(entry) is EntryKind.CONF_CHANGE:
+            kind = entry_kind(entry)
+            if kind is EntryKind.CONF_CHANGE:
                 self._apply_conf_change(decode_conf_change(entry))
+            elif kind is EntryKind.MEMBERSHIP:
+                self.membership = decode_membership(entry.data[1:])
             self.log.applied = entry.index
         if self.role is Role.LEADER and ready.entries:
             self_progress = self.progress.get(self.id)

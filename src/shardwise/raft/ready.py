@@ -76,9 +76,10 @@ class IncomingSnapshot:
 
 @dataclass(slots=True)
 class Ready:
-    """Work for the host, in this order: persist (``entries``, ``hard_state``,
-    ``snapshot``) and sync if ``must_sync``; then send ``messages``; then apply
-    ``committed`` and answer ``read_states``; then call ``advance(ready)``."""
+    """Work for the host, in this order: persist ``snapshot`` (first: the entries may
+    follow it), then ``entries``, then ``hard_state``, and sync if ``must_sync``; then send
+    ``messages``; then apply ``committed`` and answer ``read_states``; then call
+    ``advance(ready)``."""
 
     hard_state: HardState | None = None
     entries: list[LogEntry] = field(default_factory=list)

@@ -87,7 +87,7 @@ def commit_one(
             holders = [
                 s.id
                 for s in cluster.servers.values()
-                if s.alive and index in s.results and s.results[index] == data
+                if s.alive and index in s.results and s.results[index][0] == data
             ]
             if len(holders) >= want:
                 return index

@@ -17,12 +17,13 @@ import heapq
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
 from shardwise.errors import ShardwiseError
 from shardwise.raft.messages import EntryKind, Membership, Message, entry_kind
 from shardwise.raft.node import RaftNode
 from shardwise.raft.ready import RaftConfig, ReadState, Ready, Role
+from shardwise.raft.statemachine import StateMachine
 from shardwise.storage.interface import load_state
 from shardwise.storage.memory import MemoryStorage
 from shardwise.storage.types import LogEntry
@@ -36,13 +37,6 @@ MAX_READY_ROUNDS: Final = 10_000
 
 class InvariantViolationError(ShardwiseError, AssertionError):
     """The simulation reached a state Raft forbids."""
-
-
-class SimStateMachine(Protocol):
-    def applied_index(self) -> int: ...
-    def apply(self, index: int, command: bytes) -> bytes: ...
-    def snapshot(self) -> bytes: ...
-    def restore(self, data: bytes, index: int) -> None: ...
 
 
 @dataclass
@@ -130,6 +124,24 @@ class Invariants:
                     f"t={now}: leader {node.id} (term {node.term}) lacks committed entry {index}"
                 )
 
+    def check_log_matching(self, nodes: list[RaftNode], now: int) -> None:
+        """Log matching: two logs that hold an entry with the same index and term hold the
+        same entries up to it. Checked from the last index where they agree, downwards."""
+        for i, a in enumerate(nodes):
+            for b in nodes[i + 1 :]:
+                low = max(a.log.offset, b.log.offset)
+                top = min(a.log.last_index(), b.log.last_index())
+                while top > low and a.log.term(top) != b.log.term(top):
+                    top -= 1
+                if top <= low:
+                    continue
+                mine = a.log.entries[low - a.log.offset : top - a.log.offset]
+                theirs = b.log.entries[low - b.log.offset : top - b.log.offset]
+                if mine != theirs:
+                    raise InvariantViolationError(
+                        f"t={now}: logs of {a.id} and {b.id} agree at {top} but differ below"
+                    )
+
     def on_apply(self, node_id: str, entry: LogEntry, now: int) -> None:
         seen = self.applied.setdefault(entry.index, (entry.term, entry.data))
         if seen != (entry.term, entry.data):
@@ -145,9 +157,9 @@ class SimServer:
     def __init__(
         self,
         node_id: str,
-        bootstrap: Membership,
+        bootstrap: Membership | None,
         cluster: SimCluster,
-        make_state_machine: Callable[[], SimStateMachine],
+        make_state_machine: Callable[[], StateMachine],
     ) -> None:
         self.id = node_id
         self.bootstrap = bootstrap
@@ -155,9 +167,12 @@ class SimServer:
         self.make_state_machine = make_state_machine
         self.storage = MemoryStorage()
         self.alive = False
+        self.retired = False
+        """Removed from the group for good: never restarted."""
         self.torn_crash_pending = False
-        self.results: dict[int, bytes] = {}
-        """Results of applied commands by index (for the test clients)."""
+        self.results: dict[int, tuple[bytes, bytes]] = {}
+        """(command, result) of every command applied here, by index: a client compares
+        the command with its own to tell its entry from one that replaced it."""
         self.reads: list[ReadState] = []
         self.dropped_reads: list[bytes] = []
         self.boot()
@@ -227,7 +242,8 @@ class SimServer:
         if entry.index <= self.sm.applied_index():
             return
         if entry_kind(entry) is EntryKind.COMMAND:
-            self.results[entry.index] = self.sm.apply(entry.index, entry.data[1:])
+            command = entry.data[1:]
+            self.results[entry.index] = (command, self.sm.apply(entry.index, command))
 
     def _maybe_snapshot(self) -> None:
         every = self.cluster.snapshot_every
@@ -247,7 +263,7 @@ class SimCluster:
         ids: Iterable[str],
         seed: int,
         *,
-        make_state_machine: Callable[[], SimStateMachine],
+        make_state_machine: Callable[[], StateMachine],
         faults: Faults | None = None,
         config: RaftConfig | None = None,
         snapshot_every: int = 0,
@@ -261,6 +277,7 @@ class SimCluster:
         self.invariants = Invariants()
         self.ids = sorted(ids)
         bootstrap = Membership(frozenset(self.ids))
+        self._make_state_machine = make_state_machine
         self.servers = {i: SimServer(i, bootstrap, self, make_state_machine) for i in self.ids}
 
     # --- driving -------------------------------------------------------------------------
@@ -272,6 +289,7 @@ class SimCluster:
         if self.now % TICK_UNITS == 0:
             for server in alive:
                 server.node.tick()
+            self.invariants.check_log_matching([s.node for s in alive], self.now)
         for message in self.network.due(self.now):
             target = self.servers.get(message.to)
             if target is not None and target.alive:
@@ -322,8 +340,28 @@ class SimCluster:
         else:
             server.crash()
 
+    def add_server(self, node_id: str) -> SimServer:
+        """A brand-new server with an empty disk that knows no membership: it can join the
+        group as a learner. Ids are never reused: a message still in flight from an old
+        incarnation must not be taken for the new one's."""
+        if node_id in self.servers:
+            raise ValueError(f"server id {node_id!r} was used before")
+        server = SimServer(node_id, None, self, self._make_state_machine)
+        self.servers[node_id] = server
+        self.ids = sorted(self.servers)
+        return server
+
+    def retire(self, node_id: str) -> None:
+        """Stop a server for good (it left the group)."""
+        server = self.servers[node_id]
+        if server.alive:
+            server.crash()
+        server.retired = True
+
     def restart(self, node_id: str) -> None:
         server = self.servers[node_id]
+        if server.retired:
+            raise ValueError(f"{node_id} is retired")
         if server.alive:
             server.crash()
         server.torn_crash_pending = False

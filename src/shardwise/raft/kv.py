@@ -1,0 +1,215 @@
+"""A small replicated key-value map: the example :class:`StateMachine` and a test double.
+
+Commands are msgspec Structs in a versioned envelope, so a replica that meets a command it
+cannot decode (a bug, or a newer version) stops instead of guessing::
+
+    command = encode_command(Put("k", "v"), client_id="c1", seq=1)
+    result = decode_result(await host.propose(command, timeout_s=5.0))
+
+Each client numbers its commands ``seq = 1, 2, 3, ...``. A retried command (same client
+id and sequence number, e.g. after a timeout) is applied once and every retry gets the
+first result back, which is what makes client retries safe. A command older than the
+client's latest one is not applied (``KVResult.stale``). ``client_id=""`` opts out of
+de-duplication. The map is kept in memory: its applied index is lost together with its
+data, which is exactly the durability the :class:`StateMachine` contract asks for.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Final, TypeAlias
+
+import msgspec
+
+from shardwise.errors import CommandDecodeError, RaftError
+
+KV_COMMAND_VERSION: Final = 1
+"""Version of the command envelope; a replica refuses (halts on) any other."""
+
+MAX_SESSIONS: Final = 65_536
+"""Clients whose last result is remembered. Past it the client that was heard from least
+recently is forgotten (the same one on every replica, since all apply the same commands);
+a retry from a forgotten client is applied again, so this must exceed the live clients."""
+
+
+class Get(msgspec.Struct, frozen=True, array_like=True, tag="get"):
+    key: str
+
+
+class Put(msgspec.Struct, frozen=True, array_like=True, tag="put"):
+    key: str
+    value: str
+
+
+class Append(msgspec.Struct, frozen=True, array_like=True, tag="append"):
+    """Concatenate ``value`` to the key's value (or set it if the key is absent)."""
+
+    key: str
+    value: str
+
+
+class Delete(msgspec.Struct, frozen=True, array_like=True, tag="delete"):
+    key: str
+
+
+class Cas(msgspec.Struct, frozen=True, array_like=True, tag="cas"):
+    """Set ``key`` to ``new`` if it holds ``expected`` (``None``: if it is absent)."""
+
+    key: str
+    expected: str | None
+    new: str
+
+
+KVOp: TypeAlias = Get | Put | Append | Delete | Cas
+
+
+class KVCommand(msgspec.Struct, frozen=True, array_like=True):
+    """The envelope of every command in the log."""
+
+    version: int
+    client_id: str
+    seq: int
+    op: KVOp
+
+
+class KVResult(msgspec.Struct, frozen=True, array_like=True):
+    """What a command returns to its proposer."""
+
+    value: str | None = None
+    """For ``Get``: the value, ``None`` if the key is absent."""
+    ok: bool = True
+    """For ``Cas``: whether it swapped. False for a stale command."""
+    stale: bool = False
+    """The client already had a newer command applied; this one was not applied."""
+
+
+class _Session(msgspec.Struct, array_like=True):
+    client_id: str
+    seq: int
+    result: bytes
+
+
+class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
+    version: int
+    data: dict[str, str]
+    sessions: list[_Session]
+    """Least recently heard-from first, so eviction order survives a restore."""
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_command_decoder = msgspec.msgpack.Decoder(KVCommand)
+_result_decoder = msgspec.msgpack.Decoder(KVResult)
+_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+def encode_command(op: KVOp, *, client_id: str = "", seq: int = 0) -> bytes:
+    """The bytes to propose for ``op``; give ``client_id`` and ``seq > 0`` to de-duplicate."""
+    if client_id and seq < 1:
+        raise ValueError("a de-duplicated command needs seq >= 1")
+    return _encode(KVCommand(KV_COMMAND_VERSION, client_id, seq, op))
+
+
+def decode_command(data: bytes) -> KVCommand:
+    try:
+        command = _command_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CommandDecodeError(f"undecodable key-value command: {exc}") from exc
+    if command.version != KV_COMMAND_VERSION:
+        raise CommandDecodeError(f"key-value command version {command.version} is unknown")
+    return command
+
+
+def decode_result(data: bytes) -> KVResult:
+    """The result of a proposed command, from the bytes ``RaftHost.propose`` returned."""
+    try:
+        return _result_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CommandDecodeError(f"undecodable key-value result: {exc}") from exc
+
+
+class KVStateMachine:
+    """An in-memory map from ``str`` keys to ``str`` values, with client de-duplication.
+
+    Read it locally with :meth:`get` / :meth:`items` (inside ``RaftHost.read`` for a
+    linearizable read), or through the log by proposing a ``Get``.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, str] = {}
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._applied = 0
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        return self._data.get(key)
+
+    def items(self) -> dict[str, str]:
+        """A copy of the whole map."""
+        return dict(self._data)
+
+    def last_seq(self, client_id: str) -> int:
+        """The sequence number of the client's latest applied command (0 if none)."""
+        session = self._sessions.get(client_id)
+        return 0 if session is None else session.seq
+
+    # --- the StateMachine protocol -------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self._applied
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        if index <= self._applied:
+            raise RaftError(f"command {index} applied again (applied index {self._applied})")
+        decoded = decode_command(command)  # raises before anything changes
+        self._applied = index
+        client = decoded.client_id
+        session = self._sessions.get(client) if client else None
+        if session is not None:
+            if decoded.seq == session.seq:
+                self._sessions.move_to_end(client)
+                return session.result  # a retry: the first result, not a second apply
+            if decoded.seq < session.seq:
+                return _encode(KVResult(ok=False, stale=True))
+        result = _encode(self._execute(decoded.op))
+        if client:
+            self._remember(client, decoded.seq, result)
+        return result
+
+    def snapshot(self) -> bytes:
+        return _encode(_Snapshot(KV_COMMAND_VERSION, self._data, list(self._sessions.values())))
+
+    def restore(self, data: bytes, index: int) -> None:
+        try:
+            snap = _snapshot_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise CommandDecodeError(f"undecodable key-value snapshot: {exc}") from exc
+        if snap.version != KV_COMMAND_VERSION:
+            raise CommandDecodeError(f"key-value snapshot version {snap.version} is unknown")
+        self._data = dict(snap.data)
+        self._sessions = OrderedDict((s.client_id, s) for s in snap.sessions)
+        self._applied = index
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _execute(self, op: KVOp) -> KVResult:
+        data = self._data
+        if isinstance(op, Get):
+            return KVResult(value=data.get(op.key))
+        if isinstance(op, Put):
+            data[op.key] = op.value
+        elif isinstance(op, Append):
+            data[op.key] = data.get(op.key, "") + op.value
+        elif isinstance(op, Delete):
+            data.pop(op.key, None)
+        else:
+            if data.get(op.key) != op.expected:
+                return KVResult(ok=False)
+            data[op.key] = op.new
+        return KVResult()
+
+    def _remember(self, client_id: str, seq: int, result: bytes) -> None:
+        self._sessions[client_id] = _Session(client_id, seq, result)
+        self._sessions.move_to_end(client_id)
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
