@@ -28,10 +28,12 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 soak: $(STAMP)
-	SHARDWISE_SOAK=1 $(PY) -m pytest -q -m soak
+	SHARDWISE_SOAK=1 $(PY) -m pytest -q -m soak --timeout=7200
 
 bench: $(STAMP)
 	$(PY) bench/placement.py
+	$(PY) bench/raft_core.py
+	$(PY) bench/raft_log.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

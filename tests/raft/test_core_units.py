@@ -13,6 +13,7 @@ from shardwise.raft.messages import (
     AppendEntries,
     AppendResponse,
     Heartbeat,
+    HeartbeatResponse,
     InstallSnapshot,
     RequestVote,
     SnapshotResponse,
@@ -294,3 +295,33 @@ def test_single_node_cluster_commits_and_reads_alone() -> None:
 
 def test_noop_payload_is_not_a_command() -> None:
     assert command_payload(b"") != NOOP_PAYLOAD
+
+
+def test_a_lost_window_of_appends_does_not_stall_replication() -> None:
+    """Regression (sweep seed 81): every append in a full window was lost; the follower's
+    heartbeat answers must get replication going again."""
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    for follower in ("b", "c"):
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    for i in range(MAX_INFLIGHT_MSGS + 5):
+        node.propose(f"p{i}".encode())
+        drain(node)  # one append per proposal to each follower: all "lost"
+    assert node.progress["b"].paused()
+    node.step(HeartbeatResponse(term=node.term, sender="b", to="a"))
+    sent = [m for m in drain(node) if isinstance(m, AppendEntries) and m.to == "b"]
+    assert sent, "a reachable follower with a full window must get an append"
+    node.step(
+        AppendResponse(
+            term=node.term,
+            sender="b",
+            to="a",
+            index=sent[0].prev_index,
+            reject=True,
+            hint_index=2,
+            hint_term=node.term,
+        )
+    )
+    retry = [m for m in drain(node) if isinstance(m, AppendEntries) and m.to == "b"]
+    assert retry and retry[0].prev_index == 2, "after the rejection, resend from the match"

@@ -28,8 +28,9 @@ def options_for(seed: int) -> SweepOptions:
 def assert_clean(seed: int) -> None:
     result = run_sweep(seed, options_for(seed))
     assert result.verdict is Verdict.LINEARIZABLE, result.describe()
-    # A hostile nemesis can keep a small cluster down for long, but never for the whole run.
-    assert result.completed >= 20, f"seed={seed}: too little work done to mean anything"
+    # Liveness: once the network heals and every server is back, every client finishes.
+    assert result.settled, f"seed={seed}: clients still waiting after the cluster healed"
+    assert result.completed > 0
 
 
 @pytest.mark.parametrize("seed", range(CI_SEEDS))

@@ -56,6 +56,7 @@ from shardwise.raft.messages import (
     entry_kind,
 )
 from shardwise.raft.node import RaftNode
+from shardwise.raft.persist import persist_ready
 from shardwise.raft.ready import IncomingSnapshot, RaftConfig, Ready, Role
 from shardwise.raft.statemachine import StateMachine
 from shardwise.raft.waiting import Deadlines, FutureHeap, Proposals, fail
@@ -416,17 +417,7 @@ class RaftHost(Generic[S]):
 
     def _persist(self, ready: Ready) -> None:
         """Runs in a worker thread when it syncs: touches storage only, never the core."""
-        storage = self._storage
-        # The snapshot goes first: entries that arrived after it start right past its
-        # index, so appending them before it would leave a gap in the stored log.
-        if ready.snapshot is not None:
-            storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
-        if ready.entries:
-            storage.append(ready.entries)
-        if ready.hard_state is not None:
-            storage.set_hard_state(ready.hard_state)
-        if ready.must_sync:
-            storage.sync()
+        persist_ready(self._storage, ready)
 
     def _install(self, snapshot: IncomingSnapshot) -> None:
         """The leader sent a snapshot past our log: it replaces the state machine."""

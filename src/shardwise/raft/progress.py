@@ -97,6 +97,12 @@ class Progress:
         elif self.state is ProgressState.PROBE:
             self.probe_sent = True
 
+    def free_first(self) -> None:
+        """Forget the oldest append in flight (presumed lost), making room for one more."""
+        if self.inflight:
+            _, size = self.inflight.popleft()
+            self.inflight_bytes -= size
+
     def acknowledge(self, index: int) -> bool:
         """The follower matches up to ``index``; returns whether that is news."""
         updated = index > self.match

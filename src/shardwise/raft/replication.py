@@ -187,6 +187,12 @@ class Replication:
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):
             pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.paused():
+                # The follower is reachable but a full window of appends went unanswered:
+                # they may all be lost. Free one slot so an append goes out; if the
+                # follower lacks what came before it, it rejects and we fall back to
+                # probing, instead of waiting forever on acknowledgements that never come.
+                pr.free_first()
             if pr.state is ProgressState.SNAPSHOT:
                 self._send_snapshot_chunk(m.sender, pr)
             elif pr.match < self.log.last_index():

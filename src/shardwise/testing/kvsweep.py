@@ -80,6 +80,8 @@ class SweepResult:
     verdict: Verdict
     check: CheckResult
     completed: int = 0
+    settled: bool = False
+    """Every client finished after the cluster healed, final reads included: liveness."""
     events: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -336,8 +338,9 @@ class KVSweep:
                 p = client.pending
                 history.append(Operation(client.name, p.op, UNKNOWN_OUTPUT, p.call_time, math.inf))
         result = check(kv_model, history, max_steps=CHECK_MAX_STEPS)
+        settled = all(client.pending is None for client in self.clients)
         return SweepResult(
-            self.seed, history, result.verdict, result, len(self.history), self.events
+            self.seed, history, result.verdict, result, len(self.history), settled, self.events
         )
 
 

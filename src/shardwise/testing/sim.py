@@ -22,6 +22,7 @@ from typing import Final
 from shardwise.errors import ShardwiseError
 from shardwise.raft.messages import EntryKind, Membership, Message, entry_kind
 from shardwise.raft.node import RaftNode
+from shardwise.raft.persist import write_ready
 from shardwise.raft.ready import RaftConfig, ReadState, Ready, Role
 from shardwise.raft.statemachine import StateMachine
 from shardwise.storage.interface import load_state
@@ -215,19 +216,15 @@ class SimServer:
 
     def _handle(self, ready: Ready) -> None:
         storage = self.storage
-        if ready.snapshot is not None:
-            storage.save_snapshot(ready.snapshot.meta, ready.snapshot.data)
-            self.sm.restore(ready.snapshot.data, ready.snapshot.meta.index)
-        if ready.entries:
-            storage.append(ready.entries)
-        if ready.hard_state is not None:
-            storage.set_hard_state(ready.hard_state)
+        write_ready(storage, ready)
         if self.torn_crash_pending and ready.must_sync:
             self.torn_crash_pending = False
             self.crash()  # written but not synced: the crash takes it, and nothing was sent
             return
         if ready.must_sync:
             storage.sync()
+        if ready.snapshot is not None:
+            self.sm.restore(ready.snapshot.data, ready.snapshot.meta.index)
         for message in ready.messages:
             self.cluster.network.send(message, self.cluster.now)
         for entry in ready.committed:
