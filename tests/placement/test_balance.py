@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardwise.errors import DuplicateNodeError
-from shardwise.placement import balance, min_moves
+from shardwise.placement import balance, min_moves, rendezvous_preference, ring_preference
 
 
 def brute_force_min_moves(current: dict[int, int | None], groups: list[int]) -> int:
@@ -111,3 +111,73 @@ def test_no_groups_and_string_ids() -> None:
     assert balance({"a": None, "b": None}, ["x"]).assignment == {"a": "x", "b": "x"}
     with pytest.raises(DuplicateNodeError):
         balance({1: None}, [1, 1])
+
+
+# --- preferences: consistent hashing and rendezvous ---------------------------------------
+
+STRATEGIES = {"ring": ring_preference, "rendezvous": rendezvous_preference}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@given(st.integers(1, 64), st.lists(st.tuples(st.booleans(), st.integers(1, 9)), max_size=20))
+def test_preferences_never_cost_extra_moves(strategy: str, shards: int, changes: list) -> None:  # type: ignore[type-arg]
+    assignment: dict[int, int | None] = dict.fromkeys(range(shards))
+    groups: list[int] = []
+    for join, gid in changes:
+        if join and gid not in groups:
+            groups.append(gid)
+        elif not join and gid in groups:
+            groups.remove(gid)
+        else:
+            continue
+        prefer = STRATEGIES[strategy](groups)
+        result = balance(assignment, groups, prefer)
+        assert len(result.moves) == min_moves(assignment, groups)
+        new = result.assignment
+        if groups:
+            sizes = [sum(1 for g in new.values() if g == group) for group in groups]
+            assert max(sizes) - min(sizes) <= 1
+        assignment = new
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_leave_moves_only_the_leavers_shards_to_their_successors(strategy: str) -> None:
+    groups = [1, 2, 3, 4, 5]
+    start = balance(dict.fromkeys(range(64)), groups, STRATEGIES[strategy](groups)).assignment
+    remaining = [1, 2, 4, 5]
+    prefer = STRATEGIES[strategy](remaining)
+    result = balance(start, remaining, prefer)
+    assert {m.shard for m in result.moves} == {s for s, g in start.items() if g == 3}
+    # Each orphan went to the first group in its ranking that still had room; with room
+    # to spare everywhere on a leave, that is its top choice for most shards.
+    top_choice = sum(1 for m in result.moves if m.target == prefer(m.shard)[0])
+    assert top_choice >= len(result.moves) * 0.6
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_join_takes_the_shards_that_prefer_the_new_group(strategy: str) -> None:
+    groups = [1, 2, 3]
+    start = balance(dict.fromkeys(range(60)), groups, STRATEGIES[strategy](groups)).assignment
+    prefer = STRATEGIES[strategy]([1, 2, 3, 4])
+    result = balance(start, [1, 2, 3, 4], prefer)
+    assert len(result.moves) == 15 and all(m.target == 4 for m in result.moves)
+
+    # The new group takes first every shard that ranks it above its current owner.
+    def prefers_new(shard: int, owner: int | None) -> bool:
+        return owner is not None and prefer(shard).index(4) < prefer(shard).index(owner)
+
+    # Each old group gives up exactly its 5 extra shards; as many of them as it can are
+    # shards that rank the new group higher.
+    expected = 0
+    for owner in groups:
+        available = sum(1 for shard, g in start.items() if g == owner and prefers_new(shard, g))
+        expected += min(5, available)
+    taken = sum(1 for m in result.moves if prefers_new(m.shard, m.source))
+    assert taken == expected
+
+
+def test_preferences_are_deterministic() -> None:
+    groups = [7, 3, 11]
+    a = balance(dict.fromkeys(range(30)), groups, ring_preference(groups))
+    b = balance(dict.fromkeys(range(30)), [11, 7, 3], ring_preference([3, 11, 7]))
+    assert a == b

@@ -26,6 +26,7 @@ from shardwise.placement.removal import (
 )
 from shardwise.placement.rendezvous import Rendezvous
 from shardwise.placement.ring import HashRing, ring_transfers
+from shardwise.placement.strategies import rendezvous_preference, ring_preference
 from shardwise.placement.types import HashRange, Transfer
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "plan_crash",
     "plan_graceful_removal",
     "plan_removal",
+    "rendezvous_preference",
+    "ring_preference",
     "ring_transfers",
     "stable_hash",
     "stable_hash_batch",

@@ -16,7 +16,7 @@ attained; :func:`min_moves` computes it and the tests check it against brute for
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -69,6 +69,22 @@ def _counts(current: Mapping[S, G | None], groups: list[G]) -> dict[G, int]:
     return counts
 
 
+def _ranker(ordered: list[G], prefer: Callable[[S], Sequence[G]] | None) -> Callable[[S], list[G]]:
+    """Each shard's full ranking of the live groups: ``prefer``'s order, then the rest in
+    group order (so a ranking that omits a group, or names a dead one, still works)."""
+    live = set(ordered)
+    cache: dict[S, list[G]] = {}
+
+    def rank(shard: S) -> list[G]:
+        if shard not in cache:
+            preferred = [g for g in (prefer(shard) if prefer else ()) if g in live]
+            seen = set(preferred)
+            cache[shard] = preferred + [g for g in ordered if g not in seen]
+        return cache[shard]
+
+    return rank
+
+
 def min_moves(current: Mapping[S, G | None], groups: Iterable[G]) -> int:
     """The fewest shards any valid assignment must move (the bound :func:`balance` meets)."""
     ordered = _sorted_groups(groups)
@@ -80,12 +96,22 @@ def min_moves(current: Mapping[S, G | None], groups: Iterable[G]) -> int:
     return orphans + sum(max(0, counts[g] - targets[g]) for g in ordered)
 
 
-def balance(current: Mapping[S, G | None], groups: Iterable[G]) -> Rebalance[S, G]:
+def balance(
+    current: Mapping[S, G | None],
+    groups: Iterable[G],
+    prefer: Callable[[S], Sequence[G]] | None = None,
+) -> Rebalance[S, G]:
     """Assign every shard in ``current`` to one of ``groups`` evenly with minimal moves.
 
     ``current`` maps each shard to its owner, ``None`` for none (an owner that is not in
     ``groups`` has left, so its shards are orphans). With no groups, every shard ends up
     owned by nobody. Shards and groups must be sortable (ints or strs).
+
+    ``prefer(shard)`` optionally ranks the groups for a shard (a consistent-hash ring's
+    successors, or rendezvous scores: see :mod:`~shardwise.placement.strategies`). It
+    never changes *how many* shards move, which stays the proven minimum; it decides
+    *which* ones and where to: a full group gives up the shards that rank it lowest, and
+    each moving shard goes to the first group in its ranking that still has room.
     """
     ordered = _sorted_groups(groups)
     shards = sorted(current)
@@ -108,8 +134,18 @@ def balance(current: Mapping[S, G | None], groups: Iterable[G]) -> Rebalance[S, 
             held[owner].append(shard)
         else:
             pool.append(shard)
+    rank = _ranker(ordered, prefer)
+    needy = {g for g in ordered if len(held[g]) < targets[g]}
+
+    def keep_order(shard: S, owner: G) -> tuple[bool, int, S]:
+        # An over-full group gives up first the shards that rank a group needing shards
+        # above it, then those that rank it lowest, then the highest-numbered.
+        ranking = rank(shard)
+        position = ranking.index(owner)
+        return (any(h in needy for h in ranking[:position]), position, shard)
+
     for g in ordered:
-        # An over-full group keeps its lowest-numbered shards and releases the rest.
+        held[g].sort(key=lambda shard, g=g: keep_order(shard, g))  # type: ignore[misc]
         keep, release = held[g][: targets[g]], held[g][targets[g] :]
         held[g] = keep
         pool.extend(release)
@@ -117,13 +153,11 @@ def balance(current: Mapping[S, G | None], groups: Iterable[G]) -> Rebalance[S, 
             assignment[shard] = g
     pool.sort()
     moves: list[ShardMove[S, G]] = []
-    cursor = 0
-    for g in ordered:
-        while len(held[g]) < targets[g]:
-            shard = pool[cursor]
-            cursor += 1
-            held[g].append(shard)
-            assignment[shard] = g
-            moves.append(ShardMove(shard, current[shard], g))
+    for shard in pool:
+        # Room exists for every pooled shard: the targets sum to the number of shards.
+        target = next(g for g in rank(shard) if len(held[g]) < targets[g])
+        held[target].append(shard)
+        assignment[shard] = target
+        moves.append(ShardMove(shard, current[shard], target))
     moves.sort(key=lambda m: m.shard)
     return Rebalance(dict(sorted(assignment.items())), tuple(moves))
