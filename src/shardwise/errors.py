@@ -145,6 +145,94 @@ class CommandDecodeError(RaftError):
     command version): the host halts the replica rather than let replicas diverge."""
 
 
+# --- net ---------------------------------------------------------------------------------
+
+
+class NetError(ShardwiseError):
+    """The network layer could not carry a message or a call."""
+
+
+class ProtocolError(NetError):
+    """Bytes from a peer are not shardwise's wire protocol; the connection is closed."""
+
+
+class BadMagicError(ProtocolError):
+    """A frame does not start with the protocol's magic bytes (not a shardwise peer)."""
+
+
+class UnsupportedVersionError(ProtocolError):
+    """A frame or a message is of a protocol version this node does not speak."""
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame is larger than the size allowed at this point of the connection."""
+
+
+class TruncatedFrameError(ProtocolError):
+    """The connection ended in the middle of a frame."""
+
+
+class ChecksumMismatchError(ProtocolError):
+    """A frame's body does not match the checksum in its header."""
+
+
+class UnknownMessageTypeError(ProtocolError):
+    """A frame holds a message type this node does not know."""
+
+
+class InvalidMessageError(ProtocolError):
+    """A frame's body is not valid MessagePack, or does not validate as its type."""
+
+
+class UnexpectedMessageError(ProtocolError):
+    """A valid message arrived where the protocol does not allow it (e.g. before the
+    handshake finished, or a Raft message from a client)."""
+
+
+class AuthenticationError(NetError):
+    """A peer failed the handshake: wrong secret, replayed proof, or wrong identity."""
+
+
+class HandshakeTimeoutError(AuthenticationError):
+    """A peer did not finish the handshake in time."""
+
+
+class TransportClosedError(NetError):
+    """The transport is shut down (or shutting down); what was in flight is failed."""
+
+
+class PeerUnreachableError(NetError):
+    """No connection to the peer could be made within the dial attempts allowed."""
+
+
+class UnknownPeerError(NetError, KeyError):
+    """A peer was named whose address this transport does not know."""
+
+
+class ConnectionLostError(NetError):
+    """The connection a call was sent on broke before the answer came: the call's outcome
+    is unknown, as after a timeout."""
+
+
+class RpcTimeoutError(NetError):
+    """A call got no answer before its deadline. Its outcome is unknown."""
+
+
+class RpcOverloadedError(NetError):
+    """A call was refused for lack of room (a full queue or too many calls in flight),
+    here or at the peer. It was not executed; retry later or elsewhere."""
+
+
+class RemoteCallError(NetError):
+    """The peer answered a call with an error (unknown method, invalid request, a failing
+    handler, shutting down); ``code`` says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 # --- testing -----------------------------------------------------------------------------
 
 

@@ -40,8 +40,13 @@ def test_sweep(seed: int) -> None:
 
 @pytest.mark.soak
 def test_soak_sweep() -> None:
+    failures: list[str] = []
     for seed in range(CI_SEEDS, CI_SEEDS + SOAK_SEEDS):
-        assert_clean(seed)
+        try:
+            assert_clean(seed)
+        except (AssertionError, InvariantViolationError) as exc:
+            failures.append(f"seed {seed}: {str(exc).splitlines()[0]}")
+    assert not failures, "\n".join(failures)
 
 
 def test_a_seed_replays_exactly() -> None:

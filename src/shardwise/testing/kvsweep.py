@@ -313,7 +313,9 @@ class KVSweep:
         cluster.network.heal()
         cluster.network.faults = Faults()
         for s in cluster.ids:
-            if not cluster.servers[s].alive and not cluster.servers[s].retired:
+            server = cluster.servers[s]
+            server.torn_crash_pending = False  # a crash still armed would strike after healing
+            if not server.alive and not server.retired:
                 cluster.restart(s)
         self._event("settle: healed, everyone restarted")
         self.accepting = False
