@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from shardwise.errors import CommandDecodeError, RaftError
-from shardwise.raft import kv
+from shardwise.raft import kv, sessions
 from shardwise.raft.kv import (
     KV_COMMAND_VERSION,
     Append,
@@ -96,7 +96,7 @@ def test_a_snapshot_restores_data_and_sessions() -> None:
 def test_the_least_recently_heard_client_is_forgotten_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kv, "MAX_SESSIONS", 2)
+    monkeypatch.setattr(sessions, "MAX_SESSIONS", 2)
     r = Replica()
     r.run(Append("k", "a"), "old", 1)
     r.run(Append("k", "b"), "mid", 1)

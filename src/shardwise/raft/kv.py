@@ -16,20 +16,15 @@ data, which is exactly the durability the :class:`StateMachine` contract asks fo
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Final, TypeAlias
 
 import msgspec
 
 from shardwise.errors import CommandDecodeError, RaftError
+from shardwise.raft.sessions import Session, SessionTable
 
 KV_COMMAND_VERSION: Final = 1
 """Version of the command envelope; a replica refuses (halts on) any other."""
-
-MAX_SESSIONS: Final = 65_536
-"""Clients whose last result is remembered. Past it the client that was heard from least
-recently is forgotten (the same one on every replica, since all apply the same commands);
-a retry from a forgotten client is applied again, so this must exceed the live clients."""
 
 
 class Get(msgspec.Struct, frozen=True, array_like=True, tag="get"):
@@ -83,16 +78,10 @@ class KVResult(msgspec.Struct, frozen=True, array_like=True):
     """The client already had a newer command applied; this one was not applied."""
 
 
-class _Session(msgspec.Struct, array_like=True):
-    client_id: str
-    seq: int
-    result: bytes
-
-
 class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
     version: int
     data: dict[str, str]
-    sessions: list[_Session]
+    sessions: list[Session]
     """Least recently heard-from first, so eviction order survives a restore."""
 
 
@@ -136,7 +125,7 @@ class KVStateMachine:
 
     def __init__(self) -> None:
         self._data: dict[str, str] = {}
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._sessions = SessionTable()
         self._applied = 0
 
     # --- reads ---------------------------------------------------------------------------
@@ -150,8 +139,7 @@ class KVStateMachine:
 
     def last_seq(self, client_id: str) -> int:
         """The sequence number of the client's latest applied command (0 if none)."""
-        session = self._sessions.get(client_id)
-        return 0 if session is None else session.seq
+        return self._sessions.last_seq(client_id)
 
     # --- the StateMachine protocol -------------------------------------------------------
 
@@ -163,21 +151,17 @@ class KVStateMachine:
             raise RaftError(f"command {index} applied again (applied index {self._applied})")
         decoded = decode_command(command)  # raises before anything changes
         self._applied = index
-        client = decoded.client_id
-        session = self._sessions.get(client) if client else None
-        if session is not None:
-            if decoded.seq == session.seq:
-                self._sessions.move_to_end(client)
-                return session.result  # a retry: the first result, not a second apply
-            if decoded.seq < session.seq:
-                return _encode(KVResult(ok=False, stale=True))
+        verdict = self._sessions.check(decoded.client_id, decoded.seq)
+        if verdict.stale:
+            return _encode(KVResult(ok=False, stale=True))
+        if verdict.result is not None:
+            return verdict.result  # a retry: the first result, not a second apply
         result = _encode(self._execute(decoded.op))
-        if client:
-            self._remember(client, decoded.seq, result)
+        self._sessions.remember(decoded.client_id, decoded.seq, result)
         return result
 
     def snapshot(self) -> bytes:
-        return _encode(_Snapshot(KV_COMMAND_VERSION, self._data, list(self._sessions.values())))
+        return _encode(_Snapshot(KV_COMMAND_VERSION, self._data, self._sessions.export()))
 
     def restore(self, data: bytes, index: int) -> None:
         try:
@@ -187,7 +171,7 @@ class KVStateMachine:
         if snap.version != KV_COMMAND_VERSION:
             raise CommandDecodeError(f"key-value snapshot version {snap.version} is unknown")
         self._data = dict(snap.data)
-        self._sessions = OrderedDict((s.client_id, s) for s in snap.sessions)
+        self._sessions = SessionTable(snap.sessions)
         self._applied = index
 
     # --- internals -----------------------------------------------------------------------
@@ -207,9 +191,3 @@ class KVStateMachine:
                 return KVResult(ok=False)
             data[op.key] = op.new
         return KVResult()
-
-    def _remember(self, client_id: str, seq: int, result: bytes) -> None:
-        self._sessions[client_id] = _Session(client_id, seq, result)
-        self._sessions.move_to_end(client_id)
-        while len(self._sessions) > MAX_SESSIONS:
-            self._sessions.popitem(last=False)
