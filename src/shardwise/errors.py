@@ -233,6 +233,53 @@ class RemoteCallError(NetError):
         self.message = message
 
 
+# --- controller --------------------------------------------------------------------------
+
+
+class ControllerError(ShardwiseError):
+    """The shard controller refused a request; the configuration is unchanged."""
+
+    code = "controller"
+
+
+class UnknownGroupError(ControllerError):
+    code = "unknown_group"
+
+
+class GroupExistsError(ControllerError):
+    code = "group_exists"
+
+
+class InvalidServersError(ControllerError):
+    code = "invalid_servers"
+
+
+class UnknownShardError(ControllerError):
+    code = "unknown_shard"
+
+
+class UnknownKeyspaceError(ControllerError):
+    code = "unknown_keyspace"
+
+
+class KeyspaceExistsError(ControllerError):
+    code = "keyspace_exists"
+
+
+class InvalidSchemeError(ControllerError):
+    code = "invalid_scheme"
+
+
+class CatalogError(ControllerError):
+    """A table or index definition is invalid, missing, or already exists."""
+
+    code = "catalog"
+
+
+class InvalidQueryError(ControllerError):
+    code = "invalid_query"
+
+
 # --- testing -----------------------------------------------------------------------------
 
 

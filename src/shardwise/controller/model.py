@@ -1,0 +1,197 @@
+"""What the shard controller replicates: numbered configurations and the commands that
+make the next one. Frozen msgspec Structs, so configurations compare by value, encode
+deterministically and decode with validation.
+
+A *shard* is named by its keyspace and index (``ShardId("default", 17)``, written
+``default/17``). A *configuration* says which servers form each replica group, which
+group owns each shard of each keyspace (group 0: nobody), how each keyspace maps keys to
+shards, and the SQL catalog. Configuration 0 has no groups and one keyspace, ``default``,
+of 64 shards over an even split of the hash space.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, TypeAlias
+
+import msgspec
+
+NO_GROUP: Final = 0
+"""The owner of a shard that no group holds."""
+
+DEFAULT_KEYSPACE: Final = "default"
+DEFAULT_SHARDS: Final = 64
+MAX_SHARDS_PER_KEYSPACE: Final = 4096
+MAX_GROUPS: Final = 1024
+MAX_SERVERS_PER_GROUP: Final = 15
+MAX_KEYSPACES: Final = 256
+MAX_TABLES: Final = 4096
+MAX_NAME_LENGTH: Final = 128
+
+SchemeKind: TypeAlias = Literal["hash", "ring", "range"]
+Strategy: TypeAlias = Literal["balanced", "ring", "rendezvous"]
+STRATEGIES: Final = ("balanced", "ring", "rendezvous")
+
+
+class Scheme(msgspec.Struct, frozen=True, array_like=True):
+    """How a keyspace maps a key to one of its shards.
+
+    * ``hash``: an even split of the 64-bit hash space into ``shards`` ranges (default);
+    * ``ring``: the shards placed on a consistent-hash ring with ``vnodes`` points each;
+      a key belongs to the next shard clockwise;
+    * ``range``: keys in order, cut at ``split_points`` (``shards = len(split_points) + 1``).
+    """
+
+    kind: SchemeKind = "hash"
+    shards: int = DEFAULT_SHARDS
+    vnodes: int = 64
+    split_points: tuple[str, ...] = ()
+
+
+class Keyspace(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    scheme: Scheme
+    strategy: Strategy = "balanced"
+    """How shards are assigned to groups on a join or leave (see ``rebalance.py``)."""
+
+
+class Column(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    type: str
+
+
+class IndexDef(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    columns: tuple[str, ...]
+    unique: bool = False
+
+
+class Table(msgspec.Struct, frozen=True, array_like=True):
+    name: str
+    keyspace: str
+    distribution_column: str
+    columns: tuple[Column, ...]
+    indexes: tuple[IndexDef, ...] = ()
+
+
+class ShardId(msgspec.Struct, frozen=True, array_like=True, order=True):
+    keyspace: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.keyspace}/{self.index}"
+
+
+class Configuration(msgspec.Struct, frozen=True, array_like=True):
+    num: int
+    groups: dict[int, tuple[str, ...]]
+    """Replica group id -> the servers of the group."""
+    keyspaces: dict[str, Keyspace]
+    owners: dict[str, tuple[int, ...]]
+    """Keyspace -> the owning group of each of its shards, by index (0: nobody)."""
+    tables: dict[str, Table] = {}
+
+    def owner(self, shard: ShardId) -> int:
+        return self.owners[shard.keyspace][shard.index]
+
+    def shards_of(self, gid: int) -> list[ShardId]:
+        return [
+            ShardId(ks, i)
+            for ks, owners in self.owners.items()
+            for i, owner in enumerate(owners)
+            if owner == gid
+        ]
+
+
+def initial_configuration() -> Configuration:
+    default = Keyspace(DEFAULT_KEYSPACE, Scheme())
+    return Configuration(
+        num=0,
+        groups={},
+        keyspaces={DEFAULT_KEYSPACE: default},
+        owners={DEFAULT_KEYSPACE: (NO_GROUP,) * DEFAULT_SHARDS},
+    )
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+class Join(msgspec.Struct, frozen=True, tag="join"):
+    groups: dict[int, tuple[str, ...]]
+
+
+class Leave(msgspec.Struct, frozen=True, tag="leave"):
+    gids: tuple[int, ...]
+
+
+class Move(msgspec.Struct, frozen=True, tag="move"):
+    shard: ShardId
+    gid: int
+
+
+class CreateKeyspace(msgspec.Struct, frozen=True, tag="create_keyspace"):
+    keyspace: Keyspace
+
+
+class Rebalance(msgspec.Struct, frozen=True, tag="rebalance"):
+    """Set a keyspace's strategy (all keyspaces when ``keyspace`` is empty) and rebalance."""
+
+    strategy: Strategy
+    keyspace: str = ""
+
+
+class CreateTable(msgspec.Struct, frozen=True, tag="create_table"):
+    table: Table
+
+
+class DropTable(msgspec.Struct, frozen=True, tag="drop_table"):
+    name: str
+
+
+class AddColumn(msgspec.Struct, frozen=True, tag="add_column"):
+    table: str
+    column: Column
+
+
+class CreateIndex(msgspec.Struct, frozen=True, tag="create_index"):
+    table: str
+    index: IndexDef
+
+
+Op: TypeAlias = (
+    Join
+    | Leave
+    | Move
+    | CreateKeyspace
+    | Rebalance
+    | CreateTable
+    | DropTable
+    | AddColumn
+    | CreateIndex
+)
+
+COMMAND_VERSION: Final = 1
+
+
+class Command(msgspec.Struct, frozen=True, array_like=True):
+    """The versioned envelope of every controller command in the log."""
+
+    version: int
+    client_id: str
+    seq: int
+    op: Op
+
+
+class MoveInfo(msgspec.Struct, frozen=True, array_like=True):
+    shard: ShardId
+    source: int
+    target: int
+
+
+class Result(msgspec.Struct, frozen=True, array_like=True):
+    """What a command returns: the configuration it made (or the latest, if it changed
+    nothing), the shard moves it caused, or an error code and message."""
+
+    num: int
+    moves: tuple[MoveInfo, ...] = ()
+    error: str = ""
+    message: str = ""

@@ -1,0 +1,316 @@
+"""The shard controller's replicated state machine: every configuration ever made.
+
+Commands arrive through the controller group's Raft log, in a versioned envelope with the
+client's id and sequence number (a retried command applies once). Each accepted change
+appends configuration ``n + 1``; a refused one changes nothing and answers with an error
+code. Queries do not go through the log: they read :meth:`ControllerStateMachine.query`
+inside a linearizable ReadIndex read.
+
+Everything here is deterministic: dicts are rebuilt in sorted order, the balancer does
+not depend on input order, and no clock or randomness is read, so every replica (and two
+controllers fed the same commands in any dict order) build identical configurations.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from shardwise.controller.model import (
+    COMMAND_VERSION,
+    MAX_GROUPS,
+    MAX_KEYSPACES,
+    MAX_NAME_LENGTH,
+    MAX_SERVERS_PER_GROUP,
+    MAX_SHARDS_PER_KEYSPACE,
+    MAX_TABLES,
+    NO_GROUP,
+    STRATEGIES,
+    AddColumn,
+    Command,
+    Configuration,
+    CreateIndex,
+    CreateKeyspace,
+    CreateTable,
+    DropTable,
+    Join,
+    Leave,
+    Move,
+    MoveInfo,
+    Op,
+    Rebalance,
+    Result,
+    Table,
+    initial_configuration,
+)
+from shardwise.controller.rebalance import rebalance_keyspace
+from shardwise.controller.schemes import check_scheme
+from shardwise.errors import (
+    CatalogError,
+    CommandDecodeError,
+    ControllerError,
+    GroupExistsError,
+    InvalidQueryError,
+    InvalidServersError,
+    KeyspaceExistsError,
+    UnknownGroupError,
+    UnknownKeyspaceError,
+    UnknownShardError,
+)
+from shardwise.raft.sessions import Session, SessionTable
+
+_encode = msgspec.msgpack.Encoder().encode
+_command_decoder = msgspec.msgpack.Decoder(Command)
+
+MAX_CONFIGURATIONS: Final = 1_000_000
+"""Configurations kept queryable. Each is small (one group id per shard), so a million is
+a few hundred MiB at most; past it the controller refuses changes rather than forget."""
+
+
+class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
+    version: int
+    configs: list[Configuration]
+    sessions: list[Session]
+
+
+def encode_command(op: Op, *, client_id: str = "", seq: int = 0) -> bytes:
+    """The bytes to propose for ``op``; give ``client_id`` and ``seq > 0`` to de-duplicate."""
+    if client_id and seq < 1:
+        raise ValueError("a de-duplicated command needs seq >= 1")
+    return _encode(Command(COMMAND_VERSION, client_id, seq, op))
+
+
+def decode_result(data: bytes) -> Result:
+    try:
+        return msgspec.msgpack.decode(data, type=Result)
+    except msgspec.DecodeError as exc:
+        raise CommandDecodeError(f"undecodable controller result: {exc}") from exc
+
+
+class ControllerStateMachine:
+    def __init__(self) -> None:
+        self._configs: list[Configuration] = [initial_configuration()]
+        self._sessions = SessionTable()
+        self._applied = 0
+
+    # --- queries -------------------------------------------------------------------------
+
+    def latest(self) -> Configuration:
+        return self._configs[-1]
+
+    def query(self, num: int = -1) -> Configuration:
+        """Configuration ``num``; the latest for -1 or any number past the latest."""
+        if num < -1:
+            raise InvalidQueryError(f"configuration numbers start at 0 (-1: latest), not {num}")
+        if num == -1 or num >= len(self._configs):
+            return self._configs[-1]
+        return self._configs[num]
+
+    # --- the StateMachine protocol -------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self._applied
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        try:
+            decoded = _command_decoder.decode(command)
+        except msgspec.DecodeError as exc:
+            raise CommandDecodeError(f"undecodable controller command: {exc}") from exc
+        if decoded.version != COMMAND_VERSION:
+            raise CommandDecodeError(f"controller command version {decoded.version} is unknown")
+        self._applied = index
+        verdict = self._sessions.check(decoded.client_id, decoded.seq)
+        if verdict.result is not None:
+            return verdict.result
+        if verdict.stale:
+            return _encode(Result(self.latest().num, error="stale", message="superseded"))
+        try:
+            config, moves = self._execute(decoded.op)
+        except ControllerError as exc:
+            result = Result(self.latest().num, error=exc.code, message=str(exc))
+        else:
+            if len(self._configs) >= MAX_CONFIGURATIONS:
+                result = Result(self.latest().num, error="full", message="too many configs")
+            else:
+                self._configs.append(config)
+                result = Result(config.num, tuple(moves))
+        encoded = _encode(result)
+        self._sessions.remember(decoded.client_id, decoded.seq, encoded)
+        return encoded
+
+    def snapshot(self) -> bytes:
+        return _encode(_Snapshot(COMMAND_VERSION, self._configs, self._sessions.export()))
+
+    def restore(self, data: bytes, index: int) -> None:
+        try:
+            snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        except msgspec.DecodeError as exc:
+            raise CommandDecodeError(f"undecodable controller snapshot: {exc}") from exc
+        self._configs = list(snap.configs)
+        self._sessions = SessionTable(snap.sessions)
+        self._applied = index
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _execute(self, op: Op) -> tuple[Configuration, list[MoveInfo]]:
+        latest = self.latest()
+        if isinstance(op, Join):
+            return self._join(latest, op)
+        if isinstance(op, Leave):
+            return self._leave(latest, op)
+        if isinstance(op, Move):
+            return self._move(latest, op)
+        if isinstance(op, Rebalance):
+            return self._rebalance(latest, op)
+        if isinstance(op, CreateKeyspace):
+            return self._create_keyspace(latest, op)
+        return _next(latest, tables=_catalog(latest, op)), []
+
+    def _join(self, latest: Configuration, op: Join) -> tuple[Configuration, list[MoveInfo]]:
+        if not op.groups:
+            raise InvalidServersError("join names no groups")
+        for gid, servers in op.groups.items():
+            if gid <= NO_GROUP:
+                raise UnknownGroupError(f"group ids are positive, not {gid}")
+            if gid in latest.groups:
+                raise GroupExistsError(f"group {gid} has already joined")
+            _check_servers(gid, servers)
+        if len(latest.groups) + len(op.groups) > MAX_GROUPS:
+            raise InvalidServersError(f"at most {MAX_GROUPS} groups")
+        groups = {**latest.groups, **{g: tuple(s) for g, s in op.groups.items()}}
+        return _rebalanced(latest, groups)
+
+    def _leave(self, latest: Configuration, op: Leave) -> tuple[Configuration, list[MoveInfo]]:
+        if not op.gids:
+            raise UnknownGroupError("leave names no groups")
+        if len(set(op.gids)) != len(op.gids):
+            raise UnknownGroupError("leave names a group twice")
+        for gid in op.gids:
+            if gid not in latest.groups:
+                raise UnknownGroupError(f"group {gid} has not joined")
+        groups = {g: s for g, s in latest.groups.items() if g not in op.gids}
+        return _rebalanced(latest, groups)
+
+    def _move(self, latest: Configuration, op: Move) -> tuple[Configuration, list[MoveInfo]]:
+        owners = latest.owners.get(op.shard.keyspace)
+        if owners is None or not 0 <= op.shard.index < len(owners):
+            raise UnknownShardError(f"there is no shard {op.shard}")
+        if op.gid not in latest.groups:
+            raise UnknownGroupError(f"group {op.gid} has not joined")
+        source = owners[op.shard.index]
+        changed = (*owners[: op.shard.index], op.gid, *owners[op.shard.index + 1 :])
+        moves = [MoveInfo(op.shard, source, op.gid)] if source != op.gid else []
+        return _next(latest, owners={**latest.owners, op.shard.keyspace: changed}), moves
+
+    def _rebalance(
+        self, latest: Configuration, op: Rebalance
+    ) -> tuple[Configuration, list[MoveInfo]]:
+        if op.strategy not in STRATEGIES:
+            raise ControllerError(f"unknown strategy {op.strategy!r}")
+        names = [op.keyspace] if op.keyspace else sorted(latest.keyspaces)
+        keyspaces = dict(latest.keyspaces)
+        for name in names:
+            if name not in keyspaces:
+                raise UnknownKeyspaceError(f"there is no keyspace {name!r}")
+            keyspaces[name] = msgspec.structs.replace(keyspaces[name], strategy=op.strategy)
+        return _rebalanced(_next(latest, keyspaces=keyspaces, bump=False), latest.groups)
+
+    def _create_keyspace(
+        self, latest: Configuration, op: CreateKeyspace
+    ) -> tuple[Configuration, list[MoveInfo]]:
+        keyspace = op.keyspace
+        _check_name(keyspace.name, "keyspace")
+        if keyspace.name in latest.keyspaces:
+            raise KeyspaceExistsError(f"keyspace {keyspace.name!r} exists")
+        if len(latest.keyspaces) >= MAX_KEYSPACES:
+            raise KeyspaceExistsError(f"at most {MAX_KEYSPACES} keyspaces")
+        if keyspace.strategy not in STRATEGIES:
+            raise ControllerError(f"unknown strategy {keyspace.strategy!r}")
+        check_scheme(keyspace.scheme, MAX_SHARDS_PER_KEYSPACE)
+        base = _next(
+            latest,
+            keyspaces={**latest.keyspaces, keyspace.name: keyspace},
+            owners={**latest.owners, keyspace.name: (NO_GROUP,) * keyspace.scheme.shards},
+            bump=False,
+        )
+        return _rebalanced(base, latest.groups)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or len(name) > MAX_NAME_LENGTH or "/" in name:
+        raise ControllerError(f"a {what} name is 1-{MAX_NAME_LENGTH} characters without '/'")
+
+
+def _check_servers(gid: int, servers: tuple[str, ...]) -> None:
+    if not servers:
+        raise InvalidServersError(f"group {gid} has no servers")
+    if len(set(servers)) != len(servers):
+        raise InvalidServersError(f"group {gid} lists a server twice")
+    if len(servers) > MAX_SERVERS_PER_GROUP or any(not s for s in servers):
+        raise InvalidServersError(f"group {gid}: 1-{MAX_SERVERS_PER_GROUP} non-empty names")
+
+
+def _next(latest: Configuration, *, bump: bool = True, **changes: object) -> Configuration:
+    """A copy of ``latest`` with ``changes``, numbered next (``bump=False``: same number,
+    for an intermediate step of one change), its dicts in sorted order."""
+    config = msgspec.structs.replace(latest, **changes)
+    return Configuration(
+        num=latest.num + 1 if bump else latest.num,
+        groups=dict(sorted(config.groups.items())),
+        keyspaces=dict(sorted(config.keyspaces.items())),
+        owners=dict(sorted(config.owners.items())),
+        tables=dict(sorted(config.tables.items())),
+    )
+
+
+def _rebalanced(
+    latest: Configuration, groups: dict[int, tuple[str, ...]]
+) -> tuple[Configuration, list[MoveInfo]]:
+    gids = sorted(groups)
+    owners: dict[str, tuple[int, ...]] = {}
+    moves: list[MoveInfo] = []
+    for name, keyspace in sorted(latest.keyspaces.items()):
+        owners[name], moved = rebalance_keyspace(keyspace, latest.owners[name], gids)
+        moves.extend(moved)
+    return _next(latest, groups=groups, owners=owners), moves
+
+
+def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
+    tables = dict(latest.tables)
+    if isinstance(op, CreateTable):
+        table = op.table
+        _check_name(table.name, "table")
+        if table.name in tables:
+            raise CatalogError(f"table {table.name!r} exists")
+        if table.keyspace not in latest.keyspaces:
+            raise UnknownKeyspaceError(f"there is no keyspace {table.keyspace!r}")
+        names = [c.name for c in table.columns]
+        if len(set(names)) != len(names) or table.distribution_column not in names:
+            raise CatalogError("columns must be unique and include the distribution column")
+        if len(tables) >= MAX_TABLES:
+            raise CatalogError(f"at most {MAX_TABLES} tables")
+        tables[table.name] = table
+    elif isinstance(op, DropTable):
+        if tables.pop(op.name, None) is None:
+            raise CatalogError(f"there is no table {op.name!r}")
+    elif isinstance(op, AddColumn):
+        table = _table(tables, op.table)
+        if any(c.name == op.column.name for c in table.columns):
+            raise CatalogError(f"table {op.table!r} already has a column {op.column.name!r}")
+        tables[op.table] = msgspec.structs.replace(table, columns=(*table.columns, op.column))
+    elif isinstance(op, CreateIndex):
+        table = _table(tables, op.table)
+        columns = {c.name for c in table.columns}
+        if any(i.name == op.index.name for i in table.indexes) or not op.index.columns:
+            raise CatalogError(f"index {op.index.name!r} exists or names no columns")
+        if not set(op.index.columns) <= columns:
+            raise CatalogError(f"index {op.index.name!r} names a column {op.table!r} lacks")
+        tables[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, op.index))
+    return tables
+
+
+def _table(tables: dict[str, Table], name: str) -> Table:
+    if name not in tables:
+        raise CatalogError(f"there is no table {name!r}")
+    return tables[name]
