@@ -1,18 +1,27 @@
-"""Shared test setup: hypothesis profiles and a seeded random generator.
+"""Shared test setup: hypothesis profiles, a seeded random generator, async tests.
 
 Every random choice in a test comes from a seed that is printed, so a failure names the
 seed that replays it: ``SHARDWISE_TEST_SEED=<seed> pytest <test>``.
+
+``async def`` tests run each on a fresh event loop (no plugin needed): asyncio's default
+loop, or uvloop with ``SHARDWISE_TEST_LOOP=uvloop`` (which ``shardwise.net.loop`` uses in
+production when it is installed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import random
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from shardwise.net.loop import loop_factory
 
 # Slow, shared CI machines: no per-example deadline (a hang is caught by pytest-timeout).
 settings.register_profile(
@@ -46,3 +55,15 @@ def seed(request: pytest.FixtureRequest) -> Iterator[int]:
 @pytest.fixture
 def rng(seed: int) -> random.Random:
     return random.Random(seed)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs: dict[str, Any] = {name: pyfuncitem.funcargs[name] for name in names}
+    factory = loop_factory() if os.environ.get("SHARDWISE_TEST_LOOP") == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(pyfuncitem.obj(**kwargs))
+    return True

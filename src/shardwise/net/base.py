@@ -1,0 +1,142 @@
+"""The state every part of the transport shares, and its small helpers.
+
+The transport is split by concern, each part a class in this chain: ``TransportBase``
+(this: state, counters, task tracking), ``Sessions`` (``sessions.py``: accepting,
+dialling, ownership, reading and writing connections), ``RpcServer`` (``server.py``:
+running handlers for calls from peers) and ``Transport`` (``transport.py``: the public
+API, Raft routing, outgoing calls, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+from shardwise.clock import AsyncioClock, Clock
+from shardwise.net.auth import check_secret
+from shardwise.net.faults import FaultInjector
+from shardwise.net.limits import Limits
+from shardwise.net.links import Address, Link
+from shardwise.net.rpc import RawHandler
+from shardwise.net.stats import TransportStats
+from shardwise.net.timing import Backoff, RandomSource
+from shardwise.net.wire import MAX_NODE_ID_CHARS, Role, RpcFailure, RpcResponse, WireMessage
+from shardwise.raft.messages import Message
+
+if TYPE_CHECKING:
+    from shardwise.net.connection import Connection
+
+logger = logging.getLogger("shardwise.net.transport")
+
+LOOPBACK: Final[Address] = ("127.0.0.1", 0)
+"""Where a node listens unless told otherwise: loopback, an ephemeral port."""
+
+RaftHandler = Callable[[Message], None]
+
+_PRUNE_WAITERS_AT: Final = 64
+"""Waiters kept before cancelled ones are swept out (see ``changed``)."""
+
+
+class TransportBase:
+    def __init__(
+        self,
+        node_id: str,
+        secret: bytes,
+        *,
+        role: Role = Role.NODE,
+        listen: Address | None = LOOPBACK,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        clock: Clock | None = None,
+        limits: Limits | None = None,
+        backoff: Backoff | None = None,
+        rng: RandomSource | None = None,
+        faults: FaultInjector | None = None,
+    ) -> None:
+        if not 0 < len(node_id) <= MAX_NODE_ID_CHARS:
+            raise ValueError(f"a node id must be 1 to {MAX_NODE_ID_CHARS} characters")
+        self.id = node_id
+        self.role = role
+        self._secret = check_secret(secret)
+        self._listen = listen if role is Role.NODE else None
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._clock: Clock = clock or AsyncioClock()
+        self.limits = limits or Limits()
+        self._backoff = backoff or Backoff()
+        self._rng: RandomSource = rng or random.Random()
+        self.faults = faults
+        self.stats = TransportStats()
+        self._links: dict[str, Link] = {}
+        self._client_links: set[Link] = set()
+        self._raft_handlers: dict[int, RaftHandler] = {}
+        self._methods: dict[str, RawHandler] = {}
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._handshaking = 0
+        self._delayed = 0
+        self._call_ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._running = False
+        self._closing = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # --- observing ---------------------------------------------------------------------
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future resolved at the next event the transport records (a frame, a
+        connection change, a counter), registered at once so no event between this call
+        and the ``await`` is missed. For tests and tools that wait without polling."""
+        if len(self._waiters) >= _PRUNE_WAITERS_AT:  # cancelled by callers that gave up
+            self._waiters = [w for w in self._waiters if not w.done()]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, checking it after every event. Bound the
+        wait with ``asyncio.wait_for``."""
+        while not predicate():
+            await self.changed()
+
+    def _notify(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _bump(self, counter: str, n: int = 1) -> None:
+        setattr(self.stats, counter, getattr(self.stats, counter) + n)
+        self._notify()
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _node_link(self, peer: str) -> Link | None:
+        link = self._links.get(peer)
+        if link is None and len(self._links) < self.limits.max_peers:
+            link = self._links[peer] = Link(peer, Role.NODE, None, self.limits)
+        return link
+
+    # --- provided by the other parts ---------------------------------------------------
+
+    def _dispatch(self, link: Link, message: WireMessage) -> None:
+        raise NotImplementedError
+
+    def _send_reply(self, link: Link, reply: RpcResponse | RpcFailure) -> None:
+        raise NotImplementedError
+
+    def _ensure_dialer(self, link: Link, *, after_loss: bool = False) -> None:
+        raise NotImplementedError

@@ -1,0 +1,53 @@
+"""Counters a transport keeps: every drop, refusal and failure is counted, never silent."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class TransportStats:
+    # connections
+    connections_accepted: int = 0
+    connections_dialed: int = 0
+    connections_refused: int = 0
+    """Inbound connections closed at once: too many, shutting down, or cut by a rule."""
+    connections_superseded: int = 0
+    """Duplicate connections between the same two nodes closed by the ownership rule."""
+    connections_lost: int = 0
+    """Connections that ended without a goodbye (EOF, reset, abort, cut)."""
+    dial_attempts: int = 0
+    dial_failures: int = 0
+    dial_give_ups: int = 0
+    handshake_timeouts: int = 0
+    auth_failures: int = 0
+    protocol_errors: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    # raft
+    raft_sent: int = 0
+    raft_delivered: int = 0
+    raft_dropped_queue_full: int = 0
+    raft_dropped_unroutable: int = 0
+    raft_dropped_too_large: int = 0
+    raft_dropped_unknown_group: int = 0
+    raft_dropped_misaddressed: int = 0
+    raft_dropped_closed: int = 0
+    raft_handler_errors: int = 0
+    # rpc
+    rpc_calls: int = 0
+    rpc_timeouts: int = 0
+    rpc_overloaded: int = 0
+    """Calls refused here: too many pending or a full request queue."""
+    rpc_refused: int = 0
+    """Calls from peers refused with OVERLOADED or SHUTTING_DOWN."""
+    rpc_handler_errors: int = 0
+    rpc_replies_dropped: int = 0
+    rpc_late_replies: int = 0
+    """Replies for calls that had already ended (timed out): ignored."""
+    # faults
+    fault_dropped: int = 0
+    fault_delayed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
