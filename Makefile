@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test check lint typecheck soak bench clean
+.PHONY: venv test check lint typecheck soak bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 	$(PY) bench/placement.py
 	$(PY) bench/raft_core.py
 	$(PY) bench/raft_log.py
+	$(PY) bench/raft_group.py
+
+# The peers the benchmarks compare against (Debian packages; needs root).
+bench-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server redis-server
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

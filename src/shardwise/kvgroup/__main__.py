@@ -1,0 +1,5 @@
+import sys
+
+from shardwise.kvgroup.server import main
+
+sys.exit(main())

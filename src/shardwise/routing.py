@@ -1,0 +1,83 @@
+"""Calling a replicated service: find its leader, follow hints, retry, give up on time.
+
+Replies of shardwise services carry a ``status`` (``ok``, ``not_leader``, ``retry``,
+``halted``) and, when known, the ``leader``. :class:`LeaderRouter` sends a call to the
+leader it last heard of, follows a ``not_leader`` hint at once, moves to the next server
+when one fails or asks for a retry, pauses briefly only when a whole round found no
+leader (an election is running), and raises
+:class:`~shardwise.errors.ClientTimeoutError` at the call's total deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any, Final, Literal, Protocol, TypeAlias, TypeVar
+
+from shardwise.errors import ClientTimeoutError, NetError
+from shardwise.net.rpc import RpcMethod
+from shardwise.net.transport import Transport
+
+ATTEMPT_TIMEOUT_S: Final = 2.0
+"""One attempt at one server; past it the call tries the next one."""
+
+RETRY_PAUSE_S: Final = 0.02
+"""Pause after a full round of servers failed, so a leaderless service is not hammered."""
+
+
+Status: TypeAlias = Literal["ok", "not_leader", "retry", "halted"]
+"""The outcome field of every service reply. ``retry``: the outcome is unknown or the
+request was dropped (a leader change, a timeout); a write retried with the same client id
+and sequence number applies once. ``halted``: the replica stopped on an entry it could not
+apply (another replica may still answer)."""
+
+
+class ServiceReply(Protocol):
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def leader(self) -> str | None: ...
+
+
+R = TypeVar("R", bound=ServiceReply)
+
+
+class LeaderRouter:
+    def __init__(self, transport: Transport, servers: Iterable[str]) -> None:
+        self.transport = transport
+        self.servers = sorted(servers)
+        self.leader: str | None = None
+
+    def _order(self) -> list[str]:
+        ids = list(self.servers)
+        if self.leader in ids:
+            ids.remove(self.leader)
+            ids.insert(0, self.leader)
+        return ids
+
+    async def call(self, method: RpcMethod[Any, R], request: object, deadline_s: float) -> R:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            for node in self._order():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ClientTimeoutError(
+                        f"{method.name} did not complete within {deadline_s} s"
+                    )
+                try:
+                    reply = await self.transport.call(
+                        node, method, request, timeout_s=min(ATTEMPT_TIMEOUT_S, remaining)
+                    )
+                except NetError:
+                    continue  # down, slow or unreachable: the next server
+                if reply.status == "ok":
+                    self.leader = node
+                    return reply
+                hint = reply.leader
+                if reply.status == "not_leader" and hint in self.servers and hint != self.leader:
+                    self.leader = hint
+                    break  # a new hint: the next round starts at once, at that leader
+            else:
+                await asyncio.sleep(RETRY_PAUSE_S)

@@ -1,0 +1,159 @@
+"""A replicated service in one process: Raft host, disk, TCP transport, state machine.
+
+Every shardwise server process (a KV group, the shard controller) is one of these with its
+own state machine and RPC handlers. It owns the wiring that must be the same everywhere:
+the data directory, the authenticated transport, the Raft host bound to its group id, a
+``READY <id> <host>:<port>`` line once it listens (so supervisors and tests know), and a
+clean stop on SIGTERM or SIGINT. The secret comes from a file or ``SHARDWISE_SECRET``,
+never from the command line, where every user of the machine could read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Generic, TypeVar
+
+from shardwise.errors import ShardwiseError
+from shardwise.net.links import Address
+from shardwise.net.transport import Transport
+from shardwise.raft.host import HostOptions, RaftHost
+from shardwise.raft.messages import Membership
+from shardwise.raft.statemachine import StateMachine
+from shardwise.storage.file import FileStorage
+
+DEFAULT_TICK_MS: Final = 50
+"""50 ms ticks: heartbeats every 50 ms, elections after 0.5-1 s without a leader."""
+
+DEFAULT_SNAPSHOT_EVERY: Final = 10_000
+MAX_SECRET_FILE_BYTES: Final = 4096
+
+S = TypeVar("S", bound=StateMachine)
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    node_id: str
+    listen: Address
+    peers: dict[str, Address]
+    data_dir: Path
+    secret: bytes
+    tick_ms: int = DEFAULT_TICK_MS
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+
+
+class ReplicaService(Generic[S]):
+    """Storage, transport and a Raft host around ``state_machine``, for group ``group``."""
+
+    def __init__(self, config: ReplicaConfig, state_machine: S, group: int) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = FileStorage(config.data_dir / "raft")
+        self.transport = Transport(
+            config.node_id, config.secret, peers=config.peers, listen=config.listen
+        )
+        self.state_machine = state_machine
+        self.host: RaftHost[S] = RaftHost(
+            config.node_id,
+            Membership(frozenset({config.node_id, *config.peers})),
+            self.storage,
+            state_machine,
+            self.transport.raft_sender(group),
+            options=HostOptions(
+                tick_interval_s=config.tick_ms / 1000, snapshot_every=config.snapshot_every
+            ),
+        )
+        self.transport.on_raft(group, self.host.deliver)
+
+    async def start(self) -> None:
+        await self.transport.start()
+        await self.host.start()
+
+    async def stop(self) -> None:
+        await self.host.stop()
+        await self.transport.close()
+
+
+def parse_address(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def read_secret(path: str | None) -> bytes:
+    if path:
+        data = Path(path).read_bytes()[: MAX_SECRET_FILE_BYTES + 1]
+        if len(data) > MAX_SECRET_FILE_BYTES:
+            raise SystemExit(f"secret file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+        return data.strip()
+    env = os.environ.get("SHARDWISE_SECRET")
+    if not env:
+        raise SystemExit("no secret: pass --secret-file or set SHARDWISE_SECRET")
+    return env.encode()
+
+
+def parse_replica_args(prog: str, description: str, argv: Sequence[str] | None) -> ReplicaConfig:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--id", required=True, help="this server's node id")
+    parser.add_argument("--listen", required=True, type=parse_address, help="HOST:PORT")
+    parser.add_argument(
+        "--peer", action="append", default=[], metavar="ID=HOST:PORT", help="another replica"
+    )
+    parser.add_argument("--data", required=True, type=Path, help="data directory")
+    parser.add_argument("--secret-file", help="file holding the cluster's shared secret")
+    parser.add_argument("--tick-ms", type=int, default=DEFAULT_TICK_MS)
+    parser.add_argument("--snapshot-every", type=int, default=DEFAULT_SNAPSHOT_EVERY)
+    args = parser.parse_args(argv)
+    peers: dict[str, Address] = {}
+    for spec in args.peer:
+        node, sep, address = spec.partition("=")
+        if not sep or not node:
+            parser.error(f"--peer takes ID=HOST:PORT, got {spec!r}")
+        peers[node] = parse_address(address)
+    return ReplicaConfig(
+        node_id=args.id,
+        listen=args.listen,
+        peers=peers,
+        data_dir=args.data,
+        secret=read_secret(args.secret_file),
+        tick_ms=args.tick_ms,
+        snapshot_every=args.snapshot_every,
+    )
+
+
+async def serve_until_signalled(
+    build: Callable[[ReplicaConfig], ReplicaService[S]], config: ReplicaConfig
+) -> None:
+    service = build(config)  # inside the loop: the transport and host belong to it
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    host, port = service.transport.address
+    print(f"READY {service.config.node_id} {host}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def run_main(build: Callable[[ReplicaConfig], ReplicaService[S]], config: ReplicaConfig) -> int:
+    logging.basicConfig(
+        level=os.environ.get("SHARDWISE_LOG", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve_until_signalled(build, config))
+    except ShardwiseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,155 @@
+"""Real server processes on loopback, for tests and benchmarks: start, kill, restart.
+
+Each server is ``python -m <module>`` (a KV group by default, or the controller) in its
+own process with its own data directory; the harness waits (with a deadline) for the
+``READY`` line a server prints once it listens, and can stop it with SIGTERM or kill it
+with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Final
+
+from shardwise.net.links import Address
+
+READY_TIMEOUT_S: Final = 30.0
+STOP_TIMEOUT_S: Final = 15.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS calls free right now (all held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for_line(stream: IO[str], prefix: str, timeout_s: float) -> str:
+    """The first line starting with ``prefix``, or TimeoutError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no line starting with {prefix!r} within {timeout_s} s")
+        ready, _, _ = select.select([stream], [], [], remaining)
+        if ready:
+            line = stream.readline()
+            if not line:
+                raise RuntimeError(f"the process closed its output before {prefix!r}")
+            if line.startswith(prefix):
+                return line.strip()
+
+
+class ProcessGroup:
+    """``size`` replicas of one service, named ``<prefix>1``.., under ``base_dir``."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        size: int = 3,
+        *,
+        secret: bytes = b"test-secret-for-a-local-group",
+        tick_ms: int = 50,
+        extra_args: tuple[str, ...] = (),
+        module: str = "shardwise.kvgroup",
+        prefix: str = "n",
+    ) -> None:
+        self.base_dir = base_dir
+        self.module = module
+        self.ids = [f"{prefix}{i}" for i in range(1, size + 1)]
+        self.ports = dict(zip(self.ids, free_ports(size), strict=True))
+        self.secret = secret
+        self.secret_file = base_dir / "secret"
+        base_dir.mkdir(parents=True, exist_ok=True)
+        self.secret_file.write_bytes(secret)
+        os.chmod(self.secret_file, 0o600)
+        self.tick_ms = tick_ms
+        self.extra_args = extra_args
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self._logs: list[IO[str]] = []
+
+    @property
+    def addresses(self) -> dict[str, Address]:
+        return {node: ("127.0.0.1", port) for node, port in self.ports.items()}
+
+    def command(self, node: str) -> list[str]:
+        peers = [f"--peer={p}=127.0.0.1:{self.ports[p]}" for p in self.ids if p != node]
+        return [
+            sys.executable, "-m", self.module,
+            f"--id={node}",
+            f"--listen=127.0.0.1:{self.ports[node]}",
+            *peers,
+            f"--data={self.base_dir / node}",
+            f"--secret-file={self.secret_file}",
+            f"--tick-ms={self.tick_ms}",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, node: str) -> None:
+        old = self.procs.get(node)
+        if old is not None:
+            if old.poll() is None:
+                raise RuntimeError(f"{node} is already running")
+            if old.stdout is not None:
+                old.stdout.close()
+        log = open(self.base_dir / f"{node}.log", "a")  # noqa: SIM115 - closed in close()
+        self._logs.append(log)
+        proc = subprocess.Popen(self.command(node), stdout=subprocess.PIPE, stderr=log, text=True)
+        self.procs[node] = proc
+        assert proc.stdout is not None
+        wait_for_line(proc.stdout, "READY", READY_TIMEOUT_S)
+
+    def start_all(self) -> None:
+        for node in self.ids:
+            self.start(node)
+
+    def alive(self, node: str) -> bool:
+        proc = self.procs.get(node)
+        return proc is not None and proc.poll() is None
+
+    def kill(self, node: str) -> None:
+        """SIGKILL: no chance to flush or say goodbye, as in a power cut of the process."""
+        proc = self.procs[node]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self, node: str) -> int:
+        """SIGTERM and wait: a clean shutdown; returns the exit code."""
+        proc = self.procs[node]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def close(self) -> dict[str, int]:
+        codes = {}
+        for node in list(self.procs):
+            try:
+                codes[node] = self.stop(node)
+            except subprocess.TimeoutExpired:
+                self.procs[node].kill()
+                codes[node] = self.procs[node].wait()
+            stdout = self.procs[node].stdout
+            if stdout is not None:
+                stdout.close()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        return codes
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
