@@ -13,6 +13,7 @@ controllers fed the same commands in any dict order) build identical configurati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -93,6 +94,9 @@ class ControllerStateMachine:
         self._configs: list[Configuration] = [initial_configuration()]
         self._sessions = SessionTable()
         self._applied = 0
+        self.listeners: list[Callable[[Configuration], None]] = []
+        """Called with each new configuration as it is applied (the server's watches).
+        Listeners must not fail: the state machine's replicas must stay identical."""
 
     # --- queries -------------------------------------------------------------------------
 
@@ -135,6 +139,8 @@ class ControllerStateMachine:
             else:
                 self._configs.append(config)
                 result = Result(config.num, tuple(moves))
+                for listener in self.listeners:
+                    listener(config)
         encoded = _encode(result)
         self._sessions.remember(decoded.client_id, decoded.seq, encoded)
         return encoded

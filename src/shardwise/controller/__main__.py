@@ -1,0 +1,5 @@
+import sys
+
+from shardwise.controller.server import main
+
+sys.exit(main())

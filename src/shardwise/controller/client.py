@@ -1,0 +1,108 @@
+"""A client of the shard controller: changes with exactly-once retries, queries, watches.
+
+A refused change raises the matching :class:`~shardwise.errors.ControllerError` subclass
+(unknown group, unknown shard, ...); the configuration is then unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Mapping
+from typing import Final
+
+from shardwise import errors
+from shardwise.controller.model import (
+    Configuration,
+    CreateKeyspace,
+    Join,
+    Keyspace,
+    Leave,
+    Move,
+    Op,
+    Rebalance,
+    Result,
+    ShardId,
+    Strategy,
+)
+from shardwise.controller.protocol import CHANGE, QUERY, ChangeRequest, QueryRequest
+from shardwise.net.links import Address
+from shardwise.net.transport import Transport
+from shardwise.net.wire import Role
+from shardwise.routing import LeaderRouter
+
+DEFAULT_DEADLINE_S: Final = 10.0
+
+_ERRORS: Final[dict[str, type[errors.ControllerError]]] = {
+    cls.code: cls
+    for cls in (
+        errors.UnknownGroupError,
+        errors.GroupExistsError,
+        errors.InvalidServersError,
+        errors.UnknownShardError,
+        errors.UnknownKeyspaceError,
+        errors.KeyspaceExistsError,
+        errors.InvalidSchemeError,
+        errors.CatalogError,
+        errors.InvalidQueryError,
+    )
+}
+
+
+def raise_for(code: str, message: str) -> None:
+    if code:
+        raise _ERRORS.get(code, errors.ControllerError)(message)
+
+
+class ControllerClient:
+    def __init__(
+        self, servers: Mapping[str, Address], secret: bytes, client_id: str | None = None
+    ) -> None:
+        self.client_id = client_id or f"ctl-client-{secrets.token_hex(6)}"
+        self._transport = Transport(self.client_id, secret, role=Role.CLIENT, peers=servers)
+        self._router = LeaderRouter(self._transport, servers)
+        self._seq = itertools.count(1)
+
+    async def __aenter__(self) -> ControllerClient:
+        await self._transport.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._transport.close()
+
+    async def change(self, op: Op, deadline_s: float = DEFAULT_DEADLINE_S) -> Result:
+        request = ChangeRequest(self.client_id, next(self._seq), op)
+        reply = await self._router.call(CHANGE, request, deadline_s)
+        assert reply.result is not None
+        raise_for(reply.result.error, reply.result.message)
+        return reply.result
+
+    async def join(self, groups: Mapping[int, list[str] | tuple[str, ...]]) -> Result:
+        return await self.change(Join({g: tuple(s) for g, s in groups.items()}))
+
+    async def leave(self, gids: list[int]) -> Result:
+        return await self.change(Leave(tuple(gids)))
+
+    async def move(self, shard: ShardId, gid: int) -> Result:
+        return await self.change(Move(shard, gid))
+
+    async def rebalance(self, strategy: Strategy, keyspace: str = "") -> Result:
+        return await self.change(Rebalance(strategy, keyspace))
+
+    async def create_keyspace(self, keyspace: Keyspace) -> Result:
+        return await self.change(CreateKeyspace(keyspace))
+
+    async def query(self, num: int = -1, deadline_s: float = DEFAULT_DEADLINE_S) -> Configuration:
+        reply = await self._router.call(QUERY, QueryRequest(num=num), deadline_s)
+        raise_for(reply.error, reply.message)
+        assert reply.config is not None
+        return reply.config
+
+    async def watch(self, newer_than: int, wait_s: float = 10.0) -> Configuration:
+        """The latest configuration once one numbered above ``newer_than`` exists, or the
+        latest after ``wait_s`` if none came."""
+        request = QueryRequest(newer_than=newer_than, wait_s=wait_s)
+        reply = await self._router.call(QUERY, request, wait_s + DEFAULT_DEADLINE_S)
+        raise_for(reply.error, reply.message)
+        assert reply.config is not None
+        return reply.config

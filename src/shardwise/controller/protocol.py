@@ -1,0 +1,49 @@
+"""The calls the shard controller serves."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from shardwise.controller.model import Configuration, Op, Result
+from shardwise.net.rpc import RpcMethod
+from shardwise.routing import Status
+
+CONTROLLER_GROUP: Final = 0
+"""The controller's Raft group id on the wire (replica groups use positive ids)."""
+
+MAX_WATCH_S: Final = 30.0
+"""The longest a watch waits in the server before answering with what it has."""
+
+
+class ChangeRequest(msgspec.Struct, frozen=True):
+    client_id: str
+    seq: int
+    op: Op
+
+
+class ChangeReply(msgspec.Struct, frozen=True):
+    status: Status
+    leader: str | None = None
+    result: Result | None = None
+
+
+class QueryRequest(msgspec.Struct, frozen=True):
+    num: int = -1
+    """The configuration to return; -1 (or past the latest): the latest."""
+    newer_than: int = -1
+    """With ``wait_s``: wait until a configuration numbered above this exists (a watch)."""
+    wait_s: float = 0.0
+
+
+class QueryReply(msgspec.Struct, frozen=True):
+    status: Status
+    leader: str | None = None
+    config: Configuration | None = None
+    error: str = ""
+    message: str = ""
+
+
+CHANGE = RpcMethod("ctl.change", ChangeRequest, ChangeReply)
+QUERY = RpcMethod("ctl.query", QueryRequest, QueryReply)

@@ -1,0 +1,105 @@
+"""The shard controller as a process: one replica of the controller's Raft group.
+
+    python -m shardwise.controller --id c1 --listen 127.0.0.1:7100 \\
+        --peer c2=127.0.0.1:7101 --peer c3=127.0.0.1:7102 --data ./data/c1 --secret-file F
+
+Changes go through the log; queries are linearizable reads (ReadIndex), and a query can
+*watch*: wait until a configuration newer than a given number exists, so replica groups
+learn of a change as soon as it commits instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Final
+
+from shardwise.controller.model import Configuration
+from shardwise.controller.protocol import (
+    CHANGE,
+    CONTROLLER_GROUP,
+    MAX_WATCH_S,
+    QUERY,
+    ChangeReply,
+    ChangeRequest,
+    QueryReply,
+    QueryRequest,
+)
+from shardwise.controller.statemachine import (
+    ControllerStateMachine,
+    decode_result,
+    encode_command,
+)
+from shardwise.errors import (
+    ControllerError,
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalOutcomeUnknownError,
+    RaftTimeoutError,
+    ReplicaHaltedError,
+    ReplicaStoppedError,
+)
+from shardwise.net.rpc import CallContext
+from shardwise.service import ReplicaConfig, ReplicaService, parse_replica_args, run_main
+
+REQUEST_TIMEOUT_S: Final = 5.0
+RETRYABLE: Final = (
+    ProposalDroppedError,
+    ProposalOutcomeUnknownError,
+    RaftTimeoutError,
+    ReplicaStoppedError,
+)
+
+
+class ControllerServer(ReplicaService[ControllerStateMachine]):
+    def __init__(self, config: ReplicaConfig) -> None:
+        super().__init__(config, ControllerStateMachine(), CONTROLLER_GROUP)
+        self._changed = asyncio.Event()
+        self.state_machine.listeners.append(self._on_new_configuration)
+        self.transport.serve(CHANGE, self._change)
+        self.transport.serve(QUERY, self._query)
+
+    def _on_new_configuration(self, config: Configuration) -> None:
+        self._changed.set()
+
+    async def _change(self, request: ChangeRequest, context: CallContext) -> ChangeReply:
+        command = encode_command(request.op, client_id=request.client_id, seq=request.seq)
+        try:
+            result = await self.host.propose(command, timeout_s=REQUEST_TIMEOUT_S)
+        except NotLeaderError as exc:
+            return ChangeReply("not_leader", leader=exc.leader)
+        except ReplicaHaltedError:
+            return ChangeReply("halted")
+        except RETRYABLE:
+            return ChangeReply("retry", leader=self.host.status().leader)
+        return ChangeReply("ok", result=decode_result(result))
+
+    async def _query(self, request: QueryRequest, context: CallContext) -> QueryReply:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(request.wait_s, 0.0), MAX_WATCH_S)
+        while True:
+            self._changed.clear()
+            try:
+                config = await self.host.read(
+                    lambda sm: sm.query(request.num), timeout_s=REQUEST_TIMEOUT_S
+                )
+            except NotLeaderError as exc:
+                return QueryReply("not_leader", leader=exc.leader)
+            except ControllerError as exc:
+                return QueryReply("ok", error=exc.code, message=str(exc))
+            except ReplicaHaltedError:
+                return QueryReply("halted")
+            except RETRYABLE:
+                return QueryReply("retry", leader=self.host.status().leader)
+            remaining = deadline - loop.time()
+            if config.num > request.newer_than or remaining <= 0 or request.num != -1:
+                return QueryReply("ok", config=config)
+            # A watch: wait for the next configuration to apply here, then read again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_replica_args("python -m shardwise.controller", __doc__ or "", argv)
+    return run_main(ControllerServer, config)
