@@ -280,6 +280,20 @@ class InvalidQueryError(ControllerError):
     code = "invalid_query"
 
 
+# --- client ------------------------------------------------------------------------------
+
+
+class ClientError(ShardwiseError):
+    """A client could not complete a request."""
+
+
+class ClientTimeoutError(ClientError, TimeoutError):
+    """A request did not complete within its total deadline (after all its retries).
+
+    For a write this means the outcome is unknown: it may have been applied.
+    """
+
+
 # --- testing -----------------------------------------------------------------------------
 
 
