@@ -49,7 +49,7 @@ def pump(nodes: dict[str, RaftNode]) -> int:
             ready = node.ready()
             node.advance(ready)
             applied += len(ready.committed)
-            for message in ready.messages:
+            for message in [*ready.early_messages, *ready.messages]:
                 nodes[message.to].step(message)
     return applied
 

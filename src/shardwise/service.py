@@ -23,6 +23,7 @@ from typing import Final, Generic, TypeVar
 
 from shardwise.errors import ShardwiseError
 from shardwise.net.links import Address
+from shardwise.net.loop import run
 from shardwise.net.transport import Transport
 from shardwise.raft.host import HostOptions, RaftHost
 from shardwise.raft.messages import Membership
@@ -152,7 +153,7 @@ def run_main(build: Callable[[ReplicaConfig], ReplicaService[S]], config: Replic
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(serve_until_signalled(build, config))
+        run(serve_until_signalled(build, config))  # on uvloop when it is installed
     except ShardwiseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -36,7 +36,7 @@ def drain(node: RaftNode) -> list[object]:
     messages: list[object] = []
     while node.has_ready():
         ready = node.ready()
-        messages.extend(ready.messages)
+        messages.extend([*ready.early_messages, *ready.messages])
         node.advance(ready)
     return messages
 

@@ -401,6 +401,8 @@ class RaftHost(Generic[S]):
             self._idle.set()
 
     async def _handle_ready(self, node: RaftNode, ready: Ready) -> None:
+        for message in ready.early_messages:  # a leader's appends overlap its own fsync
+            self._send(message)
         if ready.must_sync or ready.snapshot is not None:
             await self._run_blocking(lambda: self._persist(ready))
             if self._halted is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Final
 
 from shardwise.errors import (
     ConfChangeError,
@@ -62,6 +63,9 @@ from shardwise.raft.ready import (
 )
 from shardwise.raft.replication import Replication
 from shardwise.storage.types import HardState, LogEntry, SnapshotMeta, entry_size
+
+LEADER_MESSAGES: Final = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse)
+"""What only a leader sends; none of it promises anything about the sender's own disk."""
 
 
 class RaftNode(Replication):
@@ -500,11 +504,13 @@ class RaftNode(Replication):
         self._broadcast_pending = False
         state = self._hard_state()
         entries = self.log.unstable()
+        early, late = self._split_messages()
         ready = Ready(
             hard_state=state if state != self._persisted else None,
             entries=entries,
             snapshot=self._installed,
-            messages=self._msgs,
+            messages=late,
+            early_messages=early,
             committed=self.log.committed_entries(MAX_APPLY_BYTES),
             read_states=self._read_states,
             dropped_reads=self._dropped_reads,
@@ -521,6 +527,22 @@ class RaftNode(Replication):
         self._installed = None
         self._awaiting_advance = True
         return ready
+
+    def _split_messages(self) -> tuple[list[Message], list[Message]]:
+        """Messages that may go out before this Ready is persisted, and the rest.
+
+        A leader whose term and vote are already durable may replicate entries before its
+        own write of them completes (Raft thesis, 10.2.1): its own copy counts towards a
+        quorum only once ``advance`` reports it persisted, so commitment still means a
+        durable majority, and the leader's disk write overlaps the followers'. Everything
+        else (votes, acknowledgements) promises durable state and must wait.
+        """
+        durable = (self._persisted.term, self._persisted.vote) == (self.term, self.vote)
+        if self.role is not Role.LEADER or not durable:
+            return [], self._msgs
+        early: list[Message] = [m for m in self._msgs if isinstance(m, LEADER_MESSAGES)]
+        late: list[Message] = [m for m in self._msgs if not isinstance(m, LEADER_MESSAGES)]
+        return early, late
 
     def advance(self, ready: Ready) -> None:
         """The host persisted, sent and applied what ``ready`` held."""

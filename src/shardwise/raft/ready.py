@@ -76,15 +76,17 @@ class IncomingSnapshot:
 
 @dataclass(slots=True)
 class Ready:
-    """Work for the host, in this order: persist ``snapshot`` (first: the entries may
-    follow it), then ``entries``, then ``hard_state``, and sync if ``must_sync``; then send
-    ``messages``; then apply ``committed`` and answer ``read_states``; then call
-    ``advance(ready)``."""
+    """Work for the host, in this order: send ``early_messages`` (they may go before the
+    write); persist ``snapshot`` (first: the entries may follow it), then ``entries``, then
+    ``hard_state``, and sync if ``must_sync``; then send ``messages``; then apply
+    ``committed`` and answer ``read_states``; then call ``advance(ready)``."""
 
     hard_state: HardState | None = None
     entries: list[LogEntry] = field(default_factory=list)
     snapshot: IncomingSnapshot | None = None
     messages: list[Message] = field(default_factory=list)
+    early_messages: list[Message] = field(default_factory=list)
+    """A leader's appends and heartbeats: safe to send before this Ready is persisted."""
     committed: list[LogEntry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[bytes] = field(default_factory=list)
@@ -97,6 +99,7 @@ class Ready:
             or self.entries
             or self.snapshot
             or self.messages
+            or self.early_messages
             or self.committed
             or self.read_states
             or self.dropped_reads

@@ -216,6 +216,8 @@ class SimServer:
 
     def _handle(self, ready: Ready) -> None:
         storage = self.storage
+        for message in ready.early_messages:  # a leader's appends overlap its own write
+            self.cluster.network.send(message, self.cluster.now)
         write_ready(storage, ready)
         if self.torn_crash_pending and ready.must_sync:
             self.torn_crash_pending = False
