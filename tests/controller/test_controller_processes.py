@@ -50,3 +50,21 @@ async def scenario(tmp_path: Path) -> None:
             latest = await client.query()
             assert latest.num == after.num and set(latest.groups) == {2, 3}
     assert all(code == 0 for code in group.close().values())
+
+
+@pytest.mark.slow
+def test_a_single_replica_controller_keeps_its_configurations(tmp_path: Path) -> None:
+    """The embedded single-machine default: one replica, durable across a restart."""
+
+    async def session(group: ProcessGroup, join: bool) -> int:
+        async with ControllerClient(group.addresses, group.secret) as client:
+            if join:
+                await client.join({1: ["a"], 2: ["b"]})
+            return (await client.query()).num
+
+    with ProcessGroup(tmp_path, size=1, module="shardwise.controller", prefix="c") as group:
+        group.start_all()
+        assert asyncio.run(session(group, join=True)) == 1
+        group.kill("c1")
+        group.start("c1")
+        assert asyncio.run(session(group, join=False)) == 1
