@@ -294,6 +294,53 @@ class ClientTimeoutError(ClientError, TimeoutError):
     """
 
 
+# --- shardserver -------------------------------------------------------------------------
+
+
+class ShardStoreError(ShardwiseError):
+    """A shard's SQLite database could not be opened, read, written or replaced."""
+
+
+class ShardFormatError(ShardStoreError):
+    """A file is not the database of the expected shard (not SQLite, no shard tables, or
+    another shard)."""
+
+
+class ShardSchemaVersionError(ShardFormatError):
+    """A shard database has a schema version this program does not know."""
+
+    def __init__(self, found: object, expected: int) -> None:
+        super().__init__(f"shard schema version {found!r}, expected {expected}")
+        self.found = found
+        self.expected = expected
+
+
+class CorruptShardSnapshotError(ShardStoreError):
+    """Exported shard bytes failed their magic, length, checksum or integrity check; nothing
+    was replaced."""
+
+
+class ShardLimitError(ShardStoreError, ValueError):
+    """An input is over a shard store limit (key, value, scan rows, export size); nothing
+    was changed."""
+
+
+class ShardNotFoundError(ShardStoreError):
+    """No shard database exists at the path given."""
+
+
+class ShardExistsError(ShardStoreError):
+    """A shard database was to be created where a file already exists."""
+
+
+class ShardStoreClosedError(ShardStoreError):
+    """The shard store was used after :meth:`close` or :meth:`delete`."""
+
+
+class InvalidShardTransitionError(ShardwiseError):
+    """A shard's lifecycle was asked to move along an edge its transition table lacks."""
+
+
 # --- testing -----------------------------------------------------------------------------
 
 

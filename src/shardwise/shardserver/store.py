@@ -1,0 +1,537 @@
+"""The storage of one shard: its own SQLite database file.
+
+A shard is one file, so a snapshot is a consistent copy of it, a hand-off ships it and
+garbage collection deletes it. Its tables: ``kv`` (``str`` keys and values; SQLite's binary
+collation orders UTF-8 bytes as Python orders ``str``), ``sessions`` (client de-duplication,
+as :class:`~shardwise.raft.sessions.SessionTable`) and ``meta`` (``format_version``,
+``shard``, ``state``: the lifecycle state's name, opaque here, and ``applied_index``).
+The de-duplication state moves with the shard: :meth:`ShardStore.export` carries it, and
+there is no separate export of sessions.
+
+**Idempotent replay.** Every change (:meth:`ShardStore.apply`, :meth:`ShardStore.set_state`)
+writes its Raft log index as ``applied_index`` in the same transaction; a change at an index
+at or below it is skipped, so after a crash each shard takes exactly what it had not committed.
+
+**Durability.** The database runs in WAL mode with ``synchronous=NORMAL``: a commit is not
+fsynced, so a power loss may lose the last commits, never corrupt the file, and the lost
+commits take their ``applied_index`` with them. The Raft log (fsynced before an entry
+commits) is the durable record and replays them. The group must therefore keep its log
+back to each shard's durable applied index: :meth:`ShardStore.checkpoint` makes every
+commit durable in the file, e.g. before compacting the log.
+
+**Eviction order.** ``sessions.touched`` is a counter owned by the shard (the largest
+value plus one), not the group's log index: a shard handed to another group keeps its
+least-recently-heard-from order although the new group's indexes may be lower.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Final
+
+import crc32c
+import msgspec
+
+from shardwise.controller.model import ShardId
+from shardwise.errors import (
+    CorruptShardSnapshotError,
+    ShardExistsError,
+    ShardFormatError,
+    ShardLimitError,
+    ShardNotFoundError,
+    ShardSchemaVersionError,
+    ShardStoreClosedError,
+    ShardStoreError,
+)
+from shardwise.raft.kv import Append, Cas, Delete, Get, KVOp, KVResult, Put
+from shardwise.raft.sessions import MAX_SESSIONS
+from shardwise.storage.fsutil import Disk
+
+SCHEMA_VERSION: Final = 1
+"""Version of the tables below; a file of any other version is refused, not guessed at."""
+
+MAX_KEY_BYTES: Final = 4 * 1024
+"""Largest key (UTF-8): keys fill the B-tree's interior pages; small keeps the tree shallow."""
+
+MAX_VALUE_BYTES: Final = 1 << 20
+"""Largest value (UTF-8): it rides in a log entry and a reply (one ``AppendEntries`` batch)."""
+
+MAX_SCAN_ROWS: Final = 10_000
+"""Most rows one :meth:`ShardStore.scan` returns; page on with ``start``."""
+
+MAX_EXPORT_BYTES: Final = 1 << 30
+"""Largest image :meth:`ShardStore.export` makes: it is held in memory while it is shipped;
+a larger shard should be split instead."""
+
+EXPORT_MAGIC: Final = b"\xf1SWS"
+"""Starts every export; it also names export format 1 (a new format gets a new magic)."""
+
+EXPORT_HEADER: Final = struct.Struct("<4sQI")
+"""magic | image length (u64 LE) | CRC32C of the length field and the image (u32 LE)."""
+
+SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
+"""Files SQLite keeps next to a database; they belong to it and go with it."""
+
+_SCHEMA: Final = """
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE sessions (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+    result BLOB NOT NULL, touched INTEGER NOT NULL);
+CREATE INDEX sessions_by_touched ON sessions (touched);
+CREATE TABLE meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+"""
+
+_STALE: Final = KVResult(ok=False, stale=True)
+_encode = msgspec.msgpack.Encoder().encode
+_result_decoder = msgspec.msgpack.Decoder(KVResult)
+
+
+def check_op(op: KVOp) -> None:
+    """Raise :class:`ShardLimitError` if ``op`` has a key or value over the limits.
+
+    Call it before proposing: :meth:`ShardStore.apply` raises the same error, and a
+    committed command that raises halts the replica (every replica alike).
+    """
+    _check_size("key", op.key, MAX_KEY_BYTES)
+    values: tuple[str | None, ...] = ()
+    if isinstance(op, Put | Append):
+        values = (op.value,)
+    elif isinstance(op, Cas):
+        values = (op.expected, op.new)
+    for value in values:
+        if value is not None:
+            _check_size("value", value, MAX_VALUE_BYTES)
+
+
+@dataclass(slots=True)
+class _Meta:
+    shard: ShardId
+    state: str
+    applied_index: int
+
+
+class ShardStore:
+    """One shard's SQLite database. Make one with :meth:`create`, :meth:`open` or
+    :meth:`install`. Not thread-safe: the group's state machine owns it."""
+
+    def __init__(self, path: str, conn: sqlite3.Connection, meta: _Meta, max_sessions: int) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._meta = meta
+        self._max_sessions = max_sessions
+        self._sessions: int = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+
+    # --- making one ----------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        shard: ShardId,
+        *,
+        state: str,
+        index: int = 0,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> ShardStore:
+        """A new, empty shard database at ``path`` (written atomically: a crash leaves no
+        half-made file), in lifecycle ``state``, as of log ``index``."""
+        path = os.fspath(path)
+        if os.path.lexists(path):
+            raise ShardExistsError(f"{path} already exists")
+        with closing(sqlite3.connect(":memory:", isolation_level=None)) as mem:
+            mem.executescript(_SCHEMA)
+            _put_meta(mem, "format_version", SCHEMA_VERSION)
+            _put_meta(mem, "shard", str(shard))
+            _put_meta(mem, "state", state)
+            _put_meta(mem, "applied_index", index)
+            image = mem.serialize()
+        _write_atomically(path, image)
+        return cls.open(path, shard, max_sessions=max_sessions)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        shard: ShardId | None = None,
+        *,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> ShardStore:
+        """The existing shard database at ``path``; ``shard``, if given, must match it.
+
+        ``max_sessions`` must be the same on every replica (eviction is replicated state).
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ShardNotFoundError(f"no shard database at {path}")
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            meta = _read_meta(conn, path)  # before any pragma writes to a foreign file
+            if shard is not None and meta.shard != shard:
+                raise ShardFormatError(f"{path} holds shard {meta.shard}, not {shard}")
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # see the module's docstring
+                conn.execute("PRAGMA trusted_schema=OFF")  # files arrive from other groups
+                return cls(path, conn, meta, max_sessions)
+            except sqlite3.Error as exc:
+                raise ShardStoreError(f"cannot open {path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def install(
+        cls,
+        path: str | os.PathLike[str],
+        data: bytes,
+        *,
+        shard: ShardId | None = None,
+        applied_index: int | None = None,
+        state: str | None = None,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> ShardStore:
+        """Replace whatever is at ``path`` with the exported shard ``data`` and open it.
+
+        ``data`` is verified first (magic, length, checksum, schema version, SQLite's
+        integrity check, ``shard`` if given): if it fails, nothing is replaced. The file is
+        written atomically (temp file, fsync, rename, fsync of the directory). Close any
+        store open on ``path`` first. ``applied_index`` and ``state`` override the exported
+        ones: a shard from another group needs ``applied_index``, as the exporter's index
+        belongs to *its* log (a Raft snapshot of the same group keeps both).
+        """
+        path = os.fspath(path)
+        image = _verified_image(_unframe(data), shard, applied_index, state)
+        # A WAL left by the old file would be replayed into the new one: remove it. If we
+        # crash before the rename, the old file is back at its last checkpoint (consistent,
+        # with its applied index) and the install is replayed from the log.
+        _remove_files(path, SIDE_FILE_SUFFIXES)
+        _write_atomically(path, image)
+        return cls.open(path, shard, max_sessions=max_sessions)
+
+    # --- what it is ----------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def shard(self) -> ShardId:
+        return self._meta.shard
+
+    @property
+    def state(self) -> str:
+        return self._meta.state
+
+    @property
+    def applied_index(self) -> int:
+        """Index of the last log entry this shard applied (0 for a new, empty shard)."""
+        return self._meta.applied_index
+
+    # --- changes, through the log --------------------------------------------------------
+
+    def apply(self, index: int, client_id: str, seq: int, op: KVOp) -> KVResult | None:
+        """Apply the committed ``op`` at log ``index``, de-duplicated, in one transaction.
+
+        An ``index`` at or below :attr:`applied_index` was applied before: it is skipped and
+        ``None`` returned. A retry (the client's latest ``seq``) returns the first result;
+        an older ``seq`` returns a stale result; neither applies ``op``. ``client_id=""``
+        opts out. An ``Append`` that would grow a value past :data:`MAX_VALUE_BYTES` is not
+        applied and returns ``ok=False``.
+        """
+        check_op(op)
+        if index <= self._meta.applied_index:
+            return None
+        with self._transaction() as conn:
+            result, sessions = self._apply_once(conn, client_id, seq, op)
+            _put_meta(conn, "applied_index", index)
+        self._meta.applied_index = index
+        self._sessions = sessions
+        return result
+
+    def set_state(self, index: int, state: str) -> bool:
+        """Record the lifecycle ``state`` at log ``index``; False if already applied."""
+        if index <= self._meta.applied_index:
+            return False
+        with self._transaction() as conn:
+            _put_meta(conn, "state", state)
+            _put_meta(conn, "applied_index", index)
+        self._meta.state, self._meta.applied_index = state, index
+        return True
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM kv WHERE key = ?", key)
+        return rows[0][0] if rows else None
+
+    def scan(
+        self,
+        prefix: str | None = None,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = MAX_SCAN_ROWS,
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` ``(key, value)`` pairs in key order, with ``start <= key < end``
+        and starting with ``prefix``. Next page: ``start=last_key + "\\x00"``."""
+        if not 0 <= limit <= MAX_SCAN_ROWS:
+            raise ShardLimitError(f"scan limit {limit} is not in [0, {MAX_SCAN_ROWS}]")
+        # Keys with the prefix are contiguous from the prefix on: read from there and stop
+        # at the first key without it.
+        sql = "SELECT key, value FROM kv WHERE key >= ?"
+        params: list[object] = [max(start or "", prefix or "")]
+        if end is not None:
+            sql += " AND key < ?"
+            params.append(end)
+        rows = self._query(sql + " ORDER BY key LIMIT ?", *params, limit)
+        if prefix is None:
+            return rows
+        for i, (key, _) in enumerate(rows):
+            if not key.startswith(prefix):
+                return rows[:i]
+        return rows
+
+    def count(self) -> int:
+        """Number of keys."""
+        count: int = self._query("SELECT count(*) FROM kv")[0][0]
+        return count
+
+    def size_bytes(self) -> int:
+        """Size of the database image (what :meth:`export` would copy, less its header)."""
+        pages: int = self._query("PRAGMA page_count")[0][0]
+        page_bytes: int = self._query("PRAGMA page_size")[0][0]
+        return pages * page_bytes
+
+    def last_seq(self, client_id: str) -> int:
+        """The sequence number of the client's latest applied command (0 if none)."""
+        rows = self._query("SELECT seq FROM sessions WHERE client_id = ?", client_id)
+        return rows[0][0] if rows else 0
+
+    # --- snapshots and the file ----------------------------------------------------------
+
+    def export(self) -> bytes:
+        """A consistent copy of the whole database (data, sessions, meta), framed with
+        its length and CRC32C, for :meth:`install` on another path or machine."""
+        size = self.size_bytes()
+        if size > MAX_EXPORT_BYTES:
+            raise ShardLimitError(f"shard {self.shard} is {size} bytes, over {MAX_EXPORT_BYTES}")
+        try:
+            image = bytearray(self._connection().serialize())
+        except sqlite3.Error as exc:
+            raise ShardStoreError(f"cannot export shard {self.shard}: {exc}") from exc
+        # Bytes 18 and 19 of the header say "WAL mode" (2). An in-memory copy cannot be
+        # opened in WAL mode, so the export is a plain rollback-journal database (1); the
+        # receiver switches its copy to WAL when it opens it.
+        image[18:20] = b"\x01\x01"
+        length = len(image)
+        checksum = crc32c.crc32c(image, crc32c.crc32c(struct.pack("<Q", length)))
+        return EXPORT_HEADER.pack(EXPORT_MAGIC, length, checksum) + image
+
+    def checkpoint(self) -> None:
+        """Make every commit durable in the database file itself (fsynced)."""
+        busy = self._query("PRAGMA wal_checkpoint(TRUNCATE)")[0][0]
+        if busy:
+            raise ShardStoreError(f"checkpoint of shard {self.shard} could not finish")
+
+    def close(self) -> None:
+        """Close the database (idempotent); committed changes stay in the file."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def delete(self) -> None:
+        """Close and remove the database and its side files (garbage collection)."""
+        self.close()
+        _remove_files(self._path, ("", *SIDE_FILE_SUFFIXES))
+        Disk().fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+
+    def __enter__(self) -> ShardStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ShardStoreClosedError(f"the store of shard {self.shard} is closed")
+        return self._conn
+
+    def _query(self, sql: str, *params: object) -> list[Any]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+
+    def _apply_once(
+        self, conn: sqlite3.Connection, client_id: str, seq: int, op: KVOp
+    ) -> tuple[KVResult, int]:
+        """The result of ``op`` and the number of sessions afterwards."""
+        sessions = self._sessions
+        row = None
+        if client_id:
+            sql = "SELECT seq, result FROM sessions WHERE client_id = ?"
+            row = conn.execute(sql, (client_id,)).fetchone()
+        if row is not None and seq < row[0]:
+            return _STALE, sessions
+        if row is not None and seq == row[0]:  # a retry: the first result, touched
+            sql = "UPDATE sessions SET touched = ? WHERE client_id = ?"
+            conn.execute(sql, (_next_touch(conn), client_id))
+            return _result_decoder.decode(row[1]), sessions
+        result = _execute(conn, op)
+        if not client_id:
+            return result, sessions
+        conn.execute(
+            "INSERT OR REPLACE INTO sessions (client_id, seq, result, touched) VALUES (?,?,?,?)",
+            (client_id, seq, _encode(result), _next_touch(conn)),
+        )
+        if row is None:
+            sessions += 1
+        if sessions > self._max_sessions:  # forget the least recently heard-from
+            conn.execute(
+                "DELETE FROM sessions WHERE client_id IN "
+                "(SELECT client_id FROM sessions ORDER BY touched LIMIT ?)",
+                (sessions - self._max_sessions,),
+            )
+            sessions = self._max_sessions
+        return result, sessions
+
+
+def _execute(conn: sqlite3.Connection, op: KVOp) -> KVResult:
+    if isinstance(op, Get):
+        return KVResult(value=_get(conn, op.key))
+    if isinstance(op, Put):
+        _put(conn, op.key, op.value)
+    elif isinstance(op, Append):
+        value = (_get(conn, op.key) or "") + op.value
+        if _utf8_len(value) > MAX_VALUE_BYTES:
+            return KVResult(ok=False)
+        _put(conn, op.key, value)
+    elif isinstance(op, Delete):
+        conn.execute("DELETE FROM kv WHERE key = ?", (op.key,))
+    else:
+        if _get(conn, op.key) != op.expected:
+            return KVResult(ok=False)
+        _put(conn, op.key, op.new)
+    return KVResult()
+
+
+def _get(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _put(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+
+def _next_touch(conn: sqlite3.Connection) -> int:
+    touch: int = conn.execute("SELECT coalesce(max(touched), 0) + 1 FROM sessions").fetchone()[0]
+    return touch
+
+
+def _put_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+
+
+def _read_meta(conn: sqlite3.Connection, where: str) -> _Meta:
+    try:
+        meta = dict(conn.execute("SELECT k, v FROM meta").fetchall())
+    except sqlite3.Error as exc:
+        raise ShardFormatError(f"{where} is not a shard database: {exc}") from exc
+    version = meta.get("format_version")
+    if version is None:
+        raise ShardFormatError(f"{where} is not a shard database: no format version")
+    if version != SCHEMA_VERSION:
+        raise ShardSchemaVersionError(version, SCHEMA_VERSION)
+    shard, state, applied = meta.get("shard"), meta.get("state"), meta.get("applied_index")
+    keyspace, _, number = shard.rpartition("/") if isinstance(shard, str) else ("", "", "")
+    if not (keyspace and number.isascii() and number.isdigit()):
+        raise ShardFormatError(f"{where}: shard {shard!r} is not keyspace/index")
+    if not isinstance(state, str) or not isinstance(applied, int):
+        raise ShardFormatError(f"{where}: state {state!r} or applied index {applied!r} missing")
+    return _Meta(ShardId(keyspace, int(number)), state, applied)
+
+
+def _unframe(data: bytes) -> memoryview:
+    if len(data) > EXPORT_HEADER.size + MAX_EXPORT_BYTES:
+        raise ShardLimitError(f"shard export of {len(data)} bytes, over {MAX_EXPORT_BYTES}")
+    if len(data) < EXPORT_HEADER.size:
+        raise CorruptShardSnapshotError("shard export: truncated header")
+    magic, length, checksum = EXPORT_HEADER.unpack_from(data)
+    if magic != EXPORT_MAGIC:
+        raise CorruptShardSnapshotError("shard export: bad magic")
+    if length != len(data) - EXPORT_HEADER.size:
+        raise CorruptShardSnapshotError(
+            f"shard export: header says {length} bytes, {len(data) - EXPORT_HEADER.size} follow"
+        )
+    view = memoryview(data)
+    image = view[EXPORT_HEADER.size :]
+    if crc32c.crc32c(image, crc32c.crc32c(view[4:12])) != checksum:
+        raise CorruptShardSnapshotError("shard export: checksum mismatch")
+    return image
+
+
+def _verified_image(
+    image: memoryview, shard: ShardId | None, applied_index: int | None, state: str | None
+) -> bytes:
+    """The image to write, checked in memory and with the overrides applied."""
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as mem:
+        try:
+            mem.deserialize(image)
+            meta = _read_meta(mem, "shard export")
+            problems = [row[0] for row in mem.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise CorruptShardSnapshotError(f"shard export: {problems[:3]}")
+            if shard is not None and meta.shard != shard:
+                raise ShardFormatError(f"shard export holds shard {meta.shard}, not {shard}")
+            if applied_index is None and state is None:
+                return bytes(image)
+            if applied_index is not None:
+                _put_meta(mem, "applied_index", applied_index)
+            if state is not None:
+                _put_meta(mem, "state", state)
+            return mem.serialize()
+        except sqlite3.Error as exc:
+            raise CorruptShardSnapshotError(f"shard export: {exc}") from exc
+
+
+def _write_atomically(path: str, image: bytes) -> None:
+    directory, name = os.path.split(os.path.abspath(path))
+    Disk().atomic_write(directory, name, [image])
+
+
+def _remove_files(path: str, suffixes: tuple[str, ...]) -> None:
+    for suffix in suffixes:
+        with suppress(FileNotFoundError):
+            os.remove(path + suffix)
+
+
+def _check_size(what: str, text: str, limit: int) -> None:
+    size = _utf8_len(text)
+    if size > limit:
+        raise ShardLimitError(f"{what} of {size} bytes is over the limit of {limit}")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
