@@ -16,18 +16,27 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-from shardwise.errors import ShardwiseError
+from shardwise.errors import (
+    NotLeaderError,
+    ProposalDroppedError,
+    ProposalOutcomeUnknownError,
+    RaftTimeoutError,
+    ReplicaHaltedError,
+    ReplicaStoppedError,
+    ShardwiseError,
+)
 from shardwise.net.links import Address
 from shardwise.net.loop import run
 from shardwise.net.transport import Transport
 from shardwise.raft.host import HostOptions, RaftHost
 from shardwise.raft.messages import Membership
 from shardwise.raft.statemachine import StateMachine
+from shardwise.routing import Status
 from shardwise.storage.file import FileStorage
 
 DEFAULT_TICK_MS: Final = 50
@@ -37,6 +46,7 @@ DEFAULT_SNAPSHOT_EVERY: Final = 10_000
 MAX_SECRET_FILE_BYTES: Final = 4096
 
 S = TypeVar("S", bound=StateMachine)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,41 @@ class ReplicaConfig:
     secret: bytes
     tick_ms: int = DEFAULT_TICK_MS
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+
+
+REQUEST_TIMEOUT_S: Final = 5.0
+"""How long a request may wait inside a server before it answers ``retry``."""
+
+RETRYABLE: Final = (
+    ProposalDroppedError,
+    ProposalOutcomeUnknownError,
+    RaftTimeoutError,
+    ReplicaStoppedError,
+)
+"""Host errors after which the client should try again (a write with the same sequence
+number, which the de-duplication table makes safe)."""
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What a request to the Raft host came to, in the terms of a service reply."""
+
+    status: Status
+    leader: str | None = None
+    value: T | None = None
+
+
+async def through_host(host: RaftHost[Any], work: Awaitable[T]) -> Outcome[T]:
+    """Await a host operation and turn the host's errors into a reply status."""
+    try:
+        value = await work
+    except NotLeaderError as exc:
+        return Outcome("not_leader", exc.leader)
+    except ReplicaHaltedError:
+        return Outcome("halted")
+    except RETRYABLE:
+        return Outcome("retry", host.status().leader)
+    return Outcome("ok", value=value)
 
 
 class ReplicaService(Generic[S]):

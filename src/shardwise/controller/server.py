@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Final
 
 from shardwise.controller.model import Configuration
 from shardwise.controller.protocol import (
@@ -31,24 +30,15 @@ from shardwise.controller.statemachine import (
     decode_result,
     encode_command,
 )
-from shardwise.errors import (
-    ControllerError,
-    NotLeaderError,
-    ProposalDroppedError,
-    ProposalOutcomeUnknownError,
-    RaftTimeoutError,
-    ReplicaHaltedError,
-    ReplicaStoppedError,
-)
+from shardwise.errors import ControllerError
 from shardwise.net.rpc import CallContext
-from shardwise.service import ReplicaConfig, ReplicaService, parse_replica_args, run_main
-
-REQUEST_TIMEOUT_S: Final = 5.0
-RETRYABLE: Final = (
-    ProposalDroppedError,
-    ProposalOutcomeUnknownError,
-    RaftTimeoutError,
-    ReplicaStoppedError,
+from shardwise.service import (
+    REQUEST_TIMEOUT_S,
+    ReplicaConfig,
+    ReplicaService,
+    parse_replica_args,
+    run_main,
+    through_host,
 )
 
 
@@ -65,33 +55,24 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
 
     async def _change(self, request: ChangeRequest, context: CallContext) -> ChangeReply:
         command = encode_command(request.op, client_id=request.client_id, seq=request.seq)
-        try:
-            result = await self.host.propose(command, timeout_s=REQUEST_TIMEOUT_S)
-        except NotLeaderError as exc:
-            return ChangeReply("not_leader", leader=exc.leader)
-        except ReplicaHaltedError:
-            return ChangeReply("halted")
-        except RETRYABLE:
-            return ChangeReply("retry", leader=self.host.status().leader)
-        return ChangeReply("ok", result=decode_result(result))
+        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
+        if outcome.value is None:
+            return ChangeReply(outcome.status, leader=outcome.leader)
+        return ChangeReply("ok", result=decode_result(outcome.value))
 
     async def _query(self, request: QueryRequest, context: CallContext) -> QueryReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(request.wait_s, 0.0), MAX_WATCH_S)
         while True:
             self._changed.clear()
+            read = self.host.read(lambda sm: sm.query(request.num), timeout_s=REQUEST_TIMEOUT_S)
             try:
-                config = await self.host.read(
-                    lambda sm: sm.query(request.num), timeout_s=REQUEST_TIMEOUT_S
-                )
-            except NotLeaderError as exc:
-                return QueryReply("not_leader", leader=exc.leader)
+                outcome = await through_host(self.host, read)
             except ControllerError as exc:
                 return QueryReply("ok", error=exc.code, message=str(exc))
-            except ReplicaHaltedError:
-                return QueryReply("halted")
-            except RETRYABLE:
-                return QueryReply("retry", leader=self.host.status().leader)
+            config = outcome.value
+            if config is None:
+                return QueryReply(outcome.status, leader=outcome.leader)
             remaining = deadline - loop.time()
             if config.num > request.newer_than or remaining <= 0 or request.num != -1:
                 return QueryReply("ok", config=config)

@@ -13,14 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from shardwise.errors import (
-    NotLeaderError,
-    ProposalDroppedError,
-    ProposalOutcomeUnknownError,
-    RaftTimeoutError,
-    ReplicaHaltedError,
-    ReplicaStoppedError,
-)
 from shardwise.kvgroup.protocol import (
     READ,
     STATUS,
@@ -33,20 +25,17 @@ from shardwise.kvgroup.protocol import (
 )
 from shardwise.net.rpc import CallContext
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
-from shardwise.service import ReplicaConfig, ReplicaService, parse_replica_args, run_main
+from shardwise.service import (
+    REQUEST_TIMEOUT_S,
+    ReplicaConfig,
+    ReplicaService,
+    parse_replica_args,
+    run_main,
+    through_host,
+)
 
 GROUP: Final = 1
 """The Raft group id on the wire: a lone KV group is group 1."""
-
-REQUEST_TIMEOUT_S: Final = 5.0
-"""How long a write or read may wait inside the server before answering ``retry``."""
-
-RETRYABLE: Final = (
-    ProposalDroppedError,
-    ProposalOutcomeUnknownError,
-    RaftTimeoutError,
-    ReplicaStoppedError,
-)
 
 
 class KVGroupServer(ReplicaService[KVStateMachine]):
@@ -58,27 +47,16 @@ class KVGroupServer(ReplicaService[KVStateMachine]):
 
     async def _write(self, request: WriteRequest, context: CallContext) -> Reply:
         command = encode_command(request.op, client_id=request.client_id, seq=request.seq)
-        try:
-            result = await self.host.propose(command, timeout_s=REQUEST_TIMEOUT_S)
-        except NotLeaderError as exc:
-            return Reply("not_leader", leader=exc.leader)
-        except ReplicaHaltedError:
-            return Reply("halted")
-        except RETRYABLE:
-            return Reply("retry", leader=self.host.status().leader)
-        return Reply("ok", result=decode_result(result))
+        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
+        if outcome.value is None:
+            return Reply(outcome.status, leader=outcome.leader)
+        return Reply("ok", result=decode_result(outcome.value))
 
     async def _read(self, request: ReadRequest, context: CallContext) -> Reply:
         key = request.key
-        try:
-            value = await self.host.read(lambda sm: sm.get(key), timeout_s=REQUEST_TIMEOUT_S)
-        except NotLeaderError as exc:
-            return Reply("not_leader", leader=exc.leader)
-        except ReplicaHaltedError:
-            return Reply("halted")
-        except RETRYABLE:
-            return Reply("retry", leader=self.host.status().leader)
-        return Reply("ok", value=value)
+        read = self.host.read(lambda sm: sm.get(key), timeout_s=REQUEST_TIMEOUT_S)
+        outcome = await through_host(self.host, read)
+        return Reply(outcome.status, leader=outcome.leader, value=outcome.value)
 
     async def _status(self, request: StatusRequest, context: CallContext) -> StatusReply:
         s = self.host.status()
