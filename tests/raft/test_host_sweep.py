@@ -126,15 +126,14 @@ controls fail about one seed in eight, so 40 leave a wide margin; each stops at 
 first failing seed."""
 
 RETRIABLE: Final = (
-    NotLeaderError,
     ProposalDroppedError,
     ProposalOutcomeUnknownError,
     RaftTimeoutError,
     ReplicaStoppedError,
     ReplicaHaltedError,
 )
-"""Every error a host operation can end with: the client tries again (a halted replica
-is also reported as a problem of the run, see HostCluster.halted)."""
+"""With NotLeaderError, every error a host operation can end with: the client tries
+again (a halted replica is also reported as a problem of the run, see HostCluster.halted)."""
 
 
 @dataclass(frozen=True)
@@ -452,13 +451,11 @@ class HostSweep:
                 return
             self._record("final", pending, read.result())
         if not await cluster.run_until(cluster.converged, CONVERGE_TICKS):
-            self.problems.append(f"replicas never applied the same entries: {self._statuses()}")
+            statuses = [str(host.status()) for host in cluster.hosts.values()]
+            self.problems.append(f"replicas never applied the same entries: {statuses}")
         states = {name: host.state_machine.items() for name, host in cluster.hosts.items()}
         if len({tuple(sorted(s.items())) for s in states.values()}) != 1:
             self.problems.append(f"replicas diverged: {states}")
-
-    def _statuses(self) -> list[str]:
-        return [str(host.status()) for host in self.cluster.hosts.values()]
 
     def _verdict(self) -> SweepResult:
         history = list(self.history)
@@ -471,17 +468,9 @@ class HostSweep:
         result = check(kv_model, history, max_steps=CHECK_MAX_STEPS)
         if result.verdict is not Verdict.LINEARIZABLE:
             self.problems.append(f"history is {result.verdict.value}")
-        cluster = self.cluster
-        net = cluster.network
-        self.stats.update(
-            crashes=cluster.crashes,
-            restarts=cluster.restarts,
-            sent=net.sent,
-            dropped=net.dropped,
-            delivered=net.delivered.total(),
-            snapshots=net.delivered["InstallSnapshot"],
-            ticks=cluster.step // STEPS_PER_TICK,
-        )
+        cluster, net = self.cluster, self.cluster.network
+        self.stats.update(crashes=cluster.crashes, sent=net.sent, dropped=net.dropped)
+        self.stats.update(snapshots=net.delivered["InstallSnapshot"], steps=cluster.step)
         return SweepResult(
             self.seed, self.config, history, result, self.problems, self.events, self.stats
         )
