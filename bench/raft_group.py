@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardwise.kvgroup.client import KVGroupClient
+from shardwise.net import loop
 from shardwise.testing.procs import ProcessGroup, free_ports
 
 VALUE = "v" * 100
@@ -293,7 +294,7 @@ def main() -> int:
         return 2
     if args.quick:
         args.rounds, args.ops, args.concurrency = 1, 2_000, 16
-    asyncio.run(run(args.rounds, args.concurrency, args.ops))
+    loop.run(run(args.rounds, args.concurrency, args.ops))  # uvloop when installed, for both
     return 0
 
 

@@ -403,6 +403,13 @@ class RaftHost(Generic[S]):
     async def _handle_ready(self, node: RaftNode, ready: Ready) -> None:
         for message in ready.early_messages:  # a leader's appends overlap its own fsync
             self._send(message)
+        # Committed means durable on a quorum, so applying committed entries (and answering
+        # their proposers) need not wait for this Ready's own write, whose entries are
+        # newer; only a snapshot must be installed before anything after it applies.
+        apply_first = ready.snapshot is None
+        if apply_first:
+            self._apply(ready.committed)
+            self._answer_reads(node, ready)
         if ready.must_sync or ready.snapshot is not None:
             await self._run_blocking(lambda: self._persist(ready))
             if self._halted is not None:
@@ -413,8 +420,9 @@ class RaftHost(Generic[S]):
             self._install(ready.snapshot)
         for message in ready.messages:
             self._send(message)
-        self._apply(ready.committed)
-        self._answer_reads(node, ready)
+        if not apply_first:
+            self._apply(ready.committed)
+            self._answer_reads(node, ready)
         node.advance(ready)
 
     def _persist(self, ready: Ready) -> None:
