@@ -46,13 +46,8 @@ from shardwise.errors import (
 )
 from shardwise.raft.host import HostOptions, RaftHost
 from shardwise.raft.kv import (
-    Append,
-    Cas,
-    Get,
-    KVOp,
     KVResult,
     KVStateMachine,
-    Put,
     decode_result,
     encode_command,
 )
@@ -70,6 +65,7 @@ from shardwise.testing.hostsim import (
     LivelockError,
     NetFaults,
 )
+from shardwise.testing.kvsweep import model_output, state_machine_op
 from shardwise.testing.linearizability import CheckResult, Verdict, check
 
 CI_SEEDS: Final = 30
@@ -247,7 +243,7 @@ class HostSweep:
             op = KvOp("cas", key, seen.get(key), value)
         command: bytes | None = None
         if op.kind != "get" or self.rng.random() < 0.5:  # half the reads go through the log
-            command = encode_command(_kv_op(op), client_id=name, seq=seq)
+            command = encode_command(state_machine_op(op), client_id=name, seq=seq)
         return _Pending(op, command, self.cluster.now())
 
     async def _perform(self, name: str, pending: _Pending) -> Any:
@@ -294,9 +290,7 @@ class HostSweep:
         if result.stale:
             # A client waits for each command before the next: its latest is never stale.
             self.problems.append(f"{name}: {pending.op} answered as stale")
-        if pending.op.kind == "get":
-            return result.value
-        return result.ok if pending.op.kind == "cas" else None
+        return model_output(pending.op, result)
 
     def _record(self, name: str, pending: _Pending, output: Any) -> None:
         now = self.cluster.now()
@@ -474,17 +468,6 @@ class HostSweep:
         return SweepResult(
             self.seed, self.config, history, result, self.problems, self.events, self.stats
         )
-
-
-def _kv_op(op: KvOp) -> KVOp:
-    key = str(op.key)
-    if op.kind == "get":
-        return Get(key)
-    if op.kind == "put":
-        return Put(key, str(op.value))
-    if op.kind == "append":
-        return Append(key, str(op.value))
-    return Cas(key, op.value, str(op.new))
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -24,6 +24,7 @@ from shardwise.raft.kv import (
     Cas,
     Get,
     KVOp,
+    KVResult,
     KVStateMachine,
     Put,
     decode_result,
@@ -130,7 +131,7 @@ class KVSweep:
             op = KvOp("cas", key, expected, value)
         command: bytes | None = None
         if op.kind != "get" or self.rng.random() < 0.5:  # half the reads go through the log
-            command = encode_command(_kv_op(op), client_id=client.name, seq=client.seq)
+            command = encode_command(state_machine_op(op), client_id=client.name, seq=client.seq)
         client.pending = _Pending(op, command, self.cluster.now)
         client.attempts = 0
 
@@ -182,7 +183,7 @@ class KVSweep:
             applied = server.results.get(pending.index) if pending.index else None
             if applied is None or applied[0] != pending.command:
                 return _NOTHING  # not applied yet, or another entry took the index
-            return _output(pending.op, decode_result(applied[1]))
+            return model_output(pending.op, decode_result(applied[1]))
         state = next((r for r in server.reads if r.context == pending.context), None)
         if state is None or server.node.log.applied < state.index:
             return _NOTHING
@@ -349,7 +350,8 @@ class KVSweep:
 _NOTHING: Final = object()
 
 
-def _kv_op(op: KvOp) -> KVOp:
+def state_machine_op(op: KvOp) -> KVOp:
+    """The :mod:`shardwise.raft.kv` command for a history operation of the KV model."""
     key = str(op.key)
     if op.kind == "get":
         return Get(key)
@@ -360,7 +362,8 @@ def _kv_op(op: KvOp) -> KVOp:
     return Cas(key, op.value, str(op.new))
 
 
-def _output(op: KvOp, result: Any) -> Any:
+def model_output(op: KvOp, result: KVResult) -> Any:
+    """What the KV model expects as the output of ``op``, from the machine's result."""
     if op.kind == "get":
         return result.value
     if op.kind == "cas":
