@@ -217,10 +217,14 @@ def test_retries_are_applied_once() -> None:
     first = sm.apply(1, command)
     assert sm.apply(2, command) == first
     assert sm.latest().num == 1
-    stale = decode_result(sm.apply(3, encode_command(Leave((1,)), client_id="c", seq=0 + 1)))
-    assert stale.num == 1  # same seq again: the remembered answer
+    # Whatever a retry carries, the same sequence number gets the remembered answer.
+    retried = decode_result(sm.apply(3, encode_command(Leave((1,)), client_id="c", seq=1)))
+    assert retried == decode_result(first) and sm.latest().num == 1
     newer = encode_command(Leave((1,)), client_id="c", seq=2)
     assert decode_result(sm.apply(4, newer)).num == 2
+    # An older sequence number than the client's latest is refused, changing nothing.
+    old = decode_result(sm.apply(5, encode_command(Join({7: ("x",)}), client_id="c", seq=1)))
+    assert old.error == "stale" and sm.latest().num == 2
 
 
 def test_snapshot_and_restore() -> None:

@@ -139,8 +139,8 @@ def test_follower_rejects_with_a_term_hint_and_leader_skips_the_term() -> None:
     follower.step(append)
     reject = drain(follower)[-1]
     assert isinstance(reject, AppendResponse) and reject.reject
-    # The whole run of term-2 entries is above the leader's term 4? No: 2 <= 4, so the
-    # follower points at its last entry with a term not above the leader's prev_term.
+    # The follower points at its last entry whose term is not above the leader's
+    # prev_term (4): its entry 11, of term 2.
     assert (reject.hint_index, reject.hint_term) == (11, 2)
 
     log = RaftLog(None, [entry(1, 1), *(entry(i, 3) for i in range(2, 12))])

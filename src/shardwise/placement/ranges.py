@@ -99,6 +99,7 @@ class HashRangePartition:
         return isinstance(other, HashRangePartition) and self._starts == other._starts
 
     def __hash__(self) -> int:
+        # For sets and dict keys only, never placement; int hashes are not salted anyway.
         return hash(tuple(self._starts))
 
     def __repr__(self) -> str:

@@ -106,7 +106,8 @@ def bucket_index(
     Most slices hold no point, so most lookups are one list read after the hash; the rest
     bisect only the few points of their slice. In CPython, where each comparison of
     64-bit ints costs more than the arithmetic around it, that makes single-key lookups
-    about 1.5-2x faster than bisecting the whole ring.
+    1.25x (100 nodes) to 1.6x (1,000 nodes) faster than bisecting the whole ring, as
+    measured while building it.
     """
     bits = max(1, min(len(points).bit_length() + 2, MAX_INDEX_BITS, space_bits))
     shift = space_bits - bits
