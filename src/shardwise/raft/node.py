@@ -490,7 +490,7 @@ class RaftNode(Replication):
             or self._read_states
             or self._dropped_reads
             or self._installed
-            or self.log.unstable()
+            or self.log.stable < self.log.last_index()
             or self._hard_state() != self._persisted
             or self.log.committed > self.log.applied
         )
