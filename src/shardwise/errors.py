@@ -258,6 +258,13 @@ class UnknownShardError(ControllerError):
     code = "unknown_shard"
 
 
+class OrphanedShardsError(ControllerError):
+    """The change would leave shards that hold data with no group to serve them (the
+    last groups leaving): join another group first."""
+
+    code = "orphaned_shards"
+
+
 class UnknownKeyspaceError(ControllerError):
     code = "unknown_keyspace"
 
@@ -292,6 +299,21 @@ class ClientTimeoutError(ClientError, TimeoutError):
 
     For a write this means the outcome is unknown: it may have been applied.
     """
+
+
+class ClientClosedError(ClientError):
+    """The client was used before :meth:`start` or after :meth:`close`."""
+
+
+class RequestRefusedError(ClientError, ValueError):
+    """A request was refused as over a limit (a key, a value, a scan's size), by a server
+    at its door or by the client before sending it; nothing was applied."""
+
+
+class StaleWriteError(ClientError):
+    """A write came back stale: a newer write with the same client id had been applied, so
+    this one was not. A client never causes this on its own (each write in flight has a
+    client id of its own); it means two live clients share a client id."""
 
 
 # --- shardserver -------------------------------------------------------------------------

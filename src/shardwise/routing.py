@@ -11,13 +11,12 @@ leader (an election is running), and raises
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable
 from typing import Any, Final, Literal, Protocol, TypeAlias, TypeVar
 
 from shardwise.errors import ClientTimeoutError, NetError
+from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import RpcMethod
-from shardwise.net.transport import Transport
 
 ATTEMPT_TIMEOUT_S: Final = 2.0
 """One attempt at one server; past it the call tries the next one."""
@@ -45,7 +44,7 @@ R = TypeVar("R", bound=ServiceReply)
 
 
 class LeaderRouter:
-    def __init__(self, transport: Transport, servers: Iterable[str]) -> None:
+    def __init__(self, transport: Endpoint, servers: Iterable[str]) -> None:
         self.transport = transport
         self.servers = sorted(servers)
         self.leader: str | None = None
@@ -58,10 +57,11 @@ class LeaderRouter:
         return ids
 
     async def call(self, method: RpcMethod[Any, R], request: object, deadline_s: float) -> R:
-        deadline = time.monotonic() + deadline_s
+        loop = asyncio.get_running_loop()  # loop time: virtual in simulations
+        deadline = loop.time() + deadline_s
         while True:
             for node in self._order():
-                remaining = deadline - time.monotonic()
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise ClientTimeoutError(
                         f"{method.name} did not complete within {deadline_s} s"

@@ -30,6 +30,7 @@ from shardwise.errors import (
     ReplicaStoppedError,
     ShardwiseError,
 )
+from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.loop import run
 from shardwise.net.transport import Transport
@@ -38,6 +39,7 @@ from shardwise.raft.messages import Membership
 from shardwise.raft.statemachine import StateMachine
 from shardwise.routing import Status
 from shardwise.storage.file import FileStorage
+from shardwise.storage.interface import RaftStorage
 
 DEFAULT_TICK_MS: Final = 50
 """50 ms ticks: heartbeats every 50 ms, elections after 0.5-1 s without a leader."""
@@ -98,12 +100,24 @@ async def through_host(host: RaftHost[Any], work: Awaitable[T]) -> Outcome[T]:
 class ReplicaService(Generic[S]):
     """Storage, transport and a Raft host around ``state_machine``, for group ``group``."""
 
-    def __init__(self, config: ReplicaConfig, state_machine: S, group: int) -> None:
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        state_machine: S,
+        group: int,
+        *,
+        transport: Endpoint | None = None,
+        storage: RaftStorage | None = None,
+    ) -> None:
+        """``transport`` and ``storage`` default to the real ones (TCP, files under
+        ``data_dir``); simulations pass in-memory ones with the same interfaces."""
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = FileStorage(config.data_dir / "raft")
-        self.transport = Transport(
-            config.node_id, config.secret, peers=config.peers, listen=config.listen
+        self.storage = storage if storage is not None else FileStorage(config.data_dir / "raft")
+        self.transport: Endpoint = (
+            transport
+            if transport is not None
+            else Transport(config.node_id, config.secret, peers=config.peers, listen=config.listen)
         )
         self.state_machine = state_machine
         self.host: RaftHost[S] = RaftHost(
@@ -146,7 +160,8 @@ def read_secret(path: str | None) -> bytes:
     return env.encode()
 
 
-def parse_replica_args(prog: str, description: str, argv: Sequence[str] | None) -> ReplicaConfig:
+def replica_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every server process takes; a service adds its own to the parser."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--id", required=True, help="this server's node id")
     parser.add_argument("--listen", required=True, type=parse_address, help="HOST:PORT")
@@ -157,22 +172,40 @@ def parse_replica_args(prog: str, description: str, argv: Sequence[str] | None) 
     parser.add_argument("--secret-file", help="file holding the cluster's shared secret")
     parser.add_argument("--tick-ms", type=int, default=DEFAULT_TICK_MS)
     parser.add_argument("--snapshot-every", type=int, default=DEFAULT_SNAPSHOT_EVERY)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_peers(
+    parser: argparse.ArgumentParser, specs: Sequence[str], flag: str
+) -> dict[str, Address]:
+    """``ID=HOST:PORT`` options into a mapping (a usage error otherwise)."""
     peers: dict[str, Address] = {}
-    for spec in args.peer:
+    for spec in specs:
         node, sep, address = spec.partition("=")
         if not sep or not node:
-            parser.error(f"--peer takes ID=HOST:PORT, got {spec!r}")
-        peers[node] = parse_address(address)
+            parser.error(f"{flag} takes ID=HOST:PORT, got {spec!r}")
+        try:
+            peers[node] = parse_address(address)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{flag} {spec!r}: {exc}")
+    return peers
+
+
+def replica_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ReplicaConfig:
     return ReplicaConfig(
         node_id=args.id,
         listen=args.listen,
-        peers=peers,
+        peers=parse_peers(parser, args.peer, "--peer"),
         data_dir=args.data,
         secret=read_secret(args.secret_file),
         tick_ms=args.tick_ms,
         snapshot_every=args.snapshot_every,
     )
+
+
+def parse_replica_args(prog: str, description: str, argv: Sequence[str] | None) -> ReplicaConfig:
+    parser = replica_arg_parser(prog, description)
+    return replica_config(parser, parser.parse_args(argv))
 
 
 async def serve_until_signalled(

@@ -98,8 +98,8 @@ def test_every_join_and_leave_moves_the_minimum(seed: int) -> None:
     joined: list[int] = []
     for _ in range(60):
         before = d.sm.latest()
-        if joined and (rng.random() < 0.4 or len(joined) > 8):
-            gone = rng.sample(joined, rng.randint(1, min(2, len(joined))))
+        if len(joined) > 1 and (rng.random() < 0.4 or len(joined) > 8):
+            gone = rng.sample(joined, rng.randint(1, min(2, len(joined) - 1)))
             groups = [g for g in joined if g not in gone]
             result = d.do(Leave(tuple(gone)))
         else:
@@ -112,6 +112,17 @@ def test_every_join_and_leave_moves_the_minimum(seed: int) -> None:
         spread = counts(d.sm.latest())
         if spread:
             assert max(spread.values()) - min(spread.values()) <= 1
+
+
+def test_the_last_groups_cannot_leave() -> None:
+    """Their shards would go to nobody, and a shard gained from nobody starts empty."""
+    d = Driver()
+    d.do(Join({1: ("a",), 2: ("b",)}))
+    before = d.sm.latest()
+    result = d.do(Leave((1, 2)))
+    assert result.error == "orphaned_shards" and "join another group" in result.message
+    assert d.sm.latest() == before
+    assert not d.do(Leave((1,))).error
 
 
 def test_a_strategy_that_moves_too_much_is_caught() -> None:
@@ -220,7 +231,7 @@ def test_retries_are_applied_once() -> None:
     # Whatever a retry carries, the same sequence number gets the remembered answer.
     retried = decode_result(sm.apply(3, encode_command(Leave((1,)), client_id="c", seq=1)))
     assert retried == decode_result(first) and sm.latest().num == 1
-    newer = encode_command(Leave((1,)), client_id="c", seq=2)
+    newer = encode_command(Join({2: ("b",)}), client_id="c", seq=2)
     assert decode_result(sm.apply(4, newer)).num == 2
     # An older sequence number than the client's latest is refused, changing nothing.
     old = decode_result(sm.apply(5, encode_command(Join({7: ("x",)}), client_id="c", seq=1)))

@@ -26,6 +26,7 @@ from shardwise.controller.model import (
     Strategy,
 )
 from shardwise.controller.protocol import CHANGE, QUERY, ChangeRequest, QueryRequest
+from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
 from shardwise.net.wire import Role
@@ -40,6 +41,7 @@ _ERRORS: Final[dict[str, type[errors.ControllerError]]] = {
         errors.GroupExistsError,
         errors.InvalidServersError,
         errors.UnknownShardError,
+        errors.OrphanedShardsError,
         errors.UnknownKeyspaceError,
         errors.KeyspaceExistsError,
         errors.InvalidSchemeError,
@@ -56,19 +58,39 @@ def raise_for(code: str, message: str) -> None:
 
 class ControllerClient:
     def __init__(
-        self, servers: Mapping[str, Address], secret: bytes, client_id: str | None = None
+        self,
+        servers: Mapping[str, Address],
+        secret: bytes,
+        client_id: str | None = None,
+        *,
+        transport: Endpoint | None = None,
     ) -> None:
+        """With ``transport`` (a server's own endpoint), calls go through it and the
+        caller starts and closes it; otherwise the client has a transport of its own."""
         self.client_id = client_id or f"ctl-client-{secrets.token_hex(6)}"
-        self._transport = Transport(self.client_id, secret, role=Role.CLIENT, peers=servers)
+        self._owns_transport = transport is None
+        if transport is None:
+            transport = Transport(self.client_id, secret, role=Role.CLIENT)
+        for server, address in servers.items():
+            transport.set_peer(server, address)
+        self._transport: Endpoint = transport
         self._router = LeaderRouter(self._transport, servers)
         self._seq = itertools.count(1)
 
     async def __aenter__(self) -> ControllerClient:
-        await self._transport.start()
+        await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._transport.close()
+        await self.close()
+
+    async def start(self) -> None:
+        if self._owns_transport:
+            await self._transport.start()
+
+    async def close(self) -> None:
+        if self._owns_transport:
+            await self._transport.close()
 
     async def change(self, op: Op, deadline_s: float = DEFAULT_DEADLINE_S) -> Result:
         request = ChangeRequest(self.client_id, next(self._seq), op)

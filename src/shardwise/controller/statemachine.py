@@ -54,6 +54,7 @@ from shardwise.errors import (
     GroupExistsError,
     InvalidQueryError,
     InvalidServersError,
+    OrphanedShardsError,
     KeyspaceExistsError,
     UnknownGroupError,
     UnknownKeyspaceError,
@@ -196,6 +197,13 @@ class ControllerStateMachine:
             if gid not in latest.groups:
                 raise UnknownGroupError(f"group {gid} has not joined")
         groups = {g: s for g, s in latest.groups.items() if g not in op.gids}
+        if not groups:
+            # Every shard would go to nobody, and a shard gained from nobody starts empty:
+            # the data would be lost. Refuse rather than drop it.
+            raise OrphanedShardsError(
+                f"leaving {sorted(op.gids)} would leave every shard with no group; "
+                "join another group first"
+            )
         return _rebalanced(latest, groups)
 
     def _move(self, latest: Configuration, op: Move) -> tuple[Configuration, list[MoveInfo]]:

@@ -12,10 +12,16 @@ rather than being patched over with flags.
     PULLING --installed--------> SERVING       (data and de-duplication state arrived)
     SERVING --lose-------------> FROZEN        (no more writes; kept for the new owner)
     FROZEN --handed off--------> GARBAGE       (the new owner installed it)
-    FROZEN --regain------------> SERVING       (given back before anyone took it)
+    FROZEN --gain--------------> PULLING       (given back: fetch it from the owner in
+                                                between, who may have written to it)
     GARBAGE --deleted----------> ABSENT        (the file is gone)
-    GARBAGE --gain-------------> PULLING       (given back after someone took it: the
-                                                local copy is stale, so fetch it again)
+
+There is no "regain" straight from FROZEN to SERVING: a group cannot know locally whether
+the group it lost the shard to has installed it and taken writes, so a shard given back
+is always pulled from its previous owner. That owner can answer: it cannot move past the
+configuration in which it gained the shard before it has installed it. The frozen copy
+stays readable for that pull until the taker confirms (``frozen_at`` in the group's state
+machine), even while the group pulls the newer copy.
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ class ShardEvent(enum.Enum):
     INSTALLED = "installed"
     LOSE = "lose"
     HANDED_OFF = "handed off"
-    REGAIN = "regain"
     DELETED = "deleted"
 
 
@@ -52,9 +57,8 @@ TRANSITIONS: Final[dict[tuple[ShardState, ShardEvent], ShardState]] = {
     (S.PULLING, E.INSTALLED): S.SERVING,
     (S.SERVING, E.LOSE): S.FROZEN,
     (S.FROZEN, E.HANDED_OFF): S.GARBAGE,
-    (S.FROZEN, E.REGAIN): S.SERVING,
+    (S.FROZEN, E.GAIN): S.PULLING,
     (S.GARBAGE, E.DELETED): S.ABSENT,
-    (S.GARBAGE, E.GAIN): S.PULLING,
 }
 
 SERVES: Final = frozenset({S.SERVING})

@@ -1,0 +1,5 @@
+import sys
+
+from shardwise.shardserver.server import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""The calls a replica group server answers, for clients and for other groups.
+
+A server's node id is its address (``"127.0.0.1:7201"``), so any process holding a
+configuration can reach every server it names (see :func:`server_address`).
+
+Outcomes a caller acts on travel in the reply's ``status``: the :data:`Status` values
+of :mod:`shardwise.routing` plus ``wrong_group`` (this group does not serve the shard in
+its configuration ``config_num``: fetch a configuration newer than that and retry with
+the same client id and sequence number). Transport failures arrive as typed exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, TypeAlias
+
+import msgspec
+
+from shardwise.controller.model import ShardId
+from shardwise.net.links import Address
+from shardwise.net.rpc import RpcMethod
+from shardwise.raft.kv import KVOp, KVResult
+
+ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group"]
+
+PULL_CHUNK_BYTES: Final = 4 << 20
+"""Largest piece of a shard image one pull reply or one log entry carries."""
+
+
+def server_address(server: str) -> Address:
+    """The address in a server's node id ``HOST:PORT`` (a ``ValueError`` otherwise)."""
+    host, sep, port = server.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"a group server is named HOST:PORT, not {server!r}")
+    return host, int(port)
+
+
+# --- clients -------------------------------------------------------------------------
+
+
+class WriteRequest(msgspec.Struct, frozen=True):
+    """A put, append, delete or compare-and-set (or a get through the log)."""
+
+    shard: ShardId
+    client_id: str
+    seq: int
+    op: KVOp
+
+
+class ReadRequest(msgspec.Struct, frozen=True):
+    """A linearizable read of one key (through ReadIndex, not the log)."""
+
+    shard: ShardId
+    key: str
+
+
+class ScanRequest(msgspec.Struct, frozen=True):
+    """Keys of one shard in order: ``start <= key < end``, starting with ``prefix``."""
+
+    shard: ShardId
+    prefix: str | None = None
+    start: str | None = None
+    end: str | None = None
+    limit: int = 1000
+
+
+class KVReply(msgspec.Struct, frozen=True):
+    status: ShardStatus
+    leader: str | None = None
+    config_num: int = 0
+    """The configuration the group is in (for ``wrong_group``: fetch a newer one)."""
+    result: KVResult | None = None
+    """For a write: what the state machine answered."""
+    value: str | None = None
+    """For a read: the value (``None``: absent)."""
+    items: list[tuple[str, str]] = []
+    """For a scan: the pairs found, in key order."""
+    error: str = ""
+    """For a request refused at the door (a key or value over the limits): why."""
+
+
+# --- between groups ------------------------------------------------------------------
+
+
+class PullRequest(msgspec.Struct, frozen=True):
+    """A piece of ``shard`` as this group froze it when it lost it in configuration
+    ``config_num``."""
+
+    shard: ShardId
+    config_num: int
+    offset: int = 0
+    max_bytes: int = PULL_CHUNK_BYTES
+
+
+class PullReply(msgspec.Struct, frozen=True):
+    status: Literal["ok", "not_ready", "halted"]
+    """``not_ready``: this server has not frozen the shard for ``config_num`` (it is
+    behind, or it is not the group that lost it): ask again or ask another server."""
+    total: int = 0
+    """Length of the whole image."""
+    crc: int = 0
+    """CRC32C of the whole image: pieces are taken from one image only."""
+    data: bytes = b""
+
+
+class HandedOffRequest(msgspec.Struct, frozen=True):
+    """The new owner installed ``shard`` for ``config_num``: the frozen copy may go."""
+
+    shard: ShardId
+    config_num: int
+
+
+class HandedOffReply(msgspec.Struct, frozen=True):
+    status: Literal["ok", "not_leader", "retry", "halted"]
+    leader: str | None = None
+
+
+# --- operators -----------------------------------------------------------------------
+
+
+class StatusRequest(msgspec.Struct, frozen=True):
+    pass
+
+
+class ShardInfo(msgspec.Struct, frozen=True):
+    shard: ShardId
+    state: str
+    keys: int
+    bytes: int
+
+
+class StatusReply(msgspec.Struct, frozen=True):
+    node_id: str
+    gid: int
+    role: str
+    term: int
+    leader: str | None
+    commit: int
+    applied: int
+    halted: bool
+    config_num: int
+    shards: list[ShardInfo] = []
+
+
+WRITE = RpcMethod("shard.write", WriteRequest, KVReply)
+READ = RpcMethod("shard.read", ReadRequest, KVReply)
+SCAN = RpcMethod("shard.scan", ScanRequest, KVReply)
+PULL = RpcMethod("shard.pull", PullRequest, PullReply)
+HANDED_OFF = RpcMethod("shard.handed_off", HandedOffRequest, HandedOffReply)
+STATUS = RpcMethod("shard.status", StatusRequest, StatusReply)

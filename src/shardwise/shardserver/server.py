@@ -1,0 +1,392 @@
+"""One server of a replica group: serves its shards and moves them when the
+configuration changes.
+
+    python -m shardwise.shardserver --group 1 --id 127.0.0.1:7201 --listen 127.0.0.1:7201 \\
+        --peer 127.0.0.1:7202=127.0.0.1:7202 --peer 127.0.0.1:7203=127.0.0.1:7203 \\
+        --controller c1=127.0.0.1:7100 --controller c2=... --controller c3=... \\
+        --data ./data/g1-1 --secret-file ./secret
+
+A group server's node id is its address, so every process holding a configuration can
+reach it. Clients call :data:`~shardwise.shardserver.protocol.WRITE`, ``READ`` and
+``SCAN``; other groups call ``PULL`` and ``HANDED_OFF``; operators call ``STATUS``.
+
+**The reconciler.** Every server runs one background task that acts only while its
+replica leads the group (the others stay idle), and only through the log:
+
+1. pull every shard the group is gaining from the group that lost it (any of its servers
+   that has frozen it), check the image's checksum, put it into the log in pieces and
+   then the install (each replica rebuilds the same bytes, and serves the shard at once);
+2. tell each source group that its frozen copy was installed, so it deletes it, and log
+   that the source heard;
+3. when nothing is being pulled, fetch configuration n+1 from the controller and log it.
+
+Every command it logs is checked again when it applies, so a stale leader, a repeat or a
+crash between steps does no harm: the next leader sees the same state and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import crc32c
+
+from shardwise.controller.client import ControllerClient
+from shardwise.controller.model import Configuration, ShardId
+from shardwise.errors import NetError, ShardLimitError, ShardwiseError
+from shardwise.net.endpoint import Endpoint
+from shardwise.net.links import Address
+from shardwise.net.rpc import CallContext
+from shardwise.raft.ready import Role
+from shardwise.routing import LeaderRouter
+from shardwise.service import (
+    REQUEST_TIMEOUT_S,
+    ReplicaConfig,
+    ReplicaService,
+    parse_peers,
+    replica_arg_parser,
+    replica_config,
+    run_main,
+    through_host,
+)
+from shardwise.shardserver.commands import (
+    INSTALL_CHUNK_BYTES,
+    AckDelivered,
+    ClientOp,
+    Command,
+    HandOffDone,
+    InstallChunk,
+    InstallShard,
+    Reconfigure,
+    decode_result,
+    encode,
+)
+from shardwise.shardserver.protocol import (
+    HANDED_OFF,
+    PULL,
+    PULL_CHUNK_BYTES,
+    READ,
+    SCAN,
+    STATUS,
+    WRITE,
+    HandedOffReply,
+    HandedOffRequest,
+    KVReply,
+    PullReply,
+    PullRequest,
+    ReadRequest,
+    ScanRequest,
+    ShardInfo,
+    StatusReply,
+    StatusRequest,
+    WriteRequest,
+    server_address,
+)
+from shardwise.shardserver.statemachine import Pull, ShardGroupStateMachine
+from shardwise.shardserver.store import MAX_SCAN_ROWS, check_op
+from shardwise.storage.interface import RaftStorage
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_S: Final = 0.1
+"""How often a follower checks whether it leads now, and a leader retries failed work."""
+
+WATCH_S: Final = 2.0
+"""How long one watch on the controller waits for a new configuration."""
+
+PULL_CALL_TIMEOUT_S: Final = 10.0
+"""One pull call (one piece of an image) to one server of the source group."""
+
+PROPOSE_WINDOW: Final = 16
+"""Install pieces in flight in the log at once (16 x 512 KiB: well under the core's cap
+on uncommitted bytes, yet enough to keep the pipeline full)."""
+
+MAX_CACHED_IMAGES: Final = 4
+"""Exported images of frozen shards a source keeps while others pull them."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    data: bytes
+    crc: int
+
+
+class ShardServer(ReplicaService[ShardGroupStateMachine]):
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        gid: int,
+        controllers: Mapping[str, Address],
+        *,
+        transport: Endpoint | None = None,
+        storage: RaftStorage | None = None,
+    ) -> None:
+        state_machine = ShardGroupStateMachine(gid, config.data_dir / "shards")
+        super().__init__(config, state_machine, gid, transport=transport, storage=storage)
+        self.gid = gid
+        self.controller = ControllerClient(
+            controllers, config.secret, f"{config.node_id}/ctl", transport=self.transport
+        )
+        self._images: OrderedDict[tuple[ShardId, int], _Image] = OrderedDict()
+        self._routers: dict[tuple[str, ...], LeaderRouter] = {}
+        self._reconciler: asyncio.Task[None] | None = None
+        self.transport.serve(WRITE, self._write)
+        self.transport.serve(READ, self._read)
+        self.transport.serve(SCAN, self._scan)
+        self.transport.serve(PULL, self._pull)
+        self.transport.serve(HANDED_OFF, self._handed_off)
+        self.transport.serve(STATUS, self._status)
+
+    async def start(self) -> None:
+        await super().start()
+        self._reconciler = asyncio.create_task(self._reconcile_forever(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
+        await super().stop()
+        self.state_machine.close()
+
+    # --- clients -------------------------------------------------------------------------
+
+    async def _write(self, request: WriteRequest, context: CallContext) -> KVReply:
+        try:
+            check_op(request.op)
+        except ShardLimitError as exc:
+            return KVReply("ok", error=str(exc))
+        command = encode(ClientOp(request.shard, request.client_id, request.seq, request.op))
+        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
+        if outcome.value is None:
+            return KVReply(outcome.status, leader=outcome.leader)
+        result = decode_result(outcome.value)
+        if result.outcome != "ok":
+            return KVReply("wrong_group", config_num=result.config_num)
+        return KVReply("ok", config_num=result.config_num, result=result.result)
+
+    async def _read(self, request: ReadRequest, context: CallContext) -> KVReply:
+        shard, key = request.shard, request.key
+        read = self.host.read(lambda sm: sm.read(shard, key), timeout_s=REQUEST_TIMEOUT_S)
+        outcome = await through_host(self.host, read)
+        if outcome.value is None:
+            return KVReply(outcome.status, leader=outcome.leader)
+        if not outcome.value.serving:
+            return KVReply("wrong_group", config_num=outcome.value.config_num)
+        return KVReply("ok", config_num=outcome.value.config_num, value=outcome.value.value)
+
+    async def _scan(self, request: ScanRequest, context: CallContext) -> KVReply:
+        if not 0 <= request.limit <= MAX_SCAN_ROWS:
+            return KVReply("ok", error=f"scan limit {request.limit} is not in [0, {MAX_SCAN_ROWS}]")
+        r = request
+        read = self.host.read(
+            lambda sm: sm.scan(r.shard, r.prefix, r.start, r.end, r.limit),
+            timeout_s=REQUEST_TIMEOUT_S,
+        )
+        outcome = await through_host(self.host, read)
+        if outcome.value is None:
+            return KVReply(outcome.status, leader=outcome.leader)
+        if not outcome.value.serving:
+            return KVReply("wrong_group", config_num=outcome.value.config_num)
+        return KVReply("ok", config_num=outcome.value.config_num, items=outcome.value.items)
+
+    # --- other groups --------------------------------------------------------------------
+
+    async def _pull(self, request: PullRequest, context: CallContext) -> PullReply:
+        if self.host.status().halted:
+            return PullReply("halted")
+        image = self._image(request.shard, request.config_num)
+        if image is None:
+            return PullReply("not_ready")
+        size = max(1, min(request.max_bytes, PULL_CHUNK_BYTES))
+        piece = image.data[request.offset : request.offset + size]
+        return PullReply("ok", total=len(image.data), crc=image.crc, data=piece)
+
+    def _image(self, shard: ShardId, config_num: int) -> _Image | None:
+        """The export of a frozen shard, made once and kept while it is being pulled (a
+        frozen shard never changes, so every piece comes from the same image)."""
+        key = (shard, config_num)
+        image = self._images.get(key)
+        if image is not None:
+            self._images.move_to_end(key)
+            return image
+        store = self.state_machine.frozen_store(shard, config_num)
+        if store is None:
+            return None
+        data = store.export()
+        image = self._images[key] = _Image(data, crc32c.crc32c(data))
+        while len(self._images) > MAX_CACHED_IMAGES:
+            self._images.popitem(last=False)
+        return image
+
+    async def _handed_off(self, request: HandedOffRequest, context: CallContext) -> HandedOffReply:
+        command = encode(HandOffDone(request.shard, request.config_num))
+        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
+        if outcome.value is not None:
+            self._images.pop((request.shard, request.config_num), None)
+        return HandedOffReply(outcome.status, leader=outcome.leader)
+
+    # --- operators -----------------------------------------------------------------------
+
+    async def _status(self, request: StatusRequest, context: CallContext) -> StatusReply:
+        s = self.host.status()
+        sm = self.state_machine
+        shards = [
+            ShardInfo(
+                shard,
+                record.state.value,
+                record.store.count() if record.store is not None else 0,
+                record.store.size_bytes() if record.store is not None else 0,
+            )
+            for shard, record in sm.held()
+        ]
+        return StatusReply(
+            s.node_id,
+            self.gid,
+            s.role.value,
+            s.term,
+            s.leader,
+            s.commit,
+            s.applied,
+            s.halted,
+            sm.config.num,
+            shards,
+        )
+
+    # --- the reconciler ------------------------------------------------------------------
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            try:
+                if self.host.status().role is not Role.LEADER:
+                    await asyncio.sleep(IDLE_POLL_S)
+                    continue
+                await self._reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except (ShardwiseError, NetError) as exc:
+                logger.info("%s: reconcile step failed: %s", self.config.node_id, exc)
+                await asyncio.sleep(IDLE_POLL_S)
+            except Exception:
+                logger.exception("%s: reconcile step crashed", self.config.node_id)
+                await asyncio.sleep(IDLE_POLL_S)
+
+    async def _reconcile_once(self) -> None:
+        sm = self.state_machine
+        pulls = sm.pulls()
+        owed = sm.owed_acks()
+        if pulls or owed:
+            results = await asyncio.gather(
+                *(self._fetch_and_install(p) for p in pulls),
+                *(self._confirm(o.shard, o.config_num, o.servers) for o in owed),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            for failure in failures:
+                if not isinstance(failure, Exception):
+                    raise failure
+                logger.info("%s: %s", self.config.node_id, failure)
+            if failures or not sm.finished():
+                await asyncio.sleep(IDLE_POLL_S)
+                return
+        num = sm.config.num
+        latest = await self.controller.watch(newer_than=num, wait_s=WATCH_S)
+        if latest.num <= num or self.host.status().role is not Role.LEADER:
+            return
+        following = latest if latest.num == num + 1 else await self.controller.query(num + 1)
+        if following.num == num + 1:
+            await self._propose(Reconfigure(following))
+
+    async def _fetch_and_install(self, pull: Pull) -> None:
+        image, crc = await self._fetch(pull)
+        total = len(image)
+        pieces = [
+            InstallChunk(
+                pull.shard, pull.config_num, offset, image[offset : offset + INSTALL_CHUNK_BYTES]
+            )
+            for offset in range(0, total, INSTALL_CHUNK_BYTES)
+        ] or [InstallChunk(pull.shard, pull.config_num, 0, b"")]
+        for start in range(0, len(pieces), PROPOSE_WINDOW):
+            window = pieces[start : start + PROPOSE_WINDOW]
+            outcomes = await asyncio.gather(*(self._propose(p) for p in window))
+            if not all(outcomes):
+                raise ShardwiseError(f"install of {pull.shard} was interrupted; starting again")
+        if not await self._propose(InstallShard(pull.shard, pull.config_num, total, crc)):
+            raise ShardwiseError(f"install of {pull.shard} was refused; starting again")
+        logger.info("%s: installed %s (%d bytes)", self.config.node_id, pull.shard, total)
+
+    async def _fetch(self, pull: Pull) -> tuple[bytes, int]:
+        """The whole image of a shard, every piece from the one server that gave the first
+        (different replicas' files hold the same rows but need not be byte-identical)."""
+        for server in pull.servers:
+            self.transport.set_peer(server, server_address(server))
+            try:
+                first = await self.transport.call(
+                    server,
+                    PULL,
+                    PullRequest(pull.shard, pull.config_num),
+                    timeout_s=PULL_CALL_TIMEOUT_S,
+                )
+            except NetError:
+                continue
+            if first.status != "ok":
+                continue
+            image = bytearray(first.data)
+            while len(image) < first.total:
+                reply = await self.transport.call(
+                    server,
+                    PULL,
+                    PullRequest(pull.shard, pull.config_num, offset=len(image)),
+                    timeout_s=PULL_CALL_TIMEOUT_S,
+                )
+                if reply.status != "ok" or reply.crc != first.crc or not reply.data:
+                    raise ShardwiseError(f"{server} stopped serving {pull.shard} mid-pull")
+                image += reply.data
+            if crc32c.crc32c(image) != first.crc or len(image) != first.total:
+                raise ShardwiseError(f"the image of {pull.shard} from {server} is corrupt")
+            return bytes(image), first.crc
+        raise ShardwiseError(
+            f"no server of {list(pull.servers)} has {pull.shard} ready for configuration "
+            f"{pull.config_num} yet"
+        )
+
+    async def _confirm(self, shard: ShardId, config_num: int, servers: tuple[str, ...]) -> None:
+        router = self._routers.get(servers)
+        if router is None:
+            for server in servers:
+                self.transport.set_peer(server, server_address(server))
+            router = self._routers[servers] = LeaderRouter(self.transport, servers)
+        await router.call(HANDED_OFF, HandedOffRequest(shard, config_num), REQUEST_TIMEOUT_S)
+        await self._propose(AckDelivered(shard, config_num))
+
+    async def _propose(self, command: Command) -> bool:
+        """Log ``command``; whether it applied (False: every replica ignored it)."""
+        result = decode_result(await self.host.propose(encode(command), REQUEST_TIMEOUT_S))
+        return result.outcome == "ok"
+
+    @property
+    def configuration(self) -> Configuration:
+        return self.state_machine.config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = replica_arg_parser("python -m shardwise.shardserver", __doc__ or "")
+    parser.add_argument("--group", required=True, type=int, help="this server's replica group id")
+    parser.add_argument(
+        "--controller",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="a replica of the shard controller (repeat for each)",
+    )
+    args = parser.parse_args(argv)
+    config = replica_config(parser, args)
+    controllers = parse_peers(parser, args.controller, "--controller")
+    if not controllers:
+        parser.error("name the controller's replicas with --controller ID=HOST:PORT")
+    if args.group <= 0:
+        parser.error("--group takes a positive group id")
+    return run_main(lambda c: ShardServer(c, args.group, controllers), config)

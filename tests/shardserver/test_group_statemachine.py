@@ -1,0 +1,202 @@
+"""The replica group's state machine, driven by hand through its log commands: what it
+serves, how a shard leaves and arrives, and what it ignores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import crc32c
+import pytest
+
+from shardwise.controller.model import Configuration, ShardId, initial_configuration
+from shardwise.errors import CommandDecodeError
+from shardwise.raft.kv import Append, Get, Put
+from shardwise.shardserver.commands import (
+    AckDelivered,
+    ClientOp,
+    Command,
+    GroupResult,
+    HandOffDone,
+    InstallChunk,
+    InstallShard,
+    Reconfigure,
+    decode_result,
+    encode,
+)
+from shardwise.shardserver.lifecycle import ShardState
+from shardwise.shardserver.statemachine import ShardGroupStateMachine
+
+S0, S1 = ShardId("default", 0), ShardId("default", 1)
+SERVERS = {1: ("127.0.0.1:1",), 2: ("127.0.0.1:2",)}
+
+
+def config(num: int, owners: dict[int, int], groups: tuple[int, ...] = (1, 2)) -> Configuration:
+    """Configuration ``num``: shards 0 and 1 by ``owners``, every other shard with group 1."""
+    base = initial_configuration()
+    row = [1] * len(base.owners["default"])
+    for index, gid in owners.items():
+        row[index] = gid
+    return Configuration(
+        num=num,
+        groups={g: SERVERS[g] for g in groups},
+        keyspaces=base.keyspaces,
+        owners={"default": tuple(row)},
+    )
+
+
+class Group:
+    def __init__(self, gid: int, directory: Path) -> None:
+        self.sm = ShardGroupStateMachine(gid, directory)
+        self.index = 0
+
+    def do(self, command: Command) -> GroupResult:
+        self.index += 1
+        return decode_result(self.sm.apply(self.index, encode(command)))
+
+    def op(self, shard: ShardId, op: object, client: str = "", seq: int = 0) -> GroupResult:
+        return self.do(ClientOp(shard, client, seq, op))  # type: ignore[arg-type]
+
+    def install_from(self, source: Group, shard: ShardId, num: int, piece: int = 3000) -> bool:
+        store = source.sm.frozen_store(shard, num)
+        assert store is not None
+        image = store.export()
+        for offset in range(0, len(image), piece):
+            assert self.do(InstallChunk(shard, num, offset, image[offset : offset + piece])).outcome == "ok"
+        return self.do(InstallShard(shard, num, len(image), crc32c.crc32c(image))).outcome == "ok"
+
+
+@pytest.fixture
+def groups(tmp_path: Path) -> tuple[Group, Group]:
+    g1, g2 = Group(1, tmp_path / "g1"), Group(2, tmp_path / "g2")
+    c1 = config(1, {0: 1, 1: 1}, groups=(1,))
+    for g in (g1, g2):
+        assert g.do(Reconfigure(c1)).outcome == "ok"
+    return g1, g2
+
+
+def test_a_group_serves_exactly_the_shards_it_owns(groups: tuple[Group, Group]) -> None:
+    g1, g2 = groups
+    assert g1.op(S0, Put("k", "v"), seq=1).outcome == "ok"
+    assert g1.op(S0, Get("k")).result.value == "v"  # type: ignore[union-attr]
+    refused = g2.op(S0, Put("k", "w"), seq=2)
+    assert refused.outcome == "wrong_group" and refused.config_num == 1
+    assert g2.sm.read(S0, "k").serving is False
+    assert not g1.sm.serves(ShardId("other", 0))
+
+
+def test_a_moved_shard_arrives_with_its_data_and_deduplication(groups: tuple[Group, Group]) -> None:
+    g1, g2 = groups
+    assert g1.op(S0, Append("k", "a"), client="x", seq=1).outcome == "ok"
+    c2 = config(2, {0: 2, 1: 1})
+    assert g1.do(Reconfigure(c2)).outcome == g2.do(Reconfigure(c2)).outcome == "ok"
+    # The source froze it; the target pulls it and serves nothing of it yet.
+    assert g1.op(S0, Append("k", "b"), client="x", seq=2).outcome == "wrong_group"
+    assert g2.op(S0, Append("k", "b"), client="x", seq=2).outcome == "wrong_group"
+    assert g1.sm.shards[S0].state is ShardState.FROZEN
+    assert [p.shard for p in g2.sm.pulls()] == [S0] and not g2.sm.finished()
+    # Not finished: the next configuration waits.
+    assert g2.do(Reconfigure(config(3, {0: 2, 1: 2}))).outcome == "ignored"
+    # Shards that did not move keep serving at the source throughout.
+    assert g1.op(S1, Put("other", "1"), seq=5).outcome == "ok"
+
+    assert g2.install_from(g1, S0, 2)
+    assert g2.sm.serves(S0) and g2.sm.finished()
+    assert g2.op(S0, Get("k")).result.value == "a"  # type: ignore[union-attr]
+    # The retried append (same client, same sequence number) is not applied twice.
+    again = g2.op(S0, Append("k", "a"), client="x", seq=1)
+    assert again.outcome == "ok"
+    assert g2.op(S0, Get("k")).result.value == "a"  # type: ignore[union-attr]
+    assert [(o.shard, o.config_num) for o in g2.sm.owed_acks()] == [(S0, 2)]
+
+    path = Path(g1.sm.shards[S0].store.path)  # type: ignore[union-attr]
+    assert path.exists()
+    assert g1.do(HandOffDone(S0, 1)).outcome == "ignored"  # a hand-off of another loss
+    assert g1.do(HandOffDone(S0, 2)).outcome == "ok"
+    assert S0 not in g1.sm.shards and not path.exists()
+    assert g1.do(HandOffDone(S0, 2)).outcome == "ignored"  # repeated: nothing left to do
+    assert g2.do(AckDelivered(S0, 2)).outcome == "ok" and not g2.sm.owed_acks()
+
+
+def test_a_bad_image_is_refused_and_the_pull_starts_again(groups: tuple[Group, Group]) -> None:
+    g1, g2 = groups
+    c2 = config(2, {0: 2, 1: 1})
+    g1.do(Reconfigure(c2))
+    g2.do(Reconfigure(c2))
+    store = g1.sm.frozen_store(S0, 2)
+    assert store is not None
+    image = store.export()
+    assert g2.do(InstallChunk(S0, 2, 0, image)).outcome == "ok"
+    assert g2.do(InstallChunk(S0, 2, 5, b"xx")).outcome == "ignored"  # not the next piece
+    assert g2.do(InstallShard(S0, 2, len(image), crc32c.crc32c(image) ^ 1)).outcome == "ignored"
+    assert g2.sm.pulls()[0].received == 0 and not g2.sm.serves(S0)
+    assert g2.do(InstallChunk(S0, 1, 0, image)).outcome == "ignored"  # another configuration
+    assert g2.install_from(g1, S0, 2, piece=len(image))
+
+
+def test_a_shard_given_back_is_pulled_from_the_group_in_between(
+    groups: tuple[Group, Group],
+) -> None:
+    """g1 loses shard 0 to g2 in 2 and gets it back in 3, before g2 has even installed
+    it: g1 must keep its frozen copy pullable for 2 and pull g2's copy for 3."""
+    g1, g2 = groups
+    g1.op(S0, Put("k", "1"), seq=1)
+    c2, c3 = config(2, {0: 2, 1: 1}), config(3, {0: 1, 1: 1})
+    g1.do(Reconfigure(c2))
+    g1.do(Reconfigure(c3))  # g1 has nothing to pull in 2, so it moves on
+    assert g1.sm.shards[S0].state is ShardState.PULLING
+    assert g1.sm.frozen_store(S0, 2) is not None
+    g2.do(Reconfigure(c2))
+    assert g2.install_from(g1, S0, 2)
+    assert g2.op(S0, Put("k", "2"), seq=2).outcome == "ok"  # g2 serves it in 2
+    g2.do(Reconfigure(c3))
+    assert g1.do(HandOffDone(S0, 2)).outcome == "ok"  # still pulling: just the copy goes
+    assert g1.sm.shards[S0].state is ShardState.PULLING
+    assert g1.install_from(g2, S0, 3)
+    assert g1.op(S0, Get("k")).result.value == "2"  # type: ignore[union-attr]
+
+
+def test_new_keyspaces_and_shards_from_nobody_start_empty(tmp_path: Path) -> None:
+    g = Group(1, tmp_path)
+    assert g.do(Reconfigure(config(2, {}))).outcome == "ignored"  # not the next number
+    assert g.do(Reconfigure(config(1, {0: 1, 1: 1}, groups=(1,)))).outcome == "ok"
+    assert g.sm.serves(S0) and g.op(S0, Get("k")).result.value is None  # type: ignore[union-attr]
+
+
+def test_snapshot_and_restore_rebuild_the_same_state(
+    groups: tuple[Group, Group], tmp_path: Path
+) -> None:
+    g1, g2 = groups
+    g1.op(S0, Put("k", "v"), seq=1)
+    c2 = config(2, {0: 2, 1: 1})
+    g1.do(Reconfigure(c2))
+    g2.do(Reconfigure(c2))
+    g2.do(InstallChunk(S0, 2, 0, b"partial"))
+    for g in (g1, g2):
+        copy = ShardGroupStateMachine(g.sm.gid, tmp_path / f"copy{g.sm.gid}")
+        copy.restore(g.sm.snapshot(), g.index)
+        assert copy.config == g.sm.config and copy.applied_index() == g.index
+        assert {s: r.state for s, r in copy.held()} == {s: r.state for s, r in g.sm.held()}
+    restored = ShardGroupStateMachine(1, tmp_path / "again")
+    restored.restore(g1.sm.snapshot(), g1.index)
+    assert restored.frozen_store(S0, 2) is not None
+    assert restored.frozen_store(S0, 2).get("k") == "v"  # type: ignore[union-attr]
+    again = ShardGroupStateMachine(2, tmp_path / "again2")
+    again.restore(g2.sm.snapshot(), g2.index)
+    assert again.pulls()[0].received == len(b"partial")
+
+
+def test_an_undecodable_entry_halts_rather_than_being_skipped(tmp_path: Path) -> None:
+    sm = ShardGroupStateMachine(1, tmp_path)
+    with pytest.raises(CommandDecodeError):
+        sm.apply(1, b"\x93garbage")
+    assert sm.applied_index() == 0
+
+
+def test_files_of_an_earlier_incarnation_are_dropped(tmp_path: Path) -> None:
+    """The log and snapshot are the record; the files are rebuilt from them."""
+    g = Group(1, tmp_path)
+    g.do(Reconfigure(config(1, {0: 1, 1: 1}, groups=(1,))))
+    assert any(tmp_path.iterdir())
+    g.sm.close()
+    ShardGroupStateMachine(1, tmp_path)
+    assert not any(tmp_path.iterdir())
