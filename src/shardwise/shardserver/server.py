@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -259,46 +259,66 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     # --- the reconciler ------------------------------------------------------------------
 
     async def _reconcile_forever(self) -> None:
+        await asyncio.gather(
+            self._while_leader(self._advance, "advance"),
+            self._while_leader(self._confirm_hand_offs, "confirm hand-offs"),
+        )
+
+    async def _while_leader(self, step: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Run ``step`` over and over while this replica leads; pause when it did nothing
+        or failed. A failure is logged and retried: every step is safe to repeat."""
         while True:
+            busy = False
             try:
-                if self.host.status().role is not Role.LEADER:
-                    await asyncio.sleep(IDLE_POLL_S)
-                    continue
-                await self._reconcile_once()
+                if self.host.status().role is Role.LEADER:
+                    busy = await step()
             except asyncio.CancelledError:
                 raise
             except (ShardwiseError, NetError) as exc:
-                logger.info("%s: reconcile step failed: %s", self.config.node_id, exc)
-                await asyncio.sleep(IDLE_POLL_S)
+                logger.info("%s: %s: %s", self.config.node_id, what, exc)
             except Exception:
-                logger.exception("%s: reconcile step crashed", self.config.node_id)
+                logger.exception("%s: %s crashed", self.config.node_id, what)
+            if not busy:
                 await asyncio.sleep(IDLE_POLL_S)
 
-    async def _reconcile_once(self) -> None:
+    async def _advance(self) -> bool:
+        """Pull what the group is gaining; once it has it all, log the next
+        configuration. Whether there may be more to do at once."""
         sm = self.state_machine
         pulls = sm.pulls()
-        owed = sm.owed_acks()
-        if pulls or owed:
+        if pulls:
             results = await asyncio.gather(
-                *(self._fetch_and_install(p) for p in pulls),
-                *(self._confirm(o.shard, o.config_num, o.servers) for o in owed),
-                return_exceptions=True,
+                *(self._fetch_and_install(p) for p in pulls), return_exceptions=True
             )
-            failures = [r for r in results if isinstance(r, BaseException)]
-            for failure in failures:
-                if not isinstance(failure, Exception):
-                    raise failure
-                logger.info("%s: %s", self.config.node_id, failure)
-            if failures or not sm.finished():
-                await asyncio.sleep(IDLE_POLL_S)
-                return
+            for failure in results:
+                if isinstance(failure, BaseException):
+                    if not isinstance(failure, Exception):
+                        raise failure
+                    logger.info("%s: %s", self.config.node_id, failure)
+            return sm.finished()
         num = sm.config.num
         latest = await self.controller.watch(newer_than=num, wait_s=WATCH_S)
         if latest.num <= num or self.host.status().role is not Role.LEADER:
-            return
+            return latest.num > num
         following = latest if latest.num == num + 1 else await self.controller.query(num + 1)
         if following.num == num + 1:
             await self._propose(Reconfigure(following))
+        return True
+
+    async def _confirm_hand_offs(self) -> bool:
+        """Tell each source group its frozen copy was installed here. Separate from
+        :meth:`_advance`: a source that is down must not hold up new configurations."""
+        owed = self.state_machine.owed_acks()
+        results = await asyncio.gather(
+            *(self._confirm(o.shard, o.config_num, o.servers) for o in owed),
+            return_exceptions=True,
+        )
+        for failure in results:
+            if isinstance(failure, BaseException):
+                if not isinstance(failure, Exception):
+                    raise failure
+                logger.info("%s: %s", self.config.node_id, failure)
+        return False
 
     async def _fetch_and_install(self, pull: Pull) -> None:
         image, crc = await self._fetch(pull)

@@ -36,6 +36,10 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _file_name(node: str) -> str:
+    return node.replace(":", "_")
+
+
 def wait_for_line(stream: IO[str], prefix: str, timeout_s: float) -> str:
     """The first line starting with ``prefix``, or TimeoutError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -65,11 +69,18 @@ class ProcessGroup:
         extra_args: tuple[str, ...] = (),
         module: str = "shardwise.kvgroup",
         prefix: str = "n",
+        ids_are_addresses: bool = False,
     ) -> None:
+        """``ids_are_addresses``: name each server by its ``127.0.0.1:PORT`` (how replica
+        group servers are named) instead of ``<prefix><n>``."""
         self.base_dir = base_dir
         self.module = module
-        self.ids = [f"{prefix}{i}" for i in range(1, size + 1)]
-        self.ports = dict(zip(self.ids, free_ports(size), strict=True))
+        ports = free_ports(size)
+        if ids_are_addresses:
+            self.ids = [f"127.0.0.1:{port}" for port in ports]
+        else:
+            self.ids = [f"{prefix}{i}" for i in range(1, size + 1)]
+        self.ports = dict(zip(self.ids, ports, strict=True))
         self.secret = secret
         self.secret_file = base_dir / "secret"
         base_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +102,7 @@ class ProcessGroup:
             f"--id={node}",
             f"--listen=127.0.0.1:{self.ports[node]}",
             *peers,
-            f"--data={self.base_dir / node}",
+            f"--data={self.base_dir / _file_name(node)}",
             f"--secret-file={self.secret_file}",
             f"--tick-ms={self.tick_ms}",
             *self.extra_args,
@@ -104,7 +115,7 @@ class ProcessGroup:
                 raise RuntimeError(f"{node} is already running")
             if old.stdout is not None:
                 old.stdout.close()
-        log = open(self.base_dir / f"{node}.log", "a")  # noqa: SIM115 - closed in close()
+        log = open(self.base_dir / f"{_file_name(node)}.log", "a")  # noqa: SIM115 - closed in close()
         self._logs.append(log)
         proc = subprocess.Popen(self.command(node), stdout=subprocess.PIPE, stderr=log, text=True)
         self.procs[node] = proc
