@@ -5,23 +5,28 @@ seed that replays it: ``SHARDWISE_TEST_SEED=<seed> pytest <test>``.
 
 ``async def`` tests run each on a fresh event loop (no plugin needed): asyncio's default
 loop, or uvloop with ``SHARDWISE_TEST_LOOP=uvloop`` (which ``shardwise.net.loop`` uses in
-production when it is installed).
+production when it is installed). A test marked ``@pytest.mark.virtual_time`` runs on a
+:class:`~shardwise.testing.virtualtime.VirtualTimeLoop` instead, whatever the variable
+says: its timers fire in order but waiting takes no real time, so a test can wait out
+multi-second timeouts without sleeping (the marker's keyword arguments go to the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from shardwise.net.loop import loop_factory
+from shardwise.testing.virtualtime import VirtualTimeLoop
 
 # Slow, shared CI machines: no per-example deadline (a hang is caught by pytest-timeout).
 settings.register_profile(
@@ -63,7 +68,16 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     names = pyfuncitem._fixtureinfo.argnames
     kwargs: dict[str, Any] = {name: pyfuncitem.funcargs[name] for name in names}
-    factory = loop_factory() if os.environ.get("SHARDWISE_TEST_LOOP") == "uvloop" else None
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    virtual = pyfuncitem.get_closest_marker("virtual_time")
+    if virtual is not None:
+        if virtual.args:
+            raise TypeError("virtual_time takes keyword arguments only (VirtualTimeLoop's)")
+        # The loop's rng follows the test's seed (the fixture's, when the test asks for it).
+        default_seed = pyfuncitem.funcargs.get("seed", zlib.crc32(pyfuncitem.nodeid.encode()))
+        factory = functools.partial(VirtualTimeLoop, **{"seed": default_seed, **virtual.kwargs})
+    elif os.environ.get("SHARDWISE_TEST_LOOP") == "uvloop":
+        factory = loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(pyfuncitem.obj(**kwargs))
     return True
