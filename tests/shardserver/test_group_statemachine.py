@@ -61,7 +61,10 @@ class Group:
         assert store is not None
         image = store.export()
         for offset in range(0, len(image), piece):
-            assert self.do(InstallChunk(shard, num, offset, image[offset : offset + piece])).outcome == "ok"
+            assert (
+                self.do(InstallChunk(shard, num, offset, image[offset : offset + piece])).outcome
+                == "ok"
+            )
         return self.do(InstallShard(shard, num, len(image), crc32c.crc32c(image))).outcome == "ok"
 
 

@@ -24,6 +24,7 @@ from shardwise.errors import (
     TransportClosedError,
     UnknownPeerError,
 )
+from shardwise.net.endpoint import Endpoint
 from shardwise.net.limits import Limits
 from shardwise.net.rpc import CallContext, RpcMethod
 from shardwise.net.transport import Transport
@@ -36,7 +37,6 @@ from shardwise.storage import MemoryStorage
 from shardwise.testing.simnet import (
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MIN_DELAY_S,
-    NodeTransport,
     SimFaults,
     SimNetwork,
     SimTransport,
@@ -421,8 +421,8 @@ async def test_addresses_and_restarts(rng: random.Random) -> None:
 
 
 def test_the_sim_transport_has_the_real_transports_surface() -> None:
-    """mypy checks that both classes satisfy NodeTransport; this checks the names."""
-    classes: list[type[NodeTransport]] = [Transport, SimTransport]
+    """mypy checks that both classes satisfy Endpoint; this checks the names."""
+    classes: list[type[Endpoint]] = [Transport, SimTransport]
     members = [
         "start",
         "close",

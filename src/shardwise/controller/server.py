@@ -31,6 +31,7 @@ from shardwise.controller.statemachine import (
     encode_command,
 )
 from shardwise.errors import ControllerError
+from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import CallContext
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
@@ -40,11 +41,20 @@ from shardwise.service import (
     run_main,
     through_host,
 )
+from shardwise.storage.interface import RaftStorage
 
 
 class ControllerServer(ReplicaService[ControllerStateMachine]):
-    def __init__(self, config: ReplicaConfig) -> None:
-        super().__init__(config, ControllerStateMachine(), CONTROLLER_GROUP)
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        *,
+        transport: Endpoint | None = None,
+        storage: RaftStorage | None = None,
+    ) -> None:
+        super().__init__(
+            config, ControllerStateMachine(), CONTROLLER_GROUP, transport=transport, storage=storage
+        )
         self._changed = asyncio.Event()
         self.state_machine.listeners.append(self._on_new_configuration)
         self.transport.serve(CHANGE, self._change)

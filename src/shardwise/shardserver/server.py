@@ -101,6 +101,10 @@ WATCH_S: Final = 2.0
 PULL_CALL_TIMEOUT_S: Final = 10.0
 """One pull call (one piece of an image) to one server of the source group."""
 
+FIRST_PULL_TIMEOUT_S: Final = 3.0
+"""The first piece, from a server that may be down: short, so the next one is tried soon
+(long enough for a source to export a large shard)."""
+
 PROPOSE_WINDOW: Final = 16
 """Install pieces in flight in the log at once (16 x 512 KiB: well under the core's cap
 on uncommitted bytes, yet enough to keep the pipeline full)."""
@@ -133,6 +137,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         )
         self._images: OrderedDict[tuple[ShardId, int], _Image] = OrderedDict()
         self._routers: dict[tuple[str, ...], LeaderRouter] = {}
+        self._pull_attempts = 0
         self._reconciler: asyncio.Task[None] | None = None
         self.transport.serve(WRITE, self._write)
         self.transport.serve(READ, self._read)
@@ -146,11 +151,15 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self._reconciler = asyncio.create_task(self._reconcile_forever(), name="reconciler")
 
     async def stop(self) -> None:
+        await self.stop_tasks()
+        await super().stop()
+        self.state_machine.close()
+
+    async def stop_tasks(self) -> None:
+        """Stop the reconciler (a simulated crash stops the rest by hand)."""
         if self._reconciler is not None:
             self._reconciler.cancel()
             await asyncio.gather(self._reconciler, return_exceptions=True)
-        await super().stop()
-        self.state_machine.close()
 
     # --- clients -------------------------------------------------------------------------
 
@@ -341,14 +350,18 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     async def _fetch(self, pull: Pull) -> tuple[bytes, int]:
         """The whole image of a shard, every piece from the one server that gave the first
         (different replicas' files hold the same rows but need not be byte-identical)."""
-        for server in pull.servers:
+        # Start at a different server each attempt: a dead one (whose calls only time
+        # out) must not be first every time.
+        self._pull_attempts += 1
+        start = self._pull_attempts % max(1, len(pull.servers))
+        for server in (*pull.servers[start:], *pull.servers[:start]):
             self.transport.set_peer(server, server_address(server))
             try:
                 first = await self.transport.call(
                     server,
                     PULL,
                     PullRequest(pull.shard, pull.config_num),
-                    timeout_s=PULL_CALL_TIMEOUT_S,
+                    timeout_s=FIRST_PULL_TIMEOUT_S,
                 )
             except NetError:
                 continue

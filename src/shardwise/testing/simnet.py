@@ -2,8 +2,8 @@
 
 :class:`SimTransport` has the surface of :class:`shardwise.net.transport.Transport` that
 servers use (``start``, ``close``, ``address``, ``set_peer``, ``serve``, ``call``,
-``on_raft``, ``off_raft``, ``raft_sender``, ``send_raft``; :class:`NodeTransport` names
-it), so the production code (Raft hosts, RPC handlers, background tasks) runs unchanged
+``on_raft``, ``off_raft``, ``raft_sender``, ``send_raft``; :class:`~shardwise.net.endpoint.Endpoint`
+names it), so the production code (Raft hosts, RPC handlers, background tasks) runs unchanged
 with one :class:`SimTransport` per node, all joined by one :class:`SimNetwork`. Run it on
 a :class:`~shardwise.testing.virtualtime.VirtualTimeLoop` and a run takes no real time
 and, given one seed, replays exactly.
@@ -62,7 +62,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from shardwise.clock import AsyncioClock
 from shardwise.errors import (
@@ -392,41 +392,6 @@ class SimNetwork:
 
 
 # --- one node's endpoint -----------------------------------------------------------------
-
-
-class NodeTransport(Protocol):
-    """The surface of a node's transport that servers use: both
-    :class:`~shardwise.net.transport.Transport` and :class:`SimTransport` have it."""
-
-    id: str
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    @property
-    def address(self) -> Address: ...
-
-    def set_peer(self, node_id: str, address: Address | None) -> None: ...
-
-    def serve(self, method: RpcMethod[Req, Resp], handler: Handler[Req, Resp]) -> None: ...
-
-    async def call(
-        self,
-        peer: str,
-        method: RpcMethod[Req, Resp],
-        request: Req,
-        *,
-        timeout_s: float = DEFAULT_RPC_TIMEOUT_S,
-    ) -> Resp: ...
-
-    def on_raft(self, group: int, handler: RaftHandler) -> None: ...
-
-    def off_raft(self, group: int) -> None: ...
-
-    def raft_sender(self, group: int) -> Callable[[Message], None]: ...
-
-    def send_raft(self, group: int, message: Message) -> None: ...
 
 
 @dataclass(slots=True)
