@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.testing.cluster import ProcessCluster
 from shardwise.testing import scenarios
+from shardwise.testing.cluster import ProcessCluster
 
 pytestmark = pytest.mark.timeout(300)
 
