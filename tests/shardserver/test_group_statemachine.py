@@ -203,3 +203,20 @@ def test_files_of_an_earlier_incarnation_are_dropped(tmp_path: Path) -> None:
     g.sm.close()
     ShardGroupStateMachine(1, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_shard_gained_twice_owes_both_hand_offs(groups: tuple[Group, Group]) -> None:
+    """Found by the sweep (seed 90): the second install must not overwrite the first
+    confirmation owed, or the first source keeps its frozen copy forever."""
+    g1, g2 = groups
+    c2, c3, c4 = config(2, {0: 2, 1: 1}), config(3, {0: 1, 1: 1}), config(4, {0: 2, 1: 1})
+    for c in (c2, c3, c4):
+        g1.do(Reconfigure(c))
+        g2.do(Reconfigure(c))
+        source, target = (g1, g2) if c.owner(S0) == 2 else (g2, g1)
+        assert target.install_from(source, S0, c.num)
+    owed = [(o.shard, o.config_num) for o in g2.sm.owed_acks()]
+    assert owed == [(S0, 2), (S0, 4)]
+    restored = ShardGroupStateMachine(2, g2.sm.directory.parent / "restored")
+    restored.restore(g2.sm.snapshot(), g2.index)
+    assert [(o.shard, o.config_num) for o in restored.owed_acks()] == owed

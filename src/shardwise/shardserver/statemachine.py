@@ -49,6 +49,7 @@ from shardwise.shardserver.commands import (
 )
 from shardwise.shardserver.lifecycle import ShardEvent, ShardState, transition
 from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore
+from shardwise.storage.fsutil import CacheDisk
 
 SNAPSHOT_VERSION: Final = 1
 
@@ -129,11 +130,13 @@ class ShardGroupStateMachine:
         self.gid = gid
         self.directory = directory
         self._max_sessions = max_sessions
+        self._disk = CacheDisk()  # the files are a cache of the log: see the docstring
         self._applied = 0
         self.config = initial_configuration()
         self.shards: dict[ShardId, ShardRecord] = {}
-        self.owed: dict[ShardId, _Owed] = {}
-        """Hand-offs to confirm to their source groups, by shard."""
+        self.owed: dict[tuple[ShardId, int], _Owed] = {}
+        """Hand-offs to confirm to their source groups, by shard and configuration: a
+        shard can come back (and be owed again) before an older hand-off is confirmed."""
         self._clear_directory()
 
     # --- the StateMachine protocol -------------------------------------------------------
@@ -171,7 +174,7 @@ class ShardGroupStateMachine:
             )
             for shard, record in sorted(self.shards.items())
         ]
-        owed = [self.owed[s] for s in sorted(self.owed)]
+        owed = [self.owed[k] for k in sorted(self.owed)]
         return _encode(_Snapshot(SNAPSHOT_VERSION, self.gid, self.config, shards, owed))
 
     def restore(self, data: bytes, index: int) -> None:
@@ -197,9 +200,10 @@ class ShardGroupStateMachine:
                     shard=s.shard,
                     applied_index=index,
                     max_sessions=self._max_sessions,
+                    disk=self._disk,
                 )
             self.shards[s.shard] = record
-        self.owed = {o.shard: o for o in snap.owed}
+        self.owed = {(o.shard, o.config_num): o for o in snap.owed}
         self._applied = index
 
     def close(self) -> None:
@@ -246,7 +250,7 @@ class ShardGroupStateMachine:
         ]
 
     def owed_acks(self) -> list[_Owed]:
-        return [self.owed[s] for s in sorted(self.owed)]
+        return [self.owed[k] for k in sorted(self.owed)]
 
     def frozen_store(self, shard: ShardId, config_num: int) -> ShardStore | None:
         """The copy of ``shard`` frozen when this group lost it in ``config_num``."""
@@ -312,7 +316,12 @@ class ShardGroupStateMachine:
             old.store.delete()
         path = self._path(shard)
         store = ShardStore.create(
-            path, shard, state=state.value, index=index, max_sessions=self._max_sessions
+            path,
+            shard,
+            state=state.value,
+            index=index,
+            max_sessions=self._max_sessions,
+            disk=self._disk,
         )
         self.shards[shard] = ShardRecord(state, store)
 
@@ -352,11 +361,12 @@ class ShardGroupStateMachine:
             applied_index=index,
             state=state.value,
             max_sessions=self._max_sessions,
+            disk=self._disk,
         )
         record.state = state
         record.frozen_at = 0
         record.staging = bytearray()
-        self.owed[cmd.shard] = _Owed(cmd.shard, cmd.config_num, record.pull_from)
+        self.owed[(cmd.shard, cmd.config_num)] = _Owed(cmd.shard, cmd.config_num, record.pull_from)
         record.pull_from = ()
         return True
 
@@ -374,10 +384,10 @@ class ShardGroupStateMachine:
         return True
 
     def _ack_delivered(self, cmd: AckDelivered) -> bool:
-        owed = self.owed.get(cmd.shard)
-        if owed is None or owed.config_num != cmd.config_num:
+        owed = self.owed.get((cmd.shard, cmd.config_num))
+        if owed is None:
             return False
-        del self.owed[cmd.shard]
+        del self.owed[(cmd.shard, cmd.config_num)]
         return True
 
     def _pulling(self, shard: ShardId, config_num: int) -> ShardRecord | None:

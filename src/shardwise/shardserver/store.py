@@ -118,8 +118,11 @@ class ShardStore:
     """One shard's SQLite database. Make one with :meth:`create`, :meth:`open` or
     :meth:`install`. Not thread-safe: the group's state machine owns it."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, meta: _Meta, max_sessions: int) -> None:
+    def __init__(
+        self, path: str, conn: sqlite3.Connection, meta: _Meta, max_sessions: int, disk: Disk
+    ) -> None:
         self._path = path
+        self._disk = disk
         self._conn: sqlite3.Connection | None = conn
         self._meta = meta
         self._max_sessions = max_sessions
@@ -136,9 +139,12 @@ class ShardStore:
         state: str,
         index: int = 0,
         max_sessions: int = MAX_SESSIONS,
+        disk: Disk | None = None,
     ) -> ShardStore:
         """A new, empty shard database at ``path`` (written atomically: a crash leaves no
-        half-made file), in lifecycle ``state``, as of log ``index``."""
+        half-made file), in lifecycle ``state``, as of log ``index``. ``disk``: a
+        :class:`~shardwise.storage.fsutil.CacheDisk` for a shard that is a cache of a
+        durable log (no fsync at all); the default syncs."""
         path = os.fspath(path)
         if os.path.lexists(path):
             raise ShardExistsError(f"{path} already exists")
@@ -149,8 +155,9 @@ class ShardStore:
             _put_meta(mem, "state", state)
             _put_meta(mem, "applied_index", index)
             image = mem.serialize()
-        _write_atomically(path, image)
-        return cls.open(path, shard, max_sessions=max_sessions)
+        disk = disk or Disk()
+        _write_atomically(path, image, disk)
+        return cls.open(path, shard, max_sessions=max_sessions, disk=disk)
 
     @classmethod
     def open(
@@ -159,6 +166,7 @@ class ShardStore:
         shard: ShardId | None = None,
         *,
         max_sessions: int = MAX_SESSIONS,
+        disk: Disk | None = None,
     ) -> ShardStore:
         """The existing shard database at ``path``; ``shard``, if given, must match it.
 
@@ -173,10 +181,16 @@ class ShardStore:
             if shard is not None and meta.shard != shard:
                 raise ShardFormatError(f"{path} holds shard {meta.shard}, not {shard}")
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")  # see the module's docstring
+                # A cache of a durable log keeps its rollback journal in memory: nothing
+                # on disk to create or sync, and a crash discards the file anyway.
+                journal = "WAL" if (disk is None or disk.durable) else "MEMORY"
+                conn.execute(f"PRAGMA journal_mode={journal}")
+                disk = disk or Disk()
+                # See the module's docstring; a cache of a durable log never syncs.
+                sync = "NORMAL" if disk.durable else "OFF"
+                conn.execute(f"PRAGMA synchronous={sync}")
                 conn.execute("PRAGMA trusted_schema=OFF")  # files arrive from other groups
-                return cls(path, conn, meta, max_sessions)
+                return cls(path, conn, meta, max_sessions, disk)
             except sqlite3.Error as exc:
                 raise ShardStoreError(f"cannot open {path}: {exc}") from exc
         except BaseException:
@@ -193,6 +207,7 @@ class ShardStore:
         applied_index: int | None = None,
         state: str | None = None,
         max_sessions: int = MAX_SESSIONS,
+        disk: Disk | None = None,
     ) -> ShardStore:
         """Replace whatever is at ``path`` with the exported shard ``data`` and open it.
 
@@ -209,8 +224,9 @@ class ShardStore:
         # crash before the rename, the old file is back at its last checkpoint (consistent,
         # with its applied index) and the install is replayed from the log.
         _remove_files(path, SIDE_FILE_SUFFIXES)
-        _write_atomically(path, image)
-        return cls.open(path, shard, max_sessions=max_sessions)
+        disk = disk or Disk()
+        _write_atomically(path, image, disk)
+        return cls.open(path, shard, max_sessions=max_sessions, disk=disk)
 
     # --- what it is ----------------------------------------------------------------------
 
@@ -347,7 +363,7 @@ class ShardStore:
         """Close and remove the database and its side files (garbage collection)."""
         self.close()
         _remove_files(self._path, ("", *SIDE_FILE_SUFFIXES))
-        Disk().fsync_dir(os.path.dirname(os.path.abspath(self._path)))
+        self._disk.fsync_dir(os.path.dirname(os.path.abspath(self._path)))
 
     def __enter__(self) -> ShardStore:
         return self
@@ -516,9 +532,9 @@ def _verified_image(
             raise CorruptShardSnapshotError(f"shard export: {exc}") from exc
 
 
-def _write_atomically(path: str, image: bytes) -> None:
+def _write_atomically(path: str, image: bytes, disk: Disk) -> None:
     directory, name = os.path.split(os.path.abspath(path))
-    Disk().atomic_write(directory, name, [image])
+    disk.atomic_write(directory, name, [image])
 
 
 def _remove_files(path: str, suffixes: tuple[str, ...]) -> None:

@@ -26,6 +26,9 @@ class Disk:
     many entries) instead of trusting that they are.
     """
 
+    durable = True
+    """Whether what this disk writes survives a power cut once written."""
+
     def __init__(self) -> None:
         self.fsyncs = 0
 
@@ -69,6 +72,23 @@ class Disk:
             os.close(fd)
         os.replace(temp, path)
         self.fsync_dir(directory)
+
+
+class CacheDisk(Disk):
+    """A disk for files that are a cache of a durable record elsewhere (a replica group's
+    shard files, rebuilt from its Raft log at every start): writes stay atomic (temp
+    file and rename), but nothing is forced to the platter."""
+
+    durable = False
+
+    def fdatasync(self, fd: int) -> None:
+        pass
+
+    def fsync(self, fd: int) -> None:
+        pass
+
+    def fsync_dir(self, directory: str) -> None:
+        pass
 
 
 def write_all(fd: int, data: bytes, offset: int) -> None:
