@@ -90,6 +90,14 @@ def test_one_sync_makes_many_entries_durable_with_one_fsync(tmp_path: Path) -> N
         storage.set_hard_state(HardState(term=1, vote="a", commit=100))
         storage.sync()  # the hard state file and its directory
         assert storage.fsyncs == before + 3
+        # A commit index alone need not be durable: it rides with the next term or vote.
+        storage.set_hard_state(HardState(term=1, vote="a", commit=150))
+        storage.append(make_entries(202, 203, term=1))
+        storage.sync()
+        assert storage.fsyncs == before + 4  # the log only
+        assert storage.hard_state().commit == 150
+    with FileStorage(tmp_path) as reopened:
+        assert reopened.hard_state() == HardState(term=1, vote="a", commit=100)
 
 
 def test_reads_span_segments_and_the_cache(tmp_path: Path) -> None:

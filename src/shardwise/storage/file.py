@@ -159,9 +159,14 @@ class FileStorage:
         with self._writing():
             # The log first: a durable commit index must never point past durable entries.
             self._log.sync()
-            if self._hard_state != self._durable_hard_state:
-                write_hard_state(self._dir, self._disk, self._hard_state)
-                self._durable_hard_state = self._hard_state
+            # Term and vote must be durable before the node acts on them; the commit index
+            # need not be (a restarted node learns it again from its leader), so a change
+            # of commit alone rides along with the next term or vote change instead of
+            # costing a second fsync on every write.
+            hard, durable = self._hard_state, self._durable_hard_state
+            if (hard.term, hard.vote) != (durable.term, durable.vote):
+                write_hard_state(self._dir, self._disk, hard)
+                self._durable_hard_state = hard
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         self._check_usable()

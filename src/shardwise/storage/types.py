@@ -39,8 +39,9 @@ class HardState(msgspec.Struct, frozen=True, array_like=True):
     """What a Raft node must remember across restarts besides its log.
 
     ``term`` and ``vote`` must be durable before the node sends any message that depends
-    on them; ``commit`` is stored so that a restarted node can re-apply without waiting
-    for the leader.
+    on them; ``commit`` is stored along with them (not on its own: a commit-only change
+    would cost an fsync per write) so that a restarted node can re-apply that much without
+    waiting for the leader, and learns the rest from it.
     """
 
     term: int = 0
