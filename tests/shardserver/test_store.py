@@ -571,3 +571,27 @@ def test_the_store_matches_the_in_memory_machine(
             assert dict(contents(store)) == reference.items()
         finally:
             store.close()
+
+
+def test_a_batch_is_one_transaction_committed_at_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+
+    def seen_from_outside() -> list[tuple[str, str]]:
+        with closing(sqlite3.connect(path)) as other:
+            return other.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
+
+    with ShardStore.create(path, SHARD, state="serving") as store:
+        client = Client(store, "c")
+        store.begin_batch()
+        for i in range(5):
+            client.run(Append("k", str(i)), seq=i + 1)
+        assert store.get("k") == "01234"  # the batch sees its own writes
+        assert seen_from_outside() == []  # nobody else does yet
+        store.end_batch()
+        assert seen_from_outside() == [("k", "01234")]
+        assert store.applied_index == 5 and store.last_seq("c") == 5
+        store.begin_batch()
+        client.run(Put("j", "x"), seq=6)
+    # Closing in the middle of a batch commits it.
+    with ShardStore.open(path) as store:
+        assert store.get("j") == "x" and store.applied_index == 6

@@ -171,6 +171,9 @@ class RaftHost(Generic[S]):
     ) -> None:
         self.id = node_id
         self.state_machine = state_machine
+        # Optional: a state machine with ``end_batch()`` hears when a batch of applied
+        # entries ends, so it can commit them together (see StateMachine).
+        self._end_batch: Callable[[], None] | None = getattr(state_machine, "end_batch", None)
         self._membership = membership
         self._storage = storage
         self._send = send
@@ -443,6 +446,18 @@ class RaftHost(Generic[S]):
         self._release_applied()
 
     def _apply(self, entries: list[LogEntry]) -> None:
+        try:
+            self._apply_each(entries)
+        finally:
+            if self._end_batch is not None:
+                try:
+                    self._end_batch()
+                except Exception as exc:
+                    raise ReplicaHaltedError(
+                        f"replica {self.id!r} cannot finish applying a batch: {exc}"
+                    ) from exc
+
+    def _apply_each(self, entries: list[LogEntry]) -> None:
         for entry in entries:
             if entry.index <= self._applied:
                 continue  # replayed after a restart: the state machine already holds it

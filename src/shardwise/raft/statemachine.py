@@ -21,6 +21,11 @@ class StateMachine(Protocol):
     (no-ops, membership changes) are never passed in, so the applied index may lag the
     host's by those entries; replaying them is harmless.
 
+    **Batches.** A state machine may also define ``end_batch()``: the host calls it after
+    each batch of :meth:`apply` calls (one Raft Ready's committed entries), before anything
+    else runs on the loop, so the machine can commit the batch's writes at once. Results
+    returned by :meth:`apply` are delivered to proposers only after it returns.
+
     **Errors.** :meth:`apply` answers bad *requests* with a result (the proposer decodes
     it); it raises only when it cannot understand a committed command at all, and then the
     host halts the replica (``ReplicaHaltedError``) rather than skip it and diverge.

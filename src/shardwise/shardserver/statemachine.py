@@ -131,6 +131,8 @@ class ShardGroupStateMachine:
         self.directory = directory
         self._max_sessions = max_sessions
         self._disk = CacheDisk()  # the files are a cache of the log: see the docstring
+        self._batch: list[ShardStore] = []
+        """Stores written in the batch the host is applying (see :meth:`end_batch`)."""
         self._applied = 0
         self.config = initial_configuration()
         self.shards: dict[ShardId, ShardRecord] = {}
@@ -160,6 +162,12 @@ class ShardGroupStateMachine:
         else:
             done = self._ack_delivered(decoded)
         return encode_result(GroupResult("ok" if done else "ignored", self.config.num))
+
+    def end_batch(self) -> None:
+        """The host applied a batch of entries: commit each shard's writes at once."""
+        batch, self._batch = self._batch, []
+        for store in batch:
+            store.end_batch()
 
     def snapshot(self) -> bytes:
         shards = [
@@ -280,6 +288,9 @@ class ShardGroupStateMachine:
         record = self.shards.get(cmd.shard)
         if record is None or record.store is None or not self.serves(cmd.shard):
             return GroupResult("wrong_group", self.config.num)
+        if record.store not in self._batch:
+            record.store.begin_batch()
+            self._batch.append(record.store)
         result: KVResult | None = record.store.apply(index, cmd.client_id, cmd.seq, cmd.op)
         return GroupResult("ok", self.config.num, result)
 

@@ -123,6 +123,7 @@ class ShardStore:
     ) -> None:
         self._path = path
         self._disk = disk
+        self._batching = False
         self._conn: sqlite3.Connection | None = conn
         self._meta = meta
         self._max_sessions = max_sessions
@@ -353,8 +354,28 @@ class ShardStore:
         if busy:
             raise ShardStoreError(f"checkpoint of shard {self.shard} could not finish")
 
+    def begin_batch(self) -> None:
+        """Apply the following changes in one transaction, until :meth:`end_batch`.
+
+        A replica applies a Raft batch of many commands at once; one SQLite transaction
+        for all of them saves a BEGIN and a COMMIT per command. Nothing may read the file
+        from another connection (or export it) until the batch ends."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """Commit what the batch changed."""
+        self._batching = False
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+
     def close(self) -> None:
-        """Close the database (idempotent); committed changes stay in the file."""
+        """Close the database (idempotent); committed changes stay in the file, and so
+        do those of a batch in progress."""
+        self.end_batch()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -387,6 +408,15 @@ class ShardStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._connection()
+        if self._batching:
+            # Inside a batch: one transaction for all of it, committed by end_batch().
+            try:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                yield conn
+            except sqlite3.Error as exc:
+                raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
