@@ -363,6 +363,135 @@ class InvalidShardTransitionError(ShardwiseError):
     """A shard's lifecycle was asked to move along an edge its transition table lacks."""
 
 
+# --- cli and the local cluster -----------------------------------------------------------
+
+
+class CliError(ShardwiseError):
+    """The operator CLI or ``shardwise up`` cannot do what it was asked; the message says
+    what to do about it (``shardwise.cli.exits`` maps each kind to an exit code)."""
+
+
+class ClusterNotFoundError(CliError):
+    """No cluster description (``cluster.toml``) where the command looked for one."""
+
+
+class ClusterConfigError(CliError):
+    """A cluster description is invalid (a missing field, a duplicate name or address)."""
+
+
+class ClusterInUseError(CliError):
+    """Another ``shardwise up`` holds the cluster directory's lock."""
+
+
+class ClusterNotRunningError(CliError):
+    """No controller replica accepts connections at the addresses the description names."""
+
+
+class WrongSecretError(CliError):
+    """The cluster refused the secret in the description's secret file."""
+
+
+class ChangeTimeoutError(CliError):
+    """A configuration change was accepted, but its shard moves did not all finish in the
+    time allowed; they go on in the background."""
+
+
+# --- sql ---------------------------------------------------------------------------------
+
+
+class SqlError(ShardwiseError):
+    """A SQL statement was refused or failed; ``code`` names the kind for the boundaries
+    (the wire, the shell, DB-API) to translate."""
+
+    code = "sql"
+
+
+class SqlSyntaxError(SqlError):
+    """The text is not valid SQL; ``line`` and ``column`` (both from 1) say where."""
+
+    code = "syntax"
+
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(f"syntax error at line {line}, column {column}: {message}")
+        self.line = line
+        self.column = column
+
+
+class UnsupportedSqlError(SqlError):
+    """Valid SQL that shardwise does not run (yet); ``construct`` names it."""
+
+    code = "unsupported"
+
+    def __init__(self, construct: str, detail: str = "") -> None:
+        tail = f": {detail}" if detail else ""
+        super().__init__(f"{construct} is not supported{tail}")
+        self.construct = construct
+
+
+class SqlCatalogError(SqlError):
+    """A statement names a table or column that does not exist, or creates one that does,
+    or declares a table shardwise cannot distribute."""
+
+    code = "catalog"
+
+
+class SqlSemanticError(SqlError):
+    """A statement that parses but means nothing valid (an aggregate in WHERE, a column
+    neither grouped nor aggregated, ...)."""
+
+    code = "semantic"
+
+
+class SqlParameterError(SqlError):
+    """The parameters do not match the statement's placeholders (count, names, types)."""
+
+    code = "parameter"
+
+
+class DistributionValueError(SqlError):
+    """A row's distribution column value is missing, NULL or of a type it cannot take."""
+
+    code = "distribution_value"
+
+
+class DistributionColumnUpdateError(SqlError):
+    """An UPDATE tried to change a row's distribution column (which would move the row to
+    another shard): delete and insert it instead."""
+
+    code = "distribution_update"
+
+
+class NondeterministicSqlError(SqlError):
+    """A write uses a value that cannot be fixed at the coordinator (e.g. ``random()``
+    per row in an UPDATE); replicas applying it would diverge."""
+
+    code = "nondeterministic"
+
+
+class SqlLimitError(SqlError):
+    """A statement or its result is over a named limit; nothing was applied (a read's
+    partial results were dropped)."""
+
+    code = "limit"
+
+    def __init__(self, limit: str, value: int, message: str) -> None:
+        super().__init__(f"{message} (limit {limit}={value})")
+        self.limit = limit
+        self.value = value
+
+
+class SqlExecutionError(SqlError):
+    """A fragment failed where it ran (a constraint, a type error, an integer overflow);
+    ``shard`` names the shard, empty for the coordinator's own merge."""
+
+    code = "execution"
+
+    def __init__(self, message: str, shard: str = "") -> None:
+        where = f" on shard {shard}" if shard else ""
+        super().__init__(f"execution failed{where}: {message}")
+        self.shard = shard
+
+
 # --- testing -----------------------------------------------------------------------------
 
 

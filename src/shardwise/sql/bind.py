@@ -1,0 +1,165 @@
+"""Names resolved against the catalog, and the constructs shardwise refuses.
+
+Every column reference is checked against the table and rewritten unqualified (one table
+per statement today, so ``t.a`` and ``a`` are the same column and compare equal when the
+planner matches GROUP BY keys to select items). Unquoted identifiers were folded to lower
+case first, as PostgreSQL does.
+
+The refusals are explicit and name the construct: subqueries, joins, set operations,
+window functions, ``FILTER``, ``COLLATE`` and the rest. The design note
+(``sql/DESIGN.md``) says where joins will plug in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from sqlglot import exp
+
+from shardwise.controller.model import Table
+from shardwise.errors import SqlCatalogError, SqlSemanticError, UnsupportedSqlError
+from shardwise.sql.aggregates import is_aggregate
+from shardwise.sql.catalog import Catalog, ColumnSpec
+
+# Expression nodes refused wherever they appear, by the name a user would recognise.
+_REFUSED: Final[dict[type[exp.Expr], str]] = {
+    exp.Select: "a subquery",
+    exp.Subquery: "a subquery",
+    exp.Union: "UNION",
+    exp.Except: "EXCEPT",
+    exp.Intersect: "INTERSECT",
+    exp.Exists: "EXISTS",
+    exp.Any: "ANY/SOME",
+    exp.All: "ALL",
+    exp.Window: "a window function (OVER)",
+    exp.Filter: "an aggregate FILTER clause",
+    exp.WithinGroup: "WITHIN GROUP",
+    exp.Collate: "COLLATE",
+    exp.Lambda: "a lambda",
+    exp.Unnest: "UNNEST",
+    exp.Array: "an ARRAY value",
+    exp.Join: "JOIN",
+    exp.Rollup: "GROUP BY ROLLUP",
+    exp.Cube: "GROUP BY CUBE",
+    exp.GroupingSets: "GROUP BY GROUPING SETS",
+}
+
+# Select clauses and their names; anything else present in a SELECT is refused.
+_SELECT_CLAUSES: Final = frozenset(
+    {"expressions", "from_", "where", "group", "having", "order", "limit", "offset", "distinct"}
+)
+_CLAUSE_NAMES: Final[dict[str, str]] = {
+    "with_": "WITH (common table expressions)",
+    "joins": "JOIN (planned: co-located, broadcast and repartition joins)",
+    "laterals": "LATERAL",
+    "locks": "FOR UPDATE/FOR SHARE",
+    "windows": "WINDOW",
+    "qualify": "QUALIFY",
+    "sample": "TABLESAMPLE",
+    "into": "SELECT INTO",
+    "pivots": "PIVOT",
+    "kind": "this SELECT form",
+}
+
+
+def check_supported(node: exp.Expr) -> None:
+    """Refuse any node of ``node``'s tree that shardwise cannot run."""
+    for sub in node.walk():
+        for kind, name in _REFUSED.items():
+            if isinstance(sub, kind):
+                raise UnsupportedSqlError(name)
+
+
+def check_select_clauses(select: exp.Select) -> None:
+    for key, value in select.args.items():
+        if value and key not in _SELECT_CLAUSES:
+            raise UnsupportedSqlError(_CLAUSE_NAMES.get(key, key.upper()))
+    distinct = select.args.get("distinct")
+    if isinstance(distinct, exp.Distinct) and distinct.args.get("on"):
+        raise UnsupportedSqlError("DISTINCT ON")
+    group = select.args.get("group")
+    if isinstance(group, exp.Group):
+        for key in ("grouping_sets", "cube", "rollup", "totals", "all"):
+            if group.args.get(key):
+                raise UnsupportedSqlError(f"GROUP BY {key.upper().replace('_', ' ')}")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The one table a statement reads or writes, and the name it goes by in it."""
+
+    table: Table
+    alias: str
+    columns: tuple[ColumnSpec, ...]
+
+    @classmethod
+    def of(cls, catalog: Catalog, node: exp.Expr) -> Scope:
+        if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
+            raise UnsupportedSqlError("reading from anything but one table")
+        if node.args.get("db") or node.args.get("catalog"):
+            raise UnsupportedSqlError("schema-qualified table names")
+        table = catalog.table(node.name)
+        alias = node.alias or table.name
+        alias_node = node.args.get("alias")
+        if isinstance(alias_node, exp.TableAlias) and alias_node.columns:
+            raise UnsupportedSqlError("column aliases on a table")
+        return cls(table, alias, tuple(catalog.columns(table)))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def spec(self, name: str) -> ColumnSpec:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise SqlCatalogError(f"column {name!r} does not exist in table {self.table.name!r}")
+
+    def star(self) -> list[exp.Expr]:
+        return [exp.column(name, quoted=True) for name in self.names]
+
+    def bind(self, node: exp.Expr, *, aggregates: bool, where: str) -> exp.Expr:
+        """A copy of ``node`` with its columns checked and unqualified. ``aggregates``:
+        whether aggregate calls may appear (not in WHERE, not inside one another)."""
+        check_supported(node)
+        tree = node.copy()
+        for column in list(tree.find_all(exp.Column)):
+            if isinstance(column.this, exp.Star):
+                raise UnsupportedSqlError(f"{column.sql()} {where}")
+            self._check_qualifier(column)
+            self.spec(column.name)
+            column.replace(exp.column(column.name, quoted=True))
+        for call in tree.find_all(exp.Func):
+            if not is_aggregate(call):
+                continue
+            if not aggregates:
+                raise SqlSemanticError(f"aggregate functions are not allowed {where}")
+            for inner in call.find_all(exp.Func):
+                if inner is not call and is_aggregate(inner):
+                    raise SqlSemanticError("aggregate function calls cannot be nested")
+        if isinstance(tree, exp.Column):
+            return tree
+        return tree
+
+    def _check_qualifier(self, column: exp.Column) -> None:
+        if column.args.get("db") or column.args.get("catalog"):
+            raise UnsupportedSqlError("schema-qualified column names")
+        qualifier = column.table
+        if qualifier and qualifier not in (self.alias, self.table.name):
+            raise SqlCatalogError(f"there is no table {qualifier!r} in this statement")
+        if qualifier and qualifier == self.table.name and self.alias != self.table.name:
+            raise SqlCatalogError(f"table {qualifier!r} goes by {self.alias!r} here")
+
+
+def has_aggregate(node: exp.Expr) -> bool:
+    return any(is_aggregate(n) for n in node.find_all(exp.Func))
+
+
+def output_name(node: exp.Expr, alias: str, text: str) -> str:
+    """A result column's name: its alias, else the column's name, else the expression."""
+    if alias:
+        return alias
+    if isinstance(node, exp.Column):
+        return node.name
+    return text

@@ -1,0 +1,127 @@
+"""The catalog as the planner sees it: the controller's tables and keyspaces, read-only.
+
+The controller replicates the catalog (:class:`~shardwise.controller.model.Table`); the
+planner only reads it. Two conventions live here, shared by the planner and the shards:
+
+* **Physical names.** A table ``t`` is stored in every shard file of its keyspace as
+  ``sql_t`` (:func:`physical_name`), so user tables never collide with a shard's own
+  tables (``kv``, ``sessions``, ``meta``) nor with ones added later.
+* **Column declarations.** ``Column.type`` holds the SQLite declaration after the name:
+  the type, then `` NOT NULL``, then `` DEFAULT <literal>`` (:class:`ColumnSpec`), always
+  in that order because only this module writes it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, TypeAlias
+
+from shardwise.controller.model import Column, Configuration, Keyspace, Table
+from shardwise.errors import SqlCatalogError
+
+PHYSICAL_PREFIX: Final = "sql_"
+RESERVED_PREFIX: Final = "_sw_"
+"""Names the planner gives its own columns (``_sw_g0``, ``_sw_k1``, ...); users may not."""
+
+MAX_COLUMNS: Final = 1000
+"""Columns per table; SQLite's own default cap is 2000."""
+
+Affinity: TypeAlias = Literal["INTEGER", "TEXT", "BLOB", "REAL", "NUMERIC"]
+
+_DECL: Final = re.compile(r"^(?P<type>.*?)(?P<nn> NOT NULL)?(?: DEFAULT (?P<default>.*))?$", re.S)
+
+
+def affinity(type_name: str) -> Affinity:
+    """SQLite's type affinity of a declared type (the rules of its section 3.1, in order)."""
+    upper = type_name.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in upper or not upper.strip():
+        return "BLOB"
+    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """A column with its declaration taken apart."""
+
+    name: str
+    type_name: str
+    not_null: bool = False
+    default_sql: str | None = None
+
+    @property
+    def affinity(self) -> Affinity:
+        return affinity(self.type_name)
+
+    def declaration(self) -> str:
+        parts = [self.type_name]
+        if self.not_null:
+            parts.append("NOT NULL")
+        if self.default_sql is not None:
+            parts.append(f"DEFAULT {self.default_sql}")
+        return " ".join(parts)
+
+    def to_model(self) -> Column:
+        return Column(self.name, self.declaration())
+
+    @classmethod
+    def from_model(cls, column: Column) -> ColumnSpec:
+        match = _DECL.match(column.type)
+        assert match is not None  # the pattern matches any text
+        return cls(column.name, match["type"], bool(match["nn"]), match["default"])
+
+
+def physical_name(table: str) -> str:
+    """The table's name inside a shard's SQLite file."""
+    return PHYSICAL_PREFIX + table
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuse names that would clash with the planner's own or confuse SQLite (which
+    compares identifiers without regard to case)."""
+    if not name or len(name) > 128:
+        raise SqlCatalogError(f"a {what} name has 1 to 128 characters")
+    if name.lower().startswith(RESERVED_PREFIX) or "\x00" in name:
+        raise SqlCatalogError(
+            f"{what} name {name!r}: names starting {RESERVED_PREFIX} are reserved"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Tables and keyspaces, as of one configuration of the controller."""
+
+    tables: Mapping[str, Table] = field(default_factory=dict)
+    keyspaces: Mapping[str, Keyspace] = field(default_factory=dict)
+
+    @classmethod
+    def from_configuration(cls, config: Configuration) -> Catalog:
+        return cls(dict(config.tables), dict(config.keyspaces))
+
+    def table(self, name: str) -> Table:
+        table = self.tables.get(name)
+        if table is None:
+            raise SqlCatalogError(f"there is no table {name!r}")
+        return table
+
+    def keyspace(self, table: Table) -> Keyspace:
+        keyspace = self.keyspaces.get(table.keyspace)
+        if keyspace is None:
+            raise SqlCatalogError(f"table {table.name!r} names a missing keyspace")
+        return keyspace
+
+    def columns(self, table: Table) -> list[ColumnSpec]:
+        return [ColumnSpec.from_model(c) for c in table.columns]
+
+    def column(self, table: Table, name: str) -> ColumnSpec:
+        for column in table.columns:
+            if column.name == name:
+                return ColumnSpec.from_model(column)
+        raise SqlCatalogError(f"table {table.name!r} has no column {name!r}")

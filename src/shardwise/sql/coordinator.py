@@ -1,0 +1,144 @@
+"""The coordinator: plans a statement, runs its fragments on the shards in parallel and
+merges what comes back.
+
+Consistency: each shard's fragment is linearizable for that shard (the executor reads
+behind a ReadIndex barrier), but the fragments of one multi-shard read run at slightly
+different moments, so a read over several shards is not a snapshot across them. A write
+to several shards is atomic per shard, not across shards: when one shard's batch fails,
+the others may have applied theirs (the error says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from shardwise.controller.model import ShardId
+from shardwise.errors import SqlExecutionError
+from shardwise.sql.catalog import Catalog
+from shardwise.sql.determinism import StatementContext
+from shardwise.sql.engine import run_final, run_local
+from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
+from shardwise.sql.explain import explain
+from shardwise.sql.merge import Budget, Limits, combine_aggregates, merge_rows
+from shardwise.sql.params import Params
+from shardwise.sql.plan import (
+    AggregateMerge,
+    CatalogPlan,
+    Fragment,
+    LocalEval,
+    ReadPlan,
+    RowMerge,
+    WritePlan,
+)
+from shardwise.sql.planner import plan
+
+EXPLAIN_COLUMN = "QUERY PLAN"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    columns: tuple[str, ...]
+    rows: list[Row] = field(default_factory=list)
+    rowcount: int = -1
+    """Rows changed by a write (-1 for reads and DDL, as DB-API's ``rowcount``)."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Coordinator:
+    """Runs SQL over the shards of an executor, with the catalog of a catalog store."""
+
+    def __init__(
+        self,
+        shards: ShardExecutor,
+        catalog: CatalogStore,
+        *,
+        limits: Limits | None = None,
+        wall_clock: Callable[[], datetime] = _utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._shards = shards
+        self._catalog = catalog
+        self._limits = limits or Limits()
+        self._wall_clock = wall_clock
+        self._rng = rng or random.Random()
+        self.last_rows_shipped: dict[int, int] = {}
+        """Rows each shard sent for the last read (for benchmarks and tests)."""
+
+    def _context(self) -> StatementContext:
+        return StatementContext(self._wall_clock(), self._rng.getrandbits(64))
+
+    async def execute(self, sql: str, params: Params | None = None) -> Result:
+        catalog = await self._catalog.catalog()
+        planned = plan(sql, params, catalog, self._context())
+        if planned.explain:
+            return Result((EXPLAIN_COLUMN,), [(line,) for line in explain(planned.plan)])
+        current = planned.plan
+        if isinstance(current, ReadPlan):
+            return await self._read(current)
+        if isinstance(current, WritePlan):
+            return await self._write(current)
+        return await self._change(current, catalog)
+
+    async def _read(self, read: ReadPlan) -> Result:
+        merge = read.merge
+        if isinstance(merge, LocalEval):
+            return Result(read.columns, run_local(merge.query))
+        assert read.fragment is not None
+        fragment = read.fragment
+        budget = Budget(self._limits)
+        cap = self._limits.max_rows + 1
+
+        async def one(index: int) -> list[Row]:
+            rows = await self._shards.read(ShardId(read.keyspace, index), fragment, cap)
+            budget.take(rows)  # single-threaded: the loop runs one callback at a time
+            return rows
+
+        parts = await _gather([one(i) for i in read.shards])
+        self.last_rows_shipped = {i: len(p) for i, p in zip(read.shards, parts, strict=True)}
+        if isinstance(merge, RowMerge):
+            return Result(read.columns, merge_rows(parts, merge))
+        assert isinstance(merge, AggregateMerge)
+        groups = combine_aggregates(parts, merge)
+        rows = run_final(groups, merge.group_width, len(merge.aggregates), merge.final)
+        return Result(read.columns, rows)
+
+    async def _write(self, write: WritePlan) -> Result:
+        async def one(index: int, batch: Sequence[Fragment]) -> int:
+            return await self._shards.write(ShardId(write.keyspace, index), batch)
+
+        tasks = [one(b.shard, b.statements) for b in write.batches]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            applied = sum(1 for r in results if not isinstance(r, BaseException))
+            first = failures[0]
+            if applied and len(write.batches) > 1:
+                note = f" ({applied} of {len(write.batches)} shard batches were applied)"
+                raise SqlExecutionError(f"{first}{note}") from first
+            raise first
+        return Result((), [], rowcount=sum(r for r in results if isinstance(r, int)))
+
+    async def _change(self, change: CatalogPlan, catalog: Catalog) -> Result:
+        del catalog
+        if not change.skip:
+            await self._catalog.change(change.op)
+        return Result(())
+
+
+async def _gather(tasks: Sequence[Coroutine[None, None, list[Row]]]) -> list[list[Row]]:
+    """All shard answers, or the first error with the others cancelled (a read over a
+    bound should stop the other shards' work, not wait for it)."""
+    running = [asyncio.ensure_future(t) for t in tasks]
+    try:
+        return list(await asyncio.gather(*running))
+    except BaseException:
+        for task in running:
+            task.cancel()
+        raise

@@ -1,0 +1,286 @@
+"""CREATE TABLE, DROP TABLE, ALTER TABLE ... ADD COLUMN and CREATE INDEX as catalog changes.
+
+The syntax for a distributed table is PostgreSQL's storage parameters::
+
+    CREATE TABLE orders (
+        customer_id INTEGER NOT NULL,
+        order_id INTEGER,
+        total REAL DEFAULT 0,
+        PRIMARY KEY (customer_id, order_id)
+    ) WITH (distribution = 'customer_id', keyspace = 'default')
+
+``distribution`` is required and names the distribution column; ``keyspace`` defaults to
+``default``. A PRIMARY KEY or UNIQUE constraint becomes a unique index on every shard, so it
+must include the distribution column (each shard can only check its own rows), as in
+Citus. Defaults are literals: a default such as ``CURRENT_TIMESTAMP`` would differ between
+replicas. The result is a controller command; every shard of the keyspace then creates the
+table from the catalog (:mod:`shardwise.sql.shard_schema`), including shards made later.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlglot import exp
+
+from shardwise.controller.model import (
+    DEFAULT_KEYSPACE,
+    AddColumn,
+    CreateIndex,
+    CreateTable,
+    DropTable,
+    IndexDef,
+    Table,
+)
+from shardwise.errors import (
+    NondeterministicSqlError,
+    SqlCatalogError,
+    UnsupportedSqlError,
+)
+from shardwise.sql.catalog import MAX_COLUMNS, Catalog, ColumnSpec, check_name
+from shardwise.sql.dialect import to_sqlite
+from shardwise.sql.distribution import check_distribution_column
+from shardwise.sql.params import NOT_CONSTANT, constant
+from shardwise.sql.plan import CatalogPlan
+from shardwise.sql.shard_schema import add_column_ddl, create_table_ddl, drop_table_ddl, index_ddl
+
+MAX_INDEXES_PER_TABLE: Final = 64
+_PROPERTIES: Final = frozenset({"distribution", "keyspace"})
+
+
+def plan_ddl(statement: exp.Expr, catalog: Catalog) -> CatalogPlan:
+    if isinstance(statement, exp.Create):
+        kind = str(statement.args.get("kind") or "").upper()
+        if kind == "TABLE":
+            return _create_table(statement, catalog)
+        if kind == "INDEX":
+            return _create_index(statement, catalog)
+        raise UnsupportedSqlError(f"CREATE {kind}")
+    if isinstance(statement, exp.Drop):
+        return _drop(statement, catalog)
+    if isinstance(statement, exp.Alter):
+        return _alter(statement, catalog)
+    raise UnsupportedSqlError(type(statement).__name__.upper())
+
+
+# --- CREATE TABLE ----------------------------------------------------------------------
+
+
+def _create_table(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
+    for key in ("replace", "expression", "unique", "clone", "refresh", "concurrently"):
+        if statement.args.get(key):
+            raise UnsupportedSqlError(
+                "CREATE TABLE ... AS" if key == "expression" else f"CREATE TABLE ({key})"
+            )
+    schema = statement.this
+    if not isinstance(schema, exp.Schema) or not isinstance(schema.this, exp.Table):
+        raise UnsupportedSqlError("this form of CREATE TABLE")
+    name = schema.this.name
+    check_name(name, "table")
+    properties = _properties(statement)
+    keyspace_name = properties.get("keyspace", DEFAULT_KEYSPACE)
+    if "distribution" not in properties:
+        raise SqlCatalogError(
+            f"table {name!r} needs a distribution column: CREATE TABLE ... "
+            "WITH (distribution = 'column')"
+        )
+    columns: list[ColumnSpec] = []
+    unique: list[tuple[str, tuple[str, ...]]] = []
+    for item in schema.expressions:
+        if isinstance(item, exp.Identifier):  # a column with no type
+            columns.append(ColumnSpec(item.name, ""))
+        elif isinstance(item, exp.ColumnDef):
+            spec, constraint = _column(item)
+            columns.append(spec)
+            if constraint:
+                unique.append((constraint, (spec.name,)))
+        elif isinstance(item, exp.PrimaryKey):
+            unique.append(("pkey", tuple(e.name for e in item.expressions)))
+        elif isinstance(item, exp.UniqueColumnConstraint) and isinstance(item.this, exp.Schema):
+            unique.append(("key", tuple(e.name for e in item.this.expressions)))
+        else:
+            raise UnsupportedSqlError(f"the table constraint {item.sql()}")
+    names = [c.name for c in columns]
+    if not columns or len(columns) > MAX_COLUMNS:
+        raise SqlCatalogError(f"a table has 1 to {MAX_COLUMNS} columns")
+    for column in names:
+        check_name(column, "column")
+    if len({n.lower() for n in names}) != len(names):
+        raise SqlCatalogError("column names must differ (SQLite ignores case in names)")
+    distribution = properties["distribution"]
+    if distribution not in names:
+        raise SqlCatalogError(f"the distribution column {distribution!r} is not a column")
+    keyspace = catalog.keyspaces.get(keyspace_name)
+    if keyspace is None:
+        raise SqlCatalogError(f"there is no keyspace {keyspace_name!r}")
+    spec = columns[names.index(distribution)]
+    check_distribution_column(spec.affinity, keyspace)
+    indexes = _unique_indexes(name, unique, names, distribution)
+    table = Table(
+        name,
+        keyspace_name,
+        distribution,
+        tuple(c.to_model() for c in columns),
+        tuple(indexes),
+    )
+    exists = name in catalog.tables
+    if exists and not statement.args.get("exists"):
+        raise SqlCatalogError(f"table {name!r} already exists")
+    return CatalogPlan(CreateTable(table), skip=exists, shard_ddl=tuple(create_table_ddl(table)))
+
+
+def _properties(statement: exp.Create) -> dict[str, str]:
+    found: dict[str, str] = {}
+    node = statement.args.get("properties")
+    for prop in node.expressions if isinstance(node, exp.Properties) else []:
+        if not isinstance(prop, exp.Property):
+            raise UnsupportedSqlError(f"the table option {prop.sql()}")
+        key = prop.name.lower()
+        value = prop.args.get("value")
+        if key not in _PROPERTIES or not isinstance(value, exp.Expr):
+            raise UnsupportedSqlError(f"the table option {key!r}", "use distribution, keyspace")
+        found[key] = value.name
+    return found
+
+
+def _column(node: exp.ColumnDef) -> tuple[ColumnSpec, str]:
+    kind = node.args.get("kind")
+    type_name = to_sqlite(kind) if isinstance(kind, exp.DataType) else ""
+    not_null = False
+    default: str | None = None
+    unique = ""
+    for constraint in node.constraints:
+        inner = constraint.args.get("kind")
+        if isinstance(inner, exp.NotNullColumnConstraint) and not inner.args.get("allow_null"):
+            not_null = True
+        elif isinstance(inner, exp.DefaultColumnConstraint):
+            default = _default(inner.this)
+        elif isinstance(inner, exp.PrimaryKeyColumnConstraint):
+            unique, not_null = "pkey", True
+        elif isinstance(inner, exp.UniqueColumnConstraint):
+            unique = unique or "key"
+        else:
+            raise UnsupportedSqlError(f"the column constraint {constraint.sql()}")
+    return ColumnSpec(node.name, type_name, not_null, default), unique
+
+
+def _default(node: exp.Expr) -> str:
+    if constant(node, {}) is NOT_CONSTANT:
+        raise NondeterministicSqlError(
+            f"the default {node.sql()}: a default must be a literal (a computed one could "
+            "differ between replicas)"
+        )
+    return to_sqlite(node)
+
+
+def _unique_indexes(
+    table: str,
+    unique: list[tuple[str, tuple[str, ...]]],
+    names: list[str],
+    distribution: str,
+) -> list[IndexDef]:
+    indexes: list[IndexDef] = []
+    if sum(1 for kind, _ in unique if kind == "pkey") > 1:
+        raise SqlCatalogError(f"table {table!r} has more than one primary key")
+    for kind, columns in unique:
+        for column in columns:
+            if column not in names:
+                raise SqlCatalogError(f"a constraint names a missing column {column!r}")
+        if distribution not in columns:
+            raise SqlCatalogError(
+                f"a PRIMARY KEY or UNIQUE constraint on {table!r} must include the "
+                f"distribution column {distribution!r}: each shard checks only its own rows"
+            )
+        name = f"{table}_pkey" if kind == "pkey" else f"{table}_{'_'.join(columns)}_key"
+        if all(i.name != name for i in indexes):
+            indexes.append(IndexDef(name, columns, unique=True))
+    return indexes
+
+
+# --- CREATE INDEX, DROP TABLE, ALTER TABLE ---------------------------------------------
+
+
+def _create_index(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
+    index = statement.this
+    if not isinstance(index, exp.Index) or not isinstance(index.args.get("table"), exp.Table):
+        raise UnsupportedSqlError("this form of CREATE INDEX")
+    table = catalog.table(index.args["table"].name)
+    name = index.name
+    if not name:
+        raise UnsupportedSqlError("CREATE INDEX without a name")
+    check_name(name, "index")
+    params = index.args.get("params")
+    columns: list[str] = []
+    for item in params.args.get("columns") or [] if isinstance(params, exp.IndexParameters) else []:
+        node = item.this if isinstance(item, exp.Ordered) else item
+        if isinstance(item, exp.Ordered) and item.args.get("desc"):
+            raise UnsupportedSqlError("DESC in an index")
+        if not isinstance(node, exp.Column):
+            raise UnsupportedSqlError("an index on an expression")
+        columns.append(node.name)
+    known = {c.name for c in table.columns}
+    for column in columns:
+        if column not in known:
+            raise SqlCatalogError(f"table {table.name!r} has no column {column!r}")
+    if not columns:
+        raise SqlCatalogError("an index names at least one column")
+    unique = bool(statement.args.get("unique"))
+    if unique and table.distribution_column not in columns:
+        raise SqlCatalogError(
+            f"a UNIQUE index on {table.name!r} must include the distribution column "
+            f"{table.distribution_column!r}: each shard checks only its own rows"
+        )
+    exists = any(i.name == name for i in table.indexes)
+    if exists and not statement.args.get("exists"):
+        raise SqlCatalogError(f"index {name!r} already exists on {table.name!r}")
+    if len(table.indexes) >= MAX_INDEXES_PER_TABLE:
+        raise SqlCatalogError(f"at most {MAX_INDEXES_PER_TABLE} indexes per table")
+    definition = IndexDef(name, tuple(columns), unique)
+    return CatalogPlan(
+        CreateIndex(table.name, definition),
+        skip=exists,
+        shard_ddl=(index_ddl(table.name, definition),),
+    )
+
+
+def _drop(statement: exp.Drop, catalog: Catalog) -> CatalogPlan:
+    kind = str(statement.args.get("kind") or "").upper()
+    if kind != "TABLE":
+        raise UnsupportedSqlError(f"DROP {kind}")
+    tables = statement.args.get("tables") or []
+    if len(tables) != 1:
+        raise UnsupportedSqlError("DROP TABLE of several tables", "drop them one by one")
+    if statement.args.get("cascade"):
+        raise UnsupportedSqlError("DROP TABLE ... CASCADE")
+    name = tables[0].name
+    exists = name in catalog.tables
+    if not exists and not statement.args.get("exists"):
+        raise SqlCatalogError(f"there is no table {name!r}")
+    return CatalogPlan(DropTable(name), skip=not exists, shard_ddl=(drop_table_ddl(name),))
+
+
+def _alter(statement: exp.Alter, catalog: Catalog) -> CatalogPlan:
+    if str(statement.args.get("kind") or "").upper() != "TABLE":
+        raise UnsupportedSqlError("this ALTER")
+    table = catalog.table(statement.this.name)
+    actions = statement.args.get("actions") or []
+    if len(actions) != 1 or not isinstance(actions[0], exp.ColumnDef):
+        raise UnsupportedSqlError(
+            "this ALTER TABLE action", "only ALTER TABLE ... ADD COLUMN, one column at a time"
+        )
+    spec, unique = _column(actions[0])
+    if unique:
+        raise UnsupportedSqlError("a UNIQUE or PRIMARY KEY column added by ALTER TABLE")
+    check_name(spec.name, "column")
+    exists = any(c.name.lower() == spec.name.lower() for c in table.columns)
+    if exists and not actions[0].args.get("exists"):
+        raise SqlCatalogError(f"table {table.name!r} already has a column {spec.name!r}")
+    if spec.not_null and spec.default_sql is None:
+        raise SqlCatalogError("a NOT NULL column added to a table needs a DEFAULT")
+    if len(table.columns) >= MAX_COLUMNS:
+        raise SqlCatalogError(f"a table has at most {MAX_COLUMNS} columns")
+    return CatalogPlan(
+        AddColumn(table.name, spec.to_model()),
+        skip=exists,
+        shard_ddl=(add_column_ddl(table.name, spec),),
+    )

@@ -1,0 +1,138 @@
+"""``EXPLAIN``: a plan as text, one line per row of the result (column ``QUERY PLAN``).
+
+The text is stable (plan fixtures compare it), names the shards touched and why, the SQL
+each shard runs with its parameters, and each merge step at the coordinator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shardwise.sql.params import SqlValue
+from shardwise.sql.plan import (
+    AggregateMerge,
+    CatalogPlan,
+    Fragment,
+    LocalEval,
+    Plan,
+    ReadPlan,
+    RowMerge,
+    WritePlan,
+)
+
+MAX_LISTED_SHARDS = 32
+"""Shard lists longer than this are summarised (a keyspace may have thousands)."""
+
+
+def explain(plan: Plan) -> list[str]:
+    if isinstance(plan, ReadPlan):
+        return _read(plan)
+    if isinstance(plan, WritePlan):
+        return _write(plan)
+    return _catalog(plan)
+
+
+def _shards(shards: tuple[int, ...] | list[int], total: int) -> str:
+    if len(shards) == total and total > 1:
+        return f"all {total}"
+    shown = ", ".join(str(s) for s in shards[:MAX_LISTED_SHARDS])
+    more = f", ... ({len(shards)} in all)" if len(shards) > MAX_LISTED_SHARDS else ""
+    return f"{len(shards)} of {total}: {shown}{more}"
+
+
+def _params(params: Mapping[str, SqlValue]) -> str:
+    return ", ".join(f":{k}={v!r}" for k, v in params.items())
+
+
+def _fragment(fragment: Fragment, indent: str) -> list[str]:
+    lines = [f"{indent}{fragment.sql}"]
+    if fragment.params:
+        lines.append(f"{indent}params: {_params(fragment.params)}")
+    return lines
+
+
+def _read(plan: ReadPlan) -> list[str]:
+    if isinstance(plan.merge, LocalEval):
+        return ["Local (no table): the coordinator evaluates", *_fragment(plan.merge.query, "  ")]
+    lines = [f"Distributed {plan.strategy} read of {plan.table} (keyspace {plan.keyspace})"]
+    lines.append(f"  shards: {_shards(plan.shards, plan.shard_count)}")
+    if plan.pruned_by:
+        lines.append(f"  pruned by: {plan.pruned_by}")
+    if plan.fragment is not None:
+        lines.append("  fragment (each shard):")
+        lines.extend(_fragment(plan.fragment, "    "))
+    lines.append("  merge:")
+    for number, step in enumerate(_merge_steps(plan), 1):
+        first, *rest = step.split("\n")
+        lines.append(f"    {number}. {first}")
+        lines.extend(f"       {line}" for line in rest)
+    return lines
+
+
+def _merge_steps(plan: ReadPlan) -> list[str]:
+    merge = plan.merge
+    if isinstance(merge, RowMerge):
+        if plan.strategy == "single-shard":
+            return ["pass the shard's rows through"]
+        steps = []
+        if merge.sort:
+            keys = ", ".join(
+                f"col{k.column + 1} {'DESC' if k.descending else 'ASC'}"
+                f" NULLS {'FIRST' if k.nulls_first else 'LAST'}"
+                for k in merge.sort
+            )
+            steps.append(f"k-way merge of sorted shard streams by {keys}")
+        else:
+            steps.append("concatenate shard rows")
+        if merge.distinct:
+            steps.append("drop duplicate rows")
+        if merge.offset or merge.limit is not None:
+            limit = "ALL" if merge.limit is None else str(merge.limit)
+            steps.append(f"skip {merge.offset}, keep {limit}")
+        hidden = any(k.column >= merge.width for k in merge.sort)
+        if hidden:
+            steps.append(f"drop hidden sort columns (keep {merge.width})")
+        return steps
+    assert isinstance(merge, AggregateMerge)
+    groups = f"{merge.group_width} group key(s)" if merge.group_width else "one group (no GROUP BY)"
+    combined = "; ".join(
+        f"{a.label}: {a.kind} over col{','.join(str(c + 1) for c in a.columns)}"
+        for a in merge.aggregates
+    )
+    final = "\n".join(_fragment(merge.final, ""))
+    return [
+        f"combine partial aggregates by {groups}: {combined or 'none'}",
+        f"final query over the merged groups (coordinator SQLite):\n{final}",
+    ]
+
+
+def _write(plan: WritePlan) -> list[str]:
+    lines = [f"Distributed {plan.kind} into {plan.table} (keyspace {plan.keyspace})"]
+    shards = [b.shard for b in plan.batches]
+    lines.append(f"  shards: {_shards(shards, plan.shard_count)}")
+    if plan.pruned_by:
+        lines.append(f"  routed by: {plan.pruned_by}")
+    same = all(b.statements == plan.batches[0].statements for b in plan.batches)
+    if plan.kind != "INSERT" and same and len(plan.batches) > 1:
+        lines.append("  each shard: one atomic batch of:")
+        for statement in plan.batches[0].statements:
+            lines.extend(_fragment(statement, "    "))
+        return lines
+    for batch in plan.batches:
+        rows = f", {batch.rows} row(s)" if plan.kind == "INSERT" else ""
+        lines.append(
+            f"  shard {batch.shard}: one atomic batch of {len(batch.statements)} statement(s){rows}"
+        )
+        for statement in batch.statements:
+            lines.extend(_fragment(statement, "    "))
+    return lines
+
+
+def _catalog(plan: CatalogPlan) -> list[str]:
+    op = type(plan.op).__name__
+    lines = [f"Catalog change: {op} (through the controller's log)"]
+    if plan.skip:
+        lines.append("  nothing to do (IF [NOT] EXISTS)")
+    lines.append("  every shard of the keyspace then runs:")
+    lines.extend(f"    {ddl}" for ddl in plan.shard_ddl)
+    return lines

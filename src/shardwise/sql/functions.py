@@ -1,0 +1,99 @@
+"""The SQL functions shardwise adds to SQLite, on shards and at the coordinator.
+
+Shards need them to compute partial states and to run pushed-down queries that use
+shardwise's aggregates; the coordinator's SQLite needs them for statements it evaluates
+itself. Whoever opens a shard's database for SQL calls :func:`register` on the
+connection. All are deterministic functions of their input rows.
+
+| function | kind | result |
+|---|---|---|
+| ``var_samp``, ``var_pop``, ``stddev_samp``, ``stddev_pop`` | aggregate | REAL or NULL |
+| ``approx_count_distinct`` | aggregate | INTEGER (HyperLogLog estimate) |
+| ``shardwise_moments(x)`` | aggregate | BLOB: count, mean, M2 |
+| ``shardwise_hll(x)`` | aggregate | BLOB: a HyperLogLog sketch |
+| ``shardwise_distinct(x)`` | aggregate | BLOB: the set of distinct non-NULL values (MessagePack) |
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Final, cast
+
+import msgspec
+
+from shardwise.sql.aggregates import APPROX_DISTINCT, DISTINCT_SET, HLL, MOMENTS
+from shardwise.sql.hll import Sketch
+from shardwise.sql.moments import Moments, Statistic
+from shardwise.sql.numeric import as_real
+from shardwise.sql.params import SqlValue
+
+_encode: Final = msgspec.msgpack.Encoder().encode
+
+
+class _MomentsState:
+    def __init__(self) -> None:
+        self.moments = Moments()
+
+    def step(self, value: SqlValue) -> None:
+        if value is not None:
+            self.moments = self.moments.add(as_real(value))
+
+
+class _MomentsBlob(_MomentsState):
+    def finalize(self) -> bytes:
+        return self.moments.encode()
+
+
+def _statistic(which: Statistic) -> type:
+    class _Final(_MomentsState):
+        def finalize(self) -> float | None:
+            return self.moments.statistic(which)
+
+    _Final.__name__ = f"_{which}"
+    return _Final
+
+
+class _HllState:
+    def __init__(self) -> None:
+        self.sketch = Sketch()
+
+    def step(self, value: SqlValue) -> None:
+        if value is not None:
+            self.sketch.add(value)
+
+
+class _HllBlob(_HllState):
+    def finalize(self) -> bytes:
+        return self.sketch.encode()
+
+
+class _HllEstimate(_HllState):
+    def finalize(self) -> int:
+        return self.sketch.estimate()
+
+
+class _DistinctSet:
+    def __init__(self) -> None:
+        self.values: dict[SqlValue, None] = {}  # a set that keeps first-seen order
+
+    def step(self, value: SqlValue) -> None:
+        if value is not None:
+            self.values.setdefault(value)
+
+    def finalize(self) -> bytes:
+        return _encode(list(self.values))
+
+
+def register(conn: sqlite3.Connection) -> None:
+    """Add shardwise's functions to ``conn``."""
+    statistics: tuple[Statistic, ...] = ("var_samp", "var_pop", "stddev_samp", "stddev_pop")
+    # typeshed's aggregate protocol wants int results; SQLite takes any value it stores.
+    aggregates: list[tuple[str, Any]] = [(which, _statistic(which)) for which in statistics]
+    aggregates += [
+        (APPROX_DISTINCT, _HllEstimate),
+        (MOMENTS, _MomentsBlob),
+        (HLL, _HllBlob),
+        (DISTINCT_SET, _DistinctSet),
+    ]
+    for name, implementation in aggregates:
+        conn.create_aggregate(name, 1, cast(Any, implementation))

@@ -1,0 +1,129 @@
+"""An in-process cluster for the SQL layer: one SQLite database per shard, no Raft.
+
+:class:`LocalShards` is both a :class:`~shardwise.sql.executor.ShardExecutor` and a
+:class:`~shardwise.sql.executor.CatalogStore`. Its shards keep their tables in sync with
+its catalog exactly as a replicated shard must (:func:`schema_changes` on each catalog
+change), and it registers shardwise's SQL functions on every shard connection. Tests use
+it; the in-process cluster can too. Work runs on the event loop's thread, one fragment
+at a time (SQLite on small test shards is faster than a hop to a worker thread).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from shardwise.controller.model import (
+    AddColumn,
+    CreateIndex,
+    CreateTable,
+    DropTable,
+    Keyspace,
+    ShardId,
+    Table,
+)
+from shardwise.errors import SqlCatalogError, SqlExecutionError, SqlLimitError
+from shardwise.sql.catalog import Catalog
+from shardwise.sql.executor import Row
+from shardwise.sql.functions import register
+from shardwise.sql.plan import CatalogOp, Fragment
+from shardwise.sql.shard_schema import schema_changes
+
+
+class LocalShards:
+    """Every shard of ``keyspaces`` as a SQLite database: files under ``directory``, or
+    in memory when it is None."""
+
+    def __init__(
+        self, keyspaces: Iterable[Keyspace], directory: str | os.PathLike[str] | None = None
+    ) -> None:
+        spaces = {k.name: k for k in keyspaces}
+        self._catalog = Catalog({}, spaces)
+        self._conns: dict[ShardId, sqlite3.Connection] = {}
+        for keyspace in spaces.values():
+            for index in range(keyspace.scheme.shards):
+                shard = ShardId(keyspace.name, index)
+                path = ":memory:"
+                if directory is not None:
+                    path = os.path.join(os.fspath(directory), f"{keyspace.name}-{index}.sqlite")
+                conn = sqlite3.connect(path, isolation_level=None)
+                register(conn)
+                self._conns[shard] = conn
+        self.reads = 0
+        """Fragments read so far (tests check pruning with it)."""
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def connection(self, shard: ShardId) -> sqlite3.Connection:
+        """The shard's database (tests inspect where rows landed)."""
+        return self._conns[shard]
+
+    # --- ShardExecutor ---------------------------------------------------------------
+
+    async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
+        self.reads += 1
+        conn = self._conns[shard]
+        try:
+            cursor = conn.execute(fragment.sql, dict(fragment.params))
+            rows = cursor.fetchmany(max_rows + 1)
+        except sqlite3.Error as exc:
+            raise SqlExecutionError(str(exc), str(shard)) from None
+        if len(rows) > max_rows:
+            raise SqlLimitError("max_rows", max_rows, f"shard {shard} has too many rows")
+        return [tuple(r) for r in rows]
+
+    async def write(self, shard: ShardId, batch: Sequence[Fragment]) -> int:
+        conn = self._conns[shard]
+        changed = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fragment in batch:
+                changed += conn.execute(fragment.sql, dict(fragment.params)).rowcount
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise SqlExecutionError(str(exc), str(shard)) from None
+        return changed
+
+    # --- CatalogStore ----------------------------------------------------------------
+
+    async def catalog(self) -> Catalog:
+        return self._catalog
+
+    async def change(self, op: CatalogOp) -> Catalog:
+        old = dict(self._catalog.tables)
+        new = dict(old)
+        if isinstance(op, CreateTable):
+            if op.table.name in new:
+                raise SqlCatalogError(f"table {op.table.name!r} exists")
+            new[op.table.name] = op.table
+        elif isinstance(op, DropTable):
+            if new.pop(op.name, None) is None:
+                raise SqlCatalogError(f"there is no table {op.name!r}")
+        elif isinstance(op, AddColumn):
+            table = self._table(new, op.table)
+            new[op.table] = msgspec.structs.replace(table, columns=(*table.columns, op.column))
+        elif isinstance(op, CreateIndex):
+            table = self._table(new, op.table)
+            new[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, op.index))
+        for keyspace in self._catalog.keyspaces:
+            statements = schema_changes(old, new, keyspace)
+            for shard, conn in self._conns.items():
+                if shard.keyspace == keyspace:
+                    for statement in statements:
+                        conn.execute(statement)
+        self._catalog = Catalog(new, self._catalog.keyspaces)
+        return self._catalog
+
+    @staticmethod
+    def _table(tables: dict[str, Table], name: str) -> Table:
+        if name not in tables:
+            raise SqlCatalogError(f"there is no table {name!r}")
+        return tables[name]

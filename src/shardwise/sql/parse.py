@@ -1,0 +1,218 @@
+"""SQL text in, one sqlglot statement out, or a typed error that says where.
+
+One statement per call: a script of several could fail half way and leave the first ones
+applied, so it is refused whole. ``EXPLAIN`` is peeled off here (sqlglot would parse
+``EXPLAIN SELECT`` as an opaque command). Placeholders: ``$1``-style (PostgreSQL),
+``?`` (numbered in text order) or ``:name``; :mod:`shardwise.sql.params` binds them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokenizer_core import Token, TokenType
+
+from shardwise.errors import (
+    SqlLimitError,
+    SqlParameterError,
+    SqlSyntaxError,
+    UnsupportedSqlError,
+)
+from shardwise.sql.dialect import DIALECT
+
+MAX_SQL_CHARS: Final = 1 << 20
+"""Longest statement text: a statement rides in one request; bulk loads use many."""
+
+# sqlglot's messages quote its token and class objects; keep only the human part.
+_TOKEN_REPR: Final = re.compile(r"<Token token_type: TokenType\.(\w+), text: ([^,]*),.*?>")
+_CLASS_REPR: Final = re.compile(r"<class 'sqlglot\.[\w.]*?(\w+)'>")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedStatement:
+    statement: exp.Expr
+    explain: bool
+    text: str
+
+
+def parse_statement(sql: str) -> ParsedStatement:
+    """Parse exactly one statement, optionally prefixed by ``EXPLAIN``."""
+    if len(sql) > MAX_SQL_CHARS:
+        raise SqlLimitError("MAX_SQL_CHARS", MAX_SQL_CHARS, "the statement is too long")
+    sql, tokens = _tokenize(sql)
+    explain = False
+    offset = 0  # where the statement proper starts in ``sql``
+    if tokens and tokens[0].text.upper() == "EXPLAIN":
+        explain = True
+        offset = tokens[0].end + 1
+        tokens = tokens[1:]
+        if tokens and tokens[0].text.upper() in ("ANALYZE", "VERBOSE"):
+            raise UnsupportedSqlError(f"EXPLAIN {tokens[0].text.upper()}")
+    if not tokens:
+        line, column = _line_column(sql, len(sql))
+        raise SqlSyntaxError("empty statement", line, column)
+    body = sql[offset:]
+    statements = _parse(body, sql, offset)
+    numbered = _number_qmarks(body, tokens, offset)
+    if numbered != body:
+        statements = _parse(numbered, sql, offset)
+    found = [s for s in statements if s is not None]
+    if len(found) != 1:
+        raise UnsupportedSqlError("more than one statement per call", "send them one by one")
+    statement = found[0]
+    if isinstance(statement, exp.Command):
+        name = _command_name(statement)
+        hint = ""
+        if name == "CREATE TABLE":
+            hint = "declare the distribution column with WITH (distribution = 'column')"
+        raise UnsupportedSqlError(f"this form of {name}", hint)
+    return ParsedStatement(statement, explain, sql)
+
+
+def _tokenize(sql: str) -> tuple[str, list[Token]]:
+    """The text (maybe respaced, see below) and its tokens."""
+    try:
+        return sql, DIALECT().tokenize(sql)
+    except TokenError:
+        pass
+    # sqlglot's PostgreSQL tokenizer reads ``$1,$2`` as the start of a dollar-quoted
+    # string; a space after each parameter number means the same to PostgreSQL and
+    # parses. (Columns after a parameter in a later error then shift by one.)
+    spaced = _space_parameters(sql)
+    if spaced != sql:
+        try:
+            return spaced, DIALECT().tokenize(spaced)
+        except TokenError:
+            pass
+    line, column = _line_column(sql, _unterminated_at(sql))
+    what = "unterminated string, quoted identifier or comment"
+    raise SqlSyntaxError(what, line, column) from None
+
+
+_PARAMETER: Final = re.compile(r"\$[0-9]+(?=[^0-9\s])")
+
+
+def _space_parameters(sql: str) -> str:
+    """``$n`` followed directly by a symbol gets a space after it, outside strings,
+    quoted identifiers and comments."""
+    out: list[str] = []
+    last = 0
+    for start, end in _code_spans(sql):
+        out.append(sql[last:start])
+        out.append(_PARAMETER.sub(lambda m: m.group() + " ", sql[start:end]))
+        last = end
+    out.append(sql[last:])
+    return "".join(out)
+
+
+def _code_spans(sql: str) -> list[tuple[int, int]]:
+    """The stretches of ``sql`` outside strings, quoted identifiers and comments."""
+    spans: list[tuple[int, int]] = []
+    i = start = 0
+    n = len(sql)
+    while i < n:
+        end = _skip_quoted(sql, i)
+        if end == i:
+            i += 1
+            continue
+        spans.append((start, i))
+        i = start = n if end < 0 else end
+    spans.append((start, n))
+    return spans
+
+
+def _skip_quoted(sql: str, i: int) -> int:
+    """Past the string, quoted identifier or comment starting at ``i``: ``i`` if none
+    starts there, -1 if it never ends."""
+    if sql.startswith("--", i):
+        end = sql.find("\n", i)
+        return len(sql) if end < 0 else end + 1
+    if sql.startswith("/*", i):
+        end = sql.find("*/", i + 2)
+        return -1 if end < 0 else end + 2
+    if sql[i] in "'\"":
+        quote, j = sql[i], i + 1
+        while True:
+            j = sql.find(quote, j)
+            if j < 0:
+                return -1
+            if sql.startswith(quote * 2, j):  # a doubled quote is an escaped one
+                j += 2
+                continue
+            return j + 1
+    return i
+
+
+def _line_column(sql: str, offset: int) -> tuple[int, int]:
+    before = sql[:offset]
+    line = before.count("\n") + 1
+    column = offset - (before.rfind("\n") + 1) + 1
+    return line, column
+
+
+def _unterminated_at(sql: str) -> int:
+    """Where the string, quoted identifier or comment that never ends begins (the only
+    way tokenizing fails); the end of the text if none is found."""
+    i, n = 0, len(sql)
+    while i < n:
+        end = _skip_quoted(sql, i)
+        if end < 0:
+            return i
+        i = i + 1 if end == i else end
+    return n
+
+
+def _parse(body: str, sql: str, offset: int) -> list[exp.Expr | None]:
+    try:
+        return list(sqlglot.parse(body, read=DIALECT))
+    except ParseError as exc:
+        raise _syntax_error(exc, offset) from None
+
+
+def _number_qmarks(body: str, tokens: list[Token], offset: int) -> str:
+    """``?`` placeholders become ``$1, $2, ...`` in the order they appear in the text
+    (sqlglot's tree does not keep that order: ``LIMIT`` comes before ``FROM``). The
+    first parse, of the text as written, has already reported any syntax error with
+    the user's own line and column."""
+    marks = [t for t in tokens if t.token_type is TokenType.PLACEHOLDER and t.text == "?"]
+    if not marks:
+        return body
+    if any(t.token_type is TokenType.PARAMETER for t in tokens):
+        raise SqlParameterError("a statement uses either ? or $n placeholders, not both")
+    out: list[str] = []
+    last = 0
+    for number, mark in enumerate(marks, 1):
+        start = mark.start - offset
+        out.append(body[last:start])
+        out.append(f"${number} ")
+        last = start + 1
+    out.append(body[last:])
+    return "".join(out)
+
+
+def _syntax_error(exc: ParseError, offset: int) -> SqlSyntaxError:
+    info = exc.errors[0] if exc.errors else {}
+    description = str(info.get("description") or "cannot parse")
+    description = _TOKEN_REPR.sub(lambda m: _token_words(m.group(1), m.group(2)), description)
+    description = _CLASS_REPR.sub(lambda m: m.group(1), description)
+    line = int(info.get("line") or 1)
+    column = int(info.get("col") or 1)
+    if offset and line == 1:  # the EXPLAIN prefix was cut from the first line
+        column += offset
+    return SqlSyntaxError(description, line, column)
+
+
+def _token_words(kind: str, text: str) -> str:
+    return "the end of the statement" if kind == "SENTINEL" else repr(text)
+
+
+def _command_name(command: exp.Command) -> str:
+    rest = command.expression
+    text = f"{command.this} {rest.name if isinstance(rest, exp.Expr) else rest or ''}"
+    words = text.split()
+    return " ".join(words[:2]).upper() if words else "this statement"

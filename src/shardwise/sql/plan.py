@@ -1,0 +1,121 @@
+"""What the planner hands the coordinator: plans as plain, immutable data.
+
+A read is one :class:`Fragment` run on every target shard (the same SQL and parameters
+each time) and a merge; a write is a batch of fragments per shard; a catalog change is a
+controller command. :func:`shardwise.sql.explain.explain` prints any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from shardwise.controller.model import AddColumn, CreateIndex, CreateTable, DropTable
+from shardwise.sql.aggregates import Kind
+from shardwise.sql.ordering import SortKey
+from shardwise.sql.params import SqlValue
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """SQLite text with named parameters, and their values."""
+
+    sql: str
+    params: Mapping[str, SqlValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RowMerge:
+    """Rows from the shards, concatenated or k-way merged by ``sort`` (each shard sent
+    them sorted), then de-duplicated, then ``OFFSET``/``LIMIT``, then cut to ``width``
+    columns (the rest are hidden sort keys)."""
+
+    width: int
+    sort: tuple[SortKey, ...] = ()
+    distinct: bool = False
+    offset: int = 0
+    limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartialAggregate:
+    kind: Kind
+    columns: tuple[int, ...]
+    """The partial state's columns in a fragment row."""
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateMerge:
+    """Partial aggregates combined per group, then ``final`` run over the merged groups
+    (table ``_sw_merged``: group keys ``_sw_g<i>``, aggregates ``_sw_a<j>``) in the
+    coordinator's SQLite, which computes HAVING, expressions, DISTINCT, ORDER BY, LIMIT."""
+
+    group_width: int
+    aggregates: tuple[PartialAggregate, ...]
+    final: Fragment
+    scalar: bool
+    """No GROUP BY: one result group even when no row matched."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEval:
+    """A statement with no table: the coordinator's SQLite evaluates it."""
+
+    query: Fragment
+
+
+Merge: TypeAlias = RowMerge | AggregateMerge | LocalEval
+Strategy: TypeAlias = Literal[
+    "single-shard", "grouped-by-distribution", "scatter-rows", "partial-aggregates", "local"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    columns: tuple[str, ...]
+    strategy: Strategy
+    merge: Merge
+    table: str = ""
+    keyspace: str = ""
+    shards: tuple[int, ...] = ()
+    shard_count: int = 0
+    fragment: Fragment | None = None
+    pruned_by: str = ""
+    """Why the shards were narrowed ("" when all are read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardBatch:
+    """The statements for one shard, applied together atomically (one log entry)."""
+
+    shard: int
+    statements: tuple[Fragment, ...]
+    rows: int = 0
+    """Rows an INSERT sends to this shard (0 for UPDATE/DELETE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    kind: Literal["INSERT", "UPDATE", "DELETE"]
+    table: str
+    keyspace: str
+    shard_count: int
+    batches: tuple[ShardBatch, ...]
+    pruned_by: str = ""
+
+
+CatalogOp: TypeAlias = CreateTable | DropTable | AddColumn | CreateIndex
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPlan:
+    op: CatalogOp
+    skip: bool = False
+    """``IF [NOT] EXISTS`` found nothing to do: the statement succeeds and changes nothing."""
+    shard_ddl: tuple[str, ...] = ()
+    """What every shard of the keyspace runs (derived from the catalog, shown by EXPLAIN)."""
+
+
+Plan: TypeAlias = ReadPlan | WritePlan | CatalogPlan

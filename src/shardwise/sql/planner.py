@@ -1,0 +1,73 @@
+"""The planner's front door: SQL text and parameters in, a plan out. Pure: no I/O, no
+clock, no randomness except what the :class:`StatementContext` carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+from shardwise.errors import UnsupportedSqlError
+from shardwise.sql.catalog import Catalog
+from shardwise.sql.ddl import plan_ddl
+from shardwise.sql.determinism import Determinizer, StatementContext
+from shardwise.sql.dialect import DIALECT
+from shardwise.sql.params import Params, bind
+from shardwise.sql.parse import parse_statement
+from shardwise.sql.plan import Plan
+from shardwise.sql.select_bind import bind_select
+from shardwise.sql.select_plan import plan_select
+from shardwise.sql.writes import plan_insert, plan_update_delete
+
+_STATEMENT_NAMES: Final[dict[str, str]] = {
+    "TruncateTable": "TRUNCATE",
+    "Union": "UNION",
+    "Except": "EXCEPT",
+    "Intersect": "INTERSECT",
+    "Merge": "MERGE",
+    "Transaction": "BEGIN (transactions)",
+    "Commit": "COMMIT (transactions)",
+    "Rollback": "ROLLBACK (transactions)",
+    "Use": "USE",
+    "Set": "SET",
+    "Pragma": "PRAGMA",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    plan: Plan
+    explain: bool
+
+
+def plan(
+    sql: str,
+    params: Params | None,
+    catalog: Catalog,
+    context: StatementContext,
+) -> Planned:
+    parsed = parse_statement(sql)
+    tree = normalize_identifiers(parsed.statement, dialect=DIALECT)
+    bound = bind(tree, params)
+    statement, values = bound.statement, bound.values
+    fixer = Determinizer(context)
+    result: Plan
+    if isinstance(statement, exp.Select):
+        fixed = fixer.fix(statement, "read")
+        values.update(fixer.values)
+        assert isinstance(fixed, exp.Select)
+        result = plan_select(bind_select(fixed, catalog, values), catalog, values)
+    elif isinstance(statement, exp.Insert):
+        result = plan_insert(statement, catalog, values, fixer)
+    elif isinstance(statement, exp.Update | exp.Delete):
+        result = plan_update_delete(statement, catalog, values, fixer)
+    elif isinstance(statement, exp.Create | exp.Drop | exp.Alter):
+        if values:
+            raise UnsupportedSqlError("parameters in DDL")
+        result = plan_ddl(statement, catalog)
+    else:
+        name = type(statement).__name__
+        raise UnsupportedSqlError(_STATEMENT_NAMES.get(name, name.upper()))
+    return Planned(result, parsed.explain)

@@ -1,0 +1,74 @@
+"""The SQLite schema of distributed tables inside each shard file, derived from the catalog.
+
+A shard does not receive DDL statements: it derives its tables from the catalog in the
+configuration it applies (:func:`schema_changes` from the previous catalog to the next), so
+a shard created or moved later gets the same tables, and every replica runs the same DDL
+at the same log index. Unique constraints are unique indexes, never ``PRIMARY KEY`` in the
+table (an ``INTEGER PRIMARY KEY`` would alias SQLite's rowid and change its meaning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shardwise.controller.model import IndexDef, Table
+from shardwise.sql.catalog import ColumnSpec, physical_name
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _column_sql(spec: ColumnSpec) -> str:
+    declaration = spec.declaration().strip()
+    return f"{_quote(spec.name)} {declaration}".rstrip()
+
+
+def index_ddl(table: str, index: IndexDef) -> str:
+    unique = "UNIQUE " if index.unique else ""
+    name = _quote(f"{physical_name(table)}__{index.name}")
+    columns = ", ".join(_quote(c) for c in index.columns)
+    return (
+        f"CREATE {unique}INDEX IF NOT EXISTS {name} ON {_quote(physical_name(table))} ({columns})"
+    )
+
+
+def add_column_ddl(table: str, spec: ColumnSpec) -> str:
+    return f"ALTER TABLE {_quote(physical_name(table))} ADD COLUMN {_column_sql(spec)}"
+
+
+def create_table_ddl(table: Table) -> list[str]:
+    columns = ", ".join(_column_sql(ColumnSpec.from_model(c)) for c in table.columns)
+    statements = [f"CREATE TABLE IF NOT EXISTS {_quote(physical_name(table.name))} ({columns})"]
+    statements.extend(index_ddl(table.name, index) for index in table.indexes)
+    return statements
+
+
+def drop_table_ddl(name: str) -> str:
+    return f"DROP TABLE IF EXISTS {_quote(physical_name(name))}"
+
+
+def schema_changes(old: Mapping[str, Table], new: Mapping[str, Table], keyspace: str) -> list[str]:
+    """The DDL that takes a shard of ``keyspace`` from catalog ``old`` to catalog ``new``
+    (in a deterministic order: every replica runs the same statements)."""
+    before = {n: t for n, t in old.items() if t.keyspace == keyspace}
+    after = {n: t for n, t in new.items() if t.keyspace == keyspace}
+    statements: list[str] = []
+    for name in sorted(before):
+        if name not in after or after[name].distribution_column != before[name].distribution_column:
+            statements.append(drop_table_ddl(name))
+    for name in sorted(after):
+        table = after[name]
+        previous = before.get(name)
+        if previous is None or previous.distribution_column != table.distribution_column:
+            statements.extend(create_table_ddl(table))
+            continue
+        known = {c.name for c in previous.columns}
+        for column in table.columns:
+            if column.name not in known:
+                statements.append(add_column_ddl(name, ColumnSpec.from_model(column)))
+        indexes = {i.name for i in previous.indexes}
+        for index in table.indexes:
+            if index.name not in indexes:
+                statements.append(index_ddl(name, index))
+    return statements

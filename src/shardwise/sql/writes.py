@@ -1,0 +1,216 @@
+"""INSERT, UPDATE and DELETE: one atomic batch per shard.
+
+An INSERT's rows are grouped by the shard of their distribution value (which must be a
+literal or a parameter, so the coordinator can place the row without evaluating SQL); each
+shard gets its rows as one batch, applied through that shard's group log as one entry.
+UPDATE and DELETE go to the shard the WHERE clause pins, else to every shard. A write to
+several shards is atomic per shard, not across shards.
+
+Refused: changing a row's distribution column (it would have to move shards), a NULL or
+unplaceable distribution value, and anything :mod:`shardwise.sql.determinism` cannot fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from sqlglot import exp
+
+from shardwise.errors import (
+    DistributionColumnUpdateError,
+    DistributionValueError,
+    SqlCatalogError,
+    SqlLimitError,
+    SqlSemanticError,
+    UnsupportedSqlError,
+)
+from shardwise.sql.bind import Scope, check_supported
+from shardwise.sql.catalog import Catalog, physical_name
+from shardwise.sql.determinism import Determinizer
+from shardwise.sql.dialect import to_sqlite
+from shardwise.sql.distribution import Router, insert_key
+from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, SqlValue, constant
+from shardwise.sql.plan import Fragment, ShardBatch, WritePlan
+from shardwise.sql.pruning import Pruner
+
+MAX_INSERT_ROWS: Final = 100_000
+"""Rows in one INSERT: the statement's text and values are held whole at the coordinator."""
+
+MAX_ROWS_PER_STATEMENT: Final = 500
+"""Rows per generated INSERT (a shard's batch holds several): keeps each statement far
+from SQLite's bounds on parameters and expression depth."""
+
+_WRITE_CLAUSES: Final[dict[str, str]] = {
+    "returning": "RETURNING",
+    "with_": "WITH (common table expressions)",
+    "from_": "UPDATE ... FROM",
+    "using": "DELETE ... USING",
+    "joins": "JOIN",
+    "order": "ORDER BY in a write",
+    "limit": "LIMIT in a write",
+    "conflict": "ON CONFLICT (planned)",
+    "alternative": "INSERT OR ...",
+    "overwrite": "INSERT OVERWRITE",
+    "default": "DEFAULT VALUES",
+    "by_name": "INSERT BY NAME",
+}
+
+
+def _check_clauses(statement: exp.Expr, allowed: frozenset[str]) -> None:
+    for key, value in statement.args.items():
+        if value and key not in allowed:
+            raise UnsupportedSqlError(_WRITE_CLAUSES.get(key, key.upper()))
+
+
+def _scope(catalog: Catalog, table: exp.Expr) -> Scope:
+    return Scope.of(catalog, table)
+
+
+def plan_insert(
+    statement: exp.Insert,
+    catalog: Catalog,
+    values: dict[str, SqlValue],
+    fixer: Determinizer,
+) -> WritePlan:
+    _check_clauses(statement, frozenset({"this", "expression"}))
+    target = statement.this
+    names: list[str] | None = None
+    if isinstance(target, exp.Schema):
+        names = [c.name for c in target.expressions]
+        target = target.this
+    scope = _scope(catalog, target)
+    columns = names if names is not None else list(scope.names)
+    for name in columns:
+        scope.spec(name)
+    if len(set(columns)) != len(columns):
+        raise SqlSemanticError("a column is named twice in the INSERT")
+    source = statement.expression
+    if not isinstance(source, exp.Values):
+        raise UnsupportedSqlError("INSERT ... SELECT", "insert VALUES rows")
+    rows = list(source.expressions)
+    if len(rows) > MAX_INSERT_ROWS:
+        raise SqlLimitError("MAX_INSERT_ROWS", MAX_INSERT_ROWS, "too many rows in one INSERT")
+    dist = scope.spec(scope.table.distribution_column)
+    if dist.name not in columns:
+        raise DistributionValueError(
+            f"an INSERT into {scope.table.name!r} must give the distribution column {dist.name!r}"
+        )
+    position = columns.index(dist.name)
+    router = Router(catalog.keyspace(scope.table))
+    by_shard: dict[int, list[exp.Tuple]] = {}
+    for row in rows:
+        cells = list(row.expressions) if isinstance(row, exp.Tuple) else [row]
+        if len(cells) != len(columns):
+            raise SqlSemanticError(
+                f"an INSERT row has {len(cells)} values for {len(columns)} columns"
+            )
+        fixed: list[exp.Expr] = []
+        for cell in cells:
+            if isinstance(cell, exp.Var) and cell.name.upper() == "DEFAULT":
+                raise UnsupportedSqlError("DEFAULT in VALUES", "leave the column out instead")
+            check_supported(cell)
+            if next(cell.find_all(exp.Column), None) is not None:
+                raise SqlSemanticError("INSERT values cannot name columns")
+            fixed.append(fixer.fix(cell, "insert"))
+        values.update(fixer.values)
+        key_value = constant(fixed[position], values)
+        if key_value is NOT_CONSTANT:
+            raise DistributionValueError(
+                f"the distribution column {dist.name!r} takes a literal or a parameter in "
+                "INSERT, so the coordinator can place the row"
+            )
+        shard = router.shard_of(insert_key(key_value, dist.name, dist.affinity))
+        by_shard.setdefault(shard, []).append(exp.Tuple(expressions=fixed))
+    table = exp.to_table(physical_name(scope.table.name), quoted=True)
+    schema = exp.Schema(
+        this=table, expressions=[exp.to_identifier(c, quoted=True) for c in columns]
+    )
+    per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, MAX_PARAMS // max(1, len(columns))))
+    batches = []
+    for shard in sorted(by_shard):
+        shard_rows = by_shard[shard]
+        statements = []
+        for start in range(0, len(shard_rows), per_statement):
+            chunk = shard_rows[start : start + per_statement]
+            insert = exp.Insert(this=schema.copy(), expression=exp.Values(expressions=chunk))
+            statements.append(_fragment(insert, values))
+        batches.append(ShardBatch(shard, tuple(statements), rows=len(shard_rows)))
+    return WritePlan(
+        "INSERT",
+        scope.table.name,
+        router.keyspace.name,
+        router.shard_count,
+        tuple(batches),
+        pruned_by="the rows' distribution values",
+    )
+
+
+def plan_update_delete(
+    statement: exp.Update | exp.Delete,
+    catalog: Catalog,
+    values: dict[str, SqlValue],
+    fixer: Determinizer,
+) -> WritePlan:
+    is_update = isinstance(statement, exp.Update)
+    allowed = {"this", "where"} | ({"expressions"} if is_update else set())
+    _check_clauses(statement, frozenset(allowed))
+    scope = _scope(catalog, statement.this)
+    tree = statement.copy()
+    where = tree.args.get("where")
+    bound_where = None
+    if isinstance(where, exp.Where):
+        bound_where = fixer.fix(
+            scope.bind(where.this, aggregates=False, where="in WHERE"), "update"
+        )
+        tree.set("where", exp.Where(this=bound_where))
+    if isinstance(statement, exp.Update):
+        tree.set("expressions", _assignments(statement, scope, fixer))
+    values.update(fixer.values)
+    physical = exp.to_table(physical_name(scope.table.name), quoted=True)
+    if scope.alias != scope.table.name:
+        physical.set("alias", exp.TableAlias(this=exp.to_identifier(scope.alias, quoted=True)))
+    tree.set("this", physical)
+    dist = scope.spec(scope.table.distribution_column)
+    router = Router(catalog.keyspace(scope.table))
+    pruned = Pruner(dist.name, dist.affinity, router, values).shards(bound_where)
+    shards = sorted(router.all_shards() if pruned is None else pruned)
+    fragment = _fragment(tree, values)
+    batches = tuple(ShardBatch(shard, (fragment,)) for shard in shards)
+    why = "" if pruned is None else f"WHERE on distribution column {dist.name}"
+    return WritePlan(
+        "UPDATE" if is_update else "DELETE",
+        scope.table.name,
+        router.keyspace.name,
+        router.shard_count,
+        batches,
+        pruned_by=why,
+    )
+
+
+def _assignments(statement: exp.Update, scope: Scope, fixer: Determinizer) -> list[exp.Expr]:
+    out: list[exp.Expr] = []
+    seen: set[str] = set()
+    for item in statement.expressions:
+        if not isinstance(item, exp.EQ) or not isinstance(item.left, exp.Column):
+            raise UnsupportedSqlError("this SET form")
+        name = item.left.name
+        if item.left.table and item.left.table not in (scope.alias, scope.table.name):
+            raise SqlCatalogError(f"there is no table {item.left.table!r} in this statement")
+        scope.spec(name)
+        if name == scope.table.distribution_column:
+            raise DistributionColumnUpdateError(
+                f"cannot UPDATE the distribution column {name!r} of {scope.table.name!r}: "
+                "the row would move to another shard; DELETE it and INSERT it instead"
+            )
+        if name in seen:
+            raise SqlSemanticError(f"column {name!r} is assigned twice")
+        seen.add(name)
+        value = fixer.fix(scope.bind(item.right, aggregates=False, where="in UPDATE"), "update")
+        out.append(exp.EQ(this=exp.column(name, quoted=True), expression=value))
+    return out
+
+
+def _fragment(tree: exp.Expr, values: Mapping[str, SqlValue]) -> Fragment:
+    used = {str(p.this) for p in tree.find_all(exp.Placeholder) if p.this}
+    return Fragment(to_sqlite(tree), {k: values[k] for k in sorted(used)})
