@@ -51,6 +51,7 @@ from shardwise.shardserver.store import (
     ShardStore,
     check_op,
 )
+from shardwise.storage.fsutil import CacheDisk
 
 SHARD = ShardId("default", 7)
 
@@ -595,3 +596,29 @@ def test_a_batch_is_one_transaction_committed_at_its_end(tmp_path: Path) -> None
     # Closing in the middle of a batch commits it.
     with ShardStore.open(path) as store:
         assert store.get("j") == "x" and store.applied_index == 6
+
+
+def test_a_cache_store_commits_every_so_many_batches_and_before_an_export(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.db"
+    with ShardStore.create(path, SHARD, state="serving", disk=CacheDisk()) as store:
+        client = Client(store)
+        for i in range(store_module.CACHE_COMMIT_EVERY - 1):
+            store.begin_batch()
+            client.run(Put(f"k{i}", "v"))
+            store.end_batch()
+        with closing(sqlite3.connect(path)) as other:
+            assert other.execute("SELECT count(*) FROM kv").fetchone()[0] == 0
+        image = store.export()  # flushes first: the export has every change
+        copy = ShardStore.install(tmp_path / "copy.db", image, shard=SHARD)
+        assert copy.count() == store_module.CACHE_COMMIT_EVERY - 1
+        copy.close()
+        store.begin_batch()
+        client.run(Put("last", "v"))
+        store.end_batch()
+        store.begin_batch()
+        client.run(Put("after", "v"))
+        store.end_batch()
+    with ShardStore.open(path) as reopened:  # close committed the rest
+        assert reopened.get("after") == "v"

@@ -74,6 +74,9 @@ EXPORT_MAGIC: Final = b"\xf1SWS"
 EXPORT_HEADER: Final = struct.Struct("<4sQI")
 """magic | image length (u64 LE) | CRC32C of the length field and the image (u32 LE)."""
 
+CACHE_COMMIT_EVERY: Final = 64
+"""Batches a store on a cache disk applies before it commits (see ShardStore.flush)."""
+
 SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
 """Files SQLite keeps next to a database; they belong to it and go with it."""
 
@@ -124,6 +127,7 @@ class ShardStore:
         self._path = path
         self._disk = disk
         self._batching = False
+        self._unflushed = 0
         self._conn: sqlite3.Connection | None = conn
         self._meta = meta
         self._max_sessions = max_sessions
@@ -333,6 +337,7 @@ class ShardStore:
     def export(self) -> bytes:
         """A consistent copy of the whole database (data, sessions, meta), framed with
         its length and CRC32C, for :meth:`install` on another path or machine."""
+        self.flush()
         size = self.size_bytes()
         if size > MAX_EXPORT_BYTES:
             raise ShardLimitError(f"shard {self.shard} is {size} bytes, over {MAX_EXPORT_BYTES}")
@@ -350,6 +355,7 @@ class ShardStore:
 
     def checkpoint(self) -> None:
         """Make every commit durable in the database file itself (fsynced)."""
+        self.flush()
         busy = self._query("PRAGMA wal_checkpoint(TRUNCATE)")[0][0]
         if busy:
             raise ShardStoreError(f"checkpoint of shard {self.shard} could not finish")
@@ -359,12 +365,26 @@ class ShardStore:
 
         A replica applies a Raft batch of many commands at once; one SQLite transaction
         for all of them saves a BEGIN and a COMMIT per command. Nothing may read the file
-        from another connection (or export it) until the batch ends."""
+        from another connection until the batch ends."""
         self._batching = True
 
     def end_batch(self) -> None:
-        """Commit what the batch changed."""
+        """End the batch: commit what it changed (on a cache disk, only every
+        :data:`CACHE_COMMIT_EVERY` changes: see :meth:`flush`)."""
         self._batching = False
+        self._unflushed += 1
+        if self._disk.durable or self._unflushed >= CACHE_COMMIT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit any open transaction.
+
+        A store on a :class:`~shardwise.storage.fsutil.CacheDisk` (a cache of a durable
+        log) keeps its transaction open across batches: a COMMIT writes every dirty page
+        to the file, and nothing but this connection ever reads the file while it is
+        open. It commits before an export, a checkpoint or a close, and every
+        :data:`CACHE_COMMIT_EVERY` batches, which bounds the journal held in memory."""
+        self._unflushed = 0
         conn = self._conn
         if conn is not None and conn.in_transaction:
             try:
@@ -375,7 +395,8 @@ class ShardStore:
     def close(self) -> None:
         """Close the database (idempotent); committed changes stay in the file, and so
         do those of a batch in progress."""
-        self.end_batch()
+        self._batching = False
+        self.flush()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -418,7 +439,8 @@ class ShardStore:
                 raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not conn.in_transaction:  # a cache store may have left one open: join it
+                conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
                 conn.execute("COMMIT")
