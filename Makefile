@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test check lint typecheck soak bench bench-deps clean
+.PHONY: venv test up check lint typecheck soak bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# A local cluster in the foreground until Ctrl-C: a controller of 3 and 3 groups of 3,
+# data in ./.shardwise (running it again reuses the data). Flags go through UP, e.g.
+# `make up UP="--spare-groups 1"`; `shardwise up --help` lists them.
+up: $(STAMP)
+	$(VENV)/bin/shardwise up $(UP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

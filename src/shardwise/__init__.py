@@ -8,12 +8,18 @@ from shardwise.errors import ShardwiseError
 
 if TYPE_CHECKING:
     from shardwise.client import Client, SyncClient
+    from shardwise.clusterfile import connect, connect_async
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "ShardwiseError", "SyncClient", "__version__"]
+__all__ = ["Client", "ShardwiseError", "SyncClient", "__version__", "connect", "connect_async"]
 
-_LAZY = {"Client", "SyncClient"}
+_LAZY = {
+    "Client": "client",
+    "SyncClient": "client",
+    "connect": "clusterfile",
+    "connect_async": "clusterfile",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -21,7 +27,7 @@ def __getattr__(name: str) -> Any:
     # only, so importing any submodule (placement, storage, ...) stays light and no
     # submodule's import can cycle back through this package.
     if name in _LAZY:
-        from shardwise import client  # noqa: PLC0415
+        import importlib  # noqa: PLC0415
 
-        return getattr(client, name)
+        return getattr(importlib.import_module(f"shardwise.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'shardwise' has no attribute {name!r}")

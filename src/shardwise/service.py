@@ -60,6 +60,8 @@ class ReplicaConfig:
     secret: bytes
     tick_ms: int = DEFAULT_TICK_MS
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    metrics: Address | None = None
+    """Where to serve Prometheus metrics over HTTP (``None``: not at all)."""
 
 
 REQUEST_TIMEOUT_S: Final = 5.0
@@ -112,6 +114,7 @@ class ReplicaService(Generic[S]):
         """``transport`` and ``storage`` default to the real ones (TCP, files under
         ``data_dir``); simulations pass in-memory ones with the same interfaces."""
         self.config = config
+        self.group = group
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = storage if storage is not None else FileStorage(config.data_dir / "raft")
         self.transport: Endpoint = (
@@ -172,6 +175,9 @@ def replica_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--secret-file", help="file holding the cluster's shared secret")
     parser.add_argument("--tick-ms", type=int, default=DEFAULT_TICK_MS)
     parser.add_argument("--snapshot-every", type=int, default=DEFAULT_SNAPSHOT_EVERY)
+    parser.add_argument(
+        "--metrics", type=parse_address, help="HOST:PORT to serve Prometheus metrics on"
+    )
     return parser
 
 
@@ -200,6 +206,7 @@ def replica_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         secret=read_secret(args.secret_file),
         tick_ms=args.tick_ms,
         snapshot_every=args.snapshot_every,
+        metrics=args.metrics,
     )
 
 
@@ -217,11 +224,18 @@ async def serve_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
-    host, port = service.transport.address
-    print(f"READY {service.config.node_id} {host}:{port}", flush=True)
+    exporter = None
     try:
+        if config.metrics is not None:
+            from shardwise.metrics import start_metrics  # noqa: PLC0415 - only when asked for
+
+            exporter = start_metrics(service, config.metrics)
+        host, port = service.transport.address
+        print(f"READY {service.config.node_id} {host}:{port}", flush=True)
         await stop.wait()
     finally:
+        if exporter is not None:
+            exporter.stop()
         await service.stop()
 
 

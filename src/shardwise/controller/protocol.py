@@ -45,5 +45,25 @@ class QueryReply(msgspec.Struct, frozen=True):
     message: str = ""
 
 
+class StatusRequest(msgspec.Struct, frozen=True):
+    pass
+
+
+class StatusReply(msgspec.Struct, frozen=True):
+    """One replica's own view, for operators (``shardwise status``): answered by any
+    replica, leader or not, without going through Raft."""
+
+    node_id: str
+    role: str
+    term: int
+    leader: str | None
+    commit: int
+    applied: int
+    halted: bool
+    config_num: int
+    """The latest configuration this replica has applied."""
+
+
 CHANGE = RpcMethod("ctl.change", ChangeRequest, ChangeReply)
 QUERY = RpcMethod("ctl.query", QueryRequest, QueryReply)
+STATUS = RpcMethod("ctl.status", StatusRequest, StatusReply)

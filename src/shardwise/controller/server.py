@@ -20,10 +20,13 @@ from shardwise.controller.protocol import (
     CONTROLLER_GROUP,
     MAX_WATCH_S,
     QUERY,
+    STATUS,
     ChangeReply,
     ChangeRequest,
     QueryReply,
     QueryRequest,
+    StatusReply,
+    StatusRequest,
 )
 from shardwise.controller.statemachine import (
     ControllerStateMachine,
@@ -59,6 +62,7 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
         self.state_machine.listeners.append(self._on_new_configuration)
         self.transport.serve(CHANGE, self._change)
         self.transport.serve(QUERY, self._query)
+        self.transport.serve(STATUS, self._status)
 
     def _on_new_configuration(self, config: Configuration) -> None:
         self._changed.set()
@@ -89,6 +93,19 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
             # A watch: wait for the next configuration to apply here, then read again.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def _status(self, request: StatusRequest, context: CallContext) -> StatusReply:
+        s = self.host.status()
+        return StatusReply(
+            s.node_id,
+            s.role.value,
+            s.term,
+            s.leader,
+            s.commit,
+            s.applied,
+            s.halted,
+            self.state_machine.latest().num,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

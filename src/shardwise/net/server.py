@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TypeVar
 
 from shardwise.errors import FrameTooLargeError, InvalidMessageError, NetError
@@ -35,6 +36,12 @@ class RpcServer(TransportBase):
     def serve(self, method: RpcMethod[Req, Resp], handler: Handler[Req, Resp]) -> None:
         """Answer calls of ``method`` with ``await handler(request, context)``."""
         self._methods[method.name] = erase(method, handler)
+
+    def wrap_handlers(self, wrap: Callable[[str, RawHandler], RawHandler]) -> None:
+        """Replace every handler registered so far with ``wrap(method name, handler)``:
+        one seam for observers (metrics time every call) that costs nothing when unused."""
+        for name, raw in list(self._methods.items()):
+            self._methods[name] = wrap(name, raw)
 
     def _on_request(self, link: Link, request: RpcRequest) -> None:
         call_id = request.call_id

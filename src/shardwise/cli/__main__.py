@@ -1,0 +1,3 @@
+from shardwise.cli.main import entry
+
+entry()

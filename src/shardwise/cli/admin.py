@@ -1,0 +1,491 @@
+"""What the operator commands ask of a running cluster: is it there (and do we know its
+secret), what state is it in, make a change and follow its shard moves to the end.
+
+Everything here is asyncio and prints nothing; ``render.py`` draws it and ``main.py``
+wires it to commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from shardwise.clusterfile import ClusterLayout, Process, format_address
+from shardwise.controller.client import ControllerClient
+from shardwise.controller.model import NO_GROUP, Configuration, MoveInfo, Op, Result, ShardId
+from shardwise.controller.protocol import STATUS as CONTROLLER_STATUS
+from shardwise.controller.protocol import StatusReply as ControllerStatus
+from shardwise.controller.protocol import StatusRequest as ControllerStatusRequest
+from shardwise.errors import (
+    ChangeTimeoutError,
+    ClusterConfigError,
+    ClusterNotRunningError,
+    NetError,
+    WrongSecretError,
+)
+from shardwise.net.auth import DialerHandshake
+from shardwise.net.connection import Connection
+from shardwise.net.links import Address
+from shardwise.net.transport import Transport
+from shardwise.net.wire import Role
+from shardwise.shardserver.protocol import STATUS, StatusReply, StatusRequest, server_address
+
+PROBE_TIMEOUT_S: Final = 2.0
+"""Connecting to one controller replica and authenticating, during the first check."""
+
+STATUS_TIMEOUT_S: Final = 1.5
+"""One STATUS (or role) call to one server; a server slower than this shows as down."""
+
+DEFAULT_MOVE_TIMEOUT_S: Final = 120.0
+"""How long a change's shard moves may take before the command gives up waiting (the
+moves go on in the cluster regardless)."""
+
+PROGRESS_POLL_S: Final = 0.2
+PROBE_READ_BYTES: Final = 64 * 1024
+
+STAGES: Final = ("waiting", "pulling", "installed", "done")
+"""A move's stages: the target group has not reached the configuration yet; it is
+pulling the shard; it serves it and the source still keeps its frozen copy; done (the
+source dropped its copy)."""
+DONE: Final = len(STAGES) - 1
+
+
+# --- is the cluster there? -----------------------------------------------------------
+
+
+async def probe(
+    controllers: Mapping[str, Address], secret: bytes, secret_file: object = "the secret file"
+) -> None:
+    """Return once one controller replica accepts our secret; otherwise raise
+    :class:`ClusterNotRunningError` (nobody listens) or :class:`WrongSecretError` (a
+    replica listens but the handshake fails).
+
+    The transport's own dialer retries quietly and turns both into a timeout, which tells
+    an operator nothing; this one connection per replica tells the two apart in a second.
+    """
+    refused_by: list[str] = []
+    for name, address in controllers.items():
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(*address), PROBE_TIMEOUT_S
+            )
+        except (OSError, TimeoutError):
+            continue  # nothing listens there (or it does not answer): the next replica
+        conn = Connection(
+            reader,
+            writer,
+            local_id=f"cli-probe-{secrets.token_hex(4)}",
+            outbound=True,
+            read_chunk_bytes=PROBE_READ_BYTES,
+        )
+        try:
+            handshake = DialerHandshake(secret, conn.local_id, Role.CLIENT)
+            await asyncio.wait_for(conn.dial_handshake(handshake), PROBE_TIMEOUT_S)
+        except TimeoutError:
+            continue
+        except (NetError, OSError):
+            # Connected, then the handshake failed: the acceptor refused our proof (it
+            # closes the connection on a wrong secret).
+            refused_by.append(f"{name} at {format_address(address)}")
+            continue
+        finally:
+            conn.abort()
+            await conn.close()
+        if conn.peer_id != name:
+            raise ClusterConfigError(
+                f"{format_address(address)} is {conn.peer_id!r}, but the cluster description "
+                f"says {name!r} listens there: is it another cluster's?"
+            )
+        return
+    if refused_by:
+        raise WrongSecretError(
+            f"{', '.join(refused_by)} refused the secret in {secret_file}: it is not this "
+            "cluster's secret (or the replica is shutting down)"
+        )
+    where = ", ".join(f"{n} at {format_address(a)}" for n, a in controllers.items())
+    raise ClusterNotRunningError(
+        f"no controller replica answers ({where}): the cluster is not running. "
+        "Start it with `shardwise up` (or `shardwise node` on each machine)."
+    )
+
+
+# --- what state is it in? ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerState:
+    name: str
+    address: Address
+    status: ControllerStatus | None
+    """Its own report (``None``: it did not answer)."""
+
+    @property
+    def role(self) -> str:
+        return self.status.role if self.status is not None else "down"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    node_id: str
+    gid: int
+    process: Process | None
+    """The description's entry (``None``: a server the description does not name)."""
+    status: StatusReply | None
+    """Its own report (``None``: it did not answer)."""
+
+    @property
+    def name(self) -> str:
+        return self.process.name if self.process is not None else self.node_id
+
+
+@dataclass(slots=True)
+class GroupState:
+    gid: int
+    joined: bool
+    """In the latest configuration."""
+    servers: list[ServerState]
+
+    @property
+    def leader(self) -> StatusReply | None:
+        return leader_of(s.status for s in self.servers)
+
+
+def leader_of(replies: Iterable[StatusReply | None]) -> StatusReply | None:
+    """The report of the group's leader: of the replicas that say they lead, the one in
+    the highest term (a deposed leader may not know it yet)."""
+    leaders = [r for r in replies if r is not None and r.role == "leader"]
+    return max(leaders, key=lambda r: r.term) if leaders else None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRow:
+    shard: ShardId
+    owner: int
+    state: str
+    """The shard's state at its owner's leader (``unknown`` if no leader answered)."""
+    keys: int
+    bytes: int
+
+
+@dataclass(slots=True)
+class Snapshot:
+    config: Configuration
+    controllers: list[ControllerState]
+    groups: dict[int, GroupState]
+    shards: list[ShardRow] = field(default_factory=list)
+
+    @property
+    def settled(self) -> bool:
+        """Every joined group has a leader, and every server that answers is in the
+        latest configuration; nothing moves."""
+        return (
+            all(
+                g.leader is not None
+                and all(s.status.config_num == self.config.num for s in g.servers if s.status)
+                for g in self.groups.values()
+                if g.joined
+            )
+            and not self.migrations()
+        )
+
+    def migrations(self) -> list[str]:
+        """Moves in flight, in words: groups behind the latest configuration, shards
+        being pulled, frozen copies not yet confirmed."""
+        lines: list[str] = []
+        for gid, group in self.groups.items():
+            leader = group.leader
+            if leader is None:
+                if group.joined:
+                    lines.append(f"group {gid}: no leader answers")
+                continue
+            if group.joined and leader.config_num < self.config.num:
+                lines.append(
+                    f"group {gid} is at configuration {leader.config_num} of {self.config.num}"
+                )
+            for info in leader.shards:
+                if info.state == "pulling":
+                    lines.append(f"{info.shard}: group {gid} is pulling it")
+                elif info.state in ("frozen", "garbage"):
+                    lines.append(
+                        f"{info.shard}: group {gid} keeps a {info.state} copy until the "
+                        "new owner confirms it"
+                    )
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "config_num": self.config.num,
+            "controllers": [
+                {
+                    "name": c.name,
+                    "address": format_address(c.address),
+                    "role": c.role,
+                    "term": c.status.term if c.status else None,
+                    "config_num": c.status.config_num if c.status else None,
+                }
+                for c in self.controllers
+            ],
+            "groups": {
+                str(gid): {
+                    "joined": g.joined,
+                    "leader": g.leader.node_id if g.leader else None,
+                    "term": g.leader.term if g.leader else None,
+                    "servers": [
+                        {
+                            "name": s.name,
+                            "node_id": s.node_id,
+                            "role": s.status.role if s.status else "down",
+                            "term": s.status.term if s.status else None,
+                            "commit": s.status.commit if s.status else None,
+                            "applied": s.status.applied if s.status else None,
+                            "config_num": s.status.config_num if s.status else None,
+                        }
+                        for s in g.servers
+                    ],
+                }
+                for gid, g in self.groups.items()
+            },
+            "shards": [
+                {
+                    "shard": str(r.shard),
+                    "owner": r.owner,
+                    "state": r.state,
+                    "keys": r.keys,
+                    "bytes": r.bytes,
+                }
+                for r in self.shards
+            ],
+            "migrations": self.migrations(),
+        }
+
+
+# --- following a change --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MoveState:
+    move: MoveInfo
+    stage: int
+    note: str
+
+    @property
+    def done(self) -> bool:
+        return self.stage == DONE
+
+
+def _state_at(status: StatusReply, shard: ShardId) -> str | None:
+    for info in status.shards:
+        if info.shard == shard:
+            return info.state
+    return None
+
+
+def move_state(move: MoveInfo, num: int, leaders: Mapping[int, StatusReply | None]) -> MoveState:
+    """Where ``move`` (made by configuration ``num``) stands, from the groups' leaders'
+    reports: the target serves the shard, then the source drops its copy."""
+    shard, source, target = move.shard, move.source, move.target
+    if target != NO_GROUP:
+        taker = leaders.get(target)
+        if taker is None:
+            return MoveState(move, 0, f"group {target}: no leader answers")
+        if taker.config_num < num:
+            return MoveState(
+                move, 0, f"group {target} is at configuration {taker.config_num}, going to {num}"
+            )
+        if _state_at(taker, shard) == "pulling":
+            return MoveState(move, 1, f"group {target} is pulling it from group {source}")
+    if source == NO_GROUP:
+        return MoveState(move, DONE, "done")
+    giver = leaders.get(source)
+    if giver is None:
+        return MoveState(move, 2, f"installed; group {source}: no leader answers")
+    if giver.config_num < num:
+        return MoveState(
+            move, 2, f"installed; group {source} is at configuration {giver.config_num}"
+        )
+    if _state_at(giver, shard) in ("frozen", "garbage"):
+        return MoveState(move, 2, f"installed; group {source} is dropping its copy")
+    return MoveState(move, DONE, "done")
+
+
+class Admin:
+    """A connection to a running cluster for operator commands: the controller client
+    and a transport that can ask any server for its STATUS."""
+
+    def __init__(self, layout: ClusterLayout, secret: bytes) -> None:
+        self.layout = layout
+        self.secret = secret
+        client_id = f"cli-{secrets.token_hex(4)}"
+        self.transport = Transport(client_id, secret, role=Role.CLIENT)
+        self.controller = ControllerClient(
+            layout.controller_addresses, secret, f"{client_id}/ctl", transport=self.transport
+        )
+        self._known: set[str] = set()
+
+    async def __aenter__(self) -> Admin:
+        await probe(self.layout.controller_addresses, self.secret, self.layout.secret_file)
+        await self.transport.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.transport.close()
+
+    # --- reading -----------------------------------------------------------------------
+
+    async def configuration(self, num: int = -1) -> Configuration:
+        return await self.controller.query(num)
+
+    async def status(self, node_id: str) -> StatusReply | None:
+        if node_id not in self._known:
+            self.transport.set_peer(node_id, server_address(node_id))
+            self._known.add(node_id)
+        try:
+            return await self.transport.call(
+                node_id, STATUS, StatusRequest(), timeout_s=STATUS_TIMEOUT_S
+            )
+        except NetError:
+            return None
+
+    async def controller_states(self) -> list[ControllerState]:
+        async def state(name: str, address: Address) -> ControllerState:
+            try:
+                reply = await self.transport.call(
+                    name, CONTROLLER_STATUS, ControllerStatusRequest(), timeout_s=STATUS_TIMEOUT_S
+                )
+            except NetError:
+                reply = None
+            return ControllerState(name, address, reply)
+
+        return list(
+            await asyncio.gather(*(state(c.name, c.listen) for c in self.layout.controllers))
+        )
+
+    def servers_of(self, config: Configuration | None = None) -> dict[int, list[str]]:
+        """Every group's servers: the description's groups and any the configuration
+        names that the description does not."""
+        groups = {gid: g.node_ids for gid, g in self.layout.groups.items()}
+        if config is not None:
+            for gid, servers in config.groups.items():
+                groups.setdefault(gid, list(servers))
+        return dict(sorted(groups.items()))
+
+    async def leaders(self, groups: Mapping[int, list[str]]) -> dict[int, StatusReply | None]:
+        async def leader(servers: list[str]) -> StatusReply | None:
+            return leader_of(await asyncio.gather(*(self.status(s) for s in servers)))
+
+        found = await asyncio.gather(*(leader(servers) for servers in groups.values()))
+        return dict(zip(groups, found, strict=True))
+
+    async def snapshot(self) -> Snapshot:
+        config, controllers = await asyncio.gather(self.configuration(), self.controller_states())
+        processes = self.layout.by_node_id()
+        groups: dict[int, GroupState] = {}
+        for gid, servers in self.servers_of(config).items():
+            replies = await asyncio.gather(*(self.status(s) for s in servers))
+            groups[gid] = GroupState(
+                gid,
+                gid in config.groups,
+                [
+                    ServerState(s, gid, processes.get(s), reply)
+                    for s, reply in zip(servers, replies, strict=True)
+                ],
+            )
+        snapshot = Snapshot(config, controllers, groups)
+        snapshot.shards = _shard_rows(config, groups)
+        return snapshot
+
+    # --- changing ----------------------------------------------------------------------
+
+    async def change(self, op: Op) -> Result:
+        return await self.controller.change(op)
+
+    async def follow(
+        self,
+        result: Result,
+        on_update: Callable[[list[MoveState]], None],
+        timeout_s: float = DEFAULT_MOVE_TIMEOUT_S,
+    ) -> list[MoveState]:
+        """Poll the groups a change moves shards between until every move is done;
+        :class:`ChangeTimeoutError` after ``timeout_s``."""
+        if not result.moves:
+            return []
+        num = result.num
+        # The configuration before the change still names a group that just left.
+        before, after = await asyncio.gather(
+            self.configuration(max(0, num - 1)), self.configuration(num)
+        )
+        servers = self.servers_of(after)
+        for gid, ids in before.groups.items():
+            servers.setdefault(gid, list(ids))
+        involved = {m.source for m in result.moves} | {m.target for m in result.moves}
+        involved.discard(NO_GROUP)
+        watched = {gid: servers[gid] for gid in sorted(involved) if gid in servers}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            leaders = await self.leaders(watched)
+            states = [move_state(m, num, leaders) for m in result.moves]
+            on_update(states)
+            if all(s.done for s in states):
+                return states
+            if loop.time() >= deadline:
+                stuck = [s for s in states if not s.done]
+                detail = "; ".join(f"{s.move.shard}: {s.note}" for s in stuck[:5])
+                more = f" (and {len(stuck) - 5} more)" if len(stuck) > 5 else ""
+                raise ChangeTimeoutError(
+                    f"configuration {num} was made, but {len(stuck)} of {len(states)} shard "
+                    f"moves were not done after {timeout_s:.0f} s: {detail}{more}. They go on "
+                    "in the background; `shardwise status` shows them."
+                )
+            await asyncio.sleep(PROGRESS_POLL_S)
+
+
+def _shard_rows(config: Configuration, groups: Mapping[int, GroupState]) -> list[ShardRow]:
+    infos: dict[tuple[int, ShardId], tuple[str, int, int]] = {}
+    for gid, group in groups.items():
+        leader = group.leader
+        if leader is not None:
+            for info in leader.shards:
+                infos[gid, info.shard] = (info.state, info.keys, info.bytes)
+    rows = []
+    for keyspace, owners in sorted(config.owners.items()):
+        for index, owner in enumerate(owners):
+            shard = ShardId(keyspace, index)
+            state, keys, size = infos.get((owner, shard), ("unknown", 0, 0))
+            if owner == NO_GROUP:
+                state = "unowned"
+            rows.append(ShardRow(shard, owner, state, keys, size))
+    return rows
+
+
+async def wait_for_controller(admin: Admin, timeout_s: float) -> Configuration:
+    """The latest configuration, once the controller has elected a leader (right after
+    the processes start it may not have one yet)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        remaining = deadline - loop.time()
+        with contextlib.suppress(NetError, TimeoutError):
+            return await admin.controller.query(deadline_s=max(0.1, min(remaining, 5.0)))
+        if loop.time() >= deadline:
+            raise ClusterNotRunningError(
+                f"the controller did not elect a leader within {timeout_s:.0f} s "
+                "(see its logs: `shardwise logs c1`)"
+            )
+        await asyncio.sleep(PROGRESS_POLL_S)
+
+
+async def wait_until_settled(admin: Admin, timeout_s: float) -> Snapshot:
+    """The cluster's snapshot once it has settled (see :attr:`Snapshot.settled`), or as it
+    is after ``timeout_s``: right after a restart, groups are still electing leaders."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        snapshot = await admin.snapshot()
+        if snapshot.settled or loop.time() >= deadline:
+            return snapshot
+        await asyncio.sleep(PROGRESS_POLL_S)

@@ -1,0 +1,362 @@
+"""The real ``shardwise up`` in a subprocess, used through the real CLI and the Python
+client: what a person does in the README's tour, checked.
+
+One cluster (a controller of 1, groups 1 and 2 joined, group 3 spare, 3 servers each)
+serves the tests of this module in order; the last two stop it (Ctrl-C) and start it
+again on the same data. Waiting is polling with deadlines, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+import shardwise
+from shardwise.cli.exits import ExitCode
+from shardwise.cli.main import main
+from shardwise.cli.up import UP_MARKER
+from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout, local_layout
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+UP_TIMEOUT_S: Final = 120.0
+"""Starting ten Python processes and electing leaders on a busy 2-core machine."""
+CLI_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 60.0
+POLL_S: Final = 0.1
+KEYS: Final = {f"user:{i}": f"value-{i}" for i in range(40)}
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"waited {timeout_s} s for {what}")
+        time.sleep(POLL_S)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes (its parent has not reaped it yet).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+def processes_using(directory: Path) -> list[int]:
+    """Pids of live processes whose command line names ``directory``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(directory) in cmdline and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Up:
+    """A running ``shardwise up``."""
+
+    proc: subprocess.Popen[bytes]
+    root: Path
+    output: Path
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def run_file(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.root / "run.json").read_text())
+        return data
+
+    def pids(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.run_file()["processes"].items()}
+
+
+def start_up(root: Path, *extra: str) -> Up:
+    output = root.parent / f"up-{time.monotonic_ns()}.out"
+    with open(output, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shardwise.cli", "up", "--cluster-dir", str(root), *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    up = Up(proc, root, output)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"shardwise up exited ({proc.returncode}):\n{up.text()}")
+        return UP_MARKER in up.text()
+
+    wait_for(ready, UP_TIMEOUT_S, "shardwise up to print its ready line")
+    return up
+
+
+def stop_up(up: Up, sig: signal.Signals = signal.SIGINT) -> int:
+    up.proc.send_signal(sig)
+    try:
+        return up.proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        up.proc.kill()
+        pytest.fail(f"shardwise up did not stop after {sig.name}:\n{up.text()}")
+
+
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardwise.cli", *args],
+        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def status(root: Path) -> dict[str, Any]:
+    """``shardwise status --json``, run in this process (the same code as the command,
+    without the half second a fresh interpreter costs)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["status", "--json", "--cluster-dir", str(root)])
+    assert code == 0, printed.getvalue()
+    data: dict[str, Any] = json.loads(printed.getvalue())
+    return data
+
+
+def owners(snapshot: dict[str, Any]) -> set[int]:
+    return {row["owner"] for row in snapshot["shards"]}
+
+
+def read_all(root: Path) -> dict[str, str | None]:
+    with shardwise.connect(root) as kv:
+        return kv.mget(KEYS)
+
+
+PORT_RANGE: Final = (20_000, 30_000)
+"""Below Linux's ephemeral ports (32768 and up), so that no client connection of another
+test can take one of the cluster's ports while it is stopped between the two starts."""
+
+
+def free_base_port(layout: ClusterLayout, attempts: int = 50) -> int:
+    """A ``--base-port`` in :data:`PORT_RANGE` at which every port of ``layout`` (laid out
+    from the default base) is free now."""
+    offsets = [
+        port - DEFAULT_BASE_PORT
+        for p in layout.processes
+        for port in (p.listen[1], p.metrics[1] if p.metrics else None)
+        if port is not None
+    ]
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - max(offsets))
+        sockets = []
+        try:
+            for offset in offsets:
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+        return base
+    pytest.fail(f"no free base port in {PORT_RANGE} after {attempts} tries")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    root = tmp_path_factory.mktemp("cli") / ".shardwise"
+    layout = local_layout(root, controllers=1, groups=2, spare_groups=1)  # as the flags say
+    base = free_base_port(layout)
+    flags = ["--controllers", "1", "--groups", "2", "--spare-groups", "1"]
+    up = start_up(root, "--base-port", str(base), *flags)
+    try:
+        yield up
+    finally:
+        if up.proc.poll() is None:
+            stop_up(up)
+        for pid in processes_using(root):  # never leave a process behind, even on failure
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_first_start_writes_its_description_and_a_private_secret(cluster: Up) -> None:
+    text = cluster.text()
+    assert "Starting a new cluster" in text
+    assert "First start: groups 1, 2 joined" in text
+    secret = cluster.root / "secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert secret.read_text().strip() not in " ".join(
+        Path(f"/proc/{pid}/cmdline").read_text() for pid in cluster.pids().values()
+    ), "the secret must never be on a command line"
+    snapshot = status(cluster.root)
+    assert snapshot["config_num"] == 1
+    assert owners(snapshot) == {1, 2}
+    assert snapshot["groups"]["3"]["joined"] is False
+
+
+def test_a_second_up_on_the_same_directory_is_refused(cluster: Up) -> None:
+    result = cli(cluster.root, "up", "--cluster-dir", str(cluster.root))
+    assert result.returncode == ExitCode.IN_USE
+    assert "in use" in result.stderr
+
+
+def test_a_wrong_secret_is_named_as_such(cluster: Up, tmp_path: Path) -> None:
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    (impostor / "cluster.toml").write_text((cluster.root / "cluster.toml").read_text())
+    (impostor / "secret").write_text("not the secret of this cluster at all\n")
+    os.chmod(impostor / "secret", 0o600)
+    result = cli(impostor, "status")
+    assert result.returncode == ExitCode.WRONG_SECRET, result.stderr
+    assert "refused the secret" in result.stderr
+
+
+def test_keys_through_the_cli_and_the_python_client(cluster: Up) -> None:
+    root = cluster.root
+    assert cli(root, "kv", "put", "greeting", "hello").returncode == 0
+    got = cli(root, "kv", "get", "greeting")
+    assert (got.returncode, got.stdout) == (0, "hello\n")
+    absent = cli(root, "kv", "get", "nobody")
+    assert absent.returncode == ExitCode.NOT_FOUND
+    with shardwise.connect(root) as kv:
+        assert kv.get("greeting") == "hello"  # written by the CLI, read from Python
+        kv.mput(KEYS)
+    scan = cli(root, "kv", "scan", "user:1")
+    assert scan.returncode == 0
+    assert scan.stdout.splitlines() == [
+        f"{k}\t{v}" for k, v in sorted(KEYS.items()) if k.startswith("user:1")
+    ]
+    assert cli(root, "kv", "del", "greeting").returncode == 0
+    with shardwise.connect(root) as kv:
+        assert kv.get("greeting") is None
+
+
+def test_a_group_joins_and_leaves_through_the_cli_and_every_key_stays(cluster: Up) -> None:
+    root = cluster.root
+    joined = cli(root, "group", "join", "3")
+    assert joined.returncode == 0, joined.stderr
+    assert "Done: every move finished" in joined.stdout
+    snapshot = status(root)
+    assert owners(snapshot) == {1, 2, 3}
+    assert snapshot["migrations"] == []
+    assert read_all(root) == KEYS
+
+    refused = cli(root, "group", "leave", "1", "2", "3")
+    assert refused.returncode == ExitCode.ORPHANED_SHARDS, refused.stderr
+    unknown = cli(root, "group", "leave", "7")
+    assert unknown.returncode == ExitCode.UNKNOWN_GROUP, unknown.stderr
+
+    left = cli(root, "group", "leave", "3")
+    assert left.returncode == 0, left.stderr
+    assert owners(status(root)) == {1, 2}
+    assert read_all(root) == KEYS
+
+
+def test_each_server_serves_prometheus_metrics(cluster: Up) -> None:
+    text = (cluster.root / "cluster.toml").read_text()
+    g1 = next(line for line in text.splitlines() if line.startswith("g1-1 "))
+    address = g1.split('metrics = "')[1].split('"')[0]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        body = reply.read().decode()
+    assert 'shardwise_raft_term{group="1"' in body
+    assert "shardwise_rpc_latency_seconds_bucket" in body
+    assert 'shardwise_shards{group="1"' in body
+
+
+def test_status_bench_and_logs_print_for_people(cluster: Up) -> None:
+    shown = cli(cluster.root, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "Configuration 3" in shown.stdout
+    assert "Migrations in flight: none" in shown.stdout
+    bench = cli(cluster.root, "bench", "--ops", "200", "--concurrency", "8")
+    assert bench.returncode == 0, bench.stderr
+    assert "200 operations" in bench.stdout
+    logs = cli(cluster.root, "logs", "g1-1", "-n", "1000")
+    assert logs.returncode == 0, logs.stderr
+    assert "g1-1 | READY" in logs.stdout
+
+
+def test_a_server_killed_with_sigkill_and_the_cluster_keeps_serving(cluster: Up) -> None:
+    root = cluster.root
+    group = wait_for(
+        lambda: (g := status(root)["groups"]["1"])["leader"] and g, 30, "a leader in group 1"
+    )
+    name = next(s["name"] for s in group["servers"] if s["node_id"] == group["leader"])
+    victim = cluster.pids()[name]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not alive(victim), 30, f"{name} to die")
+    with shardwise.connect(root) as kv:
+        assert kv.mget(KEYS) == KEYS
+        kv.put("after-the-kill", "still here")
+        assert kv.get("after-the-kill") == "still here"
+    # shardwise up notices and starts it again on its data.
+    wait_for(
+        lambda: cluster.pids().get(name, victim) != victim and f"{name} is back" in cluster.text(),
+        60,
+        f"{name} to be started again",
+    )
+
+
+def test_ctrl_c_stops_every_process(cluster: Up) -> None:
+    pids = cluster.pids()
+    assert len(pids) == 10
+    assert stop_up(cluster) == 0
+    assert "Stopped 10 processes" in cluster.text()
+    assert [p for p in pids.values() if alive(p)] == []
+    assert processes_using(cluster.root) == []
+    assert not (cluster.root / "run.json").exists()
+    stopped = cli(cluster.root, "status")
+    assert stopped.returncode == ExitCode.NOT_RUNNING, stopped.stderr
+
+
+def test_up_again_reuses_the_data_and_a_killed_supervisor_leaves_nothing(cluster: Up) -> None:
+    assert cluster.proc.poll() is not None, "runs after the Ctrl-C test"
+    again = start_up(cluster.root)
+    try:
+        assert "Starting the cluster again (data kept)" in again.text()
+        assert "First start" not in again.text()
+        snapshot = status(cluster.root)
+        assert snapshot["config_num"] == 3  # two joins and a leave; nothing joined again
+        assert owners(snapshot) == {1, 2}
+        with shardwise.connect(cluster.root) as kv:
+            assert kv.mget(KEYS) == KEYS
+            assert kv.get("after-the-kill") == "still here"
+        pids = again.pids()
+    finally:
+        # Even a supervisor killed outright takes its processes with it (the kernel's
+        # parent-death signal), and its lock goes with the last of them.
+        again.proc.kill()
+        again.proc.wait(timeout=STOP_TIMEOUT_S)
+    wait_for(
+        lambda: not any(alive(p) for p in pids.values()), STOP_TIMEOUT_S, "the servers to exit"
+    )
+    assert processes_using(cluster.root) == []
