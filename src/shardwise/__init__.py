@@ -9,16 +9,26 @@ from shardwise.errors import ShardwiseError
 if TYPE_CHECKING:
     from shardwise.client import Client, SyncClient
     from shardwise.clusterfile import connect, connect_async
+    from shardwise.embedded import EmbeddedCluster
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "ShardwiseError", "SyncClient", "__version__", "connect", "connect_async"]
+__all__ = [
+    "Client",
+    "EmbeddedCluster",
+    "ShardwiseError",
+    "SyncClient",
+    "__version__",
+    "connect",
+    "connect_async",
+]
 
 _LAZY = {
     "Client": "client",
     "SyncClient": "client",
     "connect": "clusterfile",
     "connect_async": "clusterfile",
+    "EmbeddedCluster": "embedded",
 }
 
 

@@ -11,29 +11,19 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO, Final
 
+from shardwise.clusterfile import free_ports
 from shardwise.net.links import Address
+
+__all__ = ["ProcessGroup", "free_ports", "wait_for_line"]
 
 READY_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS calls free right now (all held open together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _file_name(node: str) -> str:
