@@ -179,6 +179,7 @@ class Supervisor:
         self._env = dict(os.environ if env is None else env)
         # Servers log at WARNING by default; a local cluster's logs should show the moves.
         self._env.setdefault("SHARDWISE_LOG", CHILD_LOG_LEVEL)
+        self._env.setdefault("SHARDWISE_LOG_FORMAT", "json")  # structured: one object a line
         self._children = {
             p.name: _Child(p, layout.command(p.name), layout.log_file(p.name))
             for p in layout.processes
