@@ -51,7 +51,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from shardwise.controller.client import ControllerClient
 from shardwise.controller.model import NO_GROUP, Configuration, Keyspace, ShardId
@@ -75,18 +75,21 @@ from shardwise.net.transport import Transport
 from shardwise.net.wire import MAX_NODE_ID_CHARS, MAX_RPC_TIMEOUT_MS, Role
 from shardwise.placement import KeyRangePartition
 from shardwise.raft.kv import Append, Cas, Delete, KVOp, KVResult, Put
-from shardwise.routing import ATTEMPT_TIMEOUT_S, RETRY_PAUSE_S
+from shardwise.routing import ATTEMPT_TIMEOUT_S, RETRY_PAUSE_S, ServiceReply
 from shardwise.shardserver.protocol import (
     READ,
     SCAN,
     WRITE,
-    KVReply,
     ReadRequest,
     ScanRequest,
     WriteRequest,
     server_address,
 )
 from shardwise.shardserver.store import MAX_SCAN_ROWS
+
+if TYPE_CHECKING:  # shardwise.sql (and sqlglot) load on the first SQL call only
+    from shardwise.sql import Result
+    from shardwise.sql.params import Params
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
@@ -103,6 +106,19 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Req = TypeVar("Req")
+
+
+class _ShardReply(ServiceReply, Protocol):
+    """What routing reads in a shard server's reply (KV and SQL replies alike)."""
+
+    @property
+    def config_num(self) -> int: ...
+
+    @property
+    def error(self) -> str: ...
+
+
+Rep = TypeVar("Rep", bound=_ShardReply)
 
 DEFAULT_DEADLINE_S: Final = 10.0
 """Total time one call may take, all retries and configuration fetches included."""
@@ -308,6 +324,8 @@ class Client:
         self._routes: dict[int, _GroupRoute] = {}
         self._peers: set[str] = set()
         self._state = "new"
+        self.last_rows_shipped: dict[int, int] = {}
+        """Rows each shard sent for the last SQL read to finish, by shard index."""
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -427,6 +445,23 @@ class Client:
         if keyspace.scheme.kind == "range":
             return await self._scan_ranges(scan)
         return await self._scan_merge(scan)
+
+    # --- SQL -------------------------------------------------------------------------
+
+    async def sql(
+        self, query: str, params: Params | None = None, *, deadline_s: float | None = None
+    ) -> Result:
+        """Run one SQL statement over the cluster (``docs/sql.md``): its columns and rows
+        (reads), or the rows it changed (``rowcount``, writes).
+
+        Each shard's part runs on that shard's group (reads through ReadIndex, writes as
+        one log entry per shard, exactly once), routed and retried like a key. DDL
+        returns once every group holding a shard of the keyspace has applied it. One
+        deadline bounds the whole statement. Errors are :class:`~shardwise.errors.SqlError`
+        subclasses, or :class:`~shardwise.errors.ClientTimeoutError`."""
+        from shardwise import sqlclient  # noqa: PLC0415 - loads sqlglot: SQL users only
+
+        return await sqlclient.execute(self, query, params, self._deadline(deadline_s))
 
     # --- operations --------------------------------------------------------------------
 
@@ -569,9 +604,17 @@ class Client:
         return shard
 
     async def _call(
-        self, shard: ShardId, method: RpcMethod[Req, KVReply], request: Req, call: _Call
-    ) -> KVReply:
-        """Send ``request`` to the group serving ``shard`` until one answers ``ok``."""
+        self,
+        shard: ShardId,
+        method: RpcMethod[Req, Rep],
+        request: Req,
+        call: _Call,
+        *,
+        attempt_s: float | None = None,
+    ) -> Rep:
+        """Send ``request`` to the group serving ``shard`` until one answers ``ok``.
+        ``attempt_s``: one attempt's bound, if not the client's (a SQL fragment may run
+        longer than a key's read)."""
         while True:
             self._check_running()
             if call.remaining() <= 0:
@@ -586,7 +629,7 @@ class Client:
                 call.why = f"no group serves the shard in configuration {config.num}"
                 await self._refresh(config.num, call, wait=True)
                 continue
-            outcome = await self._round(route, method, request, call)
+            outcome = await self._round(route, method, request, call, attempt_s=attempt_s)
             if outcome is not None:
                 if outcome.error:
                     raise RequestRefusedError(f"{call.what} was refused: {outcome.error}")
@@ -608,12 +651,19 @@ class Client:
                 await self._refresh(config.num, call, wait=False)
 
     async def _round(
-        self, route: _GroupRoute, method: RpcMethod[Req, KVReply], request: Req, call: _Call
-    ) -> KVReply | None:
+        self,
+        route: _GroupRoute,
+        method: RpcMethod[Req, Rep],
+        request: Req,
+        call: _Call,
+        *,
+        attempt_s: float | None = None,
+    ) -> Rep | None:
         """Try the group's servers, leader first, following new leader hints. The reply
         that settles the call (ok, wrong_group, refused), or None (``call.why`` says why)."""
         if not route.servers:
             call.why = f"group {route.gid} has no servers"
+        attempt_timeout_s = self.attempt_timeout_s if attempt_s is None else attempt_s
         hints = 0
         order = route.order()
         position = 0
@@ -625,11 +675,11 @@ class Client:
                 return None
             try:
                 reply = await self._transport.call(
-                    node, method, request, timeout_s=min(self.attempt_timeout_s, remaining)
+                    node, method, request, timeout_s=min(attempt_timeout_s, remaining)
                 )
             except NetError as exc:
                 self._check_running()
-                cut_short = isinstance(exc, RpcTimeoutError) and remaining < self.attempt_timeout_s
+                cut_short = isinstance(exc, RpcTimeoutError) and remaining < attempt_timeout_s
                 if not cut_short or not call.why:
                     # (An attempt the deadline cut short says less than the reason before.)
                     call.why = f"{node} failed: {exc}"
@@ -883,6 +933,16 @@ class SyncClient:
                 deadline_s=deadline_s,
             )
         )
+
+    def sql(
+        self, query: str, params: Params | None = None, *, deadline_s: float | None = None
+    ) -> Result:
+        """:meth:`Client.sql`, blocking."""
+        return self._run(self._async_client().sql(query, params, deadline_s=deadline_s))
+
+    @property
+    def last_rows_shipped(self) -> dict[int, int]:
+        return self._async_client().last_rows_shipped
 
     # --- internals ---------------------------------------------------------------------
 

@@ -478,6 +478,8 @@ class SqlLimitError(SqlError):
         super().__init__(f"{message} (limit {limit}={value})")
         self.limit = limit
         self.value = value
+        self.detail = message
+        """The message without the limit (a boundary that rebuilds the error needs it)."""
 
 
 class SqlExecutionError(SqlError):
@@ -490,6 +492,71 @@ class SqlExecutionError(SqlError):
         where = f" on shard {shard}" if shard else ""
         super().__init__(f"execution failed{where}: {message}")
         self.shard = shard
+        self.detail = message
+        """What failed, without where (a boundary that rebuilds the error needs it)."""
+
+
+class SqlConstraintError(SqlExecutionError):
+    """A write broke a constraint on a shard (UNIQUE, NOT NULL, a type check): that
+    shard's batch changed nothing."""
+
+    code = "constraint"
+
+
+class SqlSchemaChangedError(SqlError):
+    """A shard's group holds a newer definition of the keyspace's tables than the catalog
+    the statement was planned with; nothing ran on that shard. ``Client.sql`` plans the
+    statement again on its own when nothing was applied anywhere; a caller sees this
+    only inside the error of a multi-shard write that other shards applied."""
+
+    code = "schema_changed"
+
+
+# --- dbapi -------------------------------------------------------------------------------
+#
+# PEP 249's exception classes, for ``shardwise.dbapi`` (which exports them under their
+# standard names: ``Error``, ``Warning``, ``InterfaceError``, ...). Each raised one has the
+# shardwise error it stands for as its ``__cause__``.
+
+
+class DbapiWarning(ShardwiseError):  # noqa: N818 - PEP 249 names it Warning
+    """PEP 249's ``Warning`` (never raised: shardwise has no warnings to give)."""
+
+
+class DbapiError(ShardwiseError):
+    """PEP 249's ``Error``: the base of every error ``shardwise.dbapi`` raises."""
+
+
+class InterfaceError(DbapiError):
+    """The DB-API was misused: a closed connection or cursor, a fetch with no result."""
+
+
+class DatabaseError(DbapiError):
+    """An error of the database (every other DB-API error)."""
+
+
+class DataError(DatabaseError):
+    """A value the statement cannot take (a NULL or mistyped distribution value)."""
+
+
+class OperationalError(DatabaseError):
+    """The cluster could not run the statement: a timeout, a limit, an execution error."""
+
+
+class IntegrityError(DatabaseError):
+    """A constraint failed (``SqlConstraintError``)."""
+
+
+class InternalError(DatabaseError):
+    """shardwise itself failed (a reply it could not understand)."""
+
+
+class ProgrammingError(DatabaseError):
+    """The statement is wrong: syntax, a missing table or column, bad parameters."""
+
+
+class NotSupportedError(DatabaseError):
+    """Valid SQL that shardwise does not run, or cannot run deterministically."""
 
 
 # --- testing -----------------------------------------------------------------------------

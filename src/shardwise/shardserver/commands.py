@@ -4,11 +4,17 @@ Every entry is a :class:`GroupCommand`, a versioned envelope decoded with valida
 replica that cannot decode a committed entry halts rather than diverge. Each shard-move
 command names the configuration it belongs to, so a late, repeated or stale one is
 recognised and ignored by every replica alike.
+
+**Versions.** Version 1 has the KV and shard-move commands; version 2 adds
+:class:`SqlWrite`. Each command is written with the lowest version that has it, so a log
+without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
+version-1 replica that meets a SQL write halts with a clear "version 2 is unknown"
+instead of misreading it.
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
@@ -16,7 +22,8 @@ from shardwise.controller.model import Configuration, ShardId
 from shardwise.errors import CommandDecodeError
 from shardwise.raft.kv import KVOp, KVResult
 
-GROUP_COMMAND_VERSION: Final = 1
+GROUP_COMMAND_VERSION: Final = 2
+"""The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 512 << 10
 """Largest piece of a shard image in one log entry: a large shard enters the log as many
@@ -70,9 +77,38 @@ class AckDelivered(msgspec.Struct, frozen=True, array_like=True, tag="ack_delive
     config_num: int
 
 
+class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
+    """One planned SQLite statement with its named parameters (never spliced in). The
+    values are SQLite's (None, int, float, str, bytes); ``Any`` because msgspec cannot
+    tell ``str | bytes`` apart in a union. They are checked at the door
+    (``sqlshard.check_params``) and, if one got through, fail to bind on every replica
+    alike."""
+
+    sql: str
+    params: dict[str, Any] = {}
+
+
+class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
+    """A SQL write batch for one shard: all its statements or none, de-duplicated by
+    ``client_id`` and ``seq`` like :class:`ClientOp`. ``catalog_num`` and ``schema`` are
+    the configuration the client planned with and the digest of the keyspace's tables in
+    it (:func:`~shardwise.shardserver.protocol.schema_digest`): the batch runs only
+    against the same tables (see ``statemachine.py``)."""
+
+    shard: ShardId
+    client_id: str
+    seq: int
+    catalog_num: int
+    schema: int
+    statements: tuple[SqlStatement, ...]
+
+
 Command: TypeAlias = (
-    ClientOp | Reconfigure | InstallChunk | InstallShard | HandOffDone | AckDelivered
+    ClientOp | Reconfigure | InstallChunk | InstallShard | HandOffDone | AckDelivered | SqlWrite
 )
+
+_FIRST_VERSION: Final[dict[type, int]] = {SqlWrite: 2}
+"""The envelope version that introduced a command (1 when absent)."""
 
 
 class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
@@ -83,10 +119,33 @@ class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
 Outcome: TypeAlias = Literal["ok", "wrong_group", "ignored"]
 
 
+SchemaVerdict: TypeAlias = Literal["", "behind", "changed"]
+"""How a shard's tables compare with those a SQL statement was planned against: the same
+(""), the group has yet to reach the client's configuration ("behind": ask again), or the
+client planned with an older catalog ("changed": refresh and plan again)."""
+
+
+class SqlWriteResult(msgspec.Struct, frozen=True, array_like=True):
+    """What a :class:`SqlWrite` came to. ``error``: the batch failed (a constraint, a
+    type error) and changed nothing; a retry gets the same answer. ``stale``: a newer
+    write of the same client id was applied, this one was not. ``schema``: refused before
+    anything ran (not remembered, so a retry runs it once the tables match)."""
+
+    rowcount: int = 0
+    error: str = ""
+    stale: bool = False
+    schema: SchemaVerdict = ""
+    constraint: bool = False
+    """With ``error``: the failure was a broken constraint (UNIQUE, NOT NULL)."""
+
+
 class GroupResult(msgspec.Struct, frozen=True, array_like=True):
     outcome: Outcome
     config_num: int
     result: KVResult | None = None
+    sql: SqlWriteResult | None = None
+    """For a :class:`SqlWrite` (a field of its own: results are never in the log, so
+    adding one changes no stored format)."""
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -95,7 +154,7 @@ _result_decoder = msgspec.msgpack.Decoder(GroupResult)
 
 
 def encode(command: Command) -> bytes:
-    return _encode(GroupCommand(GROUP_COMMAND_VERSION, command))
+    return _encode(GroupCommand(_FIRST_VERSION.get(type(command), 1), command))
 
 
 def decode(data: bytes) -> Command:
@@ -104,8 +163,14 @@ def decode(data: bytes) -> Command:
         envelope = _command_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CommandDecodeError(f"undecodable group command: {exc}") from None
-    if envelope.version != GROUP_COMMAND_VERSION:
+    if not 1 <= envelope.version <= GROUP_COMMAND_VERSION:
         raise CommandDecodeError(f"group command version {envelope.version} is unknown")
+    first = _FIRST_VERSION.get(type(envelope.command), 1)
+    if envelope.version < first:
+        raise CommandDecodeError(
+            f"a group command of version {envelope.version} cannot carry "
+            f"{type(envelope.command).__name__} (version {first} and later)"
+        )
     return envelope.command
 
 

@@ -11,7 +11,7 @@ the same client id and sequence number). Transport failures arrive as typed exce
 
 from __future__ import annotations
 
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
@@ -19,6 +19,7 @@ from shardwise.controller.model import ShardId
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
 from shardwise.raft.kv import KVOp, KVResult
+from shardwise.shardserver.commands import SchemaVerdict, SqlStatement
 
 ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group"]
 
@@ -76,6 +77,82 @@ class KVReply(msgspec.Struct, frozen=True):
     """For a scan: the pairs found, in key order."""
     error: str = ""
     """For a request refused at the door (a key or value over the limits): why."""
+
+
+# --- SQL -----------------------------------------------------------------------------
+#
+# A fragment planned by ``shardwise.sql`` against the catalog of configuration
+# ``catalog_num``, whose tables of the shard's keyspace have digest ``schema``
+# (``sqlshard.schema_digest``). The shard runs it only with the same tables; otherwise
+# the reply's ``schema`` says ``behind`` (this group has yet to reach the client's
+# configuration: ask again shortly) or ``changed`` (the client's catalog is older than
+# this group's configuration ``config_num``: refresh it and plan again).
+
+
+class SqlReadRequest(msgspec.Struct, frozen=True):
+    """A read fragment on one shard, linearizable (ReadIndex, then the shard's SQLite)."""
+
+    shard: ShardId
+    sql: str
+    params: dict[str, Any] = {}
+    """SQLite values by parameter name (checked by the server: see ``SqlStatement``)."""
+    max_rows: int = 1000
+    """More rows than this: the read fails with a limit error (nothing is shipped)."""
+    catalog_num: int = 0
+    schema: int = 0
+
+
+class SqlWriteRequest(msgspec.Struct, frozen=True):
+    """A write batch on one shard: one log entry, all statements or none, exactly once
+    per ``(client_id, seq)`` (the same session table as :class:`WriteRequest`)."""
+
+    shard: ShardId
+    client_id: str
+    seq: int
+    statements: tuple[SqlStatement, ...]
+    catalog_num: int = 0
+    schema: int = 0
+
+
+class SqlFailure(msgspec.Struct, frozen=True):
+    """A statement that failed on the shard and changed nothing there: ``code`` is the
+    :class:`~shardwise.errors.SqlError` code (``execution``, ``constraint``, ``limit``)."""
+
+    code: str
+    message: str
+    limit: str = ""
+    value: int = 0
+
+
+class SqlReply(msgspec.Struct, frozen=True):
+    status: ShardStatus
+    leader: str | None = None
+    config_num: int = 0
+    error: str = ""
+    """Refused at the door (over a limit, unbindable values): nothing reached the log."""
+    schema: SchemaVerdict = ""
+    failure: SqlFailure | None = None
+    rows: list[tuple[Any, ...]] = []
+    """For a read: the rows, in the fragment's order."""
+    rowcount: int = 0
+    """For a write: rows the batch changed."""
+    stale: bool = False
+    """For a write: a newer write of the same client id was applied; this one was not."""
+
+
+class SqlSchemaRequest(msgspec.Struct, frozen=True):
+    """The group's configuration and the digest of ``keyspace``'s tables in it (a
+    ReadIndex read on the leader): a client waits with it for a DDL to reach a group."""
+
+    keyspace: str
+
+
+class SqlSchemaReply(msgspec.Struct, frozen=True):
+    status: ShardStatus
+    leader: str | None = None
+    config_num: int = 0
+    schema: int = 0
+    error: str = ""
 
 
 # --- between groups ------------------------------------------------------------------
@@ -147,3 +224,6 @@ SCAN = RpcMethod("shard.scan", ScanRequest, KVReply)
 PULL = RpcMethod("shard.pull", PullRequest, PullReply)
 HANDED_OFF = RpcMethod("shard.handed_off", HandedOffRequest, HandedOffReply)
 STATUS = RpcMethod("shard.status", StatusRequest, StatusReply)
+SQL_READ = RpcMethod("shard.sql_read", SqlReadRequest, SqlReply)
+SQL_WRITE = RpcMethod("shard.sql_write", SqlWriteRequest, SqlReply)
+SQL_SCHEMA = RpcMethod("shard.sql_schema", SqlSchemaRequest, SqlSchemaReply)

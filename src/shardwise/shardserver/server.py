@@ -8,7 +8,8 @@ configuration changes.
 
 A group server's node id is its address, so every process holding a configuration can
 reach it. Clients call :data:`~shardwise.shardserver.protocol.WRITE`, ``READ`` and
-``SCAN``; other groups call ``PULL`` and ``HANDED_OFF``; operators call ``STATUS``.
+``SCAN``, and for SQL ``SQL_READ``, ``SQL_WRITE`` and ``SQL_SCHEMA``; other groups call
+``PULL`` and ``HANDED_OFF``; operators call ``STATUS``.
 
 **The reconciler.** Every server runs one background task that acts only while its
 replica leads the group (the others stay idle), and only through the log:
@@ -37,7 +38,14 @@ import crc32c
 
 from shardwise.controller.client import ControllerClient
 from shardwise.controller.model import Configuration, ShardId
-from shardwise.errors import NetError, ShardLimitError, ShardwiseError
+from shardwise.errors import (
+    NetError,
+    ShardLimitError,
+    ShardwiseError,
+    SqlError,
+    SqlExecutionError,
+    SqlLimitError,
+)
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.rpc import CallContext
@@ -62,6 +70,7 @@ from shardwise.shardserver.commands import (
     InstallChunk,
     InstallShard,
     Reconfigure,
+    SqlWrite,
     decode_result,
     encode,
 )
@@ -71,6 +80,9 @@ from shardwise.shardserver.protocol import (
     PULL_CHUNK_BYTES,
     READ,
     SCAN,
+    SQL_READ,
+    SQL_SCHEMA,
+    SQL_WRITE,
     STATUS,
     WRITE,
     HandedOffReply,
@@ -81,11 +93,18 @@ from shardwise.shardserver.protocol import (
     ReadRequest,
     ScanRequest,
     ShardInfo,
+    SqlFailure,
+    SqlReadRequest,
+    SqlReply,
+    SqlSchemaReply,
+    SqlSchemaRequest,
+    SqlWriteRequest,
     StatusReply,
     StatusRequest,
     WriteRequest,
     server_address,
 )
+from shardwise.shardserver.sqlshard import check_batch, check_params
 from shardwise.shardserver.statemachine import Pull, ShardGroupStateMachine
 from shardwise.shardserver.store import MAX_SCAN_ROWS, check_op
 from shardwise.storage.interface import RaftStorage
@@ -142,6 +161,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.transport.serve(WRITE, self._write)
         self.transport.serve(READ, self._read)
         self.transport.serve(SCAN, self._scan)
+        self.transport.serve(SQL_READ, self._sql_read)
+        self.transport.serve(SQL_WRITE, self._sql_write)
+        self.transport.serve(SQL_SCHEMA, self._sql_schema)
         self.transport.serve(PULL, self._pull)
         self.transport.serve(HANDED_OFF, self._handed_off)
         self.transport.serve(STATUS, self._status)
@@ -201,6 +223,75 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if not outcome.value.serving:
             return KVReply("wrong_group", config_num=outcome.value.config_num)
         return KVReply("ok", config_num=outcome.value.config_num, items=outcome.value.items)
+
+    # --- SQL ---------------------------------------------------------------------------
+
+    async def _sql_read(self, request: SqlReadRequest, context: CallContext) -> SqlReply:
+        problem = check_params(request.params)
+        if problem or request.max_rows < 0:
+            return SqlReply("ok", error=problem or f"max_rows {request.max_rows} is negative")
+        r = request
+        read = self.host.read(
+            lambda sm: sm.sql_read(
+                r.shard,
+                catalog_num=r.catalog_num,
+                schema=r.schema,
+                sql=r.sql,
+                params=r.params,
+                max_rows=r.max_rows,
+            ),
+            timeout_s=REQUEST_TIMEOUT_S,
+        )
+        try:
+            outcome = await through_host(self.host, read)
+        except SqlError as exc:
+            return SqlReply("ok", failure=_failure(exc))
+        if outcome.value is None:
+            return SqlReply(outcome.status, leader=outcome.leader)
+        answer = outcome.value
+        if not answer.serving:
+            return SqlReply("wrong_group", config_num=answer.config_num)
+        return SqlReply("ok", config_num=answer.config_num, schema=answer.schema, rows=answer.rows)
+
+    async def _sql_write(self, request: SqlWriteRequest, context: CallContext) -> SqlReply:
+        problem = check_batch(request.statements)
+        if problem:
+            return SqlReply("ok", error=problem)
+        r = request
+        command = encode(
+            SqlWrite(r.shard, r.client_id, r.seq, r.catalog_num, r.schema, r.statements)
+        )
+        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
+        if outcome.value is None:
+            return SqlReply(outcome.status, leader=outcome.leader)
+        result = decode_result(outcome.value)
+        if result.outcome != "ok":
+            return SqlReply("wrong_group", config_num=result.config_num)
+        sql = result.sql
+        if sql is None:  # the shard had applied this index before: cannot happen live
+            return SqlReply("retry", leader=self.host.status().leader)
+        failure = None
+        if sql.error:
+            failure = SqlFailure("constraint" if sql.constraint else "execution", sql.error)
+        return SqlReply(
+            "ok",
+            config_num=result.config_num,
+            schema=sql.schema,
+            failure=failure,
+            rowcount=sql.rowcount,
+            stale=sql.stale,
+        )
+
+    async def _sql_schema(self, request: SqlSchemaRequest, context: CallContext) -> SqlSchemaReply:
+        keyspace = request.keyspace
+        read = self.host.read(
+            lambda sm: (sm.config.num, sm.schema_digest(keyspace)), timeout_s=REQUEST_TIMEOUT_S
+        )
+        outcome = await through_host(self.host, read)
+        if outcome.value is None:
+            return SqlSchemaReply(outcome.status, leader=outcome.leader)
+        num, digest = outcome.value
+        return SqlSchemaReply("ok", config_num=num, schema=digest)
 
     # --- other groups --------------------------------------------------------------------
 
@@ -403,6 +494,15 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     @property
     def configuration(self) -> Configuration:
         return self.state_machine.config
+
+
+def _failure(exc: SqlError) -> SqlFailure:
+    """A shard's SQL error as it travels (the client raises the same class again)."""
+    if isinstance(exc, SqlLimitError):
+        return SqlFailure(exc.code, exc.detail, exc.limit, exc.value)
+    if isinstance(exc, SqlExecutionError):
+        return SqlFailure(exc.code, exc.detail)
+    return SqlFailure(exc.code, str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,15 @@ same shards in the same lifecycle states at the same index:
   serve the shard as soon as it is checked, whatever else is still moving.
 * **HandOffDone** (source) deletes a frozen copy the new owner has installed;
   **AckDelivered** (target) records that the source heard so.
+* **SQL.** A Reconfigure whose catalog differs brings every SERVING shard's tables to it
+  (``ShardStore.sync_schema``: DDL derived from the catalog, at the same index on every
+  replica); a shard created from nobody gets the new catalog's tables, and one installed
+  from another group's image is brought from the tables its file records to the group's.
+  A frozen copy is never changed: the new owner pulls it as it was. **SqlWrite** applies
+  like a client operation, and a SQL read or write runs only if the group's catalog for
+  the shard's keyspace is the one the client planned with (same digest); otherwise it is
+  refused as ``behind`` (the group has yet to reach the client's configuration: ask
+  again) or ``changed`` (the client's catalog is older: refresh and plan again).
 
 **Durability.** The Raft log and snapshot are the durable record: this machine lives in
 files that are a cache of them. It starts empty (its directory cleared) and is rebuilt
@@ -22,12 +31,13 @@ through installs and deletes. A snapshot carries every shard's image.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import crc32c
@@ -44,12 +54,18 @@ from shardwise.shardserver.commands import (
     InstallChunk,
     InstallShard,
     Reconfigure,
+    SchemaVerdict,
+    SqlWrite,
+    SqlWriteResult,
     decode,
     encode_result,
 )
 from shardwise.shardserver.lifecycle import ShardEvent, ShardState, transition
+from shardwise.shardserver.sqlshard import schema_digest
 from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore
 from shardwise.storage.fsutil import CacheDisk
+
+logger = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION: Final = 1
 
@@ -117,6 +133,17 @@ class Read:
     items: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class SqlRead:
+    """A SQL read's answer: the rows when the shard serves here with the client's tables;
+    else the configuration and why not."""
+
+    serving: bool
+    config_num: int
+    schema: SchemaVerdict = ""
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -139,6 +166,8 @@ class ShardGroupStateMachine:
         self.owed: dict[tuple[ShardId, int], _Owed] = {}
         """Hand-offs to confirm to their source groups, by shard and configuration: a
         shard can come back (and be owed again) before an older hand-off is confirmed."""
+        self._digests: dict[str, int] = {}
+        """Schema digests of the current configuration, by keyspace (made on demand)."""
         self._clear_directory()
 
     # --- the StateMachine protocol -------------------------------------------------------
@@ -151,6 +180,8 @@ class ShardGroupStateMachine:
         self._applied = index
         if isinstance(decoded, ClientOp):
             return encode_result(self._client_op(index, decoded))
+        if isinstance(decoded, SqlWrite):
+            return encode_result(self._sql_write(index, decoded))
         if isinstance(decoded, Reconfigure):
             done = self._reconfigure(index, decoded.config)
         elif isinstance(decoded, InstallChunk):
@@ -212,6 +243,7 @@ class ShardGroupStateMachine:
                 )
             self.shards[s.shard] = record
         self.owed = {(o.shard, o.config_num): o for o in snap.owed}
+        self._digests = {}
         self._applied = index
 
     def close(self) -> None:
@@ -248,6 +280,40 @@ class ShardGroupStateMachine:
             self.config.num,
             items=record.store.scan(prefix, start=start, end=end, limit=limit),
         )
+
+    def sql_read(
+        self,
+        shard: ShardId,
+        *,
+        catalog_num: int,
+        schema: int,
+        sql: str,
+        params: Mapping[str, Any],
+        max_rows: int,
+    ) -> SqlRead:
+        """A read fragment on ``shard`` (raises ``SqlError`` if it fails or passes a
+        bound), if the shard serves here with the tables the client planned with."""
+        record = self.shards.get(shard)
+        if record is None or record.store is None or not self.serves(shard):
+            return SqlRead(False, self.config.num)
+        verdict = self.schema_verdict(shard.keyspace, catalog_num, schema)
+        if verdict:
+            return SqlRead(True, self.config.num, verdict)
+        return SqlRead(True, self.config.num, rows=record.store.read_sql(sql, params, max_rows))
+
+    def schema_digest(self, keyspace: str) -> int:
+        """The digest of ``keyspace``'s tables in the group's configuration."""
+        digest = self._digests.get(keyspace)
+        if digest is None:
+            digest = self._digests[keyspace] = schema_digest(self.config.tables, keyspace)
+        return digest
+
+    def schema_verdict(self, keyspace: str, catalog_num: int, schema: int) -> SchemaVerdict:
+        """How the group's tables of ``keyspace`` compare with those of a client that
+        planned with configuration ``catalog_num`` (schema digest ``schema``)."""
+        if self.schema_digest(keyspace) == schema:
+            return ""
+        return "behind" if self.config.num < catalog_num else "changed"
 
     def pulls(self) -> list[Pull]:
         """Shards this group is pulling (what its leader must fetch)."""
@@ -294,6 +360,19 @@ class ShardGroupStateMachine:
         result: KVResult | None = record.store.apply(index, cmd.client_id, cmd.seq, cmd.op)
         return GroupResult("ok", self.config.num, result)
 
+    def _sql_write(self, index: int, cmd: SqlWrite) -> GroupResult:
+        record = self.shards.get(cmd.shard)
+        if record is None or record.store is None or not self.serves(cmd.shard):
+            return GroupResult("wrong_group", self.config.num)
+        verdict = self.schema_verdict(cmd.shard.keyspace, cmd.catalog_num, cmd.schema)
+        if record.store not in self._batch:
+            record.store.begin_batch()
+            self._batch.append(record.store)
+        sql: SqlWriteResult | None = record.store.apply_sql(
+            index, cmd.client_id, cmd.seq, cmd.statements, verdict
+        )
+        return GroupResult("ok", self.config.num, sql=sql)
+
     def _reconfigure(self, index: int, new: Configuration) -> bool:
         old = self.config
         if new.num != old.num + 1 or not self.finished():
@@ -311,7 +390,20 @@ class ShardGroupStateMachine:
                     else:
                         self._gain(shard, new.num, old.groups.get(previous, ()))
         self.config = new
+        self._digests = {}
+        # The SQL tables of every shard served in ``new`` (kept or just created), from
+        # the catalog each records to ``new``'s. Frozen copies stay as they were frozen.
+        # (Usually a no-op: only catalog changes change anything, and they move nothing.)
+        for shard, record in sorted(self.shards.items()):
+            if record.state is _S.SERVING and record.store is not None:
+                self._sync_schema(index, shard, record.store)
         return True
+
+    def _sync_schema(self, index: int, shard: ShardId, store: ShardStore) -> None:
+        for failure in store.sync_schema(index, self.config.tables):
+            # Deterministic (the same on every replica), e.g. a unique index over rows
+            # that repeat a value: that shard goes on without it rather than halt.
+            logger.warning("group %d, shard %s: DDL skipped: %s", self.gid, shard, failure)
 
     def _lose(self, shard: ShardId, config_num: int) -> None:
         record = self.shards[shard]
@@ -377,6 +469,9 @@ class ShardGroupStateMachine:
         record.state = state
         record.frozen_at = 0
         record.staging = bytearray()
+        # The image's tables are those of the configuration it was frozen in: bring them
+        # to this group's (a no-op unless the catalog changed in the same configuration).
+        self._sync_schema(index, cmd.shard, record.store)
         self.owed[(cmd.shard, cmd.config_num)] = _Owed(cmd.shard, cmd.config_num, record.pull_from)
         record.pull_from = ()
         return True

@@ -4,9 +4,12 @@ A shard is one file, so a snapshot is a consistent copy of it, a hand-off ships 
 garbage collection deletes it. Its tables: ``kv`` (``str`` keys and values; SQLite's binary
 collation orders UTF-8 bytes as Python orders ``str``), ``sessions`` (client de-duplication,
 as :class:`~shardwise.raft.sessions.SessionTable`) and ``meta`` (``format_version``,
-``shard``, ``state``: the lifecycle state's name, opaque here, and ``applied_index``).
-The de-duplication state moves with the shard: :meth:`ShardStore.export` carries it, and
-there is no separate export of sessions.
+``shard``, ``state``: the lifecycle state's name, opaque here, ``applied_index``, and
+``sql_tables``: the catalog tables the SQL schema reflects). Distributed SQL tables live
+beside them as ``sql_<name>`` (see ``sqlshard.py``); only SQL fragments touch them, and
+fragments touch nothing else. The de-duplication state moves with the shard (KV and SQL
+writes share it): :meth:`ShardStore.export` carries it, and there is no separate export
+of sessions.
 
 **Idempotent replay.** Every change (:meth:`ShardStore.apply`, :meth:`ShardStore.set_state`)
 writes its Raft log index as ``applied_index`` in the same transaction; a change at an index
@@ -29,15 +32,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import crc32c
 import msgspec
 
-from shardwise.controller.model import ShardId
+from shardwise.controller.model import ShardId, Table
 from shardwise.errors import (
     CorruptShardSnapshotError,
     ShardExistsError,
@@ -50,6 +53,7 @@ from shardwise.errors import (
 )
 from shardwise.raft.kv import Append, Cas, Delete, Get, KVOp, KVResult, Put
 from shardwise.raft.sessions import MAX_SESSIONS
+from shardwise.shardserver.commands import SchemaVerdict, SqlStatement, SqlWriteResult
 from shardwise.storage.fsutil import Disk
 
 SCHEMA_VERSION: Final = 1
@@ -89,8 +93,11 @@ CREATE TABLE meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 """
 
 _STALE: Final = KVResult(ok=False, stale=True)
+_SQL_STALE: Final = SqlWriteResult(stale=True)
 _encode = msgspec.msgpack.Encoder().encode
-_result_decoder = msgspec.msgpack.Decoder(KVResult)
+_decode_kv = msgspec.msgpack.Decoder(KVResult).decode
+_decode_sql = msgspec.msgpack.Decoder(SqlWriteResult).decode
+_R = TypeVar("_R")
 
 
 def check_op(op: KVOp) -> None:
@@ -132,6 +139,9 @@ class ShardStore:
         self._meta = meta
         self._max_sessions = max_sessions
         self._sessions: int = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+        self._sql_ready = False
+        self._sql_tables: dict[str, Table] | None = None
+        """The catalog tables the SQL schema reflects (``meta.sql_tables``), once read."""
 
     # --- making one ----------------------------------------------------------------------
 
@@ -282,6 +292,83 @@ class ShardStore:
             _put_meta(conn, "applied_index", index)
         self._meta.state, self._meta.applied_index = state, index
         return True
+
+    # --- SQL (see sqlshard.py) ---------------------------------------------------------
+    #
+    # sqlshard is imported where it is used: it loads the SQL planner's modules (sqlglot,
+    # about 0.3 s), which the KV client, importing this module for its limits, and a
+    # KV-only shard should not pay for.
+
+    def apply_sql(
+        self,
+        index: int,
+        client_id: str,
+        seq: int,
+        statements: Sequence[SqlStatement],
+        refusal: SchemaVerdict = "",
+    ) -> SqlWriteResult | None:
+        """Apply a committed SQL write batch at log ``index``, de-duplicated like
+        :meth:`apply`, in the same transaction as the applied index: every statement or,
+        if one fails deterministically, none (the result carries the error; the failure
+        is remembered too, so a retry gets the same answer). ``refusal``: the tables are
+        not those the batch was planned with, so a new batch is refused (and not
+        remembered); a retry of one already applied still gets its first result."""
+        if index <= self._meta.applied_index:
+            return None
+        if refusal and (not client_id or seq > self.last_seq(client_id)):
+            return SqlWriteResult(schema=refusal)
+        self._sql_connection()  # the functions, before the transaction begins
+        with self._transaction() as conn:
+
+            def run() -> SqlWriteResult:
+                from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+                return sqlshard.run_batch(conn, statements)
+
+            result, sessions = self._once(
+                conn, client_id, seq, run=run, decode=_decode_sql, stale=_SQL_STALE
+            )
+            _put_meta(conn, "applied_index", index)
+        self._meta.applied_index = index
+        self._sessions = sessions
+        return result
+
+    def read_sql(self, sql: str, params: Mapping[str, Any], max_rows: int) -> list[tuple[Any, ...]]:
+        """The rows of a read fragment (read-only, bounded: see ``sqlshard.run_read``)."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        conn = self._sql_connection()
+        return sqlshard.run_read(conn, sql, params, max_rows, shard=str(self.shard))
+
+    def sql_tables(self) -> dict[str, Table]:
+        """The catalog tables this shard's SQL schema reflects."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        if self._sql_tables is None:
+            rows = self._query("SELECT v FROM meta WHERE k = ?", sqlshard.SQL_TABLES_KEY)
+            self._sql_tables = sqlshard.decode_tables(rows[0][0] if rows else None)
+        return self._sql_tables
+
+    def sync_schema(self, index: int, tables: Mapping[str, Table]) -> list[str]:
+        """Bring the SQL tables to the catalog ``tables`` (of every keyspace; this shard
+        takes its own keyspace's), at log ``index``; the DDL statements that failed
+        deterministically (skipped on every replica alike). Idempotent: a shard that
+        already reflects ``tables`` is not touched, so no check of the index is needed
+        (a shard created or installed at ``index`` is synced at the same index)."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        recorded = self.sql_tables()
+        target = sqlshard.keyspace_tables(tables, self.shard.keyspace)
+        if recorded == target:
+            return []
+        with self._transaction() as conn:
+            failures = sqlshard.sync_schema(conn, recorded, target, self.shard.keyspace)
+            _put_meta(conn, sqlshard.SQL_TABLES_KEY, sqlshard.encode_tables(target))
+            if index > self._meta.applied_index:
+                _put_meta(conn, "applied_index", index)
+        self._meta.applied_index = max(index, self._meta.applied_index)
+        self._sql_tables = target
+        return failures
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -455,18 +542,39 @@ class ShardStore:
         self, conn: sqlite3.Connection, client_id: str, seq: int, op: KVOp
     ) -> tuple[KVResult, int]:
         """The result of ``op`` and the number of sessions afterwards."""
+        run = lambda: _execute(conn, op)  # noqa: E731
+        return self._once(conn, client_id, seq, run=run, decode=_decode_kv, stale=_STALE)
+
+    def _once(
+        self,
+        conn: sqlite3.Connection,
+        client_id: str,
+        seq: int,
+        *,
+        run: Callable[[], _R],
+        decode: Callable[[bytes], _R],
+        stale: _R,
+    ) -> tuple[_R, int]:
+        """``run()``'s result, once per ``(client_id, seq)``, and the number of sessions
+        afterwards. (Generic since SQL batches share the session table with KV operations:
+        a pooled client id numbers both kinds of write in one sequence.)"""
         sessions = self._sessions
         row = None
         if client_id:
             sql = "SELECT seq, result FROM sessions WHERE client_id = ?"
             row = conn.execute(sql, (client_id,)).fetchone()
         if row is not None and seq < row[0]:
-            return _STALE, sessions
+            return stale, sessions
         if row is not None and seq == row[0]:  # a retry: the first result, touched
             sql = "UPDATE sessions SET touched = ? WHERE client_id = ?"
             conn.execute(sql, (_next_touch(conn), client_id))
-            return _result_decoder.decode(row[1]), sessions
-        result = _execute(conn, op)
+            try:
+                return decode(row[1]), sessions
+            except msgspec.ValidationError:
+                # The number was used for a write of the other kind (a client bug): this
+                # one is not applied, the same way on every replica, and nothing halts.
+                return stale, sessions
+        result = run()
         if not client_id:
             return result, sessions
         conn.execute(
@@ -483,6 +591,17 @@ class ShardStore:
             )
             sessions = self._max_sessions
         return result, sessions
+
+    def _sql_connection(self) -> sqlite3.Connection:
+        """The connection, with shardwise's SQL functions (added on first SQL use, so a
+        KV-only shard never pays for them)."""
+        conn = self._connection()
+        if not self._sql_ready:
+            from shardwise.sql.functions import register  # noqa: PLC0415 - see above
+
+            register(conn)
+            self._sql_ready = True
+        return conn
 
 
 def _execute(conn: sqlite3.Connection, op: KVOp) -> KVResult:

@@ -25,7 +25,12 @@ from shardwise.controller.model import (
     ShardId,
     Table,
 )
-from shardwise.errors import SqlCatalogError, SqlExecutionError, SqlLimitError
+from shardwise.errors import (
+    SqlCatalogError,
+    SqlConstraintError,
+    SqlExecutionError,
+    SqlLimitError,
+)
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import Row
 from shardwise.sql.functions import register
@@ -89,6 +94,9 @@ class LocalShards:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            # A broken constraint is told apart, as the cluster's shards do (sqlshard.py).
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise SqlConstraintError(str(exc), str(shard)) from None
             raise SqlExecutionError(str(exc), str(shard)) from None
         return changed
 

@@ -1,0 +1,318 @@
+"""A DB-API 2.0 (PEP 249) interface to shardwise's SQL, so tools that speak it (pandas'
+``read_sql``, notebooks, report writers) can read from and write to a cluster::
+
+    from shardwise import dbapi
+
+    conn = dbapi.connect({"c1": ("127.0.0.1", 7100)}, secret)   # the controller's servers
+    conn = dbapi.connect("./.shardwise")                         # or a cluster directory
+    cur = conn.cursor()
+    cur.execute("SELECT g, count(*) FROM t WHERE x > ? GROUP BY g ORDER BY 2 DESC", [3])
+    print([d[0] for d in cur.description], cur.fetchall())
+    pandas.read_sql("SELECT * FROM t", conn)                     # pandas warns, then works
+
+**Statements.** Each ``execute`` is one :meth:`shardwise.client.Client.sql` call: the
+statement is planned, run on the shards and its whole result held by the cursor. There
+are no transactions: every statement takes effect when ``execute`` returns (atomic per
+shard, see ``docs/sql.md``), ``commit()`` does nothing and ``rollback()`` cannot undo
+anything (it does nothing either, so tools that call it after an error go on).
+
+**Parameters.** ``paramstyle`` is ``qmark`` (``?``); ``$1`` (PostgreSQL) and ``:name``
+with a mapping work too. Values are bound, never spliced into the text.
+
+**Errors** are PEP 249's classes (``dbapi.Error`` and its subclasses, themselves
+:class:`~shardwise.errors.ShardwiseError`\\ s), each raised from the shardwise error it
+stands for (its ``__cause__``): :data:`ERROR_MAP` says which.
+
+**Threads** (``threadsafety = 2``): threads may share a connection (its client serves
+concurrent calls); a cursor belongs to one thread at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from shardwise import errors
+from shardwise.client import SyncClient
+from shardwise.errors import (
+    DatabaseError,
+    DataError,
+    DbapiError,
+    DbapiWarning,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
+from shardwise.net.links import Address
+
+__all__ = [
+    "ERROR_MAP",
+    "Connection",
+    "Cursor",
+    "DataError",
+    "DatabaseError",
+    "Error",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
+    "Warning",
+    "apilevel",
+    "connect",
+    "paramstyle",
+    "threadsafety",
+]
+
+apilevel: Final = "2.0"
+threadsafety: Final = 2
+paramstyle: Final = "qmark"
+
+Error = DbapiError
+Warning = DbapiWarning  # PEP 249's name (shadows the builtin here only)
+
+ERROR_MAP: Final[tuple[tuple[type[errors.ShardwiseError], type[DbapiError]], ...]] = (
+    # The first match wins: subclasses before their bases.
+    (errors.SqlConstraintError, IntegrityError),
+    (errors.DistributionValueError, DataError),
+    (errors.SqlSyntaxError, ProgrammingError),
+    (errors.SqlCatalogError, ProgrammingError),
+    (errors.SqlSemanticError, ProgrammingError),
+    (errors.SqlParameterError, ProgrammingError),
+    (errors.DistributionColumnUpdateError, ProgrammingError),
+    (errors.UnsupportedSqlError, NotSupportedError),
+    (errors.NondeterministicSqlError, NotSupportedError),
+    (errors.SqlLimitError, OperationalError),
+    (errors.SqlExecutionError, OperationalError),
+    (errors.SqlSchemaChangedError, OperationalError),
+    (errors.ClientClosedError, InterfaceError),
+    (errors.RequestRefusedError, DataError),
+    (errors.ClientTimeoutError, OperationalError),
+    (errors.ShardwiseError, OperationalError),
+)
+"""shardwise error -> the PEP 249 class raised for it."""
+
+DEFAULT_ARRAYSIZE: Final = 1
+"""``Cursor.arraysize``: rows ``fetchmany()`` returns by default (PEP 249 says 1)."""
+
+
+class SqlRunner(Protocol):
+    """What a connection runs statements on: a :class:`~shardwise.client.SyncClient`
+    (or anything with its ``sql`` and ``close``)."""
+
+    def sql(self, query: str, params: Any = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def connect(
+    controllers: Mapping[str, Address] | str | os.PathLike[str] | None = None,
+    secret: bytes | None = None,
+    **options: Any,
+) -> Connection:
+    """A connection to a cluster: by its controller's servers (``{id: (host, port)}``)
+    and the cluster's secret, or by a cluster directory (``cluster.toml`` as
+    ``shardwise up`` writes it; the default: ``$SHARDWISE_CLUSTER_DIR`` or
+    ``./.shardwise``). ``options`` go to :class:`~shardwise.client.SyncClient`
+    (``deadline_s``, ``client_id``, ...)."""
+    try:
+        if isinstance(controllers, Mapping):
+            if secret is None:
+                raise InterfaceError("connect(controllers, secret): the secret is missing")
+            client = SyncClient(controllers, secret, **options)
+        else:
+            from shardwise.clusterfile import connect as connect_cluster  # noqa: PLC0415
+
+            where = None if controllers is None else Path(controllers)
+            client = connect_cluster(where, **options)
+        client.start()
+    except DbapiError:
+        raise
+    except errors.ShardwiseError as exc:
+        raise _translate(exc) from exc
+    return Connection(client)
+
+
+class Connection:
+    """A DB-API connection over one client (which it closes with itself)."""
+
+    Error = DbapiError
+    Warning = DbapiWarning
+    InterfaceError = InterfaceError
+    DatabaseError = DatabaseError
+    DataError = DataError
+    OperationalError = OperationalError
+    IntegrityError = IntegrityError
+    InternalError = InternalError
+    ProgrammingError = ProgrammingError
+    NotSupportedError = NotSupportedError
+
+    def __init__(self, client: SqlRunner) -> None:
+        self._client: SqlRunner | None = client
+
+    def close(self) -> None:
+        """Close the connection and its client (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def commit(self) -> None:
+        """Nothing to do: every statement took effect when it returned."""
+        self._runner()
+
+    def rollback(self) -> None:
+        """Nothing to undo (no transactions): a no-op, so tools that roll back after an
+        error carry on."""
+        self._runner()
+
+    def cursor(self) -> Cursor:
+        return Cursor(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._client is None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _runner(self) -> SqlRunner:
+        if self._client is None:
+            raise InterfaceError("the connection is closed")
+        return self._client
+
+
+class Cursor:
+    """A statement's result, held whole (see the module's docstring)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.arraysize = DEFAULT_ARRAYSIZE
+        self.description: tuple[tuple[Any, ...], ...] | None = None
+        """One 7-tuple per result column: its name, then six ``None`` (types are
+        SQLite's, per value, as in ``sqlite3``); ``None`` after a statement with no
+        result set."""
+        self.rowcount = -1
+        """Rows a write changed; -1 after a read or DDL."""
+        self.lastrowid = None
+        self._rows: list[tuple[Any, ...]] = []
+        self._position = 0
+        self._closed = False
+
+    # --- statements ----------------------------------------------------------------------
+
+    def execute(
+        self, operation: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> Cursor:
+        runner = self._runner()
+        try:
+            result = runner.sql(operation, parameters)
+        except DbapiError:
+            raise
+        except errors.ShardwiseError as exc:
+            self._reset()
+            raise _translate(exc) from exc
+        self._reset()
+        if result.columns:
+            self.description = tuple((name, *(None,) * 6) for name in result.columns)
+            self._rows = list(result.rows)
+        self.rowcount = result.rowcount
+        return self
+
+    def executemany(
+        self, operation: str, seq_of_parameters: Sequence[Sequence[Any] | Mapping[str, Any]]
+    ) -> Cursor:
+        """``operation`` once per set of parameters, one statement after another;
+        ``rowcount`` is their total. (For a bulk load, one multi-row ``INSERT`` is one
+        batch per shard and far faster.)"""
+        total = 0
+        for parameters in seq_of_parameters:
+            self.execute(operation, parameters)
+            total += max(0, self.rowcount)
+        self.description = None
+        self._rows = []
+        self.rowcount = total
+        return self
+
+    # --- results -------------------------------------------------------------------------
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        self._result()
+        if self._position >= len(self._rows):
+            return None
+        row = self._rows[self._position]
+        self._position += 1
+        return row
+
+    def fetchmany(self, size: int | None = None) -> list[tuple[Any, ...]]:
+        self._result()
+        count = self.arraysize if size is None else size
+        rows = self._rows[self._position : self._position + max(0, count)]
+        self._position += len(rows)
+        return rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        self._result()
+        rows = self._rows[self._position :]
+        self._position = len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return self
+
+    def __next__(self) -> tuple[Any, ...]:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    # --- the rest of PEP 249 -------------------------------------------------------------
+
+    def close(self) -> None:
+        self._closed = True
+        self._reset()
+
+    def setinputsizes(self, sizes: object) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+    def setoutputsize(self, size: object, column: object = None) -> None:
+        """Accepted and ignored, as PEP 249 allows."""
+
+    def __enter__(self) -> Cursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _runner(self) -> SqlRunner:
+        if self._closed:
+            raise InterfaceError("the cursor is closed")
+        return self.connection._runner()
+
+    def _reset(self) -> None:
+        self.description = None
+        self.rowcount = -1
+        self._rows = []
+        self._position = 0
+
+    def _result(self) -> None:
+        self._runner()
+        if self.description is None:
+            raise InterfaceError("the last statement returned no rows to fetch")
+
+
+def _translate(exc: errors.ShardwiseError) -> DbapiError:
+    for kind, dbapi_kind in ERROR_MAP:
+        if isinstance(exc, kind):
+            return dbapi_kind(str(exc))
+    return OperationalError(str(exc))

@@ -1,0 +1,284 @@
+"""SQL on one shard's SQLite file: write batches, read fragments, and the tables the
+catalog implies.
+
+The planner (``shardwise.sql``) sends a shard SQLite text with named parameters; this
+module runs it on the shard's own connection, never anything else:
+
+* **Only user tables.** While a fragment runs, an authorizer lets it read (and, for a
+  write, change) tables named ``sql_*`` only (:data:`~shardwise.sql.catalog.PHYSICAL_PREFIX`)
+  and nothing else: no ``kv``, ``sessions`` or ``meta``, no DDL, no PRAGMA, no ATTACH.
+  Setting an authorizer makes SQLite re-prepare cached statements, so a statement text
+  once allowed as a write can never be replayed as a read.
+* **Writes fail identically everywhere.** A batch runs inside a SAVEPOINT of the store's
+  transaction (which may hold other commands of the same Raft batch). An error that
+  depends only on the batch and the shard's data (a constraint, a type mismatch, a bad
+  statement: :func:`deterministic`) rolls the savepoint back and becomes the command's
+  result, the same on every replica. Any other error (disk full, I/O) is raised, and the
+  host halts the replica rather than let it diverge.
+* **Reads are bounded**: rows (the caller's ``max_rows``), bytes (one reply frame) and
+  time (the fragment holds the server's event loop), each a typed
+  :class:`~shardwise.errors.SqlLimitError`.
+* **Schema.** A shard records in its ``meta`` table the catalog tables its SQLite schema
+  reflects (``sql_tables``), so bringing it to any catalog is
+  ``schema_changes(recorded, target)``: idempotent, and correct for a shard created, kept,
+  or installed from another group's image whatever configuration that image was made in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from shardwise.controller.model import Table
+from shardwise.errors import SqlExecutionError, SqlLimitError
+from shardwise.net.frames import MAX_FRAME_BYTES
+from shardwise.shardserver.commands import SqlStatement, SqlWriteResult
+from shardwise.sql.catalog import PHYSICAL_PREFIX
+from shardwise.sql.params import INT64_MAX, INT64_MIN
+from shardwise.sql.shard_schema import schema_changes
+
+MAX_SQL_BATCH_BYTES: Final = 4 << 20
+"""Largest encoded SQL write batch (one log entry): a shard's share of one INSERT. Four
+times a KV value's limit, so a bulk load needs few entries, yet far under a Raft append
+frame and the core's cap on uncommitted bytes. A larger INSERT is refused before anything
+is sent: split it."""
+
+MAX_SQL_STATEMENTS: Final = 1000
+"""Statements in one batch (the planner sends one per statement and shard)."""
+
+MAX_SQL_REPLY_BYTES: Final = MAX_FRAME_BYTES - (1 << 20)
+"""Rows one read fragment may return, by size: a reply is one frame (``MAX_FRAME_BYTES``),
+less room for its envelope. Rows are counted at their MessagePack size, about."""
+
+MAX_SQL_READ_ROWS: Final = 1_000_001
+"""Rows one read fragment may return whatever the caller asks: the coordinator's own
+bound (``MAX_COORDINATOR_ROWS``) plus the one row that shows it was passed."""
+
+MAX_SQL_READ_S: Final = 5.0
+"""Longest a read fragment may run. It runs on the server's event loop (on the shard's
+own connection, so it sees exactly the applied state), holding up the group's heartbeats
+meanwhile; past this it is interrupted. A reader thread would lift this (follow-up)."""
+
+PROGRESS_STEPS: Final = 20_000
+"""SQLite VM steps between looks at a read's clock (a few hundred microseconds)."""
+
+FETCH_ROWS: Final = 1024
+"""Rows taken from SQLite at once while a read's bounds are checked."""
+
+SQL_TABLES_KEY: Final = "sql_tables"
+"""The ``meta`` key holding the catalog tables a shard's schema reflects."""
+
+SAVEPOINT: Final = "sw_sql"
+
+_DETERMINISTIC_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_ERROR,  # a bad statement: no such table or column, integer overflow
+        sqlite3.SQLITE_CONSTRAINT,  # UNIQUE, NOT NULL, CHECK
+        sqlite3.SQLITE_MISMATCH,  # a non-integer rowid, STRICT types
+        sqlite3.SQLITE_TOOBIG,  # a string or blob over SQLite's own bound
+        sqlite3.SQLITE_RANGE,  # a parameter index out of range
+        sqlite3.SQLITE_AUTH,  # the authorizer refused: not a user table
+    }
+)
+
+_READ_ACTIONS: Final = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION})
+_WRITE_ACTIONS: Final = frozenset(
+    {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
+)
+_TABLE_ACTIONS: Final = frozenset({sqlite3.SQLITE_READ}) | _WRITE_ACTIONS
+
+_encode = msgspec.msgpack.Encoder().encode
+_tables_decoder = msgspec.msgpack.Decoder(dict[str, Table])
+
+
+# --- the catalog a shard reflects ------------------------------------------------------------
+
+
+def keyspace_tables(tables: Mapping[str, Table], keyspace: str) -> dict[str, Table]:
+    """The tables of ``keyspace``, by name in sorted order."""
+    return {n: tables[n] for n in sorted(tables) if tables[n].keyspace == keyspace}
+
+
+def schema_digest(tables: Mapping[str, Table], keyspace: str) -> int:
+    """A 64-bit digest of the definitions of ``keyspace``'s tables. A SQL request carries
+    the digest of the catalog it was planned with; the shard runs it only if its group's
+    configuration has the same one (see ``statemachine.py``)."""
+    encoded = _encode(keyspace_tables(tables, keyspace))
+    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little")
+
+
+def encode_tables(tables: Mapping[str, Table]) -> bytes:
+    return _encode(dict(tables))
+
+
+def decode_tables(data: object) -> dict[str, Table]:
+    if not isinstance(data, bytes):
+        return {}  # a shard that never had SQL tables
+    return _tables_decoder.decode(data)
+
+
+def sync_schema(
+    conn: sqlite3.Connection,
+    recorded: Mapping[str, Table],
+    target: Mapping[str, Table],
+    keyspace: str,
+) -> list[str]:
+    """Run the DDL from ``recorded`` to ``target`` on ``conn`` (inside the caller's
+    transaction). A statement that fails deterministically (``CREATE UNIQUE INDEX`` over
+    duplicate rows) is skipped on every replica alike; the failures are returned."""
+    failures: list[str] = []
+    for statement in schema_changes(recorded, target, keyspace):
+        conn.execute(f"SAVEPOINT {SAVEPOINT}")
+        try:
+            conn.execute(statement)
+        except (sqlite3.Error, ValueError, OverflowError) as exc:
+            if not deterministic(exc):
+                raise
+            conn.execute(f"ROLLBACK TO {SAVEPOINT}")
+            failures.append(f"{statement}: {exc}")
+        conn.execute(f"RELEASE {SAVEPOINT}")
+    return failures
+
+
+# --- writes ----------------------------------------------------------------------------------
+
+
+def deterministic(exc: BaseException) -> bool:
+    """Whether ``exc`` follows from the statement and the data alone (so every replica
+    meets it at the same point), rather than from this machine (disk, memory, locks)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        # No code: the driver refused the command itself (bindings, two statements in one).
+        return code is None or (code & 0xFF) in _DETERMINISTIC_CODES
+    # The driver's own checks of values (an int over 64 bits, a NUL in the text).
+    return isinstance(exc, ValueError | OverflowError)
+
+
+def run_batch(conn: sqlite3.Connection, statements: Sequence[SqlStatement]) -> SqlWriteResult:
+    """Run ``statements`` inside the caller's transaction: all of them, or, when one fails
+    deterministically, none (the error is the result)."""
+    conn.execute(f"SAVEPOINT {SAVEPOINT}")
+    changed = 0
+    try:
+        conn.set_authorizer(_authorize_write)
+        try:
+            for statement in statements:
+                cursor = conn.execute(statement.sql, statement.params)
+                changed += max(0, cursor.rowcount)
+                cursor.close()
+        finally:
+            conn.set_authorizer(None)
+    except (sqlite3.Error, ValueError, OverflowError) as exc:
+        if not deterministic(exc):
+            raise
+        conn.execute(f"ROLLBACK TO {SAVEPOINT}")
+        conn.execute(f"RELEASE {SAVEPOINT}")
+        constraint = isinstance(exc, sqlite3.IntegrityError)
+        return SqlWriteResult(error=str(exc) or type(exc).__name__, constraint=constraint)
+    conn.execute(f"RELEASE {SAVEPOINT}")
+    return SqlWriteResult(rowcount=changed)
+
+
+def check_batch(statements: Sequence[SqlStatement]) -> str:
+    """Why a batch is refused at the door ("" if it is not): checked before it is
+    proposed, so nothing over a limit or unbindable reaches the log."""
+    if not statements:
+        return "a SQL write batch has no statements"
+    if len(statements) > MAX_SQL_STATEMENTS:
+        return f"{len(statements)} statements in one batch, over {MAX_SQL_STATEMENTS}"
+    size = len(_encode(statements))
+    if size > MAX_SQL_BATCH_BYTES:
+        return f"a SQL write batch of {size} bytes is over the limit of {MAX_SQL_BATCH_BYTES}"
+    for statement in statements:
+        problem = check_params(statement.params)
+        if problem:
+            return problem
+    return ""
+
+
+def check_params(params: Mapping[str, Any]) -> str:
+    """Why parameter values cannot be bound ("" if they can): SQLite values only."""
+    for name, value in params.items():
+        if isinstance(value, bool) or value is None or isinstance(value, str | float | bytes):
+            continue
+        if isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                return f"parameter {name}: {value} does not fit in a 64-bit integer"
+            continue
+        return f"parameter {name}: a {type(value).__name__} is not a SQL value"
+    return ""
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def run_read(
+    conn: sqlite3.Connection,
+    sql: str,
+    params: Mapping[str, Any],
+    max_rows: int,
+    *,
+    shard: str,
+    max_bytes: int = MAX_SQL_REPLY_BYTES,
+    max_seconds: float = MAX_SQL_READ_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[tuple[Any, ...]]:
+    """The rows of a read fragment, read-only, within the bounds above."""
+    max_rows = min(max_rows, MAX_SQL_READ_ROWS)
+    deadline = clock() + max_seconds
+    rows: list[tuple[Any, ...]] = []
+    size = 0
+    conn.set_authorizer(_authorize_read)
+    conn.set_progress_handler(lambda: clock() > deadline, PROGRESS_STEPS)
+    cursor: sqlite3.Cursor | None = None
+    try:
+        cursor = conn.execute(sql, dict(params))
+        while batch := cursor.fetchmany(FETCH_ROWS):
+            rows.extend(batch)
+            size += sum(map(_row_bytes, batch))
+            if len(rows) > max_rows:
+                raise SqlLimitError("max_rows", max_rows, f"shard {shard} has too many rows")
+            if size > max_bytes:
+                raise SqlLimitError(
+                    "max_reply_bytes", max_bytes, f"shard {shard}'s rows are too large"
+                )
+    except (sqlite3.Error, ValueError, OverflowError) as exc:
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT:
+            raise SqlLimitError(
+                "max_read_seconds", int(max_seconds), f"a fragment ran too long on shard {shard}"
+            ) from None
+        raise SqlExecutionError(str(exc) or type(exc).__name__, shard) from None
+    finally:
+        if cursor is not None:
+            cursor.close()  # an unfinished statement would keep the next COMMIT from running
+        conn.set_progress_handler(None, 0)
+        conn.set_authorizer(None)
+    return rows
+
+
+def _row_bytes(row: tuple[Any, ...]) -> int:
+    return sum(len(v) + 5 if isinstance(v, str | bytes) else 9 for v in row) + 5
+
+
+# --- the authorizers -------------------------------------------------------------------------
+
+
+def _user_table(name: str | None) -> bool:
+    return name is not None and name.startswith(PHYSICAL_PREFIX)
+
+
+def _authorize_read(action: int, arg1: str | None, *_: object) -> int:
+    if action in _READ_ACTIONS or (action == sqlite3.SQLITE_READ and _user_table(arg1)):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _authorize_write(action: int, arg1: str | None, *_: object) -> int:
+    if action in _READ_ACTIONS or (action in _TABLE_ACTIONS and _user_table(arg1)):
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY

@@ -1,0 +1,321 @@
+"""SQL over the cluster for :meth:`shardwise.client.Client.sql`: the coordinator's two
+seams on the client's routing.
+
+* :class:`ClusterShards` (a :class:`~shardwise.sql.executor.ShardExecutor`) sends each
+  fragment to the group that owns its shard, exactly as a key's request goes (leader
+  hints, the next server on a failure, a newer configuration on ``wrong_group``, one
+  deadline): reads as ``shard.sql_read`` (ReadIndex on the leader, then the shard's
+  SQLite), writes as ``shard.sql_write`` (one log entry per shard, with a pooled writer
+  id and sequence number, so a retried write applies once).
+* :class:`ClusterCatalog` (a :class:`~shardwise.sql.executor.CatalogStore`) reads the
+  catalog from the client's cached configuration and changes it through the controller.
+
+A friend of ``client.py``: it uses the client's routing, configuration cache and writer
+pool directly, so SQL and KV calls share connections, leaders and limits.
+
+**Which tables a shard runs a statement against.** A statement is planned against the
+catalog of the configuration the client holds. Every request carries that configuration's
+number and a digest of the keyspace's tables in it, and a shard runs it only if its
+group's configuration has the same tables. A group that has not reached the client's
+configuration yet answers ``behind`` and the client asks again until the statement's
+deadline; a group whose configuration is newer than the client's (the tables changed
+since) answers ``changed``, and the client fetches the configuration and plans the
+statement again, if nothing was applied anywhere (otherwise the write's error says how
+many shards applied it). A DDL statement returns once every group owning a shard of its
+keyspace has applied the configuration that holds it, so a statement that starts after
+a DDL statement returned sees its effect on every shard; one that overlaps it may see
+the old tables on some shards and the new ones on others, never a mixture in one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import msgspec
+
+from shardwise.controller.model import NO_GROUP, Configuration, CreateTable, DropTable, ShardId
+from shardwise.errors import (
+    CatalogError,
+    ClientTimeoutError,
+    SqlCatalogError,
+    SqlConstraintError,
+    SqlError,
+    SqlExecutionError,
+    SqlLimitError,
+    SqlSchemaChangedError,
+    StaleWriteError,
+    UnknownKeyspaceError,
+)
+from shardwise.net.rpc import RpcMethod
+from shardwise.shardserver.commands import SqlStatement
+from shardwise.shardserver.protocol import (
+    SQL_READ,
+    SQL_SCHEMA,
+    SQL_WRITE,
+    SqlFailure,
+    SqlReadRequest,
+    SqlReply,
+    SqlSchemaRequest,
+    SqlWriteRequest,
+)
+from shardwise.shardserver.sqlshard import MAX_SQL_BATCH_BYTES, MAX_SQL_STATEMENTS, schema_digest
+from shardwise.sql import Catalog, Coordinator, Result
+from shardwise.sql.executor import Row
+from shardwise.sql.params import Params
+from shardwise.sql.plan import CatalogOp, Fragment
+
+if TYPE_CHECKING:
+    from shardwise.client import Client, _Call
+
+T = TypeVar("T")
+
+SQL_ATTEMPT_TIMEOUT_S: Final = 6.0
+"""One attempt of a SQL fragment at one server (when the client's own is shorter): a
+read fragment may run up to the server's ``MAX_SQL_READ_S`` (5 s)."""
+
+SCHEMA_WAIT_S: Final = 0.05
+"""Pause before asking a group that has yet to reach the client's configuration again."""
+
+DDL_POLL_S: Final = 0.05
+"""Pause between looks at whether a group has applied a DDL statement's configuration."""
+
+MAX_REPLANS: Final = 8
+"""Times one statement is planned again because the tables changed under it."""
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+async def execute(client: Client, query: str, params: Params | None, deadline: float) -> Result:
+    """``Client.sql``: plan and run ``query`` by its deadline, planning it again when a
+    shard holds newer tables than the catalog it was planned with (see the module's
+    docstring)."""
+    call = client._call_info(f"SQL statement {_abbreviate(query)!r}", deadline)
+    for _ in range(MAX_REPLANS):
+        catalog = ClusterCatalog(client, call)
+        coordinator = Coordinator(ClusterShards(client, call, catalog), catalog)
+        try:
+            result = await coordinator.execute(query, params)
+        except SqlSchemaChangedError:
+            # The coordinator raises it bare only when no shard applied anything (else it
+            # is inside a SqlExecutionError counting the shards that did), and a batch
+            # whose outcome is unknown means the deadline has passed: planning again
+            # cannot apply anything twice.
+            if call.remaining() <= 0:
+                raise call.timed_out() from None
+            continue
+        except SqlCatalogError:
+            # Planned against our cached catalog, which may predate another client's DDL
+            # (a table or column it does not know yet, or a table it thinks is free):
+            # ask the controller, and plan again if the catalog was older than its.
+            planned = catalog.planned_num
+            latest = await client._refresh(-1, call, wait=False)
+            if planned is None or latest is None or latest.num <= planned:
+                raise
+            continue
+        if coordinator.last_rows_shipped:
+            client.last_rows_shipped = coordinator.last_rows_shipped
+        return result
+    raise SqlSchemaChangedError(
+        f"the tables changed {MAX_REPLANS} times while {call.what} was planned; try again"
+    )
+
+
+class ClusterCatalog:
+    """The catalog of the client's configuration; changes through the controller."""
+
+    def __init__(self, client: Client, call: _Call) -> None:
+        self._client = client
+        self._call = call
+        self._planned: Configuration | None = None
+        self._digests: dict[str, int] = {}
+
+    async def catalog(self) -> Catalog:
+        config = await _configuration(self._client, self._call)
+        self._planned = config
+        return Catalog.from_configuration(config)
+
+    @property
+    def planned_num(self) -> int | None:
+        """The configuration the statement was planned with (None: not planned yet)."""
+        return None if self._planned is None else self._planned.num
+
+    def planned(self, keyspace: str) -> tuple[int, int]:
+        """The configuration the statement was planned with, and the digest of
+        ``keyspace``'s tables in it: what every request of the statement carries."""
+        config = self._planned
+        assert config is not None, "a statement is planned before it runs"
+        digest = self._digests.get(keyspace)
+        if digest is None:
+            digest = self._digests[keyspace] = schema_digest(config.tables, keyspace)
+        return config.num, digest
+
+    async def change(self, op: CatalogOp) -> Catalog:
+        client, call = self._client, self._call
+        keyspace = self._keyspace_of(op)
+        remaining = call.remaining()
+        if remaining <= 0:
+            raise call.timed_out()
+        try:
+            result = await client._controller.change(op, deadline_s=remaining)
+        except (CatalogError, UnknownKeyspaceError) as exc:
+            # Another client changed the catalog since ours was read (e.g. created the
+            # same table first): the controller's check is the one that counts.
+            raise SqlCatalogError(str(exc)) from None
+        config = await _configuration(client, call, at_least=result.num)
+        owners = config.owners.get(keyspace, ())
+        gids = sorted({gid for gid in owners if gid != NO_GROUP})
+        await _all([self._applied_by(gid, result.num, keyspace) for gid in gids])
+        return Catalog.from_configuration(config)
+
+    def _keyspace_of(self, op: CatalogOp) -> str:
+        if isinstance(op, CreateTable):
+            return op.table.keyspace
+        name = op.name if isinstance(op, DropTable) else op.table
+        assert self._planned is not None
+        table = self._planned.tables.get(name)
+        if table is None:
+            raise SqlCatalogError(f"there is no table {name!r}")
+        return table.keyspace
+
+    async def _applied_by(self, gid: int, num: int, keyspace: str) -> None:
+        """Return once group ``gid`` has applied configuration ``num`` (a ReadIndex read
+        on its leader: applied there means committed in the group's log, so every later
+        read or write of the group comes after it)."""
+        client, call = self._client, self._call
+        request = SqlSchemaRequest(keyspace)
+        while True:
+            client._check_running()
+            route = client._routes.get(gid)
+            if route is None:
+                return  # the group left in a newer configuration: nothing to wait for
+            reply = await client._round(route, SQL_SCHEMA, request, call)
+            if reply is not None and reply.status == "ok" and reply.config_num >= num:
+                return
+            remaining = call.remaining()
+            if remaining <= 0:
+                raise ClientTimeoutError(
+                    f"{call.what} was committed (configuration {num}), but group {gid} had "
+                    f"not applied it within {call.budget_s} s; statements on its shards "
+                    "wait until it has"
+                )
+            call.why = f"group {gid} has yet to apply configuration {num}"
+            await asyncio.sleep(min(DDL_POLL_S, remaining))
+
+
+class ClusterShards:
+    """Fragments to the shards' groups (see the module's docstring)."""
+
+    def __init__(self, client: Client, call: _Call, catalog: ClusterCatalog) -> None:
+        self._client = client
+        self._call = call
+        self._catalog = catalog
+        self._attempt_s = max(client.attempt_timeout_s, SQL_ATTEMPT_TIMEOUT_S)
+
+    async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
+        num, digest = self._catalog.planned(shard.keyspace)
+        params = dict(fragment.params)
+        request = SqlReadRequest(shard, fragment.sql, params, max_rows, num, digest)
+        reply = await self._send(shard, SQL_READ, request, num)
+        return [tuple(row) for row in reply.rows]
+
+    async def write(self, shard: ShardId, batch: Sequence[Fragment]) -> int:
+        statements = tuple(SqlStatement(f.sql, dict(f.params)) for f in batch)
+        _check_batch(shard, statements)
+        num, digest = self._catalog.planned(shard.keyspace)
+        client = self._client
+        writer = await client._acquire_writer(self._call)
+        try:
+            # One sequence number for all the retries of this batch: applied once.
+            seq = writer.next_seq()
+            request = SqlWriteRequest(shard, writer.client_id, seq, statements, num, digest)
+            reply = await self._send(shard, SQL_WRITE, request, num)
+        finally:
+            client._writers.release(writer)
+        if reply.stale:
+            raise StaleWriteError(
+                f"the write to shard {shard} was not applied: client id "
+                f"{request.client_id!r} already had a write numbered above {seq} applied "
+                f"(is another live client using client id {client.client_id!r}?)"
+            )
+        return reply.rowcount
+
+    async def _send(
+        self, shard: ShardId, method: RpcMethod[Any, SqlReply], request: object, num: int
+    ) -> SqlReply:
+        client, call = self._client, self._call
+        while True:
+            reply = await client._call(shard, method, request, call, attempt_s=self._attempt_s)
+            if reply.failure is not None:
+                raise _error(reply.failure, shard)
+            if reply.schema == "behind":
+                call.why = (
+                    f"the group of shard {shard} has yet to reach configuration {num} "
+                    f"(it is at {reply.config_num})"
+                )
+                remaining = call.remaining()
+                if remaining <= 0:
+                    raise call.timed_out()
+                await asyncio.sleep(min(SCHEMA_WAIT_S, remaining))
+                continue
+            if reply.schema == "changed":
+                await client._refresh(reply.config_num - 1, call, wait=False)
+                raise SqlSchemaChangedError(
+                    f"the tables of shard {shard} changed (its group is at configuration "
+                    f"{reply.config_num}) after the statement was planned (at {num})"
+                )
+            return reply
+
+
+def _check_batch(shard: ShardId, statements: tuple[SqlStatement, ...]) -> None:
+    """The server's limits on a batch, checked before anything is sent, so an INSERT
+    too large for one shard's log entry fails whole rather than on some shards."""
+    if len(statements) > MAX_SQL_STATEMENTS:
+        raise SqlLimitError(
+            "max_statements", MAX_SQL_STATEMENTS, f"too many statements for shard {shard}"
+        )
+    size = len(_encode(statements))
+    if size > MAX_SQL_BATCH_BYTES:
+        raise SqlLimitError(
+            "max_batch_bytes",
+            MAX_SQL_BATCH_BYTES,
+            f"the rows for shard {shard} take {size} bytes; split the statement",
+        )
+
+
+def _error(failure: SqlFailure, shard: ShardId) -> SqlError:
+    """A shard's failure as the error the coordinator and callers expect."""
+    if failure.code == SqlLimitError.code:
+        return SqlLimitError(failure.limit, failure.value, failure.message)
+    if failure.code == SqlConstraintError.code:
+        return SqlConstraintError(failure.message, str(shard))
+    if failure.code == SqlExecutionError.code:
+        return SqlExecutionError(failure.message, str(shard))
+    return SqlExecutionError(f"{failure.code}: {failure.message}", str(shard))
+
+
+async def _configuration(client: Client, call: _Call, at_least: int = -1) -> Configuration:
+    """The client's configuration, fetched if it has none or one older than
+    ``at_least``."""
+    config = client._config
+    while config is None or config.num < at_least:
+        client._check_running()
+        config = await client._refresh(-1, call, wait=False)
+    return config
+
+
+async def _all(tasks: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run every task; on the first error cancel the rest and raise it."""
+    running = [asyncio.ensure_future(t) for t in tasks]
+    try:
+        await asyncio.gather(*running)
+    except BaseException:
+        for task in running:
+            task.cancel()
+        raise
+
+
+def _abbreviate(query: str, limit: int = 60) -> str:
+    text = " ".join(query.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
