@@ -14,9 +14,12 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any, Final, Literal, Protocol, TypeAlias, TypeVar
 
+import msgspec
+
 from shardwise.errors import ClientTimeoutError, NetError
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import RpcMethod
+from shardwise.raft.host import HostStatus
 
 ATTEMPT_TIMEOUT_S: Final = 2.0
 """One attempt at one server; past it the call tries the next one."""
@@ -30,6 +33,32 @@ Status: TypeAlias = Literal["ok", "not_leader", "retry", "halted"]
 request was dropped (a leader change, a timeout); a write retried with the same client id
 and sequence number applies once. ``halted``: the replica stopped on an entry it could not
 apply (another replica may still answer)."""
+
+
+class ReplicaStatus(msgspec.Struct, frozen=True):
+    """One replica's own view of its Raft group, answered without going through Raft;
+    every service's status reply starts with these fields and adds its own."""
+
+    node_id: str
+    role: str
+    term: int
+    leader: str | None
+    commit: int
+    applied: int
+    halted: bool
+
+
+def replica_status_fields(status: HostStatus) -> dict[str, Any]:
+    """The :class:`ReplicaStatus` fields of a host's status, as keyword arguments."""
+    return {
+        "node_id": status.node_id,
+        "role": status.role.value,
+        "term": status.term,
+        "leader": status.leader,
+        "commit": status.commit,
+        "applied": status.applied,
+        "halted": status.halted,
+    }
 
 
 class ServiceReply(Protocol):

@@ -139,7 +139,18 @@ def test_each_failure_has_its_exit_code() -> None:
 
 def _leader(gid: int, config_num: int, **states: str) -> StatusReply:
     shards = [ShardInfo(ShardId("default", int(i[1:])), s, 0, 0) for i, s in states.items()]
-    return StatusReply(f"g{gid}", gid, "leader", 1, f"g{gid}", 1, 1, False, config_num, shards)
+    return StatusReply(
+        node_id=f"g{gid}",
+        role="leader",
+        term=1,
+        leader=f"g{gid}",
+        commit=1,
+        applied=1,
+        halted=False,
+        gid=gid,
+        config_num=config_num,
+        shards=shards,
+    )
 
 
 def test_a_move_is_done_when_the_target_serves_and_the_source_let_go() -> None:

@@ -8,7 +8,7 @@ import msgspec
 
 from shardwise.controller.model import Configuration, Op, Result
 from shardwise.net.rpc import RpcMethod
-from shardwise.routing import Status
+from shardwise.routing import ReplicaStatus, Status
 
 CONTROLLER_GROUP: Final = 0
 """The controller's Raft group id on the wire (replica groups use positive ids)."""
@@ -49,17 +49,10 @@ class StatusRequest(msgspec.Struct, frozen=True):
     pass
 
 
-class StatusReply(msgspec.Struct, frozen=True):
+class StatusReply(ReplicaStatus, frozen=True):
     """One replica's own view, for operators (``shardwise status``): answered by any
     replica, leader or not, without going through Raft."""
 
-    node_id: str
-    role: str
-    term: int
-    leader: str | None
-    commit: int
-    applied: int
-    halted: bool
     config_num: int
     """The latest configuration this replica has applied."""
 

@@ -36,6 +36,7 @@ from shardwise.controller.statemachine import (
 from shardwise.errors import ControllerError
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import CallContext
+from shardwise.routing import replica_status_fields
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
@@ -95,16 +96,9 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def _status(self, request: StatusRequest, context: CallContext) -> StatusReply:
-        s = self.host.status()
         return StatusReply(
-            s.node_id,
-            s.role.value,
-            s.term,
-            s.leader,
-            s.commit,
-            s.applied,
-            s.halted,
-            self.state_machine.latest().num,
+            **replica_status_fields(self.host.status()),
+            config_num=self.state_machine.latest().num,
         )
 
 

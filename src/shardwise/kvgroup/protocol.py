@@ -7,7 +7,7 @@ import msgspec
 
 from shardwise.net.rpc import RpcMethod
 from shardwise.raft.kv import KVOp, KVResult
-from shardwise.routing import Status
+from shardwise.routing import ReplicaStatus, Status
 
 
 class WriteRequest(msgspec.Struct, frozen=True):
@@ -32,14 +32,8 @@ class StatusRequest(msgspec.Struct, frozen=True):
     pass
 
 
-class StatusReply(msgspec.Struct, frozen=True):
-    node_id: str
-    role: str
-    term: int
-    leader: str | None
-    commit: int
-    applied: int
-    halted: bool
+class StatusReply(ReplicaStatus, frozen=True):
+    pass
 
 
 WRITE = RpcMethod("kv.write", WriteRequest, Reply)

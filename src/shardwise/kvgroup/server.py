@@ -25,6 +25,7 @@ from shardwise.kvgroup.protocol import (
 )
 from shardwise.net.rpc import CallContext
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
+from shardwise.routing import replica_status_fields
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
@@ -59,8 +60,7 @@ class KVGroupServer(ReplicaService[KVStateMachine]):
         return Reply(outcome.status, leader=outcome.leader, value=outcome.value)
 
     async def _status(self, request: StatusRequest, context: CallContext) -> StatusReply:
-        s = self.host.status()
-        return StatusReply(s.node_id, s.role.value, s.term, s.leader, s.commit, s.applied, s.halted)
+        return StatusReply(**replica_status_fields(self.host.status()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from shardwise.controller.model import ShardId
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
 from shardwise.raft.kv import KVOp, KVResult
+from shardwise.routing import ReplicaStatus
 from shardwise.shardserver.commands import SchemaVerdict, SqlStatement
 
 ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group"]
@@ -205,17 +206,10 @@ class ShardInfo(msgspec.Struct, frozen=True):
     bytes: int
 
 
-class StatusReply(msgspec.Struct, frozen=True):
-    node_id: str
+class StatusReply(ReplicaStatus, frozen=True):
     gid: int
-    role: str
-    term: int
-    leader: str | None
-    commit: int
-    applied: int
-    halted: bool
     config_num: int
-    shards: list[ShardInfo] = []
+    shards: list[ShardInfo] = msgspec.field(default_factory=list)
 
 
 WRITE = RpcMethod("shard.write", WriteRequest, KVReply)

@@ -50,7 +50,7 @@ from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.rpc import CallContext
 from shardwise.raft.ready import Role
-from shardwise.routing import LeaderRouter
+from shardwise.routing import LeaderRouter, replica_status_fields
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
@@ -344,16 +344,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             for shard, record in sm.held()
         ]
         return StatusReply(
-            s.node_id,
-            self.gid,
-            s.role.value,
-            s.term,
-            s.leader,
-            s.commit,
-            s.applied,
-            s.halted,
-            sm.config.num,
-            shards,
+            **replica_status_fields(s), gid=self.gid, config_num=sm.config.num, shards=shards
         )
 
     # --- the reconciler ------------------------------------------------------------------
