@@ -412,7 +412,10 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return False
 
     async def _fetch_and_install(self, pull: Pull) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         image, crc = await self._fetch(pull)
+        fetched = loop.time()
         total = len(image)
         pieces = [
             InstallChunk(
@@ -425,9 +428,18 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             outcomes = await asyncio.gather(*(self._propose(p) for p in window))
             if not all(outcomes):
                 raise ShardwiseError(f"install of {pull.shard} was interrupted; starting again")
+        logged = loop.time()
         if not await self._propose(InstallShard(pull.shard, pull.config_num, total, crc)):
             raise ShardwiseError(f"install of {pull.shard} was refused; starting again")
-        logger.info("%s: installed %s (%d bytes)", self.config.node_id, pull.shard, total)
+        logger.info(
+            "%s: installed %s (%d bytes): fetched in %.2f s, logged in %.2f s, installed in %.2f s",
+            self.config.node_id,
+            pull.shard,
+            total,
+            fetched - started,
+            logged - fetched,
+            loop.time() - logged,
+        )
 
     async def _fetch(self, pull: Pull) -> tuple[bytes, int]:
         """The whole image of a shard, every piece from the one server that gave the first
