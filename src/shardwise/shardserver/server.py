@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -412,38 +412,53 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return False
 
     async def _fetch_and_install(self, pull: Pull) -> None:
+        """Stream the image from the source into the log: each piece is proposed as soon
+        as it arrives (at most :data:`PROPOSE_WINDOW` in flight), so fetching and
+        replicating overlap; then the install, which every replica checks against the
+        image's CRC32C before it serves the shard."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        image, crc = await self._fetch(pull)
-        fetched = loop.time()
-        total = len(image)
-        pieces = [
-            InstallChunk(
-                pull.shard, pull.config_num, offset, image[offset : offset + INSTALL_CHUNK_BYTES]
-            )
-            for offset in range(0, total, INSTALL_CHUNK_BYTES)
-        ] or [InstallChunk(pull.shard, pull.config_num, 0, b"")]
-        for start in range(0, len(pieces), PROPOSE_WINDOW):
-            window = pieces[start : start + PROPOSE_WINDOW]
-            outcomes = await asyncio.gather(*(self._propose(p) for p in window))
-            if not all(outcomes):
-                raise ShardwiseError(f"install of {pull.shard} was interrupted; starting again")
-        logged = loop.time()
+        server, first = await self._first_piece(pull)
+        total, crc = first.total, first.crc
+        in_flight: deque[asyncio.Task[bool]] = deque()
+        try:
+            offset, data = 0, first.data
+            while True:
+                for start in range(0, len(data), INSTALL_CHUNK_BYTES):
+                    if len(in_flight) >= PROPOSE_WINDOW and not await in_flight.popleft():
+                        raise ShardwiseError(f"install of {pull.shard} was interrupted")
+                    piece = data[start : start + INSTALL_CHUNK_BYTES]
+                    chunk = InstallChunk(pull.shard, pull.config_num, offset + start, piece)
+                    in_flight.append(asyncio.ensure_future(self._propose(chunk)))
+                offset += len(data)
+                if offset >= total:
+                    break
+                data = await self._next_piece(server, pull, offset, crc)
+            if total == 0:
+                empty = InstallChunk(pull.shard, pull.config_num, 0, b"")
+                in_flight.append(asyncio.ensure_future(self._propose(empty)))
+            if not all(await asyncio.gather(*in_flight)):
+                raise ShardwiseError(f"install of {pull.shard} was interrupted")
+        finally:
+            for task in in_flight:
+                task.cancel()  # only those not done: a failed pull leaves none behind
+        streamed = loop.time()
         if not await self._propose(InstallShard(pull.shard, pull.config_num, total, crc)):
-            raise ShardwiseError(f"install of {pull.shard} was refused; starting again")
+            raise ShardwiseError(f"install of {pull.shard} was refused (bad image?)")
         logger.info(
-            "%s: installed %s (%d bytes): fetched in %.2f s, logged in %.2f s, installed in %.2f s",
+            "%s: installed %s (%d bytes from %s): streamed in %.2f s, installed in %.2f s",
             self.config.node_id,
             pull.shard,
             total,
-            fetched - started,
-            logged - fetched,
-            loop.time() - logged,
+            server,
+            streamed - started,
+            loop.time() - streamed,
         )
 
-    async def _fetch(self, pull: Pull) -> tuple[bytes, int]:
-        """The whole image of a shard, every piece from the one server that gave the first
-        (different replicas' files hold the same rows but need not be byte-identical)."""
+    async def _first_piece(self, pull: Pull) -> tuple[str, PullReply]:
+        """The first piece of the image and the server that gave it; every later piece
+        comes from that server (replicas' files hold the same rows but need not be
+        byte-identical)."""
         # Start at a different server each attempt: a dead one (whose calls only time
         # out) must not be first every time.
         self._pull_attempts += 1
@@ -459,26 +474,23 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
                 )
             except NetError:
                 continue
-            if first.status != "ok":
-                continue
-            image = bytearray(first.data)
-            while len(image) < first.total:
-                reply = await self.transport.call(
-                    server,
-                    PULL,
-                    PullRequest(pull.shard, pull.config_num, offset=len(image)),
-                    timeout_s=PULL_CALL_TIMEOUT_S,
-                )
-                if reply.status != "ok" or reply.crc != first.crc or not reply.data:
-                    raise ShardwiseError(f"{server} stopped serving {pull.shard} mid-pull")
-                image += reply.data
-            if crc32c.crc32c(image) != first.crc or len(image) != first.total:
-                raise ShardwiseError(f"the image of {pull.shard} from {server} is corrupt")
-            return bytes(image), first.crc
+            if first.status == "ok":
+                return server, first
         raise ShardwiseError(
             f"no server of {list(pull.servers)} has {pull.shard} ready for configuration "
             f"{pull.config_num} yet"
         )
+
+    async def _next_piece(self, server: str, pull: Pull, offset: int, crc: int) -> bytes:
+        reply = await self.transport.call(
+            server,
+            PULL,
+            PullRequest(pull.shard, pull.config_num, offset=offset),
+            timeout_s=PULL_CALL_TIMEOUT_S,
+        )
+        if reply.status != "ok" or reply.crc != crc or not reply.data:
+            raise ShardwiseError(f"{server} stopped serving {pull.shard} mid-pull")
+        return reply.data
 
     async def _confirm(self, shard: ShardId, config_num: int, servers: tuple[str, ...]) -> None:
         router = self._routers.get(servers)
