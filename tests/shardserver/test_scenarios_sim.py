@@ -23,6 +23,7 @@ ALL = [
     scenarios.retry_across_a_migration_applies_once,
     scenarios.leaders_killed_mid_migration,
     scenarios.group_restarted_mid_migration,
+    scenarios.clients_cannot_pull_or_drop_shards,
 ]
 
 

@@ -170,9 +170,10 @@ class PullRequest(msgspec.Struct, frozen=True):
 
 
 class PullReply(msgspec.Struct, frozen=True):
-    status: Literal["ok", "not_ready", "halted"]
+    status: Literal["ok", "not_ready", "halted", "forbidden"]
     """``not_ready``: this server has not frozen the shard for ``config_num`` (it is
-    behind, or it is not the group that lost it): ask again or ask another server."""
+    behind, or it is not the group that lost it): ask again or ask another server.
+    ``forbidden``: the caller is a client, not a cluster node (only groups move shards)."""
     total: int = 0
     """Length of the whole image."""
     crc: int = 0
@@ -188,7 +189,7 @@ class HandedOffRequest(msgspec.Struct, frozen=True):
 
 
 class HandedOffReply(msgspec.Struct, frozen=True):
-    status: Literal["ok", "not_leader", "retry", "halted"]
+    status: Literal["ok", "not_leader", "retry", "halted", "forbidden"]
     leader: str | None = None
 
 
@@ -204,6 +205,13 @@ class ShardInfo(msgspec.Struct, frozen=True):
     state: str
     keys: int
     bytes: int
+    reads: int = 0
+    """Reads (``READ``, ``SCAN``, ``SQL_READ``) of the shard this replica has served since
+    it started: a replica-local counter, not replicated, so a leader change or a restart
+    starts it again; ``shardwise status`` turns two samples into a rate. (Defaults: a
+    reply from a server without the counters still decodes.)"""
+    writes: int = 0
+    """Writes (``WRITE``, ``SQL_WRITE``) of the shard this replica has served, likewise."""
 
 
 class StatusReply(ReplicaStatus, frozen=True):

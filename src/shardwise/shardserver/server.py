@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -49,6 +49,7 @@ from shardwise.errors import (
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.rpc import CallContext
+from shardwise.net.wire import Role as WireRole
 from shardwise.raft.ready import Role
 from shardwise.routing import LeaderRouter, replica_status_fields
 from shardwise.service import (
@@ -158,6 +159,11 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self._routers: dict[tuple[str, ...], LeaderRouter] = {}
         self._pull_attempts = 0
         self._reconciler: asyncio.Task[None] | None = None
+        # Requests served OK per shard, for STATUS (``shardwise status`` samples them
+        # twice for a rate). Plain counters of this replica, not state-machine state: a
+        # rate needs no agreement, and putting them in the log would cost a write per read.
+        self.reads: Counter[ShardId] = Counter()
+        self.writes: Counter[ShardId] = Counter()
         self.transport.serve(WRITE, self._write)
         self.transport.serve(READ, self._read)
         self.transport.serve(SCAN, self._scan)
@@ -197,6 +203,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         result = decode_result(outcome.value)
         if result.outcome != "ok":
             return KVReply("wrong_group", config_num=result.config_num)
+        self.writes[request.shard] += 1
         return KVReply("ok", config_num=result.config_num, result=result.result)
 
     async def _read(self, request: ReadRequest, context: CallContext) -> KVReply:
@@ -207,6 +214,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return KVReply(outcome.status, leader=outcome.leader)
         if not outcome.value.serving:
             return KVReply("wrong_group", config_num=outcome.value.config_num)
+        self.reads[shard] += 1
         return KVReply("ok", config_num=outcome.value.config_num, value=outcome.value.value)
 
     async def _scan(self, request: ScanRequest, context: CallContext) -> KVReply:
@@ -222,6 +230,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return KVReply(outcome.status, leader=outcome.leader)
         if not outcome.value.serving:
             return KVReply("wrong_group", config_num=outcome.value.config_num)
+        self.reads[r.shard] += 1
         return KVReply("ok", config_num=outcome.value.config_num, items=outcome.value.items)
 
     # --- SQL ---------------------------------------------------------------------------
@@ -251,6 +260,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         answer = outcome.value
         if not answer.serving:
             return SqlReply("wrong_group", config_num=answer.config_num)
+        if not answer.schema:  # a schema verdict means the fragment did not run
+            self.reads[r.shard] += 1
         return SqlReply("ok", config_num=answer.config_num, schema=answer.schema, rows=answer.rows)
 
     async def _sql_write(self, request: SqlWriteRequest, context: CallContext) -> SqlReply:
@@ -273,6 +284,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         failure = None
         if sql.error:
             failure = SqlFailure("constraint" if sql.constraint else "execution", sql.error)
+        elif not sql.schema and not sql.stale:
+            self.writes[r.shard] += 1
         return SqlReply(
             "ok",
             config_num=result.config_num,
@@ -296,6 +309,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     # --- other groups --------------------------------------------------------------------
 
     async def _pull(self, request: PullRequest, context: CallContext) -> PullReply:
+        if context.peer_role is not WireRole.NODE:
+            return PullReply("forbidden")  # whole shard images go only to other groups
         if self.host.status().halted:
             return PullReply("halted")
         image = self._image(request.shard, request.config_num)
@@ -323,6 +338,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return image
 
     async def _handed_off(self, request: HandedOffRequest, context: CallContext) -> HandedOffReply:
+        if context.peer_role is not WireRole.NODE:
+            return HandedOffReply("forbidden")  # a client must not make a group drop data
         command = encode(HandOffDone(request.shard, request.config_num))
         outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
         if outcome.value is not None:
@@ -340,6 +357,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
                 record.state.value,
                 record.store.count() if record.store is not None else 0,
                 record.store.size_bytes() if record.store is not None else 0,
+                reads=self.reads[shard],
+                writes=self.writes[shard],
             )
             for shard, record in sm.held()
         ]

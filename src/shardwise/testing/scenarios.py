@@ -19,7 +19,15 @@ from shardwise.controller.model import Configuration, ShardId
 from shardwise.controller.schemes import shard_map
 from shardwise.errors import ClientTimeoutError
 from shardwise.raft.kv import Append
-from shardwise.shardserver.protocol import WRITE, KVReply, WriteRequest
+from shardwise.shardserver.protocol import (
+    HANDED_OFF,
+    PULL,
+    WRITE,
+    HandedOffRequest,
+    KVReply,
+    PullRequest,
+    WriteRequest,
+)
 from shardwise.testing.cluster import Cluster, wait_until
 
 Scenario = Callable[[Cluster], Awaitable[None]]
@@ -278,3 +286,19 @@ async def group_restarted_mid_migration(cluster: Cluster) -> None:
         await cluster.start_group(2)
         await cluster.settled()
         await check(kv, data)
+
+
+async def clients_cannot_pull_or_drop_shards(cluster: Cluster) -> None:
+    """Shard images and hand-offs are for other groups: a client (even one with the
+    secret) is refused both."""
+    await cluster.join(1)
+    await cluster.settled()
+    shard = ShardId("default", 0)
+    for server in cluster.servers[1]:
+        pulled = await cluster.call(server, PULL, PullRequest(shard, 1))
+        assert pulled.status == "forbidden" and not pulled.data
+        dropped = await cluster.call(server, HANDED_OFF, HandedOffRequest(shard, 1))
+        assert dropped.status == "forbidden"
+    async with cluster.client() as kv:
+        await kv.put("still", "here")
+        assert await kv.get("still") == "here"
