@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -129,10 +130,11 @@ def stop_up(up: Up, sig: signal.Signals = signal.SIGINT) -> int:
         pytest.fail(f"shardwise up did not stop after {sig.name}:\n{up.text()}")
 
 
-def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(root: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shardwise.cli", *args],
         env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root)},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,
@@ -140,12 +142,13 @@ def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def status(root: Path) -> dict[str, Any]:
+def status(root: Path, interval: float = 0) -> dict[str, Any]:
     """``shardwise status --json``, run in this process (the same code as the command,
-    without the half second a fresh interpreter costs)."""
+    without the half second a fresh interpreter costs); by default one sample, without
+    operation rates (which take ``interval`` seconds)."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["status", "--json", "--cluster-dir", str(root)])
+        code = main(["status", "--json", "--interval", str(interval), "--cluster-dir", str(root)])
     assert code == 0, printed.getvalue()
     data: dict[str, Any] = json.loads(printed.getvalue())
     return data
@@ -305,6 +308,94 @@ def test_status_bench_and_logs_print_for_people(cluster: Up) -> None:
     assert "g1-1 | READY" in logs.stdout
 
 
+def test_status_counts_each_shards_operations_and_shows_their_rate(cluster: Up) -> None:
+    root = cluster.root
+
+    def served() -> dict[str, tuple[int, int]]:
+        return {row["shard"]: (row["reads"], row["writes"]) for row in status(root)["shards"]}
+
+    before = served()
+    with shardwise.connect(root) as kv:
+        for i in range(5):
+            kv.put("counted", str(i))
+        for _ in range(7):
+            kv.get("counted")
+        after = served()
+        changed = {
+            shard: (reads - before[shard][0], writes - before[shard][1])
+            for shard, (reads, writes) in after.items()
+            if (reads, writes) != before[shard]
+        }
+        assert len(changed) == 1, changed  # all on the key's shard, nothing elsewhere
+        ((shard, (reads, writes)),) = changed.items()
+        assert reads >= 7 and writes >= 5  # (a retried request may count twice)
+
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                kv.get("counted")
+
+        reader = threading.Thread(target=load)
+        reader.start()
+        try:
+            sampled = status(root, interval=0.5)
+        finally:
+            stop.set()
+            reader.join()
+    assert sampled["rate_window_s"] >= 0.5
+    rates = {row["shard"]: (row["reads_per_s"], row["writes_per_s"]) for row in sampled["shards"]}
+    assert rates.pop(shard)[0] > 0
+    assert set(rates.values()) == {(0, 0)}
+
+
+def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> None:
+    root = cluster.root
+    made = cli(
+        root,
+        "sql",
+        "-c",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL DEFAULT 0)"
+        " WITH (distribution = 'id');"
+        " INSERT INTO items VALUES (1, 'apple', 1.5), (2, 'pear', 2.25), (3, 'fig', NULL)",
+    )
+    assert made.returncode == 0, made.stderr
+    assert "CREATE TABLE (" in made.stdout and "3 rows inserted (" in made.stdout
+
+    script = "\n".join(
+        [
+            "SELECT name, price",
+            "FROM items WHERE id IN (1, 3)",
+            "ORDER BY id;",
+            "EXPLAIN SELECT count(*) FROM items;",
+            "SELECT *",
+            "FROM items WHERE id = = 1;",  # printed with a caret; the rest still runs
+            "\\d",
+            "\\d items",
+            "SELECT count(*) AS n FROM items",  # the last statement needs no ;
+        ]
+    )
+    piped = cli(root, "sql", stdin=script)
+    assert piped.returncode == ExitCode.SQL, piped.stderr  # the syntax error's code
+    lines = piped.stdout.splitlines()
+    assert lines[0].split() == ["name", "price"]
+    assert [line.split() for line in lines[2:4]] == [["apple", "1.5"], ["fig", "NULL"]]
+    assert lines[4].startswith("2 rows (")
+    assert "QUERY PLAN" in lines and any(line.startswith("  shards: all") for line in lines)
+    assert any(line.split()[:3] == ["items", "default", "id"] for line in lines)  # the list
+    assert "Table items · keyspace default · distributed by id" in lines  # one table
+    assert any(line.split() == ["price", "REAL", "0"] for line in lines)
+    assert lines[-2].split() == ["3"] and lines[-1].startswith("1 row (")
+    errors = piped.stderr.splitlines()
+    assert errors[0].startswith("ERROR (syntax): syntax error at line 2"), piped.stderr
+    assert errors[1] == "LINE 2: FROM items WHERE id = = 1"
+    assert errors[1][errors[2].index("^")] == "="
+
+    missing = cli(root, "sql", "-c", "SELECT nope FROM items")
+    assert missing.returncode == ExitCode.SQL
+    assert "ERROR (catalog)" in missing.stderr and "nope" in missing.stderr
+
+
 def test_a_server_killed_with_sigkill_and_the_cluster_keeps_serving(cluster: Up) -> None:
     root = cluster.root
     group = wait_for(
@@ -345,11 +436,13 @@ def test_up_again_reuses_the_data_and_a_killed_supervisor_leaves_nothing(cluster
         assert "Starting the cluster again (data kept)" in again.text()
         assert "First start" not in again.text()
         snapshot = status(cluster.root)
-        assert snapshot["config_num"] == 3  # two joins and a leave; nothing joined again
+        # Two joins, a leave and the SQL test's CREATE TABLE; nothing joined again.
+        assert snapshot["config_num"] == 4
         assert owners(snapshot) == {1, 2}
         with shardwise.connect(cluster.root) as kv:
             assert kv.mget(KEYS) == KEYS
             assert kv.get("after-the-kill") == "still here"
+            assert kv.sql("SELECT count(*) FROM items").rows == [(3,)]
         pids = again.pids()
     finally:
         # Even a supervisor killed outright takes its processes with it (the kernel's

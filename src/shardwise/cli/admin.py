@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from shardwise.clusterfile import ClusterLayout, Process, format_address
 from shardwise.controller.client import ControllerClient
@@ -39,6 +40,10 @@ PROBE_TIMEOUT_S: Final = 2.0
 
 STATUS_TIMEOUT_S: Final = 1.5
 """One STATUS (or role) call to one server; a server slower than this shows as down."""
+
+DEFAULT_RATE_INTERVAL_S: Final = 1.0
+"""``shardwise status`` reads every server's operation counters twice, this far apart,
+for each shard's operations per second."""
 
 DEFAULT_MOVE_TIMEOUT_S: Final = 120.0
 """How long a change's shard moves may take before the command gives up waiting (the
@@ -169,6 +174,23 @@ class ShardRow:
     """The shard's state at its owner's leader (``unknown`` if no leader answered)."""
     keys: int
     bytes: int
+    reads: int = 0
+    writes: int = 0
+    """Reads and writes of the shard served by every server that answered, since each
+    started (the servers count them; see ``ShardInfo``)."""
+    reads_per_s: float | None = None
+    writes_per_s: float | None = None
+    """Over the snapshot's rate window (``None``: not sampled twice)."""
+
+    @property
+    def ops_per_s(self) -> float | None:
+        if self.reads_per_s is None or self.writes_per_s is None:
+            return None
+        return self.reads_per_s + self.writes_per_s
+
+
+Counts: TypeAlias = dict[tuple[str, ShardId], tuple[int, int]]
+"""(server node id, shard) -> (reads, writes) the server reported."""
 
 
 @dataclass(slots=True)
@@ -177,6 +199,50 @@ class Snapshot:
     controllers: list[ControllerState]
     groups: dict[int, GroupState]
     shards: list[ShardRow] = field(default_factory=list)
+    taken_at: float = 0.0
+    """When the snapshot started (the event loop's clock)."""
+    rate_window_s: float | None = None
+    """The time between the two samples the shards' rates come from (``None``: no
+    rates)."""
+
+    def counts(self) -> Counts:
+        return {
+            (server.node_id, info.shard): (info.reads, info.writes)
+            for group in self.groups.values()
+            for server in group.servers
+            if server.status is not None
+            for info in server.status.shards
+        }
+
+    def add_rates(self, earlier: Snapshot) -> None:
+        """Each shard's reads and writes per second between ``earlier`` and this one.
+
+        Counters are per server, so the deltas are taken per server and summed: a leader
+        change between the samples moves the counting to another server without losing
+        or double-counting anything, and a server that answered only once is left out.
+        A counter that went down belongs to a server that restarted in between: what it
+        counts now was all served in the window."""
+        window = self.taken_at - earlier.taken_at
+        if window <= 0:
+            return
+        before = earlier.counts()
+        deltas: dict[ShardId, list[int]] = {}
+        for (node, shard), (reads, writes) in self.counts().items():
+            old = before.get((node, shard))
+            if old is None:
+                continue
+            delta = deltas.setdefault(shard, [0, 0])
+            delta[0] += reads - old[0] if reads >= old[0] else reads
+            delta[1] += writes - old[1] if writes >= old[1] else writes
+        self.rate_window_s = window
+        self.shards = [
+            dataclasses.replace(
+                row,
+                reads_per_s=deltas.get(row.shard, [0, 0])[0] / window,
+                writes_per_s=deltas.get(row.shard, [0, 0])[1] / window,
+            )
+            for row in self.shards
+        ]
 
     @property
     def settled(self) -> bool:
@@ -256,9 +322,14 @@ class Snapshot:
                     "state": r.state,
                     "keys": r.keys,
                     "bytes": r.bytes,
+                    "reads": r.reads,
+                    "writes": r.writes,
+                    "reads_per_s": r.reads_per_s,
+                    "writes_per_s": r.writes_per_s,
                 }
                 for r in self.shards
             ],
+            "rate_window_s": self.rate_window_s,
             "migrations": self.migrations(),
         }
 
@@ -381,6 +452,7 @@ class Admin:
         return dict(zip(groups, found, strict=True))
 
     async def snapshot(self) -> Snapshot:
+        taken_at = asyncio.get_running_loop().time()
         config, controllers = await asyncio.gather(self.configuration(), self.controller_states())
         processes = self.layout.by_node_id()
         groups: dict[int, GroupState] = {}
@@ -394,9 +466,20 @@ class Admin:
                     for s, reply in zip(servers, replies, strict=True)
                 ],
             )
-        snapshot = Snapshot(config, controllers, groups)
+        snapshot = Snapshot(config, controllers, groups, taken_at=taken_at)
         snapshot.shards = _shard_rows(config, groups)
         return snapshot
+
+    async def sampled_snapshot(self, interval_s: float = DEFAULT_RATE_INTERVAL_S) -> Snapshot:
+        """A snapshot with each shard's operation rate over the last ``interval_s``
+        seconds (two snapshots; with ``interval_s <= 0`` one, without rates)."""
+        first = await self.snapshot()
+        if interval_s <= 0:
+            return first
+        await asyncio.sleep(interval_s)
+        second = await self.snapshot()
+        second.add_rates(first)
+        return second
 
     # --- changing ----------------------------------------------------------------------
 
@@ -446,11 +529,17 @@ class Admin:
 
 def _shard_rows(config: Configuration, groups: Mapping[int, GroupState]) -> list[ShardRow]:
     infos: dict[tuple[int, ShardId], tuple[str, int, int]] = {}
+    served: dict[ShardId, list[int]] = {}
     for gid, group in groups.items():
         leader = group.leader
         if leader is not None:
             for info in leader.shards:
                 infos[gid, info.shard] = (info.state, info.keys, info.bytes)
+        for server in group.servers:
+            for info in server.status.shards if server.status is not None else ():
+                counts = served.setdefault(info.shard, [0, 0])
+                counts[0] += info.reads
+                counts[1] += info.writes
     rows = []
     for keyspace, owners in sorted(config.owners.items()):
         for index, owner in enumerate(owners):
@@ -458,7 +547,8 @@ def _shard_rows(config: Configuration, groups: Mapping[int, GroupState]) -> list
             state, keys, size = infos.get((owner, shard), ("unknown", 0, 0))
             if owner == NO_GROUP:
                 state = "unowned"
-            rows.append(ShardRow(shard, owner, state, keys, size))
+            reads, writes = served.get(shard, (0, 0))
+            rows.append(ShardRow(shard, owner, state, keys, size, reads, writes))
     return rows
 
 

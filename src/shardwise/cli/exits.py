@@ -34,6 +34,9 @@ class ExitCode(enum.IntEnum):
     REFUSED = 11
     """The cluster refused the request as invalid (an unknown shard or keyspace, a group
     that exists already, a key or value over the limits)."""
+    SQL = 12
+    """``shardwise sql``: a statement was refused or failed (syntax, an unknown table, a
+    constraint, a limit, ...); the message starts with the kind of error."""
     INTERRUPTED = 130
     """Ctrl-C (128 + SIGINT, as shells report it)."""
 
@@ -53,6 +56,7 @@ def exit_code_for(exc: BaseException) -> ExitCode:
         (errors.OrphanedShardsError, ExitCode.ORPHANED_SHARDS),
         (errors.ControllerError, ExitCode.REFUSED),
         (errors.RequestRefusedError, ExitCode.REFUSED),
+        (errors.SqlError, ExitCode.SQL),
         (KeyboardInterrupt, ExitCode.INTERRUPTED),
     ]
     for kind, code in table:

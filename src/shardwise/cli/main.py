@@ -21,13 +21,14 @@ from rich.table import Table
 from rich.text import Text
 
 from shardwise import __version__
-from shardwise.cli.admin import DEFAULT_MOVE_TIMEOUT_S, Admin, probe
+from shardwise.cli.admin import DEFAULT_MOVE_TIMEOUT_S, DEFAULT_RATE_INTERVAL_S, Admin, probe
 from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.cli.render import MoveProgress, status_view
+from shardwise.cli.sqlshell import DEFAULT_MAX_ROWS, HISTORY_FILE, Shell
 from shardwise.cli.supervisor import RUN_FILE
 from shardwise.cli.up import UpOptions, run_up
 from shardwise.cli.workload import BenchOptions, run_bench
-from shardwise.client import DEFAULT_DEADLINE_S, DEFAULT_SCAN_LIMIT, Client
+from shardwise.client import DEFAULT_DEADLINE_S, DEFAULT_SCAN_LIMIT, Client, SyncClient
 from shardwise.clusterfile import (
     CLUSTER_DIR_ENV,
     DEFAULT_BASE_PORT,
@@ -39,6 +40,7 @@ from shardwise.clusterfile import (
 from shardwise.controller.model import (
     DEFAULT_KEYSPACE,
     STRATEGIES,
+    Configuration,
     Join,
     Leave,
     Move,
@@ -291,10 +293,19 @@ def node(config: str, name: str, print_command: bool) -> None:
 @cli.command()
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(cluster_dir: str | None, config: str | None, as_json: bool) -> None:
-    """The configuration, the groups and their leaders, the shard map, moves in flight."""
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, max=60),
+    default=DEFAULT_RATE_INTERVAL_S,
+    show_default=True,
+    help="Seconds between the two samples of the servers' counters that give each "
+    "shard's operations per second (0: one sample, no rates).",
+)
+def status(cluster_dir: str | None, config: str | None, as_json: bool, interval: float) -> None:
+    """The configuration, the groups and their leaders, the shard map with each shard's
+    size and operation rate, moves in flight."""
     layout = find_layout(cluster_dir, config)
-    snapshot = _with_admin(cluster_dir, config, lambda admin: admin.snapshot())
+    snapshot = _with_admin(cluster_dir, config, lambda admin: admin.sampled_snapshot(interval))
     if as_json:
         click.echo(json.dumps(snapshot.to_json(), indent=2))
     else:
@@ -524,6 +535,73 @@ def rebalance(
     _with_admin(
         cluster_dir, config, lambda admin: _change_and_follow(admin, op, what, wait, timeout)
     )
+
+
+# --- sql -----------------------------------------------------------------------------
+
+
+@cli.command("sql")
+@cluster_options
+@click.option(
+    "-c",
+    "--command",
+    "command",
+    metavar="SQL",
+    help="Run SQL (statements separated by ;) or one \\ command, then exit: the exit "
+    "code is the first failure's (12 for a SQL error).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_DEADLINE_S,
+    show_default=True,
+    help="Seconds each statement may take, retries included.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_ROWS,
+    show_default=True,
+    help="Rows of a result printed (the rest are counted).",
+)
+@click.pass_context
+def sql_shell(
+    ctx: click.Context,
+    *,
+    cluster_dir: str | None,
+    config: str | None,
+    command: str | None,
+    timeout: float,
+    max_rows: int,
+) -> None:
+    """A SQL shell on the cluster: statements end with ;, \\d describes tables.
+
+    Interactive on a terminal (line editing, history kept in the cluster directory);
+    with -c or from a pipe it runs the statements and exits. docs/sql.md has the SQL.
+    """
+    layout, secret = _layout_and_secret(cluster_dir, config)
+    # Fail now, clearly, if the cluster is down or the secret is wrong: the client
+    # itself would only time out on the first statement.
+    run(probe(layout.controller_addresses, secret, layout.secret_file))
+
+    def latest() -> Configuration:
+        # \d shows the catalog as the controller has it now, which may be newer than the
+        # client's cached one (another client's DDL).
+        async def fetch() -> Configuration:
+            async with Admin(layout, secret) as admin:
+                return await admin.configuration()
+
+        return run(fetch())
+
+    with SyncClient(layout.controller_addresses, secret, deadline_s=timeout) as client:
+        shell = Shell(client, out, err, catalog=latest, max_rows=max_rows)
+        if command is not None:
+            code = shell.run_text(command)
+        elif sys.stdin.isatty():
+            code = shell.interactive(layout.root / HISTORY_FILE, where=str(layout.root))
+        else:
+            code = shell.run_lines(sys.stdin)
+    ctx.exit(code)
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ MAX_SHARD_ROWS: Final = 256
 
 MAX_SHARD_COLUMNS: Final = 6
 SHARD_CELL_WIDTH: Final = 30
+RATE_CELL_WIDTH: Final = 8
+"""Added to SHARD_CELL_WIDTH when the map has an ops/s column."""
 """The shard map is drawn as side-by-side column sets, as many as fit the console (each
 about this wide, at most MAX_SHARD_COLUMNS), to stay short."""
 
@@ -43,6 +45,17 @@ def human_bytes(size: int) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def human_rate(rate: float | None) -> str:
+    """Operations per second for a cell: ``-`` unknown, ``0``, ``0.4``, ``12``, ``1,250``."""
+    if rate is None:
+        return "-"
+    if rate == 0:
+        return "0"
+    if rate < 10:
+        return f"{rate:.1f}"
+    return f"{rate:,.0f}"
 
 
 def processes_table(layout: ClusterLayout, pids: Mapping[str, int]) -> Table:
@@ -81,6 +94,13 @@ def status_view(
         f"{sum(len(o) for o in config.owners.values())} shards · controller leader ",
         (leader or "none", "bold green" if leader else "bold red"),
     )
+    if snapshot.rate_window_s is not None:
+        reads = sum(r.reads_per_s or 0.0 for r in snapshot.shards)
+        writes = sum(r.writes_per_s or 0.0 for r in snapshot.shards)
+        header.append(
+            f"\nOperations: {human_rate(reads + writes)}/s ({human_rate(reads)} reads, "
+            f"{human_rate(writes)} writes) over the last {snapshot.rate_window_s:.1f} s"
+        )
 
     controllers = Table(title="Controller", title_justify="left")
     for column in ("replica", "address", "role", "term", "commit", "config", "pid"):
@@ -150,24 +170,30 @@ def status_view(
 
 
 def shard_map(snapshot: Snapshot, width: int = 100) -> RenderableType:
-    """Every shard's owner, keys and size, in as many side-by-side columns as fit."""
+    """Every shard's owner, keys, size and (when sampled) operations per second, in as
+    many side-by-side columns as fit."""
     rows = snapshot.shards
+    rates = snapshot.rate_window_s is not None
     if len(rows) > MAX_SHARD_ROWS:
         totals = Table(title=f"Shards ({len(rows)}; per group)", title_justify="left")
-        for column in ("group", "shards", "keys", "size"):
+        for column in ("group", "shards", "keys", "size", *(("ops/s",) if rates else ())):
             totals.add_column(column, justify="right")
         by_group: dict[int, list[int]] = {}
+        ops: dict[int, float] = {}
         for r in rows:
             entry = by_group.setdefault(r.owner, [0, 0, 0])
             entry[0] += 1
             entry[1] += r.keys
             entry[2] += r.bytes
+            ops[r.owner] = ops.get(r.owner, 0.0) + (r.ops_per_s or 0.0)
         for gid, (count, keys, size) in sorted(by_group.items()):
-            totals.add_row(str(gid or "none"), str(count), str(keys), human_bytes(size))
+            sums = [str(gid or "none"), str(count), str(keys), human_bytes(size)]
+            totals.add_row(*sums, *((human_rate(ops[gid]),) if rates else ()))
         return totals
-    sets = max(1, min(MAX_SHARD_COLUMNS, (width - 2) // SHARD_CELL_WIDTH))
+    cell_width = SHARD_CELL_WIDTH + (RATE_CELL_WIDTH if rates else 0)
+    sets = max(1, min(MAX_SHARD_COLUMNS, (width - 2) // cell_width))
     table = Table(
-        title="Shards: owner group, keys, size",
+        title="Shards: owner group, keys, size" + (", operations per second" if rates else ""),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -178,13 +204,15 @@ def shard_map(snapshot: Snapshot, width: int = 100) -> RenderableType:
         table.add_column("group", justify="right", no_wrap=True)
         table.add_column("keys", justify="right", no_wrap=True)
         table.add_column("size", justify="right", no_wrap=True)
+        if rates:
+            table.add_column("ops/s", justify="right", no_wrap=True)
     height = -(-len(rows) // sets)
     for line in range(height):
         cells: list[str | Text] = []
         for col in range(sets):
             index = col * height + line
             if index >= len(rows):
-                cells += ["", "", "", ""]
+                cells += [""] * (5 if rates else 4)
                 continue
             r = rows[index]
             name = str(r.shard.index) if r.shard.keyspace == DEFAULT_KEYSPACE else str(r.shard)
@@ -193,6 +221,8 @@ def shard_map(snapshot: Snapshot, width: int = 100) -> RenderableType:
                 owner += " ?" if r.state == "unknown" else f" {r.state}"
             style = "" if r.state in ("serving", "unowned") else "yellow"
             cells += [name, Text(owner, style=style), str(r.keys), human_bytes(r.bytes)]
+            if rates:
+                cells.append(human_rate(r.ops_per_s))
         table.add_row(*cells)
     return table
 

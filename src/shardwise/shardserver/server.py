@@ -162,8 +162,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         # Requests served OK per shard, for STATUS (``shardwise status`` samples them
         # twice for a rate). Plain counters of this replica, not state-machine state: a
         # rate needs no agreement, and putting them in the log would cost a write per read.
-        self.reads: Counter[ShardId] = Counter()
-        self.writes: Counter[ShardId] = Counter()
+        self.reads_served: Counter[ShardId] = Counter()
+        self.writes_served: Counter[ShardId] = Counter()
         self.transport.serve(WRITE, self._write)
         self.transport.serve(READ, self._read)
         self.transport.serve(SCAN, self._scan)
@@ -203,7 +203,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         result = decode_result(outcome.value)
         if result.outcome != "ok":
             return KVReply("wrong_group", config_num=result.config_num)
-        self.writes[request.shard] += 1
+        self.writes_served[request.shard] += 1
         return KVReply("ok", config_num=result.config_num, result=result.result)
 
     async def _read(self, request: ReadRequest, context: CallContext) -> KVReply:
@@ -214,7 +214,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return KVReply(outcome.status, leader=outcome.leader)
         if not outcome.value.serving:
             return KVReply("wrong_group", config_num=outcome.value.config_num)
-        self.reads[shard] += 1
+        self.reads_served[shard] += 1
         return KVReply("ok", config_num=outcome.value.config_num, value=outcome.value.value)
 
     async def _scan(self, request: ScanRequest, context: CallContext) -> KVReply:
@@ -230,7 +230,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return KVReply(outcome.status, leader=outcome.leader)
         if not outcome.value.serving:
             return KVReply("wrong_group", config_num=outcome.value.config_num)
-        self.reads[r.shard] += 1
+        self.reads_served[r.shard] += 1
         return KVReply("ok", config_num=outcome.value.config_num, items=outcome.value.items)
 
     # --- SQL ---------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if not answer.serving:
             return SqlReply("wrong_group", config_num=answer.config_num)
         if not answer.schema:  # a schema verdict means the fragment did not run
-            self.reads[r.shard] += 1
+            self.reads_served[r.shard] += 1
         return SqlReply("ok", config_num=answer.config_num, schema=answer.schema, rows=answer.rows)
 
     async def _sql_write(self, request: SqlWriteRequest, context: CallContext) -> SqlReply:
@@ -285,7 +285,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if sql.error:
             failure = SqlFailure("constraint" if sql.constraint else "execution", sql.error)
         elif not sql.schema and not sql.stale:
-            self.writes[r.shard] += 1
+            self.writes_served[r.shard] += 1
         return SqlReply(
             "ok",
             config_num=result.config_num,
@@ -357,8 +357,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
                 record.state.value,
                 record.store.count() if record.store is not None else 0,
                 record.store.size_bytes() if record.store is not None else 0,
-                reads=self.reads[shard],
-                writes=self.writes[shard],
+                reads=self.reads_served[shard],
+                writes=self.writes_served[shard],
             )
             for shard, record in sm.held()
         ]
