@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/raft_log.py
 	$(PY) bench/raft_group.py
 	$(PY) bench/kv.py
+	$(PY) bench/sql.py
 
 # The peers the benchmarks compare against (Debian packages; needs root).
 bench-deps:
