@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from shardwise.clock import Clock
 from shardwise.errors import FrameTooLargeError, InvalidMessageError, NetError
 from shardwise.net.base import TransportBase
 from shardwise.net.frames import encode_frame
@@ -28,8 +29,39 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def _failure(call_id: int, code: FailureCode, message: str) -> RpcFailure:
+def rpc_failure(call_id: int, code: FailureCode, message: str) -> RpcFailure:
+    """A typed failure reply, its message cut to the wire's limit."""
     return RpcFailure(call_id=call_id, code=code, message=message[:MAX_FAILURE_MESSAGE_CHARS])
+
+
+async def handle_request(
+    clock: Clock,
+    request: RpcRequest,
+    raw: RawHandler,
+    context: CallContext,
+    timeout_s: float,
+    *,
+    node_id: str,
+    on_error: Callable[[], None],
+) -> RpcResponse | RpcFailure:
+    """Run ``raw`` for ``request`` within ``timeout_s`` and turn what happened into the
+    reply: the response, or the typed failure the caller's transport maps to an error.
+    Shared by the TCP transport and the simulator's, so both answer alike."""
+    call_id = request.call_id
+    try:
+        body = await within(clock, timeout_s, raw(request.body, context))
+        return RpcResponse(call_id=call_id, body=body)
+    except InvalidMessageError as exc:
+        return rpc_failure(call_id, FailureCode.BAD_REQUEST, str(exc))
+    except TimeoutError:
+        return rpc_failure(call_id, FailureCode.DEADLINE_EXCEEDED, f"not done in {timeout_s} s")
+    except asyncio.CancelledError:
+        # Only shutdown cancels handlers: tell the caller rather than leave it waiting.
+        return rpc_failure(call_id, FailureCode.SHUTTING_DOWN, "cancelled by shutdown")
+    except Exception as exc:
+        logger.exception("%s: handler of %s failed", node_id, request.method)
+        on_error()
+        return rpc_failure(call_id, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 class RpcServer(TransportBase):
@@ -47,11 +79,13 @@ class RpcServer(TransportBase):
         call_id = request.call_id
         if self._closing:
             self._bump("rpc_refused")
-            self._send_reply(link, _failure(call_id, FailureCode.SHUTTING_DOWN, "shutting down"))
+            self._send_reply(link, rpc_failure(call_id, FailureCode.SHUTTING_DOWN, "shutting down"))
             return
         raw = self._methods.get(request.method)
         if raw is None:
-            failure = _failure(call_id, FailureCode.UNKNOWN_METHOD, f"no method {request.method!r}")
+            failure = rpc_failure(
+                call_id, FailureCode.UNKNOWN_METHOD, f"no method {request.method!r}"
+            )
             self._send_reply(link, failure)
             return
         if (
@@ -60,7 +94,7 @@ class RpcServer(TransportBase):
         ):
             self._bump("rpc_refused")
             running = len(self._handler_tasks)
-            failure = _failure(call_id, FailureCode.OVERLOADED, f"{running} calls running")
+            failure = rpc_failure(call_id, FailureCode.OVERLOADED, f"{running} calls running")
             self._send_reply(link, failure)
             return
         timeout_s = request.timeout_ms / 1000
@@ -81,22 +115,16 @@ class RpcServer(TransportBase):
         context: CallContext,
         timeout_s: float,
     ) -> None:
-        call_id = request.call_id
-        reply: RpcResponse | RpcFailure
         try:
-            body = await within(self._clock, timeout_s, raw(request.body, context))
-            reply = RpcResponse(call_id=call_id, body=body)
-        except InvalidMessageError as exc:
-            reply = _failure(call_id, FailureCode.BAD_REQUEST, str(exc))
-        except TimeoutError:
-            reply = _failure(call_id, FailureCode.DEADLINE_EXCEEDED, f"not done in {timeout_s} s")
-        except asyncio.CancelledError:
-            # Only shutdown cancels handlers: tell the caller rather than leave it waiting.
-            reply = _failure(call_id, FailureCode.SHUTTING_DOWN, "cancelled by shutdown")
-        except Exception as exc:
-            logger.exception("%s: handler of %s failed", self.id, request.method)
-            self._bump("rpc_handler_errors")
-            reply = _failure(call_id, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            reply = await handle_request(
+                self._clock,
+                request,
+                raw,
+                context,
+                timeout_s,
+                node_id=self.id,
+                on_error=lambda: self._bump("rpc_handler_errors"),
+            )
         finally:
             link.handlers_running -= 1
         self._send_reply(link, reply)
@@ -105,7 +133,7 @@ class RpcServer(TransportBase):
         try:
             return encode_frame(reply)
         except FrameTooLargeError as exc:
-            return encode_frame(_failure(reply.call_id, FailureCode.INTERNAL, str(exc)))
+            return encode_frame(rpc_failure(reply.call_id, FailureCode.INTERNAL, str(exc)))
 
     def _failure_error(self, failure: RpcFailure, method: str) -> NetError:
         return failure_error(failure.code, method, failure.message)

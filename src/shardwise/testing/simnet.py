@@ -68,7 +68,6 @@ from shardwise.clock import AsyncioClock
 from shardwise.errors import (
     ConnectionLostError,
     FrameTooLargeError,
-    InvalidMessageError,
     NetError,
     RpcOverloadedError,
     RpcTimeoutError,
@@ -80,9 +79,9 @@ from shardwise.net.frames import HEADER_BYTES, decode_body, encode_frame
 from shardwise.net.limits import DEFAULT_RPC_TIMEOUT_S, Limits
 from shardwise.net.links import Address
 from shardwise.net.rpc import CallContext, Handler, RawHandler, RpcMethod, erase, failure_error
+from shardwise.net.server import handle_request, rpc_failure
 from shardwise.net.timing import within
 from shardwise.net.wire import (
-    MAX_FAILURE_MESSAGE_CHARS,
     MAX_NODE_ID_CHARS,
     MAX_RPC_TIMEOUT_MS,
     FailureCode,
@@ -416,10 +415,6 @@ def _address_of(node_id: str) -> Address:
     return (SIM_HOST, 0)
 
 
-def _failure(call_id: int, code: FailureCode, message: str) -> RpcFailure:
-    return RpcFailure(call_id=call_id, code=code, message=message[:MAX_FAILURE_MESSAGE_CHARS])
-
-
 def _describe(message: WireMessage) -> str:
     if isinstance(message, RaftFrame):
         return f"raft/{type(message.message).__name__}"
@@ -661,11 +656,15 @@ class SimTransport:
         call_id = request.call_id
         if self._closing:
             self.stats["rpc_refused"] += 1
-            self._send_reply(caller, _failure(call_id, FailureCode.SHUTTING_DOWN, "shutting down"))
+            self._send_reply(
+                caller, rpc_failure(call_id, FailureCode.SHUTTING_DOWN, "shutting down")
+            )
             return
         raw = self._methods.get(request.method)
         if raw is None:
-            failure = _failure(call_id, FailureCode.UNKNOWN_METHOD, f"no method {request.method!r}")
+            failure = rpc_failure(
+                call_id, FailureCode.UNKNOWN_METHOD, f"no method {request.method!r}"
+            )
             self._send_reply(caller, failure)
             return
         handlers = self._handlers
@@ -675,7 +674,7 @@ class SimTransport:
         ):
             self.stats["rpc_refused"] += 1
             running = len(handlers.tasks)
-            failure = _failure(call_id, FailureCode.OVERLOADED, f"{running} calls running")
+            failure = rpc_failure(call_id, FailureCode.OVERLOADED, f"{running} calls running")
             self._send_reply(caller, failure)
             return
         timeout_s = request.timeout_ms / 1000
@@ -699,22 +698,16 @@ class SimTransport:
         context: CallContext,
         timeout_s: float,
     ) -> None:
-        call_id = request.call_id
-        reply: RpcResponse | RpcFailure
         try:
-            body = await within(self._clock, timeout_s, raw(request.body, context))
-            reply = RpcResponse(call_id=call_id, body=body)
-        except InvalidMessageError as exc:
-            reply = _failure(call_id, FailureCode.BAD_REQUEST, str(exc))
-        except TimeoutError:
-            reply = _failure(call_id, FailureCode.DEADLINE_EXCEEDED, f"not done in {timeout_s} s")
-        except asyncio.CancelledError:
-            # Only shutdown cancels handlers: tell the caller rather than leave it waiting.
-            reply = _failure(call_id, FailureCode.SHUTTING_DOWN, "cancelled by shutdown")
-        except Exception as exc:
-            logger.exception("%s: handler of %s failed", self.id, request.method)
-            self.stats["rpc_handler_errors"] += 1
-            reply = _failure(call_id, FailureCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            reply = await handle_request(
+                self._clock,
+                request,
+                raw,
+                context,
+                timeout_s,
+                node_id=self.id,
+                on_error=lambda: self.stats.update(rpc_handler_errors=1),
+            )
         finally:
             self._handlers.per_peer[caller] -= 1
         self._send_reply(caller, reply)
@@ -723,6 +716,6 @@ class SimTransport:
         try:
             frame = encode_frame(reply)
         except FrameTooLargeError as exc:
-            reply = _failure(reply.call_id, FailureCode.INTERNAL, str(exc))
+            reply = rpc_failure(reply.call_id, FailureCode.INTERNAL, str(exc))
             frame = encode_frame(reply)
         self.network._transmit(self.id, caller, frame, _describe(reply))
