@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,12 @@ from shardwise.shardserver.sqlshard import schema_digest
 from shardwise.sql.difftest import (
     QueryGenerator,
     Row,
+    compare_queries,
     create_statements,
-    differences,
     make_rows,
     reference_database,
-    reference_query,
 )
+from shardwise.sql.params import SqlValue
 from shardwise.testing.cluster import SimCluster
 
 QUERIES = 1_000
@@ -116,22 +117,11 @@ async def test_generated_queries_match_single_sqlite_across_a_shard_move(
                     assert found.rows == [(key,)]
             generator = QueryGenerator(rng, data)
             started = time.monotonic()
-            for number in range(QUERIES):
-                query = generator.next()
-                sql, values = reference_query(query.sql, query.params)
-                want = [tuple(r) for r in reference.execute(sql, values)]
-                try:
-                    got = (await kv.sql(query.sql, query.params)).rows
-                except Exception as exc:
-                    pytest.fail(
-                        f"query #{number} failed (seed={seed}): {query.sql} "
-                        f"params={query.params}: {exc!r}"
-                    )
-                problem = differences(got, want, query.ordered)
-                assert not problem, (
-                    f"query #{number} differs (seed={seed}): {query.sql} "
-                    f"params={query.params}\n{problem}\nreference SQL: {sql}"
-                )
+
+            async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
+                return (await kv.sql(sql, params)).rows
+
+            await compare_queries(execute, reference, generator, QUERIES, seed)
             print(f"{QUERIES} queries in {time.monotonic() - started:.1f}s (real time)")
     reference.close()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -19,12 +19,12 @@ from shardwise.sql.difftest import (
     TABLES,
     QueryGenerator,
     Row,
+    compare_queries,
     create_statements,
-    differences,
     make_rows,
     reference_database,
-    reference_query,
 )
+from shardwise.sql.params import SqlValue
 
 SHARDS = 8
 QUERIES = 1200
@@ -86,23 +86,11 @@ async def test_generated_queries_match_single_sqlite(
     reference = reference_database(data)
     generator = QueryGenerator(rng, data)
     started = time.monotonic()
-    kinds = {"ordered": 0, "unordered": 0}
-    for number in range(QUERIES):
-        query = generator.next()
-        sql, values = reference_query(query.sql, query.params)
-        want = [tuple(r) for r in reference.execute(sql, values)]
-        try:
-            got = (await coordinator.execute(query.sql, query.params)).rows
-        except Exception as exc:
-            pytest.fail(
-                f"query #{number} failed (seed={seed}): {query.sql} params={query.params}: {exc!r}"
-            )
-        problem = differences(got, want, query.ordered)
-        assert not problem, (
-            f"query #{number} differs (seed={seed}): {query.sql} params={query.params}\n"
-            f"{problem}\nreference SQL: {sql}"
-        )
-        kinds["ordered" if query.ordered else "unordered"] += 1
+
+    async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
+        return (await coordinator.execute(sql, params)).rows
+
+    kinds = await compare_queries(execute, reference, generator, QUERIES, seed)
     elapsed = time.monotonic() - started
     print(f"{QUERIES} queries in {elapsed:.1f}s: {kinds}")
     reference.close()

@@ -213,3 +213,23 @@ def test_the_planner_does_no_io() -> None:
             else:
                 continue
             assert not found & IO_MODULES, f"{name} imports {found & IO_MODULES}"
+
+
+async def test_compare_queries_names_the_query_and_seed_of_a_difference() -> None:
+    from shardwise.sql.difftest import (  # noqa: PLC0415
+        QueryGenerator,
+        compare_queries,
+        make_rows,
+        reference_database,
+    )
+
+    rng = random.Random(5)
+    data = make_rows(rng)
+    reference = reference_database(data)
+
+    async def wrong(sql: str, params: object) -> list[tuple[object, ...]]:
+        return [("not", "the", "answer")]
+
+    with pytest.raises(AssertionError, match=r"query #0 \(seed=5\).*differs"):
+        await compare_queries(wrong, reference, QueryGenerator(rng, data), 3, seed=5)
+    reference.close()

@@ -18,7 +18,7 @@ import math
 import random
 import sqlite3
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -347,3 +347,31 @@ def differences(got: Sequence[Row], want: Sequence[Row], ordered: bool) -> str:
         if len(a) != len(b) or not all(_same_value(x, y) for x, y in zip(a, b, strict=True)):
             return f"row {i}: got {a!r}, expected {b!r}"
     return ""
+
+
+async def compare_queries(
+    execute: Callable[[str, Sequence[SqlValue]], Awaitable[Sequence[Row]]],
+    reference: sqlite3.Connection,
+    generator: QueryGenerator,
+    count: int,
+    seed: int,
+) -> dict[str, int]:
+    """Run ``count`` generated queries through ``execute`` (shardwise) and ``reference``
+    (one SQLite holding every row); raise ``AssertionError`` naming the query, its
+    parameters and the seed at the first that fails or differs. Returns how many were
+    ordered and unordered."""
+    kinds = {"ordered": 0, "unordered": 0}
+    for number in range(count):
+        query = generator.next()
+        sql, values = reference_query(query.sql, query.params)
+        want = [tuple(r) for r in reference.execute(sql, values)]
+        where = f"query #{number} (seed={seed}): {query.sql} params={query.params}"
+        try:
+            got = await execute(query.sql, query.params)
+        except Exception as exc:
+            raise AssertionError(f"{where} failed: {exc!r}") from exc
+        problem = differences(got, want, query.ordered)
+        if problem:
+            raise AssertionError(f"{where} differs\n{problem}\nreference SQL: {sql}")
+        kinds["ordered" if query.ordered else "unordered"] += 1
+    return kinds
