@@ -7,6 +7,7 @@ import ast
 import random
 import sqlite3
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,7 @@ def test_the_planner_does_no_io() -> None:
 async def test_compare_queries_names_the_query_and_seed_of_a_difference() -> None:
     from shardwise.sql.difftest import (  # noqa: PLC0415
         QueryGenerator,
+        Row,
         compare_queries,
         make_rows,
         reference_database,
@@ -227,7 +229,7 @@ async def test_compare_queries_names_the_query_and_seed_of_a_difference() -> Non
     data = make_rows(rng)
     reference = reference_database(data)
 
-    async def wrong(sql: str, params: object) -> list[tuple[object, ...]]:
+    async def wrong(sql: str, params: Sequence[SqlValue]) -> list[Row]:
         return [("not", "the", "answer")]
 
     with pytest.raises(AssertionError, match=r"query #0 \(seed=5\).*differs"):
