@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any, Final, Literal, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, TypeVar
 
 import msgspec
 
 from shardwise.errors import ClientTimeoutError, NetError
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import RpcMethod
-from shardwise.raft.host import HostStatus
+
+if TYPE_CHECKING:  # only for a signature: protocol modules need not load the Raft host
+    from shardwise.raft.host import HostStatus
 
 ATTEMPT_TIMEOUT_S: Final = 2.0
 """One attempt at one server; past it the call tries the next one."""
