@@ -37,7 +37,7 @@ from typing import Final
 import crc32c
 
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import Configuration, ShardId
+from shardwise.controller.model import ShardId
 from shardwise.errors import (
     NetError,
     ShardLimitError,
@@ -526,10 +526,6 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         """Log ``command``; whether it applied (False: every replica ignored it)."""
         result = decode_result(await self.host.propose(encode(command), REQUEST_TIMEOUT_S))
         return result.outcome == "ok"
-
-    @property
-    def configuration(self) -> Configuration:
-        return self.state_machine.config
 
 
 def _failure(exc: SqlError) -> SqlFailure:
