@@ -258,11 +258,11 @@ def test_replay_after_a_crash_applies_each_entry_once(tmp_path: Path) -> None:
 def test_a_failed_apply_changes_nothing(db: ShardStore, monkeypatch: pytest.MonkeyPatch) -> None:
     db.apply(1, "c1", 1, Put("k", "v"))
 
-    def explode(conn: sqlite3.Connection, op: KVOp) -> KVResult:
-        conn.execute("INSERT INTO kv (key, value) VALUES ('half', 'done')")
+    def explode(self: ShardStore, conn: sqlite3.Connection, op: KVOp) -> KVResult:
+        conn.execute("INSERT INTO kv (key, value, ver) VALUES ('half', 'done', 9)")
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(store_module, "_execute", explode)
+    monkeypatch.setattr(ShardStore, "_execute", explode)
     with pytest.raises(ShardStoreError, match="disk I/O error"):
         db.apply(2, "c1", 2, Put("k", "w"))
     assert (db.applied_index, db.get("half"), db.last_seq("c1")) == (1, None, 1)
@@ -468,10 +468,35 @@ def test_corrupt_data_is_refused_and_replaces_nothing(db: ShardStore, tmp_path: 
 def test_a_checksummed_but_broken_image_is_refused(db: ShardStore, tmp_path: Path) -> None:
     fill(db)
     image = bytearray(db.export()[EXPORT_HEADER.size :])
-    image[len(image) // 2 : len(image) // 2 + 64] = b"\xff" * 64  # a page gone bad at the source
+    page = int.from_bytes(image[16:18], "big")
+    image[page : page + 64] = b"\xff" * 64  # the data's root page gone bad at the source
     with pytest.raises(CorruptShardSnapshotError):
         ShardStore.install(tmp_path / "s.db", frame(bytes(image)))
     assert not (tmp_path / "s.db").exists()
+
+
+def test_an_image_of_format_1_is_upgraded_on_install(tmp_path: Path) -> None:
+    with closing(sqlite3.connect(":memory:")) as mem:
+        mem.executescript(
+            "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE sessions (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+            " result BLOB NOT NULL, touched INTEGER NOT NULL);"
+            "CREATE INDEX sessions_by_touched ON sessions (touched);"
+            "CREATE TABLE meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;"
+            "INSERT INTO kv VALUES ('old', 'value');"
+            "INSERT INTO meta VALUES ('format_version', 1), ('shard', 'default/7'),"
+            " ('state', 'serving'), ('applied_index', 5);"
+        )
+        image = frame(mem.serialize())
+    with ShardStore.install(tmp_path / "s.db", image, shard=SHARD) as store:
+        assert (store.get("old"), store.write_version, store.applied_index) == ("value", 0, 5)
+        store.apply(6, "", 0, Put("new", "v"))
+        assert store.write_version == 1
+        delta = store.export_delta(0)
+        assert delta is not None
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        version = conn.execute("SELECT v FROM meta WHERE k = 'format_version'").fetchone()[0]
+        assert version == SCHEMA_VERSION
 
 
 def test_install_refuses_another_schema_version_or_shard(db: ShardStore, tmp_path: Path) -> None:

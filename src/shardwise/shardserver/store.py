@@ -5,7 +5,8 @@ garbage collection deletes it. Its tables: ``kv`` (``str`` keys and values; SQLi
 collation orders UTF-8 bytes as Python orders ``str``), ``sessions`` (client de-duplication,
 as :class:`~shardwise.raft.sessions.SessionTable`) and ``meta`` (``format_version``,
 ``shard``, ``state``: the lifecycle state's name, opaque here, ``applied_index``, and
-``sql_tables``: the catalog tables the SQL schema reflects). Distributed SQL tables live
+``sql_tables``: the catalog tables the SQL schema reflects; ``gone_horizon`` and
+``sql_changed_at``: see below). Distributed SQL tables live
 beside them as ``sql_<name>`` (see ``sqlshard.py``); only SQL fragments touch them, and
 fragments touch nothing else. The de-duplication state moves with the shard (KV and SQL
 writes share it): :meth:`ShardStore.export` carries it, and there is no separate export
@@ -21,6 +22,20 @@ commits take their ``applied_index`` with them. The Raft log (fsynced before an 
 commits) is the durable record and replays them. The group must therefore keep its log
 back to each shard's durable applied index: :meth:`ShardStore.checkpoint` makes every
 commit durable in the file, e.g. before compacting the log.
+
+**Change tracking, for a pre-copy.** Every write stamps what it changed with the shard's
+*write version*: one more than the last, a counter that belongs to the shard's lineage (it
+travels with the file from group to group, and never goes back). ``kv.ver`` is the
+version that last wrote a row; a delete leaves a tombstone in ``kv_gone``; a SQL write or
+DDL records its version as ``meta.sql_changed_at``. So a copy exported at version ``b``
+(:meth:`ShardStore.export`, :attr:`ShardStore.write_version`) is brought up to date by
+:meth:`ShardStore.export_delta` (the rows and tombstones after ``b``, and the whole
+session table) and :meth:`ShardStore.apply_delta`. Tombstones are bounded
+(:data:`MAX_TOMBSTONES`): the oldest are pruned and ``meta.gone_horizon`` remembers the
+newest pruned version, below which no delta can be made (the caller copies it all). SQL
+tables are not tracked row by row: a delta cannot span a SQL change. The version is not
+stored: it is the largest of those stamps (each write leaves one), so every replica, a
+restarted one too, derives the same number from the same rows.
 
 **Eviction order.** ``sessions.touched`` is a counter owned by the shard (the largest
 value plus one), not the group's log index: a shard handed to another group keeps its
@@ -56,8 +71,9 @@ from shardwise.raft.sessions import MAX_SESSIONS
 from shardwise.shardserver.commands import SchemaVerdict, SqlStatement, SqlWriteResult
 from shardwise.storage.fsutil import Disk
 
-SCHEMA_VERSION: Final = 1
-"""Version of the tables below; a file of any other version is refused, not guessed at."""
+SCHEMA_VERSION: Final = 2
+"""Version of the tables below. Version 1 (no change tracking) is upgraded when its image
+is installed; a file of any other version is refused, not guessed at."""
 
 MAX_KEY_BYTES: Final = 4 * 1024
 """Largest key (UTF-8): keys fill the B-tree's interior pages; small keeps the tree shallow."""
@@ -81,23 +97,164 @@ EXPORT_HEADER: Final = struct.Struct("<4sQI")
 CACHE_COMMIT_EVERY: Final = 64
 """Batches a store on a cache disk applies before it commits (see ShardStore.flush)."""
 
+MAX_TOMBSTONES: Final = 100_000
+"""Tombstones of deleted keys a shard keeps for deltas; past it the oldest half goes (and
+a pre-copy older than them falls back to a full copy)."""
+
+DELTA_MAGIC: Final = b"\xf1SWD"
+"""Starts every delta (:meth:`ShardStore.export_delta`), framed like an export."""
+
 SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
 """Files SQLite keeps next to a database; they belong to it and go with it."""
 
 _SCHEMA: Final = """
-CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, ver INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX kv_by_ver ON kv (ver);
+CREATE TABLE kv_gone (key TEXT PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX kv_gone_by_ver ON kv_gone (ver);
 CREATE TABLE sessions (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
     result BLOB NOT NULL, touched INTEGER NOT NULL);
 CREATE INDEX sessions_by_touched ON sessions (touched);
 CREATE TABLE meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 """
 
+_UPGRADE_FROM_1: Final = """
+ALTER TABLE kv ADD COLUMN ver INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX kv_by_ver ON kv (ver);
+CREATE TABLE kv_gone (key TEXT PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX kv_gone_by_ver ON kv_gone (ver);
+"""
+
+_WRITE_VERSION: Final = """
+SELECT max(
+    coalesce((SELECT max(ver) FROM kv), 0),
+    coalesce((SELECT max(ver) FROM kv_gone), 0),
+    coalesce((SELECT v FROM meta WHERE k = 'gone_horizon'), 0),
+    coalesce((SELECT v FROM meta WHERE k = 'sql_changed_at'), 0),
+    coalesce((SELECT v FROM meta WHERE k = 'version_floor'), 0))
+"""
+"""A shard's write version: the largest stamp its writes left (see the module's docstring)."""
+
+
+class ShardDelta(msgspec.Struct, frozen=True, array_like=True):
+    """What changed in a shard after write version ``since``, up to ``version``
+    (:meth:`ShardStore.export_delta`)."""
+
+    shard: str
+    since: int
+    version: int
+    upserts: list[tuple[str, str, int]]
+    """(key, value, version) of every row written after ``since``."""
+    gone: list[tuple[str, int]]
+    """(key, version) of every key deleted after ``since``."""
+    sessions: list[tuple[str, int, bytes, int]]
+    """The whole de-duplication table (it is small, and evictions leave no trace)."""
+    gone_horizon: int
+    sql_changed_at: int
+
+
 _STALE: Final = KVResult(ok=False, stale=True)
 _SQL_STALE: Final = SqlWriteResult(stale=True)
 _encode = msgspec.msgpack.Encoder().encode
 _decode_kv = msgspec.msgpack.Decoder(KVResult).decode
 _decode_sql = msgspec.msgpack.Decoder(SqlWriteResult).decode
+_decode_delta = msgspec.msgpack.Decoder(ShardDelta).decode
 _R = TypeVar("_R")
+
+
+class StagedImage:
+    """An export (or a delta) arriving in pieces, written to a file as it comes, with a
+    running CRC32C: a large image never sits whole in memory, and installing it is a
+    check and a rename, not a copy (which would stall the group's apply loop)."""
+
+    def __init__(self, path: str | os.PathLike[str], disk: Disk | None = None) -> None:
+        self._path = os.fspath(path)
+        self._disk = disk or Disk()
+        self._header = b""
+        """The frame's header (its first bytes), kept apart: the file is the bare image."""
+        self._size = 0
+        self._crc = 0
+        self.reset()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def crc(self) -> int:
+        """CRC32C of everything appended (header included)."""
+        return self._crc
+
+    def reset(self) -> None:
+        """Start afresh (an empty image)."""
+        with open(self._path, "wb"):
+            pass
+        self._header, self._size, self._crc = b"", 0, 0
+
+    def append(self, data: bytes) -> None:
+        self._crc = crc32c.crc32c(data, self._crc)
+        self._size += len(data)
+        room = EXPORT_HEADER.size - len(self._header)
+        if room > 0:
+            self._header += data[:room]
+            data = data[room:]
+        if data:
+            with open(self._path, "ab") as file:
+                file.write(data)
+
+    def read(self) -> bytes:
+        """Everything appended (small images only: a delta, or a Raft snapshot's copy)."""
+        with open(self._path, "rb") as file:
+            return self._header + file.read()
+
+    def install(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        shard: ShardId,
+        applied_index: int,
+        state: str,
+        max_sessions: int = MAX_SESSIONS,
+        max_tombstones: int = MAX_TOMBSTONES,
+        disk: Disk | None = None,
+    ) -> ShardStore:
+        """Make the staged export the shard database at ``path`` (replacing whatever is
+        there; close any store open on it first) and open it, as :meth:`ShardStore.install`
+        does, in place. The caller has checked :attr:`size` and :attr:`crc` against the
+        exporter's (which cover the frame's own checksum). Afterwards the stage is empty."""
+        path = os.fspath(path)
+        if len(self._header) < EXPORT_HEADER.size:
+            raise CorruptShardSnapshotError("shard export: truncated header")
+        magic, length, _ = EXPORT_HEADER.unpack(self._header)
+        if magic != EXPORT_MAGIC or length != self._size - EXPORT_HEADER.size:
+            raise CorruptShardSnapshotError("shard export: bad magic or length")
+        if length > MAX_EXPORT_BYTES:
+            raise ShardLimitError(f"shard export of {length} bytes, over {MAX_EXPORT_BYTES}")
+        with closing(sqlite3.connect(self._path, isolation_level=None)) as conn:
+            try:
+                conn.execute("PRAGMA trusted_schema=OFF")
+                if not self._disk.durable:  # the file is a cache: no journal on disk, no sync
+                    conn.execute("PRAGMA journal_mode=MEMORY")
+                    conn.execute("PRAGMA synchronous=OFF")
+                _verify_and_stamp(conn, shard, applied_index, state)
+            except sqlite3.Error as exc:
+                raise CorruptShardSnapshotError(f"shard export: {exc}") from exc
+        if self._disk.durable:
+            with open(self._path, "rb+") as file:
+                self._disk.fsync(file.fileno())
+        _remove_files(path, SIDE_FILE_SUFFIXES)
+        _remove_files(self._path, SIDE_FILE_SUFFIXES)
+        os.replace(self._path, path)
+        disk = disk or self._disk
+        disk.fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self.reset()
+        return ShardStore.open(
+            path, shard, max_sessions=max_sessions, max_tombstones=max_tombstones, disk=disk
+        )
+
+    def discard(self) -> None:
+        _remove_files(self._path, ("", *SIDE_FILE_SUFFIXES))
 
 
 def check_op(op: KVOp) -> None:
@@ -129,7 +286,14 @@ class ShardStore:
     :meth:`install`. Not thread-safe: the group's state machine owns it."""
 
     def __init__(
-        self, path: str, conn: sqlite3.Connection, meta: _Meta, max_sessions: int, disk: Disk
+        self,
+        path: str,
+        conn: sqlite3.Connection,
+        meta: _Meta,
+        max_sessions: int,
+        disk: Disk,
+        *,
+        max_tombstones: int = MAX_TOMBSTONES,
     ) -> None:
         self._path = path
         self._disk = disk
@@ -139,6 +303,9 @@ class ShardStore:
         self._meta = meta
         self._max_sessions = max_sessions
         self._sessions: int = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+        self._max_tombstones = max_tombstones
+        self._tombstones: int = conn.execute("SELECT count(*) FROM kv_gone").fetchone()[0]
+        self._version: int = conn.execute(_WRITE_VERSION).fetchone()[0]
         self._sql_ready = False
         self._sql_tables: dict[str, Table] | None = None
         """The catalog tables the SQL schema reflects (``meta.sql_tables``), once read."""
@@ -154,6 +321,7 @@ class ShardStore:
         state: str,
         index: int = 0,
         max_sessions: int = MAX_SESSIONS,
+        max_tombstones: int = MAX_TOMBSTONES,
         disk: Disk | None = None,
     ) -> ShardStore:
         """A new, empty shard database at ``path`` (written atomically: a crash leaves no
@@ -172,7 +340,9 @@ class ShardStore:
             image = mem.serialize()
         disk = disk or Disk()
         _write_atomically(path, image, disk)
-        return cls.open(path, shard, max_sessions=max_sessions, disk=disk)
+        return cls.open(
+            path, shard, max_sessions=max_sessions, max_tombstones=max_tombstones, disk=disk
+        )
 
     @classmethod
     def open(
@@ -181,6 +351,7 @@ class ShardStore:
         shard: ShardId | None = None,
         *,
         max_sessions: int = MAX_SESSIONS,
+        max_tombstones: int = MAX_TOMBSTONES,
         disk: Disk | None = None,
     ) -> ShardStore:
         """The existing shard database at ``path``; ``shard``, if given, must match it.
@@ -205,7 +376,7 @@ class ShardStore:
                 sync = "NORMAL" if disk.durable else "OFF"
                 conn.execute(f"PRAGMA synchronous={sync}")
                 conn.execute("PRAGMA trusted_schema=OFF")  # files arrive from other groups
-                return cls(path, conn, meta, max_sessions, disk)
+                return cls(path, conn, meta, max_sessions, disk, max_tombstones=max_tombstones)
             except sqlite3.Error as exc:
                 raise ShardStoreError(f"cannot open {path}: {exc}") from exc
         except BaseException:
@@ -222,6 +393,7 @@ class ShardStore:
         applied_index: int | None = None,
         state: str | None = None,
         max_sessions: int = MAX_SESSIONS,
+        max_tombstones: int = MAX_TOMBSTONES,
         disk: Disk | None = None,
     ) -> ShardStore:
         """Replace whatever is at ``path`` with the exported shard ``data`` and open it.
@@ -241,7 +413,25 @@ class ShardStore:
         _remove_files(path, SIDE_FILE_SUFFIXES)
         disk = disk or Disk()
         _write_atomically(path, image, disk)
-        return cls.open(path, shard, max_sessions=max_sessions, disk=disk)
+        return cls.open(
+            path, shard, max_sessions=max_sessions, max_tombstones=max_tombstones, disk=disk
+        )
+
+    def moved_to(self, path: str | os.PathLike[str]) -> ShardStore:
+        """Close this store, move its file to ``path`` (replacing whatever is there) and
+        open it there. Close any store open on ``path`` first."""
+        path = os.fspath(path)
+        self.close()
+        _remove_files(path, SIDE_FILE_SUFFIXES)
+        os.replace(self._path, path)
+        self._disk.fsync_dir(os.path.dirname(os.path.abspath(path)))
+        return ShardStore.open(
+            path,
+            self.shard,
+            max_sessions=self._max_sessions,
+            max_tombstones=self._max_tombstones,
+            disk=self._disk,
+        )
 
     # --- what it is ----------------------------------------------------------------------
 
@@ -256,6 +446,11 @@ class ShardStore:
     @property
     def state(self) -> str:
         return self._meta.state
+
+    @property
+    def write_version(self) -> int:
+        """The shard's write version: what :meth:`export_delta` counts changes after."""
+        return self._version
 
     @property
     def applied_index(self) -> int:
@@ -323,6 +518,7 @@ class ShardStore:
             def run() -> SqlWriteResult:
                 from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
 
+                self._mark_sql_changed(conn)  # SQL rows are not tracked: no delta spans it
                 return sqlshard.run_batch(conn, statements)
 
             result, sessions = self._once(
@@ -363,6 +559,7 @@ class ShardStore:
             return []
         with self._transaction() as conn:
             failures = sqlshard.sync_schema(conn, recorded, target, self.shard.keyspace)
+            self._mark_sql_changed(conn)
             _put_meta(conn, sqlshard.SQL_TABLES_KEY, sqlshard.encode_tables(target))
             if index > self._meta.applied_index:
                 _put_meta(conn, "applied_index", index)
@@ -436,9 +633,67 @@ class ShardStore:
         # opened in WAL mode, so the export is a plain rollback-journal database (1); the
         # receiver switches its copy to WAL when it opens it.
         image[18:20] = b"\x01\x01"
-        length = len(image)
-        checksum = crc32c.crc32c(image, crc32c.crc32c(struct.pack("<Q", length)))
-        return EXPORT_HEADER.pack(EXPORT_MAGIC, length, checksum) + image
+        return _frame(EXPORT_MAGIC, image)
+
+    def export_delta(self, since: int) -> bytes | None:
+        """What changed after write version ``since`` (the version of an earlier
+        :meth:`export` of this shard), framed like an export, for :meth:`apply_delta` on
+        that copy; None if this copy cannot tell (tombstones after ``since`` were pruned,
+        a SQL change came after it, or ``since`` is not in this copy's past): copy it all."""
+        self.flush()
+        horizon, sql_changed = self._meta_int("gone_horizon"), self._meta_int("sql_changed_at")
+        if not 0 <= since <= self._version or horizon > since or sql_changed > since:
+            return None
+        delta = ShardDelta(
+            str(self.shard),
+            since,
+            self._version,
+            self._query("SELECT key, value, ver FROM kv WHERE ver > ?", since),
+            self._query("SELECT key, ver FROM kv_gone WHERE ver > ?", since),
+            self._query("SELECT client_id, seq, result, touched FROM sessions"),
+            horizon,
+            sql_changed,
+        )
+        return _frame(DELTA_MAGIC, _encode(delta))
+
+    def apply_delta(self, index: int, data: bytes, *, state: str) -> None:
+        """Bring this copy up to date with a delta of the same shard (from
+        :meth:`export_delta` of a later copy, counted from this copy's write version), in
+        lifecycle ``state``, at log ``index``, in one transaction. A delta that is
+        corrupt or does not fit this copy raises and changes nothing."""
+        try:
+            delta = _decode_delta(_unframe(data, DELTA_MAGIC))
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise CorruptShardSnapshotError(f"shard delta: {exc}") from None
+        if delta.shard != str(self.shard) or delta.since != self._version:
+            raise ShardFormatError(
+                f"a delta of {delta.shard} after version {delta.since} does not fit "
+                f"{self.shard} at version {self._version}"
+            )
+        with self._transaction() as conn:
+            # Deletes first: a key deleted and then written again has both, and must stay.
+            for key, ver in delta.gone:
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+                conn.execute("INSERT OR REPLACE INTO kv_gone (key, ver) VALUES (?, ?)", (key, ver))
+            conn.executemany(
+                "INSERT OR REPLACE INTO kv (key, value, ver) VALUES (?, ?, ?)", delta.upserts
+            )
+            conn.execute("DELETE FROM sessions")
+            conn.executemany(
+                "INSERT INTO sessions (client_id, seq, result, touched) VALUES (?, ?, ?, ?)",
+                delta.sessions,
+            )
+            _put_meta(conn, "gone_horizon", delta.gone_horizon)
+            _put_meta(conn, "sql_changed_at", delta.sql_changed_at)
+            _put_meta(conn, "version_floor", delta.version)
+            _put_meta(conn, "state", state)
+            _put_meta(conn, "applied_index", index)
+            self._tombstones = conn.execute("SELECT count(*) FROM kv_gone").fetchone()[0]
+            if self._tombstones > self._max_tombstones:
+                self._prune_tombstones(conn)
+        self._version = delta.version
+        self._sessions = len(delta.sessions)
+        self._meta.state, self._meta.applied_index = state, index
 
     def checkpoint(self) -> None:
         """Make every commit durable in the database file itself (fsynced)."""
@@ -542,7 +797,7 @@ class ShardStore:
         self, conn: sqlite3.Connection, client_id: str, seq: int, op: KVOp
     ) -> tuple[KVResult, int]:
         """The result of ``op`` and the number of sessions afterwards."""
-        run = lambda: _execute(conn, op)  # noqa: E731
+        run = lambda: self._execute(conn, op)  # noqa: E731
         return self._once(conn, client_id, seq, run=run, decode=_decode_kv, stale=_STALE)
 
     def _once(
@@ -592,6 +847,60 @@ class ShardStore:
             sessions = self._max_sessions
         return result, sessions
 
+    def _execute(self, conn: sqlite3.Connection, op: KVOp) -> KVResult:
+        if isinstance(op, Get):
+            return KVResult(value=_get(conn, op.key))
+        if isinstance(op, Put):
+            self._put(conn, op.key, op.value)
+        elif isinstance(op, Append):
+            value = (_get(conn, op.key) or "") + op.value
+            if _utf8_len(value) > MAX_VALUE_BYTES:
+                return KVResult(ok=False)
+            self._put(conn, op.key, value)
+        elif isinstance(op, Delete):
+            self._delete(conn, op.key)
+        else:
+            if _get(conn, op.key) != op.expected:
+                return KVResult(ok=False)
+            self._put(conn, op.key, op.new)
+        return KVResult()
+
+    def _put(self, conn: sqlite3.Connection, key: str, value: str) -> None:
+        self._version += 1
+        conn.execute(
+            "INSERT OR REPLACE INTO kv (key, value, ver) VALUES (?, ?, ?)",
+            (key, value, self._version),
+        )
+
+    def _delete(self, conn: sqlite3.Connection, key: str) -> None:
+        if conn.execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount == 0:
+            return  # nothing changed: no version, no tombstone
+        self._version += 1
+        sql = "UPDATE kv_gone SET ver = ? WHERE key = ?"
+        if conn.execute(sql, (self._version, key)).rowcount == 0:
+            conn.execute("INSERT INTO kv_gone (key, ver) VALUES (?, ?)", (key, self._version))
+            self._tombstones += 1
+            if self._tombstones > self._max_tombstones:
+                self._prune_tombstones(conn)
+
+    def _prune_tombstones(self, conn: sqlite3.Connection) -> None:
+        """Keep the newest half of the tombstones; remember the newest version dropped.
+        (Exact counts and unique versions: every replica prunes at the same write.)"""
+        keep = self._max_tombstones // 2
+        sql = "SELECT ver FROM kv_gone ORDER BY ver DESC LIMIT 1 OFFSET ?"
+        horizon = conn.execute(sql, (keep,)).fetchone()[0]
+        conn.execute("DELETE FROM kv_gone WHERE ver <= ?", (horizon,))
+        _put_meta(conn, "gone_horizon", horizon)
+        self._tombstones = keep
+
+    def _mark_sql_changed(self, conn: sqlite3.Connection) -> None:
+        self._version += 1
+        _put_meta(conn, "sql_changed_at", self._version)
+
+    def _meta_int(self, key: str) -> int:
+        rows = self._query("SELECT v FROM meta WHERE k = ?", key)
+        return int(rows[0][0]) if rows else 0
+
     def _sql_connection(self) -> sqlite3.Connection:
         """The connection, with shardwise's SQL functions (added on first SQL use, so a
         KV-only shard never pays for them)."""
@@ -604,32 +913,9 @@ class ShardStore:
         return conn
 
 
-def _execute(conn: sqlite3.Connection, op: KVOp) -> KVResult:
-    if isinstance(op, Get):
-        return KVResult(value=_get(conn, op.key))
-    if isinstance(op, Put):
-        _put(conn, op.key, op.value)
-    elif isinstance(op, Append):
-        value = (_get(conn, op.key) or "") + op.value
-        if _utf8_len(value) > MAX_VALUE_BYTES:
-            return KVResult(ok=False)
-        _put(conn, op.key, value)
-    elif isinstance(op, Delete):
-        conn.execute("DELETE FROM kv WHERE key = ?", (op.key,))
-    else:
-        if _get(conn, op.key) != op.expected:
-            return KVResult(ok=False)
-        _put(conn, op.key, op.new)
-    return KVResult()
-
-
 def _get(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
     return None if row is None else str(row[0])
-
-
-def _put(conn: sqlite3.Connection, key: str, value: str) -> None:
-    conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
 
 
 def _next_touch(conn: sqlite3.Connection) -> int:
@@ -641,7 +927,9 @@ def _put_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
     conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
 
-def _read_meta(conn: sqlite3.Connection, where: str) -> _Meta:
+def _read_meta(conn: sqlite3.Connection, where: str, *, upgrade: bool = False) -> _Meta:
+    """The file's meta; ``upgrade``: bring a file of an older version to this one first
+    (only ever on an in-memory copy: a file on disk is always made by this version)."""
     try:
         meta = dict(conn.execute("SELECT k, v FROM meta").fetchall())
     except sqlite3.Error as exc:
@@ -649,6 +937,10 @@ def _read_meta(conn: sqlite3.Connection, where: str) -> _Meta:
     version = meta.get("format_version")
     if version is None:
         raise ShardFormatError(f"{where} is not a shard database: no format version")
+    if upgrade and version == 1:
+        conn.executescript(_UPGRADE_FROM_1)
+        _put_meta(conn, "format_version", SCHEMA_VERSION)
+        version = SCHEMA_VERSION
     if version != SCHEMA_VERSION:
         raise ShardSchemaVersionError(version, SCHEMA_VERSION)
     shard, state, applied = meta.get("shard"), meta.get("state"), meta.get("applied_index")
@@ -660,13 +952,27 @@ def _read_meta(conn: sqlite3.Connection, where: str) -> _Meta:
     return _Meta(ShardId(keyspace, int(number)), state, applied)
 
 
-def _unframe(data: bytes) -> memoryview:
+def _format_version(conn: sqlite3.Connection) -> object:
+    try:
+        row = conn.execute("SELECT v FROM meta WHERE k = 'format_version'").fetchone()
+    except sqlite3.Error:
+        return None  # _read_meta says what is wrong
+    return row[0] if row else None
+
+
+def _frame(magic: bytes, payload: bytes | bytearray) -> bytes:
+    length = len(payload)
+    checksum = crc32c.crc32c(payload, crc32c.crc32c(struct.pack("<Q", length)))
+    return EXPORT_HEADER.pack(magic, length, checksum) + payload
+
+
+def _unframe(data: bytes, magic: bytes = EXPORT_MAGIC) -> memoryview:
     if len(data) > EXPORT_HEADER.size + MAX_EXPORT_BYTES:
         raise ShardLimitError(f"shard export of {len(data)} bytes, over {MAX_EXPORT_BYTES}")
     if len(data) < EXPORT_HEADER.size:
         raise CorruptShardSnapshotError("shard export: truncated header")
-    magic, length, checksum = EXPORT_HEADER.unpack_from(data)
-    if magic != EXPORT_MAGIC:
+    found, length, checksum = EXPORT_HEADER.unpack_from(data)
+    if found != magic:
         raise CorruptShardSnapshotError("shard export: bad magic")
     if length != len(data) - EXPORT_HEADER.size:
         raise CorruptShardSnapshotError(
@@ -686,21 +992,30 @@ def _verified_image(
     with closing(sqlite3.connect(":memory:", isolation_level=None)) as mem:
         try:
             mem.deserialize(image)
-            meta = _read_meta(mem, "shard export")
-            problems = [row[0] for row in mem.execute("PRAGMA quick_check").fetchall()]
-            if problems != ["ok"]:
-                raise CorruptShardSnapshotError(f"shard export: {problems[:3]}")
-            if shard is not None and meta.shard != shard:
-                raise ShardFormatError(f"shard export holds shard {meta.shard}, not {shard}")
-            if applied_index is None and state is None:
+            old_version = _format_version(mem)
+            _verify_and_stamp(mem, shard, applied_index, state)
+            if applied_index is None and state is None and old_version == SCHEMA_VERSION:
                 return bytes(image)
-            if applied_index is not None:
-                _put_meta(mem, "applied_index", applied_index)
-            if state is not None:
-                _put_meta(mem, "state", state)
             return mem.serialize()
         except sqlite3.Error as exc:
             raise CorruptShardSnapshotError(f"shard export: {exc}") from exc
+
+
+def _verify_and_stamp(
+    conn: sqlite3.Connection, shard: ShardId | None, applied_index: int | None, state: str | None
+) -> None:
+    """Check an exported database (format, upgraded if older; integrity; ``shard``) and
+    apply the overrides."""
+    meta = _read_meta(conn, "shard export", upgrade=True)
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise CorruptShardSnapshotError(f"shard export: {problems[:3]}")
+    if shard is not None and meta.shard != shard:
+        raise ShardFormatError(f"shard export holds shard {meta.shard}, not {shard}")
+    if applied_index is not None:
+        _put_meta(conn, "applied_index", applied_index)
+    if state is not None:
+        _put_meta(conn, "state", state)
 
 
 def _write_atomically(path: str, image: bytes, disk: Disk) -> None:
