@@ -250,6 +250,9 @@ class Migration:
     p99_during_ms: float
     ops_before: int
     ops_during: int
+    p99_by_group: dict[str, tuple[float, float]]
+    """p99 (ms) of other shards' ops before and during the move, by the role of their
+    group: where a slowdown comes from."""
     write_gap_ms: float
     write_p50_before_ms: float
     writer_errors: int
@@ -393,6 +396,18 @@ async def migrate(
     other = ops.where(shard_of_record[ops.record] != index)
     before = other.where((other.start >= run_start + WARMUP_S) & (other.start < move_start))
     during = other.where((other.start >= move_start) & (other.start <= move_end))
+    owners = np.array(config.owners[DEFAULT_KEYSPACE])
+    by_group = {}
+    for role, gids in (("source", [source]), ("target", [target])):
+        by_group[role] = np.isin(owners[shard_of_record], gids)
+    by_group["others"] = ~np.isin(owners[shard_of_record], [source, target])
+    p99_by_group = {
+        role: (
+            percentile_ms(before.where(mine[before.record]).latency, 99),
+            percentile_ms(during.where(mine[during.record]).latency, 99),
+        )
+        for role, mine in by_group.items()
+    }
     return Migration(
         shard=shard,
         source=source,
@@ -403,6 +418,7 @@ async def migrate(
         move_s=move_end - move_start,
         p99_before_ms=percentile_ms(before.latency, 99),
         p99_during_ms=percentile_ms(during.latency, 99),
+        p99_by_group=p99_by_group,
         ops_before=len(before),
         ops_during=len(during),
         write_gap_ms=writer.longest_gap_s(move_start, move_end + MIGRATION_TAIL_S) * 1000,
@@ -428,6 +444,8 @@ def print_migration(m: Migration, clients: int) -> None:
         (f"p99 of other shards during the move (ms; {m.ops_during:,} ops)",
          f"{m.p99_during_ms:.2f}"),
         ("during / before", f"{m.p99_during_ms / m.p99_before_ms:.2f}"),
+        *((f"… on the {role} group's shards: before / during (ms)",
+           f"{before:.1f} / {during:.1f}") for role, (before, during) in m.p99_by_group.items()),
         ("longest gap between writes on the moving shard (ms)", f"{m.write_gap_ms:,.0f}"),
         ("p50 write on the moving shard before the move (ms)", f"{m.write_p50_before_ms:.2f}"),
         ("failed writes on the moving shard", f"{m.writer_errors:,}"),
@@ -451,8 +469,12 @@ async def run(args: argparse.Namespace) -> None:
     def stop() -> Stop:
         return Stop(seconds=None if args.ops else args.seconds, ops=args.ops)
 
-    with tempfile.TemporaryDirectory(prefix="shardwise-bench-kv-") as tmp:
-        base = Path(tmp)
+    with contextlib.ExitStack() as temporary:
+        if args.keep_dir is None:
+            base = Path(temporary.enter_context(tempfile.TemporaryDirectory(prefix="bench-kv-")))
+        else:
+            base = args.keep_dir
+            base.mkdir(parents=True)
         stacks = {s: contextlib.AsyncExitStack() for s in args.systems}
         try:
             targets: list[Target] = []
@@ -566,6 +588,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="shardwise Client objects the workers share (one multiplexes them all)",
     )
     parser.add_argument("--skip-migration", action="store_true")
+    parser.add_argument(
+        "--keep-dir",
+        type=Path,
+        help="run the clusters in this new directory and keep it (data and logs) afterwards",
+    )
     parser.add_argument("--migrate-mb", type=float, default=100.0, help="MiB in the moved shard")
     parser.add_argument(
         "--migrate-steady-s", type=float, default=5.0, help="workload before the move"

@@ -10,14 +10,16 @@ import pytest
 
 from shardwise.controller.model import Configuration, ShardId, initial_configuration
 from shardwise.errors import CommandDecodeError
-from shardwise.raft.kv import Append, Get, Put
+from shardwise.raft.kv import Append, Delete, Get, Put
 from shardwise.shardserver.commands import (
     AckDelivered,
     ClientOp,
     Command,
     GroupResult,
     HandOffDone,
+    InstallBase,
     InstallChunk,
+    InstallDelta,
     InstallShard,
     Reconfigure,
     decode_result,
@@ -56,16 +58,36 @@ class Group:
     def op(self, shard: ShardId, op: object, client: str = "", seq: int = 0) -> GroupResult:
         return self.do(ClientOp(shard, client, seq, op))  # type: ignore[arg-type]
 
+    def send(self, shard: ShardId, num: int, image: bytes, piece: int = 3000) -> None:
+        for offset in range(0, len(image), piece):
+            chunk = InstallChunk(shard, num, offset, image[offset : offset + piece])
+            assert self.do(chunk).outcome == "ok"
+
     def install_from(self, source: Group, shard: ShardId, num: int, piece: int = 3000) -> bool:
         store = source.sm.frozen_store(shard, num)
         assert store is not None
         image = store.export()
-        for offset in range(0, len(image), piece):
-            assert (
-                self.do(InstallChunk(shard, num, offset, image[offset : offset + piece])).outcome
-                == "ok"
-            )
+        self.send(shard, num, image, piece)
         return self.do(InstallShard(shard, num, len(image), crc32c.crc32c(image))).outcome == "ok"
+
+    def base_from(self, source: Group, shard: ShardId, num: int) -> int:
+        """Log a base of ``shard`` (for configuration ``num``) taken from ``source``'s
+        serving copy; its write version."""
+        store = source.sm.serving_store(shard)
+        assert store is not None
+        image, version = store.export(), store.write_version
+        self.send(shard, num, image)
+        base = InstallBase(shard, num, len(image), crc32c.crc32c(image), version)
+        assert self.do(base).outcome == "ok"
+        return version
+
+    def delta_from(self, source: Group, shard: ShardId, num: int, since: int) -> GroupResult:
+        store = source.sm.frozen_store(shard, num)
+        assert store is not None
+        delta = store.export_delta(since)
+        assert delta is not None
+        self.send(shard, num, delta)
+        return self.do(InstallDelta(shard, num, len(delta), crc32c.crc32c(delta), since))
 
 
 @pytest.fixture
@@ -220,3 +242,70 @@ def test_a_shard_gained_twice_owes_both_hand_offs(groups: tuple[Group, Group]) -
     restored = ShardGroupStateMachine(2, g2.sm.directory.parent / "restored")
     restored.restore(g2.sm.snapshot(), g2.index)
     assert [(o.shard, o.config_num) for o in restored.owed_acks()] == owed
+
+
+def test_a_base_taken_while_the_source_serves_then_its_delta(
+    groups: tuple[Group, Group], tmp_path: Path
+) -> None:
+    g1, g2 = groups
+    g1.op(S0, Put("k", "1"), client="x", seq=1)
+    g1.op(S0, Put("gone", "soon"), client="x", seq=2)
+    c2 = config(2, {0: 2, 1: 1})
+    # A base for the next configuration, before either group moves to it.
+    version = g2.base_from(g1, S0, 2)
+    assert not g2.sm.serves(S0) and g2.sm.base_version(S0, 2) == version
+    # The source keeps serving: these writes reach the target in the delta.
+    g1.op(S0, Put("k", "2"), client="x", seq=3)
+    g1.op(S0, Append("new", "n"), client="y", seq=1)
+    g1.op(S0, Delete("gone"), client="y", seq=2)
+    assert g1.do(Reconfigure(c2)).outcome == g2.do(Reconfigure(c2)).outcome == "ok"
+    assert [(p.shard, p.base_version) for p in g2.sm.pulls()] == [(S0, version)]
+    # A restart between base and delta keeps the base (it is in the snapshot).
+    restored = Group(2, tmp_path / "restored")
+    restored.sm.restore(g2.sm.snapshot(), g2.index)
+    restored.index = g2.index
+    for group in (g2, restored):
+        assert group.delta_from(g1, S0, 2, since=version).outcome == "ok"
+        assert group.sm.serves(S0) and group.sm.finished()
+        values = [group.op(S0, Get(k)).result.value for k in ("k", "new", "gone")]  # type: ignore[union-attr]
+        assert values == ["2", "n", None]
+        # De-duplication came with the delta: a retry of y's append is not applied again.
+        assert group.op(S0, Append("new", "n"), client="y", seq=1).outcome == "ok"
+        assert group.op(S0, Get("new")).result.value == "n"  # type: ignore[union-attr]
+        assert [(o.shard, o.config_num) for o in group.sm.owed_acks()] == [(S0, 2)]
+        assert not list(group.sm.directory.glob("*.base.db"))  # the base became the shard
+
+
+def test_a_base_the_next_configuration_does_not_need_is_dropped(
+    groups: tuple[Group, Group],
+) -> None:
+    g1, g2 = groups
+    g2.base_from(g1, S1, 2)  # configuration 2 will not give shard 1 to g2
+    assert list(g2.sm.directory.glob("*.base.db"))
+    assert g2.do(Reconfigure(config(2, {0: 2, 1: 1}))).outcome == "ok"
+    assert g2.sm.base_version(S1, 2) is None and S1 not in g2.sm.incoming
+    assert not list(g2.sm.directory.glob("*.base.db"))
+    # Pieces for a configuration neither next nor pulled are not taken at all.
+    assert g2.do(InstallChunk(S1, 5, 0, b"x")).outcome == "ignored"
+
+
+def test_a_delta_that_does_not_fit_its_base_drops_the_base(groups: tuple[Group, Group]) -> None:
+    g1, g2 = groups
+    g1.op(S0, Put("k", "1"), seq=1)
+    version = g2.base_from(g1, S0, 2)
+    g1.op(S0, Put("k", "2"), seq=2)
+    c2 = config(2, {0: 2, 1: 1})
+    g1.do(Reconfigure(c2))
+    g2.do(Reconfigure(c2))
+    # A delta counted from another version (a bug or a lie) is refused by every replica.
+    assert g2.delta_from(g1, S0, 2, since=version - 1).outcome == "ignored"
+    assert g2.sm.pulls()[0].base_version is None and not g2.sm.serves(S0)
+    # The pull starts again: a base of the frozen copy and an empty delta.
+    frozen = g1.sm.frozen_store(S0, 2)
+    assert frozen is not None
+    image = frozen.export()
+    g2.send(S0, 2, image)
+    base = InstallBase(S0, 2, len(image), crc32c.crc32c(image), frozen.write_version)
+    assert g2.do(base).outcome == "ok"
+    assert g2.delta_from(g1, S0, 2, since=frozen.write_version).outcome == "ok"
+    assert g2.op(S0, Get("k")).result.value == "2"  # type: ignore[union-attr]

@@ -6,7 +6,8 @@ command names the configuration it belongs to, so a late, repeated or stale one 
 recognised and ignored by every replica alike.
 
 **Versions.** Version 1 has the KV and shard-move commands; version 2 adds
-:class:`SqlWrite`. Each command is written with the lowest version that has it, so a log
+:class:`SqlWrite`; version 3 the pre-copy's :class:`InstallBase` and
+:class:`InstallDelta`. Each command is written with the lowest version that has it, so a log
 without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
 version-1 replica that meets a SQL write halts with a clear "version 2 is unknown"
 instead of misreading it.
@@ -22,7 +23,7 @@ from shardwise.controller.model import Configuration, ShardId
 from shardwise.errors import CommandDecodeError
 from shardwise.raft.kv import KVOp, KVResult
 
-GROUP_COMMAND_VERSION: Final = 2
+GROUP_COMMAND_VERSION: Final = 3
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 512 << 10
@@ -51,6 +52,30 @@ class InstallChunk(msgspec.Struct, frozen=True, array_like=True, tag="chunk"):
     config_num: int
     offset: int
     data: bytes
+
+
+class InstallBase(msgspec.Struct, frozen=True, array_like=True, tag="install_base"):
+    """The image received so far (``total`` bytes, CRC32C ``crc``) is a *base* of the
+    shard gained in ``config_num``: a copy taken at write version ``version``, perhaps
+    while the source still served it. Keep it, not serving, for :class:`InstallDelta`.
+    Taken for the group's next configuration too, before the group moves to it."""
+
+    shard: ShardId
+    config_num: int
+    total: int
+    crc: int
+    version: int
+
+
+class InstallDelta(msgspec.Struct, frozen=True, array_like=True, tag="install_delta"):
+    """The image received since :class:`InstallBase` is the delta from write version
+    ``since`` to the source's frozen copy: apply it to the base and serve the shard."""
+
+    shard: ShardId
+    config_num: int
+    total: int
+    crc: int
+    since: int
 
 
 class InstallShard(msgspec.Struct, frozen=True, array_like=True, tag="install"):
@@ -104,10 +129,18 @@ class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
 
 
 Command: TypeAlias = (
-    ClientOp | Reconfigure | InstallChunk | InstallShard | HandOffDone | AckDelivered | SqlWrite
+    ClientOp
+    | Reconfigure
+    | InstallChunk
+    | InstallShard
+    | InstallBase
+    | InstallDelta
+    | HandOffDone
+    | AckDelivered
+    | SqlWrite
 )
 
-_FIRST_VERSION: Final[dict[type, int]] = {SqlWrite: 2}
+_FIRST_VERSION: Final[dict[type, int]] = {SqlWrite: 2, InstallBase: 3, InstallDelta: 3}
 """The envelope version that introduced a command (1 when absent)."""
 
 

@@ -159,26 +159,44 @@ class SqlSchemaReply(msgspec.Struct, frozen=True):
 # --- between groups ------------------------------------------------------------------
 
 
+PullMode: TypeAlias = Literal["frozen", "base", "delta"]
+
+
 class PullRequest(msgspec.Struct, frozen=True):
-    """A piece of ``shard`` as this group froze it when it lost it in configuration
-    ``config_num``."""
+    """A piece of an image of ``shard``, which the caller's group gains in configuration
+    ``config_num`` from this server's group. ``mode``:
+
+    * ``frozen``: the copy this group froze when it lost the shard in ``config_num``;
+    * ``base``: a copy to start from: the frozen copy if this server has it, else a copy
+      of the shard while it still serves here (a pre-copy), taken once and kept while it
+      is pulled;
+    * ``delta``: what changed in the frozen copy after write version ``since`` (the
+      caller's base). Asking also tells this group that the caller holds a base, which
+      is what it waits for before it freezes the shard.
+    """
 
     shard: ShardId
     config_num: int
     offset: int = 0
     max_bytes: int = PULL_CHUNK_BYTES
+    mode: PullMode = "frozen"
+    since: int = 0
 
 
 class PullReply(msgspec.Struct, frozen=True):
-    status: Literal["ok", "not_ready", "halted", "forbidden"]
+    status: Literal["ok", "not_ready", "too_old", "halted", "forbidden"]
     """``not_ready``: this server has not frozen the shard for ``config_num`` (it is
-    behind, or it is not the group that lost it): ask again or ask another server.
-    ``forbidden``: the caller is a client, not a cluster node (only groups move shards)."""
+    behind, or it is not the group that lost it; for a base: it does not hold the shard):
+    ask again or ask another server. ``too_old``: a delta cannot start at ``since``
+    (see ``ShardStore.export_delta``): pull a new base. ``forbidden``: the caller is a
+    client, not a cluster node (only groups move shards)."""
     total: int = 0
     """Length of the whole image."""
     crc: int = 0
     """CRC32C of the whole image: pieces are taken from one image only."""
     data: bytes = b""
+    version: int = 0
+    """The write version the image brings the shard to."""
 
 
 class HandedOffRequest(msgspec.Struct, frozen=True):

@@ -14,12 +14,20 @@ reach it. Clients call :data:`~shardwise.shardserver.protocol.WRITE`, ``READ`` a
 **The reconciler.** Every server runs one background task that acts only while its
 replica leads the group (the others stay idle), and only through the log:
 
-1. pull every shard the group is gaining from the group that lost it (any of its servers
-   that has frozen it), check the image's checksum, put it into the log in pieces and
-   then the install (each replica rebuilds the same bytes, and serves the shard at once);
+1. pull every shard the group is gaining from the group that loses it: a *base* (a copy
+   the source takes while it still serves the shard, or its frozen copy) into the log in
+   pieces, then, once the source has frozen it, the *delta* since the base, and the
+   install (each replica rebuilds the same bytes, checks them, and serves the shard at
+   once);
 2. tell each source group that its frozen copy was installed, so it deletes it, and log
    that the source heard;
-3. when nothing is being pulled, fetch configuration n+1 from the controller and log it.
+3. when nothing is being pulled, fetch configuration n+1 from the controller, pre-copy
+   the bases of the shards it gains (so no two groups wait for each other), wait (at most
+   :data:`PRECOPY_WAIT_S`) until every group gaining a shard from this one holds a base
+   of it, and log it.
+
+The pre-copy is what keeps a moving shard's write pause short: the shard refuses writes
+from the source's freeze to the target's install, and in between only the delta moves.
 
 Every command it logs is checked again when it applies, so a stale leader, a repeat or a
 crash between steps does no harm: the next leader sees the same state and carries on.
@@ -35,9 +43,10 @@ from dataclasses import dataclass
 from typing import Final
 
 import crc32c
+from msgspec.structs import replace
 
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import ShardId
+from shardwise.controller.model import NO_GROUP, Configuration, ShardId
 from shardwise.errors import (
     NetError,
     ShardLimitError,
@@ -68,8 +77,9 @@ from shardwise.shardserver.commands import (
     ClientOp,
     Command,
     HandOffDone,
+    InstallBase,
     InstallChunk,
-    InstallShard,
+    InstallDelta,
     Reconfigure,
     SqlWrite,
     decode_result,
@@ -106,8 +116,8 @@ from shardwise.shardserver.protocol import (
     server_address,
 )
 from shardwise.shardserver.sqlshard import check_batch, check_params
-from shardwise.shardserver.statemachine import Pull, ShardGroupStateMachine
-from shardwise.shardserver.store import MAX_SCAN_ROWS, check_op
+from shardwise.shardserver.statemachine import Pull, ShardGroupStateMachine, moves
+from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore, check_op
 from shardwise.storage.interface import RaftStorage
 
 logger = logging.getLogger(__name__)
@@ -132,13 +142,35 @@ the move took 6.1 s; 4: 2.5x, 6.2 s; 2: 1.0-1.1x and 5.3-5.4 s. More in flight o
 makes the copy fight the group's other traffic for the CPU; it does not go faster."""
 
 MAX_CACHED_IMAGES: Final = 4
-"""Exported images of frozen shards a source keeps while others pull them."""
+"""Exported images (bases, frozen copies, deltas) a source keeps while others pull them."""
+
+PRECOPY_WAIT_S: Final = 10.0
+"""Longest a group waits, before it logs a configuration that moves shards away, for each
+gaining group to hold a base of its shard (a pre-copy). After it, the shard freezes
+anyway: the gaining group finishes its copy (from the same base image, if the source
+still has it) and the shard refuses writes for longer; a group that is down cannot hold
+the cluster's configuration back for more than this."""
+
+DELTA_POLL_S: Final = 0.05
+"""How often a group holding a base asks each server of the source whether it has frozen
+the shard: the longest this adds to a move's write pause."""
+
+DELTA_WAIT_S: Final = 5.0
+"""One round of asking for a delta; then the reconciler starts over (nothing is lost)."""
+
+MAX_PRECOPY_MARKS: Final = 4096
+"""Pre-copies this server remembers having heard of (the oldest are forgotten)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Image:
     data: bytes
     crc: int
+    version: int
+
+
+class _BaseTooOldError(ShardwiseError):
+    """The source cannot make a delta from this base: pull a new one."""
 
 
 class ShardServer(ReplicaService[ShardGroupStateMachine]):
@@ -157,7 +189,15 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.controller = ControllerClient(
             controllers, config.secret, f"{config.node_id}/ctl", transport=self.transport
         )
-        self._images: OrderedDict[tuple[ShardId, int], _Image] = OrderedDict()
+        self._images: OrderedDict[tuple[ShardId, int, str], _Image] = OrderedDict()
+        self._precopied: OrderedDict[tuple[ShardId, int], None] = OrderedDict()
+        """(shard, configuration): a gaining group holds a base (it asked for a delta)."""
+        self._freeze_wait: tuple[int, float] = (0, 0.0)
+        """The configuration this leader waits to log for pre-copies, and since when."""
+        self._precopy_tried = 0
+        """The configuration this server last tried to pre-copy bases for."""
+        self._stale_bases: dict[tuple[ShardId, int], int] = {}
+        """Bases the source could not make a delta from, by shard and configuration."""
         self._routers: dict[tuple[str, ...], LeaderRouter] = {}
         self._pull_attempts = 0
         self._reconciler: asyncio.Task[None] | None = None
@@ -315,26 +355,58 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return PullReply("forbidden")  # whole shard images go only to other groups
         if self.host.status().halted:
             return PullReply("halted")
-        image = self._image(request.shard, request.config_num)
+        if request.mode == "delta":
+            self._precopied[(request.shard, request.config_num)] = None
+            while len(self._precopied) > MAX_PRECOPY_MARKS:
+                self._precopied.popitem(last=False)
+        try:
+            image = self._image(request)
+        except _BaseTooOldError:
+            return PullReply("too_old")
         if image is None:
             return PullReply("not_ready")
         size = max(1, min(request.max_bytes, PULL_CHUNK_BYTES))
         piece = image.data[request.offset : request.offset + size]
-        return PullReply("ok", total=len(image.data), crc=image.crc, data=piece)
+        return PullReply(
+            "ok", total=len(image.data), crc=image.crc, data=piece, version=image.version
+        )
 
-    def _image(self, shard: ShardId, config_num: int) -> _Image | None:
-        """The export of a frozen shard, made once and kept while it is being pulled (a
-        frozen shard never changes, so every piece comes from the same image)."""
-        key = (shard, config_num)
+    def _image(self, request: PullRequest) -> _Image | None:
+        """The image a pull asks for, made once and kept while it is being pulled (every
+        piece must come from the same image): see :class:`PullRequest` for the modes."""
+        sm, shard, num = self.state_machine, request.shard, request.config_num
+        frozen = lambda: sm.frozen_store(shard, num)  # noqa: E731
+        if request.mode == "frozen":
+            return self._cached((shard, num, "frozen"), frozen, lambda s: s.export())
+        if request.mode == "delta":
+            delta = lambda s: _or_too_old(s.export_delta(request.since))  # noqa: E731
+            return self._cached((shard, num, f"delta {request.since}"), frozen, delta)
+        # A base: the frozen copy if there is one (nothing will change after it), unless
+        # a copy taken while the shard served is being pulled already (offset > 0).
+        live = (shard, num, "live")
+        if request.offset > 0 and live in self._images:
+            return self._cached(live, lambda: None, lambda s: b"")
+        image = self._cached((shard, num, "frozen"), frozen, lambda s: s.export())
+        if image is None:
+            image = self._cached(live, lambda: sm.serving_store(shard), lambda s: s.export())
+        return image
+
+    def _cached(
+        self,
+        key: tuple[ShardId, int, str],
+        store: Callable[[], ShardStore | None],
+        export: Callable[[ShardStore], bytes],
+    ) -> _Image | None:
         image = self._images.get(key)
         if image is not None:
             self._images.move_to_end(key)
             return image
-        store = self.state_machine.frozen_store(shard, config_num)
-        if store is None:
+        source = store()
+        if source is None:
             return None
-        data = store.export()
-        image = self._images[key] = _Image(data, crc32c.crc32c(data))
+        version = source.write_version  # before the export, which commits nothing new
+        data = export(source)
+        image = self._images[key] = _Image(data, crc32c.crc32c(data), version)
         while len(self._images) > MAX_CACHED_IMAGES:
             self._images.popitem(last=False)
         return image
@@ -345,7 +417,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         command = encode(HandOffDone(request.shard, request.config_num))
         outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
         if outcome.value is not None:
-            self._images.pop((request.shard, request.config_num), None)
+            for key in [k for k in self._images if k[:2] == (request.shard, request.config_num)]:
+                del self._images[key]
         return HandedOffReply(outcome.status, leader=outcome.leader)
 
     # --- operators -----------------------------------------------------------------------
@@ -397,6 +470,10 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         """Pull what the group is gaining; once it has it all, log the next
         configuration. Whether there may be more to do at once."""
         sm = self.state_machine
+        if self._stale_bases:  # only the configuration being pulled matters
+            old = [key for key in self._stale_bases if key[1] < sm.config.num]
+            for key in old:
+                del self._stale_bases[key]
         pulls = sm.pulls()
         if pulls:
             results = await asyncio.gather(
@@ -414,8 +491,73 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return latest.num > num
         following = latest if latest.num == num + 1 else await self.controller.query(num + 1)
         if following.num == num + 1:
+            await self._precopy(following)
+            if not self._may_freeze(following):
+                return False
             await self._propose(Reconfigure(following))
         return True
+
+    async def _precopy(self, new: Configuration) -> None:
+        """Before the group moves to ``new``: take a base of every shard it gains there
+        from another group, and tell that group it has one. (Before, not after: two
+        groups that swap shards would otherwise each wait for the other to move first.)
+        A failure is only logged: the pull after ``new`` takes a base anyway."""
+        sm = self.state_machine
+        gains = [
+            (m.shard, sm.config.groups.get(m.previous, ()))
+            for m in moves(sm.config, new, self.gid)
+            if m.owner == self.gid and m.previous != NO_GROUP
+        ]
+        missing = [(s, g) for s, g in gains if self._base(s, new.num) is None]
+        if self._precopy_tried != new.num:  # once: a source that is down costs one try
+            self._precopy_tried = new.num
+            copies = [self._copy_base(shard, new.num, servers) for shard, servers in missing]
+            for failure in await asyncio.gather(*copies, return_exceptions=True):
+                if isinstance(failure, BaseException):
+                    if not isinstance(failure, Exception):
+                        raise failure
+                    logger.info("%s: pre-copy: %s", self.config.node_id, failure)
+        probes: list[Awaitable[PullReply | None]] = []
+        for shard, servers in gains:
+            base = self._base(shard, new.num)
+            if base is not None:
+                request = PullRequest(shard, new.num, max_bytes=1, mode="delta", since=base)
+                probes.extend(self._ask(server, request, DELTA_POLL_S * 20) for server in servers)
+        await asyncio.gather(*probes)
+
+    def _may_freeze(self, new: Configuration) -> bool:
+        """Whether to log ``new`` now: every group gaining a shard from this one holds a
+        base of it, or :data:`PRECOPY_WAIT_S` has passed."""
+        sm = self.state_machine
+        waiting = [
+            m.shard
+            for m in moves(sm.config, new, self.gid)
+            if m.previous == self.gid
+            and m.owner != NO_GROUP
+            and (m.shard, new.num) not in self._precopied
+        ]
+        if not waiting:
+            return True
+        now = asyncio.get_running_loop().time()
+        if self._freeze_wait[0] != new.num:
+            self._freeze_wait = (new.num, now)
+        if now - self._freeze_wait[1] < PRECOPY_WAIT_S:
+            return False
+        logger.info(
+            "%s: configuration %d: no pre-copy of %s after %.0f s; freezing anyway",
+            self.config.node_id,
+            new.num,
+            ", ".join(map(str, waiting)),
+            PRECOPY_WAIT_S,
+        )
+        return True
+
+    def _base(self, shard: ShardId, config_num: int) -> int | None:
+        """The write version of the group's usable base of ``shard`` for ``config_num``."""
+        base = self.state_machine.base_version(shard, config_num)
+        if base is None or self._stale_bases.get((shard, config_num)) == base:
+            return None
+        return base
 
     async def _confirm_hand_offs(self) -> bool:
         """Tell each source group its frozen copy was installed here. Separate from
@@ -433,13 +575,91 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return False
 
     async def _fetch_and_install(self, pull: Pull) -> None:
-        """Stream the image from the source into the log: each piece is proposed as soon
-        as it arrives (at most :data:`PROPOSE_WINDOW` in flight), so fetching and
-        replicating overlap; then the install, which every replica checks against the
-        image's CRC32C before it serves the shard."""
+        """Bring in a shard the group is pulling: a base unless it holds one, then, once
+        the source has frozen the shard, the delta since the base, and the install."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        server, first = await self._first_piece(pull)
+        shard, num = pull.shard, pull.config_num
+        base = self._base(shard, num)
+        if base is None:
+            base = await self._copy_base(shard, num, pull.servers)
+        based = loop.time()
+        server, first = await self._await_delta(pull, base)
+        frozen = loop.time()
+        request = PullRequest(shard, num, mode="delta", since=base)
+        await self._stream_in(shard, num, server, first, request)
+        if not await self._propose(InstallDelta(shard, num, first.total, first.crc, base)):
+            self._stale_bases[(shard, num)] = base
+            raise ShardwiseError(f"the delta for {shard} was refused; pulling a new base")
+        logger.info(
+            "%s: installed %s from %s: base %.2f s, waited for the freeze %.2f s, "
+            "delta of %d bytes installed %.2f s after it",
+            self.config.node_id,
+            shard,
+            server,
+            based - started,
+            frozen - based,
+            first.total,
+            loop.time() - frozen,
+        )
+
+    async def _copy_base(self, shard: ShardId, config_num: int, servers: Sequence[str]) -> int:
+        """Log a base of ``shard`` (gained in ``config_num``) from ``servers``; its write
+        version."""
+        request = PullRequest(shard, config_num, mode="base")
+        server, first = await self._first_piece(shard, config_num, servers, request)
+        await self._stream_in(shard, config_num, server, first, request)
+        command = InstallBase(shard, config_num, first.total, first.crc, first.version)
+        if not await self._propose(command):
+            raise ShardwiseError(f"the base of {shard} was refused")
+        self._stale_bases.pop((shard, config_num), None)
+        return first.version
+
+    async def _await_delta(self, pull: Pull, since: int) -> tuple[str, PullReply]:
+        """The first piece of the delta since ``since`` and the server that gave it: asks
+        every server of the source every :data:`DELTA_POLL_S` until one has frozen the
+        shard (for at most :data:`DELTA_WAIT_S`)."""
+        request = PullRequest(pull.shard, pull.config_num, mode="delta", since=since)
+        found: asyncio.Future[tuple[str, PullReply]] = asyncio.get_running_loop().create_future()
+
+        async def poll(server: str) -> None:
+            while not found.done():
+                reply = await self._ask(server, request, FIRST_PULL_TIMEOUT_S)
+                if found.done():
+                    return
+                if reply is not None and reply.status == "ok":
+                    found.set_result((server, reply))
+                elif reply is not None and reply.status == "too_old":
+                    self._stale_bases[(pull.shard, pull.config_num)] = since
+                    found.set_exception(_BaseTooOldError(f"{server} has no delta of {pull.shard}"))
+                else:
+                    await asyncio.sleep(DELTA_POLL_S)
+
+        polls = [asyncio.create_task(poll(server)) for server in pull.servers]
+        try:
+            async with asyncio.timeout(DELTA_WAIT_S):
+                return await found
+        except TimeoutError:
+            raise ShardwiseError(
+                f"{pull.shard} is not frozen for configuration {pull.config_num} yet"
+            ) from None
+        finally:
+            for task in polls:
+                task.cancel()
+
+    async def _ask(self, server: str, request: PullRequest, timeout_s: float) -> PullReply | None:
+        self.transport.set_peer(server, server_address(server))
+        try:
+            return await self.transport.call(server, PULL, request, timeout_s=timeout_s)
+        except NetError:
+            return None
+
+    async def _stream_in(
+        self, shard: ShardId, config_num: int, server: str, first: PullReply, request: PullRequest
+    ) -> None:
+        """Log the image whose first piece is ``first`` in :class:`InstallChunk` pieces,
+        each proposed as soon as it arrives (at most :data:`PROPOSE_WINDOW` in flight), so
+        fetching and replicating overlap; the rest comes from the same ``server``."""
         total, crc = first.total, first.crc
         in_flight: deque[asyncio.Task[bool]] = deque()
         try:
@@ -447,70 +667,45 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             while True:
                 for start in range(0, len(data), INSTALL_CHUNK_BYTES):
                     if len(in_flight) >= PROPOSE_WINDOW and not await in_flight.popleft():
-                        raise ShardwiseError(f"install of {pull.shard} was interrupted")
+                        raise ShardwiseError(f"install of {shard} was interrupted")
                     piece = data[start : start + INSTALL_CHUNK_BYTES]
-                    chunk = InstallChunk(pull.shard, pull.config_num, offset + start, piece)
+                    chunk = InstallChunk(shard, config_num, offset + start, piece)
                     in_flight.append(asyncio.ensure_future(self._propose(chunk)))
                 offset += len(data)
                 if offset >= total:
                     break
-                data = await self._next_piece(server, pull, offset, crc)
+                data = await self._next_piece(server, replace(request, offset=offset), crc)
             if total == 0:
-                empty = InstallChunk(pull.shard, pull.config_num, 0, b"")
+                empty = InstallChunk(shard, config_num, 0, b"")
                 in_flight.append(asyncio.ensure_future(self._propose(empty)))
             if not all(await asyncio.gather(*in_flight)):
-                raise ShardwiseError(f"install of {pull.shard} was interrupted")
+                raise ShardwiseError(f"install of {shard} was interrupted")
         finally:
             for task in in_flight:
                 task.cancel()  # only those not done: a failed pull leaves none behind
-        streamed = loop.time()
-        if not await self._propose(InstallShard(pull.shard, pull.config_num, total, crc)):
-            raise ShardwiseError(f"install of {pull.shard} was refused (bad image?)")
-        logger.info(
-            "%s: installed %s (%d bytes from %s): streamed in %.2f s, installed in %.2f s",
-            self.config.node_id,
-            pull.shard,
-            total,
-            server,
-            streamed - started,
-            loop.time() - streamed,
-        )
 
-    async def _first_piece(self, pull: Pull) -> tuple[str, PullReply]:
+    async def _first_piece(
+        self, shard: ShardId, config_num: int, servers: Sequence[str], request: PullRequest
+    ) -> tuple[str, PullReply]:
         """The first piece of the image and the server that gave it; every later piece
         comes from that server (replicas' files hold the same rows but need not be
         byte-identical)."""
         # Start at a different server each attempt: a dead one (whose calls only time
         # out) must not be first every time.
         self._pull_attempts += 1
-        start = self._pull_attempts % max(1, len(pull.servers))
-        for server in (*pull.servers[start:], *pull.servers[:start]):
-            self.transport.set_peer(server, server_address(server))
-            try:
-                first = await self.transport.call(
-                    server,
-                    PULL,
-                    PullRequest(pull.shard, pull.config_num),
-                    timeout_s=FIRST_PULL_TIMEOUT_S,
-                )
-            except NetError:
-                continue
-            if first.status == "ok":
+        start = self._pull_attempts % max(1, len(servers))
+        for server in (*servers[start:], *servers[:start]):
+            first = await self._ask(server, request, FIRST_PULL_TIMEOUT_S)
+            if first is not None and first.status == "ok":
                 return server, first
         raise ShardwiseError(
-            f"no server of {list(pull.servers)} has {pull.shard} ready for configuration "
-            f"{pull.config_num} yet"
+            f"no server of {list(servers)} has {shard} ready for configuration {config_num} yet"
         )
 
-    async def _next_piece(self, server: str, pull: Pull, offset: int, crc: int) -> bytes:
-        reply = await self.transport.call(
-            server,
-            PULL,
-            PullRequest(pull.shard, pull.config_num, offset=offset),
-            timeout_s=PULL_CALL_TIMEOUT_S,
-        )
+    async def _next_piece(self, server: str, request: PullRequest, crc: int) -> bytes:
+        reply = await self.transport.call(server, PULL, request, timeout_s=PULL_CALL_TIMEOUT_S)
         if reply.status != "ok" or reply.crc != crc or not reply.data:
-            raise ShardwiseError(f"{server} stopped serving {pull.shard} mid-pull")
+            raise ShardwiseError(f"{server} stopped serving {request.shard} mid-pull")
         return reply.data
 
     async def _confirm(self, shard: ShardId, config_num: int, servers: tuple[str, ...]) -> None:
@@ -526,6 +721,12 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         """Log ``command``; whether it applied (False: every replica ignored it)."""
         result = decode_result(await self.host.propose(encode(command), REQUEST_TIMEOUT_S))
         return result.outcome == "ok"
+
+
+def _or_too_old(delta: bytes | None) -> bytes:
+    if delta is None:
+        raise _BaseTooOldError("no delta from that base")
+    return delta
 
 
 def _failure(exc: SqlError) -> SqlFailure:

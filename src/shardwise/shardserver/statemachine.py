@@ -9,8 +9,13 @@ same shards in the same lifecycle states at the same index:
   finished ``n``). For each shard: kept, lost (SERVING -> FROZEN, remembering the
   configuration it was lost in), gained from nobody (a new empty shard) or gained from a
   group (-> PULLING from that group's servers).
-* **InstallChunk / InstallShard** bring a pulled image in through the log, in pieces, and
-  serve the shard as soon as it is checked, whatever else is still moving.
+* **InstallChunk / InstallBase / InstallDelta** bring a pulled shard in through the log,
+  in pieces: first a *base* (a copy the source may have taken while it still served the
+  shard, possibly before this group has even moved to the configuration that gains it),
+  kept aside, not serving; then the *delta* from the base to the source's frozen copy,
+  which is applied to the base, and the shard serves at once, whatever else is still
+  moving. (**InstallShard**, a whole frozen image in one go, is still applied for logs
+  written before the pre-copy.)
 * **HandOffDone** (source) deletes a frozen copy the new owner has installed;
   **AckDelivered** (target) records that the source heard so.
 * **SQL.** A Reconfigure whose catalog differs brings every SERVING shard's tables to it
@@ -40,10 +45,10 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-import crc32c
 import msgspec
 
 from shardwise.controller.model import NO_GROUP, Configuration, ShardId, initial_configuration
+from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
 from shardwise.raft.kv import KVResult
 from shardwise.raft.sessions import MAX_SESSIONS
 from shardwise.shardserver.commands import (
@@ -51,7 +56,9 @@ from shardwise.shardserver.commands import (
     ClientOp,
     GroupResult,
     HandOffDone,
+    InstallBase,
     InstallChunk,
+    InstallDelta,
     InstallShard,
     Reconfigure,
     SchemaVerdict,
@@ -62,7 +69,7 @@ from shardwise.shardserver.commands import (
 )
 from shardwise.shardserver.lifecycle import ShardEvent, ShardState, transition
 from shardwise.shardserver.sqlshard import schema_digest
-from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore
+from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore, StagedImage
 from shardwise.storage.fsutil import CacheDisk
 
 logger = logging.getLogger(__name__)
@@ -85,8 +92,18 @@ class ShardRecord:
     """While PULLING: the configuration the shard is gained in."""
     pull_from: tuple[str, ...] = ()
     """While PULLING: the servers of the group that owned it before."""
-    staging: bytearray = field(default_factory=bytearray)
-    """While PULLING: the image received so far through the log."""
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A shard arriving through the log for configuration ``config_num``."""
+
+    config_num: int
+    staged: StagedImage
+    """The image (of the base, then of the delta) received so far."""
+    base: ShardStore | None = None
+    """The base, once installed aside (not serving; its write version is the delta's
+    starting point)."""
 
 
 class _ShardSnapshot(msgspec.Struct, frozen=True, array_like=True):
@@ -97,6 +114,13 @@ class _ShardSnapshot(msgspec.Struct, frozen=True, array_like=True):
     pull_from: tuple[str, ...]
     staging: bytes
     image: bytes | None
+
+
+class _IncomingSnapshot(msgspec.Struct, frozen=True, array_like=True):
+    shard: ShardId
+    config_num: int
+    staging: bytes
+    base: bytes | None
 
 
 class _Owed(msgspec.Struct, frozen=True, array_like=True):
@@ -111,6 +135,7 @@ class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
     config: Configuration
     shards: list[_ShardSnapshot]
     owed: list[_Owed]
+    incoming: list[_IncomingSnapshot] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +146,8 @@ class Pull:
     config_num: int
     servers: tuple[str, ...]
     received: int
+    base_version: int | None = None
+    """The write version of the base the group holds for it (None: no base yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +171,29 @@ class SqlRead:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A shard that changes hands between two configurations, seen from one group."""
+
+    shard: ShardId
+    previous: int
+    """Its owner before (``NO_GROUP``: nobody; it is new)."""
+    owner: int
+    """Its owner after."""
+
+
+def moves(old: Configuration, new: Configuration, gid: int) -> list[Move]:
+    """The shards group ``gid`` gains or loses going from ``old`` to ``new``."""
+    found = []
+    for keyspace, owners in new.owners.items():
+        before = old.owners.get(keyspace, ())
+        for i, owner in enumerate(owners):
+            previous = before[i] if i < len(before) else NO_GROUP
+            if (previous == gid) != (owner == gid):
+                found.append(Move(ShardId(keyspace, i), previous, owner))
+    return found
+
+
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -163,6 +213,8 @@ class ShardGroupStateMachine:
         self._applied = 0
         self.config = initial_configuration()
         self.shards: dict[ShardId, ShardRecord] = {}
+        self.incoming: dict[ShardId, Incoming] = {}
+        """Shards arriving through the log (see :class:`Incoming`)."""
         self.owed: dict[tuple[ShardId, int], _Owed] = {}
         """Hand-offs to confirm to their source groups, by shard and configuration: a
         shard can come back (and be owed again) before an older hand-off is confirmed."""
@@ -186,6 +238,10 @@ class ShardGroupStateMachine:
             done = self._reconfigure(index, decoded.config)
         elif isinstance(decoded, InstallChunk):
             done = self._install_chunk(decoded)
+        elif isinstance(decoded, InstallBase):
+            done = self._install_base(index, decoded)
+        elif isinstance(decoded, InstallDelta):
+            done = self._install_delta(index, decoded)
         elif isinstance(decoded, InstallShard):
             done = self._install(index, decoded)
         elif isinstance(decoded, HandOffDone):
@@ -208,13 +264,23 @@ class ShardGroupStateMachine:
                 record.frozen_at,
                 record.pull_config,
                 record.pull_from,
-                bytes(record.staging),
+                b"",  # staging moved to ``incoming``; the field stays for older snapshots
                 record.store.export() if record.store is not None else None,
             )
             for shard, record in sorted(self.shards.items())
         ]
         owed = [self.owed[k] for k in sorted(self.owed)]
-        return _encode(_Snapshot(SNAPSHOT_VERSION, self.gid, self.config, shards, owed))
+        incoming = [
+            _IncomingSnapshot(
+                shard,
+                inc.config_num,
+                inc.staged.read(),
+                inc.base.export() if inc.base is not None else None,
+            )
+            for shard, inc in sorted(self.incoming.items())
+        ]
+        snap = _Snapshot(SNAPSHOT_VERSION, self.gid, self.config, shards, owed, incoming)
+        return _encode(snap)
 
     def restore(self, data: bytes, index: int) -> None:
         snap = _snapshot_decoder.decode(data)
@@ -224,14 +290,16 @@ class ShardGroupStateMachine:
         self._clear_directory()
         self.config = snap.config
         self.shards = {}
+        self.incoming = {}
         for s in snap.shards:
             record = ShardRecord(
                 ShardState(s.state),
                 frozen_at=s.frozen_at,
                 pull_config=s.pull_config,
                 pull_from=s.pull_from,
-                staging=bytearray(s.staging),
             )
+            if s.staging:  # a snapshot from before ``incoming``
+                self._receive(s.shard, s.pull_config).staged.append(s.staging)
             if s.image is not None:
                 record.store = ShardStore.install(
                     self._path(s.shard),
@@ -242,6 +310,18 @@ class ShardGroupStateMachine:
                     disk=self._disk,
                 )
             self.shards[s.shard] = record
+        for i in snap.incoming:
+            incoming = self._receive(i.shard, i.config_num)
+            incoming.staged.append(i.staging)
+            if i.base is not None:
+                incoming.base = ShardStore.install(
+                    self._path(i.shard, ".base"),
+                    i.base,
+                    shard=i.shard,
+                    applied_index=index,
+                    max_sessions=self._max_sessions,
+                    disk=self._disk,
+                )
         self.owed = {(o.shard, o.config_num): o for o in snap.owed}
         self._digests = {}
         self._applied = index
@@ -250,6 +330,9 @@ class ShardGroupStateMachine:
         for record in self.shards.values():
             if record.store is not None:
                 record.store.close()
+        for incoming in self.incoming.values():
+            if incoming.base is not None:
+                incoming.base.close()
 
     # --- what the server asks ------------------------------------------------------------
 
@@ -317,14 +400,29 @@ class ShardGroupStateMachine:
 
     def pulls(self) -> list[Pull]:
         """Shards this group is pulling (what its leader must fetch)."""
-        return [
-            Pull(shard, r.pull_config, r.pull_from, len(r.staging))
-            for shard, r in sorted(self.shards.items())
-            if r.state is _S.PULLING
-        ]
+        pulls = []
+        for shard, r in sorted(self.shards.items()):
+            if r.state is _S.PULLING:
+                incoming = self.incoming.get(shard)
+                received = incoming.staged.size if incoming is not None else 0
+                base = self.base_version(shard, r.pull_config)
+                pulls.append(Pull(shard, r.pull_config, r.pull_from, received, base))
+        return pulls
+
+    def base_version(self, shard: ShardId, config_num: int) -> int | None:
+        """The write version of the base held for ``shard`` gained in ``config_num``."""
+        incoming = self.incoming.get(shard)
+        if incoming is None or incoming.config_num != config_num or incoming.base is None:
+            return None
+        return incoming.base.write_version
 
     def owed_acks(self) -> list[_Owed]:
         return [self.owed[k] for k in sorted(self.owed)]
+
+    def serving_store(self, shard: ShardId) -> ShardStore | None:
+        """The store of ``shard`` if it serves here (what a pre-copy takes a base of)."""
+        record = self.shards.get(shard)
+        return record.store if record is not None and self.serves(shard) else None
 
     def frozen_store(self, shard: ShardId, config_num: int) -> ShardStore | None:
         """The copy of ``shard`` frozen when this group lost it in ``config_num``."""
@@ -377,20 +475,20 @@ class ShardGroupStateMachine:
         old = self.config
         if new.num != old.num + 1 or not self.finished():
             return False  # stale, repeated, or the group has not finished ``old`` yet
-        for keyspace, owners in new.owners.items():
-            before = old.owners.get(keyspace, ())
-            for i, owner in enumerate(owners):
-                shard = ShardId(keyspace, i)
-                previous = before[i] if i < len(before) else NO_GROUP
-                if previous == self.gid and owner != self.gid:
-                    self._lose(shard, new.num)
-                elif previous != self.gid and owner == self.gid:
-                    if previous == NO_GROUP:
-                        self._create(index, shard)
-                    else:
-                        self._gain(shard, new.num, old.groups.get(previous, ()))
+        for move in moves(old, new, self.gid):
+            if move.previous == self.gid:
+                self._lose(move.shard, new.num)
+            elif move.previous == NO_GROUP:
+                self._create(index, move.shard)
+            else:
+                self._gain(move.shard, new.num, old.groups.get(move.previous, ()))
         self.config = new
         self._digests = {}
+        for shard, incoming in sorted(self.incoming.items()):
+            # A base taken ahead for ``new`` stays if ``new`` gains the shard; anything
+            # else for ``new`` or before will never be installed.
+            if incoming.config_num <= new.num and self._pulling(shard, incoming.config_num) is None:
+                self._drop_incoming(shard)
         # The SQL tables of every shard served in ``new`` (kept or just created), from
         # the catalog each records to ``new``'s. Frozen copies stay as they were frozen.
         # (Usually a no-op: only catalog changes change anything, and they move nothing.)
@@ -433,48 +531,101 @@ class ShardGroupStateMachine:
         record.state = transition(record.state, _E.GAIN)
         record.pull_config = config_num
         record.pull_from = servers
-        record.staging = bytearray()
 
     def _install_chunk(self, cmd: InstallChunk) -> bool:
-        record = self._pulling(cmd.shard, cmd.config_num)
-        if record is None:
+        if not self._may_receive(cmd.shard, cmd.config_num):
             return False
+        incoming = self.incoming.get(cmd.shard)
+        if incoming is None or incoming.config_num != cmd.config_num:
+            if cmd.offset != 0:
+                return False
+            incoming = self._receive(cmd.shard, cmd.config_num)
         if cmd.offset == 0:
-            record.staging = bytearray()
-        if cmd.offset != len(record.staging):
+            incoming.staged.reset()  # a new image (the base is kept)
+        if cmd.offset != incoming.staged.size:
             return False  # a repeat, or a piece after a lost one: the leader resends
-        record.staging += cmd.data
+        incoming.staged.append(cmd.data)
+        return True
+
+    def _install_base(self, index: int, cmd: InstallBase) -> bool:
+        incoming = self._staged(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
+        if incoming is None or not self._may_receive(cmd.shard, cmd.config_num):
+            return False
+        if incoming.base is not None:
+            incoming.base.delete()
+            incoming.base = None
+        try:
+            base = incoming.staged.install(
+                self._path(cmd.shard, ".base"),
+                shard=cmd.shard,
+                applied_index=index,
+                state=_S.PULLING.value,
+                max_sessions=self._max_sessions,
+                disk=self._disk,
+            )
+        except (ShardFormatError, CorruptShardSnapshotError) as exc:
+            # Intact in transit (the CRC matched) but not a shard: the same on every replica.
+            logger.warning("group %d: base of %s refused: %s", self.gid, cmd.shard, exc)
+            incoming.staged.reset()
+            return False
+        if base.write_version != cmd.version:  # not the copy the leader meant
+            base.delete()
+            return False
+        incoming.base = base
+        return True
+
+    def _install_delta(self, index: int, cmd: InstallDelta) -> bool:
+        record = self._pulling(cmd.shard, cmd.config_num)
+        incoming = self._staged(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
+        if record is None or incoming is None or incoming.base is None:
+            return False
+        state = transition(record.state, _E.INSTALLED)
+        try:
+            incoming.base.apply_delta(index, incoming.staged.read(), state=state.value)
+        except (ShardFormatError, CorruptShardSnapshotError) as exc:
+            # The same on every replica (the same bytes): start again from a new base.
+            logger.warning("group %d: delta for %s refused: %s", self.gid, cmd.shard, exc)
+            self._drop_incoming(cmd.shard)
+            return False
+        if record.store is not None:
+            record.store.close()  # a frozen copy from before: superseded by the new one
+        record.store = incoming.base.moved_to(self._path(cmd.shard))
+        incoming.base = None
+        self._drop_incoming(cmd.shard)
+        self._installed(index, cmd.shard, cmd.config_num, record, state)
         return True
 
     def _install(self, index: int, cmd: InstallShard) -> bool:
         record = self._pulling(cmd.shard, cmd.config_num)
-        if record is None:
-            return False
-        image = bytes(record.staging)
-        if len(image) != cmd.total or crc32c.crc32c(image) != cmd.crc:
-            record.staging = bytearray()  # the leader fetches it again from the start
+        incoming = self._staged(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
+        if record is None or incoming is None:
             return False
         if record.store is not None:
             record.store.close()  # a frozen copy from before: superseded by the image
         state = transition(record.state, _E.INSTALLED)
-        record.store = ShardStore.install(
+        record.store = incoming.staged.install(
             self._path(cmd.shard),
-            image,
             shard=cmd.shard,
             applied_index=index,
             state=state.value,
             max_sessions=self._max_sessions,
             disk=self._disk,
         )
+        self._drop_incoming(cmd.shard)
+        self._installed(index, cmd.shard, cmd.config_num, record, state)
+        return True
+
+    def _installed(
+        self, index: int, shard: ShardId, config_num: int, record: ShardRecord, state: ShardState
+    ) -> None:
+        assert record.store is not None
         record.state = state
         record.frozen_at = 0
-        record.staging = bytearray()
         # The image's tables are those of the configuration it was frozen in: bring them
         # to this group's (a no-op unless the catalog changed in the same configuration).
-        self._sync_schema(index, cmd.shard, record.store)
-        self.owed[(cmd.shard, cmd.config_num)] = _Owed(cmd.shard, cmd.config_num, record.pull_from)
+        self._sync_schema(index, shard, record.store)
+        self.owed[(shard, config_num)] = _Owed(shard, config_num, record.pull_from)
         record.pull_from = ()
-        return True
 
     def _hand_off_done(self, cmd: HandOffDone) -> bool:
         record = self.shards.get(cmd.shard)
@@ -496,6 +647,37 @@ class ShardGroupStateMachine:
         del self.owed[(cmd.shard, cmd.config_num)]
         return True
 
+    def _may_receive(self, shard: ShardId, config_num: int) -> bool:
+        """Whether pieces of ``shard`` for ``config_num`` are welcome: it is being pulled
+        for it, or it is the group's next configuration (a pre-copy; if that
+        configuration does not gain the shard, its Reconfigure drops the piece)."""
+        return self._pulling(shard, config_num) is not None or config_num == self.config.num + 1
+
+    def _staged(self, shard: ShardId, config_num: int, total: int, crc: int) -> Incoming | None:
+        """The incoming image of ``shard`` for ``config_num`` if it is complete and
+        intact; a damaged one is dropped (the leader sends it again from the start)."""
+        incoming = self.incoming.get(shard)
+        if incoming is None or incoming.config_num != config_num:
+            return None
+        if incoming.staged.size != total or incoming.staged.crc != crc:
+            incoming.staged.reset()
+            return None
+        return incoming
+
+    def _receive(self, shard: ShardId, config_num: int) -> Incoming:
+        """A fresh :class:`Incoming` for ``shard`` (replacing one for another configuration)."""
+        self._drop_incoming(shard)
+        staged = StagedImage(self._path(shard, ".incoming"), self._disk)
+        incoming = self.incoming[shard] = Incoming(config_num, staged)
+        return incoming
+
+    def _drop_incoming(self, shard: ShardId) -> None:
+        incoming = self.incoming.pop(shard, None)
+        if incoming is not None:
+            if incoming.base is not None:
+                incoming.base.delete()
+            incoming.staged.discard()
+
     def _pulling(self, shard: ShardId, config_num: int) -> ShardRecord | None:
         record = self.shards.get(shard)
         if record is None or record.state is not _S.PULLING or record.pull_config != config_num:
@@ -504,8 +686,9 @@ class ShardGroupStateMachine:
 
     # --- files ---------------------------------------------------------------------------
 
-    def _path(self, shard: ShardId) -> str:
-        return os.fspath(self.directory / f"{quote(shard.keyspace, safe='')}.{shard.index}.db")
+    def _path(self, shard: ShardId, kind: str = "") -> str:
+        name = f"{quote(shard.keyspace, safe='')}.{shard.index}{kind}.db"
+        return os.fspath(self.directory / name)
 
     def _clear_directory(self) -> None:
         """Files of an earlier incarnation are a cache of the log: drop them (see the

@@ -1,0 +1,161 @@
+"""The pre-copy of a moving shard, in the simulator: the source keeps serving while the
+target copies a base, freezes only once the target holds it, and then only the delta
+moves; a target that is down holds the source back for a bounded time only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from shardwise.controller.model import ShardId
+from shardwise.shardserver import server as server_module
+from shardwise.shardserver.commands import (
+    Command,
+    InstallBase,
+    InstallChunk,
+    InstallDelta,
+    Reconfigure,
+    decode,
+)
+from shardwise.shardserver.statemachine import ShardGroupStateMachine
+from shardwise.shardserver.store import EXPORT_HEADER, ShardDelta
+from shardwise.testing.cluster import SimCluster, wait_until
+from shardwise.testing.scenarios import shard_of
+
+
+@dataclass(frozen=True)
+class Applied:
+    gid: int
+    directory: Path
+    time: float
+    command: Command
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Applied]]:
+    """Every group command every replica applies, with the loop time it applied it."""
+    log: list[Applied] = []
+    original = ShardGroupStateMachine.apply
+
+    def apply(self: ShardGroupStateMachine, index: int, command: bytes) -> bytes:
+        now = asyncio.get_running_loop().time()
+        log.append(Applied(self.gid, self.directory, now, decode(command)))
+        return original(self, index, command)
+
+    monkeypatch.setattr(ShardGroupStateMachine, "apply", apply)
+    yield log
+
+
+def one_replica(log: list[Applied], gid: int) -> list[Applied]:
+    first = next(a.directory for a in log if a.gid == gid)
+    return [a for a in log if a.directory == first]
+
+
+@pytest.mark.virtual_time
+async def test_the_source_serves_until_the_target_holds_a_base(
+    tmp_path: Path, seed: int, applied: list[Applied]
+) -> None:
+    async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
+        await cluster.join(1, 2)
+        config = await cluster.configuration()
+        shard = config.shards_of(1)[0]
+        keys = [k for k in (f"key-{i}" for i in range(3000)) if shard_of(config, k) == shard]
+        acknowledged: dict[str, str] = {}
+        async with cluster.client() as kv:
+            await kv.mput({k: "x" * 2000 for k in keys})  # a base of a few hundred KB
+            await cluster.settled()
+            stop = asyncio.Event()
+
+            async def writer() -> None:
+                n = 0
+                while not stop.is_set():
+                    key, value = keys[n % len(keys)], f"write {n}"
+                    await kv.put(key, value)
+                    acknowledged[key] = value
+                    n += 1
+
+            async def written(count: int) -> bool:
+                return len(acknowledged) >= count
+
+            task = asyncio.create_task(writer())
+            await wait_until(lambda: written(5), 30, "writes before the move")
+            await cluster.move(shard, 2)
+            moved = await cluster.configuration()
+
+            async def served_by_2() -> bool:
+                status = await cluster.group_status(2)
+                states = {i.shard: i.state for i in status.shards} if status else {}
+                return states.get(shard) == "serving"
+
+            try:
+                await wait_until(served_by_2, 120, "group 2 serving the shard")
+                await wait_until(lambda: written(len(keys)), 60, "writes after the move")
+            finally:
+                stop.set()
+                await task
+            found = await kv.mget(list(acknowledged))
+        assert found == acknowledged  # no acknowledged write lost across the move
+
+    target = one_replica(applied, 2)
+    base = next(a for a in target if isinstance(a.command, InstallBase))
+    delta = next(a for a in target if isinstance(a.command, InstallDelta))
+    assert isinstance(base.command, InstallBase) and isinstance(delta.command, InstallDelta)
+    assert base.command.config_num == delta.command.config_num == moved.num
+    assert delta.command.since == base.command.version
+    freeze = next(
+        a
+        for a in one_replica(applied, 1)
+        if isinstance(a.command, Reconfigure) and a.command.config.num == moved.num
+    )
+    # The source froze the shard only once the target held its base ...
+    assert base.time <= freeze.time <= delta.time
+    # ... and what moved after the freeze is the delta: the writes made during the copy.
+    chunks = [
+        a.command
+        for a in target
+        if isinstance(a.command, InstallChunk) and base.time < a.time <= delta.time
+    ]
+    framed = b"".join(c.data for c in chunks)
+    assert len(framed) == delta.command.total < base.command.total / 10
+    changes = msgspec.msgpack.decode(framed[EXPORT_HEADER.size :], type=ShardDelta)
+    assert changes.shard == str(shard) and changes.upserts  # written while it was copied
+    assert {key for key, _, _ in changes.upserts} <= set(keys)
+
+
+@pytest.mark.virtual_time
+async def test_a_target_that_is_down_holds_the_source_back_for_a_bounded_time(
+    tmp_path: Path, seed: int, applied: list[Applied]
+) -> None:
+    async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
+        await cluster.join(1, 2)
+        config = await cluster.configuration()
+        shard: ShardId = config.shards_of(1)[0]
+        key = next(k for k in (f"key-{i}" for i in range(1000)) if shard_of(config, k) == shard)
+        async with cluster.client() as kv:
+            await kv.put(key, "before")
+            await cluster.settled()
+            await cluster.shutdown_group(2)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await cluster.move(shard, 2)
+            moved = await cluster.configuration()
+
+            async def source_moved_on() -> bool:
+                return any(
+                    isinstance(a.command, Reconfigure) and a.command.config.num == moved.num
+                    for a in applied
+                    if a.gid == 1
+                )
+
+            await wait_until(source_moved_on, 60, "group 1 at the new configuration")
+            waited = loop.time() - started
+            assert server_module.PRECOPY_WAIT_S <= waited < server_module.PRECOPY_WAIT_S + 10
+            await cluster.start_group(2)
+            assert await kv.get(key) == "before"  # a base of the frozen copy, and its delta
+            await kv.put(key, "after")
+            assert await kv.get(key) == "after"
