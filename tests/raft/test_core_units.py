@@ -325,3 +325,38 @@ def test_a_lost_window_of_appends_does_not_stall_replication() -> None:
     )
     retry = [m for m in drain(node) if isinstance(m, AppendEntries) and m.to == "b"]
     assert retry and retry[0].prev_index == 2, "after the rejection, resend from the match"
+
+
+def test_reads_between_two_readys_share_one_heartbeat_round() -> None:
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    for follower in ("b", "c"):  # the no-op commits: reads are served in this term
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    for i in range(10):
+        node.read_index(f"r{i}".encode())
+    beats = [m for m in drain(node) if isinstance(m, Heartbeat)]
+    assert sorted(m.to for m in beats) == ["b", "c"]
+    assert {m.context for m in beats} == {b"r9"}  # the newest read's context
+    # One follower's answer makes a quorum with the leader: all ten reads are served.
+    node.step(HeartbeatResponse(term=node.term, sender="b", to="a", context=b"r9"))
+    ready = node.ready()
+    assert [r.context for r in ready.read_states] == [f"r{i}".encode() for i in range(10)]
+    node.advance(ready)
+
+
+def test_a_lost_read_heartbeat_is_sent_again_with_the_next_tick() -> None:
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    for follower in ("b", "c"):
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    node.read_index(b"lost")
+    drain(node)  # the heartbeat carrying it is lost
+    beats: list[object] = []
+    for _ in range(node.config.heartbeat_ticks):
+        node.tick()
+        beats.extend(m for m in drain(node) if isinstance(m, Heartbeat))
+    assert {m.context for m in beats if isinstance(m, Heartbeat)} == {b"lost"}
+    node.step(HeartbeatResponse(term=node.term, sender="c", to="a", context=b"lost"))
+    assert [r.context for r in node.ready().read_states] == [b"lost"]

@@ -132,6 +132,8 @@ class RaftNode(Replication):
         self._pending_conf_index = 0
         self._uncommitted_bytes = 0
         self._broadcast_pending = False
+        self._read_heartbeat_pending = False
+        """Reads arrived since the last ready(): one heartbeat, for the newest, confirms all."""
         self._awaiting_advance = False
         self.transferee: str | None = None
         self._reset_timeout()
@@ -250,7 +252,9 @@ class RaftNode(Replication):
             self.transferee = None  # a transfer that took an election timeout has failed
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(b"")
+            # Reads still unconfirmed ride along: a lost read heartbeat is sent again.
+            pending = self._reads.last_context() if self._reads.has_unconfirmed() else b""
+            self._broadcast_heartbeat(pending)
 
     def _quorum_active(self) -> bool:
         active = sum(
@@ -486,6 +490,7 @@ class RaftNode(Replication):
             return False
         return bool(
             self._broadcast_pending
+            or self._read_heartbeat_pending
             or self._msgs
             or self._read_states
             or self._dropped_reads
@@ -501,7 +506,10 @@ class RaftNode(Replication):
             raise RaftError("ready() called again before advance()")
         if self._broadcast_pending and self.role is Role.LEADER:
             self._broadcast_append()
-        self._broadcast_pending = False
+        reads_waiting = self._read_heartbeat_pending and self._reads.has_unconfirmed()
+        if reads_waiting and self.role is Role.LEADER:
+            self._broadcast_heartbeat(self._reads.last_context())
+        self._broadcast_pending = self._read_heartbeat_pending = False
         state = self._hard_state()
         entries = self.log.unstable()
         early, late = self._split_messages()

@@ -52,6 +52,7 @@ class Replication:
     _incoming: tuple[SnapshotMeta, bytearray] | None
     _installed: IncomingSnapshot | None
     _uncommitted_bytes: int
+    _read_heartbeat_pending: bool
 
     role: Role
 
@@ -108,7 +109,9 @@ class Replication:
             return
         self._reads.add(context, origin, self.log.committed if committed_in_term else None, self.id)
         if committed_in_term:
-            self._broadcast_heartbeat(context)
+            # At the next ready(), one heartbeat for the newest read confirms every read
+            # queued before it: many reads between two Readys cost one round, not many.
+            self._read_heartbeat_pending = True
 
     def _fail_read(self, context: bytes, origin: str) -> None:
         if origin == self.id:
