@@ -29,7 +29,13 @@ from shardwise.errors import (
     ReplicaStoppedError,
 )
 from shardwise.raft import ConfChange, ConfChangeKind, Membership, Message, Role
-from shardwise.raft.host import DEFAULT_TICK_INTERVAL_S, HostOptions, RaftHost, run_inline
+from shardwise.raft.host import (
+    DEFAULT_TICK_INTERVAL_S,
+    HostOptions,
+    RaftHost,
+    run_inline,
+    snapshot_interval,
+)
 from shardwise.raft.kv import (
     Append,
     Get,
@@ -597,3 +603,11 @@ async def test_proposals_arriving_during_an_fsync_share_the_next_one(
     finally:
         storage.gate.set()
         await host.stop()
+
+
+def test_a_groups_replicas_snapshot_at_different_indexes() -> None:
+    every = 10_000
+    intervals = {snapshot_interval(f"127.0.0.1:{7200 + i}", every) for i in range(1, 4)}
+    assert len(intervals) == 3
+    assert all(every <= n <= every + every // 5 for n in intervals)
+    assert snapshot_interval("a", 1) in (1, 2)

@@ -155,6 +155,9 @@ DELTA_POLL_S: Final = 0.05
 """How often a group holding a base asks each server of the source whether it has frozen
 the shard: the longest this adds to a move's write pause."""
 
+PROBE_TIMEOUT_S: Final = 1.0
+"""One pre-copy probe (telling a source server that this group holds a base)."""
+
 DELTA_WAIT_S: Final = 5.0
 """One round of asking for a delta; then the reconciler starts over (nothing is lost)."""
 
@@ -164,7 +167,7 @@ MAX_PRECOPY_MARKS: Final = 4096
 
 @dataclass(frozen=True, slots=True)
 class _Image:
-    data: bytes
+    data: bytes | bytearray
     crc: int
     version: int
 
@@ -366,7 +369,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if image is None:
             return PullReply("not_ready")
         size = max(1, min(request.max_bytes, PULL_CHUNK_BYTES))
-        piece = image.data[request.offset : request.offset + size]
+        piece = bytes(memoryview(image.data)[request.offset : request.offset + size])
         return PullReply(
             "ok", total=len(image.data), crc=image.crc, data=piece, version=image.version
         )
@@ -395,7 +398,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self,
         key: tuple[ShardId, int, str],
         store: Callable[[], ShardStore | None],
-        export: Callable[[ShardStore], bytes],
+        export: Callable[[ShardStore], bytes | bytearray],
     ) -> _Image | None:
         image = self._images.get(key)
         if image is not None:
@@ -522,7 +525,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             base = self._base(shard, new.num)
             if base is not None:
                 request = PullRequest(shard, new.num, max_bytes=1, mode="delta", since=base)
-                probes.extend(self._ask(server, request, DELTA_POLL_S * 20) for server in servers)
+                probes.extend(self._ask(server, request, PROBE_TIMEOUT_S) for server in servers)
         await asyncio.gather(*probes)
 
     def _may_freeze(self, new: Configuration) -> bool:

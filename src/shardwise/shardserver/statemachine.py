@@ -42,7 +42,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import quote
 
 import msgspec
@@ -194,6 +194,12 @@ def moves(old: Configuration, new: Configuration, gid: int) -> list[Move]:
     return found
 
 
+def _as_bytes(image: bytearray) -> bytes:
+    """An export as the snapshot's ``bytes`` field, without copying it: msgspec encodes a
+    bytearray exactly as it encodes bytes (and decodes it as bytes)."""
+    return cast(bytes, image)
+
+
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -265,7 +271,7 @@ class ShardGroupStateMachine:
                 record.pull_config,
                 record.pull_from,
                 b"",  # staging moved to ``incoming``; the field stays for older snapshots
-                record.store.export() if record.store is not None else None,
+                _as_bytes(record.store.export()) if record.store is not None else None,
             )
             for shard, record in sorted(self.shards.items())
         ]
@@ -275,7 +281,7 @@ class ShardGroupStateMachine:
                 shard,
                 inc.config_num,
                 inc.staged.read(),
-                inc.base.export() if inc.base is not None else None,
+                _as_bytes(inc.base.export()) if inc.base is not None else None,
             )
             for shard, inc in sorted(self.incoming.items())
         ]

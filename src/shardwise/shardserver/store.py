@@ -618,22 +618,33 @@ class ShardStore:
 
     # --- snapshots and the file ----------------------------------------------------------
 
-    def export(self) -> bytes:
+    def export(self) -> bytearray:
         """A consistent copy of the whole database (data, sessions, meta), framed with
         its length and CRC32C, for :meth:`install` on another path or machine."""
         self.flush()
         size = self.size_bytes()
         if size > MAX_EXPORT_BYTES:
             raise ShardLimitError(f"shard {self.shard} is {size} bytes, over {MAX_EXPORT_BYTES}")
-        try:
-            image = bytearray(self._connection().serialize())
-        except sqlite3.Error as exc:
-            raise ShardStoreError(f"cannot export shard {self.shard}: {exc}") from exc
+        header = EXPORT_HEADER.size
+        if self._disk.durable:
+            try:
+                image = self._connection().serialize()
+            except sqlite3.Error as exc:
+                raise ShardStoreError(f"cannot export shard {self.shard}: {exc}") from exc
+            framed = bytearray(header + len(image))
+            framed[header:] = image
+        else:
+            # A cache store keeps no WAL (see open()): once committed, the file itself is
+            # the whole database, and reading it is ~4x faster than SQLite's serialize().
+            with open(self._path, "rb") as file:
+                framed = bytearray(header + os.fstat(file.fileno()).st_size)
+                file.readinto(memoryview(framed)[header:])
         # Bytes 18 and 19 of the header say "WAL mode" (2). An in-memory copy cannot be
         # opened in WAL mode, so the export is a plain rollback-journal database (1); the
         # receiver switches its copy to WAL when it opens it.
-        image[18:20] = b"\x01\x01"
-        return _frame(EXPORT_MAGIC, image)
+        framed[header + 18 : header + 20] = b"\x01\x01"
+        _frame_in_place(EXPORT_MAGIC, framed)
+        return framed
 
     def export_delta(self, since: int) -> bytes | None:
         """What changed after write version ``since`` (the version of an earlier
@@ -654,7 +665,7 @@ class ShardStore:
             horizon,
             sql_changed,
         )
-        return _frame(DELTA_MAGIC, _encode(delta))
+        return bytes(_frame(DELTA_MAGIC, _encode(delta)))  # small: a copy costs nothing
 
     def apply_delta(self, index: int, data: bytes, *, state: str) -> None:
         """Bring this copy up to date with a delta of the same shard (from
@@ -960,10 +971,19 @@ def _format_version(conn: sqlite3.Connection) -> object:
     return row[0] if row else None
 
 
-def _frame(magic: bytes, payload: bytes | bytearray) -> bytes:
+def _frame(magic: bytes, payload: bytes | bytearray) -> bytearray:
+    framed = bytearray(EXPORT_HEADER.size + len(payload))
+    framed[EXPORT_HEADER.size :] = payload
+    _frame_in_place(magic, framed)
+    return framed
+
+
+def _frame_in_place(magic: bytes, framed: bytearray) -> None:
+    """Write the frame's header into the first bytes of ``framed``, the payload after it."""
+    payload = memoryview(framed)[EXPORT_HEADER.size :]
     length = len(payload)
     checksum = crc32c.crc32c(payload, crc32c.crc32c(struct.pack("<Q", length)))
-    return EXPORT_HEADER.pack(magic, length, checksum) + payload
+    EXPORT_HEADER.pack_into(framed, 0, magic, length, checksum)
 
 
 def _unframe(data: bytes, magic: bytes = EXPORT_MAGIC) -> memoryview:
