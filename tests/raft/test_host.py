@@ -611,3 +611,27 @@ def test_a_groups_replicas_snapshot_at_different_indexes() -> None:
     assert len(intervals) == 3
     assert all(every <= n <= every + every // 5 for n in intervals)
     assert snapshot_interval("a", 1) in (1, 2)
+
+
+@async_test
+async def test_a_large_state_is_snapshotted_again_only_once_the_log_is_as_large(
+    tmp_path: Path, seed: int
+) -> None:
+    options = HostOptions(snapshot_every=4)
+    async with Cluster(tmp_path, seed=seed, options=options) as cluster:
+        leader = await cluster.elect()
+        await cluster.complete(leader.propose(put("big", "x" * 50_000, 1), 5.0))
+        for seq in range(2, 8):
+            await cluster.complete(leader.propose(put("k", str(seq), seq), 5.0))
+        first = leader.node.log.first_index()
+        assert first > 2, "the first snapshot (of a 50 KB state) was not taken"
+        # Twenty small writes: more than snapshot_every entries, but a few hundred bytes
+        # of log against a 50 KB state: copying it all again would not pay.
+        for seq in range(8, 28):
+            await cluster.complete(leader.propose(put("k", str(seq), seq), 5.0))
+        assert leader.node.log.first_index() == first
+        # A log as large as the state: now it snapshots.
+        await cluster.complete(leader.propose(put("big", "y" * 60_000, 28), 5.0))
+        for seq in range(29, 34):
+            await cluster.complete(leader.propose(put("k", str(seq), seq), 5.0))
+        assert leader.node.log.first_index() > first

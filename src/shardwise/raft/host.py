@@ -126,6 +126,14 @@ class HostOptions:
             raise ValueError("snapshot_every and the pending limits must be positive")
 
 
+MAX_LOG_BYTES_BETWEEN_SNAPSHOTS: Final = 256 << 20
+"""Log a replica applies before it snapshots even a state larger than this."""
+
+SNAPSHOT_DEFER_LIMIT: Final = 10
+"""A snapshot waits for the log to grow as large as the last one (see ``_maybe_snapshot``),
+but never past this many times ``snapshot_every`` entries: the log lives in memory."""
+
+
 def snapshot_interval(node_id: str, snapshot_every: int) -> int:
     """Entries between two snapshots of replica ``node_id``: ``snapshot_every`` plus up to
     a fifth more, fixed by the id. A group's replicas then take their snapshots at
@@ -203,6 +211,10 @@ class RaftHost(Generic[S]):
         self._applied = 0
         self._snapshot_index = 0
         self._snapshot_interval = snapshot_interval(node_id, self._options.snapshot_every)
+        self._log_bytes = 0
+        """Bytes of entries applied since the last snapshot."""
+        self._snapshot_bytes = 0
+        """Size of the last snapshot taken or installed."""
         self._read_count = 0
         opts = self._options
         in_flight = opts.max_pending_proposals + 2 * opts.max_pending_reads + MAX_PENDING_TRANSFERS
@@ -232,6 +244,7 @@ class RaftHost(Generic[S]):
         if stored.snapshot is not None:
             meta, data = stored.snapshot
             self._snapshot_index = meta.index
+            self._snapshot_bytes = len(data)
             # A durable state machine may be past the snapshot already; one that lives
             # in memory starts empty and is rebuilt from it, then from the log after it.
             if self.state_machine.applied_index() < meta.index:
@@ -447,6 +460,7 @@ class RaftHost(Generic[S]):
         index = snapshot.meta.index
         self.state_machine.restore(snapshot.data, index)
         self._applied = self._snapshot_index = index
+        self._snapshot_bytes, self._log_bytes = len(snapshot.data), 0
         self._proposals.fail_through(
             index,
             lambda covered: ProposalOutcomeUnknownError(
@@ -484,6 +498,7 @@ class RaftHost(Generic[S]):
                     f"(term {entry.term}): {exc}"
                 ) from exc
             self._applied = entry.index
+            self._log_bytes += len(entry.data)
             self._proposals.settle(entry.index, entry.term, result)
         self._release_applied()
 
@@ -506,8 +521,16 @@ class RaftHost(Generic[S]):
             future.set_result(None)
 
     async def _maybe_snapshot(self, node: RaftNode) -> None:
+        """Snapshot every ``snapshot_every`` entries, and once the log since the last
+        snapshot is as large as that snapshot was: a snapshot copies the whole state, so
+        a large state with small writes is snapshotted rarely (its cost is amortized
+        over as many bytes of log), not every few seconds."""
         applied = node.log.applied
-        if applied - self._snapshot_index < self._snapshot_interval:
+        entries = applied - self._snapshot_index
+        if entries < self._snapshot_interval:
+            return
+        grown = self._log_bytes >= min(self._snapshot_bytes, MAX_LOG_BYTES_BETWEEN_SNAPSHOTS)
+        if not grown and entries < SNAPSHOT_DEFER_LIMIT * self._snapshot_interval:
             return
         if applied != self._applied:
             return  # a durable state machine is ahead of the core just after a restart
@@ -521,6 +544,7 @@ class RaftHost(Generic[S]):
 
         await self._run_blocking(save)
         self._snapshot_index = meta.index
+        self._snapshot_bytes, self._log_bytes = len(data), 0
         logger.debug("replica %r took a snapshot at %d", self.id, meta.index)
 
     # --- bookkeeping ---------------------------------------------------------------------
