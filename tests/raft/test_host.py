@@ -389,7 +389,7 @@ async def test_a_restarted_host_recovers_from_its_files_and_catches_up(
 async def test_a_lagging_follower_and_a_new_learner_get_the_snapshot(
     tmp_path: Path, seed: int
 ) -> None:
-    options = HostOptions(snapshot_every=4)
+    options = HostOptions(snapshot_every=4, defer_leader_snapshots=False)
     async with Cluster(tmp_path, seed=seed, options=options) as cluster:
         leader = await cluster.elect()
         laggard = cluster.followers()[0]
@@ -617,7 +617,7 @@ def test_a_groups_replicas_snapshot_at_different_indexes() -> None:
 async def test_a_large_state_is_snapshotted_again_only_once_the_log_is_as_large(
     tmp_path: Path, seed: int
 ) -> None:
-    options = HostOptions(snapshot_every=4)
+    options = HostOptions(snapshot_every=4, defer_leader_snapshots=False)
     async with Cluster(tmp_path, seed=seed, options=options) as cluster:
         leader = await cluster.elect()
         await cluster.complete(leader.propose(put("big", "x" * 50_000, 1), 5.0))
@@ -635,3 +635,21 @@ async def test_a_large_state_is_snapshotted_again_only_once_the_log_is_as_large(
         for seq in range(29, 34):
             await cluster.complete(leader.propose(put("k", str(seq), seq), 5.0))
         assert leader.node.log.first_index() > first
+
+
+@async_test
+async def test_a_leader_leaves_regular_snapshots_to_its_followers(
+    tmp_path: Path, seed: int
+) -> None:
+    options = HostOptions(snapshot_every=4)
+    async with Cluster(tmp_path, seed=seed, options=options) as cluster:
+        leader = await cluster.elect()
+        for seq in range(1, 13):
+            await cluster.complete(leader.propose(put("k", str(seq), seq), 5.0))
+        await cluster.caught_up(leader)
+        assert leader.node.log.first_index() <= 2, "the leader paused its group to snapshot"
+        assert all(f.node.log.first_index() > 2 for f in cluster.followers())
+        # At the hard limit (ten intervals of entries) the leader snapshots too.
+        for seq in range(13, 13 + 10 * 4):
+            await cluster.complete(leader.propose(put("k", str(seq), seq), 5.0))
+        assert leader.node.log.first_index() > 2

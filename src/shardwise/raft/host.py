@@ -118,6 +118,11 @@ class HostOptions:
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     max_pending_proposals: int = MAX_PENDING_PROPOSALS
     max_pending_reads: int = MAX_PENDING_READS
+    defer_leader_snapshots: bool = True
+    """A leader's snapshot pauses its whole group (a follower's only itself: the other
+    replicas still make a quorum), so a leader snapshots only at the hard limits
+    (``SNAPSHOT_DEFER_LIMIT``, ``MAX_LOG_BYTES_BETWEEN_SNAPSHOTS``) and leaves the
+    regular ones to its followers."""
 
     def __post_init__(self) -> None:
         if not self.tick_interval_s > 0:
@@ -524,13 +529,19 @@ class RaftHost(Generic[S]):
         """Snapshot every ``snapshot_every`` entries, and once the log since the last
         snapshot is as large as that snapshot was: a snapshot copies the whole state, so
         a large state with small writes is snapshotted rarely (its cost is amortized
-        over as many bytes of log), not every few seconds."""
+        over as many bytes of log), not every few seconds. A leader waits for the hard
+        limits (see ``HostOptions.defer_leader_snapshots``)."""
         applied = node.log.applied
         entries = applied - self._snapshot_index
         if entries < self._snapshot_interval:
             return
-        grown = self._log_bytes >= min(self._snapshot_bytes, MAX_LOG_BYTES_BETWEEN_SNAPSHOTS)
-        if not grown and entries < SNAPSHOT_DEFER_LIMIT * self._snapshot_interval:
+        at_limit = (
+            entries >= SNAPSHOT_DEFER_LIMIT * self._snapshot_interval
+            or self._log_bytes >= MAX_LOG_BYTES_BETWEEN_SNAPSHOTS
+        )
+        if self._options.defer_leader_snapshots and node.is_leader() and not at_limit:
+            return
+        if self._log_bytes < self._snapshot_bytes and not at_limit:
             return
         if applied != self._applied:
             return  # a durable state machine is ahead of the core just after a restart

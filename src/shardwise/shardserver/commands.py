@@ -26,7 +26,7 @@ from shardwise.raft.kv import KVOp, KVResult
 GROUP_COMMAND_VERSION: Final = 3
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
-INSTALL_CHUNK_BYTES: Final = 512 << 10
+INSTALL_CHUNK_BYTES: Final = 256 << 10
 """Largest piece of a shard image in one log entry: a large shard enters the log as many
 small entries, so it never stalls the group's other traffic behind one huge append."""
 

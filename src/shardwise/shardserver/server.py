@@ -135,11 +135,13 @@ FIRST_PULL_TIMEOUT_S: Final = 3.0
 """The first piece, from a server that may be down: short, so the next one is tried soon
 (long enough for a source to export a large shard)."""
 
-PROPOSE_WINDOW: Final = 2
+PROPOSE_WINDOW: Final = 1
 """Install pieces in flight in the log at once. Measured (`bench/kv.py`, a 100 MiB move
-under load on 2 cores): 16 in flight made other shards' p99 4.7x its steady state and
-the move took 6.1 s; 4: 2.5x, 6.2 s; 2: 1.0-1.1x and 5.3-5.4 s. More in flight only
-makes the copy fight the group's other traffic for the CPU; it does not go faster."""
+under load on 2 cores), before the pre-copy: 16 in flight made other shards' p99 4.7x
+its steady state; 4: 2.5x; 2: 1.0-1.1x (and the shard refused writes throughout). With
+the pre-copy the copy happens while the shard still serves, so it may be slow: one
+piece of 256 KiB at a time keeps other shards' p99 at 1.0-1.5x (three runs; 512 KiB
+pieces, two in flight: 1.5-3.7x), for a move of 8-10 s instead of 6-7 s."""
 
 MAX_CACHED_IMAGES: Final = 4
 """Exported images (bases, frozen copies, deltas) a source keeps while others pull them."""
@@ -380,7 +382,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         sm, shard, num = self.state_machine, request.shard, request.config_num
         frozen = lambda: sm.frozen_store(shard, num)  # noqa: E731
         if request.mode == "frozen":
-            return self._cached((shard, num, "frozen"), frozen, lambda s: s.export())
+            return self._cached((shard, num, "frozen"), frozen, lambda s: s.export_buffer())
         if request.mode == "delta":
             delta = lambda s: _or_too_old(s.export_delta(request.since))  # noqa: E731
             return self._cached((shard, num, f"delta {request.since}"), frozen, delta)
@@ -389,9 +391,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         live = (shard, num, "live")
         if request.offset > 0 and live in self._images:
             return self._cached(live, lambda: None, lambda s: b"")
-        image = self._cached((shard, num, "frozen"), frozen, lambda s: s.export())
+        image = self._cached((shard, num, "frozen"), frozen, lambda s: s.export_buffer())
         if image is None:
-            image = self._cached(live, lambda: sm.serving_store(shard), lambda s: s.export())
+            image = self._cached(live, lambda: sm.serving_store(shard), lambda s: s.export_buffer())
         return image
 
     def _cached(

@@ -271,7 +271,7 @@ class ShardGroupStateMachine:
                 record.pull_config,
                 record.pull_from,
                 b"",  # staging moved to ``incoming``; the field stays for older snapshots
-                _as_bytes(record.store.export()) if record.store is not None else None,
+                _as_bytes(record.store.export_buffer()) if record.store is not None else None,
             )
             for shard, record in sorted(self.shards.items())
         ]
@@ -281,7 +281,7 @@ class ShardGroupStateMachine:
                 shard,
                 inc.config_num,
                 inc.staged.read(),
-                _as_bytes(inc.base.export()) if inc.base is not None else None,
+                _as_bytes(inc.base.export_buffer()) if inc.base is not None else None,
             )
             for shard, inc in sorted(self.incoming.items())
         ]

@@ -618,9 +618,14 @@ class ShardStore:
 
     # --- snapshots and the file ----------------------------------------------------------
 
-    def export(self) -> bytearray:
+    def export(self) -> bytes:
         """A consistent copy of the whole database (data, sessions, meta), framed with
         its length and CRC32C, for :meth:`install` on another path or machine."""
+        return bytes(self.export_buffer())
+
+    def export_buffer(self) -> bytearray:
+        """:meth:`export` without its final copy (a large shard's image is copied as
+        rarely as possible: a Raft snapshot holds its replica's event loop)."""
         self.flush()
         size = self.size_bytes()
         if size > MAX_EXPORT_BYTES:
