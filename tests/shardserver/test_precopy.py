@@ -57,9 +57,17 @@ def one_replica(log: list[Applied], gid: int) -> list[Applied]:
 
 
 @pytest.mark.virtual_time
+@pytest.mark.parametrize("slow_copy", [False, True], ids=["copy", "slow-copy"])
 async def test_the_source_serves_until_the_target_holds_a_base(
-    tmp_path: Path, seed: int, applied: list[Applied]
+    tmp_path: Path,
+    seed: int,
+    applied: list[Applied],
+    slow_copy: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if slow_copy:  # a copy far longer than the source's plain wait: progress keeps it waiting
+        monkeypatch.setattr(server_module, "PRECOPY_WAIT_S", 0.5)
+        monkeypatch.setattr(server_module, "INSTALL_CHUNK_BYTES", 2048)
     async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
         await cluster.join(1, 2)
         config = await cluster.configuration()
@@ -100,17 +108,24 @@ async def test_the_source_serves_until_the_target_holds_a_base(
                 await task
             found = await kv.mget(list(acknowledged))
         assert found == acknowledged  # no acknowledged write lost across the move
+    check_base_then_delta(applied, shard, keys, moved.num)
 
+
+def check_base_then_delta(
+    applied: list[Applied], shard: ShardId, keys: list[str], num: int
+) -> None:
+    """The target logged a base, the source froze after it, and the delta after that
+    carried the writes made during the copy."""
     target = one_replica(applied, 2)
     base = next(a for a in target if isinstance(a.command, InstallBase))
     delta = next(a for a in target if isinstance(a.command, InstallDelta))
     assert isinstance(base.command, InstallBase) and isinstance(delta.command, InstallDelta)
-    assert base.command.config_num == delta.command.config_num == moved.num
+    assert base.command.config_num == delta.command.config_num == num
     assert delta.command.since == base.command.version
     freeze = next(
         a
         for a in one_replica(applied, 1)
-        if isinstance(a.command, Reconfigure) and a.command.config.num == moved.num
+        if isinstance(a.command, Reconfigure) and a.command.config.num == num
     )
     # The source froze the shard only once the target held its base ...
     assert base.time <= freeze.time <= delta.time

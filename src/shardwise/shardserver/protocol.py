@@ -172,7 +172,8 @@ class PullRequest(msgspec.Struct, frozen=True):
       is pulled;
     * ``delta``: what changed in the frozen copy after write version ``since`` (the
       caller's base). Asking also tells this group that the caller holds a base, which
-      is what it waits for before it freezes the shard.
+      is what it waits for before it freezes the shard. ``since=-1``: the caller is
+      still copying its base (keep waiting); always answered ``not_ready``.
     """
 
     shard: ShardId

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -147,11 +148,19 @@ MAX_CACHED_IMAGES: Final = 4
 """Exported images (bases, frozen copies, deltas) a source keeps while others pull them."""
 
 PRECOPY_WAIT_S: Final = 10.0
-"""Longest a group waits, before it logs a configuration that moves shards away, for each
-gaining group to hold a base of its shard (a pre-copy). After it, the shard freezes
-anyway: the gaining group finishes its copy (from the same base image, if the source
-still has it) and the shard refuses writes for longer; a group that is down cannot hold
-the cluster's configuration back for more than this."""
+"""How long a group waits, before it logs a configuration that moves shards away, for
+each gaining group to hold a base of its shard (a pre-copy), unless the gaining group
+says it is still copying (then up to :data:`PRECOPY_MAX_WAIT_S`). After it, the shard
+freezes anyway: the gaining group finishes its copy (from the same base image, if the
+source still has it) and the shard refuses writes for longer; a group that is down
+cannot hold the cluster's configuration back for more than this."""
+
+PRECOPY_MAX_WAIT_S: Final = 120.0
+"""Longest a group waits for a pre-copy that is making progress (a large shard)."""
+
+PRECOPY_PROGRESS_S: Final = 1.0
+"""How often a group copying a base tells the source it is still at it; the source stops
+waiting when it has not heard so for three times this."""
 
 DELTA_POLL_S: Final = 0.05
 """How often a group holding a base asks each server of the source whether it has frozen
@@ -197,6 +206,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self._images: OrderedDict[tuple[ShardId, int, str], _Image] = OrderedDict()
         self._precopied: OrderedDict[tuple[ShardId, int], None] = OrderedDict()
         """(shard, configuration): a gaining group holds a base (it asked for a delta)."""
+        self._copying: OrderedDict[tuple[ShardId, int], float] = OrderedDict()
+        """(shard, configuration): when a gaining group last said it is copying a base."""
         self._freeze_wait: tuple[int, float] = (0, 0.0)
         """The configuration this leader waits to log for pre-copies, and since when."""
         self._precopy_tried = 0
@@ -361,7 +372,14 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if self.host.status().halted:
             return PullReply("halted")
         if request.mode == "delta":
-            self._precopied[(request.shard, request.config_num)] = None
+            key = (request.shard, request.config_num)
+            if request.since < 0:  # still copying its base: only a sign of progress
+                self._copying[key] = asyncio.get_running_loop().time()
+                self._copying.move_to_end(key)
+                while len(self._copying) > MAX_PRECOPY_MARKS:
+                    self._copying.popitem(last=False)
+                return PullReply("not_ready")
+            self._precopied[key] = None
             while len(self._precopied) > MAX_PRECOPY_MARKS:
                 self._precopied.popitem(last=False)
         try:
@@ -546,14 +564,18 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         now = asyncio.get_running_loop().time()
         if self._freeze_wait[0] != new.num:
             self._freeze_wait = (new.num, now)
-        if now - self._freeze_wait[1] < PRECOPY_WAIT_S:
+        waited = now - self._freeze_wait[1]
+        if waited < PRECOPY_WAIT_S:
             return False
+        heard = [self._copying.get((shard, new.num), -math.inf) for shard in waiting]
+        if waited < PRECOPY_MAX_WAIT_S and now - max(heard) < 3 * PRECOPY_PROGRESS_S:
+            return False  # a target is still copying: freezing now would lengthen its pause
         logger.info(
             "%s: configuration %d: no pre-copy of %s after %.0f s; freezing anyway",
             self.config.node_id,
             new.num,
             ", ".join(map(str, waiting)),
-            PRECOPY_WAIT_S,
+            waited,
         )
         return True
 
@@ -613,12 +635,24 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         version."""
         request = PullRequest(shard, config_num, mode="base")
         server, first = await self._first_piece(shard, config_num, servers, request)
-        await self._stream_in(shard, config_num, server, first, request)
+        progress = asyncio.create_task(self._tell_copying(shard, config_num, servers))
+        try:
+            await self._stream_in(shard, config_num, server, first, request)
+        finally:
+            progress.cancel()
         command = InstallBase(shard, config_num, first.total, first.crc, first.version)
         if not await self._propose(command):
             raise ShardwiseError(f"the base of {shard} was refused")
         self._stale_bases.pop((shard, config_num), None)
         return first.version
+
+    async def _tell_copying(self, shard: ShardId, config_num: int, servers: Sequence[str]) -> None:
+        """While a base is being copied: tell every server of the source, every
+        :data:`PRECOPY_PROGRESS_S`, so it keeps waiting for it (see ``_may_freeze``)."""
+        request = PullRequest(shard, config_num, mode="delta", since=-1)
+        while True:
+            await asyncio.gather(*(self._ask(s, request, PROBE_TIMEOUT_S) for s in servers))
+            await asyncio.sleep(PRECOPY_PROGRESS_S)
 
     async def _await_delta(self, pull: Pull, since: int) -> tuple[str, PullReply]:
         """The first piece of the delta since ``since`` and the server that gave it: asks
