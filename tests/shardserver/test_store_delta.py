@@ -94,17 +94,17 @@ def test_a_delta_carries_only_what_changed(tmp_path: Path) -> None:
             assert (copy.get("k1"), copy.get("k2"), copy.count()) == ("new", None, 999)
 
 
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "s.db"
+
+
 def test_a_delete_of_a_missing_key_changes_no_version(db_path: Path) -> None:
     with ShardStore.create(db_path, SHARD, state="serving") as store:
         run(store, [("", Delete("ghost")), ("", Cas("k", "x", "y"))], {})
         assert store.write_version == 0
         run(store, [("", Put("k", "v"))], {})
         assert store.write_version == 1
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "s.db"
 
 
 def test_pruned_tombstones_refuse_an_older_base_and_serve_a_newer_one(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import crc32c
 from msgspec.structs import replace
@@ -374,14 +374,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if request.mode == "delta":
             key = (request.shard, request.config_num)
             if request.since < 0:  # still copying its base: only a sign of progress
-                self._copying[key] = asyncio.get_running_loop().time()
-                self._copying.move_to_end(key)
-                while len(self._copying) > MAX_PRECOPY_MARKS:
-                    self._copying.popitem(last=False)
+                _remember(self._copying, key, asyncio.get_running_loop().time())
                 return PullReply("not_ready")
-            self._precopied[key] = None
-            while len(self._precopied) > MAX_PRECOPY_MARKS:
-                self._precopied.popitem(last=False)
+            _remember(self._precopied, key, None)
         try:
             image = self._image(request)
         except _BaseTooOldError:
@@ -407,11 +402,17 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         # A base: the frozen copy if there is one (nothing will change after it), unless
         # a copy taken while the shard served is being pulled already (offset > 0).
         live = (shard, num, "live")
-        if request.offset > 0 and live in self._images:
-            return self._cached(live, lambda: None, lambda s: b"")
+        if request.offset > 0 and (image := self._lookup(live)) is not None:
+            return image
         image = self._cached((shard, num, "frozen"), frozen, lambda s: s.export_buffer())
         if image is None:
             image = self._cached(live, lambda: sm.serving_store(shard), lambda s: s.export_buffer())
+        return image
+
+    def _lookup(self, key: tuple[ShardId, int, str]) -> _Image | None:
+        image = self._images.get(key)
+        if image is not None:
+            self._images.move_to_end(key)
         return image
 
     def _cached(
@@ -420,9 +421,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         store: Callable[[], ShardStore | None],
         export: Callable[[ShardStore], bytes | bytearray],
     ) -> _Image | None:
-        image = self._images.get(key)
+        image = self._lookup(key)
         if image is not None:
-            self._images.move_to_end(key)
             return image
         source = store()
         if source is None:
@@ -760,6 +760,19 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         """Log ``command``; whether it applied (False: every replica ignored it)."""
         result = decode_result(await self.host.propose(encode(command), REQUEST_TIMEOUT_S))
         return result.outcome == "ok"
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(marks: OrderedDict[_K, _V], key: _K, value: _V) -> None:
+    """Record ``key`` as the newest of ``marks``, forgetting the oldest past
+    :data:`MAX_PRECOPY_MARKS`."""
+    marks[key] = value
+    marks.move_to_end(key)
+    while len(marks) > MAX_PRECOPY_MARKS:
+        marks.popitem(last=False)
 
 
 def _or_too_old(delta: bytes | None) -> bytes:

@@ -1017,20 +1017,18 @@ def _verified_image(
     with closing(sqlite3.connect(":memory:", isolation_level=None)) as mem:
         try:
             mem.deserialize(image)
-            old_version = _format_version(mem)
-            _verify_and_stamp(mem, shard, applied_index, state)
-            if applied_index is None and state is None and old_version == SCHEMA_VERSION:
-                return bytes(image)
-            return mem.serialize()
+            changed = _verify_and_stamp(mem, shard, applied_index, state)
+            return mem.serialize() if changed else bytes(image)
         except sqlite3.Error as exc:
             raise CorruptShardSnapshotError(f"shard export: {exc}") from exc
 
 
 def _verify_and_stamp(
     conn: sqlite3.Connection, shard: ShardId | None, applied_index: int | None, state: str | None
-) -> None:
+) -> bool:
     """Check an exported database (format, upgraded if older; integrity; ``shard``) and
-    apply the overrides."""
+    apply the overrides; whether anything in it changed."""
+    upgraded = _format_version(conn) != SCHEMA_VERSION
     meta = _read_meta(conn, "shard export", upgrade=True)
     problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
     if problems != ["ok"]:
@@ -1041,6 +1039,7 @@ def _verify_and_stamp(
         _put_meta(conn, "applied_index", applied_index)
     if state is not None:
         _put_meta(conn, "state", state)
+    return upgraded or applied_index is not None or state is not None
 
 
 def _write_atomically(path: str, image: bytes, disk: Disk) -> None:
