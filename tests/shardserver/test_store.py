@@ -566,10 +566,22 @@ commands_st = st.lists(
 
 
 @settings(max_examples=200)
-@given(commands=commands_st, limit=st.sampled_from([2, 3, None]), gaps=st.booleans())
+@given(
+    commands=commands_st,
+    limit=st.sampled_from([2, 3, None]),
+    gaps=st.booleans(),
+    batch_ends=st.sets(st.integers(0, 40)),
+    reopen_at=st.integers(0, 40),
+)
 def test_the_store_matches_the_in_memory_machine(
-    commands: list[tuple[str, int, KVOp]], limit: int | None, gaps: bool
+    commands: list[tuple[str, int, KVOp]],
+    limit: int | None,
+    gaps: bool,
+    batch_ends: set[int],
+    reopen_at: int,
 ) -> None:
+    """Also in batches (the store keeps each client's last seq and the applied index in
+    memory inside one) and across a reopen mid-way (what it keeps must be re-read)."""
     reference = KVStateMachine()
     if limit is not None:
         reference._sessions = SessionTable(limit=limit)  # the same eviction bound
@@ -579,7 +591,16 @@ def test_the_store_matches_the_in_memory_machine(
         store = ShardStore.create(path, SHARD, state="serving", max_sessions=most)
         try:
             index = 0
-            for client_id, drawn_seq, op in commands:
+            store.begin_batch()
+            for position, (client_id, drawn_seq, op) in enumerate(commands):
+                if position in batch_ends:
+                    store.end_batch()
+                    store.begin_batch()
+                if position == reopen_at:
+                    store.close()
+                    store = ShardStore.open(path, SHARD, max_sessions=most)
+                    assert store.applied_index == index  # written with the batch
+                    store.begin_batch()
                 index += 2 if gaps else 1  # non-command entries leave gaps in the indexes
                 seq = drawn_seq if client_id else 0
                 command = encode_command(op, client_id=client_id, seq=seq)
@@ -590,6 +611,7 @@ def test_the_store_matches_the_in_memory_machine(
                 assert [store.last_seq(c) for c in CLIENTS] == [
                     reference.last_seq(c) for c in CLIENTS
                 ]
+            store.end_batch()
             assert dict(contents(store)) == reference.items()
             data = store.export()
             store.close()
@@ -616,6 +638,9 @@ def test_a_batch_is_one_transaction_committed_at_its_end(tmp_path: Path) -> None
         store.end_batch()
         assert seen_from_outside() == [("k", "01234")]
         assert store.applied_index == 5 and store.last_seq("c") == 5
+        with closing(sqlite3.connect(path)) as other:  # the index is committed with the batch
+            sql = "SELECT v FROM meta WHERE k = 'applied_index'"
+            assert other.execute(sql).fetchone() == (5,)
         store.begin_batch()
         client.run(Put("j", "x"), seq=6)
     # Closing in the middle of a batch commits it.

@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
-from shardwise.clock import Clock
+from shardwise.clock import AsyncioClock, Clock
 
 T = TypeVar("T")
 
@@ -71,6 +71,17 @@ def default_rng() -> random.Random:
 async def within(clock: Clock, seconds: float, awaitable: Awaitable[T]) -> T:
     """Await ``awaitable``; if ``seconds`` pass on ``clock`` first, cancel it and raise
     :class:`TimeoutError`. Cancelling the caller cancels both."""
+    if isinstance(clock, AsyncioClock):
+        # The loop's own time: one timer in this task (every call and every request
+        # handler waits this way, so two extra tasks and a wait() each add up).
+        timeout = asyncio.timeout(seconds)
+        try:
+            async with timeout:
+                return await awaitable
+        except TimeoutError:
+            if timeout.expired():
+                raise TimeoutError(f"not done within {seconds} s") from None
+            raise
     work = asyncio.ensure_future(awaitable)
     timer = asyncio.ensure_future(clock.sleep(seconds))
     try:

@@ -126,6 +126,7 @@ CREATE TABLE kv_gone (key TEXT PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX kv_gone_by_ver ON kv_gone (ver);
 """
 
+_LAST_TOUCH: Final = "SELECT coalesce(max(touched), 0) FROM sessions"
 _WRITE_VERSION: Final = """
 SELECT max(
     coalesce((SELECT max(ver) FROM kv), 0),
@@ -303,6 +304,14 @@ class ShardStore:
         self._meta = meta
         self._max_sessions = max_sessions
         self._sessions: int = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+        self._last_touch: int = conn.execute(_LAST_TOUCH).fetchone()[0]
+        self._known_seqs: dict[str, int] = {}
+        """Each client's latest applied ``seq``, as far as this process has seen it: a
+        write with a higher one needs no look-up in ``sessions`` (the common case). Only
+        clients with a row are here, so it is bounded like the table."""
+        self._applied_unwritten = False
+        """Inside a batch, ``applied_index`` is written once at its end (see
+        :meth:`_write_applied`), not with every command."""
         self._max_tombstones = max_tombstones
         self._tombstones: int = conn.execute("SELECT count(*) FROM kv_gone").fetchone()[0]
         self._version: int = conn.execute(_WRITE_VERSION).fetchone()[0]
@@ -473,8 +482,11 @@ class ShardStore:
             return None
         with self._transaction() as conn:
             result, sessions = self._apply_once(conn, client_id, seq, op)
-            _put_meta(conn, "applied_index", index)
-        self._meta.applied_index = index
+            self._meta.applied_index = index
+            if self._batching:
+                self._applied_unwritten = True
+            else:
+                _put_meta(conn, "applied_index", index)
         self._sessions = sessions
         return result
 
@@ -709,6 +721,8 @@ class ShardStore:
                 self._prune_tombstones(conn)
         self._version = delta.version
         self._sessions = len(delta.sessions)
+        self._known_seqs.clear()
+        self._last_touch = self._query(_LAST_TOUCH)[0][0]
         self._meta.state, self._meta.applied_index = state, index
 
     def checkpoint(self) -> None:
@@ -730,6 +744,7 @@ class ShardStore:
         """End the batch: commit what it changed (on a cache disk, only every
         :data:`CACHE_COMMIT_EVERY` changes: see :meth:`flush`)."""
         self._batching = False
+        self._write_applied()
         self._unflushed += 1
         if self._disk.durable or self._unflushed >= CACHE_COMMIT_EVERY:
             self.flush()
@@ -743,6 +758,7 @@ class ShardStore:
         open. It commits before an export, a checkpoint or a close, and every
         :data:`CACHE_COMMIT_EVERY` batches, which bounds the journal held in memory."""
         self._unflushed = 0
+        self._write_applied()
         conn = self._conn
         if conn is not None and conn.in_transaction:
             try:
@@ -809,6 +825,17 @@ class ShardStore:
         except sqlite3.Error as exc:
             raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
 
+    def _write_applied(self) -> None:
+        """Write the ``applied_index`` a batch left in memory, in the batch's transaction
+        (so the file never holds a batch's changes without its index)."""
+        if not self._applied_unwritten or self._conn is None:
+            return
+        self._applied_unwritten = False
+        try:
+            _put_meta(self._conn, "applied_index", self._meta.applied_index)
+        except sqlite3.Error as exc:
+            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+
     def _apply_once(
         self, conn: sqlite3.Connection, client_id: str, seq: int, op: KVOp
     ) -> tuple[KVResult, int]:
@@ -831,14 +858,15 @@ class ShardStore:
         a pooled client id numbers both kinds of write in one sequence.)"""
         sessions = self._sessions
         row = None
-        if client_id:
+        known = self._known_seqs.get(client_id)
+        if client_id and (known is None or seq <= known):
             sql = "SELECT seq, result FROM sessions WHERE client_id = ?"
             row = conn.execute(sql, (client_id,)).fetchone()
         if row is not None and seq < row[0]:
             return stale, sessions
         if row is not None and seq == row[0]:  # a retry: the first result, touched
             sql = "UPDATE sessions SET touched = ? WHERE client_id = ?"
-            conn.execute(sql, (_next_touch(conn), client_id))
+            conn.execute(sql, (self._next_touch(), client_id))
             try:
                 return decode(row[1]), sessions
             except msgspec.ValidationError:
@@ -850,18 +878,25 @@ class ShardStore:
             return result, sessions
         conn.execute(
             "INSERT OR REPLACE INTO sessions (client_id, seq, result, touched) VALUES (?,?,?,?)",
-            (client_id, seq, _encode(result), _next_touch(conn)),
+            (client_id, seq, _encode(result), self._next_touch()),
         )
-        if row is None:
+        self._known_seqs[client_id] = seq
+        if row is None and known is None:
             sessions += 1
         if sessions > self._max_sessions:  # forget the least recently heard-from
-            conn.execute(
+            evicted = conn.execute(
                 "DELETE FROM sessions WHERE client_id IN "
-                "(SELECT client_id FROM sessions ORDER BY touched LIMIT ?)",
+                "(SELECT client_id FROM sessions ORDER BY touched LIMIT ?) RETURNING client_id",
                 (sessions - self._max_sessions,),
-            )
+            ).fetchall()
+            for (gone,) in evicted:
+                self._known_seqs.pop(gone, None)
             sessions = self._max_sessions
         return result, sessions
+
+    def _next_touch(self) -> int:
+        self._last_touch += 1
+        return self._last_touch
 
     def _execute(self, conn: sqlite3.Connection, op: KVOp) -> KVResult:
         if isinstance(op, Get):
@@ -932,11 +967,6 @@ class ShardStore:
 def _get(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
     return None if row is None else str(row[0])
-
-
-def _next_touch(conn: sqlite3.Connection) -> int:
-    touch: int = conn.execute("SELECT coalesce(max(touched), 0) + 1 FROM sessions").fetchone()[0]
-    return touch
 
 
 def _put_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
