@@ -339,6 +339,28 @@ async def test_a_not_leader_hint_is_followed_and_remembered() -> None:
         assert len(servers[last].received) == 3
 
 
+async def test_a_read_a_follower_served_sends_the_next_call_to_the_leader_it_names() -> None:
+    async with StubCluster({1: 3}, owners=[1, 1, 1, 1]) as cluster:
+        group = cluster.groups[1]
+        first, _, last = sorted(group.ids)
+        group.leader = last
+        follower = cluster.servers[first]
+
+        async def serve_reads_as_a_follower(request: Request) -> KVReply | None:
+            if isinstance(request, ReadRequest):  # a real follower reads through ReadIndex
+                sm = cluster.data(request.shard)
+                return KVReply("ok", leader=last, config_num=1, value=sm.get(request.key))
+            return None
+
+        follower.gate = serve_reads_as_a_follower
+        async with cluster.client() as client:
+            assert await client.get("a") is None  # the first server asked is the follower
+            assert await client.get("a") is None
+            assert await client.get("b") is None
+        assert len(follower.received) == 1
+        assert len(cluster.servers[last].received) == 2
+
+
 async def test_a_dead_or_unready_server_is_skipped() -> None:
     async with StubCluster({1: 2}, owners=[1, 1, 1, 1]) as cluster:
         group = cluster.groups[1]

@@ -688,7 +688,10 @@ class Client:
                 continue
             if reply.status in ("ok", "wrong_group") or reply.error:
                 if reply.status == "ok":
-                    route.leader = node
+                    # A follower serves reads (ReadIndex) and names its leader: ask the
+                    # leader next time, which saves the follower's extra round trip.
+                    hint = reply.leader
+                    route.leader = hint if hint in route.servers else node
                 return reply
             call.why = f"{node} answered {reply.status}"
             hint = reply.leader

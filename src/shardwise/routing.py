@@ -104,7 +104,10 @@ class LeaderRouter:
                 except NetError:
                     continue  # down, slow or unreachable: the next server
                 if reply.status == "ok":
-                    self.leader = node
+                    # A follower may serve some calls (a read through ReadIndex); its
+                    # hint names the leader to try first next time.
+                    hint = reply.leader
+                    self.leader = hint if hint in self.servers else node
                     return reply
                 hint = reply.leader
                 if reply.status == "not_leader" and hint in self.servers and hint != self.leader:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from shardwise.shardserver.protocol import READ, ReadRequest
 from shardwise.testing import scenarios
 from shardwise.testing.cluster import SimCluster
 
@@ -40,3 +41,21 @@ async def test_scenario_in_the_simulator(
 async def test_concurrent_appends_in_the_simulator(tmp_path: Path, seed: int) -> None:
     async with SimCluster(tmp_path, groups=3, seed=seed) as cluster:
         await scenarios.concurrent_appends(cluster, seed)
+
+
+@pytest.mark.virtual_time
+async def test_a_follower_serves_a_read_and_names_the_leader(tmp_path: Path, seed: int) -> None:
+    async with SimCluster(tmp_path, groups=1, seed=seed) as cluster:
+        await cluster.join(1)
+        await cluster.settled()
+        config = await cluster.configuration()
+        async with cluster.client() as kv:
+            await kv.put("k", "v")
+        leader = await cluster.group_status(1)
+        assert leader is not None
+        follower = next(s for s in cluster.servers[1] if s != leader.node_id)
+        shard = scenarios.shard_of(config, "k")
+        reply = await cluster.call(follower, READ, ReadRequest(shard, "k"))
+        assert (reply.status, reply.value, reply.leader) == ("ok", "v", leader.node_id)
+        reply = await cluster.call(leader.node_id, READ, ReadRequest(shard, "k"))
+        assert (reply.status, reply.value, reply.leader) == ("ok", "v", None)

@@ -264,6 +264,12 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.writes_served[request.shard] += 1
         return KVReply("ok", config_num=result.config_num, result=result.result)
 
+    def _leader_hint(self) -> str | None:
+        """For a read a follower served: the leader, so the client asks it next time (a
+        follower's read costs a round trip to the leader besides the leader's own round)."""
+        leader = self.host.node.leader
+        return leader if leader != self.host.id else None
+
     async def _read(self, request: ReadRequest, context: CallContext) -> KVReply:
         shard, key = request.shard, request.key
         read = self.host.read(lambda sm: sm.read(shard, key), timeout_s=REQUEST_TIMEOUT_S)
@@ -273,7 +279,12 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if not outcome.value.serving:
             return KVReply("wrong_group", config_num=outcome.value.config_num)
         self.reads_served[shard] += 1
-        return KVReply("ok", config_num=outcome.value.config_num, value=outcome.value.value)
+        return KVReply(
+            "ok",
+            leader=self._leader_hint(),
+            config_num=outcome.value.config_num,
+            value=outcome.value.value,
+        )
 
     async def _scan(self, request: ScanRequest, context: CallContext) -> KVReply:
         if not 0 <= request.limit <= MAX_SCAN_ROWS:
@@ -289,7 +300,12 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if not outcome.value.serving:
             return KVReply("wrong_group", config_num=outcome.value.config_num)
         self.reads_served[r.shard] += 1
-        return KVReply("ok", config_num=outcome.value.config_num, items=outcome.value.items)
+        return KVReply(
+            "ok",
+            leader=self._leader_hint(),
+            config_num=outcome.value.config_num,
+            items=outcome.value.items,
+        )
 
     # --- SQL ---------------------------------------------------------------------------
 
