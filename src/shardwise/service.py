@@ -131,7 +131,9 @@ class ReplicaService(Generic[S]):
             state_machine,
             self.transport.raft_sender(group),
             options=HostOptions(
-                tick_interval_s=config.tick_ms / 1000, snapshot_every=config.snapshot_every
+                tick_interval_s=config.tick_ms / 1000,
+                snapshot_every=config.snapshot_every,
+                sync_in_loop_unless_leading=True,
             ),
         )
         self.transport.on_raft(group, self.host.deliver)

@@ -360,3 +360,58 @@ def test_a_lost_read_heartbeat_is_sent_again_with_the_next_tick() -> None:
     assert {m.context for m in beats if isinstance(m, Heartbeat)} == {b"lost"}
     node.step(HeartbeatResponse(term=node.term, sender="c", to="a", context=b"lost"))
     assert [r.context for r in node.ready().read_states] == [b"lost"]
+
+
+def test_reads_ride_on_appends_going_out_anyway_and_their_answers_confirm_them() -> None:
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    for follower in ("b", "c"):
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    node.propose(b"write")
+    node.read_index(b"r1")
+    node.read_index(b"r2")
+    sent = drain(node)
+    assert not [m for m in sent if isinstance(m, Heartbeat)]  # no round of its own
+    appends = [m for m in sent if isinstance(m, AppendEntries)]
+    assert sorted(m.to for m in appends) == ["b", "c"]
+    assert {m.context for m in appends} == {b"r2"}
+    # A rejection is an answer of this term too: it confirms the reads as well.
+    reply = AppendResponse(
+        term=node.term, sender="c", to="a", index=2, reject=True, hint_index=2, context=b"r2"
+    )
+    node.step(reply)
+    ready = node.ready()
+    assert [r.context for r in ready.read_states] == [b"r1", b"r2"]
+    node.advance(ready)
+
+
+def test_a_follower_that_gets_no_append_gets_the_reads_heartbeat() -> None:
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    node.step(AppendResponse(term=node.term, sender="b", to="a", index=2))
+    drain(node)
+    for i in range(MAX_INFLIGHT_MSGS + 1):  # "c" answers nothing: its window fills
+        node.propose(f"p{i}".encode())
+        drain(node)
+    node.step(AppendResponse(term=node.term, sender="b", to="a", index=2 + MAX_INFLIGHT_MSGS))
+    drain(node)
+    assert node.progress["c"].paused()
+    node.propose(b"one more")
+    node.read_index(b"r")
+    sent = drain(node)
+    carrying = [m for m in sent if isinstance(m, AppendEntries | Heartbeat) and m.context == b"r"]
+    assert [(type(m).__name__, m.to) for m in carrying] == [
+        ("AppendEntries", "b"),
+        ("Heartbeat", "c"),
+    ]
+
+
+def test_a_follower_echoes_the_read_context_of_an_append() -> None:
+    node = RaftNode("b", THREE)
+    node.step(AppendEntries(term=1, sender="a", to="b", prev_index=0, prev_term=0, context=b"r"))
+    answers = [m for m in drain(node) if isinstance(m, AppendResponse)]
+    assert [(m.to, m.context, m.reject) for m in answers] == [("a", b"r", False)]
+    node.step(AppendEntries(term=1, sender="a", to="b", prev_index=9, prev_term=1, context=b"s"))
+    answers = [m for m in drain(node) if isinstance(m, AppendResponse)]
+    assert [(m.to, m.context, m.reject) for m in answers] == [("a", b"s", True)]

@@ -125,6 +125,8 @@ class Cluster:
         self.options = options or HostOptions()
         self.clock = ManualClock()
         self.net = Network()
+        self.blocking_runs: Counter[str] = Counter()
+        """Calls of each host's ``run_blocking`` (fsyncs off the loop, snapshot saves)."""
 
     async def __aenter__(self) -> Cluster:
         for name in self.names:
@@ -163,11 +165,20 @@ class Cluster:
             clock=self.clock,
             options=options or self.options,
             seed=self.seed,
-            run_blocking=asyncio.to_thread if self.file_storage else run_inline,
+            run_blocking=self._counting_runner(name),
         )
         self.net.hosts[name] = host
         await host.start()
         return host
+
+    def _counting_runner(self, name: str) -> Callable[[Callable[[], None]], Awaitable[None]]:
+        runner = asyncio.to_thread if self.file_storage else run_inline
+
+        def run(fn: Callable[[], None]) -> Awaitable[None]:
+            self.blocking_runs[name] += 1
+            return runner(fn)
+
+        return run
 
     async def stop(self, name: str) -> RaftHost[CountingKV]:
         host = self.net.hosts.pop(name)
@@ -266,6 +277,33 @@ async def test_a_leader_is_elected_and_proposals_are_applied_everywhere(
             assert status.leader == leader.id
             assert status.commit == status.applied == leader.status().applied
         assert cluster.net.delivered["InstallSnapshot"] == 0
+
+
+@async_test
+@pytest.mark.parametrize("in_loop", [False, True], ids=["thread", "in-loop"])
+async def test_followers_may_sync_in_the_loop_while_a_leader_syncs_off_it(
+    tmp_path: Path, seed: int, in_loop: bool
+) -> None:
+    options = HostOptions(sync_in_loop_unless_leading=in_loop)
+    async with Cluster(tmp_path, seed=seed, file_storage=True, options=options) as cluster:
+        leader = await cluster.elect()
+        cluster.blocking_runs.clear()
+        for seq in range(1, 6):
+            result = await cluster.complete(leader.propose(put(f"k{seq}", str(seq), seq), 5.0))
+            assert decode_result(result).ok
+        await cluster.caught_up(leader)
+        followers = [h.id for h in cluster.followers()]
+        assert cluster.blocking_runs[leader.id] >= 1  # its appends overlapped its fsyncs
+        synced_off_loop = [cluster.blocking_runs[f] for f in followers]
+        if in_loop:
+            assert synced_off_loop == [0, 0]
+        else:
+            assert all(n > 0 for n in synced_off_loop)
+        for follower in followers:  # durable all the same: the log reopens with every entry
+            await cluster.stop(follower)
+            restarted = await cluster.start(follower)
+            await cluster.caught_up(leader)
+            assert restarted.state_machine.get("k5") == "5"
 
 
 @async_test

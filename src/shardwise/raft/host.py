@@ -8,9 +8,11 @@ One :class:`RaftHost` runs one replica of one group. Two tasks drive it:
   time themselves, so elections and timeouts take no real time and replay exactly;
 * the **ready task** turns each ``Ready`` of the core into I/O, in the order Raft's safety
   needs: persist (snapshot, entries, hard state, one ``sync``), then send, then apply,
-  then ``advance``. The ``sync`` runs in a worker thread (``run_blocking``): meanwhile the
-  event loop keeps stepping the core, and whatever arrives (proposals, appends) waits in
-  the core for the next ``Ready``, so one fsync covers all of it (group commit).
+  then ``advance``. A leader's ``sync`` runs in a worker thread (``run_blocking``):
+  meanwhile the event loop keeps stepping the core, and whatever arrives (proposals,
+  appends) waits in the core for the next ``Ready``, so one fsync covers all of it (group
+  commit). A follower's may run in the loop (``HostOptions.sync_in_loop_unless_leading``):
+  then what arrives waits in the socket, with the same effect.
 
 **The network seam.** Outgoing messages go to ``send(message)``; incoming ones come in
 through :meth:`RaftHost.deliver`. Neither blocks nor raises for delivery problems: Raft
@@ -123,6 +125,14 @@ class HostOptions:
     replicas still make a quorum), so a leader snapshots only at the hard limits
     (``SNAPSHOT_DEFER_LIMIT``, ``MAX_LOG_BYTES_BETWEEN_SNAPSHOTS``) and leaves the
     regular ones to its followers."""
+    sync_in_loop_unless_leading: bool = False
+    """A follower (or candidate) writes and fsyncs in the event loop instead of through
+    ``run_blocking``. Nothing it could do meanwhile is worth the hand-off to a thread
+    and back: its answer waits for the fsync anyway, and what arrives during it waits
+    in the socket and makes the next Ready's batch larger. A leader always syncs through
+    ``run_blocking``: its appends to the followers overlap its own write. Off by default
+    so that simulations exercise a follower's core stepping while its fsync runs; the
+    servers turn it on."""
 
     def __post_init__(self) -> None:
         if not self.tick_interval_s > 0:
@@ -441,7 +451,10 @@ class RaftHost(Generic[S]):
         if apply_first:
             self._apply(ready.committed)
             self._answer_reads(node, ready)
-        if ready.must_sync or ready.snapshot is not None:
+        in_loop = self._options.sync_in_loop_unless_leading and not node.is_leader()
+        if ready.must_sync and ready.snapshot is None and in_loop:
+            self._persist(ready)  # a follower's small write: see HostOptions
+        elif ready.must_sync or ready.snapshot is not None:
             await self._run_blocking(lambda: self._persist(ready))
             if self._halted is not None:
                 return  # halted by a message or tick while the fsync ran: act on nothing
@@ -457,7 +470,8 @@ class RaftHost(Generic[S]):
         node.advance(ready)
 
     def _persist(self, ready: Ready) -> None:
-        """Runs in a worker thread when it syncs: touches storage only, never the core."""
+        """May run in a worker thread (see ``_handle_ready``): touches storage only, never
+        the core."""
         persist_ready(self._storage, ready)
 
     def _install(self, snapshot: IncomingSnapshot) -> None:

@@ -115,6 +115,9 @@ class AppendEntries(_Message, tag="app", frozen=True):
     prev_term: int
     entries: tuple[LogEntry, ...] = ()
     commit: int = 0
+    context: bytes = b""
+    """Non-empty when the append also confirms leadership for a ReadIndex read (as a
+    heartbeat's would): reads ride on appends that go out anyway."""
 
 
 class AppendResponse(_Message, tag="app_resp", frozen=True):
@@ -126,6 +129,8 @@ class AppendResponse(_Message, tag="app_resp", frozen=True):
     """On rejection: the follower's best guess of where the logs may agree."""
     hint_term: int = 0
     """The term of the follower's entry at ``hint_index`` (fast back-off by term)."""
+    context: bytes = b""
+    """The append's read context, echoed (whether or not the append succeeded)."""
 
 
 class Heartbeat(_Message, tag="hb", frozen=True):

@@ -450,7 +450,13 @@ class RaftNode(Replication):
         log = self.log
         if m.prev_index < log.committed:
             self._send(
-                AppendResponse(term=self.term, sender=self.id, to=m.sender, index=log.committed)
+                AppendResponse(
+                    term=self.term,
+                    sender=self.id,
+                    to=m.sender,
+                    index=log.committed,
+                    context=m.context,
+                )
             )
             return
         if log.matches(m.prev_index, m.prev_term):
@@ -459,7 +465,11 @@ class RaftNode(Replication):
                 log.append(m.entries[conflict - m.prev_index - 1 :])
             last_new = m.prev_index + len(m.entries)
             log.commit_to(min(m.commit, last_new))
-            self._send(AppendResponse(term=self.term, sender=self.id, to=m.sender, index=last_new))
+            self._send(
+                AppendResponse(
+                    term=self.term, sender=self.id, to=m.sender, index=last_new, context=m.context
+                )
+            )
             return
         hint_index, hint_term = log.conflict_hint(min(m.prev_index, log.last_index()), m.prev_term)
         self._send(
@@ -471,6 +481,7 @@ class RaftNode(Replication):
                 reject=True,
                 hint_index=hint_index,
                 hint_term=hint_term,
+                context=m.context,
             )
         )
 
@@ -504,11 +515,15 @@ class RaftNode(Replication):
         """Collect the work for the host; call :meth:`advance` once it is done."""
         if self._awaiting_advance:
             raise RaftError("ready() called again before advance()")
-        if self._broadcast_pending and self.role is Role.LEADER:
-            self._broadcast_append()
         reads_waiting = self._read_heartbeat_pending and self._reads.has_unconfirmed()
-        if reads_waiting and self.role is Role.LEADER:
-            self._broadcast_heartbeat(self._reads.last_context())
+        context = self._reads.last_context() if reads_waiting else b""
+        if self._broadcast_pending and self.role is Role.LEADER:
+            # Reads ride on the appends; a peer that gets none gets a heartbeat instead.
+            idle = [peer for peer in self.peers() if not self._send_append(peer, context)]
+            if context:
+                self._heartbeat(idle, context)
+        elif reads_waiting and self.role is Role.LEADER:
+            self._broadcast_heartbeat(context)
         self._broadcast_pending = self._read_heartbeat_pending = False
         state = self._hard_state()
         entries = self.log.unstable()

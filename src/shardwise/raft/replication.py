@@ -6,6 +6,8 @@ out to keep each module readable; it holds no state of its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from shardwise.raft.log import RaftLog
 from shardwise.raft.messages import (
     AppendEntries,
@@ -188,6 +190,7 @@ class Replication:
         pr.recent_active = True
         if isinstance(m, AppendResponse):
             self._handle_append_response(m, pr)
+            self._acknowledge_read(m.sender, m.context)
         elif isinstance(m, HeartbeatResponse):
             pr.probe_sent = False
             if pr.state is ProgressState.REPLICATE and pr.paused():
@@ -200,13 +203,18 @@ class Replication:
                 self._send_snapshot_chunk(m.sender, pr)
             elif pr.match < self.log.last_index():
                 self._send_append(m.sender)
-            if m.context and m.sender in self.voters:
-                for state, origin in self._reads.acknowledge(m.context, m.sender, self.quorum()):
-                    self._deliver_read(state, origin)
+            self._acknowledge_read(m.sender, m.context)
         elif isinstance(m, SnapshotResponse):
             self._handle_snapshot_response(m, pr)
         elif isinstance(m, ReadIndexRequest):
             self._leader_read(m.context, origin=m.sender)
+
+    def _acknowledge_read(self, sender: str, context: bytes) -> None:
+        """A peer answered a heartbeat or an append that carried a read's context: it
+        still followed this leader after the read arrived (its answer is of our term)."""
+        if context and sender in self.voters:
+            for state, origin in self._reads.acknowledge(context, sender, self.quorum()):
+                self._deliver_read(state, origin)
 
     def _handle_append_response(self, m: AppendResponse, pr: Progress) -> None:
         if m.reject:
@@ -277,7 +285,10 @@ class Replication:
             self._send_append(peer)
 
     def _broadcast_heartbeat(self, context: bytes) -> None:
-        for peer in self.peers():
+        self._heartbeat(self.peers(), context)
+
+    def _heartbeat(self, peers: Iterable[str], context: bytes) -> None:
+        for peer in peers:
             pr = self.progress[peer]
             self._send(
                 Heartbeat(
@@ -289,15 +300,16 @@ class Replication:
                 )
             )
 
-    def _send_append(self, peer: str) -> None:
+    def _send_append(self, peer: str, context: bytes = b"") -> bool:
+        """Send ``peer`` what it lacks (or start a snapshot); True if an append went out."""
         pr = self.progress[peer]
         if pr.paused():
-            return
+            return False
         prev = pr.next - 1
         prev_term = self.log.term_or_none(prev)
         if prev_term is None:
             self._start_snapshot(peer, pr)
-            return
+            return False
         entries: list[LogEntry] = []
         if pr.next <= self.log.last_index():
             entries = self.log.slice(pr.next, self.log.last_index() + 1, MAX_APPEND_BYTES)
@@ -310,10 +322,12 @@ class Replication:
                 prev_term=prev_term,
                 entries=tuple(entries),
                 commit=self.log.committed,
+                context=context,
             )
         )
         last = entries[-1].index if entries else prev
         pr.sent(last, sum(entry_size(e) for e in entries))
+        return True
 
     def _start_snapshot(self, peer: str, pr: Progress) -> None:
         pr.become_snapshot(self.log.snapshot.index)
