@@ -62,6 +62,17 @@ def elect(node: RaftNode, voters: list[str]) -> None:
     drain(node)
 
 
+def leader_of_three() -> RaftNode:
+    """ "a", elected in THREE, with its no-op acknowledged by both followers: committed,
+    so reads are served in its term and both followers are streamed to."""
+    node = RaftNode("a", THREE)
+    elect(node, ["b"])
+    for follower in ("b", "c"):
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    return node
+
+
 def test_only_current_term_entries_are_committed_by_counting() -> None:
     """Figure 8: an old-term entry on a majority is not committed until one of ours is."""
     node = RaftNode("a", FIVE, hard_state=HardState(term=3), entries=[entry(1, 1), entry(2, 2)])
@@ -300,11 +311,7 @@ def test_noop_payload_is_not_a_command() -> None:
 def test_a_lost_window_of_appends_does_not_stall_replication() -> None:
     """Regression (sweep seed 81): every append in a full window was lost; the follower's
     heartbeat answers must get replication going again."""
-    node = RaftNode("a", THREE)
-    elect(node, ["b"])
-    for follower in ("b", "c"):
-        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
-    drain(node)
+    node = leader_of_three()
     for i in range(MAX_INFLIGHT_MSGS + 5):
         node.propose(f"p{i}".encode())
         drain(node)  # one append per proposal to each follower: all "lost"
@@ -328,11 +335,7 @@ def test_a_lost_window_of_appends_does_not_stall_replication() -> None:
 
 
 def test_reads_between_two_readys_share_one_heartbeat_round() -> None:
-    node = RaftNode("a", THREE)
-    elect(node, ["b"])
-    for follower in ("b", "c"):  # the no-op commits: reads are served in this term
-        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
-    drain(node)
+    node = leader_of_three()
     for i in range(10):
         node.read_index(f"r{i}".encode())
     beats = [m for m in drain(node) if isinstance(m, Heartbeat)]
@@ -346,11 +349,7 @@ def test_reads_between_two_readys_share_one_heartbeat_round() -> None:
 
 
 def test_a_lost_read_heartbeat_is_sent_again_with_the_next_tick() -> None:
-    node = RaftNode("a", THREE)
-    elect(node, ["b"])
-    for follower in ("b", "c"):
-        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
-    drain(node)
+    node = leader_of_three()
     node.read_index(b"lost")
     drain(node)  # the heartbeat carrying it is lost
     beats: list[object] = []
@@ -363,11 +362,7 @@ def test_a_lost_read_heartbeat_is_sent_again_with_the_next_tick() -> None:
 
 
 def test_reads_ride_on_appends_going_out_anyway_and_their_answers_confirm_them() -> None:
-    node = RaftNode("a", THREE)
-    elect(node, ["b"])
-    for follower in ("b", "c"):
-        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
-    drain(node)
+    node = leader_of_three()
     node.propose(b"write")
     node.read_index(b"r1")
     node.read_index(b"r2")
