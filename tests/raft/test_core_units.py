@@ -21,6 +21,7 @@ from shardwise.raft.messages import (
     command_payload,
 )
 from shardwise.raft.progress import MAX_INFLIGHT_MSGS, Progress, ProgressState
+from shardwise.raft.ready import ReadState
 from shardwise.storage.types import HardState, LogEntry, SnapshotMeta
 
 THREE = Membership(frozenset({"a", "b", "c"}))
@@ -339,10 +340,11 @@ def test_reads_between_two_readys_share_one_heartbeat_round() -> None:
     for i in range(10):
         node.read_index(f"r{i}".encode())
     beats = [m for m in drain(node) if isinstance(m, Heartbeat)]
-    assert sorted(m.to for m in beats) == ["b", "c"]
+    # One follower's answer makes a quorum with the leader, so one is asked: the one
+    # heard from last ("c" acknowledged the no-op after "b").
+    assert [m.to for m in beats] == ["c"]
     assert {m.context for m in beats} == {b"r9"}  # the newest read's context
-    # One follower's answer makes a quorum with the leader: all ten reads are served.
-    node.step(HeartbeatResponse(term=node.term, sender="b", to="a", context=b"r9"))
+    node.step(HeartbeatResponse(term=node.term, sender="c", to="a", context=b"r9"))
     ready = node.ready()
     assert [r.context for r in ready.read_states] == [f"r{i}".encode() for i in range(10)]
     node.advance(ready)
@@ -396,10 +398,86 @@ def test_a_follower_that_gets_no_append_gets_the_reads_heartbeat() -> None:
     node.read_index(b"r")
     sent = drain(node)
     carrying = [m for m in sent if isinstance(m, AppendEntries | Heartbeat) and m.context == b"r"]
-    assert [(type(m).__name__, m.to) for m in carrying] == [
-        ("AppendEntries", "b"),
+    # The append to "b" carries the read, and "b"'s answer makes a quorum: no heartbeat.
+    assert [(type(m).__name__, m.to) for m in carrying] == [("AppendEntries", "b")]
+
+
+def test_heartbeats_make_up_the_quorum_the_appends_carrying_a_read_do_not() -> None:
+    node = RaftNode("a", FIVE)
+    elect(node, ["b", "c"])
+    for follower in ("b", "c", "d"):  # "e" never answers: its window fills
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    for i in range(MAX_INFLIGHT_MSGS):
+        node.propose(f"p{i}".encode())
+        drain(node)
+    node.step(AppendResponse(term=node.term, sender="d", to="a", index=2 + MAX_INFLIGHT_MSGS))
+    drain(node)
+    assert node.progress["e"].paused() and not node.progress["d"].paused()
+    for follower in ("b", "c"):  # their windows fill too; "c" is heard from last
+        node.step(HeartbeatResponse(term=node.term, sender=follower, to="a", context=b""))
+    node.progress["b"].inflight.extend([(0, 0)] * MAX_INFLIGHT_MSGS)
+    node.progress["c"].inflight.extend([(0, 0)] * MAX_INFLIGHT_MSGS)
+    drain(node)
+    node.propose(b"one more")
+    node.read_index(b"r")
+    sent = drain(node)
+    carrying = [m for m in sent if isinstance(m, AppendEntries | Heartbeat) and m.context == b"r"]
+    # A quorum of five is three: the leader, "d" (append) and one heartbeat, to the
+    # voter among the rest heard from most recently.
+    assert sorted((type(m).__name__, m.to) for m in carrying) == [
+        ("AppendEntries", "d"),
         ("Heartbeat", "c"),
     ]
+
+
+def test_a_read_heartbeat_goes_to_a_quorum_of_the_most_recently_heard_voters() -> None:
+    node = RaftNode("a", FIVE)
+    elect(node, ["b", "c"])
+    for follower in ("e", "b", "d", "c"):
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=2))
+    drain(node)
+    node.read_index(b"r")
+    beats = [m for m in drain(node) if isinstance(m, Heartbeat)]
+    assert sorted(m.to for m in beats) == ["c", "d"]  # the two heard from last
+    node.step(HeartbeatResponse(term=node.term, sender="d", to="a", context=b"r"))
+    assert not node.ready().read_states, "the leader and one follower are not a quorum of 5"
+
+
+def test_learners_are_never_asked_to_confirm_a_read() -> None:
+    node = leader_of_three()
+    node.membership = Membership(frozenset({"a", "b", "c"}), frozenset({"l"}))
+    node.progress["l"] = Progress(node.log.last_index() + 1)
+    node.step(AppendResponse(term=node.term, sender="l", to="a", index=2))  # heard last
+    drain(node)
+    node.read_index(b"r")
+    beats = [m for m in drain(node) if isinstance(m, Heartbeat)]
+    assert [m.to for m in beats] == ["c"]
+
+
+def test_a_silent_read_target_is_passed_over_once_another_answers_a_tick() -> None:
+    node = leader_of_three()  # "c" was heard from last: it is asked
+    node.read_index(b"r1")
+    assert [m.to for m in drain(node) if isinstance(m, Heartbeat)] == ["c"]
+    # "c" is gone. The next tick's heartbeat asks everyone; "b" answers and confirms.
+    beats: list[object] = []
+    for _ in range(node.config.heartbeat_ticks):
+        node.tick()
+        beats.extend(m for m in drain(node) if isinstance(m, Heartbeat))
+    assert sorted(m.to for m in beats if isinstance(m, Heartbeat)) == ["b", "c"]
+    node.step(HeartbeatResponse(term=node.term, sender="b", to="a", context=b"r1"))
+    assert [r.context for r in drain_reads(node)] == [b"r1"]
+    node.read_index(b"r2")  # "b" is now the most recent: the next round asks it
+    assert [m.to for m in drain(node) if isinstance(m, Heartbeat)] == ["b"]
+
+
+def drain_reads(node: RaftNode) -> list[ReadState]:
+    states: list[ReadState] = []
+    while node.has_ready():
+        ready = node.ready()
+        states.extend(ready.read_states)
+        node.advance(ready)
+    return states
 
 
 def test_a_follower_echoes_the_read_context_of_an_append() -> None:

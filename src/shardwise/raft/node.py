@@ -132,6 +132,8 @@ class RaftNode(Replication):
         self._pending_conf_index = 0
         self._uncommitted_bytes = 0
         self._broadcast_pending = False
+        self._answers_heard = 0
+        """Answers heard from followers as leader: a clock for ``Progress.heard``."""
         self._read_heartbeat_pending = False
         """Reads arrived since the last ready(): one heartbeat, for the newest, confirms all."""
         self._awaiting_advance = False
@@ -518,12 +520,14 @@ class RaftNode(Replication):
         reads_waiting = self._read_heartbeat_pending and self._reads.has_unconfirmed()
         context = self._reads.last_context() if reads_waiting else b""
         if self._broadcast_pending and self.role is Role.LEADER:
-            # Reads ride on the appends; a peer that gets none gets a heartbeat instead.
+            # Reads ride on the appends; if too few voters get one, heartbeats make up
+            # the quorum.
             idle = [peer for peer in self.peers() if not self._send_append(peer, context)]
             if context:
-                self._heartbeat(idle, context)
+                confirming = sum(1 for p in self.peers() if p in self.voters and p not in idle)
+                self._heartbeat(self._read_targets(idle, confirming), context)
         elif reads_waiting and self.role is Role.LEADER:
-            self._broadcast_heartbeat(context)
+            self._heartbeat(self._read_targets(self.peers(), 0), context)
         self._broadcast_pending = self._read_heartbeat_pending = False
         state = self._hard_state()
         entries = self.log.unstable()

@@ -31,6 +31,7 @@ class ProgressState(enum.Enum):
 
 class Progress:
     __slots__ = (
+        "heard",
         "inflight",
         "inflight_bytes",
         "match",
@@ -48,6 +49,9 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.recent_active = False
+        self.heard = 0
+        """When the leader last heard from this follower, as a count of answers heard
+        from any follower: larger is more recent (see ``Replication._read_targets``)."""
         self.inflight: deque[tuple[int, int]] = deque()  # (last index sent, bytes)
         self.inflight_bytes = 0
         self.snapshot_index = 0

@@ -55,6 +55,7 @@ class Replication:
     _installed: IncomingSnapshot | None
     _uncommitted_bytes: int
     _read_heartbeat_pending: bool
+    _answers_heard: int
 
     role: Role
 
@@ -188,6 +189,8 @@ class Replication:
         if pr is None:
             return
         pr.recent_active = True
+        self._answers_heard += 1
+        pr.heard = self._answers_heard
         if isinstance(m, AppendResponse):
             self._handle_append_response(m, pr)
             self._acknowledge_read(m.sender, m.context)
@@ -283,6 +286,20 @@ class Replication:
     def _broadcast_append(self) -> None:
         for peer in self.peers():
             self._send_append(peer)
+
+    def _read_targets(self, candidates: Iterable[str], confirming: int) -> list[str]:
+        """Whom a heartbeat for reads goes to: as few voters as make a quorum with the
+        leader and the ``confirming`` voters whose appends carry the reads already, those
+        heard from most recently first. A read needs a quorum's answer, not everyone's:
+        asking the others too costs each of them a wake-up and an answer per round.
+        If a chosen voter does not answer, the next tick's heartbeat asks everyone (and
+        its silence makes the others more recent for the next round)."""
+        needed = self.quorum() - 1 - confirming
+        if needed <= 0:
+            return []
+        voters = [p for p in candidates if p in self.voters]
+        voters.sort(key=lambda p: (-self.progress[p].heard, p))
+        return voters[:needed]
 
     def _broadcast_heartbeat(self, context: bytes) -> None:
         self._heartbeat(self.peers(), context)
