@@ -53,6 +53,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
+from shardwise.batching import CallBatcher
 from shardwise.controller.client import ControllerClient
 from shardwise.controller.model import NO_GROUP, Configuration, Keyspace, ShardId
 from shardwise.controller.schemes import shard_map
@@ -307,6 +308,7 @@ class Client:
         # is started and closed by its owner.
         self._owns_transport = transport is None
         self._transport: Endpoint = transport or Transport(self.client_id, secret, role=Role.CLIENT)
+        self._batcher = CallBatcher(self._transport)
         self._controller = ControllerClient(
             controllers, secret, client_id=f"{self.client_id}/ctl", transport=self._transport
         )
@@ -349,6 +351,7 @@ class Client:
         if self._fetching is not None:
             self._fetching.cancel()
             await asyncio.gather(self._fetching, return_exceptions=True)
+        await self._batcher.close()
         if owned_and_started:
             await self._transport.close()
 
@@ -363,6 +366,11 @@ class Client:
     def configuration(self) -> Configuration | None:
         """The latest configuration this client has seen (``None`` before the first call)."""
         return self._config
+
+    @property
+    def batches_sent(self) -> int:
+        """Calls that carried several reads or writes at once (see ``shardwise.batching``)."""
+        return self._batcher.batches_sent
 
     @property
     def writer_ids_made(self) -> int:
@@ -674,9 +682,10 @@ class Client:
             if remaining <= 0:
                 return None
             try:
-                reply = await self._transport.call(
-                    node, method, request, timeout_s=min(attempt_timeout_s, remaining)
-                )
+                # (Through the batcher: reads and writes for the same server that
+                # coincide with others travel together.)
+                timeout_s = min(attempt_timeout_s, remaining)
+                reply = await self._batcher.call(node, method, request, timeout_s)
             except NetError as exc:
                 self._check_running()
                 cut_short = isinstance(exc, RpcTimeoutError) and remaining < attempt_timeout_s

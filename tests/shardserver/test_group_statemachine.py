@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import crc32c
+import msgspec
 import pytest
 
 from shardwise.controller.model import Configuration, ShardId, initial_configuration
@@ -13,8 +14,10 @@ from shardwise.errors import CommandDecodeError
 from shardwise.raft.kv import Append, Delete, Get, Put
 from shardwise.shardserver.commands import (
     AckDelivered,
+    ClientBatch,
     ClientOp,
     Command,
+    GroupCommand,
     GroupResult,
     HandOffDone,
     InstallBase,
@@ -22,6 +25,7 @@ from shardwise.shardserver.commands import (
     InstallDelta,
     InstallShard,
     Reconfigure,
+    decode,
     decode_result,
     encode,
 )
@@ -309,3 +313,37 @@ def test_a_delta_that_does_not_fit_its_base_drops_the_base(groups: tuple[Group, 
     assert g2.do(base).outcome == "ok"
     assert g2.delta_from(g1, S0, 2, since=frozen.write_version).outcome == "ok"
     assert g2.op(S0, Get("k")).result.value == "2"  # type: ignore[union-attr]
+
+
+def test_a_batch_applies_each_operation_as_its_own_client_op(groups: tuple[Group, Group]) -> None:
+    g1, _ = groups
+    other = ShardId("other", 0)  # a keyspace this group does not serve
+    batch = ClientBatch(
+        (
+            ClientOp(S0, "c", 1, Append("k", "a")),
+            ClientOp(other, "c", 2, Put("x", "y")),
+            ClientOp(S0, "c", 3, Append("k", "b")),  # the same shard, the same log index
+            ClientOp(S1, "d", 1, Put("j", "v")),
+            ClientOp(S0, "c", 3, Append("k", "b")),  # a retry within the batch
+        )
+    )
+    result = g1.do(batch)
+    assert [r.outcome for r in result.batch] == ["ok", "wrong_group", "ok", "ok", "ok"]
+    assert g1.op(S0, Get("k")).result.value == "ab"  # type: ignore[union-attr]
+    assert g1.op(S1, Get("j")).result.value == "v"  # type: ignore[union-attr]
+    # Replayed at the same index (a restart's replay): nothing applies twice.
+    replay = decode_result(g1.sm.apply(g1.index - 2, encode(batch)))
+    assert [r.result for r in replay.batch if r.outcome == "ok"] == [None] * 4
+    assert g1.op(S0, Get("k")).result.value == "ab"  # type: ignore[union-attr]
+    # A later batch retrying an applied write gets its first answer, and applies nothing.
+    again = g1.do(ClientBatch((ClientOp(S0, "c", 3, Append("k", "b")),)))
+    assert again.batch[0].result is not None and again.batch[0].result.ok
+    assert g1.op(S0, Get("k")).result.value == "ab"  # type: ignore[union-attr]
+
+
+def test_a_version_3_envelope_cannot_carry_a_batch() -> None:
+    data = msgspec.msgpack.encode(
+        GroupCommand(3, ClientBatch((ClientOp(S0, "c", 1, Put("k", "v")),)))
+    )
+    with pytest.raises(CommandDecodeError, match="version 4"):
+        decode(data)

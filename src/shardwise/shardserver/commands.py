@@ -7,10 +7,10 @@ recognised and ignored by every replica alike.
 
 **Versions.** Version 1 has the KV and shard-move commands; version 2 adds
 :class:`SqlWrite`; version 3 the pre-copy's :class:`InstallBase` and
-:class:`InstallDelta`. Each command is written with the lowest version that has it, so a log
-without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
-version-1 replica that meets a SQL write halts with a clear "version 2 is unknown"
-instead of misreading it.
+:class:`InstallDelta`; version 4 :class:`ClientBatch`. Each command is written with the
+lowest version that has it, so a log without SQL writes stays readable by version-1
+replicas (a rolling upgrade), and a version-1 replica that meets a SQL write halts with
+a clear "version 2 is unknown" instead of misreading it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from shardwise.controller.model import Configuration, ShardId
 from shardwise.errors import CommandDecodeError
 from shardwise.raft.kv import KVOp, KVResult
 
-GROUP_COMMAND_VERSION: Final = 3
+GROUP_COMMAND_VERSION: Final = 4
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 256 << 10
@@ -36,6 +36,19 @@ class ClientOp(msgspec.Struct, frozen=True, array_like=True, tag="op"):
     client_id: str
     seq: int
     op: KVOp
+
+
+MAX_BATCH_OPS: Final = 128
+"""Most client operations in one :class:`ClientBatch` (and one batch call)."""
+
+
+class ClientBatch(msgspec.Struct, frozen=True, array_like=True, tag="op_batch"):
+    """Client operations that reached the leader together: one log entry, applied in
+    order, each exactly as a :class:`ClientOp` of its own (its own shard, de-duplication
+    and result). Nothing is atomic across them: one on a shard the group does not serve
+    is answered ``wrong_group`` while the others apply."""
+
+    ops: tuple[ClientOp, ...]
 
 
 class Reconfigure(msgspec.Struct, frozen=True, array_like=True, tag="reconfigure"):
@@ -130,6 +143,7 @@ class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
 
 Command: TypeAlias = (
     ClientOp
+    | ClientBatch
     | Reconfigure
     | InstallChunk
     | InstallShard
@@ -140,7 +154,12 @@ Command: TypeAlias = (
     | SqlWrite
 )
 
-_FIRST_VERSION: Final[dict[type, int]] = {SqlWrite: 2, InstallBase: 3, InstallDelta: 3}
+_FIRST_VERSION: Final[dict[type, int]] = {
+    SqlWrite: 2,
+    InstallBase: 3,
+    InstallDelta: 3,
+    ClientBatch: 4,
+}
 """The envelope version that introduced a command (1 when absent)."""
 
 
@@ -179,6 +198,8 @@ class GroupResult(msgspec.Struct, frozen=True, array_like=True):
     sql: SqlWriteResult | None = None
     """For a :class:`SqlWrite` (a field of its own: results are never in the log, so
     adding one changes no stored format)."""
+    batch: tuple[GroupResult, ...] = ()
+    """For a :class:`ClientBatch`: each operation's result, in order."""
 
 
 _encode = msgspec.msgpack.Encoder().encode

@@ -80,6 +80,24 @@ class KVReply(msgspec.Struct, frozen=True):
     """For a request refused at the door (a key or value over the limits): why."""
 
 
+class BatchRequest(msgspec.Struct, frozen=True):
+    """Reads and writes a client had ready for this server at the same moment, sent as
+    one call (see :mod:`shardwise.batching`). Each is answered exactly as if it had come
+    alone (its own status, leader hint and result); the writes enter the log as one
+    entry (``ClientBatch``) and the reads share one ReadIndex round. Nothing is atomic
+    across them. At most ``MAX_BATCH_OPS`` of each."""
+
+    reads: tuple[ReadRequest, ...] = ()
+    writes: tuple[WriteRequest, ...] = ()
+
+
+class BatchReply(msgspec.Struct, frozen=True):
+    reads: list[KVReply] = []
+    """One per read, in the request's order."""
+    writes: list[KVReply] = []
+    """One per write, in the request's order."""
+
+
 # --- SQL -----------------------------------------------------------------------------
 #
 # A fragment planned by ``shardwise.sql`` against the catalog of configuration
@@ -241,6 +259,7 @@ class StatusReply(ReplicaStatus, frozen=True):
 
 WRITE = RpcMethod("shard.write", WriteRequest, KVReply)
 READ = RpcMethod("shard.read", ReadRequest, KVReply)
+BATCH = RpcMethod("shard.batch", BatchRequest, BatchReply)
 SCAN = RpcMethod("shard.scan", ScanRequest, KVReply)
 PULL = RpcMethod("shard.pull", PullRequest, PullReply)
 HANDED_OFF = RpcMethod("shard.handed_off", HandedOffRequest, HandedOffReply)

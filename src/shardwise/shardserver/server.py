@@ -49,6 +49,7 @@ from msgspec.structs import replace
 from shardwise.controller.client import ControllerClient
 from shardwise.controller.model import NO_GROUP, Configuration, ShardId
 from shardwise.errors import (
+    InvalidMessageError,
     NetError,
     ShardLimitError,
     ShardwiseError,
@@ -74,9 +75,12 @@ from shardwise.service import (
 )
 from shardwise.shardserver.commands import (
     INSTALL_CHUNK_BYTES,
+    MAX_BATCH_OPS,
     AckDelivered,
+    ClientBatch,
     ClientOp,
     Command,
+    GroupResult,
     HandOffDone,
     InstallBase,
     InstallChunk,
@@ -87,6 +91,7 @@ from shardwise.shardserver.commands import (
     encode,
 )
 from shardwise.shardserver.protocol import (
+    BATCH,
     HANDED_OFF,
     PULL,
     PULL_CHUNK_BYTES,
@@ -97,6 +102,8 @@ from shardwise.shardserver.protocol import (
     SQL_WRITE,
     STATUS,
     WRITE,
+    BatchReply,
+    BatchRequest,
     HandedOffReply,
     HandedOffRequest,
     KVReply,
@@ -224,6 +231,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.writes_served: Counter[ShardId] = Counter()
         self.transport.serve(WRITE, self._write)
         self.transport.serve(READ, self._read)
+        self.transport.serve(BATCH, self._batch)
         self.transport.serve(SCAN, self._scan)
         self.transport.serve(SQL_READ, self._sql_read)
         self.transport.serve(SQL_WRITE, self._sql_write)
@@ -258,10 +266,12 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
         if outcome.value is None:
             return KVReply(outcome.status, leader=outcome.leader)
-        result = decode_result(outcome.value)
+        return self._write_reply(request.shard, decode_result(outcome.value))
+
+    def _write_reply(self, shard: ShardId, result: GroupResult) -> KVReply:
         if result.outcome != "ok":
             return KVReply("wrong_group", config_num=result.config_num)
-        self.writes_served[request.shard] += 1
+        self.writes_served[shard] += 1
         return KVReply("ok", config_num=result.config_num, result=result.result)
 
     def _leader_hint(self) -> str | None:
@@ -285,6 +295,68 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             config_num=outcome.value.config_num,
             value=outcome.value.value,
         )
+
+    async def _batch(self, request: BatchRequest, context: CallContext) -> BatchReply:
+        reads, writes = request.reads, request.writes
+        if len(reads) > MAX_BATCH_OPS or len(writes) > MAX_BATCH_OPS:
+            raise InvalidMessageError(
+                f"a batch has at most {MAX_BATCH_OPS} reads and {MAX_BATCH_OPS} writes, "
+                f"not {len(reads)} and {len(writes)}"
+            )
+        if not writes:
+            return BatchReply(reads=await self._batch_reads(reads))
+        if not reads:
+            return BatchReply(writes=await self._batch_writes(writes))
+        read_replies, write_replies = await asyncio.gather(
+            self._batch_reads(reads), self._batch_writes(writes)
+        )
+        return BatchReply(read_replies, write_replies)
+
+    async def _batch_reads(self, requests: Sequence[ReadRequest]) -> list[KVReply]:
+        """Every read at one linearizable point: one ReadIndex round for all."""
+        read = self.host.read(
+            lambda sm: [sm.read(r.shard, r.key) for r in requests], timeout_s=REQUEST_TIMEOUT_S
+        )
+        outcome = await through_host(self.host, read)
+        if outcome.value is None:
+            return [KVReply(outcome.status, leader=outcome.leader)] * len(requests)
+        leader = self._leader_hint()
+        replies = []
+        for request, found in zip(requests, outcome.value, strict=True):
+            if not found.serving:
+                replies.append(KVReply("wrong_group", config_num=found.config_num))
+                continue
+            self.reads_served[request.shard] += 1
+            replies.append(
+                KVReply("ok", leader=leader, config_num=found.config_num, value=found.value)
+            )
+        return replies
+
+    async def _batch_writes(self, requests: Sequence[WriteRequest]) -> list[KVReply]:
+        """The writes within the limits, as one log entry; each answered on its own."""
+        replies: list[KVReply] = [KVReply("retry")] * len(requests)
+        ops: list[ClientOp] = []
+        positions: list[int] = []
+        for position, request in enumerate(requests):
+            try:
+                check_op(request.op)
+            except ShardLimitError as exc:
+                replies[position] = KVReply("ok", error=str(exc))
+                continue
+            ops.append(ClientOp(request.shard, request.client_id, request.seq, request.op))
+            positions.append(position)
+        if not ops:
+            return replies
+        command = encode(ClientBatch(tuple(ops)))
+        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
+        if outcome.value is None:
+            for position in positions:
+                replies[position] = KVReply(outcome.status, leader=outcome.leader)
+            return replies
+        results = decode_result(outcome.value).batch
+        for position, result in zip(positions, results, strict=True):
+            replies[position] = self._write_reply(requests[position].shard, result)
+        return replies
 
     async def _scan(self, request: ScanRequest, context: CallContext) -> KVReply:
         if not 0 <= request.limit <= MAX_SCAN_ROWS:

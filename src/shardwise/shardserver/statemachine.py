@@ -53,6 +53,7 @@ from shardwise.raft.kv import KVResult
 from shardwise.raft.sessions import MAX_SESSIONS
 from shardwise.shardserver.commands import (
     AckDelivered,
+    ClientBatch,
     ClientOp,
     GroupResult,
     HandOffDone,
@@ -238,6 +239,8 @@ class ShardGroupStateMachine:
         self._applied = index
         if isinstance(decoded, ClientOp):
             return encode_result(self._client_op(index, decoded))
+        if isinstance(decoded, ClientBatch):
+            return encode_result(self._client_batch(index, decoded))
         if isinstance(decoded, SqlWrite):
             return encode_result(self._sql_write(index, decoded))
         if isinstance(decoded, Reconfigure):
@@ -463,6 +466,30 @@ class ShardGroupStateMachine:
             self._batch.append(record.store)
         result: KVResult | None = record.store.apply(index, cmd.client_id, cmd.seq, cmd.op)
         return GroupResult("ok", self.config.num, result)
+
+    def _client_batch(self, index: int, cmd: ClientBatch) -> GroupResult:
+        """Each operation as :meth:`_client_op` would apply it; a shard's operations in
+        one call, since they share the entry's index (see ``ShardStore.apply_many``)."""
+        results: list[GroupResult | None] = [None] * len(cmd.ops)
+        by_shard: dict[ShardId, list[int]] = {}
+        for position, op in enumerate(cmd.ops):
+            by_shard.setdefault(op.shard, []).append(position)
+        num = self.config.num
+        for shard, positions in by_shard.items():
+            record = self.shards.get(shard)
+            if record is None or record.store is None or not self.serves(shard):
+                for position in positions:
+                    results[position] = GroupResult("wrong_group", num)
+                continue
+            store = record.store
+            if store not in self._batch:
+                store.begin_batch()
+                self._batch.append(store)
+            ops = [(cmd.ops[p].client_id, cmd.ops[p].seq, cmd.ops[p].op) for p in positions]
+            applied = store.apply_many(index, ops)
+            for n, position in enumerate(positions):
+                results[position] = GroupResult("ok", num, None if applied is None else applied[n])
+        return GroupResult("ok", num, batch=tuple(r for r in results if r is not None))
 
     def _sql_write(self, index: int, cmd: SqlWrite) -> GroupResult:
         record = self.shards.get(cmd.shard)

@@ -490,6 +490,27 @@ class ShardStore:
         self._sessions = sessions
         return result
 
+    def apply_many(self, index: int, ops: Sequence[tuple[str, int, KVOp]]) -> list[KVResult] | None:
+        """Apply the ``(client_id, seq, op)`` of one committed batch entry at log
+        ``index``, in order, each as :meth:`apply` would (de-duplicated, limits checked);
+        ``None`` (nothing applied) if ``index`` was applied before. One index for all:
+        they stand or fall together on a replay."""
+        for _, _, op in ops:
+            check_op(op)
+        if index <= self._meta.applied_index:
+            return None
+        results: list[KVResult] = []
+        with self._transaction() as conn:
+            for client_id, seq, op in ops:
+                result, self._sessions = self._apply_once(conn, client_id, seq, op)
+                results.append(result)
+            self._meta.applied_index = index
+            if self._batching:
+                self._applied_unwritten = True
+            else:
+                _put_meta(conn, "applied_index", index)
+        return results
+
     def set_state(self, index: int, state: str) -> bool:
         """Record the lifecycle ``state`` at log ``index``; False if already applied."""
         if index <= self._meta.applied_index:

@@ -1,0 +1,171 @@
+"""The client's call batcher against a scripted endpoint: what travels together, what
+goes alone, and how each operation gets its own answer or error."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from shardwise.batching import MAX_BATCH_READS, MAX_BATCHED_OP_BYTES, CallBatcher
+from shardwise.controller.model import ShardId
+from shardwise.errors import InvalidMessageError, PeerUnreachableError, RpcTimeoutError
+from shardwise.net.rpc import RpcMethod
+from shardwise.raft.kv import Get, KVResult, Put
+from shardwise.shardserver.protocol import (
+    BATCH,
+    READ,
+    SCAN,
+    WRITE,
+    BatchReply,
+    BatchRequest,
+    KVReply,
+    ReadRequest,
+    ScanRequest,
+    WriteRequest,
+)
+
+SHARD = ShardId("default", 0)
+
+
+class ScriptedEndpoint:
+    """Records calls; answers each read with its key as the value and each write ok,
+    after ``hold`` is set (so a test can look at what is in flight)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.fail: Exception | None = None
+        self.short_reply = False
+
+    async def call(
+        self, peer: str, method: RpcMethod[Any, Any], request: Any, *, timeout_s: float = 1.0
+    ) -> Any:
+        self.calls.append((peer, method.name, request))
+        await self.hold.wait()
+        if self.fail is not None:
+            raise self.fail
+        if method is BATCH:
+            reads = [KVReply("ok", value=r.key) for r in request.reads]
+            writes = [KVReply("ok", result=KVResult()) for _ in request.writes]
+            return BatchReply(reads[1:] if self.short_reply else reads, writes)
+        if method is READ:
+            return KVReply("ok", value=request.key)
+        return KVReply("ok", result=KVResult())
+
+
+def read(key: str) -> ReadRequest:
+    return ReadRequest(SHARD, key)
+
+
+def write(key: str, value: str = "v", seq: int = 1) -> WriteRequest:
+    return WriteRequest(SHARD, "c", seq, Put(key, value))
+
+
+@pytest.fixture
+def endpoint() -> ScriptedEndpoint:
+    return ScriptedEndpoint()
+
+
+@pytest.fixture
+def batcher(endpoint: ScriptedEndpoint) -> CallBatcher:
+    return CallBatcher(endpoint)  # type: ignore[arg-type]
+
+
+async def test_operations_for_one_server_in_one_pass_travel_together(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    replies = await asyncio.gather(
+        batcher.call("s1", READ, read("a"), 1.0),
+        batcher.call("s1", WRITE, write("b"), 1.0),
+        batcher.call("s1", READ, read("c"), 1.0),
+        batcher.call("s2", READ, read("d"), 1.0),
+    )
+    assert [r.value for r in replies] == ["a", None, "c", "d"]
+    assert replies[1].result == KVResult()
+    sent = sorted((peer, name) for peer, name, _ in endpoint.calls)
+    assert sent == [("s1", BATCH.name), ("s2", READ.name)]  # s2's lone read: the plain call
+    batch = next(r for _, name, r in endpoint.calls if name == BATCH.name)
+    assert isinstance(batch, BatchRequest)
+    assert [r.key for r in batch.reads] == ["a", "c"] and [w.op.key for w in batch.writes] == ["b"]
+    assert batcher.batches_sent == 1
+
+
+async def test_a_full_batch_goes_at_once_and_the_rest_follow(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    keys = [f"k{n}" for n in range(MAX_BATCH_READS + 2)]
+    replies = await asyncio.gather(*(batcher.call("s1", READ, read(k), 1.0) for k in keys))
+    assert [r.value for r in replies] == keys
+    sizes = [len(r.reads) if name == BATCH.name else 1 for _, name, r in endpoint.calls]
+    assert sizes == [MAX_BATCH_READS, 2]
+
+
+async def test_large_writes_reads_through_the_log_and_other_calls_go_alone(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    big = write("big", "x" * (MAX_BATCHED_OP_BYTES + 1))
+    through_log = WriteRequest(SHARD, "c", 2, Get("g"))
+    await asyncio.gather(
+        batcher.call("s1", WRITE, big, 1.0),
+        batcher.call("s1", WRITE, through_log, 1.0),
+        batcher.call("s1", SCAN, ScanRequest(SHARD), 1.0),
+    )
+    assert sorted(name for _, name, _ in endpoint.calls) == [SCAN.name, WRITE.name, WRITE.name]
+    assert batcher.batches_sent == 0
+
+
+async def test_a_failed_batch_fails_each_of_its_operations(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.fail = PeerUnreachableError("s1")
+    results = await asyncio.gather(
+        batcher.call("s1", READ, read("a"), 1.0),
+        batcher.call("s1", WRITE, write("b"), 1.0),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, PeerUnreachableError) for r in results)
+
+
+async def test_a_reply_that_does_not_match_the_batch_is_a_protocol_error(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.short_reply = True
+    results = await asyncio.gather(
+        batcher.call("s1", READ, read("a"), 1.0),
+        batcher.call("s1", READ, read("b"), 1.0),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, InvalidMessageError) for r in results)
+
+
+@pytest.mark.virtual_time
+async def test_each_operation_keeps_its_own_timeout(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.hold.clear()
+    hasty = asyncio.create_task(batcher.call("s1", READ, read("a"), 0.1))
+    patient = asyncio.create_task(batcher.call("s1", READ, read("b"), 5.0))
+    with pytest.raises(RpcTimeoutError, match=r"no answer in 0\.1 s"):
+        await hasty
+    assert not patient.done()
+    endpoint.hold.set()
+    assert (await patient).value == "b"
+    assert [name for _, name, _ in endpoint.calls] == [BATCH.name]
+
+
+async def test_close_cancels_what_is_in_flight(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.hold.clear()
+    pending = [asyncio.create_task(batcher.call("s1", READ, read(k), 5.0)) for k in "ab"]
+    for _ in range(10):  # a few passes of the loop: queued, then sent
+        if endpoint.calls:
+            break
+        await asyncio.sleep(0)
+    assert len(endpoint.calls) == 1
+    await batcher.close()
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
