@@ -47,6 +47,8 @@ DEFAULT_TICK_MS: Final = 50
 
 DEFAULT_SNAPSHOT_EVERY: Final = 10_000
 MAX_SECRET_FILE_BYTES: Final = 4096
+FOLLOWER_APPLY_BATCH: Final = 256
+"""Committed entries a follower may hold back to apply together (see ``HostOptions``)."""
 
 S = TypeVar("S", bound=StateMachine)
 T = TypeVar("T")
@@ -134,6 +136,7 @@ class ReplicaService(Generic[S]):
                 tick_interval_s=config.tick_ms / 1000,
                 snapshot_every=config.snapshot_every,
                 sync_in_loop_unless_leading=True,
+                follower_apply_batch=FOLLOWER_APPLY_BATCH,
             ),
         )
         self.transport.on_raft(group, self.host.deliver)

@@ -691,3 +691,68 @@ async def test_a_leader_leaves_regular_snapshots_to_its_followers(
         for seq in range(13, 13 + 10 * 4):
             await cluster.complete(leader.propose(put("k", str(seq), seq), 5.0))
         assert leader.node.log.first_index() > 2
+
+
+# --- a follower's held-back applies ----------------------------------------------------
+
+
+async def _commit_without_ticks(cluster: Cluster, leader: RaftHost[CountingKV], n: int) -> None:
+    """Propose and commit ``n`` puts k1..kn while the clock stands still (no tick runs)."""
+    for seq in range(1, n + 1):
+        proposal = asyncio.ensure_future(leader.propose(put(f"k{seq}", str(seq), seq), 5.0))
+        await cluster.settle()
+        assert proposal.done()
+        assert decode_result(proposal.result()).ok
+
+
+@async_test
+async def test_a_follower_holds_committed_entries_until_a_tick_or_a_read_needs_them(
+    tmp_path: Path, seed: int
+) -> None:
+    options = HostOptions(follower_apply_batch=100)
+    async with Cluster(tmp_path, seed=seed, options=options) as cluster:
+        leader = await cluster.elect()
+        await cluster.caught_up(leader)
+        await _commit_without_ticks(cluster, leader, 5)
+        reader, other = cluster.followers()
+        for follower in (reader, other):
+            assert follower.status().commit == leader.status().applied
+            assert follower.status().applied < leader.status().applied  # held back
+            assert follower.state_machine.get("k5") is None
+        # A read on a follower applies what it holds at once, without waiting for a tick.
+        read = asyncio.ensure_future(reader.read(lambda sm: sm.get("k5"), TIMEOUT_S))
+        await cluster.settle()
+        assert read.done() and read.result() == "5"
+        assert reader.status().applied == leader.status().applied
+        assert other.status().applied < leader.status().applied
+        # The next tick applies the rest.
+        cluster.clock.advance(TICK_S)
+        await cluster.settle()
+        assert other.status().applied == leader.status().applied
+        assert other.state_machine.get("k5") == "5"
+
+
+@async_test
+async def test_a_follower_applies_what_it_holds_before_it_snapshots(
+    tmp_path: Path, seed: int
+) -> None:
+    options = HostOptions(follower_apply_batch=1000, snapshot_every=5)
+    async with Cluster(tmp_path, seed=seed, options=options) as cluster:
+        leader = await cluster.elect()
+        await cluster.caught_up(leader)
+        await _commit_without_ticks(cluster, leader, 12)
+        for follower in cluster.followers():  # no tick ran: only the snapshot applied these
+            snapshot = follower.node.log.snapshot.index
+            assert snapshot >= 5
+            assert follower.status().applied >= snapshot
+            assert follower.state_machine.get("k4") == "4"
+
+
+@async_test
+async def test_a_leader_never_holds_entries_back(tmp_path: Path, seed: int) -> None:
+    options = HostOptions(follower_apply_batch=100)
+    async with Cluster(tmp_path, seed=seed, options=options) as cluster:
+        leader = await cluster.elect()
+        await _commit_without_ticks(cluster, leader, 3)
+        assert leader.state_machine.get("k3") == "3"
+        assert leader.status().applied == leader.status().commit

@@ -134,6 +134,14 @@ class HostOptions:
     so that simulations exercise a follower's core stepping while its fsync runs; the
     servers turn it on."""
 
+    follower_apply_batch: int = 0
+    """A follower holds back up to this many committed entries and applies them together
+    (at the latest each tick, and at once when a read here, a snapshot or leadership
+    needs them): one long run of applying instead of a few entries per wake-up, which on
+    a busy machine costs several times as much per entry (cold caches). Nothing waits
+    on a follower's apply: its answers to the leader are about its log. 0: apply each
+    Ready's entries at once (the default; the servers turn it on)."""
+
     def __post_init__(self) -> None:
         if not self.tick_interval_s > 0:
             raise ValueError("tick_interval_s must be positive")
@@ -224,6 +232,8 @@ class RaftHost(Generic[S]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._applied = 0
+        self._held: list[LogEntry] = []
+        """Committed entries a follower holds back (``HostOptions.follower_apply_batch``)."""
         self._snapshot_index = 0
         self._snapshot_interval = snapshot_interval(node_id, self._options.snapshot_every)
         self._log_bytes = 0
@@ -362,6 +372,11 @@ class RaftHost(Generic[S]):
             index = await index_future
         finally:
             self._reads.pop(context, None)
+        if index > self._applied and self._held:
+            try:
+                self._apply_held()
+            except Exception as exc:
+                self._halt(exc)
         if index > self._applied:
             self._require_running()  # stopped or halted meanwhile: nothing would wake us
             applied_future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -414,6 +429,7 @@ class RaftHost(Generic[S]):
                 return
             try:
                 node.tick()
+                self._apply_held()
             except Exception as exc:
                 self._halt(exc)
                 return
@@ -448,8 +464,10 @@ class RaftHost(Generic[S]):
         # their proposers) need not wait for this Ready's own write, whose entries are
         # newer; only a snapshot must be installed before anything after it applies.
         apply_first = ready.snapshot is None
+        if not apply_first:
+            self._apply_held()  # committed before the snapshot: apply in order
         if apply_first:
-            self._apply(ready.committed)
+            self._apply_committed(node, ready.committed)
             self._answer_reads(node, ready)
         in_loop = self._options.sync_in_loop_unless_leading and not node.is_leader()
         if ready.must_sync and ready.snapshot is None and in_loop:
@@ -465,7 +483,7 @@ class RaftHost(Generic[S]):
         for message in ready.messages:
             self._send(message)
         if not apply_first:
-            self._apply(ready.committed)
+            self._apply_committed(node, ready.committed)
             self._answer_reads(node, ready)
         node.advance(ready)
 
@@ -487,6 +505,26 @@ class RaftHost(Generic[S]):
             ),
         )
         self._release_applied()
+
+    def _apply_committed(self, node: RaftNode, entries: list[LogEntry]) -> None:
+        limit = self._options.follower_apply_batch
+        if (
+            limit
+            and not node.is_leader()
+            and not self._applied_waiters
+            and len(self._held) + len(entries) < limit
+        ):
+            self._held.extend(entries)
+            return
+        if self._held:
+            entries = [*self._held, *entries]
+            self._held = []
+        self._apply(entries)
+
+    def _apply_held(self) -> None:
+        if self._held:
+            entries, self._held = self._held, []
+            self._apply(entries)
 
     def _apply(self, entries: list[LogEntry]) -> None:
         try:
@@ -557,6 +595,7 @@ class RaftHost(Generic[S]):
             return
         if self._log_bytes < self._snapshot_bytes and not at_limit:
             return
+        self._apply_held()  # (a follower's held entries: the snapshot is at ``applied``)
         if applied != self._applied:
             return  # a durable state machine is ahead of the core just after a restart
         data = self.state_machine.snapshot()
