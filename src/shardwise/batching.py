@@ -109,11 +109,11 @@ class CallBatcher:
         raises what the transport's ``call`` would raise."""
         future: asyncio.Future[KVReply] | None = None
         if method is READ and isinstance(request, ReadRequest):
-            future = self._add_read(node, request, timeout_s)
+            future = self._add(node, request, len(request.key), timeout_s)
         elif method is WRITE and isinstance(request, WriteRequest):
             size = _write_bytes(request)
             if size is not None:
-                future = self._add_write(node, request, size, timeout_s)
+                future = self._add(node, request, size, timeout_s)
         if future is None:
             return await self._transport.call(node, method, request, timeout_s=timeout_s)
         try:
@@ -144,25 +144,17 @@ class CallBatcher:
         batch.timeout_s = max(batch.timeout_s, timeout_s)
         return batch
 
-    def _add_read(
-        self, node: str, request: ReadRequest, timeout_s: float
+    def _add(
+        self, node: str, request: ReadRequest | WriteRequest, size: int, timeout_s: float
     ) -> asyncio.Future[KVReply]:
         batch = self._batch_for(node, timeout_s)
         future: asyncio.Future[KVReply] = asyncio.get_running_loop().create_future()
-        batch.reads.append(request)
-        batch.read_futures.append(future)
-        batch.size += len(request.key)
-        if batch.full():
-            self._send_open(node, batch)
-        return future
-
-    def _add_write(
-        self, node: str, request: WriteRequest, size: int, timeout_s: float
-    ) -> asyncio.Future[KVReply]:
-        batch = self._batch_for(node, timeout_s)
-        future: asyncio.Future[KVReply] = asyncio.get_running_loop().create_future()
-        batch.writes.append(request)
-        batch.write_futures.append(future)
+        if isinstance(request, ReadRequest):
+            batch.reads.append(request)
+            batch.read_futures.append(future)
+        else:
+            batch.writes.append(request)
+            batch.write_futures.append(future)
         batch.size += size
         if batch.full():
             self._send_open(node, batch)

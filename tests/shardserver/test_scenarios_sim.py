@@ -20,7 +20,7 @@ from shardwise.shardserver.protocol import (
     WriteRequest,
 )
 from shardwise.testing import scenarios
-from shardwise.testing.cluster import SimCluster
+from shardwise.testing.cluster import Cluster, SimCluster
 
 ALL = [
     scenarios.static_shards,
@@ -72,6 +72,16 @@ async def test_a_follower_serves_a_read_and_names_the_leader(tmp_path: Path, see
         assert (reply.status, reply.value, reply.leader) == ("ok", "v", None)
 
 
+async def _leader_of_first(cluster: Cluster, *gids: int) -> tuple[Configuration, str]:
+    """Join ``gids``; the configuration and the first group's leader."""
+    await cluster.join(*gids)
+    await cluster.settled()
+    config = await cluster.configuration()
+    leader = await cluster.group_status(gids[0])
+    assert leader is not None
+    return config, leader.node_id
+
+
 def _keys_of_group(config: Configuration, gid: int, count: int) -> list[str]:
     keys = (f"key-{n}" for n in range(10_000))
     owned = (k for k in keys if config.owner(scenarios.shard_of(config, k)) == gid)
@@ -83,12 +93,8 @@ async def test_a_batch_answers_each_operation_as_if_it_came_alone(
     tmp_path: Path, seed: int
 ) -> None:
     async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
-        await cluster.join(1, 2)
-        await cluster.settled()
-        config = await cluster.configuration()
+        config, leader = await _leader_of_first(cluster, 1, 2)
         mine, theirs = _keys_of_group(config, 1, 2), _keys_of_group(config, 2, 1)[0]
-        leader = await cluster.group_status(1)
-        assert leader is not None
 
         def write(key: str, seq: int, value: str) -> WriteRequest:
             return WriteRequest(scenarios.shard_of(config, key), "batcher", seq, Append(key, value))
@@ -100,17 +106,17 @@ async def test_a_batch_answers_each_operation_as_if_it_came_alone(
             writes=(write(mine[0], 1, "a"), write(mine[0], 2, "b"), write(mine[1], 3, "c"),
                     write(theirs, 4, "x")),
         )  # fmt: skip
-        reply = await cluster.call(leader.node_id, BATCH, batch)
+        reply = await cluster.call(leader, BATCH, batch)
         assert [r.status for r in reply.writes] == ["ok", "ok", "ok", "wrong_group"]
         assert all(r.result is not None and r.result.ok for r in reply.writes[:3])
         assert reply.writes[3].config_num == config.num
         assert [r.status for r in reply.reads] == ["wrong_group"]
-        # The same writes again (a retry): answered from the session table, not applied.
+        # A write again (a retry): answered from the session table, not applied again.
         again = BatchRequest(
             reads=tuple(ReadRequest(scenarios.shard_of(config, k), k) for k in mine),
             writes=(write(mine[1], 3, "c"),),
         )
-        reply = await cluster.call(leader.node_id, BATCH, again)
+        reply = await cluster.call(leader, BATCH, again)
         assert [r.status for r in reply.writes] == ["ok"]
         assert [(r.status, r.value) for r in reply.reads] == [("ok", "ab"), ("ok", "c")]
         async with cluster.client() as kv:
@@ -131,21 +137,19 @@ async def test_concurrent_operations_of_a_client_travel_in_batches(
             assert written > 0, "40 writes at once over 2 groups went one by one"
             assert await kv.mget(list(data)) == data
             assert kv.batches_sent > written
+            batched = kv.batches_sent
             await kv.put("alone", "1")  # a lone operation goes as the plain call
             assert await kv.get("alone") == "1"
+            assert kv.batches_sent == batched
 
 
 @pytest.mark.virtual_time
 async def test_a_batch_over_the_limit_is_refused(tmp_path: Path, seed: int) -> None:
     async with SimCluster(tmp_path, groups=1, seed=seed) as cluster:
-        await cluster.join(1)
-        await cluster.settled()
-        config = await cluster.configuration()
-        leader = await cluster.group_status(1)
-        assert leader is not None
+        config, leader = await _leader_of_first(cluster, 1)
         shard = scenarios.shard_of(config, "k")
         reads = tuple(ReadRequest(shard, "k") for _ in range(MAX_BATCH_OPS + 1))
         with pytest.raises(RemoteCallError, match="at most"):
-            await cluster.call(leader.node_id, BATCH, BatchRequest(reads=reads))
-        status = await cluster.status(leader.node_id)
+            await cluster.call(leader, BATCH, BatchRequest(reads=reads))
+        status = await cluster.status(leader)
         assert status is not None  # and the server goes on serving

@@ -124,7 +124,7 @@ from shardwise.shardserver.protocol import (
     server_address,
 )
 from shardwise.shardserver.sqlshard import check_batch, check_params
-from shardwise.shardserver.statemachine import Pull, ShardGroupStateMachine, moves
+from shardwise.shardserver.statemachine import Pull, Read, ShardGroupStateMachine, moves
 from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore, check_op
 from shardwise.storage.interface import RaftStorage
 
@@ -286,15 +286,13 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         outcome = await through_host(self.host, read)
         if outcome.value is None:
             return KVReply(outcome.status, leader=outcome.leader)
-        if not outcome.value.serving:
-            return KVReply("wrong_group", config_num=outcome.value.config_num)
+        return self._read_reply(shard, outcome.value, self._leader_hint())
+
+    def _read_reply(self, shard: ShardId, found: Read, leader: str | None) -> KVReply:
+        if not found.serving:
+            return KVReply("wrong_group", config_num=found.config_num)
         self.reads_served[shard] += 1
-        return KVReply(
-            "ok",
-            leader=self._leader_hint(),
-            config_num=outcome.value.config_num,
-            value=outcome.value.value,
-        )
+        return KVReply("ok", leader=leader, config_num=found.config_num, value=found.value)
 
     async def _batch(self, request: BatchRequest, context: CallContext) -> BatchReply:
         reads, writes = request.reads, request.writes
@@ -321,16 +319,10 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if outcome.value is None:
             return [KVReply(outcome.status, leader=outcome.leader)] * len(requests)
         leader = self._leader_hint()
-        replies = []
-        for request, found in zip(requests, outcome.value, strict=True):
-            if not found.serving:
-                replies.append(KVReply("wrong_group", config_num=found.config_num))
-                continue
-            self.reads_served[request.shard] += 1
-            replies.append(
-                KVReply("ok", leader=leader, config_num=found.config_num, value=found.value)
-            )
-        return replies
+        return [
+            self._read_reply(request.shard, found, leader)
+            for request, found in zip(requests, outcome.value, strict=True)
+        ]
 
     async def _batch_writes(self, requests: Sequence[WriteRequest]) -> list[KVReply]:
         """The writes within the limits, as one log entry; each answered on its own."""
