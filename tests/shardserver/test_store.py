@@ -621,6 +621,85 @@ def test_the_store_matches_the_in_memory_machine(
             store.close()
 
 
+def file_rows(path: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of a closed store's file, table by table (versions and sessions too)."""
+    queries = {
+        "kv": "SELECT key, value, ver FROM kv ORDER BY key",
+        "kv_gone": "SELECT key, ver FROM kv_gone ORDER BY key",
+        "sessions": "SELECT client_id, seq, result, touched FROM sessions ORDER BY client_id",
+        "meta": "SELECT k, v FROM meta ORDER BY k",
+    }
+    with closing(sqlite3.connect(path)) as conn:
+        return {table: conn.execute(sql).fetchall() for table, sql in queries.items()}
+
+
+@settings(max_examples=150)
+@given(
+    commands=commands_st,
+    batch_ends=st.sets(st.integers(0, 40)),
+    reads=st.sets(st.integers(0, 40)),
+    cache=st.booleans(),
+)
+def test_puts_held_in_memory_leave_the_file_as_applying_each_would(
+    commands: list[tuple[str, int, KVOp]], batch_ends: set[int], reads: set[int], cache: bool
+) -> None:
+    """Plain puts wait in memory inside batches (and, on a cache disk, across them) and a
+    later one replaces an earlier: checked against the same store applying every command
+    with SQL. Same results, same reads in between, and the same rows in the file at the
+    end: values, versions, sessions and their eviction order, the applied index."""
+    with tempfile.TemporaryDirectory(dir=FAST_DIR) as directory:
+        paths = [os.path.join(directory, name) for name in ("held.db", "naive.db")]
+        held, naive = (
+            ShardStore.create(
+                path, SHARD, state="serving", max_sessions=3, disk=CacheDisk() if cache else None
+            )
+            for path in paths
+        )
+        naive._put_later = lambda *_: False  # type: ignore[method-assign]
+        stores = (held, naive)
+        try:
+            for store in stores:
+                store.begin_batch()
+            for position, (client_id, drawn_seq, op) in enumerate(commands):
+                if position in batch_ends:
+                    for store in stores:
+                        store.end_batch()
+                        store.begin_batch()
+                seq = drawn_seq if client_id else 0
+                index = position + 1
+                assert held.apply(index, client_id, seq, op) == naive.apply(
+                    index, client_id, seq, op
+                )
+                if position in reads:
+                    assert held.get(op.key) == naive.get(op.key)
+            for store in stores:
+                store.end_batch()
+        finally:
+            for store in stores:
+                store.close()
+        assert file_rows(paths[0]) == file_rows(paths[1])
+
+
+def test_held_puts_are_bounded_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "MAX_PENDING_BYTES", 100)
+    path = tmp_path / "h.db"
+
+    def rows_in_the_file() -> int:
+        with closing(sqlite3.connect(path)) as other:
+            return int(other.execute("SELECT count(*) FROM kv").fetchone()[0])
+
+    with ShardStore.create(path, SHARD, state="serving", disk=CacheDisk()) as store:
+        client = Client(store)
+        store.begin_batch()
+        client.run(Put("a", "x" * 40))
+        store.end_batch()
+        assert store.get("a") == "x" * 40 and rows_in_the_file() == 0  # held, and read
+        store.begin_batch()
+        client.run(Put("b", "y" * 70))  # past 100 characters held: written and committed
+        store.end_batch()
+        assert rows_in_the_file() == 2
+
+
 def test_a_batch_is_one_transaction_committed_at_its_end(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
 

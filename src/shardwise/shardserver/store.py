@@ -23,6 +23,12 @@ commits) is the durable record and replays them. The group must therefore keep i
 back to each shard's durable applied index: :meth:`ShardStore.checkpoint` makes every
 commit durable in the file, e.g. before compacting the log.
 
+**Batches.** A replica applies committed entries in batches (:meth:`ShardStore.begin_batch`,
+:meth:`ShardStore.end_batch`): one transaction for all of them, and plain puts held in
+memory, the last per key, until the next commit or until anything but a point read needs
+the file (:meth:`ShardStore._put_later`). A store that is a cache of the log (a replica
+group's) keeps that transaction open for many batches.
+
 **Change tracking, for a pre-copy.** Every write stamps what it changed with the shard's
 *write version*: one more than the last, a counter that belongs to the shard's lineage (it
 travels with the file from group to group, and never goes back). ``kv.ver`` is the
@@ -97,6 +103,10 @@ EXPORT_HEADER: Final = struct.Struct("<4sQI")
 CACHE_COMMIT_EVERY: Final = 64
 """Batches a store on a cache disk applies before it commits (see ShardStore.flush)."""
 
+MAX_PENDING_BYTES: Final = 4 << 20
+"""Keys and values (in characters) of puts a store may hold in memory before it writes
+them to its file (see ShardStore._put_later)."""
+
 MAX_TOMBSTONES: Final = 100_000
 """Tombstones of deleted keys a shard keeps for deltas; past it the oldest half goes (and
 a pre-copy older than them falls back to a full copy)."""
@@ -156,9 +166,11 @@ class ShardDelta(msgspec.Struct, frozen=True, array_like=True):
 
 
 _STALE: Final = KVResult(ok=False, stale=True)
+_OK: Final = KVResult()
 _SQL_STALE: Final = SqlWriteResult(stale=True)
 _encode = msgspec.msgpack.Encoder().encode
 _decode_kv = msgspec.msgpack.Decoder(KVResult).decode
+_OK_ENCODED: Final = _encode(_OK)
 _decode_sql = msgspec.msgpack.Decoder(SqlWriteResult).decode
 _decode_delta = msgspec.msgpack.Decoder(ShardDelta).decode
 _R = TypeVar("_R")
@@ -312,6 +324,13 @@ class ShardStore:
         self._applied_unwritten = False
         """Inside a batch, ``applied_index`` is written once at its end (see
         :meth:`_write_applied`), not with every command."""
+        self._pending_kv: dict[str, tuple[str, int]] = {}
+        """Rows that batches' plain puts wrote and the file does not have yet, by key
+        (see :meth:`_put_later`)."""
+        self._pending_sessions: dict[str, tuple[int, bytes, int]] = {}
+        """The session rows those puts wrote, by client id."""
+        self._pending_bytes = 0
+        """Roughly, the keys and values pending (an overwritten one still counts)."""
         self._max_tombstones = max_tombstones
         self._tombstones: int = conn.execute("SELECT count(*) FROM kv_gone").fetchone()[0]
         self._version: int = conn.execute(_WRITE_VERSION).fetchone()[0]
@@ -480,6 +499,10 @@ class ShardStore:
         check_op(op)
         if index <= self._meta.applied_index:
             return None
+        if self._batching and self._put_later(client_id, seq, op):
+            self._meta.applied_index = index
+            self._applied_unwritten = True
+            return _OK
         with self._transaction() as conn:
             result, sessions = self._apply_once(conn, client_id, seq, op)
             self._meta.applied_index = index
@@ -500,15 +523,23 @@ class ShardStore:
         if index <= self._meta.applied_index:
             return None
         results: list[KVResult] = []
+        if self._batching:
+            for client_id, seq, op in ops:
+                if self._put_later(client_id, seq, op):
+                    results.append(_OK)
+                    continue
+                with self._transaction() as conn:  # (writes the pending puts first)
+                    result, self._sessions = self._apply_once(conn, client_id, seq, op)
+                results.append(result)
+            self._meta.applied_index = index
+            self._applied_unwritten = True
+            return results
         with self._transaction() as conn:
             for client_id, seq, op in ops:
                 result, self._sessions = self._apply_once(conn, client_id, seq, op)
                 results.append(result)
             self._meta.applied_index = index
-            if self._batching:
-                self._applied_unwritten = True
-            else:
-                _put_meta(conn, "applied_index", index)
+            _put_meta(conn, "applied_index", index)
         return results
 
     def set_state(self, index: int, state: str) -> bool:
@@ -603,6 +634,9 @@ class ShardStore:
     # --- reads ---------------------------------------------------------------------------
 
     def get(self, key: str) -> str | None:
+        pending = self._pending_kv.get(key)
+        if pending is not None:
+            return pending[0]
         rows = self._query("SELECT value FROM kv WHERE key = ?", key)
         return rows[0][0] if rows else None
 
@@ -763,15 +797,19 @@ class ShardStore:
 
     def end_batch(self) -> None:
         """End the batch: commit what it changed (on a cache disk, only every
-        :data:`CACHE_COMMIT_EVERY` changes: see :meth:`flush`)."""
+        :data:`CACHE_COMMIT_EVERY` batches or past :data:`MAX_PENDING_BYTES` of held
+        puts, and ``applied_index`` with the commit: see :meth:`flush`)."""
         self._batching = False
-        self._write_applied()
         self._unflushed += 1
-        if self._disk.durable or self._unflushed >= CACHE_COMMIT_EVERY:
+        if (
+            self._disk.durable
+            or self._unflushed >= CACHE_COMMIT_EVERY
+            or self._pending_bytes > MAX_PENDING_BYTES
+        ):
             self.flush()
 
     def flush(self) -> None:
-        """Commit any open transaction.
+        """Write the held puts and commit any open transaction.
 
         A store on a :class:`~shardwise.storage.fsutil.CacheDisk` (a cache of a durable
         log) keeps its transaction open across batches: a COMMIT writes every dirty page
@@ -779,8 +817,10 @@ class ShardStore:
         open. It commits before an export, a checkpoint or a close, and every
         :data:`CACHE_COMMIT_EVERY` batches, which bounds the journal held in memory."""
         self._unflushed = 0
-        self._write_applied()
         conn = self._conn
+        if conn is not None:
+            self._write_pending(conn)
+        self._write_applied()
         if conn is not None and conn.in_transaction:
             try:
                 conn.execute("COMMIT")
@@ -811,9 +851,63 @@ class ShardStore:
     # --- internals -----------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
+        """The connection, with the batch's pending puts written: whatever reads or
+        writes through it sees them."""
         if self._conn is None:
             raise ShardStoreClosedError(f"the store of shard {self.shard} is closed")
+        if self._pending_kv:
+            self._write_pending(self._conn)
         return self._conn
+
+    def _put_later(self, client_id: str, seq: int, op: KVOp) -> bool:
+        """Inside a batch, take a plain ``Put`` (the bulk of a write load) without SQL:
+        its row and its session row wait in memory, a later put of the same key or by
+        the same client replaces them, and :meth:`_write_pending` writes what is left in
+        two statements: when anything else uses the connection (:meth:`_connection`),
+        and at the latest with the next commit (:meth:`flush`; on a cache disk, every
+        :data:`CACHE_COMMIT_EVERY` batches or past :data:`MAX_PENDING_BYTES`). Until
+        then :meth:`get` reads them from memory. Applying a put costs a few dictionary
+        updates instead of two statements on a cold database, and a hot key is written
+        once per flush.
+
+        False (nothing done) for anything that must look at the file: an op other than
+        ``Put``, a client this store has no session for yet, a retry or a stale ``seq``.
+        The result is what :meth:`_apply_once` gives: a put is ok, and a session
+        remembers it; so the file ends up as it would have anyway."""
+        if type(op) is not Put:
+            return False
+        if client_id:
+            known = self._known_seqs.get(client_id)
+            if known is None or seq <= known:
+                return False
+            self._known_seqs[client_id] = seq
+            self._pending_sessions[client_id] = (seq, _OK_ENCODED, self._next_touch())
+        self._version += 1
+        self._pending_kv[op.key] = (op.value, self._version)
+        self._pending_bytes += len(op.key) + len(op.value)
+        return True
+
+    def _write_pending(self, conn: sqlite3.Connection) -> None:
+        """Write the batch's pending puts (see :meth:`_put_later`) into its transaction."""
+        if not self._pending_kv:
+            return
+        rows, self._pending_kv = self._pending_kv, {}
+        sessions, self._pending_sessions = self._pending_sessions, {}
+        self._pending_bytes = 0
+        try:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR REPLACE INTO kv (key, value, ver) VALUES (?, ?, ?)",
+                [(key, value, ver) for key, (value, ver) in rows.items()],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO sessions (client_id, seq, result, touched) "
+                "VALUES (?, ?, ?, ?)",
+                [(client, *row) for client, row in sessions.items()],
+            )
+        except sqlite3.Error as exc:
+            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
 
     def _query(self, sql: str, *params: object) -> list[Any]:
         try:
