@@ -694,6 +694,7 @@ def test_held_puts_are_bounded_in_memory(tmp_path: Path, monkeypatch: pytest.Mon
         client.run(Put("a", "x" * 40))
         store.end_batch()
         assert store.get("a") == "x" * 40 and rows_in_the_file() == 0  # held, and read
+        assert store.get("other") is None and rows_in_the_file() == 0  # a read of another key
         store.begin_batch()
         client.run(Put("b", "y" * 70))  # past 100 characters held: written and committed
         store.end_batch()
