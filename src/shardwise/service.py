@@ -38,6 +38,7 @@ from shardwise.net.transport import Transport
 from shardwise.raft.host import HostOptions, RaftHost
 from shardwise.raft.messages import Membership
 from shardwise.raft.statemachine import StateMachine
+from shardwise.raft.worker import WorkerThread
 from shardwise.routing import Status
 from shardwise.storage.file import FileStorage
 from shardwise.storage.interface import RaftStorage
@@ -126,6 +127,10 @@ class ReplicaService(Generic[S]):
             else Transport(config.node_id, config.secret, peers=config.peers, listen=config.listen)
         )
         self.state_machine = state_machine
+        # Real storage fsyncs on a thread of its own (cheaper than asyncio.to_thread);
+        # storage passed in (a simulation's) keeps the host's default, which a virtual-
+        # time loop runs inline.
+        self._worker = WorkerThread(f"storage-{config.node_id}") if storage is None else None
         self.host: RaftHost[S] = RaftHost(
             config.node_id,
             Membership(frozenset({config.node_id, *config.peers})),
@@ -138,6 +143,7 @@ class ReplicaService(Generic[S]):
                 sync_in_loop_unless_leading=True,
                 follower_apply_batch=FOLLOWER_APPLY_BATCH,
             ),
+            run_blocking=asyncio.to_thread if self._worker is None else self._worker,
         )
         self.transport.on_raft(group, self.host.deliver)
 
@@ -147,6 +153,8 @@ class ReplicaService(Generic[S]):
 
     async def stop(self) -> None:
         await self.host.stop()
+        if self._worker is not None:
+            self._worker.close()
         await self.transport.close()
 
 

@@ -59,7 +59,7 @@ from shardwise.raft.messages import (
     entry_kind,
 )
 from shardwise.raft.node import RaftNode
-from shardwise.raft.persist import persist_ready
+from shardwise.raft.persist import persist_ready, write_ready
 from shardwise.raft.ready import IncomingSnapshot, RaftConfig, Ready, Role
 from shardwise.raft.statemachine import StateMachine
 from shardwise.raft.waiting import Deadlines, FutureHeap, Proposals, fail
@@ -470,14 +470,21 @@ class RaftHost(Generic[S]):
             self._apply_committed(node, ready.committed)
             self._answer_reads(node, ready)
         in_loop = self._options.sync_in_loop_unless_leading and not node.is_leader()
-        if ready.must_sync and ready.snapshot is None and in_loop:
-            self._persist(ready)  # a follower's small write: see HostOptions
-        elif ready.must_sync or ready.snapshot is not None:
+        if ready.snapshot is not None:
             await self._run_blocking(lambda: self._persist(ready))
             if self._halted is not None:
                 return  # halted by a message or tick while the fsync ran: act on nothing
+        elif not ready.must_sync or in_loop:
+            # At most a new commit index (nothing to wait for), or a follower's small
+            # write (see HostOptions).
+            self._persist(ready)
         else:
-            self._persist(ready)  # at most a new commit index: no fsync, nothing to wait for
+            # Encoding and writing the entries is Python: here, not in a thread that would
+            # contend for the GIL. Only the fsync runs off the loop.
+            write_ready(self._storage, ready)
+            await self._run_blocking(self._storage.sync)
+            if self._halted is not None:
+                return  # halted by a message or tick while the fsync ran: act on nothing
         if ready.snapshot is not None:
             self._install(ready.snapshot)
         for message in ready.messages:
