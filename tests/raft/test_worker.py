@@ -15,8 +15,7 @@ async def test_jobs_run_in_order_on_one_other_thread() -> None:
     ran: list[tuple[int, str]] = []
     try:
         futures = [
-            worker(lambda n=n: ran.append((n, threading.current_thread().name)))
-            for n in range(50)
+            worker(lambda n=n: ran.append((n, threading.current_thread().name))) for n in range(50)
         ]
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
     finally:

@@ -107,6 +107,13 @@ MAX_PENDING_BYTES: Final = 4 << 20
 """Keys and values (in characters) of puts a store may hold in memory before it writes
 them to its file (see ShardStore._put_later)."""
 
+MAX_CACHED_VALUES: Final = 1024
+"""Values of recently read or written keys a store keeps in memory for point reads (a
+skewed load reads a few keys over and over); past it the cache starts afresh."""
+
+MAX_CACHED_ITEM_CHARS: Final = 1024
+"""Largest key plus value (in characters) the read cache takes: it stays under 1 MiB."""
+
 MAX_TOMBSTONES: Final = 100_000
 """Tombstones of deleted keys a shard keeps for deltas; past it the oldest half goes (and
 a pre-copy older than them falls back to a full copy)."""
@@ -331,6 +338,9 @@ class ShardStore:
         """The session rows those puts wrote, by client id."""
         self._pending_bytes = 0
         """Roughly, the keys and values pending (an overwritten one still counts)."""
+        self._cached: dict[str, str] = {}
+        """Values of keys as the file has them (see :meth:`get`): filled by point reads
+        and by writing held puts, emptied by every other change."""
         self._max_tombstones = max_tombstones
         self._tombstones: int = conn.execute("SELECT count(*) FROM kv_gone").fetchone()[0]
         self._version: int = conn.execute(_WRITE_VERSION).fetchone()[0]
@@ -637,6 +647,9 @@ class ShardStore:
         pending = self._pending_kv.get(key)
         if pending is not None:
             return pending[0]
+        cached = self._cached.get(key)
+        if cached is not None:
+            return cached
         # The file has every other key as it stands: no need to write the held puts.
         if self._conn is None:
             raise ShardStoreClosedError(f"the store of shard {self.shard} is closed")
@@ -644,7 +657,17 @@ class ShardStore:
             row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as exc:
             raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        self._cache(key, row[0])
+        return str(row[0])
+
+    def _cache(self, key: str, value: str) -> None:
+        if len(key) + len(value) > MAX_CACHED_ITEM_CHARS:
+            return
+        if len(self._cached) >= MAX_CACHED_VALUES:
+            self._cached.clear()
+        self._cached[key] = value
 
     def scan(
         self,
@@ -913,7 +936,10 @@ class ShardStore:
                 [(client, *row) for client, row in sessions.items()],
             )
         except sqlite3.Error as exc:
+            self._cached.clear()
             raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+        for key, (value, _) in rows.items():
+            self._cache(key, value)
 
     def _query(self, sql: str, *params: object) -> list[Any]:
         try:
@@ -924,6 +950,7 @@ class ShardStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._connection()
+        self._cached.clear()  # whatever it changes, the read cache does not follow
         if self._batching:
             # Inside a batch: one transaction for all of it, committed by end_batch().
             try:
