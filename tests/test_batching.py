@@ -169,3 +169,47 @@ async def test_close_cancels_what_is_in_flight(
     await batcher.close()
     results = await asyncio.gather(*pending, return_exceptions=True)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
+
+
+async def passes_until(condition: Any, passes: int = 20) -> None:
+    """Let the loop run until ``condition()`` holds (a few passes, no waiting)."""
+    for _ in range(passes):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_while_a_call_is_in_flight_the_next_operations_wait_and_go_together(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.hold.clear()
+    first = asyncio.create_task(batcher.call("s1", WRITE, write("a"), 5.0))
+    await passes_until(lambda: len(endpoint.calls) == 1)
+    later = [asyncio.create_task(batcher.call("s1", READ, read(k), 5.0)) for k in "bcd"]
+    other = asyncio.create_task(batcher.call("s2", READ, read("e"), 5.0))
+    await passes_until(lambda: len(endpoint.calls) == 2)  # another server is not held back
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert [peer for peer, _, _ in endpoint.calls] == ["s1", "s2"]  # b, c, d wait
+    endpoint.hold.set()
+    assert (await first).result == KVResult() and (await other).value == "e"
+    assert [r.value for r in await asyncio.gather(*later)] == ["b", "c", "d"]
+    assert endpoint.calls[2] == ("s1", BATCH.name, BatchRequest(tuple(map(read, "bcd")), ()))
+    assert len(endpoint.calls) == 3
+
+
+@pytest.mark.virtual_time
+async def test_an_operation_given_up_while_waiting_is_not_sent(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.hold.clear()
+    first = asyncio.create_task(batcher.call("s1", READ, read("a"), 5.0))
+    await passes_until(lambda: len(endpoint.calls) == 1)
+    hasty = asyncio.create_task(batcher.call("s1", WRITE, write("b"), 0.1))
+    patient = asyncio.create_task(batcher.call("s1", READ, read("c"), 5.0))
+    with pytest.raises(RpcTimeoutError):
+        await hasty
+    endpoint.hold.set()
+    assert (await first).value == "a" and (await patient).value == "c"
+    assert endpoint.calls[1] == ("s1", READ.name, read("c"))  # alone now: a plain call

@@ -10,8 +10,13 @@ each of its operations as its own call would have failed, and each is retried al
 Nothing is atomic across the operations of a batch.
 
 A batch goes at the end of the pass in which its first operation arrived (``call_soon``),
-so a lone operation waits for nothing; it goes at once when it is full. A batch of one
-is sent as the plain call.
+so a lone operation on an idle connection waits for nothing; it goes at once when it is
+full. While a batched call to a server is in flight (:data:`MAX_CALLS_IN_FLIGHT`), what
+arrives for that server waits and goes when the call returns: the server's answers set
+the pace, so under load batches grow with the load instead of becoming more calls, each
+of which costs every replica of the group a log entry, an fsync and messages. A batch of
+one is sent as the plain call; an operation whose caller gave up before its batch went
+is left out.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ MAX_BATCH_WRITES: Final = MAX_BATCH_OPS
 
 MAX_BATCH_BYTES: Final = 1 << 20
 """Keys and values in one batch's request, about; the batch goes when it holds more."""
+
+MAX_CALLS_IN_FLIGHT: Final = 1
+"""Batched calls a client has in flight to one server at once (a full batch goes
+anyway). One measured best on a saturated 2-core machine: about 5% more YCSB A than two
+and than no limit, at 8% less server CPU per operation."""
 
 MAX_BATCHED_OP_BYTES: Final = 64 << 10
 """A write carrying more than this (key and values) goes alone: a large value gains
@@ -85,6 +95,15 @@ class _Batch:
             or self.size >= MAX_BATCH_BYTES
         )
 
+    def drop_abandoned(self) -> None:
+        """Leave out the operations whose callers gave up (timed out) while it waited."""
+        reads = [(r, f) for r, f in zip(self.reads, self.read_futures, strict=True) if not f.done()]
+        writes = [
+            (w, f) for w, f in zip(self.writes, self.write_futures, strict=True) if not f.done()
+        ]
+        self.reads, self.read_futures = [r for r, _ in reads], [f for _, f in reads]
+        self.writes, self.write_futures = [w for w, _ in writes], [f for _, f in writes]
+
     def futures(self) -> list[asyncio.Future[KVReply]]:
         return [*self.read_futures, *self.write_futures]
 
@@ -99,6 +118,8 @@ class CallBatcher:
         self._open: dict[str, _Batch] = {}
         """The batch filling up for each server, until it is sent."""
         self._sending: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, int] = {}
+        """Batched calls in flight, by server."""
         self.batches_sent = 0
         """Calls that carried more than one operation (for tests and curious users)."""
 
@@ -140,7 +161,9 @@ class CallBatcher:
         batch = self._open.get(node)
         if batch is None:
             batch = self._open[node] = _Batch()
-            asyncio.get_running_loop().call_soon(self._send_open, node, batch)
+            if self._in_flight.get(node, 0) < MAX_CALLS_IN_FLIGHT:
+                asyncio.get_running_loop().call_soon(self._send_open, node, batch)
+            # else it goes when a call to ``node`` returns (see _returned)
         batch.timeout_s = max(batch.timeout_s, timeout_s)
         return batch
 
@@ -166,9 +189,22 @@ class CallBatcher:
         if self._open.get(node) is not batch:
             return  # sent already (it filled up), or dropped by close()
         del self._open[node]
+        batch.drop_abandoned()
+        if not batch.reads and not batch.writes:
+            return
+        self._in_flight[node] = self._in_flight.get(node, 0) + 1
         task = asyncio.get_running_loop().create_task(self._send(node, batch))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(lambda done: self._returned(node, done))
+
+    def _returned(self, node: str, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        left = self._in_flight.pop(node) - 1
+        if left:
+            self._in_flight[node] = left
+        waiting = self._open.get(node)
+        if waiting is not None and left < MAX_CALLS_IN_FLIGHT:
+            self._send_open(node, waiting)
 
     async def _send(self, node: str, batch: _Batch) -> None:
         futures = batch.futures()
