@@ -17,6 +17,7 @@ from shardwise.storage import FileStorage, HardState, LogEntry, SnapshotMeta
 from shardwise.storage.hardstate import HARD_STATE_NAME, encode_hard_state
 from shardwise.storage.record import encode_record, scan_segment
 from shardwise.storage.recovery import segment_name
+from shardwise.storage.segments import PREALLOCATE_BYTES
 from shardwise.storage.snapshot import snapshot_name
 
 
@@ -473,3 +474,56 @@ def test_a_failed_write_makes_the_storage_unusable(
 def test_bad_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         FileStorage(tmp_path, max_segment_bytes=0)
+
+
+# --- the active segment allocated ahead ---------------------------------------------------
+
+
+def test_the_active_segment_is_allocated_ahead_and_cut_to_its_records_on_close(
+    tmp_path: Path,
+) -> None:
+    entries = make_entries(1, 11, term=1)
+    records = sum(len(encode_record(entry)) for entry in entries)
+    with FileStorage(tmp_path / "log") as storage:
+        storage.append(entries)
+        storage.sync()
+        [name] = storage.segment_names
+        assert os.path.getsize(tmp_path / "log" / name) == PREALLOCATE_BYTES  # zeros after
+        # A crash now leaves the zeros behind: a copy of the files shows what it finds.
+        shutil.copytree(tmp_path / "log", tmp_path / "crashed")
+    assert os.path.getsize(tmp_path / "log" / name) == records
+    assert read_back(tmp_path / "log") == entries
+    with FileStorage(tmp_path / "crashed") as storage:  # the zeros are cut like a torn tail
+        assert os.path.getsize(tmp_path / "crashed" / name) == records
+        assert storage.entries(1, 11) == entries
+        storage.append(make_entries(11, 13, term=2))
+        storage.sync()
+    assert read_back(tmp_path / "crashed") == entries + make_entries(11, 13, term=2)
+
+
+def test_a_rolled_segment_holds_only_its_records(tmp_path: Path) -> None:
+    entries = make_entries(1, 31, term=1)
+    record_bytes = len(encode_record(entries[0]))
+    with FileStorage(tmp_path, max_segment_bytes=10 * record_bytes) as storage:
+        storage.append(entries)
+        storage.sync()
+        names = storage.segment_names
+        sizes = [os.path.getsize(tmp_path / name) for name in names[:-1]]
+    assert sizes == [10 * record_bytes] * (len(names) - 1)
+    assert read_back(tmp_path) == entries
+
+
+def test_a_file_system_that_cannot_allocate_ahead_still_takes_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(fd: int, offset: int, length: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", refuse)
+    entries = make_entries(1, 11, term=1)
+    with FileStorage(tmp_path) as storage:
+        storage.append(entries)
+        storage.sync()
+        [name] = storage.segment_names
+        assert os.path.getsize(tmp_path / name) == sum(len(encode_record(e)) for e in entries)
+    assert read_back(tmp_path) == entries

@@ -6,8 +6,14 @@ is one ``pread`` per segment it spans. The newest entries are also kept whole in
 bounded :class:`TailCache`.
 
 Writes go to the last ("active") segment. A segment is rolled once the next record would
-take it past ``max_segment_bytes``; the old one is fsynced first, so every segment but the
-last is complete on disk, which is what lets recovery call any damage there corruption.
+take it past ``max_segment_bytes``; the old one is cut to its records and fsynced first,
+so every segment but the last is complete on disk, which is what lets recovery call any
+damage there corruption.
+
+The active segment is allocated ahead of its records (:data:`PREALLOCATE_BYTES` at a
+time): an fdatasync that need not also record a larger file costs about a third less
+CPU and wall time on ext4. What lies past the last record is zeros, which recovery cuts
+away like any torn tail; closing the log or rolling a segment cuts it first.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ at a time, so smaller segments free it sooner, at the cost of more files."""
 DEFAULT_TAIL_CACHE_BYTES: Final = 4 * 1024 * 1024
 """Newest entries kept in memory (sized by ``entry_size``): a few batches of replication."""
 
+PREALLOCATE_BYTES: Final = 4 * 1024 * 1024
+"""How far ahead of its records the active segment is allocated, at a time."""
+
 WRITE_CHUNK_BYTES: Final = 1024 * 1024
 """Records are written in chunks of about this size, bounding the copy a batch makes."""
 
@@ -65,6 +74,10 @@ class SegmentLog:
         self._cache = TailCache(tail_cache_bytes, self.last + 1)
         self._active_fd: int | None = None
         self._dirty = False
+        self._allocated = 0
+        """Length of the active segment's file (its records, then zeros allocated ahead)."""
+        self._preallocate = True
+        """Off for good once the file system refuses to allocate ahead."""
 
     @classmethod
     def open(
@@ -189,8 +202,26 @@ class SegmentLog:
             return
         data = b"".join(batch)
         segment = self._segments[-1]
-        write_all(self._fd(), data, segment.size)
+        fd = self._fd()
+        end = segment.size + len(data)
+        if end > self._allocated:
+            self._allocate(fd, end)
+        write_all(fd, data, segment.size)
         segment.size += len(data)
+        self._dirty = True
+
+    def _allocate(self, fd: int, end: int) -> None:
+        """Allocate the active segment's file to at least ``end`` and, if it can, to
+        :data:`PREALLOCATE_BYTES` beyond its current length (not past the segment limit)."""
+        if not self._preallocate:
+            return
+        target = max(end, min(self._allocated + PREALLOCATE_BYTES, self._max_segment_bytes))
+        try:
+            os.posix_fallocate(fd, self._allocated, target - self._allocated)
+        except OSError:
+            self._preallocate = False  # e.g. not supported: the writes extend the file
+            return
+        self._allocated = target
         self._dirty = True
 
     def _roll(self, first_index: int) -> None:
@@ -199,6 +230,7 @@ class SegmentLog:
         name = segment_name(first_index)
         path = os.path.join(self._dir, name)
         self._active_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._allocated = 0
         # The new file's directory entry must be durable before records in it can be.
         self._disk.fsync_dir(self._dir)
         self._segments.append(Segment(first_index, name))
@@ -226,6 +258,7 @@ class SegmentLog:
         offset = self._offsets[index - self.first]
         fd = self._fd()
         os.ftruncate(fd, offset)
+        self._allocated = offset
         self._disk.fdatasync(fd)
         self._dirty = False
         self._segments[-1].size = offset
@@ -274,11 +307,17 @@ class SegmentLog:
         if self._active_fd is None:
             path = os.path.join(self._dir, self._segments[-1].name)
             self._active_fd = os.open(path, os.O_RDWR)
+            self._allocated = os.fstat(self._active_fd).st_size
         return self._active_fd
 
     def _close_active(self, *, sync: bool) -> None:
         if self._active_fd is None:
             return
+        size = self._segments[-1].size if self._segments else 0
+        if self._allocated > size:  # cut the zeros allocated ahead
+            os.ftruncate(self._active_fd, size)
+            self._allocated = size
+            self._dirty = True
         if sync and self._dirty:
             self._disk.fdatasync(self._active_fd)
         self._dirty = False
