@@ -5,6 +5,7 @@ moves; a target that is down holds the source back for a bounded time only."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from shardwise.shardserver.commands import (
     Reconfigure,
     decode,
 )
+from shardwise.shardserver.server import ShardServer
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.shardserver.store import EXPORT_HEADER, ShardDelta
 from shardwise.testing.cluster import SimCluster, wait_until
@@ -51,6 +53,41 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Applied]]:
     yield log
 
 
+@dataclass(frozen=True)
+class Proposed:
+    gid: int
+    start: float
+    end: float
+    command: Command
+
+
+@pytest.fixture
+def proposed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Proposed]]:
+    """Every install command a group's leader proposes, with the loop times it proposed it
+    and heard the outcome."""
+    log: list[Proposed] = []
+    original = ShardServer._propose
+
+    async def propose(self: ShardServer, command: Command) -> bool:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            return await original(self, command)
+        finally:
+            if isinstance(command, InstallChunk | InstallBase | InstallDelta):
+                log.append(Proposed(self.gid, start, loop.time(), command))
+
+    monkeypatch.setattr(ShardServer, "_propose", propose)
+    yield log
+
+
+def base_pieces(log: list[Proposed], gid: int) -> list[Proposed]:
+    """The pieces of the first base ``gid`` logged, in order."""
+    base = next(p for p in log if p.gid == gid and isinstance(p.command, InstallBase))
+    pieces = [p for p in log if p.gid == gid and isinstance(p.command, InstallChunk)]
+    return sorted((p for p in pieces if p.end <= base.start), key=lambda p: p.start)
+
+
 def one_replica(log: list[Applied], gid: int) -> list[Applied]:
     first = next(a.directory for a in log if a.gid == gid)
     return [a for a in log if a.directory == first]
@@ -61,13 +98,15 @@ def one_replica(log: list[Applied], gid: int) -> list[Applied]:
 async def test_the_source_serves_until_the_target_holds_a_base(
     tmp_path: Path,
     seed: int,
+    *,
     applied: list[Applied],
+    proposed: list[Proposed],
     slow_copy: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if slow_copy:  # a copy far longer than the source's plain wait: progress keeps it waiting
         monkeypatch.setattr(server_module, "PRECOPY_WAIT_S", 0.5)
-        monkeypatch.setattr(server_module, "INSTALL_CHUNK_BYTES", 2048)
+    monkeypatch.setattr(server_module, "INSTALL_CHUNK_BYTES", 2048 if slow_copy else 32 << 10)
     async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
         await cluster.join(1, 2)
         config = await cluster.configuration()
@@ -109,6 +148,13 @@ async def test_the_source_serves_until_the_target_holds_a_base(
             found = await kv.mget(list(acknowledged))
         assert found == acknowledged  # no acknowledged write lost across the move
     check_base_then_delta(applied, shard, keys, moved.num)
+    # The base was taken while the shard served, so its pieces left the log free at
+    # least PRECOPY_PAUSE_RATIO times as long as each took.
+    pieces = base_pieces(proposed, 2)
+    assert len(pieces) >= 2
+    for before, after in itertools.pairwise(pieces):
+        took = before.end - before.start
+        assert after.start - before.end >= server_module.PRECOPY_PAUSE_RATIO * took
 
 
 def check_base_then_delta(
@@ -144,8 +190,13 @@ def check_base_then_delta(
 
 @pytest.mark.virtual_time
 async def test_a_target_that_is_down_holds_the_source_back_for_a_bounded_time(
-    tmp_path: Path, seed: int, applied: list[Applied]
+    tmp_path: Path,
+    seed: int,
+    applied: list[Applied],
+    proposed: list[Proposed],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(server_module, "INSTALL_CHUNK_BYTES", 2048)  # a base of pieces
     async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
         await cluster.join(1, 2)
         config = await cluster.configuration()
@@ -174,3 +225,8 @@ async def test_a_target_that_is_down_holds_the_source_back_for_a_bounded_time(
             assert await kv.get(key) == "before"  # a base of the frozen copy, and its delta
             await kv.put(key, "after")
             assert await kv.get(key) == "after"
+    # The base was the frozen copy, which writes to the shard wait for: not paced.
+    pieces = base_pieces(proposed, 2)
+    assert len(pieces) >= 3
+    idle = sum(after.start - before.end for before, after in itertools.pairwise(pieces))
+    assert idle < 0.1 * sum(p.end - p.start for p in pieces)

@@ -216,6 +216,9 @@ class PullReply(msgspec.Struct, frozen=True):
     data: bytes = b""
     version: int = 0
     """The write version the image brings the shard to."""
+    live: bool = False
+    """The image is a base taken while the shard still serves here (not a frozen copy, nor
+    a delta of one): nothing waits for it, so the caller may copy it unhurried."""
 
 
 class HandedOffRequest(msgspec.Struct, frozen=True):

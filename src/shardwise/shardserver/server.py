@@ -148,8 +148,19 @@ PROPOSE_WINDOW: Final = 1
 under load on 2 cores), before the pre-copy: 16 in flight made other shards' p99 4.7x
 its steady state; 4: 2.5x; 2: 1.0-1.1x (and the shard refused writes throughout). With
 the pre-copy the copy happens while the shard still serves, so it may be slow: one
-piece of 256 KiB at a time keeps other shards' p99 at 1.0-1.5x (three runs; 512 KiB
+piece of 256 KiB at a time kept other shards' p99 at 1.0-1.5x (three runs; 512 KiB
 pieces, two in flight: 1.5-3.7x), for a move of 8-10 s instead of 6-7 s."""
+
+PRECOPY_PAUSE_RATIO: Final = 1.0
+"""After each piece of a pre-copy commits, the copy waits this many times as long as the
+piece took before it proposes the next, so it holds the gaining group's log at most half
+the time (and less when the group is busy, since pieces then take longer). Measured
+(`bench/kv.py`, 100 MiB under workload A on 2 cores, once the request path had become
+fast enough to keep the servers busy): without the pause the gaining group's p99 went
+from 13-14 ms to 41-52 ms during the copy, other shards' p99 1.7-2.4x steady state;
+with it 23-26 ms and 1.1-1.3x, the move 7 s either way (pieces go faster when they do
+not queue behind the group's writes); twice as long a pause: 1.1-1.3x, 9-10 s. A copy of
+the frozen shard is not paced: writes to it wait for the copy."""
 
 MAX_CACHED_IMAGES: Final = 4
 """Exported images (bases, frozen copies, deltas) a source keeps while others pull them."""
@@ -188,6 +199,8 @@ class _Image:
     data: bytes | bytearray
     crc: int
     version: int
+    live: bool = False
+    """Taken from the shard while it serves (see ``PullReply.live``)."""
 
 
 class _BaseTooOldError(ShardwiseError):
@@ -466,7 +479,12 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         size = max(1, min(request.max_bytes, PULL_CHUNK_BYTES))
         piece = bytes(memoryview(image.data)[request.offset : request.offset + size])
         return PullReply(
-            "ok", total=len(image.data), crc=image.crc, data=piece, version=image.version
+            "ok",
+            total=len(image.data),
+            crc=image.crc,
+            data=piece,
+            version=image.version,
+            live=image.live,
         )
 
     def _image(self, request: PullRequest) -> _Image | None:
@@ -486,7 +504,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return image
         image = self._cached((shard, num, "frozen"), frozen, lambda s: s.export_buffer())
         if image is None:
-            image = self._cached(live, lambda: sm.serving_store(shard), lambda s: s.export_buffer())
+            serving = lambda: sm.serving_store(shard)  # noqa: E731
+            image = self._cached(live, serving, lambda s: s.export_buffer(), live=True)
         return image
 
     def _lookup(self, key: tuple[ShardId, int, str]) -> _Image | None:
@@ -500,6 +519,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         key: tuple[ShardId, int, str],
         store: Callable[[], ShardStore | None],
         export: Callable[[ShardStore], bytes | bytearray],
+        *,
+        live: bool = False,
     ) -> _Image | None:
         image = self._lookup(key)
         if image is not None:
@@ -509,7 +530,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return None
         version = source.write_version  # before the export, which commits nothing new
         data = export(source)
-        image = self._images[key] = _Image(data, crc32c.crc32c(data), version)
+        image = self._images[key] = _Image(data, crc32c.crc32c(data), version, live)
         while len(self._images) > MAX_CACHED_IMAGES:
             self._images.popitem(last=False)
         return image
@@ -778,29 +799,36 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     ) -> None:
         """Log the image whose first piece is ``first`` in :class:`InstallChunk` pieces,
         each proposed as soon as it arrives (at most :data:`PROPOSE_WINDOW` in flight), so
-        fetching and replicating overlap; the rest comes from the same ``server``."""
-        total, crc = first.total, first.crc
-        in_flight: deque[asyncio.Task[bool]] = deque()
+        fetching and replicating overlap; the rest comes from the same ``server``. A base
+        taken while the shard still serves at the source (``first.live``: nothing waits
+        for it) pauses after each piece (:data:`PRECOPY_PAUSE_RATIO`)."""
+        total, crc, paced = first.total, first.crc, first.live
+        loop = asyncio.get_running_loop()
+        in_flight: deque[tuple[float, asyncio.Task[bool]]] = deque()
         try:
             offset, data = 0, first.data
             while True:
                 for start in range(0, len(data), INSTALL_CHUNK_BYTES):
-                    if len(in_flight) >= PROPOSE_WINDOW and not await in_flight.popleft():
-                        raise ShardwiseError(f"install of {shard} was interrupted")
+                    if len(in_flight) >= PROPOSE_WINDOW:
+                        proposed, oldest = in_flight.popleft()
+                        if not await oldest:
+                            raise ShardwiseError(f"install of {shard} was interrupted")
+                        if paced:  # let the group's own writes have the log too
+                            await asyncio.sleep(PRECOPY_PAUSE_RATIO * (loop.time() - proposed))
                     piece = data[start : start + INSTALL_CHUNK_BYTES]
                     chunk = InstallChunk(shard, config_num, offset + start, piece)
-                    in_flight.append(asyncio.ensure_future(self._propose(chunk)))
+                    in_flight.append((loop.time(), asyncio.ensure_future(self._propose(chunk))))
                 offset += len(data)
                 if offset >= total:
                     break
                 data = await self._next_piece(server, replace(request, offset=offset), crc)
             if total == 0:
                 empty = InstallChunk(shard, config_num, 0, b"")
-                in_flight.append(asyncio.ensure_future(self._propose(empty)))
-            if not all(await asyncio.gather(*in_flight)):
+                in_flight.append((loop.time(), asyncio.ensure_future(self._propose(empty))))
+            if not all(await asyncio.gather(*(task for _, task in in_flight))):
                 raise ShardwiseError(f"install of {shard} was interrupted")
         finally:
-            for task in in_flight:
+            for _, task in in_flight:
                 task.cancel()  # only those not done: a failed pull leaves none behind
 
     async def _first_piece(
