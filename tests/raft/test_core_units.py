@@ -15,6 +15,8 @@ from shardwise.raft.messages import (
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
+    ReadIndexRequest,
+    ReadIndexResponse,
     RequestVote,
     SnapshotResponse,
     VoteResponse,
@@ -206,6 +208,40 @@ def test_proposals_are_batched_into_one_append_per_follower() -> None:
     appends = [m for m in drain(node) if isinstance(m, AppendEntries)]
     assert sorted(m.to for m in appends) == ["b", "c"]
     assert all(len(m.entries) == 10 for m in appends)
+
+
+def test_a_commit_costs_no_message_of_its_own_followers_learn_it_with_the_next() -> None:
+    node = leader_of_three()
+    node.propose(b"w1")
+    drain(node)
+    node.step(AppendResponse(term=node.term, sender="b", to="a", index=3))
+    assert not drain(node)  # committed, and no append just to say so
+    assert node.log.committed == 3
+    node.propose(b"w2")  # the next append carries it ...
+    appends = [m for m in drain(node) if isinstance(m, AppendEntries)]
+    assert sorted(m.to for m in appends) == ["b", "c"]
+    assert all(m.commit == 3 for m in appends)
+    for _ in range(node.config.heartbeat_ticks):  # ... and so does the next heartbeat
+        node.tick()
+    beats = [m for m in drain(node) if isinstance(m, Heartbeat)]
+    assert {m.to: m.commit for m in beats} == {"b": 3, "c": 2}  # up to what each holds
+
+
+def test_a_read_forwarded_by_a_follower_is_answered_with_the_commit_it_waits_for() -> None:
+    node = leader_of_three()
+    node.propose(b"w1")
+    drain(node)
+    for follower in ("b", "c"):  # both hold w1, neither has heard that it is committed
+        node.step(AppendResponse(term=node.term, sender=follower, to="a", index=3))
+    assert not drain(node)
+    node.step(ReadIndexRequest(term=node.term, sender="c", to="a", context=b"r"))
+    [beat] = [m for m in drain(node) if isinstance(m, Heartbeat)]
+    node.step(HeartbeatResponse(term=node.term, sender=beat.to, to="a", context=b"r"))
+    sent = drain(node)
+    [answer] = [m for m in sent if isinstance(m, ReadIndexResponse)]
+    assert answer.to == "c" and answer.index == 3
+    # c must apply index 3 to serve the read: it hears the commit index at once.
+    assert [(m.to, m.commit) for m in sent if isinstance(m, AppendEntries)] == [("c", 3)]
 
 
 def test_back_pressure_on_uncommitted_bytes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -592,8 +592,7 @@ class RaftNode(Replication):
             self_progress = self.progress.get(self.id)
             if self_progress is not None:
                 self_progress.acknowledge(self.log.stable)
-            if self._maybe_commit():
-                self._broadcast_append()
+            self._maybe_commit()  # followers learn it with the next append or heartbeat
 
     def _apply_conf_change(self, change: ConfChange) -> None:
         voters, learners = set(self.membership.voters), set(self.membership.learners)

@@ -134,6 +134,10 @@ class Replication:
                     index=state.index,
                 )
             )
+            # The follower serves the read once it has applied ``state.index``: tell it
+            # the commit index now rather than at the next append or heartbeat.
+            if origin in self.progress:
+                self._send_append(origin)
 
     def _handle_snapshot_chunk(self, m: InstallSnapshot) -> None:
         def answer(offset: int, *, done: bool = False, reject: bool = False) -> None:
@@ -236,9 +240,10 @@ class Replication:
             elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.snapshot_index:
                 pr.become_probe()
                 pr.become_replicate()
-            if self._maybe_commit():
-                self._broadcast_append()
-            elif was_paused:
+            # A new commit index is not broadcast on its own: followers learn it from the
+            # next append or heartbeat (see ``_maybe_commit``).
+            self._maybe_commit()
+            if was_paused:
                 self._send_append(m.sender)
             if m.sender == self.transferee and pr.match == self.log.last_index():
                 self._send(TimeoutNow(term=self.term, sender=self.id, to=m.sender))
@@ -263,6 +268,13 @@ class Replication:
         self._send_snapshot_chunk(m.sender, pr)
 
     def _maybe_commit(self) -> bool:
+        """Advance the commit index to what a quorum holds; whether it moved.
+
+        Callers do not broadcast the new index: followers learn it from the next append
+        (every append carries it) or heartbeat (every tick), or at once when one waits
+        for it to serve a read (``_deliver_read``). Nothing else on a follower waits for
+        it (a follower holds its applies until a tick anyway), and under load an append
+        of its own per commit cost every round two more messages each way."""
         matches = sorted(
             (self.progress[v].match for v in self.voters if v in self.progress), reverse=True
         )
