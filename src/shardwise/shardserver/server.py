@@ -157,10 +157,10 @@ piece took before it proposes the next, so it holds the gaining group's log at m
 the time (and less when the group is busy, since pieces then take longer). Measured
 (`bench/kv.py`, 100 MiB under workload A on 2 cores, once the request path had become
 fast enough to keep the servers busy): without the pause the gaining group's p99 went
-from 13-14 ms to 41-52 ms during the copy, other shards' p99 1.7-2.4x steady state;
-with it 23-26 ms and 1.1-1.3x, the move 7 s either way (pieces go faster when they do
-not queue behind the group's writes); twice as long a pause: 1.1-1.3x, 9-10 s. A copy of
-the frozen shard is not paced: writes to it wait for the copy."""
+from 13-14 ms to 41-52 ms during the copy, other shards' p99 1.7-2.5x steady state;
+with it 24-34 ms and 1.25-1.56x (five runs), the move 7-12 s instead of 4-8 s (pieces
+go faster when they do not queue behind the group's writes); twice as long a pause:
+1.1-1.3x, 9-10 s. A copy of the frozen shard is not paced: writes to it wait for it."""
 
 MAX_CACHED_IMAGES: Final = 4
 """Exported images (bases, frozen copies, deltas) a source keeps while others pull them."""
