@@ -270,11 +270,12 @@ class Replication:
     def _maybe_commit(self) -> bool:
         """Advance the commit index to what a quorum holds; whether it moved.
 
-        Callers do not broadcast the new index: followers learn it from the next append
-        (every append carries it) or heartbeat (every tick), or at once when one waits
-        for it to serve a read (``_deliver_read``). Nothing else on a follower waits for
-        it (a follower holds its applies until a tick anyway), and under load an append
-        of its own per commit cost every round two more messages each way."""
+        Replication does not broadcast the new index (only a membership change, which is
+        rare, still does): followers learn it from the next append (every append carries
+        it) or heartbeat (every tick), or at once when one waits for it to serve a read
+        (``_deliver_read``). Nothing else on a follower waits for it (a follower holds
+        its applies until a tick anyway), and under load an append of its own per commit
+        cost every round two more messages each way."""
         matches = sorted(
             (self.progress[v].match for v in self.voters if v in self.progress), reverse=True
         )
