@@ -66,12 +66,12 @@ from peers import (
     wait_for_etcd,
 )
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import DEFAULT_KEYSPACE, ShardId
-from shardwise.controller.schemes import shard_map
+from shardwise.model.config import DEFAULT_KEYSPACE, ShardId
+from shardwise.model.schemes import shard_map
 from shardwise.net import loop
+from shardwise.net.leader import LeaderRouter
 from shardwise.net.transport import Transport
 from shardwise.net.wire import Role
-from shardwise.routing import LeaderRouter
 from shardwise.shardserver.protocol import (
     READ,
     STATUS,

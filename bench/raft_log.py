@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardwise.storage import FileStorage, HardState, LogEntry
+from shardwise.storage import HardState, LogEntry
+from shardwise.storage.file import FileStorage
 
 ENTRY_BYTES = 100
 BATCH_SIZES = (1, 16, 256)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from shardwise.batching import MAX_BATCH_READS, MAX_BATCHED_OP_BYTES, CallBatcher
-from shardwise.controller.model import ShardId
 from shardwise.errors import InvalidMessageError, PeerUnreachableError, RpcTimeoutError
+from shardwise.model.config import ShardId
+from shardwise.model.kv import Get, KVResult, Put
 from shardwise.net.rpc import RpcMethod
-from shardwise.raft.kv import Get, KVResult, Put
 from shardwise.shardserver.protocol import (
     BATCH,
     READ,

@@ -19,15 +19,7 @@ from typing import Any, Final, TypeVar
 import pytest
 
 from shardwise import Client, SyncClient
-from shardwise.controller.model import (
-    NO_GROUP,
-    Configuration,
-    Keyspace,
-    Scheme,
-    ShardId,
-)
 from shardwise.controller.protocol import QUERY, QueryReply, QueryRequest
-from shardwise.controller.schemes import shard_map
 from shardwise.errors import (
     ClientClosedError,
     ClientTimeoutError,
@@ -35,9 +27,18 @@ from shardwise.errors import (
     StaleWriteError,
     UnknownKeyspaceError,
 )
+from shardwise.model.config import (
+    NO_GROUP,
+    Configuration,
+    Keyspace,
+    Scheme,
+    ShardId,
+)
+from shardwise.model.kv import KVResult
+from shardwise.model.schemes import shard_map
 from shardwise.net.rpc import CallContext
 from shardwise.net.transport import Transport
-from shardwise.raft.kv import KVResult, KVStateMachine, decode_result, encode_command
+from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.shardserver.protocol import (
     BATCH,
     READ,

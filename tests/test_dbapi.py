@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from shardwise import dbapi
-from shardwise.controller.model import Keyspace, Scheme
 from shardwise.errors import ShardwiseError, SqlConstraintError, SqlSyntaxError
+from shardwise.model.config import Keyspace, Scheme
 from shardwise.sql import Coordinator, LocalShards, Result
 
 

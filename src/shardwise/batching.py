@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from typing import Final, TypeVar, cast
 
 from shardwise.errors import InvalidMessageError, RpcTimeoutError
+from shardwise.model.kv import MAX_BATCH_OPS, MAX_VALUE_BYTES, Append, Cas, Get, Put
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import RpcMethod
-from shardwise.raft.kv import Append, Cas, Get, Put
-from shardwise.shardserver.commands import MAX_BATCH_OPS
 from shardwise.shardserver.protocol import (
     BATCH,
     READ,
@@ -39,7 +38,6 @@ from shardwise.shardserver.protocol import (
     ReadRequest,
     WriteRequest,
 )
-from shardwise.shardserver.store import MAX_VALUE_BYTES
 
 MAX_BATCH_READS: Final = 12
 """Reads in one batch: their values (up to ``MAX_VALUE_BYTES`` each) must fit in one

@@ -10,14 +10,14 @@
         client.put("user:1", "ada")
 
 **Routing.** A key maps to a shard by its keyspace's scheme (``shard_map``), a shard to a
-replica group by the cached :class:`~shardwise.controller.model.Configuration` (fetched
+replica group by the cached :class:`~shardwise.model.config.Configuration` (fetched
 from the controller on first use, and again whenever a group says it no longer serves a
 shard), and a group to its leader by a cached hint per group. A group server's node id is
 its ``HOST:PORT`` address, so a configuration names every server the client can call.
 
 **Retries.** ``not_leader`` with a hint: straight to the hinted server. ``retry``,
 ``halted``, a timeout or a network error: the next server of the group. A whole round of
-the group failed: a short pause (:data:`~shardwise.routing.RETRY_PAUSE_S`), and now and
+the group failed: a short pause (:data:`~shardwise.net.leader.RETRY_PAUSE_S`), and now and
 then a look at the controller in case the group lost the shard. ``wrong_group``: wait
 briefly for a newer configuration, then re-route. No group owns the shard (the cluster
 has no groups yet): wait for a configuration that gives it one. Each call has one total
@@ -55,8 +55,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from shardwise.batching import CallBatcher
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import NO_GROUP, Configuration, Keyspace, ShardId
-from shardwise.controller.schemes import shard_map
 from shardwise.errors import (
     ClientClosedError,
     ClientError,
@@ -68,15 +66,18 @@ from shardwise.errors import (
     StaleWriteError,
     UnknownKeyspaceError,
 )
+from shardwise.model.config import NO_GROUP, Configuration, Keyspace, ShardId
+from shardwise.model.kv import MAX_SCAN_ROWS, Append, Cas, Delete, KVOp, KVResult, Put
+from shardwise.model.replies import ServiceReply
+from shardwise.model.schemes import shard_map
 from shardwise.net.endpoint import Endpoint
+from shardwise.net.leader import ATTEMPT_TIMEOUT_S, RETRY_PAUSE_S
 from shardwise.net.links import Address
 from shardwise.net.loop import loop_factory
 from shardwise.net.rpc import RpcMethod
 from shardwise.net.transport import Transport
 from shardwise.net.wire import MAX_NODE_ID_CHARS, MAX_RPC_TIMEOUT_MS, Role
 from shardwise.placement import KeyRangePartition
-from shardwise.raft.kv import Append, Cas, Delete, KVOp, KVResult, Put
-from shardwise.routing import ATTEMPT_TIMEOUT_S, RETRY_PAUSE_S, ServiceReply
 from shardwise.shardserver.protocol import (
     READ,
     SCAN,
@@ -86,7 +87,6 @@ from shardwise.shardserver.protocol import (
     WriteRequest,
     server_address,
 )
-from shardwise.shardserver.store import MAX_SCAN_ROWS
 
 if TYPE_CHECKING:  # shardwise.sql (and sqlglot) load on the first SQL call only
     from shardwise.sql import Result

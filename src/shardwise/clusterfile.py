@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from shardwise.controller.model import MAX_GROUPS, MAX_SERVERS_PER_GROUP
 from shardwise.errors import ClusterConfigError, ClusterNotFoundError
+from shardwise.model.config import MAX_GROUPS, MAX_SERVERS_PER_GROUP
 from shardwise.net.auth import check_secret
 from shardwise.net.links import Address
 from shardwise.service import DEFAULT_TICK_MS, MAX_SECRET_FILE_BYTES

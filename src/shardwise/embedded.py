@@ -28,8 +28,8 @@ from typing import Any, Final, TypeVar
 from shardwise.client import Client, SyncClient
 from shardwise.clusterfile import free_ports
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import Result
 from shardwise.controller.server import ControllerServer
+from shardwise.model.config import ChangeResult
 from shardwise.net.links import Address
 from shardwise.service import ReplicaConfig, ReplicaService
 from shardwise.shardserver.protocol import server_address
@@ -113,10 +113,10 @@ class EmbeddedCluster:
         """An asyncio client for the caller's own event loop."""
         return Client(self.controllers, self.secret, **options)
 
-    def join(self, *gids: int) -> Result:
+    def join(self, *gids: int) -> ChangeResult:
         return self._admin(lambda admin: admin.join({g: self.servers[g] for g in gids}))
 
-    def leave(self, *gids: int) -> Result:
+    def leave(self, *gids: int) -> ChangeResult:
         return self._admin(lambda admin: admin.leave(list(gids)))
 
     # --- internals ---------------------------------------------------------------------
@@ -125,10 +125,10 @@ class EmbeddedCluster:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result(timeout_s)
 
-    def _admin(self, change: Any) -> Result:
-        async def run() -> Result:
+    def _admin(self, change: Any) -> ChangeResult:
+        async def run() -> ChangeResult:
             async with ControllerClient(self.controllers, self.secret) as admin:
-                result: Result = await change(admin)
+                result: ChangeResult = await change(admin)
                 return result
 
         return self._run(run(), START_TIMEOUT_S)

@@ -31,15 +31,15 @@ from shardwise.errors import (
     ReplicaStoppedError,
     ShardwiseError,
 )
+from shardwise.model.replies import Status
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.loop import run
 from shardwise.net.transport import Transport
-from shardwise.raft.host import HostOptions, RaftHost
+from shardwise.raft.host import HostOptions, HostStatus, RaftHost
 from shardwise.raft.messages import Membership
 from shardwise.raft.statemachine import StateMachine
 from shardwise.raft.worker import WorkerThread
-from shardwise.routing import Status
 from shardwise.storage.file import FileStorage
 from shardwise.storage.interface import RaftStorage
 
@@ -294,3 +294,16 @@ def run_main(build: Callable[[ReplicaConfig], ReplicaService[S]], config: Replic
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def replica_status_fields(status: HostStatus) -> dict[str, Any]:
+    """The :class:`ReplicaStatus` fields of a host's status, as keyword arguments."""
+    return {
+        "node_id": status.node_id,
+        "role": status.role.value,
+        "term": status.term,
+        "leader": status.leader,
+        "commit": status.commit,
+        "applied": status.applied,
+        "halted": status.halted,
+    }

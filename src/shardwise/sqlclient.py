@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
-from shardwise.controller.model import NO_GROUP, Configuration, CreateTable, DropTable, ShardId
 from shardwise.errors import (
     CatalogError,
     ClientTimeoutError,
@@ -48,6 +47,7 @@ from shardwise.errors import (
     StaleWriteError,
     UnknownKeyspaceError,
 )
+from shardwise.model.config import NO_GROUP, Configuration, CreateTable, DropTable, ShardId
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.commands import SqlStatement
 from shardwise.shardserver.protocol import (

@@ -24,7 +24,7 @@ from shardwise.clusterfile import (
     read_secret,
     secret_is_private,
 )
-from shardwise.controller.model import MoveInfo, ShardId
+from shardwise.model.config import MoveInfo, ShardId
 from shardwise.shardserver.protocol import ShardInfo, StatusReply
 
 

@@ -25,7 +25,7 @@ from shardwise.cli.sqlshell import (
     split_statements,
     syntax_pointer,
 )
-from shardwise.controller.model import Column, Configuration, IndexDef, ShardId, Table
+from shardwise.model.config import Column, Configuration, IndexDef, ShardId, Table
 from shardwise.shardserver.protocol import ShardInfo, StatusReply
 from shardwise.sql import EXPLAIN_COLUMN, Result
 from shardwise.sql.params import Params

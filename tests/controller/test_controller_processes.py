@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.controller import ShardId
 from shardwise.controller.client import ControllerClient
 from shardwise.errors import GroupExistsError, UnknownGroupError, UnknownShardError
+from shardwise.model.config import ShardId
 from shardwise.testing.procs import ProcessGroup
 
 

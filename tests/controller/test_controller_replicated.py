@@ -5,19 +5,9 @@ from __future__ import annotations
 import contextlib
 import random
 
-from shardwise.controller import (
-    Configuration,
-    ControllerStateMachine,
-    Join,
-    Leave,
-    Move,
-    Result,
-    ShardId,
-    decode_result,
-    encode_command,
-)
-from shardwise.controller.model import Op
+from shardwise.controller.statemachine import ControllerStateMachine, decode_result, encode_command
 from shardwise.errors import NotLeaderError, ProposalDroppedError
+from shardwise.model.config import ChangeResult, Configuration, Join, Leave, Move, Op, ShardId
 from shardwise.testing.sim import Faults, SimCluster
 
 
@@ -41,7 +31,7 @@ class Client:
         self.seq += 1
         return encode_command(op, client_id=self.name, seq=self.seq), []
 
-    def poll(self, command: bytes, placed: list[tuple[str, int]]) -> Result | None:
+    def poll(self, command: bytes, placed: list[tuple[str, int]]) -> ChangeResult | None:
         for server_id, index in placed:
             server = self.cluster.servers[server_id]
             applied = server.results.get(index) if server.alive else None
@@ -56,7 +46,7 @@ class Client:
         with contextlib.suppress(NotLeaderError, ProposalDroppedError):
             placed.append((leader, self.cluster.node(leader).propose(command)))
 
-    def call(self, op: Op, max_ticks: int = 2000) -> Result:
+    def call(self, op: Op, max_ticks: int = 2000) -> ChangeResult:
         command, placed = self.start(op)
         deadline = self.cluster.now + self.cluster.ticks(max_ticks)
         while self.cluster.now < deadline:

@@ -7,11 +7,12 @@ import random
 import msgspec
 import pytest
 
-from shardwise.controller import (
+from shardwise.controller.statemachine import ControllerStateMachine, decode_result, encode_command
+from shardwise.model.config import (
     AddColumn,
+    ChangeResult,
     Column,
     Configuration,
-    ControllerStateMachine,
     CreateIndex,
     CreateKeyspace,
     CreateTable,
@@ -21,16 +22,13 @@ from shardwise.controller import (
     Keyspace,
     Leave,
     Move,
+    Op,
     Rebalance,
-    Result,
     Scheme,
     ShardId,
     Table,
-    decode_result,
-    encode_command,
-    shard_map,
 )
-from shardwise.controller.model import Op
+from shardwise.model.schemes import shard_map
 
 
 class Driver:
@@ -41,7 +39,7 @@ class Driver:
         self.index = 0
         self.seq = 0
 
-    def do(self, op: Op, client: str = "admin") -> Result:
+    def do(self, op: Op, client: str = "admin") -> ChangeResult:
         self.index += 1
         self.seq += 1
         return decode_result(

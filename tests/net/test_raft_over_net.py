@@ -7,11 +7,12 @@ the test waits for conditions, re-checked on every frame the transports deliver.
 
 from __future__ import annotations
 
+from shardwise.model.kv import Put
 from shardwise.net.harness import Mesh, eventually
 from shardwise.net.transport import Transport
 from shardwise.raft import Membership, Role
 from shardwise.raft.host import HostOptions, RaftHost, run_inline
-from shardwise.raft.kv import KVStateMachine, Put, decode_result, encode_command
+from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.storage import MemoryStorage
 
 NODES = ("n1", "n2", "n3")

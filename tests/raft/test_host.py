@@ -28,6 +28,7 @@ from shardwise.errors import (
     ReplicaHaltedError,
     ReplicaStoppedError,
 )
+from shardwise.model.kv import Append, Get, Put
 from shardwise.raft import ConfChange, ConfChangeKind, Membership, Message, Role
 from shardwise.raft.host import (
     DEFAULT_TICK_INTERVAL_S,
@@ -36,16 +37,10 @@ from shardwise.raft.host import (
     run_inline,
     snapshot_interval,
 )
-from shardwise.raft.kv import (
-    Append,
-    Get,
-    KVStateMachine,
-    Put,
-    decode_result,
-    encode_command,
-)
+from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.messages import AppendEntries, Heartbeat
-from shardwise.storage import FileStorage, MemoryStorage, RaftStorage
+from shardwise.storage import MemoryStorage, RaftStorage
+from shardwise.storage.file import FileStorage
 
 T = TypeVar("T")
 

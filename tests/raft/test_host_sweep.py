@@ -44,13 +44,9 @@ from shardwise.errors import (
     ReplicaHaltedError,
     ReplicaStoppedError,
 )
+from shardwise.model.kv import KVResult
 from shardwise.raft.host import HostOptions, RaftHost
-from shardwise.raft.kv import (
-    KVResult,
-    KVStateMachine,
-    decode_result,
-    encode_command,
-)
+from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.log import RaftLog
 from shardwise.raft.node import RaftNode
 from shardwise.raft.ready import ReadState, Ready

@@ -6,17 +6,12 @@ import msgspec
 import pytest
 
 from shardwise.errors import CommandDecodeError, RaftError
-from shardwise.raft import kv, sessions
+from shardwise.model.kv import Append, Cas, Delete, Get, KVOp, KVResult, Put
+from shardwise.raft import sessions
 from shardwise.raft.kv import (
     KV_COMMAND_VERSION,
-    Append,
-    Cas,
-    Delete,
-    Get,
     KVCommand,
-    KVResult,
     KVStateMachine,
-    Put,
     decode_command,
     decode_result,
     encode_command,
@@ -30,7 +25,7 @@ class Replica:
     def __init__(self) -> None:
         self.sm = KVStateMachine()
 
-    def run(self, op: kv.KVOp, client: str = "", seq: int = 0) -> KVResult:
+    def run(self, op: KVOp, client: str = "", seq: int = 0) -> KVResult:
         index = self.sm.applied_index() + 1
         return decode_result(self.sm.apply(index, encode_command(op, client_id=client, seq=seq)))
 

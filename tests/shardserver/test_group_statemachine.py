@@ -9,9 +9,9 @@ import crc32c
 import msgspec
 import pytest
 
-from shardwise.controller.model import Configuration, ShardId, initial_configuration
 from shardwise.errors import CommandDecodeError
-from shardwise.raft.kv import Append, Delete, Get, Put
+from shardwise.model.config import Configuration, ShardId, initial_configuration
+from shardwise.model.kv import Append, Delete, Get, Put
 from shardwise.shardserver.commands import (
     AckDelivered,
     ClientBatch,

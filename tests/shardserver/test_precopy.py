@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shardwise.controller.model import ShardId
+from shardwise.model.config import ShardId
 from shardwise.shardserver import server as server_module
 from shardwise.shardserver.commands import (
     Command,

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.controller.model import Configuration
 from shardwise.errors import RemoteCallError
-from shardwise.raft.kv import Append
-from shardwise.shardserver.commands import MAX_BATCH_OPS
+from shardwise.model.config import Configuration
+from shardwise.model.kv import MAX_BATCH_OPS, Append
 from shardwise.shardserver.protocol import (
     BATCH,
     READ,

@@ -11,7 +11,7 @@ from typing import Final
 
 import pytest
 
-from shardwise.controller.model import ShardId
+from shardwise.model.config import ShardId
 from shardwise.shardserver.lifecycle import ShardState
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.testing.linearizability import Verdict

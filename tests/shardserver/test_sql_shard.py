@@ -13,7 +13,8 @@ import crc32c
 import msgspec
 import pytest
 
-from shardwise.controller.model import (
+from shardwise.errors import CommandDecodeError, SqlExecutionError, SqlLimitError
+from shardwise.model.config import (
     Column,
     Configuration,
     IndexDef,
@@ -21,8 +22,7 @@ from shardwise.controller.model import (
     Table,
     initial_configuration,
 )
-from shardwise.errors import CommandDecodeError, SqlExecutionError, SqlLimitError
-from shardwise.raft.kv import Get, Put
+from shardwise.model.kv import Get, Put
 from shardwise.shardserver import sqlshard
 from shardwise.shardserver.commands import (
     GROUP_COMMAND_VERSION,

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardwise.controller.model import ShardId
 from shardwise.errors import (
     CorruptShardSnapshotError,
     ShardExistsError,
@@ -27,30 +26,24 @@ from shardwise.errors import (
     ShardStoreClosedError,
     ShardStoreError,
 )
-from shardwise.raft.kv import (
+from shardwise.model.config import ShardId
+from shardwise.model.kv import (
+    MAX_KEY_BYTES,
+    MAX_SCAN_ROWS,
+    MAX_VALUE_BYTES,
     Append,
     Cas,
     Delete,
     Get,
     KVOp,
     KVResult,
-    KVStateMachine,
     Put,
-    decode_result,
-    encode_command,
-)
-from shardwise.raft.sessions import MAX_SESSIONS, SessionTable
-from shardwise.shardserver import store as store_module
-from shardwise.shardserver.store import (
-    EXPORT_HEADER,
-    EXPORT_MAGIC,
-    MAX_KEY_BYTES,
-    MAX_SCAN_ROWS,
-    MAX_VALUE_BYTES,
-    SCHEMA_VERSION,
-    ShardStore,
     check_op,
 )
+from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
+from shardwise.raft.sessions import MAX_SESSIONS, SessionTable
+from shardwise.shardserver import store as store_module
+from shardwise.shardserver.store import EXPORT_HEADER, EXPORT_MAGIC, SCHEMA_VERSION, ShardStore
 from shardwise.storage.fsutil import CacheDisk
 
 SHARD = ShardId("default", 7)

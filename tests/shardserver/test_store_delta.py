@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardwise.controller.model import ShardId
 from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
-from shardwise.raft.kv import Append, Cas, Delete, KVOp, Put
+from shardwise.model.config import ShardId
+from shardwise.model.kv import Append, Cas, Delete, KVOp, Put
 from shardwise.shardserver.commands import SqlStatement
 from shardwise.shardserver.store import EXPORT_HEADER, ShardStore, StagedImage
 from shardwise.storage.fsutil import CacheDisk

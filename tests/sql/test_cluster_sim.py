@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from shardwise.client import Client
-from shardwise.controller.model import Configuration, ShardId
-from shardwise.controller.schemes import shard_map
 from shardwise.errors import (
     ClientTimeoutError,
     SqlCatalogError,
     SqlConstraintError,
     SqlExecutionError,
 )
+from shardwise.model.config import Configuration, ShardId
+from shardwise.model.schemes import shard_map
 from shardwise.shardserver.commands import SqlStatement
 from shardwise.shardserver.protocol import (
     SQL_READ,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardwise.controller.model import Keyspace, Scheme, ShardId
+from shardwise.model.config import Keyspace, Scheme, ShardId
 from shardwise.sql import EXPLAIN_COLUMN, Coordinator, LocalShards
 from shardwise.sql.difftest import (
     create_statements,

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from shardwise.controller.model import Keyspace, Scheme
-from shardwise.controller.schemes import shard_map
+from shardwise.model.config import Keyspace, Scheme
+from shardwise.model.schemes import shard_map
 from shardwise.sql import Coordinator, LocalShards
 from shardwise.sql.difftest import (
     TABLES,

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardwise.controller.model import Keyspace, Scheme
 from shardwise.errors import (
     DistributionColumnUpdateError,
     DistributionValueError,
@@ -21,7 +20,8 @@ from shardwise.errors import (
     SqlSyntaxError,
     UnsupportedSqlError,
 )
-from shardwise.sql import Coordinator, Limits, LocalShards
+from shardwise.model.config import Keyspace, Scheme
+from shardwise.sql import Coordinator, LocalShards, MergeLimits
 
 KEYSPACES = [
     Keyspace("default", Scheme(kind="hash", shards=4)),
@@ -221,7 +221,7 @@ async def test_a_failing_shard_batch_is_rolled_back(local: LocalShards) -> None:
 
 
 async def test_coordinator_bounds_are_typed_errors(local: LocalShards) -> None:
-    coordinator = Coordinator(local, local, limits=Limits(max_rows=3))
+    coordinator = Coordinator(local, local, limits=MergeLimits(max_rows=3))
     await coordinator.execute(SCHEMA)
     await coordinator.execute("INSERT INTO t (id) VALUES (1), (2), (3), (4), (5), (6)")
     with pytest.raises(SqlLimitError) as info:
@@ -229,7 +229,7 @@ async def test_coordinator_bounds_are_typed_errors(local: LocalShards) -> None:
     assert info.value.limit == "max_rows"
     # An answer that fits is fine: top-k ships at most k rows per shard.
     assert len((await coordinator.execute("SELECT id FROM t ORDER BY id LIMIT 1")).rows) == 1
-    small = Coordinator(local, local, limits=Limits(max_bytes=40))
+    small = Coordinator(local, local, limits=MergeLimits(max_bytes=40))
     await small.execute("UPDATE t SET h = 'a long enough text value'")
     with pytest.raises(SqlLimitError) as bytes_info:
         await small.execute("SELECT h FROM t")

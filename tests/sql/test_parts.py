@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import shardwise.sql
-from shardwise.controller.model import Column, IndexDef, Keyspace, Scheme, Table
-from shardwise.controller.schemes import shard_map
+from shardwise.model.config import Column, IndexDef, Keyspace, Scheme, Table
+from shardwise.model.schemes import shard_map
 from shardwise.sql import Catalog, StatementContext, plan, schema_changes
 from shardwise.sql.distribution import Router, stored_key
 from shardwise.sql.hll import Sketch, estimate_distinct

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.controller.model import CreateTable, Keyspace, Scheme
+from shardwise.model.config import CreateTable, Keyspace, Scheme
 from shardwise.sql import Catalog, StatementContext, explain, plan
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.parse import parse_statement

@@ -18,7 +18,6 @@ from shardwise.errors import (
 from shardwise.storage import (
     EMPTY_HARD_STATE,
     ENTRY_OVERHEAD_BYTES,
-    FileStorage,
     HardState,
     LogEntry,
     MemoryStorage,
@@ -27,6 +26,7 @@ from shardwise.storage import (
     entry_size,
     load_state,
 )
+from shardwise.storage.file import FileStorage
 from shardwise.storage.rules import MAX_ENTRY_DATA_BYTES
 
 

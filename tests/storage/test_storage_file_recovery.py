@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from shardwise.errors import CorruptLogError, SnapshotError, StorageError
-from shardwise.storage import FileStorage, HardState, LogEntry, SnapshotMeta
+from shardwise.storage import HardState, LogEntry, SnapshotMeta
+from shardwise.storage.file import FileStorage
 from shardwise.storage.hardstate import HARD_STATE_NAME, encode_hard_state
 from shardwise.storage.record import encode_record, scan_segment
 from shardwise.storage.recovery import segment_name

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from shardwise.storage import (
-    FileStorage,
     HardState,
     LogEntry,
     MemoryStorage,
@@ -24,6 +23,7 @@ from shardwise.storage import (
     SnapshotMeta,
     entry_size,
 )
+from shardwise.storage.file import FileStorage
 
 
 @dataclass

@@ -24,6 +24,7 @@ from shardwise.errors import (
     TransportClosedError,
     UnknownPeerError,
 )
+from shardwise.model.kv import KVResult, Put
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.limits import Limits
 from shardwise.net.rpc import CallContext, RpcMethod
@@ -31,7 +32,7 @@ from shardwise.net.transport import Transport
 from shardwise.net.wire import Role as NetRole
 from shardwise.raft import Membership, Message, Role
 from shardwise.raft.host import RaftHost
-from shardwise.raft.kv import KVResult, KVStateMachine, Put, decode_result, encode_command
+from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.messages import Heartbeat
 from shardwise.storage import MemoryStorage
 from shardwise.testing.simnet import (

@@ -17,7 +17,6 @@ from typing import Any, Final, TypeAlias
 
 from shardwise.clusterfile import ClusterLayout, Process, format_address
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import NO_GROUP, Configuration, MoveInfo, Op, Result, ShardId
 from shardwise.controller.protocol import STATUS as CONTROLLER_STATUS
 from shardwise.controller.protocol import StatusReply as ControllerStatus
 from shardwise.controller.protocol import StatusRequest as ControllerStatusRequest
@@ -28,6 +27,7 @@ from shardwise.errors import (
     NetError,
     WrongSecretError,
 )
+from shardwise.model.config import NO_GROUP, ChangeResult, Configuration, MoveInfo, Op, ShardId
 from shardwise.net.auth import DialerHandshake
 from shardwise.net.connection import Connection
 from shardwise.net.links import Address
@@ -483,12 +483,12 @@ class Admin:
 
     # --- changing ----------------------------------------------------------------------
 
-    async def change(self, op: Op) -> Result:
+    async def change(self, op: Op) -> ChangeResult:
         return await self.controller.change(op)
 
     async def follow(
         self,
-        result: Result,
+        result: ChangeResult,
         on_update: Callable[[list[MoveState]], None],
         timeout_s: float = DEFAULT_MOVE_TIMEOUT_S,
     ) -> list[MoveState]:

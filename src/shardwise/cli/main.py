@@ -37,7 +37,11 @@ from shardwise.clusterfile import (
     read_secret,
     secret_is_private,
 )
-from shardwise.controller.model import (
+from shardwise.errors import (
+    ShardwiseError,
+    UnknownGroupError,
+)
+from shardwise.model.config import (
     DEFAULT_KEYSPACE,
     STRATEGIES,
     Configuration,
@@ -47,10 +51,6 @@ from shardwise.controller.model import (
     Op,
     Rebalance,
     ShardId,
-)
-from shardwise.errors import (
-    ShardwiseError,
-    UnknownGroupError,
 )
 from shardwise.net.loop import run
 from shardwise.service import DEFAULT_TICK_MS

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from shardwise.cli.admin import DONE, STAGES, MoveState, Snapshot
 from shardwise.clusterfile import ClusterLayout, format_address
-from shardwise.controller.model import DEFAULT_KEYSPACE, NO_GROUP
+from shardwise.model.config import DEFAULT_KEYSPACE, NO_GROUP
 
 MAX_PROGRESS_ROWS: Final = 24
 """Moves drawn one bar each; a change moving more (the first join moves every shard)

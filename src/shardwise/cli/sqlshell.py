@@ -26,9 +26,9 @@ from rich.table import Table
 from rich.text import Text
 
 from shardwise.cli.exits import ExitCode, exit_code_for
-from shardwise.controller.model import Configuration
-from shardwise.controller.model import Table as TableDef
 from shardwise.errors import ShardwiseError, SqlCatalogError, SqlError, SqlSyntaxError
+from shardwise.model.config import Configuration
+from shardwise.model.config import Table as TableDef
 from shardwise.sql.catalog import ColumnSpec
 from shardwise.sql.coordinator import EXPLAIN_COLUMN, Result
 from shardwise.sql.params import Params

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from typing import Final
 
 from shardwise import errors
-from shardwise.controller.model import (
+from shardwise.controller.protocol import CHANGE, QUERY, ChangeRequest, QueryRequest
+from shardwise.model.config import (
+    ChangeResult,
     Configuration,
     CreateKeyspace,
     Join,
@@ -21,16 +23,14 @@ from shardwise.controller.model import (
     Move,
     Op,
     Rebalance,
-    Result,
     ShardId,
     Strategy,
 )
-from shardwise.controller.protocol import CHANGE, QUERY, ChangeRequest, QueryRequest
 from shardwise.net.endpoint import Endpoint
+from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
 from shardwise.net.wire import Role
-from shardwise.routing import LeaderRouter
 
 DEFAULT_DEADLINE_S: Final = 10.0
 
@@ -92,26 +92,26 @@ class ControllerClient:
         if self._owns_transport:
             await self._transport.close()
 
-    async def change(self, op: Op, deadline_s: float = DEFAULT_DEADLINE_S) -> Result:
+    async def change(self, op: Op, deadline_s: float = DEFAULT_DEADLINE_S) -> ChangeResult:
         request = ChangeRequest(self.client_id, next(self._seq), op)
         reply = await self._router.call(CHANGE, request, deadline_s)
         assert reply.result is not None
         raise_for(reply.result.error, reply.result.message)
         return reply.result
 
-    async def join(self, groups: Mapping[int, list[str] | tuple[str, ...]]) -> Result:
+    async def join(self, groups: Mapping[int, list[str] | tuple[str, ...]]) -> ChangeResult:
         return await self.change(Join({g: tuple(s) for g, s in groups.items()}))
 
-    async def leave(self, gids: list[int]) -> Result:
+    async def leave(self, gids: list[int]) -> ChangeResult:
         return await self.change(Leave(tuple(gids)))
 
-    async def move(self, shard: ShardId, gid: int) -> Result:
+    async def move(self, shard: ShardId, gid: int) -> ChangeResult:
         return await self.change(Move(shard, gid))
 
-    async def rebalance(self, strategy: Strategy, keyspace: str = "") -> Result:
+    async def rebalance(self, strategy: Strategy, keyspace: str = "") -> ChangeResult:
         return await self.change(Rebalance(strategy, keyspace))
 
-    async def create_keyspace(self, keyspace: Keyspace) -> Result:
+    async def create_keyspace(self, keyspace: Keyspace) -> ChangeResult:
         return await self.change(CreateKeyspace(keyspace))
 
     async def query(self, num: int = -1, deadline_s: float = DEFAULT_DEADLINE_S) -> Configuration:

@@ -6,9 +6,9 @@ from typing import Final
 
 import msgspec
 
-from shardwise.controller.model import Configuration, Op, Result
+from shardwise.model.config import ChangeResult, Configuration, Op
+from shardwise.model.replies import ReplicaStatus, Status
 from shardwise.net.rpc import RpcMethod
-from shardwise.routing import ReplicaStatus, Status
 
 CONTROLLER_GROUP: Final = 0
 """The controller's Raft group id on the wire (replica groups use positive ids)."""
@@ -26,7 +26,7 @@ class ChangeRequest(msgspec.Struct, frozen=True):
 class ChangeReply(msgspec.Struct, frozen=True):
     status: Status
     leader: str | None = None
-    result: Result | None = None
+    result: ChangeResult | None = None
 
 
 class QueryRequest(msgspec.Struct, frozen=True):

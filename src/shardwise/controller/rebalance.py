@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from shardwise.controller.model import NO_GROUP, Keyspace, MoveInfo, ShardId, Strategy
+from shardwise.model.config import NO_GROUP, Keyspace, MoveInfo, ShardId, Strategy
 from shardwise.placement import balance, rendezvous_preference, ring_preference
 
 

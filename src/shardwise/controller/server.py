@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from shardwise.controller.model import Configuration
 from shardwise.controller.protocol import (
     CHANGE,
     CONTROLLER_GROUP,
@@ -34,14 +33,15 @@ from shardwise.controller.statemachine import (
     encode_command,
 )
 from shardwise.errors import ControllerError
+from shardwise.model.config import Configuration
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import CallContext
-from shardwise.routing import replica_status_fields
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
     ReplicaService,
     parse_replica_args,
+    replica_status_fields,
     run_main,
     through_host,
 )

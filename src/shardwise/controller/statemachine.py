@@ -18,35 +18,7 @@ from typing import Final
 
 import msgspec
 
-from shardwise.controller.model import (
-    COMMAND_VERSION,
-    MAX_GROUPS,
-    MAX_KEYSPACES,
-    MAX_NAME_LENGTH,
-    MAX_SERVERS_PER_GROUP,
-    MAX_SHARDS_PER_KEYSPACE,
-    MAX_TABLES,
-    NO_GROUP,
-    STRATEGIES,
-    AddColumn,
-    Command,
-    Configuration,
-    CreateIndex,
-    CreateKeyspace,
-    CreateTable,
-    DropTable,
-    Join,
-    Leave,
-    Move,
-    MoveInfo,
-    Op,
-    Rebalance,
-    Result,
-    Table,
-    initial_configuration,
-)
 from shardwise.controller.rebalance import rebalance_keyspace
-from shardwise.controller.schemes import check_scheme
 from shardwise.errors import (
     CatalogError,
     CommandDecodeError,
@@ -60,6 +32,34 @@ from shardwise.errors import (
     UnknownKeyspaceError,
     UnknownShardError,
 )
+from shardwise.model.config import (
+    COMMAND_VERSION,
+    MAX_GROUPS,
+    MAX_KEYSPACES,
+    MAX_NAME_LENGTH,
+    MAX_SERVERS_PER_GROUP,
+    MAX_SHARDS_PER_KEYSPACE,
+    MAX_TABLES,
+    NO_GROUP,
+    STRATEGIES,
+    AddColumn,
+    ChangeResult,
+    Command,
+    Configuration,
+    CreateIndex,
+    CreateKeyspace,
+    CreateTable,
+    DropTable,
+    Join,
+    Leave,
+    Move,
+    MoveInfo,
+    Op,
+    Rebalance,
+    Table,
+    initial_configuration,
+)
+from shardwise.model.schemes import check_scheme
 from shardwise.raft.sessions import Session, SessionTable
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -83,9 +83,9 @@ def encode_command(op: Op, *, client_id: str = "", seq: int = 0) -> bytes:
     return _encode(Command(COMMAND_VERSION, client_id, seq, op))
 
 
-def decode_result(data: bytes) -> Result:
+def decode_result(data: bytes) -> ChangeResult:
     try:
-        return msgspec.msgpack.decode(data, type=Result)
+        return msgspec.msgpack.decode(data, type=ChangeResult)
     except msgspec.DecodeError as exc:
         raise CommandDecodeError(f"undecodable controller result: {exc}") from exc
 
@@ -129,17 +129,17 @@ class ControllerStateMachine:
         if verdict.result is not None:
             return verdict.result
         if verdict.stale:
-            return _encode(Result(self.latest().num, error="stale", message="superseded"))
+            return _encode(ChangeResult(self.latest().num, error="stale", message="superseded"))
         try:
             config, moves = self._execute(decoded.op)
         except ControllerError as exc:
-            result = Result(self.latest().num, error=exc.code, message=str(exc))
+            result = ChangeResult(self.latest().num, error=exc.code, message=str(exc))
         else:
             if len(self._configs) >= MAX_CONFIGURATIONS:
-                result = Result(self.latest().num, error="full", message="too many configs")
+                result = ChangeResult(self.latest().num, error="full", message="too many configs")
             else:
                 self._configs.append(config)
-                result = Result(config.num, tuple(moves))
+                result = ChangeResult(config.num, tuple(moves))
                 for listener in self.listeners:
                     listener(config)
         encoded = _encode(result)

@@ -2,7 +2,7 @@
 
 Every write carries this client's id and a sequence number that stays the same across
 retries, so a write retried after a timeout or a leader change is applied once. Routing
-and retries are :class:`~shardwise.routing.LeaderRouter`'s.
+and retries are :class:`~shardwise.net.leader.LeaderRouter`'s.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from shardwise.kvgroup.protocol import (
     StatusRequest,
     WriteRequest,
 )
+from shardwise.model.kv import Append, Cas, Delete, KVOp, KVResult, Put
+from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
 from shardwise.net.wire import Role
-from shardwise.raft.kv import Append, Cas, Delete, KVOp, KVResult, Put
-from shardwise.routing import LeaderRouter
 
 DEFAULT_DEADLINE_S: Final = 10.0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import msgspec
 
+from shardwise.model.kv import KVOp, KVResult
+from shardwise.model.replies import ReplicaStatus, Status
 from shardwise.net.rpc import RpcMethod
-from shardwise.raft.kv import KVOp, KVResult
-from shardwise.routing import ReplicaStatus, Status
 
 
 class WriteRequest(msgspec.Struct, frozen=True):

@@ -25,12 +25,12 @@ from shardwise.kvgroup.protocol import (
 )
 from shardwise.net.rpc import CallContext
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
-from shardwise.routing import replica_status_fields
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
     ReplicaService,
     parse_replica_args,
+    replica_status_fields,
     run_main,
     through_host,
 )

@@ -1,6 +1,9 @@
-"""Raft: a sans-IO core (:class:`RaftNode`) and the types it exchanges with its host."""
+"""Raft: a sans-IO core (:class:`RaftNode`) and the types it exchanges with its host.
 
-from shardwise.raft.host import HostOptions, HostStatus, RaftHost
+Only the pure core is re-exported here; the asyncio host around it is
+``shardwise.raft.host``, imported by the services that run one.
+"""
+
 from shardwise.raft.messages import (
     MESSAGE_TYPES,
     ConfChange,
@@ -17,12 +20,9 @@ __all__ = [
     "ConfChange",
     "ConfChangeKind",
     "EntryKind",
-    "HostOptions",
-    "HostStatus",
     "Membership",
     "Message",
     "RaftConfig",
-    "RaftHost",
     "RaftNode",
     "ReadState",
     "Ready",

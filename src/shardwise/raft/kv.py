@@ -16,46 +16,16 @@ data, which is exactly the durability the :class:`StateMachine` contract asks fo
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+from typing import Final
 
 import msgspec
 
 from shardwise.errors import CommandDecodeError, RaftError
+from shardwise.model.kv import Append, Delete, Get, KVOp, KVResult, Put
 from shardwise.raft.sessions import Session, SessionTable
 
 KV_COMMAND_VERSION: Final = 1
 """Version of the command envelope; a replica refuses (halts on) any other."""
-
-
-class Get(msgspec.Struct, frozen=True, array_like=True, tag="get"):
-    key: str
-
-
-class Put(msgspec.Struct, frozen=True, array_like=True, tag="put"):
-    key: str
-    value: str
-
-
-class Append(msgspec.Struct, frozen=True, array_like=True, tag="append"):
-    """Concatenate ``value`` to the key's value (or set it if the key is absent)."""
-
-    key: str
-    value: str
-
-
-class Delete(msgspec.Struct, frozen=True, array_like=True, tag="delete"):
-    key: str
-
-
-class Cas(msgspec.Struct, frozen=True, array_like=True, tag="cas"):
-    """Set ``key`` to ``new`` if it holds ``expected`` (``None``: if it is absent)."""
-
-    key: str
-    expected: str | None
-    new: str
-
-
-KVOp: TypeAlias = Get | Put | Append | Delete | Cas
 
 
 class KVCommand(msgspec.Struct, frozen=True, array_like=True):
@@ -65,17 +35,6 @@ class KVCommand(msgspec.Struct, frozen=True, array_like=True):
     client_id: str
     seq: int
     op: KVOp
-
-
-class KVResult(msgspec.Struct, frozen=True, array_like=True):
-    """What a command returns to its proposer."""
-
-    value: str | None = None
-    """For ``Get``: the value, ``None`` if the key is absent."""
-    ok: bool = True
-    """For ``Cas``: whether it swapped. False for a stale command."""
-    stale: bool = False
-    """The client already had a newer command applied; this one was not applied."""
 
 
 class _Snapshot(msgspec.Struct, frozen=True, array_like=True):

@@ -19,9 +19,9 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from shardwise.controller.model import Configuration, ShardId
 from shardwise.errors import CommandDecodeError
-from shardwise.raft.kv import KVOp, KVResult
+from shardwise.model.config import Configuration, ShardId
+from shardwise.model.kv import KVOp, KVResult
 
 GROUP_COMMAND_VERSION: Final = 4
 """The newest envelope version this code writes and reads (see the module's docstring)."""
@@ -36,10 +36,6 @@ class ClientOp(msgspec.Struct, frozen=True, array_like=True, tag="op"):
     client_id: str
     seq: int
     op: KVOp
-
-
-MAX_BATCH_OPS: Final = 128
-"""Most client operations in one :class:`ClientBatch` (and one batch call)."""
 
 
 class ClientBatch(msgspec.Struct, frozen=True, array_like=True, tag="op_batch"):

@@ -4,7 +4,7 @@ A server's node id is its address (``"127.0.0.1:7201"``), so any process holding
 configuration can reach every server it names (see :func:`server_address`).
 
 Outcomes a caller acts on travel in the reply's ``status``: the :data:`Status` values
-of :mod:`shardwise.routing` plus ``wrong_group`` (this group does not serve the shard in
+of :mod:`shardwise.model.replies` plus ``wrong_group`` (this group does not serve the shard in
 its configuration ``config_num``: fetch a configuration newer than that and retry with
 the same client id and sequence number). Transport failures arrive as typed exceptions.
 """
@@ -15,11 +15,11 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from shardwise.controller.model import ShardId
+from shardwise.model.config import ShardId
+from shardwise.model.kv import KVOp, KVResult
+from shardwise.model.replies import ReplicaStatus
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
-from shardwise.raft.kv import KVOp, KVResult
-from shardwise.routing import ReplicaStatus
 from shardwise.shardserver.commands import SchemaVerdict, SqlStatement
 
 ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group"]

@@ -47,7 +47,6 @@ import crc32c
 from msgspec.structs import replace
 
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import NO_GROUP, Configuration, ShardId
 from shardwise.errors import (
     InvalidMessageError,
     NetError,
@@ -57,12 +56,14 @@ from shardwise.errors import (
     SqlExecutionError,
     SqlLimitError,
 )
+from shardwise.model.config import NO_GROUP, Configuration, ShardId
+from shardwise.model.kv import MAX_BATCH_OPS, MAX_SCAN_ROWS, check_op
 from shardwise.net.endpoint import Endpoint
+from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.rpc import CallContext
 from shardwise.net.wire import Role as WireRole
 from shardwise.raft.ready import Role
-from shardwise.routing import LeaderRouter, replica_status_fields
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
@@ -70,12 +71,12 @@ from shardwise.service import (
     parse_peers,
     replica_arg_parser,
     replica_config,
+    replica_status_fields,
     run_main,
     through_host,
 )
 from shardwise.shardserver.commands import (
     INSTALL_CHUNK_BYTES,
-    MAX_BATCH_OPS,
     AckDelivered,
     ClientBatch,
     ClientOp,
@@ -125,7 +126,7 @@ from shardwise.shardserver.protocol import (
 )
 from shardwise.shardserver.sqlshard import check_batch, check_params
 from shardwise.shardserver.statemachine import Pull, Read, ShardGroupStateMachine, moves
-from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore, check_op
+from shardwise.shardserver.store import ShardStore
 from shardwise.storage.interface import RaftStorage
 
 logger = logging.getLogger(__name__)

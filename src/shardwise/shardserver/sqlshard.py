@@ -34,8 +34,8 @@ from typing import Any, Final
 
 import msgspec
 
-from shardwise.controller.model import Table
 from shardwise.errors import SqlExecutionError, SqlLimitError
+from shardwise.model.config import Table
 from shardwise.net.frames import MAX_FRAME_BYTES
 from shardwise.shardserver.commands import SqlStatement, SqlWriteResult
 from shardwise.sql.catalog import PHYSICAL_PREFIX

@@ -47,9 +47,9 @@ from urllib.parse import quote
 
 import msgspec
 
-from shardwise.controller.model import NO_GROUP, Configuration, ShardId, initial_configuration
 from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
-from shardwise.raft.kv import KVResult
+from shardwise.model.config import NO_GROUP, Configuration, ShardId, initial_configuration
+from shardwise.model.kv import MAX_SCAN_ROWS, KVResult
 from shardwise.raft.sessions import MAX_SESSIONS
 from shardwise.shardserver.commands import (
     AckDelivered,
@@ -70,7 +70,7 @@ from shardwise.shardserver.commands import (
 )
 from shardwise.shardserver.lifecycle import ShardEvent, ShardState, transition
 from shardwise.shardserver.sqlshard import schema_digest
-from shardwise.shardserver.store import MAX_SCAN_ROWS, ShardStore, StagedImage
+from shardwise.shardserver.store import ShardStore, StagedImage
 from shardwise.storage.fsutil import CacheDisk
 
 logger = logging.getLogger(__name__)

@@ -61,7 +61,6 @@ from typing import Any, Final, TypeVar
 import crc32c
 import msgspec
 
-from shardwise.controller.model import ShardId, Table
 from shardwise.errors import (
     CorruptShardSnapshotError,
     ShardExistsError,
@@ -72,7 +71,18 @@ from shardwise.errors import (
     ShardStoreClosedError,
     ShardStoreError,
 )
-from shardwise.raft.kv import Append, Cas, Delete, Get, KVOp, KVResult, Put
+from shardwise.model.config import ShardId, Table
+from shardwise.model.kv import (
+    MAX_SCAN_ROWS,
+    MAX_VALUE_BYTES,
+    Append,
+    Delete,
+    Get,
+    KVOp,
+    KVResult,
+    Put,
+    check_op,
+)
 from shardwise.raft.sessions import MAX_SESSIONS
 from shardwise.shardserver.commands import SchemaVerdict, SqlStatement, SqlWriteResult
 from shardwise.storage.fsutil import Disk
@@ -80,15 +90,6 @@ from shardwise.storage.fsutil import Disk
 SCHEMA_VERSION: Final = 2
 """Version of the tables below. Version 1 (no change tracking) is upgraded when its image
 is installed; a file of any other version is refused, not guessed at."""
-
-MAX_KEY_BYTES: Final = 4 * 1024
-"""Largest key (UTF-8): keys fill the B-tree's interior pages; small keeps the tree shallow."""
-
-MAX_VALUE_BYTES: Final = 1 << 20
-"""Largest value (UTF-8): it rides in a log entry and a reply (one ``AppendEntries`` batch)."""
-
-MAX_SCAN_ROWS: Final = 10_000
-"""Most rows one :meth:`ShardStore.scan` returns; page on with ``start``."""
 
 MAX_EXPORT_BYTES: Final = 1 << 30
 """Largest image :meth:`ShardStore.export` makes: it is held in memory while it is shipped;
@@ -275,23 +276,6 @@ class StagedImage:
 
     def discard(self) -> None:
         _remove_files(self._path, ("", *SIDE_FILE_SUFFIXES))
-
-
-def check_op(op: KVOp) -> None:
-    """Raise :class:`ShardLimitError` if ``op`` has a key or value over the limits.
-
-    Call it before proposing: :meth:`ShardStore.apply` raises the same error, and a
-    committed command that raises halts the replica (every replica alike).
-    """
-    _check_size("key", op.key, MAX_KEY_BYTES)
-    values: tuple[str | None, ...] = ()
-    if isinstance(op, Put | Append):
-        values = (op.value,)
-    elif isinstance(op, Cas):
-        values = (op.expected, op.new)
-    for value in values:
-        if value is not None:
-            _check_size("value", value, MAX_VALUE_BYTES)
 
 
 @dataclass(slots=True)
@@ -1229,12 +1213,6 @@ def _remove_files(path: str, suffixes: tuple[str, ...]) -> None:
     for suffix in suffixes:
         with suppress(FileNotFoundError):
             os.remove(path + suffix)
-
-
-def _check_size(what: str, text: str, limit: int) -> None:
-    size = _utf8_len(text)
-    if size > limit:
-        raise ShardLimitError(f"{what} of {size} bytes is over the limit of {limit}")
 
 
 def _utf8_len(text: str) -> int:

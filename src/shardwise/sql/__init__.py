@@ -17,7 +17,7 @@ from shardwise.sql.executor import CatalogStore, ShardExecutor
 from shardwise.sql.explain import explain
 from shardwise.sql.functions import register as register_functions
 from shardwise.sql.local import LocalShards
-from shardwise.sql.merge import Limits
+from shardwise.sql.merge import MergeLimits
 from shardwise.sql.plan import (
     CatalogOp,
     CatalogPlan,
@@ -39,8 +39,8 @@ __all__ = [
     "ColumnSpec",
     "Coordinator",
     "Fragment",
-    "Limits",
     "LocalShards",
+    "MergeLimits",
     "Plan",
     "Planned",
     "ReadPlan",

@@ -17,8 +17,8 @@ from typing import Final
 
 from sqlglot import exp
 
-from shardwise.controller.model import Table
 from shardwise.errors import SqlCatalogError, SqlSemanticError, UnsupportedSqlError
+from shardwise.model.config import Table
 from shardwise.sql.aggregates import is_aggregate
 from shardwise.sql.catalog import Catalog, ColumnSpec
 

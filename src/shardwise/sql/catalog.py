@@ -1,6 +1,6 @@
 """The catalog as the planner sees it: the controller's tables and keyspaces, read-only.
 
-The controller replicates the catalog (:class:`~shardwise.controller.model.Table`); the
+The controller replicates the catalog (:class:`~shardwise.model.config.Table`); the
 planner only reads it. Two conventions live here, shared by the planner and the shards:
 
 * **Physical names.** A table ``t`` is stored in every shard file of its keyspace as
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-from shardwise.controller.model import Column, Configuration, Keyspace, Table
 from shardwise.errors import SqlCatalogError
+from shardwise.model.config import Column, Configuration, Keyspace, Table
 
 PHYSICAL_PREFIX: Final = "sql_"
 RESERVED_PREFIX: Final = "_sw_"

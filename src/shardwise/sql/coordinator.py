@@ -16,14 +16,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shardwise.controller.model import ShardId
 from shardwise.errors import SqlExecutionError
+from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.determinism import StatementContext
 from shardwise.sql.engine import run_final, run_local
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
 from shardwise.sql.explain import explain
-from shardwise.sql.merge import Budget, Limits, combine_aggregates, merge_rows
+from shardwise.sql.merge import Budget, MergeLimits, combine_aggregates, merge_rows
 from shardwise.sql.params import Params
 from shardwise.sql.plan import (
     AggregateMerge,
@@ -59,13 +59,13 @@ class Coordinator:
         shards: ShardExecutor,
         catalog: CatalogStore,
         *,
-        limits: Limits | None = None,
+        limits: MergeLimits | None = None,
         wall_clock: Callable[[], datetime] = _utc_now,
         rng: random.Random | None = None,
     ) -> None:
         self._shards = shards
         self._catalog = catalog
-        self._limits = limits or Limits()
+        self._limits = limits or MergeLimits()
         self._wall_clock = wall_clock
         self._rng = rng or random.Random()
         self.last_rows_shipped: dict[int, int] = {}

@@ -23,7 +23,12 @@ from typing import Final
 
 from sqlglot import exp
 
-from shardwise.controller.model import (
+from shardwise.errors import (
+    NondeterministicSqlError,
+    SqlCatalogError,
+    UnsupportedSqlError,
+)
+from shardwise.model.config import (
     DEFAULT_KEYSPACE,
     AddColumn,
     CreateIndex,
@@ -31,11 +36,6 @@ from shardwise.controller.model import (
     DropTable,
     IndexDef,
     Table,
-)
-from shardwise.errors import (
-    NondeterministicSqlError,
-    SqlCatalogError,
-    UnsupportedSqlError,
 )
 from shardwise.sql.catalog import MAX_COLUMNS, Catalog, ColumnSpec, check_name
 from shardwise.sql.dialect import to_sqlite

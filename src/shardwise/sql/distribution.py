@@ -25,9 +25,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from shardwise.controller.model import Keyspace
-from shardwise.controller.schemes import shard_map
 from shardwise.errors import DistributionValueError, SqlCatalogError
+from shardwise.model.config import Keyspace
+from shardwise.model.schemes import shard_map
 from shardwise.placement import Key, KeyRangePartition
 from shardwise.sql.catalog import Affinity
 from shardwise.sql.params import INT64_MAX, INT64_MIN

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from shardwise.controller.model import ShardId
+from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.params import SqlValue
 from shardwise.sql.plan import CatalogOp, Fragment

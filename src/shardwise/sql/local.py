@@ -16,7 +16,13 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from shardwise.controller.model import (
+from shardwise.errors import (
+    SqlCatalogError,
+    SqlConstraintError,
+    SqlExecutionError,
+    SqlLimitError,
+)
+from shardwise.model.config import (
     AddColumn,
     CreateIndex,
     CreateTable,
@@ -24,12 +30,6 @@ from shardwise.controller.model import (
     Keyspace,
     ShardId,
     Table,
-)
-from shardwise.errors import (
-    SqlCatalogError,
-    SqlConstraintError,
-    SqlExecutionError,
-    SqlLimitError,
 )
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import Row

@@ -38,15 +38,15 @@ _decode_values: Final = msgspec.msgpack.Decoder()
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class MergeLimits:
     max_rows: int = MAX_COORDINATOR_ROWS
     max_bytes: int = MAX_COORDINATOR_BYTES
 
 
 class Budget:
-    """Counts what the shards sent against :class:`Limits`, refusing past either bound."""
+    """Counts what the shards sent against :class:`MergeLimits`, refusing past either bound."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: MergeLimits) -> None:
         self.limits = limits
         self.rows = 0
         self.bytes = 0

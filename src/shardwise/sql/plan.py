@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from shardwise.controller.model import AddColumn, CreateIndex, CreateTable, DropTable
+from shardwise.model.config import AddColumn, CreateIndex, CreateTable, DropTable
 from shardwise.sql.aggregates import Kind
 from shardwise.sql.ordering import SortKey
 from shardwise.sql.params import SqlValue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shardwise.controller.model import IndexDef, Table
+from shardwise.model.config import IndexDef, Table
 from shardwise.sql.catalog import ColumnSpec, physical_name
 
 

@@ -1,11 +1,11 @@
 """Durable storage for Raft: the log, the hard state and snapshots.
 
 :class:`RaftStorage` is the seam the Raft host persists through; :class:`FileStorage`
-implements it on disk and :class:`MemoryStorage` in memory for the simulator. See
+(``storage.file``) implements it on disk and :class:`MemoryStorage` in memory for the
+simulator; only the pure parts are re-exported here. See
 ``DESIGN.md`` in this package for the file formats and the recovery rules.
 """
 
-from shardwise.storage.file import FileStorage
 from shardwise.storage.interface import RaftStorage, StoredState, load_state
 from shardwise.storage.memory import MemoryStorage
 from shardwise.storage.types import (
@@ -20,7 +20,6 @@ from shardwise.storage.types import (
 __all__ = [
     "EMPTY_HARD_STATE",
     "ENTRY_OVERHEAD_BYTES",
-    "FileStorage",
     "HardState",
     "LogEntry",
     "MemoryStorage",

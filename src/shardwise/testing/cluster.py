@@ -28,14 +28,15 @@ from typing import Any, Final, TypeVar
 
 from shardwise.client import Client
 from shardwise.controller.client import ControllerClient
-from shardwise.controller.model import Configuration, Result, ShardId
 from shardwise.controller.server import ControllerServer
 from shardwise.errors import NetError
+from shardwise.model.config import ChangeResult, Configuration, ShardId
+from shardwise.model.replies import ServiceReply
 from shardwise.net.endpoint import Endpoint
+from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
 from shardwise.net.wire import Role
-from shardwise.routing import LeaderRouter, ServiceReply
 from shardwise.service import ReplicaConfig, ReplicaService
 from shardwise.shardserver.protocol import STATUS, StatusReply, StatusRequest, server_address
 from shardwise.shardserver.server import ShardServer
@@ -101,13 +102,13 @@ class Cluster(ABC):
         assert self._admin is not None, "start the cluster first"
         return self._admin
 
-    async def join(self, *gids: int) -> Result:
+    async def join(self, *gids: int) -> ChangeResult:
         return await self.admin.join({g: self.servers[g] for g in gids})
 
-    async def leave(self, *gids: int) -> Result:
+    async def leave(self, *gids: int) -> ChangeResult:
         return await self.admin.leave(list(gids))
 
-    async def move(self, shard: ShardId, gid: int) -> Result:
+    async def move(self, shard: ShardId, gid: int) -> ChangeResult:
         return await self.admin.move(shard, gid)
 
     async def configuration(self) -> Configuration:

@@ -19,17 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from shardwise.errors import ConfChangeError, NotLeaderError, ProposalDroppedError
-from shardwise.raft.kv import (
-    Append,
-    Cas,
-    Get,
-    KVOp,
-    KVResult,
-    KVStateMachine,
-    Put,
-    decode_result,
-    encode_command,
-)
+from shardwise.model.kv import Append, Cas, Get, KVOp, KVResult, Put
+from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.messages import ConfChange, ConfChangeKind
 from shardwise.testing.history import UNKNOWN_OUTPUT, KvOp, Operation, kv_model
 from shardwise.testing.linearizability import CheckResult, Verdict, check

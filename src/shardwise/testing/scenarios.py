@@ -15,10 +15,10 @@ import random
 from collections.abc import Awaitable, Callable
 
 from shardwise.client import Client
-from shardwise.controller.model import Configuration, ShardId
-from shardwise.controller.schemes import shard_map
 from shardwise.errors import ClientTimeoutError
-from shardwise.raft.kv import Append
+from shardwise.model.config import Configuration, ShardId
+from shardwise.model.kv import Append
+from shardwise.model.schemes import shard_map
 from shardwise.shardserver.protocol import (
     HANDED_OFF,
     PULL,

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from shardwise.client import Client
-from shardwise.controller.model import ShardId
 from shardwise.errors import ClientError, ControllerError, ShardwiseError
+from shardwise.model.config import ShardId
 from shardwise.testing.cluster import SimCluster
 from shardwise.testing.history import UNKNOWN_OUTPUT, KvOp, Operation, kv_model
 from shardwise.testing.linearizability import CheckResult, Verdict, check

@@ -1,75 +1,28 @@
 """Calling a replicated service: find its leader, follow hints, retry, give up on time.
 
-Replies of shardwise services carry a ``status`` (``ok``, ``not_leader``, ``retry``,
-``halted``) and, when known, the ``leader``. :class:`LeaderRouter` sends a call to the
-leader it last heard of, follows a ``not_leader`` hint at once, moves to the next server
-when one fails or asks for a retry, pauses briefly only when a whole round found no
-leader (an election is running), and raises
-:class:`~shardwise.errors.ClientTimeoutError` at the call's total deadline.
+:class:`LeaderRouter` sends a call to the leader it last heard of, follows a
+``not_leader`` hint at once, moves to the next server when one fails or asks for a retry,
+pauses briefly only when a whole round found no leader (an election is running), and
+raises :class:`~shardwise.errors.ClientTimeoutError` at the call's total deadline.
+Services use it to reach other replica groups and clients to reach every service.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, TypeVar
-
-import msgspec
+from typing import Any, Final, TypeVar
 
 from shardwise.errors import ClientTimeoutError, NetError
+from shardwise.model.replies import ServiceReply
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import RpcMethod
-
-if TYPE_CHECKING:  # only for a signature: protocol modules need not load the Raft host
-    from shardwise.raft.host import HostStatus
 
 ATTEMPT_TIMEOUT_S: Final = 2.0
 """One attempt at one server; past it the call tries the next one."""
 
 RETRY_PAUSE_S: Final = 0.02
 """Pause after a full round of servers failed, so a leaderless service is not hammered."""
-
-
-Status: TypeAlias = Literal["ok", "not_leader", "retry", "halted"]
-"""The outcome field of every service reply. ``retry``: the outcome is unknown or the
-request was dropped (a leader change, a timeout); a write retried with the same client id
-and sequence number applies once. ``halted``: the replica stopped on an entry it could not
-apply (another replica may still answer)."""
-
-
-class ReplicaStatus(msgspec.Struct, frozen=True):
-    """One replica's own view of its Raft group, answered without going through Raft;
-    every service's status reply starts with these fields and adds its own."""
-
-    node_id: str
-    role: str
-    term: int
-    leader: str | None
-    commit: int
-    applied: int
-    halted: bool
-
-
-def replica_status_fields(status: HostStatus) -> dict[str, Any]:
-    """The :class:`ReplicaStatus` fields of a host's status, as keyword arguments."""
-    return {
-        "node_id": status.node_id,
-        "role": status.role.value,
-        "term": status.term,
-        "leader": status.leader,
-        "commit": status.commit,
-        "applied": status.applied,
-        "halted": status.halted,
-    }
-
-
-class ServiceReply(Protocol):
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def leader(self) -> str | None: ...
-
 
 R = TypeVar("R", bound=ServiceReply)
 

@@ -10,8 +10,8 @@ import itertools
 from functools import lru_cache
 from typing import Final
 
-from shardwise.controller.model import Keyspace, Scheme, ShardId
 from shardwise.errors import InvalidSchemeError
+from shardwise.model.config import Keyspace, Scheme, ShardId
 from shardwise.placement import HashRangePartition, HashRing, Key, KeyRangePartition
 
 MAX_RING_VNODES: Final = 1024

@@ -187,7 +187,7 @@ class MoveInfo(msgspec.Struct, frozen=True, array_like=True):
     target: int
 
 
-class Result(msgspec.Struct, frozen=True, array_like=True):
+class ChangeResult(msgspec.Struct, frozen=True, array_like=True):
     """What a command returns: the configuration it made (or the latest, if it changed
     nothing), the shard moves it caused, or an error code and message."""
 
