@@ -51,7 +51,8 @@ from peers import ShardwiseCluster, cpu_seconds, start_shardwise
 from shardwise.client import Client
 from shardwise.net import loop
 from shardwise.net.links import Address
-from shardwise.sql.params import MAX_PARAMS, SqlValue
+from shardwise.sql.params import MAX_PARAMS
+from shardwise.sql.values import SqlValue
 
 Row = tuple[SqlValue, ...]
 

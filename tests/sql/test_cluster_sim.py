@@ -44,7 +44,7 @@ from shardwise.sql.difftest import (
     make_rows,
     reference_database,
 )
-from shardwise.sql.params import SqlValue
+from shardwise.sql.values import SqlValue
 from shardwise.testing.cluster import SimCluster
 
 QUERIES = 1_000

@@ -24,7 +24,7 @@ from shardwise.sql.difftest import (
     make_rows,
     reference_database,
 )
-from shardwise.sql.params import SqlValue
+from shardwise.sql.values import SqlValue
 
 SHARDS = 8
 QUERIES = 1200

@@ -22,8 +22,8 @@ from shardwise.sql.distribution import Router, stored_key
 from shardwise.sql.hll import Sketch, estimate_distinct
 from shardwise.sql.moments import Moments
 from shardwise.sql.ordering import SortKey, row_comparator
-from shardwise.sql.params import SqlValue
-from shardwise.sql.plan import WritePlan
+from shardwise.sql.plans import WritePlan
+from shardwise.sql.values import SqlValue
 
 # --- HyperLogLog -------------------------------------------------------------------------
 
@@ -190,8 +190,9 @@ def test_statements_are_fixed_at_the_coordinator() -> None:
 PURE_MODULES = frozenset(
     {
         "aggregates", "bind", "catalog", "ddl", "determinism", "dialect", "distribution",
-        "explain", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
-        "plan", "planner", "pruning", "select_bind", "select_plan", "shard_schema", "writes",
+        "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
+        "plans", "planner", "pruning", "select_bind", "select_plan", "shard_schema", "values",
+        "writes",
     }
 )  # fmt: skip
 IO_MODULES = {"sqlite3", "asyncio", "os", "socket", "time", "threading", "subprocess"}

@@ -22,10 +22,11 @@ from shardwise.sql.catalog import Catalog
 from shardwise.sql.determinism import StatementContext
 from shardwise.sql.engine import run_final, run_local
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
-from shardwise.sql.explain import explain
 from shardwise.sql.merge import Budget, MergeLimits, combine_aggregates, merge_rows
 from shardwise.sql.params import Params
-from shardwise.sql.plan import (
+from shardwise.sql.plan_text import explain
+from shardwise.sql.planner import plan
+from shardwise.sql.plans import (
     AggregateMerge,
     CatalogPlan,
     Fragment,
@@ -34,7 +35,6 @@ from shardwise.sql.plan import (
     RowMerge,
     WritePlan,
 )
-from shardwise.sql.planner import plan
 
 EXPLAIN_COLUMN = "QUERY PLAN"
 

@@ -41,7 +41,7 @@ from shardwise.sql.catalog import MAX_COLUMNS, Catalog, ColumnSpec, check_name
 from shardwise.sql.dialect import to_sqlite
 from shardwise.sql.distribution import check_distribution_column
 from shardwise.sql.params import NOT_CONSTANT, constant
-from shardwise.sql.plan import CatalogPlan
+from shardwise.sql.plans import CatalogPlan
 from shardwise.sql.shard_schema import add_column_ddl, create_table_ddl, drop_table_ddl, index_ddl
 
 MAX_INDEXES_PER_TABLE: Final = 64

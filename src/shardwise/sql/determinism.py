@@ -28,7 +28,7 @@ from typing import Final, Literal, TypeAlias
 from sqlglot import exp
 
 from shardwise.errors import NondeterministicSqlError
-from shardwise.sql.params import INT64_MAX, INT64_MIN, SqlValue
+from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
 
 Mode: TypeAlias = Literal["read", "insert", "update"]
 

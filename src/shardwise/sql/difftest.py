@@ -28,8 +28,9 @@ from shardwise.sql.aggregates import shard_function
 from shardwise.sql.dialect import DIALECT, to_sqlite
 from shardwise.sql.functions import register
 from shardwise.sql.numeric import as_real
-from shardwise.sql.params import SqlValue, bind
+from shardwise.sql.params import bind
 from shardwise.sql.parse import parse_statement
+from shardwise.sql.values import SqlValue
 
 Row = tuple[SqlValue, ...]
 

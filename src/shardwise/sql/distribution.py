@@ -30,7 +30,7 @@ from shardwise.model.config import Keyspace
 from shardwise.model.schemes import shard_map
 from shardwise.placement import Key, KeyRangePartition
 from shardwise.sql.catalog import Affinity
-from shardwise.sql.params import INT64_MAX, INT64_MIN
+from shardwise.sql.values import INT64_MAX, INT64_MIN
 
 DISTRIBUTABLE: Final[tuple[Affinity, ...]] = ("INTEGER", "TEXT", "BLOB")
 _DECIMAL: Final = re.compile(r"^-?[0-9]+$")

@@ -14,9 +14,9 @@ from contextlib import closing
 
 from shardwise.errors import SqlExecutionError
 from shardwise.sql.functions import register
-from shardwise.sql.params import SqlValue
-from shardwise.sql.plan import Fragment
+from shardwise.sql.plans import Fragment
 from shardwise.sql.select_plan import MERGED_TABLE
+from shardwise.sql.values import SqlValue
 
 Row = tuple[SqlValue, ...]
 

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
-from shardwise.sql.params import SqlValue
-from shardwise.sql.plan import CatalogOp, Fragment
+from shardwise.sql.plans import CatalogOp, Fragment
+from shardwise.sql.values import SqlValue
 
 Row = tuple[SqlValue, ...]
 

@@ -25,7 +25,7 @@ from shardwise.sql.aggregates import APPROX_DISTINCT, DISTINCT_SET, HLL, MOMENTS
 from shardwise.sql.hll import Sketch
 from shardwise.sql.moments import Moments, Statistic
 from shardwise.sql.numeric import as_real
-from shardwise.sql.params import SqlValue
+from shardwise.sql.values import SqlValue
 
 _encode: Final = msgspec.msgpack.Encoder().encode
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from shardwise.placement import stable_hash
-from shardwise.sql.params import SqlValue
+from shardwise.sql.values import SqlValue
 
 PRECISION: Final = 12
 REGISTERS: Final = 1 << PRECISION

@@ -34,7 +34,7 @@ from shardwise.model.config import (
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import Row
 from shardwise.sql.functions import register
-from shardwise.sql.plan import CatalogOp, Fragment
+from shardwise.sql.plans import CatalogOp, Fragment
 from shardwise.sql.shard_schema import schema_changes
 
 

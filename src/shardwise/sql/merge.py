@@ -21,8 +21,8 @@ from shardwise.sql.hll import Sketch
 from shardwise.sql.moments import Moments, Statistic
 from shardwise.sql.numeric import as_real
 from shardwise.sql.ordering import compare, row_comparator
-from shardwise.sql.params import INT64_MAX, INT64_MIN, SqlValue
-from shardwise.sql.plan import AggregateMerge, PartialAggregate, RowMerge
+from shardwise.sql.plans import AggregateMerge, PartialAggregate, RowMerge
+from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
 
 Row = tuple[SqlValue, ...]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from shardwise.sql.params import SqlValue
+from shardwise.sql.values import SqlValue
 
 _PREFIX: Final = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shardwise.sql.params import SqlValue
+from shardwise.sql.values import SqlValue
 
 
 def storage_class(value: SqlValue) -> int:

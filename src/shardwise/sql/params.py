@@ -17,17 +17,12 @@ from typing import Final, TypeAlias
 from sqlglot import exp
 
 from shardwise.errors import SqlParameterError
-
-SqlValue: TypeAlias = int | float | str | bytes | None
-"""A value SQLite stores: NULL, INTEGER, REAL, TEXT or BLOB."""
+from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
 
 Params: TypeAlias = Sequence[object] | Mapping[str, object]
 
 MAX_PARAMS: Final = 32_766
 """SQLite's own bound on parameters in one statement (SQLITE_MAX_VARIABLE_NUMBER)."""
-
-INT64_MIN: Final = -(1 << 63)
-INT64_MAX: Final = (1 << 63) - 1
 
 _NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -16,7 +16,7 @@ from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.dialect import DIALECT
 from shardwise.sql.params import Params, bind
 from shardwise.sql.parse import parse_statement
-from shardwise.sql.plan import Plan
+from shardwise.sql.plans import Plan
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select
 from shardwise.sql.writes import plan_insert, plan_update_delete

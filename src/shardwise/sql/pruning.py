@@ -19,7 +19,8 @@ from sqlglot import exp
 from shardwise.placement import Key
 from shardwise.sql.catalog import Affinity
 from shardwise.sql.distribution import Router, stored_key
-from shardwise.sql.params import NOT_CONSTANT, SqlValue, constant
+from shardwise.sql.params import NOT_CONSTANT, constant
+from shardwise.sql.values import SqlValue
 
 Shards = frozenset[int] | None
 """A set of shard indexes, or None for all of them."""

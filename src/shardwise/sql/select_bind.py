@@ -17,7 +17,8 @@ from shardwise.errors import SqlSemanticError
 from shardwise.sql.bind import Scope, check_select_clauses, check_supported, has_aggregate
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.dialect import to_text
-from shardwise.sql.params import NOT_CONSTANT, SqlValue, constant
+from shardwise.sql.params import NOT_CONSTANT, constant
+from shardwise.sql.values import SqlValue
 
 
 @dataclass(frozen=True, slots=True)

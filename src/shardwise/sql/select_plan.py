@@ -29,8 +29,7 @@ from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.dialect import to_sqlite, to_text
 from shardwise.sql.distribution import Router
 from shardwise.sql.ordering import SortKey
-from shardwise.sql.params import SqlValue
-from shardwise.sql.plan import (
+from shardwise.sql.plans import (
     AggregateMerge,
     Fragment,
     LocalEval,
@@ -42,6 +41,7 @@ from shardwise.sql.plan import (
 )
 from shardwise.sql.pruning import Pruner
 from shardwise.sql.select_bind import BoundSelect, OrderTerm
+from shardwise.sql.values import SqlValue
 
 MERGED_TABLE = "_sw_merged"
 LIMIT_PARAM = "sw_limit"

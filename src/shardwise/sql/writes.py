@@ -30,9 +30,10 @@ from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.determinism import Determinizer
 from shardwise.sql.dialect import to_sqlite
 from shardwise.sql.distribution import Router, insert_key
-from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, SqlValue, constant
-from shardwise.sql.plan import Fragment, ShardBatch, WritePlan
+from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, constant
+from shardwise.sql.plans import Fragment, ShardBatch, WritePlan
 from shardwise.sql.pruning import Pruner
+from shardwise.sql.values import SqlValue
 
 MAX_INSERT_ROWS: Final = 100_000
 """Rows in one INSERT: the statement's text and values are held whole at the coordinator."""

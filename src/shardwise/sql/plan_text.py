@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shardwise.sql.params import SqlValue
-from shardwise.sql.plan import (
+from shardwise.sql.plans import (
     AggregateMerge,
     CatalogPlan,
     Fragment,
@@ -19,6 +18,7 @@ from shardwise.sql.plan import (
     RowMerge,
     WritePlan,
 )
+from shardwise.sql.values import SqlValue
 
 MAX_LISTED_SHARDS = 32
 """Shard lists longer than this are summarised (a keyspace may have thousands)."""

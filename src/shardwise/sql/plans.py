@@ -2,7 +2,7 @@
 
 A read is one :class:`Fragment` run on every target shard (the same SQL and parameters
 each time) and a merge; a write is a batch of fragments per shard; a catalog change is a
-controller command. :func:`shardwise.sql.explain.explain` prints any of them.
+controller command. :func:`shardwise.sql.plan_text.explain` prints any of them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal, TypeAlias
 from shardwise.model.config import AddColumn, CreateIndex, CreateTable, DropTable
 from shardwise.sql.aggregates import Kind
 from shardwise.sql.ordering import SortKey
-from shardwise.sql.params import SqlValue
+from shardwise.sql.values import SqlValue
 
 
 @dataclass(frozen=True, slots=True)
