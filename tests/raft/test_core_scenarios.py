@@ -20,10 +20,11 @@ from shardwise.testing.drivers import (
     make_cluster,
     try_propose,
 )
-from shardwise.testing.sim import Faults, SimCluster
+from shardwise.testing.network import Faults
+from shardwise.testing.sim import SimRaftGroup
 
 
-def live(cluster: SimCluster) -> list[str]:
+def live(cluster: SimRaftGroup) -> list[str]:
     return [s.id for s in cluster.servers.values() if s.alive]
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shardwise.errors import ProposalDroppedError, RaftError
-from shardwise.raft import Membership, RaftConfig, RaftNode, Role, replication
-from shardwise.raft import node as node_module
+from shardwise.raft import Membership, RaftConfig, RaftNode, Role, receiving, replication
 from shardwise.raft.log import RaftLog
 from shardwise.raft.messages import (
     NOOP_PAYLOAD,
@@ -245,7 +244,7 @@ def test_a_read_forwarded_by_a_follower_is_answered_with_the_commit_it_waits_for
 
 
 def test_back_pressure_on_uncommitted_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node_module, "MAX_UNCOMMITTED_BYTES", 1000)
+    monkeypatch.setattr(replication, "MAX_UNCOMMITTED_BYTES", 1000)
     node = RaftNode("a", THREE)
     elect(node, ["b"])
     node.propose(b"x" * 500)
@@ -282,7 +281,7 @@ def test_unknown_entry_kind_stops_the_replica() -> None:
 
 
 def test_oversized_snapshot_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replication, "MAX_SNAPSHOT_BYTES", 10)
+    monkeypatch.setattr(receiving, "MAX_SNAPSHOT_BYTES", 10)
     node = RaftNode("b", THREE, hard_state=HardState(term=1))
     chunk = InstallSnapshot(
         term=1,

@@ -30,13 +30,8 @@ from shardwise.errors import (
 )
 from shardwise.model.kv import Append, Get, Put
 from shardwise.raft import ConfChange, ConfChangeKind, Membership, Message, Role
-from shardwise.raft.host import (
-    DEFAULT_TICK_INTERVAL_S,
-    HostOptions,
-    RaftHost,
-    run_inline,
-    snapshot_interval,
-)
+from shardwise.raft.host import DEFAULT_TICK_INTERVAL_S, HostOptions, RaftHost, run_inline
+from shardwise.raft.hosting.snapshots import snapshot_interval
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.messages import AppendEntries, Heartbeat
 from shardwise.storage import MemoryStorage, RaftStorage

@@ -45,24 +45,25 @@ from shardwise.errors import (
     ReplicaStoppedError,
 )
 from shardwise.model.kv import KVResult
+from shardwise.raft.client_sessions import SessionTable
 from shardwise.raft.host import HostOptions, RaftHost
+from shardwise.raft.hosting.waiting import Proposals
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.log import RaftLog
 from shardwise.raft.node import RaftNode
 from shardwise.raft.ready import ReadState, Ready
-from shardwise.raft.sessions import SessionTable
-from shardwise.raft.waiting import Proposals
 from shardwise.testing.history import UNKNOWN_OUTPUT, KvOp, Operation, kv_model
 from shardwise.testing.hostsim import (
+    HEALTHY_NETWORK,
     STEP_S,
     STEPS_PER_TICK,
     TICK_S,
     HostCluster,
     LivelockError,
-    NetFaults,
 )
 from shardwise.testing.kvsweep import model_output, state_machine_op
 from shardwise.testing.linearizability import CheckResult, Verdict, check
+from shardwise.testing.network import Faults
 
 CI_SEEDS: Final = 30
 SOAK_SEEDS: Final = int(os.environ.get("SHARDWISE_SOAK_SEEDS", "2000"))
@@ -327,11 +328,11 @@ class HostSweep:
             net.heal()
             self._event("heal")
         else:
-            net.faults = NetFaults(
+            net.faults = Faults(
                 drop=rng.choice(DROP_CHOICES),
                 duplicate=rng.choice(DUPLICATE_CHOICES),
-                max_delay_steps=rng.choice(MAX_DELAY_STEP_CHOICES),
-                bulk_extra_steps=rng.choice(BULK_EXTRA_STEP_CHOICES),
+                max_delay=rng.choice(MAX_DELAY_STEP_CHOICES),
+                bulk_delay=rng.choice(BULK_EXTRA_STEP_CHOICES),
             )
             self._event(f"network {net.faults}")
 
@@ -421,7 +422,7 @@ class HostSweep:
     async def _finale(self) -> None:
         cluster = self.cluster
         cluster.network.heal()
-        cluster.network.faults = NetFaults()
+        cluster.network.faults = HEALTHY_NETWORK
         cluster.max_fsync_steps = 0
         for name in cluster.down():
             await cluster.restart(name)
@@ -460,7 +461,7 @@ class HostSweep:
             self.problems.append(f"history is {result.verdict.value}")
         cluster, net = self.cluster, self.cluster.network
         self.stats.update(crashes=cluster.crashes, sent=net.sent, dropped=net.dropped)
-        self.stats.update(snapshots=net.delivered["InstallSnapshot"], steps=cluster.step)
+        self.stats.update(snapshots=cluster.delivered["InstallSnapshot"], steps=cluster.step)
         return SweepResult(
             self.seed, self.config, history, result, self.problems, self.events, self.stats
         )

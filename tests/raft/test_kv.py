@@ -7,7 +7,7 @@ import pytest
 
 from shardwise.errors import CommandDecodeError, RaftError
 from shardwise.model.kv import Append, Cas, Delete, Get, KVOp, KVResult, Put
-from shardwise.raft import sessions
+from shardwise.raft import client_sessions
 from shardwise.raft.kv import (
     KV_COMMAND_VERSION,
     KVCommand,
@@ -91,7 +91,7 @@ def test_a_snapshot_restores_data_and_sessions() -> None:
 def test_the_least_recently_heard_client_is_forgotten_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sessions, "MAX_SESSIONS", 2)
+    monkeypatch.setattr(client_sessions, "MAX_SESSIONS", 2)
     r = Replica()
     r.run(Append("k", "a"), "old", 1)
     r.run(Append("k", "b"), "mid", 1)

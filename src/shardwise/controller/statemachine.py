@@ -60,7 +60,7 @@ from shardwise.model.config import (
     initial_configuration,
 )
 from shardwise.model.schemes import check_scheme
-from shardwise.raft.sessions import Session, SessionTable
+from shardwise.raft.client_sessions import Session, SessionTable
 
 _encode = msgspec.msgpack.Encoder().encode
 _command_decoder = msgspec.msgpack.Decoder(Command)

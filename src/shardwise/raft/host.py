@@ -25,6 +25,11 @@ what it receives by group id to that group's ``deliver``.
 state machine cannot decode), a storage error or a broken invariant in the core halts the
 replica: every waiting operation fails with ``ReplicaHaltedError`` and new ones are
 refused, because skipping an entry would let replicas diverge silently.
+
+The host keeps its lifecycle, the two tasks and the operations callers await; the parts
+with a job of their own are in ``shardwise.raft.hosting``: its options and status,
+applying committed entries (``Applier``), when to snapshot (``SnapshotSchedule``) and
+the tables of waiting futures.
 """
 
 from __future__ import annotations
@@ -34,10 +39,8 @@ import contextlib
 import enum
 import logging
 import secrets
-import zlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Final, Generic, Protocol, TypeAlias, TypeVar
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar
 
 import msgspec
 
@@ -50,41 +53,47 @@ from shardwise.errors import (
     ReplicaHaltedError,
     ReplicaStoppedError,
 )
+from shardwise.raft.hosting.applying import Applier
+from shardwise.raft.hosting.options import (
+    DEFAULT_SNAPSHOT_EVERY,
+    DEFAULT_TICK_INTERVAL_S,
+    MAX_PENDING_PROPOSALS,
+    MAX_PENDING_READS,
+    MAX_PENDING_TRANSFERS,
+    BlockingRunner,
+    HostOptions,
+    HostStatus,
+    Send,
+    run_inline,
+)
+from shardwise.raft.hosting.snapshots import SnapshotSchedule
+from shardwise.raft.hosting.waiting import Deadlines, FutureHeap, Proposals, fail
 from shardwise.raft.messages import (
     ConfChange,
-    EntryKind,
     Membership,
     Message,
-    decode_conf_change,
-    entry_kind,
 )
 from shardwise.raft.node import RaftNode
 from shardwise.raft.persist import persist_ready, write_ready
-from shardwise.raft.ready import IncomingSnapshot, RaftConfig, Ready, Role
+from shardwise.raft.ready import IncomingSnapshot, RaftConfig, Ready
 from shardwise.raft.statemachine import StateMachine
-from shardwise.raft.waiting import Deadlines, FutureHeap, Proposals, fail
 from shardwise.storage.interface import RaftStorage, load_state
-from shardwise.storage.types import LogEntry
+
+__all__ = [
+    "DEFAULT_SNAPSHOT_EVERY",
+    "DEFAULT_TICK_INTERVAL_S",
+    "MAX_PENDING_PROPOSALS",
+    "MAX_PENDING_READS",
+    "MAX_PENDING_TRANSFERS",
+    "BlockingRunner",
+    "HostOptions",
+    "HostStatus",
+    "RaftHost",
+    "Send",
+    "run_inline",
+]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TICK_INTERVAL_S: Final = 0.1
-"""With the core's default of 10 election ticks: heartbeats every 100 ms, elections after
-1-2 s of silence (etcd's defaults)."""
-
-DEFAULT_SNAPSHOT_EVERY: Final = 10_000
-"""Applied entries between snapshots: bounds the log kept in memory and on disk, and the
-replay after a restart."""
-
-MAX_PENDING_PROPOSALS: Final = 10_000
-"""Proposals (and membership changes) waiting to be applied, per host, before new ones are
-refused: back-pressure instead of unbounded memory when the group falls behind."""
-
-MAX_PENDING_READS: Final = 4_096
-"""Linearizable reads in flight per host (the core bounds a leader's queue alike)."""
-
-MAX_PENDING_TRANSFERS: Final = 16
-"""Leadership transfers waited on at once; more are refused."""
 
 _PRUNE_FACTOR: Final = 4
 """Timer heaps are rebuilt without finished futures once they hold this many times the
@@ -95,87 +104,6 @@ INCARNATION_BYTES: Final = 8
 
 T = TypeVar("T")
 S = TypeVar("S", bound=StateMachine)
-
-Send: TypeAlias = Callable[[Message], None]
-"""Hands one message to the transport; must neither block nor raise for delivery."""
-
-
-class BlockingRunner(Protocol):
-    """Runs blocking storage work (fsync) off the event loop; ``asyncio.to_thread`` is one."""
-
-    def __call__(self, fn: Callable[[], None], /) -> Awaitable[None]: ...
-
-
-async def run_inline(fn: Callable[[], None]) -> None:
-    """A :class:`BlockingRunner` that blocks the loop: for in-memory storage in tests and
-    deterministic simulations, where a thread would only add scheduling noise."""
-    fn()
-
-
-@dataclass(frozen=True, slots=True)
-class HostOptions:
-    """Timing and limits of one host; the core's own knobs are in ``RaftConfig``."""
-
-    tick_interval_s: float = DEFAULT_TICK_INTERVAL_S
-    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
-    max_pending_proposals: int = MAX_PENDING_PROPOSALS
-    max_pending_reads: int = MAX_PENDING_READS
-    defer_leader_snapshots: bool = True
-    """A leader's snapshot pauses its whole group (a follower's only itself: the other
-    replicas still make a quorum), so a leader snapshots only at the hard limits
-    (``SNAPSHOT_DEFER_LIMIT``, ``MAX_LOG_BYTES_BETWEEN_SNAPSHOTS``) and leaves the
-    regular ones to its followers."""
-    sync_in_loop_unless_leading: bool = False
-    """A follower (or candidate) writes and fsyncs in the event loop instead of through
-    ``run_blocking``. Nothing it could do meanwhile is worth the hand-off to a thread
-    and back: its answer waits for the fsync anyway, and what arrives during it waits
-    in the socket and makes the next Ready's batch larger. A leader always syncs through
-    ``run_blocking``: its appends to the followers overlap its own write. Off by default
-    so that simulations exercise a follower's core stepping while its fsync runs; the
-    servers turn it on."""
-
-    follower_apply_batch: int = 0
-    """A follower holds back up to this many committed entries and applies them together
-    (at the latest each tick, and at once when a read here, a snapshot or leadership
-    needs them): one long run of applying instead of a few entries per wake-up, which on
-    a busy machine costs several times as much per entry (cold caches). Nothing waits
-    on a follower's apply: its answers to the leader are about its log. 0: apply each
-    Ready's entries at once (the default; the servers turn it on)."""
-
-    def __post_init__(self) -> None:
-        if not self.tick_interval_s > 0:
-            raise ValueError("tick_interval_s must be positive")
-        if min(self.snapshot_every, self.max_pending_proposals, self.max_pending_reads) < 1:
-            raise ValueError("snapshot_every and the pending limits must be positive")
-
-
-MAX_LOG_BYTES_BETWEEN_SNAPSHOTS: Final = 256 << 20
-"""Log a replica applies before it snapshots even a state larger than this."""
-
-SNAPSHOT_DEFER_LIMIT: Final = 10
-"""A snapshot waits for the log to grow as large as the last one (see ``_maybe_snapshot``),
-but never past this many times ``snapshot_every`` entries: the log lives in memory."""
-
-
-def snapshot_interval(node_id: str, snapshot_every: int) -> int:
-    """Entries between two snapshots of replica ``node_id``: ``snapshot_every`` plus up to
-    a fifth more, fixed by the id. A group's replicas then take their snapshots at
-    different indexes and do not all pause at once (a large state machine's snapshot
-    holds its replica's event loop for a while)."""
-    return snapshot_every + zlib.crc32(node_id.encode()) % (snapshot_every // 5 + 1)
-
-
-@dataclass(frozen=True, slots=True)
-class HostStatus:
-    node_id: str
-    role: Role
-    term: int
-    leader: str | None
-    commit: int
-    applied: int
-    """The host's applied index: commands in the state machine, plus no-ops and
-    membership changes the core applied."""
-    halted: bool
 
 
 class _Lifecycle(enum.Enum):
@@ -211,9 +139,6 @@ class RaftHost(Generic[S]):
     ) -> None:
         self.id = node_id
         self.state_machine = state_machine
-        # Optional: a state machine with ``end_batch()`` hears when a batch of applied
-        # entries ends, so it can commit them together (see StateMachine).
-        self._end_batch: Callable[[], None] | None = getattr(state_machine, "end_batch", None)
         self._membership = membership
         self._storage = storage
         self._send = send
@@ -231,15 +156,7 @@ class RaftHost(Generic[S]):
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._applied = 0
-        self._held: list[LogEntry] = []
-        """Committed entries a follower holds back (``HostOptions.follower_apply_batch``)."""
-        self._snapshot_index = 0
-        self._snapshot_interval = snapshot_interval(node_id, self._options.snapshot_every)
-        self._log_bytes = 0
-        """Bytes of entries applied since the last snapshot."""
-        self._snapshot_bytes = 0
-        """Size of the last snapshot taken or installed."""
+        self._snapshots = SnapshotSchedule(node_id, self._options)
         self._read_count = 0
         opts = self._options
         in_flight = opts.max_pending_proposals + 2 * opts.max_pending_reads + MAX_PENDING_TRANSFERS
@@ -248,6 +165,14 @@ class RaftHost(Generic[S]):
         self._applied_waiters = FutureHeap(prune_at=_PRUNE_FACTOR * opts.max_pending_reads)
         self._transfers: list[tuple[str, asyncio.Future[None]]] = []
         self._deadlines = Deadlines(prune_at=_PRUNE_FACTOR * in_flight)
+        self._applier = Applier(
+            node_id,
+            state_machine,
+            proposals=self._proposals,
+            applied_waiters=self._applied_waiters,
+            snapshots=self._snapshots,
+            follower_batch=opts.follower_apply_batch,
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -268,13 +193,12 @@ class RaftHost(Generic[S]):
         )
         if stored.snapshot is not None:
             meta, data = stored.snapshot
-            self._snapshot_index = meta.index
-            self._snapshot_bytes = len(data)
+            self._snapshots.reset(meta.index, len(data))
             # A durable state machine may be past the snapshot already; one that lives
             # in memory starts empty and is rebuilt from it, then from the log after it.
             if self.state_machine.applied_index() < meta.index:
                 self.state_machine.restore(data, meta.index)
-        self._applied = max(self.state_machine.applied_index(), self._snapshot_index)
+        self._applier.applied = max(self.state_machine.applied_index(), self._snapshots.index)
         self._lifecycle = _Lifecycle.RUNNING
         self._ready_task = asyncio.create_task(self._process_readies(), name=f"ready-{self.id}")
         self._tick_task = asyncio.create_task(self._tick_forever(), name=f"tick-{self.id}")
@@ -372,12 +296,12 @@ class RaftHost(Generic[S]):
             index = await index_future
         finally:
             self._reads.pop(context, None)
-        if index > self._applied and self._held:
+        if index > self._applier.applied and self._applier.is_holding():
             try:
-                self._apply_held()
+                self._applier.apply_held()
             except Exception as exc:
                 self._halt(exc)
-        if index > self._applied:
+        if index > self._applier.applied:
             self._require_running()  # stopped or halted meanwhile: nothing would wake us
             applied_future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._applied_waiters.push(index, applied_future)
@@ -415,7 +339,7 @@ class RaftHost(Generic[S]):
             term=node.term,
             leader=node.leader,
             commit=node.log.committed,
-            applied=self._applied,
+            applied=self._applier.applied,
             halted=self._halted is not None,
         )
 
@@ -429,7 +353,7 @@ class RaftHost(Generic[S]):
                 return
             try:
                 node.tick()
-                self._apply_held()
+                self._applier.apply_held()
             except Exception as exc:
                 self._halt(exc)
                 return
@@ -465,9 +389,9 @@ class RaftHost(Generic[S]):
         # newer; only a snapshot must be installed before anything after it applies.
         apply_first = ready.snapshot is None
         if not apply_first:
-            self._apply_held()  # committed before the snapshot: apply in order
+            self._applier.apply_held()  # committed before the snapshot: apply in order
         if apply_first:
-            self._apply_committed(node, ready.committed)
+            self._applier.apply_committed(ready.committed, node.is_leader())
             self._answer_reads(node, ready)
         in_loop = self._options.sync_in_loop_unless_leading and not node.is_leader()
         if ready.snapshot is not None:
@@ -490,7 +414,7 @@ class RaftHost(Generic[S]):
         for message in ready.messages:
             self._send(message)
         if not apply_first:
-            self._apply_committed(node, ready.committed)
+            self._applier.apply_committed(ready.committed, node.is_leader())
             self._answer_reads(node, ready)
         node.advance(ready)
 
@@ -503,68 +427,15 @@ class RaftHost(Generic[S]):
         """The leader sent a snapshot past our log: it replaces the state machine."""
         index = snapshot.meta.index
         self.state_machine.restore(snapshot.data, index)
-        self._applied = self._snapshot_index = index
-        self._snapshot_bytes, self._log_bytes = len(snapshot.data), 0
+        self._applier.applied = index
+        self._snapshots.reset(index, len(snapshot.data))
         self._proposals.fail_through(
             index,
             lambda covered: ProposalOutcomeUnknownError(
                 f"a snapshot at {index} replaced entry {covered}"
             ),
         )
-        self._release_applied()
-
-    def _apply_committed(self, node: RaftNode, entries: list[LogEntry]) -> None:
-        limit = self._options.follower_apply_batch
-        if (
-            limit
-            and not node.is_leader()
-            and not self._applied_waiters
-            and len(self._held) + len(entries) < limit
-        ):
-            self._held.extend(entries)
-            return
-        if self._held:
-            entries = [*self._held, *entries]
-            self._held = []
-        self._apply(entries)
-
-    def _apply_held(self) -> None:
-        if self._held:
-            entries, self._held = self._held, []
-            self._apply(entries)
-
-    def _apply(self, entries: list[LogEntry]) -> None:
-        try:
-            self._apply_each(entries)
-        finally:
-            if self._end_batch is not None:
-                try:
-                    self._end_batch()
-                except Exception as exc:
-                    raise ReplicaHaltedError(
-                        f"replica {self.id!r} cannot finish applying a batch: {exc}"
-                    ) from exc
-
-    def _apply_each(self, entries: list[LogEntry]) -> None:
-        for entry in entries:
-            if entry.index <= self._applied:
-                continue  # replayed after a restart: the state machine already holds it
-            try:
-                kind = entry_kind(entry)
-                result = b""
-                if kind is EntryKind.COMMAND:
-                    result = self.state_machine.apply(entry.index, entry.data[1:])
-                elif kind is EntryKind.CONF_CHANGE:
-                    decode_conf_change(entry)  # fail here, not inside the core's advance()
-            except Exception as exc:
-                raise ReplicaHaltedError(
-                    f"replica {self.id!r} cannot apply committed entry {entry.index} "
-                    f"(term {entry.term}): {exc}"
-                ) from exc
-            self._applied = entry.index
-            self._log_bytes += len(entry.data)
-            self._proposals.settle(entry.index, entry.term, result)
-        self._release_applied()
+        self._applier.release_applied()
 
     def _answer_reads(self, node: RaftNode, ready: Ready) -> None:
         for state in ready.read_states:
@@ -580,30 +451,13 @@ class RaftHost(Generic[S]):
             else:
                 fail(future, NotLeaderError(node.id, node.leader))
 
-    def _release_applied(self) -> None:
-        for future, _ in self._applied_waiters.pop_through(self._applied):
-            future.set_result(None)
-
     async def _maybe_snapshot(self, node: RaftNode) -> None:
-        """Snapshot every ``snapshot_every`` entries, and once the log since the last
-        snapshot is as large as that snapshot was: a snapshot copies the whole state, so
-        a large state with small writes is snapshotted rarely (its cost is amortized
-        over as many bytes of log), not every few seconds. A leader waits for the hard
-        limits (see ``HostOptions.defer_leader_snapshots``)."""
+        """Snapshot when the schedule says so (see ``hosting/snapshots.py``)."""
         applied = node.log.applied
-        entries = applied - self._snapshot_index
-        if entries < self._snapshot_interval:
+        if not self._snapshots.due(applied, node.is_leader()):
             return
-        at_limit = (
-            entries >= SNAPSHOT_DEFER_LIMIT * self._snapshot_interval
-            or self._log_bytes >= MAX_LOG_BYTES_BETWEEN_SNAPSHOTS
-        )
-        if self._options.defer_leader_snapshots and node.is_leader() and not at_limit:
-            return
-        if self._log_bytes < self._snapshot_bytes and not at_limit:
-            return
-        self._apply_held()  # (a follower's held entries: the snapshot is at ``applied``)
-        if applied != self._applied:
+        self._applier.apply_held()  # (a follower's held entries: the snapshot is at ``applied``)
+        if applied != self._applier.applied:
             return  # a durable state machine is ahead of the core just after a restart
         data = self.state_machine.snapshot()
         meta = node.compact(applied, data)
@@ -614,8 +468,7 @@ class RaftHost(Generic[S]):
             storage.compact(meta.index)
 
         await self._run_blocking(save)
-        self._snapshot_index = meta.index
-        self._snapshot_bytes, self._log_bytes = len(data), 0
+        self._snapshots.reset(meta.index, len(data))
         logger.debug("replica %r took a snapshot at %d", self.id, meta.index)
 
     # --- bookkeeping ---------------------------------------------------------------------

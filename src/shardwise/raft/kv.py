@@ -22,7 +22,7 @@ import msgspec
 
 from shardwise.errors import CommandDecodeError, RaftError
 from shardwise.model.kv import Append, Delete, Get, KVOp, KVResult, Put
-from shardwise.raft.sessions import Session, SessionTable
+from shardwise.raft.client_sessions import Session, SessionTable
 
 KV_COMMAND_VERSION: Final = 1
 """Version of the command envelope; a replica refuses (halts on) any other."""

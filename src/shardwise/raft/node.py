@@ -11,6 +11,14 @@ with flow control, acknowledged and resumable snapshot chunks, and back-pressure
 proposals. Membership changes are one server at a time; a leader accepts one only after it
 has committed an entry of its own term and while no other change is pending, which closes
 the known hole in single-server changes.
+
+``RaftNode`` holds the state every role shares (term, vote, role, leader, the log, the
+outgoing messages) and runs elections, the follower's side of replication and the
+Ready/advance cycle. It is composed of the parts that own state of their own: the
+:class:`~shardwise.raft.tracker.ProgressTracker` (membership, progress, votes), the
+:class:`~shardwise.raft.replication.Replicator` (the leader's sending and commitment),
+:class:`~shardwise.raft.receiving.Receiver` (the follower's side: appends, heartbeats,
+snapshot chunks) and :class:`~shardwise.raft.reads.ReadIndex` (linearizable reads).
 """
 
 from __future__ import annotations
@@ -19,12 +27,7 @@ import random
 from collections.abc import Sequence
 from typing import Final
 
-from shardwise.errors import (
-    ConfChangeError,
-    NotLeaderError,
-    ProposalDroppedError,
-    RaftError,
-)
+from shardwise.errors import ConfChangeError, NotLeaderError, ProposalDroppedError, RaftError
 from shardwise.raft.log import RaftLog
 from shardwise.raft.messages import (
     NOOP_PAYLOAD,
@@ -34,7 +37,6 @@ from shardwise.raft.messages import (
     ConfChangeKind,
     EntryKind,
     Heartbeat,
-    HeartbeatResponse,
     InstallSnapshot,
     Membership,
     Message,
@@ -51,24 +53,18 @@ from shardwise.raft.messages import (
     membership_payload,
 )
 from shardwise.raft.progress import Progress
-from shardwise.raft.reads import PendingReads
-from shardwise.raft.ready import (
-    MAX_APPLY_BYTES,
-    MAX_UNCOMMITTED_BYTES,
-    IncomingSnapshot,
-    RaftConfig,
-    ReadState,
-    Ready,
-    Role,
-)
-from shardwise.raft.replication import Replication
-from shardwise.storage.types import HardState, LogEntry, SnapshotMeta, entry_size
+from shardwise.raft.reads import ReadIndex
+from shardwise.raft.ready import MAX_APPLY_BYTES, RaftConfig, Ready, Role
+from shardwise.raft.receiving import Receiver
+from shardwise.raft.replication import Replicator
+from shardwise.raft.tracker import ProgressTracker
+from shardwise.storage.types import HardState, LogEntry, SnapshotMeta
 
 LEADER_MESSAGES: Final = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse)
 """What only a leader sends; none of it promises anything about the sender's own disk."""
 
 
-class RaftNode(Replication):
+class RaftNode:
     """One member of one Raft group. See the module docstring for the contract."""
 
     def __init__(
@@ -103,11 +99,9 @@ class RaftNode(Replication):
         self.log = RaftLog(meta, entries)
         if bootstrap:
             self.log.stable = 0  # the bootstrap entry is not on disk yet: the first Ready has it
-        self._snapshot_data = data
         if meta is not None and meta.config:
-            self.membership = decode_membership(meta.config)
-        else:
-            self.membership = membership or Membership(frozenset())
+            membership = decode_membership(meta.config)
+        self.tracker = ProgressTracker(node_id, membership or Membership(frozenset()))
         self.term = state.term
         self.vote = state.vote
         if state.commit > self.log.last_index():
@@ -121,24 +115,56 @@ class RaftNode(Replication):
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._randomized_timeout = 0
-        self._votes: dict[str, bool] = {}
-        self.progress: dict[str, Progress] = {}
         self._msgs: list[Message] = []
-        self._read_states: list[ReadState] = []
-        self._dropped_reads: list[bytes] = []
-        self._reads = PendingReads()
-        self._incoming: tuple[SnapshotMeta, bytearray] | None = None
-        self._installed: IncomingSnapshot | None = None
+        self.replication = Replicator(self, data)
+        self.reads = ReadIndex(self)
+        self.receiver = Receiver(self)
         self._pending_conf_index = 0
-        self._uncommitted_bytes = 0
-        self._broadcast_pending = False
-        self._answers_heard = 0
-        """Answers heard from followers as leader: a clock for ``Progress.heard``."""
-        self._read_heartbeat_pending = False
-        """Reads arrived since the last ready(): one heartbeat, for the newest, confirms all."""
         self._awaiting_advance = False
         self.transferee: str | None = None
         self._reset_timeout()
+
+    # --- what the parts share ------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        return self.tracker.membership
+
+    @membership.setter
+    def membership(self, membership: Membership) -> None:
+        self.tracker.membership = membership
+
+    @property
+    def progress(self) -> dict[str, Progress]:
+        """What the leader knows of each member (empty unless leading)."""
+        return self.tracker.progress
+
+    @property
+    def voters(self) -> frozenset[str]:
+        return self.tracker.voters
+
+    def members(self) -> list[str]:
+        return self.tracker.members()
+
+    def peers(self) -> list[str]:
+        return self.tracker.peers()
+
+    def promotable(self) -> bool:
+        return self.tracker.promotable()
+
+    def quorum(self) -> int:
+        return self.tracker.quorum()
+
+    @property
+    def leader(self) -> str | None:
+        return self.lead
+
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def emit(self, message: Message) -> None:
+        """Queue ``message`` for the next Ready (the parts of the core send through this)."""
+        self._msgs.append(message)
 
     # --- role changes --------------------------------------------------------------------
 
@@ -154,25 +180,22 @@ class RaftNode(Replication):
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_timeout()
-        self._votes = {}
+        self.tracker.reset_votes()
         self.transferee = None
-        self._drop_reads()
-
-    def _drop_reads(self) -> None:
-        self._dropped_reads.extend(self._reads.drop_all(self.id))
+        self.reads.drop_all()
 
     def _become_follower(self, term: int, lead: str | None) -> None:
         self._reset(term)
         self.role = Role.FOLLOWER
         self.lead = lead
-        self.progress = {}
+        self.tracker.stop_leading()
 
     def _become_pre_candidate(self) -> None:
         # A pre-candidate does not change its term or vote: it only asks whether it could win.
-        self._votes = {}
+        self.tracker.reset_votes()
         self.lead = None
         self.role = Role.PRE_CANDIDATE
-        self._drop_reads()
+        self.reads.drop_all()
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
@@ -184,15 +207,11 @@ class RaftNode(Replication):
         self.role = Role.LEADER
         self.lead = self.id
         last = self.log.last_index()
-        self.progress = {n: Progress(last + 1) for n in self.members()}
-        for pr in self.progress.values():
-            pr.recent_active = True
-        self.progress[self.id].become_replicate()
-        self.progress[self.id].match = self.log.stable
+        self.tracker.start_leading(last, self.log.stable)
         # No membership change until the no-op below (an entry of this term) is applied.
         self._pending_conf_index = last + 1
-        self._uncommitted_bytes = 0
-        self._append_local(NOOP_PAYLOAD)
+        self.replication.start_term()
+        self.replication.append(NOOP_PAYLOAD)
 
     def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
         if not self.promotable():
@@ -203,12 +222,12 @@ class RaftNode(Replication):
         else:
             self._become_candidate()
             term = self.term
-        self._votes[self.id] = True
-        if self._tally() >= self.quorum():
+        self.tracker.record_vote(self.id, True)
+        if self.tracker.granted_votes() >= self.quorum():
             self._win_election(pre_vote)
             return
         for peer in sorted(self.voters - {self.id}):
-            self._send(
+            self.emit(
                 RequestVote(
                     term=term,
                     sender=self.id,
@@ -219,9 +238,6 @@ class RaftNode(Replication):
                     transfer=transfer,
                 )
             )
-
-    def _tally(self) -> int:
-        return sum(1 for node, granted in self._votes.items() if granted and node in self.voters)
 
     def _win_election(self, pre_vote: bool) -> None:
         if pre_vote:
@@ -246,25 +262,15 @@ class RaftNode(Replication):
         self.election_elapsed += 1
         if self.election_elapsed >= self.config.election_ticks:
             self.election_elapsed = 0
-            if self.config.check_quorum and not self._quorum_active():
+            if self.config.check_quorum and not self.tracker.quorum_active():
                 self._become_follower(self.term, None)
                 return
-            for node, pr in self.progress.items():
-                pr.recent_active = node == self.id
+            self.tracker.reset_recent_active()
             self.transferee = None  # a transfer that took an election timeout has failed
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             # Reads still unconfirmed ride along: a lost read heartbeat is sent again.
-            pending = self._reads.last_context() if self._reads.has_unconfirmed() else b""
-            self._broadcast_heartbeat(pending)
-
-    def _quorum_active(self) -> bool:
-        active = sum(
-            1
-            for n in self.voters
-            if n == self.id or (n in self.progress and self.progress[n].recent_active)
-        )
-        return active >= self.quorum()
+            self.replication.broadcast_heartbeat(self.reads.unconfirmed_context())
 
     def propose(self, data: bytes) -> int:
         """Append a command to the leader's log; returns its index (not yet committed)."""
@@ -302,16 +308,9 @@ class RaftNode(Replication):
         self._require_leader()
         if self.transferee is not None:
             raise ProposalDroppedError(f"leadership is moving to {self.transferee!r}")
-        if self._uncommitted_bytes + len(payload) > MAX_UNCOMMITTED_BYTES:
+        if not self.replication.has_room(len(payload)):
             raise ProposalDroppedError("too many uncommitted bytes; the followers are behind")
-        return self._append_local(payload)
-
-    def _append_local(self, payload: bytes) -> int:
-        entry = LogEntry(self.log.last_index() + 1, self.term, payload)
-        self.log.append([entry])
-        self._uncommitted_bytes += entry_size(entry)
-        self._broadcast_pending = True  # sent at the next ready(): proposals batch up
-        return entry.index
+        return self.replication.append(payload)
 
     def transfer_leadership(self, target: str) -> None:
         """Hand leadership to ``target`` once it has caught up (it campaigns at once)."""
@@ -323,9 +322,17 @@ class RaftNode(Replication):
         self.transferee = target
         self.election_elapsed = 0
         if self.progress[target].match == self.log.last_index():
-            self._send(TimeoutNow(term=self.term, sender=self.id, to=target))
+            self.emit(TimeoutNow(term=self.term, sender=self.id, to=target))
         else:
-            self._send_append(target)
+            self.replication.send_append(target)
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read; a ReadState with ``context`` comes back in a Ready.
+
+        ``context`` must be unique among reads in flight. With no leader known, the read
+        comes back in ``Ready.dropped_reads`` instead.
+        """
+        self.reads.request(context)
 
     def compact(self, index: int, data: bytes) -> SnapshotMeta:
         """The host took a snapshot of the state machine at ``index`` (its applied index).
@@ -337,7 +344,7 @@ class RaftNode(Replication):
             raise RaftError(f"snapshot at {index} but the applied index is {self.log.applied}")
         meta = SnapshotMeta(index, self.log.term(index), encode_membership(self.membership))
         self.log.compact(meta)
-        self._snapshot_data = data
+        self.replication.snapshot_data = data
         return meta
 
     # --- messages ------------------------------------------------------------------------
@@ -375,11 +382,11 @@ class RaftNode(Replication):
         ):
             # A deposed leader that missed the election learns our term from this and steps
             # down; without it, pre-vote would keep it from ever hearing of the new term.
-            self._send(
+            self.emit(
                 AppendResponse(term=self.term, sender=self.id, to=m.sender, index=0, reject=True)
             )
         elif isinstance(m, RequestVote) and m.pre_vote:
-            self._send(
+            self.emit(
                 VoteResponse(
                     term=self.term, sender=self.id, to=m.sender, granted=False, pre_vote=True
                 )
@@ -392,20 +399,20 @@ class RaftNode(Replication):
             self._handle_vote_response(m)
         elif isinstance(m, AppendEntries):
             self._follow(m.sender)
-            self._handle_append(m)
+            self.receiver.append(m)
         elif isinstance(m, Heartbeat):
             self._follow(m.sender)
-            self._handle_heartbeat(m)
+            self.receiver.heartbeat(m)
         elif isinstance(m, InstallSnapshot):
             self._follow(m.sender)
-            self._handle_snapshot_chunk(m)
+            self.receiver.snapshot_chunk(m)
         elif isinstance(m, TimeoutNow):
             if self.role is not Role.LEADER:
                 self._campaign(pre_vote=False, transfer=True)
         elif isinstance(m, ReadIndexResponse):
-            self._read_states.append(ReadState(m.index, m.context))
+            self.reads.answered(m)
         elif self.role is Role.LEADER:
-            self._dispatch_leader(m)
+            self.replication.handle_response(m)
 
     def _follow(self, leader: str) -> None:
         if self.role is not Role.FOLLOWER:
@@ -421,7 +428,7 @@ class RaftNode(Replication):
         )
         if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
             term = m.term if m.pre_vote else self.term
-            self._send(
+            self.emit(
                 VoteResponse(
                     term=term, sender=self.id, to=m.sender, granted=True, pre_vote=m.pre_vote
                 )
@@ -430,7 +437,7 @@ class RaftNode(Replication):
                 self.vote = m.sender
                 self.election_elapsed = 0
         else:
-            self._send(
+            self.emit(
                 VoteResponse(
                     term=self.term, sender=self.id, to=m.sender, granted=False, pre_vote=m.pre_vote
                 )
@@ -440,58 +447,11 @@ class RaftNode(Replication):
         expected = Role.PRE_CANDIDATE if m.pre_vote else Role.CANDIDATE
         if self.role is not expected:
             return
-        self._votes.setdefault(m.sender, m.granted)
-        granted = self._tally()
-        rejected = sum(1 for n, g in self._votes.items() if not g and n in self.voters)
-        if granted >= self.quorum():
+        self.tracker.record_vote(m.sender, m.granted)
+        if self.tracker.granted_votes() >= self.quorum():
             self._win_election(m.pre_vote)
-        elif rejected >= self.quorum():
+        elif self.tracker.rejected_votes() >= self.quorum():
             self._become_follower(self.term, None)
-
-    def _handle_append(self, m: AppendEntries) -> None:
-        log = self.log
-        if m.prev_index < log.committed:
-            self._send(
-                AppendResponse(
-                    term=self.term,
-                    sender=self.id,
-                    to=m.sender,
-                    index=log.committed,
-                    context=m.context,
-                )
-            )
-            return
-        if log.matches(m.prev_index, m.prev_term):
-            conflict = log.find_conflict(m.entries)
-            if conflict:
-                log.append(m.entries[conflict - m.prev_index - 1 :])
-            last_new = m.prev_index + len(m.entries)
-            log.commit_to(min(m.commit, last_new))
-            self._send(
-                AppendResponse(
-                    term=self.term, sender=self.id, to=m.sender, index=last_new, context=m.context
-                )
-            )
-            return
-        hint_index, hint_term = log.conflict_hint(min(m.prev_index, log.last_index()), m.prev_term)
-        self._send(
-            AppendResponse(
-                term=self.term,
-                sender=self.id,
-                to=m.sender,
-                index=m.prev_index,
-                reject=True,
-                hint_index=hint_index,
-                hint_term=hint_term,
-                context=m.context,
-            )
-        )
-
-    def _handle_heartbeat(self, m: Heartbeat) -> None:
-        self.log.commit_to(min(m.commit, self.log.last_index()))
-        self._send(
-            HeartbeatResponse(term=self.term, sender=self.id, to=m.sender, context=m.context)
-        )
 
     # --- Ready ---------------------------------------------------------------------------
 
@@ -502,12 +462,10 @@ class RaftNode(Replication):
         if self._awaiting_advance:
             return False
         return bool(
-            self._broadcast_pending
-            or self._read_heartbeat_pending
+            self.replication.broadcast_due
+            or self.reads.has_output()
             or self._msgs
-            or self._read_states
-            or self._dropped_reads
-            or self._installed
+            or self.receiver.installed
             or self.log.stable < self.log.last_index()
             or self._hard_state() != self._persisted
             or self.log.committed > self.log.applied
@@ -517,41 +475,31 @@ class RaftNode(Replication):
         """Collect the work for the host; call :meth:`advance` once it is done."""
         if self._awaiting_advance:
             raise RaftError("ready() called again before advance()")
-        reads_waiting = self._read_heartbeat_pending and self._reads.has_unconfirmed()
-        context = self._reads.last_context() if reads_waiting else b""
-        if self._broadcast_pending and self.role is Role.LEADER:
-            # Reads ride on the appends; if too few voters get one, heartbeats make up
-            # the quorum.
-            idle = [peer for peer in self.peers() if not self._send_append(peer, context)]
-            if context:
-                confirming = sum(1 for p in self.peers() if p in self.voters and p not in idle)
-                self._heartbeat(self._read_targets(idle, confirming), context)
-        elif reads_waiting and self.role is Role.LEADER:
-            self._heartbeat(self._read_targets(self.peers(), 0), context)
-        self._broadcast_pending = self._read_heartbeat_pending = False
+        self.replication.flush(self.reads.take_heartbeat_context())
         state = self._hard_state()
         entries = self.log.unstable()
         early, late = self._split_messages()
+        read_states, dropped_reads = self.reads.take_output()
         ready = Ready(
             hard_state=state if state != self._persisted else None,
             entries=entries,
-            snapshot=self._installed,
+            snapshot=self.receiver.installed,
             messages=late,
             early_messages=early,
             committed=self.log.committed_entries(MAX_APPLY_BYTES),
-            read_states=self._read_states,
-            dropped_reads=self._dropped_reads,
+            read_states=read_states,
+            dropped_reads=dropped_reads,
         )
         ready.must_sync = bool(
             entries
-            or self._installed
+            or self.receiver.installed
             or (
                 ready.hard_state
                 and (state.term, state.vote) != (self._persisted.term, self._persisted.vote)
             )
         )
-        self._msgs, self._read_states, self._dropped_reads = [], [], []
-        self._installed = None
+        self._msgs = []
+        self.receiver.installed = None
         self._awaiting_advance = True
         return ready
 
@@ -592,32 +540,20 @@ class RaftNode(Replication):
             self_progress = self.progress.get(self.id)
             if self_progress is not None:
                 self_progress.acknowledge(self.log.stable)
-            self._maybe_commit()  # followers learn it with the next append or heartbeat
+            self.replication.maybe_commit()  # followers learn it with the next message
 
     def _apply_conf_change(self, change: ConfChange) -> None:
-        voters, learners = set(self.membership.voters), set(self.membership.learners)
+        self.tracker.apply_change(change)
         node = change.node
-        if change.kind is ConfChangeKind.ADD_LEARNER:
-            learners.add(node)
-        elif change.kind is ConfChangeKind.PROMOTE:
-            learners.discard(node)
-            voters.add(node)
-        else:
-            voters.discard(node)
-            learners.discard(node)
-        if not voters:
-            raise RaftError("a membership change left no voters")  # refused when proposed
-        self.membership = Membership(frozenset(voters), frozenset(learners))
         if self.role is not Role.LEADER:
             return
         if node == self.id and change.kind is ConfChangeKind.REMOVE:
             self._become_follower(self.term, None)
             return
         if change.kind is ConfChangeKind.ADD_LEARNER:
-            self.progress[node] = Progress(self.log.last_index() + 1)
-            self.progress[node].recent_active = True
-            self._send_append(node)
+            self.tracker.track(node, self.log.last_index() + 1)
+            self.replication.send_append(node)
         elif change.kind is ConfChangeKind.REMOVE:
             self.progress.pop(node, None)
-        if self._maybe_commit():  # a smaller quorum may commit what was stuck
-            self._broadcast_append()
+        if self.replication.maybe_commit():  # a smaller quorum may commit what was stuck
+            self.replication.broadcast_append()

@@ -51,7 +51,7 @@ class Progress:
         self.recent_active = False
         self.heard = 0
         """When the leader last heard from this follower, as a count of answers heard
-        from any follower: larger is more recent (see ``Replication._read_targets``)."""
+        from any follower: larger is more recent (see ``ProgressTracker.read_targets``)."""
         self.inflight: deque[tuple[int, int]] = deque()  # (last index sent, bytes)
         self.inflight_bytes = 0
         self.snapshot_index = 0

@@ -1,18 +1,27 @@
-"""ReadIndex bookkeeping on the leader: reads waiting for a quorum to confirm leadership.
+"""ReadIndex: linearizable reads, served at the leader's commit index once a quorum has
+confirmed that it still leads.
 
 A read is safe to serve at index ``i`` once (1) the leader has committed an entry of its
 own term, so ``i`` covers everything committed before it was elected, and (2) a quorum has
 answered a heartbeat sent after the read arrived, so no newer leader existed. Reads are
 confirmed in arrival order: a quorum answering the heartbeat of one read confirms every
 read queued before it too.
+
+:class:`PendingReads` is the leader's queue; :class:`ReadIndex` is the part of the core
+that owns it and the reads' answers for the next ``Ready``.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from shardwise.raft.ready import ReadState
+from shardwise.raft.messages import ReadIndexRequest, ReadIndexResponse
+from shardwise.raft.ready import MAX_PENDING_READS, ReadState, Role
+
+if TYPE_CHECKING:
+    from shardwise.raft.node import RaftNode
 
 
 @dataclass(slots=True)
@@ -74,3 +83,120 @@ class PendingReads:
         local = [k for k, r in self._queue.items() if r.origin == self_id]
         self._queue.clear()
         return local
+
+
+class ReadIndex:
+    """A node's reads: the leader's queue, and the answers and failures for the next
+    ``Ready``. Followers forward their reads to the leader."""
+
+    __slots__ = ("_node", "_pending", "dropped", "heartbeat_due", "states")
+
+    def __init__(self, node: RaftNode) -> None:
+        self._node = node
+        self._pending = PendingReads()
+        self.states: list[ReadState] = []
+        """Reads that may be served once the state machine has applied their index."""
+        self.dropped: list[bytes] = []
+        """Contexts of local reads that cannot be served here."""
+        self.heartbeat_due = False
+        """Reads arrived since the last ready(): one heartbeat, for the newest, confirms all."""
+
+    def request(self, context: bytes) -> None:
+        """A local read (see ``RaftNode.read_index``)."""
+        node = self._node
+        if node.role is Role.LEADER:
+            self.serve(context, origin=node.id)
+        elif node.lead is None:
+            self.dropped.append(context)
+        else:
+            node.emit(
+                ReadIndexRequest(term=node.term, sender=node.id, to=node.lead, context=context)
+            )
+
+    def serve(self, context: bytes, origin: str) -> None:
+        """As leader: queue a read from ``origin`` (this node or a follower)."""
+        node = self._node
+        if len(self._pending) >= MAX_PENDING_READS:
+            self._fail(context, origin)
+            return
+        committed_in_term = node.log.term_or_none(node.log.committed) == node.term
+        if len(node.tracker.voters) == 1 and committed_in_term:
+            self._deliver(ReadState(node.log.committed, context), origin)
+            return
+        self._pending.add(
+            context, origin, node.log.committed if committed_in_term else None, node.id
+        )
+        if committed_in_term:
+            # At the next ready(), one heartbeat for the newest read confirms every read
+            # queued before it: many reads between two Readys cost one round, not many.
+            self.heartbeat_due = True
+
+    def answered(self, m: ReadIndexResponse) -> None:
+        """The leader answered a read this follower forwarded."""
+        self.states.append(ReadState(m.index, m.context))
+
+    def acknowledge(self, sender: str, context: bytes) -> None:
+        """A peer answered a heartbeat or an append that carried a read's context: it
+        still followed this leader after the read arrived (its answer is of our term)."""
+        tracker = self._node.tracker
+        if context and sender in tracker.voters:
+            for state, origin in self._pending.acknowledge(context, sender, tracker.quorum()):
+                self._deliver(state, origin)
+
+    def release(self, index: int) -> None:
+        """The leader committed the first entry of its term, at ``index``: reads waiting
+        for it get that index, and a heartbeat round to confirm them."""
+        node = self._node
+        for state, origin in self._pending.release_waiting(index, node.id, node.tracker.quorum()):
+            self._deliver(state, origin)
+        if self._pending.has_unconfirmed():
+            node.replication.broadcast_heartbeat(self._pending.last_context())
+
+    def unconfirmed_context(self) -> bytes:
+        """The newest unconfirmed read's context, for the per-tick heartbeat (a lost read
+        heartbeat is sent again), or empty."""
+        return self._pending.last_context() if self._pending.has_unconfirmed() else b""
+
+    def take_heartbeat_context(self) -> bytes | None:
+        """At ready(): the context a heartbeat round must carry for the reads that
+        arrived since the last one, or None if none wait."""
+        waiting = self.heartbeat_due and self._pending.has_unconfirmed()
+        self.heartbeat_due = False
+        return self._pending.last_context() if waiting else None
+
+    def drop_all(self) -> None:
+        """Leadership changed hands: forget every queued read, failing the local ones."""
+        self.dropped.extend(self._pending.drop_all(self._node.id))
+
+    def has_output(self) -> bool:
+        return bool(self.heartbeat_due or self.states or self.dropped)
+
+    def take_output(self) -> tuple[list[ReadState], list[bytes]]:
+        """The answered and the failed reads, for the Ready."""
+        states, dropped = self.states, self.dropped
+        self.states, self.dropped = [], []
+        return states, dropped
+
+    def _fail(self, context: bytes, origin: str) -> None:
+        if origin == self._node.id:
+            self.dropped.append(context)
+        # A forwarded read is simply not answered: the follower's host times it out.
+
+    def _deliver(self, state: ReadState, origin: str) -> None:
+        node = self._node
+        if origin == node.id:
+            self.states.append(state)
+            return
+        node.emit(
+            ReadIndexResponse(
+                term=node.term,
+                sender=node.id,
+                to=origin,
+                context=state.context,
+                index=state.index,
+            )
+        )
+        # The follower serves the read once it has applied ``state.index``: tell it
+        # the commit index now rather than at the next append or heartbeat.
+        if origin in node.tracker.progress:
+            node.replication.send_append(origin)
