@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from shardwise.errors import ShardwiseError
 from shardwise.net.links import Address
 from shardwise.net.rpc import CallContext, RawHandler
-from shardwise.net.server import RpcServer
+from shardwise.net.transport import Transport
 from shardwise.raft.ready import Role
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ class MetricsExporter:
         loop = asyncio.get_running_loop()
         self.registry.register(_ServiceCollector(self._service, loop))
         transport = self._service.transport
-        if isinstance(transport, RpcServer):
+        if isinstance(transport, Transport):
             transport.wrap_handlers(self._timed)
         host, port = self._address
         try:

@@ -8,11 +8,12 @@ import random
 from shardwise.controller.statemachine import ControllerStateMachine, decode_result, encode_command
 from shardwise.errors import NotLeaderError, ProposalDroppedError
 from shardwise.model.config import ChangeResult, Configuration, Join, Leave, Move, Op, ShardId
-from shardwise.testing.sim import Faults, SimCluster
+from shardwise.testing.network import Faults
+from shardwise.testing.sim import SimRaftGroup
 
 
-def controller_cluster(seed: int, faults: Faults | None = None) -> SimCluster:
-    return SimCluster(
+def controller_cluster(seed: int, faults: Faults | None = None) -> SimRaftGroup:
+    return SimRaftGroup(
         ["c1", "c2", "c3"],
         seed,
         make_state_machine=ControllerStateMachine,
@@ -24,7 +25,7 @@ def controller_cluster(seed: int, faults: Faults | None = None) -> SimCluster:
 class Client:
     """A controller client: retries through leader changes with one (client, seq)."""
 
-    def __init__(self, cluster: SimCluster, name: str) -> None:
+    def __init__(self, cluster: SimRaftGroup, name: str) -> None:
         self.cluster, self.name, self.seq = cluster, name, 0
 
     def start(self, op: Op) -> tuple[bytes, list[tuple[str, int]]]:
@@ -57,7 +58,7 @@ class Client:
         raise AssertionError(f"seed={self.cluster.seed}: {op} not answered")
 
 
-def history(cluster: SimCluster, server: str) -> list[Configuration]:
+def history(cluster: SimRaftGroup, server: str) -> list[Configuration]:
     sm = cluster.servers[server].sm
     assert isinstance(sm, ControllerStateMachine)
     return [sm.query(n) for n in range(sm.latest().num + 1)]

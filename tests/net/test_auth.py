@@ -32,9 +32,9 @@ from shardwise.net.transport import Transport
 from shardwise.net.wire import (
     Challenge,
     Hello,
+    PeerRole,
     Proof,
     RaftFrame,
-    Role,
     RpcRequest,
     Welcome,
     WireMessage,
@@ -66,15 +66,15 @@ def run_handshake(dialer: DialerHandshake, acceptor: AcceptorHandshake) -> list[
 
 
 def test_both_sides_learn_who_the_other_is() -> None:
-    dialer = DialerHandshake(TEST_SECRET, "n1", Role.NODE, expected_peer="n2")
+    dialer = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE, expected_peer="n2")
     acceptor = AcceptorHandshake(TEST_SECRET, "n2")
     run_handshake(dialer, acceptor)
-    assert (dialer.peer_id, acceptor.peer_id, acceptor.peer_role) == ("n2", "n1", Role.NODE)
+    assert (dialer.peer_id, acceptor.peer_id, acceptor.peer_role) == ("n2", "n1", PeerRole.NODE)
 
 
 def test_the_secret_never_crosses_the_wire() -> None:
     messages = run_handshake(
-        DialerHandshake(TEST_SECRET, "n1", Role.NODE), AcceptorHandshake(TEST_SECRET, "n2")
+        DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE), AcceptorHandshake(TEST_SECRET, "n2")
     )
     wire = b"".join(encode_frame(m) for m in messages)
     assert TEST_SECRET not in wire
@@ -82,7 +82,7 @@ def test_the_secret_never_crosses_the_wire() -> None:
 
 
 def test_a_dialer_with_the_wrong_secret_is_refused() -> None:
-    dialer = DialerHandshake(WRONG_SECRET, "n1", Role.NODE)
+    dialer = DialerHandshake(WRONG_SECRET, "n1", PeerRole.NODE)
     acceptor = AcceptorHandshake(TEST_SECRET, "n2")
     proof = dialer.on_challenge(acceptor.on_hello(dialer.hello()))
     with pytest.raises(AuthenticationError):
@@ -91,7 +91,7 @@ def test_a_dialer_with_the_wrong_secret_is_refused() -> None:
 
 
 def test_an_acceptor_with_the_wrong_secret_is_refused() -> None:
-    dialer = DialerHandshake(TEST_SECRET, "n1", Role.NODE)
+    dialer = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE)
     hello = dialer.hello()
     challenge = AcceptorHandshake(WRONG_SECRET, "n2").on_hello(hello)
     dialer.on_challenge(challenge)
@@ -100,7 +100,7 @@ def test_an_acceptor_with_the_wrong_secret_is_refused() -> None:
         WRONG_SECRET,
         ACCEPTOR_TO_DIALER,
         dialer_id="n1",
-        dialer_role=Role.NODE,
+        dialer_role=PeerRole.NODE,
         acceptor_id="n2",
         dialer_nonce=hello.nonce,
         acceptor_nonce=challenge.nonce,
@@ -111,7 +111,7 @@ def test_an_acceptor_with_the_wrong_secret_is_refused() -> None:
 
 
 def test_a_replayed_proof_fails_against_a_fresh_nonce() -> None:
-    dialer = DialerHandshake(TEST_SECRET, "n1", Role.NODE)
+    dialer = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE)
     hello, _, proof, _ = run_handshake(dialer, AcceptorHandshake(TEST_SECRET, "n2"))
     replayed = AcceptorHandshake(TEST_SECRET, "n2")
     assert isinstance(hello, Hello) and isinstance(proof, Proof)
@@ -123,7 +123,7 @@ def test_a_replayed_proof_fails_against_a_fresh_nonce() -> None:
 def test_a_proof_reflected_back_to_its_sender_fails() -> None:
     """A man in the middle without the secret returns the dialer's own proof as the
     acceptor's: the direction in the transcript makes them differ."""
-    dialer = DialerHandshake(TEST_SECRET, "n1", Role.NODE)
+    dialer = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE)
     fake = AcceptorHandshake(WRONG_SECRET, "n2")
     proof = dialer.on_challenge(fake.on_hello(dialer.hello()))
     with pytest.raises(AuthenticationError):
@@ -133,7 +133,7 @@ def test_a_proof_reflected_back_to_its_sender_fails() -> None:
 def test_proofs_bind_direction_identities_role_and_both_nonces() -> None:
     base = {
         "dialer_id": "n1",
-        "dialer_role": Role.NODE,
+        "dialer_role": PeerRole.NODE,
         "acceptor_id": "n2",
         "dialer_nonce": bytes(32),
         "acceptor_nonce": bytes(range(32)),
@@ -145,7 +145,7 @@ def test_proofs_bind_direction_identities_role_and_both_nonces() -> None:
     ]
     for key, other in [
         ("dialer_id", "n3"),
-        ("dialer_role", Role.CLIENT),
+        ("dialer_role", PeerRole.CLIENT),
         ("acceptor_id", "n3"),
         ("dialer_nonce", bytes(31) + b"\x01"),
         ("acceptor_nonce", bytes(32)),
@@ -161,23 +161,23 @@ def test_proofs_bind_direction_identities_role_and_both_nonces() -> None:
 
 
 def test_the_dialer_checks_it_reached_the_node_it_meant() -> None:
-    dialer = DialerHandshake(TEST_SECRET, "n1", Role.NODE, expected_peer="n2")
+    dialer = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE, expected_peer="n2")
     with pytest.raises(AuthenticationError):
         dialer.on_challenge(AcceptorHandshake(TEST_SECRET, "n3").on_hello(dialer.hello()))
 
 
 def test_a_handshake_with_oneself_is_refused() -> None:
-    dialer = DialerHandshake(TEST_SECRET, "n1", Role.NODE)
+    dialer = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE)
     with pytest.raises(AuthenticationError):
         AcceptorHandshake(TEST_SECRET, "n1").on_hello(dialer.hello())
     nonce = bytes(range(32))
-    echo = DialerHandshake(TEST_SECRET, "n1", Role.NODE, nonce=nonce)
+    echo = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE, nonce=nonce)
     with pytest.raises(AuthenticationError):
         echo.on_challenge(Challenge(node_id="n2", nonce=nonce))
 
 
 def test_out_of_order_messages_are_refused() -> None:
-    dialer = DialerHandshake(TEST_SECRET, "n1", Role.NODE)
+    dialer = DialerHandshake(TEST_SECRET, "n1", PeerRole.NODE)
     acceptor = AcceptorHandshake(TEST_SECRET, "n2")
     with pytest.raises(AuthenticationError):
         acceptor.on_proof(Proof(proof=bytes(32)))
@@ -275,7 +275,7 @@ async def test_wrong_secret_is_refused_and_the_server_keeps_serving(clock: Manua
         setup_server(mesh, delivered, handled)
         await honest_ping_works(mesh, 1)
         attacker = await RawPeer.connect(mesh["a"].address)
-        handshake = DialerHandshake(WRONG_SECRET, "b", Role.NODE)
+        handshake = DialerHandshake(WRONG_SECRET, "b", PeerRole.NODE)
         attacker.send_message(handshake.hello())
         challenge = await attacker.receive()
         assert isinstance(challenge, Challenge)
@@ -309,7 +309,7 @@ async def test_a_replayed_handshake_is_refused(clock: ManualClock) -> None:
         setup_server(mesh, delivered, handled)
         # Record an honest client's whole side of a handshake and its first frame.
         honest = await RawPeer.connect(mesh["a"].address)
-        handshake = DialerHandshake(TEST_SECRET, "b", Role.NODE)
+        handshake = DialerHandshake(TEST_SECRET, "b", PeerRole.NODE)
         honest.send_message(handshake.hello())
         challenge = await honest.receive()
         assert isinstance(challenge, Challenge)
@@ -383,7 +383,7 @@ async def test_a_slow_handshake_is_cut_off_too(clock: ManualClock) -> None:
     """Sending the hello and then stalling does not buy more time."""
     async with Mesh(["a", "b"], clock=clock, limits=Limits(handshake_timeout_s=3.0)) as mesh:
         slow = await RawPeer.connect(mesh["a"].address)
-        slow.send_message(DialerHandshake(TEST_SECRET, "b", Role.NODE).hello())
+        slow.send_message(DialerHandshake(TEST_SECRET, "b", PeerRole.NODE).hello())
         assert isinstance(await slow.receive(), Challenge)
         clock.advance(3.0)
         assert await slow.receive() is None

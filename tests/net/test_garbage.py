@@ -12,7 +12,7 @@ from shardwise.net.auth import DialerHandshake
 from shardwise.net.frames import CLOSED, MAGIC, NEED_DATA, Codec, encode_frame
 from shardwise.net.harness import TEST_SECRET, Mesh, eventually
 from shardwise.net.rpc import CallContext, RpcMethod
-from shardwise.net.wire import Challenge, Role, Welcome, WireMessage
+from shardwise.net.wire import Challenge, PeerRole, Welcome, WireMessage
 from shardwise.raft.messages import Heartbeat, Message
 
 READ_S = 20.0
@@ -66,7 +66,7 @@ async def authenticated_then_garbage(address: tuple[str, int], payload: bytes) -
     """A peer that knows the secret and then sends nonsense: still cut off."""
     reader, writer = await asyncio.open_connection(*address)
     codec = Codec()
-    handshake = DialerHandshake(TEST_SECRET, "c", Role.NODE, expected_peer="a")
+    handshake = DialerHandshake(TEST_SECRET, "c", PeerRole.NODE, expected_peer="a")
 
     async def next_message() -> WireMessage:
         while (event := codec.next_event()) is NEED_DATA:

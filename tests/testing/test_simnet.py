@@ -12,6 +12,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import msgspec
 import pytest
@@ -29,20 +30,20 @@ from shardwise.net.endpoint import Endpoint
 from shardwise.net.limits import Limits
 from shardwise.net.rpc import CallContext, RpcMethod
 from shardwise.net.transport import Transport
-from shardwise.net.wire import Role as NetRole
+from shardwise.net.wire import PeerRole
 from shardwise.raft import Membership, Message, Role
 from shardwise.raft.host import RaftHost
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.messages import Heartbeat
 from shardwise.storage import MemoryStorage
 from shardwise.testing.simnet import (
+    DEFAULT_FAULTS,
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MIN_DELAY_S,
-    SimFaults,
     SimNetwork,
-    SimTransport,
     TraceEvent,
 )
+from shardwise.testing.simtransport import SimTransport
 from shardwise.testing.virtualtime import run_virtual
 
 GROUP = 7
@@ -150,7 +151,7 @@ async def test_a_call_round_trips_as_an_independent_copy(rng: random.Random) -> 
     assert 2 * DEFAULT_MIN_DELAY_S <= elapsed <= ROUND_TRIP_MAX_S
     request, context = nodes["b"].handled[0]
     assert request == Echo("hi")
-    assert (context.peer_id, context.peer_role) == ("a", NetRole.NODE)
+    assert (context.peer_id, context.peer_role) == ("a", PeerRole.NODE)
     assert started + 2.0 <= context.deadline <= started + 2.0 + DEFAULT_MAX_DELAY_S
 
 
@@ -339,7 +340,7 @@ async def test_a_message_to_oneself_is_delivered_locally(rng: random.Random) -> 
 
 @pytest.mark.virtual_time
 async def test_the_drop_rate_drops_that_share_of_messages(rng: random.Random) -> None:
-    network = SimNetwork(rng, faults=SimFaults(drop_rate=0.3))
+    network = SimNetwork(rng, faults=replace(DEFAULT_FAULTS, drop=0.3))
     nodes = await start_nodes(network, ["a", "b"])
     for _ in range(1000):
         nodes["a"].heartbeat("b")
@@ -347,14 +348,14 @@ async def test_the_drop_rate_drops_that_share_of_messages(rng: random.Random) ->
     assert 600 <= len(nodes["b"].raft) <= 800
     assert network.stats["dropped_random"] == 1000 - len(nodes["b"].raft)
 
-    network.set_faults(drop_rate=1.0)
+    network.set_faults(drop=1.0)
     with pytest.raises(RpcTimeoutError):
         await nodes["a"].transport.call("b", ECHO, Echo("lost"), timeout_s=1.0)
 
 
 @pytest.mark.virtual_time
 async def test_duplicates_are_raft_messages_only(rng: random.Random) -> None:
-    network = SimNetwork(rng, faults=SimFaults(duplicate_rate=1.0))
+    network = SimNetwork(rng, faults=replace(DEFAULT_FAULTS, duplicate=1.0))
     nodes = await start_nodes(network, ["a", "b"])
     for commit in range(10):
         nodes["a"].heartbeat("b", commit)
@@ -390,12 +391,12 @@ async def test_cut_one_way_is_one_way(rng: random.Random) -> None:
 async def test_extra_delay_slows_the_network_at_run_time(rng: random.Random) -> None:
     network = SimNetwork(rng)
     nodes = await start_nodes(network, ["a", "b"])
-    network.set_faults(extra_delay_s=(0.5, 0.5))
+    network.set_faults(extra_delay=(0.5, 0.5))
     started = now()
     await nodes["a"].transport.call("b", ECHO, Echo("slow"), timeout_s=5.0)
     assert 1.0 <= now() - started <= 1.0 + ROUND_TRIP_MAX_S
     with pytest.raises(ValueError, match="probabilities"):
-        network.set_faults(drop_rate=1.5)
+        network.set_faults(drop=1.5)
 
 
 @pytest.mark.virtual_time
@@ -448,7 +449,7 @@ async def chatter(seed: int) -> list[TraceEvent]:
     rng = random.Random(seed)
     network = SimNetwork(
         rng,
-        faults=SimFaults(drop_rate=0.1, duplicate_rate=0.1, reorder=True),
+        faults=replace(DEFAULT_FAULTS, drop=0.1, duplicate=0.1, reorder=True),
         trace_limit=100_000,
     )
     names = ["a", "b", "c", "d"]

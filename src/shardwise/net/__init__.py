@@ -19,7 +19,7 @@ from shardwise.net.rpc import CallContext, RpcMethod
 from shardwise.net.stats import TransportStats
 from shardwise.net.timing import Backoff
 from shardwise.net.transport import Transport
-from shardwise.net.wire import Role
+from shardwise.net.wire import PeerRole
 
 __all__ = [
     "CLOSED",
@@ -33,7 +33,7 @@ __all__ = [
     "FaultInjector",
     "FaultRule",
     "Limits",
-    "Role",
+    "PeerRole",
     "RpcMethod",
     "Transport",
     "TransportStats",

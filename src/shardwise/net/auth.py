@@ -29,7 +29,7 @@ from typing import Final
 import msgspec
 
 from shardwise.errors import AuthenticationError
-from shardwise.net.wire import NONCE_BYTES, Challenge, Hello, Proof, Role, Welcome
+from shardwise.net.wire import NONCE_BYTES, Challenge, Hello, PeerRole, Proof, Welcome
 
 MIN_SECRET_BYTES: Final = 16
 """Shortest cluster secret accepted: 128 bits."""
@@ -61,7 +61,7 @@ def compute_proof(
     direction: bytes,
     *,
     dialer_id: str,
-    dialer_role: Role,
+    dialer_role: PeerRole,
     acceptor_id: str,
     dialer_nonce: bytes,
     acceptor_nonce: bytes,
@@ -88,7 +88,7 @@ class DialerHandshake:
         self,
         secret: bytes,
         node_id: str,
-        role: Role,
+        role: PeerRole,
         *,
         expected_peer: str | None = None,
         nonce: bytes | None = None,
@@ -151,7 +151,7 @@ class AcceptorHandshake:
         self._hello: Hello | None = None
         self.peer_id: str | None = None
         """The dialer's id, set once it has proved itself."""
-        self.peer_role: Role | None = None
+        self.peer_role: PeerRole | None = None
 
     @property
     def claimed_peer(self) -> Hello | None:

@@ -1,16 +1,17 @@
 """The state every part of the transport shares, and its small helpers.
 
-The transport is split by concern, each part a class in this chain: ``TransportBase``
+The transport is one chain of classes, each a layer of one object: ``TransportBase``
 (this: state, counters, task tracking), ``Sessions`` (``sessions.py``: accepting,
-dialling, ownership, reading and writing connections), ``RpcServer`` (``server.py``:
-running handlers for calls from peers) and ``Transport`` (``transport.py``: the public
-API, Raft routing, outgoing calls, shutdown).
+dialling, ownership, reading and writing connections) and ``Transport``
+(``transport.py``: the public API, sending, shutdown). What a message means once it
+has arrived (Raft routing, the callee's and the caller's side of calls) is decided by
+parts that own their own state, in ``dispatch.py``, which the transport holds; a
+connection hands what it reads to the ``dispatch`` callable it was given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import ssl
@@ -22,21 +23,21 @@ from shardwise.net.auth import check_secret
 from shardwise.net.faults import FaultInjector
 from shardwise.net.limits import Limits
 from shardwise.net.links import Address, Link
-from shardwise.net.rpc import RawHandler
 from shardwise.net.stats import TransportStats
 from shardwise.net.timing import Backoff, RandomSource
-from shardwise.net.wire import MAX_NODE_ID_CHARS, Role, RpcFailure, RpcResponse, WireMessage
-from shardwise.raft.messages import Message
+from shardwise.net.wire import PeerRole, WireMessage, check_node_id
 
 if TYPE_CHECKING:
-    from shardwise.net.connection import Connection
+    from shardwise.net.connection import PeerConnection
 
 logger = logging.getLogger("shardwise.net.transport")
 
 LOOPBACK: Final[Address] = ("127.0.0.1", 0)
 """Where a node listens unless told otherwise: loopback, an ephemeral port."""
 
-RaftHandler = Callable[[Message], None]
+Dispatch = Callable[[Link, WireMessage], None]
+"""Handles one message read from a link's connection (raises ``ProtocolError`` for one
+that has no business there)."""
 
 _PRUNE_WAITERS_AT: Final = 64
 """Waiters kept before cancelled ones are swept out (see ``changed``)."""
@@ -48,7 +49,7 @@ class TransportBase:
         node_id: str,
         secret: bytes,
         *,
-        role: Role = Role.NODE,
+        role: PeerRole = PeerRole.NODE,
         listen: Address | None = LOOPBACK,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
@@ -57,13 +58,12 @@ class TransportBase:
         backoff: Backoff | None = None,
         rng: RandomSource | None = None,
         faults: FaultInjector | None = None,
+        dispatch: Dispatch,
     ) -> None:
-        if not 0 < len(node_id) <= MAX_NODE_ID_CHARS:
-            raise ValueError(f"a node id must be 1 to {MAX_NODE_ID_CHARS} characters")
-        self.id = node_id
+        self.id = check_node_id(node_id)
         self.role = role
         self._secret = check_secret(secret)
-        self._listen = listen if role is Role.NODE else None
+        self._listen = listen if role is PeerRole.NODE else None
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
         self._clock: Clock = clock or AsyncioClock()
@@ -74,14 +74,11 @@ class TransportBase:
         self.stats = TransportStats()
         self._links: dict[str, Link] = {}
         self._client_links: set[Link] = set()
-        self._raft_handlers: dict[int, RaftHandler] = {}
-        self._methods: dict[str, RawHandler] = {}
-        self._connections: set[Connection] = set()
+        self._dispatch = dispatch
+        self._connections: set[PeerConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._handler_tasks: set[asyncio.Task[None]] = set()
         self._handshaking = 0
         self._delayed = 0
-        self._call_ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._running = False
         self._closing = False
@@ -127,16 +124,5 @@ class TransportBase:
     def _node_link(self, peer: str) -> Link | None:
         link = self._links.get(peer)
         if link is None and len(self._links) < self.limits.max_peers:
-            link = self._links[peer] = Link(peer, Role.NODE, None, self.limits)
+            link = self._links[peer] = Link(peer, PeerRole.NODE, None, self.limits)
         return link
-
-    # --- provided by the other parts ---------------------------------------------------
-
-    def _dispatch(self, link: Link, message: WireMessage) -> None:
-        raise NotImplementedError
-
-    def _send_reply(self, link: Link, reply: RpcResponse | RpcFailure) -> None:
-        raise NotImplementedError
-
-    def _ensure_dialer(self, link: Link, *, after_loss: bool = False) -> None:
-        raise NotImplementedError

@@ -23,7 +23,7 @@ from shardwise.net.frames import (
     Codec,
     encode_frame,
 )
-from shardwise.net.wire import Challenge, Hello, Proof, Role, Welcome, WireMessage
+from shardwise.net.wire import Challenge, Hello, PeerRole, Proof, Welcome, WireMessage
 
 if TYPE_CHECKING:
     from shardwise.net.links import Link
@@ -33,7 +33,7 @@ M = TypeVar("M", bound=WireMessage)
 _serials: Final = itertools.count(1)
 
 
-class Connection:
+class PeerConnection:
     """An open connection, authenticated or still in its handshake.
 
     ``serial`` orders connections by when this process opened or accepted them; the
@@ -56,7 +56,7 @@ class Connection:
         self.outbound = outbound
         self.codec = Codec(MAX_HANDSHAKE_FRAME_BYTES)
         self.peer_id = ""
-        self.peer_role = Role.NODE
+        self.peer_role = PeerRole.NODE
         self.goodbye_sent = False
         self.goodbye_received = False
         self.lost = False
@@ -129,11 +129,11 @@ class Connection:
         await self.send_now(handshake.on_challenge(challenge))
         welcome = await self.receive_expected(Welcome)
         self.peer_id = handshake.on_welcome(welcome)
-        self.peer_role = Role.NODE
+        self.peer_role = PeerRole.NODE
         self.codec.max_frame_bytes = MAX_FRAME_BYTES
 
     async def accept_handshake(
-        self, handshake: AcceptorHandshake, admit: Callable[[Connection], None]
+        self, handshake: AcceptorHandshake, admit: Callable[[PeerConnection], None]
     ) -> None:
         """Authenticate the dialer, then prove ourselves. ``admit`` sees the connection
         once the dialer is authenticated and before it is welcomed: it may refuse it

@@ -24,9 +24,9 @@ from shardwise.net.wire import (
     Goodbye,
     GoodbyeReason,
     Hello,
+    PeerRole,
     Proof,
     RaftFrame,
-    Role,
     RpcFailure,
     RpcRequest,
     RpcResponse,
@@ -129,7 +129,7 @@ class Mesh:
         """A started client transport that knows every node's address."""
         merged = {**self.options, **options}
         peers = {node_id: node.address for node_id, node in self.nodes.items()}
-        client = Transport(client_id, self.secret, role=Role.CLIENT, peers=peers, **merged)
+        client = Transport(client_id, self.secret, role=PeerRole.CLIENT, peers=peers, **merged)
         self.clients.append(client)
         await client.start()
         return client
@@ -194,8 +194,8 @@ def sample_wire_messages(snapshot_bytes: int = 4096) -> list[WireMessage]:
     nonce_b = bytes(reversed(range(NONCE_BYTES)))
     proof = bytes(range(100, 100 + PROOF_BYTES))
     messages: list[WireMessage] = [
-        Hello(node_id="n1", role=Role.NODE, nonce=nonce_a),
-        Hello(node_id="client-7f3a", role=Role.CLIENT, nonce=nonce_b),
+        Hello(node_id="n1", role=PeerRole.NODE, nonce=nonce_a),
+        Hello(node_id="client-7f3a", role=PeerRole.CLIENT, nonce=nonce_b),
         Challenge(node_id="n2", nonce=nonce_b),
         Proof(proof=proof),
         Welcome(proof=proof[::-1]),

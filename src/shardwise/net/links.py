@@ -22,26 +22,27 @@ from typing import TYPE_CHECKING
 
 from shardwise.net.limits import Limits
 from shardwise.net.rpc import PendingCall
-from shardwise.net.wire import Role
+from shardwise.net.wire import PeerRole
 
 if TYPE_CHECKING:
-    from shardwise.net.connection import Connection
+    from shardwise.net.connection import PeerConnection
 
 Address = tuple[str, int]
 
 
 class Link:
-    def __init__(self, peer_id: str, role: Role, address: Address | None, limits: Limits) -> None:
+    def __init__(
+        self, peer_id: str, role: PeerRole, address: Address | None, limits: Limits
+    ) -> None:
         self.peer_id = peer_id
         self.role = role
         self.address = address
-        self.connection: Connection | None = None
+        self.connection: PeerConnection | None = None
         self.replies: deque[bytes] = deque()
         self.raft: deque[bytes] = deque()
         self.requests: deque[tuple[int, bytes]] = deque()
         self.queued_bytes = 0
         self.pending: dict[int, PendingCall] = {}
-        self.handlers_running = 0
         self.dialer: asyncio.Task[None] | None = None
         self.wakeup = asyncio.Event()
         """Set when there is something new for a writer to look at."""

@@ -30,7 +30,7 @@ from shardwise.errors import (
     RpcTimeoutError,
 )
 from shardwise.net.frames import DECODE_ERRORS
-from shardwise.net.wire import MAX_METHOD_CHARS, FailureCode, Role
+from shardwise.net.wire import MAX_METHOD_CHARS, FailureCode, PeerRole
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -78,7 +78,7 @@ class CallContext:
 
     peer_id: str
     """The caller's authenticated id."""
-    peer_role: Role
+    peer_role: PeerRole
     deadline: float
     """When the caller gives up, on the callee's clock; the handler is cancelled then."""
 

@@ -24,10 +24,10 @@ from shardwise.errors import (
 )
 from shardwise.net.auth import AcceptorHandshake, DialerHandshake
 from shardwise.net.base import TransportBase
-from shardwise.net.connection import Connection
+from shardwise.net.connection import PeerConnection
 from shardwise.net.links import Address, Link
 from shardwise.net.timing import within
-from shardwise.net.wire import Goodbye, GoodbyeReason, Role
+from shardwise.net.wire import Goodbye, GoodbyeReason, PeerRole
 
 logger = logging.getLogger("shardwise.net.transport")
 
@@ -68,7 +68,7 @@ class Sessions(TransportBase):
             self._bump("connections_refused")
             writer.transport.abort()
             return
-        conn = Connection(
+        conn = PeerConnection(
             reader,
             writer,
             local_id=self.id,
@@ -99,7 +99,7 @@ class Sessions(TransportBase):
             self._forget(conn)
             await conn.close()
 
-    def _handshake_failed(self, conn: Connection, exc: Exception) -> None:
+    def _handshake_failed(self, conn: PeerConnection, exc: Exception) -> None:
         conn.abort()
         self._detach(conn)
         if isinstance(exc, TimeoutError):
@@ -112,14 +112,14 @@ class Sessions(TransportBase):
             self._bump("protocol_errors")
         logger.info("%s: handshake with %s failed: %r", self.id, conn.peer_id or "?", exc)
 
-    def _admit(self, conn: Connection) -> None:
+    def _admit(self, conn: PeerConnection) -> None:
         """An authenticated dialer: adopt it, or turn it away before it is welcomed."""
         if self._closing:
             raise RefusedError("shutting down")
         if self.faults is not None and self.faults.is_cut(self.id, conn.peer_id):
             raise RefusedError(f"the link to {conn.peer_id!r} is cut")
-        if conn.peer_role is Role.CLIENT:
-            link = Link(conn.peer_id, Role.CLIENT, None, self.limits)
+        if conn.peer_role is PeerRole.CLIENT:
+            link = Link(conn.peer_id, PeerRole.CLIENT, None, self.limits)
             self._client_links.add(link)
         else:
             node_link = self._node_link(conn.peer_id)
@@ -135,7 +135,7 @@ class Sessions(TransportBase):
         if (
             self._running
             and not self._closing
-            and link.role is Role.NODE
+            and link.role is PeerRole.NODE
             and link.connection is None
             and link.dialer is None
             and link.address is not None
@@ -165,7 +165,7 @@ class Sessions(TransportBase):
         finally:
             link.dialer = None
 
-    async def _dial(self, link: Link) -> Connection | None:
+    async def _dial(self, link: Link) -> PeerConnection | None:
         address = link.address
         if address is None or (self.faults and self.faults.is_cut(self.id, link.peer_id)):
             return None
@@ -187,7 +187,7 @@ class Sessions(TransportBase):
         self._bump("connections_dialed")
         return conn
 
-    async def _open(self, peer: str, address: Address) -> Connection:
+    async def _open(self, peer: str, address: Address) -> PeerConnection:
         host, port = address
         reader, writer = await asyncio.open_connection(
             host,
@@ -196,7 +196,7 @@ class Sessions(TransportBase):
             ssl_handshake_timeout=self.limits.connect_timeout_s if self._client_ssl else None,
             ssl_shutdown_timeout=self.limits.close_timeout_s if self._client_ssl else None,
         )
-        conn = Connection(
+        conn = PeerConnection(
             reader,
             writer,
             local_id=self.id,
@@ -223,7 +223,7 @@ class Sessions(TransportBase):
             if not call.future.done():
                 call.future.set_exception(error)
 
-    async def _serve_dialed(self, conn: Connection) -> None:
+    async def _serve_dialed(self, conn: PeerConnection) -> None:
         try:
             await self._serve(conn)
         finally:
@@ -232,7 +232,7 @@ class Sessions(TransportBase):
 
     # --- ownership ---------------------------------------------------------------------
 
-    def _keeps(self, link: Link, current: Connection, new: Connection) -> bool:
+    def _keeps(self, link: Link, current: PeerConnection, new: PeerConnection) -> bool:
         """Whether ``current`` stays over ``new``: the connection dialled by the node
         with the smaller id wins; of two dialled by the same node, the newer."""
         lower = min(self.id, link.peer_id)
@@ -242,7 +242,7 @@ class Sessions(TransportBase):
             return current_ok
         return current.serial > new.serial
 
-    def _adopt(self, link: Link, conn: Connection) -> None:
+    def _adopt(self, link: Link, conn: PeerConnection) -> None:
         current = link.connection
         if current is not None and current is not conn:
             self._bump("connections_superseded")
@@ -254,7 +254,7 @@ class Sessions(TransportBase):
         link.wakeup.set()
         self._notify()
 
-    def _detach(self, conn: Connection) -> None:
+    def _detach(self, conn: PeerConnection) -> None:
         """``conn`` is ending: stop routing through it and settle its calls."""
         link = conn.link
         if link is None:
@@ -268,20 +268,20 @@ class Sessions(TransportBase):
             for call in link.pending.values():
                 if call.written_on == conn.serial and not call.future.done():
                     call.future.set_exception(error)
-        if link.role is Role.CLIENT:
+        if link.role is PeerRole.CLIENT:
             self._client_links.discard(link)
             link.clear_queues()
         else:
             self._ensure_dialer(link, after_loss=conn.lost)
         self._notify()
 
-    def _forget(self, conn: Connection) -> None:
+    def _forget(self, conn: PeerConnection) -> None:
         self._connections.discard(conn)
         self._notify()
 
     # --- serving -----------------------------------------------------------------------
 
-    async def _serve(self, conn: Connection) -> None:
+    async def _serve(self, conn: PeerConnection) -> None:
         """Read and dispatch until the peer's goodbye, EOF or an error; then settle."""
         link = conn.link
         assert link is not None
@@ -315,7 +315,7 @@ class Sessions(TransportBase):
             except TimeoutError:
                 conn.abort()
 
-    async def _write_loop(self, conn: Connection, link: Link) -> None:
+    async def _write_loop(self, conn: PeerConnection, link: Link) -> None:
         """While ``conn`` is its link's connection, write what the link queues; then say
         goodbye (unless the connection is already dead) and wait for the peer's."""
         try:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import ssl
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -37,24 +36,28 @@ from shardwise.errors import (
     FrameTooLargeError,
     NetError,
     RpcOverloadedError,
-    RpcTimeoutError,
     TransportClosedError,
     UnexpectedMessageError,
     UnknownPeerError,
 )
-from shardwise.net.base import LOOPBACK, RaftHandler, logger
+from shardwise.net.base import LOOPBACK, logger
+from shardwise.net.dispatch import (
+    IncomingCalls,
+    OutgoingCalls,
+    RaftHandler,
+    RaftRoutes,
+    encode_reply,
+)
 from shardwise.net.faults import FaultInjector
 from shardwise.net.frames import encode_frame
 from shardwise.net.limits import DEFAULT_RPC_TIMEOUT_S, Limits
 from shardwise.net.links import Address, Link
-from shardwise.net.rpc import PendingCall, RpcMethod
-from shardwise.net.server import RpcServer
+from shardwise.net.rpc import Handler, RawHandler, RpcMethod
 from shardwise.net.sessions import Sessions
 from shardwise.net.timing import Backoff, RandomSource, within
 from shardwise.net.wire import (
-    MAX_RPC_TIMEOUT_MS,
+    PeerRole,
     RaftFrame,
-    Role,
     RpcFailure,
     RpcRequest,
     RpcResponse,
@@ -66,12 +69,12 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class Transport(Sessions, RpcServer):
+class Transport(Sessions):
     """One process's network endpoint.
 
-    A node (``role=Role.NODE``) listens on ``listen`` (loopback and an ephemeral port
+    A node (``role=PeerRole.NODE``) listens on ``listen`` (loopback and an ephemeral port
     unless told otherwise) and dials the ``peers`` it has traffic for. A client
-    (``role=Role.CLIENT``) never listens and only makes calls. ``secret`` is the
+    (``role=PeerRole.CLIENT``) never listens and only makes calls. ``secret`` is the
     cluster's shared secret; TLS is used when ``server_ssl`` / ``client_ssl`` are given.
     """
 
@@ -80,7 +83,7 @@ class Transport(Sessions, RpcServer):
         node_id: str,
         secret: bytes,
         *,
-        role: Role = Role.NODE,
+        role: PeerRole = PeerRole.NODE,
         peers: Mapping[str, Address] | None = None,
         listen: Address | None = LOOPBACK,
         server_ssl: ssl.SSLContext | None = None,
@@ -103,7 +106,11 @@ class Transport(Sessions, RpcServer):
             backoff=backoff,
             rng=rng,
             faults=faults,
+            dispatch=self._dispatch,
         )
+        self._raft = RaftRoutes(node_id, self._bump, logger)
+        self._incoming = IncomingCalls(node_id, self._clock, self.limits, self._bump, logger)
+        self._outgoing = OutgoingCalls(node_id, self._clock, self.limits, self._bump)
         self._unsubscribe: Callable[[], None] | None = None
         self._delay_tasks: set[asyncio.Task[None]] = set()
         for peer, address in (peers or {}).items():
@@ -150,9 +157,7 @@ class Transport(Sessions, RpcServer):
             self._unsubscribe()
         if self._server is not None:
             self._server.close()
-        for task in list(self._handler_tasks):
-            task.cancel()
-        await asyncio.gather(*self._handler_tasks, return_exceptions=True)
+        await self._incoming.close()
         for link in self._links.values():
             if link.dialer is not None:
                 link.dialer.cancel()
@@ -225,10 +230,10 @@ class Transport(Sessions, RpcServer):
     def on_raft(self, group: int, handler: RaftHandler) -> None:
         """Deliver ``group``'s incoming Raft messages to ``handler`` (e.g. a host's
         ``deliver``); it must not block."""
-        self._raft_handlers[group] = handler
+        self._raft.on_raft(group, handler)
 
     def off_raft(self, group: int) -> None:
-        self._raft_handlers.pop(group, None)
+        self._raft.off_raft(group)
 
     def raft_sender(self, group: int) -> Callable[[Message], None]:
         """The ``send(message)`` callable for one group's host."""
@@ -240,37 +245,26 @@ class Transport(Sessions, RpcServer):
             self._bump("raft_dropped_closed")
             return
         if message.to == self.id:
-            asyncio.get_running_loop().call_soon(self._deliver_raft, group, message)
+            asyncio.get_running_loop().call_soon(self._raft.deliver, group, message)
             return
         self._send(message.to, RaftFrame(group=group, message=message), None)
 
-    def _deliver_raft(self, group: int, message: Message) -> None:
-        handler = self._raft_handlers.get(group)
-        if handler is None:
-            self._bump("raft_dropped_unknown_group")
-            return
-        try:
-            handler(message)
-        except Exception:
-            logger.exception("%s: the Raft handler of group %d failed", self.id, group)
-            self._bump("raft_handler_errors")
-            return
-        self._bump("raft_delivered")
-
     def _dispatch(self, link: Link, message: WireMessage) -> None:
         if isinstance(message, RaftFrame):
-            if link.role is Role.CLIENT:
+            if link.role is PeerRole.CLIENT:
                 raise UnexpectedMessageError(f"client {link.peer_id!r} sent a Raft message")
             inner = message.message
             if inner.sender != link.peer_id or inner.to != self.id:
                 # Authenticated, so a bug rather than an attack; still never misdeliver.
                 self._bump("raft_dropped_misaddressed")
                 return
-            self._deliver_raft(message.group, inner)
+            self._raft.deliver(message.group, inner)
         elif isinstance(message, RpcRequest):
-            self._on_request(link, message)
+            reply = functools.partial(self._send_reply, link)
+            self._incoming.on_request(link, (link.peer_id, link.role), message, reply)
         elif isinstance(message, RpcResponse | RpcFailure):
-            self._on_reply(link, message)
+            if self._outgoing.on_reply(link.pending, message):
+                self._notify()
         else:
             raise UnexpectedMessageError(f"{type(message).__name__} after the handshake")
 
@@ -333,7 +327,7 @@ class Transport(Sessions, RpcServer):
                     )
                 return
         elif isinstance(message, RpcResponse | RpcFailure) and (
-            link is None or not link.push_reply(self._encode_reply(message))
+            link is None or not link.push_reply(encode_reply(message)[1])
         ):
             self._bump("rpc_replies_dropped")
             return
@@ -354,46 +348,26 @@ class Transport(Sessions, RpcServer):
         timeout_s: float = DEFAULT_RPC_TIMEOUT_S,
     ) -> Resp:
         """Call ``method`` at ``peer`` and wait for its answer for at most ``timeout_s``."""
-        if self._closing or not self._running:
-            raise TransportClosedError(f"transport {self.id!r} is not running")
-        if not 0 < timeout_s * 1000 <= MAX_RPC_TIMEOUT_MS:
-            raise ValueError(f"timeout_s must be in (0, {MAX_RPC_TIMEOUT_MS // 1000}]")
+        self._outgoing.check(self._running and not self._closing, timeout_s)
         link = self._links.get(peer)
         if link is None:
             raise UnknownPeerError(peer)
-        if len(link.pending) >= self.limits.max_pending_calls:
-            self._bump("rpc_overloaded")
-            raise RpcOverloadedError(f"{len(link.pending)} calls to {peer!r} are pending")
-        call_id = next(self._call_ids)
-        request_frame = RpcRequest(
-            call_id=call_id,
-            method=method.name,
-            timeout_ms=max(1, math.ceil(timeout_s * 1000)),
-            body=method.encode_request(request),
+        return await self._outgoing.call(
+            peer,
+            link.pending,
+            method,
+            request,
+            timeout_s=timeout_s,
+            send=lambda wire: self._send(peer, wire, link),
         )
-        frame = encode_frame(request_frame)  # too large: FrameTooLargeError, nothing queued
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        link.pending[call_id] = PendingCall(future, method.name, frame)
-        self._bump("rpc_calls")
-        try:
-            self._send(peer, request_frame, link)
-            body = await within(self._clock, timeout_s, future)
-        except TimeoutError:
-            self._bump("rpc_timeouts")
-            raise RpcTimeoutError(
-                f"{method.name} to {peer!r}: no answer in {timeout_s} s"
-            ) from None
-        finally:
-            link.pending.pop(call_id, None)
-        return method.decode_response(body)
 
-    def _on_reply(self, link: Link, reply: RpcResponse | RpcFailure) -> None:
-        call = link.pending.get(reply.call_id)
-        if call is None or call.future.done():
-            self._bump("rpc_late_replies")
-            return
-        if isinstance(reply, RpcResponse):
-            call.future.set_result(reply.body)
-        else:
-            call.future.set_exception(self._failure_error(reply, call.method))
-        self._notify()
+    # --- calls in ----------------------------------------------------------------------
+
+    def serve(self, method: RpcMethod[Req, Resp], handler: Handler[Req, Resp]) -> None:
+        """Answer calls of ``method`` with ``await handler(request, context)``."""
+        self._incoming.serve(method, handler)
+
+    def wrap_handlers(self, wrap: Callable[[str, RawHandler], RawHandler]) -> None:
+        """Replace every handler registered so far with ``wrap(method name, handler)``:
+        one seam for observers (metrics time every call) that costs nothing when unused."""
+        self._incoming.wrap_handlers(wrap)

@@ -61,7 +61,14 @@ TimeoutMs: TypeAlias = Annotated[int, msgspec.Meta(ge=1, le=MAX_RPC_TIMEOUT_MS)]
 FailureText: TypeAlias = Annotated[str, msgspec.Meta(max_length=MAX_FAILURE_MESSAGE_CHARS)]
 
 
-class Role(enum.IntEnum):
+def check_node_id(node_id: str) -> str:
+    """``node_id`` if it fits the wire (1 to :data:`MAX_NODE_ID_CHARS` characters)."""
+    if not 0 < len(node_id) <= MAX_NODE_ID_CHARS:
+        raise ValueError(f"a node id must be 1 to {MAX_NODE_ID_CHARS} characters")
+    return node_id
+
+
+class PeerRole(enum.IntEnum):
     """What the dialing side is: a cluster node (Raft traffic and calls both ways) or a
     client (it only makes calls)."""
 
@@ -106,7 +113,7 @@ class Hello(_Wire, tag="hello/1", frozen=True):
     """Dialer to acceptor: who I am and my fresh nonce."""
 
     node_id: NodeId
-    role: Role
+    role: PeerRole
     nonce: Nonce
 
 

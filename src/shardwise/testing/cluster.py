@@ -36,12 +36,13 @@ from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
-from shardwise.net.wire import Role
+from shardwise.net.wire import PeerRole
 from shardwise.service import ReplicaConfig, ReplicaService
 from shardwise.shardserver.protocol import STATUS, StatusReply, StatusRequest, server_address
 from shardwise.shardserver.server import ShardServer
 from shardwise.storage.memory import MemoryStorage
-from shardwise.testing.simnet import SimNetwork, SimTransport
+from shardwise.testing.simnet import SimNetwork
+from shardwise.testing.simtransport import SimTransport
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -253,7 +254,7 @@ class ProcessCluster(Cluster):
             await asyncio.to_thread(pg.start_all)
         self._admin = ControllerClient(self.controllers, self.secret, "cluster-admin")
         await self._admin.start()
-        self._probe = Transport("cluster-probe", self.secret, role=Role.CLIENT)
+        self._probe = Transport("cluster-probe", self.secret, role=PeerRole.CLIENT)
         self._add_servers_to(self._probe)
         await self._probe.start()
 
@@ -352,7 +353,7 @@ class SimCluster(Cluster):
             await self._live.pop(server).stop()
 
     def _endpoint(self, name: str) -> SimTransport:
-        return SimTransport(name, self.network, role=Role.CLIENT)
+        return SimTransport(name, self.network, role=PeerRole.CLIENT)
 
     def _config(self, server: str, peers: Iterable[str]) -> ReplicaConfig:
         return ReplicaConfig(
@@ -416,6 +417,6 @@ class SimCluster(Cluster):
     def unreliable(self, on: bool = True) -> None:
         """Drop 10% and duplicate 10% of messages, and reorder them."""
         if on:
-            self.network.set_faults(drop_rate=0.1, duplicate_rate=0.1, reorder=True)
+            self.network.set_faults(drop=0.1, duplicate=0.1, reorder=True)
         else:
-            self.network.set_faults(drop_rate=0.0, duplicate_rate=0.0, reorder=False)
+            self.network.set_faults(drop=0.0, duplicate=0.0, reorder=False)

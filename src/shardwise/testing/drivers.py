@@ -7,7 +7,8 @@ import msgspec
 
 from shardwise.errors import NotLeaderError, ProposalDroppedError
 from shardwise.raft.ready import RaftConfig
-from shardwise.testing.sim import Faults, SimCluster
+from shardwise.testing.network import Faults
+from shardwise.testing.sim import SimRaftGroup
 
 
 class RecordingMachine:
@@ -41,9 +42,9 @@ def make_cluster(
     faults: Faults | None = None,
     config: RaftConfig | None = None,
     snapshot_every: int = 0,
-) -> SimCluster:
+) -> SimRaftGroup:
     """``n`` servers named ``n1``..``nN`` running :class:`RecordingMachine`."""
-    return SimCluster(
+    return SimRaftGroup(
         [f"n{i}" for i in range(1, n + 1)],
         seed,
         make_state_machine=RecordingMachine,
@@ -53,13 +54,13 @@ def make_cluster(
     )
 
 
-def machine(cluster: SimCluster, node: str) -> RecordingMachine:
+def machine(cluster: SimRaftGroup, node: str) -> RecordingMachine:
     sm = cluster.servers[node].sm
     assert isinstance(sm, RecordingMachine)
     return sm
 
 
-def try_propose(cluster: SimCluster, data: bytes) -> tuple[str, int] | None:
+def try_propose(cluster: SimRaftGroup, data: bytes) -> tuple[str, int] | None:
     leader = cluster.leader()
     if leader is None:
         return None
@@ -70,7 +71,7 @@ def try_propose(cluster: SimCluster, data: bytes) -> tuple[str, int] | None:
 
 
 def commit_one(
-    cluster: SimCluster, data: bytes, expected: int | None = None, max_ticks: int = 300
+    cluster: SimRaftGroup, data: bytes, expected: int | None = None, max_ticks: int = 300
 ) -> int:
     """Propose ``data`` (retrying through leader changes) until ``expected`` (default:
     every live) servers applied it; returns the index it landed at."""
@@ -97,7 +98,7 @@ def commit_one(
     )
 
 
-def applied_agree(cluster: SimCluster) -> list[bytes]:
+def applied_agree(cluster: SimRaftGroup) -> list[bytes]:
     """Every live server's applied commands are prefixes of the longest; return it."""
     logs = [machine(cluster, s.id).commands for s in cluster.servers.values() if s.alive]
     longest = max(logs, key=len)

@@ -7,10 +7,11 @@ deadlines, snapshots, restart recovery) are exercised under the same kinds of fa
 * every host runs on one asyncio loop and shares one :class:`ManualClock`; time moves only
   in :meth:`HostCluster.advance`, one small step at a time, and the loop is allowed to go
   quiet (:meth:`HostCluster.settle`) after each step, so nothing waits in real time;
-* the network (:class:`SimulatedNetwork`) delays every message by a whole number of steps
-  (so messages overtake each other), drops, duplicates, and honours directed cuts, which
-  model partitions of any shape; messages go through the wire codec, so each copy is an
-  independent object that is known to survive encoding;
+* the network (:class:`~shardwise.testing.network.Network`, in whole steps) delays every
+  message (so messages overtake each other; log-carrying ones up to ``bulk_delay`` more),
+  drops, duplicates, and honours directed cuts, which model partitions of any shape;
+  messages go through the wire codec, so each copy is an independent object that is
+  known to survive encoding;
 * each host persists through a :class:`SimulatedDisk` whose fsync takes clock time. With
   no latency it is ``run_inline`` (the write happens without yielding); with some, the
   loop keeps stepping the core meanwhile, as in production while a worker thread syncs,
@@ -25,11 +26,9 @@ deadlines, snapshots, restart recovery) are exercised under the same kinds of fa
 from __future__ import annotations
 
 import asyncio
-import heapq
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 import msgspec
@@ -40,6 +39,7 @@ from shardwise.raft.messages import AppendEntries, InstallSnapshot, Membership, 
 from shardwise.raft.ready import RaftConfig, Role
 from shardwise.raft.statemachine import StateMachine
 from shardwise.storage.memory import MemoryStorage
+from shardwise.testing.network import Draws, Faults, Network, Packet
 
 TICK_S: Final = 0.125
 """The hosts' tick. A power of two, like :data:`STEP_S`, so that clock times sum exactly
@@ -144,109 +144,8 @@ class SimulatedDisk:
         await asyncio.gather(*timers, return_exceptions=True)
 
 
-@dataclass(frozen=True, slots=True)
-class NetFaults:
-    """What the network does to each message; replace it at any time during a run."""
-
-    drop: float = 0.0
-    duplicate: float = 0.0
-    min_delay_steps: int = 1
-    max_delay_steps: int = 3
-    """Delays are uniform in [min, max] steps; the spread is what reorders messages."""
-    bulk_extra_steps: int = 0
-    """Messages that carry log data (appends, snapshot chunks) take up to this many steps
-    more: a transport streams them apart from, and behind, the small control messages, so
-    a heartbeat or a read confirmation overtakes the entries it follows."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_delay_steps <= self.max_delay_steps or self.bulk_extra_steps < 0:
-            raise ValueError("need 1 <= min_delay_steps <= max_delay_steps, bulk_extra >= 0")
-        if not (0.0 <= self.drop <= 1.0 and 0.0 <= self.duplicate <= 1.0):
-            raise ValueError("drop and duplicate are probabilities")
-
-
-@dataclass(frozen=True, slots=True)
-class _InFlight:
-    due: int
-    order: int
-    sender: str
-    to: str
-    wire: bytes
-
-
-class SimulatedNetwork:
-    """Messages in flight, keyed by the step they arrive at.
-
-    ``cut`` holds directed (sender, receiver) pairs that cannot talk. It is checked when a
-    message is sent and again when it arrives: cutting a link also loses what is on it.
-    """
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.faults = NetFaults()
-        self.cut: set[tuple[str, str]] = set()
-        self._queue: list[tuple[int, int, _InFlight]] = []
-        self._order = 0  # FIFO among messages due at the same step
-        self.sent = 0
-        self.dropped = 0
-        self.delivered: Counter[str] = Counter()
-        """Messages handed to a running host, by type (did snapshots travel? ...)."""
-
-    def send(self, message: Message, now_step: int) -> None:
-        self.sent += 1
-        f = self.faults
-        if (message.sender, message.to) in self.cut or self.rng.random() < f.drop:
-            self.dropped += 1
-            return
-        wire = _encode(message)
-        copies = 2 if self.rng.random() < f.duplicate else 1
-        bulky = f.bulk_extra_steps and isinstance(message, AppendEntries | InstallSnapshot)
-        for _ in range(copies):
-            self._order += 1
-            due = now_step + self.rng.randint(f.min_delay_steps, f.max_delay_steps)
-            if bulky:
-                due += self.rng.randint(0, f.bulk_extra_steps)
-            item = _InFlight(due, self._order, message.sender, message.to, wire)
-            heapq.heappush(self._queue, (due, self._order, item))
-
-    def due(self, now_step: int) -> list[tuple[str, Message]]:
-        """Pop what arrives by ``now_step``: (receiver, a freshly decoded message)."""
-        out: list[tuple[str, Message]] = []
-        while self._queue and self._queue[0][0] <= now_step:
-            _, _, item = heapq.heappop(self._queue)
-            if (item.sender, item.to) in self.cut:
-                self.dropped += 1
-                continue
-            out.append((item.to, _decode(item.wire)))
-        return out
-
-    # --- partitions ----------------------------------------------------------------------
-
-    def partition(self, *groups: Iterable[str]) -> None:
-        """Only nodes in a common group can talk; groups may overlap (a bridge)."""
-        sets = [set(g) for g in groups]
-        everyone = sorted(set().union(*sets))
-        self.cut = {
-            (a, b)
-            for a in everyone
-            for b in everyone
-            if a != b and not any(a in s and b in s for s in sets)
-        }
-
-    def isolate(self, node: str, others: Iterable[str]) -> None:
-        """Cut ``node`` off from ``others`` in both directions, keeping the other cuts."""
-        for other in others:
-            if other != node:
-                self.cut |= {(node, other), (other, node)}
-
-    def cut_one_way(self, sender: str, receiver: str) -> None:
-        self.cut.add((sender, receiver))
-
-    def heal(self) -> None:
-        self.cut = set()
-
-    def in_flight(self) -> int:
-        return len(self._queue)
+HEALTHY_NETWORK: Final = Faults(min_delay=1, max_delay=3)
+"""The network a host cluster starts with: delays of one to three steps, no loss."""
 
 
 class HostCluster(Generic[S]):
@@ -270,7 +169,9 @@ class HostCluster(Generic[S]):
         self.names = sorted(names)
         self.rng = rng
         self.clock = ManualClock()
-        self.network = SimulatedNetwork(rng)
+        self.network: Network[bytes] = Network(rng, HEALTHY_NETWORK, draws=Draws.STEPPED)
+        self.delivered: Counter[str] = Counter()
+        """Messages handed to a running host, by type (did snapshots travel? ...)."""
         self.options = options or HostOptions(tick_interval_s=TICK_S)
         if self.options.tick_interval_s != TICK_S:
             raise ValueError(f"hosts must tick every {TICK_S} s, the step grid assumes it")
@@ -349,7 +250,9 @@ class HostCluster(Generic[S]):
         return self.rng.randint(0, self.max_fsync_steps) if self.max_fsync_steps else 0
 
     def _send(self, message: Message) -> None:
-        self.network.send(message, self.step)
+        packet = Packet(message.sender, message.to, _encode(message))
+        bulky = isinstance(message, AppendEntries | InstallSnapshot)
+        self.network.send(packet, self.step, duplicable=True, bulky=bulky)
 
     def _note_halt(self, host: RaftHost[S]) -> None:
         if host.status().halted and host.id not in self.halted:
@@ -381,10 +284,12 @@ class HostCluster(Generic[S]):
             if self.step % STEPS_PER_TICK == 0:
                 self._tick_deliveries = 0
             self.clock.advance(STEP_S)
-            for to, message in self.network.due(self.step):
-                host = self.hosts.get(to)
+            for packet in self.network.arrivals(self.step):
+                host = self.hosts.get(packet.receiver)
                 if host is not None:
-                    self.network.delivered[type(message).__name__] += 1
+                    # Decoded per arrival: every copy is a new object, as off a socket.
+                    message = _decode(packet.payload)
+                    self.delivered[type(message).__name__] += 1
                     self._tick_deliveries += 1
                     host.deliver(message)
             if self._tick_deliveries > storm:

@@ -24,7 +24,8 @@ from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.messages import ConfChange, ConfChangeKind
 from shardwise.testing.history import UNKNOWN_OUTPUT, KvOp, Operation, kv_model
 from shardwise.testing.linearizability import CheckResult, Verdict, check
-from shardwise.testing.sim import TICK_UNITS, Faults, SimCluster
+from shardwise.testing.network import Faults
+from shardwise.testing.sim import TICK_UNITS, SimRaftGroup
 
 ATTEMPT_TIMEOUT_TICKS: Final = 30
 """A client gives up on one server after this long and retries elsewhere."""
@@ -91,7 +92,7 @@ class KVSweep:
         self.seed = seed
         self.options = options
         self.rng = random.Random(f"sweep:{seed}")
-        self.cluster = SimCluster(
+        self.cluster = SimRaftGroup(
             [f"s{i}" for i in range(1, options.servers + 1)],
             seed,
             make_state_machine=KVStateMachine,
@@ -214,7 +215,7 @@ class KVSweep:
                 self._event(f"isolate leader {leader}")
         elif roll < 0.32:
             a, b = rng.sample(ids, 2)
-            cluster.network.cut.add((a, b))
+            cluster.network.cut_one_way(a, b)
             self._event(f"one-way cut {a} -> {b}")
         elif roll < 0.38:
             shuffled = rng.sample(ids, len(ids))

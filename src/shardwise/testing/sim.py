@@ -1,8 +1,9 @@
 """A deterministic cluster simulator: real Raft cores, simulated time, network and disks.
 
 Everything runs in one thread in virtual time, driven by one seeded generator: message
-delay (and so reordering), loss, duplication, partitions (any directed cut), and crashes
-that lose whatever a node wrote but had not synced. The same seed replays the same run
+delay (and so reordering), loss, duplication, partitions (any directed cut; the network
+is :mod:`shardwise.testing.network`'s), and crashes that lose whatever a node wrote but
+had not synced. The same seed replays the same run
 exactly, so a failure is reproduced by its seed alone.
 
 Each simulated server does what the real host does with a Ready, in the same order:
@@ -13,10 +14,8 @@ virtual time, so the seed and the time pinpoint it.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Final
 
 from shardwise.errors import ShardwiseError
@@ -28,6 +27,7 @@ from shardwise.raft.statemachine import StateMachine
 from shardwise.storage.interface import load_state
 from shardwise.storage.memory import MemoryStorage
 from shardwise.storage.types import LogEntry
+from shardwise.testing.network import Draws, Faults, Network, Packet
 
 TICK_UNITS: Final = 10
 """Virtual time units per Raft tick; message delays are drawn in units."""
@@ -38,70 +38,6 @@ MAX_READY_ROUNDS: Final = 10_000
 
 class InvariantViolationError(ShardwiseError, AssertionError):
     """The simulation reached a state Raft forbids."""
-
-
-@dataclass
-class Faults:
-    """What the network does to messages; change the fields at any time during a run."""
-
-    drop: float = 0.0
-    duplicate: float = 0.0
-    min_delay: int = 1
-    max_delay: int = 5
-    """Delays are uniform in [min_delay, max_delay] units; their spread reorders messages."""
-
-
-@dataclass(order=True)
-class _InFlight:
-    time: int
-    seq: int
-    message: Message = field(compare=False)
-
-
-class SimNetwork:
-    def __init__(self, rng: random.Random, faults: Faults) -> None:
-        self.rng = rng
-        self.faults = faults
-        self.cut: set[tuple[str, str]] = set()
-        self._queue: list[_InFlight] = []
-        self._seq = 0
-        self.sent = 0
-        self.delivered = 0
-
-    def send(self, message: Message, now: int) -> None:
-        self.sent += 1
-        f = self.faults
-        if (message.sender, message.to) in self.cut or self.rng.random() < f.drop:
-            return
-        copies = 2 if self.rng.random() < f.duplicate else 1
-        for _ in range(copies):
-            self._seq += 1
-            delay = self.rng.randint(f.min_delay, f.max_delay)
-            heapq.heappush(self._queue, _InFlight(now + delay, self._seq, message))
-
-    def due(self, now: int) -> list[Message]:
-        out = []
-        while self._queue and self._queue[0].time <= now:
-            item = heapq.heappop(self._queue)
-            # A partition also stops messages already on the wire, as a cut cable does.
-            if (item.message.sender, item.message.to) not in self.cut:
-                out.append(item.message)
-        self.delivered += len(out)
-        return out
-
-    def partition(self, *groups: Iterable[str]) -> None:
-        """Only nodes in the same group can talk (nodes in no group are isolated)."""
-        sets = [set(g) for g in groups]
-        everyone = set().union(*sets)
-        self.cut = {
-            (a, b)
-            for a in everyone
-            for b in everyone
-            if a != b and not any(a in s and b in s for s in sets)
-        }
-
-    def heal(self) -> None:
-        self.cut = set()
 
 
 class Invariants:
@@ -159,7 +95,7 @@ class SimServer:
         self,
         node_id: str,
         bootstrap: Membership | None,
-        cluster: SimCluster,
+        cluster: SimRaftGroup,
         make_state_machine: Callable[[], StateMachine],
     ) -> None:
         self.id = node_id
@@ -217,7 +153,7 @@ class SimServer:
     def _handle(self, ready: Ready) -> None:
         storage = self.storage
         for message in ready.early_messages:  # a leader's appends overlap its own write
-            self.cluster.network.send(message, self.cluster.now)
+            self.cluster.send(message)
         write_ready(storage, ready)
         if self.torn_crash_pending and ready.must_sync:
             self.torn_crash_pending = False
@@ -228,7 +164,7 @@ class SimServer:
         if ready.snapshot is not None:
             self.sm.restore(ready.snapshot.data, ready.snapshot.meta.index)
         for message in ready.messages:
-            self.cluster.network.send(message, self.cluster.now)
+            self.cluster.send(message)
         for entry in ready.committed:
             self._apply(entry)
         self.reads.extend(ready.read_states)
@@ -254,8 +190,12 @@ class SimServer:
             self.storage.compact(meta.index)
 
 
-class SimCluster:
-    """A Raft group of simulated servers; ``seed`` decides every random choice."""
+class SimRaftGroup:
+    """A Raft group of simulated servers; ``seed`` decides every random choice.
+
+    The tick-level adapter of :class:`~shardwise.testing.network.Network`: time is a
+    whole number of units (:data:`TICK_UNITS` a tick), delays are drawn in units, and
+    each unit delivers what is due before the servers process their Readies."""
 
     def __init__(
         self,
@@ -272,7 +212,7 @@ class SimCluster:
         self.now = 0
         self.config = config or RaftConfig()
         self.snapshot_every = snapshot_every
-        self.network = SimNetwork(self.rng, faults or Faults())
+        self.network: Network[Message] = Network(self.rng, faults or Faults(), draws=Draws.STEPPED)
         self.invariants = Invariants()
         self.ids = sorted(ids)
         bootstrap = Membership(frozenset(self.ids))
@@ -289,10 +229,10 @@ class SimCluster:
             for server in alive:
                 server.node.tick()
             self.invariants.check_log_matching([s.node for s in alive], self.now)
-        for message in self.network.due(self.now):
-            target = self.servers.get(message.to)
+        for packet in self.network.arrivals(self.now):
+            target = self.servers.get(packet.receiver)
             if target is not None and target.alive:
-                target.node.step(message)
+                target.node.step(packet.payload)
         for server in alive:
             server.process()
 
@@ -306,6 +246,10 @@ class SimCluster:
                 return True
             self.step()
         return condition()
+
+    def send(self, message: Message) -> None:
+        packet = Packet(message.sender, message.to, message)
+        self.network.send(packet, self.now, duplicable=True, bulky=False)
 
     def ticks(self, count: int) -> int:
         return count * TICK_UNITS
