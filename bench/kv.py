@@ -71,7 +71,7 @@ from shardwise.model.schemes import shard_map
 from shardwise.net import loop
 from shardwise.net.leader import LeaderRouter
 from shardwise.net.transport import Transport
-from shardwise.net.wire import Role
+from shardwise.net.wire import PeerRole
 from shardwise.shardserver.protocol import (
     READ,
     STATUS,
@@ -280,7 +280,7 @@ async def wait_served(
     resolution of the move's measured end."""
     addresses = {s: server_address(s) for s in servers}
     client_id = f"bench-probe-{secrets.token_hex(4)}"
-    async with Transport(client_id, secret, role=Role.CLIENT, peers=addresses) as transport:
+    async with Transport(client_id, secret, role=PeerRole.CLIENT, peers=addresses) as transport:
         await LeaderRouter(transport, addresses).call(READ, ReadRequest(shard, key), timeout_s)
 
 
@@ -288,7 +288,7 @@ async def shard_bytes(servers: list[str], secret: bytes, shard: ShardId) -> int 
     """The shard's size as a server of the group reports it (informational)."""
     addresses = {s: server_address(s) for s in servers}
     client_id = f"bench-status-{secrets.token_hex(4)}"
-    async with Transport(client_id, secret, role=Role.CLIENT, peers=addresses) as transport:
+    async with Transport(client_id, secret, role=PeerRole.CLIENT, peers=addresses) as transport:
         for server in servers:
             with contextlib.suppress(Exception):
                 reply = await transport.call(server, STATUS, StatusRequest(), timeout_s=2.0)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shardwise.batching import MAX_BATCH_READS, MAX_BATCHED_OP_BYTES, CallBatcher
+from shardwise.client.batching import MAX_BATCH_READS, MAX_BATCHED_OP_BYTES, CallBatcher
 from shardwise.errors import InvalidMessageError, PeerUnreachableError, RpcTimeoutError
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Get, KVResult, Put

@@ -8,9 +8,29 @@ Each layer adds its own branch here (placement, storage, raft, net, ...), and bo
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 
 class ShardwiseError(Exception):
     """Root of every error shardwise raises on purpose."""
+
+
+E = TypeVar("E", bound=ShardwiseError)
+
+
+def error_for(code: str, family: type[E]) -> type[E] | None:
+    """The class of ``family`` (itself or a subclass at any depth) whose ``code`` is
+    ``code``, or None: how a boundary turns a code from the wire back into an error.
+
+    Codes are unique within a family, not across families (the controller's ``catalog``
+    and SQL's ``catalog`` are different errors), hence ``family``."""
+    pending: list[type[E]] = [family]
+    while pending:
+        kind = pending.pop()
+        if kind.__dict__.get("code") == code:
+            return kind
+        pending.extend(kind.__subclasses__())
+    return None
 
 
 # --- placement ---------------------------------------------------------------------------

@@ -27,15 +27,15 @@ from shardwise.errors import (
 )
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.schemes import shard_map
-from shardwise.shardserver.commands import SqlStatement
 from shardwise.shardserver.protocol import (
     SQL_READ,
     SQL_WRITE,
     SqlReadRequest,
     SqlReply,
+    SqlStatement,
     SqlWriteRequest,
+    schema_digest,
 )
-from shardwise.shardserver.sqlshard import schema_digest
 from shardwise.sql.difftest import (
     QueryGenerator,
     Row,

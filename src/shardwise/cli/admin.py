@@ -29,10 +29,10 @@ from shardwise.errors import (
 )
 from shardwise.model.config import NO_GROUP, ChangeResult, Configuration, MoveInfo, Op, ShardId
 from shardwise.net.auth import DialerHandshake
-from shardwise.net.connection import Connection
+from shardwise.net.connection import PeerConnection
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
-from shardwise.net.wire import Role
+from shardwise.net.wire import PeerRole
 from shardwise.shardserver.protocol import STATUS, StatusReply, StatusRequest, server_address
 
 PROBE_TIMEOUT_S: Final = 2.0
@@ -80,7 +80,7 @@ async def probe(
             )
         except (OSError, TimeoutError):
             continue  # nothing listens there (or it does not answer): the next replica
-        conn = Connection(
+        conn = PeerConnection(
             reader,
             writer,
             local_id=f"cli-probe-{secrets.token_hex(4)}",
@@ -88,7 +88,7 @@ async def probe(
             read_chunk_bytes=PROBE_READ_BYTES,
         )
         try:
-            handshake = DialerHandshake(secret, conn.local_id, Role.CLIENT)
+            handshake = DialerHandshake(secret, conn.local_id, PeerRole.CLIENT)
             await asyncio.wait_for(conn.dial_handshake(handshake), PROBE_TIMEOUT_S)
         except TimeoutError:
             continue
@@ -391,7 +391,7 @@ class Admin:
         self.layout = layout
         self.secret = secret
         client_id = f"cli-{secrets.token_hex(4)}"
-        self.transport = Transport(client_id, secret, role=Role.CLIENT)
+        self.transport = Transport(client_id, secret, role=PeerRole.CLIENT)
         self.controller = ControllerClient(
             layout.controller_addresses, secret, f"{client_id}/ctl", transport=self.transport
         )

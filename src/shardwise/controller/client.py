@@ -30,33 +30,20 @@ from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
-from shardwise.net.wire import Role
+from shardwise.net.wire import PeerRole
 
 DEFAULT_DEADLINE_S: Final = 10.0
 
-_ERRORS: Final[dict[str, type[errors.ControllerError]]] = {
-    cls.code: cls
-    for cls in (
-        errors.UnknownGroupError,
-        errors.GroupExistsError,
-        errors.InvalidServersError,
-        errors.UnknownShardError,
-        errors.OrphanedShardsError,
-        errors.UnknownKeyspaceError,
-        errors.KeyspaceExistsError,
-        errors.InvalidSchemeError,
-        errors.CatalogError,
-        errors.InvalidQueryError,
-    )
-}
-
 
 def raise_for(code: str, message: str) -> None:
+    """Raise the controller's refusal ``code`` (empty: none) as its error class."""
     if code:
-        raise _ERRORS.get(code, errors.ControllerError)(message)
+        raise (errors.error_for(code, errors.ControllerError) or errors.ControllerError)(message)
 
 
 class ControllerClient:
+    """Calls to the shard controller's replicas, through :class:`LeaderRouter`."""
+
     def __init__(
         self,
         servers: Mapping[str, Address],
@@ -70,7 +57,7 @@ class ControllerClient:
         self.client_id = client_id or f"ctl-client-{secrets.token_hex(6)}"
         self._owns_transport = transport is None
         if transport is None:
-            transport = Transport(self.client_id, secret, role=Role.CLIENT)
+            transport = Transport(self.client_id, secret, role=PeerRole.CLIENT)
         for server, address in servers.items():
             transport.set_peer(server, address)
         self._transport: Endpoint = transport

@@ -25,7 +25,7 @@ from shardwise.model.kv import Append, Cas, Delete, KVOp, KVResult, Put
 from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
-from shardwise.net.wire import Role
+from shardwise.net.wire import PeerRole
 
 DEFAULT_DEADLINE_S: Final = 10.0
 
@@ -36,7 +36,7 @@ class KVGroupClient:
     ) -> None:
         self.client_id = client_id or f"client-{secrets.token_hex(6)}"
         self.servers = dict(servers)
-        self._transport = Transport(self.client_id, secret, role=Role.CLIENT, peers=servers)
+        self._transport = Transport(self.client_id, secret, role=PeerRole.CLIENT, peers=servers)
         self._router = LeaderRouter(self._transport, servers)
         self._seq = itertools.count(1)
 

@@ -1,5 +1,5 @@
 """SQL over the cluster for :meth:`shardwise.client.Client.sql`: the coordinator's two
-seams on the client's routing.
+seams on the client's router.
 
 * :class:`ClusterShards` (a :class:`~shardwise.sql.executor.ShardExecutor`) sends each
   fragment to the group that owns its shard, exactly as a key's request goes (leader
@@ -8,10 +8,11 @@ seams on the client's routing.
   SQLite), writes as ``shard.sql_write`` (one log entry per shard, with a pooled writer
   id and sequence number, so a retried write applies once).
 * :class:`ClusterCatalog` (a :class:`~shardwise.sql.executor.CatalogStore`) reads the
-  catalog from the client's cached configuration and changes it through the controller.
+  catalog from the router's cached configuration and changes it through the controller.
 
-A friend of ``client.py``: it uses the client's routing, configuration cache and writer
-pool directly, so SQL and KV calls share connections, leaders and limits.
+:class:`ClusterSql` plans and runs a statement with both, on the client's own router and
+writer pool (through their public methods), so SQL and KV calls share connections,
+leaders, configurations and limits.
 
 **Which tables a shard runs a statement against.** A statement is planned against the
 catalog of the configuration the client holds. Every request carries that configuration's
@@ -31,26 +32,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
 
+from shardwise.client.router import ShardRouter
+from shardwise.client.writers import WriterPool
 from shardwise.errors import (
     CatalogError,
     ClientTimeoutError,
     SqlCatalogError,
-    SqlConstraintError,
     SqlError,
     SqlExecutionError,
     SqlLimitError,
     SqlSchemaChangedError,
     StaleWriteError,
     UnknownKeyspaceError,
+    error_for,
 )
 from shardwise.model.config import NO_GROUP, Configuration, CreateTable, DropTable, ShardId
+from shardwise.net.leader import CallDeadline
 from shardwise.net.rpc import RpcMethod
-from shardwise.shardserver.commands import SqlStatement
 from shardwise.shardserver.protocol import (
+    MAX_SQL_BATCH_BYTES,
+    MAX_SQL_STATEMENTS,
     SQL_READ,
     SQL_SCHEMA,
     SQL_WRITE,
@@ -58,18 +63,14 @@ from shardwise.shardserver.protocol import (
     SqlReadRequest,
     SqlReply,
     SqlSchemaRequest,
+    SqlStatement,
     SqlWriteRequest,
+    schema_digest,
 )
-from shardwise.shardserver.sqlshard import MAX_SQL_BATCH_BYTES, MAX_SQL_STATEMENTS, schema_digest
 from shardwise.sql import Catalog, Coordinator, Result
 from shardwise.sql.executor import Row
 from shardwise.sql.params import Params
-from shardwise.sql.plan import CatalogOp, Fragment
-
-if TYPE_CHECKING:
-    from shardwise.client import Client, _Call
-
-T = TypeVar("T")
+from shardwise.sql.plans import CatalogOp, Fragment
 
 SQL_ATTEMPT_TIMEOUT_S: Final = 6.0
 """One attempt of a SQL fragment at one server (when the client's own is shorter): a
@@ -87,52 +88,63 @@ MAX_REPLANS: Final = 8
 _encode = msgspec.msgpack.Encoder().encode
 
 
-async def execute(client: Client, query: str, params: Params | None, deadline: float) -> Result:
-    """``Client.sql``: plan and run ``query`` by its deadline, planning it again when a
-    shard holds newer tables than the catalog it was planned with (see the module's
-    docstring)."""
-    call = client._call_info(f"SQL statement {_abbreviate(query)!r}", deadline)
-    for _ in range(MAX_REPLANS):
-        catalog = ClusterCatalog(client, call)
-        coordinator = Coordinator(ClusterShards(client, call, catalog), catalog)
-        try:
-            result = await coordinator.execute(query, params)
-        except SqlSchemaChangedError:
-            # The coordinator raises it bare only when no shard applied anything (else it
-            # is inside a SqlExecutionError counting the shards that did), and a batch
-            # whose outcome is unknown means the deadline has passed: planning again
-            # cannot apply anything twice.
-            if call.remaining() <= 0:
-                raise call.timed_out() from None
-            continue
-        except SqlCatalogError:
-            # Planned against our cached catalog, which may predate another client's DDL
-            # (a table or column it does not know yet, or a table it thinks is free):
-            # ask the controller, and plan again if the catalog was older than its.
-            planned = catalog.planned_num
-            latest = await client._refresh(-1, call, wait=False)
-            if planned is None or latest is None or latest.num <= planned:
-                raise
-            continue
-        if coordinator.last_rows_shipped:
-            client.last_rows_shipped = coordinator.last_rows_shipped
-        return result
-    raise SqlSchemaChangedError(
-        f"the tables changed {MAX_REPLANS} times while {call.what} was planned; try again"
-    )
+class ClusterSql:
+    """One client's SQL statements over the cluster, on its router and writer pool."""
+
+    def __init__(self, router: ShardRouter, writers: WriterPool) -> None:
+        self._router = router
+        self._writers = writers
+        self.last_rows_shipped: dict[int, int] = {}
+        """Rows each shard sent for the last read run here, by shard index."""
+
+    async def execute(self, query: str, params: Params | None, deadline: float) -> Result:
+        """``Client.sql``: plan and run ``query`` by its deadline, planning it again when
+        a shard holds newer tables than the catalog it was planned with (see the module's
+        docstring)."""
+        router = self._router
+        call = CallDeadline.starting_now(f"SQL statement {_abbreviate(query)!r}", deadline)
+        for _ in range(MAX_REPLANS):
+            catalog = ClusterCatalog(router, call)
+            shards = ClusterShards(router, self._writers, call, catalog)
+            coordinator = Coordinator(shards, catalog)
+            try:
+                result = await coordinator.execute(query, params)
+            except SqlSchemaChangedError:
+                # The coordinator raises it bare only when no shard applied anything (else
+                # it is inside a SqlExecutionError counting the shards that did), and a
+                # batch whose outcome is unknown means the deadline has passed: planning
+                # again cannot apply anything twice.
+                if call.remaining() <= 0:
+                    raise call.timed_out() from None
+                continue
+            except SqlCatalogError:
+                # Planned against our cached catalog, which may predate another client's
+                # DDL (a table or column it does not know yet, or a table it thinks is
+                # free): ask the controller, and plan again if the catalog was older.
+                planned = catalog.planned_num
+                latest = await router.refresh(-1, call, wait=False)
+                if planned is None or latest is None or latest.num <= planned:
+                    raise
+                continue
+            if coordinator.last_rows_shipped:
+                self.last_rows_shipped = coordinator.last_rows_shipped
+            return result
+        raise SqlSchemaChangedError(
+            f"the tables changed {MAX_REPLANS} times while {call.what} was planned; try again"
+        )
 
 
 class ClusterCatalog:
-    """The catalog of the client's configuration; changes through the controller."""
+    """The catalog of the router's configuration; changes through the controller."""
 
-    def __init__(self, client: Client, call: _Call) -> None:
-        self._client = client
+    def __init__(self, router: ShardRouter, call: CallDeadline) -> None:
+        self._router = router
         self._call = call
         self._planned: Configuration | None = None
         self._digests: dict[str, int] = {}
 
     async def catalog(self) -> Catalog:
-        config = await _configuration(self._client, self._call)
+        config = await self._router.configuration_at_least(-1, self._call)
         self._planned = config
         return Catalog.from_configuration(config)
 
@@ -152,18 +164,18 @@ class ClusterCatalog:
         return config.num, digest
 
     async def change(self, op: CatalogOp) -> Catalog:
-        client, call = self._client, self._call
+        router, call = self._router, self._call
         keyspace = self._keyspace_of(op)
         remaining = call.remaining()
         if remaining <= 0:
             raise call.timed_out()
         try:
-            result = await client._controller.change(op, deadline_s=remaining)
+            result = await router.controller.change(op, deadline_s=remaining)
         except (CatalogError, UnknownKeyspaceError) as exc:
             # Another client changed the catalog since ours was read (e.g. created the
             # same table first): the controller's check is the one that counts.
             raise SqlCatalogError(str(exc)) from None
-        config = await _configuration(client, call, at_least=result.num)
+        config = await router.configuration_at_least(result.num, call)
         owners = config.owners.get(keyspace, ())
         gids = sorted({gid for gid in owners if gid != NO_GROUP})
         await _all([self._applied_by(gid, result.num, keyspace) for gid in gids])
@@ -183,14 +195,13 @@ class ClusterCatalog:
         """Return once group ``gid`` has applied configuration ``num`` (a ReadIndex read
         on its leader: applied there means committed in the group's log, so every later
         read or write of the group comes after it)."""
-        client, call = self._client, self._call
+        router, call = self._router, self._call
         request = SqlSchemaRequest(keyspace)
         while True:
-            client._check_running()
-            route = client._routes.get(gid)
-            if route is None:
+            router.check_running()
+            if not router.knows_group(gid):
                 return  # the group left in a newer configuration: nothing to wait for
-            reply = await client._round(route, SQL_SCHEMA, request, call)
+            reply = await router.call_group(gid, SQL_SCHEMA, request, call)
             if reply is not None and reply.status == "ok" and reply.config_num >= num:
                 return
             remaining = call.remaining()
@@ -207,11 +218,18 @@ class ClusterCatalog:
 class ClusterShards:
     """Fragments to the shards' groups (see the module's docstring)."""
 
-    def __init__(self, client: Client, call: _Call, catalog: ClusterCatalog) -> None:
-        self._client = client
+    def __init__(
+        self,
+        router: ShardRouter,
+        writers: WriterPool,
+        call: CallDeadline,
+        catalog: ClusterCatalog,
+    ) -> None:
+        self._router = router
+        self._writers = writers
         self._call = call
         self._catalog = catalog
-        self._attempt_s = max(client.attempt_timeout_s, SQL_ATTEMPT_TIMEOUT_S)
+        self._attempt_s = max(router.attempt_timeout_s, SQL_ATTEMPT_TIMEOUT_S)
 
     async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
         num, digest = self._catalog.planned(shard.keyspace)
@@ -224,29 +242,28 @@ class ClusterShards:
         statements = tuple(SqlStatement(f.sql, dict(f.params)) for f in batch)
         _check_batch(shard, statements)
         num, digest = self._catalog.planned(shard.keyspace)
-        client = self._client
-        writer = await client._acquire_writer(self._call)
+        writer = await self._writers.acquire(self._call)
         try:
             # One sequence number for all the retries of this batch: applied once.
             seq = writer.next_seq()
             request = SqlWriteRequest(shard, writer.client_id, seq, statements, num, digest)
             reply = await self._send(shard, SQL_WRITE, request, num)
         finally:
-            client._writers.release(writer)
+            self._writers.release(writer)
         if reply.stale:
             raise StaleWriteError(
                 f"the write to shard {shard} was not applied: client id "
                 f"{request.client_id!r} already had a write numbered above {seq} applied "
-                f"(is another live client using client id {client.client_id!r}?)"
+                f"(is another live client using client id {self._router.client_id!r}?)"
             )
         return reply.rowcount
 
     async def _send(
         self, shard: ShardId, method: RpcMethod[Any, SqlReply], request: object, num: int
     ) -> SqlReply:
-        client, call = self._client, self._call
+        router, call = self._router, self._call
         while True:
-            reply = await client._call(shard, method, request, call, attempt_s=self._attempt_s)
+            reply = await router.call(shard, method, request, call, attempt_s=self._attempt_s)
             if reply.failure is not None:
                 raise _error(reply.failure, shard)
             if reply.schema == "behind":
@@ -260,7 +277,7 @@ class ClusterShards:
                 await asyncio.sleep(min(SCHEMA_WAIT_S, remaining))
                 continue
             if reply.schema == "changed":
-                await client._refresh(reply.config_num - 1, call, wait=False)
+                await router.refresh(reply.config_num - 1, call, wait=False)
                 raise SqlSchemaChangedError(
                     f"the tables of shard {shard} changed (its group is at configuration "
                     f"{reply.config_num}) after the statement was planned (at {num})"
@@ -285,24 +302,14 @@ def _check_batch(shard: ShardId, statements: tuple[SqlStatement, ...]) -> None:
 
 
 def _error(failure: SqlFailure, shard: ShardId) -> SqlError:
-    """A shard's failure as the error the coordinator and callers expect."""
+    """A shard's failure as the error the coordinator and callers expect: a limit, or an
+    execution error of the kind its code names (unknown codes stay in the message)."""
     if failure.code == SqlLimitError.code:
         return SqlLimitError(failure.limit, failure.value, failure.message)
-    if failure.code == SqlConstraintError.code:
-        return SqlConstraintError(failure.message, str(shard))
-    if failure.code == SqlExecutionError.code:
-        return SqlExecutionError(failure.message, str(shard))
-    return SqlExecutionError(f"{failure.code}: {failure.message}", str(shard))
-
-
-async def _configuration(client: Client, call: _Call, at_least: int = -1) -> Configuration:
-    """The client's configuration, fetched if it has none or one older than
-    ``at_least``."""
-    config = client._config
-    while config is None or config.num < at_least:
-        client._check_running()
-        config = await client._refresh(-1, call, wait=False)
-    return config
+    kind = error_for(failure.code, SqlExecutionError)
+    if kind is None:
+        return SqlExecutionError(f"{failure.code}: {failure.message}", str(shard))
+    return kind(failure.message, str(shard))
 
 
 async def _all(tasks: Sequence[Coroutine[Any, Any, None]]) -> None:

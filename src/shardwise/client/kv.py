@@ -1,0 +1,297 @@
+"""The asyncio client of a shardwise cluster: key-value operations on one keyspace.
+
+::
+
+    async with Client({"ctl-1": ("10.0.0.1", 7000)}, secret) as client:
+        await client.put("user:1", "ada")
+        assert await client.get("user:1") == "ada"
+
+Routing and retries are the router's (``router.py``), exactly-once writes the writer
+pool's (``writers.py``), scans ``scan.py``'s, SQL ``sql.py``'s; this module holds the
+calls and the client's life cycle.
+
+**Consistency.** Every single-key operation is linearizable. ``mget`` and ``mput`` are
+one independent operation per key, run in parallel: each key is linearizable on its
+own, but a multi-key write is *not* atomic across shards (on an error some keys may be
+written and others not), and ``mget`` is not a snapshot. Likewise ``scan`` reads each
+shard page by page: every page is a linearizable read, the whole scan is not a snapshot.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Final
+
+from shardwise.client.fanout import bind, fan_out
+from shardwise.client.router import ShardRouter
+from shardwise.client.scan import (
+    DEFAULT_SCAN_LIMIT,
+    SCAN_PAGE_ROWS,
+    Scan,
+    check_scan,
+    run_scan,
+)
+from shardwise.client.writers import WriterPool
+from shardwise.errors import ClientClosedError, ClientError, StaleWriteError
+from shardwise.model.config import Configuration
+from shardwise.model.kv import Append, Cas, Delete, KVOp, KVResult, Put
+from shardwise.net.endpoint import Endpoint
+from shardwise.net.leader import ATTEMPT_TIMEOUT_S, CallDeadline, loop_time
+from shardwise.net.links import Address
+from shardwise.net.transport import Transport
+from shardwise.net.wire import MAX_NODE_ID_CHARS, MAX_RPC_TIMEOUT_MS, PeerRole
+from shardwise.shardserver.protocol import READ, WRITE, ReadRequest, WriteRequest
+
+if TYPE_CHECKING:  # shardwise.sql (and sqlglot) load on the first SQL call only
+    from shardwise.sql import Result
+    from shardwise.sql.params import Params
+
+DEFAULT_DEADLINE_S: Final = 10.0
+"""Total time one call may take, all retries and configuration fetches included."""
+
+MAX_WRITES_IN_FLIGHT: Final = 128
+"""Writes one client runs at once, each under a pooled client id of its own. Bounds the
+de-duplication sessions a client costs every shard it writes to (servers keep a bounded
+number, see ``raft/client_sessions.py``) and stays under a server's handlers per connection."""
+
+MAX_CLIENT_ID_CHARS: Final = MAX_NODE_ID_CHARS - 8
+"""The client id is the transport's node id; pooled writer ids add ``/N`` to it."""
+
+
+class Client:
+    """An asyncio client of a shardwise cluster, for one keyspace.
+
+    ``controllers`` names the shard controller's servers (id -> address); the groups are
+    found through it. Every call takes an optional ``deadline_s`` (default: the client's)
+    that bounds it whole, retries included; one attempt at one server is bounded by
+    ``attempt_timeout_s``. At most ``max_writes_in_flight`` writes run at once (more wait
+    for a slot, within their deadline). Writes are numbered above ``first_seq`` (default:
+    the wall clock in microseconds). ``transport``: an endpoint to call through (e.g. a
+    simulator's), which its owner starts and closes; by default the client has its own.
+    """
+
+    def __init__(
+        self,
+        controllers: Mapping[str, Address],
+        secret: bytes,
+        *,
+        client_id: str | None = None,
+        keyspace: str = "default",
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
+        first_seq: int | None = None,
+        transport: Endpoint | None = None,
+    ) -> None:
+        self.client_id = client_id or f"client-{secrets.token_hex(8)}"
+        if not 0 < len(self.client_id) <= MAX_CLIENT_ID_CHARS:
+            raise ValueError(f"a client id has 1 to {MAX_CLIENT_ID_CHARS} characters")
+        if deadline_s <= 0:
+            raise ValueError("deadline_s must be positive")
+        if not 0 < attempt_timeout_s * 1000 <= MAX_RPC_TIMEOUT_MS:
+            raise ValueError(f"attempt_timeout_s must be in (0, {MAX_RPC_TIMEOUT_MS // 1000}]")
+        if max_writes_in_flight < 1:
+            raise ValueError("max_writes_in_flight must be at least 1")
+        self.keyspace = keyspace
+        self.deadline_s = deadline_s
+        self.attempt_timeout_s = attempt_timeout_s
+        # One endpoint for the controller and every group. An injected one (a simulator's)
+        # is started and closed by its owner.
+        self._owns_transport = transport is None
+        self._transport: Endpoint = transport or Transport(
+            self.client_id, secret, role=PeerRole.CLIENT
+        )
+        self._router = ShardRouter(
+            self._transport,
+            controllers,
+            secret,
+            client_id=self.client_id,
+            attempt_timeout_s=attempt_timeout_s,
+            check_running=self._check_running,
+        )
+        if first_seq is None:
+            # The wall clock in microseconds rather than 0: a process that reuses a fixed
+            # client id after a restart then numbers its writes above those of its previous
+            # life instead of seeing them refused as stale (nobody writes a million a second).
+            first_seq = time.time_ns() // 1000
+        self._writers = WriterPool(self.client_id, max_writes_in_flight, first_seq)
+        self._state = "new"
+        self.last_rows_shipped: dict[int, int] = {}
+        """Rows each shard sent for the last SQL read to finish, by shard index."""
+
+    # --- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError("a client starts once")
+        self._state = "starting"
+        if self._owns_transport:
+            try:
+                await self._transport.start()
+            except BaseException:
+                self._state = "closed"
+                raise
+        self._state = "running"
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        owned_and_started = self._owns_transport and self._state == "running"
+        self._state = "closed"
+        await self._router.close()
+        if owned_and_started:
+            await self._transport.close()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def configuration(self) -> Configuration | None:
+        """The latest configuration this client has seen (``None`` before the first call)."""
+        return self._router.configuration
+
+    @property
+    def batches_sent(self) -> int:
+        """Calls that carried several reads or writes at once (see ``client/batching.py``)."""
+        return self._router.batcher.batches_sent
+
+    @property
+    def writer_ids_made(self) -> int:
+        """How many pooled client ids writes have needed so far (at most the pool size)."""
+        return self._writers.ids_made
+
+    # --- single keys -------------------------------------------------------------------
+
+    async def get(self, key: str, *, deadline_s: float | None = None) -> str | None:
+        """The key's value, ``None`` if it is absent (a linearizable read)."""
+        return await self._get(key, self._deadline(deadline_s))
+
+    async def put(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
+        await self._write("put", key, Put(key, value), self._deadline(deadline_s))
+
+    async def append(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
+        """Add ``value`` to the end of the key's value (set it if the key is absent)."""
+        await self._write("append", key, Append(key, value), self._deadline(deadline_s))
+
+    async def delete(self, key: str, *, deadline_s: float | None = None) -> None:
+        await self._write("delete", key, Delete(key), self._deadline(deadline_s))
+
+    async def cas(
+        self, key: str, expected: str | None, new: str, *, deadline_s: float | None = None
+    ) -> bool:
+        """Set ``key`` to ``new`` if it holds ``expected`` (``None``: if it is absent);
+        whether it did."""
+        cas = Cas(key, expected, new)
+        result = await self._write("cas", key, cas, self._deadline(deadline_s))
+        return result.ok
+
+    # --- many keys ---------------------------------------------------------------------
+
+    async def mget(
+        self, keys: Iterable[str], *, deadline_s: float | None = None
+    ) -> dict[str, str | None]:
+        """The value of each key (``None``: absent), read in parallel under one deadline.
+        Each read is linearizable; together they are not a snapshot."""
+        deadline = self._deadline(deadline_s)
+        unique = list(dict.fromkeys(keys))
+        values = await fan_out([bind(self._get, key, deadline) for key in unique])
+        return dict(zip(unique, values, strict=True))
+
+    async def mput(self, items: Mapping[str, str], *, deadline_s: float | None = None) -> None:
+        """Put every pair, in parallel under one deadline. Each put is exactly-once and
+        linearizable, but the whole is not atomic: if one fails (the first error is
+        raised once all have finished), the others may still have been applied."""
+        deadline = self._deadline(deadline_s)
+        await fan_out([bind(self._write, "put", k, Put(k, v), deadline) for k, v in items.items()])
+
+    async def scan(
+        self,
+        prefix: str | None = None,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = DEFAULT_SCAN_LIMIT,
+        page_rows: int = SCAN_PAGE_ROWS,
+        deadline_s: float | None = None,
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` ``(key, value)`` pairs of the keyspace in key order, with
+        ``start <= key < end`` and starting with ``prefix``.
+
+        A hash or ring keyspace scatters keys over all its shards, so every shard is read
+        and the pages merged; a range keyspace reads only the shards the range spans, in
+        order. Shards are read a page (``page_rows``) at a time.
+        """
+        check_scan(limit, page_rows)
+        deadline = self._deadline(deadline_s)
+        call = CallDeadline.starting_now(f"scan of keyspace {self.keyspace!r}", deadline)
+        keyspace = await self._router.keyspace(self.keyspace, call)
+        if limit == 0:
+            return []
+        scan = Scan(keyspace, prefix, start, end, limit, page_rows, deadline)
+        return await run_scan(self._router, scan)
+
+    # --- SQL -------------------------------------------------------------------------
+
+    async def sql(
+        self, query: str, params: Params | None = None, *, deadline_s: float | None = None
+    ) -> Result:
+        """Run one SQL statement over the cluster (``docs/sql.md``): its columns and rows
+        (reads), or the rows it changed (``rowcount``, writes).
+
+        Each shard's part runs on that shard's group (reads through ReadIndex, writes as
+        one log entry per shard, exactly once), routed and retried like a key. DDL
+        returns once every group holding a shard of the keyspace has applied it. One
+        deadline bounds the whole statement. Errors are :class:`~shardwise.errors.SqlError`
+        subclasses, or :class:`~shardwise.errors.ClientTimeoutError`."""
+        from shardwise.client.sql import ClusterSql  # noqa: PLC0415 - loads sqlglot: SQL users only
+
+        executor = ClusterSql(self._router, self._writers)
+        result = await executor.execute(query, params, self._deadline(deadline_s))
+        if executor.last_rows_shipped:
+            self.last_rows_shipped = executor.last_rows_shipped
+        return result
+
+    # --- operations --------------------------------------------------------------------
+
+    def _deadline(self, deadline_s: float | None) -> float:
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        if budget <= 0:
+            raise ValueError("deadline_s must be positive")
+        return loop_time() + budget
+
+    async def _get(self, key: str, deadline: float) -> str | None:
+        call = CallDeadline.starting_now(f"get of key {key!r}", deadline)
+        shard = await self._router.shard_of(self.keyspace, key, call)
+        reply = await self._router.call(shard, READ, ReadRequest(shard, key), call)
+        return reply.value
+
+    async def _write(self, verb: str, key: str, op: KVOp, deadline: float) -> KVResult:
+        call = CallDeadline.starting_now(f"{verb} of key {key!r}", deadline)
+        shard = await self._router.shard_of(self.keyspace, key, call)
+        writer = await self._writers.acquire(call)
+        try:
+            # One sequence number for all the retries of this write: applied once.
+            request = WriteRequest(shard, writer.client_id, writer.next_seq(), op)
+            reply = await self._router.call(shard, WRITE, request, call)
+        finally:
+            self._writers.release(writer)
+        result = reply.result
+        if result is None:
+            raise ClientError(f"{call.what}: the server answered ok without a result")
+        if result.stale:
+            raise StaleWriteError(
+                f"{call.what} was not applied: client id {request.client_id!r} already had "
+                f"a write numbered above {request.seq} applied (is another live client "
+                f"using client id {self.client_id!r}?)"
+            )
+        return result
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise ClientClosedError(f"client {self.client_id!r} is not running ({self._state})")

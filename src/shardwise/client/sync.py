@@ -1,0 +1,219 @@
+"""The blocking client: :class:`SyncClient`, the async :class:`~shardwise.client.Client`'s
+calls for code that does not use asyncio.
+
+::
+
+    with SyncClient({"ctl-1": ("10.0.0.1", 7000)}, secret) as client:
+        client.put("user:1", "ada")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from shardwise.client.kv import DEFAULT_DEADLINE_S, MAX_WRITES_IN_FLIGHT, Client
+from shardwise.client.scan import DEFAULT_SCAN_LIMIT, SCAN_PAGE_ROWS
+from shardwise.errors import ClientClosedError
+from shardwise.model.config import Configuration
+from shardwise.net.leader import ATTEMPT_TIMEOUT_S
+from shardwise.net.links import Address
+from shardwise.net.loop import loop_factory
+
+if TYPE_CHECKING:  # shardwise.sql (and sqlglot) load on the first SQL call only
+    from shardwise.sql import Result
+    from shardwise.sql.params import Params
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """A blocking :class:`Client`: the same calls, for code that does not use asyncio.
+
+    The async client runs on an event loop of its own in a background thread; each call
+    is handed to that loop and waited for. A thread rather than ``asyncio.Runner`` because
+    (1) the loop keeps running between calls, so connections keep being read and kept
+    alive while the caller does other things; (2) any number of threads may call one
+    SyncClient at once (their calls run concurrently on the loop); (3) it works even when
+    the calling thread already runs an event loop, where ``Runner`` refuses.
+    """
+
+    def __init__(
+        self,
+        controllers: Mapping[str, Address],
+        secret: bytes,
+        *,
+        client_id: str | None = None,
+        keyspace: str = "default",
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
+        first_seq: int | None = None,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "client_id": client_id,
+            "keyspace": keyspace,
+            "deadline_s": deadline_s,
+            "attempt_timeout_s": attempt_timeout_s,
+            "max_writes_in_flight": max_writes_in_flight,
+            "first_seq": first_seq,
+        }
+        self._controllers = dict(controllers)
+        self._secret = secret
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: Client | None = None
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("a client starts once")
+        loop = loop_factory()()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(loop,), name="shardwise-client", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._run(self._start_client())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def close(self) -> None:
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+        try:
+            if self._client is not None:
+                self._run(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> SyncClient:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def client_id(self) -> str:
+        return self._async_client().client_id
+
+    @property
+    def configuration(self) -> Configuration | None:
+        return self._async_client().configuration
+
+    # --- the calls ---------------------------------------------------------------------
+
+    def get(self, key: str, *, deadline_s: float | None = None) -> str | None:
+        return self._run(self._async_client().get(key, deadline_s=deadline_s))
+
+    def put(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
+        self._run(self._async_client().put(key, value, deadline_s=deadline_s))
+
+    def append(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
+        self._run(self._async_client().append(key, value, deadline_s=deadline_s))
+
+    def delete(self, key: str, *, deadline_s: float | None = None) -> None:
+        self._run(self._async_client().delete(key, deadline_s=deadline_s))
+
+    def cas(
+        self, key: str, expected: str | None, new: str, *, deadline_s: float | None = None
+    ) -> bool:
+        return self._run(self._async_client().cas(key, expected, new, deadline_s=deadline_s))
+
+    def mget(
+        self, keys: Iterable[str], *, deadline_s: float | None = None
+    ) -> dict[str, str | None]:
+        return self._run(self._async_client().mget(list(keys), deadline_s=deadline_s))
+
+    def mput(self, items: Mapping[str, str], *, deadline_s: float | None = None) -> None:
+        self._run(self._async_client().mput(dict(items), deadline_s=deadline_s))
+
+    def scan(
+        self,
+        prefix: str | None = None,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = DEFAULT_SCAN_LIMIT,
+        page_rows: int = SCAN_PAGE_ROWS,
+        deadline_s: float | None = None,
+    ) -> list[tuple[str, str]]:
+        client = self._async_client()
+        return self._run(
+            client.scan(
+                prefix,
+                start=start,
+                end=end,
+                limit=limit,
+                page_rows=page_rows,
+                deadline_s=deadline_s,
+            )
+        )
+
+    def sql(
+        self, query: str, params: Params | None = None, *, deadline_s: float | None = None
+    ) -> Result:
+        """:meth:`Client.sql`, blocking."""
+        return self._run(self._async_client().sql(query, params, deadline_s=deadline_s))
+
+    @property
+    def last_rows_shipped(self) -> dict[int, int]:
+        return self._async_client().last_rows_shipped
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _async_client(self) -> Client:
+        if self._client is None:
+            raise ClientClosedError("the client is not started")
+        return self._client
+
+    async def _start_client(self) -> None:
+        # Made on the loop's thread: its transport belongs to that loop.
+        client = Client(self._controllers, self._secret, **self._options)
+        await client.start()
+        self._client = client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._loop
+        if loop is None or self._thread is None or not self._thread.is_alive():
+            coro.close()
+            raise ClientClosedError("the client is not running")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a SyncClient call from its own loop would wait on itself")
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            # No timeout here: every call is bounded by its own deadline inside the client.
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: do not leave the call running
+            raise
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            # Whatever is left (calls abandoned by their threads) is cancelled, not leaked.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+        self._client = None
