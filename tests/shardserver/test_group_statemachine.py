@@ -30,6 +30,7 @@ from shardwise.shardserver.commands import (
     encode,
 )
 from shardwise.shardserver.lifecycle import ShardState
+from shardwise.shardserver.migration.image import export_delta, export_image
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 
 S0, S1 = ShardId("default", 0), ShardId("default", 1)
@@ -70,7 +71,7 @@ class Group:
     def install_from(self, source: Group, shard: ShardId, num: int, piece: int = 3000) -> bool:
         store = source.sm.frozen_store(shard, num)
         assert store is not None
-        image = store.export()
+        image = export_image(store)
         self.send(shard, num, image, piece)
         return self.do(InstallShard(shard, num, len(image), crc32c.crc32c(image))).outcome == "ok"
 
@@ -79,7 +80,7 @@ class Group:
         serving copy; its write version."""
         store = source.sm.serving_store(shard)
         assert store is not None
-        image, version = store.export(), store.write_version
+        image, version = export_image(store), store.write_version
         self.send(shard, num, image)
         base = InstallBase(shard, num, len(image), crc32c.crc32c(image), version)
         assert self.do(base).outcome == "ok"
@@ -88,7 +89,7 @@ class Group:
     def delta_from(self, source: Group, shard: ShardId, num: int, since: int) -> GroupResult:
         store = source.sm.frozen_store(shard, num)
         assert store is not None
-        delta = store.export_delta(since)
+        delta = export_delta(store, since)
         assert delta is not None
         self.send(shard, num, delta)
         return self.do(InstallDelta(shard, num, len(delta), crc32c.crc32c(delta), since))
@@ -153,7 +154,7 @@ def test_a_bad_image_is_refused_and_the_pull_starts_again(groups: tuple[Group, G
     g2.do(Reconfigure(c2))
     store = g1.sm.frozen_store(S0, 2)
     assert store is not None
-    image = store.export()
+    image = export_image(store)
     assert g2.do(InstallChunk(S0, 2, 0, image)).outcome == "ok"
     assert g2.do(InstallChunk(S0, 2, 5, b"xx")).outcome == "ignored"  # not the next piece
     assert g2.do(InstallShard(S0, 2, len(image), crc32c.crc32c(image) ^ 1)).outcome == "ignored"
@@ -307,7 +308,7 @@ def test_a_delta_that_does_not_fit_its_base_drops_the_base(groups: tuple[Group, 
     # The pull starts again: a base of the frozen copy and an empty delta.
     frozen = g1.sm.frozen_store(S0, 2)
     assert frozen is not None
-    image = frozen.export()
+    image = export_image(frozen)
     g2.send(S0, 2, image)
     base = InstallBase(S0, 2, len(image), crc32c.crc32c(image), frozen.write_version)
     assert g2.do(base).outcome == "ok"

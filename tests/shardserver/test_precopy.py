@@ -14,7 +14,6 @@ import msgspec
 import pytest
 
 from shardwise.model.config import ShardId
-from shardwise.shardserver import server as server_module
 from shardwise.shardserver.commands import (
     Command,
     InstallBase,
@@ -23,9 +22,12 @@ from shardwise.shardserver.commands import (
     Reconfigure,
     decode,
 )
-from shardwise.shardserver.server import ShardServer
+from shardwise.shardserver.migration import source as source_module
+from shardwise.shardserver.migration import transfer as transfer_module
+from shardwise.shardserver.migration.image import EXPORT_HEADER
+from shardwise.shardserver.migration.reconciler import Reconciler
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
-from shardwise.shardserver.store import EXPORT_HEADER, ShardDelta
+from shardwise.shardserver.tracking import ShardDelta
 from shardwise.testing.cluster import SimCluster, wait_until
 from shardwise.testing.scenarios import shard_of
 
@@ -66,9 +68,9 @@ def proposed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Proposed]]:
     """Every install command a group's leader proposes, with the loop times it proposed it
     and heard the outcome."""
     log: list[Proposed] = []
-    original = ShardServer._propose
+    original = Reconciler.propose
 
-    async def propose(self: ShardServer, command: Command) -> bool:
+    async def propose(self: Reconciler, command: Command) -> bool:
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
@@ -77,7 +79,7 @@ def proposed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Proposed]]:
             if isinstance(command, InstallChunk | InstallBase | InstallDelta):
                 log.append(Proposed(self.gid, start, loop.time(), command))
 
-    monkeypatch.setattr(ShardServer, "_propose", propose)
+    monkeypatch.setattr(Reconciler, "propose", propose)
     yield log
 
 
@@ -105,8 +107,8 @@ async def test_the_source_serves_until_the_target_holds_a_base(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if slow_copy:  # a copy far longer than the source's plain wait: progress keeps it waiting
-        monkeypatch.setattr(server_module, "PRECOPY_WAIT_S", 0.5)
-    monkeypatch.setattr(server_module, "INSTALL_CHUNK_BYTES", 2048 if slow_copy else 32 << 10)
+        monkeypatch.setattr(source_module, "PRECOPY_WAIT_S", 0.5)
+    monkeypatch.setattr(transfer_module, "INSTALL_CHUNK_BYTES", 2048 if slow_copy else 32 << 10)
     async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
         await cluster.join(1, 2)
         config = await cluster.configuration()
@@ -154,7 +156,7 @@ async def test_the_source_serves_until_the_target_holds_a_base(
     assert len(pieces) >= 2
     for before, after in itertools.pairwise(pieces):
         took = before.end - before.start
-        assert after.start - before.end >= server_module.PRECOPY_PAUSE_RATIO * took
+        assert after.start - before.end >= transfer_module.PRECOPY_PAUSE_RATIO * took
 
 
 def check_base_then_delta(
@@ -196,7 +198,7 @@ async def test_a_target_that_is_down_holds_the_source_back_for_a_bounded_time(
     proposed: list[Proposed],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(server_module, "INSTALL_CHUNK_BYTES", 2048)  # a base of pieces
+    monkeypatch.setattr(transfer_module, "INSTALL_CHUNK_BYTES", 2048)  # a base of pieces
     async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
         await cluster.join(1, 2)
         config = await cluster.configuration()
@@ -220,7 +222,7 @@ async def test_a_target_that_is_down_holds_the_source_back_for_a_bounded_time(
 
             await wait_until(source_moved_on, 60, "group 1 at the new configuration")
             waited = loop.time() - started
-            assert server_module.PRECOPY_WAIT_S <= waited < server_module.PRECOPY_WAIT_S + 10
+            assert source_module.PRECOPY_WAIT_S <= waited < source_module.PRECOPY_WAIT_S + 10
             await cluster.start_group(2)
             assert await kv.get(key) == "before"  # a base of the frozen copy, and its delta
             await kv.put(key, "after")

@@ -33,13 +33,14 @@ from shardwise.shardserver.commands import (
     InstallChunk,
     InstallShard,
     Reconfigure,
-    SqlStatement,
     SqlWrite,
     SqlWriteResult,
     decode,
     decode_result,
     encode,
 )
+from shardwise.shardserver.migration.image import export_image
+from shardwise.shardserver.protocol import SqlStatement, schema_digest
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 
 S0, S1 = ShardId("default", 0), ShardId("default", 1)
@@ -103,7 +104,7 @@ class Group:
         return SqlWrite(shard, client, seq, num, digest, statements)
 
     def catalog(self, keyspace: str = "default") -> tuple[int, int]:
-        return self.sm.config.num, sqlshard.schema_digest(self.sm.config.tables, keyspace)
+        return self.sm.config.num, schema_digest(self.sm.config.tables, keyspace)
 
     def read(self, shard: ShardId, sql: str, max_rows: int = 1000) -> list[tuple[Any, ...]]:
         num, digest = self.catalog(shard.keyspace)
@@ -122,7 +123,7 @@ class Group:
     def install_from(self, source: Group, shard: ShardId, num: int) -> None:
         store = source.sm.frozen_store(shard, num)
         assert store is not None
-        image = store.export()
+        image = export_image(store)
         self.do(InstallChunk(shard, num, 0, image))
         (done,) = self.do(InstallShard(shard, num, len(image), crc32c.crc32c(image)))
         assert done.outcome == "ok"

@@ -40,10 +40,21 @@ from shardwise.model.kv import (
     Put,
     check_op,
 )
+from shardwise.raft.client_sessions import MAX_SESSIONS, SessionTable
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
-from shardwise.raft.sessions import MAX_SESSIONS, SessionTable
+from shardwise.shardserver import kvops
 from shardwise.shardserver import store as store_module
-from shardwise.shardserver.store import EXPORT_HEADER, EXPORT_MAGIC, SCHEMA_VERSION, ShardStore
+from shardwise.shardserver.migration import image as image_module
+from shardwise.shardserver.migration.image import (
+    EXPORT_HEADER,
+    EXPORT_MAGIC,
+    export_delta,
+    export_image,
+    install_image,
+)
+from shardwise.shardserver.shardfile import SCHEMA_VERSION
+from shardwise.shardserver.store import ShardStore
+from shardwise.shardserver.tracking import ChangeTracker
 from shardwise.storage.fsutil import CacheDisk
 
 SHARD = ShardId("default", 7)
@@ -251,11 +262,11 @@ def test_replay_after_a_crash_applies_each_entry_once(tmp_path: Path) -> None:
 def test_a_failed_apply_changes_nothing(db: ShardStore, monkeypatch: pytest.MonkeyPatch) -> None:
     db.apply(1, "c1", 1, Put("k", "v"))
 
-    def explode(self: ShardStore, conn: sqlite3.Connection, op: KVOp) -> KVResult:
+    def explode(conn: sqlite3.Connection, op: KVOp, changes: ChangeTracker) -> KVResult:
         conn.execute("INSERT INTO kv (key, value, ver) VALUES ('half', 'done', 9)")
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(ShardStore, "_execute", explode)
+    monkeypatch.setattr(kvops, "execute", explode)
     with pytest.raises(ShardStoreError, match="disk I/O error"):
         db.apply(2, "c1", 2, Put("k", "w"))
     assert (db.applied_index, db.get("half"), db.last_seq("c1")) == (1, None, 1)
@@ -355,12 +366,12 @@ def test_an_append_past_the_value_limit_is_not_applied(db: ShardStore) -> None:
 def test_export_and_install_are_bounded(
     db: ShardStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = db.export()
-    monkeypatch.setattr(store_module, "MAX_EXPORT_BYTES", db.size_bytes() - 1)
+    data = export_image(db)
+    monkeypatch.setattr(image_module, "MAX_EXPORT_BYTES", db.size_bytes() - 1)
     with pytest.raises(ShardLimitError):
-        db.export()
+        export_image(db)
     with pytest.raises(ShardLimitError):
-        ShardStore.install(tmp_path / "new.db", data)
+        install_image(tmp_path / "new.db", data)
     assert not (tmp_path / "new.db").exists()
 
 
@@ -379,8 +390,8 @@ def fill(db: ShardStore) -> dict[str, KVResult | None]:
 
 def test_export_and_install_round_trip(db: ShardStore, tmp_path: Path) -> None:
     firsts = fill(db)
-    data = db.export()
-    with ShardStore.install(tmp_path / "copy.db", data, shard=SHARD) as copy:
+    data = export_image(db)
+    with install_image(tmp_path / "copy.db", data, shard=SHARD) as copy:
         assert (copy.shard, copy.state, copy.applied_index) == (SHARD, "frozen", 41)
         assert contents(copy) == contents(db)
         assert copy.size_bytes() == db.size_bytes()
@@ -395,13 +406,13 @@ def test_export_and_install_round_trip(db: ShardStore, tmp_path: Path) -> None:
             index += 2
         assert copy.get("k0") == db.get("k0")
         copy.apply(index + 1, "new", 1, Put("k0", "changed"))  # the copy is writable, in WAL mode
-        assert copy.export() != data
+        assert export_image(copy) != data
 
 
 def test_install_can_move_a_shard_into_another_log(db: ShardStore, tmp_path: Path) -> None:
     fill(db)
     target = tmp_path / "target.db"
-    with ShardStore.install(target, db.export(), applied_index=7, state="serving") as copy:
+    with install_image(target, export_image(db), applied_index=7, state="serving") as copy:
         assert (copy.state, copy.applied_index) == ("serving", 7)
         assert contents(copy) == contents(db)
         assert copy.apply(8, "", 0, Put("x", "y")) == KVResult()  # the new group's indexes
@@ -418,13 +429,13 @@ def test_install_replaces_an_existing_shard(db: ShardStore, tmp_path: Path) -> N
     with ShardStore.create(path, SHARD, state="pulling") as old:
         for i in range(1, 30):
             old.apply(i, "", 0, Put(f"old{i}", "x"))
-        data = db.export()
+        data = export_image(db)
         old_wal = Path(str(path) + "-wal")
         assert old_wal.exists()
         # The old store is closed by the caller before an install; its WAL is dropped.
         shutil.copy(old_wal, tmp_path / "saved-wal")
     old_wal.write_bytes((tmp_path / "saved-wal").read_bytes())  # as if not checkpointed
-    with ShardStore.install(path, data, shard=SHARD) as new:
+    with install_image(path, data, shard=SHARD) as new:
         assert contents(new) == contents(db)
         assert new.applied_index == 41
     assert not Path(str(path) + ".tmp").exists()
@@ -442,17 +453,17 @@ def corruptions(data: bytes) -> Iterator[tuple[str, bytes]]:
 
 def test_corrupt_data_is_refused_and_replaces_nothing(db: ShardStore, tmp_path: Path) -> None:
     fill(db)
-    data = db.export()
+    data = export_image(db)
     path = tmp_path / "existing.db"
     with ShardStore.create(path, SHARD, state="serving") as existing:
         existing.apply(1, "", 0, Put("mine", "kept"))
     before = path.read_bytes()
     for what, bad in corruptions(data):
         with pytest.raises(CorruptShardSnapshotError):
-            ShardStore.install(path, bad)
+            install_image(path, bad)
         assert path.read_bytes() == before, what
         with pytest.raises(CorruptShardSnapshotError):
-            ShardStore.install(tmp_path / "fresh.db", bad)
+            install_image(tmp_path / "fresh.db", bad)
         assert not (tmp_path / "fresh.db").exists(), what
     with ShardStore.open(path) as existing:
         assert contents(existing) == [("mine", "kept")]
@@ -460,11 +471,11 @@ def test_corrupt_data_is_refused_and_replaces_nothing(db: ShardStore, tmp_path: 
 
 def test_a_checksummed_but_broken_image_is_refused(db: ShardStore, tmp_path: Path) -> None:
     fill(db)
-    image = bytearray(db.export()[EXPORT_HEADER.size :])
+    image = bytearray(export_image(db)[EXPORT_HEADER.size :])
     page = int.from_bytes(image[16:18], "big")
     image[page : page + 64] = b"\xff" * 64  # the data's root page gone bad at the source
     with pytest.raises(CorruptShardSnapshotError):
-        ShardStore.install(tmp_path / "s.db", frame(bytes(image)))
+        install_image(tmp_path / "s.db", frame(bytes(image)))
     assert not (tmp_path / "s.db").exists()
 
 
@@ -481,11 +492,11 @@ def test_an_image_of_format_1_is_upgraded_on_install(tmp_path: Path) -> None:
             " ('state', 'serving'), ('applied_index', 5);"
         )
         image = frame(mem.serialize())
-    with ShardStore.install(tmp_path / "s.db", image, shard=SHARD) as store:
+    with install_image(tmp_path / "s.db", image, shard=SHARD) as store:
         assert (store.get("old"), store.write_version, store.applied_index) == ("value", 0, 5)
         store.apply(6, "", 0, Put("new", "v"))
         assert store.write_version == 1
-        delta = store.export_delta(0)
+        delta = export_delta(store, 0)
         assert delta is not None
     with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
         version = conn.execute("SELECT v FROM meta WHERE k = 'format_version'").fetchone()[0]
@@ -493,22 +504,22 @@ def test_an_image_of_format_1_is_upgraded_on_install(tmp_path: Path) -> None:
 
 
 def test_install_refuses_another_schema_version_or_shard(db: ShardStore, tmp_path: Path) -> None:
-    data = db.export()
+    data = export_image(db)
     with pytest.raises(ShardFormatError, match="not default/8"):
-        ShardStore.install(tmp_path / "s.db", data, shard=ShardId("default", 8))
+        install_image(tmp_path / "s.db", data, shard=ShardId("default", 8))
     with closing_connection(":memory:") as mem:
         mem.deserialize(data[EXPORT_HEADER.size :])
         mem.execute("UPDATE meta SET v = 99 WHERE k = 'format_version'")
         other_version = frame(mem.serialize())
     with pytest.raises(ShardSchemaVersionError):
-        ShardStore.install(tmp_path / "s.db", other_version)
+        install_image(tmp_path / "s.db", other_version)
     assert not (tmp_path / "s.db").exists()
 
 
 def test_the_export_is_a_plain_sqlite_file(db: ShardStore, tmp_path: Path) -> None:
     fill(db)
     plain = tmp_path / "plain.db"
-    plain.write_bytes(db.export()[EXPORT_HEADER.size :])
+    plain.write_bytes(export_image(db)[EXPORT_HEADER.size :])
     with closing_connection(plain) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         assert conn.execute("SELECT count(*) FROM kv").fetchone() == (db.count(),)
@@ -606,9 +617,9 @@ def test_the_store_matches_the_in_memory_machine(
                 ]
             store.end_batch()
             assert dict(contents(store)) == reference.items()
-            data = store.export()
+            data = export_image(store)
             store.close()
-            store = ShardStore.install(path, data, max_sessions=most)
+            store = install_image(path, data, max_sessions=most)
             assert dict(contents(store)) == reference.items()
         finally:
             store.close()
@@ -649,8 +660,8 @@ def test_puts_held_in_memory_leave_the_file_as_applying_each_would(
             )
             for path in paths
         )
-        naive._put_later = lambda *_: False  # type: ignore[method-assign]
-        naive._cache = lambda *_: None  # type: ignore[method-assign]
+        naive._held.take_put = lambda *_: False  # type: ignore[method-assign]
+        naive._read_cache.remember = lambda *_: None  # type: ignore[method-assign]
         stores = (held, naive)
         try:
             for store in stores:
@@ -735,8 +746,8 @@ def test_a_cache_store_commits_every_so_many_batches_and_before_an_export(
             store.end_batch()
         with closing(sqlite3.connect(path)) as other:
             assert other.execute("SELECT count(*) FROM kv").fetchone()[0] == 0
-        image = store.export()  # flushes first: the export has every change
-        copy = ShardStore.install(tmp_path / "copy.db", image, shard=SHARD)
+        image = export_image(store)  # flushes first: the export has every change
+        copy = install_image(tmp_path / "copy.db", image, shard=SHARD)
         assert copy.count() == store_module.CACHE_COMMIT_EVERY - 1
         copy.close()
         store.begin_batch()

@@ -16,8 +16,16 @@ from hypothesis import strategies as st
 from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Append, Cas, Delete, KVOp, Put
-from shardwise.shardserver.commands import SqlStatement
-from shardwise.shardserver.store import EXPORT_HEADER, ShardStore, StagedImage
+from shardwise.shardserver.migration.image import (
+    EXPORT_HEADER,
+    apply_delta,
+    export_delta,
+    export_image,
+    install_image,
+)
+from shardwise.shardserver.migration.staged import StagedImage
+from shardwise.shardserver.protocol import SqlStatement
+from shardwise.shardserver.store import ShardStore
 from shardwise.storage.fsutil import CacheDisk
 
 SHARD = ShardId("default", 3)
@@ -50,7 +58,7 @@ def run(store: ShardStore, batch: Sequence[tuple[str, KVOp]], seqs: dict[str, in
 
 
 def base_copy(source: ShardStore, path: Path, index: int = 1) -> ShardStore:
-    return ShardStore.install(path, source.export(), shard=SHARD, applied_index=index)
+    return install_image(path, export_image(source), shard=SHARD, applied_index=index)
 
 
 @settings(max_examples=150, deadline=None)
@@ -68,9 +76,9 @@ def test_a_base_and_its_delta_equal_the_source(
             base_version = copy.write_version
             assert base_version == source.write_version
             run(source, after, seqs)
-            delta = source.export_delta(base_version)
+            delta = export_delta(source, base_version)
             assert delta is not None
-            copy.apply_delta(50, delta, state="serving")
+            apply_delta(copy, 50, delta, state="serving")
             assert everything(copy) == everything(source)
             assert (copy.write_version, copy.applied_index, copy.state) == (
                 source.write_version,
@@ -88,9 +96,9 @@ def test_a_delta_carries_only_what_changed(tmp_path: Path) -> None:
         run(source, [("", Put(f"k{i}", "v" * 100)) for i in range(1000)], {})
         with base_copy(source, tmp_path / "b.db") as copy:
             run(source, [("w", Put("k1", "new")), ("w", Delete("k2")), ("w", Delete("nope"))], {})
-            delta = source.export_delta(copy.write_version)
+            delta = export_delta(source, copy.write_version)
             assert delta is not None and len(delta) < 300  # not 100 KB of rows
-            copy.apply_delta(9, delta, state="serving")
+            apply_delta(copy, 9, delta, state="serving")
             assert (copy.get("k1"), copy.get("k2"), copy.count()) == ("new", None, 999)
 
 
@@ -112,12 +120,12 @@ def test_pruned_tombstones_refuse_an_older_base_and_serve_a_newer_one(tmp_path: 
         run(source, [("", Put(f"k{i}", "v")) for i in range(10)], {})
         old = source.write_version
         run(source, [("", Delete(f"k{i}")) for i in range(5)], {})  # the fifth prunes two
-        assert source.export_delta(old) is None
+        assert export_delta(source, old) is None
         with base_copy(source, tmp_path / "b.db") as copy:
             run(source, [("", Delete(f"k{i}")) for i in range(5, 7)], {})
-            delta = source.export_delta(copy.write_version)
+            delta = export_delta(source, copy.write_version)
             assert delta is not None
-            copy.apply_delta(3, delta, state="serving")
+            apply_delta(copy, 3, delta, state="serving")
             assert everything(copy)[0] == everything(source)[0]
             assert copy.count() == 3
 
@@ -129,8 +137,8 @@ def test_a_sql_change_after_the_base_means_a_full_copy(tmp_path: Path) -> None:
         statement = SqlStatement("SELECT 1")
         source.apply_sql(source.applied_index + 1, "c", 1, [statement])
         assert source.write_version == base + 1
-        assert source.export_delta(base) is None
-        assert source.export_delta(source.write_version) is not None
+        assert export_delta(source, base) is None
+        assert export_delta(source, source.write_version) is not None
 
 
 def test_a_delta_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
@@ -138,19 +146,19 @@ def test_a_delta_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
         run(source, [("", Put("a", "1")), ("", Put("b", "2"))], {})
         with base_copy(source, tmp_path / "b.db") as copy:
             run(source, [("", Put("a", "3"))], {})
-            too_early = source.export_delta(1)
-            assert too_early is not None and source.export_delta(99) is None
+            too_early = export_delta(source, 1)
+            assert too_early is not None and export_delta(source, 99) is None
             with pytest.raises(ShardFormatError, match="does not fit"):
-                copy.apply_delta(7, too_early, state="serving")
-            good = source.export_delta(copy.write_version)
+                apply_delta(copy, 7, too_early, state="serving")
+            good = export_delta(source, copy.write_version)
             assert good is not None
             broken = good[:-1] + bytes([good[-1] ^ 1])
             with pytest.raises(CorruptShardSnapshotError):
-                copy.apply_delta(7, broken, state="serving")
+                apply_delta(copy, 7, broken, state="serving")
             with pytest.raises(CorruptShardSnapshotError):
-                copy.apply_delta(7, source.export(), state="serving")  # an image, not a delta
+                apply_delta(copy, 7, export_image(source), state="serving")  # an image, not a delta
             assert (copy.get("a"), copy.applied_index, copy.write_version) == ("1", 1, 2)
-            copy.apply_delta(7, good, state="serving")
+            apply_delta(copy, 7, good, state="serving")
             assert copy.get("a") == "3"
 
 
@@ -166,7 +174,7 @@ def test_moved_to_takes_the_file_and_its_changes(tmp_path: Path) -> None:
 def test_a_staged_image_installs_in_place(tmp_path: Path) -> None:
     with ShardStore.create(tmp_path / "s.db", SHARD, state="serving") as source:
         run(source, [("c", Put(f"k{i}", "v" * 50)) for i in range(200)], {})
-        image = source.export()
+        image = export_image(source)
     staged = StagedImage(tmp_path / "incoming", CacheDisk())
     for offset in range(0, len(image), 7):  # pieces smaller than the frame's header too
         staged.append(image[offset : offset + 7])
@@ -182,7 +190,7 @@ def test_a_staged_image_installs_in_place(tmp_path: Path) -> None:
 
 def test_a_staged_image_that_is_not_a_shard_is_refused(tmp_path: Path) -> None:
     with ShardStore.create(tmp_path / "s.db", SHARD, state="serving") as source:
-        image = bytearray(source.export())
+        image = bytearray(export_image(source))
     staged = StagedImage(tmp_path / "incoming")
     staged.append(bytes(image[:10]))
     with pytest.raises(CorruptShardSnapshotError, match="truncated"):
@@ -197,7 +205,7 @@ def test_a_staged_image_that_is_not_a_shard_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "t.db").exists()
     staged.reset()
     with ShardStore.create(tmp_path / "o.db", ShardId("x", 1), state="serving") as other:
-        staged.append(other.export())
+        staged.append(export_image(other))
     with pytest.raises(ShardFormatError, match="not default/3"):
         staged.install(tmp_path / "t.db", shard=SHARD, applied_index=1, state="pulling")
     assert not (tmp_path / "t.db").exists()

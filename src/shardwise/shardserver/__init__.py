@@ -5,5 +5,5 @@ database file (``store.py``: the shard's keys and values, its SQL tables (``sqls
 its client de-duplication table, its lifecycle state and the log index it has applied),
 and each shard moves through an explicit lifecycle (``lifecycle.py``: serving, pulling,
 frozen, garbage) by log entries only, so every replica of the group agrees on what it
-holds.
+holds. Moving a shard between groups is ``migration/``; ``DESIGN.md`` maps the rest.
 """

@@ -15,13 +15,14 @@ a clear "version 2 is unknown" instead of misreading it.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import msgspec
 
 from shardwise.errors import CommandDecodeError
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVOp, KVResult
+from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
 
 GROUP_COMMAND_VERSION: Final = 4
 """The newest envelope version this code writes and reads (see the module's docstring)."""
@@ -111,17 +112,6 @@ class AckDelivered(msgspec.Struct, frozen=True, array_like=True, tag="ack_delive
     config_num: int
 
 
-class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
-    """One planned SQLite statement with its named parameters (never spliced in). The
-    values are SQLite's (None, int, float, str, bytes); ``Any`` because msgspec cannot
-    tell ``str | bytes`` apart in a union. They are checked at the door
-    (``sqlshard.check_params``) and, if one got through, fail to bind on every replica
-    alike."""
-
-    sql: str
-    params: dict[str, Any] = {}
-
-
 class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
     """A SQL write batch for one shard: all its statements or none, de-duplicated by
     ``client_id`` and ``seq`` like :class:`ClientOp`. ``catalog_num`` and ``schema`` are
@@ -165,12 +155,6 @@ class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
 
 
 Outcome: TypeAlias = Literal["ok", "wrong_group", "ignored"]
-
-
-SchemaVerdict: TypeAlias = Literal["", "behind", "changed"]
-"""How a shard's tables compare with those a SQL statement was planned against: the same
-(""), the group has yet to reach the client's configuration ("behind": ask again), or the
-client planned with an older catalog ("changed": refresh and plan again)."""
 
 
 class SqlWriteResult(msgspec.Struct, frozen=True, array_like=True):

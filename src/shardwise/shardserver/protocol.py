@@ -11,21 +11,24 @@ the same client id and sequence number). Transport failures arrive as typed exce
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from shardwise.model.config import ShardId
+from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import KVOp, KVResult
 from shardwise.model.replies import ReplicaStatus
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
-from shardwise.shardserver.commands import SchemaVerdict, SqlStatement
 
 ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group"]
 
 PULL_CHUNK_BYTES: Final = 4 << 20
 """Largest piece of a shard image one pull reply or one log entry carries."""
+
+_encode = msgspec.msgpack.Encoder().encode
 
 
 def server_address(server: str) -> Address:
@@ -82,7 +85,7 @@ class KVReply(msgspec.Struct, frozen=True):
 
 class BatchRequest(msgspec.Struct, frozen=True):
     """Reads and writes a client had ready for this server at the same moment, sent as
-    one call (see :mod:`shardwise.batching`). Each is answered exactly as if it had come
+    one call (see :mod:`shardwise.client.batching`). Each is answered exactly as if it had come
     alone (its own status, leader hint and result); the writes enter the log as one
     entry (``ClientBatch``) and the reads share one ReadIndex round. Nothing is atomic
     across them. At most ``MAX_BATCH_OPS`` of each."""
@@ -102,10 +105,49 @@ class BatchReply(msgspec.Struct, frozen=True):
 #
 # A fragment planned by ``shardwise.sql`` against the catalog of configuration
 # ``catalog_num``, whose tables of the shard's keyspace have digest ``schema``
-# (``sqlshard.schema_digest``). The shard runs it only with the same tables; otherwise
+# (:func:`schema_digest`). The shard runs it only with the same tables; otherwise
 # the reply's ``schema`` says ``behind`` (this group has yet to reach the client's
 # configuration: ask again shortly) or ``changed`` (the client's catalog is older than
 # this group's configuration ``config_num``: refresh it and plan again).
+
+MAX_SQL_BATCH_BYTES: Final = 4 << 20
+"""Largest encoded SQL write batch (one log entry): a shard's share of one INSERT. Four
+times a KV value's limit, so a bulk load needs few entries, yet far under a Raft append
+frame and the core's cap on uncommitted bytes. A larger INSERT is refused before anything
+is sent: split it."""
+
+MAX_SQL_STATEMENTS: Final = 1000
+"""Statements in one batch (the planner sends one per statement and shard)."""
+
+
+class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
+    """One planned SQLite statement with its named parameters (never spliced in). The
+    values are SQLite's (None, int, float, str, bytes); ``Any`` because msgspec cannot
+    tell ``str | bytes`` apart in a union. They are checked at the door
+    (``sqlshard.check_params``) and, if one got through, fail to bind on every replica
+    alike."""
+
+    sql: str
+    params: dict[str, Any] = {}
+
+
+SchemaVerdict: TypeAlias = Literal["", "behind", "changed"]
+"""How a shard's tables compare with those a SQL statement was planned against: the same
+(""), the group has yet to reach the client's configuration ("behind": ask again), or the
+client planned with an older catalog ("changed": refresh and plan again)."""
+
+
+def keyspace_tables(tables: Mapping[str, Table], keyspace: str) -> dict[str, Table]:
+    """The tables of ``keyspace``, by name in sorted order."""
+    return {n: tables[n] for n in sorted(tables) if tables[n].keyspace == keyspace}
+
+
+def schema_digest(tables: Mapping[str, Table], keyspace: str) -> int:
+    """A 64-bit digest of the definitions of ``keyspace``'s tables. A SQL request carries
+    the digest of the catalog it was planned with; the shard runs it only if its group's
+    configuration has the same one (see ``statemachine.py``)."""
+    encoded = _encode(keyspace_tables(tables, keyspace))
+    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little")
 
 
 class SqlReadRequest(msgspec.Struct, frozen=True):

@@ -26,7 +26,6 @@ module runs it on the shard's own connection, never anything else:
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,19 +36,15 @@ import msgspec
 from shardwise.errors import SqlExecutionError, SqlLimitError
 from shardwise.model.config import Table
 from shardwise.net.frames import MAX_FRAME_BYTES
-from shardwise.shardserver.commands import SqlStatement, SqlWriteResult
+from shardwise.shardserver.commands import SqlWriteResult
+from shardwise.shardserver.protocol import (
+    MAX_SQL_BATCH_BYTES,
+    MAX_SQL_STATEMENTS,
+    SqlStatement,
+)
 from shardwise.sql.catalog import PHYSICAL_PREFIX
-from shardwise.sql.params import INT64_MAX, INT64_MIN
 from shardwise.sql.shard_schema import schema_changes
-
-MAX_SQL_BATCH_BYTES: Final = 4 << 20
-"""Largest encoded SQL write batch (one log entry): a shard's share of one INSERT. Four
-times a KV value's limit, so a bulk load needs few entries, yet far under a Raft append
-frame and the core's cap on uncommitted bytes. A larger INSERT is refused before anything
-is sent: split it."""
-
-MAX_SQL_STATEMENTS: Final = 1000
-"""Statements in one batch (the planner sends one per statement and shard)."""
+from shardwise.sql.values import INT64_MAX, INT64_MIN
 
 MAX_SQL_REPLY_BYTES: Final = MAX_FRAME_BYTES - (1 << 20)
 """Rows one read fragment may return, by size: a reply is one frame (``MAX_FRAME_BYTES``),
@@ -97,19 +92,6 @@ _tables_decoder = msgspec.msgpack.Decoder(dict[str, Table])
 
 
 # --- the catalog a shard reflects ------------------------------------------------------------
-
-
-def keyspace_tables(tables: Mapping[str, Table], keyspace: str) -> dict[str, Table]:
-    """The tables of ``keyspace``, by name in sorted order."""
-    return {n: tables[n] for n in sorted(tables) if tables[n].keyspace == keyspace}
-
-
-def schema_digest(tables: Mapping[str, Table], keyspace: str) -> int:
-    """A 64-bit digest of the definitions of ``keyspace``'s tables. A SQL request carries
-    the digest of the catalog it was planned with; the shard runs it only if its group's
-    configuration has the same one (see ``statemachine.py``)."""
-    encoded = _encode(keyspace_tables(tables, keyspace))
-    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little")
 
 
 def encode_tables(tables: Mapping[str, Table]) -> bytes:

@@ -18,15 +18,11 @@ same shards in the same lifecycle states at the same index:
   written before the pre-copy.)
 * **HandOffDone** (source) deletes a frozen copy the new owner has installed;
   **AckDelivered** (target) records that the source heard so.
-* **SQL.** A Reconfigure whose catalog differs brings every SERVING shard's tables to it
-  (``ShardStore.sync_schema``: DDL derived from the catalog, at the same index on every
-  replica); a shard created from nobody gets the new catalog's tables, and one installed
-  from another group's image is brought from the tables its file records to the group's.
-  A frozen copy is never changed: the new owner pulls it as it was. **SqlWrite** applies
-  like a client operation, and a SQL read or write runs only if the group's catalog for
-  the shard's keyspace is the one the client planned with (same digest); otherwise it is
-  refused as ``behind`` (the group has yet to reach the client's configuration: ask
-  again) or ``changed`` (the client's catalog is older: refresh and plan again).
+* **SQL.** Applying a Reconfigure or an install brings each SERVING shard's tables to
+  the group's catalog (``ShardStore.sync_schema``); a frozen copy is never changed.
+  **SqlWrite** applies like a client operation, and a SQL read or write runs only with
+  the tables the client planned with, else it is refused as ``behind`` or ``changed``
+  (see DESIGN.md, "SQL on a shard").
 
 **Durability.** The Raft log and snapshot are the durable record: this machine lives in
 files that are a cache of them. It starts empty (its directory cleared) and is rebuilt
@@ -42,15 +38,13 @@ import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any
 from urllib.parse import quote
-
-import msgspec
 
 from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
 from shardwise.model.config import NO_GROUP, Configuration, ShardId, initial_configuration
 from shardwise.model.kv import MAX_SCAN_ROWS, KVResult
-from shardwise.raft.sessions import MAX_SESSIONS
+from shardwise.raft.client_sessions import MAX_SESSIONS
 from shardwise.shardserver.commands import (
     AckDelivered,
     ClientBatch,
@@ -62,20 +56,30 @@ from shardwise.shardserver.commands import (
     InstallDelta,
     InstallShard,
     Reconfigure,
-    SchemaVerdict,
     SqlWrite,
     SqlWriteResult,
     decode,
     encode_result,
 )
+from shardwise.shardserver.groupsnapshot import (
+    SNAPSHOT_VERSION,
+    GroupSnapshot,
+    IncomingSnapshot,
+    OwedHandOff,
+    ShardSnapshot,
+    as_bytes,
+    decode_snapshot,
+    encode_snapshot,
+)
 from shardwise.shardserver.lifecycle import ShardEvent, ShardState, transition
-from shardwise.shardserver.sqlshard import schema_digest
-from shardwise.shardserver.store import ShardStore, StagedImage
+from shardwise.shardserver.migration.arrivals import Arrivals, Incoming
+from shardwise.shardserver.migration.image import apply_delta, export_buffer, install_image
+from shardwise.shardserver.migration.owners import owner_changes
+from shardwise.shardserver.protocol import SchemaVerdict, schema_digest
+from shardwise.shardserver.store import ShardStore
 from shardwise.storage.fsutil import CacheDisk
 
 logger = logging.getLogger(__name__)
-
-SNAPSHOT_VERSION: Final = 1
 
 _S, _E = ShardState, ShardEvent
 
@@ -93,50 +97,6 @@ class ShardRecord:
     """While PULLING: the configuration the shard is gained in."""
     pull_from: tuple[str, ...] = ()
     """While PULLING: the servers of the group that owned it before."""
-
-
-@dataclass(slots=True)
-class Incoming:
-    """A shard arriving through the log for configuration ``config_num``."""
-
-    config_num: int
-    staged: StagedImage
-    """The image (of the base, then of the delta) received so far."""
-    base: ShardStore | None = None
-    """The base, once installed aside (not serving; its write version is the delta's
-    starting point)."""
-
-
-class _ShardSnapshot(msgspec.Struct, frozen=True, array_like=True):
-    shard: ShardId
-    state: str
-    frozen_at: int
-    pull_config: int
-    pull_from: tuple[str, ...]
-    staging: bytes
-    image: bytes | None
-
-
-class _IncomingSnapshot(msgspec.Struct, frozen=True, array_like=True):
-    shard: ShardId
-    config_num: int
-    staging: bytes
-    base: bytes | None
-
-
-class _Owed(msgspec.Struct, frozen=True, array_like=True):
-    shard: ShardId
-    config_num: int
-    servers: tuple[str, ...]
-
-
-class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
-    version: int
-    gid: int
-    config: Configuration
-    shards: list[_ShardSnapshot]
-    owed: list[_Owed]
-    incoming: list[_IncomingSnapshot] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,39 +132,6 @@ class SqlRead:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
-    """A shard that changes hands between two configurations, seen from one group."""
-
-    shard: ShardId
-    previous: int
-    """Its owner before (``NO_GROUP``: nobody; it is new)."""
-    owner: int
-    """Its owner after."""
-
-
-def moves(old: Configuration, new: Configuration, gid: int) -> list[Move]:
-    """The shards group ``gid`` gains or loses going from ``old`` to ``new``."""
-    found = []
-    for keyspace, owners in new.owners.items():
-        before = old.owners.get(keyspace, ())
-        for i, owner in enumerate(owners):
-            previous = before[i] if i < len(before) else NO_GROUP
-            if (previous == gid) != (owner == gid):
-                found.append(Move(ShardId(keyspace, i), previous, owner))
-    return found
-
-
-def _as_bytes(image: bytearray) -> bytes:
-    """An export as the snapshot's ``bytes`` field, without copying it: msgspec encodes a
-    bytearray exactly as it encodes bytes (and decodes it as bytes)."""
-    return cast(bytes, image)
-
-
-_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
-_encode = msgspec.msgpack.Encoder().encode
-
-
 class ShardGroupStateMachine:
     """The replicated state of replica group ``gid``, kept under ``directory``."""
 
@@ -220,9 +147,9 @@ class ShardGroupStateMachine:
         self._applied = 0
         self.config = initial_configuration()
         self.shards: dict[ShardId, ShardRecord] = {}
-        self.incoming: dict[ShardId, Incoming] = {}
-        """Shards arriving through the log (see :class:`Incoming`)."""
-        self.owed: dict[tuple[ShardId, int], _Owed] = {}
+        self.arrivals = Arrivals(gid, self._path, self._disk, max_sessions)
+        """Shards arriving through the log."""
+        self.owed: dict[tuple[ShardId, int], OwedHandOff] = {}
         """Hand-offs to confirm to their source groups, by shard and configuration: a
         shard can come back (and be owed again) before an older hand-off is confirmed."""
         self._digests: dict[str, int] = {}
@@ -267,39 +194,39 @@ class ShardGroupStateMachine:
 
     def snapshot(self) -> bytes:
         shards = [
-            _ShardSnapshot(
+            ShardSnapshot(
                 shard,
                 record.state.value,
                 record.frozen_at,
                 record.pull_config,
                 record.pull_from,
                 b"",  # staging moved to ``incoming``; the field stays for older snapshots
-                _as_bytes(record.store.export_buffer()) if record.store is not None else None,
+                as_bytes(export_buffer(record.store)) if record.store is not None else None,
             )
             for shard, record in sorted(self.shards.items())
         ]
         owed = [self.owed[k] for k in sorted(self.owed)]
         incoming = [
-            _IncomingSnapshot(
+            IncomingSnapshot(
                 shard,
                 inc.config_num,
                 inc.staged.read(),
-                _as_bytes(inc.base.export_buffer()) if inc.base is not None else None,
+                as_bytes(export_buffer(inc.base)) if inc.base is not None else None,
             )
             for shard, inc in sorted(self.incoming.items())
         ]
-        snap = _Snapshot(SNAPSHOT_VERSION, self.gid, self.config, shards, owed, incoming)
-        return _encode(snap)
+        snap = GroupSnapshot(SNAPSHOT_VERSION, self.gid, self.config, shards, owed, incoming)
+        return encode_snapshot(snap)
 
     def restore(self, data: bytes, index: int) -> None:
-        snap = _snapshot_decoder.decode(data)
+        snap = decode_snapshot(data)
         if snap.version != SNAPSHOT_VERSION or snap.gid != self.gid:
             raise ValueError(f"snapshot of version {snap.version}, group {snap.gid}")
         self.close()
         self._clear_directory()
         self.config = snap.config
         self.shards = {}
-        self.incoming = {}
+        self.arrivals.incoming.clear()
         for s in snap.shards:
             record = ShardRecord(
                 ShardState(s.state),
@@ -308,9 +235,9 @@ class ShardGroupStateMachine:
                 pull_from=s.pull_from,
             )
             if s.staging:  # a snapshot from before ``incoming``
-                self._receive(s.shard, s.pull_config).staged.append(s.staging)
+                self.arrivals.receive(s.shard, s.pull_config).staged.append(s.staging)
             if s.image is not None:
-                record.store = ShardStore.install(
+                record.store = install_image(
                     self._path(s.shard),
                     s.image,
                     shard=s.shard,
@@ -320,10 +247,10 @@ class ShardGroupStateMachine:
                 )
             self.shards[s.shard] = record
         for i in snap.incoming:
-            incoming = self._receive(i.shard, i.config_num)
+            incoming = self.arrivals.receive(i.shard, i.config_num)
             incoming.staged.append(i.staging)
             if i.base is not None:
-                incoming.base = ShardStore.install(
+                incoming.base = install_image(
                     self._path(i.shard, ".base"),
                     i.base,
                     shard=i.shard,
@@ -339,11 +266,14 @@ class ShardGroupStateMachine:
         for record in self.shards.values():
             if record.store is not None:
                 record.store.close()
-        for incoming in self.incoming.values():
-            if incoming.base is not None:
-                incoming.base.close()
+        self.arrivals.close()
 
     # --- what the server asks ------------------------------------------------------------
+
+    @property
+    def incoming(self) -> dict[ShardId, Incoming]:
+        """Shards arriving through the log, by shard."""
+        return self.arrivals.incoming
 
     def serves(self, shard: ShardId) -> bool:
         record = self.shards.get(shard)
@@ -412,20 +342,16 @@ class ShardGroupStateMachine:
         pulls = []
         for shard, r in sorted(self.shards.items()):
             if r.state is _S.PULLING:
-                incoming = self.incoming.get(shard)
-                received = incoming.staged.size if incoming is not None else 0
+                received = self.arrivals.received(shard)
                 base = self.base_version(shard, r.pull_config)
                 pulls.append(Pull(shard, r.pull_config, r.pull_from, received, base))
         return pulls
 
     def base_version(self, shard: ShardId, config_num: int) -> int | None:
         """The write version of the base held for ``shard`` gained in ``config_num``."""
-        incoming = self.incoming.get(shard)
-        if incoming is None or incoming.config_num != config_num or incoming.base is None:
-            return None
-        return incoming.base.write_version
+        return self.arrivals.base_version(shard, config_num)
 
-    def owed_acks(self) -> list[_Owed]:
+    def owed_acks(self) -> list[OwedHandOff]:
         return [self.owed[k] for k in sorted(self.owed)]
 
     def serving_store(self, shard: ShardId) -> ShardStore | None:
@@ -508,20 +434,20 @@ class ShardGroupStateMachine:
         old = self.config
         if new.num != old.num + 1 or not self.finished():
             return False  # stale, repeated, or the group has not finished ``old`` yet
-        for move in moves(old, new, self.gid):
-            if move.previous == self.gid:
-                self._lose(move.shard, new.num)
-            elif move.previous == NO_GROUP:
-                self._create(index, move.shard)
+        for change in owner_changes(old, new, self.gid):
+            if change.previous == self.gid:
+                self._lose(change.shard, new.num)
+            elif change.previous == NO_GROUP:
+                self._create(index, change.shard)
             else:
-                self._gain(move.shard, new.num, old.groups.get(move.previous, ()))
+                self._gain(change.shard, new.num, old.groups.get(change.previous, ()))
         self.config = new
         self._digests = {}
         for shard, incoming in sorted(self.incoming.items()):
             # A base taken ahead for ``new`` stays if ``new`` gains the shard; anything
             # else for ``new`` or before will never be installed.
             if incoming.config_num <= new.num and self._pulling(shard, incoming.config_num) is None:
-                self._drop_incoming(shard)
+                self.arrivals.drop(shard)
         # The SQL tables of every shard served in ``new`` (kept or just created), from
         # the catalog each records to ``new``'s. Frozen copies stay as they were frozen.
         # (Usually a no-op: only catalog changes change anything, and they move nothing.)
@@ -568,69 +494,38 @@ class ShardGroupStateMachine:
     def _install_chunk(self, cmd: InstallChunk) -> bool:
         if not self._may_receive(cmd.shard, cmd.config_num):
             return False
-        incoming = self.incoming.get(cmd.shard)
-        if incoming is None or incoming.config_num != cmd.config_num:
-            if cmd.offset != 0:
-                return False
-            incoming = self._receive(cmd.shard, cmd.config_num)
-        if cmd.offset == 0:
-            incoming.staged.reset()  # a new image (the base is kept)
-        if cmd.offset != incoming.staged.size:
-            return False  # a repeat, or a piece after a lost one: the leader resends
-        incoming.staged.append(cmd.data)
-        return True
+        return self.arrivals.chunk(cmd)
 
     def _install_base(self, index: int, cmd: InstallBase) -> bool:
-        incoming = self._staged(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
+        incoming = self.arrivals.complete(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
         if incoming is None or not self._may_receive(cmd.shard, cmd.config_num):
             return False
-        if incoming.base is not None:
-            incoming.base.delete()
-            incoming.base = None
-        try:
-            base = incoming.staged.install(
-                self._path(cmd.shard, ".base"),
-                shard=cmd.shard,
-                applied_index=index,
-                state=_S.PULLING.value,
-                max_sessions=self._max_sessions,
-                disk=self._disk,
-            )
-        except (ShardFormatError, CorruptShardSnapshotError) as exc:
-            # Intact in transit (the CRC matched) but not a shard: the same on every replica.
-            logger.warning("group %d: base of %s refused: %s", self.gid, cmd.shard, exc)
-            incoming.staged.reset()
-            return False
-        if base.write_version != cmd.version:  # not the copy the leader meant
-            base.delete()
-            return False
-        incoming.base = base
-        return True
+        return self.arrivals.keep_base(index, incoming, cmd)
 
     def _install_delta(self, index: int, cmd: InstallDelta) -> bool:
         record = self._pulling(cmd.shard, cmd.config_num)
-        incoming = self._staged(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
+        incoming = self.arrivals.complete(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
         if record is None or incoming is None or incoming.base is None:
             return False
         state = transition(record.state, _E.INSTALLED)
         try:
-            incoming.base.apply_delta(index, incoming.staged.read(), state=state.value)
+            apply_delta(incoming.base, index, incoming.staged.read(), state=state.value)
         except (ShardFormatError, CorruptShardSnapshotError) as exc:
             # The same on every replica (the same bytes): start again from a new base.
             logger.warning("group %d: delta for %s refused: %s", self.gid, cmd.shard, exc)
-            self._drop_incoming(cmd.shard)
+            self.arrivals.drop(cmd.shard)
             return False
         if record.store is not None:
             record.store.close()  # a frozen copy from before: superseded by the new one
         record.store = incoming.base.moved_to(self._path(cmd.shard))
         incoming.base = None
-        self._drop_incoming(cmd.shard)
+        self.arrivals.drop(cmd.shard)
         self._installed(index, cmd.shard, cmd.config_num, record, state)
         return True
 
     def _install(self, index: int, cmd: InstallShard) -> bool:
         record = self._pulling(cmd.shard, cmd.config_num)
-        incoming = self._staged(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
+        incoming = self.arrivals.complete(cmd.shard, cmd.config_num, cmd.total, cmd.crc)
         if record is None or incoming is None:
             return False
         if record.store is not None:
@@ -644,7 +539,7 @@ class ShardGroupStateMachine:
             max_sessions=self._max_sessions,
             disk=self._disk,
         )
-        self._drop_incoming(cmd.shard)
+        self.arrivals.drop(cmd.shard)
         self._installed(index, cmd.shard, cmd.config_num, record, state)
         return True
 
@@ -657,7 +552,7 @@ class ShardGroupStateMachine:
         # The image's tables are those of the configuration it was frozen in: bring them
         # to this group's (a no-op unless the catalog changed in the same configuration).
         self._sync_schema(index, shard, record.store)
-        self.owed[(shard, config_num)] = _Owed(shard, config_num, record.pull_from)
+        self.owed[(shard, config_num)] = OwedHandOff(shard, config_num, record.pull_from)
         record.pull_from = ()
 
     def _hand_off_done(self, cmd: HandOffDone) -> bool:
@@ -685,31 +580,6 @@ class ShardGroupStateMachine:
         for it, or it is the group's next configuration (a pre-copy; if that
         configuration does not gain the shard, its Reconfigure drops the piece)."""
         return self._pulling(shard, config_num) is not None or config_num == self.config.num + 1
-
-    def _staged(self, shard: ShardId, config_num: int, total: int, crc: int) -> Incoming | None:
-        """The incoming image of ``shard`` for ``config_num`` if it is complete and
-        intact; a damaged one is dropped (the leader sends it again from the start)."""
-        incoming = self.incoming.get(shard)
-        if incoming is None or incoming.config_num != config_num:
-            return None
-        if incoming.staged.size != total or incoming.staged.crc != crc:
-            incoming.staged.reset()
-            return None
-        return incoming
-
-    def _receive(self, shard: ShardId, config_num: int) -> Incoming:
-        """A fresh :class:`Incoming` for ``shard`` (replacing one for another configuration)."""
-        self._drop_incoming(shard)
-        staged = StagedImage(self._path(shard, ".incoming"), self._disk)
-        incoming = self.incoming[shard] = Incoming(config_num, staged)
-        return incoming
-
-    def _drop_incoming(self, shard: ShardId) -> None:
-        incoming = self.incoming.pop(shard, None)
-        if incoming is not None:
-            if incoming.base is not None:
-                incoming.base.delete()
-            incoming.staged.discard()
 
     def _pulling(self, shard: ShardId, config_num: int) -> ShardRecord | None:
         record = self.shards.get(shard)

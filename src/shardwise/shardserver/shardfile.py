@@ -1,0 +1,169 @@
+"""The format of one shard's SQLite file: its tables, its ``meta`` rows, and the checks a
+file (or an image of one) passes before a store opens it.
+
+Tables: ``kv`` (``str`` keys and values, and ``ver``, the write version that last wrote the
+row), ``kv_gone`` (tombstones: see ``tracking.py``), ``sessions`` (client de-duplication:
+see ``dedup.py``) and ``meta`` (``format_version``, ``shard``, ``state``: the lifecycle
+state's name, opaque here, ``applied_index``, ``sql_tables``, ``gone_horizon``,
+``sql_changed_at`` and ``version_floor``). Distributed SQL tables live beside them as
+``sql_<name>`` (see ``sqlshard.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from typing import Final
+
+from shardwise.errors import (
+    CorruptShardSnapshotError,
+    ShardFormatError,
+    ShardNotFoundError,
+    ShardSchemaVersionError,
+    ShardStoreError,
+)
+from shardwise.model.config import ShardId
+from shardwise.storage.fsutil import Disk
+
+SCHEMA_VERSION: Final = 2
+"""Version of the tables below. Version 1 (no change tracking) is upgraded when its image
+is installed; a file of any other version is refused, not guessed at."""
+
+SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
+"""Files SQLite keeps next to a database; they belong to it and go with it."""
+
+SCHEMA: Final = """
+CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, ver INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX kv_by_ver ON kv (ver);
+CREATE TABLE kv_gone (key TEXT PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX kv_gone_by_ver ON kv_gone (ver);
+CREATE TABLE sessions (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+    result BLOB NOT NULL, touched INTEGER NOT NULL);
+CREATE INDEX sessions_by_touched ON sessions (touched);
+CREATE TABLE meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+"""
+
+_UPGRADE_FROM_1: Final = """
+ALTER TABLE kv ADD COLUMN ver INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX kv_by_ver ON kv (ver);
+CREATE TABLE kv_gone (key TEXT PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX kv_gone_by_ver ON kv_gone (ver);
+"""
+
+
+@dataclass(slots=True)
+class ShardMeta:
+    """The ``meta`` rows a store keeps in memory."""
+
+    shard: ShardId
+    state: str
+    applied_index: int
+
+
+def put_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+
+
+def read_meta(conn: sqlite3.Connection, where: str, *, upgrade: bool = False) -> ShardMeta:
+    """The file's meta; ``upgrade``: bring a file of an older version to this one first
+    (only ever on an in-memory copy: a file on disk is always made by this version)."""
+    try:
+        meta = dict(conn.execute("SELECT k, v FROM meta").fetchall())
+    except sqlite3.Error as exc:
+        raise ShardFormatError(f"{where} is not a shard database: {exc}") from exc
+    version = meta.get("format_version")
+    if version is None:
+        raise ShardFormatError(f"{where} is not a shard database: no format version")
+    if upgrade and version == 1:
+        conn.executescript(_UPGRADE_FROM_1)
+        put_meta(conn, "format_version", SCHEMA_VERSION)
+        version = SCHEMA_VERSION
+    if version != SCHEMA_VERSION:
+        raise ShardSchemaVersionError(version, SCHEMA_VERSION)
+    shard, state, applied = meta.get("shard"), meta.get("state"), meta.get("applied_index")
+    keyspace, _, number = shard.rpartition("/") if isinstance(shard, str) else ("", "", "")
+    if not (keyspace and number.isascii() and number.isdigit()):
+        raise ShardFormatError(f"{where}: shard {shard!r} is not keyspace/index")
+    if not isinstance(state, str) or not isinstance(applied, int):
+        raise ShardFormatError(f"{where}: state {state!r} or applied index {applied!r} missing")
+    return ShardMeta(ShardId(keyspace, int(number)), state, applied)
+
+
+def open_file(
+    path: str, shard: ShardId | None, *, durable: bool
+) -> tuple[sqlite3.Connection, ShardMeta]:
+    """A connection to the shard database at ``path`` and its meta, checked (``shard``, if
+    given, must match it) and set up: WAL and ``synchronous=NORMAL`` on a ``durable``
+    disk (a commit is not fsynced: the Raft log replays what a power loss takes); on a
+    cache of a durable log, the rollback journal in memory and no sync at all."""
+    if not os.path.isfile(path):
+        raise ShardNotFoundError(f"no shard database at {path}")
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        meta = read_meta(conn, path)  # before any pragma writes to a foreign file
+        if shard is not None and meta.shard != shard:
+            raise ShardFormatError(f"{path} holds shard {meta.shard}, not {shard}")
+        try:
+            # A cache of a durable log keeps its rollback journal in memory: nothing on
+            # disk to create or sync, and a crash discards the file anyway.
+            conn.execute(f"PRAGMA journal_mode={'WAL' if durable else 'MEMORY'}")
+            conn.execute(f"PRAGMA synchronous={'NORMAL' if durable else 'OFF'}")
+            conn.execute("PRAGMA trusted_schema=OFF")  # files arrive from other groups
+        except sqlite3.Error as exc:
+            raise ShardStoreError(f"cannot open {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn, meta
+
+
+def new_file_image(shard: ShardId, state: str, index: int) -> bytes:
+    """The bytes of a new, empty shard database."""
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as mem:
+        mem.executescript(SCHEMA)
+        put_meta(mem, "format_version", SCHEMA_VERSION)
+        put_meta(mem, "shard", str(shard))
+        put_meta(mem, "state", state)
+        put_meta(mem, "applied_index", index)
+        return mem.serialize()
+
+
+def verify_and_stamp(
+    conn: sqlite3.Connection, shard: ShardId | None, applied_index: int | None, state: str | None
+) -> bool:
+    """Check an exported database (format, upgraded if older; integrity; ``shard``) and
+    apply the overrides; whether anything in it changed."""
+    upgraded = _format_version(conn) != SCHEMA_VERSION
+    meta = read_meta(conn, "shard export", upgrade=True)
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise CorruptShardSnapshotError(f"shard export: {problems[:3]}")
+    if shard is not None and meta.shard != shard:
+        raise ShardFormatError(f"shard export holds shard {meta.shard}, not {shard}")
+    if applied_index is not None:
+        put_meta(conn, "applied_index", applied_index)
+    if state is not None:
+        put_meta(conn, "state", state)
+    return upgraded or applied_index is not None or state is not None
+
+
+def _format_version(conn: sqlite3.Connection) -> object:
+    try:
+        row = conn.execute("SELECT v FROM meta WHERE k = 'format_version'").fetchone()
+    except sqlite3.Error:
+        return None  # read_meta says what is wrong
+    return row[0] if row else None
+
+
+def write_atomically(path: str, image: bytes, disk: Disk) -> None:
+    directory, name = os.path.split(os.path.abspath(path))
+    disk.atomic_write(directory, name, [image])
+
+
+def remove_files(path: str, suffixes: tuple[str, ...]) -> None:
+    for suffix in suffixes:
+        with suppress(FileNotFoundError):
+            os.remove(path + suffix)
