@@ -276,6 +276,8 @@ def loaded_modules(statement: str) -> set[str]:
         ("import shardwise.storage", ("shardwise.storage.file", "shardwise.raft")),
         ("import shardwise.model.config", ("shardwise.controller", "shardwise.raft", "sqlglot")),
         ("import shardwise.placement", ("shardwise.model", "shardwise.raft", "numpy.random")),
+        # A shard server that serves only keys never loads the SQL parser.
+        ("import shardwise.shardserver.server", ("sqlglot", "shardwise.sql.planner")),
     ],
 )
 def test_pure_layers_are_pure_when_imported(statement: str, must_not_load: tuple[str, ...]) -> None:
@@ -291,3 +293,16 @@ def test_lazy_package_names_are_not_shadowed_by_submodules() -> None:
 
     submodules = {p.stem for p in Path(shardwise.sql.__file__).parent.glob("*.py")}
     assert not submodules & set(shardwise.sql.__all__)
+
+
+MAX_MODULE_LINES = 650
+"""A module past ~600 lines is a question to ask; past this, the answer is to split it."""
+
+
+def test_no_module_is_too_long() -> None:
+    long = {
+        name: lines
+        for name, path in all_modules().items()
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"

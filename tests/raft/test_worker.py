@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import pytest
@@ -14,9 +15,10 @@ async def test_jobs_run_in_order_on_one_other_thread() -> None:
     worker = WorkerThread("test-worker")
     ran: list[tuple[int, str]] = []
     try:
-        futures = [
-            worker(lambda n=n: ran.append((n, threading.current_thread().name))) for n in range(50)
-        ]
+        def job(n: int) -> None:
+            ran.append((n, threading.current_thread().name))
+
+        futures = [worker(functools.partial(job, n)) for n in range(50)]
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
     finally:
         worker.close()

@@ -1,13 +1,14 @@
 """The part of a network endpoint that servers and clients use.
 
 :class:`~shardwise.net.transport.Transport` (TCP) is the one users run; the simulator's
-in-memory endpoint has the same surface, so the same server code runs on both.
+in-memory endpoint has the same surface, so the same server code runs on both. Both
+subclass :class:`Endpoint`, which gives them ``async with`` (start, then close).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol, Self, TypeVar
 
 from shardwise.net.links import Address
 from shardwise.net.rpc import Handler, RpcMethod
@@ -18,8 +19,9 @@ Resp = TypeVar("Resp")
 
 
 class Endpoint(Protocol):
-    @property
-    def id(self) -> str: ...
+    id: str
+    """This node's id (a plain attribute: a read-only property here would be inherited by
+    the subclasses and refuse their assignment)."""
 
     @property
     def address(self) -> Address: ...
@@ -27,6 +29,13 @@ class Endpoint(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     def set_peer(self, node_id: str, address: Address | None) -> None: ...
 

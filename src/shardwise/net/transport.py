@@ -48,6 +48,7 @@ from shardwise.net.dispatch import (
     RaftRoutes,
     encode_reply,
 )
+from shardwise.net.endpoint import Endpoint
 from shardwise.net.faults import FaultInjector
 from shardwise.net.frames import encode_frame
 from shardwise.net.limits import DEFAULT_RPC_TIMEOUT_S, Limits
@@ -69,7 +70,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class Transport(Sessions):
+class Transport(Sessions, Endpoint):
     """One process's network endpoint.
 
     A node (``role=PeerRole.NODE``) listens on ``listen`` (loopback and an ephemeral port
@@ -137,13 +138,6 @@ class Transport(Sessions):
         self._running = True
         for link in self._links.values():
             self._ensure_dialer(link)
-
-    async def __aenter__(self) -> Transport:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Shut down: stop accepting, refuse new work, answer running calls with

@@ -32,6 +32,7 @@ from shardwise.net.dispatch import (
     Reply,
     encode_reply,
 )
+from shardwise.net.endpoint import Endpoint
 from shardwise.net.frames import encode_frame
 from shardwise.net.limits import DEFAULT_RPC_TIMEOUT_S, Limits
 from shardwise.net.links import Address
@@ -62,7 +63,7 @@ def _address_of(node_id: str) -> Address:
     return (SIM_HOST, 0)
 
 
-class SimTransport:
+class SimTransport(Endpoint):
     """One node's endpoint on a :class:`SimNetwork` (see :mod:`shardwise.testing.simnet`).
 
     Constructing it attaches it under ``node_id`` (replacing a transport of that id that
@@ -107,13 +108,6 @@ class SimTransport:
         if self._started or self._closing:
             raise RuntimeError("a transport starts once")
         self._started = True
-
-    async def __aenter__(self) -> SimTransport:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Shut down as the real transport does: refuse new work, answer running calls
