@@ -3,15 +3,24 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Two installs: what running a cluster needs (`make up`), and that plus the tools the
+# tests and benchmarks use (`make test` and the rest).
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed-dev
+PIP       := $(PY) -m pip install --quiet --disable-pip-version-check
 
 .PHONY: venv test up check lint typecheck soak bench bench-deps clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e '.[dev,bench]'
+	touch $(STAMP) $(RUN_STAMP)
 
 venv: $(STAMP)
 
@@ -21,7 +30,7 @@ test: $(STAMP)
 # A local cluster in the foreground until Ctrl-C: a controller of 3 and 3 groups of 3,
 # data in ./.shardwise (running it again reuses the data). Flags go through UP, e.g.
 # `make up UP="--spare-groups 1"`; `shardwise up --help` lists them.
-up: $(STAMP)
+up: $(RUN_STAMP)
 	$(VENV)/bin/shardwise up $(UP)
 
 lint: $(STAMP)
