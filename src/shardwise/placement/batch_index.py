@@ -10,10 +10,13 @@ always exact.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+from typing import Final
 
 MAX_INDEX_BITS: Final = 20
 """At most ``2**20`` slices: 8 MiB of index, whatever the ring size."""
@@ -30,6 +33,8 @@ class SortedPointIndex:
     def __init__(
         self, points: npt.NDArray[np.uint64], owners: npt.NDArray[np.intp], space_bits: int
     ) -> None:
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         self._points = points
         # The extra owner stands for the wrap-around: position P means "past the last point".
         self._owners = np.append(owners, owners[0])
@@ -43,6 +48,8 @@ class SortedPointIndex:
         self._fallback = self._steps > MAX_STEPS
 
     def owners_of(self, hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.intp]:
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         if self._fallback:
             position = np.searchsorted(self._points, hashes, side="right")
             result: npt.NDArray[np.intp] = self._owners[position]

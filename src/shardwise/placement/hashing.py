@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-import numpy as np
-import numpy.typing as npt
 import xxhash
 
 from shardwise.errors import UnsupportedKeyTypeError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 HASH_BITS: Final = 64
 HASH_SPACE: Final = 1 << HASH_BITS
@@ -75,6 +77,8 @@ def stable_hash(key: Key, seed: int = 0) -> int:
 
 def stable_hash_batch(keys: Iterable[Key], seed: int = 0) -> npt.NDArray[np.uint64]:
     """Hash many keys into a ``uint64`` array, ready for the batch lookups."""
+    import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
     return np.fromiter((stable_hash(k, seed) for k in keys), dtype=np.uint64)
 
 
@@ -112,6 +116,8 @@ def mix64(value: int) -> int:
 
 def mix64_array(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """:func:`mix64` over a ``uint64`` array (numpy's unsigned arithmetic wraps mod 2**64)."""
+    import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
     v = values.astype(np.uint64, copy=True)
     v ^= v >> np.uint64(30)
     v *= np.uint64(_MIX_C1)
@@ -123,6 +129,8 @@ def mix64_array(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 
 def as_hash_array(hashes: npt.ArrayLike) -> npt.NDArray[np.uint64]:
     """Accept any integer array of pre-computed hashes as ``uint64`` without copying it."""
+    import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
     arr = np.asarray(hashes)
     if arr.dtype != np.uint64:
         if not np.issubdtype(arr.dtype, np.integer):

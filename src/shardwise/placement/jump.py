@@ -9,10 +9,7 @@ fits shard numbering (data replicated elsewhere) rather than arbitrary node fail
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Final
 
 from shardwise.errors import (
     DuplicateNodeError,
@@ -23,6 +20,10 @@ from shardwise.errors import (
 )
 from shardwise.placement.hashing import Key, as_hash_array, stable_hash
 from shardwise.placement.types import check_node_name
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 _LCG_MULTIPLIER: Final = 2862933555777941757
 _MASK64: Final = (1 << 64) - 1
@@ -58,6 +59,8 @@ def _check_buckets(buckets: int) -> None:
 
 
 def _jump_chunk(hashes: npt.NDArray[np.uint64], buckets: int) -> npt.NDArray[np.int64]:
+    import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
     multiplier, one, shift = np.uint64(_LCG_MULTIPLIER), np.uint64(1), np.uint64(33)
     # The first step starts every key from bucket 0, so it runs dense, without indexing.
     keys = hashes * multiplier + one
@@ -79,6 +82,8 @@ def _jump_chunk(hashes: npt.NDArray[np.uint64], buckets: int) -> npt.NDArray[np.
 
 def jump_hash_batch(hashes: npt.ArrayLike, buckets: int) -> npt.NDArray[np.int64]:
     """:func:`jump_hash` over an array of 64-bit key hashes, in cache-sized chunks."""
+    import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
     _check_buckets(buckets)
     keys = as_hash_array(hashes).ravel()
     out = np.empty(len(keys), dtype=np.int64)

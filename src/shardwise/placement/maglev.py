@@ -12,10 +12,7 @@ permutation) and should be much larger than the node count (the paper uses ``M >
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Final
 
 from shardwise.errors import (
     DuplicateNodeError,
@@ -25,6 +22,10 @@ from shardwise.errors import (
 )
 from shardwise.placement.hashing import Key, as_hash_array, mix64, stable_hash
 from shardwise.placement.types import check_node_name
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 DEFAULT_TABLE_SIZE: Final = 65537
 MAX_TABLE_SIZE: Final = 1 << 24
@@ -94,6 +95,8 @@ class Maglev:
         self._rebuild()
 
     def _rebuild(self) -> None:
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         if len(self._nodes) > self._size:
             raise InvalidPlacementArgumentError(
                 f"{len(self._nodes)} nodes need a table larger than {self._size} slots"
@@ -133,6 +136,8 @@ class Maglev:
 
     def slot_counts(self) -> dict[str, int]:
         """How many table slots each node holds (its share is ``count / table_size``)."""
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         counts = np.bincount(self._np_table, minlength=len(self._names))
         return {name: int(c) for name, c in zip(self._names, counts, strict=True)}
 
@@ -143,6 +148,8 @@ class Maglev:
 
     def lookup_batch(self, hashes: npt.ArrayLike) -> npt.NDArray[np.intp]:
         """Owners of pre-computed key hashes, as indices into :attr:`nodes`."""
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         if not self._names:
             raise EmptyPlacementError("maglev has no nodes")
         slots = as_hash_array(hashes) % np.uint64(self._size)

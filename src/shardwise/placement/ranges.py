@@ -19,10 +19,7 @@ import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, Final
 
 from shardwise.errors import (
     InvalidPlacementArgumentError,
@@ -30,6 +27,10 @@ from shardwise.errors import (
 )
 from shardwise.placement.hashing import HASH_SPACE, Key, as_hash_array, key_bytes, stable_hash
 from shardwise.placement.types import HashRange
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 MAX_RANGES: Final = 1 << 20
 """A bound on partitions per keyspace: a million ranges is far beyond any real cluster."""
@@ -65,6 +66,8 @@ class HashRangePartition:
     __slots__ = ("_even", "_np_starts", "_starts")
 
     def __init__(self, starts: Sequence[int]) -> None:
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         values = list(starts)
         if not values or values[0] != 0:
             raise InvalidPlacementArgumentError("the first range must start at 0")
@@ -128,6 +131,8 @@ class HashRangePartition:
         return self.index_of_hash(stable_hash(key))
 
     def lookup_batch(self, hashes: npt.ArrayLike) -> npt.NDArray[np.intp]:
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         positions = np.searchsorted(self._np_starts, as_hash_array(hashes), side="right")
         return positions - 1
 

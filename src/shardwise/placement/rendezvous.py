@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Final
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Final
 
 from shardwise.errors import (
     DuplicateNodeError,
@@ -36,6 +33,10 @@ from shardwise.placement.hashing import (
     stable_hash,
 )
 from shardwise.placement.types import check_node_name, check_weight, normalize_nodes
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 _NODE_SEED: Final = 0x72656E64657A766F
 """Seed for node hashes, so a node's hash is not the hash of the same-named key."""
@@ -69,8 +70,6 @@ class Rendezvous:
         self._node_hashes = [stable_hash(n, _NODE_SEED) for n in self._names]
         self._node_weights = [self._weights[n] for n in self._names]
         self._uniform = len(set(self._node_weights)) <= 1
-        self._np_hashes = np.array(self._node_hashes, dtype=np.uint64)
-        self._np_weights = np.array(self._node_weights, dtype=np.float64)
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -111,6 +110,8 @@ class Rendezvous:
         return self.lookup_hash(stable_hash(key))
 
     def lookup_hash(self, key_hash: int) -> str:
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         if not self._names:
             raise EmptyPlacementError("rendezvous has no nodes")
         if len(self._names) > VECTOR_THRESHOLD:
@@ -136,17 +137,21 @@ class Rendezvous:
 
     def lookup_batch(self, hashes: npt.ArrayLike) -> npt.NDArray[np.intp]:
         """Owners of pre-computed key hashes, as indices into :attr:`nodes`."""
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
         if not self._names:
             raise EmptyPlacementError("rendezvous has no nodes")
         keys = as_hash_array(hashes).ravel()
+        node_hashes = np.array(self._node_hashes, dtype=np.uint64)
+        node_weights = np.array(self._node_weights, dtype=np.float64)
         out = np.empty(len(keys), dtype=np.intp)
         chunk = max(1, BATCH_CHUNK_CELLS // len(self._names))
         for lo in range(0, len(keys), chunk):
             block = keys[lo : lo + chunk]
-            mixed = mix64_array(block[:, None] ^ self._np_hashes[None, :])
+            mixed = mix64_array(block[:, None] ^ node_hashes[None, :])
             if self._uniform:
                 out[lo : lo + chunk] = np.argmax(mixed, axis=1)
                 continue
             unit = ((mixed >> np.uint64(11)).astype(np.float64) + 0.5) / _TWO_POW_53
-            out[lo : lo + chunk] = np.argmax(-self._np_weights / np.log(unit), axis=1)
+            out[lo : lo + chunk] = np.argmax(-node_weights / np.log(unit), axis=1)
         return out

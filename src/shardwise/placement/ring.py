@@ -21,10 +21,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-import numpy as np
-import numpy.typing as npt
 import xxhash
 
 from shardwise.errors import (
@@ -34,7 +32,6 @@ from shardwise.errors import (
     NotEnoughNodesError,
     UnknownNodeError,
 )
-from shardwise.placement.batch_index import SortedPointIndex
 from shardwise.placement.hashing import (
     HASH_SPACE,
     KETAMA_SPACE,
@@ -51,6 +48,12 @@ from shardwise.placement.types import (
     coalesce,
     normalize_nodes,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from shardwise.placement.batch_index import SortedPointIndex
 
 Layout = Literal["xxh3", "ketama"]
 
@@ -332,6 +335,10 @@ class HashRing:
         return self._owners[i if i < len(self._points) else 0]
 
     def _batch_index(self) -> SortedPointIndex:
+        import numpy as np  # noqa: PLC0415 - numpy only for batch lookups
+
+        from shardwise.placement.batch_index import SortedPointIndex  # noqa: PLC0415
+
         if self._batch is None:
             index = {node: i for i, node in enumerate(self.nodes)}
             points = np.array(self._points, dtype=np.uint64)
