@@ -43,6 +43,8 @@ from shardwise.raft.worker import WorkerThread
 from shardwise.storage.file import FileStorage
 from shardwise.storage.interface import RaftStorage
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_TICK_MS: Final = 50
 """50 ms ticks: heartbeats every 50 ms, elections after 0.5-1 s without a leader."""
 
@@ -114,9 +116,11 @@ class ReplicaService(Generic[S]):
         *,
         transport: Endpoint | None = None,
         storage: RaftStorage | None = None,
+        group_name: str | None = None,
     ) -> None:
         """``transport`` and ``storage`` default to the real ones (TCP, files under
-        ``data_dir``); simulations pass in-memory ones with the same interfaces."""
+        ``data_dir``); simulations pass in-memory ones with the same interfaces.
+        ``group_name`` is what the logs call the group (default ``group N``)."""
         self.config = config
         self.group = group
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +148,7 @@ class ReplicaService(Generic[S]):
                 follower_apply_batch=FOLLOWER_APPLY_BATCH,
             ),
             run_blocking=asyncio.to_thread if self._worker is None else self._worker,
+            group_name=group_name or f"group {group}",
         )
         self.transport.on_raft(group, self.host.deliver)
 
@@ -235,8 +240,14 @@ async def serve_until_signalled(
     service = build(config)  # inside the loop: the transport and host belong to it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def stop_on(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_on, sig)
     await service.start()
     exporter = None
     try:
@@ -247,6 +258,7 @@ async def serve_until_signalled(
         host, port = service.transport.address
         print(f"READY {service.config.node_id} {host}:{port}", flush=True)
         await stop.wait()
+        logger.info("%s: stopping (%s)", config.node_id, received[0])
     finally:
         if exporter is not None:
             exporter.stop()

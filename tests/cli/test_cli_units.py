@@ -4,16 +4,21 @@ codes, how a move's progress is read, and the errors a person sees."""
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from shardwise import errors
-from shardwise.cli.admin import DONE, move_state
+from shardwise.cli.admin import GroupState, ServerState, Snapshot
 from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.cli.main import main
+from shardwise.cli.moves import DONE, move_state
+from shardwise.cli.render import commands_as_typed
 from shardwise.cli.supervisor import ClusterLock
+from shardwise.cli.up import UpOptions, sizing_differences
 from shardwise.clusterfile import (
     DESCRIPTION_FILE,
     ensure_secret,
@@ -24,8 +29,8 @@ from shardwise.clusterfile import (
     read_secret,
     secret_is_private,
 )
-from shardwise.model.config import MoveInfo, ShardId
-from shardwise.shardserver.protocol import ShardInfo, StatusReply
+from shardwise.model.config import Configuration, MoveInfo, ShardId
+from shardwise.shardserver.protocol import ArrivalInfo, ShardInfo, StatusReply
 
 
 def test_a_local_layout_round_trips_through_its_file(tmp_path: Path) -> None:
@@ -181,3 +186,72 @@ def test_commands_fail_with_a_message_and_a_code_when_nothing_runs(
     assert main(["group", "join", "5", "--cluster-dir", str(tmp_path)]) == ExitCode.UNKNOWN_GROUP
     assert "not in" in capsys.readouterr().err
     assert main(["shard", "move", "x/y", "1", "--cluster-dir", str(tmp_path)]) == ExitCode.USAGE
+
+
+def test_a_moves_copy_shows_its_phase_bytes_and_percentage() -> None:
+    move = MoveInfo(ShardId("default", 7), source=1, target=2)
+    shard = ShardId("default", 7)
+    precopy = _leader(2, 4)
+    precopy = StatusReply(
+        **{f: getattr(precopy, f) for f in precopy.__struct_fields__ if f != "arrivals"},
+        arrivals=[ArrivalInfo(shard, 5, "base", 3 << 20, 12 << 20)],
+    )
+    state = move_state(move, 5, {1: _leader(1, 4, s7="serving"), 2: precopy})
+    assert (state.stage, state.fraction) == (0, 0.25)
+    assert state.note == "pre-copy, copying a base: 3.0 MiB of 12 MiB (25%)"
+
+    pulling = StatusReply(
+        **{f: getattr(precopy, f) for f in precopy.__struct_fields__ if f != "arrivals"},
+        arrivals=[ArrivalInfo(shard, 5, "frozen-wait", 12 << 20, 12 << 20)],
+    )
+    pulling = replace(pulling, config_num=5, shards=[ShardInfo(shard, "pulling", 0, 0)])
+    state = move_state(move, 5, {1: _leader(1, 5, s7="frozen"), 2: pulling})
+    assert (state.stage, state.fraction) == (1, 1.0)
+    assert "waiting for the source to freeze it" in state.note
+
+    snapshot = Snapshot(
+        Configuration(5, {2: ("g2",)}, {}, {}),
+        [],
+        {2: GroupState(2, True, [ServerState("g2", 2, None, replace(pulling, role="leader"))])},
+    )
+    (row,) = snapshot.to_json({"g2": 4242})["moves"]
+    assert row == {
+        "shard": "default/7",
+        "group": 2,
+        "config_num": 5,
+        "phase": "frozen-wait",
+        "copied_bytes": 12 << 20,
+        "total_bytes": 12 << 20,
+        "percent": 100.0,
+    }
+    assert snapshot.to_json({"g2": 4242})["groups"]["2"]["servers"][0]["pid"] == 4242
+
+
+def test_sizing_flags_warn_only_when_they_differ_from_the_cluster(tmp_path: Path) -> None:
+    layout = local_layout(tmp_path, groups=3, spare_groups=1)
+    same = UpOptions(spare_groups=1, given=frozenset({"spare_groups"}))
+    assert sizing_differences(same, layout) == []  # the README's `make up` run again
+    assert sizing_differences(UpOptions(), layout) == []  # no flag given
+    other = UpOptions(groups=2, replicas=3, base_port=0, given=frozenset({"groups", "replicas"}))
+    assert sizing_differences(other, layout) == ["--groups 2 (the cluster has 3)"]
+    anywhere = UpOptions(base_port=0, given=frozenset({"base_port"}))
+    assert sizing_differences(anywhere, layout) == []
+    moved = UpOptions(base_port=9000, tick_ms=20, given=frozenset({"base_port", "tick_ms"}))
+    assert sizing_differences(moved, layout) == [
+        "--base-port 9000 (the cluster has 7100)",
+        "--tick-ms 20 (the cluster has 50)",
+    ]
+
+
+def test_the_connect_panel_names_commands_a_new_terminal_can_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")  # a new terminal: the venv is not on it
+    shardwise, python, hint = commands_as_typed()
+    assert Path(python) == Path(sys.executable)
+    assert shardwise.startswith("/") and "shardwise" in shardwise
+    assert hint.startswith("# full paths")
+    bin_dir = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", bin_dir)
+    if (Path(bin_dir) / "shardwise").exists():
+        assert commands_as_typed() == ("shardwise", "python", "")

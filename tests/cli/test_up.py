@@ -31,7 +31,7 @@ import shardwise
 from shardwise.cli.exits import ExitCode
 from shardwise.cli.main import main
 from shardwise.cli.up import UP_MARKER
-from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout, local_layout
+from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout, load_layout, local_layout
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -158,7 +158,7 @@ def owners(snapshot: dict[str, Any]) -> set[int]:
     return {row["owner"] for row in snapshot["shards"]}
 
 
-def read_all(root: Path) -> dict[str, str | None]:
+def read_all(root: Path) -> dict[str | bytes, str | bytes | None]:
     with shardwise.connect(root) as kv:
         return kv.mget(KEYS)
 
@@ -305,7 +305,8 @@ def test_status_bench_and_logs_print_for_people(cluster: Up) -> None:
     assert "200 operations" in bench.stdout
     logs = cli(cluster.root, "logs", "g1-1", "-n", "1000")
     assert logs.returncode == 0, logs.stderr
-    assert "g1-1 | READY" in logs.stdout
+    # One line per event, merged by time: the time, the process, then the line itself.
+    assert any(line.split()[1:3] == ["g1-1", "READY"] for line in logs.stdout.splitlines())
 
 
 def test_status_counts_each_shards_operations_and_shows_their_rate(cluster: Up) -> None:
@@ -431,9 +432,13 @@ def test_ctrl_c_stops_every_process(cluster: Up) -> None:
 
 def test_up_again_reuses_the_data_and_a_killed_supervisor_leaves_nothing(cluster: Up) -> None:
     assert cluster.proc.poll() is not None, "runs after the Ctrl-C test"
-    again = start_up(cluster.root)
+    # The very flags of the first start (as the README's `make up UP=...` again): no note.
+    base = load_layout(cluster.root / "cluster.toml").process("c1").listen[1]
+    flags = ["--controllers", "1", "--groups", "2", "--spare-groups", "1"]
+    again = start_up(cluster.root, "--base-port", str(base), *flags)
     try:
         assert "Starting the cluster again (data kept)" in again.text()
+        assert "sizing flags" not in again.text()
         assert "First start" not in again.text()
         snapshot = status(cluster.root)
         # Two joins, a leave and the SQL test's CREATE TABLE; nothing joined again.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from shardwise.cli.moves import MoveState, copy_progress, move_state
 from shardwise.clusterfile import ClusterLayout, Process, format_address
 from shardwise.controller.client import ControllerClient
 from shardwise.controller.protocol import STATUS as CONTROLLER_STATUS
@@ -27,7 +28,7 @@ from shardwise.errors import (
     NetError,
     WrongSecretError,
 )
-from shardwise.model.config import NO_GROUP, ChangeResult, Configuration, MoveInfo, Op, ShardId
+from shardwise.model.config import NO_GROUP, ChangeResult, Configuration, Op, ShardId
 from shardwise.net.auth import DialerHandshake
 from shardwise.net.connection import PeerConnection
 from shardwise.net.links import Address
@@ -51,12 +52,6 @@ moves go on in the cluster regardless)."""
 
 PROGRESS_POLL_S: Final = 0.2
 PROBE_READ_BYTES: Final = 64 * 1024
-
-STAGES: Final = ("waiting", "pulling", "installed", "done")
-"""A move's stages: the target group has not reached the configuration yet; it is
-pulling the shard; it serves it and the source still keeps its frozen copy; done (the
-source dropped its copy)."""
-DONE: Final = len(STAGES) - 1
 
 
 # --- is the cluster there? -----------------------------------------------------------
@@ -272,8 +267,15 @@ class Snapshot:
                 lines.append(
                     f"group {gid} is at configuration {leader.config_num} of {self.config.num}"
                 )
+            for arriving in leader.arrivals:
+                words, _ = copy_progress(arriving)
+                lines.append(
+                    f"{arriving.shard}: group {gid} is taking it for configuration "
+                    f"{arriving.config_num}: {words}"
+                )
+            arriving_shards = {a.shard for a in leader.arrivals}
             for info in leader.shards:
-                if info.state == "pulling":
+                if info.state == "pulling" and info.shard not in arriving_shards:
                     lines.append(f"{info.shard}: group {gid} is pulling it")
                 elif info.state in ("frozen", "garbage"):
                     lines.append(
@@ -282,13 +284,34 @@ class Snapshot:
                     )
         return lines
 
-    def to_json(self) -> dict[str, Any]:
+    def moves(self) -> list[dict[str, Any]]:
+        """Every shard being copied into a group, as its leader reports it."""
+        found = []
+        for gid, group in self.groups.items():
+            for info in group.leader.arrivals if group.leader is not None else ():
+                found.append(
+                    {
+                        "shard": str(info.shard),
+                        "group": gid,
+                        "config_num": info.config_num,
+                        "phase": info.phase,
+                        "copied_bytes": info.copied,
+                        "total_bytes": info.total or None,
+                        "percent": round(100 * info.copied / info.total, 1) if info.total else None,
+                    }
+                )
+        return found
+
+    def to_json(self, pids: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """``pids``: each process's, by name, where known (``shardwise up`` records them)."""
+        pids = pids or {}
         return {
             "config_num": self.config.num,
             "controllers": [
                 {
                     "name": c.name,
                     "address": format_address(c.address),
+                    "pid": pids.get(c.name),
                     "role": c.role,
                     "term": c.status.term if c.status else None,
                     "config_num": c.status.config_num if c.status else None,
@@ -304,6 +327,7 @@ class Snapshot:
                         {
                             "name": s.name,
                             "node_id": s.node_id,
+                            "pid": pids.get(s.name),
                             "role": s.status.role if s.status else "down",
                             "term": s.status.term if s.status else None,
                             "commit": s.status.commit if s.status else None,
@@ -331,56 +355,8 @@ class Snapshot:
             ],
             "rate_window_s": self.rate_window_s,
             "migrations": self.migrations(),
+            "moves": self.moves(),
         }
-
-
-# --- following a change --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MoveState:
-    move: MoveInfo
-    stage: int
-    note: str
-
-    @property
-    def done(self) -> bool:
-        return self.stage == DONE
-
-
-def _state_at(status: StatusReply, shard: ShardId) -> str | None:
-    for info in status.shards:
-        if info.shard == shard:
-            return info.state
-    return None
-
-
-def move_state(move: MoveInfo, num: int, leaders: Mapping[int, StatusReply | None]) -> MoveState:
-    """Where ``move`` (made by configuration ``num``) stands, from the groups' leaders'
-    reports: the target serves the shard, then the source drops its copy."""
-    shard, source, target = move.shard, move.source, move.target
-    if target != NO_GROUP:
-        taker = leaders.get(target)
-        if taker is None:
-            return MoveState(move, 0, f"group {target}: no leader answers")
-        if taker.config_num < num:
-            return MoveState(
-                move, 0, f"group {target} is at configuration {taker.config_num}, going to {num}"
-            )
-        if _state_at(taker, shard) == "pulling":
-            return MoveState(move, 1, f"group {target} is pulling it from group {source}")
-    if source == NO_GROUP:
-        return MoveState(move, DONE, "done")
-    giver = leaders.get(source)
-    if giver is None:
-        return MoveState(move, 2, f"installed; group {source}: no leader answers")
-    if giver.config_num < num:
-        return MoveState(
-            move, 2, f"installed; group {source} is at configuration {giver.config_num}"
-        )
-    if _state_at(giver, shard) in ("frozen", "garbage"):
-        return MoveState(move, 2, f"installed; group {source} is dropping its copy")
-    return MoveState(move, DONE, "done")
 
 
 class Admin:

@@ -24,6 +24,7 @@ from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.cli.kv_commands import bench, kv
 from shardwise.cli.logs_command import logs
 from shardwise.cli.placement_commands import group, rebalance, shard
+from shardwise.cli.process_commands import down, restart, start, stop
 from shardwise.cli.render import status_view
 from shardwise.cli.sql_command import sql_shell
 from shardwise.cli.up import UpOptions, run_up
@@ -87,8 +88,10 @@ def up(
     loopback, data under ./.shardwise. Running it again reuses the data.
     """
     sizing = ("controllers", "groups", "replicas", "spare_groups", "base_port", "tick_ms")
-    given = any(
-        ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT for name in sizing
+    given = frozenset(
+        name
+        for name in sizing
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
     )
     options = UpOptions(
         cluster_dir=cluster_dir,
@@ -101,7 +104,7 @@ def up(
         tick_ms=tick_ms,
         metrics=metrics,
         restart=restart,
-        layout_flags_given=given,
+        given=given,
     )
     run_up(options, out)
 
@@ -116,8 +119,16 @@ def up(
 )
 @click.option("--id", "name", required=True, help="The process to run (its name there).")
 @click.option("--print-command", is_flag=True, help="Print the command line instead.")
-def node(config: str, name: str, print_command: bool) -> None:
-    """Run one process of a cluster (one per machine and process, e.g. under systemd)."""
+@click.option(
+    "--log-file",
+    is_flag=True,
+    help="Append the process's output to LOG_DIR/NAME.log (as JSON lines, INFO and up), "
+    "where `shardwise logs` on this machine reads it, instead of stderr.",
+)
+def node(config: str, name: str, print_command: bool, log_file: bool) -> None:
+    """Run one process of a cluster (one per machine and process, e.g. under systemd).
+
+    It logs to stderr (journald under systemd) unless --log-file is given."""
     layout = find_layout(None, config)
     command = layout.command(name)
     if print_command:
@@ -127,6 +138,14 @@ def node(config: str, name: str, print_command: bool) -> None:
     (layout.data_dir / name).mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    if log_file:
+        layout.log_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.log_file(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.environ.setdefault("SHARDWISE_LOG_FORMAT", "json")
+        os.environ.setdefault("SHARDWISE_LOG", "INFO")
     # Become the server: signals, exit codes and the READY line are the server's own.
     os.execv(command[0], command)
 
@@ -147,13 +166,14 @@ def status(cluster_dir: str | None, config: str | None, as_json: bool, interval:
     size and operation rate, moves in flight."""
     layout = find_layout(cluster_dir, config)
     snapshot = with_admin(cluster_dir, config, lambda admin: admin.sampled_snapshot(interval))
+    pids = recorded_pids(layout)
     if as_json:
-        click.echo(json.dumps(snapshot.to_json(), indent=2))
+        click.echo(json.dumps(snapshot.to_json(pids), indent=2))
     else:
-        out.print(status_view(snapshot, recorded_pids(layout), out.width))
+        out.print(status_view(snapshot, pids, out.width))
 
 
-for command in (kv, bench, group, shard, rebalance, sql_shell, logs):
+for command in (kv, bench, group, shard, rebalance, sql_shell, logs, stop, start, restart, down):
     cli.add_command(command)
 
 

@@ -3,7 +3,10 @@ how to connect, and the progress bars of shard moves."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Final
 
 from rich import box
@@ -14,7 +17,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from shardwise.cli.admin import DONE, STAGES, MoveState, Snapshot
+from shardwise.cli.admin import Snapshot
+from shardwise.cli.moves import DONE, STAGES, MoveState, human_bytes
 from shardwise.clusterfile import ClusterLayout, format_address
 from shardwise.model.config import DEFAULT_KEYSPACE, NO_GROUP
 
@@ -33,18 +37,6 @@ RATE_CELL_WIDTH: Final = 8
 about this wide, at most MAX_SHARD_COLUMNS), to stay short."""
 
 ROLE_STYLES: Final = {"leader": "bold green", "follower": "", "candidate": "yellow"}
-
-
-def human_bytes(size: int) -> str:
-    """``512 B``, ``24 KiB``, ``1.5 MiB``: two or three digits, short enough for a cell."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            if unit == "B" or value >= 10:
-                return f"{value:.0f} {unit}"
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_rate(rate: float | None) -> str:
@@ -227,15 +219,41 @@ def shard_map(snapshot: Snapshot, width: int = 100) -> RenderableType:
     return table
 
 
+def _on_path(name: str, executable: Path) -> bool:
+    found = shutil.which(name)
+    return found is not None and Path(found).resolve() == executable.resolve()
+
+
+def commands_as_typed() -> tuple[str, str, str]:
+    """How a new terminal runs this installation's ``shardwise`` and ``python``: by name
+    when the shell finds these, else by full path; and a hint (or ``""``)."""
+    python = Path(sys.executable)
+    script = python.parent / "shardwise"
+    if _on_path("shardwise", script) and _on_path("python", python):
+        return "shardwise", "python", ""
+    cli = str(script) if script.exists() else f"{python} -m shardwise.cli"
+    activate = python.parent / "activate"
+    hint = (
+        f"# full paths: a new terminal's PATH lacks them (or: source {activate})"
+        if activate.exists()
+        else "# full paths: a new terminal's PATH lacks them"
+    )
+    return cli, str(python), hint
+
+
 def connect_hints(layout: ClusterLayout, default_dir: bool) -> RenderableType:
     flag = "" if default_dir else f" --cluster-dir {layout.root}"
     where = "" if default_dir else f'"{layout.root}"'
+    shardwise, python_path, hint = commands_as_typed()
+    example = next((p.name for p in layout.processes if p.role == "server"), "c1")
     cli = "\n".join(
         [
-            f"shardwise kv put greeting hello{flag}",
-            f"shardwise kv get greeting{flag}",
-            f"shardwise status{flag}",
-            f"shardwise logs --follow{flag}",
+            *([hint] if hint else []),
+            f"{shardwise} kv put greeting hello{flag}",
+            f"{shardwise} kv get greeting{flag}",
+            f"{shardwise} status{flag}",
+            f"{shardwise} logs --follow{flag}",
+            f"{shardwise} restart {example}{flag}   # stop / start / restart one process",
         ]
     )
     python = "\n".join(
@@ -251,7 +269,10 @@ def connect_hints(layout: ClusterLayout, default_dir: bool) -> RenderableType:
     )
     return Group(
         Panel(Syntax(cli, "bash", theme="ansi_dark"), title="Connect from the shell"),
-        Panel(Syntax(python, "python", theme="ansi_dark"), title="Connect from Python"),
+        Panel(
+            Syntax(python, "python", theme="ansi_dark"),
+            title=f"Connect from Python ({python_path})",
+        ),
     )
 
 
@@ -288,7 +309,7 @@ class MoveProgress:
             pending = next((s.note for s in states if not s.done), "")
             self._progress.update(
                 self._tasks["all"],
-                completed=sum(s.stage for s in states),
+                completed=sum(s.stage + s.fraction for s in states),
                 note=f"{done}/{len(states)} done" + (f" · {pending}" if pending else ""),
             )
             return
@@ -302,6 +323,6 @@ class MoveProgress:
                 )
             self._progress.update(
                 self._tasks[key],
-                completed=state.stage,
+                completed=state.stage + state.fraction,
                 note=STAGES[state.stage] if state.done else state.note,
             )

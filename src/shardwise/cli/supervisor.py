@@ -39,8 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
+from shardwise.cli.control import ControlRequest, ControlServer
 from shardwise.clusterfile import ClusterLayout, Process
 from shardwise.errors import CliError, ClusterInUseError
+from shardwise.storage.fsutil import LOCK_NAME
 
 READY_TIMEOUT_S: Final = 90.0
 """All processes listening (a slow, shared 2-core machine starts a dozen Pythons slowly)."""
@@ -94,6 +96,21 @@ class ClusterLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+
+    def holder(self) -> str | None:
+        """Without taking it: the pid written in the lock while someone holds it, else
+        None."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)  # (closing also drops a lock we took)
+        return None
 
     def release(self) -> None:
         if self.fd is not None:
@@ -152,12 +169,58 @@ class _Child:
     quick_failures: int = 0
     restart_at: float | None = None
     given_up: bool = False
+    held: bool = False
+    """Stopped on request (``shardwise stop``): not started again until asked."""
     spawns: int = 0
     pending: bytes = b""
 
     @property
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass(slots=True)
+class _Active:
+    """A control request being carried out: waiting for its processes to be down
+    (``stop``, the first half of ``restart``), then up (``start``, the second half)."""
+
+    request: ControlRequest
+    children: list[_Child]
+    phase: str
+    deadline: float
+    killed: bool = False
+
+
+def log_note(path: Path, name: str, level: str, message: str) -> None:
+    """Append a line to a process's log in the servers' JSON format, so `shardwise logs`
+    shows the supervisor's view (a start, a crash) among the process's own events."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+    entry = {"time": stamp, "level": level, "logger": "shardwise.up", "node": name}
+    entry["message"] = message
+    with contextlib.suppress(OSError), open(path, "ab") as handle:
+        handle.write(json.dumps(entry).encode() + b"\n")
+
+
+def running_elsewhere(layout: ClusterLayout) -> list[str]:
+    """The processes of ``layout`` whose data directory a live process holds (each
+    server locks its ``raft/`` directory): run by something else than this
+    ``shardwise up``, e.g. ``shardwise node``."""
+    held = []
+    for process in layout.processes:
+        path = layout.data_dir / process.name / "raft" / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            held.append(process.name)
+        finally:
+            os.close(fd)
+    return held
 
 
 class Supervisor:
@@ -185,6 +248,9 @@ class Supervisor:
             for p in layout.processes
         }
         self._selector = selectors.DefaultSelector()
+        self._control = ControlServer(layout.root, self._selector)
+        self._active: list[_Active] = []
+        self._down_requested = False
         self._stopping = False
         self._preexec = _die_with_parent(os.getpid())
         atexit.register(self._kill_all)  # the last resort if the interpreter exits early
@@ -219,14 +285,22 @@ class Supervisor:
                 )
         return time.monotonic() - started
 
+    def open_control(self) -> str | None:
+        """Take requests on the control socket (see ``control.py``); why not, if not."""
+        return self._control.open()
+
     def supervise(self) -> None:
         """Watch the children until interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM /
-        SIGHUP turned into one by the caller), restarting any that exit on their own."""
+        SIGHUP turned into one by the caller, or ``shardwise down``), restarting any that
+        exit on their own and carrying out the control socket's requests."""
         while True:
             self._pump(POLL_S)
             now = time.monotonic()
+            self._active = [a for a in self._active if not self._carry_on(a, now)]
+            if self._down_requested:
+                raise KeyboardInterrupt
             for child in self._children.values():
-                if child.popen is None or child.given_up:
+                if child.popen is None or child.given_up or child.held:
                     continue
                 code = child.popen.poll()
                 if code is not None and child.restart_at is None:
@@ -239,6 +313,10 @@ class Supervisor:
         """SIGTERM every child's process group, wait for them (a second Ctrl-C skips the
         wait), SIGKILL whatever is left; the exit codes."""
         self._stopping = True
+        for active in self._active:
+            self._control.reply(active.request.conn, False, "`shardwise up` is stopping")
+        self._active = []
+        self._control.close()
         running = [c for c in self._children.values() if c.running]
         for child in running:
             self._signal(child, signal.SIGTERM)
@@ -262,14 +340,100 @@ class Supervisor:
     def pids(self) -> dict[str, int]:
         return {name: c.popen.pid for name, c in self._children.items() if c.popen and c.running}
 
+    # --- requests (shardwise stop / start / restart / down) -----------------------------
+
+    def _begin(self, request: ControlRequest) -> None:
+        now = time.monotonic()
+        if request.op == "down":
+            count = sum(1 for c in self._children.values() if c.running)
+            self._control.reply(request.conn, True, f"stopping {count} processes")
+            self._down_requested = True
+            return
+        unknown = [n for n in request.names if n not in self._children]
+        if not request.names or unknown:
+            known = ", ".join(self._children)
+            self._control.reply(
+                request.conn, False, f"no process {', '.join(unknown) or '?'} here (known: {known})"
+            )
+            return
+        children = [self._children[n] for n in dict.fromkeys(request.names)]
+        busy = [c.spec.name for a in self._active for c in a.children if c in children]
+        if busy:
+            self._control.reply(request.conn, False, f"{', '.join(busy)}: a request is under way")
+            return
+        if request.op == "start":
+            active = _Active(request, children, "up", now + READY_TIMEOUT_S)
+            self._bring_up(active, now)
+        else:
+            sig = signal.SIGKILL if request.kill else signal.SIGTERM
+            for child in children:
+                child.held, child.restart_at = True, None
+                if child.running:
+                    log_note(child.log_path, child.spec.name, "INFO", f"{sig.name} on request")
+                    self._signal(child, sig)
+            active = _Active(request, children, "down", now + STOP_TIMEOUT_S)
+            self._say(f"{request.op} {', '.join(c.spec.name for c in children)} (on request)")
+        self._active.append(active)
+
+    def _bring_up(self, active: _Active, now: float) -> None:
+        active.phase, active.deadline = "up", now + READY_TIMEOUT_S
+        for child in active.children:
+            child.held = child.given_up = False
+            child.quick_failures, child.restart_at = 0, None
+            if not child.running:
+                self._spawn(child)
+
+    def _carry_on(self, active: _Active, now: float) -> bool:
+        """Move ``active`` on; whether it is finished (and answered)."""
+        names = ", ".join(c.spec.name for c in active.children)
+        if active.phase == "down":
+            if any(c.running for c in active.children):
+                if now >= active.deadline and not active.killed:
+                    active.killed, active.deadline = True, now + STOP_TIMEOUT_S
+                    for child in active.children:
+                        self._signal(child, signal.SIGKILL)
+                elif now >= active.deadline:
+                    self._control.reply(active.request.conn, False, f"{names} did not stop")
+                    return True
+                return False
+            self._write_run_file()
+            if active.request.op == "stop":
+                codes = [
+                    f"{c.spec.name} {describe_exit(c.popen.returncode)}"
+                    for c in active.children
+                    if c.popen is not None and c.popen.returncode is not None
+                ]
+                message = f"stopped: {', '.join(codes) or names}; `shardwise start {names}`"
+                self._control.reply(active.request.conn, True, message)
+                return True
+            self._bring_up(active, now)
+            return False
+        failed = [c for c in active.children if not c.running]
+        if failed:
+            self._control.reply(
+                active.request.conn,
+                False,
+                f"{', '.join(c.spec.name for c in failed)} exited before it was ready "
+                f"(see {self.layout.log_dir})",
+            )
+            return True
+        if all(c.ready for c in active.children):
+            pids = ", ".join(f"{c.spec.name} pid {c.popen.pid}" for c in active.children if c.popen)
+            verb = "restarted" if active.request.op == "restart" else "started"
+            self._control.reply(active.request.conn, True, f"{verb}: {pids}, listening")
+            return True
+        if now >= active.deadline:
+            self._control.reply(active.request.conn, False, f"{names} is not listening yet")
+            return True
+        return False
+
     # --- inside ----------------------------------------------------------------------
 
     def _spawn(self, child: _Child) -> None:
         self._close_pipes(child)
+        again = " again" if child.spawns else ""
+        log_note(child.log_path, child.spec.name, "INFO", f"shardwise up starts it{again}")
         child.log = open(child.log_path, "ab")  # noqa: SIM115 - closed in _close_pipes
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        child.log.write(f"--- {stamp} shardwise up starts {child.spec.name}\n".encode())
-        child.log.flush()
         lock_fd = self._lock.fd
         child.popen = subprocess.Popen(
             child.command,
@@ -297,6 +461,10 @@ class Supervisor:
             time.sleep(timeout_s)
             return
         for key, _ in self._selector.select(timeout_s):
+            if self._control.owns(key.data):
+                for request in self._control.handle(key.data):
+                    self._begin(request)
+                continue
             child: _Child = key.data
             stream = key.fileobj
             assert not isinstance(stream, int) and hasattr(stream, "fileno")
@@ -331,6 +499,7 @@ class Supervisor:
         if not self._restart:
             child.given_up = True
             self._say(f"{what}; not restarting it (--no-restart)")
+            log_note(child.log_path, child.spec.name, "WARNING", f"{what} (--no-restart)")
             return
         if now - child.started_at >= STABLE_AFTER_S:
             child.quick_failures = 0
@@ -345,6 +514,12 @@ class Supervisor:
         delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (child.quick_failures - 1))
         child.restart_at = now + delay
         self._say(f"{what}; starting it again in {delay:.0f} s")
+        log_note(
+            child.log_path,
+            child.spec.name,
+            "WARNING",
+            f"{what.split(' ', 1)[1]}; shardwise up starts it again in {delay:.0f} s",
+        )
         self._write_run_file()
 
     def _signal(self, child: _Child, sig: signal.Signals) -> None:

@@ -20,7 +20,13 @@ from rich.console import Console
 
 from shardwise.cli.admin import Admin, wait_for_controller, wait_until_settled
 from shardwise.cli.render import MoveProgress, connect_hints, processes_table, status_view
-from shardwise.cli.supervisor import RUN_FILE, ClusterLock, Supervisor
+from shardwise.cli.supervisor import (
+    RUN_FILE,
+    ClusterLock,
+    Supervisor,
+    describe_exit,
+    running_elsewhere,
+)
 from shardwise.clusterfile import (
     DEFAULT_BASE_PORT,
     DEFAULT_CLUSTER_DIR,
@@ -33,6 +39,7 @@ from shardwise.clusterfile import (
     read_secret,
     secret_is_private,
 )
+from shardwise.errors import ClusterInUseError
 from shardwise.net.loop import run
 from shardwise.service import DEFAULT_TICK_MS
 
@@ -57,8 +64,33 @@ class UpOptions:
     tick_ms: int = DEFAULT_TICK_MS
     metrics: bool = True
     restart: bool = True
-    layout_flags_given: bool = False
-    """Whether any of the sizing flags was given (they only shape a new cluster)."""
+    given: frozenset[str] = frozenset()
+    """The sizing flags given on the command line (they only shape a new cluster, so an
+    existing one is compared with them)."""
+
+
+def sizing_differences(options: UpOptions, layout: ClusterLayout) -> list[str]:
+    """The sizing flags given that do not match the cluster ``layout`` describes, as
+    ``--flag VALUE (the cluster has X)``."""
+    spare = sum(1 for g in layout.groups.values() if not g.join)
+    sizes = {len(g.servers) for g in layout.groups.values()}
+    ports = [p.listen[1] for p in layout.controllers]
+    has: dict[str, object] = {
+        "controllers": len(layout.controllers),
+        "groups": len(layout.groups) - spare,
+        "spare_groups": spare,
+        "replicas": sizes.pop() if len(sizes) == 1 else "groups of different sizes",
+        "tick_ms": layout.tick_ms,
+        "base_port": ports[0] if ports else None,
+    }
+    differences = []
+    for name in sorted(options.given & has.keys()):
+        wanted = getattr(options, name)
+        if name == "base_port" and wanted == 0:
+            continue  # "any free ports": whatever the cluster has
+        if wanted != has[name]:
+            differences.append(f"--{name.replace('_', '-')} {wanted} (the cluster has {has[name]})")
+    return differences
 
 
 @contextlib.contextmanager
@@ -85,12 +117,16 @@ def _layout(options: UpOptions, root: Path, console: Console) -> tuple[ClusterLa
         return load_layout(Path(options.config)), False
     path = root / DESCRIPTION_FILE
     if path.exists():
-        if options.layout_flags_given:
+        layout = load_layout(path)
+        differences = sizing_differences(options, layout)
+        if differences:
             console.print(
-                f"[yellow]note:[/] {path} exists, so the cluster keeps its layout; the sizing "
-                "flags only shape a new cluster (remove the directory to start afresh)."
+                f"[yellow]note:[/] {path} exists, so the cluster keeps its layout: "
+                f"{'; '.join(differences)}. The sizing flags only shape a new cluster "
+                "(`shardwise down --purge` deletes this one to start afresh).",
+                soft_wrap=True,
             )
-        return load_layout(path), False
+        return layout, False
     layout = local_layout(
         root,
         controllers=options.controllers,
@@ -116,6 +152,14 @@ def run_up(options: UpOptions, console: Console) -> None:
     lock.acquire()
     try:
         layout, new = _layout(options, root, console)
+        elsewhere = running_elsewhere(layout)
+        if elsewhere:
+            raise ClusterInUseError(
+                f"the cluster in {layout.root} is in use: {', '.join(elsewhere)} already "
+                "run on its data, started by something else than `shardwise up` (`shardwise "
+                "node`, a service manager). Stop them there first, or start another cluster "
+                "with --cluster-dir DIR."
+            )
         if ensure_secret(layout.secret_file):
             console.print(f"A new secret for this cluster: {layout.secret_file} (mode 0600)")
         elif not secret_is_private(layout.secret_file):
@@ -135,6 +179,12 @@ def run_up(options: UpOptions, console: Console) -> None:
             try:
                 took = supervisor.start_all()
                 console.print(f"Every process listens ({took:.1f} s).")
+                no_control = supervisor.open_control()
+                if no_control:
+                    console.print(
+                        f"[yellow]note:[/] {no_control}: `shardwise stop/start/restart/down` "
+                        "cannot reach this cluster (Ctrl-C still stops it)."
+                    )
                 console.print(processes_table(layout, supervisor.pids()))
                 run(_bootstrap(layout, secret, console, supervisor.pids()))
                 default = root == cluster_dir(None) and root.name == DEFAULT_CLUSTER_DIR
@@ -151,7 +201,8 @@ def run_up(options: UpOptions, console: Console) -> None:
                 codes = supervisor.stop_all()
                 unclean = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
                 if unclean:
-                    console.print(f"[yellow]stopped; some exits were not clean:[/] {unclean}")
+                    exits = ", ".join(f"{n} {describe_exit(c)}" for n, c in unclean.items())
+                    console.print(f"[yellow]stopped; some exits were not clean:[/] {exits}")
                 else:
                     console.print(f"Stopped {len(codes)} processes.")
     finally:

@@ -27,7 +27,7 @@ from shardwise.model.config import (
     Strategy,
 )
 from shardwise.net.endpoint import Endpoint
-from shardwise.net.leader import LeaderRouter
+from shardwise.net.leader import ATTEMPT_TIMEOUT_S, LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
 from shardwise.net.wire import PeerRole
@@ -111,7 +111,14 @@ class ControllerClient:
         """The latest configuration once one numbered above ``newer_than`` exists, or the
         latest after ``wait_s`` if none came."""
         request = QueryRequest(newer_than=newer_than, wait_s=wait_s)
-        reply = await self._router.call(QUERY, request, wait_s + DEFAULT_DEADLINE_S)
+        # The server holds the call up to wait_s on purpose: an attempt that waits no
+        # longer than that would time out on every idle watch and try the next server.
+        reply = await self._router.call(
+            QUERY,
+            request,
+            wait_s + DEFAULT_DEADLINE_S,
+            attempt_timeout_s=wait_s + ATTEMPT_TIMEOUT_S,
+        )
         raise_for(reply.error, reply.message)
         assert reply.config is not None
         return reply.config

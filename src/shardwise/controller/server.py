@@ -57,7 +57,12 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
         storage: RaftStorage | None = None,
     ) -> None:
         super().__init__(
-            config, ControllerStateMachine(), CONTROLLER_GROUP, transport=transport, storage=storage
+            config,
+            ControllerStateMachine(),
+            CONTROLLER_GROUP,
+            transport=transport,
+            storage=storage,
+            group_name="the controller",
         )
         self._changed = asyncio.Event()
         self.state_machine.listeners.append(self._on_new_configuration)

@@ -54,6 +54,7 @@ from shardwise.errors import (
     ReplicaStoppedError,
 )
 from shardwise.raft.hosting.applying import Applier
+from shardwise.raft.hosting.events import LeadershipLog
 from shardwise.raft.hosting.options import (
     DEFAULT_SNAPSHOT_EVERY,
     DEFAULT_TICK_INTERVAL_S,
@@ -136,6 +137,7 @@ class RaftHost(Generic[S]):
         seed: int = 0,
         run_blocking: BlockingRunner = asyncio.to_thread,
         incarnation: bytes | None = None,
+        group_name: str = "its group",
     ) -> None:
         self.id = node_id
         self.state_machine = state_machine
@@ -148,6 +150,7 @@ class RaftHost(Generic[S]):
         self._seed = seed
         self._run_blocking = run_blocking
         self._incarnation = incarnation or secrets.token_bytes(INCARNATION_BYTES)
+        self._leadership = LeadershipLog(node_id, group_name)
         self._node: RaftNode | None = None
         self._lifecycle = _Lifecycle.NEW
         self._halted: ReplicaHaltedError | None = None
@@ -199,6 +202,13 @@ class RaftHost(Generic[S]):
             if self.state_machine.applied_index() < meta.index:
                 self.state_machine.restore(data, meta.index)
         self._applier.applied = max(self.state_machine.applied_index(), self._snapshots.index)
+        last = stored.entries[-1].index if stored.entries else self._snapshots.index
+        self._leadership.started(
+            self._node,
+            f"log to index {last}, applied to {self._applier.applied}"
+            if last or self._applier.applied
+            else "no data yet",
+        )
         self._lifecycle = _Lifecycle.RUNNING
         self._ready_task = asyncio.create_task(self._process_readies(), name=f"ready-{self.id}")
         self._tick_task = asyncio.create_task(self._tick_forever(), name=f"tick-{self.id}")
@@ -241,11 +251,13 @@ class RaftHost(Generic[S]):
         """A message from a peer. Dropped unless the host runs (Raft retransmits)."""
         if self._lifecycle is not _Lifecycle.RUNNING or self._halted is not None:
             return
+        node = self._require_node()
         try:
-            self._require_node().step(message)
+            node.step(message)
         except Exception as exc:  # the core's state is suspect: stop rather than go on
             self._halt(exc)
             return
+        self._leadership.check(node)
         self._wakeup()
 
     async def propose(self, command: bytes, timeout_s: float) -> bytes:
@@ -357,6 +369,7 @@ class RaftHost(Generic[S]):
             except Exception as exc:
                 self._halt(exc)
                 return
+            self._leadership.check(node)
             self._deadlines.expire(self._clock.now())
             self._check_transfers()
             self._wakeup()
