@@ -255,7 +255,8 @@ class ShardwiseStore:
         return [shared[i % clients] for i in range(workers)]
 
     async def get(self, key: str) -> str | None:
-        return await self.client.get(key)
+        value = await self.client.get(key)
+        return value if value is None or isinstance(value, str) else value.decode()
 
     async def put(self, key: str, value: str) -> None:
         await self.client.put(key, value)

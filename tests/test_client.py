@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
+import msgspec
 import pytest
 
 from shardwise import Client, SyncClient
@@ -34,9 +35,9 @@ from shardwise.model.config import (
     Scheme,
     ShardId,
 )
-from shardwise.model.kv import KVResult
+from shardwise.model.kv import Key, KVResult, Value
 from shardwise.model.schemes import shard_map
-from shardwise.net.rpc import CallContext
+from shardwise.net.rpc import CallContext, RpcMethod
 from shardwise.net.transport import Transport
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.shardserver.protocol import (
@@ -236,14 +237,15 @@ class StubCluster:
             result = decode_result(sm.apply(index, command))
             return KVReply("ok", config_num=config_num, result=result)
         if isinstance(request, ReadRequest):
-            return KVReply("ok", config_num=config_num, value=sm.get(request.key))
-        low = max(request.start or "", request.prefix or "")
-        rows = sorted(
+            return KVReply("ok", config_num=config_num, value=sm.get(text(request.key)))
+        low = max(text(request.start or ""), text(request.prefix or ""))
+        end, prefix = request.end, request.prefix
+        rows: list[tuple[Key, Value]] = sorted(
             (k, v)
             for k, v in sm.items().items()
             if k >= low
-            and (request.end is None or k < request.end)
-            and (request.prefix is None or k.startswith(request.prefix))
+            and (end is None or k < text(end))
+            and (prefix is None or k.startswith(text(prefix)))
         )
         return KVReply("ok", config_num=config_num, items=rows[: request.limit])
 
@@ -251,7 +253,13 @@ class StubCluster:
         return [r for s in self.groups[gid].servers for r in s.received]
 
 
-def shard_of(key: str, space: Keyspace | None = None) -> ShardId:
+def text(key: Key) -> str:
+    """A key or value of these stubs, which keep text only (their state machine does)."""
+    assert isinstance(key, str)
+    return key
+
+
+def shard_of(key: Key, space: Keyspace | None = None) -> ShardId:
     return shard_map(space or keyspace(4)).shard(key)
 
 
@@ -361,7 +369,7 @@ async def test_a_read_a_follower_served_sends_the_next_call_to_the_leader_it_nam
         async def serve_reads_as_a_follower(request: Request) -> KVReply | None:
             if isinstance(request, ReadRequest):  # a real follower reads through ReadIndex
                 sm = cluster.data(request.shard)
-                return KVReply("ok", leader=last, config_num=1, value=sm.get(request.key))
+                return KVReply("ok", leader=last, config_num=1, value=sm.get(text(request.key)))
             return None
 
         follower.gate = serve_reads_as_a_follower
@@ -560,6 +568,31 @@ async def test_a_request_refused_at_the_door_raises_a_typed_error() -> None:
                 await client.scan(limit=10**9)
 
 
+class _Unreadable(msgspec.Struct, frozen=True):
+    """A request type no client request validates as: the server answers BAD_REQUEST."""
+
+    never: list[int]
+
+
+async def test_a_request_the_server_cannot_read_fails_at_once_not_at_the_deadline() -> None:
+    """``bad_request`` (e.g. bytes keys sent to a server of an older version) can never
+    succeed: the client says so at once, after asking one server, instead of trying
+    every server until its deadline and then calling the outcome unknown."""
+    async with StubCluster({1: 3}, owners=[1, 1]) as cluster:
+        for server in cluster.servers.values():
+            server.transport.serve(RpcMethod(WRITE.name, _Unreadable, KVReply), _never)
+        async with cluster.client() as client:
+            started = time.monotonic()
+            with pytest.raises(RequestRefusedError, match="cannot succeed: bad_request"):
+                await client.put(b"bk", b"v", deadline_s=5)
+            assert time.monotonic() - started < 1.0  # not the 5 s deadline
+        assert sum(len(s.received) for s in cluster.servers.values()) == 0  # (never handled)
+
+
+async def _never(request: _Unreadable, context: CallContext) -> KVReply:
+    raise AssertionError("a request that does not validate reaches no handler")
+
+
 # --- operations ----------------------------------------------------------------------
 
 
@@ -612,7 +645,7 @@ async def test_scan_merges_every_shard_in_key_order_page_by_page() -> None:
         scans = [s for server in cluster.servers.values() for s in server.scans()]
         assert {s.shard.index for s in scans} == {0, 1, 2, 3}
         # Later pages start right after the last key of the page before.
-        assert any(s.start is not None and s.start.endswith("\x00") for s in scans)
+        assert any(isinstance(s.start, str) and s.start.endswith("\x00") for s in scans)
 
 
 async def test_scan_of_a_range_keyspace_reads_only_the_shards_it_spans() -> None:
@@ -656,7 +689,7 @@ async def test_sync_client() -> None:
     async with StubCluster({1: 1, 2: 1}, owners=[1, 2, 1, 2]) as cluster:
         address = cluster.controller.transport.address
 
-        def use() -> list[tuple[str, str]]:
+        def use() -> list[tuple[Key, Value]]:
             with SyncClient({"ctl-1": address}, SECRET, deadline_s=5.0) as client:
                 client.put("a", "1")
                 client.append("a", "2")

@@ -330,6 +330,11 @@ class RequestRefusedError(ClientError, ValueError):
     at its door or by the client before sending it; nothing was applied."""
 
 
+class InvalidKVTypeError(RequestRefusedError, TypeError):
+    """A key or value is neither ``str`` nor ``bytes`` (a ``str`` stands for its UTF-8
+    bytes); nothing was sent."""
+
+
 class StaleWriteError(ClientError):
     """A write came back stale: a newer write with the same client id had been applied, so
     this one was not. A client never causes this on its own (each write in flight has a

@@ -161,22 +161,50 @@ def test_backoff_is_capped_jittered_and_bounded() -> None:
         Backoff(max_attempts=0)
 
 
-async def test_after_the_last_attempt_waiting_calls_fail_as_unreachable() -> None:
+async def test_after_the_last_attempt_the_queued_raft_frames_go() -> None:
     clock = ManualClock()
     backoff = Backoff(base_s=0.1, cap_s=0.1, max_attempts=3)
     a = Transport(
         "a", TEST_SECRET, clock=clock, backoff=backoff, peers={"b": ("127.0.0.1", free_port())}
     )
     async with a:
-        call = asyncio.create_task(a.call("b", ECHO, Echo(1), timeout_s=60))
         a.send_raft(1, hb("a", "b"))
         for n in (1, 2):
             await eventually(a, lambda n=n: a.stats.dial_failures == n)  # type: ignore[misc]
             clock.advance(0.1)
-        with pytest.raises(PeerUnreachableError):
-            await asyncio.wait_for(call, 20)
-        assert a.stats.dial_give_ups == 1
+        await eventually(a, lambda: a.stats.dial_give_ups == 1)
         assert a.stats.raft_dropped_queue_full == 1  # the queued heartbeat went with it
+
+
+async def test_a_call_to_a_peer_that_cannot_be_dialled_fails_at_once() -> None:
+    """A dead peer (its port refuses) fails a call when the dial fails, not at the call's
+    deadline, and fails new calls at once until the next dial is due: a client moves on
+    to another server (a new leader) without waiting out its attempt's timeout. The peer
+    is dialled again once the back-off has passed, and found when it is back."""
+    clock = ManualClock()
+    backoff = Backoff(base_s=0.1, cap_s=0.1, max_attempts=100)
+    port = free_port()
+    a = Transport("a", TEST_SECRET, clock=clock, backoff=backoff, peers={"b": ("127.0.0.1", port)})
+    async with a:
+        a.send_raft(1, hb("a", "b"))  # keeps the dialler going, as a Raft peer's would
+        call = asyncio.create_task(a.call("b", ECHO, Echo(1), timeout_s=60))
+        with pytest.raises(PeerUnreachableError):
+            await asyncio.wait_for(call, 20)  # (the clock has not moved: no deadline passed)
+        attempts = a.stats.dial_attempts
+        with pytest.raises(PeerUnreachableError):
+            await a.call("b", ECHO, Echo(2), timeout_s=60)
+        assert a.stats.dial_attempts == attempts  # refused from memory, nothing dialled
+        assert a.stats.rpc_unreachable == 2 and a.stats.rpc_timeouts == 0
+        b = Transport("b", TEST_SECRET, clock=clock, listen=("127.0.0.1", port))
+
+        async def echo(request: Echo, context: CallContext) -> Echo:
+            return request
+
+        b.serve(ECHO, echo)
+        async with b:
+            clock.advance(0.1)  # the next dial is due and finds b
+            await eventually([a, b], lambda: a.connected("b"))
+            assert await a.call("b", ECHO, Echo(3), timeout_s=60) == Echo(3)
 
 
 # --- limits ---------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def check_base_then_delta(
     assert len(framed) == delta.command.total < base.command.total / 10
     changes = msgspec.msgpack.decode(framed[EXPORT_HEADER.size :], type=ShardDelta)
     assert changes.shard == str(shard) and changes.upserts  # written while it was copied
-    assert {key for key, _, _ in changes.upserts} <= set(keys)
+    assert {key for key, _, _ in changes.upserts} <= {k.encode() for k in keys}  # keys: bytes
 
 
 @pytest.mark.virtual_time

@@ -35,10 +35,13 @@ from shardwise.model.kv import (
     Cas,
     Delete,
     Get,
+    Key,
     KVOp,
     KVResult,
     Put,
+    Value,
     check_op,
+    key_bytes,
 )
 from shardwise.raft.client_sessions import MAX_SESSIONS, SessionTable
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
@@ -78,7 +81,7 @@ class Client:
         return self.store.apply(index, self.client_id, seq, op)
 
 
-def contents(store: ShardStore) -> list[tuple[str, str]]:
+def contents(store: ShardStore) -> list[tuple[Key, Value]]:
     return store.scan(limit=MAX_SCAN_ROWS)
 
 
@@ -306,7 +309,7 @@ def test_scan_orders_bounds_filters_and_limits(db: ShardStore) -> None:
     assert db.scan(limit=0) == []
     assert db.scan("a", limit=2) == [("a", "A"), ("a\x00", "A\x00")]
     page = db.scan(limit=5)
-    assert db.scan(start=page[-1][0] + "\x00", limit=5) == everything[5:10]
+    assert db.scan(start=key_bytes(page[-1][0]) + b"\x00", limit=5) == everything[5:10]
     assert db.count() == len(keys)
 
 
@@ -710,7 +713,7 @@ def test_held_puts_are_bounded_in_memory(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_batch_is_one_transaction_committed_at_its_end(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
 
-    def seen_from_outside() -> list[tuple[str, str]]:
+    def seen_from_outside() -> list[tuple[bytes, str]]:
         with closing(sqlite3.connect(path)) as other:
             return other.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
 
@@ -722,7 +725,7 @@ def test_a_batch_is_one_transaction_committed_at_its_end(tmp_path: Path) -> None
         assert store.get("k") == "01234"  # the batch sees its own writes
         assert seen_from_outside() == []  # nobody else does yet
         store.end_batch()
-        assert seen_from_outside() == [("k", "01234")]
+        assert seen_from_outside() == [(b"k", "01234")]  # keys are stored as bytes
         assert store.applied_index == 5 and store.last_seq("c") == 5
         with closing(sqlite3.connect(path)) as other:  # the index is committed with the batch
             sql = "SELECT v FROM meta WHERE k = 'applied_index'"

@@ -30,8 +30,9 @@ from shardwise.storage.fsutil import CacheDisk
 
 SHARD = ShardId("default", 3)
 
-keys = st.sampled_from([f"k{i}" for i in range(12)])
-values = st.text(alphabet="abcé", max_size=6)
+# str keys and their bytes twins (one key), keys that are not UTF-8; str and bytes values.
+keys = st.sampled_from([f"k{i}" for i in range(12)] + [b"k1", b"\xff", b"\x00k", b"k\xc3"])
+values = st.one_of(st.text(alphabet="abcé", max_size=6), st.binary(max_size=6))
 ops: st.SearchStrategy[KVOp] = st.one_of(
     st.builds(Put, keys, values),
     st.builds(Append, keys, values),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,9 @@ from shardwise.cli.common import cluster_options, err, out, with_client
 from shardwise.cli.exits import ExitCode
 from shardwise.cli.workload import BenchOptions, run_bench
 from shardwise.client import DEFAULT_DEADLINE_S, DEFAULT_SCAN_LIMIT
+from shardwise.errors import RequestRefusedError
 from shardwise.model.config import DEFAULT_KEYSPACE
+from shardwise.model.kv import MAX_VALUE_BYTES, Value
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,44 +42,111 @@ def kv_options(command: F) -> F:
 
 @kv.command("get")
 @click.argument("key")
+@click.option(
+    "--raw/--escaped",
+    default=None,
+    help="Write a bytes value as its raw bytes, or escaped (\\xNN). Default: raw to a "
+    "pipe or file, escaped on a terminal.",
+)
 @kv_options
 @click.pass_context
 def kv_get(
     ctx: click.Context,
     *,
     key: str,
+    raw: bool | None,
     cluster_dir: str | None,
     config: str | None,
     keyspace: str,
     timeout: float,
 ) -> None:
-    """Print KEY's value (exit code 8 if it is absent)."""
+    """Print KEY's value (exit code 8 if it is absent).
+
+    A text value is printed with a newline. A bytes value (one written from a file or
+    stdin, or as bytes from Python) goes out as its exact bytes, without a newline, when
+    the output is a pipe or a file ('kv get KEY > file' and 'kv put KEY @file' round
+    trip), and escaped (\\x00\\xff, as in a Python bytes literal) on a terminal.
+    """
     value = with_client(
         cluster_dir, config, lambda c: c.get(key), keyspace=keyspace, deadline_s=timeout
     )
     if value is None:
         err.print(f"{key!r} is absent")
         ctx.exit(ExitCode.NOT_FOUND)
-    click.echo(value)
+    if isinstance(value, str):
+        click.echo(value)
+        return
+    if raw if raw is not None else not _is_terminal():
+        stdout = sys.stdout.buffer
+        stdout.write(value)
+        stdout.flush()
+    else:
+        click.echo(escaped(value))
 
 
 @kv.command("put")
 @click.argument("key")
 @click.argument("value")
+@click.option(
+    "--literal",
+    is_flag=True,
+    help="Store VALUE as written, even if it is '-' or starts with '@'.",
+)
+@click.option(
+    "--text",
+    is_flag=True,
+    help="Store a value read from stdin or a file as text (it must be UTF-8), not bytes.",
+)
 @kv_options
 def kv_put(
     *,
     key: str,
     value: str,
+    literal: bool,
+    text: bool,
     cluster_dir: str | None,
     config: str | None,
     keyspace: str,
     timeout: float,
 ) -> None:
-    """Set KEY to VALUE."""
+    """Set KEY to VALUE.
+
+    VALUE is stored as text, except: '-' reads the value from stdin and '@FILE' from
+    FILE, each stored as its exact bytes (with --text: as UTF-8 text). Up to the value
+    limit of 1 MiB; a larger value is refused before anything is sent (exit code 11).
+    --literal stores '-' or '@...' as written.
+    """
+    data: Value = value
+    if not literal and (value == "-" or value.startswith("@")):
+        data = read_value(value, text=text)
     with_client(
-        cluster_dir, config, lambda c: c.put(key, value), keyspace=keyspace, deadline_s=timeout
+        cluster_dir, config, lambda c: c.put(key, data), keyspace=keyspace, deadline_s=timeout
     )
+
+
+def read_value(source: str, *, text: bool) -> Value:
+    """The value ``-`` (stdin) or ``@FILE`` names, read up to one byte past the limit so
+    that a larger one is refused without reading it all."""
+    data: bytes
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(MAX_VALUE_BYTES + 1)
+        else:
+            with open(source[1:], "rb") as file:
+                data = file.read(MAX_VALUE_BYTES + 1)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {source[1:]!r}: {exc.strerror}") from None
+    if len(data) > MAX_VALUE_BYTES:
+        where = "stdin" if source == "-" else repr(source[1:])
+        raise RequestRefusedError(
+            f"the value from {where} is over the limit of {MAX_VALUE_BYTES} bytes"
+        )
+    if not text:
+        return data
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"--text: the value is not UTF-8 ({exc.reason})") from None
 
 
 @kv.command("del")
@@ -106,7 +176,12 @@ def kv_scan(
     keyspace: str,
     timeout: float,
 ) -> None:
-    """Print KEY<TAB>VALUE lines in key order (keys starting with PREFIX, if given)."""
+    """Print KEY<TAB>VALUE lines in key order (keys starting with PREFIX, if given).
+
+    Keys are ordered by their bytes. Bytes keys and values, and text with a tab, a newline
+    or another unprintable character, are printed escaped (\\x00, \\t, \\n, as in a
+    Python literal), so every pair stays on one line.
+    """
     items = with_client(
         cluster_dir,
         config,
@@ -115,7 +190,23 @@ def kv_scan(
         deadline_s=timeout,
     )
     for key, value in items:
-        click.echo(f"{key}\t{value}")
+        click.echo(f"{printable(key)}\t{printable(value)}")
+
+
+def escaped(data: bytes) -> str:
+    """``data`` as in a Python bytes literal, without ``b''``: ``\\x00``, ``\\n``..."""
+    return repr(data)[2:-1]
+
+
+def printable(data: Value) -> str:
+    """``data`` on one line: text as is when it is printable, else escaped."""
+    if isinstance(data, bytes):
+        return escaped(data)
+    return data if data.isprintable() else repr(data)[1:-1]
+
+
+def _is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 @click.command()

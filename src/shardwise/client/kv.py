@@ -10,6 +10,13 @@ Routing and retries are the router's (``router.py``), exactly-once writes the wr
 pool's (``writers.py``), scans ``scan.py``'s, SQL ``sql.py``'s; this module holds the
 calls and the client's life cycle.
 
+**Keys and values** are ``bytes`` or ``str`` (a str stands for its UTF-8 bytes, so
+``"k"`` and ``b"k"`` are one key; ``bytearray`` and ``memoryview`` are taken as bytes).
+A value reads back as the type it was written with. Anything else, and a key or value
+over its limit (``MAX_KEY_BYTES``, ``MAX_VALUE_BYTES``), is refused before anything is
+sent (:class:`~shardwise.errors.InvalidKVTypeError`,
+:class:`~shardwise.errors.RequestRefusedError`); so is a request no server can read.
+
 **Consistency.** Every single-key operation is linearizable. ``mget`` and ``mput`` are
 one independent operation per key, run in parallel: each key is linearizable on its
 own, but a multi-key write is *not* atomic across shards (on an error some keys may be
@@ -34,9 +41,29 @@ from shardwise.client.scan import (
     run_scan,
 )
 from shardwise.client.writers import WriterPool
-from shardwise.errors import ClientClosedError, ClientError, StaleWriteError
+from shardwise.errors import (
+    ClientClosedError,
+    ClientError,
+    InvalidKVTypeError,
+    RequestRefusedError,
+    ShardLimitError,
+    StaleWriteError,
+)
 from shardwise.model.config import Configuration
-from shardwise.model.kv import Append, Cas, Delete, KVOp, KVResult, Put
+from shardwise.model.kv import (
+    Append,
+    Cas,
+    Delete,
+    Key,
+    KVOp,
+    KVResult,
+    Pairs,
+    Put,
+    Value,
+    check_key,
+    check_op,
+    check_type,
+)
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S, CallDeadline, loop_time
 from shardwise.net.links import Address
@@ -58,6 +85,33 @@ number, see ``raft/client_sessions.py``) and stays under a server's handlers per
 
 MAX_CLIENT_ID_CHARS: Final = MAX_NODE_ID_CHARS - 8
 """The client id is the transport's node id; pooled writer ids add ``/N`` to it."""
+
+SHOWN_KEY_CHARS: Final = 60
+"""Longest key repr an error message quotes (a key may be 4 KiB)."""
+
+
+def as_data(what: str, data: object) -> Key:
+    """``data`` as a key or value: str or bytes (a ``bytearray`` or ``memoryview`` is
+    copied to bytes); :class:`~shardwise.errors.InvalidKVTypeError` for anything else."""
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, str):
+        if not data.isascii():
+            try:
+                data.encode()
+            except UnicodeEncodeError:
+                raise InvalidKVTypeError(
+                    f"a {what} that is a str must be encodable as UTF-8 (no lone surrogates)"
+                ) from None
+        return data
+    check_type(what, data)  # raises: neither str nor bytes-like
+    return data  # type: ignore[return-value]  # (bytes)
+
+
+def shown(key: Key) -> str:
+    """``key`` for an error message, shortened."""
+    text = repr(key)
+    return text if len(text) <= SHOWN_KEY_CHARS else f"{text[: SHOWN_KEY_CHARS - 3]}..."
 
 
 class Client:
@@ -168,66 +222,82 @@ class Client:
 
     # --- single keys -------------------------------------------------------------------
 
-    async def get(self, key: str, *, deadline_s: float | None = None) -> str | None:
-        """The key's value, ``None`` if it is absent (a linearizable read)."""
-        return await self._get(key, self._deadline(deadline_s))
+    async def get(self, key: Key, *, deadline_s: float | None = None) -> Value | None:
+        """The key's value, as the type it was written with; ``None`` if it is absent (a
+        linearizable read)."""
+        return await self._get(as_data("key", key), self._deadline(deadline_s))
 
-    async def put(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
-        await self._write("put", key, Put(key, value), self._deadline(deadline_s))
+    async def put(self, key: Key, value: Value, *, deadline_s: float | None = None) -> None:
+        op = Put(as_data("key", key), as_data("value", value))
+        await self._write("put", op, self._deadline(deadline_s))
 
-    async def append(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
-        """Add ``value`` to the end of the key's value (set it if the key is absent)."""
-        await self._write("append", key, Append(key, value), self._deadline(deadline_s))
+    async def append(self, key: Key, value: Value, *, deadline_s: float | None = None) -> None:
+        """Add ``value`` to the end of the key's value (set it if the key is absent). A
+        str after a str stays a str; any bytes make the result bytes."""
+        op = Append(as_data("key", key), as_data("value", value))
+        await self._write("append", op, self._deadline(deadline_s))
 
-    async def delete(self, key: str, *, deadline_s: float | None = None) -> None:
-        await self._write("delete", key, Delete(key), self._deadline(deadline_s))
+    async def delete(self, key: Key, *, deadline_s: float | None = None) -> None:
+        await self._write("delete", Delete(as_data("key", key)), self._deadline(deadline_s))
 
     async def cas(
-        self, key: str, expected: str | None, new: str, *, deadline_s: float | None = None
+        self, key: Key, expected: Value | None, new: Value, *, deadline_s: float | None = None
     ) -> bool:
-        """Set ``key`` to ``new`` if it holds ``expected`` (``None``: if it is absent);
-        whether it did."""
-        cas = Cas(key, expected, new)
-        result = await self._write("cas", key, cas, self._deadline(deadline_s))
+        """Set ``key`` to ``new`` if it holds ``expected`` (``None``: if it is absent),
+        compared as bytes; whether it did."""
+        old = None if expected is None else as_data("expected value", expected)
+        cas = Cas(as_data("key", key), old, as_data("value", new))
+        result = await self._write("cas", cas, self._deadline(deadline_s))
         return result.ok
 
     # --- many keys ---------------------------------------------------------------------
 
     async def mget(
-        self, keys: Iterable[str], *, deadline_s: float | None = None
-    ) -> dict[str, str | None]:
+        self, keys: Iterable[Key], *, deadline_s: float | None = None
+    ) -> dict[Key, Value | None]:
         """The value of each key (``None``: absent), read in parallel under one deadline.
         Each read is linearizable; together they are not a snapshot."""
         deadline = self._deadline(deadline_s)
-        unique = list(dict.fromkeys(keys))
+        unique = [as_data("key", key) for key in dict.fromkeys(keys)]
+        for key in unique:
+            self._check_key("get", key)  # all refused before any is sent
         values = await fan_out([bind(self._get, key, deadline) for key in unique])
         return dict(zip(unique, values, strict=True))
 
-    async def mput(self, items: Mapping[str, str], *, deadline_s: float | None = None) -> None:
+    async def mput(self, items: Pairs, *, deadline_s: float | None = None) -> None:
         """Put every pair, in parallel under one deadline. Each put is exactly-once and
         linearizable, but the whole is not atomic: if one fails (the first error is
-        raised once all have finished), the others may still have been applied."""
+        raised once all have finished), the others may still have been applied. A pair
+        of the wrong type or over a limit is refused before any is sent."""
         deadline = self._deadline(deadline_s)
-        await fan_out([bind(self._write, "put", k, Put(k, v), deadline) for k, v in items.items()])
+        ops = [Put(as_data("key", k), as_data("value", v)) for k, v in items.items()]
+        for op in ops:
+            self._check_op("put", op)
+        await fan_out([bind(self._write, "put", op, deadline) for op in ops])
 
     async def scan(
         self,
-        prefix: str | None = None,
+        prefix: Key | None = None,
         *,
-        start: str | None = None,
-        end: str | None = None,
+        start: Key | None = None,
+        end: Key | None = None,
         limit: int = DEFAULT_SCAN_LIMIT,
         page_rows: int = SCAN_PAGE_ROWS,
         deadline_s: float | None = None,
-    ) -> list[tuple[str, str]]:
-        """Up to ``limit`` ``(key, value)`` pairs of the keyspace in key order, with
-        ``start <= key < end`` and starting with ``prefix``.
+    ) -> list[tuple[Key, Value]]:
+        """Up to ``limit`` ``(key, value)`` pairs of the keyspace in key order (the order
+        of their bytes), with ``start <= key < end`` and starting with ``prefix``. A key
+        comes back as a str if its bytes are valid UTF-8, else as bytes; a value as the
+        type it was written with.
 
         A hash or ring keyspace scatters keys over all its shards, so every shard is read
         and the pages merged; a range keyspace reads only the shards the range spans, in
         order. Shards are read a page (``page_rows``) at a time.
         """
         check_scan(limit, page_rows)
+        prefix = self._scan_bound("prefix", prefix)
+        start = self._scan_bound("start", start)
+        end = self._scan_bound("end", end)
         deadline = self._deadline(deadline_s)
         call = CallDeadline.starting_now(f"scan of keyspace {self.keyspace!r}", deadline)
         keyspace = await self._router.keyspace(self.keyspace, call)
@@ -265,14 +335,37 @@ class Client:
             raise ValueError("deadline_s must be positive")
         return loop_time() + budget
 
-    async def _get(self, key: str, deadline: float) -> str | None:
-        call = CallDeadline.starting_now(f"get of key {key!r}", deadline)
+    def _scan_bound(self, what: str, bound: Key | None) -> Key | None:
+        if bound is None:
+            return None
+        bound = as_data(f"scan {what}", bound)
+        self._check_key("scan", bound)
+        return bound
+
+    def _check_key(self, verb: str, key: Key) -> None:
+        try:
+            check_key(key)
+        except ShardLimitError as exc:
+            raise RequestRefusedError(f"{verb} of key {shown(key)} was refused: {exc}") from None
+
+    def _check_op(self, verb: str, op: KVOp) -> None:
+        """Refuse an operation no server would take, before anything is sent."""
+        try:
+            check_op(op)
+        except ShardLimitError as exc:
+            raise RequestRefusedError(f"{verb} of key {shown(op.key)} was refused: {exc}") from None
+
+    async def _get(self, key: Key, deadline: float) -> Value | None:
+        self._check_key("get", key)
+        call = CallDeadline.starting_now(f"get of key {shown(key)}", deadline)
         shard = await self._router.shard_of(self.keyspace, key, call)
         reply = await self._router.call(shard, READ, ReadRequest(shard, key), call)
         return reply.value
 
-    async def _write(self, verb: str, key: str, op: KVOp, deadline: float) -> KVResult:
-        call = CallDeadline.starting_now(f"{verb} of key {key!r}", deadline)
+    async def _write(self, verb: str, op: KVOp, deadline: float) -> KVResult:
+        self._check_op(verb, op)
+        key = op.key
+        call = CallDeadline.starting_now(f"{verb} of key {shown(key)}", deadline)
         shard = await self._router.shard_of(self.keyspace, key, call)
         writer = await self._writers.acquire(call)
         try:

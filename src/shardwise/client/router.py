@@ -35,6 +35,7 @@ from shardwise.errors import (
     UnknownKeyspaceError,
 )
 from shardwise.model.config import NO_GROUP, Configuration, Keyspace, ShardId
+from shardwise.model.kv import Key
 from shardwise.model.replies import ServiceReply
 from shardwise.model.schemes import shard_map
 from shardwise.net.endpoint import Endpoint
@@ -42,6 +43,7 @@ from shardwise.net.leader import (
     RETRY_PAUSE_S,
     CallDeadline,
     ReplicaSet,
+    cannot_succeed,
     follow_leader,
     loop_time,
 )
@@ -144,7 +146,7 @@ class ShardRouter:
                 raise UnknownKeyspaceError(f"keyspace {name!r} does not exist")
         return keyspace
 
-    async def shard_of(self, keyspace: str, key: str, call: CallDeadline) -> ShardId:
+    async def shard_of(self, keyspace: str, key: Key, call: CallDeadline) -> ShardId:
         """The shard of ``key``; ``call``'s description names it from here on."""
         # A keyspace's scheme never changes, so the shard is fixed for the whole call.
         shard = shard_map(await self.keyspace(keyspace, call)).shard(key)
@@ -227,8 +229,10 @@ class ShardRouter:
                 # (Through the batcher: reads and writes for the same server that
                 # coincide with others travel together.)
                 return await self.batcher.call(node, method, request, timeout_s)
-            except NetError:
+            except NetError as exc:
                 self.check_running()  # closed meanwhile: that, not the network, is why
+                if cannot_succeed(exc):  # no server will ever take it: say so now
+                    raise RequestRefusedError(f"{call.what} cannot succeed: {exc}") from exc
                 raise
 
         return await follow_leader(replicas, send, call, attempt_timeout_s, _settles)

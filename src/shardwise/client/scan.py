@@ -1,9 +1,10 @@
 """``Client.scan``: a keyspace's pairs in key order, read shard by shard, page by page.
 
-A hash or ring keyspace scatters keys over all its shards, so every shard is read and
-the pages merged (a k-way merge: each shard's pairs come in key order, and a key lives
-in one shard); a range keyspace reads only the shards the range spans, in order. Every
-page is a linearizable read; the whole scan is not a snapshot.
+Keys are ordered by their bytes (a str key by its UTF-8), as the shards order them. A
+hash or ring keyspace scatters keys over all its shards, so every shard is read and the
+pages merged (a k-way merge on the keys' bytes: each shard's pairs come in that order,
+and a key lives in one shard); a range keyspace reads only the shards the range spans,
+in order. Every page is a linearizable read; the whole scan is not a snapshot.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from shardwise.client.fanout import bind, fan_out
 from shardwise.client.router import ShardRouter
 from shardwise.errors import RequestRefusedError
 from shardwise.model.config import Keyspace, ShardId
-from shardwise.model.kv import MAX_SCAN_ROWS
+from shardwise.model.kv import MAX_SCAN_ROWS, Key, Value, key_bytes
 from shardwise.net.leader import CallDeadline
 from shardwise.placement import KeyRangePartition
 from shardwise.shardserver.protocol import SCAN, ScanRequest
@@ -44,9 +45,9 @@ class Scan:
     """What one scan asks for."""
 
     keyspace: Keyspace
-    prefix: str | None
-    start: str | None
-    end: str | None
+    prefix: Key | None
+    start: Key | None
+    end: Key | None
     limit: int
     page_rows: int
     deadline: float
@@ -57,12 +58,12 @@ class _ScanCursor:
     """One shard's part of a scan: the pairs read and not yet merged, and where to go on."""
 
     shard: ShardId
-    start: str | None
-    rows: deque[tuple[str, str]] = field(default_factory=deque)
+    start: Key | None
+    rows: deque[tuple[Key, Value]] = field(default_factory=deque)
     done: bool = False
 
 
-async def run_scan(router: ShardRouter, scan: Scan) -> list[tuple[str, str]]:
+async def run_scan(router: ShardRouter, scan: Scan) -> list[tuple[Key, Value]]:
     """Up to ``scan.limit`` pairs (see the module's docstring)."""
     if scan.keyspace.scheme.kind == "range":
         return await _scan_ranges(router, scan)
@@ -80,18 +81,24 @@ async def _scan_page(router: ShardRouter, scan: Scan, cursor: _ScanCursor, rows:
         cursor.done = True
     else:
         # The smallest key above the last one: the next page starts right after it.
-        cursor.start = items[-1][0] + "\x00"
+        cursor.start = next_key(items[-1][0])
 
 
-async def _scan_merge(router: ShardRouter, scan: Scan) -> list[tuple[str, str]]:
+def next_key(key: Key) -> Key:
+    """The smallest key after ``key`` in byte order (its bytes and a zero byte), as a
+    str when ``key`` is one (what a server of an older version can read)."""
+    return key + "\x00" if isinstance(key, str) else key + b"\x00"
+
+
+async def _scan_merge(router: ShardRouter, scan: Scan) -> list[tuple[Key, Value]]:
     name, shards = scan.keyspace.name, scan.keyspace.scheme.shards
     cursors = [_ScanCursor(ShardId(name, i), scan.start) for i in range(shards)]
     first = min(scan.page_rows, scan.limit)
     await fan_out([bind(_scan_page, router, scan, c, first) for c in cursors])
     # A k-way merge: each shard's pairs come in key order, and a key lives in one shard.
-    heap = [(c.rows[0][0], i) for i, c in enumerate(cursors) if c.rows]
+    heap = [(key_bytes(c.rows[0][0]), i) for i, c in enumerate(cursors) if c.rows]
     heapq.heapify(heap)
-    out: list[tuple[str, str]] = []
+    out: list[tuple[Key, Value]] = []
     while heap and len(out) < scan.limit:
         _, i = heapq.heappop(heap)
         cursor = cursors[i]
@@ -100,17 +107,18 @@ async def _scan_merge(router: ShardRouter, scan: Scan) -> list[tuple[str, str]]:
             rows = min(scan.page_rows, scan.limit - len(out))
             await _scan_page(router, scan, cursor, rows)
         if cursor.rows:
-            heapq.heappush(heap, (cursor.rows[0][0], i))
+            heapq.heappush(heap, (key_bytes(cursor.rows[0][0]), i))
     return out
 
 
-async def _scan_ranges(router: ShardRouter, scan: Scan) -> list[tuple[str, str]]:
-    splits = scan.keyspace.scheme.split_points
-    prefix = scan.prefix
-    low = max(scan.start or "", prefix or "") or None
-    out: list[tuple[str, str]] = []
-    for index in KeyRangePartition(list(splits)).partitions_for_range(low, scan.end):
-        lower = splits[index - 1] if index > 0 else ""
+async def _scan_ranges(router: ShardRouter, scan: Scan) -> list[tuple[Key, Value]]:
+    splits = [key_bytes(point) for point in scan.keyspace.scheme.split_points]
+    prefix = None if scan.prefix is None else key_bytes(scan.prefix)
+    start = b"" if scan.start is None else key_bytes(scan.start)
+    low = max(start, prefix or b"") or None
+    out: list[tuple[Key, Value]] = []
+    for index in KeyRangePartition(splits).partitions_for_range(low, scan.end):
+        lower = splits[index - 1] if index > 0 else b""
         if prefix is not None and lower >= prefix and not lower.startswith(prefix):
             break  # this shard and every later one start above all keys with the prefix
         cursor = _ScanCursor(ShardId(scan.keyspace.name, index), scan.start)

@@ -19,6 +19,7 @@ from shardwise.client.kv import DEFAULT_DEADLINE_S, MAX_WRITES_IN_FLIGHT, Client
 from shardwise.client.scan import DEFAULT_SCAN_LIMIT, SCAN_PAGE_ROWS
 from shardwise.errors import ClientClosedError
 from shardwise.model.config import Configuration
+from shardwise.model.kv import Key, Pairs, Value
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S
 from shardwise.net.links import Address
 from shardwise.net.loop import loop_factory
@@ -110,41 +111,41 @@ class SyncClient:
 
     # --- the calls ---------------------------------------------------------------------
 
-    def get(self, key: str, *, deadline_s: float | None = None) -> str | None:
+    def get(self, key: Key, *, deadline_s: float | None = None) -> Value | None:
         return self._run(self._async_client().get(key, deadline_s=deadline_s))
 
-    def put(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
+    def put(self, key: Key, value: Value, *, deadline_s: float | None = None) -> None:
         self._run(self._async_client().put(key, value, deadline_s=deadline_s))
 
-    def append(self, key: str, value: str, *, deadline_s: float | None = None) -> None:
+    def append(self, key: Key, value: Value, *, deadline_s: float | None = None) -> None:
         self._run(self._async_client().append(key, value, deadline_s=deadline_s))
 
-    def delete(self, key: str, *, deadline_s: float | None = None) -> None:
+    def delete(self, key: Key, *, deadline_s: float | None = None) -> None:
         self._run(self._async_client().delete(key, deadline_s=deadline_s))
 
     def cas(
-        self, key: str, expected: str | None, new: str, *, deadline_s: float | None = None
+        self, key: Key, expected: Value | None, new: Value, *, deadline_s: float | None = None
     ) -> bool:
         return self._run(self._async_client().cas(key, expected, new, deadline_s=deadline_s))
 
     def mget(
-        self, keys: Iterable[str], *, deadline_s: float | None = None
-    ) -> dict[str, str | None]:
+        self, keys: Iterable[Key], *, deadline_s: float | None = None
+    ) -> dict[Key, Value | None]:
         return self._run(self._async_client().mget(list(keys), deadline_s=deadline_s))
 
-    def mput(self, items: Mapping[str, str], *, deadline_s: float | None = None) -> None:
+    def mput(self, items: Pairs, *, deadline_s: float | None = None) -> None:
         self._run(self._async_client().mput(dict(items), deadline_s=deadline_s))
 
     def scan(
         self,
-        prefix: str | None = None,
+        prefix: Key | None = None,
         *,
-        start: str | None = None,
-        end: str | None = None,
+        start: Key | None = None,
+        end: Key | None = None,
         limit: int = DEFAULT_SCAN_LIMIT,
         page_rows: int = SCAN_PAGE_ROWS,
         deadline_s: float | None = None,
-    ) -> list[tuple[str, str]]:
+    ) -> list[tuple[Key, Value]]:
         client = self._async_client()
         return self._run(
             client.scan(

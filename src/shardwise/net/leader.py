@@ -23,7 +23,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from shardwise.errors import ClientTimeoutError, NetError, RpcTimeoutError
+from shardwise.errors import (
+    ClientTimeoutError,
+    FrameTooLargeError,
+    NetError,
+    RemoteCallError,
+    RpcTimeoutError,
+)
 from shardwise.model.replies import ServiceReply
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import RpcMethod
@@ -35,6 +41,7 @@ __all__ = [
     "LeaderRouter",
     "ReplicaSet",
     "answered_ok",
+    "cannot_succeed",
     "follow_leader",
     "loop_time",
 ]
@@ -98,6 +105,16 @@ def answered_ok(reply: ServiceReply) -> bool:
     return reply.status == "ok"
 
 
+def cannot_succeed(exc: NetError) -> bool:
+    """Whether no server can ever take this request, so trying the next one (or waiting
+    until the deadline) is pointless: it is too large for a frame (refused before it was
+    sent), or the server could not read it (``bad_request``: a request this server's
+    version does not know, e.g. bytes keys sent to an older server)."""
+    if isinstance(exc, FrameTooLargeError):
+        return True
+    return isinstance(exc, RemoteCallError) and exc.code == "bad_request"
+
+
 async def follow_leader(
     replicas: ReplicaSet,
     send: Callable[[str, float], Awaitable[R]],
@@ -108,8 +125,9 @@ async def follow_leader(
     """One round: ``send(server, timeout_s)`` to ``replicas``' servers, leader first,
     following new leader hints, until a reply ``settles`` the call (returned). ``None``
     when no server settled it or the deadline passed (``deadline.why`` says why). A
-    :class:`~shardwise.errors.NetError` from ``send`` is one failed attempt; anything
-    else it raises ends the round."""
+    :class:`~shardwise.errors.NetError` from ``send`` is one failed attempt, unless it
+    says the request :func:`cannot_succeed` (raised at once); anything else it raises
+    ends the round."""
     hints = 0
     order = replicas.order()
     position = 0
@@ -122,6 +140,8 @@ async def follow_leader(
         try:
             reply = await send(node, min(attempt_timeout_s, remaining))
         except NetError as exc:
+            if cannot_succeed(exc):
+                raise
             cut_short = isinstance(exc, RpcTimeoutError) and remaining < attempt_timeout_s
             if not cut_short or not deadline.why:
                 # (An attempt the deadline cut short says less than the reason before.)
@@ -170,14 +190,23 @@ class LeaderRouter:
     def leader(self) -> str | None:
         return self.replicas.leader
 
-    async def call(self, method: RpcMethod[Any, R], request: object, deadline_s: float) -> R:
+    async def call(
+        self,
+        method: RpcMethod[Any, R],
+        request: object,
+        deadline_s: float,
+        *,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+    ) -> R:
+        """``attempt_timeout_s``: how long one server may take (a long poll, which the
+        server holds on purpose, needs more than :data:`ATTEMPT_TIMEOUT_S`)."""
         deadline = CallDeadline(method.name, loop_time() + deadline_s, deadline_s)
 
         def send(node: str, timeout_s: float) -> Awaitable[R]:
             return self.transport.call(node, method, request, timeout_s=timeout_s)
 
         while True:
-            reply = await follow_leader(self.replicas, send, deadline, ATTEMPT_TIMEOUT_S)
+            reply = await follow_leader(self.replicas, send, deadline, attempt_timeout_s)
             if reply is not None:
                 return reply
             if deadline.remaining() <= 0:

@@ -44,6 +44,12 @@ class Link:
         self.queued_bytes = 0
         self.pending: dict[int, PendingCall] = {}
         self.dialer: asyncio.Task[None] | None = None
+        self.dial_failures = 0
+        """Dials that failed in a row (0 once a connection is made)."""
+        self.unreachable_until = 0.0
+        """Clock time before which the peer counts as unreachable: the last dial failed
+        and the next is not due yet. A call meanwhile fails at once (see
+        :meth:`fail_queued_calls`) instead of waiting for a peer that is down."""
         self.wakeup = asyncio.Event()
         """Set when there is something new for a writer to look at."""
         self._limits = limits
@@ -116,6 +122,16 @@ class Link:
             size += sum(len(frame) for frame in batch[before:])
         self.queued_bytes -= size
         return batch
+
+    def fail_queued_calls(self, error: Exception) -> int:
+        """Fail the calls whose request was never written on a connection (the peer
+        cannot have run them, so the caller may retry elsewhere at once); how many."""
+        failed = 0
+        for call in self.pending.values():
+            if call.written_on == 0 and not call.future.done():
+                call.future.set_exception(error)
+                failed += 1
+        return failed
 
     def clear_queues(self) -> int:
         """Forget every queued frame; returns how many Raft frames were dropped."""

@@ -156,11 +156,13 @@ class Sessions(TransportBase):
                     self._spawn(self._serve_dialed(conn), f"conn-{link.peer_id}")
                     return
                 attempt += 1
+                link.dial_failures += 1
                 if attempt >= self._backoff.max_attempts:
                     self._give_up(link)
                     return
-                delay_s = self._backoff.delay_s(attempt - 1, self._rng)
+                delay_s = self._backoff.delay_s(link.dial_failures - 1, self._rng)
                 self._bump("dial_failures")
+                self._unreachable(link, delay_s)
                 await self._clock.sleep(delay_s)
         finally:
             link.dialer = None
@@ -215,6 +217,15 @@ class Sessions(TransportBase):
             raise
         return conn
 
+    def _unreachable(self, link: Link, retry_in_s: float) -> None:
+        """A dial failed (refused, timed out, cut): calls waiting for a connection fail
+        now rather than at their deadline, and so do new ones until the next dial is
+        due. Nothing of theirs was sent, so a caller may try another server at once (a
+        client finds the next leader without waiting out its attempt's timeout)."""
+        link.unreachable_until = self._clock.now() + retry_in_s
+        error = PeerUnreachableError(f"cannot connect to {link.peer_id!r} at {link.address}")
+        self._bump("rpc_unreachable", link.fail_queued_calls(error))
+
     def _give_up(self, link: Link) -> None:
         self._bump("dial_give_ups")
         self._bump("raft_dropped_queue_full", link.clear_queues())
@@ -251,6 +262,8 @@ class Sessions(TransportBase):
                 return
             current.superseded = True
         link.connection = conn
+        link.dial_failures = 0
+        link.unreachable_until = 0.0
         link.wakeup.set()
         self._notify()
 

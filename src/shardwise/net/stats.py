@@ -39,6 +39,8 @@ class TransportStats:
     rpc_timeouts: int = 0
     rpc_overloaded: int = 0
     """Calls refused here: too many pending or a full request queue."""
+    rpc_unreachable: int = 0
+    """Calls failed at once because the peer could not be dialled (nothing was sent)."""
     rpc_refused: int = 0
     """Calls from peers refused with OVERLOADED or SHUTTING_DOWN."""
     rpc_handler_errors: int = 0

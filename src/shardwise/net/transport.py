@@ -14,7 +14,8 @@ and calls are typed (``rpc.py``)::
 Raft sends never block or raise: a message that cannot be queued is dropped and counted
 (Raft retransmits). Calls fail with typed errors: ``RpcOverloadedError`` when there is no
 room, ``RpcTimeoutError`` at their deadline, ``ConnectionLostError`` when the connection
-they went out on broke, ``PeerUnreachableError`` when dialling gave up,
+they went out on broke, ``PeerUnreachableError`` when the last dial of the peer failed
+(at once: a dead peer is not waited for; nothing was sent),
 ``TransportClosedError`` on shutdown. Time (back-off, deadlines, handshake and close
 timeouts, fault delays) is measured on the injected clock.
 
@@ -35,6 +36,7 @@ from shardwise.clock import Clock
 from shardwise.errors import (
     FrameTooLargeError,
     NetError,
+    PeerUnreachableError,
     RpcOverloadedError,
     TransportClosedError,
     UnexpectedMessageError,
@@ -346,6 +348,12 @@ class Transport(Sessions, Endpoint):
         link = self._links.get(peer)
         if link is None:
             raise UnknownPeerError(peer)
+        if link.connection is None and self._clock.now() < link.unreachable_until:
+            # The last dial failed and the next is not due: do not wait for it.
+            self._bump("rpc_unreachable")
+            raise PeerUnreachableError(
+                f"{method.name} to {peer!r}: the last dial of {link.address} failed"
+            )
         return await self._outgoing.call(
             peer,
             link.pending,

@@ -20,8 +20,8 @@ from typing import Final
 
 import msgspec
 
-from shardwise.errors import CommandDecodeError, RaftError
-from shardwise.model.kv import Append, Delete, Get, KVOp, KVResult, Put
+from shardwise.errors import CommandDecodeError, InvalidKVTypeError, RaftError
+from shardwise.model.kv import Append, Delete, Get, KVOp, KVResult, Put, Value, has_bytes
 from shardwise.raft.client_sessions import Session, SessionTable
 
 KV_COMMAND_VERSION: Final = 1
@@ -54,6 +54,8 @@ def encode_command(op: KVOp, *, client_id: str = "", seq: int = 0) -> bytes:
     """The bytes to propose for ``op``; give ``client_id`` and ``seq > 0`` to de-duplicate."""
     if client_id and seq < 1:
         raise ValueError("a de-duplicated command needs seq >= 1")
+    if has_bytes(op):  # this map (and its snapshot format) holds str only
+        raise InvalidKVTypeError("this key-value group stores str keys and values only")
     return _encode(KVCommand(KV_COMMAND_VERSION, client_id, seq, op))
 
 
@@ -137,16 +139,24 @@ class KVStateMachine:
 
     def _execute(self, op: KVOp) -> KVResult:
         data = self._data
+        if has_bytes(op):  # refused by encode_command; never applied, alike everywhere
+            return KVResult(ok=False)
+        key = _text(op.key)
         if isinstance(op, Get):
-            return KVResult(value=data.get(op.key))
+            return KVResult(value=data.get(key))
         if isinstance(op, Put):
-            data[op.key] = op.value
+            data[key] = _text(op.value)
         elif isinstance(op, Append):
-            data[op.key] = data.get(op.key, "") + op.value
+            data[key] = data.get(key, "") + _text(op.value)
         elif isinstance(op, Delete):
-            data.pop(op.key, None)
+            data.pop(key, None)
         else:
-            if data.get(op.key) != op.expected:
+            if data.get(key) != op.expected:
                 return KVResult(ok=False)
-            data[op.key] = op.new
+            data[key] = _text(op.new)
         return KVResult()
+
+
+def _text(value: Value) -> str:
+    assert isinstance(value, str)  # (has_bytes said so)
+    return value

@@ -7,10 +7,13 @@ recognised and ignored by every replica alike.
 
 **Versions.** Version 1 has the KV and shard-move commands; version 2 adds
 :class:`SqlWrite`; version 3 the pre-copy's :class:`InstallBase` and
-:class:`InstallDelta`; version 4 :class:`ClientBatch`. Each command is written with the
-lowest version that has it, so a log without SQL writes stays readable by version-1
-replicas (a rolling upgrade), and a version-1 replica that meets a SQL write halts with
-a clear "version 2 is unknown" instead of misreading it.
+:class:`InstallDelta`; version 4 :class:`ClientBatch`; version 5 lets a
+:class:`ClientOp` (alone or in a batch) carry ``bytes`` keys and values (before, every key
+and value was a str). Each command is written with the lowest version that has it (a
+client operation with only str keys and values still as version 1 or 4), so a log
+without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
+version-1 replica that meets a SQL write halts with a clear "version 2 is unknown"
+instead of misreading it (a version-4 replica that meets bytes: "version 5 is unknown").
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import msgspec
 
 from shardwise.errors import CommandDecodeError
 from shardwise.model.config import Configuration, ShardId
-from shardwise.model.kv import KVOp, KVResult
+from shardwise.model.kv import KVOp, KVResult, has_bytes
 from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
 
-GROUP_COMMAND_VERSION: Final = 4
+GROUP_COMMAND_VERSION: Final = 5
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 256 << 10
@@ -148,6 +151,9 @@ _FIRST_VERSION: Final[dict[type, int]] = {
 }
 """The envelope version that introduced a command (1 when absent)."""
 
+BYTES_VERSION: Final = 5
+"""The envelope version from which a client operation may carry ``bytes``."""
+
 
 class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
     version: int
@@ -188,7 +194,23 @@ _result_decoder = msgspec.msgpack.Decoder(GroupResult)
 
 
 def encode(command: Command) -> bytes:
-    return _encode(GroupCommand(_FIRST_VERSION.get(type(command), 1), command))
+    return _encode(GroupCommand(_version_for(command), command))
+
+
+def _version_for(command: Command) -> int:
+    """The lowest envelope version that can carry ``command``."""
+    version = _FIRST_VERSION.get(type(command), 1)
+    if _carries_bytes(command):
+        version = max(version, BYTES_VERSION)
+    return version
+
+
+def _carries_bytes(command: Command) -> bool:
+    if isinstance(command, ClientOp):
+        return has_bytes(command.op)
+    if isinstance(command, ClientBatch):
+        return any(has_bytes(op.op) for op in command.ops)
+    return False
 
 
 def decode(data: bytes) -> Command:
@@ -199,13 +221,18 @@ def decode(data: bytes) -> Command:
         raise CommandDecodeError(f"undecodable group command: {exc}") from None
     if not 1 <= envelope.version <= GROUP_COMMAND_VERSION:
         raise CommandDecodeError(f"group command version {envelope.version} is unknown")
-    first = _FIRST_VERSION.get(type(envelope.command), 1)
+    first = _version_for(envelope.command)
     if envelope.version < first:
         raise CommandDecodeError(
             f"a group command of version {envelope.version} cannot carry "
-            f"{type(envelope.command).__name__} (version {first} and later)"
+            f"{_what(envelope.command)} (version {first} and later)"
         )
     return envelope.command
+
+
+def _what(command: Command) -> str:
+    name = type(command).__name__
+    return f"{name} with bytes keys or values" if _carries_bytes(command) else name
 
 
 def encode_result(result: GroupResult) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal, TypeAlias
 import msgspec
 
 from shardwise.model.config import ShardId, Table
-from shardwise.model.kv import KVOp, KVResult
+from shardwise.model.kv import Key, KVOp, KVResult, Value, check_type
 from shardwise.model.replies import ReplicaStatus
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
@@ -55,17 +55,26 @@ class ReadRequest(msgspec.Struct, frozen=True):
     """A linearizable read of one key (through ReadIndex, not the log)."""
 
     shard: ShardId
-    key: str
+    key: Key
+
+    def __post_init__(self) -> None:
+        check_type("key", self.key)
 
 
 class ScanRequest(msgspec.Struct, frozen=True):
-    """Keys of one shard in order: ``start <= key < end``, starting with ``prefix``."""
+    """Keys of one shard in (byte) order: ``start <= key < end``, starting with
+    ``prefix``."""
 
     shard: ShardId
-    prefix: str | None = None
-    start: str | None = None
-    end: str | None = None
+    prefix: Key | None = None
+    start: Key | None = None
+    end: Key | None = None
     limit: int = 1000
+
+    def __post_init__(self) -> None:
+        for what, bound in (("prefix", self.prefix), ("start", self.start), ("end", self.end)):
+            if bound is not None:
+                check_type(f"scan {what}", bound)
 
 
 class KVReply(msgspec.Struct, frozen=True):
@@ -75,10 +84,11 @@ class KVReply(msgspec.Struct, frozen=True):
     """The configuration the group is in (for ``wrong_group``: fetch a newer one)."""
     result: KVResult | None = None
     """For a write: what the state machine answered."""
-    value: str | None = None
-    """For a read: the value (``None``: absent)."""
-    items: list[tuple[str, str]] = []
-    """For a scan: the pairs found, in key order."""
+    value: Value | None = None
+    """For a read: the value, as written (``None``: absent)."""
+    items: list[tuple[Key, Value]] = []
+    """For a scan: the pairs found, in key (byte) order; a key is a str if it is valid
+    UTF-8, else bytes."""
     error: str = ""
     """For a request refused at the door (a key or value over the limits): why."""
 
@@ -296,10 +306,27 @@ class ShardInfo(msgspec.Struct, frozen=True):
     """Writes (``WRITE``, ``SQL_WRITE``) of the shard this replica has served, likewise."""
 
 
+class ArrivalInfo(msgspec.Struct, frozen=True):
+    """A shard arriving in the group for configuration ``config_num``: how far its copy
+    is, for ``shardwise status`` and the progress bars (replica-local, not replicated)."""
+
+    shard: ShardId
+    config_num: int
+    phase: str
+    """``base`` (copying a base of it), ``frozen-wait`` (the base is here; waiting for
+    the source to freeze the shard) or ``delta`` (copying what changed since the base)."""
+    copied: int
+    """Bytes of the current image (base or delta) in the log so far."""
+    total: int = 0
+    """The image's size (0: not known here; only the leader that pulls it knows)."""
+
+
 class StatusReply(ReplicaStatus, frozen=True):
     gid: int
     config_num: int
     shards: list[ShardInfo] = msgspec.field(default_factory=list)
+    arrivals: list[ArrivalInfo] = msgspec.field(default_factory=list)
+    """Shards being copied in (a default: a reply from an older server still decodes)."""
 
 
 WRITE = RpcMethod("shard.write", WriteRequest, KVReply)

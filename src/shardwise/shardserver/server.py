@@ -58,6 +58,7 @@ from shardwise.shardserver.commands import (
     decode_result,
     encode,
 )
+from shardwise.shardserver.migration.arrivals import Incoming
 from shardwise.shardserver.migration.reconciler import Reconciler
 from shardwise.shardserver.migration.source import ShardSource
 from shardwise.shardserver.protocol import (
@@ -71,6 +72,7 @@ from shardwise.shardserver.protocol import (
     SQL_WRITE,
     STATUS,
     WRITE,
+    ArrivalInfo,
     BatchReply,
     BatchRequest,
     HandedOffReply,
@@ -378,9 +380,24 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             )
             for shard, record in sm.held()
         ]
+        arrivals = [self._arrival(shard, i) for shard, i in sorted(sm.incoming.items())]
         return StatusReply(
-            **replica_status_fields(s), gid=self.gid, config_num=sm.config.num, shards=shards
+            **replica_status_fields(s),
+            gid=self.gid,
+            config_num=sm.config.num,
+            shards=shards,
+            arrivals=arrivals,
         )
+
+    def _arrival(self, shard: ShardId, incoming: Incoming) -> ArrivalInfo:
+        """How far the copy of an arriving shard is (see ``ArrivalInfo``)."""
+        staged, base = incoming.staged.size, incoming.base
+        if base is not None and not staged:  # the whole base is here; no delta yet
+            size = base.size_bytes()
+            return ArrivalInfo(shard, incoming.config_num, "frozen-wait", size, size)
+        phase = "base" if base is None else "delta"
+        total = self.reconciler.image_size(shard, incoming.config_num)
+        return ArrivalInfo(shard, incoming.config_num, phase, staged, total)
 
 
 def _failure(exc: SqlError) -> SqlFailure:

@@ -1,12 +1,13 @@
 """The format of one shard's SQLite file: its tables, its ``meta`` rows, and the checks a
 file (or an image of one) passes before a store opens it.
 
-Tables: ``kv`` (``str`` keys and values, and ``ver``, the write version that last wrote the
-row), ``kv_gone`` (tombstones: see ``tracking.py``), ``sessions`` (client de-duplication:
-see ``dedup.py``) and ``meta`` (``format_version``, ``shard``, ``state``: the lifecycle
-state's name, opaque here, ``applied_index``, ``sql_tables``, ``gone_horizon``,
-``sql_changed_at`` and ``version_floor``). Distributed SQL tables live beside them as
-``sql_<name>`` (see ``sqlshard.py``).
+Tables: ``kv`` (keys as BLOBs, so they compare as bytes; values TEXT or BLOB, as written;
+and ``ver``, the write version that last wrote the row), ``kv_gone`` (tombstones: see
+``tracking.py``), ``sessions`` (client de-duplication: see ``dedup.py``) and ``meta``
+(``format_version``, ``shard``, ``state``: the lifecycle state's name, opaque here,
+``applied_index``, ``sql_tables``, ``gone_horizon``, ``sql_changed_at`` and
+``version_floor``). Distributed SQL tables live beside them as ``sql_<name>`` (see
+``sqlshard.py``).
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ from shardwise.errors import (
 from shardwise.model.config import ShardId
 from shardwise.storage.fsutil import Disk
 
-SCHEMA_VERSION: Final = 2
-"""Version of the tables below. Version 1 (no change tracking) is upgraded when its image
-is installed; a file of any other version is refused, not guessed at."""
+SCHEMA_VERSION: Final = 3
+"""Version of the tables below. Version 1 (no change tracking) and version 2 (keys stored
+as TEXT) are upgraded when their image is installed; a file of any other version is
+refused, not guessed at (a server of version 2 refuses a file of version 3)."""
 
 SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
 """Files SQLite keeps next to a database; they belong to it and go with it."""
 
 SCHEMA: Final = """
-CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, ver INTEGER NOT NULL)
+CREATE TABLE kv (key BLOB PRIMARY KEY, value TEXT NOT NULL, ver INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE INDEX kv_by_ver ON kv (ver);
-CREATE TABLE kv_gone (key TEXT PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE kv_gone (key BLOB PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX kv_gone_by_ver ON kv_gone (ver);
 CREATE TABLE sessions (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
     result BLOB NOT NULL, touched INTEGER NOT NULL);
@@ -52,6 +54,14 @@ CREATE INDEX kv_by_ver ON kv (ver);
 CREATE TABLE kv_gone (key TEXT PRIMARY KEY, ver INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX kv_gone_by_ver ON kv_gone (ver);
 """
+
+_UPGRADE_FROM_2: Final = """
+UPDATE kv SET key = CAST(key AS BLOB) WHERE typeof(key) = 'text';
+UPDATE kv_gone SET key = CAST(key AS BLOB) WHERE typeof(key) = 'text';
+"""
+"""Version 2 stored keys as TEXT; version 3 stores every key as a BLOB of its UTF-8 bytes
+(what a TEXT key's bytes are), so keys compare as bytes. The columns keep their declared
+TEXT affinity, which stores a BLOB unchanged; the values stay as they are (TEXT)."""
 
 
 @dataclass(slots=True)
@@ -79,6 +89,9 @@ def read_meta(conn: sqlite3.Connection, where: str, *, upgrade: bool = False) ->
         raise ShardFormatError(f"{where} is not a shard database: no format version")
     if upgrade and version == 1:
         conn.executescript(_UPGRADE_FROM_1)
+        version = 2
+    if upgrade and version == 2:
+        conn.executescript(_UPGRADE_FROM_2)
         put_meta(conn, "format_version", SCHEMA_VERSION)
         version = SCHEMA_VERSION
     if version != SCHEMA_VERSION:

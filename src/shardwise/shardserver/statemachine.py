@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
 from shardwise.model.config import NO_GROUP, Configuration, ShardId, initial_configuration
-from shardwise.model.kv import MAX_SCAN_ROWS, KVResult
+from shardwise.model.kv import MAX_SCAN_ROWS, Key, KVResult, Value
 from shardwise.raft.client_sessions import MAX_SESSIONS
 from shardwise.shardserver.commands import (
     AckDelivered,
@@ -117,8 +117,8 @@ class Read:
 
     serving: bool
     config_num: int
-    value: str | None = None
-    items: list[tuple[str, str]] = field(default_factory=list)
+    value: Value | None = None
+    items: list[tuple[Key, Value]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +279,7 @@ class ShardGroupStateMachine:
         record = self.shards.get(shard)
         return record is not None and record.state is _S.SERVING and self._owns(shard)
 
-    def read(self, shard: ShardId, key: str) -> Read:
+    def read(self, shard: ShardId, key: Key) -> Read:
         record = self.shards.get(shard)
         if record is None or record.store is None or not self.serves(shard):
             return Read(False, self.config.num)
@@ -288,9 +288,9 @@ class ShardGroupStateMachine:
     def scan(
         self,
         shard: ShardId,
-        prefix: str | None,
-        start: str | None,
-        end: str | None,
+        prefix: Key | None,
+        start: Key | None,
+        end: Key | None,
         limit: int,
     ) -> Read:
         record = self.shards.get(shard)

@@ -45,9 +45,12 @@ from shardwise.errors import (
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import (
     MAX_SCAN_ROWS,
+    Key,
     KVOp,
     KVResult,
+    Value,
     check_op,
+    key_bytes,
 )
 from shardwise.raft.client_sessions import MAX_SESSIONS
 from shardwise.shardserver import kvops
@@ -357,7 +360,9 @@ class ShardStore:
 
     # --- reads ---------------------------------------------------------------------------
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: Key) -> Value | None:
+        """The key's value (the type it was written with), ``None`` if it is absent."""
+        key = key_bytes(key)
         held = self._held.value(key)
         if held is not None:
             return held
@@ -373,19 +378,21 @@ class ShardStore:
             raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
         if row is None:
             return None
-        self._read_cache.remember(key, row[0])
-        return str(row[0])
+        value = kvops.as_value(row[0])
+        self._read_cache.remember(key, value)
+        return value
 
     def scan(
         self,
-        prefix: str | None = None,
+        prefix: Key | None = None,
         *,
-        start: str | None = None,
-        end: str | None = None,
+        start: Key | None = None,
+        end: Key | None = None,
         limit: int = MAX_SCAN_ROWS,
-    ) -> list[tuple[str, str]]:
-        """Up to ``limit`` ``(key, value)`` pairs in key order, with ``start <= key < end``
-        and starting with ``prefix``. Next page: ``start=last_key + "\\x00"``."""
+    ) -> list[tuple[Key, Value]]:
+        """Up to ``limit`` ``(key, value)`` pairs in key (byte) order, with ``start <= key
+        < end`` and starting with ``prefix``; a key is a str if it is valid UTF-8, else
+        bytes (see ``kvops.scan``). Next page: ``start=key_bytes(last_key) + b"\\x00"``."""
         if not 0 <= limit <= MAX_SCAN_ROWS:
             raise ShardLimitError(f"scan limit {limit} is not in [0, {MAX_SCAN_ROWS}]")
         try:

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import msgspec
 
+from shardwise.model.kv import Key, Value, check_type, key_bytes
 from shardwise.shardserver.shardfile import put_meta
 
 MAX_TOMBSTONES: Final = 100_000
@@ -47,14 +48,23 @@ class ShardDelta(msgspec.Struct, frozen=True, array_like=True):
     shard: str
     since: int
     version: int
-    upserts: list[tuple[str, str, int]]
-    """(key, value, version) of every row written after ``since``."""
-    gone: list[tuple[str, int]]
+    upserts: list[tuple[Key, Value, int]]
+    """(key, value, version) of every row written after ``since``. Keys are bytes (a
+    delta of format 1, from an older version, has str keys: their UTF-8 is the key)."""
+    gone: list[tuple[Key, int]]
     """(key, version) of every key deleted after ``since``."""
     sessions: list[tuple[str, int, bytes, int]]
     """The whole de-duplication table (it is small, and evictions leave no trace)."""
     gone_horizon: int
     sql_changed_at: int
+
+    def __post_init__(self) -> None:
+        # Keys and values decode as ``Any`` (see ``model/kv.py``): check them once here.
+        for key, value, _ in self.upserts:
+            check_type("key", key)
+            check_type("value", value)
+        for key, _ in self.gone:
+            check_type("key", key)
 
 
 class ChangeTracker:
@@ -70,7 +80,7 @@ class ChangeTracker:
         self.version += 1
         return self.version
 
-    def deleted(self, conn: sqlite3.Connection, key: str) -> None:
+    def deleted(self, conn: sqlite3.Connection, key: bytes) -> None:
         """A row was deleted: leave (or move up) its tombstone."""
         version = self.next_version()
         sql = "UPDATE kv_gone SET ver = ? WHERE key = ?"
@@ -107,10 +117,11 @@ class ChangeTracker:
         it fits this file)."""
         # Deletes first: a key deleted and then written again has both, and must stay.
         for key, ver in delta.gone:
-            conn.execute("DELETE FROM kv WHERE key = ?", (key,))
-            conn.execute("INSERT OR REPLACE INTO kv_gone (key, ver) VALUES (?, ?)", (key, ver))
+            stored = key_bytes(key)
+            conn.execute("DELETE FROM kv WHERE key = ?", (stored,))
+            conn.execute("INSERT OR REPLACE INTO kv_gone (key, ver) VALUES (?, ?)", (stored, ver))
         sql = "INSERT OR REPLACE INTO kv (key, value, ver) VALUES (?, ?, ?)"
-        conn.executemany(sql, delta.upserts)
+        conn.executemany(sql, [(key_bytes(k), v, ver) for k, v, ver in delta.upserts])
         conn.execute("DELETE FROM sessions")
         conn.executemany(
             "INSERT INTO sessions (client_id, seq, result, touched) VALUES (?, ?, ?, ?)",

@@ -22,7 +22,7 @@ from typing import Final
 
 import msgspec
 
-from shardwise.model.kv import KVOp, KVResult, Put
+from shardwise.model.kv import KVOp, KVResult, Put, Value, key_bytes
 from shardwise.shardserver.dedup import ClientSessions
 from shardwise.shardserver.tracking import ChangeTracker
 
@@ -41,15 +41,15 @@ _OK_ENCODED: Final = msgspec.msgpack.encode(KVResult())
 
 
 class ReadCache:
-    """Values of keys as the file has them."""
+    """Values of keys (their bytes) as the file has them."""
 
     def __init__(self) -> None:
-        self._values: dict[str, str] = {}
+        self._values: dict[bytes, Value] = {}
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: bytes) -> Value | None:
         return self._values.get(key)
 
-    def remember(self, key: str, value: str) -> None:
+    def remember(self, key: bytes, value: Value) -> None:
         if len(key) + len(value) > MAX_CACHED_ITEM_CHARS:
             return
         if len(self._values) >= MAX_CACHED_VALUES:
@@ -64,8 +64,8 @@ class HeldPuts:
     """Rows that plain puts wrote and the file does not have yet."""
 
     def __init__(self) -> None:
-        self._rows: dict[str, tuple[str, int]] = {}
-        """(value, write version) by key."""
+        self._rows: dict[bytes, tuple[Value, int]] = {}
+        """(value, write version) by key (its bytes: how the file stores it)."""
         self._sessions: dict[str, tuple[int, bytes, int]] = {}
         """The session rows those puts wrote: (seq, result, touched) by client id."""
         self.pending_bytes = 0
@@ -74,7 +74,7 @@ class HeldPuts:
     def __bool__(self) -> bool:
         return bool(self._rows)
 
-    def value(self, key: str) -> str | None:
+    def value(self, key: bytes) -> Value | None:
         held = self._rows.get(key)
         return None if held is None else held[0]
 
@@ -97,11 +97,11 @@ class HeldPuts:
             if not sessions.take_new_seq(client_id, seq):
                 return False
             self._sessions[client_id] = (seq, _OK_ENCODED, sessions.next_touch())
-        self._rows[op.key] = (op.value, changes.next_version())
+        self._rows[key_bytes(op.key)] = (op.value, changes.next_version())
         self.pending_bytes += len(op.key) + len(op.value)
         return True
 
-    def write_to(self, conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    def write_to(self, conn: sqlite3.Connection) -> list[tuple[bytes, Value]]:
         """Write what is held into ``conn``'s transaction (beginning one if none is open)
         and forget it; the ``(key, value)`` pairs written. Raises ``sqlite3.Error``."""
         rows, self._rows = self._rows, {}

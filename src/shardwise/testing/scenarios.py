@@ -190,7 +190,7 @@ async def concurrent_appends(cluster: Cluster, seed: int) -> None:
         done.set()
         await asyncio.gather(*tasks)
         for key, tokens in acked.items():
-            value = await kv.get(key) or ""
+            value = str(await kv.get(key) or "")
             for token in tokens:
                 assert value.count(token) == 1, f"{token} in {key}: {value.count(token)} times"
 

@@ -43,7 +43,7 @@ from shardwise.shardserver.commands import (
     decode_result,
     encode,
 )
-from shardwise.shardserver.migration.owners import owner_changes
+from shardwise.shardserver.migration.owners import OwnerChange, owner_changes
 from shardwise.shardserver.migration.source import (
     PRECOPY_PROGRESS_S,
     BaseTooOldError,
@@ -76,6 +76,16 @@ PROBE_TIMEOUT_S: Final = 1.0
 
 DELTA_WAIT_S: Final = 5.0
 """One round of asking for a delta; then the reconciler starts over (nothing is lost)."""
+
+
+LOGGED_SHARDS: Final = 4
+"""Shards named in a log line about a configuration change; the rest are counted."""
+
+
+def _first(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:LOGGED_SHARDS])
+    more = len(items) - LOGGED_SHARDS
+    return shown + (f", and {more} more" if more > 0 else "")
 
 
 class Configurations(Protocol):
@@ -113,12 +123,20 @@ class Reconciler:
         self._stale_bases: dict[tuple[ShardId, int], int] = {}
         """Bases the source could not make a delta from, by shard and configuration."""
         self._routers: dict[tuple[str, ...], LeaderRouter] = {}
+        self._image_sizes: dict[tuple[ShardId, int], int] = {}
+        """The size of the image (base or delta) being pulled, by shard and configuration,
+        for the status's progress (see ``image_size``)."""
 
     async def run_forever(self) -> None:
         await asyncio.gather(
             self._while_leader(self._advance, "advance"),
             self._while_leader(self._confirm_hand_offs, "confirm hand-offs"),
         )
+
+    def image_size(self, shard: ShardId, config_num: int) -> int:
+        """The size of the image of ``shard`` this replica pulls for ``config_num`` (0: it
+        pulls none; the status reports how much of it is in the log)."""
+        return self._image_sizes.get((shard, config_num), 0)
 
     async def propose(self, command: Command) -> bool:
         """Log ``command``; whether it applied (False: every replica ignored it)."""
@@ -152,6 +170,9 @@ class Reconciler:
             old = [key for key in self._stale_bases if key[1] < sm.config.num]
             for key in old:
                 del self._stale_bases[key]
+        if self._image_sizes:
+            for key in [k for k in self._image_sizes if k[1] < sm.config.num]:
+                del self._image_sizes[key]
         pulls = sm.pulls()
         if pulls:
             results = await asyncio.gather(
@@ -168,8 +189,31 @@ class Reconciler:
             await self._precopy(following)
             if not self._source.may_freeze(following):
                 return False
-            await self.propose(Reconfigure(following))
+            changes = owner_changes(sm.config, following, self.gid)
+            if await self.propose(Reconfigure(following)):
+                self._log_reconfigured(num, following.num, changes)
         return True
+
+    def _log_reconfigured(self, old: int, new: int, changes: Sequence[OwnerChange]) -> None:
+        """Once per group and configuration (only the leader whose proposal applied)."""
+        gains = [f"{c.shard} from group {c.previous}" for c in changes if c.owner == self.gid]
+        losses = [f"{c.shard} to group {c.owner}" for c in changes if c.owner != self.gid]
+        moves = "; ".join(
+            part
+            for part in (
+                f"gains {len(gains)} ({_first(gains)})" if gains else "",
+                f"gives {len(losses)} ({_first(losses)})" if losses else "",
+            )
+            if part
+        )
+        logger.info(
+            "%s: group %d goes from configuration %d to %d: %s",
+            self._node_id,
+            self.gid,
+            old,
+            new,
+            moves or "no shard changes hands here",
+        )
 
     async def _precopy(self, new: Configuration) -> None:
         """Before the group moves to ``new``: take a base of every shard it gains there
@@ -215,6 +259,7 @@ class Reconciler:
         server, first = await self._await_delta(pull, base)
         frozen = loop.time()
         request = PullRequest(shard, num, mode="delta", since=base)
+        self._image_sizes[shard, num] = first.total
         await self._puller.stream_in(shard, num, server, first, request)
         if not await self.propose(InstallDelta(shard, num, first.total, first.crc, base)):
             self._stale_bases[(shard, num)] = base
@@ -236,6 +281,7 @@ class Reconciler:
         version."""
         request = PullRequest(shard, config_num, mode="base")
         server, first = await self._puller.first_piece(shard, config_num, servers, request)
+        self._image_sizes[shard, config_num] = first.total
         progress = asyncio.create_task(self._tell_copying(shard, config_num, servers))
         try:
             await self._puller.stream_in(shard, config_num, server, first, request)
