@@ -30,11 +30,13 @@ How it mirrors the real transport, and where it deliberately simplifies:
   receives nothing. Calls it was serving fail promptly with ``ConnectionLostError`` (one
   network delay after the crash, the peer's kernel resets the connection; a transport
   that closes first answers its running handlers with ``shutting_down``), and new calls
-  to it time out: the real transport does not fail a call to a dead peer quickly either,
-  it keeps redialling with back-off until the call's deadline (``PeerUnreachableError``
-  only after ``MAX_DIAL_ATTEMPTS``, about 90 s). Unlike the real transport, what is sent
-  to a down node is lost rather than queued for its return; Raft retransmits, and a call
-  times out.
+  to it time out. Here the simulator is slower than the real transport, which fails the
+  calls queued for a peer as soon as a dial to it fails (``PeerUnreachableError``, never
+  sent) and new calls to it until the next dial is due: a simulated client waits out its
+  attempt timeout where a real one moves on at once, so simulated runs overstate
+  failover pauses (``bench/failover.py`` measures the real ones). Unlike the real
+  transport, what is sent to a down node is lost rather than queued for its return; Raft
+  retransmits, and a call times out.
 * **Partitions and drops** lose messages silently, so calls across them time out. Cuts
   and down nodes are checked when a message is sent and again when it arrives: cutting a
   link also loses what is on it.
