@@ -145,3 +145,29 @@ def test_closing_the_connection_closes_its_runner() -> None:
         cursor.execute("SELECT 1")
     with pytest.raises(dbapi.InterfaceError):
         connection.cursor().execute("SELECT 1")
+
+
+def test_executemany_batches_a_one_row_insert(conn: dbapi.Connection) -> None:
+    """Issue 19: one planned statement per row made executemany crawl; a one-row INSERT
+    now goes as multi-row INSERTs, and anything else still runs row by row."""
+    runner = conn._runner()
+    assert isinstance(runner, _LocalRunner)
+    statements: list[str] = []
+    run = runner.sql
+
+    def counting(query: str, params: Any = None) -> Result:
+        statements.append(query)
+        return run(query, params)
+
+    runner.sql = counting  # type: ignore[method-assign]
+    cursor = conn.cursor()
+    people = [(i, f"p{i}", i % 90) for i in range(2500)]
+    cursor.executemany("INSERT INTO people VALUES (?, ?, ?)", people)
+    assert cursor.rowcount == 2500 and len(statements) == 3
+    cursor.execute("SELECT count(*), sum(age), max(name) FROM people")
+    assert cursor.fetchone() == (2500, sum(p[2] for p in people), "p999")
+    statements.clear()
+    cursor.executemany("UPDATE people SET age = ? WHERE id = ?", [(1, 1), (2, 2), (3, 3)])
+    assert cursor.rowcount == 3 and len(statements) == 3
+    with pytest.raises(dbapi.IntegrityError):  # a duplicate key fails its batch
+        cursor.executemany("INSERT INTO people VALUES (?, ?, ?)", [(5000, "a", 1), (1, "b", 2)])

@@ -230,12 +230,24 @@ class Cursor:
     def executemany(
         self, operation: str, seq_of_parameters: Sequence[Sequence[Any] | Mapping[str, Any]]
     ) -> Cursor:
-        """``operation`` once per set of parameters, one statement after another;
-        ``rowcount`` is their total. (For a bulk load, one multi-row ``INSERT`` is one
-        batch per shard and far faster.)"""
+        """``operation`` once per set of parameters; ``rowcount`` is their total.
+
+        A one-row ``INSERT ... VALUES (?, ...)`` runs as multi-row INSERTs of up to
+        ``shardwise.sql.bulk.MAX_BULK_ROWS`` rows each (one batch per shard per
+        statement, as a multi-row INSERT you write yourself); a batch that fails may
+        leave some of its rows applied, as one multi-row INSERT may, and ``now()`` is
+        one instant per batch. Any other statement runs once per set, in order."""
+        from shardwise.sql.bulk import multi_row_inserts  # noqa: PLC0415 - loads the parser
+
+        sets = list(seq_of_parameters)
+        statements: list[tuple[str, Any]] | None = None
+        if sets and not any(isinstance(p, Mapping | str | bytes) for p in sets):
+            statements = multi_row_inserts(operation, sets)
+        if statements is None:
+            statements = [(operation, parameters) for parameters in sets]
         total = 0
-        for parameters in seq_of_parameters:
-            self.execute(operation, parameters)
+        for sql, parameters in statements:
+            self.execute(sql, parameters)
             total += max(0, self.rowcount)
         self.description = None
         self._rows = []

@@ -355,3 +355,82 @@ def render(view: Snapshot) -> str:
     printed = io.StringIO()
     Console(file=printed, width=120, color_system=None).print(status_view(view, {}, 120))
     return printed.getvalue()
+
+
+# --- the shell over the real SQL layer (issue 18, points 8 to 10) -----------------------
+
+
+class LocalSqlClient:
+    """The shell's client over the real planner and coordinator, on in-process shards."""
+
+    def __init__(self) -> None:
+        from shardwise.model.config import Keyspace, Scheme  # noqa: PLC0415
+        from shardwise.sql import Coordinator, LocalShards  # noqa: PLC0415
+
+        self.shards = LocalShards([Keyspace("default", Scheme(shards=4))])
+        self.coordinator = Coordinator(self.shards, self.shards)
+        self.configuration: Configuration | None = None
+
+    def sql(
+        self, query: str, params: Params | None = None, *, deadline_s: float | None = None
+    ) -> Result:
+        import asyncio  # noqa: PLC0415
+
+        return asyncio.run(self.coordinator.execute(query, params))
+
+
+@pytest.fixture
+def real_shell() -> Iterator[tuple[Shell, io.StringIO, io.StringIO]]:
+    client = LocalSqlClient()
+    shell, out, err = make_shell(client)  # type: ignore[arg-type]
+    create = "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT) WITH (distribution = 'id')"
+    assert shell.run_text(f"{create}; INSERT INTO users VALUES (1, 'ada')") == ExitCode.OK
+    yield shell, out, err
+    client.shards.close()
+
+
+def test_result_columns_are_named_as_postgresql_names_them(
+    real_shell: tuple[Shell, io.StringIO, io.StringIO],
+) -> None:
+    shell, out, _ = real_shell
+    queries = {
+        "SELECT now(), CURRENT_TIMESTAMP, 1 + 1, id::text FROM users": (
+            ["now", "current_timestamp", "?column?", "id"]
+        ),
+        "SELECT approx_count_distinct(name), count(*), max(name) AS shout FROM users": (
+            ["approx_count_distinct", "count", "shout"]
+        ),
+    }
+    for query, names in queries.items():
+        out.seek(0)
+        out.truncate()
+        assert shell.run_text(query) == ExitCode.OK
+        header = next(line for line in out.getvalue().splitlines() if names[0] in line)
+        assert header.split() == names
+        assert "%(" not in out.getvalue() and "APPROX_DISTINCT" not in out.getvalue()
+
+
+def test_show_tables_points_at_backslash_d_without_library_warnings(
+    real_shell: tuple[Shell, io.StringIO, io.StringIO],
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    shell, _, err = real_shell
+    assert shell.run_text("SHOW TABLES") == ExitCode.SQL
+    shown = err.getvalue()
+    assert "SHOW TABLES is not supported" in shown
+    assert "\\d lists the tables" in shown
+    assert not [r for r in caplog.records if r.name.startswith("sqlglot")]
+    assert "Falling back" not in capfd.readouterr().err + shown
+
+
+def test_the_caret_points_at_a_misspelt_first_word(
+    real_shell: tuple[Shell, io.StringIO, io.StringIO],
+) -> None:
+    shell, _, err = real_shell
+    assert shell.run_lines(["SELEC name FROM users;\n"]) == ExitCode.SQL
+    lines = err.getvalue().splitlines()
+    assert lines[0].startswith("ERROR (syntax): syntax error at line 1, column 1:")
+    assert "did you mean SELECT?" in lines[0]
+    assert lines[1] == "LINE 1: SELEC name FROM users"
+    assert lines[2] == " " * len("LINE 1: ") + "^"

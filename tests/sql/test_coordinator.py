@@ -11,6 +11,7 @@ import pytest
 from shardwise.model.config import Keyspace, Scheme, ShardId
 from shardwise.sql import EXPLAIN_COLUMN, Coordinator, LocalShards
 from shardwise.sql.difftest import (
+    DEFAULT_TABLES,
     create_statements,
     differences,
     make_rows,
@@ -90,13 +91,14 @@ async def test_writes_match_a_single_database(
     local: LocalShards, rng: random.Random, seed: int
 ) -> None:
     sql = Coordinator(local, local)
-    data = make_rows(rng)
+    data = make_rows(rng, DEFAULT_TABLES)
     reference = reference_database(data)
-    for ddl in create_statements():
+    for ddl in create_statements(DEFAULT_TABLES):
         await sql.execute(ddl)
     for name, rows in data.items():
         for row in rows:
-            await sql.execute(f"INSERT INTO {name} VALUES ($1, $2, $3, $4, $5, $6)", list(row))
+            marks = ", ".join(f"${i + 1}" for i in range(len(row)))
+            await sql.execute(f"INSERT INTO {name} VALUES ({marks})", list(row))
     statements = [
         "UPDATE t SET x = x + 1 WHERE g = $1",
         "UPDATE t SET s = upper(s), y = y * 2 WHERE id = $1",

@@ -26,7 +26,13 @@ from rich.table import Table
 from rich.text import Text
 
 from shardwise.cli.exits import ExitCode, exit_code_for
-from shardwise.errors import ShardwiseError, SqlCatalogError, SqlError, SqlSyntaxError
+from shardwise.errors import (
+    ShardwiseError,
+    SqlCatalogError,
+    SqlError,
+    SqlSyntaxError,
+    UnsupportedSqlError,
+)
 from shardwise.model.config import Configuration
 from shardwise.model.config import Table as TableDef
 from shardwise.sql.catalog import ColumnSpec
@@ -260,6 +266,9 @@ def syntax_pointer(statement: str, line: int, column: int) -> Text:
     return Text(f"{prefix}{shown}{tail}\n{caret}")
 
 
+_CATALOG_HINT: Final = "HINT: \\d lists the tables; \\d NAME describes one."
+
+
 def error_view(exc: Exception, statement: str | None = None) -> RenderableType:
     """An error as the shell prints it: its kind, its message, and for a syntax error
     where in the statement it is."""
@@ -267,6 +276,12 @@ def error_view(exc: Exception, statement: str | None = None) -> RenderableType:
         head = Text.assemble(("ERROR", "bold red"), f" ({exc.code}): {exc}")
         if isinstance(exc, SqlSyntaxError) and statement is not None:
             return Group(head, syntax_pointer(statement, exc.line, exc.column))
+        if (
+            isinstance(exc, UnsupportedSqlError)
+            and statement is not None
+            and _leading_words(statement, 1)[:1] in (["SHOW"], ["DESCRIBE"], ["DESC"])
+        ):
+            return Group(head, Text(_CATALOG_HINT))
         return head
     return Text.assemble(("error: ", "bold red"), str(exc))
 

@@ -3,9 +3,9 @@
 | aggregate | partial on each shard | combined at the coordinator |
 |---|---|---|
 | ``count(*)``, ``count(x)`` | ``count`` | sum |
-| ``sum(x)`` | ``sum(x)`` | sum (NULL if every partial is NULL) |
+| ``sum(x)`` | ``shardwise_sum(x)``: exact past 64 bits | sum (NULL if no value) |
 | ``total(x)`` | ``total(x)`` | sum, a REAL |
-| ``avg(x)`` | ``sum(x)``, ``count(x)`` | sum / count |
+| ``avg(x)`` | ``total(x)``, ``count(x)`` | sum / count (a REAL sum: no 64-bit overflow) |
 | ``min(x)``, ``max(x)`` | ``min``, ``max`` | min, max in SQLite's order |
 | ``count/sum/avg/total(DISTINCT x)`` | ``shardwise_distinct(x)``: a set | union, aggregate |
 | ``approx_count_distinct(x)`` | ``shardwise_hll(x)``: a sketch | register maximum, estimate |
@@ -48,7 +48,9 @@ Kind: TypeAlias = Literal[
 MOMENTS: Final = "shardwise_moments"
 HLL: Final = "shardwise_hll"
 DISTINCT_SET: Final = "shardwise_distinct"
+EXACT_SUM: Final = "shardwise_sum"
 APPROX_DISTINCT: Final = "approx_count_distinct"
+
 
 _STATISTICS: Final[dict[type[exp.Expr], Kind]] = {
     exp.Variance: "var_samp",
@@ -205,10 +207,16 @@ def partials(aggregate: Aggregate) -> list[exp.Expr]:
     kind = aggregate.kind
     if kind == "count_star":
         return [exp.Count(this=exp.Star())]
-    if kind in ("count", "sum", "total", "min", "max"):
+    if kind == "sum":
+        # Not SQLite's sum: one shard's part of a SUM may pass 64 bits where the whole
+        # does not; the state stays exact.
+        return [call(EXACT_SUM)]
+    if kind in ("count", "total", "min", "max"):
         return [call(kind)]
     if kind == "avg":
-        return [call("sum"), call("count")]
+        # total, not sum: a shard's integer SUM can overflow 64 bits where AVG (a REAL,
+        # like SQLite's own running sum for it) cannot.
+        return [call("total"), call("count")]
     if kind in ("count_distinct", "sum_distinct", "total_distinct", "avg_distinct"):
         return [call(DISTINCT_SET)]
     if kind == "approx_distinct":

@@ -39,6 +39,7 @@ _REFUSED: Final[dict[type[exp.Expr], str]] = {
     exp.Lambda: "a lambda",
     exp.Unnest: "UNNEST",
     exp.Array: "an ARRAY value",
+    exp.BitString: "a bit-string literal (B'...')",
     exp.Join: "JOIN",
     exp.Rollup: "GROUP BY ROLLUP",
     exp.Cube: "GROUP BY CUBE",
@@ -139,7 +140,9 @@ class Scope:
                 if inner is not call and is_aggregate(inner):
                     raise SqlSemanticError("aggregate function calls cannot be nested")
         if isinstance(tree, exp.Column):
-            return tree
+            # ``replace`` cannot swap a tree's root: a lone column is rebuilt here, so a
+            # group key ``a`` equals the ``a`` inside ``upper(a)`` or ``a > 3``.
+            return exp.column(tree.name, quoted=True)
         return tree
 
     def _check_qualifier(self, column: exp.Column) -> None:
@@ -154,12 +157,3 @@ class Scope:
 
 def has_aggregate(node: exp.Expr) -> bool:
     return any(is_aggregate(n) for n in node.find_all(exp.Func))
-
-
-def output_name(node: exp.Expr, alias: str, text: str) -> str:
-    """A result column's name: its alias, else the column's name, else the expression."""
-    if alias:
-        return alias
-    if isinstance(node, exp.Column):
-        return node.name
-    return text

@@ -106,7 +106,9 @@ class Coordinator:
             return Result(read.columns, merge_rows(parts, merge))
         assert isinstance(merge, AggregateMerge)
         groups = combine_aggregates(parts, merge)
-        rows = run_final(groups, merge.group_width, len(merge.aggregates), merge.final)
+        rows = run_final(
+            groups, merge.group_width, len(merge.aggregates), merge.final, merge.group_types
+        )
         return Result(read.columns, rows)
 
     async def _write(self, write: WritePlan) -> Result:

@@ -6,6 +6,11 @@ ascending order (:class:`Shardwise` tells sqlglot so, else it would add ``NULLS 
 every ``ORDER BY`` to mimic PostgreSQL), integer division truncates, comparisons follow
 SQLite's type affinity. Output for shards is SQLite with every identifier quoted, so a
 column named ``order`` or ``key`` needs no care.
+
+``NUMERIC`` and ``DECIMAL`` (with or without a precision) mean what they mean in SQLite:
+NUMERIC affinity, in a column declaration and in a ``CAST`` alike, so an integral value
+stays an INTEGER (``7 / 2`` is 3) and a fractional one is a REAL. There is no exact
+decimal type; ``docs/sql.md`` says so.
 """
 
 from __future__ import annotations
@@ -31,16 +36,39 @@ DIALECT: Final = Shardwise
 SHARD_DIALECT: Final = "sqlite"
 """What shards run."""
 
+_DECIMAL_TYPES: Final = frozenset(
+    {
+        exp.DataType.Type.DECIMAL,
+        exp.DataType.Type.BIGDECIMAL,
+        exp.DataType.Type.DECIMAL32,
+        exp.DataType.Type.DECIMAL64,
+        exp.DataType.Type.DECIMAL128,
+        exp.DataType.Type.DECIMAL256,
+        exp.DataType.Type.UDECIMAL,
+    }
+)
+
+
+def _numeric_affinity(node: exp.Expr) -> exp.Expr:
+    # sqlglot writes DECIMAL as SQLite's REAL; SQLite's own rule is NUMERIC affinity.
+    if isinstance(node, exp.DataType) and node.this in _DECIMAL_TYPES:
+        return exp.DataType(this=exp.DataType.Type.USERDEFINED, kind="NUMERIC")
+    return node
+
 
 def to_sqlite(expression: exp.Expr) -> str:
     """SQLite text for ``expression``; a construct SQLite cannot express is refused here
     rather than silently dropped (sqlglot only warns by default)."""
+    if any(t.this in _DECIMAL_TYPES for t in expression.find_all(exp.DataType)):
+        expression = expression.transform(_numeric_affinity, copy=True)
     try:
         return expression.sql(
             dialect=SHARD_DIALECT, identify=True, unsupported_level=ErrorLevel.RAISE
         )
     except UnsupportedError as exc:
         raise UnsupportedSqlError("this construct on SQLite", str(exc)) from exc
+    except ValueError as exc:  # sqlglot's own, e.g. for the bit string B''
+        raise UnsupportedSqlError("this literal on SQLite", str(exc)) from None
 
 
 def to_text(expression: exp.Expr) -> str:

@@ -27,13 +27,25 @@ def _connect() -> sqlite3.Connection:
     return conn
 
 
-def run_final(rows: Sequence[Row], groups: int, aggregates: int, query: Fragment) -> list[Row]:
-    """``query`` over ``_sw_merged``, which holds ``rows`` (group keys, then aggregates)."""
-    names = [f"_sw_g{i}" for i in range(groups)] + [f"_sw_a{j}" for j in range(aggregates)]
+def run_final(
+    rows: Sequence[Row],
+    groups: int,
+    aggregates: int,
+    query: Fragment,
+    group_types: Sequence[str] = (),
+) -> list[Row]:
+    """``query`` over ``_sw_merged``, which holds ``rows`` (group keys, then aggregates).
+
+    A group key's column is declared with ``group_types`` (the key's own affinity on the
+    shards, which its values already have, so storing them changes none), and compares
+    with a literal as the key does on a shard; aggregates have no affinity, as in SQLite.
+    """
+    types = list(group_types) + [""] * (groups - len(group_types))
+    names = [f"_sw_g{i} {types[i]}".rstrip() for i in range(groups)]
+    names += [f"_sw_a{j}" for j in range(aggregates)]
     with closing(_connect()) as conn:
         try:
             if names:
-                # Untyped columns: no affinity, so every value keeps its storage class.
                 conn.execute(f"CREATE TABLE {MERGED_TABLE} ({', '.join(names)})")
                 marks = ", ".join("?" * len(names))
                 conn.executemany(f"INSERT INTO {MERGED_TABLE} VALUES ({marks})", rows)

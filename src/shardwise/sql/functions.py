@@ -12,6 +12,7 @@ connection. All are deterministic functions of their input rows.
 | ``shardwise_moments(x)`` | aggregate | BLOB: count, mean, M2 |
 | ``shardwise_hll(x)`` | aggregate | BLOB: a HyperLogLog sketch |
 | ``shardwise_distinct(x)`` | aggregate | BLOB: the set of distinct non-NULL values (MessagePack) |
+| ``shardwise_sum(x)`` | aggregate | BLOB: SQLite's SUM state, exact past 64 bits (MessagePack) |
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any, Final, cast
 
 import msgspec
 
-from shardwise.sql.aggregates import APPROX_DISTINCT, DISTINCT_SET, HLL, MOMENTS
+from shardwise.sql.aggregates import APPROX_DISTINCT, DISTINCT_SET, EXACT_SUM, HLL, MOMENTS
 from shardwise.sql.hll import Sketch
 from shardwise.sql.moments import Moments, Statistic
-from shardwise.sql.numeric import as_real
+from shardwise.sql.numeric import ExactSum, as_real
 from shardwise.sql.values import SqlValue
 
 _encode: Final = msgspec.msgpack.Encoder().encode
@@ -72,6 +73,17 @@ class _HllEstimate(_HllState):
         return self.sketch.estimate()
 
 
+class _SumBlob:
+    def __init__(self) -> None:
+        self.sum = ExactSum()
+
+    def step(self, value: SqlValue) -> None:
+        self.sum.add(value)
+
+    def finalize(self) -> bytes:
+        return self.sum.encode()
+
+
 class _DistinctSet:
     def __init__(self) -> None:
         self.values: dict[SqlValue, None] = {}  # a set that keeps first-seen order
@@ -94,6 +106,7 @@ def register(conn: sqlite3.Connection) -> None:
         (MOMENTS, _MomentsBlob),
         (HLL, _HllBlob),
         (DISTINCT_SET, _DistinctSet),
+        (EXACT_SUM, _SumBlob),
     ]
     for name, implementation in aggregates:
         conn.create_aggregate(name, 1, cast(Any, implementation))

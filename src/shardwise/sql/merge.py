@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -19,10 +20,10 @@ import msgspec
 from shardwise.errors import SqlExecutionError, SqlLimitError
 from shardwise.sql.hll import Sketch
 from shardwise.sql.moments import Moments, Statistic
-from shardwise.sql.numeric import as_real
+from shardwise.sql.numeric import OVERFLOW, ExactSum
 from shardwise.sql.ordering import compare, row_comparator
 from shardwise.sql.plans import AggregateMerge, PartialAggregate, RowMerge
-from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
+from shardwise.sql.values import SqlValue
 
 Row = tuple[SqlValue, ...]
 
@@ -80,8 +81,9 @@ def merge_rows(parts: Sequence[Sequence[Row]], merge: RowMerge) -> list[Row]:
     width = merge.width
     if merge.distinct:
         stream = _unique(stream, width)
-    stop = None if merge.limit is None else merge.offset + merge.limit
-    window = itertools.islice(stream, merge.offset, stop)
+    # islice takes at most sys.maxsize; no statement holds that many rows anyway.
+    stop = None if merge.limit is None else min(merge.offset + merge.limit, sys.maxsize)
+    window = itertools.islice(stream, min(merge.offset, sys.maxsize), stop)
     return [row[:width] if len(row) > width else tuple(row) for row in window]
 
 
@@ -98,42 +100,6 @@ def _unique(rows: Iterable[Row], width: int) -> Iterator[Row]:
 # --- aggregates --------------------------------------------------------------------------
 
 
-class _Sum:
-    """SQLite's SUM: exact integers while every input is an integer, else a REAL."""
-
-    __slots__ = ("exact", "integer", "real", "seen")
-
-    def __init__(self) -> None:
-        self.integer = 0
-        self.real = 0.0
-        self.seen = False
-        self.exact = True
-
-    def add(self, value: SqlValue) -> None:
-        if value is None:
-            return
-        self.seen = True
-        if isinstance(value, int) and self.exact:
-            self.integer += value
-            return
-        if self.exact:
-            self.exact = False
-            self.real = float(self.integer)
-        self.real += as_real(value)
-
-    def result(self) -> SqlValue:
-        if not self.seen:
-            return None
-        if self.exact:
-            if not INT64_MIN <= self.integer <= INT64_MAX:
-                raise SqlExecutionError("integer overflow")
-            return self.integer
-        return self.real
-
-    def total(self) -> float:
-        return float(self.integer) if self.exact else self.real
-
-
 class _State:
     """One aggregate's merged state in one group."""
 
@@ -142,7 +108,7 @@ class _State:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.count = 0
-        self.sum = _Sum()
+        self.sum = ExactSum()
         self.extreme: SqlValue = None
         self.values: dict[SqlValue, None] = {}
         self.sketch: Sketch | None = None
@@ -153,7 +119,9 @@ class _State:
         first = partial[0]
         if kind in ("count", "count_star"):
             self.count += _int(first)
-        elif kind in ("sum", "total"):
+        elif kind == "sum":
+            self.sum.merge(_decode_sum(first))
+        elif kind == "total":
             self.sum.add(first)
         elif kind == "avg":
             self.sum.add(first)
@@ -183,7 +151,7 @@ class _State:
         if kind in ("count", "count_star"):
             return self.count
         if kind == "sum":
-            return self.sum.result()
+            return _checked(self.sum.result())
         if kind == "total":
             return self.sum.total()
         if kind == "avg":
@@ -193,11 +161,11 @@ class _State:
         if kind == "count_distinct":
             return len(self.values)
         if kind in ("sum_distinct", "total_distinct", "avg_distinct"):
-            distinct = _Sum()
+            distinct = ExactSum()
             for value in self.values:
                 distinct.add(value)
             if kind == "sum_distinct":
-                return distinct.result()
+                return _checked(distinct.result())
             if kind == "total_distinct":
                 return distinct.total()
             return distinct.total() / len(self.values) if self.values else None
@@ -228,6 +196,13 @@ def combine_aggregates(parts: Iterable[Sequence[Row]], merge: AggregateMerge) ->
     return [key + tuple(s.result() for s in states) for key, states in groups.items()]
 
 
+def _checked(value: SqlValue) -> SqlValue:
+    """SQLite finishes every group's SUM (before HAVING), so any overflow is an error."""
+    if value == OVERFLOW:
+        raise SqlExecutionError("integer overflow")
+    return value
+
+
 def _columns(row: Row, spec: PartialAggregate) -> tuple[SqlValue, ...]:
     return tuple(row[c] for c in spec.columns)
 
@@ -256,6 +231,17 @@ def _decode_set(value: SqlValue) -> list[SqlValue]:
     ):
         raise SqlExecutionError("a shard sent a distinct set of unexpected values")
     return values
+
+
+def _decode_sum(value: SqlValue) -> ExactSum:
+    if value is None:
+        return ExactSum()
+    try:
+        if not isinstance(value, bytes):
+            raise ValueError("not a blob")
+        return ExactSum.decode(value)
+    except ValueError as exc:
+        raise SqlExecutionError(f"a shard sent a corrupt sum: {exc}") from None
 
 
 def _decode_sketch(value: SqlValue) -> Sketch:

@@ -8,6 +8,8 @@ applied, so it is refused whole. ``EXPLAIN`` is peeled off here (sqlglot would p
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -24,13 +26,80 @@ from shardwise.errors import (
     UnsupportedSqlError,
 )
 from shardwise.sql.dialect import DIALECT
+from shardwise.sql.values import INT64_MAX
 
 MAX_SQL_CHARS: Final = 1 << 20
 """Longest statement text: a statement rides in one request; bulk loads use many."""
 
+MAX_NESTING_DEPTH: Final = 32
+"""Deepest nesting of parentheses, brackets and CASE ... END in a statement. The parser
+recurses about twenty Python frames per level, so without a bound deep nesting would
+exhaust Python's recursion limit (at about 45 levels) rather than fail clearly."""
+
+_OPENERS: Final = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.CASE})
+_CLOSERS: Final = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.END})
+
+# sqlglot logs a warning ("Falling back to parsing as a 'Command'") for statements it
+# reads as opaque commands; shardwise refuses those with an error of its own, and a
+# library's warnings are not for shardwise's users.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+_STATEMENT_WORDS: Final = (
+    "SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "EXPLAIN", "WITH",
+    "VALUES",
+)  # fmt: skip
+"""What a statement shardwise runs begins with (for "did you mean")."""
+
+_OTHER_STATEMENT_WORDS: Final = frozenset(
+    {"START", "LISTEN", "NOTIFY", "UNLISTEN", "ABORT", "DEALLOCATE", "DISCARD", "CLUSTER",
+     "CHECKPOINT", "LOAD", "IMPORT", "SECURITY", "REASSIGN"}
+)  # fmt: skip
+"""PostgreSQL statements whose first word sqlglot reads as a name: refused as unsupported
+statements, not as misspellings."""
+
+_NOT_A_STATEMENT: Final = frozenset(
+    {TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING}
+)
+
+_HEX_DIGITS_MAX: Final = 16
+"""SQLite reads ``0x`` literals of up to 16 significant digits, as 64-bit two's
+complement integers (``0xffffffffffffffff`` is -1); longer ones are an error."""
+
 # sqlglot's messages quote its token and class objects; keep only the human part.
 _TOKEN_REPR: Final = re.compile(r"<Token token_type: TokenType\.(\w+), text: ([^,]*),.*?>")
 _CLASS_REPR: Final = re.compile(r"<class 'sqlglot\.[\w.]*?(\w+)'>")
+
+
+_NILADIC: Final = frozenset(
+    {
+        TokenType.CURRENT_TIMESTAMP,
+        TokenType.CURRENT_DATE,
+        TokenType.CURRENT_TIME,
+        TokenType.LOCALTIMESTAMP,
+        TokenType.LOCALTIME,
+        TokenType.CASE,
+    }
+)
+_SELECT_ENDS: Final = frozenset(
+    {
+        TokenType.FROM,
+        TokenType.WHERE,
+        TokenType.GROUP_BY,
+        TokenType.HAVING,
+        TokenType.ORDER_BY,
+        TokenType.LIMIT,
+        TokenType.OFFSET,
+        TokenType.UNION,
+        TokenType.EXCEPT,
+        TokenType.INTERSECT,
+        TokenType.SEMICOLON,
+        TokenType.WINDOW,
+        TokenType.FETCH,
+        TokenType.INTO,
+        TokenType.QUALIFY,
+    }
+)
+_WORD: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +107,10 @@ class ParsedStatement:
     statement: exp.Expr
     explain: bool
     text: str
+    select_heads: tuple[str, ...] = ()
+    """For a SELECT, each select item's function name as written (folded to lower case
+    unless quoted), "" for an item that does not start with a call; for naming result
+    columns as PostgreSQL does (:mod:`shardwise.sql.colnames`)."""
 
 
 def parse_statement(sql: str) -> ParsedStatement:
@@ -45,6 +118,10 @@ def parse_statement(sql: str) -> ParsedStatement:
     if len(sql) > MAX_SQL_CHARS:
         raise SqlLimitError("MAX_SQL_CHARS", MAX_SQL_CHARS, "the statement is too long")
     sql, tokens = _tokenize(sql)
+    _check_nesting(sql, tokens)
+    integers = _hex_integers(sql, tokens)
+    if integers != sql:
+        sql, tokens = integers, DIALECT().tokenize(integers)
     explain = False
     offset = 0  # where the statement proper starts in ``sql``
     if tokens and tokens[0].text.upper() == "EXPLAIN":
@@ -57,6 +134,9 @@ def parse_statement(sql: str) -> ParsedStatement:
         line, column = _line_column(sql, len(sql))
         raise SqlSyntaxError("empty statement", line, column)
     body = sql[offset:]
+    # After EXPLAIN, sqlglot's tokens hold the rest as one opaque token: read it again.
+    first = tokens[0] if not explain else DIALECT().tokenize(body)[0]
+    _check_first_word(sql, first, offset if explain else 0)
     statements = _parse(body, sql, offset)
     numbered = _number_qmarks(body, tokens, offset)
     if numbered != body:
@@ -71,7 +151,95 @@ def parse_statement(sql: str) -> ParsedStatement:
         if name == "CREATE TABLE":
             hint = "declare the distribution column with WITH (distribution = 'column')"
         raise UnsupportedSqlError(f"this form of {name}", hint)
-    return ParsedStatement(statement, explain, sql)
+    return ParsedStatement(statement, explain, sql, _select_heads(tokens))
+
+
+def _select_heads(tokens: list[Token]) -> tuple[str, ...]:
+    """The function name each top-level select item starts with ("" if none)."""
+    if not tokens or tokens[0].token_type is not TokenType.SELECT:
+        return ()
+    rest = tokens[1:]
+    while rest and rest[0].token_type in (TokenType.DISTINCT, TokenType.ALL):
+        rest = rest[1:]
+    items: list[list[Token]] = [[]]
+    depth = 0
+    for token in rest:
+        kind = token.token_type
+        if depth == 0 and kind in _SELECT_ENDS:
+            break
+        if depth == 0 and kind is TokenType.COMMA:
+            items.append([])
+            continue
+        if kind in _OPENERS:
+            depth += 1
+        elif kind in _CLOSERS:
+            depth = max(depth - 1, 0)
+        items[-1].append(token)
+    return tuple(_head(item) for item in items)
+
+
+def _head(item: list[Token]) -> str:
+    if not item:
+        return ""
+    first = item[0]
+    calls = len(item) > 1 and item[1].token_type is TokenType.L_PAREN
+    if first.token_type is TokenType.IDENTIFIER:  # quoted: its case is kept
+        return first.text if calls else ""
+    if first.token_type in _NILADIC or (calls and _WORD.match(first.text)):
+        return first.text.lower()
+    return ""
+
+
+def _check_first_word(sql: str, first: Token, offset: int) -> None:
+    """A statement that starts with a name or a value is misspelt there, at its first
+    word (as PostgreSQL reports it), not wherever the parser gave up later."""
+    word = first.text
+    if first.token_type not in _NOT_A_STATEMENT or word.upper() in _OTHER_STATEMENT_WORDS:
+        return
+    line, column = _line_column(sql, offset + first.start)
+    guess = difflib.get_close_matches(word.upper(), _STATEMENT_WORDS, n=1)
+    hint = f"; did you mean {guess[0]}?" if guess else ""
+    raise SqlSyntaxError(f"{word!r} does not begin a statement{hint}", line, column)
+
+
+def _check_nesting(sql: str, tokens: list[Token]) -> None:
+    depth = 0
+    for token in tokens:
+        if token.token_type in _OPENERS:
+            depth += 1
+            if depth > MAX_NESTING_DEPTH:
+                line, column = _line_column(sql, token.start)
+                raise SqlLimitError(
+                    "MAX_NESTING_DEPTH",
+                    MAX_NESTING_DEPTH,
+                    f"parentheses or CASE nested too deeply at line {line}, column {column}",
+                )
+        elif token.token_type in _CLOSERS:
+            depth = max(depth - 1, 0)
+
+
+def _hex_integers(sql: str, tokens: list[Token]) -> str:
+    """``0x1F`` literals written as the decimal INTEGER SQLite reads them as (sqlglot
+    would read them as the blob ``x'1F'``, which a blob literal also is)."""
+    out: list[str] = []
+    last = 0
+    for token in tokens:
+        start, end = token.start, token.end + 1
+        if token.token_type is not TokenType.HEX_STRING or sql[start : start + 2].lower() != "0x":
+            continue
+        digits = token.text.lstrip("0")
+        if len(digits) > _HEX_DIGITS_MAX:
+            line, column = _line_column(sql, start)
+            raise SqlSyntaxError(f"hex literal too big: {sql[start:end]}", line, column)
+        value = int(digits or "0", 16)
+        if value > INT64_MAX:
+            value -= 1 << 64
+        out.append(sql[last:start])
+        # Parenthesised when negative: "5-0xff..." must not become the comment "5--1".
+        out.append(str(value) if value >= 0 else f"({value})")
+        last = end
+    out.append(sql[last:])
+    return "".join(out)
 
 
 def _tokenize(sql: str) -> tuple[str, list[Token]]:

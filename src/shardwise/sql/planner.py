@@ -9,13 +9,13 @@ from typing import Final
 from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
-from shardwise.errors import UnsupportedSqlError
+from shardwise.errors import SqlLimitError, UnsupportedSqlError
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.dialect import DIALECT
 from shardwise.sql.params import Params, bind
-from shardwise.sql.parse import parse_statement
+from shardwise.sql.parse import MAX_NESTING_DEPTH, parse_statement
 from shardwise.sql.plans import Plan
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select
@@ -48,6 +48,22 @@ def plan(
     catalog: Catalog,
     context: StatementContext,
 ) -> Planned:
+    try:
+        return _plan(sql, params, catalog, context)
+    except RecursionError:
+        # MAX_NESTING_DEPTH bounds parentheses and CASE; long chains of unary operators
+        # nest too, and reach Python's recursion limit first: the same refusal.
+        raise SqlLimitError(
+            "MAX_NESTING_DEPTH", MAX_NESTING_DEPTH, "the statement nests too deeply"
+        ) from None
+
+
+def _plan(
+    sql: str,
+    params: Params | None,
+    catalog: Catalog,
+    context: StatementContext,
+) -> Planned:
     parsed = parse_statement(sql)
     tree = normalize_identifiers(parsed.statement, dialect=DIALECT)
     bound = bind(tree, params)
@@ -58,7 +74,10 @@ def plan(
         fixed = fixer.fix(statement, "read")
         values.update(fixer.values)
         assert isinstance(fixed, exp.Select)
-        result = plan_select(bind_select(fixed, catalog, values), catalog, values)
+        bound_select = bind_select(
+            fixed, catalog, values, heads=parsed.select_heads, written=statement
+        )
+        result = plan_select(bound_select, catalog, values)
     elif isinstance(statement, exp.Insert):
         result = plan_insert(statement, catalog, values, fixer)
     elif isinstance(statement, exp.Update | exp.Delete):

@@ -57,6 +57,10 @@ class AggregateMerge:
     final: Fragment
     scalar: bool
     """No GROUP BY: one result group even when no row matched."""
+    group_types: tuple[str, ...] = ()
+    """Each group key's declared type in ``_sw_merged`` ("" for none): the key's own
+    affinity (a column's, a CAST's), so HAVING ``a = '5'`` compares as SQLite would on
+    the table itself."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ selects. Everything else is a column of the table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -16,7 +16,7 @@ from sqlglot import exp
 from shardwise.errors import SqlSemanticError
 from shardwise.sql.bind import Scope, check_select_clauses, check_supported, has_aggregate
 from shardwise.sql.catalog import Catalog
-from shardwise.sql.dialect import to_text
+from shardwise.sql.colnames import column_name
 from shardwise.sql.params import NOT_CONSTANT, constant
 from shardwise.sql.values import SqlValue
 
@@ -58,12 +58,20 @@ class BoundSelect:
 
 
 def bind_select(
-    select: exp.Select, catalog: Catalog, values: Mapping[str, SqlValue]
+    select: exp.Select,
+    catalog: Catalog,
+    values: Mapping[str, SqlValue],
+    *,
+    heads: Sequence[str] = (),
+    written: exp.Select | None = None,
 ) -> BoundSelect:
+    """``select`` bound. Result columns are named as PostgreSQL names them, from
+    ``written`` (the SELECT before time and randomness became parameters) and ``heads``
+    (each item's first word as written, see :mod:`shardwise.sql.colnames`)."""
     check_select_clauses(select)
     source = select.args.get("from_")
     scope = Scope.of(catalog, source.this) if isinstance(source, exp.From) else None
-    outputs, names = _outputs(select, scope)
+    outputs, names = _outputs(select, scope, heads, written)
     where = select.args.get("where")
     bound_where = _bind(scope, where.this, False, "in WHERE") if where is not None else None
     group_node = select.args.get("group")
@@ -112,10 +120,18 @@ def _bind(scope: Scope | None, node: exp.Expr, aggregates: bool, where: str) -> 
     return scope.bind(node, aggregates=aggregates, where=where)
 
 
-def _outputs(select: exp.Select, scope: Scope | None) -> tuple[list[exp.Expr], list[str]]:
+def _outputs(
+    select: exp.Select, scope: Scope | None, heads: Sequence[str], written: exp.Select | None
+) -> tuple[list[exp.Expr], list[str]]:
     outputs: list[exp.Expr] = []
     names: list[str] = []
-    for item in select.expressions:
+    items = select.expressions
+    as_written = written.expressions if written is not None else items
+    if len(as_written) != len(items):
+        as_written = items
+    if len(heads) != len(items):
+        heads = [""] * len(items)
+    for item, original, head in zip(items, as_written, heads, strict=True):
         alias = item.alias if isinstance(item, exp.Alias) else ""
         node = item.this if isinstance(item, exp.Alias) else item
         if _is_star(node, scope):
@@ -126,7 +142,8 @@ def _outputs(select: exp.Select, scope: Scope | None) -> tuple[list[exp.Expr], l
             continue
         bound = _bind(scope, node, True, "in the select list")
         outputs.append(bound)
-        names.append(alias or (node.name if isinstance(node, exp.Column) else to_text(node)))
+        shown = original.this if isinstance(original, exp.Alias) else original
+        names.append(column_name(shown, alias, head))
     return outputs, names
 
 

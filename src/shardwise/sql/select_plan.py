@@ -23,9 +23,15 @@ from collections.abc import Mapping
 from sqlglot import exp
 
 from shardwise.errors import SqlSemanticError
-from shardwise.sql.aggregates import Aggregate, classify, is_aggregate, partials, shard_function
-from shardwise.sql.bind import Scope
-from shardwise.sql.catalog import Catalog, physical_name
+from shardwise.sql.aggregates import (
+    Aggregate,
+    classify,
+    is_aggregate,
+    partials,
+    shard_function,
+)
+from shardwise.sql.bind import Scope, has_aggregate
+from shardwise.sql.catalog import Catalog, affinity, physical_name
 from shardwise.sql.dialect import to_sqlite, to_text
 from shardwise.sql.distribution import Router
 from shardwise.sql.ordering import SortKey
@@ -41,7 +47,7 @@ from shardwise.sql.plans import (
 )
 from shardwise.sql.pruning import Pruner
 from shardwise.sql.select_bind import BoundSelect, OrderTerm
-from shardwise.sql.values import SqlValue
+from shardwise.sql.values import INT64_MAX, SqlValue
 
 MERGED_TABLE = "_sw_merged"
 LIMIT_PARAM = "sw_limit"
@@ -55,6 +61,10 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
         return ReadPlan(bound.names, "local", LocalEval(query))
     if bound.aggregated:
         _check_grouping(bound)
+    if bound.limit == 0:
+        # SQLite reads nothing for LIMIT 0 (so not even an overflowing SUM fails).
+        nothing = ", ".join("NULL" for _ in bound.names) or "NULL"
+        return ReadPlan(bound.names, "local", LocalEval(Fragment(f"SELECT {nothing} LIMIT 0")))
     keyspace = catalog.keyspace(scope.table)
     router = Router(keyspace)
     column = scope.spec(scope.table.distribution_column)
@@ -181,7 +191,8 @@ def _scatter_rows(
             )
         keys.append(SortKey(index, term.descending, term.nulls_first))
         order.append(_ordered(exp.Literal.number(index + 1), term))
-    wanted = None if bound.limit is None else bound.limit + bound.offset
+    # LIMIT + OFFSET can pass 64 bits; a shard holds fewer rows than INT64_MAX anyway.
+    wanted = None if bound.limit is None else min(bound.limit + bound.offset, INT64_MAX)
     fragment = _assemble(bound, columns, scope, values, with_limit=False, limit=wanted, order=order)
     merge = RowMerge(
         width=len(bound.outputs),
@@ -282,7 +293,7 @@ def _partial_aggregates(
         bound.outputs,
         bound.names,
         False,
-        bound.where,
+        _with_key_filters(bound.where, bound.having),
         bound.group,
         None,
         (),
@@ -291,8 +302,40 @@ def _partial_aggregates(
     )
     fragment = _assemble(shard_bound, columns, scope, values, with_limit=False)
     final = _final_query(bound, final_outputs, final_having, final_order, values)
-    merge = AggregateMerge(len(bound.group), tuple(specs), final, scalar=not bound.group)
+    types = tuple(_declared_type(g, scope) for g in bound.group)
+    merge = AggregateMerge(
+        len(bound.group), tuple(specs), final, scalar=not bound.group, group_types=types
+    )
     return fragment, merge
+
+
+def _declared_type(key: exp.Expr, scope: Scope) -> str:
+    """A type that gives the merged column ``key``'s affinity: a column's, or a CAST's
+    (SQLite gives every other expression none). A BLOB affinity is no declared type."""
+    if isinstance(key, exp.Column):
+        kind = scope.spec(key.name).affinity
+    elif isinstance(key, exp.Cast):
+        kind = affinity(to_sqlite(key.to))
+    else:
+        return ""
+    return "" if kind == "BLOB" else kind
+
+
+def _with_key_filters(where: exp.Expr | None, having: exp.Expr | None) -> exp.Expr | None:
+    """WHERE with the HAVING conditions that read no aggregate (only group keys) added,
+    as SQLite itself moves them: a group they drop is never aggregated, so its SUM
+    cannot overflow (and the final query still applies the whole HAVING)."""
+    if having is None:
+        return where
+    terms = (
+        [t for t in having.flatten() if not has_aggregate(t)]
+        if isinstance(having, exp.And)
+        else ([having] if not has_aggregate(having) else [])
+    )
+    if not terms:
+        return where
+    parts = ([where] if where is not None else []) + terms
+    return exp.and_(*(exp.paren(p.copy()) for p in parts))
 
 
 def _final_query(
