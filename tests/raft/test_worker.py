@@ -15,6 +15,7 @@ async def test_jobs_run_in_order_on_one_other_thread() -> None:
     worker = WorkerThread("test-worker")
     ran: list[tuple[int, str]] = []
     try:
+
         def job(n: int) -> None:
             ran.append((n, threading.current_thread().name))
 
