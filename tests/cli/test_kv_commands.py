@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,49 +22,23 @@ import pytest
 import shardwise
 from shardwise.cli.exits import ExitCode
 from shardwise.cli.up import UP_MARKER
-from shardwise.clusterfile import DEFAULT_BASE_PORT, local_layout
+from shardwise.clusterfile import local_layout
 from shardwise.model.kv import MAX_VALUE_BYTES
+from shardwise.testing.procs import free_base_port
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 UP_TIMEOUT_S: Final = 120.0
 CLI_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 60.0
-PORT_RANGE: Final = (20_000, 30_000)
 FLAGS: Final = ("--controllers", "1", "--groups", "1", "--spare-groups", "0")
-
-
-def _free_base_port(root: Path) -> int:
-    layout = local_layout(root, controllers=1, groups=1, spare_groups=0)
-    offsets = [
-        port - DEFAULT_BASE_PORT
-        for p in layout.processes
-        for port in (p.listen[1], p.metrics[1] if p.metrics else None)
-        if port is not None
-    ]
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - max(offsets))
-        sockets = []
-        try:
-            for offset in offsets:
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + offset))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        return base
-    pytest.fail("no free base port")
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("kvcli") / ".shardwise"
     output = root.parent / "up.out"
-    base = _free_base_port(root)
+    base = free_base_port(local_layout(root, controllers=1, groups=1, spare_groups=0))
     with open(output, "wb") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shardwise.cli", "up", "--cluster-dir", str(root),

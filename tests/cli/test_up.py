@@ -12,9 +12,7 @@ import contextlib
 import io
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +29,8 @@ import shardwise
 from shardwise.cli.exits import ExitCode
 from shardwise.cli.main import main
 from shardwise.cli.up import UP_MARKER
-from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout, load_layout, local_layout
+from shardwise.clusterfile import load_layout, local_layout
+from shardwise.testing.procs import free_base_port
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -161,38 +160,6 @@ def owners(snapshot: dict[str, Any]) -> set[int]:
 def read_all(root: Path) -> dict[str | bytes, str | bytes | None]:
     with shardwise.connect(root) as kv:
         return kv.mget(KEYS)
-
-
-PORT_RANGE: Final = (20_000, 30_000)
-"""Below Linux's ephemeral ports (32768 and up), so that no client connection of another
-test can take one of the cluster's ports while it is stopped between the two starts."""
-
-
-def free_base_port(layout: ClusterLayout, attempts: int = 50) -> int:
-    """A ``--base-port`` in :data:`PORT_RANGE` at which every port of ``layout`` (laid out
-    from the default base) is free now."""
-    offsets = [
-        port - DEFAULT_BASE_PORT
-        for p in layout.processes
-        for port in (p.listen[1], p.metrics[1] if p.metrics else None)
-        if port is not None
-    ]
-    rng = random.Random()
-    for _ in range(attempts):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - max(offsets))
-        sockets = []
-        try:
-            for offset in offsets:
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + offset))
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-        return base
-    pytest.fail(f"no free base port in {PORT_RANGE} after {attempts} tries")
 
 
 @pytest.fixture(scope="module")

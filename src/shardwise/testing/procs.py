@@ -9,15 +9,17 @@ with SIGKILL.
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO, Final
 
-from shardwise.clusterfile import free_ports
+from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout, free_ports
 from shardwise.net.links import Address
 
 __all__ = ["ProcessGroup", "free_ports", "wait_for_line"]
@@ -154,3 +156,35 @@ class ProcessGroup:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+BASE_PORT_RANGE: Final = (20_000, 30_000)
+"""Below Linux's ephemeral ports (32768 and up), so that no client connection of another
+test can take one of a cluster's ports while it is stopped between two starts."""
+
+
+def free_base_port(layout: ClusterLayout, attempts: int = 50) -> int:
+    """A ``--base-port`` in :data:`BASE_PORT_RANGE` at which every port of ``layout``
+    (laid out from the default base) is free now."""
+    offsets = [
+        port - DEFAULT_BASE_PORT
+        for p in layout.processes
+        for port in (p.listen[1], p.metrics[1] if p.metrics else None)
+        if port is not None
+    ]
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(BASE_PORT_RANGE[0], BASE_PORT_RANGE[1] - max(offsets))
+        sockets = []
+        try:
+            for offset in offsets:
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+        return base
+    raise RuntimeError(f"no free base port in {BASE_PORT_RANGE} after {attempts} tries")
