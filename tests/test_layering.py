@@ -44,7 +44,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "clients",
-        ("shardwise.client", "shardwise.dbapi", "shardwise.clusterfile", "shardwise.embedded"),
+        (
+            "shardwise.client",
+            "shardwise.dbapi",
+            "shardwise.clusterfile",
+            "shardwise.embedded",
+            "shardwise.sqlalchemy_dialect",
+        ),
     ),
     ("cli", ("shardwise.cli",)),
     ("testing", ("shardwise.testing",)),

@@ -8,7 +8,8 @@
     cur = conn.cursor()
     cur.execute("SELECT g, count(*) FROM t WHERE x > ? GROUP BY g ORDER BY 2 DESC", [3])
     print([d[0] for d in cur.description], cur.fetchall())
-    pandas.read_sql("SELECT * FROM t", conn)                     # pandas warns, then works
+    # pandas and SQLAlchemy: an engine on shardwise.sqlalchemy_dialect (docs/sql.md)
+    pandas.read_sql("SELECT * FROM t", sqlalchemy.create_engine("shardwise:///.shardwise"))
 
 **Statements.** Each ``execute`` is one :meth:`shardwise.client.Client.sql` call: the
 statement is planned, run on the shards and its whole result held by the cursor. There
@@ -21,7 +22,9 @@ with a mapping work too. Values are bound, never spliced into the text.
 
 **Errors** are PEP 249's classes (``dbapi.Error`` and its subclasses, themselves
 :class:`~shardwise.errors.ShardwiseError`\\ s), each raised from the shardwise error it
-stands for (its ``__cause__``): :data:`ERROR_MAP` says which.
+stands for (its ``__cause__``): :data:`ERROR_MAP` says which. Messages name your tables
+and columns (``UNIQUE constraint failed: users.id``); an error that happened on one
+shard says which in its ``shard`` attribute (``"default/25"``).
 
 **Threads** (``threadsafety = 2``): threads may share a connection (its client serves
 concurrent calls); a cursor belongs to one thread at a time.
@@ -29,6 +32,7 @@ concurrent calls); a cursor belongs to one thread at a time.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,14 +52,23 @@ from shardwise.errors import (
     OperationalError,
     ProgrammingError,
 )
+from shardwise.model.config import Table
 from shardwise.net.links import Address
 
 __all__ = [
+    "BINARY",
+    "DATETIME",
     "ERROR_MAP",
+    "NUMBER",
+    "ROWID",
+    "STRING",
+    "Binary",
     "Connection",
     "Cursor",
     "DataError",
     "DatabaseError",
+    "Date",
+    "DateFromTicks",
     "Error",
     "IntegrityError",
     "InterfaceError",
@@ -63,6 +76,10 @@ __all__ = [
     "NotSupportedError",
     "OperationalError",
     "ProgrammingError",
+    "Time",
+    "TimeFromTicks",
+    "Timestamp",
+    "TimestampFromTicks",
     "Warning",
     "apilevel",
     "connect",
@@ -98,6 +115,57 @@ ERROR_MAP: Final[tuple[tuple[type[errors.ShardwiseError], type[DbapiError]], ...
 )
 """shardwise error -> the PEP 249 class raised for it."""
 
+# --- PEP 249's type objects and constructors ---------------------------------------------
+#
+# Values are SQLite's (None, int, float, str, bytes): a binary is ``bytes``, and dates and
+# times are ISO 8601 text, as SQLite's date functions and ``now()`` write them.
+
+
+class _TypeObject(frozenset[str]):
+    """A PEP 249 type object: equal to the type codes it stands for (``description``'s
+    type codes are ``None``: SQLite types values, not columns)."""
+
+    def __eq__(self, other: object) -> bool:
+        return other in self if isinstance(other, str) else frozenset.__eq__(self, other)
+
+    __hash__ = frozenset.__hash__
+
+
+STRING: Final = _TypeObject({"TEXT"})
+BINARY: Final = _TypeObject({"BLOB"})
+NUMBER: Final = _TypeObject({"INTEGER", "REAL", "NUMERIC"})
+DATETIME: Final = _TypeObject({"TIMESTAMP", "DATE", "TIME"})
+ROWID: Final = _TypeObject({"INTEGER"})
+
+Binary = bytes
+
+
+def Date(year: int, month: int, day: int) -> str:  # noqa: N802 - PEP 249's name
+    return dt.date(year, month, day).isoformat()
+
+
+def Time(hour: int, minute: int, second: int) -> str:  # noqa: N802
+    return dt.time(hour, minute, second).isoformat()
+
+
+def Timestamp(  # noqa: N802, PLR0917 - PEP 249's name and signature
+    year: int, month: int, day: int, hour: int, minute: int, second: int
+) -> str:
+    return dt.datetime(year, month, day, hour, minute, second).isoformat(sep=" ")
+
+
+def DateFromTicks(ticks: float) -> str:  # noqa: N802
+    return dt.datetime.fromtimestamp(ticks, dt.UTC).date().isoformat()
+
+
+def TimeFromTicks(ticks: float) -> str:  # noqa: N802
+    return dt.datetime.fromtimestamp(ticks, dt.UTC).time().isoformat()
+
+
+def TimestampFromTicks(ticks: float) -> str:  # noqa: N802
+    return dt.datetime.fromtimestamp(ticks, dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+
+
 DEFAULT_ARRAYSIZE: Final = 1
 """``Cursor.arraysize``: rows ``fetchmany()`` returns by default (PEP 249 says 1)."""
 
@@ -119,8 +187,8 @@ def connect(
     """A connection to a cluster: by its controller's servers (``{id: (host, port)}``)
     and the cluster's secret, or by a cluster directory (``cluster.toml`` as
     ``shardwise up`` writes it; the default: ``$SHARDWISE_CLUSTER_DIR`` or
-    ``./.shardwise``). ``options`` go to :class:`~shardwise.client.SyncClient`
-    (``deadline_s``, ``client_id``, ...)."""
+    ``./.shardwise``) or the path of a description file itself. ``options`` go to
+    :class:`~shardwise.client.SyncClient` (``deadline_s``, ``client_id``, ...)."""
     try:
         if isinstance(controllers, Mapping):
             if secret is None:
@@ -128,9 +196,15 @@ def connect(
             client = SyncClient(controllers, secret, **options)
         else:
             from shardwise.clusterfile import connect as connect_cluster  # noqa: PLC0415
+            from shardwise.clusterfile import find_layout, read_secret  # noqa: PLC0415
 
             where = None if controllers is None else Path(controllers)
-            client = connect_cluster(where, **options)
+            if where is not None and where.is_file():  # a description, e.g. cluster.toml
+                layout = find_layout(None, where)
+                secret = read_secret(layout.secret_file)
+                client = SyncClient(layout.controller_addresses, secret, **options)
+            else:
+                client = connect_cluster(where, **options)
         client.start()
     except DbapiError:
         raise
@@ -173,6 +247,19 @@ class Connection:
 
     def cursor(self) -> Cursor:
         return Cursor(self)
+
+    def tables(self) -> dict[str, Table]:
+        """shardwise's extension: the SQL catalog's tables as the controller has them now
+        (by name: columns, distribution column, indexes), what ``\\d`` in the shell shows
+        and the SQLAlchemy dialect reflects. Not cached: another client's DDL shows."""
+        latest = getattr(self._runner(), "latest_configuration", None)
+        if latest is None:
+            raise NotSupportedError("this connection's client cannot read the catalog")
+        try:
+            config = latest()
+        except errors.ShardwiseError as exc:
+            raise _translate(exc) from exc
+        return dict(config.tables)
 
     @property
     def closed(self) -> bool:
@@ -289,8 +376,10 @@ class Cursor:
     # --- the rest of PEP 249 -------------------------------------------------------------
 
     def close(self) -> None:
+        # The rows go; rowcount stays readable (SQLAlchemy reads it after closing).
         self._closed = True
-        self._reset()
+        self._rows = []
+        self._position = 0
 
     def setinputsizes(self, sizes: object) -> None:
         """Accepted and ignored, as PEP 249 allows."""
@@ -324,7 +413,11 @@ class Cursor:
 
 
 def _translate(exc: errors.ShardwiseError) -> DbapiError:
+    translated: DbapiError = OperationalError(str(exc))
     for kind, dbapi_kind in ERROR_MAP:
         if isinstance(exc, kind):
-            return dbapi_kind(str(exc))
-    return OperationalError(str(exc))
+            translated = dbapi_kind(str(exc))
+            break
+    if isinstance(exc, errors.SqlExecutionError):
+        translated.shard = exc.shard  # a detail: the message names the user's table
+    return translated

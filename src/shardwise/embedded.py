@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from shardwise.client import Client, SyncClient
-from shardwise.clusterfile import free_ports
+from shardwise.clusterfile import (
+    DESCRIPTION_FILE,
+    ClusterLayout,
+    Group,
+    Process,
+    ensure_secret,
+    free_ports,
+)
 from shardwise.controller.client import ControllerClient
 from shardwise.controller.server import ControllerServer
 from shardwise.model.config import ChangeResult
@@ -59,7 +66,8 @@ class EmbeddedCluster:
             raise ValueError("need at least one group, replica and controller replica")
         self._temp = None if data_dir is not None else tempfile.TemporaryDirectory()
         self.data_dir = data_dir or Path(self._temp.name)  # type: ignore[union-attr]
-        self.secret = secrets.token_bytes(32)
+        # Text, so that describe() can write it to a secret file as `shardwise up` does.
+        self.secret = secrets.token_urlsafe(32).encode()
         self.tick_ms = tick_ms
         total = groups + spare_groups
         ports = free_ports(controllers + total * replicas)
@@ -112,6 +120,38 @@ class EmbeddedCluster:
     def async_client(self, **options: Any) -> Client:
         """An asyncio client for the caller's own event loop."""
         return Client(self.controllers, self.secret, **options)
+
+    def describe(self, directory: Path) -> ClusterLayout:
+        """Write a description of this cluster (``cluster.toml`` and its secret file) in
+        ``directory``, so the command line (``shardwise status --cluster-dir DIR``,
+        ``shardwise sql``), ``shardwise.connect(DIR)`` and ``shardwise:///DIR`` URLs reach
+        it; its processes are this one, so ``shardwise up``/``node`` must not run it."""
+        directory = directory.resolve()
+        layout = ClusterLayout(
+            path=directory / DESCRIPTION_FILE,
+            secret_file=directory / "secret",
+            data_dir=self.data_dir,
+            log_dir=directory / "logs",
+            tick_ms=self.tick_ms,
+            controllers=tuple(
+                Process(name, "controller", address) for name, address in self.controllers.items()
+            ),
+            groups={
+                gid: Group(
+                    gid,
+                    gid in self._joined,
+                    tuple(
+                        Process(f"g{gid}-{i + 1}", "server", server_address(s), gid)
+                        for i, s in enumerate(servers)
+                    ),
+                )
+                for gid, servers in self.servers.items()
+            },
+        )
+        layout.write()
+        ensure_secret(layout.secret_file)  # mode 0600, then the real secret in it
+        layout.secret_file.write_bytes(self.secret + b"\n")
+        return layout
 
     def join(self, *gids: int) -> ChangeResult:
         return self._admin(lambda admin: admin.join({g: self.servers[g] for g in gids}))

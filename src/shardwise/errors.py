@@ -508,14 +508,15 @@ class SqlLimitError(SqlError):
 
 
 class SqlExecutionError(SqlError):
-    """A fragment failed where it ran (a constraint, a type error, an integer overflow);
-    ``shard`` names the shard, empty for the coordinator's own merge."""
+    """A fragment failed where it ran (a constraint, a type error, an integer overflow).
+    The message names the user's tables and columns (``users.id``, never the shard's
+    ``sql_users``); ``shard`` names the shard it failed on, as a detail (the shell prints
+    it on a line of its own), empty for the coordinator's own merge."""
 
     code = "execution"
 
     def __init__(self, message: str, shard: str = "") -> None:
-        where = f" on shard {shard}" if shard else ""
-        super().__init__(f"execution failed{where}: {message}")
+        super().__init__(message)
         self.shard = shard
         self.detail = message
         """What failed, without where (a boundary that rebuilds the error needs it)."""
@@ -549,7 +550,11 @@ class DbapiWarning(ShardwiseError):  # noqa: N818 - PEP 249 names it Warning
 
 
 class DbapiError(ShardwiseError):
-    """PEP 249's ``Error``: the base of every error ``shardwise.dbapi`` raises."""
+    """PEP 249's ``Error``: the base of every error ``shardwise.dbapi`` raises. ``shard``
+    names the shard a statement failed on, when it failed on one (a detail: the message
+    names the user's table and column)."""
+
+    shard: str = ""
 
 
 class InterfaceError(DbapiError):

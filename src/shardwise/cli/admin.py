@@ -307,6 +307,10 @@ class Snapshot:
         pids = pids or {}
         return {
             "config_num": self.config.num,
+            # The latest configurations that changed the shard map and the catalog (-1:
+            # not recorded by this controller); DDL makes configurations too.
+            "shard_map_changed_at": self.config.shard_map_changed_at,
+            "catalog_changed_at": self.config.catalog_changed_at,
             "controllers": [
                 {
                     "name": c.name,

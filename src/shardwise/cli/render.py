@@ -20,7 +20,7 @@ from rich.text import Text
 from shardwise.cli.admin import Snapshot
 from shardwise.cli.moves import DONE, STAGES, MoveState, human_bytes
 from shardwise.clusterfile import ClusterLayout, format_address
-from shardwise.model.config import DEFAULT_KEYSPACE, NO_GROUP
+from shardwise.model.config import DEFAULT_KEYSPACE, NO_GROUP, Configuration
 
 MAX_PROGRESS_ROWS: Final = 24
 """Moves drawn one bar each; a change moving more (the first join moves every shard)
@@ -71,6 +71,15 @@ def processes_table(layout: ClusterLayout, pids: Mapping[str, int]) -> Table:
     return table
 
 
+def change_numbers(config: Configuration) -> str:
+    """`` (shard map 3, catalog 6)``: the latest configurations that changed each (DDL
+    makes configurations too, see docs/operations.md); empty from a controller too old
+    to record them."""
+    if min(config.shard_map_changed_at, config.catalog_changed_at) < 0:
+        return ""
+    return f" (shard map {config.shard_map_changed_at}, catalog {config.catalog_changed_at})"
+
+
 def status_view(
     snapshot: Snapshot, pids: Mapping[str, int] | None = None, width: int = 100
 ) -> RenderableType:
@@ -82,6 +91,7 @@ def status_view(
     header = Text.assemble(
         ("Configuration ", ""),
         (str(config.num), "bold"),
+        change_numbers(config),
         f" · groups {', '.join(map(str, joined)) or 'none'} joined · ",
         f"{sum(len(o) for o in config.owners.values())} shards · controller leader ",
         (leader or "none", "bold green" if leader else "bold red"),

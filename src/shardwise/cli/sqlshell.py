@@ -30,6 +30,7 @@ from shardwise.errors import (
     ShardwiseError,
     SqlCatalogError,
     SqlError,
+    SqlExecutionError,
     SqlSyntaxError,
     UnsupportedSqlError,
 )
@@ -282,6 +283,9 @@ def error_view(exc: Exception, statement: str | None = None) -> RenderableType:
             and _leading_words(statement, 1)[:1] in (["SHOW"], ["DESCRIBE"], ["DESC"])
         ):
             return Group(head, Text(_CATALOG_HINT))
+        if isinstance(exc, SqlExecutionError) and exc.shard:
+            # Where it failed is a detail: the message itself names the user's table.
+            return Group(head, Text(f"DETAIL: on shard {exc.shard}", style="dim"))
         return head
     return Text.assemble(("error: ", "bold red"), str(exc))
 

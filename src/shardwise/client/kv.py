@@ -327,6 +327,16 @@ class Client:
             self.last_rows_shipped = executor.last_rows_shipped
         return result
 
+    async def latest_configuration(self, *, deadline_s: float | None = None) -> Configuration:
+        """The latest configuration as the controller has it now (the cached
+        :attr:`configuration` may predate another client's change): what tools that
+        describe the SQL catalog read (``\\d``, the SQLAlchemy dialect)."""
+        self._check_running()
+        deadline = self._deadline(deadline_s)
+        call = CallDeadline.starting_now("a look at the latest configuration", deadline)
+        await self._router.refresh(-1, call, wait=False)
+        return await self._router.configuration_at_least(-1, call)
+
     # --- operations --------------------------------------------------------------------
 
     def _deadline(self, deadline_s: float | None) -> float:

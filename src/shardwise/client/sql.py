@@ -68,6 +68,7 @@ from shardwise.shardserver.protocol import (
     schema_digest,
 )
 from shardwise.sql import Catalog, Coordinator, Result
+from shardwise.sql.catalog import logical_names
 from shardwise.sql.executor import Row
 from shardwise.sql.params import Params
 from shardwise.sql.plans import CatalogOp, Fragment
@@ -152,6 +153,11 @@ class ClusterCatalog:
     def planned_num(self) -> int | None:
         """The configuration the statement was planned with (None: not planned yet)."""
         return None if self._planned is None else self._planned.num
+
+    def table_names(self) -> list[str]:
+        """The tables of the catalog the statement was planned with (a shard's error names
+        them by their physical names, which the user never wrote)."""
+        return [] if self._planned is None else list(self._planned.tables)
 
     def planned(self, keyspace: str) -> tuple[int, int]:
         """The configuration the statement was planned with, and the digest of
@@ -265,7 +271,7 @@ class ClusterShards:
         while True:
             reply = await router.call(shard, method, request, call, attempt_s=self._attempt_s)
             if reply.failure is not None:
-                raise _error(reply.failure, shard)
+                raise _error(reply.failure, shard, self._catalog.table_names())
             if reply.schema == "behind":
                 call.why = (
                     f"the group of shard {shard} has yet to reach configuration {num} "
@@ -301,15 +307,18 @@ def _check_batch(shard: ShardId, statements: tuple[SqlStatement, ...]) -> None:
         )
 
 
-def _error(failure: SqlFailure, shard: ShardId) -> SqlError:
+def _error(failure: SqlFailure, shard: ShardId, tables: Sequence[str]) -> SqlError:
     """A shard's failure as the error the coordinator and callers expect: a limit, or an
-    execution error of the kind its code names (unknown codes stay in the message)."""
+    execution error of the kind its code names (unknown codes stay in the message), its
+    message naming the user's tables (SQLite on the shard names ``sql_users``: see
+    ``shardwise.sql.catalog.physical_name``) and the shard kept aside as a detail."""
+    message = logical_names(failure.message, tables)
     if failure.code == SqlLimitError.code:
-        return SqlLimitError(failure.limit, failure.value, failure.message)
+        return SqlLimitError(failure.limit, failure.value, message)
     kind = error_for(failure.code, SqlExecutionError)
     if kind is None:
-        return SqlExecutionError(f"{failure.code}: {failure.message}", str(shard))
-    return kind(failure.message, str(shard))
+        return SqlExecutionError(f"{failure.code}: {message}", str(shard))
+    return kind(message, str(shard))
 
 
 async def _all(tasks: Sequence[Coroutine[Any, Any, None]]) -> None:

@@ -109,6 +109,10 @@ class SyncClient:
     def configuration(self) -> Configuration | None:
         return self._async_client().configuration
 
+    def latest_configuration(self, *, deadline_s: float | None = None) -> Configuration:
+        """:meth:`Client.latest_configuration`, blocking."""
+        return self._run(self._async_client().latest_configuration(deadline_s=deadline_s))
+
     # --- the calls ---------------------------------------------------------------------
 
     def get(self, key: Key, *, deadline_s: float | None = None) -> Value | None:

@@ -6,6 +6,12 @@ appends configuration ``n + 1``; a refused one changes nothing and answers with 
 code. Queries do not go through the log: they read :meth:`ControllerStateMachine.query`
 inside a linearizable ReadIndex read.
 
+Every configuration also records the latest configuration that changed the shard map
+(groups, keyspaces, owners) and the latest that changed the catalog (tables), derived
+here by comparing each configuration with the one before it (:func:`with_change_numbers`),
+so DDL, which must be a numbered configuration (each group applies it at one point of its
+own log, ordered with its writes), does not look like a change of the shard map.
+
 Everything here is deterministic: dicts are rebuilt in sorted order, the balancer does
 not depend on input order, and no clock or randomness is read, so every replica (and two
 controllers fed the same commands in any dict order) build identical configurations.
@@ -42,6 +48,7 @@ from shardwise.model.config import (
     MAX_TABLES,
     NO_GROUP,
     STRATEGIES,
+    UNRECORDED,
     AddColumn,
     ChangeResult,
     Command,
@@ -138,6 +145,7 @@ class ControllerStateMachine:
             if len(self._configs) >= MAX_CONFIGURATIONS:
                 result = ChangeResult(self.latest().num, error="full", message="too many configs")
             else:
+                config = with_change_numbers(self.latest(), config)
                 self._configs.append(config)
                 result = ChangeResult(config.num, tuple(moves))
                 for listener in self.listeners:
@@ -154,7 +162,7 @@ class ControllerStateMachine:
             snap = msgspec.msgpack.decode(data, type=_Snapshot)
         except msgspec.DecodeError as exc:
             raise CommandDecodeError(f"undecodable controller snapshot: {exc}") from exc
-        self._configs = list(snap.configs)
+        self._configs = fill_change_numbers(snap.configs)
         self._sessions = SessionTable(snap.sessions)
         self._applied = index
 
@@ -249,6 +257,43 @@ class ControllerStateMachine:
             bump=False,
         )
         return _rebalanced(base, latest.groups)
+
+
+def with_change_numbers(previous: Configuration, config: Configuration) -> Configuration:
+    """``config`` (the one after ``previous``) with the numbers of the latest
+    configurations that changed its shard map and its catalog."""
+    map_changed = (config.groups, config.keyspaces, config.owners) != (
+        previous.groups,
+        previous.keyspaces,
+        previous.owners,
+    )
+    return msgspec.structs.replace(
+        config,
+        shard_map_changed_at=config.num if map_changed else previous.shard_map_changed_at,
+        catalog_changed_at=(
+            config.num if config.tables != previous.tables else previous.catalog_changed_at
+        ),
+    )
+
+
+def fill_change_numbers(configs: list[Configuration]) -> list[Configuration]:
+    """``configs`` (every configuration from 0, in order) with the change numbers derived
+    again wherever they are missing: a snapshot written before they were recorded gets
+    exactly the numbers its log would have given them."""
+    filled: list[Configuration] = []
+    for config in configs:
+        if UNRECORDED not in (config.shard_map_changed_at, config.catalog_changed_at):
+            filled.append(config)
+        elif filled:
+            filled.append(with_change_numbers(filled[-1], config))
+        else:
+            first = config.num  # configuration 0: everything began there
+            filled.append(
+                msgspec.structs.replace(
+                    config, shard_map_changed_at=first, catalog_changed_at=first
+                )
+            )
+    return filled
 
 
 def _check_name(name: str, what: str) -> None:

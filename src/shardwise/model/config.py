@@ -81,7 +81,16 @@ class ShardId(msgspec.Struct, frozen=True, array_like=True, order=True):
         return f"{self.keyspace}/{self.index}"
 
 
+UNRECORDED: Final = -1
+"""``Configuration.shard_map_changed_at`` / ``catalog_changed_at`` of a configuration
+encoded before they were recorded (the controller derives them again on restore)."""
+
+
 class Configuration(msgspec.Struct, frozen=True, array_like=True):
+    """Configuration ``num``: one sequence for every change. The two ``*_changed_at``
+    fields tell a change of the shard map from a change of the catalog (fields at the
+    end, with defaults: an older encoding still decodes, an older reader ignores them)."""
+
     num: int
     groups: dict[int, tuple[str, ...]]
     """Replica group id -> the servers of the group."""
@@ -89,6 +98,12 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
     owners: dict[str, tuple[int, ...]]
     """Keyspace -> the owning group of each of its shards, by index (0: nobody)."""
     tables: dict[str, Table] = {}
+    shard_map_changed_at: int = UNRECORDED
+    """The latest configuration (``<= num``) that changed the shard map: the groups, the
+    keyspaces or the owner of a shard. DDL makes a configuration too (so that each group
+    applies it at one point of its own log, ordered with its writes) but leaves this be."""
+    catalog_changed_at: int = UNRECORDED
+    """The latest configuration (``<= num``) that changed the SQL catalog (``tables``)."""
 
     def owner(self, shard: ShardId) -> int:
         return self.owners[shard.keyspace][shard.index]
@@ -109,6 +124,8 @@ def initial_configuration() -> Configuration:
         groups={},
         keyspaces={DEFAULT_KEYSPACE: default},
         owners={DEFAULT_KEYSPACE: (NO_GROUP,) * DEFAULT_SHARDS},
+        shard_map_changed_at=0,
+        catalog_changed_at=0,
     )
 
 

@@ -14,7 +14,7 @@ planner only reads it. Two conventions live here, shared by the planner and the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
@@ -81,6 +81,21 @@ class ColumnSpec:
 def physical_name(table: str) -> str:
     """The table's name inside a shard's SQLite file."""
     return PHYSICAL_PREFIX + table
+
+
+def logical_names(message: str, tables: Iterable[str]) -> str:
+    """``message`` (SQLite's, from a shard) with the physical name of each of ``tables``
+    made the user's again: ``UNIQUE constraint failed: sql_users.id`` becomes ``...:
+    users.id``. Only a whole name, not after a dot, is a table (``users.sql_x`` is a
+    column); names compare without regard to case, as SQLite compares them."""
+    names = sorted(set(tables), key=len, reverse=True)  # the longest of two prefixes first
+    if not names:
+        return message
+    alternatives = "|".join(re.escape(name) for name in names)
+    physical = re.compile(
+        rf"(?<![\w.]){re.escape(PHYSICAL_PREFIX)}({alternatives})(?!\w)", re.IGNORECASE
+    )
+    return physical.sub(lambda match: match[1], message)
 
 
 def check_name(name: str, what: str) -> None:

@@ -123,7 +123,8 @@ class Coordinator:
             first = failures[0]
             if applied and len(write.batches) > 1:
                 note = f" ({applied} of {len(write.batches)} shard batches were applied)"
-                raise SqlExecutionError(f"{first}{note}") from first
+                shard = first.shard if isinstance(first, SqlExecutionError) else ""
+                raise SqlExecutionError(f"{first}{note}", shard) from first
             raise first
         return Result((), [], rowcount=sum(r for r in results if isinstance(r, int)))
 
