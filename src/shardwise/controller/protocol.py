@@ -6,6 +6,7 @@ from typing import Final
 
 import msgspec
 
+from shardwise.model.bounds import Int64
 from shardwise.model.config import ChangeResult, Configuration, Op
 from shardwise.model.replies import ReplicaStatus, Status
 from shardwise.net.rpc import RpcMethod
@@ -19,7 +20,7 @@ MAX_WATCH_S: Final = 30.0
 
 class ChangeRequest(msgspec.Struct, frozen=True):
     client_id: str
-    seq: int
+    seq: Int64
     op: Op
 
 
@@ -30,9 +31,9 @@ class ChangeReply(msgspec.Struct, frozen=True):
 
 
 class QueryRequest(msgspec.Struct, frozen=True):
-    num: int = -1
+    num: Int64 = -1
     """The configuration to return; -1 (or past the latest): the latest."""
-    newer_than: int = -1
+    newer_than: Int64 = -1
     """With ``wait_s``: wait until a configuration numbered above this exists (a watch)."""
     wait_s: float = 0.0
 
@@ -53,7 +54,7 @@ class StatusReply(ReplicaStatus, frozen=True):
     """One replica's own view, for operators (``shardwise status``): answered by any
     replica, leader or not, without going through Raft."""
 
-    config_num: int
+    config_num: Int64
     """The latest configuration this replica has applied."""
 
 

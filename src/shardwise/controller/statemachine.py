@@ -38,6 +38,7 @@ from shardwise.errors import (
     UnknownKeyspaceError,
     UnknownShardError,
 )
+from shardwise.model.bounds import Int64
 from shardwise.model.config import (
     COMMAND_VERSION,
     MAX_GROUPS,
@@ -78,7 +79,7 @@ a few hundred MiB at most; past it the controller refuses changes rather than fo
 
 
 class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
-    version: int
+    version: Int64
     configs: list[Configuration]
     sessions: list[Session]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
+from shardwise.model.bounds import Int64
 from shardwise.model.kv import KVOp, KVResult
 from shardwise.model.replies import ReplicaStatus, Status
 from shardwise.net.rpc import RpcMethod
@@ -12,7 +13,7 @@ from shardwise.net.rpc import RpcMethod
 
 class WriteRequest(msgspec.Struct, frozen=True):
     client_id: str
-    seq: int
+    seq: Int64
     op: KVOp
 
 

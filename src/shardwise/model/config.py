@@ -15,6 +15,8 @@ from typing import Final, Literal, TypeAlias
 
 import msgspec
 
+from shardwise.model.bounds import Int64
+
 NO_GROUP: Final = 0
 """The owner of a shard that no group holds."""
 
@@ -42,8 +44,8 @@ class Scheme(msgspec.Struct, frozen=True, array_like=True):
     """
 
     kind: SchemeKind = "hash"
-    shards: int = DEFAULT_SHARDS
-    vnodes: int = 64
+    shards: Int64 = DEFAULT_SHARDS
+    vnodes: Int64 = 64
     split_points: tuple[str, ...] = ()
 
 
@@ -75,7 +77,7 @@ class Table(msgspec.Struct, frozen=True, array_like=True):
 
 class ShardId(msgspec.Struct, frozen=True, array_like=True, order=True):
     keyspace: str
-    index: int
+    index: Int64
 
     def __str__(self) -> str:
         return f"{self.keyspace}/{self.index}"
@@ -91,18 +93,18 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
     fields tell a change of the shard map from a change of the catalog (fields at the
     end, with defaults: an older encoding still decodes, an older reader ignores them)."""
 
-    num: int
-    groups: dict[int, tuple[str, ...]]
+    num: Int64
+    groups: dict[Int64, tuple[str, ...]]
     """Replica group id -> the servers of the group."""
     keyspaces: dict[str, Keyspace]
-    owners: dict[str, tuple[int, ...]]
+    owners: dict[str, tuple[Int64, ...]]
     """Keyspace -> the owning group of each of its shards, by index (0: nobody)."""
     tables: dict[str, Table] = {}
-    shard_map_changed_at: int = UNRECORDED
+    shard_map_changed_at: Int64 = UNRECORDED
     """The latest configuration (``<= num``) that changed the shard map: the groups, the
     keyspaces or the owner of a shard. DDL makes a configuration too (so that each group
     applies it at one point of its own log, ordered with its writes) but leaves this be."""
-    catalog_changed_at: int = UNRECORDED
+    catalog_changed_at: Int64 = UNRECORDED
     """The latest configuration (``<= num``) that changed the SQL catalog (``tables``)."""
 
     def owner(self, shard: ShardId) -> int:
@@ -133,16 +135,16 @@ def initial_configuration() -> Configuration:
 
 
 class Join(msgspec.Struct, frozen=True, tag="join"):
-    groups: dict[int, tuple[str, ...]]
+    groups: dict[Int64, tuple[str, ...]]
 
 
 class Leave(msgspec.Struct, frozen=True, tag="leave"):
-    gids: tuple[int, ...]
+    gids: tuple[Int64, ...]
 
 
 class Move(msgspec.Struct, frozen=True, tag="move"):
     shard: ShardId
-    gid: int
+    gid: Int64
 
 
 class CreateKeyspace(msgspec.Struct, frozen=True, tag="create_keyspace"):
@@ -192,23 +194,23 @@ COMMAND_VERSION: Final = 1
 class Command(msgspec.Struct, frozen=True, array_like=True):
     """The versioned envelope of every controller command in the log."""
 
-    version: int
+    version: Int64
     client_id: str
-    seq: int
+    seq: Int64
     op: Op
 
 
 class MoveInfo(msgspec.Struct, frozen=True, array_like=True):
     shard: ShardId
-    source: int
-    target: int
+    source: Int64
+    target: Int64
 
 
 class ChangeResult(msgspec.Struct, frozen=True, array_like=True):
     """What a command returns: the configuration it made (or the latest, if it changed
     nothing), the shard moves it caused, or an error code and message."""
 
-    num: int
+    num: Int64
     moves: tuple[MoveInfo, ...] = ()
     error: str = ""
     message: str = ""

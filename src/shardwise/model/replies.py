@@ -11,6 +11,8 @@ from typing import Literal, Protocol, TypeAlias
 
 import msgspec
 
+from shardwise.model.bounds import Int64
+
 Status: TypeAlias = Literal["ok", "not_leader", "retry", "halted"]
 """The outcome field of every service reply. ``retry``: the outcome is unknown or the
 request was dropped (a leader change, a timeout); a write retried with the same client id
@@ -24,10 +26,10 @@ class ReplicaStatus(msgspec.Struct, frozen=True):
 
     node_id: str
     role: str
-    term: int
+    term: Int64
     leader: str | None
-    commit: int
-    applied: int
+    commit: Int64
+    applied: Int64
     halted: bool
 
 

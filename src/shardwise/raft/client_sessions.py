@@ -18,6 +18,8 @@ from typing import Final
 
 import msgspec
 
+from shardwise.model.bounds import Int64
+
 MAX_SESSIONS: Final = 65_536
 """Clients remembered. Past it the least recently heard-from one is forgotten (the same one
 on every replica); a retry from a forgotten client would be applied again, so this must
@@ -26,7 +28,7 @@ exceed the number of live clients."""
 
 class Session(msgspec.Struct, array_like=True):
     client_id: str
-    seq: int
+    seq: Int64
     result: bytes
 
 

@@ -14,6 +14,7 @@ from typing import Final, TypeAlias
 import msgspec
 
 from shardwise.errors import RaftError
+from shardwise.model.bounds import Int64
 from shardwise.storage.types import LogEntry, SnapshotMeta
 
 # --- entry payloads ------------------------------------------------------------------
@@ -105,36 +106,36 @@ def decode_membership(data: bytes) -> Membership:
 
 
 class _Message(msgspec.Struct, frozen=True, tag_field="t", kw_only=True):
-    term: int
+    term: Int64
     sender: str
     to: str
 
 
 class AppendEntries(_Message, tag="app", frozen=True):
-    prev_index: int
-    prev_term: int
+    prev_index: Int64
+    prev_term: Int64
     entries: tuple[LogEntry, ...] = ()
-    commit: int = 0
+    commit: Int64 = 0
     context: bytes = b""
     """Non-empty when the append also confirms leadership for a ReadIndex read (as a
     heartbeat's would): reads ride on appends that go out anyway."""
 
 
 class AppendResponse(_Message, tag="app_resp", frozen=True):
-    index: int
+    index: Int64
     """On success the highest index now known to match; on rejection the rejected
     ``prev_index``, so the leader can ignore stale rejections."""
     reject: bool = False
-    hint_index: int = 0
+    hint_index: Int64 = 0
     """On rejection: the follower's best guess of where the logs may agree."""
-    hint_term: int = 0
+    hint_term: Int64 = 0
     """The term of the follower's entry at ``hint_index`` (fast back-off by term)."""
     context: bytes = b""
     """The append's read context, echoed (whether or not the append succeeded)."""
 
 
 class Heartbeat(_Message, tag="hb", frozen=True):
-    commit: int = 0
+    commit: Int64 = 0
     context: bytes = b""
     """Non-empty when the heartbeat confirms leadership for a ReadIndex read."""
 
@@ -144,8 +145,8 @@ class HeartbeatResponse(_Message, tag="hb_resp", frozen=True):
 
 
 class RequestVote(_Message, tag="vote", frozen=True):
-    last_index: int
-    last_term: int
+    last_index: Int64
+    last_term: Int64
     pre_vote: bool = False
     transfer: bool = False
     """Set when a leadership transfer started this election: voters ignore their lease."""
@@ -160,16 +161,16 @@ class InstallSnapshot(_Message, tag="snap", frozen=True):
     """One chunk of a snapshot; chunks are acknowledged and sent one at a time."""
 
     meta: SnapshotMeta
-    offset: int
-    total: int
+    offset: Int64
+    total: Int64
     data: bytes
     done: bool
 
 
 class SnapshotResponse(_Message, tag="snap_resp", frozen=True):
-    index: int
+    index: Int64
     """The snapshot's index, to match responses to the transfer in flight."""
-    offset: int
+    offset: Int64
     """The next byte the follower expects (a resume point after loss or restart)."""
     done: bool = False
     reject: bool = False
@@ -187,7 +188,7 @@ class ReadIndexRequest(_Message, tag="read", frozen=True):
 
 class ReadIndexResponse(_Message, tag="read_resp", frozen=True):
     context: bytes
-    index: int
+    index: Int64
 
 
 Message: TypeAlias = (

@@ -23,6 +23,7 @@ from typing import Final, Literal, TypeAlias
 import msgspec
 
 from shardwise.errors import CommandDecodeError
+from shardwise.model.bounds import Int64
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVOp, KVResult, has_bytes
 from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
@@ -38,7 +39,7 @@ small entries, so it never stalls the group's other traffic behind one huge appe
 class ClientOp(msgspec.Struct, frozen=True, array_like=True, tag="op"):
     shard: ShardId
     client_id: str
-    seq: int
+    seq: Int64
     op: KVOp
 
 
@@ -62,8 +63,8 @@ class InstallChunk(msgspec.Struct, frozen=True, array_like=True, tag="chunk"):
     configuration ``config_num``; offset 0 starts the image afresh."""
 
     shard: ShardId
-    config_num: int
-    offset: int
+    config_num: Int64
+    offset: Int64
     data: bytes
 
 
@@ -74,10 +75,10 @@ class InstallBase(msgspec.Struct, frozen=True, array_like=True, tag="install_bas
     Taken for the group's next configuration too, before the group moves to it."""
 
     shard: ShardId
-    config_num: int
-    total: int
-    crc: int
-    version: int
+    config_num: Int64
+    total: Int64
+    crc: Int64
+    version: Int64
 
 
 class InstallDelta(msgspec.Struct, frozen=True, array_like=True, tag="install_delta"):
@@ -85,19 +86,19 @@ class InstallDelta(msgspec.Struct, frozen=True, array_like=True, tag="install_de
     ``since`` to the source's frozen copy: apply it to the base and serve the shard."""
 
     shard: ShardId
-    config_num: int
-    total: int
-    crc: int
-    since: int
+    config_num: Int64
+    total: Int64
+    crc: Int64
+    since: Int64
 
 
 class InstallShard(msgspec.Struct, frozen=True, array_like=True, tag="install"):
     """The pulled image is complete: check it and serve the shard."""
 
     shard: ShardId
-    config_num: int
-    total: int
-    crc: int
+    config_num: Int64
+    total: Int64
+    crc: Int64
 
 
 class HandOffDone(msgspec.Struct, frozen=True, array_like=True, tag="handed_off"):
@@ -105,14 +106,14 @@ class HandOffDone(msgspec.Struct, frozen=True, array_like=True, tag="handed_off"
     the frozen copy is garbage."""
 
     shard: ShardId
-    config_num: int
+    config_num: Int64
 
 
 class AckDelivered(msgspec.Struct, frozen=True, array_like=True, tag="ack_delivered"):
     """(At the target.) The source confirmed :class:`HandOffDone`: stop telling it."""
 
     shard: ShardId
-    config_num: int
+    config_num: Int64
 
 
 class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
@@ -124,9 +125,9 @@ class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
 
     shard: ShardId
     client_id: str
-    seq: int
-    catalog_num: int
-    schema: int
+    seq: Int64
+    catalog_num: Int64
+    schema: Int64
     statements: tuple[SqlStatement, ...]
 
 
@@ -156,7 +157,7 @@ BYTES_VERSION: Final = 5
 
 
 class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
-    version: int
+    version: Int64
     command: Command
 
 
@@ -169,7 +170,7 @@ class SqlWriteResult(msgspec.Struct, frozen=True, array_like=True):
     write of the same client id was applied, this one was not. ``schema``: refused before
     anything ran (not remembered, so a retry runs it once the tables match)."""
 
-    rowcount: int = 0
+    rowcount: Int64 = 0
     error: str = ""
     stale: bool = False
     schema: SchemaVerdict = ""
@@ -179,7 +180,7 @@ class SqlWriteResult(msgspec.Struct, frozen=True, array_like=True):
 
 class GroupResult(msgspec.Struct, frozen=True, array_like=True):
     outcome: Outcome
-    config_num: int
+    config_num: Int64
     result: KVResult | None = None
     sql: SqlWriteResult | None = None
     """For a :class:`SqlWrite` (a field of its own: results are never in the log, so

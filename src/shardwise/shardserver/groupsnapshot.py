@@ -10,6 +10,7 @@ from typing import Final, cast
 
 import msgspec
 
+from shardwise.model.bounds import Int64
 from shardwise.model.config import Configuration, ShardId
 
 SNAPSHOT_VERSION: Final = 1
@@ -18,8 +19,8 @@ SNAPSHOT_VERSION: Final = 1
 class ShardSnapshot(msgspec.Struct, frozen=True, array_like=True):
     shard: ShardId
     state: str
-    frozen_at: int
-    pull_config: int
+    frozen_at: Int64
+    pull_config: Int64
     pull_from: tuple[str, ...]
     staging: bytes
     image: bytes | None
@@ -27,7 +28,7 @@ class ShardSnapshot(msgspec.Struct, frozen=True, array_like=True):
 
 class IncomingSnapshot(msgspec.Struct, frozen=True, array_like=True):
     shard: ShardId
-    config_num: int
+    config_num: Int64
     staging: bytes
     base: bytes | None
 
@@ -36,13 +37,13 @@ class OwedHandOff(msgspec.Struct, frozen=True, array_like=True):
     """A hand-off to confirm to the source group (its ``servers``)."""
 
     shard: ShardId
-    config_num: int
+    config_num: Int64
     servers: tuple[str, ...]
 
 
 class GroupSnapshot(msgspec.Struct, frozen=True, array_like=True):
-    version: int
-    gid: int
+    version: Int64
+    gid: Int64
     config: Configuration
     shards: list[ShardSnapshot]
     owed: list[OwedHandOff]

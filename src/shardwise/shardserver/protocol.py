@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
+from shardwise.model.bounds import Int64
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import Key, KVOp, KVResult, Value, check_type
 from shardwise.model.replies import ReplicaStatus
@@ -47,7 +48,7 @@ class WriteRequest(msgspec.Struct, frozen=True):
 
     shard: ShardId
     client_id: str
-    seq: int
+    seq: Int64
     op: KVOp
 
 
@@ -69,7 +70,7 @@ class ScanRequest(msgspec.Struct, frozen=True):
     prefix: Key | None = None
     start: Key | None = None
     end: Key | None = None
-    limit: int = 1000
+    limit: Int64 = 1000
 
     def __post_init__(self) -> None:
         for what, bound in (("prefix", self.prefix), ("start", self.start), ("end", self.end)):
@@ -80,7 +81,7 @@ class ScanRequest(msgspec.Struct, frozen=True):
 class KVReply(msgspec.Struct, frozen=True):
     status: ShardStatus
     leader: str | None = None
-    config_num: int = 0
+    config_num: Int64 = 0
     """The configuration the group is in (for ``wrong_group``: fetch a newer one)."""
     result: KVResult | None = None
     """For a write: what the state machine answered."""
@@ -167,10 +168,10 @@ class SqlReadRequest(msgspec.Struct, frozen=True):
     sql: str
     params: dict[str, Any] = {}
     """SQLite values by parameter name (checked by the server: see ``SqlStatement``)."""
-    max_rows: int = 1000
+    max_rows: Int64 = 1000
     """More rows than this: the read fails with a limit error (nothing is shipped)."""
-    catalog_num: int = 0
-    schema: int = 0
+    catalog_num: Int64 = 0
+    schema: Int64 = 0
 
 
 class SqlWriteRequest(msgspec.Struct, frozen=True):
@@ -179,10 +180,10 @@ class SqlWriteRequest(msgspec.Struct, frozen=True):
 
     shard: ShardId
     client_id: str
-    seq: int
+    seq: Int64
     statements: tuple[SqlStatement, ...]
-    catalog_num: int = 0
-    schema: int = 0
+    catalog_num: Int64 = 0
+    schema: Int64 = 0
 
 
 class SqlFailure(msgspec.Struct, frozen=True):
@@ -192,20 +193,20 @@ class SqlFailure(msgspec.Struct, frozen=True):
     code: str
     message: str
     limit: str = ""
-    value: int = 0
+    value: Int64 = 0
 
 
 class SqlReply(msgspec.Struct, frozen=True):
     status: ShardStatus
     leader: str | None = None
-    config_num: int = 0
+    config_num: Int64 = 0
     error: str = ""
     """Refused at the door (over a limit, unbindable values): nothing reached the log."""
     schema: SchemaVerdict = ""
     failure: SqlFailure | None = None
     rows: list[tuple[Any, ...]] = []
     """For a read: the rows, in the fragment's order."""
-    rowcount: int = 0
+    rowcount: Int64 = 0
     """For a write: rows the batch changed."""
     stale: bool = False
     """For a write: a newer write of the same client id was applied; this one was not."""
@@ -221,8 +222,8 @@ class SqlSchemaRequest(msgspec.Struct, frozen=True):
 class SqlSchemaReply(msgspec.Struct, frozen=True):
     status: ShardStatus
     leader: str | None = None
-    config_num: int = 0
-    schema: int = 0
+    config_num: Int64 = 0
+    schema: Int64 = 0
     error: str = ""
 
 
@@ -247,11 +248,11 @@ class PullRequest(msgspec.Struct, frozen=True):
     """
 
     shard: ShardId
-    config_num: int
-    offset: int = 0
-    max_bytes: int = PULL_CHUNK_BYTES
+    config_num: Int64
+    offset: Int64 = 0
+    max_bytes: Int64 = PULL_CHUNK_BYTES
     mode: PullMode = "frozen"
-    since: int = 0
+    since: Int64 = 0
 
 
 class PullReply(msgspec.Struct, frozen=True):
@@ -261,12 +262,12 @@ class PullReply(msgspec.Struct, frozen=True):
     ask again or ask another server. ``too_old``: a delta cannot start at ``since``
     (see ``ShardStore.export_delta``): pull a new base. ``forbidden``: the caller is a
     client, not a cluster node (only groups move shards)."""
-    total: int = 0
+    total: Int64 = 0
     """Length of the whole image."""
-    crc: int = 0
+    crc: Int64 = 0
     """CRC32C of the whole image: pieces are taken from one image only."""
     data: bytes = b""
-    version: int = 0
+    version: Int64 = 0
     """The write version the image brings the shard to."""
     live: bool = False
     """The image is a base taken while the shard still serves here (not a frozen copy, nor
@@ -277,7 +278,7 @@ class HandedOffRequest(msgspec.Struct, frozen=True):
     """The new owner installed ``shard`` for ``config_num``: the frozen copy may go."""
 
     shard: ShardId
-    config_num: int
+    config_num: Int64
 
 
 class HandedOffReply(msgspec.Struct, frozen=True):
@@ -295,14 +296,14 @@ class StatusRequest(msgspec.Struct, frozen=True):
 class ShardInfo(msgspec.Struct, frozen=True):
     shard: ShardId
     state: str
-    keys: int
-    bytes: int
-    reads: int = 0
+    keys: Int64
+    bytes: Int64
+    reads: Int64 = 0
     """Reads (``READ``, ``SCAN``, ``SQL_READ``) of the shard this replica has served since
     it started: a replica-local counter, not replicated, so a leader change or a restart
     starts it again; ``shardwise status`` turns two samples into a rate. (Defaults: a
     reply from a server without the counters still decodes.)"""
-    writes: int = 0
+    writes: Int64 = 0
     """Writes (``WRITE``, ``SQL_WRITE``) of the shard this replica has served, likewise."""
 
 
@@ -311,19 +312,19 @@ class ArrivalInfo(msgspec.Struct, frozen=True):
     is, for ``shardwise status`` and the progress bars (replica-local, not replicated)."""
 
     shard: ShardId
-    config_num: int
+    config_num: Int64
     phase: str
     """``base`` (copying a base of it), ``frozen-wait`` (the base is here; waiting for
     the source to freeze the shard) or ``delta`` (copying what changed since the base)."""
-    copied: int
+    copied: Int64
     """Bytes of the current image (base or delta) in the log so far."""
-    total: int = 0
+    total: Int64 = 0
     """The image's size (0: not known here; only the leader that pulls it knows)."""
 
 
 class StatusReply(ReplicaStatus, frozen=True):
-    gid: int
-    config_num: int
+    gid: Int64
+    config_num: Int64
     shards: list[ShardInfo] = msgspec.field(default_factory=list)
     arrivals: list[ArrivalInfo] = msgspec.field(default_factory=list)
     """Shards being copied in (a default: a reply from an older server still decodes)."""

@@ -6,11 +6,12 @@ can name them without loading sqlglot.
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+from typing import TypeAlias
+
+from shardwise.model.bounds import INT64_MAX, INT64_MIN
 
 SqlValue: TypeAlias = int | float | str | bytes | None
 """A value SQLite stores: NULL, INTEGER, REAL, TEXT or BLOB."""
 
-INT64_MIN: Final = -(1 << 63)
-INT64_MAX: Final = (1 << 63) - 1
-"""SQLite's INTEGER range; a Python int outside it has no SQLite value."""
+__all__ = ["INT64_MAX", "INT64_MIN", "SqlValue"]
+"""``INT64_MIN`` and ``INT64_MAX`` are SQLite's INTEGER range (``shardwise.model.bounds``)."""

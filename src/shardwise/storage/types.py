@@ -13,6 +13,8 @@ from typing import Final
 
 import msgspec
 
+from shardwise.model.bounds import Int64
+
 ENTRY_OVERHEAD_BYTES: Final = 16
 """Fixed cost charged per entry by :func:`entry_size`, on top of its payload.
 
@@ -27,9 +29,9 @@ class LogEntry(msgspec.Struct, frozen=True, array_like=True):
     ``array_like`` encodes it as ``[index, term, data]``, which keeps the log compact.
     """
 
-    index: int
+    index: Int64
     """Position in the log, starting at 1; consecutive entries have consecutive indexes."""
-    term: int
+    term: Int64
     """Term of the leader that created the entry; never decreases along the log."""
     data: bytes
     """Opaque payload, interpreted only by the Raft layer."""
@@ -44,20 +46,20 @@ class HardState(msgspec.Struct, frozen=True, array_like=True):
     waiting for the leader, and learns the rest from it.
     """
 
-    term: int = 0
+    term: Int64 = 0
     """Latest term this node has seen."""
     vote: str | None = None
     """Node id this node voted for in ``term``, or ``None``."""
-    commit: int = 0
+    commit: Int64 = 0
     """Highest log index known to be committed."""
 
 
 class SnapshotMeta(msgspec.Struct, frozen=True, array_like=True):
     """What a snapshot covers: every entry up to ``index`` (whose term is ``term``)."""
 
-    index: int
+    index: Int64
     """Index of the last entry the snapshot includes."""
-    term: int
+    term: Int64
     """Term of the entry at ``index``."""
     config: bytes = b""
     """Opaque encoding of the cluster membership as of ``index``."""
