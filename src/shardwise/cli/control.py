@@ -71,8 +71,14 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # left by a `shardwise up` that was killed (we hold the lock)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Made 0600 from the start (the umask decides a new socket's mode), not narrowed
+        # after: the cluster directory may not be 0700 (one made before `shardwise up`).
+        umask = os.umask(0o177)
         try:
-            listener.bind(str(self.path))
+            try:
+                listener.bind(str(self.path))
+            finally:
+                os.umask(umask)
             os.chmod(self.path, 0o600)
             listener.listen(MAX_CONNECTIONS)
         except OSError as exc:

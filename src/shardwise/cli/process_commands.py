@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 import click
@@ -132,11 +133,18 @@ def _purge(layout: ClusterLayout, mine: bool) -> None:
             f"{', '.join(elsewhere)} still run on the data in {layout.data_dir} (started by "
             "`shardwise node` or a service manager): stop them first"
         )
-    removed = []
+    removed: list[str] = []
+    # Only what the processes wrote: each one's data directory and log. ``data_dir`` and
+    # ``log_dir`` are the operator's to choose (``.``, a shared disk): never the whole.
+    for process in layout.processes:
+        _remove_tree(layout.data_dir / process.name, removed)
+        with contextlib.suppress(FileNotFoundError):
+            layout.log_file(process.name).unlink()
+            removed.append(str(layout.log_file(process.name)))
     for directory in (layout.data_dir, layout.log_dir):
-        if directory.is_dir():
-            shutil.rmtree(directory)
-            removed.append(str(directory))
+        if directory != layout.root:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if nothing else is in it
     names = [RUN_FILE, LOCK_FILE, CONTROL_SOCKET, SQL_HISTORY_FILE]
     if mine:  # what `shardwise up` wrote; a description given with --config is the operator's
         names += [DESCRIPTION_FILE]
@@ -150,3 +158,15 @@ def _purge(layout: ClusterLayout, mine: bool) -> None:
         with contextlib.suppress(OSError):
             layout.root.rmdir()  # only if nothing else is in it
     out.print(f"Deleted the cluster in {layout.root}: {', '.join(removed) or 'nothing there'}.")
+
+
+def _remove_tree(path: Path, removed: list[str]) -> None:
+    """Delete a process's data directory; a symbolic link in its place is removed, not
+    followed (what it points at is not the cluster's to delete)."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    else:
+        return
+    removed.append(str(path))

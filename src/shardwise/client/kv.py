@@ -258,7 +258,8 @@ class Client:
         """The value of each key (``None``: absent), read in parallel under one deadline.
         Each read is linearizable; together they are not a snapshot."""
         deadline = self._deadline(deadline_s)
-        unique = [as_data("key", key) for key in dict.fromkeys(keys)]
+        # Converted first: a bytearray or memoryview key cannot be a dict key as it is.
+        unique = list(dict.fromkeys(as_data("key", key) for key in keys))
         for key in unique:
             self._check_key("get", key)  # all refused before any is sent
         values = await fan_out([bind(self._get, key, deadline) for key in unique])

@@ -143,7 +143,10 @@ def has_bytes(op: KVOp) -> bool:
     if isinstance(op, Put | Append):
         return is_binary(op.key) or is_binary(op.value)
     if isinstance(op, Cas):
-        return is_binary(op.key) or is_binary(op.new) or is_binary(op.expected or "")
+        expected = op.expected
+        return (
+            is_binary(op.key) or is_binary(op.new) or (expected is not None and is_binary(expected))
+        )
     return is_binary(op.key)
 
 
