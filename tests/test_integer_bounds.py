@@ -57,7 +57,11 @@ DECODED: list[tuple[str, Any]] = [
 def unbounded_ints(info: mi.Type, path: str, seen: set[type]) -> Iterator[str]:
     """Paths to the integers of ``info`` that decode without a 64-bit bound."""
     if isinstance(info, mi.IntType):
-        if info.ge is None or info.le is None or info.ge < -(2**63) or info.le > INT64_MAX:
+        # Int64; or UInt64 (ge=0, MessagePack ends it at 2**64 - 1) for a digest that is
+        # only compared, never stored in SQLite.
+        int64 = info.ge is not None and info.ge >= -(2**63) and info.le is not None
+        uint64 = info.ge == 0 and info.le is None
+        if not (uint64 or (int64 and info.le is not None and info.le <= INT64_MAX)):
             yield path
     elif isinstance(info, mi.StructType):
         if info.cls in seen:
@@ -97,3 +101,19 @@ def test_a_write_numbered_past_64_bits_does_not_decode(seq: int) -> None:
     request = shard_protocol.WriteRequest(config.ShardId("default", 0), "c", seq, Put("k", "v"))
     with pytest.raises(msgspec.ValidationError, match="int"):
         msgspec.msgpack.decode(msgspec.msgpack.encode(request), type=shard_protocol.WriteRequest)
+
+
+def test_a_schema_digest_uses_all_64_bits() -> None:
+    """A keyspace's schema digest is an unsigned 64-bit hash: half of all digests are
+    past 2**63 and must still decode (bounding them as signed made every DDL wait
+    forever for groups whose answers no longer decoded)."""
+    for digest in (2**63, 2**64 - 1):
+        request = shard_protocol.SqlReadRequest(config.ShardId("default", 0), "SELECT 1")
+        request = msgspec.structs.replace(request, schema=digest)
+        decoded = msgspec.msgpack.decode(
+            msgspec.msgpack.encode(request), type=shard_protocol.SqlReadRequest
+        )
+        assert decoded.schema == digest
+        reply = shard_protocol.SqlSchemaReply("ok", config_num=3, schema=digest)
+        encoded = msgspec.msgpack.encode(reply)
+        assert msgspec.msgpack.decode(encoded, type=shard_protocol.SqlSchemaReply) == reply

@@ -23,7 +23,7 @@ from typing import Final, Literal, TypeAlias
 import msgspec
 
 from shardwise.errors import CommandDecodeError
-from shardwise.model.bounds import Int64
+from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVOp, KVResult, has_bytes
 from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
@@ -127,7 +127,7 @@ class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
     client_id: str
     seq: Int64
     catalog_num: Int64
-    schema: Int64
+    schema: UInt64
     statements: tuple[SqlStatement, ...]
 
 

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from shardwise.model.bounds import Int64
+from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import Key, KVOp, KVResult, Value, check_type
 from shardwise.model.replies import ReplicaStatus
@@ -171,7 +171,7 @@ class SqlReadRequest(msgspec.Struct, frozen=True):
     max_rows: Int64 = 1000
     """More rows than this: the read fails with a limit error (nothing is shipped)."""
     catalog_num: Int64 = 0
-    schema: Int64 = 0
+    schema: UInt64 = 0
 
 
 class SqlWriteRequest(msgspec.Struct, frozen=True):
@@ -183,7 +183,7 @@ class SqlWriteRequest(msgspec.Struct, frozen=True):
     seq: Int64
     statements: tuple[SqlStatement, ...]
     catalog_num: Int64 = 0
-    schema: Int64 = 0
+    schema: UInt64 = 0
 
 
 class SqlFailure(msgspec.Struct, frozen=True):
@@ -223,7 +223,7 @@ class SqlSchemaReply(msgspec.Struct, frozen=True):
     status: ShardStatus
     leader: str | None = None
     config_num: Int64 = 0
-    schema: Int64 = 0
+    schema: UInt64 = 0
     error: str = ""
 
 
