@@ -85,20 +85,45 @@ async def test_rows_land_on_the_shard_of_their_distribution_value(
     assert TABLES["u"][1] < SHARDS
 
 
-async def test_generated_queries_match_single_sqlite(
-    local: LocalShards, rng: random.Random, seed: int
-) -> None:
+async def run_seed(
+    local: LocalShards, rng: random.Random, seed: int, queries: int
+) -> dict[str, int]:
+    """Load the seed's data, then compare ``queries`` generated queries with one SQLite."""
     coordinator = Coordinator(local, local)
     data = make_rows(rng)
     await _load(coordinator, data, rng)
     reference = reference_database(data)
-    generator = QueryGenerator(rng, data)
-    started = time.monotonic()
 
     async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
         return (await coordinator.execute(sql, params)).rows
 
-    kinds = await compare_queries(execute, reference, generator, QUERIES, seed)
-    elapsed = time.monotonic() - started
-    print(f"{QUERIES} queries in {elapsed:.1f}s: {kinds}")
-    reference.close()
+    try:
+        return await compare_queries(execute, reference, QueryGenerator(rng, data), queries, seed)
+    finally:
+        reference.close()
+
+
+async def test_generated_queries_match_single_sqlite(
+    local: LocalShards, rng: random.Random, seed: int
+) -> None:
+    started = time.monotonic()
+    kinds = await run_seed(local, rng, seed, QUERIES)
+    print(f"{QUERIES} queries in {time.monotonic() - started:.1f}s: {kinds}")
+
+
+TIED_SEED = 1004
+"""A seed past CI's that meets a generator flaw (found in review): ``sum(DISTINCT v)``
+over the mixed-storage column gives ``0`` for one group and ``0.0`` for another, values
+SQLite orders and de-duplicates as equal, so a LIMIT that cuts between them (here at
+query #161) or a SELECT DISTINCT over them has two right answers and shardwise may pick
+the other. Whole results agree. Seeds 1001 and 1017 meet it too."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="difftest's generator makes queries with two right answers (0 vs 0.0 tied "
+    "across a LIMIT): the run fails although shardwise answers correctly",
+)
+async def test_a_seed_past_ci_whose_queries_tie(local: LocalShards) -> None:
+    print(f"seed={TIED_SEED}")
+    await run_seed(local, random.Random(TIED_SEED), TIED_SEED, 200)
