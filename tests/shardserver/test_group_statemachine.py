@@ -9,10 +9,11 @@ import crc32c
 import msgspec
 import pytest
 
-from shardwise.errors import CommandDecodeError
+from shardwise.errors import CommandDecodeError, CommandVersionError
 from shardwise.model.config import Configuration, ShardId, initial_configuration
 from shardwise.model.kv import Append, Delete, Get, Put
 from shardwise.shardserver.commands import (
+    GROUP_COMMAND_VERSION,
     AckDelivered,
     ClientBatch,
     ClientOp,
@@ -215,11 +216,18 @@ def test_snapshot_and_restore_rebuild_the_same_state(
     assert again.pulls()[0].received == len(b"partial")
 
 
-def test_an_undecodable_entry_halts_rather_than_being_skipped(tmp_path: Path) -> None:
+def test_an_undecodable_entry_fails_alike_but_a_newer_version_halts(tmp_path: Path) -> None:
+    """Bytes that are no command of a known version are the same on every replica: a
+    ``failed`` result, applied. A version newer than this code halts (a newer replica
+    would apply it: skipping it would diverge)."""
     sm = ShardGroupStateMachine(1, tmp_path)
-    with pytest.raises(CommandDecodeError):
-        sm.apply(1, b"\x93garbage")
-    assert sm.applied_index() == 0
+    result = decode_result(sm.apply(1, b"\x93garbage"))
+    assert result.outcome == "failed" and "undecodable" in result.error
+    assert sm.applied_index() == 1
+    newer = msgspec.msgpack.encode([GROUP_COMMAND_VERSION + 1, ["op", "x"]])
+    with pytest.raises(CommandVersionError):
+        sm.apply(2, newer)
+    assert sm.applied_index() == 1
 
 
 def test_files_of_an_earlier_incarnation_are_dropped(tmp_path: Path) -> None:

@@ -193,7 +193,7 @@ PURE_MODULES = frozenset(
         "distribution",
         "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
         "plans", "planner", "pruning", "select_bind", "select_plan", "shard_schema", "values",
-        "writes",
+        "writes", "write_rules",
     }
 )  # fmt: skip
 IO_MODULES = {"sqlite3", "asyncio", "os", "socket", "time", "threading", "subprocess"}

@@ -41,6 +41,7 @@ from shardwise.client.writers import WriterPool
 from shardwise.errors import (
     CatalogError,
     ClientTimeoutError,
+    NondeterministicSqlError,
     SqlCatalogError,
     SqlError,
     SqlExecutionError,
@@ -313,8 +314,11 @@ def _error(failure: SqlFailure, shard: ShardId, tables: Sequence[str]) -> SqlErr
     message naming the user's tables (SQLite on the shard names ``sql_users``: see
     ``shardwise.sql.catalog.physical_name``) and the shard kept aside as a detail."""
     message = logical_names(failure.message, tables)
-    if failure.code == SqlLimitError.code:
-        return SqlLimitError(failure.limit, failure.value, message)
+    limit_kind = error_for(failure.code, SqlLimitError)  # (statement_too_costly is one)
+    if limit_kind is not None:
+        return limit_kind(failure.limit, failure.value, message)
+    if failure.code == NondeterministicSqlError.code:
+        return NondeterministicSqlError(f"shard {shard}: {message}")
     kind = error_for(failure.code, SqlExecutionError)
     if kind is None:
         return SqlExecutionError(f"{failure.code}: {message}", str(shard))

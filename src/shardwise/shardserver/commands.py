@@ -1,7 +1,9 @@
 """What a replica group's Raft log carries: client operations and shard moves.
 
-Every entry is a :class:`GroupCommand`, a versioned envelope decoded with validation; a
-replica that cannot decode a committed entry halts rather than diverge. Each shard-move
+Every entry is a :class:`GroupCommand`, a versioned envelope decoded with validation. An
+entry of a version this replica does not know halts it (``CommandVersionError``: its code
+is older than the log's); one of a known version that does not decode is answered with a
+``failed`` result, the same on every replica (``CommandDecodeError``). Each shard-move
 command names the configuration it belongs to, so a late, repeated or stale one is
 recognised and ignored by every replica alike.
 
@@ -9,8 +11,10 @@ recognised and ignored by every replica alike.
 :class:`SqlWrite`; version 3 the pre-copy's :class:`InstallBase` and
 :class:`InstallDelta`; version 4 :class:`ClientBatch`; version 5 lets a
 :class:`ClientOp` (alone or in a batch) carry ``bytes`` keys and values (before, every key
-and value was a str). Each command is written with the lowest version that has it (a
-client operation with only str keys and values still as version 1 or 4), so a log
+and value was a str); version 6 a :class:`SqlWrite` with its work limit (``max_steps``),
+which also holds it to the allow-list of functions (see ``sqlshard.py``). Each command
+is written with the lowest version that has it (a client operation with only str keys
+and values still as version 1 or 4), so a log
 without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
 version-1 replica that meets a SQL write halts with a clear "version 2 is unknown"
 instead of misreading it (a version-4 replica that meets bytes: "version 5 is unknown").
@@ -22,13 +26,13 @@ from typing import Final, Literal, TypeAlias
 
 import msgspec
 
-from shardwise.errors import CommandDecodeError
+from shardwise.errors import CommandDecodeError, CommandVersionError
 from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVOp, KVResult, has_bytes
 from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
 
-GROUP_COMMAND_VERSION: Final = 5
+GROUP_COMMAND_VERSION: Final = 6
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 256 << 10
@@ -129,6 +133,10 @@ class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
     catalog_num: Int64
     schema: UInt64
     statements: tuple[SqlStatement, ...]
+    max_steps: Int64 = 0
+    """The most SQLite VM steps the batch may take, set by the leader that logged it, so
+    every replica stops it at the same step (0: an entry of version 5 or before, which
+    replays as it first ran: no limit and no allow-list)."""
 
 
 Command: TypeAlias = (
@@ -155,13 +163,25 @@ _FIRST_VERSION: Final[dict[type, int]] = {
 BYTES_VERSION: Final = 5
 """The envelope version from which a client operation may carry ``bytes``."""
 
+CHECKED_SQL_VERSION: Final = 6
+"""The envelope version from which a :class:`SqlWrite` carries ``max_steps``."""
+
 
 class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
     version: Int64
     command: Command
 
 
-Outcome: TypeAlias = Literal["ok", "wrong_group", "ignored"]
+class _Envelope(msgspec.Struct, frozen=True, array_like=True):
+    """A :class:`GroupCommand` with its command still encoded: the version is read first."""
+
+    version: int
+    command: msgspec.Raw
+
+
+Outcome: TypeAlias = Literal["ok", "wrong_group", "ignored", "failed"]
+"""``failed``: the entry could not be applied (it does not decode, or breaks a limit the
+edge checks): the same on every replica, and nothing changed (see ``GroupResult.error``)."""
 
 
 class SqlWriteResult(msgspec.Struct, frozen=True, array_like=True):
@@ -176,6 +196,12 @@ class SqlWriteResult(msgspec.Struct, frozen=True, array_like=True):
     schema: SchemaVerdict = ""
     constraint: bool = False
     """With ``error``: the failure was a broken constraint (UNIQUE, NOT NULL)."""
+    code: str = ""
+    """With ``error``: the :class:`~shardwise.errors.SqlError` code when it is neither
+    ``execution`` nor ``constraint``: ``nondeterministic`` (refused: it could differ
+    between replicas) or ``statement_too_costly`` (over ``limit`` VM steps)."""
+    limit: Int64 = 0
+    """With ``statement_too_costly``: the limit it passed."""
 
 
 class GroupResult(msgspec.Struct, frozen=True, array_like=True):
@@ -187,10 +213,13 @@ class GroupResult(msgspec.Struct, frozen=True, array_like=True):
     adding one changes no stored format)."""
     batch: tuple[GroupResult, ...] = ()
     """For a :class:`ClientBatch`: each operation's result, in order."""
+    error: str = ""
+    """With outcome ``failed``: why."""
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_command_decoder = msgspec.msgpack.Decoder(GroupCommand)
+_envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
+_command_decoder = msgspec.msgpack.Decoder(Command)
 _result_decoder = msgspec.msgpack.Decoder(GroupResult)
 
 
@@ -203,6 +232,8 @@ def _version_for(command: Command) -> int:
     version = _FIRST_VERSION.get(type(command), 1)
     if _carries_bytes(command):
         version = max(version, BYTES_VERSION)
+    if isinstance(command, SqlWrite) and command.max_steps:
+        version = max(version, CHECKED_SQL_VERSION)
     return version
 
 
@@ -215,20 +246,28 @@ def _carries_bytes(command: Command) -> bool:
 
 
 def decode(data: bytes) -> Command:
-    """The command in a committed entry; :class:`CommandDecodeError` if it is not one."""
+    """The command in a committed entry: :class:`CommandVersionError` if its version is
+    newer than this code (halt), :class:`CommandDecodeError` if it is not a command of
+    its version (the same on every replica of this version: answered, not halted on)."""
     try:
-        envelope = _command_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        envelope = _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:  # (ValidationError is one)
         raise CommandDecodeError(f"undecodable group command: {exc}") from None
-    if not 1 <= envelope.version <= GROUP_COMMAND_VERSION:
-        raise CommandDecodeError(f"group command version {envelope.version} is unknown")
-    first = _version_for(envelope.command)
+    if envelope.version > GROUP_COMMAND_VERSION:
+        raise CommandVersionError(f"group command version {envelope.version} is unknown")
+    if envelope.version < 1:
+        raise CommandDecodeError(f"group command version {envelope.version} is not one")
+    try:
+        command: Command = _command_decoder.decode(envelope.command)
+    except msgspec.DecodeError as exc:
+        raise CommandDecodeError(f"undecodable group command: {exc}") from None
+    first = _version_for(command)
     if envelope.version < first:
         raise CommandDecodeError(
             f"a group command of version {envelope.version} cannot carry "
-            f"{_what(envelope.command)} (version {first} and later)"
+            f"{_what(command)} (version {first} and later)"
         )
-    return envelope.command
+    return command
 
 
 def _what(command: Command) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from shardwise.errors import ShardLimitError
 from shardwise.model.kv import (
     MAX_VALUE_BYTES,
     Append,
@@ -22,6 +23,7 @@ from shardwise.model.kv import (
     KVResult,
     Put,
     Value,
+    check_op,
     data_size,
     key_bytes,
 )
@@ -117,3 +119,14 @@ def _put(conn: sqlite3.Connection, key: bytes, value: Value, changes: ChangeTrac
         "INSERT OR REPLACE INTO kv (key, value, ver) VALUES (?, ?, ?)",
         (key, value, changes.next_version()),
     )
+
+
+def refusal(op: KVOp) -> str:
+    """Why a logged KV operation is refused (over a limit the edge checks: a leader of
+    another version, or a planted entry): before anything changes, the same on every
+    replica, and a retry is refused alike, so there is nothing to de-duplicate."""
+    try:
+        check_op(op)
+    except ShardLimitError as exc:
+        return str(exc)
+    return ""

@@ -105,6 +105,12 @@ def read_meta(conn: sqlite3.Connection, where: str, *, upgrade: bool = False) ->
     return ShardMeta(ShardId(keyspace, int(number)), state, applied)
 
 
+MAX_SQLITE_VALUE_BYTES: Final = 16 << 20
+"""Longest string, blob or row a shard's SQLite accepts: a frame's worth (a larger value
+could never be sent back to a client anyway). Part of the file format's behaviour: every
+replica of a group must run with the same value."""
+
+
 def open_file(
     path: str, shard: ShardId | None, *, durable: bool
 ) -> tuple[sqlite3.Connection, ShardMeta]:
@@ -125,6 +131,10 @@ def open_file(
             conn.execute(f"PRAGMA journal_mode={'WAL' if durable else 'MEMORY'}")
             conn.execute(f"PRAGMA synchronous={'NORMAL' if durable else 'OFF'}")
             conn.execute("PRAGMA trusted_schema=OFF")  # files arrive from other groups
+            # SQLite's own cap (1 GB) would let one SQL write (zeroblob(n), printf
+            # padding) take a replica's memory and disk: a value past this fails the
+            # write as "too big", the same way on every replica.
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_SQLITE_VALUE_BYTES)
         except sqlite3.Error as exc:
             raise ShardStoreError(f"cannot open {path}: {exc}") from exc
     except BaseException:

@@ -9,12 +9,22 @@ module runs it on the shard's own connection, never anything else:
   and nothing else: no ``kv``, ``sessions`` or ``meta``, no DDL, no PRAGMA, no ATTACH.
   Setting an authorizer makes SQLite re-prepare cached statements, so a statement text
   once allowed as a write can never be replayed as a read.
-* **Writes fail identically everywhere.** A batch runs inside a SAVEPOINT of the store's
-  transaction (which may hold other commands of the same Raft batch). An error that
-  depends only on the batch and the shard's data (a constraint, a type mismatch, a bad
+* **Writes fail identically everywhere.** A batch runs inside a SAVEPOINT of its own
+  transaction (the store commits the entries before it first). An error that depends
+  only on the batch and the shard's data (a constraint, a type mismatch, a bad
   statement: :func:`deterministic`) rolls the savepoint back and becomes the command's
   result, the same on every replica. Any other error (disk full, I/O) is raised, and the
   host halts the replica rather than let it diverge.
+* **Writes are deterministic by construction** (a batch logged with a work limit, i.e.
+  by this version; older entries replay as they ran): functions only from
+  :data:`~shardwise.sql.write_functions.WRITE_FUNCTIONS` (the authorizer), the date and
+  time functions checked as they run (``TimeFunctions``: no ``'now'``, no time zone), and
+  no rowid at its largest value (SQLite would pick the next one at random). Each is
+  refused as ``nondeterministic``, the same on every replica.
+* **Writes have a work limit** (:data:`MAX_WRITE_STEPS` SQLite VM steps, counted by the
+  progress handler: the same count on every replica for the same SQLite, schema and
+  data). Past it the batch is interrupted, which rolls back its whole transaction, and
+  :class:`~shardwise.errors.SqlWriteTooCostlyError` is raised for the store to record.
 * **Reads are bounded**: rows (the caller's ``max_rows``), bytes (one reply frame) and
   time (the fragment holds the server's event loop), each a typed
   :class:`~shardwise.errors.SqlLimitError`.
@@ -26,6 +36,7 @@ module runs it on the shard's own connection, never anything else:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +44,12 @@ from typing import Any, Final
 
 import msgspec
 
-from shardwise.errors import SqlExecutionError, SqlLimitError
+from shardwise.errors import (
+    NondeterministicSqlError,
+    SqlExecutionError,
+    SqlLimitError,
+    SqlWriteTooCostlyError,
+)
 from shardwise.model.config import Table
 from shardwise.net.frames import MAX_FRAME_BYTES
 from shardwise.shardserver.commands import SqlWriteResult
@@ -45,6 +61,8 @@ from shardwise.shardserver.protocol import (
 from shardwise.sql.catalog import PHYSICAL_PREFIX
 from shardwise.sql.shard_schema import schema_changes
 from shardwise.sql.values import INT64_MAX, INT64_MIN
+from shardwise.sql.write_functions import TimeFunctions
+from shardwise.sql.write_rules import function_refusal
 
 MAX_SQL_REPLY_BYTES: Final = MAX_FRAME_BYTES - (1 << 20)
 """Rows one read fragment may return, by size: a reply is one frame (``MAX_FRAME_BYTES``),
@@ -64,6 +82,18 @@ PROGRESS_STEPS: Final = 20_000
 
 FETCH_ROWS: Final = 1024
 """Rows taken from SQLite at once while a read's bounds are checked."""
+
+MAX_WRITE_STEPS: Final = 20_000_000
+"""The most SQLite VM steps one SQL write batch may take on a shard (the default of the
+shard server's ``--sql-write-max-steps``). Every replica applies the batch on its event
+loop, so a long one stalls the group (an election comes after 0.5-1 s without
+heartbeats). Measured on SQLite 3.40: 35-110 million steps a second, an UPDATE of
+100,000 rows 1.4 million steps (40 ms), so the bound allows an UPDATE of about a
+million rows in a shard and stops within 0.2-0.6 s."""
+
+WRITE_PROGRESS_STEPS: Final = 1000
+"""VM steps between calls of a write's step counter: the limit is met to within this
+many steps, for a call of Python every few microseconds of SQLite work."""
 
 SQL_TABLES_KEY: Final = "sql_tables"
 """The ``meta`` key holding the catalog tables a shard's schema reflects."""
@@ -141,29 +171,105 @@ def deterministic(exc: BaseException) -> bool:
     return isinstance(exc, ValueError | OverflowError)
 
 
-def run_batch(conn: sqlite3.Connection, statements: Sequence[SqlStatement]) -> SqlWriteResult:
+class _StepBudget:
+    """A write's progress handler: counts VM steps, stops the write past ``max_steps``."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+        self.steps = 0
+        self.exceeded = False
+
+    def __call__(self) -> int:
+        self.steps += WRITE_PROGRESS_STEPS
+        self.exceeded = self.steps > self.max_steps
+        return 1 if self.exceeded else 0
+
+
+def run_batch(
+    conn: sqlite3.Connection,
+    statements: Sequence[SqlStatement],
+    *,
+    max_steps: int = 0,
+    times: TimeFunctions | None = None,
+) -> SqlWriteResult:
     """Run ``statements`` inside the caller's transaction: all of them, or, when one fails
-    deterministically, none (the error is the result)."""
+    deterministically, none (the error is the result). ``max_steps`` not 0 (a batch logged
+    by this version) holds the batch to the allow-list, the checked time functions (on
+    ``conn``: ``times``) and the work limit; past the limit this raises
+    :class:`SqlWriteTooCostlyError` and the caller's transaction is gone."""
+    checked = max_steps != 0  # (a negative limit, never logged by a leader, stops at once)
+    authorizer = _WriteAuthorizer(checked)
+    budget = _StepBudget(max(0, max_steps))
     conn.execute(f"SAVEPOINT {SAVEPOINT}")
     changed = 0
     try:
-        conn.set_authorizer(_authorize_write)
+        conn.set_authorizer(authorizer)
+        if checked:
+            conn.set_progress_handler(budget, WRITE_PROGRESS_STEPS)
+        if times is not None:
+            times.enforcing, times.refusal = checked, ""
         try:
             for statement in statements:
                 cursor = conn.execute(statement.sql, statement.params)
                 changed += max(0, cursor.rowcount)
                 cursor.close()
+                if checked:
+                    _check_rowids(conn, authorizer.written)
         finally:
             conn.set_authorizer(None)
-    except (sqlite3.Error, ValueError, OverflowError) as exc:
-        if not deterministic(exc):
+            conn.set_progress_handler(None, 0)
+            if times is not None:
+                times.enforcing = False
+    except (sqlite3.Error, ValueError, OverflowError, NondeterministicSqlError) as exc:
+        if budget.exceeded:
+            raise SqlWriteTooCostlyError(
+                "max_write_steps",
+                max_steps,
+                f"the write took more than {max_steps} SQLite steps and was stopped",
+            ) from None
+        refused = isinstance(exc, NondeterministicSqlError)
+        if not refused and not deterministic(exc):
             raise
         conn.execute(f"ROLLBACK TO {SAVEPOINT}")
         conn.execute(f"RELEASE {SAVEPOINT}")
+        why = authorizer.refused or (times.refusal if times is not None else "")
+        if refused:
+            why = str(exc)
+        if why:
+            return SqlWriteResult(error=why, code=NondeterministicSqlError.code)
         constraint = isinstance(exc, sqlite3.IntegrityError)
         return SqlWriteResult(error=str(exc) or type(exc).__name__, constraint=constraint)
     conn.execute(f"RELEASE {SAVEPOINT}")
     return SqlWriteResult(rowcount=changed)
+
+
+def _check_rowids(conn: sqlite3.Connection, tables: set[str]) -> None:
+    """Refuse a rowid at its largest value: SQLite then picks each new row's at random."""
+    for table in sorted(tables):
+        quoted = '"' + table.replace('"', '""') + '"'
+        top = conn.execute(f"SELECT max(rowid) FROM {quoted}").fetchone()[0]
+        if top == INT64_MAX:
+            raise NondeterministicSqlError(
+                f"a rowid of {INT64_MAX} in {table} would make SQLite choose the next "
+                "row's rowid at random"
+            )
+
+
+def refused_functions(conn: sqlite3.Connection, statements: Sequence[SqlStatement]) -> str:
+    """Why a write batch is refused before it is proposed ("" if it is not): a function
+    off the allow-list. Each statement is prepared (``EXPLAIN``: nothing runs) with the
+    write authorizer; any other error is left for the apply to report."""
+    authorizer = _WriteAuthorizer(checked=True)
+    conn.set_authorizer(authorizer)
+    try:
+        for statement in statements:
+            with contextlib.suppress(sqlite3.Error, ValueError, OverflowError):
+                conn.execute("EXPLAIN " + statement.sql, statement.params).close()
+            if authorizer.refused:
+                return authorizer.refused
+    finally:
+        conn.set_authorizer(None)
+    return ""
 
 
 def check_batch(statements: Sequence[SqlStatement]) -> str:
@@ -260,7 +366,27 @@ def _authorize_read(action: int, arg1: str | None, *_: object) -> int:
     return sqlite3.SQLITE_DENY
 
 
-def _authorize_write(action: int, arg1: str | None, *_: object) -> int:
-    if action in _READ_ACTIONS or (action in _TABLE_ACTIONS and _user_table(arg1)):
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
+class _WriteAuthorizer:
+    """User tables only; with ``checked``, functions only from the allow-list. Notes the
+    first function refused and the tables written."""
+
+    def __init__(self, checked: bool) -> None:
+        self.checked = checked
+        self.refused = ""
+        self.written: set[str] = set()
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_FUNCTION:
+            name = (arg2 or "").lower()
+            why = function_refusal(name) if self.checked else ""
+            if not why:
+                return sqlite3.SQLITE_OK
+            self.refused = self.refused or why
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_SELECT:
+            return sqlite3.SQLITE_OK
+        if action in _TABLE_ACTIONS and arg1 is not None and _user_table(arg1):
+            if action in _WRITE_ACTIONS:
+                self.written.add(arg1)
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY

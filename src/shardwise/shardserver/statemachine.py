@@ -35,16 +35,22 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
+from shardwise.errors import (
+    CommandDecodeError,
+    CommandVersionError,
+    CorruptShardSnapshotError,
+    ShardFormatError,
+)
 from shardwise.model.config import NO_GROUP, Configuration, ShardId, initial_configuration
 from shardwise.model.kv import MAX_SCAN_ROWS, Key, KVResult, Value
 from shardwise.raft.client_sessions import MAX_SESSIONS
+from shardwise.shardserver import kvops
 from shardwise.shardserver.commands import (
     AckDelivered,
     ClientBatch,
@@ -75,7 +81,7 @@ from shardwise.shardserver.lifecycle import ShardEvent, ShardState, transition
 from shardwise.shardserver.migration.arrivals import Arrivals, Incoming
 from shardwise.shardserver.migration.image import apply_delta, export_buffer, install_image
 from shardwise.shardserver.migration.owners import owner_changes
-from shardwise.shardserver.protocol import SchemaVerdict, schema_digest
+from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement, schema_digest
 from shardwise.shardserver.store import ShardStore
 from shardwise.storage.fsutil import CacheDisk
 
@@ -162,7 +168,14 @@ class ShardGroupStateMachine:
         return self._applied
 
     def apply(self, index: int, command: bytes) -> bytes:
-        decoded = decode(command)  # raises before anything changes
+        try:
+            decoded = decode(command)  # raises before anything changes
+        except CommandVersionError:
+            raise  # newer than this code: halt (see commands.py)
+        except CommandDecodeError as exc:
+            # The same bytes on every replica: the same answer, and nothing changes.
+            self._applied = index
+            return encode_result(GroupResult("failed", self.config.num, error=str(exc)))
         self._applied = index
         if isinstance(decoded, ClientOp):
             return encode_result(self._client_op(index, decoded))
@@ -323,6 +336,12 @@ class ShardGroupStateMachine:
             return SqlRead(True, self.config.num, verdict)
         return SqlRead(True, self.config.num, rows=record.store.read_sql(sql, params, max_rows))
 
+    def refused_sql(self, shard: ShardId, statements: Sequence[SqlStatement]) -> str:
+        """Why a SQL write to ``shard`` is refused before it is proposed ("" if it is
+        not, or if the shard does not serve here: the apply answers that)."""
+        store = self.serving_store(shard)
+        return store.refused_sql(statements) if store is not None else ""
+
     def schema_digest(self, keyspace: str) -> int:
         """The digest of ``keyspace``'s tables in the group's configuration."""
         digest = self._digests.get(keyspace)
@@ -387,6 +406,9 @@ class ShardGroupStateMachine:
         record = self.shards.get(cmd.shard)
         if record is None or record.store is None or not self.serves(cmd.shard):
             return GroupResult("wrong_group", self.config.num)
+        refused = kvops.refusal(cmd.op)
+        if refused:
+            return GroupResult("failed", self.config.num, error=refused)
         if record.store not in self._batch:
             record.store.begin_batch()
             self._batch.append(record.store)
@@ -398,9 +420,13 @@ class ShardGroupStateMachine:
         one call, since they share the entry's index (see ``ShardStore.apply_many``)."""
         results: list[GroupResult | None] = [None] * len(cmd.ops)
         by_shard: dict[ShardId, list[int]] = {}
-        for position, op in enumerate(cmd.ops):
-            by_shard.setdefault(op.shard, []).append(position)
         num = self.config.num
+        for position, op in enumerate(cmd.ops):
+            refused = kvops.refusal(op.op)
+            if refused:
+                results[position] = GroupResult("failed", num, error=refused)
+            else:
+                by_shard.setdefault(op.shard, []).append(position)
         for shard, positions in by_shard.items():
             record = self.shards.get(shard)
             if record is None or record.store is None or not self.serves(shard):
@@ -426,7 +452,7 @@ class ShardGroupStateMachine:
             record.store.begin_batch()
             self._batch.append(record.store)
         sql: SqlWriteResult | None = record.store.apply_sql(
-            index, cmd.client_id, cmd.seq, cmd.statements, verdict
+            index, cmd.client_id, cmd.seq, cmd.statements, verdict, max_steps=cmd.max_steps
         )
         return GroupResult("ok", self.config.num, sql=sql)
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -54,9 +54,8 @@ from shardwise.model.kv import (
 )
 from shardwise.raft.client_sessions import MAX_SESSIONS
 from shardwise.shardserver import kvops
-from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.dedup import ClientSessions
-from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement, keyspace_tables
+from shardwise.shardserver.digest import content_digest
 from shardwise.shardserver.shardfile import (
     SIDE_FILE_SUFFIXES,
     ShardMeta,
@@ -66,21 +65,23 @@ from shardwise.shardserver.shardfile import (
     remove_files,
     write_atomically,
 )
+from shardwise.shardserver.sqlstore import SqlStoreMixin
 from shardwise.shardserver.tracking import MAX_TOMBSTONES, ChangeTracker, ShardDelta
 from shardwise.shardserver.writecache import MAX_PENDING_BYTES, HeldPuts, ReadCache
 from shardwise.storage.fsutil import Disk
+
+if TYPE_CHECKING:
+    from shardwise.sql.write_functions import TimeFunctions
 
 CACHE_COMMIT_EVERY: Final = 64
 """Batches a store on a cache disk applies before it commits (see ShardStore.flush)."""
 
 _STALE: Final = KVResult(ok=False, stale=True)
 _OK: Final = KVResult()
-_SQL_STALE: Final = SqlWriteResult(stale=True)
 _decode_kv = msgspec.msgpack.Decoder(KVResult).decode
-_decode_sql = msgspec.msgpack.Decoder(SqlWriteResult).decode
 
 
-class ShardStore:
+class ShardStore(SqlStoreMixin):
     """One shard's SQLite database. Make one with :meth:`create` or :meth:`open` (or
     ``migration.image.install_image``). Not thread-safe: the group's state machine owns it."""
 
@@ -108,6 +109,8 @@ class ShardStore:
         self._read_cache = ReadCache()
         self._changes = ChangeTracker(conn, max_tombstones)
         self._sql_ready = False
+        self._times: TimeFunctions | None = None
+        """The checked date and time functions on the connection (with the SQL ones)."""
         self._sql_tables: dict[str, Table] | None = None
         """The catalog tables the SQL schema reflects (``meta.sql_tables``), once read."""
 
@@ -284,80 +287,6 @@ class ShardStore:
             self._sessions.reload(conn)
         self._meta.state, self._meta.applied_index = state, index
 
-    # --- SQL (see sqlshard.py, imported where it is used: a KV-only shard never loads it)
-
-    def apply_sql(
-        self,
-        index: int,
-        client_id: str,
-        seq: int,
-        statements: Sequence[SqlStatement],
-        refusal: SchemaVerdict = "",
-    ) -> SqlWriteResult | None:
-        """Apply a committed SQL write batch at log ``index``, de-duplicated like
-        :meth:`apply`, in the same transaction as the applied index: every statement or,
-        if one fails deterministically, none (the result carries the error; the failure
-        is remembered too, so a retry gets the same answer). ``refusal``: the tables are
-        not those the batch was planned with, so a new batch is refused (and not
-        remembered); a retry of one already applied still gets its first result."""
-        if index <= self._meta.applied_index:
-            return None
-        if refusal and (not client_id or seq > self.last_seq(client_id)):
-            return SqlWriteResult(schema=refusal)
-        self._sql_connection()  # the functions, before the transaction begins
-        with self._transaction() as conn:
-
-            def run() -> SqlWriteResult:
-                from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
-
-                self._changes.sql_changed(conn)  # SQL rows are not tracked: no delta spans it
-                return sqlshard.run_batch(conn, statements)
-
-            result = self._sessions.once(
-                conn, client_id, seq, run=run, decode=_decode_sql, stale=_SQL_STALE
-            )
-            put_meta(conn, "applied_index", index)
-        self._meta.applied_index = index
-        return result
-
-    def read_sql(self, sql: str, params: Mapping[str, Any], max_rows: int) -> list[tuple[Any, ...]]:
-        """The rows of a read fragment (read-only, bounded: see ``sqlshard.run_read``)."""
-        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
-
-        conn = self._sql_connection()
-        return sqlshard.run_read(conn, sql, params, max_rows, shard=str(self.shard))
-
-    def sql_tables(self) -> dict[str, Table]:
-        """The catalog tables this shard's SQL schema reflects."""
-        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
-
-        if self._sql_tables is None:
-            rows = self._query("SELECT v FROM meta WHERE k = ?", sqlshard.SQL_TABLES_KEY)
-            self._sql_tables = sqlshard.decode_tables(rows[0][0] if rows else None)
-        return self._sql_tables
-
-    def sync_schema(self, index: int, tables: Mapping[str, Table]) -> list[str]:
-        """Bring the SQL tables to the catalog ``tables`` (of every keyspace; this shard
-        takes its own keyspace's), at log ``index``; the DDL statements that failed
-        deterministically (skipped on every replica alike). Idempotent: a shard that
-        already reflects ``tables`` is not touched, so no check of the index is needed
-        (a shard created or installed at ``index`` is synced at the same index)."""
-        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
-
-        recorded = self.sql_tables()
-        target = keyspace_tables(tables, self.shard.keyspace)
-        if recorded == target:
-            return []
-        with self._transaction() as conn:
-            failures = sqlshard.sync_schema(conn, recorded, target, self.shard.keyspace)
-            self._changes.sql_changed(conn)
-            put_meta(conn, sqlshard.SQL_TABLES_KEY, sqlshard.encode_tables(target))
-            if index > self._meta.applied_index:
-                put_meta(conn, "applied_index", index)
-        self._meta.applied_index = max(index, self._meta.applied_index)
-        self._sql_tables = target
-        return failures
-
     # --- reads ---------------------------------------------------------------------------
 
     def get(self, key: Key) -> Value | None:
@@ -423,6 +352,15 @@ class ShardStore:
         self.flush()
         try:
             return self._changes.changes_since(self._connection(), str(self.shard), since)
+        except sqlite3.Error as exc:
+            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+
+    def content_digest(self) -> str:
+        """A digest of the shard's content, the same on every replica at the same applied
+        index whatever its batch boundaries (``digest.py``)."""
+        self.flush()
+        try:
+            return content_digest(self._connection())
         except sqlite3.Error as exc:
             raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
 
@@ -587,14 +525,3 @@ class ShardStore:
     def _apply_once(self, conn: sqlite3.Connection, client_id: str, seq: int, op: KVOp) -> KVResult:
         run = lambda: kvops.execute(conn, op, self._changes)  # noqa: E731
         return self._sessions.once(conn, client_id, seq, run=run, decode=_decode_kv, stale=_STALE)
-
-    def _sql_connection(self) -> sqlite3.Connection:
-        """The connection, with shardwise's SQL functions (added on first SQL use, so a
-        KV-only shard never pays for them)."""
-        conn = self._connection()
-        if not self._sql_ready:
-            from shardwise.sql.functions import register  # noqa: PLC0415 - see above
-
-            register(conn)
-            self._sql_ready = True
-        return conn

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shardwise.errors import SqlExecutionError
+from shardwise.errors import NondeterministicSqlError, SqlExecutionError
 from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.determinism import StatementContext
@@ -35,6 +35,8 @@ from shardwise.sql.plans import (
     RowMerge,
     WritePlan,
 )
+from shardwise.sql.shard_schema import create_table_ddl
+from shardwise.sql.write_functions import refused_function
 
 EXPLAIN_COLUMN = "QUERY PLAN"
 
@@ -83,6 +85,7 @@ class Coordinator:
         if isinstance(current, ReadPlan):
             return await self._read(current)
         if isinstance(current, WritePlan):
+            _check_functions(current, catalog)
             return await self._write(current)
         return await self._change(current, catalog)
 
@@ -133,6 +136,16 @@ class Coordinator:
         if not change.skip:
             await self._catalog.change(change.op)
         return Result(())
+
+
+def _check_functions(write: WritePlan, catalog: Catalog) -> None:
+    """Refuse a write that calls a function off the allow-list before anything is sent
+    (the shards refuse it too, but a multi-shard write is not atomic across them)."""
+    ddl = create_table_ddl(catalog.table(write.table))
+    statements = {f.sql: f.params for b in write.batches for f in b.statements}
+    why = refused_function(ddl, statements.items())
+    if why:
+        raise NondeterministicSqlError(why)
 
 
 async def _gather(tasks: Sequence[Coroutine[None, None, list[Row]]]) -> list[list[Row]]:

@@ -5,8 +5,14 @@ the same instant, so values that depend on when or where a statement runs are fi
 the coordinator and sent as bound parameters:
 
 * the time (``now()``, ``CURRENT_TIMESTAMP``, ``CURRENT_DATE``, ``CURRENT_TIME``,
-  ``LOCALTIMESTAMP``, ``date('now')`` and the other SQLite date functions' ``'now'``):
-  one instant per statement (as PostgreSQL's ``now()``), UTC, in SQLite's text format;
+  ``LOCALTIMESTAMP``, ``date('now')`` and the other SQLite date functions' ``'now'``, and
+  those functions called without a time value, which means ``'now'``: ``date()``,
+  ``strftime('%H:%M:%f')``): one instant per statement (as PostgreSQL's ``now()``), UTC,
+  in SQLite's text format;
+* in a write, the ``'localtime'`` and ``'utc'`` modifiers are refused (they read the
+  server's time zone), and so is any function off the allow-list of
+  :mod:`shardwise.sql.write_rules` (checked by the coordinator on the statements it
+  sends, as the shards will; the shards check again).
 * ``random()``, ``randomblob(n)``, ``gen_random_uuid()`` in an ``INSERT``'s values and in
   reads: one value per occurrence, drawn from the statement's seed;
 * in ``UPDATE`` and ``DELETE`` they would be per row, so they are refused, as are
@@ -29,6 +35,7 @@ from sqlglot import exp
 
 from shardwise.errors import NondeterministicSqlError
 from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
+from shardwise.sql.write_rules import TIME_FUNCTIONS, ZONE_MODIFIERS
 
 Mode: TypeAlias = Literal["read", "insert", "update"]
 
@@ -84,6 +91,8 @@ class Determinizer:
 
     def _replace(self, node: exp.Expr, mode: Mode) -> exp.Expr:
         name = node.name.lower() if isinstance(node, exp.Anonymous) else ""
+        if name in TIME_FUNCTIONS or isinstance(node, _TIME_FUNCTION_NODES):
+            self._fix_time_function(node, name, mode)
         if type(node) in _TIME_NODES:
             return self._param(self._now.strftime(_TIME_NODES[type(node)]))
         if name in _TIME_NAMES:
@@ -103,6 +112,28 @@ class Determinizer:
         if isinstance(node, exp.Uuid) or name == "gen_random_uuid":
             return self._random(mode, "gen_random_uuid()", self._uuid)
         return node
+
+    def _fix_time_function(self, node: exp.Expr, name: str, mode: Mode) -> None:
+        """Give a date function without a time value the statement's instant (SQLite
+        reads the clock there); refuse a time zone modifier in a write."""
+        args = list(node.iter_expressions())
+        first = TIME_FUNCTIONS.get(name, 0)
+        if len(args) <= first:
+            now = self._param(self._now.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3])
+            if isinstance(node, exp.Anonymous):
+                node.append("expressions", now)
+            else:
+                node.set("this", now)
+        if mode == "read":
+            return
+        for arg in args[first + 1 :]:
+            text = str(arg.this).lower() if isinstance(arg, exp.Literal) else ""
+            for zone in ZONE_MODIFIERS:
+                if arg.is_string and zone in text:
+                    raise NondeterministicSqlError(
+                        f"the {zone!r} modifier depends on the server's time zone; "
+                        "convert the time before writing it"
+                    )
 
     def _random(self, mode: Mode, what: str, make: object) -> exp.Expr:
         if mode == "update":
@@ -129,6 +160,10 @@ class Determinizer:
         if count > MAX_RANDOMBLOB_BYTES:
             raise NondeterministicSqlError(f"randomblob() over {MAX_RANDOMBLOB_BYTES} bytes")
         return self._rng.randbytes(count)
+
+
+_TIME_FUNCTION_NODES: Final = (exp.Date, exp.Datetime, exp.Time)
+"""How sqlglot reads SQLite's ``date``, ``datetime`` and ``time``."""
 
 
 def _is_now_literal(node: exp.Expr) -> bool:

@@ -1,0 +1,198 @@
+"""SQL on a shard's store: the part of :class:`~shardwise.shardserver.store.ShardStore`
+that runs SQL writes, reads and schema changes (``sqlshard.py`` holds the SQL itself).
+
+Kept apart from the store's KV half, and importing ``sqlshard`` and ``shardwise.sql``
+only where it is used: a KV-only shard never loads them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from shardwise.model.config import ShardId, Table
+from shardwise.shardserver.commands import SqlWriteResult
+from shardwise.shardserver.dedup import ClientSessions
+from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement, keyspace_tables
+from shardwise.shardserver.shardfile import ShardMeta, put_meta
+from shardwise.shardserver.tracking import ChangeTracker
+
+if TYPE_CHECKING:
+    from shardwise.sql.write_functions import TimeFunctions
+
+_SQL_STALE: Final = SqlWriteResult(stale=True)
+_decode_sql = msgspec.msgpack.Decoder(SqlWriteResult).decode
+
+
+class SqlStoreMixin:
+    """SQL on one shard's file; mixed into ``ShardStore``, whose state it uses."""
+
+    _conn: sqlite3.Connection | None
+    _meta: ShardMeta
+    _sessions: ClientSessions
+    _changes: ChangeTracker
+    _sql_ready: bool
+    _sql_tables: dict[str, Table] | None
+    _times: TimeFunctions | None
+
+    # (implemented by ShardStore)
+    @property
+    def shard(self) -> ShardId:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def last_seq(self, client_id: str) -> int:
+        raise NotImplementedError
+
+    def _connection(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _query(self, sql: str, *params: object) -> list[Any]:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def apply_sql(
+        self,
+        index: int,
+        client_id: str,
+        seq: int,
+        statements: Sequence[SqlStatement],
+        refusal: SchemaVerdict = "",
+        *,
+        max_steps: int = 0,
+    ) -> SqlWriteResult | None:
+        """Apply a committed SQL write batch at log ``index``, de-duplicated like
+        :meth:`apply`, in the same transaction as the applied index: every statement or,
+        if one fails deterministically, none (the result carries the error; the failure
+        is remembered too, so a retry gets the same answer). ``refusal``: the tables are
+        not those the batch was planned with, so a new batch is refused (and not
+        remembered); a retry of one already applied still gets its first result.
+        ``max_steps``: the batch's work limit and checks (``sqlshard.run_batch``).
+
+        The batch runs in a transaction of its own (the batch's earlier entries are
+        committed first): stopping a write past its work limit rolls back the whole
+        transaction it is in. The error is then recorded, with the index and the
+        de-duplication, in a new one."""
+        if index <= self._meta.applied_index:
+            return None
+        if refusal and (not client_id or seq > self.last_seq(client_id)):
+            return SqlWriteResult(schema=refusal)
+        from shardwise.errors import SqlWriteTooCostlyError  # noqa: PLC0415 - SQL only
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        self._sql_connection()  # the functions, before the transaction begins
+        if max_steps:
+            self.flush()
+        version = self._changes.version
+        try:
+            result = self._sql_once(
+                index,
+                client_id,
+                seq,
+                lambda conn: sqlshard.run_batch(
+                    conn, statements, max_steps=max_steps, times=self._times
+                ),
+            )
+        except SqlWriteTooCostlyError as exc:
+            conn = self._connection()
+            if conn.in_transaction:  # (SQLite rolls back a stopped INSERT/UPDATE/DELETE)
+                conn.execute("ROLLBACK")
+            self._changes.version = version  # as the file has it again
+            failed = SqlWriteResult(
+                error=exc.detail, code=exc.code, limit=max_steps if max_steps > 0 else 0
+            )
+            result = self._sql_once(index, client_id, seq, lambda _: failed)
+        return result
+
+    def _sql_once(
+        self,
+        index: int,
+        client_id: str,
+        seq: int,
+        run: Callable[[sqlite3.Connection], SqlWriteResult],
+    ) -> SqlWriteResult:
+        with self._transaction() as conn:
+
+            def once() -> SqlWriteResult:
+                self._changes.sql_changed(conn)  # SQL rows are not tracked: no delta spans it
+                return run(conn)
+
+            result = self._sessions.once(
+                conn, client_id, seq, run=once, decode=_decode_sql, stale=_SQL_STALE
+            )
+            put_meta(conn, "applied_index", index)
+        self._meta.applied_index = index
+        return result
+
+    def refused_sql(self, statements: Sequence[SqlStatement]) -> str:
+        """Why a SQL write batch would be refused here for a function off the allow-list
+        ("" if it would not): checked before it is proposed (see ``sqlshard``)."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        if self._conn is None:
+            return ""
+        # Only prepared, on the connection as it stands: the batch's held puts stay held.
+        self._register_sql(self._conn)
+        return sqlshard.refused_functions(self._conn, statements)
+
+    def read_sql(self, sql: str, params: Mapping[str, Any], max_rows: int) -> list[tuple[Any, ...]]:
+        """The rows of a read fragment (read-only, bounded: see ``sqlshard.run_read``)."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        conn = self._sql_connection()
+        return sqlshard.run_read(conn, sql, params, max_rows, shard=str(self.shard))
+
+    def sql_tables(self) -> dict[str, Table]:
+        """The catalog tables this shard's SQL schema reflects."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        if self._sql_tables is None:
+            rows = self._query("SELECT v FROM meta WHERE k = ?", sqlshard.SQL_TABLES_KEY)
+            self._sql_tables = sqlshard.decode_tables(rows[0][0] if rows else None)
+        return self._sql_tables
+
+    def sync_schema(self, index: int, tables: Mapping[str, Table]) -> list[str]:
+        """Bring the SQL tables to the catalog ``tables`` (of every keyspace; this shard
+        takes its own keyspace's), at log ``index``; the DDL statements that failed
+        deterministically (skipped on every replica alike). Idempotent: a shard that
+        already reflects ``tables`` is not touched, so no check of the index is needed
+        (a shard created or installed at ``index`` is synced at the same index)."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        recorded = self.sql_tables()
+        target = keyspace_tables(tables, self.shard.keyspace)
+        if recorded == target:
+            return []
+        with self._transaction() as conn:
+            failures = sqlshard.sync_schema(conn, recorded, target, self.shard.keyspace)
+            self._changes.sql_changed(conn)
+            put_meta(conn, sqlshard.SQL_TABLES_KEY, sqlshard.encode_tables(target))
+            if index > self._meta.applied_index:
+                put_meta(conn, "applied_index", index)
+        self._meta.applied_index = max(index, self._meta.applied_index)
+        self._sql_tables = target
+        return failures
+
+    def _sql_connection(self) -> sqlite3.Connection:
+        """The connection, with shardwise's SQL functions (added on first SQL use, so a
+        KV-only shard never pays for them)."""
+        conn = self._connection()
+        self._register_sql(conn)
+        return conn
+
+    def _register_sql(self, conn: sqlite3.Connection) -> None:
+        if not self._sql_ready:
+            from shardwise.sql.functions import register  # noqa: PLC0415 - see above
+            from shardwise.sql.write_functions import TimeFunctions  # noqa: PLC0415
+
+            register(conn)
+            self._times = TimeFunctions(conn)
+            self._sql_ready = True
