@@ -24,7 +24,7 @@ from shardwise.net.auth import (
     check_secret,
     compute_proof,
 )
-from shardwise.net.frames import CLOSED, NEED_DATA, Codec, encode_frame
+from shardwise.net.frames import CLOSED, NEED_BUFFER, NEED_DATA, Codec, encode_frame
 from shardwise.net.harness import TEST_SECRET, Mesh, eventually
 from shardwise.net.limits import Limits
 from shardwise.net.rpc import CallContext, RpcMethod
@@ -35,6 +35,8 @@ from shardwise.net.wire import (
     PeerRole,
     Proof,
     RaftFrame,
+    RefusalReason,
+    Refused,
     RpcRequest,
     Welcome,
     WireMessage,
@@ -233,7 +235,7 @@ class RawPeer:
                 event = self.codec.next_event()
                 if event is CLOSED:
                     return None
-                if event is not NEED_DATA:
+                if event is not NEED_DATA and event is not NEED_BUFFER:
                     return event
                 try:
                     data = await self.reader.read(65536)
@@ -247,6 +249,14 @@ class RawPeer:
         self.writer.close()
         with contextlib.suppress(ConnectionResetError):
             await self.writer.wait_closed()
+
+
+async def told_and_closed(peer: RawPeer) -> RefusalReason:
+    """The server's refusal on ``peer``, which must be its last frame before closing."""
+    refusal = await peer.receive()
+    assert isinstance(refusal, Refused), refusal
+    assert await peer.receive() is None
+    return refusal.reason
 
 
 @pytest.fixture
@@ -281,7 +291,8 @@ async def test_wrong_secret_is_refused_and_the_server_keeps_serving(clock: Manua
         assert isinstance(challenge, Challenge)
         attacker.send_message(handshake.on_challenge(challenge))
         attacker.send_message(RaftFrame(group=1, message=Heartbeat(term=9, sender="b", to="a")))
-        assert await attacker.receive() is None  # no welcome: closed
+        # No welcome: told why, then closed.
+        assert await told_and_closed(attacker) is RefusalReason.AUTHENTICATION_FAILED
         await attacker.close()
         await eventually(mesh["a"], lambda: mesh["a"].stats.auth_failures == 1)
         await honest_ping_works(mesh, 2)
@@ -325,7 +336,7 @@ async def test_a_replayed_handshake_is_refused(clock: ManualClock) -> None:
         replayer = await RawPeer.connect(mesh["a"].address)
         replayer.send(recording)
         assert isinstance(await replayer.receive(), Challenge)  # a fresh one
-        assert await replayer.receive() is None
+        assert await told_and_closed(replayer) is RefusalReason.AUTHENTICATION_FAILED
         await replayer.close()
         await eventually(mesh["a"], lambda: mesh["a"].stats.auth_failures == 1)
         assert len(delivered) == 1
@@ -360,7 +371,7 @@ async def test_frames_without_a_handshake_are_refused(
 
 
 async def test_a_silent_peer_is_cut_off_after_the_handshake_timeout(clock: ManualClock) -> None:
-    limits = Limits(handshake_timeout_s=3.0)
+    limits = Limits(handshake_timeout_s=3.0, first_frame_timeout_s=3.0)
     async with Mesh(["a", "b"], clock=clock, limits=limits) as mesh:
         mesh["a"].serve(PING, answer)
         silent = await RawPeer.connect(mesh["a"].address)
@@ -369,7 +380,7 @@ async def test_a_silent_peer_is_cut_off_after_the_handshake_timeout(clock: Manua
         await honest_ping_works(mesh, 1)  # still serving while the silent one waits
         assert mesh["a"].stats.handshake_timeouts == 0
         clock.advance(0.2)
-        assert await silent.receive() is None
+        assert await told_and_closed(silent) is RefusalReason.TIMED_OUT
         await silent.close()
         assert mesh["a"].stats.handshake_timeouts == 1
         await honest_ping_works(mesh, 2)
@@ -386,20 +397,26 @@ async def test_a_slow_handshake_is_cut_off_too(clock: ManualClock) -> None:
         slow.send_message(DialerHandshake(TEST_SECRET, "b", PeerRole.NODE).hello())
         assert isinstance(await slow.receive(), Challenge)
         clock.advance(3.0)
-        assert await slow.receive() is None
+        assert await told_and_closed(slow) is RefusalReason.TIMED_OUT
         await slow.close()
         assert mesh["a"].stats.handshake_timeouts == 1
 
 
 async def test_unauthenticated_connections_are_bounded(clock: ManualClock) -> None:
+    """Beyond the slots, a newcomer evicts the oldest silent connection (which is told
+    why) rather than being refused: the count stays bounded."""
     limits = Limits(max_handshaking=2)
     async with Mesh(["a", "b"], clock=clock, limits=limits) as mesh:
         mesh["a"].serve(PING, answer)
-        first = [await RawPeer.connect(mesh["a"].address) for _ in range(2)]
-        await eventually(mesh["a"], lambda: mesh["a"].handshakes_in_progress == 2)
+        first: list[RawPeer] = []
+        for _ in range(2):
+            first.append(await RawPeer.connect(mesh["a"].address))
+            await eventually(mesh["a"], lambda: mesh["a"].handshakes_in_progress == len(first))
         extra = await RawPeer.connect(mesh["a"].address)
-        assert await extra.receive() is None
-        await eventually(mesh["a"], lambda: mesh["a"].stats.connections_refused == 1)
+        assert await told_and_closed(first[0]) is RefusalReason.TOO_MANY_CONNECTIONS
+        await eventually(mesh["a"], lambda: mesh["a"].stats.handshakes_evicted == 1)
+        assert mesh["a"].handshakes_in_progress == 2
+        assert mesh["a"].stats.connections_refused == 0
         for peer in [*first, extra]:
             await peer.close()
         await eventually(mesh["a"], lambda: mesh["a"].handshakes_in_progress == 0)

@@ -148,6 +148,7 @@ def test_tags_carry_each_type_and_its_version() -> None:
         "hello": 1,
         "challenge": 1,
         "proof": 1,
+        "refuse": 1,
         "welcome": 1,
         "raft": 1,
         "call": 1,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import traceback
 from typing import Final
 
 import crc32c
@@ -55,6 +56,13 @@ MAX_HANDSHAKE_FRAME_BYTES: Final = 512
 """Largest body accepted before the peer is authenticated: a handshake message needs
 under 200 bytes, and an unauthenticated peer must not make us buffer more."""
 
+EXACT_BUFFER_AT_BYTES: Final = 64 << 10
+"""A frame whose body is at least this long and has not all arrived gets one buffer of
+exactly its size (the caller reserves it from the transport's budget first:
+:data:`NEED_BUFFER`), and the rest of its bytes are copied into it as they come, instead
+of growing a buffer read by read (which over-allocates and copies the frame again at each
+growth). Smaller frames cost at most this much per connection, so they are not counted."""
+
 _COMPACT_AT_BYTES: Final = 64 << 10
 """Consumed bytes at the front of the buffer that trigger moving the rest down; below
 this the move costs more than it saves."""
@@ -63,6 +71,7 @@ this the move costs more than it saves."""
 class _Sentinel(enum.Enum):
     NEED_DATA = "NEED_DATA"
     CLOSED = "CLOSED"
+    NEED_BUFFER = "NEED_BUFFER"
 
 
 NEED_DATA: Final = _Sentinel.NEED_DATA
@@ -70,6 +79,10 @@ NEED_DATA: Final = _Sentinel.NEED_DATA
 
 CLOSED: Final = _Sentinel.CLOSED
 """The peer closed the stream after a whole frame; nothing more will come."""
+
+NEED_BUFFER: Final = _Sentinel.NEED_BUFFER
+"""A large frame's header is in but not its body: reserve :attr:`Codec.pending_frame_bytes`
+(the transport's budget) and call :meth:`Codec.allocate`, then go on."""
 
 Event = WireMessage | _Sentinel
 
@@ -137,14 +150,24 @@ class Codec:
     """One direction-pair of one connection: decodes what arrives, encodes what leaves.
 
     ``max_frame_bytes`` bounds what is accepted; a connection starts at
-    :data:`MAX_HANDSHAKE_FRAME_BYTES` and raises it once the peer is authenticated.
+    :data:`MAX_HANDSHAKE_FRAME_BYTES` and raises it once the peer is authenticated. A large
+    frame that arrives in pieces is gathered in one buffer of its exact size
+    (:data:`EXACT_BUFFER_AT_BYTES`), which with ``reserves`` the caller must reserve first.
     """
 
-    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES, *, reserves: bool = False) -> None:
+        self.reserves = reserves
+        """Whether :data:`NEED_BUFFER` is returned before a large frame's buffer is
+        allocated (the caller reserves it from a budget); if not, it is allocated at once."""
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
         self._error: ProtocolError | None = None
+        self._frame: bytearray | None = None
+        """The exactly-sized buffer of the large frame being received, header included."""
+        self._filled = 0
+        self._pending = 0
+        """The whole size of a large frame announced by its header, not yet allocated."""
         self.max_frame_bytes = max_frame_bytes
 
     @property
@@ -160,7 +183,46 @@ class Codec:
     @property
     def buffered_bytes(self) -> int:
         """Bytes received and not yet returned as messages."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._filled
+
+    @property
+    def frame_buffer_bytes(self) -> int:
+        """Size of the exactly-sized buffer held for an unfinished large frame (0: none)."""
+        return 0 if self._frame is None else len(self._frame)
+
+    @property
+    def pending_frame_bytes(self) -> int:
+        """After :data:`NEED_BUFFER`: the whole size of the frame to reserve."""
+        return self._pending
+
+    def allocate(self) -> None:
+        """Allocate the buffer for the frame :data:`NEED_BUFFER` announced, and move the
+        bytes of it already received there."""
+        size = self._pending
+        if not size or self._frame is not None:
+            raise RuntimeError("allocate() without NEED_BUFFER")
+        self._pending = 0
+        frame = bytearray(size)
+        with memoryview(self._buf) as view:
+            taken = min(size, len(self._buf) - self._pos)
+            frame[:taken] = view[self._pos : self._pos + taken]
+        self._pos += taken
+        self._frame, self._filled = frame, taken
+
+    def fail(self, error: ProtocolError) -> None:
+        """Break the codec with ``error`` (the transport gave the connection up) and let
+        its buffers go."""
+        self._error = error
+        self.discard()
+
+    def discard(self) -> None:
+        """Let the buffers go now (the connection is over). Not left to the garbage
+        collector: an error kept here holds a traceback that refers back to this codec,
+        a cycle that would keep a 16 MiB frame buffer alive until a collection runs."""
+        self._frame = None
+        self._filled = self._pending = 0
+        self._buf = bytearray()
+        self._pos = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes from the peer; ``b""`` says the peer closed its side."""
@@ -171,6 +233,15 @@ class Codec:
         if not data:
             self._eof = True
             return
+        frame = self._frame
+        if frame is not None:
+            taken = min(len(frame) - self._filled, len(data))
+            with memoryview(data) as view:
+                frame[self._filled : self._filled + taken] = view[:taken]
+                self._filled += taken
+                if taken == len(data):
+                    return
+                data = bytes(view[taken:])
         if self._pos and (self._pos >= _COMPACT_AT_BYTES or self._pos == len(self._buf)):
             del self._buf[: self._pos]
             self._pos = 0
@@ -183,7 +254,11 @@ class Codec:
         try:
             return self._next()
         except ProtocolError as exc:
+            # The finished frames in the traceback hold the frame buffer as a local: clear
+            # them, or the error kept below keeps the buffer alive.
+            traceback.clear_frames(exc.__traceback__)
             self._error = exc
+            self.discard()
             raise
 
     def send(self, message: WireMessage) -> bytes:
@@ -192,6 +267,10 @@ class Codec:
         return encode_frame(message)
 
     def _next(self) -> Event:
+        if self._frame is not None:
+            return self._next_large(self._frame)
+        if self._pending:
+            return NEED_BUFFER
         available = len(self._buf) - self._pos
         if available < HEADER_BYTES:
             return self._short(available)
@@ -211,20 +290,24 @@ class Codec:
             )
         end = pos + HEADER_BYTES + length
         if len(self._buf) < end:
+            if length >= EXACT_BUFFER_AT_BYTES and not self._eof:
+                self._pending = HEADER_BYTES + length
+                if self.reserves:
+                    return NEED_BUFFER
+                self.allocate()
+                return NEED_DATA
             return self._short(available)
-        (expected,) = _CRC.unpack_from(self._buf, pos + _HEAD.size)
-        with memoryview(self._buf) as view:
-            body = view[pos + HEADER_BYTES : end]
-            actual = crc32c.crc32c(body, crc32c.crc32c(view[pos : pos + _HEAD.size]))
-            if actual != expected:
-                body.release()
-                raise ChecksumMismatchError("frame checksum does not match its contents")
-            try:
-                message = decode_body(body)
-            finally:
-                body.release()
+        message = _check_and_decode(self._buf, pos, end)
         self._pos = end
         return message
+
+    def _next_large(self, frame: bytearray) -> Event:
+        if self._filled < len(frame):
+            if not self._eof:
+                return NEED_DATA
+            raise TruncatedFrameError(f"stream ended {self._filled} bytes into a frame")
+        self._frame, self._filled = None, 0
+        return _check_and_decode(frame, 0, len(frame))
 
     def _short(self, available: int) -> Event:
         if not self._eof:
@@ -232,3 +315,18 @@ class Codec:
         if available:
             raise TruncatedFrameError(f"stream ended {available} bytes into a frame")
         return CLOSED
+
+
+def _check_and_decode(buf: bytearray, pos: int, end: int) -> WireMessage:
+    """The message of the whole frame at ``buf[pos:end]``, its checksum verified."""
+    (expected,) = _CRC.unpack_from(buf, pos + _HEAD.size)
+    with memoryview(buf) as view:
+        body = view[pos + HEADER_BYTES : end]
+        actual = crc32c.crc32c(body, crc32c.crc32c(view[pos : pos + _HEAD.size]))
+        if actual != expected:
+            body.release()
+            raise ChecksumMismatchError("frame checksum does not match its contents")
+        try:
+            return decode_body(body)
+        finally:
+            body.release()

@@ -27,6 +27,8 @@ from shardwise.net.wire import (
     PeerRole,
     Proof,
     RaftFrame,
+    RefusalReason,
+    Refused,
     RpcFailure,
     RpcRequest,
     RpcResponse,
@@ -199,6 +201,7 @@ def sample_wire_messages(snapshot_bytes: int = 4096) -> list[WireMessage]:
         Challenge(node_id="n2", nonce=nonce_b),
         Proof(proof=proof),
         Welcome(proof=proof[::-1]),
+        *(Refused(reason=reason, message=f"because {reason.name}") for reason in RefusalReason),
     ]
     for group, message in enumerate(sample_raft_messages(snapshot_bytes)):
         messages.append(RaftFrame(group=group * 1_000_003, message=message))

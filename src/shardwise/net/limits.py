@@ -46,8 +46,20 @@ MAX_CONNECTIONS: Final = 1024
 connections are closed at once."""
 
 MAX_HANDSHAKING: Final = 64
-"""Inbound connections still in their handshake: unauthenticated peers cannot hold more
-than this many sockets, each for at most ``HANDSHAKE_TIMEOUT_S``."""
+"""Inbound connections still in their handshake. When all are taken, a new connection
+does not wait or get refused: it evicts the oldest unauthenticated one (silent ones
+first, then the most crowded source address, never a known peer's address while another
+is available). An honest dialer sends its hello at once and is done in one round trip,
+so it gets through however many silent sockets an attacker keeps reopening; the slots
+only bound the memory and sockets unauthenticated peers hold."""
+
+MAX_HANDSHAKING_PER_SOURCE: Final = 16
+"""Inbound connections still in their handshake from one source address; a new one
+beyond it evicts that address's oldest. A node dials with one connection and a client
+host with a few, so 16 leaves room for a burst from one NAT'd host while one attacking
+address holds at most a quarter of the slots and can only evict its own connections
+(until the slots are full, when the most crowded address pays first). On loopback every
+source is 127.0.0.1, so there the global eviction is what protects honest dialers."""
 
 MAX_PEERS: Final = 4096
 """Node links kept (peers we dial or that dialed us)."""
@@ -55,8 +67,19 @@ MAX_PEERS: Final = 4096
 MAX_DELAYED_FRAMES: Final = 10_000
 """Frames held by delay fault rules at once; more are dropped (tests only)."""
 
-HANDSHAKE_TIMEOUT_S: Final = 5.0
-"""An inbound peer must be authenticated within this, or it is cut off."""
+HANDSHAKE_TIMEOUT_S: Final = 3.0
+"""An inbound peer must be authenticated within this, or it is cut off (the TLS handshake,
+when there is one, gets the same budget before it). The handshake is two round trips and
+two HMACs: 3 s is ten intercontinental round trips, room for a lost packet's first
+retransmission (TCP's initial RTO is 1 s), and short enough that a slot held by a peer
+that stalls after its hello is soon free even when nothing evicts it."""
+
+FIRST_FRAME_TIMEOUT_S: Final = 1.0
+"""An inbound connection must deliver its whole first frame (the hello, under 200 bytes,
+which a dialer writes the moment it connects) within this: a connection that says
+nothing is cut soonest. One second is a one-way trip around the world several times
+over; a dialer whose hello packet was lost and not retransmitted in time fails its dial
+and retries. Capped by ``handshake_timeout_s``."""
 
 CONNECT_TIMEOUT_S: Final = 5.0
 """Dialling, TLS and the handshake together, for an outbound connection."""
@@ -69,6 +92,23 @@ DRAIN_TIMEOUT_S: Final = 5.0
 
 DEFAULT_RPC_TIMEOUT_S: Final = 5.0
 """A call's deadline when the caller names none."""
+
+MAX_BUFFERED_FRAME_BYTES: Final = 256 << 20
+"""Bytes buffered for unfinished incoming frames of at least ``EXACT_BUFFER_AT_BYTES``
+(``frames.py``), all inbound connections of a transport together. Without it, 1,024
+connections each holding an unfinished 16 MiB frame could make a server buffer 16 GiB.
+256 MiB is sixteen full-size frames at once (a busy node receives a few 1 MiB appends or
+256 KiB snapshot chunks at a time); a frame that finds no room waits, not reading, until
+some is released. One connection holds at most one unfinished frame, so at most
+``MAX_FRAME_BYTES`` (a sixteenth) of it."""
+
+FRAME_STALL_S: Final = 2.0
+"""While a frame waits for room in the buffer budget, a connection whose unfinished frame
+got no byte for this long, and holds more than its fair share of the budget (the budget
+over the connections holding or waiting), is cut to make room: a frame that is arriving
+is never cut, a frame that stopped arriving cannot starve one that waits. Two seconds
+is above TCP's retransmission pauses on a healthy link and short against the time an
+honest large frame may wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +125,16 @@ class Limits:
     read_chunk_bytes: int = READ_CHUNK_BYTES
     max_connections: int = MAX_CONNECTIONS
     max_handshaking: int = MAX_HANDSHAKING
+    max_handshaking_per_source: int = MAX_HANDSHAKING_PER_SOURCE
     max_peers: int = MAX_PEERS
     max_delayed_frames: int = MAX_DELAYED_FRAMES
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    first_frame_timeout_s: float = FIRST_FRAME_TIMEOUT_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     close_timeout_s: float = CLOSE_TIMEOUT_S
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    max_buffered_frame_bytes: int = MAX_BUFFERED_FRAME_BYTES
+    frame_stall_s: float = FRAME_STALL_S
 
     def __post_init__(self) -> None:
         for field in fields(self):

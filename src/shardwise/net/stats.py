@@ -11,7 +11,14 @@ class TransportStats:
     connections_accepted: int = 0
     connections_dialed: int = 0
     connections_refused: int = 0
-    """Inbound connections closed at once: too many, shutting down, or cut by a rule."""
+    """Inbound connections closed at once: too many, shutting down, or cut by a rule. The
+    dialer is told why (a ``refuse/1`` frame)."""
+    handshakes_evicted: int = 0
+    """Unauthenticated connections closed to make room for a newer one (the handshake
+    slots, or their source address's share, were full)."""
+    first_frame_timeouts: int = 0
+    """Inbound connections that sent no whole first frame in time (also counted in
+    ``handshake_timeouts``)."""
     connections_superseded: int = 0
     """Duplicate connections between the same two nodes closed by the ownership rule."""
     connections_lost: int = 0
@@ -24,6 +31,15 @@ class TransportStats:
     protocol_errors: int = 0
     frames_sent: int = 0
     frames_received: int = 0
+    frame_bytes_buffered: int = 0
+    """A gauge, not a counter: bytes reserved now for unfinished large incoming frames,
+    all inbound connections together (bounded by ``Limits.max_buffered_frame_bytes``)."""
+    frame_budget_waits: int = 0
+    """Large frames that had to wait for room in the buffer budget."""
+    frame_budget_stall_cuts: int = 0
+    """Connections cut because their unfinished frame stalled while others waited."""
+    frame_budget_too_large: int = 0
+    """Frames refused because they could never fit the buffer budget."""
     # raft
     raft_sent: int = 0
     raft_delivered: int = 0
