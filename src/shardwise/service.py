@@ -5,7 +5,9 @@ own state machine and RPC handlers. It owns the wiring that must be the same eve
 the data directory, the authenticated transport, the Raft host bound to its group id, a
 ``READY <id> <host>:<port>`` line once it listens (so supervisors and tests know), and a
 clean stop on SIGTERM or SIGINT. The secret comes from a file or ``SHARDWISE_SECRET``,
-never from the command line, where every user of the machine could read it.
+never from the command line, where every user of the machine could read it. With
+``--tls-cert``/``--tls-key``/``--tls-ca`` the transport runs TLS both ways and a peer must
+present the node certificate of the id it claims (``net/tls.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from shardwise.model.replies import Status
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.loop import run
+from shardwise.net.tls import TlsFiles
 from shardwise.net.transport import Transport
 from shardwise.raft.host import HostOptions, HostStatus, RaftHost
 from shardwise.raft.messages import Membership
@@ -68,6 +71,10 @@ class ReplicaConfig:
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     metrics: Address | None = None
     """Where to serve Prometheus metrics over HTTP (``None``: not at all)."""
+    tls: TlsFiles | None = None
+    """This server's node certificate and key and the cluster CA: TLS on its listener and
+    its outbound connections, and peers must prove their node id (``net/tls.py``).
+    ``None``: plain TCP, where holding the secret is enough to act as any node."""
 
 
 REQUEST_TIMEOUT_S: Final = 5.0
@@ -128,7 +135,14 @@ class ReplicaService(Generic[S]):
         self.transport: Endpoint = (
             transport
             if transport is not None
-            else Transport(config.node_id, config.secret, peers=config.peers, listen=config.listen)
+            else Transport(
+                config.node_id,
+                config.secret,
+                peers=config.peers,
+                listen=config.listen,
+                server_ssl=config.tls.server_context() if config.tls else None,
+                client_ssl=config.tls.client_context() if config.tls else None,
+            )
         )
         self.state_machine = state_machine
         # Real storage fsyncs on a thread of its own (cheaper than asyncio.to_thread);
@@ -197,7 +211,27 @@ def replica_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics", type=parse_address, help="HOST:PORT to serve Prometheus metrics on"
     )
+    tls = parser.add_argument_group(
+        "TLS", "all three, or none (plain TCP); `shardwise cert` makes them"
+    )
+    tls.add_argument("--tls-cert", type=Path, help="this server's node certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    tls.add_argument("--tls-ca", type=Path, help="the cluster CA's certificate (PEM)")
     return parser
+
+
+def tls_files(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TlsFiles | None:
+    """The ``--tls-*`` options: all three (each an existing file) or none."""
+    given = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-ca": args.tls_ca}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        parser.error(f"TLS needs --tls-cert, --tls-key and --tls-ca; missing {', '.join(missing)}")
+    for flag, value in given.items():
+        if not value.is_file():
+            parser.error(f"{flag} {value}: no such file")
+    return TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
 
 
 def parse_peers(
@@ -226,6 +260,7 @@ def replica_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         tick_ms=args.tick_ms,
         snapshot_every=args.snapshot_every,
         metrics=args.metrics,
+        tls=tls_files(parser, args),
     )
 
 

@@ -1,22 +1,39 @@
-"""TLS under the handshake, with a self-signed certificate made by the test."""
+"""TLS under the handshake, with a CA and node certificates made by ``net/certs.py``.
+
+Every node presents the node certificate of its id; a client may present none.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
-import shutil
 import ssl
-import subprocess
+import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from shardwise.net.harness import Mesh, eventually
+from shardwise.errors import NetError
+from shardwise.net.certs import (
+    CA_CERT,
+    CertificateError,
+    make_ca,
+    make_client_certificate,
+    make_node_certificate,
+)
+from shardwise.net.harness import TEST_SECRET, eventually
 from shardwise.net.rpc import CallContext, RpcMethod
-from shardwise.net.tls import client_context, server_context
+from shardwise.net.tls import (
+    TlsFiles,
+    certificate_uris,
+    client_context,
+    node_uri,
+    user_uri,
+)
+from shardwise.net.transport import Transport
+from shardwise.net.wire import PeerRole
 from shardwise.raft.messages import Heartbeat, Message
 
 READ_S = 20.0
@@ -33,108 +50,161 @@ async def echo(request: Num, context: CallContext) -> Num:
     return Num(request.n + 1)
 
 
-def _with_cryptography(cert: Path, key: Path) -> bool:
+def _files(ca: Path, node: str, out: Path) -> TlsFiles:
+    issued = make_node_certificate(ca, node, out)
+    return TlsFiles(issued.cert, issued.key, ca / CA_CERT)
+
+
+@contextlib.asynccontextmanager
+async def tls_nodes(tmp_path: Path, names: list[str]) -> AsyncIterator[dict[str, Transport]]:
+    """Started node transports, each with its own node certificate, knowing each other."""
+    make_ca(tmp_path / "ca")
+    nodes = {}
+    for name in names:
+        files = _files(tmp_path / "ca", name, tmp_path / "certs")
+        nodes[name] = Transport(
+            name,
+            TEST_SECRET,
+            server_ssl=files.server_context(),
+            client_ssl=files.client_context(),
+        )
     try:
-        from cryptography import x509  # noqa: PLC0415 -- optional test dependency
-        from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-        from cryptography.x509.oid import NameOID  # noqa: PLC0415
-    except ImportError:
-        return False
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shardwise-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(private, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return True
+        for node in nodes.values():
+            await node.start()
+        for node in nodes.values():
+            for other in nodes.values():
+                if other is not node:
+                    node.set_peer(other.id, other.address)
+        yield nodes
+    finally:
+        for node in nodes.values():
+            await node.close()
 
 
-def _with_openssl(cert: Path, key: Path) -> bool:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        return False
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "1", "-subj", "/CN=shardwise-test",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-    return True
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
-    if not (_with_cryptography(cert, key) or _with_openssl(cert, key)):
-        pytest.skip("TLS tests need the cryptography package or the openssl command")
-    return cert, key
-
-
-async def test_raft_and_calls_cross_tls(certificate: tuple[Path, Path]) -> None:
-    cert, key = certificate
-    server = server_context(cert, key)
-    client = client_context(cert)
-    async with Mesh(["a", "b"], server_ssl=server, client_ssl=client) as mesh:
+async def test_raft_and_calls_cross_tls_and_a_client_needs_no_certificate(
+    tmp_path: Path,
+) -> None:
+    async with tls_nodes(tmp_path, ["a", "b"]) as nodes:
         got: list[Message] = []
-        mesh["b"].on_raft(1, got.append)
-        mesh["b"].serve(ECHO, echo)
-        mesh["a"].send_raft(1, Heartbeat(term=1, sender="a", to="b"))
-        await eventually(mesh.all, lambda: len(got) == 1)
-        assert await mesh["a"].call("b", ECHO, Num(1)) == Num(2)
-        tool = await mesh.client("tool")
-        assert await tool.call("b", ECHO, Num(5)) == Num(6)
-        conn = next(iter(mesh["b"]._connections))
+        nodes["b"].on_raft(1, got.append)
+        nodes["b"].serve(ECHO, echo)
+        nodes["a"].send_raft(1, Heartbeat(term=1, sender="a", to="b"))
+        await eventually(nodes.values(), lambda: len(got) == 1)
+        assert await nodes["a"].call("b", ECHO, Num(1)) == Num(2)
+        tool = Transport(
+            "tool",
+            TEST_SECRET,
+            role=PeerRole.CLIENT,
+            client_ssl=client_context(tmp_path / "ca" / CA_CERT),
+            peers={"b": nodes["b"].address},
+        )
+        await tool.start()
+        try:
+            assert await tool.call("b", ECHO, Num(5)) == Num(6)
+        finally:
+            await tool.close()
+        conn = next(iter(nodes["b"]._connections))
         assert isinstance(conn.writer.get_extra_info("ssl_object"), ssl.SSLObject)
 
 
-async def test_mutual_tls_and_a_plaintext_dialer_is_refused(certificate: tuple[Path, Path]) -> None:
-    cert, key = certificate
-    server = server_context(cert, key, cafile=cert)
-    client = client_context(cert, certfile=cert, keyfile=key)
-    async with Mesh(["a", "b"], server_ssl=server, client_ssl=client) as mesh:
-        mesh["b"].serve(ECHO, echo)
-        assert await mesh["a"].call("b", ECHO, Num(1)) == Num(2)
-        # Plain TCP to a TLS listener: the TLS layer rejects it, the node keeps serving.
-        reader, writer = await asyncio.open_connection(*mesh["b"].address)
+async def test_a_plaintext_dialer_is_refused_and_the_node_keeps_serving(tmp_path: Path) -> None:
+    async with tls_nodes(tmp_path, ["a", "b"]) as nodes:
+        nodes["b"].serve(ECHO, echo)
+        assert await nodes["a"].call("b", ECHO, Num(1)) == Num(2)
+        reader, writer = await asyncio.open_connection(*nodes["b"].address)
         writer.write(b"\xd5SWN not a TLS record" * 10)
         with contextlib.suppress(ConnectionResetError):
             assert await asyncio.wait_for(reader.read(), READ_S) == b""
         writer.close()
         with contextlib.suppress(ConnectionResetError):
             await writer.wait_closed()
-        assert await mesh["a"].call("b", ECHO, Num(2)) == Num(3)
+        assert await nodes["a"].call("b", ECHO, Num(2)) == Num(3)
 
 
-def test_the_openssl_fallback_makes_a_usable_certificate(tmp_path: Path) -> None:
-    cert, key = tmp_path / "c.pem", tmp_path / "c.key"
-    if not _with_openssl(cert, key):
-        pytest.skip("no openssl command")
-    assert server_context(cert, key) and client_context(cert)
+@pytest.mark.parametrize("certificate", ["client", "other node", "none"])
+async def test_the_node_role_needs_the_node_certificate_of_the_id_claimed(
+    tmp_path: Path, certificate: str
+) -> None:
+    async with tls_nodes(tmp_path, ["a", "b"]) as nodes:
+        nodes["b"].serve(ECHO, echo)
+        ca = tmp_path / "ca"
+        if certificate == "client":
+            issued = make_client_certificate(ca, "mallory", tmp_path / "m")
+            context = client_context(ca / CA_CERT, certfile=issued.cert, keyfile=issued.key)
+        elif certificate == "other node":
+            context = _files(ca, "mallory", tmp_path / "m").client_context()
+        else:
+            context = client_context(ca / CA_CERT)
+        # Claims to be node "c" (or "a": a real node) with the cluster secret.
+        for claimed in ("c", "a"):
+            intruder = Transport(
+                claimed,
+                TEST_SECRET,
+                listen=None,
+                client_ssl=context,
+                peers={"b": nodes["b"].address},
+            )
+            await intruder.start()
+            try:
+                with pytest.raises(NetError):
+                    await intruder.call("b", ECHO, Num(1), timeout_s=READ_S)
+            finally:
+                await intruder.close()
+        assert nodes["b"].stats.auth_failures >= 2
+
+
+def test_certificates_name_what_they_are_for(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    assert stat.S_IMODE(ca.key.stat().st_mode) == 0o600
+    with pytest.raises(CertificateError):
+        make_ca(tmp_path / "ca")
+    node = make_node_certificate(tmp_path / "ca", "127.0.0.1:7201", tmp_path, hosts=["db1"])
+    assert node.cert.name == "127.0.0.1_7201.pem"
+    assert stat.S_IMODE(node.key.stat().st_mode) == 0o600
+    decoded = ssl._ssl._test_decode_cert(str(node.cert))  # type: ignore[attr-defined]
+    assert certificate_uris(decoded) == [node_uri("127.0.0.1:7201")]
+    names = dict(decoded["subjectAltName"])
+    assert names["DNS"] in ("localhost", "db1")
+    assert ("DNS", "db1") in decoded["subjectAltName"]
+    assert ("IP Address", "127.0.0.1") in decoded["subjectAltName"]
+    client = make_client_certificate(tmp_path / "ca", "alice", tmp_path)
+    decoded = ssl._ssl._test_decode_cert(str(client.cert))  # type: ignore[attr-defined]
+    assert certificate_uris(decoded) == [user_uri("alice")]
+    with pytest.raises(CertificateError):  # never overwrites a key
+        make_client_certificate(tmp_path / "ca", "alice", tmp_path)
+    with pytest.raises(CertificateError):
+        make_node_certificate(tmp_path / "nowhere", "n1", tmp_path)
+
+
+async def test_a_dialler_refuses_a_server_whose_certificate_names_another_node(
+    tmp_path: Path,
+) -> None:
+    # An impostor knows the secret and answers as "b", but holds the certificate of
+    # "mallory": the handshake alone would accept it.
+    make_ca(tmp_path / "ca")
+    ca = tmp_path / "ca"
+    impostor_files = _files(ca, "mallory", tmp_path / "m")
+    impostor = Transport(
+        "b",
+        TEST_SECRET,
+        server_ssl=impostor_files.server_context(),
+        client_ssl=impostor_files.client_context(),
+    )
+    impostor.serve(ECHO, echo)
+    await impostor.start()
+    dialer_files = _files(ca, "a", tmp_path / "a")
+    dialer = Transport(
+        "a",
+        TEST_SECRET,
+        listen=None,
+        client_ssl=dialer_files.client_context(),
+        peers={"b": impostor.address},
+    )
+    await dialer.start()
+    try:
+        with pytest.raises(NetError):
+            await dialer.call("b", ECHO, Num(1), timeout_s=READ_S)
+        assert impostor.stats.connections_accepted == 0
+    finally:
+        await dialer.close()
+        await impostor.close()

@@ -56,7 +56,8 @@ def sql_shell(
     layout, secret = layout_and_secret(cluster_dir, config)
     # Fail now, clearly, if the cluster is down or the secret is wrong: the client
     # itself would only time out on the first statement.
-    run(probe(layout.controller_addresses, secret, layout.secret_file))
+    tls = layout.client_ssl()
+    run(probe(layout.controller_addresses, secret, layout.secret_file, ssl_context=tls))
 
     def latest() -> Configuration:
         # \d shows the catalog as the controller has it now, which may be newer than the
@@ -67,7 +68,9 @@ def sql_shell(
 
         return run(fetch())
 
-    with SyncClient(layout.controller_addresses, secret, deadline_s=timeout) as client:
+    with SyncClient(
+        layout.controller_addresses, secret, deadline_s=timeout, client_ssl=tls
+    ) as client:
         shell = Shell(client, out, err, catalog=latest, max_rows=max_rows)
         if command is not None:
             code = shell.run_text(command)

@@ -64,6 +64,9 @@ class UpOptions:
     tick_ms: int = DEFAULT_TICK_MS
     metrics: bool = True
     restart: bool = True
+    tls: bool = False
+    """A new cluster runs TLS: a CA and a node certificate per process under
+    ``tls/`` (an existing cluster keeps what its description says)."""
     given: frozenset[str] = frozenset()
     """The sizing flags given on the command line (they only shape a new cluster, so an
     existing one is compared with them)."""
@@ -119,6 +122,8 @@ def _layout(options: UpOptions, root: Path, console: Console) -> tuple[ClusterLa
     if path.exists():
         layout = load_layout(path)
         differences = sizing_differences(options, layout)
+        if options.tls and layout.tls is None:
+            differences.append("--tls (the cluster runs plain TCP)")
         if differences:
             console.print(
                 f"[yellow]note:[/] {path} exists, so the cluster keeps its layout: "
@@ -136,6 +141,7 @@ def _layout(options: UpOptions, root: Path, console: Console) -> tuple[ClusterLa
         base_port=options.base_port,
         tick_ms=options.tick_ms,
         metrics=options.metrics,
+        tls=options.tls,
     )
     layout.write()
     return layout, True
@@ -168,6 +174,13 @@ def run_up(options: UpOptions, console: Console) -> None:
                 f"(chmod 600 {layout.secret_file})"
             )
         secret = read_secret(layout.secret_file)
+        made = layout.ensure_certificates()
+        if made and layout.tls is not None:
+            console.print(
+                f"TLS: node certificates for {len(made)} processes under "
+                f"{layout.tls.cert_dir} (CA {layout.tls.ca_file})",
+                highlight=False,
+            )
         verb = "Starting a new cluster" if new else "Starting the cluster again (data kept)"
         console.print(f"{verb} in {layout.root}: {len(layout.processes)} processes")
 

@@ -21,6 +21,10 @@ retransmits, so a transport drops what it cannot deliver. Every message names it
 ``send`` to its group id (``functools.partial(transport.send, group_id)``) and routing
 what it receives by group id to that group's ``deliver``.
 
+**Who may talk to it.** A message whose sender is not a member of the group as this
+replica knows it never reaches the core (``hosting/senders.py``): being a node of the
+cluster is not being a member of this group.
+
 **Failures.** A committed entry that cannot be applied (an unknown kind, a command the
 state machine cannot decode), a storage error or a broken invariant in the core halts the
 replica: every waiting operation fails with ``ReplicaHaltedError`` and new ones are
@@ -67,6 +71,7 @@ from shardwise.raft.hosting.options import (
     Send,
     run_inline,
 )
+from shardwise.raft.hosting.senders import SenderFilter
 from shardwise.raft.hosting.snapshots import SnapshotSchedule
 from shardwise.raft.hosting.waiting import Deadlines, FutureHeap, Proposals, fail
 from shardwise.raft.messages import (
@@ -160,6 +165,7 @@ class RaftHost(Generic[S]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._snapshots = SnapshotSchedule(node_id, self._options)
+        self._senders = SenderFilter(node_id)
         self._read_count = 0
         opts = self._options
         in_flight = opts.max_pending_proposals + 2 * opts.max_pending_reads + MAX_PENDING_TRANSFERS
@@ -252,6 +258,8 @@ class RaftHost(Generic[S]):
         if self._lifecycle is not _Lifecycle.RUNNING or self._halted is not None:
             return
         node = self._require_node()
+        if self._options.check_senders and not self._senders.admit(node, message):
+            return
         try:
             node.step(message)
         except Exception as exc:  # the core's state is suspect: stop rather than go on
@@ -342,6 +350,11 @@ class RaftHost(Generic[S]):
     def node(self) -> RaftNode:
         """The core, for inspection (tests, status pages); drive it only through the host."""
         return self._require_node()
+
+    @property
+    def dropped_messages(self) -> dict[str, int]:
+        """Messages kept from the core, by reason (see ``hosting/senders.py``)."""
+        return dict(self._senders.dropped)
 
     def status(self) -> HostStatus:
         node = self._require_node()

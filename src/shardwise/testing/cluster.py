@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from shardwise.client import Client
 from shardwise.controller.client import ControllerClient
@@ -36,6 +37,8 @@ from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import LeaderRouter
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
+from shardwise.net.tls import TlsFiles
+from shardwise.net.transport import Transport
 from shardwise.net.wire import PeerRole
 from shardwise.service import ReplicaConfig, ReplicaService
 from shardwise.shardserver.protocol import STATUS, StatusReply, StatusRequest, server_address
@@ -89,7 +92,7 @@ class Cluster(ABC):
     @abstractmethod
     def running(self, server: str) -> bool: ...
 
-    async def __aenter__(self) -> Cluster:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -212,11 +215,20 @@ class ProcessCluster(Cluster):
         controllers: int = 3,
         tick_ms: int = 50,
         snapshot_every: int | None = None,
+        tls: bool = False,
     ) -> None:
+        """``tls``: a CA under ``base_dir/ca``, a node certificate per server, TLS on
+        every connection (the harness's own clients verify the servers against the CA)."""
         super().__init__()
         from shardwise.testing.procs import ProcessGroup  # noqa: PLC0415 - processes only
 
         self.secret = SECRET
+        self.ca_dir: Path | None = None
+        if tls:
+            from shardwise.net.certs import make_ca  # noqa: PLC0415 - only with TLS
+
+            self.ca_dir = base_dir / "ca"
+            make_ca(self.ca_dir)
         self._controller = ProcessGroup(
             base_dir / "controller",
             controllers,
@@ -224,6 +236,7 @@ class ProcessCluster(Cluster):
             tick_ms=tick_ms,
             module="shardwise.controller",
             prefix="c",
+            tls_ca=self.ca_dir,
         )
         self.controllers = self._controller.addresses
         flags = tuple(f"--controller={c}={h}:{p}" for c, (h, p) in self.controllers.items())
@@ -235,6 +248,7 @@ class ProcessCluster(Cluster):
                 tick_ms=tick_ms,
                 module="shardwise.shardserver",
                 ids_are_addresses=True,
+                tls_ca=self.ca_dir,
                 extra_args=(
                     f"--group={gid}",
                     *flags,
@@ -244,17 +258,41 @@ class ProcessCluster(Cluster):
             for gid in range(1, groups + 1)
         }
         self.servers = {gid: list(pg.ids) for gid, pg in self._groups.items()}
-        self._owner = {s: pg for pg in self._groups.values() for s in pg.ids}
+        self._owner = {s: pg for pg in (self._controller, *self._groups.values()) for s in pg.ids}
+        self._admin_endpoint: Transport | None = None
+        self._clients = 0
 
-    async def start(self) -> None:
+    @property
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """What a client of this cluster dials with (``None`` without TLS)."""
+        if self.ca_dir is None:
+            return None
+        from shardwise.net.certs import CA_CERT  # noqa: PLC0415
+        from shardwise.net.tls import client_context  # noqa: PLC0415
+
+        return client_context(self.ca_dir / CA_CERT)
+
+    def client_transport(self, client_id: str) -> Transport:
+        """A (not yet started) client endpoint of this cluster, over TLS if it runs TLS."""
         from shardwise.net.transport import Transport  # noqa: PLC0415
 
+        return Transport(client_id, self.secret, role=PeerRole.CLIENT, client_ssl=self.client_ssl)
+
+    def tls_files(self, server: str) -> TlsFiles:
+        """``server``'s TLS files (a TLS cluster only)."""
+        return self._owner[server].tls[server]
+
+    async def start(self) -> None:
         await asyncio.to_thread(self._controller.start_all)
         for pg in self._groups.values():
             await asyncio.to_thread(pg.start_all)
-        self._admin = ControllerClient(self.controllers, self.secret, "cluster-admin")
+        self._admin_endpoint = self.client_transport("cluster-admin")
+        await self._admin_endpoint.start()
+        self._admin = ControllerClient(
+            self.controllers, self.secret, "cluster-admin", transport=self._admin_endpoint
+        )
         await self._admin.start()
-        self._probe = Transport("cluster-probe", self.secret, role=PeerRole.CLIENT)
+        self._probe = self.client_transport("cluster-probe")
         self._add_servers_to(self._probe)
         await self._probe.start()
 
@@ -263,6 +301,8 @@ class ProcessCluster(Cluster):
             await self._probe.close()
         if self._admin is not None:
             await self._admin.close()
+        if self._admin_endpoint is not None:
+            await self._admin_endpoint.close()
         for pg in self._groups.values():
             await asyncio.to_thread(pg.close)
         await asyncio.to_thread(self._controller.close)
@@ -277,13 +317,18 @@ class ProcessCluster(Cluster):
         return self._owner[server].alive(server)
 
     def client(self, **options: Any) -> Client:
-        return Client(self.controllers, self.secret, **options)
+        if self.ca_dir is None:
+            return Client(self.controllers, self.secret, **options)
+        self._clients += 1
+        endpoint = self.client_transport(options.get("client_id") or f"tls-client-{self._clients}")
+        return _OwnEndpointClient(endpoint, self.controllers, self.secret, **options)
 
 
-class _SimClient(Client):
-    """A client on the simulated network; it starts and closes its own endpoint."""
+class _OwnEndpointClient(Client):
+    """A client on an endpoint made for it (simulated, or over TLS); it starts and
+    closes that endpoint."""
 
-    def __init__(self, endpoint: SimTransport, *args: Any, **options: Any) -> None:
+    def __init__(self, endpoint: Endpoint, *args: Any, **options: Any) -> None:
         super().__init__(*args, transport=endpoint, **options)
         self._endpoint = endpoint
 
@@ -404,7 +449,7 @@ class SimCluster(Cluster):
         self._clients += 1
         endpoint = self._endpoint(f"client-{self._clients}")
         options.setdefault("client_id", f"client-{self._clients}")
-        return _SimClient(endpoint, self.controllers, self.secret, **options)
+        return _OwnEndpointClient(endpoint, self.controllers, self.secret, **options)
 
     # --- faults ----------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import IO, Final
 
 from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout, free_ports
+from shardwise.net.certs import CA_CERT, make_node_certificate
 from shardwise.net.links import Address
+from shardwise.net.tls import TlsFiles
 
 __all__ = ["ProcessGroup", "free_ports", "wait_for_line"]
 
@@ -62,9 +64,11 @@ class ProcessGroup:
         module: str = "shardwise.kvgroup",
         prefix: str = "n",
         ids_are_addresses: bool = False,
+        tls_ca: Path | None = None,
     ) -> None:
         """``ids_are_addresses``: name each server by its ``127.0.0.1:PORT`` (how replica
-        group servers are named) instead of ``<prefix><n>``."""
+        group servers are named) instead of ``<prefix><n>``. ``tls_ca``: a CA directory
+        (``certs.make_ca``): each server gets a node certificate from it and runs TLS."""
         self.base_dir = base_dir
         self.module = module
         ports = free_ports(size)
@@ -82,6 +86,12 @@ class ProcessGroup:
         self.extra_args = extra_args
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self._logs: list[IO[str]] = []
+        self.tls: dict[str, TlsFiles] = {}
+        """Each server's TLS files, when the group runs TLS."""
+        if tls_ca is not None:
+            for node in self.ids:
+                issued = make_node_certificate(tls_ca, node, base_dir / "tls")
+                self.tls[node] = TlsFiles(issued.cert, issued.key, tls_ca / CA_CERT)
 
     @property
     def addresses(self) -> dict[str, Address]:
@@ -97,8 +107,15 @@ class ProcessGroup:
             f"--data={self.base_dir / _file_name(node)}",
             f"--secret-file={self.secret_file}",
             f"--tick-ms={self.tick_ms}",
+            *self._tls_args(node),
             *self.extra_args,
         ]  # fmt: skip
+
+    def _tls_args(self, node: str) -> list[str]:
+        files = self.tls.get(node)
+        if files is None:
+            return []
+        return [f"--tls-cert={files.cert}", f"--tls-key={files.key}", f"--tls-ca={files.ca}"]
 
     def start(self, node: str) -> None:
         old = self.procs.get(node)

@@ -76,6 +76,11 @@ class HostOptions:
     on a follower's apply: its answers to the leader are about its log. 0: apply each
     Ready's entries at once (the default; the servers turn it on)."""
 
+    check_senders: bool = True
+    """Drop (and count) messages from nodes that are not members of the group as this
+    replica knows it, and messages no member could send (``hosting/senders.py``). Off
+    only in the control runs of the tests that show what it prevents."""
+
     def __post_init__(self) -> None:
         if not self.tick_interval_s > 0:
             raise ValueError("tick_interval_s must be positive")
