@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import sys
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -47,8 +48,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from shardwise.errors import ClusterConfigError, ClusterNotFoundError
 from shardwise.model.config import MAX_GROUPS, MAX_SERVERS_PER_GROUP
-from shardwise.net.auth import check_secret
+from shardwise.net.auth import Credentials, Login, check_secret
+from shardwise.net.certs import CA_CERT, make_ca, make_node_certificate
 from shardwise.net.links import Address
+from shardwise.net.tls import TlsFiles, client_context
 from shardwise.service import DEFAULT_TICK_MS, MAX_SECRET_FILE_BYTES
 
 if TYPE_CHECKING:
@@ -110,6 +113,18 @@ class Group:
         return [s.node_id for s in self.servers]
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterTls:
+    """The ``[tls]`` table: the CA every process and client trusts, and the directory
+    with each process's node certificate (``<name>.pem``) and key (``<name>.key``)."""
+
+    ca_file: Path
+    cert_dir: Path
+
+    def files(self, name: str) -> TlsFiles:
+        return TlsFiles(self.cert_dir / f"{name}.pem", self.cert_dir / f"{name}.key", self.ca_file)
+
+
 @dataclass(frozen=True)
 class ClusterLayout:
     """A parsed ``cluster.toml``, with every path made absolute."""
@@ -121,6 +136,8 @@ class ClusterLayout:
     tick_ms: int
     controllers: tuple[Process, ...]
     groups: dict[int, Group]
+    tls: ClusterTls | None = None
+    """TLS on every connection, when the ``[tls]`` table is there."""
 
     @property
     def root(self) -> Path:
@@ -147,6 +164,33 @@ class ClusterLayout:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """How a client dials this cluster's servers: TLS verified against its CA (and
+        each server's node certificate checked), or ``None`` for plain TCP."""
+        return client_context(self.tls.ca_file) if self.tls is not None else None
+
+    def ensure_certificates(self) -> list[str]:
+        """Make the CA and every process's node certificate that are missing (a TLS
+        cluster only); the names of the processes given a new one."""
+        if self.tls is None:
+            return []
+        tls = self.tls
+        ca_dir = tls.ca_file.parent
+        if not tls.ca_file.exists():
+            tls.cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_ca(ca_dir)
+        made = []
+        for process in self.processes:
+            files = tls.files(process.name)
+            if files.cert.exists() and files.key.exists():
+                continue
+            host = process.listen[0]
+            make_node_certificate(
+                ca_dir, process.node_id, tls.cert_dir, hosts=[host], stem=process.name
+            )
+            made.append(process.name)
+        return made
+
     def command(self, name: str, python: str = sys.executable) -> list[str]:
         """The command line that runs process ``name`` (no secret on it: the secret
         travels in a file, where other users of the machine cannot read it)."""
@@ -157,6 +201,7 @@ class ClusterLayout:
             f"--secret-file={self.secret_file}",
             f"--tick-ms={self.tick_ms}",
             *([f"--metrics={format_address(process.metrics)}"] if process.metrics else []),
+            *self._tls_args(name),
         ]
         if process.role == "controller":
             peers = [
@@ -180,6 +225,12 @@ class ClusterLayout:
             f"--id={process.node_id}",
             *common, *peers, *controllers,
         ]  # fmt: skip
+
+    def _tls_args(self, name: str) -> list[str]:
+        if self.tls is None:
+            return []
+        files = self.tls.files(name)
+        return [f"--tls-cert={files.cert}", f"--tls-key={files.key}", f"--tls-ca={files.ca}"]
 
     # --- the file --------------------------------------------------------------------
 
@@ -209,6 +260,13 @@ class ClusterLayout:
             "[controller]",
             *(entry(c) for c in self.controllers),
         ]
+        if self.tls is not None:
+            lines += [
+                "",
+                "[tls]                        # TLS on every connection (`shardwise cert`)",
+                f"ca_file = {_quote(rel(self.tls.ca_file))}",
+                f"cert_dir = {_quote(rel(self.tls.cert_dir))}  # <name>.pem and <name>.key",
+            ]
         for gid, group in sorted(self.groups.items()):
             lines += ["", f"[groups.{gid}]", f"join = {'true' if group.join else 'false'}"]
             lines += [entry(s) for s in group.servers]
@@ -276,7 +334,7 @@ def _process(name: str, value: object, role: Role, group: int, where: str) -> Pr
 def parse_layout(path: Path, data: Mapping[str, Any]) -> ClusterLayout:
     """Validate a parsed ``cluster.toml`` (``path`` anchors its relative paths)."""
     root = path.parent
-    known = {"secret_file", "data_dir", "log_dir", "tick_ms", "controller", "groups"}
+    known = {"secret_file", "data_dir", "log_dir", "tick_ms", "controller", "groups", "tls"}
     unknown = set(data) - known
     if unknown:
         raise ClusterConfigError(f"{path}: unknown keys {sorted(unknown)}")
@@ -332,9 +390,22 @@ def parse_layout(path: Path, data: Mapping[str, Any]) -> ClusterLayout:
         tick_ms=tick_ms,
         controllers=controllers,
         groups=dict(sorted(groups.items())),
+        tls=_tls(path, data.get("tls")),
     )
     _check_unique(path, layout.processes)
     return layout
+
+
+def _tls(path: Path, table: object) -> ClusterTls | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict) or set(table) - {"ca_file", "cert_dir"}:
+        raise ClusterConfigError(f'{path}: [tls] takes ca_file = "FILE" and cert_dir = "DIR"')
+    values = [table.get("ca_file", "tls/ca.pem"), table.get("cert_dir", "tls")]
+    if not all(isinstance(v, str) and v for v in values):
+        raise ClusterConfigError(f"{path}: [tls] ca_file and cert_dir must be paths")
+    ca_file, cert_dir = ((path.parent / v).resolve() for v in values)
+    return ClusterTls(ca_file, cert_dir)
 
 
 def _check_unique(path: Path, processes: Iterable[Process]) -> None:
@@ -452,9 +523,11 @@ def local_layout(
     base_port: int = DEFAULT_BASE_PORT,
     tick_ms: int = DEFAULT_TICK_MS,
     metrics: bool = True,
+    tls: bool = False,
 ) -> ClusterLayout:
     """Every process on loopback under ``root``. ``base_port`` 0: ports the OS picks now
-    (the description keeps them, so a restart reuses them)."""
+    (the description keeps them, so a restart reuses them). ``tls``: certificates under
+    ``root/tls`` (made by :meth:`ClusterLayout.ensure_certificates`)."""
     if not 1 <= controllers <= MAX_CONTROLLERS:
         raise ClusterConfigError(f"--controllers must be in [1, {MAX_CONTROLLERS}]")
     if not 1 <= replicas <= MAX_SERVERS_PER_GROUP:
@@ -520,25 +593,52 @@ def local_layout(
         tick_ms=tick_ms,
         controllers=controller_list,
         groups=group_map,
+        tls=ClusterTls(root / "tls" / CA_CERT, root / "tls") if tls else None,
     )
 
 
 # --- connecting ----------------------------------------------------------------------
 
 
-def connect(cluster_dir: str | Path | None = None, **options: Any) -> SyncClient:
-    """A blocking client of the cluster described in ``cluster_dir`` (``options`` go to
+def credentials(
+    layout: ClusterLayout, user: str | None = None, password: str | None = None
+) -> Credentials:
+    """A user's login if ``user`` is given, else the cluster's secret (from its file)."""
+    if user is not None:
+        if password is None:
+            raise ValueError(f"user {user!r} needs a password")
+        return Login(user, password)
+    return read_secret(layout.secret_file)
+
+
+def connect(
+    cluster_dir: str | Path | None = None,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    **options: Any,
+) -> SyncClient:
+    """A blocking client of the cluster described in ``cluster_dir``, logged in as
+    ``user`` if given, else holding the cluster secret (``options`` go to
     :class:`~shardwise.client.SyncClient`)."""
     from shardwise.client import SyncClient  # noqa: PLC0415 - the client is heavy; only here
 
     layout = find_layout(cluster_dir)
-    return SyncClient(layout.controller_addresses, read_secret(layout.secret_file), **options)
+    options.setdefault("client_ssl", layout.client_ssl())
+    return SyncClient(layout.controller_addresses, credentials(layout, user, password), **options)
 
 
-def connect_async(cluster_dir: str | Path | None = None, **options: Any) -> Client:
-    """An asyncio client of the cluster described in ``cluster_dir`` (``options`` go to
-    :class:`~shardwise.client.Client`)."""
+def connect_async(
+    cluster_dir: str | Path | None = None,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    **options: Any,
+) -> Client:
+    """An asyncio client of the cluster described in ``cluster_dir`` (as :func:`connect`;
+    ``options`` go to :class:`~shardwise.client.Client`)."""
     from shardwise.client import Client  # noqa: PLC0415
 
     layout = find_layout(cluster_dir)
-    return Client(layout.controller_addresses, read_secret(layout.secret_file), **options)
+    options.setdefault("client_ssl", layout.client_ssl())
+    return Client(layout.controller_addresses, credentials(layout, user, password), **options)

@@ -53,6 +53,7 @@ from shardwise.errors import (
     ProgrammingError,
 )
 from shardwise.model.config import Table
+from shardwise.net.auth import Login
 from shardwise.net.links import Address
 
 __all__ = [
@@ -182,29 +183,35 @@ class SqlRunner(Protocol):
 def connect(
     controllers: Mapping[str, Address] | str | os.PathLike[str] | None = None,
     secret: bytes | None = None,
+    *,
+    user: str | None = None,
+    password: str | None = None,
     **options: Any,
 ) -> Connection:
     """A connection to a cluster: by its controller's servers (``{id: (host, port)}``)
     and the cluster's secret, or by a cluster directory (``cluster.toml`` as
     ``shardwise up`` writes it; the default: ``$SHARDWISE_CLUSTER_DIR`` or
     ``./.shardwise``) or the path of a description file itself. ``options`` go to
-    :class:`~shardwise.client.SyncClient` (``deadline_s``, ``client_id``, ...)."""
+    :class:`~shardwise.client.SyncClient` (``deadline_s``, ``client_id``, ...). With
+    ``user`` and ``password`` it logs in as that user instead of holding the secret."""
     try:
         if isinstance(controllers, Mapping):
-            if secret is None:
+            login = Login(user, password or "") if user is not None else None
+            if secret is None and login is None:
                 raise InterfaceError("connect(controllers, secret): the secret is missing")
-            client = SyncClient(controllers, secret, **options)
+            client = SyncClient(controllers, login or secret or b"", **options)
         else:
             from shardwise.clusterfile import connect as connect_cluster  # noqa: PLC0415
-            from shardwise.clusterfile import find_layout, read_secret  # noqa: PLC0415
+            from shardwise.clusterfile import credentials, find_layout  # noqa: PLC0415
 
             where = None if controllers is None else Path(controllers)
             if where is not None and where.is_file():  # a description, e.g. cluster.toml
                 layout = find_layout(None, where)
-                secret = read_secret(layout.secret_file)
-                client = SyncClient(layout.controller_addresses, secret, **options)
+                options.setdefault("client_ssl", layout.client_ssl())
+                proof = credentials(layout, user, password)
+                client = SyncClient(layout.controller_addresses, proof, **options)
             else:
-                client = connect_cluster(where, **options)
+                client = connect_cluster(where, user=user, password=password, **options)
         client.start()
     except DbapiError:
         raise

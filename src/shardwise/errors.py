@@ -161,8 +161,11 @@ class ProposalOutcomeUnknownError(RaftError):
 
 
 class CommandDecodeError(RaftError):
-    """A committed command could not be decoded by the state machine (a bug or a newer
-    command version): the host halts the replica rather than let replicas diverge."""
+    """A committed command could not be decoded (a replica group answers it as failed)."""
+
+
+class CommandVersionError(CommandDecodeError):
+    """A committed command of a version newer than this code: the replica halts."""
 
 
 # --- net ---------------------------------------------------------------------------------
@@ -215,6 +218,32 @@ class AuthenticationError(NetError):
 
 class HandshakeTimeoutError(AuthenticationError):
     """A peer did not finish the handshake in time."""
+
+
+class HandshakeInterruptedError(NetError):
+    """The peer closed the connection during the handshake without saying why: nothing
+    is known about the secret (a network failure, a peer that went away)."""
+
+
+class ServerBusyError(NetError):
+    """The server turned the connection away, and said why, for a reason other than the
+    secret: it is shutting down, has no room for us, or the handshake took too long.
+    Nothing was sent; retry later or try another replica. ``reason`` is the server's."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TooManyConnectionsError(ServerBusyError):
+    """The server has too many connections (its cap, or too many still in their
+    handshake and ours was the one to make room): retry shortly."""
+
+
+class FrameBudgetError(ProtocolError):
+    """An unfinished incoming frame was cut to keep the bytes buffered for unfinished
+    frames within the server's budget: it could never fit, or it stalled while others
+    waited for room."""
 
 
 class TransportClosedError(NetError):
@@ -303,6 +332,13 @@ class CatalogError(ControllerError):
     code = "catalog"
 
 
+class AccessChangeError(ControllerError):
+    """A change of users or roles was refused (a name taken or missing, a built-in role,
+    a role still held)."""
+
+    code = "access"
+
+
 class InvalidQueryError(ControllerError):
     code = "invalid_query"
 
@@ -328,6 +364,14 @@ class ClientClosedError(ClientError):
 class RequestRefusedError(ClientError, ValueError):
     """A request was refused as over a limit (a key, a value, a scan's size), by a server
     at its door or by the client before sending it; nothing was applied."""
+
+
+class PermissionDeniedError(ControllerError, RequestRefusedError):
+    """The logged-in user's roles do not allow what it asked for (a change of the
+    cluster, a key, a table); nothing was done. A controller refusal and a refused
+    request at once, so either kind of handler catches it."""
+
+    code = "permission_denied"
 
 
 class InvalidKVTypeError(RequestRefusedError, TypeError):
@@ -505,6 +549,13 @@ class SqlLimitError(SqlError):
         self.value = value
         self.detail = message
         """The message without the limit (a boundary that rebuilds the error needs it)."""
+
+
+class SqlWriteTooCostlyError(SqlLimitError):
+    """A SQL write passed a shard's work limit (``value`` SQLite VM steps): stopped at the
+    same step on every replica, it changed nothing."""
+
+    code = "statement_too_costly"
 
 
 class SqlExecutionError(SqlError):

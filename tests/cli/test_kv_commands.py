@@ -140,3 +140,50 @@ def test_binary_values_print_escaped_when_asked_and_scan_stays_one_line_per_pair
         "scan/text\tplain",
         "scan/\\xff\ta\\tb\\nc\\x00",  # keys in byte order: 0xff after every ASCII byte
     ]
+
+
+def shardwise_cli(
+    root: Path, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``shardwise ARGS`` against the cluster, with extra environment ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "shardwise.cli", *args],
+        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root), **(env or {})},
+        input=stdin,
+        capture_output=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_users_roles_and_logins_through_the_cli(root: Path) -> None:
+    """The operator (holding the secret) makes a role and a user; the user then works
+    with its password alone and is refused what its role does not grant."""
+    assert kv(root, "put", "cli-user-key", "v0").returncode == 0
+    made = shardwise_cli(root, "role", "set", "viewer", "--grant", "read:default")
+    assert made.returncode == 0, made.stderr
+    made = shardwise_cli(
+        root, "user", "create", "carol", "--role", "viewer", "--password-stdin", stdin=b"pw-1\n"
+    )
+    assert made.returncode == 0, made.stderr
+    listed = shardwise_cli(root, "user", "list", "--json")
+    assert listed.returncode == 0 and b'"carol": [\n      "viewer"' in listed.stdout, listed
+    carol = {"SHARDWISE_USER": "carol", "SHARDWISE_PASSWORD": "pw-1"}
+    deadline = time.monotonic() + CLI_TIMEOUT_S
+    while (got := shardwise_cli(root, "kv", "get", "cli-user-key", env=carol)).returncode != 0:
+        # The servers learn of a new user by watching the controller.
+        assert time.monotonic() < deadline, got.stderr
+    assert got.stdout.rstrip(b"\n") == b"v0"
+    put = shardwise_cli(root, "kv", "put", "cli-user-key", "pwned", env=carol)
+    assert put.returncode == ExitCode.DENIED, put.stderr
+    assert b"may not write" in put.stderr
+    wrong = shardwise_cli(
+        root, "kv", "get", "cli-user-key", env={**carol, "SHARDWISE_PASSWORD": "x"}
+    )
+    assert wrong.returncode == ExitCode.WRONG_SECRET, wrong.stderr
+    assert b"carol" in wrong.stderr and b"password" in wrong.stderr
+    as_admin = shardwise_cli(
+        root, "user", "create", "eve", "--password-stdin", stdin=b"p\n", env=carol
+    )
+    assert as_admin.returncode == ExitCode.DENIED, as_admin.stderr
+    assert shardwise_cli(root, "user", "drop", "carol").returncode == 0

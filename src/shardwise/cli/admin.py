@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import secrets
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
@@ -22,14 +23,17 @@ from shardwise.controller.protocol import STATUS as CONTROLLER_STATUS
 from shardwise.controller.protocol import StatusReply as ControllerStatus
 from shardwise.controller.protocol import StatusRequest as ControllerStatusRequest
 from shardwise.errors import (
+    AuthenticationError,
     ChangeTimeoutError,
     ClusterConfigError,
     ClusterNotRunningError,
+    HandshakeInterruptedError,
     NetError,
+    ServerBusyError,
     WrongSecretError,
 )
 from shardwise.model.config import NO_GROUP, ChangeResult, Configuration, Op, ShardId
-from shardwise.net.auth import DialerHandshake
+from shardwise.net.auth import Credentials, DialerHandshake, credentials_login, credentials_secret
 from shardwise.net.connection import PeerConnection
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
@@ -58,20 +62,28 @@ PROBE_READ_BYTES: Final = 64 * 1024
 
 
 async def probe(
-    controllers: Mapping[str, Address], secret: bytes, secret_file: object = "the secret file"
+    controllers: Mapping[str, Address],
+    secret: Credentials,
+    secret_file: object = "the secret file",
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Return once one controller replica accepts our secret; otherwise raise
-    :class:`ClusterNotRunningError` (nobody listens) or :class:`WrongSecretError` (a
-    replica listens but the handshake fails).
+    :class:`ClusterNotRunningError` (nobody listens), :class:`WrongSecretError` (a
+    replica says our proof failed), :class:`ServerBusyError` (a replica turned us away
+    for another reason it gave: too many connections, shutting down) or
+    :class:`HandshakeInterruptedError` (cut during the handshake without a reason).
 
     The transport's own dialer retries quietly and turns both into a timeout, which tells
     an operator nothing; this one connection per replica tells the two apart in a second.
     """
     refused_by: list[str] = []
+    busy: ServerBusyError | None = None
+    cut: HandshakeInterruptedError | None = None
     for name, address in controllers.items():
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(*address), PROBE_TIMEOUT_S
+                asyncio.open_connection(*address, ssl=ssl_context), PROBE_TIMEOUT_S
             )
         except (OSError, TimeoutError):
             continue  # nothing listens there (or it does not answer): the next replica
@@ -83,14 +95,24 @@ async def probe(
             read_chunk_bytes=PROBE_READ_BYTES,
         )
         try:
-            handshake = DialerHandshake(secret, conn.local_id, PeerRole.CLIENT)
+            handshake = DialerHandshake(
+                credentials_secret(secret),
+                conn.local_id,
+                PeerRole.CLIENT,
+                login=credentials_login(secret),
+            )
             await asyncio.wait_for(conn.dial_handshake(handshake), PROBE_TIMEOUT_S)
         except TimeoutError:
             continue
-        except (NetError, OSError):
-            # Connected, then the handshake failed: the acceptor refused our proof (it
-            # closes the connection on a wrong secret).
+        except AuthenticationError:
+            # The acceptor said it refused our proof (or its own proof failed).
             refused_by.append(f"{name} at {format_address(address)}")
+            continue
+        except ServerBusyError as exc:
+            busy = exc  # too many connections, shutting down: nothing about the secret
+            continue
+        except (NetError, OSError) as exc:
+            cut = HandshakeInterruptedError(f"{name} at {format_address(address)}: {exc}")
             continue
         finally:
             conn.abort()
@@ -101,11 +123,21 @@ async def probe(
                 f"says {name!r} listens there: is it another cluster's?"
             )
         return
+    login = credentials_login(secret)
+    if refused_by and login is not None:
+        raise WrongSecretError(
+            f"{', '.join(refused_by)} refused the login of user {login.user!r}: a wrong "
+            "password, or no such user"
+        )
     if refused_by:
         raise WrongSecretError(
             f"{', '.join(refused_by)} refused the secret in {secret_file}: it is not this "
-            "cluster's secret (or the replica is shutting down)"
+            "cluster's secret"
         )
+    if busy is not None:
+        raise busy
+    if cut is not None:
+        raise cut
     where = ", ".join(f"{n} at {format_address(a)}" for n, a in controllers.items())
     raise ClusterNotRunningError(
         f"no controller replica answers ({where}): the cluster is not running. "
@@ -367,18 +399,25 @@ class Admin:
     """A connection to a running cluster for operator commands: the controller client
     and a transport that can ask any server for its STATUS."""
 
-    def __init__(self, layout: ClusterLayout, secret: bytes) -> None:
+    def __init__(self, layout: ClusterLayout, secret: Credentials) -> None:
         self.layout = layout
         self.secret = secret
         client_id = f"cli-{secrets.token_hex(4)}"
-        self.transport = Transport(client_id, secret, role=PeerRole.CLIENT)
+        self.transport = Transport(
+            client_id, secret, role=PeerRole.CLIENT, client_ssl=layout.client_ssl()
+        )
         self.controller = ControllerClient(
             layout.controller_addresses, secret, f"{client_id}/ctl", transport=self.transport
         )
         self._known: set[str] = set()
 
     async def __aenter__(self) -> Admin:
-        await probe(self.layout.controller_addresses, self.secret, self.layout.secret_file)
+        await probe(
+            self.layout.controller_addresses,
+            self.secret,
+            self.layout.secret_file,
+            ssl_context=self.layout.client_ssl(),
+        )
         await self.transport.start()
         return self
 

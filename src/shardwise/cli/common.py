@@ -29,6 +29,7 @@ from shardwise.clusterfile import (
     secret_is_private,
 )
 from shardwise.model.config import DEFAULT_KEYSPACE, Op, ShardId
+from shardwise.net.auth import Credentials, Login
 from shardwise.net.loop import run
 
 T = TypeVar("T")
@@ -67,8 +68,31 @@ def cluster_options(command: F) -> F:
     return command
 
 
-def layout_and_secret(cluster_dir: str | None, config: str | None) -> tuple[ClusterLayout, bytes]:
+USER_ENV: Final = "SHARDWISE_USER"
+PASSWORD_ENV: Final = "SHARDWISE_PASSWORD"
+
+
+def login_from_environment() -> Login | None:
+    """The user to log in as, if ``SHARDWISE_USER`` names one: its password from
+    ``SHARDWISE_PASSWORD``, else asked for on the terminal."""
+    user = os.environ.get(USER_ENV)
+    if not user:
+        return None
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        password = str(click.prompt(f"Password for {user}", hide_input=True, err=True))
+    return Login(user, password)
+
+
+def layout_and_secret(
+    cluster_dir: str | None, config: str | None
+) -> tuple[ClusterLayout, Credentials]:
+    """The cluster's description and what to prove to it: a user's login when
+    ``SHARDWISE_USER`` is set, else the secret in the cluster's secret file."""
     layout = find_layout(cluster_dir, config)
+    login = login_from_environment()
+    if login is not None:
+        return layout, login
     secret = read_secret(layout.secret_file)
     if not secret_is_private(layout.secret_file):
         err.print(
@@ -99,7 +123,9 @@ def with_client(
     layout, secret = layout_and_secret(cluster_dir, config)
 
     async def main() -> T:
-        await probe(layout.controller_addresses, secret, layout.secret_file)
+        tls = layout.client_ssl()
+        await probe(layout.controller_addresses, secret, layout.secret_file, ssl_context=tls)
+        options.setdefault("client_ssl", tls)
         async with Client(layout.controller_addresses, secret, **options) as client:
             return await work(client)
 

@@ -19,7 +19,8 @@ class ExitCode(enum.IntEnum):
     NOT_RUNNING = 4
     """Nothing answers at the controller's addresses."""
     WRONG_SECRET = 5
-    """The cluster refused the secret file's secret."""
+    """The cluster refused the secret file's secret (or, with ``SHARDWISE_USER``, the
+    user's password)."""
     IN_USE = 6
     """``shardwise up``: another one runs this cluster directory."""
     TIMEOUT = 7
@@ -37,6 +38,12 @@ class ExitCode(enum.IntEnum):
     SQL = 12
     """``shardwise sql``: a statement was refused or failed (syntax, an unknown table, a
     constraint, a limit, ...); the message starts with the kind of error."""
+    BUSY = 13
+    """The cluster turned the connection away for a reason it gave that is not the
+    secret: too many connections, or shutting down. Retry shortly."""
+    DENIED = 14
+    """The logged-in user's roles do not allow the request (``shardwise user list``
+    shows what each user may do)."""
     INTERRUPTED = 130
     """Ctrl-C (128 + SIGINT, as shells report it)."""
 
@@ -49,6 +56,8 @@ def exit_code_for(exc: BaseException) -> ExitCode:
         (errors.ClusterNotRunningError, ExitCode.NOT_RUNNING),
         (errors.WrongSecretError, ExitCode.WRONG_SECRET),
         (errors.AuthenticationError, ExitCode.WRONG_SECRET),
+        (errors.ServerBusyError, ExitCode.BUSY),
+        (errors.PermissionDeniedError, ExitCode.DENIED),
         (errors.ClusterInUseError, ExitCode.IN_USE),
         (errors.ChangeTimeoutError, ExitCode.TIMEOUT),
         (errors.ClientTimeoutError, ExitCode.TIMEOUT),

@@ -18,7 +18,9 @@ import click
 from rich.text import Text
 
 from shardwise import __version__
+from shardwise.cli.access_commands import role, user
 from shardwise.cli.admin import DEFAULT_RATE_INTERVAL_S
+from shardwise.cli.cert_command import cert
 from shardwise.cli.common import cluster_options, err, out, recorded_pids, with_admin
 from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.cli.kv_commands import bench, kv
@@ -62,6 +64,12 @@ def cli() -> None:
 @click.option("--tick-ms", default=DEFAULT_TICK_MS, show_default=True, help="Raft tick.")
 @click.option("--metrics/--no-metrics", default=True, show_default=True)
 @click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="A new cluster runs TLS: a CA and node certificates under its directory.",
+)
+@click.option(
     "--restart/--no-restart",
     default=True,
     show_default=True,
@@ -81,6 +89,7 @@ def up(
     tick_ms: int,
     metrics: bool,
     restart: bool,
+    tls: bool,
 ) -> None:
     """Run a whole cluster on this machine until Ctrl-C.
 
@@ -104,6 +113,7 @@ def up(
         tick_ms=tick_ms,
         metrics=metrics,
         restart=restart,
+        tls=tls,
         given=given,
     )
     run_up(options, out)
@@ -175,6 +185,9 @@ def status(cluster_dir: str | None, config: str | None, as_json: bool, interval:
 
 for command in (kv, bench, group, shard, rebalance, sql_shell, logs, stop, start, restart, down):
     cli.add_command(command)
+cli.add_command(cert)
+cli.add_command(user)
+cli.add_command(role)
 
 
 # --- the entry point -----------------------------------------------------------------

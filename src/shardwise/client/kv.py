@@ -27,6 +27,7 @@ shard page by page: every page is a linearizable read, the whole scan is not a s
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final
@@ -64,6 +65,7 @@ from shardwise.model.kv import (
     check_op,
     check_type,
 )
+from shardwise.net.auth import Credentials
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S, CallDeadline, loop_time
 from shardwise.net.links import Address
@@ -123,13 +125,15 @@ class Client:
     ``attempt_timeout_s``. At most ``max_writes_in_flight`` writes run at once (more wait
     for a slot, within their deadline). Writes are numbered above ``first_seq`` (default:
     the wall clock in microseconds). ``transport``: an endpoint to call through (e.g. a
-    simulator's), which its owner starts and closes; by default the client has its own.
+    simulator's), which its owner starts and closes; by default the client has its own,
+    over TLS with ``client_ssl`` (``net/tls.py``: the servers' node certificates are
+    checked against the cluster's CA).
     """
 
     def __init__(
         self,
         controllers: Mapping[str, Address],
-        secret: bytes,
+        secret: Credentials,
         *,
         client_id: str | None = None,
         keyspace: str = "default",
@@ -138,6 +142,7 @@ class Client:
         max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
         first_seq: int | None = None,
         transport: Endpoint | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.client_id = client_id or f"client-{secrets.token_hex(8)}"
         if not 0 < len(self.client_id) <= MAX_CLIENT_ID_CHARS:
@@ -155,7 +160,7 @@ class Client:
         # is started and closed by its owner.
         self._owns_transport = transport is None
         self._transport: Endpoint = transport or Transport(
-            self.client_id, secret, role=PeerRole.CLIENT
+            self.client_id, secret, role=PeerRole.CLIENT, client_ssl=client_ssl
         )
         self._router = ShardRouter(
             self._transport,

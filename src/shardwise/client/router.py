@@ -28,8 +28,10 @@ from typing import Final, Protocol, TypeVar
 from shardwise.client.batching import CallBatcher
 from shardwise.controller.client import ControllerClient
 from shardwise.errors import (
+    AuthenticationError,
     ClientTimeoutError,
     NetError,
+    PermissionDeniedError,
     RequestRefusedError,
     ShardwiseError,
     UnknownKeyspaceError,
@@ -38,6 +40,7 @@ from shardwise.model.config import NO_GROUP, Configuration, Keyspace, ShardId
 from shardwise.model.kv import Key
 from shardwise.model.replies import ServiceReply
 from shardwise.model.schemes import shard_map
+from shardwise.net.auth import Credentials
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import (
     RETRY_PAUSE_S,
@@ -76,6 +79,9 @@ class ShardReply(ServiceReply, Protocol):
     @property
     def error(self) -> str: ...
 
+    @property
+    def denied(self) -> bool: ...
+
 
 Req = TypeVar("Req")
 Rep = TypeVar("Rep", bound=ShardReply)
@@ -98,7 +104,7 @@ class ShardRouter:
         self,
         transport: Endpoint,
         controllers: Mapping[str, Address],
-        secret: bytes,
+        secret: Credentials,
         *,
         client_id: str,
         attempt_timeout_s: float,
@@ -183,7 +189,8 @@ class ShardRouter:
             outcome = await self.call_group(gid, method, request, call, attempt_s=attempt_s)
             if outcome is not None:
                 if outcome.error:
-                    raise RequestRefusedError(f"{call.what} was refused: {outcome.error}")
+                    refused = PermissionDeniedError if outcome.denied else RequestRefusedError
+                    raise refused(f"{call.what} was refused: {outcome.error}")
                 if outcome.status == "ok":
                     return outcome
                 # wrong_group: the group is at configuration N and does not serve the shard.
@@ -266,6 +273,8 @@ class ShardRouter:
         try:
             # Shielded: a caller out of time stops waiting, the fetch goes on for the rest.
             await asyncio.wait_for(asyncio.shield(task), remaining)
+        except AuthenticationError:
+            raise  # the login was refused: waiting will not change the password
         except ShardwiseError as exc:  # before TimeoutError: ClientTimeoutError is one
             call.why = f"the controller did not answer: {exc}"
             await asyncio.sleep(max(0.0, min(RETRY_PAUSE_S, call.remaining())))

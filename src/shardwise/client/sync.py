@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ssl
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,6 +21,7 @@ from shardwise.client.scan import DEFAULT_SCAN_LIMIT, SCAN_PAGE_ROWS
 from shardwise.errors import ClientClosedError
 from shardwise.model.config import Configuration
 from shardwise.model.kv import Key, Pairs, Value
+from shardwise.net.auth import Credentials
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S
 from shardwise.net.links import Address
 from shardwise.net.loop import loop_factory
@@ -45,7 +47,7 @@ class SyncClient:
     def __init__(
         self,
         controllers: Mapping[str, Address],
-        secret: bytes,
+        secret: Credentials,
         *,
         client_id: str | None = None,
         keyspace: str = "default",
@@ -53,6 +55,7 @@ class SyncClient:
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
         max_writes_in_flight: int = MAX_WRITES_IN_FLIGHT,
         first_seq: int | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "client_id": client_id,
@@ -61,6 +64,7 @@ class SyncClient:
             "attempt_timeout_s": attempt_timeout_s,
             "max_writes_in_flight": max_writes_in_flight,
             "first_seq": first_seq,
+            "client_ssl": client_ssl,
         }
         self._controllers = dict(controllers)
         self._secret = secret

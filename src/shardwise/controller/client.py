@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from typing import Final
 
 from shardwise import errors
-from shardwise.controller.protocol import CHANGE, QUERY, ChangeRequest, QueryRequest
+from shardwise.controller.protocol import (
+    ACCESS,
+    CHANGE,
+    QUERY,
+    AccessRequest,
+    ChangeRequest,
+    QueryRequest,
+)
+from shardwise.model.access import AccessCatalog
 from shardwise.model.config import (
     ChangeResult,
     Configuration,
@@ -26,6 +34,7 @@ from shardwise.model.config import (
     ShardId,
     Strategy,
 )
+from shardwise.net.auth import Credentials
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S, LeaderRouter
 from shardwise.net.links import Address
@@ -47,7 +56,7 @@ class ControllerClient:
     def __init__(
         self,
         servers: Mapping[str, Address],
-        secret: bytes,
+        secret: Credentials,
         client_id: str | None = None,
         *,
         transport: Endpoint | None = None,
@@ -106,6 +115,20 @@ class ControllerClient:
         raise_for(reply.error, reply.message)
         assert reply.config is not None
         return reply.config
+
+    async def access(self, newer_than: int = -1, wait_s: float = 0.0) -> AccessCatalog:
+        """The users and roles (with ``wait_s``: once newer than ``newer_than``, or the
+        latest after ``wait_s``). Password verifiers only reach nodes; a cluster admin
+        gets them blanked, and anyone else ``PermissionDeniedError``."""
+        reply = await self._router.call(
+            ACCESS,
+            AccessRequest(newer_than=newer_than, wait_s=wait_s),
+            wait_s + DEFAULT_DEADLINE_S,
+            attempt_timeout_s=wait_s + ATTEMPT_TIMEOUT_S,
+        )
+        raise_for(reply.error, reply.message)
+        assert reply.catalog is not None
+        return reply.catalog
 
     async def watch(self, newer_than: int, wait_s: float = 10.0) -> Configuration:
         """The latest configuration once one numbered above ``newer_than`` exists, or the

@@ -6,6 +6,7 @@ from typing import Final
 
 import msgspec
 
+from shardwise.model.access import AccessCatalog
 from shardwise.model.bounds import Int64
 from shardwise.model.config import ChangeResult, Configuration, Op
 from shardwise.model.replies import ReplicaStatus, Status
@@ -58,6 +59,24 @@ class StatusReply(ReplicaStatus, frozen=True):
     """The latest configuration this replica has applied."""
 
 
+class AccessRequest(msgspec.Struct, frozen=True):
+    """The users and roles: whole for a node (it checks logins and requests against
+    them), without password verifiers for a cluster admin, refused to anyone else. With
+    ``wait_s``, a watch: wait until a catalog newer than ``newer_than`` exists."""
+
+    newer_than: Int64 = -1
+    wait_s: float = 0.0
+
+
+class AccessReply(msgspec.Struct, frozen=True):
+    status: Status
+    leader: str | None = None
+    catalog: AccessCatalog | None = None
+    error: str = ""
+    message: str = ""
+
+
 CHANGE = RpcMethod("ctl.change", ChangeRequest, ChangeReply)
 QUERY = RpcMethod("ctl.query", QueryRequest, QueryReply)
 STATUS = RpcMethod("ctl.status", StatusRequest, StatusReply)
+ACCESS = RpcMethod("ctl.access", AccessRequest, AccessReply)

@@ -14,12 +14,16 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
+from shardwise.controller.access import change_denied
 from shardwise.controller.protocol import (
+    ACCESS,
     CHANGE,
     CONTROLLER_GROUP,
     MAX_WATCH_S,
     QUERY,
     STATUS,
+    AccessReply,
+    AccessRequest,
     ChangeReply,
     ChangeRequest,
     QueryReply,
@@ -32,10 +36,13 @@ from shardwise.controller.statemachine import (
     decode_result,
     encode_command,
 )
-from shardwise.errors import ControllerError
-from shardwise.model.config import Configuration
+from shardwise.errors import ControllerError, PermissionDeniedError
+from shardwise.model.access import AccessCatalog
+from shardwise.model.config import ChangeResult, Configuration
+from shardwise.model.scram import ScramVerifier
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import CallContext
+from shardwise.net.wire import PeerRole
 from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
@@ -65,15 +72,33 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
             group_name="the controller",
         )
         self._changed = asyncio.Event()
+        self._access_changed = asyncio.Event()
         self.state_machine.listeners.append(self._on_new_configuration)
+        self.state_machine.access_listeners.append(lambda _: self._access_changed.set())
         self.transport.serve(CHANGE, self._change)
         self.transport.serve(QUERY, self._query)
         self.transport.serve(STATUS, self._status)
+        self.transport.serve(ACCESS, self._access)
+        set_user_lookup = getattr(self.transport, "set_user_lookup", None)
+        if set_user_lookup is not None:  # a real transport: clients may log in as users
+            set_user_lookup(self.find_user)
+
+    def find_user(self, name: str) -> ScramVerifier | None:
+        """A user's verifier as this replica knows it: how its transport checks logins."""
+        user = self.state_machine.access().user(name)
+        return user.verifier if user is not None else None
 
     def _on_new_configuration(self, config: Configuration) -> None:
         self._changed.set()
 
     async def _change(self, request: ChangeRequest, context: CallContext) -> ChangeReply:
+        machine = self.state_machine
+        denied = change_denied(machine.access(), context.user, request.op, machine.latest())
+        if denied:
+            code = PermissionDeniedError.code
+            return ChangeReply(
+                "ok", result=ChangeResult(machine.latest().num, error=code, message=denied)
+            )
         command = encode_command(request.op, client_id=request.client_id, seq=request.seq)
         outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
         if outcome.value is None:
@@ -99,6 +124,29 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
             # A watch: wait for the next configuration to apply here, then read again.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def _access(self, request: AccessRequest, context: CallContext) -> AccessReply:
+        user = context.user
+        if user is not None and not self.state_machine.access().allows_cluster_admin(user):
+            return AccessReply(
+                "ok",
+                error=PermissionDeniedError.code,
+                message=f"user {user!r} may not list users: it needs cluster admin",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(request.wait_s, 0.0), MAX_WATCH_S)
+        while True:
+            self._access_changed.clear()
+            read = self.host.read(lambda sm: sm.access(), timeout_s=REQUEST_TIMEOUT_S)
+            outcome = await through_host(self.host, read)
+            catalog: AccessCatalog | None = outcome.value
+            if catalog is None:
+                return AccessReply(outcome.status, leader=outcome.leader)
+            if catalog.version > request.newer_than or deadline - loop.time() <= 0:
+                whole = user is None and context.peer_role is PeerRole.NODE
+                return AccessReply("ok", catalog=catalog if whole else catalog.redacted())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._access_changed.wait(), deadline - loop.time())
 
     async def _status(self, request: StatusRequest, context: CallContext) -> StatusReply:
         return StatusReply(

@@ -24,20 +24,24 @@ from typing import Final
 
 import msgspec
 
+from shardwise.controller.access import ACCESS_OPS, change_access
 from shardwise.controller.rebalance import rebalance_keyspace
 from shardwise.errors import (
     CatalogError,
     CommandDecodeError,
+    CommandVersionError,
     ControllerError,
     GroupExistsError,
     InvalidQueryError,
     InvalidServersError,
     KeyspaceExistsError,
     OrphanedShardsError,
+    ShardwiseError,
     UnknownGroupError,
     UnknownKeyspaceError,
     UnknownShardError,
 )
+from shardwise.model.access import AccessCatalog, AccessOp
 from shardwise.model.bounds import Int64
 from shardwise.model.config import (
     COMMAND_VERSION,
@@ -82,6 +86,8 @@ class _Snapshot(msgspec.Struct, frozen=True, array_like=True):
     version: Int64
     configs: list[Configuration]
     sessions: list[Session]
+    access: AccessCatalog = AccessCatalog()
+    """Users and roles (absent from snapshots written before there were any)."""
 
 
 def encode_command(op: Op, *, client_id: str = "", seq: int = 0) -> bytes:
@@ -103,6 +109,9 @@ class ControllerStateMachine:
         self._configs: list[Configuration] = [initial_configuration()]
         self._sessions = SessionTable()
         self._applied = 0
+        self._access = AccessCatalog()
+        self.access_listeners: list[Callable[[AccessCatalog], None]] = []
+        """Called with each new access catalog as it is applied."""
         self.listeners: list[Callable[[Configuration], None]] = []
         """Called with each new configuration as it is applied (the server's watches).
         Listeners must not fail: the state machine's replicas must stay identical."""
@@ -111,6 +120,10 @@ class ControllerStateMachine:
 
     def latest(self) -> Configuration:
         return self._configs[-1]
+
+    def access(self) -> AccessCatalog:
+        """The users and roles, as of the last applied entry."""
+        return self._access
 
     def query(self, num: int = -1) -> Configuration:
         """Configuration ``num``; the latest for -1 or any number past the latest."""
@@ -129,19 +142,31 @@ class ControllerStateMachine:
         try:
             decoded = _command_decoder.decode(command)
         except msgspec.DecodeError as exc:
-            raise CommandDecodeError(f"undecodable controller command: {exc}") from exc
+            if _version(command) > COMMAND_VERSION:  # newer than this code: halt
+                raise CommandVersionError(f"undecodable controller command: {exc}") from exc
+            # The same bytes on every replica: the same answer, and nothing changes.
+            self._applied = index
+            failed = ChangeResult(self.latest().num, error="controller", message=f"{exc}")
+            return _encode(failed)
         if decoded.version != COMMAND_VERSION:
-            raise CommandDecodeError(f"controller command version {decoded.version} is unknown")
+            raise CommandVersionError(f"controller command version {decoded.version} is unknown")
         self._applied = index
         verdict = self._sessions.check(decoded.client_id, decoded.seq)
         if verdict.result is not None:
             return verdict.result
         if verdict.stale:
             return _encode(ChangeResult(self.latest().num, error="stale", message="superseded"))
+        if isinstance(decoded.op, ACCESS_OPS):
+            encoded = _encode(self._change_access(decoded.op))
+            self._sessions.remember(decoded.client_id, decoded.seq, encoded)
+            return encoded
         try:
-            config, moves = self._execute(decoded.op)
+            config, moves = self._execute(decoded.op)  # (pure: raises before any change)
         except ControllerError as exc:
             result = ChangeResult(self.latest().num, error=exc.code, message=str(exc))
+        except (ShardwiseError, ValueError, TypeError, OverflowError) as exc:
+            # A command the edge checks should have refused: the same on every replica.
+            result = ChangeResult(self.latest().num, error="controller", message=f"{exc}")
         else:
             if len(self._configs) >= MAX_CONFIGURATIONS:
                 result = ChangeResult(self.latest().num, error="full", message="too many configs")
@@ -155,8 +180,19 @@ class ControllerStateMachine:
         self._sessions.remember(decoded.client_id, decoded.seq, encoded)
         return encoded
 
+    def _change_access(self, op: AccessOp) -> ChangeResult:
+        try:
+            self._access = change_access(self._access, op)
+        except ControllerError as exc:
+            return ChangeResult(self.latest().num, error=exc.code, message=str(exc))
+        for listener in self.access_listeners:
+            listener(self._access)
+        return ChangeResult(self.latest().num)
+
     def snapshot(self) -> bytes:
-        return _encode(_Snapshot(COMMAND_VERSION, self._configs, self._sessions.export()))
+        return _encode(
+            _Snapshot(COMMAND_VERSION, self._configs, self._sessions.export(), self._access)
+        )
 
     def restore(self, data: bytes, index: int) -> None:
         try:
@@ -165,6 +201,7 @@ class ControllerStateMachine:
             raise CommandDecodeError(f"undecodable controller snapshot: {exc}") from exc
         self._configs = fill_change_numbers(snap.configs)
         self._sessions = SessionTable(snap.sessions)
+        self._access = snap.access
         self._applied = index
 
     # --- commands ------------------------------------------------------------------------
@@ -374,3 +411,14 @@ def _table(tables: dict[str, Table], name: str) -> Table:
     if name not in tables:
         raise CatalogError(f"there is no table {name!r}")
     return tables[name]
+
+
+def _version(command: bytes) -> int:
+    """The envelope version of a command that does not decode (0 if it has none)."""
+    try:
+        envelope = msgspec.msgpack.decode(command)
+    except msgspec.DecodeError:
+        return 0
+    if isinstance(envelope, list) and envelope and isinstance(envelope[0], int):
+        return envelope[0]
+    return 0

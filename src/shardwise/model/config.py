@@ -15,6 +15,14 @@ from typing import Final, Literal, TypeAlias
 
 import msgspec
 
+from shardwise.model.access import (
+    ChangeUserRoles,
+    CreateUser,
+    DropRole,
+    DropUser,
+    PutRole,
+    SetPassword,
+)
 from shardwise.model.bounds import Int64
 
 NO_GROUP: Final = 0
@@ -186,7 +194,15 @@ Op: TypeAlias = (
     | DropTable
     | AddColumn
     | CreateIndex
+    | CreateUser
+    | DropUser
+    | SetPassword
+    | ChangeUserRoles
+    | PutRole
+    | DropRole
 )
+"""Every controller command. The access commands (``access.py``) change the users and
+roles, not the configuration: they leave its number as it is."""
 
 COMMAND_VERSION: Final = 1
 

@@ -19,10 +19,13 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from shardwise.clock import AsyncioClock, Clock
-from shardwise.net.auth import check_secret
+from shardwise.net.admission import HandshakeSlots
+from shardwise.net.auth import Credentials, UserLookup, check_secret, credentials_login
+from shardwise.net.budget import FrameBudget
 from shardwise.net.faults import FaultInjector
 from shardwise.net.limits import Limits
 from shardwise.net.links import Address, Link
+from shardwise.net.memory import return_large_buffers_to_os
 from shardwise.net.stats import TransportStats
 from shardwise.net.timing import Backoff, RandomSource
 from shardwise.net.wire import PeerRole, WireMessage, check_node_id
@@ -47,7 +50,7 @@ class TransportBase:
     def __init__(
         self,
         node_id: str,
-        secret: bytes,
+        secret: Credentials,
         *,
         role: PeerRole = PeerRole.NODE,
         listen: Address | None = LOOPBACK,
@@ -62,7 +65,14 @@ class TransportBase:
     ) -> None:
         self.id = check_node_id(node_id)
         self.role = role
-        self._secret = check_secret(secret)
+        self._login = credentials_login(secret)
+        if self._login is not None and role is not PeerRole.CLIENT:
+            raise ValueError("a node proves the cluster secret; only a client logs in as a user")
+        # A client that logs in holds no secret; an acceptor always has one (a client
+        # never accepts), so the empty placeholder is never used to prove anything.
+        self._secret = check_secret(secret) if isinstance(secret, bytes) else b""
+        self._users: UserLookup | None = None
+        """How this node finds a logging-in user's verifier (``set_user_lookup``)."""
         self._listen = listen if role is PeerRole.NODE else None
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
@@ -78,6 +88,18 @@ class TransportBase:
         self._connections: set[PeerConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handshaking = 0
+        """How many inbound connections are in their handshake (``len(self._slots)``)."""
+        self._slots: HandshakeSlots[PeerConnection] = HandshakeSlots(
+            self.limits.max_handshaking, self.limits.max_handshaking_per_source
+        )
+        self._frame_budget = FrameBudget(
+            self.limits.max_buffered_frame_bytes,
+            self.limits.frame_stall_s,
+            self._clock,
+            self._bump,
+        )
+        if self._listen is not None:  # a server: large buffers it frees go back at once
+            return_large_buffers_to_os()
         self._delayed = 0
         self._server: asyncio.Server | None = None
         self._running = False
@@ -85,6 +107,11 @@ class TransportBase:
         self._waiters: list[asyncio.Future[None]] = []
 
     # --- observing ---------------------------------------------------------------------
+
+    def set_user_lookup(self, users: UserLookup | None) -> None:
+        """Let clients log in as users, their verifiers found with ``users`` (a node's
+        copy of the access catalog); ``None``: only holders of the cluster secret."""
+        self._users = users
 
     def changed(self) -> asyncio.Future[None]:
         """A future resolved at the next event the transport records (a frame, a

@@ -13,24 +13,56 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from shardwise.errors import AuthenticationError, UnexpectedMessageError
+from shardwise.errors import (
+    AuthenticationError,
+    FrameBudgetError,
+    HandshakeInterruptedError,
+    NetError,
+    ServerBusyError,
+    TooManyConnectionsError,
+    UnexpectedMessageError,
+)
 from shardwise.net.auth import AcceptorHandshake, DialerHandshake
 from shardwise.net.frames import (
     CLOSED,
     MAX_FRAME_BYTES,
     MAX_HANDSHAKE_FRAME_BYTES,
+    NEED_BUFFER,
     NEED_DATA,
     Codec,
     encode_frame,
 )
-from shardwise.net.wire import Challenge, Hello, PeerRole, Proof, Welcome, WireMessage
+from shardwise.net.wire import (
+    MAX_REFUSAL_MESSAGE_CHARS,
+    Challenge,
+    Hello,
+    PeerRole,
+    Proof,
+    RefusalReason,
+    Refused,
+    Welcome,
+    WireMessage,
+)
 
 if TYPE_CHECKING:
+    from shardwise.net.budget import FrameBudget
     from shardwise.net.links import Link
 
 M = TypeVar("M", bound=WireMessage)
 
 _serials: Final = itertools.count(1)
+
+
+def refusal_error(refused: Refused) -> NetError:
+    """The dialer's error for an acceptor's refusal: only a failed proof says anything
+    about the secret."""
+    text = f"the server refused the connection: {refused.message or refused.reason.name}"
+    reason = refused.reason.name.lower()
+    if refused.reason is RefusalReason.AUTHENTICATION_FAILED:
+        return AuthenticationError(text)
+    if refused.reason is RefusalReason.TOO_MANY_CONNECTIONS:
+        return TooManyConnectionsError(text, reason)
+    return ServerBusyError(text, reason)
 
 
 class PeerConnection:
@@ -57,6 +89,8 @@ class PeerConnection:
         self.codec = Codec(MAX_HANDSHAKE_FRAME_BYTES)
         self.peer_id = ""
         self.peer_role = PeerRole.NODE
+        self.peer_user: str | None = None
+        """The user an inbound client logged in as (``None``: it proved the secret)."""
         self.goodbye_sent = False
         self.goodbye_received = False
         self.lost = False
@@ -67,7 +101,30 @@ class PeerConnection:
         self.link: Link | None = None
         """The link this connection carries, once the handshake admitted it."""
         self.reader_done = asyncio.Event()
+        self.evicted = False
+        """Made room for a newer unauthenticated connection (and was told so)."""
         self._read_chunk_bytes = read_chunk_bytes
+        self._budget: FrameBudget | None = None
+        self._cut: FrameBudgetError | None = None
+        self._reserved = False
+
+    def has_unread_input(self) -> bool:
+        """Whether bytes arrived that were not read yet (a hello waiting for its task to
+        run). Peeks at the stream's buffer; ``False`` where it cannot tell."""
+        return bool(getattr(self.reader, "_buffer", None))
+
+    def use_budget(self, budget: FrameBudget) -> None:
+        """Reserve every large unfinished incoming frame from ``budget`` (an acceptor's
+        connections share their transport's)."""
+        self._budget = budget
+        self.codec.reserves = True
+
+    def cut_for_budget(self, error: FrameBudgetError) -> None:
+        """The budget gives this connection's frame up: close at once; ``receive`` raises
+        ``error``."""
+        self._cut = error
+        self.codec.fail(error)
+        self.abort()
 
     @property
     def dialer_id(self) -> str:
@@ -82,19 +139,37 @@ class PeerConnection:
     async def receive(self) -> WireMessage | None:
         """The next message, or ``None`` once the peer closed cleanly between frames.
         Raises ``ProtocolError`` for bad bytes and ``OSError`` for a broken socket."""
+        codec = self.codec
+        budget = self._budget
         while True:
-            event = self.codec.next_event()
+            event = codec.next_event()
             if event is NEED_DATA:
-                self.codec.receive_data(await self.reader.read(self._read_chunk_bytes))
+                data = await self.reader.read(self._read_chunk_bytes)
+                if self._cut is not None:
+                    raise self._cut
+                codec.receive_data(data)
+                if budget is not None and codec.frame_buffer_bytes:
+                    budget.progress(self)
+            elif event is NEED_BUFFER:
+                assert budget is not None
+                await budget.acquire(self, codec.pending_frame_bytes)
+                self._reserved = True
+                codec.allocate()
             elif event is CLOSED:
                 return None
             else:
+                if self._reserved:
+                    self._reserved = False
+                    assert budget is not None
+                    budget.release(self)
                 return event
 
     async def receive_expected(self, kind: type[M]) -> M:
         message = await self.receive()
         if message is None:
-            raise AuthenticationError("the peer closed the connection during the handshake")
+            raise HandshakeInterruptedError("the peer closed the connection during the handshake")
+        if isinstance(message, Refused) and self.outbound:
+            raise refusal_error(message)
         if not isinstance(message, kind):
             raise UnexpectedMessageError(
                 f"expected {kind.__name__} in the handshake, got {type(message).__name__}"
@@ -112,9 +187,25 @@ class PeerConnection:
         """Close at once, discarding what is buffered (a cut, a protocol error)."""
         self.lost = True
         self.writer.transport.abort()
+        self._release()
+
+    def refuse(self, reason: RefusalReason, message: str) -> None:
+        """Tell the dialer why it is turned away (one small frame, written without
+        waiting), then close: gracefully, so the frame is not discarded."""
+        self.lost = True
+        refuse(self.writer, reason, message)
+        self._release()
+
+    def _release(self) -> None:
+        """Give back what the budget holds for us (or stop waiting for it)."""
+        self._reserved = False
+        if self._budget is not None:
+            self._budget.release(self)
 
     async def close(self) -> None:
         """Close and wait until the socket is released; never raises."""
+        self._release()
+        self.codec.discard()
         if not self.writer.is_closing():
             self.writer.close()
         with contextlib.suppress(OSError, asyncio.CancelledError):
@@ -139,12 +230,34 @@ class PeerConnection:
         once the dialer is authenticated and before it is welcomed: it may refuse it
         (raise ``AuthenticationError``) or adopt it, so that by the time the dialer hears
         it was welcomed, this side already counts the connection as open."""
-        hello = await self.receive_expected(Hello)
+        await self.finish_accept(handshake, await self.receive_hello(), admit)
+
+    async def receive_hello(self) -> Hello:
+        """The acceptor's first step: the dialer's hello (its first frame)."""
+        return await self.receive_expected(Hello)
+
+    async def finish_accept(
+        self, handshake: AcceptorHandshake, hello: Hello, admit: Callable[[PeerConnection], None]
+    ) -> None:
+        """The rest of :meth:`accept_handshake`, once the hello is in."""
         await self.send_now(handshake.on_hello(hello))
         proof = await self.receive_expected(Proof)
         welcome = handshake.on_proof(proof)
         self.peer_id = hello.node_id
         self.peer_role = hello.role
+        self.peer_user = handshake.peer_user
         self.codec.max_frame_bytes = MAX_FRAME_BYTES
         admit(self)
         await self.send_now(welcome)
+
+
+def refuse(writer: asyncio.StreamWriter, reason: RefusalReason, message: str) -> None:
+    """Write a refusal on a connection and close it (gracefully: the frame goes first).
+    Never raises: the connection may already be gone."""
+    # Cut by bytes, not characters, so the frame always fits the dialer's handshake limit.
+    text = message.encode()[:MAX_REFUSAL_MESSAGE_CHARS].decode(errors="ignore")
+    frame = encode_frame(Refused(reason=reason, message=text), MAX_HANDSHAKE_FRAME_BYTES)
+    with contextlib.suppress(OSError, RuntimeError):
+        if not writer.is_closing():
+            writer.write(frame)
+        writer.transport.close()

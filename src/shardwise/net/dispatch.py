@@ -177,11 +177,11 @@ class IncomingCalls:
     def on_request(
         self,
         link: Hashable,
-        peer: tuple[str, PeerRole],
+        peer: tuple[str, PeerRole, str | None],
         request: RpcRequest,
         reply: Callable[[Reply], None],
     ) -> None:
-        """Start the handler of ``request`` from ``peer`` (its id and role), which came
+        """Start the handler of ``request`` from ``peer`` (its id, role and user), which came
         over ``link`` (what the per-link bound counts), or refuse it; either way the
         answer goes to ``reply``."""
         call_id = request.call_id
@@ -203,7 +203,8 @@ class IncomingCalls:
             reply(rpc_failure(call_id, FailureCode.OVERLOADED, f"{running} calls running"))
             return
         timeout_s = request.timeout_ms / 1000
-        context = CallContext(*peer, self._clock.now() + timeout_s)
+        peer_id, role, user = peer
+        context = CallContext(peer_id, role, self._clock.now() + timeout_s, user)
         self._per_link[link] += 1
         task = asyncio.create_task(
             self._run(link, request, raw, context, timeout_s=timeout_s, reply=reply),

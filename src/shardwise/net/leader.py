@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from shardwise.errors import (
+    AuthenticationError,
     ClientTimeoutError,
     FrameTooLargeError,
     NetError,
@@ -109,8 +110,9 @@ def cannot_succeed(exc: NetError) -> bool:
     """Whether no server can ever take this request, so trying the next one (or waiting
     until the deadline) is pointless: it is too large for a frame (refused before it was
     sent), or the server could not read it (``bad_request``: a request this server's
-    version does not know, e.g. bytes keys sent to an older server)."""
-    if isinstance(exc, FrameTooLargeError):
+    version does not know, e.g. bytes keys sent to an older server), or a server refused
+    the user's login (a wrong password is wrong everywhere)."""
+    if isinstance(exc, FrameTooLargeError | AuthenticationError):
         return True
     return isinstance(exc, RemoteCallError) and exc.code == "bad_request"
 

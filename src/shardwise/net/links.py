@@ -20,6 +20,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
+from shardwise.errors import AuthenticationError
 from shardwise.net.limits import Limits
 from shardwise.net.rpc import PendingCall
 from shardwise.net.wire import PeerRole
@@ -36,6 +37,8 @@ class Link:
     ) -> None:
         self.peer_id = peer_id
         self.role = role
+        self.user: str | None = None
+        """The user a client link logged in as (``None``: it proved the peer secret)."""
         self.address = address
         self.connection: PeerConnection | None = None
         self.replies: deque[bytes] = deque()
@@ -47,6 +50,9 @@ class Link:
         self.dial_failures = 0
         """Dials that failed in a row (0 once a connection is made)."""
         self.unreachable_until = 0.0
+        self.login_refused: AuthenticationError | None = None
+        """A client's last dial here failed because the server refused its login: what
+        calls that wait for a connection fail with, rather than "unreachable"."""
         """Clock time before which the peer counts as unreachable: the last dial failed
         and the next is not due yet. A call meanwhile fails at once (see
         :meth:`fail_queued_calls`) instead of waiting for a peer that is down."""

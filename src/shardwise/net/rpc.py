@@ -81,6 +81,9 @@ class CallContext:
     peer_role: PeerRole
     deadline: float
     """When the caller gives up, on the callee's clock; the handler is cancelled then."""
+    user: str | None = None
+    """The user a client logged in as; ``None`` for a caller that proved it holds the
+    cluster's peer secret (a node, or an operator's client), which may do anything."""
 
 
 Handler = Callable[[Req, CallContext], Awaitable[Resp]]

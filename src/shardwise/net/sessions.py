@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 
@@ -24,10 +25,11 @@ from shardwise.errors import (
 )
 from shardwise.net.auth import AcceptorHandshake, DialerHandshake
 from shardwise.net.base import TransportBase
-from shardwise.net.connection import PeerConnection
+from shardwise.net.connection import PeerConnection, refuse
 from shardwise.net.links import Address, Link
 from shardwise.net.timing import within
-from shardwise.net.wire import Goodbye, GoodbyeReason, PeerRole
+from shardwise.net.tls import require_node_certificate
+from shardwise.net.wire import Goodbye, GoodbyeReason, PeerRole, RefusalReason
 
 logger = logging.getLogger("shardwise.net.transport")
 
@@ -45,6 +47,21 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
+def _source_of(writer: asyncio.StreamWriter) -> str:
+    """The dialer's address (without its port): what the per-source budget counts by."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+def _is_loopback(source: str) -> bool:
+    try:
+        return ipaddress.ip_address(source).is_loopback
+    except ValueError:
+        return False
+
+
 class Sessions(TransportBase):
     # --- accepting ---------------------------------------------------------------------
 
@@ -60,13 +77,15 @@ class Sessions(TransportBase):
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         limits = self.limits
-        if (
-            self._closing
-            or len(self._connections) >= limits.max_connections
-            or self._handshaking >= limits.max_handshaking
-        ):
-            self._bump("connections_refused")
-            writer.transport.abort()
+        if self._closing:
+            self._refuse_at_once(writer, RefusalReason.SHUTTING_DOWN, "the server is shutting down")
+            return
+        if len(self._connections) >= limits.max_connections:
+            self._refuse_at_once(
+                writer,
+                RefusalReason.TOO_MANY_CONNECTIONS,
+                f"the server has {len(self._connections)} connections, its limit",
+            )
             return
         conn = PeerConnection(
             reader,
@@ -75,23 +94,22 @@ class Sessions(TransportBase):
             outbound=False,
             read_chunk_bytes=limits.read_chunk_bytes,
         )
+        conn.use_budget(self._frame_budget)
         self._connections.add(conn)
         _keepalive(writer)
         try:
-            self._handshaking += 1
-            self._notify()
+            self._take_handshake_slot(conn, _source_of(writer))
             try:
-                handshake = AcceptorHandshake(self._secret, self.id)
+                handshake = AcceptorHandshake(self._secret, self.id, users=self._users)
                 await within(
-                    self._clock,
-                    limits.handshake_timeout_s,
-                    conn.accept_handshake(handshake, self._admit),
+                    self._clock, limits.handshake_timeout_s, self._accept_steps(conn, handshake)
                 )
             except (OSError, TimeoutError, NetError, RefusedError) as exc:
                 self._handshake_failed(conn, exc)
                 return
             finally:
-                self._handshaking -= 1
+                self._slots.release(conn)
+                self._handshaking = len(self._slots)
                 self._notify()
             self._bump("connections_accepted")
             await self._serve(conn)
@@ -99,17 +117,75 @@ class Sessions(TransportBase):
             self._forget(conn)
             await conn.close()
 
+    def _take_handshake_slot(self, conn: PeerConnection, source: str) -> None:
+        """Give ``conn`` a handshake slot, evicting older unauthenticated connections if
+        the slots (or its source address's share) are full: refusing the newcomer instead
+        would hand the slots to whoever reopens sockets fastest (DESIGN.md, admission)."""
+        known = any(
+            link.address is not None and link.address[0] == source for link in self._links.values()
+        )
+        spoke = PeerConnection.has_unread_input
+        # Every local process dials from a loopback address: a share per address would
+        # only shrink the slots local clients have against a local flood.
+        shared = _is_loopback(source)
+        for victim in self._slots.admit(conn, source, known=known, spoke=spoke, shared=shared):
+            victim.evicted = True
+            self._bump("handshakes_evicted")
+            victim.refuse(
+                RefusalReason.TOO_MANY_CONNECTIONS,
+                "too many connections in their handshake: this one made room for a newer one",
+            )
+        self._handshaking = len(self._slots)
+        self._notify()
+
+    async def _accept_steps(self, conn: PeerConnection, handshake: AcceptorHandshake) -> None:
+        """The acceptor's handshake; the first frame has a deadline of its own, shorter,
+        so a connection that says nothing is cut soonest."""
+        limits = self.limits
+        first_s = min(limits.first_frame_timeout_s, limits.handshake_timeout_s)
+        try:
+            hello = await within(self._clock, first_s, conn.receive_hello())
+        except TimeoutError:
+            self._bump("first_frame_timeouts")
+            raise
+        self._slots.heard(conn)
+        await conn.finish_accept(handshake, hello, self._admit)
+
+    def _refuse_at_once(
+        self, writer: asyncio.StreamWriter, reason: RefusalReason, message: str
+    ) -> None:
+        """Turn a new connection away before anything is read, telling the dialer why."""
+        self._bump("connections_refused")
+        logger.info("%s: refused a connection from %s: %s", self.id, _source_of(writer), message)
+        refuse(writer, reason, message)
+
     def _handshake_failed(self, conn: PeerConnection, exc: Exception) -> None:
-        conn.abort()
-        self._detach(conn)
+        """Count and log why; tell the dialer unless it is not speaking our protocol (or
+        was told already, when it was evicted); close."""
+        if conn.evicted:  # counted and told when it was evicted
+            conn.abort()
+            self._detach(conn)
+            logger.debug("%s: evicted %r in its handshake", self.id, conn)
+            return
+        refusal: tuple[RefusalReason, str] | None = None
         if isinstance(exc, TimeoutError):
             self._bump("handshake_timeouts")
+            refusal = RefusalReason.TIMED_OUT, "the handshake did not finish in time"
         elif isinstance(exc, RefusedError):
             self._bump("connections_refused")
+            closing = self._closing
+            reason = RefusalReason.SHUTTING_DOWN if closing else RefusalReason.NOT_ADMITTED
+            refusal = reason, str(exc)
         elif isinstance(exc, AuthenticationError):
             self._bump("auth_failures")
+            refusal = RefusalReason.AUTHENTICATION_FAILED, str(exc)
         elif isinstance(exc, ProtocolError):
             self._bump("protocol_errors")
+        if refusal is None:
+            conn.abort()
+        else:
+            conn.refuse(*refusal)
+        self._detach(conn)
         logger.info("%s: handshake with %s failed: %r", self.id, conn.peer_id or "?", exc)
 
     def _admit(self, conn: PeerConnection) -> None:
@@ -118,8 +194,13 @@ class Sessions(TransportBase):
             raise RefusedError("shutting down")
         if self.faults is not None and self.faults.is_cut(self.id, conn.peer_id):
             raise RefusedError(f"the link to {conn.peer_id!r} is cut")
+        if self._server_ssl is not None and conn.peer_role is PeerRole.NODE:
+            # The secret proves membership of the cluster, not which node: a node must
+            # also hold the node certificate for the id it claims (see tls.py).
+            require_node_certificate(conn.writer, conn.peer_id)
         if conn.peer_role is PeerRole.CLIENT:
             link = Link(conn.peer_id, PeerRole.CLIENT, None, self.limits)
+            link.user = conn.peer_user
             self._client_links.add(link)
         else:
             node_link = self._node_link(conn.peer_id)
@@ -178,6 +259,8 @@ class Sessions(TransportBase):
             )
         except (OSError, TimeoutError, NetError) as exc:
             logger.debug("%s: dialling %s at %s failed: %r", self.id, link.peer_id, address, exc)
+            if self._login is not None:
+                link.login_refused = exc if isinstance(exc, AuthenticationError) else None
             return None
         if self._closing:
             conn.abort()
@@ -208,7 +291,11 @@ class Sessions(TransportBase):
         self._connections.add(conn)
         _keepalive(writer)
         try:
-            handshake = DialerHandshake(self._secret, self.id, self.role, expected_peer=peer)
+            if self._client_ssl is not None:  # the CA vouches for a node: the one we dialled?
+                require_node_certificate(writer, peer)
+            handshake = DialerHandshake(
+                self._secret or None, self.id, self.role, expected_peer=peer, login=self._login
+            )
             await conn.dial_handshake(handshake)
         except BaseException:
             conn.abort()
@@ -223,7 +310,9 @@ class Sessions(TransportBase):
         due. Nothing of theirs was sent, so a caller may try another server at once (a
         client finds the next leader without waiting out its attempt's timeout)."""
         link.unreachable_until = self._clock.now() + retry_in_s
-        error = PeerUnreachableError(f"cannot connect to {link.peer_id!r} at {link.address}")
+        error: NetError = link.login_refused or PeerUnreachableError(
+            f"cannot connect to {link.peer_id!r} at {link.address}"
+        )
         self._bump("rpc_unreachable", link.fail_queued_calls(error))
 
     def _give_up(self, link: Link) -> None:

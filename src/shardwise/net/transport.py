@@ -42,6 +42,7 @@ from shardwise.errors import (
     UnexpectedMessageError,
     UnknownPeerError,
 )
+from shardwise.net.auth import Credentials
 from shardwise.net.base import LOOPBACK, logger
 from shardwise.net.dispatch import (
     IncomingCalls,
@@ -78,13 +79,14 @@ class Transport(Sessions, Endpoint):
     A node (``role=PeerRole.NODE``) listens on ``listen`` (loopback and an ephemeral port
     unless told otherwise) and dials the ``peers`` it has traffic for. A client
     (``role=PeerRole.CLIENT``) never listens and only makes calls. ``secret`` is the
-    cluster's shared secret; TLS is used when ``server_ssl`` / ``client_ssl`` are given.
+    cluster's shared secret, or for a client a user's ``Login`` (see auth.py); TLS is
+    used when ``server_ssl`` / ``client_ssl`` are given.
     """
 
     def __init__(
         self,
         node_id: str,
-        secret: bytes,
+        secret: Credentials,
         *,
         role: PeerRole = PeerRole.NODE,
         peers: Mapping[str, Address] | None = None,
@@ -257,7 +259,7 @@ class Transport(Sessions, Endpoint):
             self._raft.deliver(message.group, inner)
         elif isinstance(message, RpcRequest):
             reply = functools.partial(self._send_reply, link)
-            self._incoming.on_request(link, (link.peer_id, link.role), message, reply)
+            self._incoming.on_request(link, (link.peer_id, link.role, link.user), message, reply)
         elif isinstance(message, RpcResponse | RpcFailure):
             if self._outgoing.on_reply(link.pending, message):
                 self._notify()
@@ -349,6 +351,8 @@ class Transport(Sessions, Endpoint):
         if link is None:
             raise UnknownPeerError(peer)
         if link.connection is None and self._clock.now() < link.unreachable_until:
+            if link.login_refused is not None:
+                raise link.login_refused
             # The last dial failed and the next is not due: do not wait for it.
             self._bump("rpc_unreachable")
             raise PeerUnreachableError(

@@ -19,6 +19,8 @@ from typing import Annotated, Final, TypeAlias
 
 import msgspec
 
+from shardwise.model.access import MAX_ACCESS_NAME
+from shardwise.model.scram import MAX_ITERATIONS, MAX_SALT_BYTES
 from shardwise.raft.messages import Message
 
 PROTOCOL_VERSION: Final = 1
@@ -40,6 +42,10 @@ MAX_FAILURE_MESSAGE_CHARS: Final = 1024
 """Longest error text sent with a failed call: enough to explain, too short to leak a
 traceback or to be a channel for bulk data."""
 
+MAX_REFUSAL_MESSAGE_CHARS: Final = 200
+"""Longest explanation sent with a refusal: it travels before the dialer is
+authenticated, so the frame must fit the 512-byte handshake frame limit."""
+
 MAX_GROUP_ID: Final = (1 << 63) - 1
 """Group ids are non-negative 63-bit integers (they fit a signed 64-bit column)."""
 
@@ -59,6 +65,12 @@ CallId: TypeAlias = Annotated[int, msgspec.Meta(ge=0, le=MAX_CALL_ID)]
 MethodName: TypeAlias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_METHOD_CHARS)]
 TimeoutMs: TypeAlias = Annotated[int, msgspec.Meta(ge=1, le=MAX_RPC_TIMEOUT_MS)]
 FailureText: TypeAlias = Annotated[str, msgspec.Meta(max_length=MAX_FAILURE_MESSAGE_CHARS)]
+RefusalText: TypeAlias = Annotated[str, msgspec.Meta(max_length=MAX_REFUSAL_MESSAGE_CHARS)]
+
+
+UserName: TypeAlias = Annotated[str, msgspec.Meta(max_length=MAX_ACCESS_NAME)]
+ScramSalt: TypeAlias = Annotated[bytes, msgspec.Meta(max_length=MAX_SALT_BYTES)]
+ScramIterations: TypeAlias = Annotated[int, msgspec.Meta(ge=0, le=MAX_ITERATIONS)]
 
 
 def check_node_id(node_id: str) -> str:
@@ -102,6 +114,25 @@ class GoodbyeReason(enum.IntEnum):
     """Another connection between the same two nodes won (see DESIGN.md, ownership)."""
 
 
+class RefusalReason(enum.IntEnum):
+    """Why an acceptor turns a connection away during the handshake. Only
+    ``AUTHENTICATION_FAILED`` says anything about the dialer's secret."""
+
+    TOO_MANY_CONNECTIONS = 1
+    """The connection cap is reached, or this connection was the oldest of too many
+    still in their handshake and made room for a newer one: retry."""
+    SHUTTING_DOWN = 2
+    """The acceptor is closing: try another replica."""
+    AUTHENTICATION_FAILED = 3
+    """The dialer's proof did not verify: it does not know the cluster's secret (or
+    replayed or reflected a handshake)."""
+    TIMED_OUT = 4
+    """The handshake did not finish within the acceptor's deadline."""
+    NOT_ADMITTED = 5
+    """The dialer proved the secret but the acceptor will not take it (too many peers,
+    a cut link): the message says why."""
+
+
 class _Wire(msgspec.Struct, frozen=True, array_like=True, tag_field="k"):
     """Base of every wire message: encoded as ``[tag, field, ...]``."""
 
@@ -115,6 +146,8 @@ class Hello(_Wire, tag="hello/1", frozen=True):
     node_id: NodeId
     role: PeerRole
     nonce: Nonce
+    user: UserName = ""
+    """A client logging in as a user (SCRAM, see auth.py); empty: the cluster secret."""
 
 
 class Challenge(_Wire, tag="challenge/1", frozen=True):
@@ -122,6 +155,9 @@ class Challenge(_Wire, tag="challenge/1", frozen=True):
 
     node_id: NodeId
     nonce: Nonce
+    salt: ScramSalt = b""
+    """For a user's login: the salt and iteration count of its password verifier."""
+    iterations: ScramIterations = 0
 
 
 class Proof(_Wire, tag="proof/1", frozen=True):
@@ -134,6 +170,14 @@ class Welcome(_Wire, tag="welcome/1", frozen=True):
     """Acceptor to dialer: accepted; and the acceptor's own proof, its direction."""
 
     proof: ProofBytes
+
+
+class Refused(_Wire, tag="refuse/1", frozen=True):
+    """Acceptor to dialer, instead of a challenge or a welcome: the connection is turned
+    away, and why. The acceptor closes the connection after it."""
+
+    reason: RefusalReason
+    message: RefusalText = ""
 
 
 # --- session (only after the handshake) ----------------------------------------------
@@ -183,6 +227,7 @@ WireMessage: TypeAlias = (
     | Challenge
     | Proof
     | Welcome
+    | Refused
     | RaftFrame
     | RpcRequest
     | RpcResponse
@@ -195,6 +240,7 @@ WIRE_TYPES: Final[tuple[type[WireMessage], ...]] = (
     Challenge,
     Proof,
     Welcome,
+    Refused,
     RaftFrame,
     RpcRequest,
     RpcResponse,
@@ -202,7 +248,9 @@ WIRE_TYPES: Final[tuple[type[WireMessage], ...]] = (
     Goodbye,
 )
 
-HANDSHAKE_TYPES: Final[frozenset[type[WireMessage]]] = frozenset({Hello, Challenge, Proof, Welcome})
+HANDSHAKE_TYPES: Final[frozenset[type[WireMessage]]] = frozenset(
+    {Hello, Challenge, Proof, Welcome, Refused}
+)
 """The only types a connection accepts before it is authenticated."""
 
 

@@ -92,6 +92,8 @@ class KVReply(msgspec.Struct, frozen=True):
     UTF-8, else bytes."""
     error: str = ""
     """For a request refused at the door (a key or value over the limits): why."""
+    denied: bool = False
+    """The refusal is the logged-in user's lack of a grant (``error`` says which)."""
 
 
 class BatchRequest(msgspec.Struct, frozen=True):
@@ -202,6 +204,8 @@ class SqlReply(msgspec.Struct, frozen=True):
     config_num: Int64 = 0
     error: str = ""
     """Refused at the door (over a limit, unbindable values): nothing reached the log."""
+    denied: bool = False
+    """The refusal is the logged-in user's lack of a grant (``error`` says which)."""
     schema: SchemaVerdict = ""
     failure: SqlFailure | None = None
     rows: list[tuple[Any, ...]] = []
@@ -225,6 +229,7 @@ class SqlSchemaReply(msgspec.Struct, frozen=True):
     config_num: Int64 = 0
     schema: UInt64 = 0
     error: str = ""
+    denied: bool = False
 
 
 # --- between groups ------------------------------------------------------------------

@@ -22,17 +22,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 from shardwise.controller.client import ControllerClient
 from shardwise.errors import (
     InvalidMessageError,
+    NondeterministicSqlError,
     ShardLimitError,
+    ShardwiseError,
     SqlError,
     SqlExecutionError,
     SqlLimitError,
+    SqlWriteTooCostlyError,
 )
-from shardwise.model.config import ShardId
+from shardwise.model.access import Privilege
+from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import MAX_BATCH_OPS, MAX_SCAN_ROWS, check_op
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
@@ -49,6 +54,7 @@ from shardwise.service import (
     run_main,
     through_host,
 )
+from shardwise.shardserver.access import AccessGuard
 from shardwise.shardserver.commands import (
     ClientBatch,
     ClientOp,
@@ -93,11 +99,19 @@ from shardwise.shardserver.protocol import (
     StatusRequest,
     WriteRequest,
 )
-from shardwise.shardserver.sqlshard import check_batch, check_params
+from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS, check_batch, check_params
 from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine
 from shardwise.storage.interface import RaftStorage
 
 logger = logging.getLogger(__name__)
+
+MAX_CACHED_CONFIGS: Final = 16
+"""Configurations kept to check pulls against (each is immutable once made; a move
+names one of the last few)."""
+
+PULL_CHECK_TIMEOUT_S: Final = 2.0
+"""How long checking a pull's configuration with the controller may take (less than the
+puller's own call timeout, so it hears ``forbidden`` and asks again)."""
 
 
 class ShardServer(ReplicaService[ShardGroupStateMachine]):
@@ -109,7 +123,13 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         *,
         transport: Endpoint | None = None,
         storage: RaftStorage | None = None,
+        sql_write_max_steps: int = MAX_WRITE_STEPS,
     ) -> None:
+        if sql_write_max_steps < 1:
+            raise ValueError(f"a SQL write's step limit is positive, not {sql_write_max_steps}")
+        self.sql_write_max_steps = sql_write_max_steps
+        """The work limit this server writes into the SQL writes it logs as leader (every
+        replica applies the limit in the entry, so they need not agree on the option)."""
         state_machine = ShardGroupStateMachine(gid, config.data_dir / "shards")
         super().__init__(config, state_machine, gid, transport=transport, storage=storage)
         self.gid = gid
@@ -117,6 +137,14 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             controllers, config.secret, f"{config.node_id}/ctl", transport=self.transport
         )
         self.source = ShardSource(gid, config.node_id, state_machine)
+        self.access = AccessGuard()
+        """Users and their grants, as the controller keeps them (checked at the door)."""
+        set_user_lookup = getattr(self.transport, "set_user_lookup", None)
+        if set_user_lookup is not None:  # a real transport: clients may log in as users
+            set_user_lookup(self.access.find_user)
+        self._access_watch: asyncio.Task[None] | None = None
+        self._pull_configs: dict[int, Configuration] = {}
+        """Configurations fetched to check pulls against, by number (``_gains``)."""
         self.reconciler = Reconciler(
             gid,
             config.node_id,
@@ -145,6 +173,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     async def start(self) -> None:
         await super().start()
         self._reconciler = asyncio.create_task(self.reconciler.run_forever(), name="reconciler")
+        self._access_watch = asyncio.create_task(
+            self.access.follow(self.controller), name="access-watch"
+        )
 
     async def stop(self) -> None:
         await self.stop_tasks()
@@ -153,13 +184,31 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
 
     async def stop_tasks(self) -> None:
         """Stop the reconciler (a simulated crash stops the rest by hand)."""
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            await asyncio.gather(self._reconciler, return_exceptions=True)
+        tasks = [t for t in (self._reconciler, self._access_watch) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- clients -------------------------------------------------------------------------
 
+    def _kv_denied(self, context: CallContext, need: Privilege, shard: ShardId) -> KVReply | None:
+        denied = self.access.kv_denied(context, need, shard.keyspace)
+        return KVReply("ok", error=denied, denied=True) if denied else None
+
+    def _sql_denied(
+        self, context: CallContext, shard: ShardId, statements: Iterable[tuple[str, Any]]
+    ) -> SqlReply | None:
+        if context.user is None:
+            return None
+        config = self.state_machine.config
+        denied = self.access.sql_denied(
+            context, shard.keyspace, config.tables, config.catalog_changed_at, statements
+        )
+        return SqlReply("ok", error=denied, denied=True) if denied else None
+
     async def _write(self, request: WriteRequest, context: CallContext) -> KVReply:
+        if denied := self._kv_denied(context, Privilege.WRITE, request.shard):
+            return denied
         try:
             check_op(request.op)
         except ShardLimitError as exc:
@@ -171,6 +220,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return self._write_reply(request.shard, decode_result(outcome.value))
 
     def _write_reply(self, shard: ShardId, result: GroupResult) -> KVReply:
+        if result.outcome == "failed":
+            return KVReply("ok", config_num=result.config_num, error=result.error)
         if result.outcome != "ok":
             return KVReply("wrong_group", config_num=result.config_num)
         self.writes_served[shard] += 1
@@ -183,6 +234,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return leader if leader != self.host.id else None
 
     async def _read(self, request: ReadRequest, context: CallContext) -> KVReply:
+        if denied := self._kv_denied(context, Privilege.READ, request.shard):
+            return denied
         shard, key = request.shard, request.key
         read = self.host.read(lambda sm: sm.read(shard, key), timeout_s=REQUEST_TIMEOUT_S)
         outcome = await through_host(self.host, read)
@@ -203,6 +256,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
                 f"a batch has at most {MAX_BATCH_OPS} reads and {MAX_BATCH_OPS} writes, "
                 f"not {len(reads)} and {len(writes)}"
             )
+        if context.user is not None:
+            return await self._batch_checked(request, context)
         if not writes:
             return BatchReply(reads=await self._batch_reads(reads))
         if not reads:
@@ -211,6 +266,19 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             self._batch_reads(reads), self._batch_writes(writes)
         )
         return BatchReply(read_replies, write_replies)
+
+    async def _batch_checked(self, request: BatchRequest, context: CallContext) -> BatchReply:
+        """A user's batch: each operation its grant allows runs, each other is denied."""
+        read_denials = [self._kv_denied(context, Privilege.READ, r.shard) for r in request.reads]
+        write_denials = [self._kv_denied(context, Privilege.WRITE, w.shard) for w in request.writes]
+        reads = [r for r, d in zip(request.reads, read_denials, strict=True) if d is None]
+        writes = [w for w, d in zip(request.writes, write_denials, strict=True) if d is None]
+        read_replies = iter(await self._batch_reads(reads) if reads else [])
+        write_replies = iter(await self._batch_writes(writes) if writes else [])
+        return BatchReply(
+            [d or next(read_replies) for d in read_denials],
+            [d or next(write_replies) for d in write_denials],
+        )
 
     async def _batch_reads(self, requests: Sequence[ReadRequest]) -> list[KVReply]:
         """Every read at one linearizable point: one ReadIndex round for all."""
@@ -253,6 +321,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return replies
 
     async def _scan(self, request: ScanRequest, context: CallContext) -> KVReply:
+        if denied := self._kv_denied(context, Privilege.READ, request.shard):
+            return denied
         if not 0 <= request.limit <= MAX_SCAN_ROWS:
             return KVReply("ok", error=f"scan limit {request.limit} is not in [0, {MAX_SCAN_ROWS}]")
         r = request
@@ -276,6 +346,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     # --- SQL ---------------------------------------------------------------------------
 
     async def _sql_read(self, request: SqlReadRequest, context: CallContext) -> SqlReply:
+        if denied := self._sql_denied(context, request.shard, [(request.sql, request.params)]):
+            return denied
         problem = check_params(request.params)
         if problem or request.max_rows < 0:
             return SqlReply("ok", error=problem or f"max_rows {request.max_rows} is negative")
@@ -308,14 +380,24 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         problem = check_batch(request.statements)
         if problem:
             return SqlReply("ok", error=problem)
+        statements = [(s.sql, s.params) for s in request.statements]
+        if denied := self._sql_denied(context, request.shard, statements):
+            return denied
         r = request
+        # Refused here, on the leader, before the log; checked again as it applies.
+        refused = self.state_machine.refused_sql(r.shard, r.statements)
+        if refused:
+            return SqlReply("ok", failure=SqlFailure(NondeterministicSqlError.code, refused))
+        steps = self.sql_write_max_steps
         command = encode(
-            SqlWrite(r.shard, r.client_id, r.seq, r.catalog_num, r.schema, r.statements)
+            SqlWrite(r.shard, r.client_id, r.seq, r.catalog_num, r.schema, r.statements, steps)
         )
         outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
         if outcome.value is None:
             return SqlReply(outcome.status, leader=outcome.leader)
         result = decode_result(outcome.value)
+        if result.outcome == "failed":
+            return SqlReply("ok", config_num=result.config_num, error=result.error)
         if result.outcome != "ok":
             return SqlReply("wrong_group", config_num=result.config_num)
         sql = result.sql
@@ -323,7 +405,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return SqlReply("retry", leader=self.host.status().leader)
         failure = None
         if sql.error:
-            failure = SqlFailure("constraint" if sql.constraint else "execution", sql.error)
+            code = sql.code or ("constraint" if sql.constraint else "execution")
+            limit = "max_write_steps" if code == SqlWriteTooCostlyError.code else ""
+            failure = SqlFailure(code, sql.error, limit, sql.limit)
         elif not sql.schema and not sql.stale:
             self.writes_served[r.shard] += 1
         return SqlReply(
@@ -351,9 +435,33 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     async def _pull(self, request: PullRequest, context: CallContext) -> PullReply:
         if context.peer_role is not PeerRole.NODE:
             return PullReply("forbidden")  # whole shard images go only to other groups
+        if not await self._gains(context.peer_id, request.shard, request.config_num):
+            return PullReply("forbidden")  # ... and only to the group that gains the shard
         if self.host.status().halted:
             return PullReply("halted")
         return self.source.answer(request)
+
+    async def _gains(self, node: str, shard: ShardId, config_num: int) -> bool:
+        """Whether ``node`` is a server of the group that gains ``shard`` in configuration
+        ``config_num`` (being a cluster node is not enough to read another group's data)."""
+        config = self.state_machine.config
+        if config.num != config_num:
+            config = self._pull_configs.get(config_num) or config
+        if config.num != config_num:
+            try:
+                config = await self.controller.query(config_num, deadline_s=PULL_CHECK_TIMEOUT_S)
+            except ShardwiseError:
+                return False  # cannot tell now: the puller asks again
+            if config.num != config_num:
+                return False
+            if len(self._pull_configs) >= MAX_CACHED_CONFIGS:
+                self._pull_configs.pop(next(iter(self._pull_configs)))
+            self._pull_configs[config_num] = config
+        try:
+            gid = config.owner(shard)
+        except (KeyError, IndexError):
+            return False
+        return node in config.groups.get(gid, ())
 
     async def _handed_off(self, request: HandedOffRequest, context: CallContext) -> HandedOffReply:
         if context.peer_role is not PeerRole.NODE:
@@ -419,6 +527,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="ID=HOST:PORT",
         help="a replica of the shard controller (repeat for each)",
     )
+    parser.add_argument(
+        "--sql-write-max-steps",
+        type=int,
+        default=MAX_WRITE_STEPS,
+        metavar="STEPS",
+        help="the most SQLite VM steps one SQL write batch may take on a shard "
+        f"(default {MAX_WRITE_STEPS:,}); the leader logs it with each write",
+    )
     args = parser.parse_args(argv)
     config = replica_config(parser, args)
     controllers = parse_peers(parser, args.controller, "--controller")
@@ -426,4 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("name the controller's replicas with --controller ID=HOST:PORT")
     if args.group <= 0:
         parser.error("--group takes a positive group id")
-    return run_main(lambda c: ShardServer(c, args.group, controllers), config)
+    if args.sql_write_max_steps < 1:
+        parser.error("--sql-write-max-steps takes a positive number")
+    steps = args.sql_write_max_steps
+    return run_main(
+        lambda c: ShardServer(c, args.group, controllers, sql_write_max_steps=steps), config
+    )

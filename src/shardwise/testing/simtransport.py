@@ -241,7 +241,7 @@ class SimTransport(Endpoint):
             self._deliver_raft(message.group, inner)
         elif isinstance(message, RpcRequest):
             reply = functools.partial(self._send_reply, sender)
-            self._incoming.on_request(sender, (sender, sender_role), message, reply)
+            self._incoming.on_request(sender, (sender, sender_role, None), message, reply)
         elif isinstance(message, Reply):
             self._outgoing.on_reply(self._pending.get(sender, {}), message)
         else:  # pragma: no cover - SimTransport sends nothing else
