@@ -4,6 +4,7 @@ time zone (from the statement or from a row), a rowid at its maximum."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,24 @@ def test_a_value_past_the_shard_s_length_limit_fails_the_write_alike(
     padded = f"printf('%.*c', {MAX_SQLITE_VALUE_BYTES + 1}, 'x')"  # SQLite gives NULL instead
     assert not shard.write(f'INSERT INTO "sql_h" (id, t) VALUES (3, {padded})').error
     assert shard.rows()[-1] == (3, None)
+
+
+def test_the_leader_times_a_write_before_proposing_it(shard: Shard) -> None:
+    """A step can hash megabytes, so few steps can take seconds: the leader tries the
+    batch on its own data, rolls it back, and refuses it past its time limit. What the
+    trial wrote is gone either way."""
+    values = ",".join(f"({i})" for i in range(1, 41))
+    slow = SqlStatement(
+        'INSERT INTO "sql_h" (id, i) SELECT 1, (SELECT sum(length(hex(zeroblob('
+        "2000000 + a.column1 + b.column1)))) "
+        f"FROM (VALUES {values}) a, (VALUES {values}) b)"
+    )
+    started = time.monotonic()
+    why = shard.sm.time_trial(S0, (slow,), 0.25)
+    assert "more than 0.25 s" in why
+    assert time.monotonic() - started < 2.0  # (the whole statement takes several seconds)
+    quick = SqlStatement("INSERT INTO \"sql_h\" (id, t) VALUES (7, 'x')")
+    assert shard.sm.time_trial(S0, (quick,), 0.25) == ""
+    assert shard.rows() == [], "a trial leaves nothing behind"
+    assert not shard.write(quick.sql).error
+    assert shard.rows() == [(7, "x")]

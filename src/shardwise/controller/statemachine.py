@@ -56,6 +56,7 @@ from shardwise.model.config import (
     UNRECORDED,
     AddColumn,
     ChangeResult,
+    Column,
     Command,
     Configuration,
     CreateIndex,
@@ -69,6 +70,7 @@ from shardwise.model.config import (
     Op,
     Rebalance,
     Table,
+    column_type_problem,
     initial_configuration,
 )
 from shardwise.model.schemes import check_scheme
@@ -385,6 +387,7 @@ def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
         names = [c.name for c in table.columns]
         if len(set(names)) != len(names) or table.distribution_column not in names:
             raise CatalogError("columns must be unique and include the distribution column")
+        _check_columns(table.columns)
         if len(tables) >= MAX_TABLES:
             raise CatalogError(f"at most {MAX_TABLES} tables")
         tables[table.name] = table
@@ -395,6 +398,7 @@ def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
         table = _table(tables, op.table)
         if any(c.name == op.column.name for c in table.columns):
             raise CatalogError(f"table {op.table!r} already has a column {op.column.name!r}")
+        _check_columns((op.column,))
         tables[op.table] = msgspec.structs.replace(table, columns=(*table.columns, op.column))
     elif isinstance(op, CreateIndex):
         table = _table(tables, op.table)
@@ -405,6 +409,15 @@ def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
             raise CatalogError(f"index {op.index.name!r} names a column {op.table!r} lacks")
         tables[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, op.index))
     return tables
+
+
+def _check_columns(columns: tuple[Column, ...]) -> None:
+    """Refuse a declaration a shard could not paste into its DDL safely (a computed
+    default, a constraint): ``column_type_problem``."""
+    for column in columns:
+        problem = column_type_problem(column.type)
+        if problem:
+            raise CatalogError(problem)
 
 
 def _table(tables: dict[str, Table], name: str) -> Table:

@@ -11,6 +11,7 @@ of 64 shards over an even split of the hash space.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal, TypeAlias
 
 import msgspec
@@ -67,6 +68,46 @@ class Keyspace(msgspec.Struct, frozen=True, array_like=True):
 class Column(msgspec.Struct, frozen=True, array_like=True):
     name: str
     type: str
+
+
+_TYPE_WORD = r"(?!(?i:DEFAULT|NOT)\b)[A-Za-z_][A-Za-z0-9_]*"
+_LITERAL = (
+    r"NULL|TRUE|FALSE"
+    r"|[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+    r"|'(?:[^']|'')*'"
+    r"|[xX]'(?:[0-9A-Fa-f]{2})*'"
+)
+COLUMN_TYPE: Final = re.compile(
+    rf"(?P<name>(?:{_TYPE_WORD})(?: {_TYPE_WORD}){{0,2}}"
+    r"(?:\(\s*[+-]?\d+\s*(?:,\s*[+-]?\d+\s*)?\))?)?"
+    rf"(?: NOT NULL)?(?: DEFAULT (?:{_LITERAL}))?",
+    re.S,
+)
+"""What a column's declaration may be (``Column.type``): a type name of up to three
+words, with an optional size, then ``NOT NULL`` and a literal ``DEFAULT``. A shard
+pastes it into its DDL, so anything else (a computed default, a generated column, a
+collation, a constraint) could make replicas differ or do what no grant allowed."""
+
+_TYPE_KEYWORDS: Final = frozenset(
+    {
+        "AS", "AUTOINCREMENT", "CHECK", "COLLATE", "CONSTRAINT", "CURRENT_DATE",
+        "CURRENT_TIME", "CURRENT_TIMESTAMP", "DEFAULT", "GENERATED", "KEY", "NOT", "NULL",
+        "ON", "PRIMARY", "REFERENCES", "UNIQUE",
+    }
+)  # fmt: skip
+"""Words SQLite would read as a column constraint, not a type name."""
+
+
+def column_type_problem(declaration: str) -> str:
+    """Why ``declaration`` is not an acceptable ``Column.type`` ("" if it is)."""
+    match = COLUMN_TYPE.fullmatch(declaration)
+    name = match["name"] if match is not None else None
+    if match is None or any(w.upper() in _TYPE_KEYWORDS for w in (name or "").split()):
+        return (
+            f"column declaration {declaration[:80]!r}: a type name, NOT NULL and a literal "
+            "DEFAULT are all a column may declare"
+        )
+    return ""
 
 
 class IndexDef(msgspec.Struct, frozen=True, array_like=True):

@@ -96,9 +96,16 @@ class AccessGuard:
         tables: Mapping[str, Table],
         catalog_num: int,
         statements: Iterable[tuple[str, Mapping[str, Any]]],
+        *,
+        writing: bool = False,
     ) -> str:
         """Why the caller may not run ``statements`` (empty: it may). ``tables`` is the
-        catalog the server holds (numbered ``catalog_num``): what SQLite will see."""
+        catalog the server holds (numbered ``catalog_num``): what SQLite will see.
+
+        Every table a statement touches needs its grant. A read that touches no table
+        (``SELECT 1``) still runs on the shard, so it needs read on the whole keyspace;
+        in a write batch (``writing``), which goes into the group's log, every statement
+        must write a table."""
         user = context.user
         if user is None:
             return ""
@@ -107,6 +114,10 @@ class AccessGuard:
             touched = scratch.touched(sql, params)
             if isinstance(touched, str):
                 return f"user {user!r}: the statement cannot be checked: {touched}"
+            if writing and not any(need is Privilege.WRITE for need, _ in touched):
+                return f"user {user!r}: a write batch holds only statements that write a table"
+            if not touched and not self.catalog.allows(user, Privilege.READ, keyspace):
+                return f"user {user!r} may not read keyspace {keyspace!r}"
             for need, table in touched:
                 if not self.catalog.allows(user, need, keyspace, table):
                     verb = "write" if need is Privilege.WRITE else "read"

@@ -99,7 +99,12 @@ from shardwise.shardserver.protocol import (
     StatusRequest,
     WriteRequest,
 )
-from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS, check_batch, check_params
+from shardwise.shardserver.sqlshard import (
+    MAX_WRITE_SECONDS,
+    MAX_WRITE_STEPS,
+    check_batch,
+    check_params,
+)
 from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine
 from shardwise.storage.interface import RaftStorage
 
@@ -124,10 +129,16 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         transport: Endpoint | None = None,
         storage: RaftStorage | None = None,
         sql_write_max_steps: int = MAX_WRITE_STEPS,
+        sql_write_max_seconds: float = MAX_WRITE_SECONDS,
     ) -> None:
         if sql_write_max_steps < 1:
             raise ValueError(f"a SQL write's step limit is positive, not {sql_write_max_steps}")
+        if not sql_write_max_seconds > 0:
+            raise ValueError(f"a SQL write's time limit is positive, not {sql_write_max_seconds}")
         self.sql_write_max_steps = sql_write_max_steps
+        self.sql_write_max_seconds = sql_write_max_seconds
+        """How long the leader's trial of a SQL write may take before it is refused
+        (``sqlshard.time_trial``): not logged, only the leader's own check."""
         """The work limit this server writes into the SQL writes it logs as leader (every
         replica applies the limit in the entry, so they need not agree on the option)."""
         state_machine = ShardGroupStateMachine(gid, config.data_dir / "shards")
@@ -196,13 +207,23 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return KVReply("ok", error=denied, denied=True) if denied else None
 
     def _sql_denied(
-        self, context: CallContext, shard: ShardId, statements: Iterable[tuple[str, Any]]
+        self,
+        context: CallContext,
+        shard: ShardId,
+        statements: Iterable[tuple[str, Any]],
+        *,
+        writing: bool = False,
     ) -> SqlReply | None:
         if context.user is None:
             return None
         config = self.state_machine.config
         denied = self.access.sql_denied(
-            context, shard.keyspace, config.tables, config.catalog_changed_at, statements
+            context,
+            shard.keyspace,
+            config.tables,
+            config.catalog_changed_at,
+            statements,
+            writing=writing,
         )
         return SqlReply("ok", error=denied, denied=True) if denied else None
 
@@ -381,13 +402,21 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if problem:
             return SqlReply("ok", error=problem)
         statements = [(s.sql, s.params) for s in request.statements]
-        if denied := self._sql_denied(context, request.shard, statements):
+        if denied := self._sql_denied(context, request.shard, statements, writing=True):
             return denied
         r = request
         # Refused here, on the leader, before the log; checked again as it applies.
         refused = self.state_machine.refused_sql(r.shard, r.statements)
         if refused:
             return SqlReply("ok", failure=SqlFailure(NondeterministicSqlError.code, refused))
+        if self.host.node.leader == self.host.id:  # (a follower only answers not_leader)
+            too_slow = self.state_machine.time_trial(
+                r.shard, r.statements, self.sql_write_max_seconds
+            )
+            if too_slow:
+                limit_ms = round(self.sql_write_max_seconds * 1000)
+                slow = SqlFailure(SqlWriteTooCostlyError.code, too_slow, "max_write_ms", limit_ms)
+                return SqlReply("ok", failure=slow)
         steps = self.sql_write_max_steps
         command = encode(
             SqlWrite(r.shard, r.client_id, r.seq, r.catalog_num, r.schema, r.statements, steps)
@@ -466,6 +495,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     async def _handed_off(self, request: HandedOffRequest, context: CallContext) -> HandedOffReply:
         if context.peer_role is not PeerRole.NODE:
             return HandedOffReply("forbidden")  # a client must not make a group drop data
+        if not await self._gains(context.peer_id, request.shard, request.config_num):
+            return HandedOffReply("forbidden")  # ... nor a node of a group that gains nothing
         command = encode(HandOffDone(request.shard, request.config_num))
         outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
         if outcome.value is not None:
@@ -535,6 +566,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the most SQLite VM steps one SQL write batch may take on a shard "
         f"(default {MAX_WRITE_STEPS:,}); the leader logs it with each write",
     )
+    parser.add_argument(
+        "--sql-write-max-seconds",
+        type=float,
+        default=MAX_WRITE_SECONDS,
+        metavar="S",
+        help="how long the leader's trial of a SQL write may take before it refuses it "
+        f"(default {MAX_WRITE_SECONDS})",
+    )
     args = parser.parse_args(argv)
     config = replica_config(parser, args)
     controllers = parse_peers(parser, args.controller, "--controller")
@@ -544,7 +583,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--group takes a positive group id")
     if args.sql_write_max_steps < 1:
         parser.error("--sql-write-max-steps takes a positive number")
-    steps = args.sql_write_max_steps
+    if not args.sql_write_max_seconds > 0:
+        parser.error("--sql-write-max-seconds takes a positive number")
+    steps, seconds = args.sql_write_max_steps, args.sql_write_max_seconds
     return run_main(
-        lambda c: ShardServer(c, args.group, controllers, sql_write_max_steps=steps), config
+        lambda c: ShardServer(
+            c, args.group, controllers, sql_write_max_steps=steps, sql_write_max_seconds=seconds
+        ),
+        config,
     )

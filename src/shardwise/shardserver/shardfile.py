@@ -105,10 +105,11 @@ def read_meta(conn: sqlite3.Connection, where: str, *, upgrade: bool = False) ->
     return ShardMeta(ShardId(keyspace, int(number)), state, applied)
 
 
-MAX_SQLITE_VALUE_BYTES: Final = 16 << 20
-"""Longest string, blob or row a shard's SQLite accepts: a frame's worth (a larger value
-could never be sent back to a client anyway). Part of the file format's behaviour: every
-replica of a group must run with the same value."""
+MAX_SQLITE_VALUE_BYTES: Final = 4 << 20
+"""Longest string, blob or row a shard's SQLite accepts: a SQL write batch's worth
+(``MAX_SQL_BATCH_BYTES``; a KV value is at most 1 MiB), so no value arrives larger, and
+no function makes one: the cost of one SQLite step grows with the values it handles.
+Part of the file format's behaviour: every replica of a group must run with the same."""
 
 
 def open_file(

@@ -25,6 +25,10 @@ module runs it on the shard's own connection, never anything else:
   progress handler: the same count on every replica for the same SQLite, schema and
   data). Past it the batch is interrupted, which rolls back its whole transaction, and
   :class:`~shardwise.errors.SqlWriteTooCostlyError` is raised for the store to record.
+* **The leader times a write before proposing it** (:func:`time_trial`: run on the
+  shard as it stands, rolled back, refused past :data:`MAX_WRITE_SECONDS`), because a
+  step's cost grows with the values it handles. Not deterministic, and need not be: it
+  only decides what enters the log.
 * **Reads are bounded**: rows (the caller's ``max_rows``), bytes (one reply frame) and
   time (the fragment holds the server's event loop), each a typed
   :class:`~shardwise.errors.SqlLimitError`.
@@ -77,8 +81,11 @@ MAX_SQL_READ_S: Final = 5.0
 own connection, so it sees exactly the applied state), holding up the group's heartbeats
 meanwhile; past this it is interrupted. A reader thread would lift this (follow-up)."""
 
-PROGRESS_STEPS: Final = 20_000
-"""SQLite VM steps between looks at a read's clock (a few hundred microseconds)."""
+PROGRESS_STEPS: Final = 100
+"""SQLite VM steps between looks at a read's or a trial write's clock. Few, because a
+step's cost depends on the size of the values it handles: 100 steps over values at the
+shard's limit (``MAX_SQLITE_VALUE_BYTES``) take a few tens of milliseconds; over small
+values a look costs about 5% of the work."""
 
 FETCH_ROWS: Final = 1024
 """Rows taken from SQLite at once while a read's bounds are checked."""
@@ -89,7 +96,16 @@ shard server's ``--sql-write-max-steps``). Every replica applies the batch on it
 loop, so a long one stalls the group (an election comes after 0.5-1 s without
 heartbeats). Measured on SQLite 3.40: 35-110 million steps a second, an UPDATE of
 100,000 rows 1.4 million steps (40 ms), so the bound allows an UPDATE of about a
-million rows in a shard and stops within 0.2-0.6 s."""
+million rows in a shard and stops ordinary writes within 0.2-0.6 s. A step over large
+values costs more (up to milliseconds at ``MAX_SQLITE_VALUE_BYTES``): the leader's
+trial (:data:`MAX_WRITE_SECONDS`) is what keeps slow writes out of the log."""
+
+MAX_WRITE_SECONDS: Final = 0.25
+"""How long a SQL write batch may take when the leader tries it before proposing it (the
+default of ``--sql-write-max-seconds``). Steps do not measure work (one step may hash a
+megabyte), so the leader also times the batch on its own data, rolls it back, and
+refuses it past this: what enters the log has been seen to run quickly. Well under the
+0.5 s a group goes without heartbeats before a follower may stand for election."""
 
 WRITE_PROGRESS_STEPS: Final = 1000
 """VM steps between calls of a write's step counter: the limit is met to within this
@@ -241,6 +257,53 @@ def run_batch(
         return SqlWriteResult(error=str(exc) or type(exc).__name__, constraint=constraint)
     conn.execute(f"RELEASE {SAVEPOINT}")
     return SqlWriteResult(rowcount=changed)
+
+
+def time_trial(
+    conn: sqlite3.Connection,
+    statements: Sequence[SqlStatement],
+    *,
+    max_seconds: float = MAX_WRITE_SECONDS,
+    times: TimeFunctions | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Why the leader refuses a write batch before proposing it for taking too long (""
+    if it does not): the batch runs on ``conn`` as the shard stands now, under the write
+    checks, and is rolled back whatever happens. Any other failure is left to the apply,
+    which meets it the same way on every replica. Run only between applies, never inside
+    the store's transaction."""
+    if conn.in_transaction:
+        return ""  # (not between applies: the apply's own limits still hold)
+    deadline = clock() + max_seconds
+    stopped = False
+
+    def past_deadline() -> int:
+        nonlocal stopped
+        stopped = clock() > deadline
+        return 1 if stopped else 0
+
+    conn.execute("BEGIN")
+    try:
+        conn.set_authorizer(_WriteAuthorizer(True))
+        conn.set_progress_handler(past_deadline, PROGRESS_STEPS)
+        if times is not None:
+            times.enforcing, times.refusal = True, ""
+        for statement in statements:
+            conn.execute(statement.sql, statement.params).close()
+    except (sqlite3.Error, ValueError, OverflowError, NondeterministicSqlError):
+        if stopped:
+            return (
+                f"the write took more than {max_seconds} s when the leader tried it, and "
+                "was not applied: split it into smaller writes"
+            )
+    finally:
+        conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
+        if times is not None:
+            times.enforcing = False
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    return ""
 
 
 def _check_rowids(conn: sqlite3.Connection, tables: set[str]) -> None:

@@ -38,6 +38,7 @@ class SqlStoreMixin:
     _sql_ready: bool
     _sql_tables: dict[str, Table] | None
     _times: TimeFunctions | None
+    _batching: bool
 
     # (implemented by ShardStore)
     @property
@@ -142,6 +143,19 @@ class SqlStoreMixin:
         # Only prepared, on the connection as it stands: the batch's held puts stay held.
         self._register_sql(self._conn)
         return sqlshard.refused_functions(self._conn, statements)
+
+    def time_trial(self, statements: Sequence[SqlStatement], max_seconds: float) -> str:
+        """Why the leader refuses the batch for taking too long ("" if it does not): tried
+        on the shard as it stands, and rolled back (``sqlshard.time_trial``)."""
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        if self._conn is None or self._batching:
+            return ""
+        # A stopped INSERT/UPDATE/DELETE rolls back the whole transaction it is in, and a
+        # store on a cache disk keeps one open across batches: commit it first.
+        self.flush()
+        conn = self._sql_connection()
+        return sqlshard.time_trial(conn, statements, max_seconds=max_seconds, times=self._times)
 
     def read_sql(self, sql: str, params: Mapping[str, Any], max_rows: int) -> list[tuple[Any, ...]]:
         """The rows of a read fragment (read-only, bounded: see ``sqlshard.run_read``)."""

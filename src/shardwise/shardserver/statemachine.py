@@ -342,6 +342,14 @@ class ShardGroupStateMachine:
         store = self.serving_store(shard)
         return store.refused_sql(statements) if store is not None else ""
 
+    def time_trial(
+        self, shard: ShardId, statements: Sequence[SqlStatement], max_seconds: float
+    ) -> str:
+        """Why the leader refuses a SQL write for taking too long ("" if it does not, or
+        if the shard does not serve here)."""
+        store = self.serving_store(shard)
+        return store.time_trial(statements, max_seconds) if store is not None else ""
+
     def schema_digest(self, keyspace: str) -> int:
         """The digest of ``keyspace``'s tables in the group's configuration."""
         digest = self._digests.get(keyspace)

@@ -9,9 +9,9 @@ table (an ``INTEGER PRIMARY KEY`` would alias SQLite's rowid and change its mean
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from shardwise.model.config import IndexDef, Table
+from shardwise.model.config import Column, IndexDef, Table, column_type_problem
 from shardwise.sql.catalog import ColumnSpec, physical_name
 
 
@@ -37,6 +37,10 @@ def add_column_ddl(table: str, spec: ColumnSpec) -> str:
     return f"ALTER TABLE {_quote(physical_name(table))} ADD COLUMN {_column_sql(spec)}"
 
 
+def _problem(columns: Iterable[Column]) -> bool:
+    return any(column_type_problem(c.type) for c in columns)
+
+
 def create_table_ddl(table: Table) -> list[str]:
     columns = ", ".join(_column_sql(ColumnSpec.from_model(c)) for c in table.columns)
     statements = [f"CREATE TABLE IF NOT EXISTS {_quote(physical_name(table.name))} ({columns})"]
@@ -52,7 +56,15 @@ def schema_changes(old: Mapping[str, Table], new: Mapping[str, Table], keyspace:
     """The DDL that takes a shard of ``keyspace`` from catalog ``old`` to catalog ``new``
     (in a deterministic order: every replica runs the same statements)."""
     before = {n: t for n, t in old.items() if t.keyspace == keyspace}
-    after = {n: t for n, t in new.items() if t.keyspace == keyspace}
+    # A table or column whose declaration the controller would refuse (in a catalog an
+    # older controller made) is not created, where its DDL might have made replicas
+    # differ: a write to it fails alike everywhere. One that exists is never dropped
+    # for it.
+    after = {
+        n: t
+        for n, t in new.items()
+        if t.keyspace == keyspace and (n in before or not _problem(t.columns))
+    }
     statements: list[str] = []
     for name in sorted(before):
         if name not in after or after[name].distribution_column != before[name].distribution_column:
@@ -65,7 +77,7 @@ def schema_changes(old: Mapping[str, Table], new: Mapping[str, Table], keyspace:
             continue
         known = {c.name for c in previous.columns}
         for column in table.columns:
-            if column.name not in known:
+            if column.name not in known and not _problem((column,)):
                 statements.append(add_column_ddl(name, ColumnSpec.from_model(column)))
         indexes = {i.name for i in previous.indexes}
         for index in table.indexes:

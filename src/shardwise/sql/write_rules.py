@@ -112,6 +112,10 @@ def time_refusal(name: str, args: tuple[object, ...]) -> str:
 
 
 def _text(value: object) -> str:
-    if isinstance(value, bytes):  # SQLite reads a BLOB argument as its text
+    """The argument as SQLite's date functions read it: a BLOB as its text, and only up
+    to the first NUL (they see a C string, so ``'now' || char(0)`` is 'now' to them)."""
+    if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    return value.lower() if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    return value.split("\x00", 1)[0].lower()

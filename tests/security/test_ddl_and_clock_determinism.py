@@ -1,0 +1,138 @@
+"""SQL a shard could run differently on different replicas, found by a hostile review
+(each test failed before its fix): a column declaration with a computed default, and
+'now' hidden behind a NUL byte."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from shardwise.controller.access import change_denied
+from shardwise.controller.statemachine import _catalog
+from shardwise.model.access import AccessCatalog, Role, User, parse_grant
+from shardwise.model.config import (
+    AddColumn,
+    Column,
+    Configuration,
+    CreateTable,
+    ShardId,
+    Table,
+    initial_configuration,
+)
+from shardwise.model.scram import make_verifier
+from shardwise.shardserver.commands import (
+    Reconfigure,
+    SqlWrite,
+    SqlWriteResult,
+    decode_result,
+    encode,
+)
+from shardwise.shardserver.protocol import SqlStatement, schema_digest
+from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS
+from shardwise.shardserver.statemachine import ShardGroupStateMachine
+from shardwise.testing.hostile_sql import TABLE
+
+S0 = ShardId("default", 0)
+
+
+class Replica:
+    def __init__(self, directory: Path, tables: dict[str, Table]) -> None:
+        base = initial_configuration()
+        self.config = Configuration(
+            num=1,
+            groups={1: ("127.0.0.1:1",)},
+            keyspaces=base.keyspaces,
+            owners={"default": (1,) * len(base.owners["default"])},
+            tables=tables,
+        )
+        self.sm = ShardGroupStateMachine(1, directory)
+        self.sm.apply(1, encode(Reconfigure(self.config)))
+        self.index = 1
+        self.seq = 0
+
+    def write(self, sql: str, **params: object) -> tuple[str, SqlWriteResult]:
+        self.index += 1
+        self.seq += 1
+        digest = schema_digest(self.config.tables, "default")
+        statement = SqlStatement(sql, params)
+        refused = self.sm.refused_sql(S0, (statement,))
+        command = SqlWrite(S0, "w", self.seq, 1, digest, (statement,), MAX_WRITE_STEPS)
+        result = decode_result(self.sm.apply(self.index, encode(command))).sql
+        self.sm.end_batch()
+        assert result is not None
+        return refused, result
+
+    def digest(self) -> str:
+        store = self.sm.shards[S0].store
+        assert store is not None
+        return store.content_digest()
+
+
+def _two_replicas(tmp_path: Path, tables: dict[str, Table]) -> tuple[Replica, Replica]:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    return Replica(tmp_path / "a", tables), Replica(tmp_path / "b", tables)
+
+
+# --- H1: a column "type" carried raw in CreateTable / AddColumn is spliced into DDL ------
+
+EVIL = Table(
+    "evil",
+    "default",
+    "id",
+    (
+        Column("id", "INTEGER"),
+        Column("r", "INTEGER DEFAULT (random())"),  # not a literal: per-replica value
+        Column("ts", "TEXT DEFAULT CURRENT_TIMESTAMP"),  # the replica's clock
+    ),
+)
+
+
+def test_raw_create_table_with_nonliteral_default_is_refused_by_controller() -> None:
+    """The client's DDL parser refuses non-literal defaults (sql/ddl.py ``_default``), but
+    the controller accepts any Column.type in a raw ctl.change, and a keyspace admin
+    user (not a cluster admin) may send it."""
+    catalog = AccessCatalog(
+        1,
+        {"ka": User("ka", make_verifier("pw", salt=b"s" * 16), ("ks",))},
+        {"ks": Role("ks", (parse_grant("admin:default"),))},
+    )
+    config = initial_configuration()
+    assert change_denied(catalog, "ka", CreateTable(EVIL), config) == ""  # allowed
+    assert change_denied(catalog, "ka", AddColumn("x", Column("c", "INT")), config) != ""
+    with pytest.raises(Exception):  # noqa: B017 - any refusal will do
+        _catalog(config, CreateTable(EVIL))
+
+
+def test_nonliteral_default_makes_replicas_diverge(tmp_path: Path) -> None:
+    """Such a table reaches every shard's DDL; an INSERT that omits the column is allowed
+    (defaults bypass the write authorizer) and each replica stores its own value."""
+    a, b = _two_replicas(tmp_path, {EVIL.name: EVIL})
+    for replica in (a, b):
+        refused, result = replica.write('INSERT INTO "sql_evil" (id) VALUES (1)')
+        time.sleep(0.01)
+        if refused or result.error:
+            return  # refused on every replica alike: fine
+    assert a.digest() == b.digest(), "replicas diverged through a column DEFAULT"
+
+
+# --- H2: 'now' hidden behind a NUL byte passes TimeFunctions' check ----------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["date('now' || char(0))", "strftime('%H:%M:%f', 'now' || char(0))",
+     "julianday(x'6e6f7700')", "time('now' || char(0, 120))"],
+)  # fmt: skip
+def test_now_with_a_nul_suffix_is_refused(tmp_path: Path, call: str) -> None:
+    """Python sees 'now\\x00' (not 'now'); SQLite's C string compare sees 'now' and reads
+    the clock: each replica stores its own time."""
+    a, b = _two_replicas(tmp_path, {TABLE.name: TABLE})
+    results = []
+    for replica in (a, b):
+        results.append(replica.write(f'INSERT INTO "sql_h" (id, t) VALUES (1, {call})')[1])
+        time.sleep(0.02)
+    assert all(r.code == "nondeterministic" for r in results), results
+    assert a.digest() == b.digest()
