@@ -19,7 +19,7 @@ from shardwise.shardserver.commands import (
 )
 from shardwise.shardserver.protocol import SqlStatement, schema_digest
 from shardwise.shardserver.shardfile import MAX_SQLITE_VALUE_BYTES
-from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS
+from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS, plain_inserts
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.testing.hostile_sql import TABLE
 
@@ -169,3 +169,26 @@ def test_the_leader_times_a_write_before_proposing_it(shard: Shard) -> None:
     assert shard.rows() == [], "a trial leaves nothing behind"
     assert not shard.write(quick.sql).error
     assert shard.rows() == [(7, "x")]
+
+
+@pytest.mark.parametrize(
+    ("sql", "plain"),
+    [
+        ('INSERT INTO "sql_h" (id, t) VALUES (:a, :b)', True),
+        ('INSERT INTO "sql_h" (id, t) VALUES (1, \'x\'), (2, CAST(3 AS TEXT))', True),
+        ('INSERT INTO "sql_h" (id, t) VALUES (1, \'x\' || \'y\')', False),
+        ('INSERT INTO "sql_h" (id, t) VALUES (1, hex(zeroblob(10)))', False),
+        ('INSERT INTO "sql_h" (id, t) SELECT id, t FROM "sql_h"', False),
+        ('INSERT INTO "sql_h" (id, t) VALUES (1, (SELECT max(t) FROM "sql_h"))', False),
+        ('UPDATE "sql_h" SET t = \'x\'', False),
+        ('DELETE FROM "sql_h"', False),
+    ],
+)
+def test_only_plain_inserts_skip_the_leader_s_trial(shard: Shard, sql: str, plain: bool) -> None:
+    """A batch that only inserts the values it carries costs what its size allows; any
+    function, read, concatenation, update or delete is timed."""
+    store = shard.sm.shards[S0].store
+    assert store is not None
+    conn = store._sql_connection()
+    params = {"a": 1, "b": "x"} if ":a" in sql else {}
+    assert plain_inserts(conn, [SqlStatement(sql, params)]) is plain

@@ -151,10 +151,12 @@ class SqlStoreMixin:
 
         if self._conn is None or self._batching:
             return ""
+        conn = self._sql_connection()
+        if sqlshard.plain_inserts(conn, statements):
+            return ""  # its cost is bounded by its size: nothing to time
         # A stopped INSERT/UPDATE/DELETE rolls back the whole transaction it is in, and a
         # store on a cache disk keeps one open across batches: commit it first.
         self.flush()
-        conn = self._sql_connection()
         return sqlshard.time_trial(conn, statements, max_seconds=max_seconds, times=self._times)
 
     def read_sql(self, sql: str, params: Mapping[str, Any], max_rows: int) -> list[tuple[Any, ...]]:
