@@ -12,29 +12,12 @@ import time
 from pathlib import Path
 
 from shardwise.errors import SqlLimitError
-from shardwise.model.config import Configuration, ShardId, initial_configuration
-from shardwise.shardserver.commands import Reconfigure, SqlWrite, decode_result, encode
+from shardwise.shardserver.commands import SqlWrite, decode_result, encode
 from shardwise.shardserver.protocol import SqlStatement, schema_digest
 from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS, run_read
-from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.testing.hostile_sql import TABLE
-
-S0 = ShardId("default", 0)
-
-
-class Replica:
-    def __init__(self, directory: Path, tables: dict[str, object]) -> None:
-        base = initial_configuration()
-        self.config = Configuration(
-            num=1,
-            groups={1: ("127.0.0.1:1",)},
-            keyspaces=base.keyspaces,
-            owners={"default": (1,) * len(base.owners["default"])},
-            tables=tables,  # type: ignore[arg-type]
-        )
-        self.sm = ShardGroupStateMachine(1, directory)
-        self.sm.apply(1, encode(Reconfigure(self.config)))
-
+from shardwise.testing.shard_replica import SHARD as S0
+from shardwise.testing.shard_replica import ShardReplica
 
 ROWS = 16  # 16 x 16 = 256 big hex() calls: ~2.5 s here; 200 gives ~6 minutes
 
@@ -49,7 +32,7 @@ def _costly() -> str:
 
 
 def test_a_write_under_the_step_limit_cannot_run_for_seconds(tmp_path: Path) -> None:
-    replica = Replica(tmp_path, {TABLE.name: TABLE})
+    replica = ShardReplica(tmp_path, {TABLE.name: TABLE})
     statement = SqlStatement(_costly(), {})
     assert replica.sm.refused_sql(S0, (statement,)) == ""  # passes the leader's check
     # Even with a step limit 400 times below the default, the write is accepted...

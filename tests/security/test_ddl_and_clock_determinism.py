@@ -15,59 +15,22 @@ from shardwise.model.access import AccessCatalog, Role, User, parse_grant
 from shardwise.model.config import (
     AddColumn,
     Column,
-    Configuration,
     CreateTable,
-    ShardId,
     Table,
     initial_configuration,
 )
 from shardwise.model.scram import make_verifier
 from shardwise.shardserver.commands import (
-    Reconfigure,
-    SqlWrite,
     SqlWriteResult,
-    decode_result,
-    encode,
 )
-from shardwise.shardserver.protocol import SqlStatement, schema_digest
-from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS
-from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.testing.hostile_sql import TABLE
+from shardwise.testing.shard_replica import ShardReplica
 
-S0 = ShardId("default", 0)
 
-
-class Replica:
-    def __init__(self, directory: Path, tables: dict[str, Table]) -> None:
-        base = initial_configuration()
-        self.config = Configuration(
-            num=1,
-            groups={1: ("127.0.0.1:1",)},
-            keyspaces=base.keyspaces,
-            owners={"default": (1,) * len(base.owners["default"])},
-            tables=tables,
-        )
-        self.sm = ShardGroupStateMachine(1, directory)
-        self.sm.apply(1, encode(Reconfigure(self.config)))
-        self.index = 1
-        self.seq = 0
-
-    def write(self, sql: str, **params: object) -> tuple[str, SqlWriteResult]:
-        self.index += 1
-        self.seq += 1
-        digest = schema_digest(self.config.tables, "default")
-        statement = SqlStatement(sql, params)
-        refused = self.sm.refused_sql(S0, (statement,))
-        command = SqlWrite(S0, "w", self.seq, 1, digest, (statement,), MAX_WRITE_STEPS)
-        result = decode_result(self.sm.apply(self.index, encode(command))).sql
-        self.sm.end_batch()
-        assert result is not None
-        return refused, result
-
-    def digest(self) -> str:
-        store = self.sm.shards[S0].store
-        assert store is not None
-        return store.content_digest()
+class Replica(ShardReplica):
+    def write_checked(self, sql: str) -> tuple[str, SqlWriteResult]:
+        """What the leader says of ``sql``, and what applying it gives."""
+        return self.refused(sql), self.write(sql)
 
 
 def _two_replicas(tmp_path: Path, tables: dict[str, Table]) -> tuple[Replica, Replica]:
@@ -111,7 +74,7 @@ def test_nonliteral_default_makes_replicas_diverge(tmp_path: Path) -> None:
     (defaults bypass the write authorizer) and each replica stores its own value."""
     a, b = _two_replicas(tmp_path, {EVIL.name: EVIL})
     for replica in (a, b):
-        refused, result = replica.write('INSERT INTO "sql_evil" (id) VALUES (1)')
+        refused, result = replica.write_checked('INSERT INTO "sql_evil" (id) VALUES (1)')
         time.sleep(0.01)
         if refused or result.error:
             return  # refused on every replica alike: fine
@@ -132,7 +95,7 @@ def test_now_with_a_nul_suffix_is_refused(tmp_path: Path, call: str) -> None:
     a, b = _two_replicas(tmp_path, {TABLE.name: TABLE})
     results = []
     for replica in (a, b):
-        results.append(replica.write(f'INSERT INTO "sql_h" (id, t) VALUES (1, {call})')[1])
+        results.append(replica.write(f'INSERT INTO "sql_h" (id, t) VALUES (1, {call})'))
         time.sleep(0.02)
     assert all(r.code == "nondeterministic" for r in results), results
     assert a.digest() == b.digest()

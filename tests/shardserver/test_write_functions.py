@@ -9,52 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.model.config import Configuration, ShardId, initial_configuration
-from shardwise.shardserver.commands import (
-    Reconfigure,
-    SqlWrite,
-    SqlWriteResult,
-    decode_result,
-    encode,
-)
-from shardwise.shardserver.protocol import SqlStatement, schema_digest
+from shardwise.shardserver.protocol import SqlStatement
 from shardwise.shardserver.shardfile import MAX_SQLITE_VALUE_BYTES
-from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS, plain_inserts
-from shardwise.shardserver.statemachine import ShardGroupStateMachine
+from shardwise.shardserver.sqlshard import plain_inserts
 from shardwise.testing.hostile_sql import TABLE
+from shardwise.testing.shard_replica import SHARD as S0
+from shardwise.testing.shard_replica import ShardReplica
 
-S0 = ShardId("default", 0)
 
+class Shard(ShardReplica):
+    """A replica whose catalog holds the hostile generator's table ``h``."""
 
-class Shard:
     def __init__(self, directory: Path) -> None:
-        base = initial_configuration()
-        self.config = Configuration(
-            num=1,
-            groups={1: ("127.0.0.1:1",)},
-            keyspaces=base.keyspaces,
-            owners={"default": (1,) * len(base.owners["default"])},
-            tables={TABLE.name: TABLE},
-        )
-        self.sm = ShardGroupStateMachine(1, directory)
-        self.index = 1
-        self.sm.apply(1, encode(Reconfigure(self.config)))
-        self.seq = 0
+        super().__init__(directory, {TABLE.name: TABLE})
 
-    def write(self, sql: str, steps: int = MAX_WRITE_STEPS, **params: object) -> SqlWriteResult:
-        self.index += 1
-        self.seq += 1
-        digest = schema_digest(self.config.tables, "default")
-        command = SqlWrite(S0, "w", self.seq, 1, digest, (SqlStatement(sql, params),), steps)
-        result = decode_result(self.sm.apply(self.index, encode(command))).sql
-        self.sm.end_batch()
-        assert result is not None
-        return result
-
-    def rows(self) -> list[tuple[object, ...]]:
-        store = self.sm.shards[S0].store
-        assert store is not None
-        return store.read_sql('SELECT id, t FROM "sql_h" ORDER BY id', {}, 100)
+    def rows(self, sql: str = 'SELECT id, t FROM "sql_h" ORDER BY id') -> list[tuple[object, ...]]:
+        return super().rows(sql)
 
 
 @pytest.fixture
@@ -175,12 +145,12 @@ def test_the_leader_times_a_write_before_proposing_it(shard: Shard) -> None:
     ("sql", "plain"),
     [
         ('INSERT INTO "sql_h" (id, t) VALUES (:a, :b)', True),
-        ('INSERT INTO "sql_h" (id, t) VALUES (1, \'x\'), (2, CAST(3 AS TEXT))', True),
-        ('INSERT INTO "sql_h" (id, t) VALUES (1, \'x\' || \'y\')', False),
+        ("INSERT INTO \"sql_h\" (id, t) VALUES (1, 'x'), (2, CAST(3 AS TEXT))", True),
+        ("INSERT INTO \"sql_h\" (id, t) VALUES (1, 'x' || 'y')", False),
         ('INSERT INTO "sql_h" (id, t) VALUES (1, hex(zeroblob(10)))', False),
         ('INSERT INTO "sql_h" (id, t) SELECT id, t FROM "sql_h"', False),
         ('INSERT INTO "sql_h" (id, t) VALUES (1, (SELECT max(t) FROM "sql_h"))', False),
-        ('UPDATE "sql_h" SET t = \'x\'', False),
+        ("UPDATE \"sql_h\" SET t = 'x'", False),
         ('DELETE FROM "sql_h"', False),
     ],
 )
