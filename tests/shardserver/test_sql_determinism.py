@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shardwise.model.config import Configuration, ShardId, initial_configuration
 from shardwise.shardserver.commands import GroupResult, Reconfigure, SqlWrite, decode_result, encode
+from shardwise.shardserver.digest import vacuumed_digest
 from shardwise.shardserver.protocol import schema_digest
 from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
@@ -60,6 +61,13 @@ class Replica:
         assert store is not None
         return store.content_digest()
 
+    def vacuumed(self) -> str:
+        """The file's bytes once rewritten without its history (``vacuumed_digest``)."""
+        store = self.sm.shards[S0].store
+        assert store is not None
+        store.flush()
+        return vacuumed_digest(store.path)
+
 
 def test_accepted_writes_leave_every_replica_identical(
     tmp_path: Path, rng: random.Random, seed: int
@@ -93,6 +101,8 @@ def test_accepted_writes_leave_every_replica_identical(
     assert restarted.results == first.results[half:], f"seed {seed}"
     digests = {r.digest() for r in (*replicas, restarted)}
     assert len(digests) == 1, f"replicas diverged (seed {seed})"
+    files = {r.vacuumed() for r in (*replicas, restarted)}
+    assert len(files) == 1, f"replicas' shard files differ byte for byte (seed {seed})"
 
     # The run tested something: writes applied, failed and were refused.
     sql = [r.sql for r in first.results[1:]]

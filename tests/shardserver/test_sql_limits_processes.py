@@ -18,7 +18,7 @@ import pytest
 
 from shardwise.errors import NondeterministicSqlError, SqlWriteTooCostlyError
 from shardwise.model.config import ShardId
-from shardwise.shardserver.digest import file_digest
+from shardwise.shardserver.digest import file_digest, vacuumed_digest
 from shardwise.shardserver.protocol import (
     SQL_WRITE,
     SqlReply,
@@ -127,6 +127,10 @@ def assert_replicas_identical(base: Path, seed: int) -> None:
     by_shard: dict[str, set[str]] = defaultdict(set)
     replicas = {p.parent.parent for p in base.glob("group1/*/shards/*.db")}
     assert len(replicas) == 3, replicas
+    vacuumed: dict[str, set[str]] = defaultdict(set)
     for path in base.glob("group1/*/shards/*.db"):
         by_shard[path.name].add(file_digest(str(path)))
+        vacuumed[path.name].add(vacuumed_digest(str(path)))
     assert by_shard and all(len(d) == 1 for d in by_shard.values()), f"seed {seed}: {by_shard}"
+    # Byte for byte, too, once each file is rewritten without its history.
+    assert all(len(d) == 1 for d in vacuumed.values()), f"seed {seed}: {vacuumed}"

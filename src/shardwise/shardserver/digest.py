@@ -17,7 +17,9 @@ index).
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -89,3 +91,19 @@ def file_digest(path: str) -> str:
         return content_digest(conn)
     finally:
         conn.close()
+
+
+def vacuumed_digest(path: str) -> str:
+    """SHA-256 of the shard file at ``path`` rewritten by ``VACUUM INTO``: the same bytes
+    for the same content, schema and SQLite version, whatever the file's history (its
+    header counters, free pages and page order), so replicas can be compared byte for
+    byte rather than row by row."""
+    with tempfile.TemporaryDirectory() as scratch:
+        target = os.path.join(scratch, "vacuumed.db")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            conn.execute("VACUUM INTO ?", (target,))
+        finally:
+            conn.close()
+        with open(target, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
