@@ -192,8 +192,24 @@ def test_replication_is_flow_controlled() -> None:
     assert pr.paused()
     pr.acknowledge(5)
     assert not pr.paused() and pr.match == 5 and len(pr.inflight) == MAX_INFLIGHT_MSGS - 5
-    assert not pr.reject(3, 2), "a rejection below match is stale"
-    assert pr.reject(20, 9) and pr.state is ProgressState.PROBE and pr.next == 9
+    assert pr.reject(20, 9, 0) and pr.state is ProgressState.PROBE and pr.next == 9
+
+
+def test_a_rejection_at_match_lowers_it_to_what_the_follower_proves() -> None:
+    """A follower that lost entries it acknowledged refuses the entry at ``match`` for
+    ever unless the leader believes the rejection (issue 21, finding 1)."""
+    pr = Progress(next_index=1)
+    pr.acknowledge(10)
+    pr.become_replicate()
+    assert pr.reject(10, 10, 9)
+    assert (pr.state, pr.match, pr.next) == (ProgressState.PROBE, 9, 10)
+    pr.acknowledge(10)
+    pr.become_replicate()
+    # Below match: only reordering makes those, and they are many under it; the lost
+    # entries are asked for at match in the end anyway.
+    assert not pr.reject(7, 4, 3) and (pr.state, pr.match) == (ProgressState.REPLICATE, 10)
+    # A rejection that proves the follower holds match itself says nothing new.
+    assert not pr.reject(10, 11, 10) and pr.match == 10
 
 
 def test_proposals_are_batched_into_one_append_per_follower() -> None:

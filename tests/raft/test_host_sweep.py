@@ -50,7 +50,9 @@ from shardwise.raft.host import HostOptions, RaftHost
 from shardwise.raft.hosting.waiting import Proposals
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.log import RaftLog
+from shardwise.raft.messages import ReadIndexResponse
 from shardwise.raft.node import RaftNode
+from shardwise.raft.reads import ReadIndex
 from shardwise.raft.ready import ReadState, Ready
 from shardwise.testing.history import UNKNOWN_OUTPUT, KvOp, Operation, kv_model
 from shardwise.testing.hostsim import (
@@ -563,7 +565,13 @@ def test_the_sweep_catches_reads_served_before_applying(
         at_once = [ReadState(0, state.context) for state in ready.read_states]
         answer_reads(self, node, dataclasses.replace(ready, read_states=at_once))
 
+    def hand_over_at_once(self: ReadIndex, m: ReadIndexResponse) -> None:
+        self.states.append(ReadState(m.index, m.context))
+
     monkeypatch.setattr(RaftHost, "_answer_reads", answer_at_once)
+    # The core waits for its log to commit a follower's read index too (so that a
+    # follower whose log is behind drops the read in time): that wait goes as well.
+    monkeypatch.setattr(ReadIndex, "answered", hand_over_at_once)
     assert _first_failing_seed(range(CONTROL_SEEDS)) is not None, (
         f"no seed in range({CONTROL_SEEDS}) caught the stale follower reads"
     )

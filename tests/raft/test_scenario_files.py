@@ -10,6 +10,8 @@ comment line. The commands:
 ``tick a [n]``      tick node ``a`` once (or ``n`` times)
 ``propose a data``  ``a`` proposes the command ``data``
 ``read a ctx``      ``a`` asks for a linearizable read with context ``ctx``
+``restart a [n]``   restart ``a`` from its term, vote and log, less its last ``n``
+                    entries (synced data the disk lost)
 ``isolate a``       drop every message to or from ``a`` until ``heal``
 ``heal``            end every isolation
 ``deliver``         process every node's Readies and deliver their messages until
@@ -30,7 +32,7 @@ import msgspec
 import pytest
 
 from shardwise.raft import Membership, Message, RaftNode
-from shardwise.storage.types import LogEntry, SnapshotMeta
+from shardwise.storage.types import HardState, LogEntry, SnapshotMeta
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 REWRITE = os.environ.get("SHARDWISE_REWRITE_SCENARIOS") == "1"
@@ -73,6 +75,8 @@ class Group:
             self.nodes[args[0]].propose(args[1].encode())
         elif command == "read":
             self.nodes[args[0]].read_index(args[1].encode())
+        elif command == "restart":
+            self.restart(args[0], int(args[1]) if len(args) > 1 else 0)
         elif command == "isolate":
             self.isolated.add(args[0])
         elif command == "heal":
@@ -88,6 +92,19 @@ class Group:
         else:
             raise ValueError(f"unknown command {command!r}")
         return []
+
+    def restart(self, name: str, lose: int) -> None:
+        """A new incarnation of ``name`` on what its disk holds: the log (in memory here:
+        persisting is a no-op) without its last ``lose`` entries."""
+        old = self.nodes[name]
+        entries = old.log.entries[: len(old.log.entries) - lose]
+        commit = min(old.log.committed, entries[-1].index if entries else 0)
+        self.nodes[name] = RaftNode(
+            name,
+            old.membership,
+            hard_state=HardState(old.term, old.vote, commit),
+            entries=entries,
+        )
 
     def deliver(self) -> list[str]:
         """Readies are handled as a host would (the log stays in memory: persisting is

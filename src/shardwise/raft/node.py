@@ -249,6 +249,7 @@ class RaftNode:
 
     def tick(self) -> None:
         """One unit of time has passed."""
+        self.reads.tick()
         if self.role is Role.LEADER:
             self._tick_leader()
             return

@@ -119,8 +119,30 @@ class Progress:
             self.inflight_bytes -= size
         return updated
 
-    def reject(self, rejected: int, next_guess: int) -> bool:
-        """The follower refused an append at ``rejected``; returns False if stale."""
+    def reject(self, rejected: int, next_guess: int, proven_match: int) -> bool:
+        """The follower refused an append at ``rejected`` (or said, answering a heartbeat,
+        that it lacks entry ``rejected``); returns False if stale.
+
+        ``proven_match`` is the highest index the leader knows the follower's log agrees
+        with from what the rejection says (its hint entry, if the leader's log holds the
+        same term there; else 0).
+        """
+        if rejected == self.match > proven_match and self.state is not ProgressState.SNAPSHOT:
+            # The follower lacks the entry at ``match``, which it acknowledged: it lost
+            # synced data (a cut log file), or this is an old rejection overtaken by a
+            # later success. We cannot tell which, so we believe it: otherwise a follower
+            # that lost its tail is sent the entry after ``match`` for ever, refuses it
+            # for ever and never catches up. Lowering ``match`` to what the rejection
+            # proves can only count the follower towards fewer commits, never more, so
+            # it is safe either way; a stale one costs a probe's round trip. A follower
+            # that lost entries is always asked at ``match`` in the end (the probe after
+            # any rejection above it, or its answer to a heartbeat carrying the commit
+            # index), so rejections below ``match``, which only reordering makes, are
+            # left alone: under reordering they are common and each would cost a probe.
+            self.match = proven_match
+            self._reset(ProgressState.PROBE)
+            self.next = max(self.match + 1, min(next_guess, rejected))
+            return True
         if self.state is ProgressState.REPLICATE:
             if rejected <= self.match:
                 return False  # an old rejection, overtaken by later success

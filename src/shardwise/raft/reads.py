@@ -15,13 +15,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from shardwise.raft.messages import ReadIndexRequest, ReadIndexResponse
 from shardwise.raft.ready import MAX_PENDING_READS, ReadState, Role
 
 if TYPE_CHECKING:
     from shardwise.raft.node import RaftNode
+
+FORWARDED_READ_WAIT_ELECTIONS: Final = 2
+"""How long a follower's read may wait, in election timeouts (1 s with the servers' 50 ms
+ticks and 10-tick elections), for the leader's answer and then for its own log to commit
+the answer's index. Past it the read is dropped, so the client tries another replica
+(the leader) well within its own attempt timeout (2 s), instead of waiting that out on a
+replica that cannot serve it: its leader is gone, or its log is behind (it lost entries,
+or is far behind). A healthy follower needs a few round trips; two election timeouts is
+also when it would have started an election if it had heard nothing."""
 
 
 @dataclass(slots=True)
@@ -89,11 +98,30 @@ class ReadIndex:
     """A node's reads: the leader's queue, and the answers and failures for the next
     ``Ready``. Followers forward their reads to the leader."""
 
-    __slots__ = ("_node", "_pending", "dropped", "heartbeat_due", "states")
+    __slots__ = (
+        "_forwarded",
+        "_held",
+        "_held_min",
+        "_node",
+        "_pending",
+        "_ticks",
+        "dropped",
+        "heartbeat_due",
+        "states",
+    )
 
     def __init__(self, node: RaftNode) -> None:
         self._node = node
         self._pending = PendingReads()
+        self._ticks = 0
+        self._forwarded: OrderedDict[bytes, int] = OrderedDict()
+        """A follower's reads sent to the leader, each with the tick it is dropped at
+        (in the order sent, so the first expires first)."""
+        self._held: dict[bytes, int] = {}
+        """Forwarded reads the leader answered with an index this log has not committed
+        yet: handed to the host once it has (or dropped at their deadline)."""
+        self._held_min = 0
+        """The smallest index in ``_held`` (0 if empty)."""
         self.states: list[ReadState] = []
         """Reads that may be served once the state machine has applied their index."""
         self.dropped: list[bytes] = []
@@ -109,6 +137,8 @@ class ReadIndex:
         elif node.lead is None:
             self.dropped.append(context)
         else:
+            wait = FORWARDED_READ_WAIT_ELECTIONS * node.config.election_ticks
+            self._forwarded[context] = self._ticks + wait
             node.emit(
                 ReadIndexRequest(term=node.term, sender=node.id, to=node.lead, context=context)
             )
@@ -132,8 +162,48 @@ class ReadIndex:
             self.heartbeat_due = True
 
     def answered(self, m: ReadIndexResponse) -> None:
-        """The leader answered a read this follower forwarded."""
-        self.states.append(ReadState(m.index, m.context))
+        """The leader answered a read this follower forwarded. It is handed to the host
+        once this log has committed the read's index: before that the host could only
+        wait, and if this log is behind (it lost entries), for longer than the client."""
+        if m.context not in self._forwarded or m.context in self._held:
+            return  # dropped already, answered already, or not ours (a previous run's)
+        if m.index <= self._node.log.committed:
+            del self._forwarded[m.context]
+            self.states.append(ReadState(m.index, m.context))
+            return
+        self._held[m.context] = m.index
+        self._held_min = min(self._held_min or m.index, m.index)
+
+    def tick(self) -> None:
+        """Drop the forwarded reads that waited too long (``FORWARDED_READ_WAIT_ELECTIONS``)."""
+        self._ticks += 1
+        forwarded = self._forwarded
+        if not forwarded or next(iter(forwarded.values())) > self._ticks:
+            return
+        while forwarded:
+            context, deadline = next(iter(forwarded.items()))
+            if deadline > self._ticks:
+                break
+            del forwarded[context]
+            self.dropped.append(context)
+            self._held.pop(context, None)
+        self._held_min = min(self._held.values(), default=0)
+
+    def _servable_held(self) -> bool:
+        return bool(self._held) and self._held_min <= self._node.log.committed
+
+    def _release_held(self) -> None:
+        """Hand the host the held reads whose index this log has now committed."""
+        committed = self._node.log.committed
+        waiting: dict[bytes, int] = {}
+        for context, index in self._held.items():
+            if index <= committed:
+                self._forwarded.pop(context, None)
+                self.states.append(ReadState(index, context))
+            else:
+                waiting[context] = index
+        self._held = waiting
+        self._held_min = min(waiting.values(), default=0)
 
     def acknowledge(self, sender: str, context: bytes) -> None:
         """A peer answered a heartbeat or an append that carried a read's context: it
@@ -165,14 +235,22 @@ class ReadIndex:
         return self._pending.last_context() if waiting else None
 
     def drop_all(self) -> None:
-        """Leadership changed hands: forget every queued read, failing the local ones."""
+        """Leadership changed hands: forget every queued read, failing the local ones.
+        A follower's forwarded reads not yet answered fail too: an answer from the old
+        leader would be of an old term, which the node ignores, so they could only time
+        out. (Those answered and held for the commit index stay: their index is valid.)"""
         self.dropped.extend(self._pending.drop_all(self._node.id))
+        for context in [c for c in self._forwarded if c not in self._held]:
+            del self._forwarded[context]
+            self.dropped.append(context)
 
     def has_output(self) -> bool:
-        return bool(self.heartbeat_due or self.states or self.dropped)
+        return bool(self.heartbeat_due or self.states or self.dropped or self._servable_held())
 
     def take_output(self) -> tuple[list[ReadState], list[bytes]]:
         """The answered and the failed reads, for the Ready."""
+        if self._servable_held():
+            self._release_held()
         states, dropped = self.states, self.dropped
         self.states, self.dropped = [], []
         return states, dropped

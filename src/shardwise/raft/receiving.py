@@ -92,8 +92,26 @@ class Receiver:
     def heartbeat(self, m: Heartbeat) -> None:
         """The leader's commit index, as far as it knows our log holds it."""
         node = self._node
-        node.log.commit_to(min(m.commit, node.log.last_index()))
+        log = node.log
+        log.commit_to(min(m.commit, log.last_index()))
         node.emit(HeartbeatResponse(term=node.term, sender=node.id, to=m.sender, context=m.context))
+        if m.commit > log.last_index():
+            # The leader sends a commit index only up to what we acknowledged, so we lost
+            # entries we had synced (a damaged or cut log file). Say so as a rejection:
+            # the leader then probes from our last entry and sends the rest. Otherwise,
+            # with no new writes, nothing would ever tell it, and we would never catch up.
+            # (After the heartbeat's answer, which would otherwise resend the probe.)
+            node.emit(
+                AppendResponse(
+                    term=node.term,
+                    sender=node.id,
+                    to=m.sender,
+                    index=m.commit,
+                    reject=True,
+                    hint_index=log.last_index(),
+                    hint_term=log.last_term(),
+                )
+            )
 
     def snapshot_chunk(self, m: InstallSnapshot) -> None:
         """One chunk of the leader's snapshot; the last one installs it."""

@@ -9,6 +9,7 @@ each follower is in the node's :class:`~shardwise.raft.tracker.ProgressTracker`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ from shardwise.storage.types import LogEntry, entry_size
 
 if TYPE_CHECKING:
     from shardwise.raft.node import RaftNode
+
+logger = logging.getLogger("shardwise.raft.core")
 
 
 class Replicator:
@@ -124,7 +127,20 @@ class Replicator:
             guess = m.hint_index + 1
             if m.hint_term > 0:
                 guess = node.log.conflict_hint(m.hint_index, m.hint_term)[0] + 1
-            if pr.reject(m.index, guess):
+            # Log Matching: a follower entry with our term at that index proves that the
+            # logs agree up to it.
+            proven = m.hint_index if node.log.matches(m.hint_index, m.hint_term) else 0
+            if m.index == pr.match > proven and pr.state is not ProgressState.SNAPSHOT:
+                logger.warning(
+                    "%s: follower %s lacks entry %d it acknowledged (match %d, its log "
+                    "agrees up to %d): it lost data, or the answer is stale; probing it",
+                    node.id,
+                    m.sender,
+                    m.index,
+                    pr.match,
+                    proven,
+                )
+            if pr.reject(m.index, guess, proven):
                 self.send_append(m.sender)
             return
         was_paused = pr.paused()

@@ -47,6 +47,36 @@ def decode_hard_state(blob: bytes, name: str = HARD_STATE_NAME) -> HardState:
         raise StorageError(f"{name}: undecodable: {error}") from error
 
 
+class MissingHardStateError(StorageError):
+    """The hard-state file is gone but the log or a snapshot is not: the node's term and
+    vote are lost, and starting at term 0 with no vote could vote twice in one term.
+
+    (Defined here rather than in ``shardwise.errors``: nothing above storage needs to
+    tell it from other ``StorageError``s; the server refuses to start either way.)"""
+
+
+def hard_state_present(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, HARD_STATE_NAME))
+
+
+def missing_hard_state(directory: str, first: int, last: int, snapshot_index: int | None) -> str:
+    """The message of :class:`MissingHardStateError`: what is wrong, and the way out."""
+    path = os.path.join(directory, HARD_STATE_NAME)
+    held = [f"log entries {first}..{last}"] if last >= first else []
+    if snapshot_index is not None:
+        held.append(f"a snapshot at entry {snapshot_index}")
+    return (
+        f"{path} is missing, but {directory} holds {' and '.join(held)}: this replica's "
+        f"term and vote are lost (the file is written when the directory is created and "
+        f"only ever replaced atomically, so this is damage or deletion, not a crash), and "
+        f"starting without them could vote twice in one term. Do not recreate the file. "
+        f"Recover the replica from its peers: stop it, delete its whole data directory "
+        f"(the parent of {directory}, if it is a server's raft/ directory) and start it "
+        f"again: it rejoins empty and receives a snapshot from the leader "
+        f'(docs/operations.md, "A replica that lost its hard state").'
+    )
+
+
 def read_hard_state(directory: str) -> HardState:
     """The stored hard state, or the empty one if none was ever written."""
     path = os.path.join(directory, HARD_STATE_NAME)
