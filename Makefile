@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.installed-run
 STAMP     := $(VENV)/.installed-dev
 PIP       := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: venv test up check lint typecheck soak bench bench-deps clean
+.PHONY: venv test up check lint typecheck soak bench bench-deps jepsen jepsen-deps clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) jepsen-deps
 	$(PY) -m pytest -q
 
 # A local cluster in the foreground until Ctrl-C: a controller of 3 and 3 groups of 3,
@@ -42,8 +42,24 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-soak: $(STAMP)
+soak: $(STAMP) jepsen-deps
 	SHARDWISE_SOAK=1 $(PY) -m pytest -q -m soak --timeout=7200
+	$(MAKE) jepsen
+
+# nftables cuts links between the fault harness's servers (tests/faults, `make jepsen`).
+# Installed when missing and we are root; without it the partition faults are skipped
+# (and say so), the other faults still run.
+jepsen-deps:
+	@command -v nft >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null; } \
+		|| echo "nftables not installed (needs root and apt-get): partitions will be skipped"
+
+# Long runs of the fault harness on real processes: JEPSEN="--seed 1 --seed 2 --duration 600".
+# Prints a table per run; exits non-zero on any anomaly or lost write.
+JEPSEN ?= --seed 1 --seed 2 --duration 300
+jepsen: $(STAMP) jepsen-deps
+	$(PY) -m shardwise.testing.faults $(JEPSEN)
 
 bench: $(STAMP)
 	$(PY) bench/placement.py

@@ -1,0 +1,5 @@
+import sys
+
+from shardwise.testing.faults.run import main
+
+sys.exit(main())
