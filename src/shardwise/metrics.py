@@ -10,6 +10,12 @@ daemon thread (prometheus-client's WSGI server). What it exports:
   status), ``failed`` (the handler raised) or ``cancelled`` (shutdown).
 * ``shardwise_raft_term``, ``_commit_index``, ``_applied_index``, ``_is_leader``,
   ``_halted``: the replica's Raft state.
+* ``shardwise_replica_health{health,reason}``: 1 for this replica's health, ``ok`` or
+  ``halted`` (``reason``: the error it halted on, cut to :data:`MAX_REASON_CHARS`).
+* ``shardwise_consistency_checks_total``, ``shardwise_consistency_mismatches_total`` and
+  ``shardwise_consistency_mismatched_shards``: the consistency checks this replica ran
+  as leader, the shards they found differing between replicas, and how many differed in
+  the last one (a group server only; alert on any mismatch).
 * ``shardwise_config_num``: the configuration the replica is in (a group) or the latest
   it holds (the controller).
 * ``shardwise_shard_keys{shard,state}``, ``shardwise_shard_bytes{shard,state}``,
@@ -51,6 +57,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_REASON_CHARS: Final = 200
+"""A halt reason as a label value: enough to say what failed, short enough for any
+scraper's label limits."""
+
 SCRAPE_TIMEOUT_S: Final = 2.0
 """How long a scrape waits for the event loop's snapshot before answering without it."""
 
@@ -86,6 +96,9 @@ class _Sample:
     halted: bool
     config_num: int
     shards: list[_ShardSample] = field(default_factory=list)
+    halt_reason: str = ""
+    checks: tuple[int, int, int] | None = None
+    """Checks run, mismatches found, shards differing in the last check (a group)."""
     transport: dict[str, int] = field(default_factory=dict)
 
 
@@ -107,6 +120,11 @@ def _sample(service: ReplicaService[Any]) -> _Sample:
             size = store.size_bytes() if store is not None else 0
             shards.append(_ShardSample(str(shard), record.state.value, keys, size))
     stats = getattr(service.transport, "stats", None)
+    checker = getattr(service, "checker", None)
+    checks = None
+    if checker is not None:
+        last = len(checker.last.mismatches) if checker.last is not None else 0
+        checks = (checker.checks_run, checker.mismatches_found, last)
     return _Sample(
         node_id=status.node_id,
         group=service.group,
@@ -118,7 +136,15 @@ def _sample(service: ReplicaService[Any]) -> _Sample:
         config_num=config.num if config is not None else 0,
         shards=shards,
         transport=stats.as_dict() if stats is not None else {},
+        halt_reason=status.halt_reason,
+        checks=checks,
     )
+
+
+def _counter(name: str, doc: str, labels: dict[str, str], value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
 
 
 class _ServiceCollector(Collector):
@@ -157,6 +183,30 @@ class _ServiceCollector(Collector):
         yield gauge("shardwise_raft_is_leader", "1 while this replica leads.", sample.leader)
         yield gauge("shardwise_raft_halted", "1 if the replica stopped on an entry.", sample.halted)
         yield gauge("shardwise_config_num", "Configuration number held.", sample.config_num)
+        health = GaugeMetricFamily(
+            "shardwise_replica_health",
+            "1 for the replica's health (ok, halted) and why it halted.",
+            labels=[*names, "health", "reason"],
+        )
+        state = "halted" if sample.halted else "ok"
+        health.add_metric([*values, state, sample.halt_reason[:MAX_REASON_CHARS]], 1)
+        yield health
+        if sample.checks is not None:
+            run, found, last = sample.checks
+            yield _counter(
+                "shardwise_consistency_checks", "Consistency checks run as leader.", labels, run
+            )
+            yield _counter(
+                "shardwise_consistency_mismatches",
+                "Shards the consistency checks found differing between replicas.",
+                labels,
+                found,
+            )
+            yield gauge(
+                "shardwise_consistency_mismatched_shards",
+                "Shards whose replicas differed in the last consistency check.",
+                last,
+            )
 
         if sample.shards:
             by_state: dict[str, int] = {}

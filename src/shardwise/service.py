@@ -45,6 +45,7 @@ from shardwise.raft.statemachine import StateMachine
 from shardwise.raft.worker import WorkerThread
 from shardwise.storage.file import FileStorage
 from shardwise.storage.interface import RaftStorage
+from shardwise.storage.space import DiskFullError
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ async def through_host(host: RaftHost[Any], work: Awaitable[T]) -> Outcome[T]:
         return Outcome("not_leader", exc.leader)
     except ReplicaHaltedError:
         return Outcome("halted")
+    except DiskFullError:
+        return Outcome("disk_full")
     except RETRYABLE:
         return Outcome("retry", host.status().leader)
     return Outcome("ok", value=value)

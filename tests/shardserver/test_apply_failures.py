@@ -36,6 +36,7 @@ from shardwise.shardserver.commands import (
 )
 from shardwise.shardserver.protocol import SqlStatement, schema_digest
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
+from shardwise.storage.space import DiskFullError
 
 S0 = ShardId("default", 0)
 T = Table(
@@ -150,7 +151,8 @@ def test_failing_entries_give_the_same_result_everywhere_and_nothing_halts(
 
 def test_errors_of_the_machine_still_halt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Disk full, out of memory: this replica alone may meet them, so it must not answer
-    for the group; the state machine raises and the host halts the replica."""
+    for the group; the state machine raises (a full disk as ``DiskFullError``, which
+    stops the replica until there is room again; anything else halts it)."""
     log = the_log()
     sm, _ = replay(tmp_path / "r", log[:2], 1)
     full = sqlite3.OperationalError("database or disk is full")
@@ -161,7 +163,7 @@ def test_errors_of_the_machine_still_halt(tmp_path: Path, monkeypatch: pytest.Mo
             raise error
 
         monkeypatch.setattr(sqlshard, "run_batch", fail)
-        with pytest.raises((type(machine_error), ShardStoreError)):
+        with pytest.raises((type(machine_error), ShardStoreError, DiskFullError)):
             sm.apply(3, encode(sql("w", 9, 'DELETE FROM "sql_t"')))
     sm.close()
 

@@ -156,7 +156,8 @@ async def test_the_source_serves_until_the_target_holds_a_base(
     assert len(pieces) >= 2
     for before, after in itertools.pairwise(pieces):
         took = before.end - before.start
-        assert after.start - before.end >= transfer_module.PRECOPY_PAUSE_RATIO * took
+        # (On virtual time the pause can equal its bound exactly, up to float rounding.)
+        assert after.start - before.end >= transfer_module.PRECOPY_PAUSE_RATIO * took - 1e-9
 
 
 def check_base_then_delta(

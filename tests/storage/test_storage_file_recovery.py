@@ -18,7 +18,7 @@ from shardwise.storage.file import FileStorage
 from shardwise.storage.hardstate import HARD_STATE_NAME, encode_hard_state
 from shardwise.storage.record import encode_record, scan_segment
 from shardwise.storage.recovery import segment_name
-from shardwise.storage.segments import PREALLOCATE_BYTES
+from shardwise.storage.segments import MAX_SEGMENT_BYTES, PREALLOCATE_BYTES
 from shardwise.storage.snapshot import snapshot_name
 
 
@@ -36,8 +36,8 @@ def write_log(
         return storage.segment_names
 
 
-def read_back(directory: Path, **options: int) -> list[LogEntry]:
-    with FileStorage(directory, tail_cache_bytes=0, **options) as storage:
+def read_back(directory: Path, *, max_segment_bytes: int = MAX_SEGMENT_BYTES) -> list[LogEntry]:
+    with FileStorage(directory, tail_cache_bytes=0, max_segment_bytes=max_segment_bytes) as storage:
         return storage.entries(storage.first_index(), storage.last_index() + 1)
 
 
@@ -459,11 +459,11 @@ def test_a_failed_write_makes_the_storage_unusable(
     storage = FileStorage(tmp_path)
     storage.append(make_entries(1, 3, term=1))
 
-    def full_disk(fd: int, data: object, offset: int) -> int:
-        raise OSError(28, "No space left on device")
+    def broken_disk(fd: int, data: object, offset: int) -> int:
+        raise OSError(5, "Input/output error")  # (no room is DiskFullError: test_disk_full)
 
     with monkeypatch.context() as patch:
-        patch.setattr(os, "pwrite", full_disk)
+        patch.setattr(os, "pwrite", broken_disk)
         with pytest.raises(StorageError, match="write failed"):
             storage.append(make_entries(3, 4, term=1))
     with pytest.raises(StorageError, match="unusable"):

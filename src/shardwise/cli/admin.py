@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+import msgspec
+
 from shardwise.cli.moves import MoveState, copy_progress, move_state
 from shardwise.clusterfile import ClusterLayout, Process, format_address
 from shardwise.controller.client import ControllerClient
@@ -38,7 +40,13 @@ from shardwise.net.connection import PeerConnection
 from shardwise.net.links import Address
 from shardwise.net.transport import Transport
 from shardwise.net.wire import PeerRole
-from shardwise.shardserver.protocol import STATUS, StatusReply, StatusRequest, server_address
+from shardwise.shardserver.protocol import (
+    STATUS,
+    CheckOutcome,
+    StatusReply,
+    StatusRequest,
+    server_address,
+)
 
 PROBE_TIMEOUT_S: Final = 2.0
 """Connecting to one controller replica and authenticating, during the first check."""
@@ -173,6 +181,12 @@ class ServerState:
     def name(self) -> str:
         return self.process.name if self.process is not None else self.node_id
 
+    @property
+    def health(self) -> str:
+        """``ok``, ``halted`` (it stopped on an entry: ``status.halt_reason`` says why) or
+        ``unreachable`` (no answer)."""
+        return "unreachable" if self.status is None else "halted" if self.status.halted else "ok"
+
 
 @dataclass(slots=True)
 class GroupState:
@@ -185,11 +199,17 @@ class GroupState:
     def leader(self) -> StatusReply | None:
         return leader_of(s.status for s in self.servers)
 
+    @property
+    def last_check(self) -> CheckOutcome | None:
+        """The newest consistency check any of its servers ran as leader."""
+        checks = [s.status.last_check for s in self.servers if s.status and s.status.last_check]
+        return max(checks, key=lambda c: c.index) if checks else None
+
 
 def leader_of(replies: Iterable[StatusReply | None]) -> StatusReply | None:
     """The report of the group's leader: of the replicas that say they lead, the one in
-    the highest term (a deposed leader may not know it yet)."""
-    leaders = [r for r in replies if r is not None and r.role == "leader"]
+    the highest term (a deposed leader may not know it yet); a halted one leads nothing."""
+    leaders = [r for r in replies if r is not None and r.role == "leader" and not r.halted]
     return max(leaders, key=lambda r: r.term) if leaders else None
 
 
@@ -365,6 +385,8 @@ class Snapshot:
                             "node_id": s.node_id,
                             "pid": pids.get(s.name),
                             "role": s.status.role if s.status else "down",
+                            "health": s.health,
+                            "halt_reason": s.status.halt_reason if s.status else "",
                             "term": s.status.term if s.status else None,
                             "commit": s.status.commit if s.status else None,
                             "applied": s.status.applied if s.status else None,
@@ -372,6 +394,7 @@ class Snapshot:
                         }
                         for s in g.servers
                     ],
+                    "last_check": msgspec.to_builtins(g.last_check) if g.last_check else None,
                 }
                 for gid, g in self.groups.items()
             },

@@ -44,6 +44,8 @@ class ExitCode(enum.IntEnum):
     DENIED = 14
     """The logged-in user's roles do not allow the request (``shardwise user list``
     shows what each user may do)."""
+    REPLICAS_DIFFER = 15
+    """``shardwise check``: replicas of a group hold different data for a shard."""
     INTERRUPTED = 130
     """Ctrl-C (128 + SIGINT, as shells report it)."""
 

@@ -21,6 +21,7 @@ from shardwise import __version__
 from shardwise.cli.access_commands import role, user
 from shardwise.cli.admin import DEFAULT_RATE_INTERVAL_S
 from shardwise.cli.cert_command import cert
+from shardwise.cli.check_command import check
 from shardwise.cli.common import cluster_options, err, out, recorded_pids, with_admin
 from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.cli.kv_commands import bench, kv
@@ -186,6 +187,7 @@ def status(cluster_dir: str | None, config: str | None, as_json: bool, interval:
 for command in (kv, bench, group, shard, rebalance, sql_shell, logs, stop, start, restart, down):
     cli.add_command(command)
 cli.add_command(cert)
+cli.add_command(check)
 cli.add_command(user)
 cli.add_command(role)
 

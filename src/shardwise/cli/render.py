@@ -143,8 +143,9 @@ def status_view(
                 ]
             else:
                 serving = [i for i in s.shards if i.state == "serving"]
+                role = Text("halted", style="bold red") if s.halted else None
                 cells = [
-                    Text(s.role, style=ROLE_STYLES.get(s.role, "")),
+                    role or Text(s.role, style=ROLE_STYLES.get(s.role, "")),
                     str(s.term),
                     str(s.commit),
                     str(s.applied),
@@ -161,7 +162,8 @@ def status_view(
                 end_section=i == len(group.servers) - 1,
             )
 
-    parts: list[RenderableType] = [header, controllers, groups, shard_map(snapshot, width)]
+    parts: list[RenderableType] = [header, controllers, groups, *health_lines(snapshot)]
+    parts.append(shard_map(snapshot, width))
     migrations = snapshot.migrations()
     if migrations:
         parts.append(Text("Migrations in flight:", style="bold yellow"))
@@ -169,6 +171,38 @@ def status_view(
     else:
         parts.append(Text("Migrations in flight: none", style="dim"))
     return Group(*parts)
+
+
+def health_lines(snapshot: Snapshot) -> list[Text]:
+    """Halted replicas with their reasons, and each group's last consistency check."""
+    lines: list[Text] = []
+    for gid, group in snapshot.groups.items():
+        for server in group.servers:
+            if server.health == "halted" and server.status is not None:
+                reason = server.status.halt_reason or "no reason given"
+                lines.append(Text(f"group {gid}: {server.name} HALTED: {reason}", style="bold red"))
+        check = group.last_check
+        if check is None:
+            continue
+        if check.mismatches:
+            for m in check.mismatches:
+                lines.append(
+                    Text(
+                        f"group {gid}: REPLICAS DIFFER on shard {m.shard} at index "
+                        f"{check.index}: {', '.join(m.differ)}",
+                        style="bold red",
+                    )
+                )
+        else:
+            agreed = sum(1 for r in check.replicas if r.state == "ok")
+            lines.append(
+                Text(
+                    f"group {gid}: last check at index {check.index}: {check.shards} shards "
+                    f"agree on {agreed} of {len(check.replicas)} replicas",
+                    style="dim",
+                )
+            )
+    return lines
 
 
 def shard_map(snapshot: Snapshot, width: int = 100) -> RenderableType:

@@ -19,6 +19,14 @@ the directory counts as in use until the last process of the cluster has exited.
 (:data:`RESTART_DELAY_S` doubling to :data:`MAX_RESTART_DELAY_S`); after
 :data:`MAX_QUICK_RESTARTS` failures in a row, each within :data:`STABLE_AFTER_S` of its
 start, it is left down and the rest keep running.
+
+**Halts.** A replica that halts (it could not apply a committed entry: a disk error, a
+corrupt file, a bug) stays up but serves nothing; its server prints
+``HALTED <id> <reason>``. The supervisor logs why and restarts it after the same back-off
+(a halt from a transient machine error may clear on restart, since a restart rebuilds the
+shards from the Raft log); a halt that comes back right after each restart backs off
+further and, past :data:`MAX_QUICK_RESTARTS`, is left halted (still answering
+``shardwise status``, which shows the reason).
 """
 
 from __future__ import annotations
@@ -173,6 +181,11 @@ class _Child:
     """Stopped on request (``shardwise stop``): not started again until asked."""
     spawns: int = 0
     pending: bytes = b""
+    halt_stop_at: float | None = None
+    """When to stop a halted child (after its back-off; again, with SIGKILL, if SIGTERM
+    did not end it)."""
+    halt_stopping: bool = False
+    """SIGTERM sent to a halted child: start it again as soon as it exits."""
 
     @property
     def running(self) -> bool:
@@ -302,6 +315,8 @@ class Supervisor:
             for child in self._children.values():
                 if child.popen is None or child.given_up or child.held:
                     continue
+                if child.halt_stop_at is not None and now >= child.halt_stop_at:
+                    self._stop_halted(child, now)
                 code = child.popen.poll()
                 if code is not None and child.restart_at is None:
                     self._exited(child, code, now)
@@ -367,7 +382,7 @@ class Supervisor:
         else:
             sig = signal.SIGKILL if request.kill else signal.SIGTERM
             for child in children:
-                child.held, child.restart_at = True, None
+                child.held, child.restart_at, child.halt_stop_at = True, None, None
                 if child.running:
                     log_note(child.log_path, child.spec.name, "INFO", f"{sig.name} on request")
                     self._signal(child, sig)
@@ -450,6 +465,7 @@ class Supervisor:
         child.spawns += 1
         child.ready = False
         child.pending = b""
+        child.halt_stop_at, child.halt_stopping = None, False
         assert child.popen.stdout is not None
         os.set_blocking(child.popen.stdout.fileno(), False)
         self._selector.register(child.popen.stdout, selectors.EVENT_READ, child)
@@ -485,14 +501,51 @@ class Supervisor:
         if child.log is not None:
             child.log.write(f"{line}\n".encode())
             child.log.flush()
+        if line.startswith("HALTED ") and child.halt_stop_at is None and not child.halt_stopping:
+            self._halted(child, line.split(" ", 2)[-1], time.monotonic())
         if line.startswith("READY ") and not child.ready:
             child.ready = True
             if child.spawns > 1 and child.popen is not None:
                 self._say(f"{child.spec.name} is back (pid {child.popen.pid})")
 
+    def _halted(self, child: _Child, reason: str, now: float) -> None:
+        """A child's replica halted: restart it after a back-off (see the docstring)."""
+        if self._stopping or child.held or not self._restart:
+            return
+        name = child.spec.name
+        if now - child.started_at >= STABLE_AFTER_S:
+            child.quick_failures = 0
+        child.quick_failures += 1
+        if child.quick_failures > MAX_QUICK_RESTARTS:
+            message = f"{name} halted again ({reason}); left halted: {MAX_QUICK_RESTARTS} tries"
+            self._say(message)
+            log_note(child.log_path, name, "ERROR", message)
+            return
+        delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (child.quick_failures - 1))
+        child.halt_stop_at = now + delay
+        message = (
+            f"{name} halted: {reason}; restarting it in {delay:.0f} s (a halt from a "
+            "transient machine error may clear on restart)"
+        )
+        self._say(message)
+        log_note(child.log_path, name, "WARNING", message)
+
+    def _stop_halted(self, child: _Child, now: float) -> None:
+        if not child.halt_stopping:
+            child.halt_stopping = True
+            child.halt_stop_at = now + STOP_TIMEOUT_S
+            self._signal(child, signal.SIGTERM)
+        else:
+            child.halt_stop_at = None
+            self._signal(child, signal.SIGKILL)
+
     def _exited(self, child: _Child, code: int, now: float) -> None:
         self._pump(0)
         if self._stopping:
+            return
+        if child.halt_stopping:  # stopped by us after a halt: its back-off is over
+            child.halt_stopping, child.halt_stop_at, child.restart_at = False, None, now
+            log_note(child.log_path, child.spec.name, "INFO", "stopped after its halt")
             return
         what = f"{child.spec.name} (pid {child.popen.pid if child.popen else '?'}) "
         what += f"exited: {describe_exit(code)}"

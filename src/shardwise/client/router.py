@@ -53,6 +53,7 @@ from shardwise.net.leader import (
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import server_address
+from shardwise.storage.space import DiskFullError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ Rep = TypeVar("Rep", bound=ShardReply)
 
 def _settles(reply: ShardReply) -> bool:
     """A shard server's reply that ends a round: ok, wrong_group, or a refusal."""
-    return reply.status in ("ok", "wrong_group") or bool(reply.error)
+    return reply.status in ("ok", "wrong_group", "disk_full") or bool(reply.error)
 
 
 class ShardRouter:
@@ -193,6 +194,11 @@ class ShardRouter:
                     raise refused(f"{call.what} was refused: {outcome.error}")
                 if outcome.status == "ok":
                     return outcome
+                if outcome.status == "disk_full":
+                    raise DiskFullError(
+                        f"{call.what} was refused: the servers' disks are full "
+                        "(writes resume once there is room)"
+                    )
                 # wrong_group: the group is at configuration N and does not serve the shard.
                 # If we hold an older one, N itself tells us where the shard went; if not,
                 # the group has yet to catch up or to pull the shard: wait for a newer one.

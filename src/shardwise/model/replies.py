@@ -13,11 +13,13 @@ import msgspec
 
 from shardwise.model.bounds import Int64
 
-Status: TypeAlias = Literal["ok", "not_leader", "retry", "halted"]
+Status: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "disk_full"]
 """The outcome field of every service reply. ``retry``: the outcome is unknown or the
 request was dropped (a leader change, a timeout); a write retried with the same client id
 and sequence number applies once. ``halted``: the replica stopped on an entry it could not
-apply (another replica may still answer)."""
+apply (another replica may still answer). ``disk_full``: a write refused because the
+server's disk is (nearly) full; nothing of it was accepted, and writes resume by
+themselves once there is room (docs/operations.md, "Full disks")."""
 
 
 class ReplicaStatus(msgspec.Struct, frozen=True):

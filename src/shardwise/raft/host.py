@@ -28,7 +28,11 @@ cluster is not being a member of this group.
 **Failures.** A committed entry that cannot be applied (an unknown kind, a command the
 state machine cannot decode), a storage error or a broken invariant in the core halts the
 replica: every waiting operation fails with ``ReplicaHaltedError`` and new ones are
-refused, because skipping an entry would let replicas diverge silently.
+refused, because skipping an entry would let replicas diverge silently. A full disk is
+the exception (``hosting/diskfull.py``): the replica stops as a crash would, refuses
+writes with ``DiskFullError``, and restarts in-process once there is room. Before that,
+a leader refuses new proposals with ``DiskFullError`` while its storage reports free
+space below the refusal threshold (``storage/space.py``), and keeps leading.
 
 The host keeps its lifecycle, the two tasks and the operations callers await; the parts
 with a job of their own are in ``shardwise.raft.hosting``: its options and status,
@@ -58,6 +62,7 @@ from shardwise.errors import (
     ReplicaStoppedError,
 )
 from shardwise.raft.hosting.applying import Applier
+from shardwise.raft.hosting.diskfull import DiskFullStop, disk_full_cause, rebuild_state_machine
 from shardwise.raft.hosting.events import LeadershipLog
 from shardwise.raft.hosting.options import (
     DEFAULT_SNAPSHOT_EVERY,
@@ -83,7 +88,8 @@ from shardwise.raft.node import RaftNode
 from shardwise.raft.persist import persist_ready, write_ready
 from shardwise.raft.ready import IncomingSnapshot, RaftConfig, Ready
 from shardwise.raft.statemachine import StateMachine
-from shardwise.storage.interface import RaftStorage, load_state
+from shardwise.storage.interface import RaftStorage, StoredState, load_state
+from shardwise.storage.space import DiskFullError
 
 __all__ = [
     "DEFAULT_SNAPSHOT_EVERY",
@@ -159,6 +165,7 @@ class RaftHost(Generic[S]):
         self._node: RaftNode | None = None
         self._lifecycle = _Lifecycle.NEW
         self._halted: ReplicaHaltedError | None = None
+        self.disk_full = DiskFullStop()
         self._ready_task: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -191,15 +198,7 @@ class RaftHost(Generic[S]):
         if self._lifecycle is not _Lifecycle.NEW:
             raise ReplicaStoppedError(f"host {self.id!r} can be started only once")
         stored = load_state(self._storage)
-        self._node = RaftNode(
-            self.id,
-            self._membership,
-            config=self._config,
-            seed=self._seed,
-            hard_state=stored.hard_state,
-            snapshot=stored.snapshot,
-            entries=stored.entries,
-        )
+        self._node = self._build_node(stored)
         if stored.snapshot is not None:
             meta, data = stored.snapshot
             self._snapshots.reset(meta.index, len(data))
@@ -218,6 +217,17 @@ class RaftHost(Generic[S]):
         self._lifecycle = _Lifecycle.RUNNING
         self._ready_task = asyncio.create_task(self._process_readies(), name=f"ready-{self.id}")
         self._tick_task = asyncio.create_task(self._tick_forever(), name=f"tick-{self.id}")
+
+    def _build_node(self, stored: StoredState) -> RaftNode:
+        return RaftNode(
+            self.id,
+            self._membership,
+            config=self._config,
+            seed=self._seed,
+            hard_state=stored.hard_state,
+            snapshot=stored.snapshot,
+            entries=stored.entries,
+        )
 
     async def stop(self, *, close_storage: bool = True) -> None:
         """Stop ticking and processing, fail what is waiting with ``ReplicaStoppedError``
@@ -257,6 +267,8 @@ class RaftHost(Generic[S]):
         """A message from a peer. Dropped unless the host runs (Raft retransmits)."""
         if self._lifecycle is not _Lifecycle.RUNNING or self._halted is not None:
             return
+        if self.disk_full.stopped:
+            return  # stopped as a crashed node is: it acknowledges nothing
         node = self._require_node()
         if self._options.check_senders and not self._senders.admit(node, message):
             return
@@ -277,16 +289,18 @@ class RaftHost(Generic[S]):
         is unknown (retry with the same client id and sequence number), and
         ``ReplicaHaltedError`` / ``ReplicaStoppedError`` when the replica is not running.
         """
-        node = self._require_running()
+        node = self._require_running(writing=True)
         _check_timeout(timeout_s)
         self._proposals.check_room()
+        if self._storage.space_low():  # refused while there is room for what was accepted
+            raise DiskFullError(f"replica {self.id!r} refuses writes: its disk is nearly full")
         index = node.propose(command)
         return await self._await_entry(index, node.term, timeout_s, "proposal")
 
     async def change_membership(self, change: ConfChange, timeout_s: float) -> None:
         """Propose a one-server membership change; return once it is applied here.
         Raises ``ConfChangeError`` if the core refuses it now, else as :meth:`propose`."""
-        node = self._require_running()
+        node = self._require_running(writing=True)
         _check_timeout(timeout_s)
         self._proposals.check_room()
         index = node.propose_conf_change(change)
@@ -352,6 +366,11 @@ class RaftHost(Generic[S]):
         return self._require_node()
 
     @property
+    def storage(self) -> RaftStorage:
+        """The storage in use (a new instance after a stop on a full disk)."""
+        return self._storage
+
+    @property
     def dropped_messages(self) -> dict[str, int]:
         """Messages kept from the core, by reason (see ``hosting/senders.py``)."""
         return dict(self._senders.dropped)
@@ -366,22 +385,28 @@ class RaftHost(Generic[S]):
             commit=node.log.committed,
             applied=self._applier.applied,
             halted=self._halted is not None,
+            disk_full=self.disk_full.stopped,
+            halt_reason=str(self._halted) if self._halted is not None else "",
         )
 
     # --- the tick task -------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
-        node = self._require_node()
         while True:
             await self._clock.sleep(self._options.tick_interval_s)
             if self._halted is not None:
                 return
+            if self.disk_full.stopped:
+                if self.disk_full.due(self._clock.now()):
+                    self._try_resume()
+                continue
+            node = self._require_node()  # (a new one after a stop on a full disk)
             try:
                 node.tick()
                 self._applier.apply_held()
             except Exception as exc:
                 self._halt(exc)
-                return
+                continue  # (a halt ends the task above; a full disk waits for room)
             self._leadership.check(node)
             self._deadlines.expire(self._clock.now())
             self._check_transfers()
@@ -392,14 +417,14 @@ class RaftHost(Generic[S]):
     async def _process_readies(self) -> None:
         node = self._require_node()
         try:
-            while self._lifecycle is _Lifecycle.RUNNING and self._halted is None:
+            while self._lifecycle is _Lifecycle.RUNNING and self._running_normally():
                 if not node.has_ready():
                     self._idle.set()
                     await self._wake.wait()
                     self._wake.clear()
                     continue
                 await self._handle_ready(node, node.ready())
-                if self._halted is None:
+                if self._running_normally():
                     await self._maybe_snapshot(node)
                     self._check_transfers()
         except Exception as exc:
@@ -422,7 +447,7 @@ class RaftHost(Generic[S]):
         in_loop = self._options.sync_in_loop_unless_leading and not node.is_leader()
         if ready.snapshot is not None:
             await self._run_blocking(lambda: self._persist(ready))
-            if self._halted is not None:
+            if not self._running_normally():
                 return  # halted by a message or tick while the fsync ran: act on nothing
         elif not ready.must_sync or in_loop:
             # At most a new commit index (nothing to wait for), or a follower's small
@@ -433,7 +458,7 @@ class RaftHost(Generic[S]):
             # contend for the GIL. Only the fsync runs off the loop.
             write_ready(self._storage, ready)
             await self._run_blocking(self._storage.sync)
-            if self._halted is not None:
+            if not self._running_normally():
                 return  # halted by a message or tick while the fsync ran: act on nothing
         if ready.snapshot is not None:
             self._install(ready.snapshot)
@@ -508,12 +533,21 @@ class RaftHost(Generic[S]):
             raise ReplicaStoppedError(f"host {self.id!r} has not started")
         return self._node
 
-    def _require_running(self) -> RaftNode:
+    def _require_running(self, *, writing: bool = False) -> RaftNode:
         if self._halted is not None:
             raise ReplicaHaltedError(str(self._halted))
         if self._lifecycle is not _Lifecycle.RUNNING:
             raise ReplicaStoppedError(f"host {self.id!r} is not running")
+        if (error := self.disk_full.error) is not None:
+            # A write is refused outright (the other replicas share the fate of their
+            # disks more often than not); a read may find a replica that still runs.
+            if writing:
+                raise DiskFullError(f"replica {self.id!r} refuses writes: {error}")
+            raise ReplicaStoppedError(f"replica {self.id!r} is stopped: {error}")
         return self._require_node()
+
+    def _running_normally(self) -> bool:
+        return self._halted is None and not self.disk_full.stopped
 
     async def _await_entry(self, index: int, term: int, timeout_s: float, what: str) -> bytes:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -539,6 +573,11 @@ class RaftHost(Generic[S]):
     def _halt(self, cause: Exception) -> None:
         if self._halted is not None:
             return
+        full = disk_full_cause(cause)
+        if full is not None:
+            # The storage raises DiskFullError itself; the state machine's fails its apply.
+            self._stop_on_full_disk(full, state_machine_failed=not isinstance(cause, DiskFullError))
+            return
         error = cause if isinstance(cause, ReplicaHaltedError) else None
         if error is None:
             error = ReplicaHaltedError(f"replica {self.id!r} halted: {cause!r}")
@@ -548,6 +587,46 @@ class RaftHost(Generic[S]):
         self._fail_all(error)
         self._wake.set()  # let the ready task see it and exit
         self._idle.set()
+
+    # --- a full disk (hosting/diskfull.py) ----------------------------------------------
+
+    def _stop_on_full_disk(self, error: DiskFullError, *, state_machine_failed: bool) -> None:
+        """Stop as a crash would, and look for room at the tick task's pace."""
+        if not self.disk_full.stop(
+            error, self._clock.now(), state_machine_failed=state_machine_failed
+        ):
+            return
+        logger.error("replica %r stopped: %s; it resumes once there is room", self.id, error)
+        # Entries in flight may still commit through the other replicas: outcome unknown.
+        self._fail_all(ProposalOutcomeUnknownError(f"replica {self.id!r} stopped: {error}"))
+        self._wake.set()  # let the ready task see it and exit
+        self._idle.set()
+
+    def _try_resume(self) -> None:
+        """Reopen the storage and rebuild the core from it, as a restart would."""
+        if self._ready_task is not None and not self._ready_task.done():
+            return  # still finishing the Ready that failed (a worker's write)
+        try:
+            if not self._storage.room_to_resume():
+                return
+            self._storage = self._storage.reopen()
+            stored = load_state(self._storage)
+            if self.disk_full.rebuild_state_machine:
+                rebuild_state_machine(self.id, self.state_machine, stored, self._applier)
+                self._snapshots.reset(self._applier.applied, 0)
+            self._applier.drop_held()
+            self._node = self._build_node(stored)
+        except DiskFullError:
+            return  # still full: try again later
+        except Exception as exc:
+            self.disk_full.resumed()
+            self._halt(exc)
+            return
+        self.disk_full.resumed()
+        logger.warning("replica %r resumed: there is room on its disk again", self.id)
+        self._leadership.started(self._node, "after a full disk")
+        self._ready_task = asyncio.create_task(self._process_readies(), name=f"ready-{self.id}")
+        self._wakeup()
 
     def _fail_all(self, error: RaftError) -> None:
         self._proposals.fail_all(error)

@@ -12,7 +12,8 @@ recognised and ignored by every replica alike.
 :class:`InstallDelta`; version 4 :class:`ClientBatch`; version 5 lets a
 :class:`ClientOp` (alone or in a batch) carry ``bytes`` keys and values (before, every key
 and value was a str); version 6 a :class:`SqlWrite` with its work limit (``max_steps``),
-which also holds it to the allow-list of functions (see ``sqlshard.py``). Each command
+which also holds it to the allow-list of functions (see ``sqlshard.py``); version 7
+:class:`CheckShards` (the replicas' consistency check, ``checks.py``). Each command
 is written with the lowest version that has it (a client operation with only str keys
 and values still as version 1 or 4), so a log
 without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
@@ -32,7 +33,7 @@ from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVOp, KVResult, has_bytes
 from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
 
-GROUP_COMMAND_VERSION: Final = 6
+GROUP_COMMAND_VERSION: Final = 7
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 256 << 10
@@ -139,6 +140,15 @@ class SqlWrite(msgspec.Struct, frozen=True, array_like=True, tag="sql_write"):
     replays as it first ran: no limit and no allow-list)."""
 
 
+class CheckShards(msgspec.Struct, frozen=True, array_like=True, tag="check_shards"):
+    """Every replica digests each shard it serves as it applies this entry, so all of
+    them hash the same state (the same applied index), and keeps the digests for the
+    leader or ``shardwise check`` to compare (``checks.py``). Changes nothing replicated.
+    ``shards``: only these (empty: every serving shard)."""
+
+    shards: tuple[ShardId, ...] = ()
+
+
 Command: TypeAlias = (
     ClientOp
     | ClientBatch
@@ -150,6 +160,7 @@ Command: TypeAlias = (
     | HandOffDone
     | AckDelivered
     | SqlWrite
+    | CheckShards
 )
 
 _FIRST_VERSION: Final[dict[type, int]] = {
@@ -157,6 +168,7 @@ _FIRST_VERSION: Final[dict[type, int]] = {
     InstallBase: 3,
     InstallDelta: 3,
     ClientBatch: 4,
+    CheckShards: 7,
 }
 """The envelope version that introduced a command (1 when absent)."""
 
@@ -215,6 +227,8 @@ class GroupResult(msgspec.Struct, frozen=True, array_like=True):
     """For a :class:`ClientBatch`: each operation's result, in order."""
     error: str = ""
     """With outcome ``failed``: why."""
+    index: Int64 = 0
+    """For a :class:`CheckShards`: the entry's log index (the check's name)."""
 
 
 _encode = msgspec.msgpack.Encoder().encode

@@ -24,7 +24,7 @@ from shardwise.model.replies import ReplicaStatus
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
 
-ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group"]
+ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group", "disk_full"]
 
 PULL_CHUNK_BYTES: Final = 4 << 20
 """Largest piece of a shard image one pull reply or one log entry carries."""
@@ -287,7 +287,7 @@ class HandedOffRequest(msgspec.Struct, frozen=True):
 
 
 class HandedOffReply(msgspec.Struct, frozen=True):
-    status: Literal["ok", "not_leader", "retry", "halted", "forbidden"]
+    status: Literal["ok", "not_leader", "retry", "halted", "forbidden", "disk_full"]
     leader: str | None = None
 
 
@@ -327,12 +327,92 @@ class ArrivalInfo(msgspec.Struct, frozen=True):
     """The image's size (0: not known here; only the leader that pulls it knows)."""
 
 
+# --- consistency checks (``checks.py``, ``checker.py``) ----------------------------------
+
+
+ReplicaCheckState: TypeAlias = Literal["ok", "pending", "missing", "halted", "unreachable"]
+"""What one replica gave a check: its digests (``ok``), not all of them in time
+(``pending``), none for that index (``missing``: it restored from a later snapshot, or
+restarted), or no answer (``halted``, ``unreachable``). Only ``ok`` replicas compare."""
+
+
+class ShardDigest(msgspec.Struct, frozen=True, array_like=True):
+    shard: ShardId
+    digest: str
+    """``content_digest`` of the shard's file without its ``applied_index`` (hex)."""
+
+
+class ReplicaDigests(msgspec.Struct, frozen=True):
+    node_id: str
+    state: ReplicaCheckState
+    digests: list[ShardDigest] = []
+    skipped: list[ShardId] = []
+    """Shards over the check's byte budget on this replica (not compared)."""
+    error: str = ""
+
+
+class ShardMismatch(msgspec.Struct, frozen=True):
+    shard: ShardId
+    digests: dict[str, str]
+    """Replica node id -> its digest of the shard (``absent``: the replica has no such
+    serving shard at that index)."""
+    differ: list[str]
+    """The replicas outside the largest agreeing set (all of them on a tie)."""
+
+
+class CheckOutcome(msgspec.Struct, frozen=True):
+    """One consistency check of a group: every replica's digests at log ``index``."""
+
+    gid: Int64
+    index: Int64
+    finished_at: float
+    """Unix time the comparison was made."""
+    shards: Int64
+    """Shards compared (held by at least two replicas that answered)."""
+    replicas: list[ReplicaDigests]
+    mismatches: list[ShardMismatch] = []
+    error: str = ""
+
+
+class CheckRequest(msgspec.Struct, frozen=True):
+    """Run a consistency check of the group now (its leader answers, once compared)."""
+
+
+class CheckReply(msgspec.Struct, frozen=True):
+    status: Literal["ok", "not_leader", "retry", "halted", "disk_full", "forbidden"]
+    leader: str | None = None
+    outcome: CheckOutcome | None = None
+
+
+class DigestsRequest(msgspec.Struct, frozen=True):
+    """This replica's digests of the check logged at ``index``."""
+
+    index: Int64
+
+
+class DigestsReply(msgspec.Struct, frozen=True):
+    status: Literal["ok", "missing", "halted", "forbidden"]
+    pending: Int64 = 0
+    """Shards still being hashed: ask again."""
+    digests: list[ShardDigest] = []
+    skipped: list[ShardId] = []
+    error: str = ""
+
+
 class StatusReply(ReplicaStatus, frozen=True):
     gid: Int64
     config_num: Int64
     shards: list[ShardInfo] = msgspec.field(default_factory=list)
     arrivals: list[ArrivalInfo] = msgspec.field(default_factory=list)
     """Shards being copied in (a default: a reply from an older server still decodes)."""
+    halt_reason: str = ""
+    """Why the replica halted (with ``halted``); "" while it runs."""
+    last_check: CheckOutcome | None = None
+    """The latest consistency check this replica ran as leader (``None``: none yet)."""
+    checks_run: Int64 = 0
+    mismatches_found: Int64 = 0
+    """Checks this replica ran as leader since it started, and the shards they found
+    differing (replica-local counters)."""
 
 
 WRITE = RpcMethod("shard.write", WriteRequest, KVReply)
@@ -345,3 +425,5 @@ STATUS = RpcMethod("shard.status", StatusRequest, StatusReply)
 SQL_READ = RpcMethod("shard.sql_read", SqlReadRequest, SqlReply)
 SQL_WRITE = RpcMethod("shard.sql_write", SqlWriteRequest, SqlReply)
 SQL_SCHEMA = RpcMethod("shard.sql_schema", SqlSchemaRequest, SqlSchemaReply)
+CHECK = RpcMethod("shard.check", CheckRequest, CheckReply)
+DIGESTS = RpcMethod("shard.digests", DigestsRequest, DigestsReply)

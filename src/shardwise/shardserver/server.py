@@ -55,6 +55,8 @@ from shardwise.service import (
     through_host,
 )
 from shardwise.shardserver.access import AccessGuard
+from shardwise.shardserver.checker import CHECK_INTERVAL_S, Checker
+from shardwise.shardserver.checks import read_fault
 from shardwise.shardserver.commands import (
     ClientBatch,
     ClientOp,
@@ -69,6 +71,8 @@ from shardwise.shardserver.migration.reconciler import Reconciler
 from shardwise.shardserver.migration.source import ShardSource
 from shardwise.shardserver.protocol import (
     BATCH,
+    CHECK,
+    DIGESTS,
     HANDED_OFF,
     PULL,
     READ,
@@ -130,6 +134,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         storage: RaftStorage | None = None,
         sql_write_max_steps: int = MAX_WRITE_STEPS,
         sql_write_max_seconds: float = MAX_WRITE_SECONDS,
+        check_interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
         if sql_write_max_steps < 1:
             raise ValueError(f"a SQL write's step limit is positive, not {sql_write_max_steps}")
@@ -142,6 +147,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         """The work limit this server writes into the SQL writes it logs as leader (every
         replica applies the limit in the entry, so they need not agree on the option)."""
         state_machine = ShardGroupStateMachine(gid, config.data_dir / "shards")
+        state_machine.checks.fault = read_fault(config.data_dir)
         super().__init__(config, state_machine, gid, transport=transport, storage=storage)
         self.gid = gid
         self.controller = ControllerClient(
@@ -165,6 +171,16 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             source=self.source,
         )
         self._reconciler: asyncio.Task[None] | None = None
+        self.checker = Checker(
+            gid,
+            config.node_id,
+            self.host,
+            transport=self.transport,
+            checks=state_machine.checks,
+            replicas=lambda: list(config.peers),
+            interval_s=check_interval_s,
+        )
+        self._checking: list[asyncio.Task[None]] = []
         # Requests served OK per shard, for STATUS (``shardwise status`` samples them
         # twice for a rate). Plain counters of this replica, not state-machine state: a
         # rate needs no agreement, and putting them in the log would cost a write per read.
@@ -180,6 +196,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.transport.serve(PULL, self._pull)
         self.transport.serve(HANDED_OFF, self._handed_off)
         self.transport.serve(STATUS, self._status)
+        self.transport.serve(CHECK, self.checker.serve_check)
+        self.transport.serve(DIGESTS, self.checker.serve_digests)
 
     async def start(self) -> None:
         await super().start()
@@ -187,6 +205,10 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self._access_watch = asyncio.create_task(
             self.access.follow(self.controller), name="access-watch"
         )
+        self._checking = [
+            asyncio.create_task(self.checker.run_forever(), name="periodic-checks"),
+            asyncio.create_task(self.checker.watch_halt(), name="halt-watch"),
+        ]
 
     async def stop(self) -> None:
         await self.stop_tasks()
@@ -196,6 +218,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     async def stop_tasks(self) -> None:
         """Stop the reconciler (a simulated crash stops the rest by hand)."""
         tasks = [t for t in (self._reconciler, self._access_watch) if t is not None]
+        tasks += self._checking
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -526,6 +549,10 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             config_num=sm.config.num,
             shards=shards,
             arrivals=arrivals,
+            halt_reason=s.halt_reason,
+            last_check=self.checker.last,
+            checks_run=self.checker.checks_run,
+            mismatches_found=self.checker.mismatches_found,
         )
 
     def _arrival(self, shard: ShardId, incoming: Incoming) -> ArrivalInfo:
@@ -574,6 +601,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="how long the leader's trial of a SQL write may take before it refuses it "
         f"(default {MAX_WRITE_SECONDS})",
     )
+    parser.add_argument(
+        "--check-interval",
+        type=float,
+        default=CHECK_INTERVAL_S,
+        metavar="S",
+        help="seconds between the consistency checks this server runs while it leads "
+        f"(default {CHECK_INTERVAL_S:.0f})",
+    )
     args = parser.parse_args(argv)
     config = replica_config(parser, args)
     controllers = parse_peers(parser, args.controller, "--controller")
@@ -585,10 +620,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sql-write-max-steps takes a positive number")
     if not args.sql_write_max_seconds > 0:
         parser.error("--sql-write-max-seconds takes a positive number")
+    if not args.check_interval > 0:
+        parser.error("--check-interval takes a positive number")
     steps, seconds = args.sql_write_max_steps, args.sql_write_max_seconds
     return run_main(
         lambda c: ShardServer(
-            c, args.group, controllers, sql_write_max_steps=steps, sql_write_max_seconds=seconds
+            c,
+            args.group,
+            controllers,
+            sql_write_max_steps=steps,
+            sql_write_max_seconds=seconds,
+            check_interval_s=args.check_interval,
         ),
         config,
     )

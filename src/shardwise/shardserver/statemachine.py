@@ -51,8 +51,10 @@ from shardwise.model.config import NO_GROUP, Configuration, ShardId, initial_con
 from shardwise.model.kv import MAX_SCAN_ROWS, Key, KVResult, Value
 from shardwise.raft.client_sessions import MAX_SESSIONS
 from shardwise.shardserver import kvops
+from shardwise.shardserver.checks import ShardChecks
 from shardwise.shardserver.commands import (
     AckDelivered,
+    CheckShards,
     ClientBatch,
     ClientOp,
     GroupResult,
@@ -160,6 +162,7 @@ class ShardGroupStateMachine:
         shard can come back (and be owed again) before an older hand-off is confirmed."""
         self._digests: dict[str, int] = {}
         """Schema digests of the current configuration, by keyspace (made on demand)."""
+        self.checks = ShardChecks()  # the consistency checks' digests (``checks.py``)
         self._clear_directory()
 
     # --- the StateMachine protocol -------------------------------------------------------
@@ -183,6 +186,9 @@ class ShardGroupStateMachine:
             return encode_result(self._client_batch(index, decoded))
         if isinstance(decoded, SqlWrite):
             return encode_result(self._sql_write(index, decoded))
+        if isinstance(decoded, CheckShards):
+            self.checks.take(index, self, decoded.shards)
+            return encode_result(GroupResult("ok", self.config.num, index=index))
         if isinstance(decoded, Reconfigure):
             done = self._reconfigure(index, decoded.config)
         elif isinstance(decoded, InstallChunk):
@@ -275,11 +281,20 @@ class ShardGroupStateMachine:
         self._digests = {}
         self._applied = index
 
+    def reset(self) -> None:
+        """Back to a new, empty state, its files dropped, to be fed the log again: how the
+        host rebuilds it after a write of its failed for want of room (it may have been
+        rolled back part-way: raft/hosting/diskfull.py)."""
+        self.close()
+        fresh = ShardGroupStateMachine(self.gid, self.directory, max_sessions=self._max_sessions)
+        self.__dict__.update(fresh.__dict__)
+
     def close(self) -> None:
         for record in self.shards.values():
             if record.store is not None:
                 record.store.close()
         self.arrivals.close()
+        self.checks.close()
 
     # --- what the server asks ------------------------------------------------------------
 

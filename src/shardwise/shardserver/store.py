@@ -41,6 +41,7 @@ from shardwise.errors import (
     ShardLimitError,
     ShardStoreClosedError,
     ShardStoreError,
+    ShardwiseError,
 )
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import (
@@ -69,6 +70,7 @@ from shardwise.shardserver.sqlstore import SqlStoreMixin
 from shardwise.shardserver.tracking import MAX_TOMBSTONES, ChangeTracker, ShardDelta
 from shardwise.shardserver.writecache import MAX_PENDING_BYTES, HeldPuts, ReadCache
 from shardwise.storage.fsutil import Disk
+from shardwise.storage.space import DiskFullError
 
 if TYPE_CHECKING:
     from shardwise.sql.write_functions import TimeFunctions
@@ -304,7 +306,7 @@ class ShardStore(SqlStoreMixin):
         try:
             row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as exc:
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
         if row is None:
             return None
         value = kvops.as_value(row[0])
@@ -327,7 +329,7 @@ class ShardStore(SqlStoreMixin):
         try:
             return kvops.scan(self._connection(), prefix, start, end, limit)
         except sqlite3.Error as exc:
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
 
     def count(self) -> int:
         """Number of keys."""
@@ -353,7 +355,7 @@ class ShardStore(SqlStoreMixin):
         try:
             return self._changes.changes_since(self._connection(), str(self.shard), since)
         except sqlite3.Error as exc:
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
 
     def content_digest(self) -> str:
         """A digest of the shard's content, the same on every replica at the same applied
@@ -362,7 +364,7 @@ class ShardStore(SqlStoreMixin):
         try:
             return content_digest(self._connection())
         except sqlite3.Error as exc:
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
 
     def file_image(self, *, reserve: int) -> bytearray:
         """The whole database as it stands committed, after ``reserve`` bytes left free at
@@ -430,7 +432,7 @@ class ShardStore(SqlStoreMixin):
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+                raise self._error(exc) from exc
 
     def close(self) -> None:
         """Close the database (idempotent); committed changes stay in the file, and so
@@ -464,6 +466,15 @@ class ShardStore(SqlStoreMixin):
             self._write_held(self._conn)
         return self._conn
 
+    def _error(self, exc: sqlite3.Error) -> ShardwiseError:
+        """A SQLite failure as ours: ``SQLITE_FULL`` is a full disk (``DiskFullError``),
+        which the Raft host does not take for damage: it stops the replica and rebuilds
+        its state machine from the durable record once there is room (a transaction
+        may have been rolled back, so the state no longer matches the applied index)."""
+        if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_FULL:
+            return DiskFullError(f"shard {self.shard}: the disk is full ({exc})")
+        return ShardStoreError(f"shard {self.shard}: {exc}")
+
     def _hold_put(self, client_id: str, seq: int, op: KVOp) -> bool:
         return self._held.take_put(client_id, seq, op, self._sessions, self._changes)
 
@@ -475,7 +486,7 @@ class ShardStore(SqlStoreMixin):
             written = self._held.write_to(conn)
         except sqlite3.Error as exc:
             self._read_cache.clear()
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
         for key, value in written:
             self._read_cache.remember(key, value)
 
@@ -483,7 +494,7 @@ class ShardStore(SqlStoreMixin):
         try:
             return self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -496,7 +507,7 @@ class ShardStore(SqlStoreMixin):
                     conn.execute("BEGIN IMMEDIATE")
                 yield conn
             except sqlite3.Error as exc:
-                raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+                raise self._error(exc) from exc
             return
         try:
             if not conn.in_transaction:  # a cache store may have left one open: join it
@@ -509,7 +520,7 @@ class ShardStore(SqlStoreMixin):
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
 
     def _write_applied(self) -> None:
         """Write the ``applied_index`` a batch left in memory, in the batch's transaction
@@ -520,7 +531,7 @@ class ShardStore(SqlStoreMixin):
         try:
             put_meta(self._conn, "applied_index", self._meta.applied_index)
         except sqlite3.Error as exc:
-            raise ShardStoreError(f"shard {self.shard}: {exc}") from exc
+            raise self._error(exc) from exc
 
     def _apply_once(self, conn: sqlite3.Connection, client_id: str, seq: int, op: KVOp) -> KVResult:
         run = lambda: kvops.execute(conn, op, self._changes)  # noqa: E731

@@ -8,6 +8,7 @@ fsyncing the directory.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Sequence
@@ -17,6 +18,20 @@ TEMP_SUFFIX: Final = ".tmp"
 """Marks a file being written; one left over by a crash is deleted on open."""
 
 LOCK_NAME: Final = "LOCK"
+
+SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Errors that mean "no room" (a full file system, or the user's quota), not damage."""
+
+
+class SyncFailedError(OSError):
+    """An fsync or fdatasync failed. Unlike a failed write, this is never taken for a full
+    disk that may recover: after a failed fsync the kernel may have dropped the dirty
+    pages and marked them clean, so a later fsync could "succeed" over lost data."""
+
+
+def is_out_of_space(error: OSError) -> bool:
+    """Whether ``error`` is a write that found no room (and not a failed fsync)."""
+    return error.errno in SPACE_ERRNOS and not isinstance(error, SyncFailedError)
 
 
 class Disk:
@@ -38,14 +53,28 @@ class Disk:
         Cheaper than fsync where available: timestamps are not forced to disk.
         """
         self.fsyncs += 1
-        if hasattr(os, "fdatasync"):
-            os.fdatasync(fd)
-        else:  # pragma: no cover - macOS and Windows
-            os.fsync(fd)
+        try:
+            if hasattr(os, "fdatasync"):
+                os.fdatasync(fd)
+            else:  # pragma: no cover - macOS and Windows
+                os.fsync(fd)
+        except OSError as error:
+            raise SyncFailedError(error.errno, f"fdatasync: {error.strerror}") from error
 
     def fsync(self, fd: int) -> None:
         self.fsyncs += 1
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            raise SyncFailedError(error.errno, f"fsync: {error.strerror}") from error
+
+    def write(self, fd: int, data: bytes, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (see :func:`write_all`)."""
+        write_all(fd, data, offset)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Reserve disk blocks for ``offset .. offset + length`` (``posix_fallocate``)."""
+        os.posix_fallocate(fd, offset, length)
 
     def fsync_dir(self, directory: str) -> None:
         """Make the creation, removal or renaming of entries in ``directory`` durable."""
@@ -65,7 +94,7 @@ class Disk:
         try:
             offset = 0
             for chunk in chunks:
-                write_all(fd, chunk, offset)
+                self.write(fd, chunk, offset)
                 offset += len(chunk)
             self.fsync(fd)
         finally:
@@ -89,6 +118,58 @@ class CacheDisk(Disk):
 
     def fsync_dir(self, directory: str) -> None:
         pass
+
+
+class FaultyDisk(Disk):
+    """A disk for tests that runs out of room, or fails its fsyncs, on demand.
+
+    ``space``: bytes that writes and allocations may still take (``None``: unlimited);
+    a write larger than what is left writes what fits and then fails with ``ENOSPC``, as
+    a real one does. Freed space is not tracked: a test gives room back by raising
+    ``space``. ``fsync_errno``: make every fsync fail with that error.
+    """
+
+    def __init__(self, space: int | None = None) -> None:
+        super().__init__()
+        self.space = space
+        self.fsync_errno: int | None = None
+        self.refusals = 0
+        """Writes and allocations refused for want of space."""
+
+    def fdatasync(self, fd: int) -> None:
+        self._check_fsync()
+        super().fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        self._check_fsync()
+        super().fsync(fd)
+
+    def write(self, fd: int, data: bytes, offset: int) -> None:
+        if self.space is not None and len(data) > self.space:
+            fits = self.space
+            write_all(fd, data[:fits], offset)
+            self.space = 0
+            self._refuse()
+        write_all(fd, data, offset)
+        if self.space is not None:
+            self.space -= len(data)
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        grow = max(0, offset + length - os.fstat(fd).st_size)
+        if self.space is not None and grow > self.space:
+            self._refuse()
+        super().allocate(fd, offset, length)
+        if self.space is not None:
+            self.space -= grow
+
+    def _refuse(self) -> None:
+        self.refusals += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def _check_fsync(self) -> None:
+        if self.fsync_errno is not None:
+            self.fsyncs += 1
+            raise SyncFailedError(self.fsync_errno, os.strerror(self.fsync_errno))
 
 
 def write_all(fd: int, data: bytes, offset: int) -> None:

@@ -46,7 +46,9 @@ class RaftStorage(Protocol):
     **Errors.** Reading below the log raises ``LogCompactedError`` (the leader sends the
     snapshot instead); reading above it raises ``LogUnavailableError``. Misuse such as an
     append that would leave a gap raises ``StorageError``; a damaged log found at open
-    raises ``CorruptLogError``, a damaged snapshot ``SnapshotError``.
+    raises ``CorruptLogError``, a damaged snapshot ``SnapshotError``. A write that finds
+    no room raises ``DiskFullError`` and, like any failed write, leaves the instance
+    unusable: :meth:`reopen` once :meth:`room_to_resume`.
     """
 
     def hard_state(self) -> HardState:
@@ -124,6 +126,23 @@ class RaftStorage(Protocol):
 
     def close(self) -> None:
         """Release files and locks. Does not sync: call :meth:`sync` first if needed."""
+        ...
+
+    def space_low(self) -> bool:
+        """Whether free space is below the threshold past which new proposals are refused
+        (``space.py``). Cheap (looks at the file system at a bounded rate), and the one
+        call that may run while :meth:`sync` does in another thread."""
+        ...
+
+    def room_to_resume(self) -> bool:
+        """Whether, after ``DiskFullError``, there is room again to :meth:`reopen`."""
+        ...
+
+    def reopen(self) -> RaftStorage:
+        """Close this instance and return the storage a restart would find, with what it
+        found made durable. The way on after a write failed with ``DiskFullError`` (which
+        leaves an instance unusable, as any failed write does); raises ``DiskFullError``
+        while there is still no room."""
         ...
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from shardwise.errors import CorruptLogError, StorageError
 from shardwise.storage import rules
+from shardwise.storage.space import DiskFullError
 from shardwise.storage.types import (
     EMPTY_HARD_STATE,
     HardState,
@@ -61,6 +62,19 @@ class _MemoryLog:
 _LogOp = Callable[[_MemoryLog], None]
 
 
+class SimulatedSpace:
+    """The free space a :class:`MemoryStorage` pretends to have; tests set it, and it is
+    shared by the instances :meth:`MemoryStorage.reopen` makes (it is the disk's)."""
+
+    def __init__(self) -> None:
+        self.full = False
+        """Writes fail with ``DiskFullError`` (and leave the instance unusable)."""
+        self.low = False
+        """Free space is below the refusal threshold (``space_low()``)."""
+        self.refusals = 0
+        """Writes refused for want of room."""
+
+
 class MemoryStorage:
     """A :class:`~shardwise.storage.interface.RaftStorage` that lives in memory.
 
@@ -69,7 +83,9 @@ class MemoryStorage:
     returns, as it is on disk.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, space: SimulatedSpace | None = None) -> None:
+        self.space = space or SimulatedSpace()
+        self._failure: DiskFullError | None = None
         self._hard_state = EMPTY_HARD_STATE
         self._durable_hard_state = EMPTY_HARD_STATE
         self._snapshot: tuple[SnapshotMeta, bytes] | None = None
@@ -125,6 +141,7 @@ class MemoryStorage:
             rules.entries_to_append(entries, log.first, log.last, log.term, self.snapshot_meta())
         )
         if batch:
+            self._check_room()
             self._apply(lambda target: target.append(batch))
 
     def set_hard_state(self, hard_state: HardState) -> None:
@@ -136,6 +153,7 @@ class MemoryStorage:
         self._check_open()
         if not self._pending and self._durable_hard_state == self._hard_state:
             return
+        self._check_room()
         for op in self._pending:
             op(self._durable_log)
         self._pending.clear()
@@ -145,6 +163,7 @@ class MemoryStorage:
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         self._check_open()
         rules.check_new_snapshot(meta, self.snapshot_meta())
+        self._check_room()
         self._snapshot = (meta, bytes(data))
         log = self._log
         if not rules.snapshot_matches_log(meta, log.first, log.last, log.term):
@@ -161,6 +180,24 @@ class MemoryStorage:
     def close(self) -> None:
         self._closed = True
 
+    # --- space ----------------------------------------------------------------------------
+
+    def space_low(self) -> bool:
+        # Not ``full``: that models a disk filled at once (by another process), past
+        # the refusal threshold, which is what the reserve and reopen() are for.
+        return self.space.low
+
+    def room_to_resume(self) -> bool:
+        return not self.space.full
+
+    def reopen(self) -> MemoryStorage:
+        """What a restart would find (:meth:`crash`): the way on after ``DiskFullError``;
+        raises it again while the simulated disk is still full."""
+        if self.space.full:
+            raise DiskFullError("the simulated disk is still full")
+        self._failure = None
+        return self.crash()
+
     # --- simulation -----------------------------------------------------------------------
 
     def crash(self) -> MemoryStorage:
@@ -169,10 +206,11 @@ class MemoryStorage:
         This instance is closed; the new one starts from the snapshot (if any) followed by
         the durable entries after it, exactly as :class:`FileStorage` does on open.
         """
-        self._check_open()
+        if self._closed:
+            raise StorageError("storage is closed")
         self._closed = True
         durable = self._durable_log
-        fresh = MemoryStorage()
+        fresh = MemoryStorage(self.space)
         fresh._snapshot = self._snapshot
         fresh._hard_state = fresh._durable_hard_state = self._durable_hard_state
         fresh._log = _restart_log(durable, None if self._snapshot is None else self._snapshot[0])
@@ -191,6 +229,15 @@ class MemoryStorage:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("storage is closed")
+        if self._failure is not None:
+            raise DiskFullError(f"unusable after a failed write: {self._failure}")
+
+    def _check_room(self) -> None:
+        """A write on a full simulated disk fails and, as on disk, spoils the instance."""
+        if self.space.full:
+            self.space.refusals += 1
+            self._failure = DiskFullError("the simulated disk is full")
+            raise self._failure
 
 
 def _restart_log(durable: _MemoryLog, snapshot: SnapshotMeta | None) -> _MemoryLog:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from collections.abc import Sequence
 from typing import Final
 
 from shardwise.errors import CorruptLogError
-from shardwise.storage.fsutil import Disk, write_all
+from shardwise.storage.fsutil import SPACE_ERRNOS, Disk
 from shardwise.storage.record import decode_run, encode_record
 from shardwise.storage.recovery import (
     RecoveredLog,
@@ -48,6 +49,17 @@ PREALLOCATE_BYTES: Final = 4 * 1024 * 1024
 
 WRITE_CHUNK_BYTES: Final = 1024 * 1024
 """Records are written in chunks of about this size, bounding the copy a batch makes."""
+
+SYNCED_MARKS_ENV: Final = "SHARDWISE_TEST_SYNCED_MARKS"
+"""Test-only, read by the fault harness (``shardwise.testing.faults``). ``1``: each sync
+also records, in ``<segment>.synced``, how many bytes of the active segment it made
+durable, so that after a SIGKILL the harness can cut what a power cut would have lost.
+``follower-skips-fsync``: that, plus a planted bug for the harness's control run: a
+sync in the event loop's thread (a follower's, ``HostOptions.sync_in_loop_unless_leading``)
+returns without syncing, so followers acknowledge entries that a crash loses."""
+
+_SYNCED_MARKS: Final = os.environ.get(SYNCED_MARKS_ENV, "")
+_MAIN: Final = threading.main_thread()
 
 
 class SegmentLog:
@@ -206,7 +218,15 @@ class SegmentLog:
         end = segment.size + len(data)
         if end > self._allocated:
             self._allocate(fd, end)
-        write_all(fd, data, segment.size)
+        try:
+            self._disk.write(fd, data, segment.size)
+        except OSError:
+            # Part of the batch may be in the file: cut it, so that the records after a
+            # failed write can never be read back as if written (recovery would take
+            # them for a torn tail anyway, but a caller that goes on must not see them).
+            os.ftruncate(fd, segment.size)
+            self._allocated = min(self._allocated, segment.size)
+            raise
         segment.size += len(data)
         self._dirty = True
 
@@ -217,10 +237,15 @@ class SegmentLog:
             return
         target = max(end, min(self._allocated + PREALLOCATE_BYTES, self._max_segment_bytes))
         try:
-            os.posix_fallocate(fd, self._allocated, target - self._allocated)
-        except OSError:
-            self._preallocate = False  # e.g. not supported: the writes extend the file
-            return
+            self._disk.allocate(fd, self._allocated, target - self._allocated)
+        except OSError as error:
+            if error.errno not in SPACE_ERRNOS:
+                self._preallocate = False  # e.g. not supported: the writes extend the file
+                return
+            # Too little room to allocate ahead: allocate what this write needs (a full
+            # disk fails here, before anything is written, with ENOSPC).
+            target = end
+            self._disk.allocate(fd, self._allocated, target - self._allocated)
         self._allocated = target
         self._dirty = True
 
@@ -238,8 +263,31 @@ class SegmentLog:
 
     def sync(self) -> None:
         """Make everything written durable: one fdatasync of the active segment."""
+        if _SYNCED_MARKS == "follower-skips-fsync" and threading.current_thread() is _MAIN:
+            return
         if self._dirty and self._active_fd is not None:
+            written = self._segments[-1].size
             self._disk.fdatasync(self._active_fd)
+            if _SYNCED_MARKS:
+                self._mark_synced(written)
+        self._dirty = False
+
+    def _mark_synced(self, size: int) -> None:
+        """See :data:`SYNCED_MARKS_ENV`: one fixed-width write, whole or not at all."""
+        name = self._segments[-1].name + ".synced"
+        fd = os.open(os.path.join(self._dir, name), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, b"%020d" % size, 0)
+        finally:
+            os.close(fd)
+
+    def sync_all(self) -> None:
+        """fdatasync the active segment and fsync the directory, written to or not: a
+        log reopened in the process that wrote it may find records that reached only
+        the page cache (the write after them failed), and must not call them durable."""
+        if self._segments:
+            self._disk.fdatasync(self._fd())
+        self._disk.fsync_dir(self._dir)
         self._dirty = False
 
     def _truncate_from(self, index: int) -> None:

@@ -38,7 +38,7 @@ from shardwise.raft.host import HostOptions, RaftHost
 from shardwise.raft.messages import AppendEntries, InstallSnapshot, Membership, Message
 from shardwise.raft.ready import RaftConfig, Role
 from shardwise.raft.statemachine import StateMachine
-from shardwise.storage.memory import MemoryStorage
+from shardwise.storage.memory import MemoryStorage, SimulatedSpace
 from shardwise.testing.network import Draws, Faults, Network, Packet
 
 TICK_S: Final = 0.125
@@ -178,7 +178,12 @@ class HostCluster(Generic[S]):
         self.config = config
         self.make_state_machine = make_state_machine
         self.membership = Membership(frozenset(self.names))
-        self.storages: dict[str, MemoryStorage] = {n: MemoryStorage() for n in self.names}
+        self.spaces: dict[str, SimulatedSpace] = {n: SimulatedSpace() for n in self.names}
+        """Each server's simulated disk space: fill it (``full``, ``low``) to test how
+        a replica refuses writes and resumes (shared by every storage of the server)."""
+        self.storages: dict[str, MemoryStorage] = {
+            n: MemoryStorage(self.spaces[n]) for n in self.names
+        }
         self.hosts: dict[str, RaftHost[S]] = {}
         """Running hosts only; a crashed server is absent until it restarts."""
         self.disks: dict[str, SimulatedDisk] = {}
@@ -217,7 +222,10 @@ class HostCluster(Generic[S]):
         self._note_halt(host)  # first: the halt that a lost write causes is no bug
         await self.disks.pop(name).power_off(lose_write=lose_write)
         await host.stop(close_storage=False)
-        self.storages[name] = self.storages[name].crash()
+        # (The host's own storage: it reopens a new one after a stop on a full disk.)
+        storage = host.storage
+        assert isinstance(storage, MemoryStorage)
+        self.storages[name] = storage.crash()
         self.crashes += 1
 
     async def restart(self, name: str) -> RaftHost[S]:

@@ -74,6 +74,11 @@ class Applier:
             entries, self._held = self._held, []
             self._apply(entries)
 
+    def drop_held(self) -> None:
+        """Forget what a follower holds back (it comes again: the core is rebuilt from
+        storage after a stop on a full disk)."""
+        self._held = []
+
     def restored(self, index: int) -> None:
         """The state machine was restored from a snapshot at ``index``."""
         self.applied = index

@@ -99,3 +99,7 @@ class HostStatus:
     """The host's applied index: commands in the state machine, plus no-ops and
     membership changes the core applied."""
     halted: bool
+    disk_full: bool = False
+    """Stopped by a full disk: it refuses writes and resumes once there is room."""
+    halt_reason: str = ""
+    """Why it halted (the error it stopped on), "" while it runs."""
