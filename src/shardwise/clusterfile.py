@@ -37,7 +37,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import ssl
 import sys
 import tomllib
@@ -51,6 +50,7 @@ from shardwise.model.config import MAX_GROUPS, MAX_SERVERS_PER_GROUP
 from shardwise.net.auth import Credentials, Login, check_secret
 from shardwise.net.certs import CA_CERT, make_ca, make_node_certificate
 from shardwise.net.links import Address
+from shardwise.net.ports import free_ports
 from shardwise.net.tls import TlsFiles, client_context
 from shardwise.service import DEFAULT_TICK_MS, MAX_SECRET_FILE_BYTES
 
@@ -499,20 +499,6 @@ def secret_is_private(path: Path) -> bool:
 
 
 # --- a local layout ------------------------------------------------------------------
-
-
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """Ports the OS calls free right now (held open together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def local_layout(
     root: Path,
     *,

@@ -32,12 +32,12 @@ from shardwise.clusterfile import (
     Group,
     Process,
     ensure_secret,
-    free_ports,
 )
 from shardwise.controller.client import ControllerClient
 from shardwise.controller.server import ControllerServer
 from shardwise.model.config import ChangeResult
 from shardwise.net.links import Address
+from shardwise.net.ports import free_ports
 from shardwise.service import ReplicaConfig, ReplicaService
 from shardwise.shardserver.protocol import server_address
 from shardwise.shardserver.server import ShardServer

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import IO, Final
 
-from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout, free_ports
+from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout
 from shardwise.net.certs import CA_CERT, make_node_certificate
 from shardwise.net.links import Address
+from shardwise.net.ports import free_ports
 from shardwise.net.tls import TlsFiles
 
 __all__ = ["ProcessGroup", "free_ports", "wait_for_line"]
