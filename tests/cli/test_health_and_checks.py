@@ -30,6 +30,7 @@ from shardwise.cli.exits import ExitCode
 from shardwise.cli.up import UP_MARKER
 from shardwise.clusterfile import find_layout, format_address
 from shardwise.shardserver.checks import DIVERGE_ON_CHECK, FAULT_ENV, FAULT_FILE, HALT_ON_CHECK
+from shardwise.testing.procs import run_cli
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -48,14 +49,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shardwise.cli", *args],
-        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root)},
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+    return run_cli(root, *args, timeout_s=CLI_TIMEOUT_S)
 
 
 def status(root: Path) -> dict[str, Any]:

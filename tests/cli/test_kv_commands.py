@@ -24,7 +24,7 @@ from shardwise.cli.exits import ExitCode
 from shardwise.cli.up import UP_MARKER
 from shardwise.clusterfile import local_layout
 from shardwise.model.kv import MAX_VALUE_BYTES
-from shardwise.testing.procs import free_base_port
+from shardwise.testing.procs import free_base_port, run_cli
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -63,14 +63,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def kv(root: Path, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """``shardwise kv ARGS`` with its output a pipe (as in a script)."""
-    return subprocess.run(
-        [sys.executable, "-m", "shardwise.cli", "kv", *args],
-        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root)},
-        input=stdin,
-        capture_output=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+    return shardwise_cli(root, "kv", *args, stdin=stdin)
 
 
 BINARY: Final = bytes(range(256)) * 3 + b"\n\x00-"
@@ -145,15 +138,8 @@ def test_binary_values_print_escaped_when_asked_and_scan_stays_one_line_per_pair
 def shardwise_cli(
     root: Path, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """``shardwise ARGS`` against the cluster, with extra environment ``env``."""
-    return subprocess.run(
-        [sys.executable, "-m", "shardwise.cli", *args],
-        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root), **(env or {})},
-        input=stdin,
-        capture_output=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+    """``shardwise ARGS`` against the cluster, output as bytes, extra environment ``env``."""
+    return run_cli(root, *args, stdin=stdin, env=env, text=False, timeout_s=CLI_TIMEOUT_S)
 
 
 def test_users_roles_and_logins_through_the_cli(root: Path) -> None:

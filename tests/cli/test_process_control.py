@@ -20,6 +20,7 @@ import pytest
 from shardwise.cli.exits import ExitCode
 from shardwise.cli.up import UP_MARKER
 from shardwise.clusterfile import ensure_secret, local_layout
+from shardwise.testing.procs import run_cli
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -46,14 +47,7 @@ def alive(pid: int) -> bool:
 
 
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shardwise.cli", *args],
-        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root)},
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+    return run_cli(root, *args, timeout_s=CLI_TIMEOUT_S)
 
 
 def pids(root: Path) -> dict[str, int]:

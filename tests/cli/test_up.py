@@ -30,7 +30,7 @@ from shardwise.cli.exits import ExitCode
 from shardwise.cli.main import main
 from shardwise.cli.up import UP_MARKER
 from shardwise.clusterfile import load_layout, local_layout
-from shardwise.testing.procs import free_base_port
+from shardwise.testing.procs import free_base_port, run_cli
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -130,15 +130,7 @@ def stop_up(up: Up, sig: signal.Signals = signal.SIGINT) -> int:
 
 
 def cli(root: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shardwise.cli", *args],
-        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root)},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+    return run_cli(root, *args, stdin=stdin, timeout_s=CLI_TIMEOUT_S)
 
 
 def status(root: Path, interval: float = 0) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout
 from shardwise.net.certs import CA_CERT, make_node_certificate
@@ -206,3 +207,28 @@ def free_base_port(layout: ClusterLayout, attempts: int = 50) -> int:
                 s.close()
         return base
     raise RuntimeError(f"no free base port in {BASE_PORT_RANGE} after {attempts} tries")
+
+
+CLI_TIMEOUT_S: Final = 120.0
+"""The longest one ``shardwise`` command run by a test may take."""
+
+
+def run_cli(
+    root: Path,
+    *args: str,
+    stdin: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    text: bool = True,
+    timeout_s: float = CLI_TIMEOUT_S,
+) -> subprocess.CompletedProcess[Any]:
+    """``shardwise ARGS`` as a user types it, against the cluster directory ``root``,
+    with its output a pipe (as in a script); extra environment ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "shardwise.cli", *args],
+        env={**os.environ, "SHARDWISE_CLUSTER_DIR": str(root), **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=text,
+        timeout=timeout_s,
+        check=False,
+    )

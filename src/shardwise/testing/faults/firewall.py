@@ -32,15 +32,7 @@ def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "nftables rules need root"
     probe = f"{TABLE_PREFIX}probe_{os.getpid()}"
-    script = f"add table inet {probe}\ndelete table inet {probe}\n"
-    done = subprocess.run(
-        ["nft", "-f", "-"],
-        check=False,
-        input=script,
-        text=True,
-        capture_output=True,
-        timeout=NFT_TIMEOUT_S,
-    )
+    done = _run_nft("-f", "-", script=f"add table inet {probe}\ndelete table inet {probe}\n")
     if done.returncode != 0:
         return f"nft cannot add a table: {done.stderr.strip()}"
     return None
@@ -48,13 +40,7 @@ def unavailable_reason() -> str | None:
 
 def delete_stale_tables() -> list[str]:
     """Delete every table of ours (left by a run that was killed); their names."""
-    listed = subprocess.run(
-        ["nft", "list", "tables"],
-        check=False,
-        text=True,
-        capture_output=True,
-        timeout=NFT_TIMEOUT_S,
-    )
+    listed = _run_nft("list", "tables")
     names = [
         line.split()[-1]
         for line in listed.stdout.splitlines()
@@ -65,15 +51,19 @@ def delete_stale_tables() -> list[str]:
     return names
 
 
-def _nft(script: str) -> None:
-    done = subprocess.run(
-        ["nft", "-f", "-"],
+def _run_nft(*args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nft", *args],
         check=False,
         input=script,
         text=True,
         capture_output=True,
         timeout=NFT_TIMEOUT_S,
     )
+
+
+def _nft(script: str) -> None:
+    done = _run_nft("-f", "-", script=script)
     if done.returncode != 0:
         raise RuntimeError(f"nft failed: {done.stderr.strip()}\n{script}")
 
