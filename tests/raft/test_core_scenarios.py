@@ -365,6 +365,27 @@ def test_leadership_transfer(seed: int) -> None:
     assert applied_agree(cluster) == [b"before", b"after"]
 
 
+def test_a_leader_whose_disk_fills_hands_leadership_to_a_follower_with_room(seed: int) -> None:
+    """Issue 21: one full disk must not stop a group's writes while two have room. The
+    leader passes over a follower whose disk is nearly full too; with every disk full it
+    keeps leading (writes are refused, reads served) rather than bouncing leadership."""
+    cluster = make_cluster(3, seed)
+    leader = cluster.wait_for_leader()
+    commit_one(cluster, b"before")
+    full, roomy = [n for n in cluster.ids if n != leader]
+    cluster.node(full).set_space_low(True)
+    cluster.run(cluster.ticks(5))  # its heartbeat answers say so
+    cluster.node(leader).set_space_low(True)
+    assert cluster.run_until(lambda: cluster.leader() == roomy, cluster.ticks(30))
+    commit_one(cluster, b"after")
+    assert applied_agree(cluster) == [b"before", b"after"]
+    # Every disk full: nobody has room to take over, the leader stays.
+    cluster.node(roomy).set_space_low(True)
+    term = cluster.node(roomy).term
+    cluster.run(cluster.ticks(60))
+    assert cluster.leader() == roomy and cluster.node(roomy).term == term
+
+
 def test_prevote_keeps_a_returning_node_from_deposing_the_leader(seed: int) -> None:
     cluster = make_cluster(3, seed)
     leader = cluster.wait_for_leader()

@@ -96,7 +96,7 @@ def test_a_full_disk_refuses_writes_and_resumes_without_a_restart() -> None:
     asyncio.run(run())
 
 
-def test_low_space_refuses_proposals_and_the_leader_keeps_leading() -> None:
+def test_low_space_everywhere_refuses_proposals_and_the_leader_keeps_leading() -> None:
     async def run() -> None:
         cluster = await _cluster()
         try:
@@ -104,7 +104,8 @@ def test_low_space_refuses_proposals_and_the_leader_keeps_leading() -> None:
             leader = cluster.leader()
             assert leader is not None
             term = cluster.hosts[leader].status().term
-            cluster.spaces[leader].low = True
+            for name in NAMES:  # no follower has room to take over
+                cluster.spaces[name].low = True
             with pytest.raises(DiskFullError):
                 await cluster.hosts[leader].propose(encode_command(Put("k", "x")), TIMEOUT_S)
             await cluster.advance(50)  # many election timeouts: heartbeats keep it leading
@@ -117,8 +118,29 @@ def test_low_space_refuses_proposals_and_the_leader_keeps_leading() -> None:
             )
             await cluster.run_until(read.done, MAX_TICKS)
             assert read.result() == "before"
-            cluster.spaces[leader].low = False
+            for name in NAMES:
+                cluster.spaces[name].low = False
             await _put(cluster, "k", "after")
+            assert await cluster.run_until(cluster.converged, MAX_TICKS)
+            assert all(_values(cluster, n)["k"] == "after" for n in NAMES), SEED
+        finally:
+            await cluster.close()
+
+    asyncio.run(run())
+
+
+def test_a_leader_low_on_space_hands_leadership_to_a_follower_with_room() -> None:
+    async def run() -> None:
+        cluster = await _cluster()
+        try:
+            await _put(cluster, "k", "before")
+            leader = cluster.leader()
+            assert leader is not None
+            cluster.spaces[leader].low = True
+            assert await cluster.run_until(
+                lambda: cluster.leader() not in (None, leader), MAX_TICKS
+            ), SEED
+            await _put(cluster, "k", "after")  # through the new leader
             assert await cluster.run_until(cluster.converged, MAX_TICKS)
             assert all(_values(cluster, n)["k"] == "after" for n in NAMES), SEED
         finally:

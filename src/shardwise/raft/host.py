@@ -402,6 +402,7 @@ class RaftHost(Generic[S]):
                 continue
             node = self._require_node()  # (a new one after a stop on a full disk)
             try:
+                node.set_space_low(self._storage.space_low())
                 node.tick()
                 self._applier.apply_held()
             except Exception as exc:

@@ -142,6 +142,9 @@ class Heartbeat(_Message, tag="hb", frozen=True):
 
 class HeartbeatResponse(_Message, tag="hb_resp", frozen=True):
     context: bytes = b""
+    space_low: bool = False
+    """The follower's disk is nearly full: a leader looking for a successor with room
+    passes it over (``RaftNode.space_low``)."""
 
 
 class RequestVote(_Message, tag="vote", frozen=True):

@@ -122,6 +122,12 @@ class RaftNode:
         self._pending_conf_index = 0
         self._awaiting_advance = False
         self.transferee: str | None = None
+        self.space_low = False
+        """This replica's disk is nearly full, so as a leader it would refuse every write
+        (the host says so each tick: :meth:`set_space_low`). A follower repeats it in its
+        heartbeat answers; a leader hands leadership to an up-to-date follower that has
+        room (:meth:`_hand_off_for_space`), so one full disk does not stop a group's
+        writes while two others have space."""
         self._reset_timeout()
 
     # --- what the parts share ------------------------------------------------------------
@@ -272,6 +278,31 @@ class RaftNode:
             self.heartbeat_elapsed = 0
             # Reads still unconfirmed ride along: a lost read heartbeat is sent again.
             self.replication.broadcast_heartbeat(self.reads.unconfirmed_context())
+        if self.space_low and self.transferee is None:
+            self._hand_off_for_space()
+
+    def set_space_low(self, low: bool) -> None:
+        """Whether this replica's disk is nearly full. When it has just become so, what
+        the followers said of theirs is forgotten (``Progress.space_low`` is "no room"
+        until heard): a report from before may be stale, and handing leadership to a
+        replica whose disk filled meanwhile would only make it hand it on again."""
+        if low and not self.space_low:
+            for pr in self.progress.values():
+                pr.space_low = True
+        self.space_low = low
+
+    def _hand_off_for_space(self) -> None:
+        """Transfer leadership to the most up-to-date voter that answered lately and has
+        room; none: keep leading (and refusing writes) until one does or space returns.
+        A transfer that fails is given up after an election timeout and tried again, so
+        this runs at most once per election timeout."""
+        candidates = [
+            (pr.match, peer)
+            for peer, pr in self.progress.items()
+            if peer != self.id and peer in self.voters and pr.recent_active and not pr.space_low
+        ]
+        if candidates:
+            self.transfer_leadership(max(candidates)[1])
 
     def propose(self, data: bytes) -> int:
         """Append a command to the leader's log; returns its index (not yet committed)."""

@@ -40,6 +40,7 @@ class Progress:
         "recent_active",
         "snapshot_index",
         "snapshot_offset",
+        "space_low",
         "state",
     )
 
@@ -56,6 +57,10 @@ class Progress:
         self.inflight_bytes = 0
         self.snapshot_index = 0
         self.snapshot_offset = 0
+        self.space_low = True
+        """The follower's disk is nearly full, as its last heartbeat answer said; until
+        one is heard, assumed so (a new leader hands leadership only to a replica known
+        to have room)."""
 
     def __repr__(self) -> str:
         return f"Progress({self.state.value}, match={self.match}, next={self.next})"

@@ -94,7 +94,15 @@ class Receiver:
         node = self._node
         log = node.log
         log.commit_to(min(m.commit, log.last_index()))
-        node.emit(HeartbeatResponse(term=node.term, sender=node.id, to=m.sender, context=m.context))
+        node.emit(
+            HeartbeatResponse(
+                term=node.term,
+                sender=node.id,
+                to=m.sender,
+                context=m.context,
+                space_low=node.space_low,
+            )
+        )
         if m.commit > log.last_index():
             # The leader sends a commit index only up to what we acknowledged, so we lost
             # entries we had synced (a damaged or cut log file). Say so as a rejection:

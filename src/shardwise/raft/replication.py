@@ -103,6 +103,7 @@ class Replicator:
             node.reads.acknowledge(m.sender, m.context)
         elif isinstance(m, HeartbeatResponse):
             pr.probe_sent = False
+            pr.space_low = m.space_low
             if pr.state is ProgressState.REPLICATE and pr.paused():
                 # The follower is reachable but a full window of appends went unanswered:
                 # they may all be lost. Free one slot so an append goes out; if the

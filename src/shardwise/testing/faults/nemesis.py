@@ -1,12 +1,13 @@
 """The faults, Jepsen's nemeses: each one injected, held, then healed.
 
 A fault is named by its kind (:data:`KINDS`); :meth:`Nemesis.inject` starts one and
-returns what undoes it. Partitions need nftables (``firewall.py``); without it the
-partition kinds are skipped and the run says so.
+returns what undoes it. Partitions need nftables (``firewall.py``), full disks a tmpfs
+per server (``full_disks.py``); without them those kinds are skipped and the run says so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from shardwise.model.config import ShardId
 from shardwise.testing.faults.cluster import AddressedCluster
 from shardwise.testing.faults.disk import crash_disk
 from shardwise.testing.faults.firewall import Firewall
+from shardwise.testing.faults.full_disks import SmallDisks
 
 PARTITIONS: Final = (
     "partition-halves",
@@ -32,7 +34,9 @@ PROCESS_FAULTS: Final = (
     "crash-group",
     "crash-controller",
 )
-KINDS: Final = PARTITIONS + PROCESS_FAULTS
+DISK_FAULTS: Final = ("disk-full-leader", "disk-full-follower")
+"""Another program takes every free byte of one shard server's disk."""
+KINDS: Final = PARTITIONS + PROCESS_FAULTS + DISK_FAULTS
 CHANGES: Final = ("move", "join", "leave")
 """Configuration changes, made during the faults by a task of their own."""
 SHARDS: Final = 64
@@ -56,9 +60,11 @@ class Nemesis:
         *,
         lose_unsynced: bool,
         tear_synced: bool = False,
+        disks: SmallDisks | None = None,
     ) -> None:
         self.cluster = cluster
         self.firewall = firewall
+        self.disks = disks
         self.rng = rng
         self.lose_unsynced = lose_unsynced
         self.tear_synced = tear_synced
@@ -67,7 +73,12 @@ class Nemesis:
         """Servers that would not start again after a crash, and why."""
 
     def kinds(self) -> list[str]:
-        return list(KINDS if self.firewall is not None else PROCESS_FAULTS)
+        """The kinds this machine can inject."""
+        return [
+            *(PARTITIONS if self.firewall is not None else ()),
+            *PROCESS_FAULTS,
+            *(DISK_FAULTS if self.disks is not None else ()),
+        ]
 
     # --- finding victims ---------------------------------------------------------------
 
@@ -139,9 +150,24 @@ class Nemesis:
 
     # --- processes ---------------------------------------------------------------------
 
+    async def _fill_disk(self, kind: str) -> Injected:
+        assert self.disks is not None
+        disks = self.disks
+        gid = self._group()
+        server = await (self._leader(gid) if kind == "disk-full-leader" else self._follower(gid))
+        taken = await asyncio.to_thread(disks.fill, server)
+
+        async def give_back() -> str:
+            await asyncio.to_thread(disks.heal, server)
+            return ""
+
+        return Injected(kind, f"{server} ({taken >> 20} MiB of ballast)", give_back)
+
     async def inject(self, kind: str) -> Injected:
         if kind in PARTITIONS:
             return await self._partition(kind)
+        if kind in DISK_FAULTS:
+            return await self._fill_disk(kind)
         c = self.cluster
         if kind in ("pause-leader", "pause-follower"):
             gid = self._group()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from shardwise.errors import ShardwiseError
+from shardwise.testing.faults import full_disks
 from shardwise.testing.faults.cluster import AddressedCluster
 from shardwise.testing.faults.disk import crash_disk
 from shardwise.testing.faults.firewall import Firewall, delete_stale_tables, unavailable_reason
@@ -69,6 +70,8 @@ class RunOptions:
     plant_follower_skips_fsync: bool = False
     """The control run's planted bug (see ``storage/segments.py``)."""
     tear_synced: bool = False
+    disk_faults: bool = True
+    """Give each shard server a small disk of its own (a tmpfs) that the nemesis fills."""
 
 
 @dataclass
@@ -176,12 +179,21 @@ class FaultRun:
         self.firewall = None if reason else Firewall(f"{self.cluster.net}")
         if reason:
             self.result.skipped.append(f"partitions: {reason}")
+        self.disks: full_disks.SmallDisks | None = None
+        if options.disk_faults and (reason := full_disks.unavailable_reason()) is None:
+            c = self.cluster
+            self.disks = full_disks.SmallDisks(
+                {s: c.raft_dir(s).parent for g in sorted(c.servers) for s in c.servers[g]}
+            )
+        elif options.disk_faults:
+            self.result.skipped.append(f"full disks: {reason}")
         self.nemesis = Nemesis(
             self.cluster,
             self.firewall,
             random.Random(self.rng.getrandbits(64)),
             lose_unsynced=options.lose_unsynced,
             tear_synced=options.tear_synced,
+            disks=self.disks,
         )
         self.workload = Workload(self.recorder, options.registers, options.sets, options.think_s)
 
@@ -210,9 +222,8 @@ class FaultRun:
             await self._refresh_joined()
 
     async def _faults(self, end: float) -> None:
-        kinds = self.options.kinds or self.nemesis.kinds()
-        if self.firewall is None:
-            kinds = [k for k in kinds if k in self.nemesis.kinds()]
+        possible = self.nemesis.kinds()
+        kinds = [k for k in self.options.kinds or possible if k in possible]
         queue: list[str] = []
         while self._now() < end:
             if not queue:
@@ -234,6 +245,8 @@ class FaultRun:
         if self.firewall is not None:
             self.firewall.open()
         try:
+            if self.disks is not None:
+                self.disks.mount()
             async with c:
                 self.result.t0 = self._now()
                 await c.join(1)
@@ -246,6 +259,8 @@ class FaultRun:
         finally:
             if self.firewall is not None:
                 self.firewall.close()
+            if self.disks is not None:
+                self.disks.close()
         history = [op for op in self.recorder.history if op.input.key in self.workload.registers]
         self.result.operations = len(self.recorder.attempts)
         self.result.unknown = self.recorder.unknown
@@ -298,6 +313,9 @@ class FaultRun:
         c = self.cluster
         if self.firewall is not None:
             self.firewall.heal()
+        if self.disks is not None:
+            for server in sorted(self.disks.filled):
+                self.disks.heal(server)
         for server in sorted(c.paused):
             await c.resume(server)
         self.result.problems += [f"no restart: {f}" for f in self.nemesis.restart_failures]
