@@ -7,11 +7,14 @@ import os
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from msgspec.structs import replace
 
 from shardwise import errors
+from shardwise.cli import supervisor as sup
 from shardwise.cli.admin import GroupState, ServerState, Snapshot
 from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.cli.main import main
@@ -255,3 +258,29 @@ def test_the_connect_panel_names_commands_a_new_terminal_can_run(
     monkeypatch.setenv("PATH", bin_dir)
     if (Path(bin_dir) / "shardwise").exists():
         assert commands_as_typed() == ("shardwise", "python", "")
+
+
+def test_a_replica_that_halts_again_after_each_restart_is_left_halted(tmp_path: Path) -> None:
+    """The supervisor's back-off for halts (``Supervisor._halted``): doubling delays, then,
+    past ``MAX_QUICK_RESTARTS`` halts each soon after its start, no more restarts; a halt
+    after a stable run starts the count again."""
+    said: list[str] = []
+    fake = cast(Any, SimpleNamespace(_stopping=False, _restart=True, _say=said.append))
+    spec = cast(Any, SimpleNamespace(name="g1-2"))
+    child = sup._Child(spec, [], tmp_path / "g1-2.log")
+    delays = []
+    now = 1000.0
+    for _ in range(sup.MAX_QUICK_RESTARTS + 1):
+        child.started_at, child.halt_stop_at = now, None
+        sup.Supervisor._halted(fake, child, "disk I/O error", now + 1)
+        delays.append(None if child.halt_stop_at is None else child.halt_stop_at - (now + 1))
+        now += 100
+    assert delays[:-1] == [
+        min(sup.MAX_RESTART_DELAY_S, sup.RESTART_DELAY_S * 2**i)
+        for i in range(sup.MAX_QUICK_RESTARTS)
+    ]
+    assert delays[-1] is None and "left halted" in said[-1] and "disk I/O error" in said[-1]
+    assert "left halted" in (tmp_path / "g1-2.log").read_text()
+    child.started_at = now
+    sup.Supervisor._halted(fake, child, "again", now + sup.STABLE_AFTER_S)
+    assert child.halt_stop_at == now + sup.STABLE_AFTER_S + sup.RESTART_DELAY_S

@@ -216,9 +216,11 @@ class ProcessCluster(Cluster):
         tick_ms: int = 50,
         snapshot_every: int | None = None,
         tls: bool = False,
+        server_args: tuple[str, ...] = (),
     ) -> None:
         """``tls``: a CA under ``base_dir/ca``, a node certificate per server, TLS on
-        every connection (the harness's own clients verify the servers against the CA)."""
+        every connection (the harness's own clients verify the servers against the CA).
+        ``server_args``: more flags for every group server (``--check-interval=1``)."""
         super().__init__()
         from shardwise.testing.procs import ProcessGroup  # noqa: PLC0415 - processes only
 
@@ -253,6 +255,7 @@ class ProcessCluster(Cluster):
                     f"--group={gid}",
                     *flags,
                     *([f"--snapshot-every={snapshot_every}"] if snapshot_every else []),
+                    *server_args,
                 ),
             )
             for gid in range(1, groups + 1)
@@ -261,6 +264,14 @@ class ProcessCluster(Cluster):
         self._owner = {s: pg for pg in (self._controller, *self._groups.values()) for s in pg.ids}
         self._admin_endpoint: Transport | None = None
         self._clients = 0
+
+    def data_dir(self, server: str) -> Path:
+        """Where ``server`` keeps its data (its ``--data``)."""
+        return self._owner[server].base_dir / server.replace(":", "_")
+
+    def raft_dir(self, server: str) -> Path:
+        """Where ``server`` keeps its Raft log (``ReplicaService``'s layout)."""
+        return self.data_dir(server) / "raft"
 
     @property
     def client_ssl(self) -> ssl.SSLContext | None:

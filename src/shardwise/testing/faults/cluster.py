@@ -156,10 +156,6 @@ class AddressedCluster(ProcessCluster):
     def every_server(self) -> list[str]:
         return [*self.controllers, *(s for servers in self.servers.values() for s in servers)]
 
-    def raft_dir(self, server: str) -> Path:
-        """Where ``server`` keeps its Raft log (``ReplicaService``'s layout)."""
-        return self._owner[server].base_dir / server.replace(":", "_") / "raft"
-
     def last_log_line(self, server: str) -> str:
         """The last line ``server`` wrote to its log (why it exited, say)."""
         path = self._owner[server].base_dir / f"{server.replace(':', '_')}.log"

@@ -183,7 +183,7 @@ class FaultRun:
         if options.disk_faults and (reason := full_disks.unavailable_reason()) is None:
             c = self.cluster
             self.disks = full_disks.SmallDisks(
-                {s: c.raft_dir(s).parent for g in sorted(c.servers) for s in c.servers[g]}
+                {s: c.data_dir(s) for g in sorted(c.servers) for s in c.servers[g]}
             )
         elif options.disk_faults:
             self.result.skipped.append(f"full disks: {reason}")
