@@ -406,6 +406,39 @@ async def test_a_lost_connection_fails_the_calls_written_on_it() -> None:
             await call
 
 
+async def test_a_call_that_hears_nothing_back_drops_its_connection_and_the_next_redials() -> None:
+    """Issue 21: a cut path (packets dropped, not refused) leaves TCP connections that
+    neither fail nor recover for minutes. A call that times out while nothing at all came
+    back on its connection drops it; one that saw other traffic meanwhile keeps it."""
+    async with Mesh(["a", "b"]) as mesh:
+        started = asyncio.Event()
+
+        async def stuck(request: Echo, context: CallContext) -> Echo:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        mesh["b"].serve(ECHO, echo)
+        mesh["b"].serve(WAIT, stuck)
+        assert (await mesh["a"].call("b", ECHO, Echo(1))).n == 2  # the connection is up
+
+        # Traffic meanwhile (another call answered): the connection lives, it is kept.
+        call = asyncio.create_task(mesh["a"].call("b", WAIT, Echo(2), timeout_s=0.6))
+        await asyncio.wait_for(started.wait(), 20)
+        assert (await mesh["a"].call("b", ECHO, Echo(3))).n == 4
+        with pytest.raises(RpcTimeoutError):
+            await call
+        assert mesh["a"].stats.connections_dropped_silent == 0
+        # (The callee gives up at the same deadline and says so: let that arrive first.)
+        await eventually(mesh.all, lambda: mesh["a"].stats.rpc_late_replies == 1)
+
+        # Nothing back at all: dropped, and the next call goes out on a new connection.
+        with pytest.raises(RpcTimeoutError):
+            await mesh["a"].call("b", WAIT, Echo(4), timeout_s=0.6)
+        assert mesh["a"].stats.connections_dropped_silent == 1
+        assert (await mesh["a"].call("b", ECHO, Echo(5))).n == 6
+
+
 # --- loops ----------------------------------------------------------------------------
 
 

@@ -103,6 +103,9 @@ class PeerConnection:
         self.reader_done = asyncio.Event()
         self.evicted = False
         """Made room for a newer unauthenticated connection (and was told so)."""
+        self.frames_received = 0
+        """Messages read so far: a call that timed out while it did not move was sent on
+        a connection that may be dead (``Transport.call``)."""
         self._read_chunk_bytes = read_chunk_bytes
         self._budget: FrameBudget | None = None
         self._cut: FrameBudgetError | None = None
@@ -162,6 +165,7 @@ class PeerConnection:
                     self._reserved = False
                     assert budget is not None
                     budget.release(self)
+                self.frames_received += 1
                 return event
 
     async def receive_expected(self, kind: type[M]) -> M:

@@ -63,6 +63,9 @@ class TransportStats:
     rpc_replies_dropped: int = 0
     rpc_late_replies: int = 0
     """Replies for calls that had already ended (timed out): ignored."""
+    connections_dropped_silent: int = 0
+    """Connections dropped because a call on them timed out while nothing at all came
+    back (a dead peer or a cut path): redialled rather than waited on."""
     # faults
     fault_dropped: int = 0
     fault_delayed: int = 0

@@ -22,6 +22,11 @@ BACKOFF_CAP_S: Final = 5.0
 
 BACKOFF_MULTIPLIER: Final = 2.0
 
+MIN_SILENT_DROP_S: Final = 0.5
+"""A call that timed out after at least this long with nothing received on its connection
+meanwhile has the connection dropped (``Transport.call``); shorter timeouts say too little
+about the peer to give up a connection other calls may share."""
+
 MAX_DIAL_ATTEMPTS: Final = 32
 """Consecutive failed dials before a link gives up and fails what waits for it (about a
 minute and a half with the default delays). The next message or call for the peer

@@ -38,6 +38,7 @@ from shardwise.errors import (
     NetError,
     PeerUnreachableError,
     RpcOverloadedError,
+    RpcTimeoutError,
     TransportClosedError,
     UnexpectedMessageError,
     UnknownPeerError,
@@ -58,7 +59,7 @@ from shardwise.net.limits import DEFAULT_RPC_TIMEOUT_S, Limits
 from shardwise.net.links import Address, Link
 from shardwise.net.rpc import Handler, RawHandler, RpcMethod
 from shardwise.net.sessions import Sessions
-from shardwise.net.timing import Backoff, RandomSource, within
+from shardwise.net.timing import MIN_SILENT_DROP_S, Backoff, RandomSource, within
 from shardwise.net.wire import (
     PeerRole,
     RaftFrame,
@@ -358,14 +359,34 @@ class Transport(Sessions, Endpoint):
             raise PeerUnreachableError(
                 f"{method.name} to {peer!r}: the last dial of {link.address} failed"
             )
-        return await self._outgoing.call(
-            peer,
-            link.pending,
-            method,
-            request,
-            timeout_s=timeout_s,
-            send=lambda wire: self._send(peer, wire, link),
-        )
+        conn = link.connection
+        heard = conn.frames_received if conn is not None else 0
+        try:
+            return await self._outgoing.call(
+                peer,
+                link.pending,
+                method,
+                request,
+                timeout_s=timeout_s,
+                send=lambda wire: self._send(peer, wire, link),
+            )
+        except RpcTimeoutError:
+            # Nothing at all came back on the connection while the call waited: the peer,
+            # or the path to it, is gone, and TCP would only notice after many minutes
+            # (or resume after a healed partition only at its next, backed-off
+            # retransmission). Drop it: calls fail fast while the peer cannot be dialled,
+            # and the first dial after it can goes through at once.
+            silent = (
+                conn is not None
+                and conn is link.connection
+                and conn.frames_received == heard
+                and timeout_s >= MIN_SILENT_DROP_S
+            )
+            if silent:
+                assert conn is not None
+                self._bump("connections_dropped_silent")
+                conn.abort()
+            raise
 
     # --- calls in ----------------------------------------------------------------------
 

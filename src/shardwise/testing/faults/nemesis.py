@@ -24,6 +24,7 @@ PARTITIONS: Final = (
     "partition-bridge",
     "isolate-leader",
     "one-way-leader",
+    "client-cut-from-leader",
 )
 PROCESS_FAULTS: Final = (
     "pause-leader",
@@ -37,6 +38,9 @@ PROCESS_FAULTS: Final = (
 DISK_FAULTS: Final = ("disk-full-leader", "disk-full-follower")
 """Another program takes every free byte of one shard server's disk."""
 KINDS: Final = PARTITIONS + PROCESS_FAULTS + DISK_FAULTS
+CLIENT_HOST: Final = "127.0.0.1"
+"""Where the harness's clients dial from (the kernel's choice for a loopback address; the
+servers dial from their own, ``serve.py``)."""
 CHANGES: Final = ("move", "join", "leave")
 """Configuration changes, made during the faults by a task of their own."""
 SHARDS: Final = 64
@@ -143,8 +147,10 @@ class Nemesis:
             others = [self.cluster.host(s) for s in self.cluster.every_server() if s != leader]
             if kind == "isolate-leader":
                 self.firewall.set_cuts([*((ip, o) for o in others), *((o, ip) for o in others)])
-            else:  # one-way-leader: it hears everyone, nobody hears it
+            elif kind == "one-way-leader":  # it hears everyone, nobody hears it
                 self.firewall.set_cuts([(ip, o) for o in others])
+            else:  # client-cut-from-leader: the servers are fine, the clients cannot reach it
+                self.firewall.set_cuts([(CLIENT_HOST, ip), (ip, CLIENT_HOST)])
             what = f"group {gid}'s leader {leader}"
         return Injected(kind, what, self._heal_network)
 
