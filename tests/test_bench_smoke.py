@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,3 +26,22 @@ def test_placement_benchmark_quick_run() -> None:
         assert f"| {name}" in out
     # The peer row is the unit of the ratio column.
     assert "| uhashring (peer) |" in out and "| 1.00x |" in out
+
+
+@pytest.mark.slow
+def test_faults_benchmark_quick_etcd_run() -> None:
+    """etcd's side of ``bench/faults.py`` (its addresses, cut links and client, which no
+    other test covers), about 20 s; skipped without root, nftables or etcd."""
+    script = ROOT / "bench" / "faults.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--quick", "--systems", "etcd", "--duration", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if run.returncode == 2:  # the script says what is missing
+        pytest.skip(run.stderr.strip())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "| fault | injected (shardwise / etcd) |" in run.stdout
+    assert "linearizable, 0 lost, 0 doubled" in run.stdout
