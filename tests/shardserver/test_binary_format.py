@@ -93,7 +93,7 @@ def test_a_version_2_file_is_upgraded_to_bytes_keys_when_installed(tmp_path: Pat
         with closing(sqlite3.connect(store.path)) as conn:
             kinds = {row[0] for row in conn.execute("SELECT typeof(key) FROM kv")}
             version = conn.execute("SELECT v FROM meta WHERE k = 'format_version'").fetchone()
-        assert kinds == {"blob"} and version == (SCHEMA_VERSION,) == (3,)
+        assert kinds == {"blob"} and version == (SCHEMA_VERSION,) == (4,)
 
 
 def test_a_delta_of_format_1_with_str_keys_still_applies(tmp_path: Path) -> None:

@@ -26,11 +26,12 @@ shard page by page: every page is a linearizable read, the whole scan is not a s
 
 from __future__ import annotations
 
+import random
 import secrets
 import ssl
 import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from shardwise.client.fanout import bind, fan_out
 from shardwise.client.router import ShardRouter
@@ -40,6 +41,15 @@ from shardwise.client.scan import (
     Scan,
     check_scan,
     run_scan,
+)
+from shardwise.client.txn import (
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_RETRY_PAUSE_S,
+    RETRY_PAUSE_S,
+    Finisher,
+    Transaction,
+    TxnProtocol,
+    run_transaction,
 )
 from shardwise.client.writers import WriterPool
 from shardwise.errors import (
@@ -79,6 +89,12 @@ if TYPE_CHECKING:  # shardwise.sql (and sqlglot) load on the first SQL call only
 
 DEFAULT_DEADLINE_S: Final = 10.0
 """Total time one call may take, all retries and configuration fetches included."""
+
+T = TypeVar("T")
+
+CLOSE_RESOLVE_WAIT_S: Final = 5.0
+"""How long ``close`` waits for committed transactions still being resolved in the
+background (past it their participants recover them on their own)."""
 
 MAX_WRITES_IN_FLIGHT: Final = 128
 """Writes one client runs at once, each under a pooled client id of its own. Bounds the
@@ -177,6 +193,8 @@ class Client:
             first_seq = time.time_ns() // 1000
         self._writers = WriterPool(self.client_id, max_writes_in_flight, first_seq)
         self._state = "new"
+        self._txns: TxnProtocol | None = None
+        """The transactions' shared parts, made with the first transaction."""
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last SQL read to finish, by shard index."""
 
@@ -198,6 +216,8 @@ class Client:
         if self._state == "closed":
             return
         owned_and_started = self._owns_transport and self._state == "running"
+        if self._txns is not None:  # transactions still resolving: a while, not for ever
+            await self._txns.finisher.close(CLOSE_RESOLVE_WAIT_S)
         self._state = "closed"
         await self._router.close()
         if owned_and_started:
@@ -311,6 +331,43 @@ class Client:
             return []
         scan = Scan(keyspace, prefix, start, end, limit, page_rows, deadline)
         return await run_scan(self._router, scan)
+
+    # --- transactions --------------------------------------------------------------
+
+    def transaction(self, *, deadline_s: float | None = None) -> Transaction:
+        """A new transaction (``client/txn.py``): ``async with client.transaction() as
+        tx:`` reads with ``await tx.get``, writes with ``tx.put`` / ``tx.delete``, and
+        commits on leaving the block (serializable: see ``docs/kv.md``). One deadline
+        (default: the client's) bounds it from here to its commit."""
+        self._check_running()
+        return self._begin(False, deadline_s)
+
+    async def run_transaction(
+        self,
+        body: Callable[[Transaction], Awaitable[T]],
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        deadline_s: float | None = None,
+    ) -> T:
+        """``await body(tx)`` in a transaction, committed; run again from the start after
+        a :class:`~shardwise.model.txn.TransactionConflictError`, up to ``max_attempts``
+        times, with a random, growing pause between. ``body`` may run more than once: it
+        should do nothing but the transaction's reads and writes."""
+        self._check_running()
+        return await run_transaction(
+            lambda ordered: self._begin(ordered, deadline_s),
+            body,
+            max_attempts=max_attempts,
+            pause=self._retry_pause,
+        )
+
+    def _begin(self, ordered: bool, deadline_s: float | None) -> Transaction:
+        if self._txns is None:
+            self._txns = TxnProtocol(self._router, self._writers, self.keyspace, Finisher())
+        return Transaction(self._txns, self._deadline(deadline_s), ordered=ordered)
+
+    def _retry_pause(self, attempt: int) -> float:
+        return random.uniform(0, min(MAX_RETRY_PAUSE_S, RETRY_PAUSE_S * 2**attempt))
 
     # --- SQL -------------------------------------------------------------------------
 

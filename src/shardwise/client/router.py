@@ -66,6 +66,13 @@ CONFIG_FETCH_DEADLINE_S: Final = 5.0
 """One configuration fetch, all controllers tried; callers with less time left stop
 waiting for it sooner (the fetch goes on for the others)."""
 
+LOCKED_PAUSE_S: Final = 0.005
+"""First pause before asking again for a key a prepared transaction holds (doubling up to
+:data:`MAX_LOCKED_PAUSE_S`): a transaction resolves a round trip after it prepares, and
+one whose client died is recovered by its participants (``shardserver/txnrecovery.py``)."""
+
+MAX_LOCKED_PAUSE_S: Final = 0.2
+
 CONFIG_RECHECK_S: Final = 1.0
 """While a group fails whole rounds, look at the controller at most this often: the group
 may have left, or lost the shard, in a configuration we have not seen."""
@@ -89,8 +96,8 @@ Rep = TypeVar("Rep", bound=ShardReply)
 
 
 def _settles(reply: ShardReply) -> bool:
-    """A shard server's reply that ends a round: ok, wrong_group, or a refusal."""
-    return reply.status in ("ok", "wrong_group", "disk_full") or bool(reply.error)
+    """A shard server's reply that ends a round: ok, wrong_group, locked, or a refusal."""
+    return reply.status in ("ok", "wrong_group", "disk_full", "locked") or bool(reply.error)
 
 
 class ShardRouter:
@@ -174,6 +181,7 @@ class ShardRouter:
         """Send ``request`` to the group serving ``shard`` until one answers ``ok``.
         ``attempt_s``: one attempt's bound, if not the client's (a SQL fragment may run
         longer than a key's read)."""
+        locked_pause = LOCKED_PAUSE_S
         while True:
             self.check_running()
             if call.remaining() <= 0:
@@ -194,6 +202,12 @@ class ShardRouter:
                     raise refused(f"{call.what} was refused: {outcome.error}")
                 if outcome.status == "ok":
                     return outcome
+                if outcome.status == "locked":
+                    # A prepared transaction holds the key: nothing was done; ask again.
+                    call.why = f"a transaction held the key ({getattr(outcome, 'locked_by', '')})"
+                    await asyncio.sleep(max(0.0, min(locked_pause, call.remaining())))
+                    locked_pause = min(MAX_LOCKED_PAUSE_S, 2 * locked_pause)
+                    continue
                 if outcome.status == "disk_full":
                     raise DiskFullError(
                         f"{call.what} was refused: the servers' disks are full "

@@ -135,6 +135,9 @@ class KVResult(msgspec.Struct, frozen=True, array_like=True):
     """For ``Cas``: whether it swapped. False for a stale command."""
     stale: bool = False
     """The client already had a newer command applied; this one was not applied."""
+    locked: str = ""
+    """The key is locked by this prepared transaction: not applied (and not recorded for
+    de-duplication), so the client retries it once the transaction resolves."""
 
 
 def has_bytes(op: KVOp) -> bool:

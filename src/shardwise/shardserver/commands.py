@@ -13,7 +13,9 @@ recognised and ignored by every replica alike.
 :class:`ClientOp` (alone or in a batch) carry ``bytes`` keys and values (before, every key
 and value was a str); version 6 a :class:`SqlWrite` with its work limit (``max_steps``),
 which also holds it to the allow-list of functions (see ``sqlshard.py``); version 7
-:class:`CheckShards` (the replicas' consistency check, ``checks.py``). Each command
+:class:`CheckShards` (the replicas' consistency check, ``checks.py``); version 8 the
+transactions' :class:`TxnPrepare`, :class:`TxnResolve`, :class:`TxnFence`,
+:class:`TxnForget` and :class:`TxnCommit` (``txn/state.py``). Each command
 is written with the lowest version that has it (a client operation with only str keys
 and values still as version 1 or 4), so a log
 without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
@@ -31,9 +33,10 @@ from shardwise.errors import CommandDecodeError, CommandVersionError
 from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVOp, KVResult, has_bytes
+from shardwise.model.txn import TxnPart, TxnVote
 from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
 
-GROUP_COMMAND_VERSION: Final = 7
+GROUP_COMMAND_VERSION: Final = 8
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 256 << 10
@@ -149,6 +152,48 @@ class CheckShards(msgspec.Struct, frozen=True, array_like=True, tag="check_shard
     shards: tuple[ShardId, ...] = ()
 
 
+class TxnPrepare(msgspec.Struct, frozen=True, array_like=True, tag="txn_prepare"):
+    """Validate and lock the ``parts`` (this group's shards) of transaction ``txn``, whose
+    every participant is listed (a recoverer asks them all); each shard votes."""
+
+    txn: str
+    participants: tuple[ShardId, ...]
+    parts: tuple[TxnPart, ...]
+
+
+class TxnResolve(msgspec.Struct, frozen=True, array_like=True, tag="txn_resolve"):
+    """Commit (apply the writes kept aside) or abort ``txn`` at ``shards``."""
+
+    txn: str
+    commit: bool
+    shards: tuple[ShardId, ...]
+
+
+class TxnFence(msgspec.Struct, frozen=True, array_like=True, tag="txn_fence"):
+    """A recoverer's question: what did ``shards`` record for ``txn``? Those that recorded
+    nothing record ``fenced``, so ``txn`` can no longer prepare there."""
+
+    txn: str
+    shards: tuple[ShardId, ...]
+
+
+class TxnForget(msgspec.Struct, frozen=True, array_like=True, tag="txn_forget"):
+    """Every participant has resolved ``txn``: ``shards`` drop their final records."""
+
+    txn: str
+    shards: tuple[ShardId, ...]
+
+
+class TxnCommit(msgspec.Struct, frozen=True, array_like=True, tag="txn_commit"):
+    """A transaction whose every part this group serves: validated and applied in this
+    one entry, or refused whole. De-duplicated by ``client_id`` and ``seq`` in the first
+    part's shard (a retry after a move asks the group that holds it now)."""
+
+    client_id: str
+    seq: Int64
+    parts: tuple[TxnPart, ...]
+
+
 Command: TypeAlias = (
     ClientOp
     | ClientBatch
@@ -161,6 +206,11 @@ Command: TypeAlias = (
     | AckDelivered
     | SqlWrite
     | CheckShards
+    | TxnPrepare
+    | TxnResolve
+    | TxnFence
+    | TxnForget
+    | TxnCommit
 )
 
 _FIRST_VERSION: Final[dict[type, int]] = {
@@ -169,6 +219,11 @@ _FIRST_VERSION: Final[dict[type, int]] = {
     InstallDelta: 3,
     ClientBatch: 4,
     CheckShards: 7,
+    TxnPrepare: 8,
+    TxnResolve: 8,
+    TxnFence: 8,
+    TxnForget: 8,
+    TxnCommit: 8,
 }
 """The envelope version that introduced a command (1 when absent)."""
 
@@ -229,6 +284,8 @@ class GroupResult(msgspec.Struct, frozen=True, array_like=True):
     """With outcome ``failed``: why."""
     index: Int64 = 0
     """For a :class:`CheckShards`: the entry's log index (the check's name)."""
+    votes: tuple[TxnVote, ...] = ()
+    """For a transaction's command: each shard's answer, in the command's order."""
 
 
 _encode = msgspec.msgpack.Encoder().encode

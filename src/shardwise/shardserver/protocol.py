@@ -21,10 +21,15 @@ from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import Key, KVOp, KVResult, Value, check_type
 from shardwise.model.replies import ReplicaStatus
+from shardwise.model.txn import TxnPart, TxnVote
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
 
-ShardStatus: TypeAlias = Literal["ok", "not_leader", "retry", "halted", "wrong_group", "disk_full"]
+ShardStatus: TypeAlias = Literal[
+    "ok", "not_leader", "retry", "halted", "wrong_group", "disk_full", "locked"
+]
+"""``locked``: a prepared transaction holds the key (a write's, or a read of what it
+writes): nothing was done, ask again (``shardwise.client.router``)."""
 
 PULL_CHUNK_BYTES: Final = 4 << 20
 """Largest piece of a shard image one pull reply or one log entry carries."""
@@ -94,6 +99,10 @@ class KVReply(msgspec.Struct, frozen=True):
     """For a request refused at the door (a key or value over the limits): why."""
     denied: bool = False
     """The refusal is the logged-in user's lack of a grant (``error`` says which)."""
+    version: Int64 = 0
+    """For a transaction's read: the write version that last wrote the key (0: absent)."""
+    locked_by: str = ""
+    """With ``locked``: the transaction that holds the key."""
 
 
 class BatchRequest(msgspec.Struct, frozen=True):
@@ -415,6 +424,42 @@ class StatusReply(ReplicaStatus, frozen=True):
     differing (replica-local counters)."""
 
 
+class TxnPrepareRequest(msgspec.Struct, frozen=True):
+    """Prepare ``txn``'s parts for the shards this group serves (``model/txn.py``)."""
+
+    txn: str
+    participants: tuple[ShardId, ...]
+    parts: tuple[TxnPart, ...]
+
+
+class TxnShardsRequest(msgspec.Struct, frozen=True):
+    """Resolve (commit or abort), fence or forget ``txn`` at ``shards``."""
+
+    txn: str
+    shards: tuple[ShardId, ...]
+    commit: bool = False
+    """For a resolve: commit (else abort)."""
+
+
+class TxnCommitRequest(msgspec.Struct, frozen=True):
+    """A transaction whose every part this group serves: one log entry (``TxnCommit``)."""
+
+    client_id: str
+    seq: Int64
+    parts: tuple[TxnPart, ...]
+
+
+class TxnReply(msgspec.Struct, frozen=True):
+    status: ShardStatus
+    leader: str | None = None
+    config_num: Int64 = 0
+    votes: tuple[TxnVote, ...] = ()
+    """Each shard's answer, in the request's order."""
+    error: str = ""
+    """A request refused at the door (a limit, a malformed id): why; nothing was done."""
+    denied: bool = False
+
+
 WRITE = RpcMethod("shard.write", WriteRequest, KVReply)
 READ = RpcMethod("shard.read", ReadRequest, KVReply)
 BATCH = RpcMethod("shard.batch", BatchRequest, BatchReply)
@@ -427,3 +472,9 @@ SQL_WRITE = RpcMethod("shard.sql_write", SqlWriteRequest, SqlReply)
 SQL_SCHEMA = RpcMethod("shard.sql_schema", SqlSchemaRequest, SqlSchemaReply)
 CHECK = RpcMethod("shard.check", CheckRequest, CheckReply)
 DIGESTS = RpcMethod("shard.digests", DigestsRequest, DigestsReply)
+TXN_READ = RpcMethod("txn.read", ReadRequest, KVReply)
+TXN_PREPARE = RpcMethod("txn.prepare", TxnPrepareRequest, TxnReply)
+TXN_RESOLVE = RpcMethod("txn.resolve", TxnShardsRequest, TxnReply)
+TXN_FENCE = RpcMethod("txn.fence", TxnShardsRequest, TxnReply)
+TXN_FORGET = RpcMethod("txn.forget", TxnShardsRequest, TxnReply)
+TXN_COMMIT = RpcMethod("txn.commit", TxnCommitRequest, TxnReply)

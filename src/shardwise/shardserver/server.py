@@ -110,6 +110,7 @@ from shardwise.shardserver.sqlshard import (
     check_params,
 )
 from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine
+from shardwise.shardserver.txn.handlers import TxnHandlers
 from shardwise.storage.interface import RaftStorage
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.transport.serve(STATUS, self._status)
         self.transport.serve(CHECK, self.checker.serve_check)
         self.transport.serve(DIGESTS, self.checker.serve_digests)
+        # (With the recovery of transactions whose client went away.)
+        self.txns = TxnHandlers(self.host, self.transport, self.controller, self.access.kv_denied)
 
     async def start(self) -> None:
         await super().start()
@@ -208,6 +211,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self._checking = [
             asyncio.create_task(self.checker.run_forever(), name="periodic-checks"),
             asyncio.create_task(self.checker.watch_halt(), name="halt-watch"),
+            asyncio.create_task(self.txns.recovery.run_forever(), name="txn-recovery"),
         ]
 
     async def stop(self) -> None:
@@ -268,6 +272,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return KVReply("ok", config_num=result.config_num, error=result.error)
         if result.outcome != "ok":
             return KVReply("wrong_group", config_num=result.config_num)
+        if result.result is not None and result.result.locked:
+            return KVReply("locked", config_num=result.config_num, locked_by=result.result.locked)
         self.writes_served[shard] += 1
         return KVReply("ok", config_num=result.config_num, result=result.result)
 
@@ -290,6 +296,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     def _read_reply(self, shard: ShardId, found: Read, leader: str | None) -> KVReply:
         if not found.serving:
             return KVReply("wrong_group", config_num=found.config_num)
+        if found.locked:
+            return KVReply("locked", config_num=found.config_num, locked_by=found.locked)
         self.reads_served[shard] += 1
         return KVReply("ok", leader=leader, config_num=found.config_num, value=found.value)
 
@@ -377,8 +385,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         outcome = await through_host(self.host, read)
         if outcome.value is None:
             return KVReply(outcome.status, leader=outcome.leader)
-        if not outcome.value.serving:
-            return KVReply("wrong_group", config_num=outcome.value.config_num)
+        found = outcome.value
+        if not found.serving or found.locked:
+            return self._read_reply(r.shard, found, None)
         self.reads_served[r.shard] += 1
         return KVReply(
             "ok",

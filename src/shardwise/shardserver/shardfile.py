@@ -3,7 +3,8 @@ file (or an image of one) passes before a store opens it.
 
 Tables: ``kv`` (keys as BLOBs, so they compare as bytes; values TEXT or BLOB, as written;
 and ``ver``, the write version that last wrote the row), ``kv_gone`` (tombstones: see
-``tracking.py``), ``sessions`` (client de-duplication: see ``dedup.py``) and ``meta``
+``tracking.py``), ``sessions`` (client de-duplication: see ``dedup.py``), ``txns`` and
+``txn_locks`` (the transactions this shard takes part in: see ``txn/state.py``) and ``meta``
 (``format_version``, ``shard``, ``state``: the lifecycle state's name, opaque here,
 ``applied_index``, ``sql_tables``, ``gone_horizon``, ``sql_changed_at`` and
 ``version_floor``). Distributed SQL tables live beside them as ``sql_<name>`` (see
@@ -28,15 +29,26 @@ from shardwise.errors import (
 from shardwise.model.config import ShardId
 from shardwise.storage.fsutil import Disk
 
-SCHEMA_VERSION: Final = 3
-"""Version of the tables below. Version 1 (no change tracking) and version 2 (keys stored
-as TEXT) are upgraded when their image is installed; a file of any other version is
-refused, not guessed at (a server of version 2 refuses a file of version 3)."""
+SCHEMA_VERSION: Final = 4
+"""Version of the tables below. Version 1 (no change tracking), version 2 (keys stored
+as TEXT) and version 3 (no transaction tables) are upgraded when their image is
+installed; a file of any other version is refused, not guessed at (a server of version 3
+refuses a file of version 4)."""
 
 SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
 """Files SQLite keeps next to a database; they belong to it and go with it."""
 
-SCHEMA: Final = """
+TXN_TABLES: Final = """
+CREATE TABLE IF NOT EXISTS txns (txn TEXT PRIMARY KEY, state TEXT NOT NULL,
+    participants BLOB NOT NULL, writes BLOB NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS txn_locks (lock BLOB NOT NULL, txn TEXT NOT NULL,
+    exclusive INTEGER NOT NULL, PRIMARY KEY (lock, txn)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS txn_locks_by_txn ON txn_locks (txn);
+"""
+"""The transactions a shard takes part in (version 4; ``txn/state.py``)."""
+
+SCHEMA: Final = (
+    """
 CREATE TABLE kv (key BLOB PRIMARY KEY, value TEXT NOT NULL, ver INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE INDEX kv_by_ver ON kv (ver);
@@ -47,6 +59,8 @@ CREATE TABLE sessions (client_id TEXT PRIMARY KEY, seq INTEGER NOT NULL,
 CREATE INDEX sessions_by_touched ON sessions (touched);
 CREATE TABLE meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 """
+    + TXN_TABLES
+)
 
 _UPGRADE_FROM_1: Final = """
 ALTER TABLE kv ADD COLUMN ver INTEGER NOT NULL DEFAULT 0;
@@ -92,6 +106,9 @@ def read_meta(conn: sqlite3.Connection, where: str, *, upgrade: bool = False) ->
         version = 2
     if upgrade and version == 2:
         conn.executescript(_UPGRADE_FROM_2)
+        version = 3
+    if upgrade and version == 3:
+        conn.executescript(TXN_TABLES)
         put_meta(conn, "format_version", SCHEMA_VERSION)
         version = SCHEMA_VERSION
     if version != SCHEMA_VERSION:

@@ -18,6 +18,8 @@ same shards in the same lifecycle states at the same index:
   written before the pre-copy.)
 * **HandOffDone** (source) deletes a frozen copy the new owner has installed;
   **AckDelivered** (target) records that the source heard so.
+* **Clients' writes** (``writes.py``): KV operations, SQL write batches and transactions'
+  commands, each applied to a shard only while it serves here.
 * **SQL.** Applying a Reconfigure or an install brings each SERVING shard's tables to
   the group's catalog (``ShardStore.sync_schema``); a frozen copy is never changed.
   **SqlWrite** applies like a client operation, and a SQL read or write runs only with
@@ -48,9 +50,8 @@ from shardwise.errors import (
     ShardFormatError,
 )
 from shardwise.model.config import NO_GROUP, Configuration, ShardId, initial_configuration
-from shardwise.model.kv import MAX_SCAN_ROWS, Key, KVResult, Value
+from shardwise.model.kv import MAX_SCAN_ROWS, Key, Value
 from shardwise.raft.client_sessions import MAX_SESSIONS
-from shardwise.shardserver import kvops
 from shardwise.shardserver.checks import ShardChecks
 from shardwise.shardserver.commands import (
     AckDelivered,
@@ -65,7 +66,6 @@ from shardwise.shardserver.commands import (
     InstallShard,
     Reconfigure,
     SqlWrite,
-    SqlWriteResult,
     decode,
     encode_result,
 )
@@ -85,6 +85,7 @@ from shardwise.shardserver.migration.image import apply_delta, export_buffer, in
 from shardwise.shardserver.migration.owners import owner_changes
 from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement, schema_digest
 from shardwise.shardserver.store import ShardStore
+from shardwise.shardserver.writes import TxnCommand, WriteApplier
 from shardwise.storage.fsutil import CacheDisk
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,10 @@ class Read:
     config_num: int
     value: Value | None = None
     items: list[tuple[Key, Value]] = field(default_factory=list)
+    locked: str = ""
+    """A prepared transaction writes what the read would see: ask again once it resolves."""
+    version: int = 0
+    """For a transaction's read: the write version that last wrote the key (0: absent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,7 @@ class ShardGroupStateMachine:
         self._digests: dict[str, int] = {}
         """Schema digests of the current configuration, by keyspace (made on demand)."""
         self.checks = ShardChecks()  # the consistency checks' digests (``checks.py``)
+        self.writes = WriteApplier(self._writable, lambda: self.config.num, self.schema_verdict)
         self._clear_directory()
 
     # --- the StateMachine protocol -------------------------------------------------------
@@ -181,11 +187,13 @@ class ShardGroupStateMachine:
             return encode_result(GroupResult("failed", self.config.num, error=str(exc)))
         self._applied = index
         if isinstance(decoded, ClientOp):
-            return encode_result(self._client_op(index, decoded))
+            return encode_result(self.writes.client_op(index, decoded))
         if isinstance(decoded, ClientBatch):
-            return encode_result(self._client_batch(index, decoded))
+            return encode_result(self.writes.client_batch(index, decoded))
         if isinstance(decoded, SqlWrite):
-            return encode_result(self._sql_write(index, decoded))
+            return encode_result(self.writes.sql_write(index, decoded))
+        if isinstance(decoded, TxnCommand):
+            return encode_result(self.writes.txn(index, decoded))
         if isinstance(decoded, CheckShards):
             self.checks.take(index, self, decoded.shards)
             return encode_result(GroupResult("ok", self.config.num, index=index))
@@ -311,7 +319,21 @@ class ShardGroupStateMachine:
         record = self.shards.get(shard)
         if record is None or record.store is None or not self.serves(shard):
             return Read(False, self.config.num)
+        locker = record.store.locked(key, write=False)
+        if locker is not None:
+            return Read(True, self.config.num, locked=locker)
         return Read(True, self.config.num, value=record.store.get(key))
+
+    def versioned_read(self, shard: ShardId, key: Key) -> Read:
+        """A transaction's read: the value and its version (see ``model/txn.py``)."""
+        record = self.shards.get(shard)
+        if record is None or record.store is None or not self.serves(shard):
+            return Read(False, self.config.num)
+        locker = record.store.locked(key, write=False)
+        if locker is not None:
+            return Read(True, self.config.num, locked=locker)
+        value, version = record.store.versioned(key)
+        return Read(True, self.config.num, value=value, version=version)
 
     def scan(
         self,
@@ -325,6 +347,9 @@ class ShardGroupStateMachine:
         if record is None or record.store is None or not self.serves(shard):
             return Read(False, self.config.num)
         limit = min(limit, MAX_SCAN_ROWS)
+        locker = record.store.locked_in_range(prefix, start, end)
+        if locker is not None:
+            return Read(True, self.config.num, locked=locker)
         return Read(
             True,
             self.config.num,
@@ -396,6 +421,15 @@ class ShardGroupStateMachine:
     def owed_acks(self) -> list[OwedHandOff]:
         return [self.owed[k] for k in sorted(self.owed)]
 
+    def prepared_txns(self) -> dict[str, tuple[ShardId, ...]]:
+        """The transactions prepared in the shards serving here, and their participants."""
+        found: dict[str, tuple[ShardId, ...]] = {}
+        for shard, record in self.shards.items():
+            if record.store is not None and self.serves(shard):
+                for txn in record.store.prepared_txns():
+                    found[txn.txn] = txn.participants
+        return found
+
     def serving_store(self, shard: ShardId) -> ShardStore | None:
         """The store of ``shard`` if it serves here (what a pre-copy takes a base of)."""
         record = self.shards.get(shard)
@@ -425,59 +459,15 @@ class ShardGroupStateMachine:
             and owners[shard.index] == self.gid
         )
 
-    def _client_op(self, index: int, cmd: ClientOp) -> GroupResult:
-        record = self.shards.get(cmd.shard)
-        if record is None or record.store is None or not self.serves(cmd.shard):
-            return GroupResult("wrong_group", self.config.num)
-        refused = kvops.refusal(cmd.op)
-        if refused:
-            return GroupResult("failed", self.config.num, error=refused)
+    def _writable(self, shard: ShardId) -> ShardStore | None:
+        """``shard``'s store if it serves here, in the batch being applied."""
+        record = self.shards.get(shard)
+        if record is None or record.store is None or not self.serves(shard):
+            return None
         if record.store not in self._batch:
             record.store.begin_batch()
             self._batch.append(record.store)
-        result: KVResult | None = record.store.apply(index, cmd.client_id, cmd.seq, cmd.op)
-        return GroupResult("ok", self.config.num, result)
-
-    def _client_batch(self, index: int, cmd: ClientBatch) -> GroupResult:
-        """Each operation as :meth:`_client_op` would apply it; a shard's operations in
-        one call, since they share the entry's index (see ``ShardStore.apply_many``)."""
-        results: list[GroupResult | None] = [None] * len(cmd.ops)
-        by_shard: dict[ShardId, list[int]] = {}
-        num = self.config.num
-        for position, op in enumerate(cmd.ops):
-            refused = kvops.refusal(op.op)
-            if refused:
-                results[position] = GroupResult("failed", num, error=refused)
-            else:
-                by_shard.setdefault(op.shard, []).append(position)
-        for shard, positions in by_shard.items():
-            record = self.shards.get(shard)
-            if record is None or record.store is None or not self.serves(shard):
-                for position in positions:
-                    results[position] = GroupResult("wrong_group", num)
-                continue
-            store = record.store
-            if store not in self._batch:
-                store.begin_batch()
-                self._batch.append(store)
-            ops = [(cmd.ops[p].client_id, cmd.ops[p].seq, cmd.ops[p].op) for p in positions]
-            applied = store.apply_many(index, ops)
-            for n, position in enumerate(positions):
-                results[position] = GroupResult("ok", num, None if applied is None else applied[n])
-        return GroupResult("ok", num, batch=tuple(r for r in results if r is not None))
-
-    def _sql_write(self, index: int, cmd: SqlWrite) -> GroupResult:
-        record = self.shards.get(cmd.shard)
-        if record is None or record.store is None or not self.serves(cmd.shard):
-            return GroupResult("wrong_group", self.config.num)
-        verdict = self.schema_verdict(cmd.shard.keyspace, cmd.catalog_num, cmd.schema)
-        if record.store not in self._batch:
-            record.store.begin_batch()
-            self._batch.append(record.store)
-        sql: SqlWriteResult | None = record.store.apply_sql(
-            index, cmd.client_id, cmd.seq, cmd.statements, verdict, max_steps=cmd.max_steps
-        )
-        return GroupResult("ok", self.config.num, sql=sql)
+        return record.store
 
     def _reconfigure(self, index: int, new: Configuration) -> bool:
         old = self.config

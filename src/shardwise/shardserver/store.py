@@ -46,6 +46,7 @@ from shardwise.errors import (
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import (
     MAX_SCAN_ROWS,
+    Get,
     Key,
     KVOp,
     KVResult,
@@ -68,6 +69,8 @@ from shardwise.shardserver.shardfile import (
 )
 from shardwise.shardserver.sqlstore import SqlStoreMixin
 from shardwise.shardserver.tracking import MAX_TOMBSTONES, ChangeTracker, ShardDelta
+from shardwise.shardserver.txn import state as txn_state
+from shardwise.shardserver.txn.store import TxnStoreMixin
 from shardwise.shardserver.writecache import MAX_PENDING_BYTES, HeldPuts, ReadCache
 from shardwise.storage.fsutil import Disk
 from shardwise.storage.space import DiskFullError
@@ -83,7 +86,7 @@ _OK: Final = KVResult()
 _decode_kv = msgspec.msgpack.Decoder(KVResult).decode
 
 
-class ShardStore(SqlStoreMixin):
+class ShardStore(SqlStoreMixin, TxnStoreMixin):
     """One shard's SQLite database. Make one with :meth:`create` or :meth:`open` (or
     ``migration.image.install_image``). Not thread-safe: the group's state machine owns it."""
 
@@ -110,6 +113,9 @@ class ShardStore(SqlStoreMixin):
         self._held = HeldPuts()
         self._read_cache = ReadCache()
         self._changes = ChangeTracker(conn, max_tombstones)
+        self._txn_locks = txn_state.lock_count(conn)
+        """Locks of prepared transactions (``txn/store.py``): none, and plain operations
+        need no look at them."""
         self._sql_ready = False
         self._times: TimeFunctions | None = None
         """The checked date and time functions on the connection (with the SQL ones)."""
@@ -223,7 +229,7 @@ class ShardStore(SqlStoreMixin):
         check_op(op)
         if index <= self._meta.applied_index:
             return None
-        if self._batching and self._hold_put(client_id, seq, op):
+        if self._batching and not self._txn_locks and self._hold_put(client_id, seq, op):
             self._meta.applied_index = index
             self._applied_unwritten = True
             return _OK
@@ -248,7 +254,7 @@ class ShardStore(SqlStoreMixin):
         results: list[KVResult] = []
         if self._batching:
             for client_id, seq, op in ops:
-                if self._hold_put(client_id, seq, op):
+                if not self._txn_locks and self._hold_put(client_id, seq, op):
                     results.append(_OK)
                     continue
                 with self._transaction() as conn:  # (writes the held puts first)
@@ -287,6 +293,7 @@ class ShardStore(SqlStoreMixin):
             put_meta(conn, "state", state)
             put_meta(conn, "applied_index", index)
             self._sessions.reload(conn)
+            self._txn_locks = txn_state.lock_count(conn)
         self._meta.state, self._meta.applied_index = state, index
 
     # --- reads ---------------------------------------------------------------------------
@@ -534,5 +541,9 @@ class ShardStore(SqlStoreMixin):
             raise self._error(exc) from exc
 
     def _apply_once(self, conn: sqlite3.Connection, client_id: str, seq: int, op: KVOp) -> KVResult:
+        if self._txn_locks:
+            locker = txn_state.blocked(conn, op.key, write=not isinstance(op, Get))
+            if locker is not None:  # not recorded: a retry applies once it resolves
+                return KVResult(ok=False, locked=locker)
         run = lambda: kvops.execute(conn, op, self._changes)  # noqa: E731
         return self._sessions.once(conn, client_id, seq, run=run, decode=_decode_kv, stale=_STALE)

@@ -1,16 +1,17 @@
 """Change tracking in a shard's file: what a pre-copy's delta is made of.
 
 Every write stamps what it changed with the shard's *write version*: one more than the
-last, a counter that belongs to the shard's lineage (it travels with the file from group to
-group, and never goes back). ``kv.ver`` is the version that last wrote a row; a delete
-leaves a tombstone in ``kv_gone``; a SQL write or DDL records its version as
-``meta.sql_changed_at``. So a copy taken at version ``b`` is brought up to date by the rows
-and tombstones after ``b`` and the whole session table (:class:`ShardDelta`). Tombstones
-are bounded (:data:`MAX_TOMBSTONES`): the oldest are pruned and ``meta.gone_horizon``
-remembers the newest pruned version, below which no delta can be made (the caller copies
-it all). SQL tables are not tracked row by row: a delta cannot span a SQL change. The
-version is not stored: it is the largest of those stamps (each write leaves one), so every
-replica, a restarted one too, derives the same number from the same rows.
+last, a counter that belongs to the shard's lineage (it travels with the file from group
+to group, and never goes back). ``kv.ver`` is the version that last wrote a row; a
+delete leaves a tombstone in ``kv_gone``; a SQL write or DDL records its version as
+``meta.sql_changed_at``. So a copy taken at version ``b`` is brought up to date by the
+rows and tombstones after ``b`` and the whole session and transaction tables
+(:class:`ShardDelta`). Tombstones are bounded (:data:`MAX_TOMBSTONES`): the oldest are
+pruned and ``meta.gone_horizon`` remembers the newest pruned version, below which no
+delta can be made (the caller copies it all). SQL tables are not tracked row by row: a
+delta cannot span a SQL change. The version is not stored: it is the largest of those
+stamps (each write leaves one), so every replica, a restarted one too, derives the same
+number from the same rows.
 
 :class:`ChangeTracker` keeps the version and the tombstone count in memory; everything
 here runs inside the store's transaction.
@@ -57,6 +58,10 @@ class ShardDelta(msgspec.Struct, frozen=True, array_like=True):
     """The whole de-duplication table (it is small, and evictions leave no trace)."""
     gone_horizon: int
     sql_changed_at: int
+    txns: list[tuple[str, str, bytes, bytes, int]] | None = None
+    """The whole ``txns`` table (``txn/state.py``), like the sessions: small and bounded,
+    and not versioned row by row. ``None`` in a delta of format 2 (no transactions)."""
+    txn_locks: list[tuple[bytes, str, int]] | None = None
 
     def __post_init__(self) -> None:
         # Keys and values decode as ``Any`` (see ``model/kv.py``): check them once here.
@@ -110,6 +115,8 @@ class ChangeTracker:
             _rows(conn, "SELECT client_id, seq, result, touched FROM sessions"),
             horizon,
             sql_changed,
+            _rows(conn, "SELECT txn, state, participants, writes, at FROM txns"),
+            _rows(conn, "SELECT lock, txn, exclusive FROM txn_locks"),
         )
 
     def apply(self, conn: sqlite3.Connection, delta: ShardDelta) -> None:
@@ -127,6 +134,11 @@ class ChangeTracker:
             "INSERT INTO sessions (client_id, seq, result, touched) VALUES (?, ?, ?, ?)",
             delta.sessions,
         )
+        if delta.txns is not None:  # (the transactions in flight move with the shard)
+            conn.execute("DELETE FROM txns")
+            conn.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?)", delta.txns)
+            conn.execute("DELETE FROM txn_locks")
+            conn.executemany("INSERT INTO txn_locks VALUES (?, ?, ?)", delta.txn_locks or [])
         put_meta(conn, "gone_horizon", delta.gone_horizon)
         put_meta(conn, "sql_changed_at", delta.sql_changed_at)
         put_meta(conn, "version_floor", delta.version)

@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from shardwise.client import Client
-from shardwise.errors import ClientError, ControllerError, ShardwiseError
-from shardwise.model.config import ShardId
+from shardwise.errors import ClientError
 from shardwise.testing.cluster import SimCluster
 from shardwise.testing.history import UNKNOWN_OUTPUT, KvOp, Operation, kv_model
 from shardwise.testing.linearizability import CheckResult, Verdict, check
+from shardwise.testing.simnemesis import SimNemesis
 
 CHECK_MAX_STEPS: Final = 2_000_000
 CALL_DEADLINE_S: Final = 4.0
 """A client call's deadline; past it the outcome is unknown (and recorded as such)."""
-SETTLE_TIMEOUT_S: Final = 180.0
 
 
 @dataclass
@@ -75,9 +74,7 @@ class ShardSweep:
         self.keys = [f"k{i}" for i in range(options.keys)]
         self.history: list[Operation] = []
         self.appended: dict[str, list[str]] = {}
-        self.events: list[str] = []
-        self.joined: set[int] = set()
-        self.isolated: str | None = None
+        self.nemesis = SimNemesis(self.cluster, self.rng)
         self._stop = asyncio.Event()
 
     # --- clients ---------------------------------------------------------------------
@@ -121,108 +118,16 @@ class ShardSweep:
             return
         self.history.append(Operation(client, op, output, start, loop.time()))
 
-    # --- nemesis ---------------------------------------------------------------------
-
-    def _event(self, text: str) -> None:
-        self.events.append(f"{asyncio.get_running_loop().time():8.2f} {text}")
-
-    def _down(self) -> list[str]:
-        return sorted(s for s in self._every_server() if not self.cluster.running(s))
-
-    def _every_server(self) -> list[str]:
-        c = self.cluster
-        return [*c.controllers, *(s for servers in c.servers.values() for s in servers)]
-
-    def _group_of(self, server: str) -> list[str]:
-        c = self.cluster
-        if server in c.controllers:
-            return list(c.controllers)
-        return next(servers for servers in c.servers.values() if server in servers)
-
-    async def _nemesis_step(self) -> None:
-        c, rng = self.cluster, self.rng
-        action = rng.choice(
-            ["join", "leave", "move", "crash", "crash", "restart", "isolate", "heal", "weather"]
-        )
-        if action == "join" and len(self.joined) < len(c.servers):
-            gid = rng.choice(sorted(set(c.servers) - self.joined))
-            await self._change(f"join {gid}", c.join(gid))
-            self.joined.add(gid)
-        elif action == "leave" and len(self.joined) > 1:
-            gid = rng.choice(sorted(self.joined))
-            await self._change(f"leave {gid}", c.leave(gid))
-            self.joined.discard(gid)
-        elif action == "move" and self.joined:
-            shard = ShardId("default", rng.randrange(64))
-            gid = rng.choice(sorted(self.joined))
-            await self._change(f"move {shard} to {gid}", c.move(shard, gid))
-        elif action == "crash" and (
-            candidates := [
-                s
-                for s in self._every_server()
-                if c.running(s) and all(c.running(p) for p in self._group_of(s))
-            ]
-        ):
-            server = rng.choice(candidates)
-            self._event(f"crash {server}")
-            await c.crash(server)
-        elif action == "restart" and self._down():
-            server = rng.choice(self._down())
-            self._event(f"restart {server}")
-            await c.restart(server)
-        elif action == "isolate" and self.isolated is None:
-            server = rng.choice(self._every_server())
-            self._event(f"isolate {server}")
-            self.isolated = server
-            c.network.isolate(server)
-        elif action == "heal":
-            self._event("heal")
-            self.isolated = None
-            c.heal()
-        elif action == "weather":
-            on = rng.random() < 0.5
-            self._event("unreliable network" if on else "reliable network")
-            c.unreliable(on)
-
-    async def _change(self, what: str, change: Any) -> None:
-        """A controller change; one that times out may still happen, so the nemesis
-        learns the truth from the controller afterwards."""
-        self._event(what)
-        try:
-            await change
-        except (ClientError, ControllerError) as exc:
-            self._event(f"  ({what} failed: {type(exc).__name__})")
-        try:
-            config = await self.cluster.configuration()
-            self.joined = set(config.groups)
-        except ShardwiseError:
-            pass
-
     # --- the run ---------------------------------------------------------------------
 
     async def run(self) -> ShardSweepResult:
         c = self.cluster
         loop = asyncio.get_running_loop()
         async with c:
-            first = self.rng.randint(1, self.options.groups)
-            await self._change(f"join {first}", c.join(first))
-            clients = [asyncio.create_task(self._client(n)) for n in range(self.options.clients)]
-            end = loop.time() + self.options.duration_s
-            while loop.time() < end:
-                await asyncio.sleep(self.rng.uniform(*self.options.nemesis_pause_s))
-                await self._nemesis_step()
-            self._event("end: heal, restart all, settle")
-            c.heal()
-            c.unreliable(False)
-            for server in self._down():
-                await c.restart(server)
-            self._stop.set()
-            await asyncio.gather(*clients)
-            problems: list[str] = []
-            try:
-                await c.settled(SETTLE_TIMEOUT_S)
-            except TimeoutError as exc:
-                problems.append(f"did not settle: {exc}")
+            clients = [self._client(n) for n in range(self.options.clients)]
+            problems = await self.nemesis.drive(
+                clients, self.options.duration_s, self.options.nemesis_pause_s, self._stop
+            )
             final: dict[str, str | None] = {}
             async with c.client(first_seq=0, deadline_s=60.0) as kv:
                 for key in self.keys:
@@ -238,7 +143,7 @@ class ShardSweep:
                     problems.append(f"append {token!r} to {key} applied {count} times")
         result = check(kv_model, self.history, max_steps=CHECK_MAX_STEPS)
         return ShardSweepResult(
-            self.seed, result.verdict, len(self.history), self.events, problems, result
+            self.seed, result.verdict, len(self.history), self.nemesis.events, problems, result
         )
 
 

@@ -40,10 +40,13 @@ a larger shard should be split instead."""
 EXPORT_MAGIC: Final = b"\xf1SWS"
 """Starts every image; it also names export format 1 (a new format gets a new magic)."""
 
-DELTA_MAGIC: Final = b"\xf1SWd"
-"""Starts every delta (:func:`export_delta`), framed like an image: delta format 2, whose
-keys are bytes (values str or bytes). An older version refuses it as a bad magic rather
-than misread it."""
+DELTA_MAGIC: Final = b"\xf1SWt"
+"""Starts every delta (:func:`export_delta`), framed like an image: delta format 3, whose
+keys are bytes (values str or bytes) and which carries the shard's transactions. An
+older version refuses it as a bad magic rather than misread it."""
+
+DELTA_MAGIC_V2: Final = b"\xf1SWd"
+"""Delta format 2 (no transaction tables), from a server of an older version: still read."""
 
 DELTA_MAGIC_V1: Final = b"\xf1SWD"
 """Delta format 1 (str keys and values), from a server of an older version: still read."""
@@ -145,7 +148,8 @@ def apply_delta(store: ShardStore, index: int, data: bytes, *, state: str) -> No
     of a later copy, counted from this copy's write version), in lifecycle ``state``, at
     log ``index``, in one transaction. A delta that is corrupt or does not fit this copy
     raises and changes nothing."""
-    magic = DELTA_MAGIC_V1 if data[: len(DELTA_MAGIC_V1)] == DELTA_MAGIC_V1 else DELTA_MAGIC
+    head = bytes(data[: len(DELTA_MAGIC)])
+    magic = head if head in (DELTA_MAGIC_V1, DELTA_MAGIC_V2) else DELTA_MAGIC
     try:
         delta = _decode_delta(unframe(data, magic))
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError

@@ -1,0 +1,148 @@
+"""Transactions across shards: what a client sends and what a participant shard answers.
+
+A transaction reads keys (remembering the *version* each read saw: the write version
+that last wrote the key, 0 if absent) and buffers its writes; at commit, each shard it
+touched is a *participant* with a :class:`TxnPart`: the reads to validate there and the
+writes to apply there. How a commit goes (one log entry when one group holds every
+participant, else a prepare per group and a resolve) is in
+``src/shardwise/shardserver/DESIGN.md``, "Transactions".
+
+The states a participant records for a transaction (:class:`TxnState`) are final once
+they are not ``prepared``: a shard that voted, was fenced or resolved answers the same
+for as long as it remembers the transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from typing import Final, TypeAlias
+
+import msgspec
+
+from shardwise.errors import ClientError, ShardLimitError
+from shardwise.model.bounds import Int64
+from shardwise.model.config import ShardId
+from shardwise.model.kv import Delete, Key, Put, check_key, check_op, data_size, key_bytes
+
+
+class TransactionError(ClientError):
+    """A transaction did not commit (or may not have: see the subclasses)."""
+
+
+class TransactionConflictError(TransactionError):
+    """The transaction did not commit and changed nothing: a key it read changed, or
+    another transaction held one of its keys. Retryable: run it again from the start
+    (``Client.run_transaction`` does)."""
+
+
+class TransactionOutcomeUnknownError(TransactionError):
+    """The deadline passed before the client learnt whether the transaction committed
+    (its servers were unreachable). It committed everywhere or nowhere: the servers
+    settle it on their own (DESIGN.md, "Transactions"); read the keys to find out."""
+
+
+TxnId: TypeAlias = str
+"""A transaction attempt's id: :data:`TXN_ID_BYTES` random bytes in hex. A retry after an
+abort is a new attempt with a new id, so an id never names two outcomes."""
+
+TXN_ID_BYTES: Final = 16
+
+MAX_TXN_KEYS: Final = 1000
+"""Reads plus writes in one transaction: they ride in one log entry per group (and in
+every participant's lock table until it resolves)."""
+
+MAX_TXN_BYTES: Final = 4 << 20
+"""Keys and values one transaction writes, in bytes: its writes ride in one log entry
+per group (as a SQL write batch's ``MAX_SQL_BATCH_BYTES``), far below a Raft record."""
+
+MAX_TXN_PARTICIPANTS: Final = 64
+"""Shards one transaction may touch: each is told the others, to recover from."""
+
+TxnWrite: TypeAlias = Put | Delete
+"""What a transaction writes: its last put or delete of each key (an append or a
+compare-and-set in a transaction is a read and a put, done by the client)."""
+
+
+class TxnState(enum.StrEnum):
+    """What a participant shard records for a transaction."""
+
+    PREPARED = "prepared"
+    """Validated, locks held, writes kept aside: waits for a resolve."""
+    COMMITTED = "committed"
+    """The writes applied, the locks released."""
+    ABORTED = "aborted"
+    """Refused at prepare (a conflict), or resolved as aborted: never applies here."""
+    FENCED = "fenced"
+    """A recoverer asked before any prepare arrived: a prepare that comes later is
+    refused, so the transaction can no longer commit (see DESIGN.md)."""
+
+
+class TxnRead(msgspec.Struct, frozen=True, array_like=True):
+    """A key the transaction read, and the version it saw (0: absent)."""
+
+    key: Key
+    version: Int64
+
+
+class TxnPart(msgspec.Struct, frozen=True, array_like=True):
+    """One participant shard's share of a transaction."""
+
+    shard: ShardId
+    reads: tuple[TxnRead, ...] = ()
+    writes: tuple[TxnWrite, ...] = ()
+
+
+class TxnVote(msgspec.Struct, frozen=True, array_like=True):
+    """A participant's answer to a prepare, a fence or a resolve."""
+
+    shard: ShardId
+    state: str
+    """A :class:`TxnState` value, ``wrong_group`` (the shard is not served there: nothing
+    was recorded) or ``unknown`` (a resolve or fence found no record: see DESIGN.md)."""
+    reason: str = ""
+    """For a refused prepare: what conflicted (a key that changed, a lock)."""
+
+
+def new_txn_id() -> TxnId:
+    return secrets.token_hex(TXN_ID_BYTES)
+
+
+def check_txn_id(txn: str) -> None:
+    """A hex id of :data:`TXN_ID_BYTES` bytes, as :func:`new_txn_id` makes (checked at the
+    door: the id names rows in every participant's file)."""
+    if len(txn) != 2 * TXN_ID_BYTES or not all(c in "0123456789abcdef" for c in txn):
+        raise ShardLimitError(f"a transaction id is {2 * TXN_ID_BYTES} lowercase hex digits")
+
+
+def check_parts(parts: tuple[TxnPart, ...], participants: tuple[ShardId, ...] = ()) -> None:
+    """The limits of one transaction (raises :class:`ShardLimitError`), and each
+    participant listed once: the same checks at the client and at the door."""
+    if len(participants) > MAX_TXN_PARTICIPANTS or len(parts) > MAX_TXN_PARTICIPANTS:
+        raise ShardLimitError(f"a transaction touches at most {MAX_TXN_PARTICIPANTS} shards")
+    if len(set(participants)) != len(participants):
+        raise ShardLimitError("a transaction lists a participant twice")
+    shards = [part.shard for part in parts]
+    if len(set(shards)) != len(shards):
+        raise ShardLimitError("a transaction has two parts for one shard")
+    if participants and not set(shards) <= set(participants):
+        raise ShardLimitError("a transaction part is for a shard it does not list")
+    keys = sum(len(part.reads) + len(part.writes) for part in parts)
+    if keys > MAX_TXN_KEYS:
+        raise ShardLimitError(f"a transaction reads and writes at most {MAX_TXN_KEYS} keys")
+    size = 0
+    for part in parts:
+        if not part.reads and not part.writes:
+            raise ShardLimitError(f"the transaction's part for shard {part.shard} is empty")
+        for write in part.writes:
+            check_op(write)
+            size += data_size(write.key) + (data_size(write.value) if isinstance(write, Put) else 0)
+        written = [key_bytes(write.key) for write in part.writes]
+        if len(set(written)) != len(written):
+            raise ShardLimitError("a transaction part writes a key twice")
+        for read in part.reads:
+            check_key(read.key)
+    if size > MAX_TXN_BYTES:
+        raise ShardLimitError(
+            f"a transaction writes {size} bytes, over the limit of {MAX_TXN_BYTES}"
+        )

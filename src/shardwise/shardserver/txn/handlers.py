@@ -1,0 +1,186 @@
+"""A group server's transaction RPCs: each checked at the door, then through the Raft
+host (a read through ReadIndex, everything else as one log entry).
+
+``txn.read`` is a transaction's read (the value and its version); ``txn.commit`` a whole
+transaction whose every part this group serves (one entry); ``txn.prepare``,
+``txn.resolve``, ``txn.fence`` and ``txn.forget`` the steps of one that spans groups.
+The protocol and its failure cases are in DESIGN.md, "Transactions".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from shardwise.controller.client import ControllerClient
+from shardwise.errors import ShardLimitError
+from shardwise.model.access import Privilege
+from shardwise.model.config import ShardId
+from shardwise.model.txn import TxnPart, check_parts, check_txn_id
+from shardwise.net.endpoint import Endpoint
+from shardwise.net.leader import CallDeadline, loop_time
+from shardwise.net.rpc import CallContext, RpcMethod
+from shardwise.net.wire import PeerRole
+from shardwise.raft.host import RaftHost
+from shardwise.service import REQUEST_TIMEOUT_S, through_host
+from shardwise.shardserver.commands import (
+    Command,
+    TxnCommit,
+    TxnFence,
+    TxnForget,
+    TxnPrepare,
+    TxnResolve,
+    decode_result,
+    encode,
+)
+from shardwise.shardserver.protocol import (
+    TXN_COMMIT,
+    TXN_FENCE,
+    TXN_FORGET,
+    TXN_PREPARE,
+    TXN_READ,
+    TXN_RESOLVE,
+    KVReply,
+    ReadRequest,
+    TxnCommitRequest,
+    TxnPrepareRequest,
+    TxnReply,
+    TxnShardsRequest,
+)
+from shardwise.shardserver.statemachine import ShardGroupStateMachine
+from shardwise.shardserver.txn.recovery import ConfigParticipants, TxnRecovery
+
+Req = TypeVar("Req")
+
+Denied = Callable[[CallContext, Privilege, str], str | None]
+"""Why the caller may not do ``Privilege`` on a keyspace ("" or None: it may)."""
+
+
+class TxnHandlers:
+    """Serves the transaction RPCs on ``transport`` for the group ``host`` replicates."""
+
+    def __init__(
+        self,
+        host: RaftHost[ShardGroupStateMachine],
+        transport: Endpoint,
+        controller: ControllerClient,
+        denied: Denied,
+    ) -> None:
+        self.host = host
+        self._keyspace_denied = denied
+        sm = host.state_machine
+        participants = ConfigParticipants(
+            transport, lambda: sm.config, controller, gid=sm.gid, local=self.call_locally
+        )
+        self.recovery = TxnRecovery(host, participants)
+        """The leader's recovery of transactions left prepared (run by the server)."""
+        transport.serve(TXN_READ, self._read)
+        transport.serve(TXN_PREPARE, self._prepare)
+        transport.serve(TXN_COMMIT, self._commit)
+        transport.serve(TXN_RESOLVE, self._resolve)
+        transport.serve(TXN_FENCE, self._fence)
+        transport.serve(TXN_FORGET, self._forget)
+
+    async def call_locally(
+        self, method: RpcMethod[Req, TxnReply], request: Req, call: CallDeadline
+    ) -> TxnReply:
+        """One of the shard-list RPCs, called by this server on its own group (as a node:
+        no user, so no grant to check)."""
+        handlers: dict[str, Callable[[Any, CallContext], Awaitable[TxnReply]]] = {
+            TXN_RESOLVE.name: self._resolve,
+            TXN_FENCE.name: self._fence,
+            TXN_FORGET.name: self._forget,
+        }
+        context = CallContext(self.host.id, PeerRole.NODE, loop_time() + call.remaining())
+        return await handlers[method.name](request, context)
+
+    # --- the door ------------------------------------------------------------------------
+
+    def _denied(self, context: CallContext, need: Privilege, shard: ShardId) -> str | None:
+        return self._keyspace_denied(context, need, shard.keyspace)
+
+    def _parts_denied(self, context: CallContext, parts: tuple[TxnPart, ...]) -> str | None:
+        for part in parts:
+            need = Privilege.WRITE if part.writes else Privilege.READ
+            if denied := self._denied(context, need, part.shard):
+                return denied
+        return None
+
+    def _shards_denied(self, context: CallContext, shards: tuple[ShardId, ...]) -> str | None:
+        for shard in shards:
+            if denied := self._denied(context, Privilege.WRITE, shard):
+                return denied
+        return None
+
+    async def _propose(self, command: Command) -> TxnReply:
+        outcome = await through_host(
+            self.host, self.host.propose(encode(command), REQUEST_TIMEOUT_S)
+        )
+        if outcome.value is None:
+            return TxnReply(outcome.status, leader=outcome.leader)
+        result = decode_result(outcome.value)
+        if result.outcome == "failed":
+            return TxnReply("ok", config_num=result.config_num, error=result.error)
+        return TxnReply("ok", config_num=result.config_num, votes=result.votes)
+
+    # --- the RPCs ------------------------------------------------------------------------
+
+    async def _read(self, request: ReadRequest, context: CallContext) -> KVReply:
+        if denied := self._denied(context, Privilege.READ, request.shard):
+            return KVReply("ok", error=denied, denied=True)
+        shard, key = request.shard, request.key
+        read = self.host.read(lambda sm: sm.versioned_read(shard, key), REQUEST_TIMEOUT_S)
+        outcome = await through_host(self.host, read)
+        if outcome.value is None:
+            return KVReply(outcome.status, leader=outcome.leader)
+        found = outcome.value
+        if not found.serving:
+            return KVReply("wrong_group", config_num=found.config_num)
+        if found.locked:
+            return KVReply("locked", config_num=found.config_num, locked_by=found.locked)
+        return KVReply("ok", config_num=found.config_num, value=found.value, version=found.version)
+
+    async def _prepare(self, request: TxnPrepareRequest, context: CallContext) -> TxnReply:
+        try:
+            check_txn_id(request.txn)
+            check_parts(request.parts, request.participants)
+        except ShardLimitError as exc:
+            return TxnReply("ok", error=str(exc))
+        if denied := self._parts_denied(context, request.parts):
+            return TxnReply("ok", error=denied, denied=True)
+        return await self._propose(TxnPrepare(request.txn, request.participants, request.parts))
+
+    async def _commit(self, request: TxnCommitRequest, context: CallContext) -> TxnReply:
+        try:
+            if not request.parts:
+                raise ShardLimitError("a transaction to commit has no parts")
+            check_parts(request.parts)
+        except ShardLimitError as exc:
+            return TxnReply("ok", error=str(exc))
+        if denied := self._parts_denied(context, request.parts):
+            return TxnReply("ok", error=denied, denied=True)
+        return await self._propose(TxnCommit(request.client_id, request.seq, request.parts))
+
+    async def _shards_command(
+        self, request: TxnShardsRequest, context: CallContext, make: Callable[[], Command]
+    ) -> TxnReply:
+        try:
+            check_txn_id(request.txn)
+            check_parts((), request.shards)
+        except ShardLimitError as exc:
+            return TxnReply("ok", error=str(exc))
+        if denied := self._shards_denied(context, request.shards):
+            return TxnReply("ok", error=denied, denied=True)
+        return await self._propose(make())
+
+    async def _resolve(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
+        r = request
+        return await self._shards_command(r, context, lambda: TxnResolve(r.txn, r.commit, r.shards))
+
+    async def _fence(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
+        r = request
+        return await self._shards_command(r, context, lambda: TxnFence(r.txn, r.shards))
+
+    async def _forget(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
+        r = request
+        return await self._shards_command(r, context, lambda: TxnForget(r.txn, r.shards))

@@ -1,0 +1,222 @@
+"""Transactions on a shard's store: the part of
+:class:`~shardwise.shardserver.store.ShardStore` that runs a transaction's commands
+(``txn_state.py`` holds the SQL) and keeps plain operations off locked keys.
+
+Each command applies at one log index, in the store's transaction, like any other write;
+an index applied before is skipped (``None``). The store keeps the number of locks in
+memory, so a shard with no prepared transaction pays nothing for the checks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Final, TypeVar
+
+import msgspec
+
+from shardwise.model.config import ShardId
+from shardwise.model.kv import Key, Value, key_bytes
+from shardwise.model.txn import TxnId, TxnPart, TxnState, TxnVote
+from shardwise.shardserver import kvops
+from shardwise.shardserver.dedup import ClientSessions
+from shardwise.shardserver.shardfile import ShardMeta, put_meta
+from shardwise.shardserver.tracking import ChangeTracker
+from shardwise.shardserver.txn import state as txn_state
+
+MAX_TXN_RECORDS: Final = 10_000
+"""Transactions a shard remembers at once (prepared, or final and not yet forgotten): past
+it, new prepares are refused (the transaction aborts and its client retries), so the
+tables stay small. Fences and resolves are always recorded: they keep outcomes safe."""
+
+_R = TypeVar("_R")
+_decode_votes = msgspec.msgpack.Decoder(tuple[TxnVote, ...]).decode
+
+
+class TxnStoreMixin:
+    """A shard's transactions; mixed into ``ShardStore``, whose state it uses."""
+
+    _meta: ShardMeta
+    _changes: ChangeTracker
+    _batching: bool
+    _applied_unwritten: bool
+    _txn_locks: int
+    _sessions: ClientSessions
+
+    # (implemented by ShardStore)
+    @property
+    def shard(self) -> ShardId:
+        raise NotImplementedError
+
+    def _connection(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def _error(self, exc: sqlite3.Error) -> Exception:
+        raise NotImplementedError
+
+    # --- commands, through the log -------------------------------------------------------
+
+    def _at(self, index: int, body: Callable[[sqlite3.Connection], _R]) -> _R | None:
+        """``body`` in the store's transaction at log ``index`` (``None``: applied before)."""
+        if index <= self._meta.applied_index:
+            return None
+        with self._transaction() as conn:
+            result = body(conn)
+            self._txn_locks = txn_state.lock_count(conn)
+            self._meta.applied_index = index
+            if self._batching:
+                self._applied_unwritten = True
+            else:
+                put_meta(conn, "applied_index", index)
+        return result
+
+    def txn_prepare(
+        self, index: int, txn: TxnId, part: TxnPart, participants: Sequence[ShardId]
+    ) -> TxnVote | None:
+        def body(conn: sqlite3.Connection) -> TxnVote:
+            if (
+                txn_state.recorded(conn, txn) is None
+                and txn_state.record_count(conn) >= MAX_TXN_RECORDS
+            ):
+                return TxnVote(
+                    self.shard,
+                    TxnState.ABORTED,
+                    f"shard {self.shard} has {MAX_TXN_RECORDS} transactions open",
+                )
+            state, why = txn_state.prepare(conn, txn, part, participants, index)
+            return TxnVote(self.shard, state, why)
+
+        return self._at(index, body)
+
+    def txn_resolve(self, index: int, txn: TxnId, commit: bool) -> TxnVote | None:
+        def body(conn: sqlite3.Connection) -> TxnVote:
+            state, _ = txn_state.resolve(conn, txn, commit, index, self._changes)
+            return TxnVote(self.shard, "unknown" if state is None else state)
+
+        return self._at(index, body)
+
+    def txn_fence(self, index: int, txn: TxnId) -> TxnVote | None:
+        return self._at(index, lambda conn: TxnVote(self.shard, txn_state.fence(conn, txn, index)))
+
+    def txn_forget(self, index: int, txn: TxnId) -> bool | None:
+        return self._at(index, lambda conn: txn_state.forget(conn, txn))
+
+    def txn_commit_once(
+        self,
+        index: int,
+        client_id: str,
+        seq: int,
+        part: TxnPart,
+        run: Callable[[], tuple[TxnVote, ...]],
+    ) -> tuple[TxnVote, ...] | None:
+        """A commit in one entry, with this shard (its first part's) keeping the
+        de-duplication: ``run`` validates every part and applies the others; this part's
+        writes apply here if it answers committed. A retry gets the first answer."""
+
+        def whole(conn: sqlite3.Connection) -> tuple[TxnVote, ...]:
+            def once() -> tuple[TxnVote, ...]:
+                votes = run()
+                if votes and votes[0].state == TxnState.COMMITTED:
+                    txn_state.apply_writes(conn, part.writes, self._changes)
+                return votes
+
+            return self._sessions.once(
+                conn,
+                client_id,
+                seq,
+                run=once,
+                decode=_decode_votes,
+                stale=(TxnVote(self.shard, "stale"),),
+            )
+
+        return self._at(index, whole)
+
+    def txn_conflict(self, part: TxnPart) -> str:
+        """Why ``part`` could not commit now ("" if it could): for a commit in one entry,
+        checked for every part before any applies."""
+        try:
+            return txn_state.conflict(self._connection(), "", part)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def txn_apply(self, index: int, part: TxnPart) -> bool:
+        """Apply a validated part's writes at ``index`` (False: applied before)."""
+        done = self._at(
+            index, lambda conn: txn_state.apply_writes(conn, part.writes, self._changes)
+        )
+        return done is not None
+
+    # --- what the locks keep out ---------------------------------------------------------
+
+    def locked(self, key: Key, *, write: bool) -> TxnId | None:
+        """The prepared transaction a plain operation on ``key`` must wait for (a write:
+        any lock on it; a read: an exclusive one), or ``None``."""
+        if not self._txn_locks:
+            return None
+        try:
+            return txn_state.blocked(self._connection(), key, write=write)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def locked_in_range(
+        self, prefix: Key | None, start: Key | None, end: Key | None
+    ) -> TxnId | None:
+        """A prepared transaction that writes a key a scan of this range would see."""
+        if not self._txn_locks:
+            return None
+        head = key_bytes(prefix) if prefix is not None else b""
+        low = max(key_bytes(start) if start is not None else b"", head)
+        high = key_bytes(end) if end is not None else None
+        try:
+            # Locks sort by kind, then key: the first exclusive one from ``low`` on is in
+            # the range, or none is.
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT lock, txn FROM txn_locks WHERE exclusive AND lock >= ?"
+                    " ORDER BY lock LIMIT 1",
+                    (txn_state.KV_LOCK + low,),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        if row is None or bytes(row[0][:1]) != txn_state.KV_LOCK:
+            return None
+        key = bytes(row[0][1:])
+        if not key.startswith(head) or (high is not None and key >= high):
+            return None
+        return str(row[1])
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def versioned(self, key: Key) -> tuple[Value | None, int]:
+        """``key``'s value and the write version that last wrote it (0: absent)."""
+        try:
+            row = (
+                self._connection()
+                .execute("SELECT value, ver FROM kv WHERE key = ?", (key_bytes(key),))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return (None, 0) if row is None else (kvops.as_value(row[0]), int(row[1]))
+
+    def prepared_txns(self) -> list[txn_state.Recorded]:
+        """The transactions prepared here, oldest first."""
+        if not self._txn_locks:  # (a prepared transaction holds at least one lock)
+            return []
+        try:
+            return txn_state.prepared(self._connection())
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def txn_record(self, txn: TxnId) -> txn_state.Recorded | None:
+        try:
+            return txn_state.recorded(self._connection(), txn)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc

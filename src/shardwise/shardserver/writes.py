@@ -1,0 +1,166 @@
+"""Clients' writes as the group's state machine applies them: KV operations (alone or
+batched), SQL write batches, and transactions' commands.
+
+Each applies to a shard only while it is SERVING here (``writable`` hands out its store,
+registered in the batch the host is applying); otherwise the shard's answer is
+``wrong_group`` with the configuration number. ``statemachine.py`` decodes an entry and
+passes the command here; this module changes nothing but the shards' stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from shardwise.model.config import ShardId
+from shardwise.model.kv import KVResult
+from shardwise.model.txn import TxnPart, TxnState, TxnVote
+from shardwise.shardserver import kvops
+from shardwise.shardserver.commands import (
+    ClientBatch,
+    ClientOp,
+    GroupResult,
+    SqlWrite,
+    SqlWriteResult,
+    TxnCommit,
+    TxnFence,
+    TxnForget,
+    TxnPrepare,
+    TxnResolve,
+)
+from shardwise.shardserver.protocol import SchemaVerdict
+
+if TYPE_CHECKING:
+    from shardwise.shardserver.store import ShardStore
+
+TxnCommand = TxnPrepare | TxnResolve | TxnFence | TxnForget | TxnCommit
+
+WRONG_GROUP = "wrong_group"
+STALE = "stale"
+UNKNOWN = "unknown"
+FORGOTTEN = "forgotten"
+
+
+class WriteApplier:
+    """Applies clients' writes to the stores ``writable`` gives out."""
+
+    def __init__(
+        self,
+        writable: Callable[[ShardId], ShardStore | None],
+        config_num: Callable[[], int],
+        schema_verdict: Callable[[str, int, int], SchemaVerdict],
+    ) -> None:
+        self._writable = writable
+        self._config_num = config_num
+        self._schema_verdict = schema_verdict
+
+    # --- KV and SQL ----------------------------------------------------------------------
+
+    def client_op(self, index: int, cmd: ClientOp) -> GroupResult:
+        store = self._writable(cmd.shard)
+        if store is None:
+            return GroupResult("wrong_group", self._config_num())
+        refused = kvops.refusal(cmd.op)
+        if refused:
+            return GroupResult("failed", self._config_num(), error=refused)
+        result: KVResult | None = store.apply(index, cmd.client_id, cmd.seq, cmd.op)
+        return GroupResult("ok", self._config_num(), result)
+
+    def client_batch(self, index: int, cmd: ClientBatch) -> GroupResult:
+        """Each operation as :meth:`client_op` would apply it; a shard's operations in
+        one call, since they share the entry's index (see ``ShardStore.apply_many``)."""
+        results: list[GroupResult | None] = [None] * len(cmd.ops)
+        by_shard: dict[ShardId, list[int]] = {}
+        num = self._config_num()
+        for position, op in enumerate(cmd.ops):
+            refused = kvops.refusal(op.op)
+            if refused:
+                results[position] = GroupResult("failed", num, error=refused)
+            else:
+                by_shard.setdefault(op.shard, []).append(position)
+        for shard, positions in by_shard.items():
+            store = self._writable(shard)
+            if store is None:
+                for position in positions:
+                    results[position] = GroupResult("wrong_group", num)
+                continue
+            ops = [(cmd.ops[p].client_id, cmd.ops[p].seq, cmd.ops[p].op) for p in positions]
+            applied = store.apply_many(index, ops)
+            for n, position in enumerate(positions):
+                results[position] = GroupResult("ok", num, None if applied is None else applied[n])
+        return GroupResult("ok", num, batch=tuple(r for r in results if r is not None))
+
+    def sql_write(self, index: int, cmd: SqlWrite) -> GroupResult:
+        store = self._writable(cmd.shard)
+        if store is None:
+            return GroupResult("wrong_group", self._config_num())
+        verdict = self._schema_verdict(cmd.shard.keyspace, cmd.catalog_num, cmd.schema)
+        sql: SqlWriteResult | None = store.apply_sql(
+            index, cmd.client_id, cmd.seq, cmd.statements, verdict, max_steps=cmd.max_steps
+        )
+        return GroupResult("ok", self._config_num(), sql=sql)
+
+    # --- transactions --------------------------------------------------------------------
+
+    def txn(self, index: int, cmd: TxnCommand) -> GroupResult:
+        votes: list[TxnVote] = []
+        if isinstance(cmd, TxnCommit):
+            votes += self._commit(index, cmd)
+        elif isinstance(cmd, TxnPrepare):
+            for part in cmd.parts:
+                store = self._writable(part.shard)
+                if store is None:
+                    votes.append(_vote(part.shard, None, None))
+                    continue
+                prepared = store.txn_prepare(index, cmd.txn, part, cmd.participants)
+                votes.append(_vote(part.shard, store, prepared))
+        else:
+            for shard in cmd.shards:
+                store = self._writable(shard)
+                vote: TxnVote | None = None
+                if store is None:
+                    pass
+                elif isinstance(cmd, TxnResolve):
+                    vote = store.txn_resolve(index, cmd.txn, cmd.commit)
+                elif isinstance(cmd, TxnFence):
+                    vote = store.txn_fence(index, cmd.txn)
+                else:
+                    forgot = store.txn_forget(index, cmd.txn)
+                    vote = (
+                        None if forgot is None else TxnVote(shard, FORGOTTEN if forgot else UNKNOWN)
+                    )
+                votes.append(_vote(shard, store, vote))
+        return GroupResult("ok", self._config_num(), votes=tuple(votes))
+
+    def _commit(self, index: int, cmd: TxnCommit) -> tuple[TxnVote, ...]:
+        """Every part validated, then every part applied: one entry, all or nothing;
+        de-duplicated in the first part's shard (see ``TxnCommit``)."""
+        anchor_shard = cmd.parts[0].shard
+        anchor = self._writable(anchor_shard)
+        if anchor is None:
+            return (TxnVote(anchor_shard, WRONG_GROUP),)
+
+        def run() -> tuple[TxnVote, ...]:
+            stores: list[tuple[ShardStore, TxnPart]] = []
+            for part in cmd.parts:
+                store = anchor if part.shard == anchor_shard else self._writable(part.shard)
+                if store is None:
+                    return (TxnVote(part.shard, WRONG_GROUP),)
+                stores.append((store, part))
+            for store, part in stores:
+                why = store.txn_conflict(part)
+                if why:
+                    return (TxnVote(part.shard, TxnState.ABORTED, why),)
+            for store, part in stores[1:]:
+                store.txn_apply(index, part)
+            return (TxnVote(anchor_shard, TxnState.COMMITTED),)
+
+        votes = anchor.txn_commit_once(index, cmd.client_id, cmd.seq, cmd.parts[0], run)
+        return votes if votes is not None else (TxnVote(anchor_shard, TxnState.COMMITTED),)
+
+
+def _vote(shard: ShardId, store: ShardStore | None, vote: TxnVote | None) -> TxnVote:
+    if store is None:
+        return TxnVote(shard, WRONG_GROUP)
+    # ``None``: the entry was applied before this replay reached it; nobody waits for it.
+    return vote if vote is not None else TxnVote(shard, STALE)
