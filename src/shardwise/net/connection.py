@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -52,6 +53,27 @@ M = TypeVar("M", bound=WireMessage)
 
 _serials: Final = itertools.count(1)
 
+UNACKED_SEND_TIMEOUT_MS: Final = 2000
+"""How long sent bytes may stay unacknowledged by the peer's kernel before the
+connection is given up (``TCP_USER_TIMEOUT``): past a few election timeouts, so a brief
+loss costs nothing, short enough that a cut link is dialled again soon after it heals."""
+
+
+def _give_up_on_unacknowledged_sends(writer: asyncio.StreamWriter) -> None:
+    """Have the kernel close the connection once bytes it sent stay unacknowledged for
+    :data:`UNACKED_SEND_TIMEOUT_MS` (``TCP_USER_TIMEOUT``). A path that drops packets (a
+    partition) otherwise leaves the connection in TCP's retransmission back-off, where
+    after the path heals it resumes only at its next, seconds-late retransmission, and a
+    Raft peer goes unheard meanwhile (a quorum lost for nothing). Closed, it is dialled
+    again, which works at once after the heal. A paused but live peer's kernel still
+    acknowledges, so a pause does not close it."""
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNACKED_SEND_TIMEOUT_MS)
+
 
 def refusal_error(refused: Refused) -> NetError:
     """The dialer's error for an acceptor's refusal: only a failed proof says anything
@@ -84,6 +106,7 @@ class PeerConnection:
         self.serial = next(_serials)
         self.reader = reader
         self.writer = writer
+        _give_up_on_unacknowledged_sends(writer)
         self.local_id = local_id
         self.outbound = outbound
         self.codec = Codec(MAX_HANDSHAKE_FRAME_BYTES)
