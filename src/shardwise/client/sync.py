@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import random
 import ssl
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardwise.client.kv import DEFAULT_DEADLINE_S, MAX_WRITES_IN_FLIGHT, Client
 from shardwise.client.scan import DEFAULT_SCAN_LIMIT, SCAN_PAGE_ROWS
+from shardwise.client.txn import (
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_RETRY_PAUSE_S,
+    RETRY_PAUSE_S,
+    Transaction,
+)
 from shardwise.errors import ClientClosedError
 from shardwise.model.config import Configuration
 from shardwise.model.kv import Key, Pairs, Value
+from shardwise.model.txn import TransactionConflictError
 from shardwise.net.auth import Credentials
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S
 from shardwise.net.links import Address
@@ -172,6 +181,36 @@ class SyncClient:
         """:meth:`Client.sql`, blocking."""
         return self._run(self._async_client().sql(query, params, deadline_s=deadline_s))
 
+    def transaction(self, *, deadline_s: float | None = None) -> SyncTransaction:
+        """:meth:`Client.transaction`, blocking: ``with client.transaction() as tx:``
+        ``tx.get``, ``tx.put``, ``tx.delete``; commits when the block ends."""
+
+        async def begin() -> Transaction:
+            return self._async_client().transaction(deadline_s=deadline_s)
+
+        return SyncTransaction(self._run(begin()), self._run)
+
+    def run_transaction(
+        self,
+        body: Callable[[SyncTransaction], T],
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        deadline_s: float | None = None,
+    ) -> T:
+        """:meth:`Client.run_transaction`, blocking: ``body(tx)`` in a transaction,
+        committed, run again from the start after a conflict (up to ``max_attempts``)."""
+        for attempt in range(1, max_attempts + 1):
+            tx = self.transaction(deadline_s=deadline_s)
+            try:
+                result = body(tx)
+                tx.commit()
+                return result
+            except TransactionConflictError:
+                if attempt == max_attempts:
+                    raise
+            time.sleep(random.uniform(0, min(MAX_RETRY_PAUSE_S, RETRY_PAUSE_S * 2**attempt)))
+        raise AssertionError("unreachable")
+
     @property
     def last_rows_shipped(self) -> dict[int, int]:
         return self._async_client().last_rows_shipped
@@ -226,3 +265,41 @@ class SyncClient:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
         self._client = None
+
+
+class SyncTransaction:
+    """A :class:`~shardwise.client.txn.Transaction`, blocking (one thread at a time)."""
+
+    def __init__(self, tx: Transaction, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self._tx = tx
+        self._run = run
+
+    def get(self, key: Key) -> Value | None:
+        value: Value | None = self._run(self._tx.get(key))
+        return value
+
+    def put(self, key: Key, value: Value) -> None:
+        self._run(_call(self._tx.put, key, value))
+
+    def delete(self, key: Key) -> None:
+        self._run(_call(self._tx.delete, key))
+
+    def commit(self) -> None:
+        self._run(self._tx.commit())
+
+    def abort(self) -> None:
+        self._run(_call(self._tx.abort))
+
+    def __enter__(self) -> SyncTransaction:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+async def _call(function: Callable[..., None], *args: Any) -> None:
+    """A plain call, on the client's loop (where the transaction lives)."""
+    function(*args)

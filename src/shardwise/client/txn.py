@@ -173,9 +173,9 @@ class Transaction:
     (commits on exit, aborts on an exception) or call :meth:`commit` yourself."""
 
     def __init__(self, protocol: TxnProtocol, deadline: float, *, ordered: bool = False) -> None:
-        """``ordered``: prepare the groups one after another, in the order of their
-        shards, stopping at the first refusal (a retry after a conflict: see DESIGN.md on
-        livelock), rather than all at once."""
+        """``ordered``: prepare the participants one shard at a time, in shard order,
+        stopping at the first refusal (a retry after a conflict: see DESIGN.md on
+        livelock), rather than every group at once."""
         self._p = protocol
         self._deadline = deadline
         self._ordered = ordered
@@ -325,7 +325,10 @@ class Transaction:
         participants = tuple(parts)
         votes: dict[ShardId, str] = {}
         reasons: list[str] = []
-        by_group = await self._p.participants.by_group(participants, call)
+        if self._ordered:  # one shard at a time, in shard order (see __init__)
+            by_group = [[shard] for shard in sorted(participants)]
+        else:
+            by_group = await self._p.participants.by_group(participants, call)
 
         async def prepare(group: list[ShardId]) -> None:
             request = TxnPrepareRequest(txn, participants, tuple(parts[s] for s in group))

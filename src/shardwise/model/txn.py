@@ -1,7 +1,7 @@
 """Transactions across shards: what a client sends and what a participant shard answers.
 
 A transaction reads keys (remembering the *version* each read saw: the write version
-that last wrote the key, 0 if absent) and buffers its writes; at commit, each shard it
+that last wrote the key, -1 if absent) and buffers its writes; at commit, each shard it
 touched is a *participant* with a :class:`TxnPart`: the reads to validate there and the
 writes to apply there. How a commit goes (one log entry when one group holds every
 participant, else a prepare per group and a resolve) is in
@@ -79,7 +79,7 @@ class TxnState(enum.StrEnum):
 
 
 class TxnRead(msgspec.Struct, frozen=True, array_like=True):
-    """A key the transaction read, and the version it saw (0: absent)."""
+    """A key the transaction read, and the version it saw (-1: absent)."""
 
     key: Key
     version: Int64

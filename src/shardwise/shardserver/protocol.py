@@ -100,7 +100,7 @@ class KVReply(msgspec.Struct, frozen=True):
     denied: bool = False
     """The refusal is the logged-in user's lack of a grant (``error`` says which)."""
     version: Int64 = 0
-    """For a transaction's read: the write version that last wrote the key (0: absent)."""
+    """For a transaction's read: the write version that last wrote the key (-1: absent)."""
     locked_by: str = ""
     """With ``locked``: the transaction that holds the key."""
 

@@ -37,7 +37,7 @@ from shardwise.errors import ClientError
 from shardwise.model.txn import TransactionConflictError, new_txn_id
 from shardwise.net.leader import CallDeadline, loop_time
 from shardwise.shardserver.protocol import TXN_PREPARE, TxnPrepareRequest
-from shardwise.testing.cluster import SimCluster
+from shardwise.testing.cluster import Cluster, SimCluster
 from shardwise.testing.serializability import check_list_append
 from shardwise.testing.simnemesis import SimNemesis
 from shardwise.testing.txn_history import (
@@ -140,26 +140,30 @@ async def run_txn_sweep(
     return await TxnSweep(seed, base_dir, options or TxnSweepOptions()).run()
 
 
-class TxnSweep:
-    def __init__(self, seed: int, base_dir: Path, options: TxnSweepOptions) -> None:
+class TxnWorkloads:
+    """The two workloads and their histories, on any :class:`Cluster` (the simulator's
+    in :class:`TxnSweep`, real processes in ``tests/shardserver/test_txn_processes.py``):
+    :meth:`client` runs one client until :attr:`stop`, :meth:`final_reads` adds the
+    final reads, :meth:`verdict` checks both histories."""
+
+    def __init__(self, seed: int, cluster: Cluster, options: TxnSweepOptions) -> None:
         self.seed = seed
         self.options = options
         self.rng = random.Random(seed)
-        self.cluster = SimCluster(base_dir, groups=options.groups, seed=seed)
-        self.nemesis = SimNemesis(self.cluster, self.rng)
+        self.cluster = cluster
         self.keys = [f"list{i}" for i in range(options.keys)]
         self.accounts = [f"acct{i}" for i in range(options.accounts)]
         self.appends: list[Txn] = []
         self.bank: list[Txn] = []
         self._next_element: dict[str, int] = {}
-        self._stop = asyncio.Event()
+        self.stop = asyncio.Event()
 
     # --- the workloads ---------------------------------------------------------------
 
-    async def _client(self, n: int) -> None:
+    async def client(self, n: int) -> None:
         rng = random.Random(self.rng.getrandbits(64))
         async with self.cluster.client(deadline_s=TXN_DEADLINE_S, first_seq=0) as kv:
-            while not self._stop.is_set():
+            while not self.stop.is_set():
                 if rng.random() < 0.6:
                     await self._list_append(kv, n, rng)
                 else:
@@ -249,45 +253,54 @@ class TxnSweep:
         returned = end if status != "info" else math.inf
         history.append(Txn(len(history), n, status, tuple(kept), start, returned))
 
-    # --- the run ---------------------------------------------------------------------
+    # --- the end -------------------------------------------------------------------
 
-    async def run(self) -> TxnSweepResult:
-        c = self.cluster
-        async with c:
-            clients = [self._client(n) for n in range(self.options.clients)]
-            problems = await self.nemesis.drive(
-                clients,
-                self.options.duration_s,
-                self.options.nemesis_pause_s,
-                self._stop,
-                join_all=self.options.join_all,
-            )
-            async with c.client(first_seq=0, deadline_s=60.0) as kv:
-                mops: list[Mop] = []
+    async def final_reads(self) -> list[str]:
+        """Every list and every account read in one transaction each (the cluster healed);
+        the problems found."""
+        problems: list[str] = []
+        async with self.cluster.client(first_seq=0, deadline_s=60.0) as kv:
+            lists: list[Mop] = []
 
-                async def read_all(tx: Transaction) -> None:
-                    mops[:] = [Read(key, _list(await tx.get(key))) for key in self.keys]
+            async def read_all(tx: Transaction) -> None:
+                lists[:] = [Read(key, _list(await tx.get(key))) for key in self.keys]
 
-                await self._run(kv, -1, read_all, mops, self.appends)
-                balances: list[Mop] = []
+            await self._run(kv, -1, read_all, lists, self.appends)
+            balances: list[Mop] = []
 
-                async def read_accounts(tx: Transaction) -> None:
-                    balances[:] = [BalanceRead(a, _balance(await tx.get(a))) for a in self.accounts]
+            async def read_accounts(tx: Transaction) -> None:
+                balances[:] = [BalanceRead(a, _balance(await tx.get(a))) for a in self.accounts]
 
-                await self._run(kv, -1, read_accounts, balances, self.bank)
-                for history in (self.appends, self.bank):
-                    if history[-1].status != "ok":
-                        problems.append(f"the final read did not commit: {history[-1]}")
+            await self._run(kv, -1, read_accounts, balances, self.bank)
+        for history in (self.appends, self.bank):
+            if history[-1].status != "ok":
+                problems.append(f"the final read did not commit: {history[-1]}")
+        return problems
+
+    def verdict(self, problems: list[str], events: list[str]) -> TxnSweepResult:
         initial: dict[int | str, int] = {a: INITIAL_BALANCE for a in self.accounts}
         appends = check_list_append(self.appends, realtime=True, timeout=120.0)
         bank = check_bank(self.bank, initial)
         every = [*self.appends, *self.bank]
-        return TxnSweepResult(
-            self.seed,
-            appends,
-            bank,
-            len(every),
-            sum(t.status == "ok" for t in every),
-            self.nemesis.events,
-            problems,
-        )
+        committed = sum(t.status == "ok" for t in every)
+        return TxnSweepResult(self.seed, appends, bank, len(every), committed, events, problems)
+
+
+class TxnSweep:
+    """One run in the simulator (see the module docstring)."""
+
+    def __init__(self, seed: int, base_dir: Path, options: TxnSweepOptions) -> None:
+        self.options = options
+        self.cluster = SimCluster(base_dir, groups=options.groups, seed=seed)
+        self.workloads = TxnWorkloads(seed, self.cluster, options)
+        self.nemesis = SimNemesis(self.cluster, self.workloads.rng)
+
+    async def run(self) -> TxnSweepResult:
+        o, w = self.options, self.workloads
+        async with self.cluster:
+            clients = [w.client(n) for n in range(o.clients)]
+            problems = await self.nemesis.drive(
+                clients, o.duration_s, o.nemesis_pause_s, w.stop, join_all=o.join_all
+            )
+            problems += await w.final_reads()
+        return w.verdict(problems, self.nemesis.events)

@@ -107,8 +107,11 @@ class TxnHandlers:
         return None
 
     def _shards_denied(self, context: CallContext, shards: tuple[ShardId, ...]) -> str | None:
+        """Resolving, fencing and forgetting need a grant to read the shards (a
+        participant that only read must be resolved by its client too); the transaction
+        id, 128 random bits, is what names the transaction."""
         for shard in shards:
-            if denied := self._denied(context, Privilege.WRITE, shard):
+            if denied := self._denied(context, Privilege.READ, shard):
                 return denied
         return None
 

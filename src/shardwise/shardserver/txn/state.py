@@ -51,6 +51,11 @@ from shardwise.shardserver.tracking import ChangeTracker
 KV_LOCK: Final = b"k"
 """The kind byte of a key's lock."""
 
+ABSENT_VERSION: Final = -1
+"""The version a read of an absent key sees: apart from every row's, even a row of a
+file written before change tracking (version 0), so a key that was there and is gone
+does not pass for unchanged."""
+
 _WRITES = msgspec.msgpack.Decoder(tuple[Put | Delete, ...])
 _PARTICIPANTS = msgspec.msgpack.Decoder(tuple[ShardId, ...])
 _ENCODER = msgspec.msgpack.Encoder()
@@ -88,9 +93,9 @@ def prepared(conn: sqlite3.Connection) -> list[Recorded]:
 
 
 def version_of(conn: sqlite3.Connection, key: Key) -> int:
-    """The write version that last wrote ``key`` (0: absent)."""
+    """The write version that last wrote ``key`` (:data:`ABSENT_VERSION`: absent)."""
     row = conn.execute("SELECT ver FROM kv WHERE key = ?", (key_bytes(key),)).fetchone()
-    return 0 if row is None else int(row[0])
+    return ABSENT_VERSION if row is None else int(row[0])
 
 
 def lock_count(conn: sqlite3.Connection) -> int:

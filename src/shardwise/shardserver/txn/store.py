@@ -195,7 +195,8 @@ class TxnStoreMixin:
     # --- reads ---------------------------------------------------------------------------
 
     def versioned(self, key: Key) -> tuple[Value | None, int]:
-        """``key``'s value and the write version that last wrote it (0: absent)."""
+        """``key``'s value and the write version that last wrote it (absent:
+        ``state.ABSENT_VERSION``)."""
         try:
             row = (
                 self._connection()
@@ -204,7 +205,9 @@ class TxnStoreMixin:
             )
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        return (None, 0) if row is None else (kvops.as_value(row[0]), int(row[1]))
+        if row is None:
+            return None, txn_state.ABSENT_VERSION
+        return kvops.as_value(row[0]), int(row[1])
 
     def prepared_txns(self) -> list[txn_state.Recorded]:
         """The transactions prepared here, oldest first."""

@@ -1,0 +1,126 @@
+"""Transactions on real processes (a controller of 3, two groups of 3, TCP, fsync'd logs):
+the list-append and bank workloads of ``testing/txnsweep.py`` while group leaders are
+killed with ``kill -9`` and restarted, and while client *processes* doing transfers are
+killed with ``kill -9`` in the middle of their commits. Afterwards the participants'
+recovery must have settled every transaction those clients left prepared: the final
+reads go through (no key stays locked), the list-append history is strictly
+serializable and every read of all the accounts, the final one included, sees the
+initial total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from shardwise.testing.cluster import ProcessCluster
+from shardwise.testing.procs import wait_for_line
+from shardwise.testing.txnsweep import TxnSweepOptions, TxnWorkloads
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+SEED: Final = 22
+WORKLOAD_S: Final = 20.0
+"""Wall-clock seconds of workload (and of faults)."""
+CHILD_START_S: Final = 30.0
+
+CHILD = """
+import json, random, sys
+from shardwise.client import SyncClient, TransactionError
+from shardwise.testing.txnsweep import INITIAL_BALANCE
+
+controllers, secret, accounts, seed = json.loads(sys.argv[1])
+controllers = {name: tuple(address) for name, address in controllers.items()}
+rng = random.Random(seed)
+
+def balance(value):
+    return INITIAL_BALANCE if value is None else int(value)
+
+with SyncClient(controllers, bytes.fromhex(secret), deadline_s=4.0) as kv:
+    print("READY", flush=True)
+    while True:
+        source, dest = rng.sample(accounts, 2)
+        amount = rng.randint(1, 30)
+
+        def transfer(tx):
+            have = balance(tx.get(source))
+            if have >= amount:
+                tx.put(source, str(have - amount))
+                tx.put(dest, str(balance(tx.get(dest)) + amount))
+
+        try:
+            kv.run_transaction(transfer, max_attempts=3)
+        except TransactionError:
+            pass
+"""
+
+
+def start_child(cluster: ProcessCluster, accounts: list[str], seed: int) -> subprocess.Popen[str]:
+    controllers = {name: list(address) for name, address in cluster.controllers.items()}
+    argument = json.dumps([controllers, cluster.secret.hex(), accounts, seed])
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, argument],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None
+    wait_for_line(child.stdout, "READY", CHILD_START_S)
+    return child
+
+
+def stop_child(child: subprocess.Popen[str]) -> None:
+    child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
+async def test_transactions_survive_kill_9_of_leaders_and_of_clients_mid_commit(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(SEED)
+    async with ProcessCluster(tmp_path, groups=2) as cluster:
+        await cluster.join(1, 2)
+        await cluster.settled()
+        workloads = TxnWorkloads(SEED, cluster, TxnSweepOptions(clients=3))
+        clients = [asyncio.create_task(workloads.client(n)) for n in range(3)]
+        children = [start_child(cluster, workloads.accounts, rng.getrandbits(32))]
+        events: list[str] = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + WORKLOAD_S
+        try:
+            while loop.time() < end:
+                await asyncio.sleep(rng.uniform(1.0, 3.0))
+                if rng.random() < 0.5:
+                    gid = rng.choice(sorted(cluster.servers))
+                    status = await cluster.group_status(gid)
+                    if status is None:
+                        continue
+                    events.append(f"kill -9 group {gid}'s leader {status.node_id}")
+                    await cluster.crash(status.node_id)
+                    await asyncio.sleep(rng.uniform(0.2, 1.5))
+                    await cluster.restart(status.node_id)
+                else:
+                    victim = children.pop()
+                    stop_child(victim)  # kill -9, wherever its commit is
+                    events.append("kill -9 a client process")
+                    children.append(start_child(cluster, workloads.accounts, rng.getrandbits(32)))
+        finally:
+            for child in children:
+                stop_child(child)
+            workloads.stop.set()
+            await asyncio.gather(*clients)
+        await cluster.settled()
+        problems = await workloads.final_reads()
+    result = workloads.verdict(problems, events)
+    print(result.describe())
+    assert result.ok, result.describe()
+    assert result.committed > 100, result.describe()
