@@ -46,6 +46,7 @@ async def test_one_group_and_two_group_transactions_commit(tmp_path: Path, seed:
                 tx.put(a, "9")
                 tx.put(b, "1")
                 assert await tx.get(b) == "1"  # its own write
+                assert await tx.get_many([a, b, c]) == {a: "9", b: "1", c: "5"}
             assert (await kv.get(a), await kv.get(b)) == ("9", "1")
             async with kv.transaction() as tx:  # two groups: prepare, then resolve
                 tx.put(a, str(int(await tx.get(a) or 0) - 4))

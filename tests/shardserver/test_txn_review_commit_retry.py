@@ -1,0 +1,57 @@
+"""Review reproduction: a one-group commit (TxnCommit) that applied, whose reply was
+lost, retried at the group that no longer serves its first shard, answers
+``wrong_group``. The client takes that as "not applied" and plans again with a new
+sequence number, so the de-duplication is bypassed: run_transaction applies its body
+twice (here: a counter incremented once by one call goes up by 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardwise.shardserver.protocol import TXN_COMMIT
+from shardwise.testing import scenarios
+from shardwise.testing.cluster import SimCluster
+
+from .test_txn_sim import keys_on_groups
+
+pytestmark = pytest.mark.virtual_time
+
+
+async def test_a_commit_retried_at_the_old_owner_after_a_move_applies_twice(
+    tmp_path: Path, seed: int
+) -> None:
+    async with SimCluster(tmp_path, groups=2, seed=seed) as cluster:
+        await cluster.join(1, 2)
+        await cluster.settled()
+        config = await cluster.configuration()
+        a, b, _, _ = keys_on_groups(config, 2, 2)  # a, b on group 1
+        sa = scenarios.shard_of(config, a)
+        async with cluster.client() as kv:
+            await kv.put(a, "0")
+            router: Any = kv._router  # noqa: SLF001
+            original = router.call
+            lost = []
+
+            async def call(shard: Any, method: Any, request: Any, call_: Any, **kw: Any) -> Any:
+                if method is TXN_COMMIT and not lost:
+                    first = await original(shard, method, request, call_, **kw)
+                    lost.append(first)  # applied: the reply is lost on the way back
+                    await cluster.move(sa, 2)  # meanwhile the shard moves
+                    await cluster.settled()
+                    # follow_leader's retry of the same request, at the group the
+                    # router's (older) configuration still names:
+                    return await original(shard, method, request, call_, **kw)
+                return await original(shard, method, request, call_, **kw)
+
+            router.call = call
+
+            async def increment(tx: Any) -> None:
+                tx.put(a, str(int(await tx.get(a) or 0) + 1))
+                tx.put(b, "touched")
+
+            await kv.run_transaction(increment)
+            assert [v.state for v in lost[0].votes] == ["committed"]
+            assert await kv.get(a) == "1", "one run_transaction applied its body twice"
