@@ -293,10 +293,15 @@ class SyncTransaction:
     def __enter__(self) -> SyncTransaction:
         return self
 
+    @property
+    def state(self) -> str:
+        """``open``, ``committing``, ``committed``, ``aborted`` or ``failed``."""
+        return self._tx.state
+
     def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
+        if exc_type is None and self._tx.state == "open":
             self.commit()
-        else:
+        elif exc_type is not None:
             self.abort()
 
 

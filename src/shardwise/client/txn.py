@@ -16,7 +16,7 @@ A commit is, by where the transaction's shards are:
   applied together (de-duplicated like a write, so a retry applies once);
 * **several groups**: a ``txn.prepare`` to each group at once (one log entry each). The
   transaction is committed as soon as every participant is prepared; the client says so
-  and resolves the participants in the background (``txn.resolve``, then ``txn.forget``).
+  and resolves the participants in the background (``txn.resolve``).
 
 An unknown vote (a prepare that timed out, a shard that moved) is never guessed at: the
 client *fences* that participant (``txn.fence``), which records an outcome there if there
@@ -58,7 +58,7 @@ from shardwise.shardserver.protocol import (
     TxnPrepareRequest,
     TxnReply,
 )
-from shardwise.shardserver.txn.client import TxnResolver
+from shardwise.shardserver.txn.client import TxnResolver, split_by_group
 
 if TYPE_CHECKING:
     from shardwise.client.router import ShardRouter
@@ -90,7 +90,7 @@ class _Seen:
 
 class Finisher:
     """The background resolution of committed (or aborted) transactions: each resolves
-    every participant, then tells them to forget. ``close`` waits for them a while."""
+    every participant. ``close`` waits for them a while."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
@@ -128,12 +128,10 @@ class RouterParticipants:
     ) -> TxnReply:
         return await self.router.call(shard, method, request, call)
 
-    async def by_group(self, shards: Iterable[ShardId], call: CallDeadline) -> list[list[ShardId]]:
-        config = await self.router.configuration_at_least(-1, call)
-        groups: dict[int, list[ShardId]] = {}
-        for shard in sorted(shards):
-            groups.setdefault(config.owner(shard), []).append(shard)
-        return list(groups.values())
+    async def by_group(
+        self, shards: Iterable[ShardId], call: CallDeadline
+    ) -> tuple[list[list[ShardId]], list[ShardId]]:
+        return split_by_group(await self.router.configuration_at_least(-1, call), shards)
 
     async def newer_configuration(self, call: CallDeadline) -> None:
         config = self.router.configuration
@@ -288,6 +286,11 @@ class Transaction:
     def protocol(self) -> TxnProtocol:
         return self._p
 
+    @property
+    def state(self) -> str:
+        """``open``, ``committing``, ``committed``, ``aborted`` or ``failed``."""
+        return self._state
+
     async def parts(self, call: CallDeadline) -> dict[ShardId, TxnPart]:
         """Each participant's part, as a commit now would send them."""
         reads: dict[ShardId, list[TxnRead]] = {}
@@ -342,7 +345,7 @@ class Transaction:
         if self._ordered:  # one shard at a time, in shard order (see __init__)
             by_group = [[shard] for shard in sorted(participants)]
         else:
-            by_group = await self._p.participants.by_group(participants, call)
+            by_group, _ = await self._p.participants.by_group(participants, call)
 
         async def prepare(group: list[ShardId]) -> None:
             request = TxnPrepareRequest(txn, participants, tuple(parts[s] for s in group))

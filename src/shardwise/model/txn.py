@@ -14,8 +14,11 @@ for as long as it remembers the transaction.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import hashlib
 import secrets
+import time
 from typing import Final, TypeAlias
 
 import msgspec
@@ -43,10 +46,28 @@ class TransactionOutcomeUnknownError(TransactionError):
 
 
 TxnId: TypeAlias = str
-"""A transaction attempt's id: :data:`TXN_ID_BYTES` random bytes in hex. A retry after an
-abort is a new attempt with a new id, so an id never names two outcomes."""
+"""A transaction attempt's id, 32 hex digits: the client's wall clock when it began, in
+milliseconds (16 digits), then 8 random bytes. A retry after an abort is a new attempt
+with a new id, so an id never names two outcomes. The time in it bounds the attempt's
+life (:data:`MAX_TXN_AGE_MS`); the random half makes it unguessable, and it is never
+shown to anyone but its client (a lock is reported by :func:`txn_tag`)."""
 
 TXN_ID_BYTES: Final = 16
+
+MAX_TXN_AGE_MS: Final = 30_000
+"""How long after its id's time a transaction may still prepare. A shard refuses a prepare
+past it, by the time the group's leader wrote into the entry (never going back within a
+shard), so a record it keeps longer than this (a fence, an abort) can be forgotten: no
+prepare of that transaction can come after it. A transaction's deadline is shorter
+(:data:`MAX_TXN_DEADLINE_S`), and its client stops before."""
+
+MAX_CLOCK_AHEAD_MS: Final = 10_000
+"""How far a client's clock may run ahead of a leader's: a transaction whose id is dated
+later than this after the leader's time is refused (its age could not be trusted)."""
+
+MAX_TXN_DEADLINE_S: Final = 20.0
+"""The longest deadline a transaction may have (it must end well before its id is
+:data:`MAX_TXN_AGE_MS` old)."""
 
 MAX_TXN_KEYS: Final = 1000
 """Reads plus writes in one transaction: they ride in one log entry per group (and in
@@ -104,15 +125,47 @@ class TxnVote(msgspec.Struct, frozen=True, array_like=True):
     """For a refused prepare: what conflicted (a key that changed, a lock)."""
 
 
-def new_txn_id() -> TxnId:
-    return secrets.token_hex(TXN_ID_BYTES)
+def wall_ms() -> int:
+    """The wall clock in milliseconds since the epoch; in a simulation, its virtual wall
+    clock (an event loop that keeps virtual time says so with a ``wall_time()``)."""
+    try:
+        wall = getattr(asyncio.get_running_loop(), "wall_time", None)
+    except RuntimeError:
+        wall = None
+    return int(wall() * 1000) if wall is not None else time.time_ns() // 1_000_000
+
+
+def new_txn_id(now_ms: int | None = None) -> TxnId:
+    """A new id, dated ``now_ms`` (default: :func:`wall_ms`). Its random half comes from
+    ``secrets``, or from a simulation's seeded generator (an event loop with an ``rng``),
+    so that a run replays."""
+    when = wall_ms() if now_ms is None else now_ms
+    try:
+        rng = getattr(asyncio.get_running_loop(), "rng", None)
+    except RuntimeError:
+        rng = None
+    bits = rng.getrandbits(64) if rng is not None else secrets.randbits(64)
+    return f"{when:016x}{bits:016x}"
+
+
+def txn_created_ms(txn: TxnId) -> int:
+    """The time in a (checked) id, in milliseconds since the epoch."""
+    return int(txn[:16], 16)
+
+
+def txn_tag(txn: TxnId) -> str:
+    """What a reply may say of a transaction holding a key: not its id (the id is what
+    lets a caller resolve or fence it), a short digest of it."""
+    return hashlib.blake2b(txn.encode(), digest_size=4).hexdigest()
 
 
 def check_txn_id(txn: str) -> None:
     """A hex id of :data:`TXN_ID_BYTES` bytes, as :func:`new_txn_id` makes (checked at the
-    door: the id names rows in every participant's file)."""
+    door: the id names rows in every participant's file), dated below 2^63."""
     if len(txn) != 2 * TXN_ID_BYTES or not all(c in "0123456789abcdef" for c in txn):
         raise ShardLimitError(f"a transaction id is {2 * TXN_ID_BYTES} lowercase hex digits")
+    if txn_created_ms(txn) >= 1 << 63:
+        raise ShardLimitError("a transaction id's time is out of range")
 
 
 def check_parts(parts: tuple[TxnPart, ...], participants: tuple[ShardId, ...] = ()) -> None:

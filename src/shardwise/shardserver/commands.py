@@ -15,7 +15,7 @@ and value was a str); version 6 a :class:`SqlWrite` with its work limit (``max_s
 which also holds it to the allow-list of functions (see ``sqlshard.py``); version 7
 :class:`CheckShards` (the replicas' consistency check, ``checks.py``); version 8 the
 transactions' :class:`TxnPrepare`, :class:`TxnResolve`, :class:`TxnFence`,
-:class:`TxnForget` and :class:`TxnCommit` (``txn/state.py``). Each command
+:class:`TxnExpire` and :class:`TxnCommit` (``txn/state.py``). Each command
 is written with the lowest version that has it (a client operation with only str keys
 and values still as version 1 or 4), so a log
 without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
@@ -154,11 +154,17 @@ class CheckShards(msgspec.Struct, frozen=True, array_like=True, tag="check_shard
 
 class TxnPrepare(msgspec.Struct, frozen=True, array_like=True, tag="txn_prepare"):
     """Validate and lock the ``parts`` (this group's shards) of transaction ``txn``, whose
-    every participant is listed (a recoverer asks them all); each shard votes."""
+    every participant is listed (a recoverer asks them all); each shard votes. ``now_ms``:
+    the leader's wall clock when it logged the entry (how old ``txn`` is: see
+    ``model/txn.MAX_TXN_AGE_MS``)."""
 
     txn: str
     participants: tuple[ShardId, ...]
     parts: tuple[TxnPart, ...]
+    now_ms: Int64
+    user: str = ""
+    """The user the client logged in as ("" for a node): only that user, or a node, may
+    resolve the transaction."""
 
 
 class TxnResolve(msgspec.Struct, frozen=True, array_like=True, tag="txn_resolve"):
@@ -167,6 +173,8 @@ class TxnResolve(msgspec.Struct, frozen=True, array_like=True, tag="txn_resolve"
     txn: str
     commit: bool
     shards: tuple[ShardId, ...]
+    user: str = ""
+    """Who asks ("" for a node): see :class:`TxnPrepare`."""
 
 
 class TxnFence(msgspec.Struct, frozen=True, array_like=True, tag="txn_fence"):
@@ -177,11 +185,11 @@ class TxnFence(msgspec.Struct, frozen=True, array_like=True, tag="txn_fence"):
     shards: tuple[ShardId, ...]
 
 
-class TxnForget(msgspec.Struct, frozen=True, array_like=True, tag="txn_forget"):
-    """Every participant has resolved ``txn``: ``shards`` drop their final records."""
+class TxnExpire(msgspec.Struct, frozen=True, array_like=True, tag="txn_expire"):
+    """The leader's clean-up: every shard serving here forgets the final records (not
+    ``prepared``) of transactions too old to prepare any more at ``now_ms``."""
 
-    txn: str
-    shards: tuple[ShardId, ...]
+    now_ms: Int64
 
 
 class TxnCommit(msgspec.Struct, frozen=True, array_like=True, tag="txn_commit"):
@@ -209,7 +217,7 @@ Command: TypeAlias = (
     | TxnPrepare
     | TxnResolve
     | TxnFence
-    | TxnForget
+    | TxnExpire
     | TxnCommit
 )
 
@@ -222,7 +230,7 @@ _FIRST_VERSION: Final[dict[type, int]] = {
     TxnPrepare: 8,
     TxnResolve: 8,
     TxnFence: 8,
-    TxnForget: 8,
+    TxnExpire: 8,
     TxnCommit: 8,
 }
 """The envelope version that introduced a command (1 when absent)."""

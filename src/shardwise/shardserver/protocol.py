@@ -102,7 +102,8 @@ class KVReply(msgspec.Struct, frozen=True):
     version: Int64 = 0
     """For a transaction's read: the write version that last wrote the key (-1: absent)."""
     locked_by: str = ""
-    """With ``locked``: the transaction that holds the key."""
+    """With ``locked``: a tag of the transaction that holds the key (``txn_tag``: not its
+    id, which would let the reader resolve or fence it)."""
 
 
 class BatchRequest(msgspec.Struct, frozen=True):
@@ -433,7 +434,7 @@ class TxnPrepareRequest(msgspec.Struct, frozen=True):
 
 
 class TxnShardsRequest(msgspec.Struct, frozen=True):
-    """Resolve (commit or abort), fence or forget ``txn`` at ``shards``."""
+    """Resolve (commit or abort) or fence ``txn`` at ``shards``."""
 
     txn: str
     shards: tuple[ShardId, ...]
@@ -476,5 +477,4 @@ TXN_READ = RpcMethod("txn.read", ReadRequest, KVReply)
 TXN_PREPARE = RpcMethod("txn.prepare", TxnPrepareRequest, TxnReply)
 TXN_RESOLVE = RpcMethod("txn.resolve", TxnShardsRequest, TxnReply)
 TXN_FENCE = RpcMethod("txn.fence", TxnShardsRequest, TxnReply)
-TXN_FORGET = RpcMethod("txn.forget", TxnShardsRequest, TxnReply)
 TXN_COMMIT = RpcMethod("txn.commit", TxnCommitRequest, TxnReply)

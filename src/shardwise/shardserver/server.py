@@ -39,6 +39,7 @@ from shardwise.errors import (
 from shardwise.model.access import Privilege
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import MAX_BATCH_OPS, MAX_SCAN_ROWS, check_op
+from shardwise.model.txn import txn_tag
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
 from shardwise.net.rpc import CallContext
@@ -273,7 +274,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if result.outcome != "ok":
             return KVReply("wrong_group", config_num=result.config_num)
         if result.result is not None and result.result.locked:
-            return KVReply("locked", config_num=result.config_num, locked_by=result.result.locked)
+            tag = txn_tag(result.result.locked)
+            return KVReply("locked", config_num=result.config_num, locked_by=tag)
         self.writes_served[shard] += 1
         return KVReply("ok", config_num=result.config_num, result=result.result)
 
@@ -297,7 +299,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if not found.serving:
             return KVReply("wrong_group", config_num=found.config_num)
         if found.locked:
-            return KVReply("locked", config_num=found.config_num, locked_by=found.locked)
+            return KVReply("locked", config_num=found.config_num, locked_by=txn_tag(found.locked))
         self.reads_served[shard] += 1
         return KVReply("ok", leader=leader, config_num=found.config_num, value=found.value)
 

@@ -40,7 +40,8 @@ SIDE_FILE_SUFFIXES: Final = ("-wal", "-shm", "-journal")
 
 TXN_TABLES: Final = """
 CREATE TABLE IF NOT EXISTS txns (txn TEXT PRIMARY KEY, state TEXT NOT NULL,
-    participants BLOB NOT NULL, writes BLOB NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+    participants BLOB NOT NULL, writes BLOB NOT NULL, at INTEGER NOT NULL,
+    created INTEGER NOT NULL, owner TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS txn_locks (lock BLOB NOT NULL, txn TEXT NOT NULL,
     exclusive INTEGER NOT NULL, PRIMARY KEY (lock, txn)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS txn_locks_by_txn ON txn_locks (txn);

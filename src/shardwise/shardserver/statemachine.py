@@ -168,7 +168,9 @@ class ShardGroupStateMachine:
         self._digests: dict[str, int] = {}
         """Schema digests of the current configuration, by keyspace (made on demand)."""
         self.checks = ShardChecks()  # the consistency checks' digests (``checks.py``)
-        self.writes = WriteApplier(self._writable, lambda: self.config.num, self.schema_verdict)
+        self.writes = WriteApplier(
+            self._writable, self._all_writable, lambda: self.config.num, self.schema_verdict
+        )
         self._clear_directory()
 
     # --- the StateMachine protocol -------------------------------------------------------
@@ -421,14 +423,9 @@ class ShardGroupStateMachine:
     def owed_acks(self) -> list[OwedHandOff]:
         return [self.owed[k] for k in sorted(self.owed)]
 
-    def prepared_txns(self) -> dict[str, tuple[ShardId, ...]]:
-        """The transactions prepared in the shards serving here, and their participants."""
-        found: dict[str, tuple[ShardId, ...]] = {}
-        for shard, record in self.shards.items():
-            if record.store is not None and self.serves(shard):
-                for txn in record.store.prepared_txns():
-                    found[txn.txn] = txn.participants
-        return found
+    def serving_stores(self) -> list[ShardStore]:
+        """The stores of the shards serving here."""
+        return [r.store for s, r in self.shards.items() if r.store is not None and self.serves(s)]
 
     def serving_store(self, shard: ShardId) -> ShardStore | None:
         """The store of ``shard`` if it serves here (what a pre-copy takes a base of)."""
@@ -458,6 +455,10 @@ class ShardGroupStateMachine:
             and 0 <= shard.index < len(owners)
             and owners[shard.index] == self.gid
         )
+
+    def _all_writable(self) -> list[ShardStore]:
+        stores = [self._writable(shard) for shard in sorted(self.shards)]
+        return [store for store in stores if store is not None]
 
     def _writable(self, shard: ShardId) -> ShardStore | None:
         """``shard``'s store if it serves here, in the batch being applied."""

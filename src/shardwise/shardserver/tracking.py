@@ -58,7 +58,7 @@ class ShardDelta(msgspec.Struct, frozen=True, array_like=True):
     """The whole de-duplication table (it is small, and evictions leave no trace)."""
     gone_horizon: int
     sql_changed_at: int
-    txns: list[tuple[str, str, bytes, bytes, int]] | None = None
+    txns: list[tuple[str, str, bytes, bytes, int, int, str]] | None = None
     """The whole ``txns`` table (``txn/state.py``), like the sessions: small and bounded,
     and not versioned row by row. ``None`` in a delta of format 2 (no transactions)."""
     txn_locks: list[tuple[bytes, str, int]] | None = None
@@ -115,7 +115,7 @@ class ChangeTracker:
             _rows(conn, "SELECT client_id, seq, result, touched FROM sessions"),
             horizon,
             sql_changed,
-            _rows(conn, "SELECT txn, state, participants, writes, at FROM txns"),
+            _rows(conn, "SELECT txn, state, participants, writes, at, created, owner FROM txns"),
             _rows(conn, "SELECT lock, txn, exclusive FROM txn_locks"),
         )
 
@@ -136,7 +136,7 @@ class ChangeTracker:
         )
         if delta.txns is not None:  # (the transactions in flight move with the shard)
             conn.execute("DELETE FROM txns")
-            conn.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?)", delta.txns)
+            conn.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?, ?)", delta.txns)
             conn.execute("DELETE FROM txn_locks")
             conn.executemany("INSERT INTO txn_locks VALUES (?, ?, ?)", delta.txn_locks or [])
         put_meta(conn, "gone_horizon", delta.gone_horizon)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from shardwise.errors import ShardLimitError
 from shardwise.model.config import ShardId
 from shardwise.model.kv import KVResult
-from shardwise.model.txn import TxnPart, TxnState, TxnVote
+from shardwise.model.txn import TxnPart, TxnState, TxnVote, check_parts, check_txn_id
 from shardwise.shardserver import kvops
 from shardwise.shardserver.commands import (
     ClientBatch,
@@ -23,8 +24,8 @@ from shardwise.shardserver.commands import (
     SqlWrite,
     SqlWriteResult,
     TxnCommit,
+    TxnExpire,
     TxnFence,
-    TxnForget,
     TxnPrepare,
     TxnResolve,
 )
@@ -33,12 +34,10 @@ from shardwise.shardserver.protocol import SchemaVerdict
 if TYPE_CHECKING:
     from shardwise.shardserver.store import ShardStore
 
-TxnCommand = TxnPrepare | TxnResolve | TxnFence | TxnForget | TxnCommit
+TxnCommand = TxnPrepare | TxnResolve | TxnFence | TxnExpire | TxnCommit
 
 WRONG_GROUP = "wrong_group"
 STALE = "stale"
-UNKNOWN = "unknown"
-FORGOTTEN = "forgotten"
 
 
 class WriteApplier:
@@ -47,10 +46,14 @@ class WriteApplier:
     def __init__(
         self,
         writable: Callable[[ShardId], ShardStore | None],
+        serving: Callable[[], list[ShardStore]],
         config_num: Callable[[], int],
         schema_verdict: Callable[[str, int, int], SchemaVerdict],
     ) -> None:
         self._writable = writable
+        self._serving = serving
+        """Every serving shard's store, in the batch being applied (a transaction clean-up
+        goes to each that has something to clean)."""
         self._config_num = config_num
         self._schema_verdict = schema_verdict
 
@@ -103,16 +106,30 @@ class WriteApplier:
     # --- transactions --------------------------------------------------------------------
 
     def txn(self, index: int, cmd: TxnCommand) -> GroupResult:
+        num = self._config_num()
+        refused = _refusal(cmd)
+        if refused:  # (the door checks it: a leader of another version, or a planted entry)
+            return GroupResult("failed", num, error=refused)
         votes: list[TxnVote] = []
         if isinstance(cmd, TxnCommit):
-            votes += self._commit(index, cmd)
+            anchor = self._writable(cmd.parts[0].shard)
+            if anchor is None:
+                # Nothing recorded: the client asks the shard's new owner with the same
+                # sequence number (its sessions say whether this commit applied there).
+                return GroupResult("wrong_group", num)
+            votes += self._commit(index, cmd, anchor)
+        elif isinstance(cmd, TxnExpire):
+            for serving in self._serving():
+                serving.txn_expire(index, cmd.now_ms)
         elif isinstance(cmd, TxnPrepare):
             for part in cmd.parts:
                 store = self._writable(part.shard)
                 if store is None:
                     votes.append(_vote(part.shard, None, None))
                     continue
-                prepared = store.txn_prepare(index, cmd.txn, part, cmd.participants)
+                prepared = store.txn_prepare(
+                    index, cmd.txn, part, cmd.participants, now_ms=cmd.now_ms, owner=cmd.user
+                )
                 votes.append(_vote(part.shard, store, prepared))
         else:
             for shard in cmd.shards:
@@ -121,24 +138,16 @@ class WriteApplier:
                 if store is None:
                     pass
                 elif isinstance(cmd, TxnResolve):
-                    vote = store.txn_resolve(index, cmd.txn, cmd.commit)
-                elif isinstance(cmd, TxnFence):
-                    vote = store.txn_fence(index, cmd.txn)
+                    vote = store.txn_resolve(index, cmd.txn, cmd.commit, cmd.user)
                 else:
-                    forgot = store.txn_forget(index, cmd.txn)
-                    vote = (
-                        None if forgot is None else TxnVote(shard, FORGOTTEN if forgot else UNKNOWN)
-                    )
+                    vote = store.txn_fence(index, cmd.txn)
                 votes.append(_vote(shard, store, vote))
-        return GroupResult("ok", self._config_num(), votes=tuple(votes))
+        return GroupResult("ok", num, votes=tuple(votes))
 
-    def _commit(self, index: int, cmd: TxnCommit) -> tuple[TxnVote, ...]:
+    def _commit(self, index: int, cmd: TxnCommit, anchor: ShardStore) -> tuple[TxnVote, ...]:
         """Every part validated, then every part applied: one entry, all or nothing;
-        de-duplicated in the first part's shard (see ``TxnCommit``)."""
+        de-duplicated in the first part's shard, ``anchor`` (see ``TxnCommit``)."""
         anchor_shard = cmd.parts[0].shard
-        anchor = self._writable(anchor_shard)
-        if anchor is None:
-            return (TxnVote(anchor_shard, WRONG_GROUP),)
 
         def run() -> tuple[TxnVote, ...]:
             stores: list[tuple[ShardStore, TxnPart]] = []
@@ -157,6 +166,26 @@ class WriteApplier:
 
         votes = anchor.txn_commit_once(index, cmd.client_id, cmd.seq, cmd.parts[0], run)
         return votes if votes is not None else (TxnVote(anchor_shard, TxnState.COMMITTED),)
+
+
+def _refusal(cmd: TxnCommand) -> str:
+    """Why a logged transaction command cannot apply (the same on every replica; the door
+    refuses these before the log): its limits, and a commit's or prepare's parts."""
+    try:
+        if isinstance(cmd, TxnCommit):
+            if not cmd.parts:
+                return "a transaction to commit has no parts"
+            check_parts(cmd.parts)
+        elif isinstance(cmd, TxnPrepare):
+            check_txn_id(cmd.txn)
+            if not cmd.participants:
+                return "a prepare lists no participants"
+            check_parts(cmd.parts, cmd.participants)
+        elif isinstance(cmd, TxnResolve | TxnFence):
+            check_txn_id(cmd.txn)
+    except ShardLimitError as exc:
+        return str(exc)
+    return ""
 
 
 def _vote(shard: ShardId, store: ShardStore | None, vote: TxnVote | None) -> TxnVote:

@@ -119,7 +119,7 @@ async def prepare_and_die(tx: Transaction, rng: random.Random) -> None:
     if not parts:
         return
     protocol = tx.protocol
-    groups = await protocol.participants.by_group(parts, call)
+    groups, _ = await protocol.participants.by_group(parts, call)
     chosen = rng.sample(groups, rng.randint(0, len(groups)))
     participants, txn = tuple(parts), new_txn_id()
     for group in chosen:

@@ -105,6 +105,10 @@ class _VirtualSelector(selectors.BaseSelector):
         self._real.close()
 
 
+VIRTUAL_EPOCH: Final = 1_800_000_000.0
+"""A simulation's wall clock at virtual time 0 (a fixed date in 2027: runs replay)."""
+
+
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A selector event loop whose ``time()`` is virtual (see the module's docstring).
 
@@ -132,6 +136,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def time(self) -> float:
         return self._now
+
+    def wall_time(self) -> float:
+        """The wall clock as the simulation sees it: :data:`VIRTUAL_EPOCH` plus virtual
+        time (``model/txn.wall_ms`` asks for it, so a transaction's age runs virtually)."""
+        return VIRTUAL_EPOCH + self._now
 
     def _advance(self, timeout: float | None) -> None:
         if timeout is None:

@@ -3,7 +3,8 @@ host (a read through ReadIndex, everything else as one log entry).
 
 ``txn.read`` is a transaction's read (the value and its version); ``txn.commit`` a whole
 transaction whose every part this group serves (one entry); ``txn.prepare``,
-``txn.resolve``, ``txn.fence`` and ``txn.forget`` the steps of one that spans groups.
+``txn.resolve`` and ``txn.fence`` the steps of one that spans groups. The leader also
+logs a ``TxnExpire`` now and then (``recovery.py``): the records too old to matter go.
 The protocol and its failure cases are in DESIGN.md, "Transactions".
 """
 
@@ -16,7 +17,7 @@ from shardwise.controller.client import ControllerClient
 from shardwise.errors import ShardLimitError
 from shardwise.model.access import Privilege
 from shardwise.model.config import ShardId
-from shardwise.model.txn import TxnPart, check_parts, check_txn_id
+from shardwise.model.txn import TxnPart, check_parts, check_txn_id, txn_tag, wall_ms
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import CallDeadline, loop_time
 from shardwise.net.rpc import CallContext, RpcMethod
@@ -27,7 +28,6 @@ from shardwise.shardserver.commands import (
     Command,
     TxnCommit,
     TxnFence,
-    TxnForget,
     TxnPrepare,
     TxnResolve,
     decode_result,
@@ -36,7 +36,6 @@ from shardwise.shardserver.commands import (
 from shardwise.shardserver.protocol import (
     TXN_COMMIT,
     TXN_FENCE,
-    TXN_FORGET,
     TXN_PREPARE,
     TXN_READ,
     TXN_RESOLVE,
@@ -79,7 +78,6 @@ class TxnHandlers:
         transport.serve(TXN_COMMIT, self._commit)
         transport.serve(TXN_RESOLVE, self._resolve)
         transport.serve(TXN_FENCE, self._fence)
-        transport.serve(TXN_FORGET, self._forget)
 
     async def call_locally(
         self, method: RpcMethod[Req, TxnReply], request: Req, call: CallDeadline
@@ -89,7 +87,6 @@ class TxnHandlers:
         handlers: dict[str, Callable[[Any, CallContext], Awaitable[TxnReply]]] = {
             TXN_RESOLVE.name: self._resolve,
             TXN_FENCE.name: self._fence,
-            TXN_FORGET.name: self._forget,
         }
         context = CallContext(self.host.id, PeerRole.NODE, loop_time() + call.remaining())
         return await handlers[method.name](request, context)
@@ -106,12 +103,16 @@ class TxnHandlers:
                 return denied
         return None
 
-    def _shards_denied(self, context: CallContext, shards: tuple[ShardId, ...]) -> str | None:
-        """Resolving, fencing and forgetting need a grant to read the shards (a
-        participant that only read must be resolved by its client too); the transaction
-        id, 128 random bits, is what names the transaction."""
+    def _shards_denied(
+        self, context: CallContext, shards: tuple[ShardId, ...], need: Privilege = Privilege.READ
+    ) -> str | None:
+        """Resolving needs a grant to read the shards (a participant that only read must
+        be resolved by its client too), and only the user who prepared a transaction may
+        resolve it (checked as it applies: ``state.not_owner``); its id, 64 random bits
+        that no reply shows (``txn_tag``), is needed too. Fencing records a state even for
+        an id nobody prepared, so it needs a grant to write."""
         for shard in shards:
-            if denied := self._denied(context, Privilege.READ, shard):
+            if denied := self._denied(context, need, shard):
                 return denied
         return None
 
@@ -124,6 +125,8 @@ class TxnHandlers:
         result = decode_result(outcome.value)
         if result.outcome == "failed":
             return TxnReply("ok", config_num=result.config_num, error=result.error)
+        if result.outcome == "wrong_group":  # (a commit whose first shard is not here)
+            return TxnReply("wrong_group", config_num=result.config_num)
         return TxnReply("ok", config_num=result.config_num, votes=result.votes)
 
     # --- the RPCs ------------------------------------------------------------------------
@@ -140,18 +143,38 @@ class TxnHandlers:
         if not found.serving:
             return KVReply("wrong_group", config_num=found.config_num)
         if found.locked:
-            return KVReply("locked", config_num=found.config_num, locked_by=found.locked)
+            tag = txn_tag(found.locked)
+            return KVReply("locked", config_num=found.config_num, locked_by=tag)
         return KVReply("ok", config_num=found.config_num, value=found.value, version=found.version)
 
     async def _prepare(self, request: TxnPrepareRequest, context: CallContext) -> TxnReply:
         try:
             check_txn_id(request.txn)
+            if not request.participants:
+                raise ShardLimitError("a prepare lists no participants")
             check_parts(request.parts, request.participants)
         except ShardLimitError as exc:
             return TxnReply("ok", error=str(exc))
-        if denied := self._parts_denied(context, request.parts):
+        denied = self._parts_denied(context, request.parts) or self._shards_denied(
+            context, request.participants
+        )
+        if denied:
             return TxnReply("ok", error=denied, denied=True)
-        return await self._propose(TxnPrepare(request.txn, request.participants, request.parts))
+        try:
+            self._check_participants(request.participants)
+        except ShardLimitError as exc:
+            return TxnReply("ok", error=str(exc))
+        now_ms = wall_ms()  # (the entry carries it: see TxnPrepare)
+        r, user = request, context.user or ""
+        return await self._propose(TxnPrepare(r.txn, r.participants, r.parts, now_ms, user))
+
+    def _check_participants(self, participants: tuple[ShardId, ...]) -> None:
+        """Every participant a shard that exists (a recoverer must be able to ask it)."""
+        config = self.host.state_machine.config
+        for shard in participants:
+            keyspace = config.keyspaces.get(shard.keyspace)
+            if keyspace is None or not 0 <= shard.index < len(config.owners[shard.keyspace]):
+                raise ShardLimitError(f"participant {shard} is not a shard of this cluster")
 
     async def _commit(self, request: TxnCommitRequest, context: CallContext) -> TxnReply:
         try:
@@ -165,25 +188,29 @@ class TxnHandlers:
         return await self._propose(TxnCommit(request.client_id, request.seq, request.parts))
 
     async def _shards_command(
-        self, request: TxnShardsRequest, context: CallContext, make: Callable[[], Command]
+        self,
+        request: TxnShardsRequest,
+        context: CallContext,
+        make: Callable[[], Command],
+        need: Privilege = Privilege.READ,
     ) -> TxnReply:
         try:
             check_txn_id(request.txn)
             check_parts((), request.shards)
         except ShardLimitError as exc:
             return TxnReply("ok", error=str(exc))
-        if denied := self._shards_denied(context, request.shards):
+        if denied := self._shards_denied(context, request.shards, need):
             return TxnReply("ok", error=denied, denied=True)
         return await self._propose(make())
 
     async def _resolve(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
         r = request
-        return await self._shards_command(r, context, lambda: TxnResolve(r.txn, r.commit, r.shards))
+        user = context.user or ""
+        return await self._shards_command(
+            r, context, lambda: TxnResolve(r.txn, r.commit, r.shards, user)
+        )
 
     async def _fence(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
         r = request
-        return await self._shards_command(r, context, lambda: TxnFence(r.txn, r.shards))
-
-    async def _forget(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
-        r = request
-        return await self._shards_command(r, context, lambda: TxnForget(r.txn, r.shards))
+        fence = lambda: TxnFence(r.txn, r.shards)  # noqa: E731
+        return await self._shards_command(r, context, fence, Privilege.WRITE)

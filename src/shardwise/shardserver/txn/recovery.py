@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from shardwise.errors import ShardwiseError
 from shardwise.model.config import Configuration, ShardId
-from shardwise.model.txn import TxnId
+from shardwise.model.txn import TxnId, txn_tag, wall_ms
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import CallDeadline, LeaderRouter, loop_time
 from shardwise.net.rpc import RpcMethod
+from shardwise.shardserver.commands import TxnExpire, encode
 from shardwise.shardserver.protocol import TxnReply, server_address
-from shardwise.shardserver.txn.client import TxnResolver
+from shardwise.shardserver.txn.client import TxnResolver, split_by_group
 
 if TYPE_CHECKING:
     from shardwise.controller.client import ControllerClient
@@ -44,8 +45,18 @@ RECOVERY_POLL_S: Final = 0.5
 MAX_RECOVERING: Final = 16
 """Transactions one leader recovers at once (the rest wait for the next look)."""
 
-RECOVERY_DEADLINE_S: Final = 30.0
-"""One recovery's time to settle; past it, the next look tries again."""
+RECOVERY_DEADLINE_S: Final = 5.0
+"""One recovery attempt's time to settle and resolve; past it, it is tried again after a
+back-off (:data:`RETRY_BACKOFF_S`), so a slot is not held long by one that cannot finish."""
+
+RETRY_BACKOFF_S: Final = (1.0, 30.0)
+"""After a recovery that could not finish, the same transaction waits this long before the
+next (doubling from the first to the second): one that cannot be settled yet (its
+participants unreachable) does not keep the others waiting for a slot."""
+
+EXPIRE_EVERY_S: Final = 10.0
+"""How often the leader logs a ``TxnExpire`` while its shards hold final records (they go
+once ``MAX_TXN_AGE_MS`` old)."""
 
 CONFIG_FETCH_S: Final = 5.0
 
@@ -91,7 +102,7 @@ class ConfigParticipants:
         self, shard: ShardId, method: RpcMethod[Req, TxnReply], request: Req, call: CallDeadline
     ) -> TxnReply:
         config = self._config()
-        gid = config.owner(shard)
+        gid = config.owner(shard)  # (a shard of the cluster: see split_by_group)
         if gid == self._gid:
             return await self._local(method, request, call)
         servers = tuple(sorted(config.groups.get(gid, ())))
@@ -102,12 +113,10 @@ class ConfigParticipants:
             router = self._routers[servers] = LeaderRouter(self._transport, servers)
         return await router.call(method, request, max(0.001, call.remaining()))
 
-    async def by_group(self, shards: Iterable[ShardId], call: CallDeadline) -> list[list[ShardId]]:
-        config = self._config()
-        groups: dict[int, list[ShardId]] = {}
-        for shard in sorted(shards):
-            groups.setdefault(config.owner(shard), []).append(shard)
-        return list(groups.values())
+    async def by_group(
+        self, shards: Iterable[ShardId], call: CallDeadline
+    ) -> tuple[list[list[ShardId]], list[ShardId]]:
+        return split_by_group(self._config(), shards)
 
     async def newer_configuration(self, call: CallDeadline) -> None:
         try:
@@ -133,6 +142,9 @@ class TxnRecovery:
         self.resolver = TxnResolver(participants)
         self._first_seen: dict[TxnId, float] = {}
         self._running: dict[TxnId, asyncio.Task[None]] = {}
+        self._retry: dict[TxnId, tuple[float, float]] = {}
+        """After a failed recovery: when to try again, and the back-off used."""
+        self._last_expire = 0.0
         self.recovered = 0
         """Transactions this replica settled for a client that did not (for status)."""
 
@@ -152,37 +164,64 @@ class TxnRecovery:
     def _look(self) -> None:
         if not self.host.node.is_leader():
             self._first_seen.clear()
+            self._retry.clear()
             return
         now = loop_time()
-        prepared = self.host.state_machine.prepared_txns()
+        stores = self.host.state_machine.serving_stores()
+        prepared = {t.txn: t.participants for store in stores for t in store.prepared_txns()}
         self._first_seen = {t: self._first_seen.get(t, now) for t in prepared}
-        for txn, participants in prepared.items():
-            if len(self._running) >= MAX_RECOVERING:
-                return
-            if txn in self._running or now - self._first_seen[txn] < RECOVER_AFTER_S:
-                continue
-            task = asyncio.create_task(self._recover(txn, participants), name=f"recover {txn}")
+        self._retry = {t: r for t, r in self._retry.items() if t in prepared}
+        due = sorted(
+            (self._retry.get(t, (self._first_seen[t] + RECOVER_AFTER_S, 0.0))[0], t)
+            for t in prepared
+            if t not in self._running
+        )
+        for when, txn in due:
+            if when > now or len(self._running) >= MAX_RECOVERING:
+                break
+            task = asyncio.create_task(self._recover(txn, prepared[txn]), name=f"recover {txn}")
             self._running[txn] = task
+        if now - self._last_expire >= EXPIRE_EVERY_S and any(s.has_final_txns() for s in stores):
+            self._last_expire = now
+            self._running["expire"] = asyncio.create_task(self._expire(), name="expire txns")
 
-    def _done(self, txn: TxnId) -> None:
+    def _done(self, txn: TxnId, *, failed: bool = False) -> None:
         self._running.pop(txn, None)
+        if failed:
+            _, backoff = self._retry.get(txn, (0.0, 0.0))
+            backoff = min(RETRY_BACKOFF_S[1], max(RETRY_BACKOFF_S[0], 2 * backoff))
+            self._retry[txn] = (loop_time() + backoff, backoff)
+
+    async def _expire(self) -> None:
+        """Log the clean-up of old final records (``TxnExpire``, with this leader's time)."""
+        try:
+            command = encode(TxnExpire(wall_ms()))
+            await self.host.propose(command, RECOVERY_DEADLINE_S)
+        except (ShardwiseError, TimeoutError) as exc:
+            logger.debug("the clean-up of old transaction records failed: %r", exc)
+        finally:
+            self._running.pop("expire", None)
 
     async def _recover(self, txn: TxnId, participants: tuple[ShardId, ...]) -> None:
         call = CallDeadline.starting_now(
             f"recovery of transaction {txn}", loop_time() + RECOVERY_DEADLINE_S
         )
+        failed = True
         try:
             committed = await self.resolver.settle(txn, participants, {}, call)
             logger.info(
                 "transaction %s was left prepared: %s by recovery",
-                txn,
+                txn_tag(txn),
                 "committed" if committed else "aborted",
             )
             self.recovered += 1
-            await self.resolver.finish(txn, participants, committed)
+            await self.resolver.finish(
+                txn, participants, committed, deadline_s=max(0.001, call.remaining())
+            )
+            failed = False
         except (ShardwiseError, TimeoutError) as exc:
-            logger.info("recovery of transaction %s will be tried again: %r", txn, exc)
-        except Exception:  # a bug: say so loudly, and try again at the next look
-            logger.exception("recovery of transaction %s failed", txn)
+            logger.info("recovery of transaction %s will be tried again: %r", txn_tag(txn), exc)
+        except Exception:  # a bug: say so loudly, and try again later
+            logger.exception("recovery of transaction %s failed", txn_tag(txn))
         finally:
-            self._done(txn)
+            self._done(txn, failed=failed)

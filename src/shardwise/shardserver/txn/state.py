@@ -23,8 +23,11 @@ The rules, each deterministic (the same on every replica, from the entry and the
   one it never heard of is answered ``unknown`` and changes nothing.
 * **fence**: a transaction this shard never heard of is recorded ``fenced``: it can no
   longer prepare here, so a recoverer knows it can no longer commit.
-* **forget**: a record that is not ``prepared`` is dropped (its resolver has heard every
-  participant resolve).
+* **expire**: the records that are not ``prepared`` of transactions older than
+  ``MAX_TXN_AGE_MS`` are dropped. A prepare is refused once its transaction is that old
+  (by the shard's *transaction clock*: the largest leader time its entries carried, so it
+  never goes back, and it moves with the shard), so no prepare can follow a dropped
+  fence or abort and find no record.
 * **commit_local**: every part at once in one entry (one group holds every participant):
   validated as prepares are, then applied; nothing is recorded in ``txns``.
 
@@ -44,9 +47,18 @@ import msgspec
 
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Delete, Key, Put, key_bytes
-from shardwise.model.txn import TxnId, TxnPart, TxnState, TxnWrite
+from shardwise.model.txn import (
+    MAX_CLOCK_AHEAD_MS,
+    MAX_TXN_AGE_MS,
+    TxnId,
+    TxnPart,
+    TxnState,
+    TxnWrite,
+    txn_created_ms,
+)
 from shardwise.shardserver import kvops
-from shardwise.shardserver.tracking import ChangeTracker
+from shardwise.shardserver.shardfile import put_meta
+from shardwise.shardserver.tracking import ChangeTracker, meta_int
 
 KV_LOCK: Final = b"k"
 """The kind byte of a key's lock."""
@@ -142,12 +154,43 @@ def _record(
     *,
     participants: Sequence[ShardId] = (),
     writes: Sequence[TxnWrite] = (),
+    owner: str = "",
 ) -> None:
     shards, kept = _ENCODER.encode(tuple(participants)), _ENCODER.encode(tuple(writes))
     conn.execute(
-        "INSERT OR REPLACE INTO txns (txn, state, participants, writes, at) VALUES (?, ?, ?, ?, ?)",
-        (txn, state.value, shards, kept, index),
+        "INSERT OR REPLACE INTO txns (txn, state, participants, writes, at, created, owner)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (txn, state.value, shards, kept, index, txn_created_ms(txn), owner),
     )
+
+
+def not_owner(conn: sqlite3.Connection, txn: TxnId, caller: str) -> bool:
+    """Whether ``caller`` (a user; "" for a node) may not resolve ``txn`` here: a
+    transaction a user prepared is resolved by that user or by a node (its recovery)."""
+    if not caller:
+        return False
+    row = conn.execute("SELECT owner FROM txns WHERE txn = ?", (txn,)).fetchone()
+    return row is not None and row[0] != "" and row[0] != caller
+
+
+def clock(conn: sqlite3.Connection, now_ms: int) -> int:
+    """The shard's transaction clock after an entry stamped ``now_ms``: the largest stamp
+    so far (a new leader's clock may be behind the last one's)."""
+    floor = meta_int(conn, "txn_clock")
+    if now_ms > floor:
+        put_meta(conn, "txn_clock", now_ms)
+        return now_ms
+    return floor
+
+
+def too_old(txn: TxnId, now_ms: int) -> str:
+    """Why ``txn`` may not prepare at ``now_ms`` ("" if it may)."""
+    created = txn_created_ms(txn)
+    if now_ms - created > MAX_TXN_AGE_MS:
+        return f"the transaction began {(now_ms - created) / 1000:.0f} s ago: too old to commit"
+    if created - now_ms > MAX_CLOCK_AHEAD_MS:
+        return "the transaction's client clock is ahead of the servers' by more than 10 s"
+    return ""
 
 
 def prepare(
@@ -155,18 +198,30 @@ def prepare(
     txn: TxnId,
     part: TxnPart,
     participants: Sequence[ShardId],
+    *,
     index: int,
+    now_ms: int,
+    owner: str = "",
 ) -> tuple[TxnState, str]:
     """Vote on ``part`` (see the module docstring): the state recorded, and the conflict
     that refused it."""
+    now = clock(conn, now_ms)
     known = recorded(conn, txn)
     if known is not None:
         return known.state, ""
-    why = conflict(conn, txn, part)
+    why = too_old(txn, now) or conflict(conn, txn, part)
     if why:
-        _record(conn, txn, TxnState.ABORTED, index, participants=participants)
+        _record(conn, txn, TxnState.ABORTED, index, participants=participants, owner=owner)
         return TxnState.ABORTED, why
-    _record(conn, txn, TxnState.PREPARED, index, participants=participants, writes=part.writes)
+    _record(
+        conn,
+        txn,
+        TxnState.PREPARED,
+        index,
+        participants=participants,
+        writes=part.writes,
+        owner=owner,
+    )
     conn.executemany(
         "INSERT INTO txn_locks (lock, txn, exclusive) VALUES (?, ?, ?)",
         [(lock, txn, int(exclusive)) for lock, exclusive in _locks(part).items()],
@@ -218,12 +273,22 @@ def fence(conn: sqlite3.Connection, txn: TxnId, index: int) -> TxnState:
     return TxnState.FENCED
 
 
-def forget(conn: sqlite3.Connection, txn: TxnId) -> bool:
-    """Drop a final record (never a prepared one); whether one was dropped."""
+def expire(conn: sqlite3.Connection, now_ms: int) -> int:
+    """Drop the final records of transactions too old to prepare at ``now_ms`` (by the
+    shard's clock); how many."""
+    now = clock(conn, now_ms)
     done = conn.execute(
-        "DELETE FROM txns WHERE txn = ? AND state != ?", (txn, TxnState.PREPARED.value)
+        "DELETE FROM txns WHERE state != ? AND created < ?",
+        (TxnState.PREPARED.value, now - MAX_TXN_AGE_MS),
     )
-    return done.rowcount > 0
+    return done.rowcount
+
+
+def has_final_records(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM txns WHERE state != ? LIMIT 1", (TxnState.PREPARED.value,)
+    ).fetchone()
+    return row is not None
 
 
 def record_count(conn: sqlite3.Connection) -> int:

@@ -75,7 +75,14 @@ class TxnStoreMixin:
         return result
 
     def txn_prepare(
-        self, index: int, txn: TxnId, part: TxnPart, participants: Sequence[ShardId]
+        self,
+        index: int,
+        txn: TxnId,
+        part: TxnPart,
+        participants: Sequence[ShardId],
+        *,
+        now_ms: int,
+        owner: str = "",
     ) -> TxnVote | None:
         def body(conn: sqlite3.Connection) -> TxnVote:
             if (
@@ -87,13 +94,20 @@ class TxnStoreMixin:
                     TxnState.ABORTED,
                     f"shard {self.shard} has {MAX_TXN_RECORDS} transactions open",
                 )
-            state, why = txn_state.prepare(conn, txn, part, participants, index)
+            state, why = txn_state.prepare(
+                conn, txn, part, participants, index=index, now_ms=now_ms, owner=owner
+            )
             return TxnVote(self.shard, state, why)
 
         return self._at(index, body)
 
-    def txn_resolve(self, index: int, txn: TxnId, commit: bool) -> TxnVote | None:
+    def txn_resolve(self, index: int, txn: TxnId, commit: bool, caller: str = "") -> TxnVote | None:
+        """``caller``: the user who asks ("" for a node); only the user who prepared it
+        (or a node) may resolve a transaction (``state.not_owner``)."""
+
         def body(conn: sqlite3.Connection) -> TxnVote:
+            if txn_state.not_owner(conn, txn, caller):
+                return TxnVote(self.shard, "denied")
             state, _ = txn_state.resolve(conn, txn, commit, index, self._changes)
             return TxnVote(self.shard, "unknown" if state is None else state)
 
@@ -102,8 +116,15 @@ class TxnStoreMixin:
     def txn_fence(self, index: int, txn: TxnId) -> TxnVote | None:
         return self._at(index, lambda conn: TxnVote(self.shard, txn_state.fence(conn, txn, index)))
 
-    def txn_forget(self, index: int, txn: TxnId) -> bool | None:
-        return self._at(index, lambda conn: txn_state.forget(conn, txn))
+    def txn_expire(self, index: int, now_ms: int) -> int | None:
+        """Drop the final records too old to matter (``state.expire``); how many (``None``:
+        none to drop, or applied before)."""
+        try:
+            if not txn_state.has_final_records(self._connection()):
+                return None
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return self._at(index, lambda conn: txn_state.expire(conn, now_ms))
 
     def txn_commit_once(
         self,
@@ -215,6 +236,12 @@ class TxnStoreMixin:
             return []
         try:
             return txn_state.prepared(self._connection())
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def has_final_txns(self) -> bool:
+        try:
+            return txn_state.has_final_records(self._connection())
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 

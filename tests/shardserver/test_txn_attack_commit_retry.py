@@ -1,8 +1,9 @@
-"""Review reproduction: a one-group commit (TxnCommit) that applied, whose reply was
-lost, retried at the group that no longer serves its first shard, answers
-``wrong_group``. The client takes that as "not applied" and plans again with a new
-sequence number, so the de-duplication is bypassed: run_transaction applies its body
-twice (here: a counter incremented once by one call goes up by 2)."""
+"""A one-group commit (``TxnCommit``) that applied, whose reply was lost, retried at the
+group that no longer serves its first shard. That group used to answer a ``wrong_group``
+vote, which the client took for "not applied" and planned again with a new sequence
+number, bypassing the de-duplication: ``run_transaction`` applied its body twice. Now
+the answer is a reply-level ``wrong_group``, and the router asks the new owner with the
+same sequence number."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ async def test_a_commit_retried_at_the_old_owner_after_a_move_applies_twice(
         sa = scenarios.shard_of(config, a)
         async with cluster.client() as kv:
             await kv.put(a, "0")
-            router: Any = kv._router  # noqa: SLF001
+            router: Any = kv._router
             original = router.call
             lost = []
 
