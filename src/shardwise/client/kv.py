@@ -75,6 +75,7 @@ from shardwise.model.kv import (
     check_op,
     check_type,
 )
+from shardwise.model.txn import MAX_TXN_DEADLINE_S
 from shardwise.net.auth import Credentials
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S, CallDeadline, loop_time
@@ -362,9 +363,12 @@ class Client:
         )
 
     def _begin(self, ordered: bool, deadline_s: float | None) -> Transaction:
+        if deadline_s is not None and deadline_s > MAX_TXN_DEADLINE_S:
+            raise ValueError(f"a transaction's deadline is at most {MAX_TXN_DEADLINE_S} s")
         if self._txns is None:
             self._txns = TxnProtocol(self._router, self._writers, self.keyspace, Finisher())
-        return Transaction(self._txns, self._deadline(deadline_s), ordered=ordered)
+        budget = min(self.deadline_s, MAX_TXN_DEADLINE_S) if deadline_s is None else deadline_s
+        return Transaction(self._txns, self._deadline(budget), ordered=ordered)
 
     def _retry_pause(self, attempt: int) -> float:
         return random.uniform(0, min(MAX_RETRY_PAUSE_S, RETRY_PAUSE_S * 2**attempt))
