@@ -61,7 +61,7 @@ from shardwise.errors import ClientTimeoutError
 from shardwise.net.leader import ATTEMPT_TIMEOUT_S, RETRY_PAUSE_S
 from shardwise.net.links import Address
 from shardwise.testing.faults.cluster import NETS
-from shardwise.testing.faults.firewall import NFT_TIMEOUT_S, Firewall
+from shardwise.testing.faults.firewall import Firewall, nft, run_nft
 
 MEMBERS: Final = 3
 CLIENT_PORT: Final = 2379
@@ -75,23 +75,6 @@ STATUS_TIMEOUT_S: Final = 0.5
 NO_LEADER: Final = "no leader"
 """etcd's answer, with the ``hasleader`` metadata, from a member that knows no leader: the
 request was refused before it was proposed, so another member may take it."""
-
-
-def run_nft(*args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["nft", *args],
-        check=False,
-        input=script,
-        text=True,
-        capture_output=True,
-        timeout=NFT_TIMEOUT_S,
-    )
-
-
-def nft(script: str) -> None:
-    done = run_nft("-f", "-", script=script)
-    if done.returncode != 0:
-        raise RuntimeError(f"nft failed: {done.stderr.strip()}\n{script}")
 
 
 def table_exists(table: str) -> bool:

@@ -65,10 +65,10 @@ from shardwise.testing.faults.run import (
     CHECK_TIMEOUT_S,
     FINAL_READ_DEADLINE_S,
     SETTLE_TIMEOUT_S,
-    FaultRecord,
     FaultRun,
     RunOptions,
     RunResult,
+    hold_fault,
     longest_waits,
 )
 from shardwise.testing.faults.workload import Recorder, Workload, lost_and_doubled
@@ -233,12 +233,7 @@ class EtcdRun:
         queue: list[str] = []
         while self._more(end):
             kind = self._next_kind(queue)
-            record = FaultRecord(kind, "", self._now())
-            injected = await self.nemesis.inject(kind)
-            record.what = injected.what
-            await asyncio.sleep(self.rng.uniform(*self.options.fault_s))
-            record.found = await injected.undo()
-            record.end = self._now() + self.options.recover_s
+            record = await hold_fault(self.nemesis, kind, self.rng, self.options)
             self.result.faults.append(record)
             await asyncio.sleep(self.options.recover_s)
 

@@ -32,7 +32,7 @@ def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "nftables rules need root"
     probe = f"{TABLE_PREFIX}probe_{os.getpid()}"
-    done = _run_nft("-f", "-", script=f"add table inet {probe}\ndelete table inet {probe}\n")
+    done = run_nft("-f", "-", script=f"add table inet {probe}\ndelete table inet {probe}\n")
     if done.returncode != 0:
         return f"nft cannot add a table: {done.stderr.strip()}"
     return None
@@ -40,18 +40,18 @@ def unavailable_reason() -> str | None:
 
 def delete_stale_tables() -> list[str]:
     """Delete every table of ours (left by a run that was killed); their names."""
-    listed = _run_nft("list", "tables")
+    listed = run_nft("list", "tables")
     names = [
         line.split()[-1]
         for line in listed.stdout.splitlines()
         if line.startswith("table inet ") and line.split()[-1].startswith(TABLE_PREFIX)
     ]
     for name in names:
-        _nft(f"delete table inet {name}\n")
+        nft(f"delete table inet {name}\n")
     return names
 
 
-def _run_nft(*args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_nft(*args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["nft", *args],
         check=False,
@@ -62,8 +62,8 @@ def _run_nft(*args: str, script: str | None = None) -> subprocess.CompletedProce
     )
 
 
-def _nft(script: str) -> None:
-    done = _run_nft("-f", "-", script=script)
+def nft(script: str) -> None:
+    done = run_nft("-f", "-", script=script)
     if done.returncode != 0:
         raise RuntimeError(f"nft failed: {done.stderr.strip()}\n{script}")
 
@@ -77,7 +77,7 @@ class Firewall:
         self._open = False
 
     def open(self) -> None:
-        _nft(
+        nft(
             f"add table inet {self.table}\n"
             f"add chain inet {self.table} input "
             "{ type filter hook input priority -10; policy accept; }\n"
@@ -95,7 +95,7 @@ class Firewall:
         if cut:
             pairs = ", ".join(f"{a} . {b}" for a, b in sorted(cut))
             script += f"add rule inet {self.table} input ip saddr . ip daddr {{ {pairs} }} drop\n"
-        _nft(script)
+        nft(script)
         self.cut = cut
 
     def heal(self) -> None:
@@ -107,7 +107,7 @@ class Firewall:
             atexit.unregister(self.close)
             # Already gone if deleted by hand or by delete_stale_tables.
             with contextlib.suppress(RuntimeError, OSError, subprocess.SubprocessError):
-                _nft(f"delete table inet {self.table}\n")
+                nft(f"delete table inet {self.table}\n")
 
     def __enter__(self) -> Firewall:
         self.open()

@@ -26,14 +26,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from shardwise.errors import ShardwiseError
 from shardwise.testing.faults import full_disks
 from shardwise.testing.faults.cluster import AddressedCluster
 from shardwise.testing.faults.disk import crash_disk
 from shardwise.testing.faults.firewall import Firewall, delete_stale_tables, unavailable_reason
-from shardwise.testing.faults.nemesis import CHANGES, Nemesis
+from shardwise.testing.faults.nemesis import CHANGES, Injected, Nemesis
 from shardwise.testing.faults.workload import Recorder, Workload, lost_and_doubled
 from shardwise.testing.history import KvOp, kv_model
 from shardwise.testing.linearizability import CheckResult, Verdict, check
@@ -142,6 +142,27 @@ class RunResult:
         )
 
 
+class Injects(Protocol):
+    """A nemesis (this harness's, or a peer's in ``bench/``)."""
+
+    async def inject(self, kind: str) -> Injected: ...
+
+
+async def hold_fault(
+    nemesis: Injects, kind: str, rng: random.Random, options: RunOptions
+) -> FaultRecord:
+    """Inject ``kind``, hold it ``options.fault_s``, heal it: its record, whose window
+    runs on through the recovery time after it."""
+    loop = asyncio.get_running_loop()
+    record = FaultRecord(kind, "", loop.time())
+    injected = await nemesis.inject(kind)
+    record.what = injected.what
+    await asyncio.sleep(rng.uniform(*options.fault_s))
+    record.found = await injected.undo()
+    record.end = loop.time() + options.recover_s
+    return record
+
+
 def longest_waits(recorder: Recorder, windows: list[FaultRecord], until: float) -> dict[str, float]:
     """Per kind, the longest a call made in one of its windows waited for its key to
     answer (see the module docstring)."""
@@ -230,12 +251,7 @@ class FaultRun:
                 queue = list(kinds)
                 self.rng.shuffle(queue)
             kind = queue.pop(0)
-            record = FaultRecord(kind, "", self._now())
-            injected = await self.nemesis.inject(kind)
-            record.what = injected.what
-            await asyncio.sleep(self.rng.uniform(*self.options.fault_s))
-            record.found = await injected.undo()
-            record.end = self._now() + self.options.recover_s
+            record = await hold_fault(self.nemesis, kind, self.rng, self.options)
             self.result.faults.append(record)
             await asyncio.sleep(self.options.recover_s)
 
