@@ -169,7 +169,7 @@ class ShardGroupStateMachine:
         """Schema digests of the current configuration, by keyspace (made on demand)."""
         self.checks = ShardChecks()  # the consistency checks' digests (``checks.py``)
         self.writes = WriteApplier(
-            self._writable, self._all_writable, lambda: self.config.num, self.schema_verdict
+            self._writable, self.serving_stores, lambda: self.config.num, self.schema_verdict
         )
         self._clear_directory()
 
@@ -455,10 +455,6 @@ class ShardGroupStateMachine:
             and 0 <= shard.index < len(owners)
             and owners[shard.index] == self.gid
         )
-
-    def _all_writable(self) -> list[ShardStore]:
-        stores = [self._writable(shard) for shard in sorted(self.shards)]
-        return [store for store in stores if store is not None]
 
     def _writable(self, shard: ShardId) -> ShardStore | None:
         """``shard``'s store if it serves here, in the batch being applied."""

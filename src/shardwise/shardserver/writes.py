@@ -52,8 +52,8 @@ class WriteApplier:
     ) -> None:
         self._writable = writable
         self._serving = serving
-        """Every serving shard's store, in the batch being applied (a transaction clean-up
-        goes to each that has something to clean)."""
+        """Every serving shard's store (a transaction clean-up goes to those that have
+        something to clean)."""
         self._config_num = config_num
         self._schema_verdict = schema_verdict
 
@@ -119,8 +119,10 @@ class WriteApplier:
                 return GroupResult("wrong_group", num)
             votes += self._commit(index, cmd, anchor)
         elif isinstance(cmd, TxnExpire):
+            # Only the shards that keep final records take part (and enter the batch).
             for serving in self._serving():
-                serving.txn_expire(index, cmd.now_ms)
+                if serving.has_final_txns() and (store := self._writable(serving.shard)):
+                    store.txn_expire(index, cmd.now_ms)
         elif isinstance(cmd, TxnPrepare):
             for part in cmd.parts:
                 store = self._writable(part.shard)

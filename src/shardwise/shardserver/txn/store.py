@@ -60,13 +60,17 @@ class TxnStoreMixin:
 
     # --- commands, through the log -------------------------------------------------------
 
-    def _at(self, index: int, body: Callable[[sqlite3.Connection], _R]) -> _R | None:
-        """``body`` in the store's transaction at log ``index`` (``None``: applied before)."""
+    def _at(
+        self, index: int, body: Callable[[sqlite3.Connection], _R], *, locks: bool = False
+    ) -> _R | None:
+        """``body`` in the store's transaction at log ``index`` (``None``: applied before);
+        ``locks``: it may take or release locks (the count is read again)."""
         if index <= self._meta.applied_index:
             return None
         with self._transaction() as conn:
             result = body(conn)
-            self._txn_locks = txn_state.lock_count(conn)
+            if locks:
+                self._txn_locks = txn_state.lock_count(conn)
             self._meta.applied_index = index
             if self._batching:
                 self._applied_unwritten = True
@@ -99,7 +103,7 @@ class TxnStoreMixin:
             )
             return TxnVote(self.shard, state, why)
 
-        return self._at(index, body)
+        return self._at(index, body, locks=True)
 
     def txn_resolve(self, index: int, txn: TxnId, commit: bool, caller: str = "") -> TxnVote | None:
         """``caller``: the user who asks ("" for a node); only the user who prepared it
@@ -111,19 +115,14 @@ class TxnStoreMixin:
             state, _ = txn_state.resolve(conn, txn, commit, index, self._changes)
             return TxnVote(self.shard, "unknown" if state is None else state)
 
-        return self._at(index, body)
+        return self._at(index, body, locks=True)
 
     def txn_fence(self, index: int, txn: TxnId) -> TxnVote | None:
         return self._at(index, lambda conn: TxnVote(self.shard, txn_state.fence(conn, txn, index)))
 
     def txn_expire(self, index: int, now_ms: int) -> int | None:
         """Drop the final records too old to matter (``state.expire``); how many (``None``:
-        none to drop, or applied before)."""
-        try:
-            if not txn_state.has_final_records(self._connection()):
-                return None
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+        applied before)."""
         return self._at(index, lambda conn: txn_state.expire(conn, now_ms))
 
     def txn_commit_once(
