@@ -12,6 +12,7 @@ import pytest
 from shardwise import dbapi
 from shardwise.errors import ShardwiseError, SqlConstraintError, SqlSyntaxError
 from shardwise.model.config import Keyspace, Scheme
+from shardwise.client.sqltxn import control_word
 from shardwise.sql import Coordinator, LocalShards, Result
 
 
@@ -22,8 +23,13 @@ class _LocalRunner:
         self.shards = LocalShards([Keyspace("default", Scheme(shards=4))])
         self.coordinator = Coordinator(self.shards, self.shards)
         self.closed = False
+        self.control: list[str] = []
+        """Transaction control the connection sent (LocalShards has no transactions)."""
 
     def sql(self, query: str, params: Any = None) -> Result:
+        if control_word(query) is not None:
+            self.control.append(query)
+            return Result(())
         return asyncio.run(self.coordinator.execute(query, params))
 
     def close(self) -> None:
@@ -171,3 +177,26 @@ def test_executemany_batches_a_one_row_insert(conn: dbapi.Connection) -> None:
     assert cursor.rowcount == 3 and len(statements) == 3
     with pytest.raises(dbapi.IntegrityError):  # a duplicate key fails its batch
         cursor.executemany("INSERT INTO people VALUES (?, ?, ?)", [(5000, "a", 1), (1, "b", 2)])
+
+
+def test_statements_run_in_a_transaction_until_commit_unless_autocommit() -> None:
+    runner = _LocalRunner()
+    connection = dbapi.Connection(runner)
+    assert connection.autocommit is False
+    cursor = connection.cursor()
+    cursor.execute("SELECT 1")
+    cursor.execute("SELECT 2")
+    assert runner.control == ["BEGIN"]
+    connection.commit()
+    connection.commit()  # (nothing open: nothing sent)
+    cursor.execute("SELECT 3")
+    connection.rollback()
+    assert runner.control == ["BEGIN", "COMMIT", "BEGIN", "ROLLBACK"]
+    connection.autocommit = True
+    cursor.execute("SELECT 4")
+    connection.commit()
+    assert runner.control == ["BEGIN", "COMMIT", "BEGIN", "ROLLBACK"]
+    connection.autocommit = False
+    cursor.execute("SELECT 5")
+    connection.close()  # an open transaction is dropped
+    assert runner.control[-2:] == ["BEGIN", "ROLLBACK"]

@@ -12,10 +12,16 @@
     pandas.read_sql("SELECT * FROM t", sqlalchemy.create_engine("shardwise:///.shardwise"))
 
 **Statements.** Each ``execute`` is one :meth:`shardwise.client.Client.sql` call: the
-statement is planned, run on the shards and its whole result held by the cursor. There
-are no transactions: every statement takes effect when ``execute`` returns (atomic per
-shard, see ``docs/sql.md``), ``commit()`` does nothing and ``rollback()`` cannot undo
-anything (it does nothing either, so tools that call it after an error go on).
+statement is planned, run on the shards and its whole result held by the cursor.
+
+**Transactions**, as PEP 249 has them: ``autocommit`` is off by default, so the first
+statement begins a transaction (serializable, across shards: ``docs/sql.md``,
+"Transactions") that ``commit()`` commits and ``rollback()`` drops; closing a
+connection drops an open one. A commit that meets a conflict raises
+``OperationalError`` caused by a
+:class:`~shardwise.model.txn.TransactionConflictError`: run the transaction again. With
+``conn.autocommit = True`` every statement commits on its own (a write to several
+shards still all or nothing). A DDL statement always takes effect at once, on its own.
 
 **Parameters.** ``paramstyle`` is ``qmark`` (``?``); ``$1`` (PostgreSQL) and ``:name``
 with a mapping work too. Values are bound, never spliced into the text.
@@ -32,6 +38,7 @@ concurrent calls); a cursor belongs to one thread at a time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -236,21 +243,54 @@ class Connection:
 
     def __init__(self, client: SqlRunner) -> None:
         self._client: SqlRunner | None = client
+        self.autocommit = False
+        """PEP 249's default: statements run in a transaction until :meth:`commit`."""
+        self._in_transaction = False
 
     def close(self) -> None:
-        """Close the connection and its client (idempotent)."""
+        """Close the connection and its client (idempotent); an open transaction is
+        dropped (nothing of it was applied)."""
         client, self._client = self._client, None
         if client is not None:
+            if self._in_transaction:
+                self._in_transaction = False
+                with contextlib.suppress(errors.ShardwiseError):  # (nothing was applied)
+                    client.sql("ROLLBACK")
             client.close()
 
     def commit(self) -> None:
-        """Nothing to do: every statement took effect when it returned."""
-        self._runner()
+        """Commit the open transaction (nothing to do without one)."""
+        self._end("COMMIT")
 
     def rollback(self) -> None:
-        """Nothing to undo (no transactions): a no-op, so tools that roll back after an
-        error carry on."""
-        self._runner()
+        """Drop the open transaction: none of its writes apply."""
+        self._end("ROLLBACK")
+
+    def _end(self, word: str) -> None:
+        runner = self._runner()
+        if not self._in_transaction:
+            return
+        self._in_transaction = False
+        try:
+            runner.sql(word)
+        except errors.ShardwiseError as exc:
+            raise _translate(exc) from exc
+
+    def run(self, operation: str, parameters: Any) -> Any:
+        """One statement, in the connection's transaction (begun first if autocommit is
+        off and none is open); transaction control written as SQL is followed."""
+        from shardwise.client.sqltxn import control_word  # noqa: PLC0415 - SQL only
+
+        runner = self._runner()
+        word = control_word(operation)
+        if word is not None:
+            result = runner.sql(operation, parameters)
+            self._in_transaction = word == "begin"
+            return result
+        if not self.autocommit and not self._in_transaction:
+            runner.sql("BEGIN")
+            self._in_transaction = True
+        return runner.sql(operation, parameters)
 
     def cursor(self) -> Cursor:
         return Cursor(self)
@@ -306,9 +346,9 @@ class Cursor:
     def execute(
         self, operation: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
     ) -> Cursor:
-        runner = self._runner()
+        self._runner()
         try:
-            result = runner.sql(operation, parameters)
+            result = self.connection.run(operation, parameters)
         except DbapiError:
             raise
         except errors.ShardwiseError as exc:

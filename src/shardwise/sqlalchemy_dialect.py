@@ -27,8 +27,9 @@ SQLite's: dates and times are stored as ISO 8601 text (an aware datetime in UTC,
 ``+00:00``), booleans as 0 and 1. Reflection reads the catalog (what ``\\d`` shows), never
 ``sqlite_master``.
 
-**No transactions**, as in the DB-API: each statement takes effect when it runs;
-``commit()`` and ``rollback()`` do nothing.
+**Transactions** are the DB-API's (``shardwise.dbapi``): serializable, across shards;
+``commit()`` commits and ``rollback()`` drops. A DDL statement takes effect at once, on
+its own, and is refused in a transaction that has already written (commit first).
 """
 
 from __future__ import annotations
@@ -263,13 +264,7 @@ class ShardwiseDialect(default.DefaultDialect):
         return [url.database or None], options
 
     def get_isolation_level(self, dbapi_connection: Any) -> Any:
-        raise NotImplementedError("shardwise has no transactions")
-
-    def do_rollback(self, dbapi_connection: Any) -> None:
-        """Nothing to undo: each statement took effect when it ran."""
-
-    def do_commit(self, dbapi_connection: Any) -> None:
-        """Nothing to commit: each statement took effect when it ran."""
+        return "SERIALIZABLE"  # (the only one: docs/sql.md, "Transactions")
 
     # --- reflection: the catalog ----------------------------------------------------------
 

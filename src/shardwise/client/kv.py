@@ -85,6 +85,7 @@ from shardwise.net.wire import MAX_NODE_ID_CHARS, MAX_RPC_TIMEOUT_MS, PeerRole
 from shardwise.shardserver.protocol import READ, WRITE, ReadRequest, WriteRequest
 
 if TYPE_CHECKING:  # shardwise.sql (and sqlglot) load on the first SQL call only
+    from shardwise.client.sql import ClusterSql
     from shardwise.sql import Result
     from shardwise.sql.params import Params
 
@@ -196,6 +197,8 @@ class Client:
         self._state = "new"
         self._txns: TxnProtocol | None = None
         """The transactions' shared parts, made with the first transaction."""
+        self._sql_session: ClusterSql | None = None
+        """The session :meth:`sql` runs in (its open transaction, if any)."""
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last SQL read to finish, by shard index."""
 
@@ -365,10 +368,14 @@ class Client:
     def _begin(self, ordered: bool, deadline_s: float | None) -> Transaction:
         if deadline_s is not None and deadline_s > MAX_TXN_DEADLINE_S:
             raise ValueError(f"a transaction's deadline is at most {MAX_TXN_DEADLINE_S} s")
+        budget = min(self.deadline_s, MAX_TXN_DEADLINE_S) if deadline_s is None else deadline_s
+        return self._begin_until(self._deadline(budget), ordered)
+
+    def _begin_until(self, deadline: float, ordered: bool) -> Transaction:
+        """A transaction whose deadline is ``deadline`` (a SQL session moves it)."""
         if self._txns is None:
             self._txns = TxnProtocol(self._router, self._writers, self.keyspace, Finisher())
-        budget = min(self.deadline_s, MAX_TXN_DEADLINE_S) if deadline_s is None else deadline_s
-        return Transaction(self._txns, self._deadline(budget), ordered=ordered)
+        return Transaction(self._txns, deadline, ordered=ordered)
 
     def _retry_pause(self, attempt: int) -> float:
         return random.uniform(0, min(MAX_RETRY_PAUSE_S, RETRY_PAUSE_S * 2**attempt))
@@ -382,17 +389,30 @@ class Client:
         (reads), or the rows it changed (``rowcount``, writes).
 
         Each shard's part runs on that shard's group (reads through ReadIndex, writes as
-        one log entry per shard, exactly once), routed and retried like a key. DDL
-        returns once every group holding a shard of the keyspace has applied it. One
-        deadline bounds the whole statement. Errors are :class:`~shardwise.errors.SqlError`
+        one log entry per shard, exactly once), routed and retried like a key; a write to
+        several shards is one transaction. ``BEGIN`` ... ``COMMIT`` / ``ROLLBACK`` run
+        the statements between in one serializable transaction (the client's default
+        session holds it: see :meth:`sql_session`). DDL returns once every group holding
+        a shard of the keyspace has applied it. One deadline bounds the whole statement.
+        Errors are :class:`~shardwise.errors.SqlError`
         subclasses, or :class:`~shardwise.errors.ClientTimeoutError`."""
+        self._check_running()
+        if self._sql_session is None:
+            self._sql_session = self.sql_session()
+        session = self._sql_session
+        result = await session.execute(query, params, self._deadline(deadline_s))
+        if session.last_rows_shipped:
+            self.last_rows_shipped = session.last_rows_shipped
+        return result
+
+    def sql_session(self) -> ClusterSql:
+        """A SQL session of its own on this client: ``await session.execute(query,
+        params, deadline)``, with its own transaction between ``BEGIN`` and ``COMMIT``
+        (:meth:`sql` runs in the client's default session; a DB-API connection has its
+        own). Sessions share the client's connections and limits."""
         from shardwise.client.sql import ClusterSql  # noqa: PLC0415 - loads sqlglot: SQL users only
 
-        executor = ClusterSql(self._router, self._writers)
-        result = await executor.execute(query, params, self._deadline(deadline_s))
-        if executor.last_rows_shipped:
-            self.last_rows_shipped = executor.last_rows_shipped
-        return result
+        return ClusterSql(self._router, self._writers, self._begin_until)
 
     async def latest_configuration(self, *, deadline_s: float | None = None) -> Configuration:
         """The latest configuration as the controller has it now (the cached

@@ -31,17 +31,26 @@ the old tables on some shards and the new ones on others, never a mixture in one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from shardwise.client.router import ShardRouter
+from shardwise.client.sqltxn import (
+    TxnCatalog,
+    TxnShards,
+    control_word,
+    sql_error_of,
+    to_statements,
+    write_atomically,
+)
 from shardwise.client.writers import WriterPool
 from shardwise.errors import (
     CatalogError,
     ClientTimeoutError,
     NondeterministicSqlError,
+    RequestRefusedError,
     SqlCatalogError,
     SqlError,
     SqlExecutionError,
@@ -52,6 +61,8 @@ from shardwise.errors import (
     error_for,
 )
 from shardwise.model.config import NO_GROUP, Configuration, CreateTable, DropTable, ShardId
+from shardwise.model.sql import SqlStatement
+from shardwise.model.txn import TransactionConflictError, TransactionError
 from shardwise.net.leader import CallDeadline
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import (
@@ -64,7 +75,6 @@ from shardwise.shardserver.protocol import (
     SqlReadRequest,
     SqlReply,
     SqlSchemaRequest,
-    SqlStatement,
     SqlWriteRequest,
     schema_digest,
 )
@@ -72,7 +82,10 @@ from shardwise.sql import Catalog, Coordinator, Result
 from shardwise.sql.catalog import logical_names
 from shardwise.sql.executor import Row
 from shardwise.sql.params import Params
-from shardwise.sql.plans import CatalogOp, Fragment
+from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
+
+if TYPE_CHECKING:
+    from shardwise.client.txn import Transaction
 
 SQL_ATTEMPT_TIMEOUT_S: Final = 6.0
 """One attempt of a SQL fragment at one server (when the client's own is shorter): a
@@ -91,31 +104,110 @@ _encode = msgspec.msgpack.Encoder().encode
 
 
 class ClusterSql:
-    """One client's SQL statements over the cluster, on its router and writer pool."""
+    """One session's SQL statements over the cluster, on a client's router and writer
+    pool: each statement on its own (autocommit), or inside the transaction the session
+    holds between ``BEGIN`` and ``COMMIT`` / ``ROLLBACK`` (``client/sqltxn.py``)."""
 
-    def __init__(self, router: ShardRouter, writers: WriterPool) -> None:
+    def __init__(
+        self,
+        router: ShardRouter,
+        writers: WriterPool,
+        begin: Callable[[float, bool], Transaction],
+    ) -> None:
         self._router = router
         self._writers = writers
+        self._begin = begin
+        self.tx: Transaction | None = None
+        """The open transaction (``None``: each statement commits on its own)."""
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last read run here, by shard index."""
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.tx is not None
+
     async def execute(self, query: str, params: Params | None, deadline: float) -> Result:
-        """``Client.sql``: plan and run ``query`` by its deadline, planning it again when
-        a shard holds newer tables than the catalog it was planned with (see the module's
-        docstring)."""
+        """``Client.sql``: transaction control, or a statement planned and run by its
+        deadline, planned again when a shard holds newer tables than the catalog it was
+        planned with (see the module's docstring)."""
+        word = control_word(query)
+        if word is not None:
+            if params:
+                raise SqlError(f"{word.upper()} takes no parameters")
+            return await self._control(word, deadline)
+        if self.tx is None:
+            return await self._statement(query, params, deadline, None)
+        tx = self.tx
+        if tx.state != "open":
+            raise TransactionConflictError(
+                f"the transaction can no longer commit ({tx.state}): ROLLBACK, then run it again"
+            )
+        tx.set_deadline(deadline)
+        return await self._statement(query, params, deadline, tx)
+
+    async def _control(self, word: str, deadline: float) -> Result:
+        if word == "begin":
+            if self.tx is not None:
+                raise SqlError("a transaction is already open: COMMIT or ROLLBACK it first")
+            self.tx = self._begin(deadline, False)
+            return Result(())
+        tx, self.tx = self.tx, None
+        if tx is None:
+            return Result(())  # (as PostgreSQL: a warning there, nothing to do)
+        if word == "rollback" or tx.state != "open":
+            tx.abort()
+            if word == "commit":  # a failed transaction cannot commit: say so
+                raise TransactionConflictError(
+                    "the transaction could not commit (a statement met a conflict); it was "
+                    "rolled back: run it again"
+                )
+            return Result(())
+        tx.set_deadline(deadline)
+        call = CallDeadline.starting_now("COMMIT", deadline)
+        try:
+            await tx.commit()
+        except TransactionError as exc:
+            if tx.sql_failure is None:
+                raise
+            catalog = ClusterCatalog(self._router, call)
+            await catalog.catalog()  # (the error names the user's tables)
+            raise sql_error_of(
+                tx, exc, ClusterShards(self._router, self._writers, call, catalog)
+            ) from exc
+        return Result(())
+
+    async def _restart(self, deadline: float) -> None:
+        """Commit the open transaction (it has only read) and begin another: what a DDL
+        statement inside a transaction does first (``sqltxn.TxnCatalog``)."""
+        tx = self.tx
+        if tx is not None and tx.state == "open":
+            await tx.commit()
+        self.tx = self._begin(deadline, False)
+
+    async def _statement(
+        self, query: str, params: Params | None, deadline: float, tx: Transaction | None
+    ) -> Result:
         router = self._router
         call = CallDeadline.starting_now(f"SQL statement {_abbreviate(query)!r}", deadline)
         for _ in range(MAX_REPLANS):
             catalog = ClusterCatalog(router, call)
-            shards = ClusterShards(router, self._writers, call, catalog)
-            coordinator = Coordinator(shards, catalog)
+            shards = ClusterShards(
+                router, self._writers, call, catalog, lambda: self._begin(deadline, False)
+            )
+            coordinator = (
+                Coordinator(shards, catalog)
+                if tx is None
+                else Coordinator(
+                    TxnShards(tx, shards),
+                    TxnCatalog(tx, catalog, lambda: self._restart(deadline)),
+                )
+            )
             try:
                 result = await coordinator.execute(query, params)
             except SqlSchemaChangedError:
-                # The coordinator raises it bare only when no shard applied anything (else
-                # it is inside a SqlExecutionError counting the shards that did), and a
-                # batch whose outcome is unknown means the deadline has passed: planning
-                # again cannot apply anything twice.
+                # The coordinator raises it bare only when nothing was applied (a write to
+                # several shards is one transaction), and a batch whose outcome is unknown
+                # means the deadline has passed: planning again cannot apply anything twice.
                 if call.remaining() <= 0:
                     raise call.timed_out() from None
                 continue
@@ -231,30 +323,56 @@ class ClusterShards:
         writers: WriterPool,
         call: CallDeadline,
         catalog: ClusterCatalog,
+        begin: Callable[[], Transaction] | None = None,
     ) -> None:
         self._router = router
         self._writers = writers
         self._call = call
         self._catalog = catalog
+        self._begin = begin
+        """A new transaction, for a write to several shards (``None``: only reads)."""
         self._attempt_s = max(router.attempt_timeout_s, SQL_ATTEMPT_TIMEOUT_S)
 
     async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
         num, digest = self._catalog.planned(shard.keyspace)
         params = dict(fragment.params)
         request = SqlReadRequest(shard, fragment.sql, params, max_rows, num, digest)
-        reply = await self._send(shard, SQL_READ, request, num)
+        reply = await self.send(shard, SQL_READ, request, num)
         return [tuple(row) for row in reply.rows]
 
-    async def write(self, shard: ShardId, batch: Sequence[Fragment]) -> int:
-        statements = tuple(SqlStatement(f.sql, dict(f.params)) for f in batch)
-        _check_batch(shard, statements)
+    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+        """One shard's batch as one write (one log entry); several as one transaction
+        (``sqltxn.write_atomically``)."""
+        for batch in batches:
+            _check_batch(ShardId(keyspace, batch.shard), to_statements(batch.statements))
+        if len(batches) == 1:
+            return await self._write_one(ShardId(keyspace, batches[0].shard), batches[0].statements)
+        if not batches:
+            return 0
+        assert self._begin is not None, "a write is sent with a way to begin a transaction"
+        return await write_atomically(self, self._begin, keyspace, batches)
+
+    def planned(self, keyspace: str) -> tuple[int, int]:
+        return self._catalog.planned(keyspace)
+
+    def remaining(self) -> float:
+        return self._call.remaining()
+
+    def timed_out(self) -> ClientTimeoutError:
+        return self._call.timed_out()
+
+    def error(self, failure: SqlFailure, shard: ShardId) -> SqlError:
+        return _error(failure, shard, self._catalog.table_names())
+
+    async def _write_one(self, shard: ShardId, batch: Sequence[Fragment]) -> int:
+        statements = to_statements(batch)
         num, digest = self._catalog.planned(shard.keyspace)
         writer = await self._writers.acquire(self._call)
         try:
             # One sequence number for all the retries of this batch: applied once.
             seq = writer.next_seq()
             request = SqlWriteRequest(shard, writer.client_id, seq, statements, num, digest)
-            reply = await self._send(shard, SQL_WRITE, request, num)
+            reply = await self.send(shard, SQL_WRITE, request, num)
         finally:
             self._writers.release(writer)
         if reply.stale:
@@ -265,13 +383,19 @@ class ClusterShards:
             )
         return reply.rowcount
 
-    async def _send(
+    async def send(
         self, shard: ShardId, method: RpcMethod[Any, SqlReply], request: object, num: int
     ) -> SqlReply:
+        """``request`` to ``shard``'s group, waited on while the group is behind the
+        client's configuration; a shard's failure raised as its SQL error."""
         router, call = self._router, self._call
         while True:
             reply = await router.call(shard, method, request, call, attempt_s=self._attempt_s)
+            if reply.error:
+                raise RequestRefusedError(f"{call.what} was refused: {reply.error}")
             if reply.failure is not None:
+                if reply.failure.code == "conflict":
+                    raise TransactionConflictError(reply.failure.message)
                 raise _error(reply.failure, shard, self._catalog.table_names())
             if reply.schema == "behind":
                 call.why = (

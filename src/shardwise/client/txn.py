@@ -28,19 +28,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from shardwise.errors import ClientError, ClientTimeoutError, RequestRefusedError, ShardLimitError
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Delete, Key, Put, Value, key_bytes
 from shardwise.model.schemes import shard_map
+from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import (
+    BLIND,
     MAX_TXN_KEYS,
+    MAX_TXN_PARTICIPANTS,
     TransactionConflictError,
     TransactionOutcomeUnknownError,
     TxnPart,
     TxnRead,
+    TxnSql,
     TxnState,
     TxnVote,
     TxnWrite,
@@ -53,10 +57,13 @@ from shardwise.shardserver.protocol import (
     TXN_COMMIT,
     TXN_PREPARE,
     TXN_READ,
+    TXN_SQL,
     ReadRequest,
+    SqlFailure,
     TxnCommitRequest,
     TxnPrepareRequest,
     TxnReply,
+    TxnSqlRequest,
 )
 from shardwise.shardserver.txn.client import TxnResolver, split_by_group
 
@@ -86,6 +93,15 @@ class _Seen:
     key: Key
     value: Value | None
     version: int
+
+
+@dataclass(slots=True)
+class SqlShardState:
+    """What a transaction did with one shard's SQL: the SQL version its first visit saw
+    (every later visit must see the same) and its write statements there, in order."""
+
+    version: int
+    statements: list[SqlStatement] = field(default_factory=list)
 
 
 class Finisher:
@@ -160,6 +176,15 @@ class TxnProtocol:
         reply = await self.router.call(shard, TXN_READ, ReadRequest(shard, key), call)
         return _Seen(key, reply.value, reply.version)
 
+    async def sql_version(self, shard: ShardId, call: CallDeadline) -> int:
+        """The shard's SQL version now (a visit that runs nothing)."""
+        reply = await self.router.call(shard, TXN_SQL, TxnSqlRequest(shard), call)
+        if reply.error:
+            raise RequestRefusedError(f"{call.what} was refused: {reply.error}")
+        if reply.status != "ok" or reply.version < 0:
+            raise TransactionConflictError(f"shard {shard} could not say its SQL version")
+        return reply.version
+
 
 def _refused(reply: TxnReply, call: CallDeadline) -> None:
     if reply.error:
@@ -179,7 +204,18 @@ class Transaction:
         self._ordered = ordered
         self._seen: dict[bytes, _Seen] = {}
         self._writes: dict[bytes, TxnWrite] = {}
+        self._sql: dict[ShardId, SqlShardState] = {}
         self._state = "open"
+        self.rowcount = 0
+        """After a commit: the rows its SQL statements changed, as the shards counted
+        them when they prepared (a statement made atomic: see ``client/sql.py``)."""
+        self.sql_failure: tuple[ShardId, SqlFailure] | None = None
+        """After a refused commit: the SQL error a participant's statements met (the
+        commit raised :class:`TransactionConflictError`; SQL callers raise this)."""
+
+    def set_deadline(self, deadline: float) -> None:
+        """Move the transaction's deadline (a SQL session gives each statement its own)."""
+        self._deadline = deadline
 
     # --- reads and writes ----------------------------------------------------------------
 
@@ -217,6 +253,44 @@ class Transaction:
     def delete(self, key: Key) -> None:
         self._check_open()
         self._buffer(Delete(key))
+
+    # --- SQL (``client/sqltxn.py`` visits the shards) -------------------------------------
+
+    @property
+    def has_writes(self) -> bool:
+        """Whether the transaction has written anything (keys or SQL)."""
+        return bool(self._writes) or any(s.statements for s in self._sql.values())
+
+    def sql_state(self, shard: ShardId) -> SqlShardState | None:
+        return self._sql.get(shard)
+
+    def saw_sql(self, shard: ShardId, version: int) -> SqlShardState:
+        """Note a visit to ``shard``'s SQL that saw ``version``: a conflict (the
+        transaction cannot commit) if an earlier visit saw another."""
+        self._check_open()
+        state = self._sql.get(shard)
+        if state is None:
+            if len(self._sql) >= MAX_TXN_PARTICIPANTS:
+                raise RequestRefusedError(
+                    f"a transaction touches at most {MAX_TXN_PARTICIPANTS} shards"
+                )
+            state = self._sql[shard] = SqlShardState(version)
+        elif state.version != version:
+            self._state = "failed"
+            raise TransactionConflictError(
+                f"the SQL tables of shard {shard} changed while the transaction ran"
+            )
+        return state
+
+    def add_sql(
+        self, shard: ShardId, statements: Iterable[SqlStatement], *, blind: bool = False
+    ) -> None:
+        """Keep write statements for ``shard`` (``blind``: never visited; a statement
+        made atomic on its own, with nothing to validate)."""
+        self._check_open()
+        if blind:
+            self._sql.setdefault(shard, SqlShardState(BLIND))
+        self._sql[shard].statements.extend(statements)
 
     def _buffer(self, write: TxnWrite) -> None:
         raw = key_bytes(write.key)
@@ -269,7 +343,7 @@ class Transaction:
             check_parts(tuple(parts.values()))
         except ShardLimitError as exc:
             raise RequestRefusedError(f"the transaction was refused: {exc}") from None
-        if not self._writes:
+        if not self.has_writes:
             await self._validate_reads(call)
             return
         try:
@@ -301,9 +375,12 @@ class Transaction:
         for write in self._writes.values():
             shard = await self._p.shard_of(write.key, call)
             writes.setdefault(shard, []).append(write)
+        sql = {s: TxnSql(v.version, tuple(v.statements)) for s, v in self._sql.items()}
         return {
-            shard: TxnPart(shard, tuple(reads.get(shard, ())), tuple(writes.get(shard, ())))
-            for shard in sorted({*reads, *writes})
+            shard: TxnPart(
+                shard, tuple(reads.get(shard, ())), tuple(writes.get(shard, ())), sql.get(shard)
+            )
+            for shard in sorted({*reads, *writes, *sql})
         }
 
     async def _validate_reads(self, call: CallDeadline) -> None:
@@ -316,6 +393,14 @@ class Transaction:
                 raise TransactionConflictError(
                     f"the transaction read {before.key!r}, which changed before it committed"
                 )
+        shards = list(self._sql)
+        versions = await asyncio.gather(*(self._p.sql_version(s, call) for s in shards))
+        for shard, version in zip(shards, versions, strict=True):
+            if version != self._sql[shard].version:
+                raise TransactionConflictError(
+                    f"the transaction read the SQL tables of shard {shard}, which changed "
+                    "before it committed"
+                )
 
     async def _commit_in_one_group(self, parts: dict[ShardId, TxnPart], call: CallDeadline) -> None:
         writer = await self._p.writers.acquire(call)
@@ -325,11 +410,14 @@ class Transaction:
             reply = await self._p.router.call(ordered[0].shard, TXN_COMMIT, request, call)
         finally:
             self._p.writers.release(writer)
+        self._sql_refused(reply, ordered[0].shard)
         _refused(reply, call)
         vote = reply.votes[0] if reply.votes else TxnVote(ordered[0].shard, "")
         if vote.state == TxnState.COMMITTED:
+            self.rowcount = vote.rowcount
             return
         if vote.state == TxnState.ABORTED:
+            self._note_sql_failure(vote)
             raise TransactionConflictError(f"the transaction did not commit: {vote.reason}")
         if vote.state == "wrong_group":  # not applied: the shards moved; plan again
             await self._p.router.refresh(reply.config_num, call, wait=True)
@@ -341,6 +429,7 @@ class Transaction:
         txn = new_txn_id()
         participants = tuple(parts)
         votes: dict[ShardId, str] = {}
+        rows: dict[ShardId, int] = {}
         reasons: list[str] = []
         if self._ordered:  # one shard at a time, in shard order (see __init__)
             by_group = [[shard] for shard in sorted(participants)]
@@ -353,9 +442,16 @@ class Transaction:
                 reply = await self._p.router.call(group[0], TXN_PREPARE, request, call)
             except ClientTimeoutError:
                 return  # unknown: settled by a fence
+            if reply.sql_failure is not None:  # refused at the door: nothing recorded
+                self.sql_failure = self.sql_failure or (group[0], reply.sql_failure)
+                votes.update((shard, TxnState.ABORTED) for shard in group)
+                reasons.append(reply.error)
+                return
             _refused(reply, call)
             for vote in reply.votes:
                 votes[vote.shard] = vote.state
+                rows[vote.shard] = vote.rowcount
+                self._note_sql_failure(vote)
                 if vote.reason:
                     reasons.append(vote.reason)
 
@@ -373,9 +469,20 @@ class Transaction:
                 f"transaction {txn}: the deadline passed before every participant answered"
             ) from exc
         await self._p.finisher.start(self._p.resolver.finish(txn, participants, committed))
+        self.rowcount = sum(rows.values())
         if not committed:
             why = reasons[0] if reasons else "a participant could not prepare in time"
             raise TransactionConflictError(f"the transaction did not commit: {why}")
+
+    def _note_sql_failure(self, vote: TxnVote) -> None:
+        if vote.code and self.sql_failure is None:
+            self.sql_failure = (vote.shard, SqlFailure(vote.code, vote.reason))
+
+    def _sql_refused(self, reply: TxnReply, shard: ShardId) -> None:
+        """A part's SQL refused at the door: the statement's own error, not a conflict."""
+        if reply.sql_failure is not None:
+            self.sql_failure = (shard, reply.sql_failure)
+            raise TransactionConflictError(f"the transaction was refused: {reply.error}")
 
 
 async def run_transaction(

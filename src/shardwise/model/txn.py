@@ -27,6 +27,7 @@ from shardwise.errors import ClientError, ShardLimitError
 from shardwise.model.bounds import Int64
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Delete, Key, Put, check_key, check_op, data_size, key_bytes
+from shardwise.model.sql import SqlStatement
 
 
 class TransactionError(ClientError):
@@ -77,6 +78,15 @@ MAX_TXN_BYTES: Final = 4 << 20
 """Keys and values one transaction writes, in bytes: its writes ride in one log entry
 per group (as a SQL write batch's ``MAX_SQL_BATCH_BYTES``), far below a Raft record."""
 
+MAX_TXN_STATEMENTS: Final = 1000
+"""SQL write statements one transaction keeps for one shard (as a SQL write batch's
+``MAX_SQL_STATEMENTS``): they are run again for each of its later visits to the shard,
+at its prepare and at its commit."""
+
+BLIND: Final = -2
+"""The SQL version of a part whose SQL was never read (a statement on its own, made
+atomic across shards: nothing to validate, see :class:`TxnSql`)."""
+
 MAX_TXN_PARTICIPANTS: Final = 64
 """Shards one transaction may touch: each is told the others, to recover from."""
 
@@ -106,12 +116,23 @@ class TxnRead(msgspec.Struct, frozen=True, array_like=True):
     version: Int64
 
 
+class TxnSql(msgspec.Struct, frozen=True, array_like=True):
+    """A transaction's SQL on one shard: the shard's SQL version it saw (the write version
+    of the last change to any of the shard's tables; :data:`BLIND`: none seen), and the
+    write statements to run there, in order. At prepare the version must be unchanged
+    and the statements must run (they are tried, then rolled back); at commit they run."""
+
+    version: Int64 = BLIND
+    statements: tuple[SqlStatement, ...] = ()
+
+
 class TxnPart(msgspec.Struct, frozen=True, array_like=True):
     """One participant shard's share of a transaction."""
 
     shard: ShardId
     reads: tuple[TxnRead, ...] = ()
     writes: tuple[TxnWrite, ...] = ()
+    sql: TxnSql | None = None
 
 
 class TxnVote(msgspec.Struct, frozen=True, array_like=True):
@@ -122,7 +143,16 @@ class TxnVote(msgspec.Struct, frozen=True, array_like=True):
     """A :class:`TxnState` value, ``wrong_group`` (the shard is not served there: nothing
     was recorded) or ``unknown`` (a resolve or fence found no record: see DESIGN.md)."""
     reason: str = ""
-    """For a refused prepare: what conflicted (a key that changed, a lock)."""
+    """For a refused prepare: what conflicted (a key that changed, a lock), or the SQL
+    error its statements met."""
+    rowcount: Int64 = 0
+    """For a prepare or a commit in one entry with SQL: the rows its statements change."""
+    code: str = ""
+    """With ``reason``, when the part's SQL statements failed (and will fail again): the
+    :class:`~shardwise.errors.SqlError` code (``constraint``, ``execution``, ...)."""
+
+
+_encode = msgspec.msgpack.Encoder().encode
 
 
 def wall_ms() -> int:
@@ -185,8 +215,16 @@ def check_parts(parts: tuple[TxnPart, ...], participants: tuple[ShardId, ...] = 
         raise ShardLimitError(f"a transaction reads and writes at most {MAX_TXN_KEYS} keys")
     size = 0
     for part in parts:
-        if not part.reads and not part.writes:
+        if not part.reads and not part.writes and part.sql is None:
             raise ShardLimitError(f"the transaction's part for shard {part.shard} is empty")
+        if part.sql is not None:
+            if len(part.sql.statements) > MAX_TXN_STATEMENTS:
+                raise ShardLimitError(
+                    f"a transaction runs at most {MAX_TXN_STATEMENTS} SQL statements on a shard"
+                )
+            if part.sql.version < BLIND:
+                raise ShardLimitError(f"a SQL version of {part.sql.version} is not one")
+            size += len(_encode(part.sql.statements))
         for write in part.writes:
             check_op(write)
             size += data_size(write.key) + (data_size(write.value) if isinstance(write, Put) else 0)

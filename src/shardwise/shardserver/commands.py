@@ -15,7 +15,8 @@ and value was a str); version 6 a :class:`SqlWrite` with its work limit (``max_s
 which also holds it to the allow-list of functions (see ``sqlshard.py``); version 7
 :class:`CheckShards` (the replicas' consistency check, ``checks.py``); version 8 the
 transactions' :class:`TxnPrepare`, :class:`TxnResolve`, :class:`TxnFence`,
-:class:`TxnExpire` and :class:`TxnCommit` (``txn/state.py``). Each command
+:class:`TxnExpire` and :class:`TxnCommit` (``txn/state.py``); version 9 a transaction's
+part with SQL (``TxnPart.sql``). Each command
 is written with the lowest version that has it (a client operation with only str keys
 and values still as version 1 or 4), so a log
 without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
@@ -33,10 +34,11 @@ from shardwise.errors import CommandDecodeError, CommandVersionError
 from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVOp, KVResult, has_bytes
+from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart, TxnVote
-from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement
+from shardwise.shardserver.protocol import SchemaVerdict
 
-GROUP_COMMAND_VERSION: Final = 8
+GROUP_COMMAND_VERSION: Final = 9
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 256 << 10
@@ -241,6 +243,9 @@ BYTES_VERSION: Final = 5
 CHECKED_SQL_VERSION: Final = 6
 """The envelope version from which a :class:`SqlWrite` carries ``max_steps``."""
 
+TXN_SQL_VERSION: Final = 9
+"""The envelope version from which a transaction's part may carry SQL."""
+
 
 class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
     version: Int64
@@ -277,6 +282,9 @@ class SqlWriteResult(msgspec.Struct, frozen=True, array_like=True):
     between replicas) or ``statement_too_costly`` (over ``limit`` VM steps)."""
     limit: Int64 = 0
     """With ``statement_too_costly``: the limit it passed."""
+    locked: str = ""
+    """A prepared transaction holds the shard's SQL tables (its id): nothing ran and
+    nothing was remembered, so a retry runs once it resolves."""
 
 
 class GroupResult(msgspec.Struct, frozen=True, array_like=True):
@@ -313,6 +321,8 @@ def _version_for(command: Command) -> int:
         version = max(version, BYTES_VERSION)
     if isinstance(command, SqlWrite) and command.max_steps:
         version = max(version, CHECKED_SQL_VERSION)
+    if isinstance(command, TxnPrepare | TxnCommit) and any(p.sql for p in command.parts):
+        version = max(version, TXN_SQL_VERSION)
     return version
 
 
@@ -351,6 +361,8 @@ def decode(data: bytes) -> Command:
 
 def _what(command: Command) -> str:
     name = type(command).__name__
+    if isinstance(command, TxnPrepare | TxnCommit) and any(p.sql for p in command.parts):
+        return f"{name} with SQL"
     return f"{name} with bytes keys or values" if _carries_bytes(command) else name
 
 

@@ -21,6 +21,7 @@ from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import Key, KVOp, KVResult, Value, check_type
 from shardwise.model.replies import ReplicaStatus
+from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart, TxnVote
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
@@ -143,17 +144,6 @@ MAX_SQL_STATEMENTS: Final = 1000
 """Statements in one batch (the planner sends one per statement and shard)."""
 
 
-class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
-    """One planned SQLite statement with its named parameters (never spliced in). The
-    values are SQLite's (None, int, float, str, bytes); ``Any`` because msgspec cannot
-    tell ``str | bytes`` apart in a union. They are checked at the door
-    (``sqlshard.check_params``) and, if one got through, fail to bind on every replica
-    alike."""
-
-    sql: str
-    params: dict[str, Any] = {}
-
-
 SchemaVerdict: TypeAlias = Literal["", "behind", "changed"]
 """How a shard's tables compare with those a SQL statement was planned against: the same
 (""), the group has yet to reach the client's configuration ("behind": ask again), or the
@@ -198,6 +188,22 @@ class SqlWriteRequest(msgspec.Struct, frozen=True):
     schema: UInt64 = 0
 
 
+class TxnSqlRequest(msgspec.Struct, frozen=True):
+    """A transaction's visit to one shard's SQL (``txn.sql``, a ReadIndex read on the
+    leader: nothing enters the log). The shard runs ``pending`` (the transaction's writes
+    there so far), then ``statements`` (a write to try: its row count) or ``read`` (a read
+    fragment: its rows), and rolls everything back; the reply carries the shard's SQL
+    version, which the transaction's commit validates."""
+
+    shard: ShardId
+    pending: tuple[SqlStatement, ...] = ()
+    statements: tuple[SqlStatement, ...] = ()
+    read: SqlStatement | None = None
+    max_rows: Int64 = 1000
+    catalog_num: Int64 = 0
+    schema: UInt64 = 0
+
+
 class SqlFailure(msgspec.Struct, frozen=True):
     """A statement that failed on the shard and changed nothing there: ``code`` is the
     :class:`~shardwise.errors.SqlError` code (``execution``, ``constraint``, ``limit``)."""
@@ -224,6 +230,10 @@ class SqlReply(msgspec.Struct, frozen=True):
     """For a write: rows the batch changed."""
     stale: bool = False
     """For a write: a newer write of the same client id was applied; this one was not."""
+    version: Int64 = -1
+    """For a transaction's visit (``txn.sql``): the shard's SQL version it saw."""
+    locked_by: str = ""
+    """With ``locked``: a tag of the transaction that holds the shard's SQL tables."""
 
 
 class SqlSchemaRequest(msgspec.Struct, frozen=True):
@@ -459,6 +469,8 @@ class TxnReply(msgspec.Struct, frozen=True):
     error: str = ""
     """A request refused at the door (a limit, a malformed id): why; nothing was done."""
     denied: bool = False
+    sql_failure: SqlFailure | None = None
+    """With ``error``: a part's SQL refused at the door, as a SQL write's would be."""
 
 
 WRITE = RpcMethod("shard.write", WriteRequest, KVReply)
@@ -478,3 +490,4 @@ TXN_PREPARE = RpcMethod("txn.prepare", TxnPrepareRequest, TxnReply)
 TXN_RESOLVE = RpcMethod("txn.resolve", TxnShardsRequest, TxnReply)
 TXN_FENCE = RpcMethod("txn.fence", TxnShardsRequest, TxnReply)
 TXN_COMMIT = RpcMethod("txn.commit", TxnCommitRequest, TxnReply)
+TXN_SQL = RpcMethod("txn.sql", TxnSqlRequest, SqlReply)

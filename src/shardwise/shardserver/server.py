@@ -32,8 +32,6 @@ from shardwise.errors import (
     ShardLimitError,
     ShardwiseError,
     SqlError,
-    SqlExecutionError,
-    SqlLimitError,
     SqlWriteTooCostlyError,
 )
 from shardwise.model.access import Privilege
@@ -109,6 +107,8 @@ from shardwise.shardserver.sqlshard import (
     MAX_WRITE_STEPS,
     check_batch,
     check_params,
+    failure_of,
+    result_failure,
 )
 from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine
 from shardwise.shardserver.txn.handlers import TxnHandlers
@@ -201,7 +201,15 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.transport.serve(CHECK, self.checker.serve_check)
         self.transport.serve(DIGESTS, self.checker.serve_digests)
         # (With the recovery of transactions whose client went away.)
-        self.txns = TxnHandlers(self.host, self.transport, self.controller, self.access.kv_denied)
+        self.txns = TxnHandlers(
+            self.host,
+            self.transport,
+            self.controller,
+            self.access.kv_denied,
+            self._sql_denied,
+            sql_write_max_steps=sql_write_max_steps,
+            sql_write_max_seconds=sql_write_max_seconds,
+        )
 
     async def start(self) -> None:
         await super().start()
@@ -421,12 +429,15 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         try:
             outcome = await through_host(self.host, read)
         except SqlError as exc:
-            return SqlReply("ok", failure=_failure(exc))
+            return SqlReply("ok", failure=failure_of(exc))
         if outcome.value is None:
             return SqlReply(outcome.status, leader=outcome.leader)
         answer = outcome.value
         if not answer.serving:
             return SqlReply("wrong_group", config_num=answer.config_num)
+        if answer.locked:
+            tag = txn_tag(answer.locked)
+            return SqlReply("locked", config_num=answer.config_num, locked_by=tag)
         if not answer.schema:  # a schema verdict means the fragment did not run
             self.reads_served[r.shard] += 1
         return SqlReply("ok", config_num=answer.config_num, schema=answer.schema, rows=answer.rows)
@@ -466,12 +477,10 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         sql = result.sql
         if sql is None:  # the shard had applied this index before: cannot happen live
             return SqlReply("retry", leader=self.host.status().leader)
-        failure = None
-        if sql.error:
-            code = sql.code or ("constraint" if sql.constraint else "execution")
-            limit = "max_write_steps" if code == SqlWriteTooCostlyError.code else ""
-            failure = SqlFailure(code, sql.error, limit, sql.limit)
-        elif not sql.schema and not sql.stale:
+        if sql.locked:
+            return SqlReply("locked", config_num=result.config_num, locked_by=txn_tag(sql.locked))
+        failure = result_failure(sql)
+        if failure is None and not sql.schema and not sql.stale:
             self.writes_served[r.shard] += 1
         return SqlReply(
             "ok",
@@ -575,15 +584,6 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         phase = "base" if base is None else "delta"
         total = self.reconciler.image_size(shard, incoming.config_num)
         return ArrivalInfo(shard, incoming.config_num, phase, staged, total)
-
-
-def _failure(exc: SqlError) -> SqlFailure:
-    """A shard's SQL error as it travels (the client raises the same class again)."""
-    if isinstance(exc, SqlLimitError):
-        return SqlFailure(exc.code, exc.detail, exc.limit, exc.value)
-    if isinstance(exc, SqlExecutionError):
-        return SqlFailure(exc.code, exc.detail)
-    return SqlFailure(exc.code, str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

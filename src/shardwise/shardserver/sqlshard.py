@@ -50,17 +50,19 @@ import msgspec
 
 from shardwise.errors import (
     NondeterministicSqlError,
+    SqlError,
     SqlExecutionError,
     SqlLimitError,
     SqlWriteTooCostlyError,
 )
 from shardwise.model.config import Table
+from shardwise.model.sql import SqlStatement
 from shardwise.net.frames import MAX_FRAME_BYTES
 from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.protocol import (
     MAX_SQL_BATCH_BYTES,
     MAX_SQL_STATEMENTS,
-    SqlStatement,
+    SqlFailure,
 )
 from shardwise.sql.catalog import PHYSICAL_PREFIX
 from shardwise.sql.shard_schema import schema_changes
@@ -441,6 +443,24 @@ def run_read(
 
 def _row_bytes(row: tuple[Any, ...]) -> int:
     return sum(len(v) + 5 if isinstance(v, str | bytes) else 9 for v in row) + 5
+
+
+def failure_of(exc: SqlError) -> SqlFailure:
+    """A shard's SQL error as it travels (the client raises the same class again)."""
+    if isinstance(exc, SqlLimitError):
+        return SqlFailure(exc.code, exc.detail, exc.limit, exc.value)
+    if isinstance(exc, SqlExecutionError):
+        return SqlFailure(exc.code, exc.detail)
+    return SqlFailure(exc.code, str(exc))
+
+
+def result_failure(result: SqlWriteResult) -> SqlFailure | None:
+    """A write's failure as it travels (``None``: it did not fail)."""
+    if not result.error:
+        return None
+    code = result.code or ("constraint" if result.constraint else "execution")
+    limit = "max_write_steps" if code == SqlWriteTooCostlyError.code else ""
+    return SqlFailure(code, result.error, limit, result.limit)
 
 
 # --- the authorizers -------------------------------------------------------------------------

@@ -10,21 +10,40 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from shardwise.model.config import ShardId, Table
+from shardwise.model.sql import SqlStatement
+from shardwise.model.txn import TxnId
 from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.dedup import ClientSessions
-from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement, keyspace_tables
+from shardwise.shardserver.protocol import SchemaVerdict, keyspace_tables
 from shardwise.shardserver.shardfile import ShardMeta, put_meta
 from shardwise.shardserver.tracking import ChangeTracker
 
 if TYPE_CHECKING:
+    from shardwise.shardserver.txn.state import SqlRunner
     from shardwise.sql.write_functions import TimeFunctions
 
 _SQL_STALE: Final = SqlWriteResult(stale=True)
+_UNBOUNDED: Final = 1 << 62
+"""The work limit of a committed transaction's SQL: checked, never met."""
+
+
+@dataclass(frozen=True, slots=True)
+class SqlVisit:
+    """What a transaction's visit to a shard's SQL came to (``sql_visit``)."""
+
+    version: int
+    result: SqlWriteResult
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    pending_failed: bool = False
+    """The transaction's earlier writes failed (the tables changed under it)."""
+
+
 _decode_sql = msgspec.msgpack.Decoder(SqlWriteResult).decode
 
 
@@ -60,6 +79,15 @@ class SqlStoreMixin:
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError
 
+    def _error(self, exc: sqlite3.Error) -> Exception:
+        raise NotImplementedError
+
+    if TYPE_CHECKING:  # (ShardStore's other half: a stub here would hide it)
+
+        def sql_locked(self, *, write: bool) -> TxnId | None: ...
+
+        def sql_version(self) -> int: ...
+
     def apply_sql(
         self,
         index: int,
@@ -86,6 +114,12 @@ class SqlStoreMixin:
             return None
         if refusal and (not client_id or seq > self.last_seq(client_id)):
             return SqlWriteResult(schema=refusal)
+        locker = self.sql_locked(write=True)
+        if locker is not None and (not client_id or seq > self.last_seq(client_id)):
+            # A prepared transaction holds the tables: not run, not remembered (a retry
+            # runs once it resolves), but the entry's index is applied.
+            self._at_index(index)
+            return SqlWriteResult(locked=locker)
         from shardwise.errors import SqlWriteTooCostlyError  # noqa: PLC0415 - SQL only
         from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
 
@@ -112,6 +146,90 @@ class SqlStoreMixin:
             )
             result = self._sql_once(index, client_id, seq, lambda _: failed)
         return result
+
+    def _at_index(self, index: int) -> None:
+        with self._transaction() as conn:
+            put_meta(conn, "applied_index", index)
+        self._meta.applied_index = index
+
+    # --- transactions' SQL (``txn/state.py``) ---------------------------------------------
+
+    def try_sql(self, statements: Sequence[SqlStatement]) -> SqlWriteResult:
+        """What ``statements`` come to on the shard as it stands, under the write checks
+        and the work limit (``sqlshard.MAX_WRITE_STEPS``: a constant, the same on every
+        replica), rolled back whatever happens: a transaction's prepare. Deterministic."""
+        from shardwise.errors import SqlWriteTooCostlyError  # noqa: PLC0415 - SQL only
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        conn = self._sql_connection()
+        self.flush()  # (a stopped write rolls back the whole transaction it is in)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return sqlshard.run_batch(
+                    conn, statements, max_steps=sqlshard.MAX_WRITE_STEPS, times=self._times
+                )
+            except SqlWriteTooCostlyError as exc:
+                return SqlWriteResult(error=exc.detail, code=exc.code, limit=exc.value)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _sql_runner(self) -> SqlRunner:
+        """Runs a committed part's statements (tried at its prepare, on the same tables:
+        the checks stay on, the work limit cannot be met again). Loads SQL on first use."""
+
+        def run(conn: sqlite3.Connection, statements: Sequence[SqlStatement]) -> SqlWriteResult:
+            from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+            self._register_sql(conn)
+            return sqlshard.run_batch(conn, statements, max_steps=_UNBOUNDED, times=self._times)
+
+        return run
+
+    def sql_visit(
+        self,
+        pending: Sequence[SqlStatement],
+        statements: Sequence[SqlStatement],
+        read: SqlStatement | None,
+        max_rows: int,
+        max_steps: int,
+    ) -> SqlVisit:
+        """A transaction's visit (``txn.sql``): ``pending`` run, then ``statements`` tried
+        or ``read`` read, on the shard as it stands, all rolled back; with the shard's SQL
+        version. Only on the leader, between applies (like a read)."""
+        from shardwise.errors import SqlWriteTooCostlyError  # noqa: PLC0415 - SQL only
+        from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+
+        conn = self._sql_connection()
+        self.flush()
+        version = self.sql_version()
+        try:
+            conn.execute("BEGIN")
+            try:
+                for batch in (pending, statements):
+                    if not batch:
+                        continue
+                    done = sqlshard.run_batch(conn, batch, max_steps=max_steps, times=self._times)
+                    if done.error:
+                        return SqlVisit(version, done, pending_failed=batch is pending)
+                    if batch is statements:
+                        return SqlVisit(version, done)
+                rows = []
+                if read is not None:
+                    rows = sqlshard.run_read(
+                        conn, read.sql, read.params, max_rows, shard=str(self.shard)
+                    )
+                return SqlVisit(version, SqlWriteResult(), rows)
+            except SqlWriteTooCostlyError as exc:
+                return SqlVisit(version, SqlWriteResult(error=exc.detail, code=exc.code))
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def _sql_once(
         self,

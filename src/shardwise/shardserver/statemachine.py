@@ -51,6 +51,7 @@ from shardwise.errors import (
 )
 from shardwise.model.config import NO_GROUP, Configuration, ShardId, initial_configuration
 from shardwise.model.kv import MAX_SCAN_ROWS, Key, Value
+from shardwise.model.sql import SqlStatement
 from shardwise.raft.client_sessions import MAX_SESSIONS
 from shardwise.shardserver.checks import ShardChecks
 from shardwise.shardserver.commands import (
@@ -83,7 +84,7 @@ from shardwise.shardserver.lifecycle import ShardEvent, ShardState, transition
 from shardwise.shardserver.migration.arrivals import Arrivals, Incoming
 from shardwise.shardserver.migration.image import apply_delta, export_buffer, install_image
 from shardwise.shardserver.migration.owners import owner_changes
-from shardwise.shardserver.protocol import SchemaVerdict, SqlStatement, schema_digest
+from shardwise.shardserver.protocol import SchemaVerdict, schema_digest
 from shardwise.shardserver.store import ShardStore
 from shardwise.shardserver.writes import TxnCommand, WriteApplier
 from shardwise.storage.fsutil import CacheDisk
@@ -143,6 +144,8 @@ class SqlRead:
     config_num: int
     schema: SchemaVerdict = ""
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    locked: str = ""
+    """A prepared transaction writes the shard's tables (its id): the read waits."""
 
 
 class ShardGroupStateMachine:
@@ -376,6 +379,8 @@ class ShardGroupStateMachine:
         verdict = self.schema_verdict(shard.keyspace, catalog_num, schema)
         if verdict:
             return SqlRead(True, self.config.num, verdict)
+        if locker := record.store.sql_locked(write=False):
+            return SqlRead(True, self.config.num, locked=locker)
         return SqlRead(True, self.config.num, rows=record.store.read_sql(sql, params, max_rows))
 
     def refused_sql(self, shard: ShardId, statements: Sequence[SqlStatement]) -> str:

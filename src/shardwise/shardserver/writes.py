@@ -30,6 +30,7 @@ from shardwise.shardserver.commands import (
     TxnResolve,
 )
 from shardwise.shardserver.protocol import SchemaVerdict
+from shardwise.shardserver.txn import state as txn_state
 
 if TYPE_CHECKING:
     from shardwise.shardserver.store import ShardStore
@@ -150,21 +151,35 @@ class WriteApplier:
         """Every part validated, then every part applied: one entry, all or nothing;
         de-duplicated in the first part's shard, ``anchor`` (see ``TxnCommit``)."""
         anchor_shard = cmd.parts[0].shard
+        stores: list[tuple[ShardStore, TxnPart]] = []
+        for part in cmd.parts:
+            store = anchor if part.shard == anchor_shard else self._writable(part.shard)
+            if store is None:
+                break
+            stores.append((store, part))
+        # SQL is tried before any of the entry's transactions begins (see
+        # ``TxnStoreMixin.txn_prepare``); nothing changes the shards in between.
+        tried = {
+            store.shard: store.try_sql(part.sql.statements)
+            for store, part in stores
+            if part.sql is not None and part.sql.statements and anchor.fresh(index)
+        }
 
         def run() -> tuple[TxnVote, ...]:
-            stores: list[tuple[ShardStore, TxnPart]] = []
-            for part in cmd.parts:
-                store = anchor if part.shard == anchor_shard else self._writable(part.shard)
-                if store is None:
-                    return (TxnVote(part.shard, WRONG_GROUP),)
-                stores.append((store, part))
+            if len(stores) < len(cmd.parts):
+                return (TxnVote(cmd.parts[len(stores)].shard, WRONG_GROUP),)
+            rows = 0
             for store, part in stores:
                 why = store.txn_conflict(part)
+                sql = tried.get(part.shard)
+                if not why and sql is not None:
+                    why, rows = sql.error, rows + sql.rowcount
                 if why:
-                    return (TxnVote(part.shard, TxnState.ABORTED, why),)
+                    code = txn_state.sql_code(sql) if sql is not None else ""
+                    return (TxnVote(part.shard, TxnState.ABORTED, why, code=code),)
             for store, part in stores[1:]:
                 store.txn_apply(index, part)
-            return (TxnVote(anchor_shard, TxnState.COMMITTED),)
+            return (TxnVote(anchor_shard, TxnState.COMMITTED, rowcount=rows),)
 
         votes = anchor.txn_commit_once(index, cmd.client_id, cmd.seq, cmd.parts[0], run)
         return votes if votes is not None else (TxnVote(anchor_shard, TxnState.COMMITTED),)
@@ -174,6 +189,10 @@ def _refusal(cmd: TxnCommand) -> str:
     """Why a logged transaction command cannot apply (the same on every replica; the door
     refuses these before the log): its limits, and a commit's or prepare's parts."""
     try:
+        if isinstance(cmd, TxnPrepare | TxnCommit):
+            problem = _sql_refusal(cmd.parts)
+            if problem:
+                return problem
         if isinstance(cmd, TxnCommit):
             if not cmd.parts:
                 return "a transaction to commit has no parts"
@@ -187,6 +206,21 @@ def _refusal(cmd: TxnCommand) -> str:
             check_txn_id(cmd.txn)
     except ShardLimitError as exc:
         return str(exc)
+    return ""
+
+
+def _sql_refusal(parts: tuple[TxnPart, ...]) -> str:
+    """Why the SQL of a transaction's parts cannot apply ("" if it can): parameters that
+    are not SQLite values (the door refuses them first)."""
+    if not any(part.sql for part in parts):
+        return ""
+    from shardwise.shardserver.sqlshard import check_params  # noqa: PLC0415 - SQL only
+
+    for part in parts:
+        for statement in part.sql.statements if part.sql is not None else ():
+            problem = check_params(statement.params)
+            if problem:
+                return problem
     return ""
 
 

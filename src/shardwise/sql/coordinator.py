@@ -3,9 +3,9 @@ merges what comes back.
 
 Consistency: each shard's fragment is linearizable for that shard (the executor reads
 behind a ReadIndex barrier), but the fragments of one multi-shard read run at slightly
-different moments, so a read over several shards is not a snapshot across them. A write
-to several shards is atomic per shard, not across shards: when one shard's batch fails,
-the others may have applied theirs (the error says so).
+different moments, so a read over several shards is not a snapshot across them (in a
+transaction it is: the commit validates every shard it read). A write to several shards
+is atomic: the executor applies its batches together or not at all.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shardwise.errors import NondeterministicSqlError, SqlExecutionError
+from shardwise.errors import NondeterministicSqlError
 from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.determinism import StatementContext
@@ -29,7 +29,6 @@ from shardwise.sql.planner import plan
 from shardwise.sql.plans import (
     AggregateMerge,
     CatalogPlan,
-    Fragment,
     LocalEval,
     ReadPlan,
     RowMerge,
@@ -115,21 +114,8 @@ class Coordinator:
         return Result(read.columns, rows)
 
     async def _write(self, write: WritePlan) -> Result:
-        async def one(index: int, batch: Sequence[Fragment]) -> int:
-            return await self._shards.write(ShardId(write.keyspace, index), batch)
-
-        tasks = [one(b.shard, b.statements) for b in write.batches]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            applied = sum(1 for r in results if not isinstance(r, BaseException))
-            first = failures[0]
-            if applied and len(write.batches) > 1:
-                note = f" ({applied} of {len(write.batches)} shard batches were applied)"
-                shard = first.shard if isinstance(first, SqlExecutionError) else ""
-                raise SqlExecutionError(f"{first}{note}", shard) from first
-            raise first
-        return Result((), [], rowcount=sum(r for r in results if isinstance(r, int)))
+        rowcount = await self._shards.write(write.keyspace, write.batches)
+        return Result((), [], rowcount=rowcount)
 
     async def _change(self, change: CatalogPlan, catalog: Catalog) -> Result:
         del catalog
@@ -140,7 +126,7 @@ class Coordinator:
 
 def _check_functions(write: WritePlan, catalog: Catalog) -> None:
     """Refuse a write that calls a function off the allow-list before anything is sent
-    (the shards refuse it too, but a multi-shard write is not atomic across them)."""
+    (the shards refuse it too: this says so sooner, and without a shard's name)."""
     ddl = create_table_ddl(catalog.table(write.table))
     statements = {f.sql: f.params for b in write.batches for f in b.statements}
     why = refused_function(ddl, statements.items())

@@ -2,7 +2,8 @@
 
 :class:`ShardExecutor` runs fragments on shards: a read on the shard's SQLite file after a
 linearizable read barrier (ReadIndex), a write batch through the shard's group log as one
-entry applied in one SQLite transaction. :class:`CatalogStore` reads and changes the
+entry applied in one SQLite transaction, and the batches of a write to several shards
+together, as one transaction. :class:`CatalogStore` reads and changes the
 controller's catalog. :class:`~shardwise.sql.local.LocalShards` is the in-process
 implementation of both (tests, the in-process cluster).
 """
@@ -14,7 +15,7 @@ from typing import Protocol
 
 from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
-from shardwise.sql.plans import CatalogOp, Fragment
+from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 from shardwise.sql.values import SqlValue
 
 Row = tuple[SqlValue, ...]
@@ -30,9 +31,11 @@ class ShardExecutor(Protocol):
         """
         ...
 
-    async def write(self, shard: ShardId, batch: Sequence[Fragment]) -> int:
-        """Apply ``batch`` to ``shard`` atomically (all statements or none) and return
-        the number of rows they changed. Replicas apply it at the same log index."""
+    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+        """Apply every batch (its statements, on its shard of ``keyspace``) atomically:
+        all of them or none, across shards too, and return the number of rows they
+        changed. A failure raises the error of the batch that failed (a
+        :class:`~shardwise.errors.SqlExecutionError` naming its shard, a limit)."""
         ...
 
 

@@ -34,7 +34,7 @@ from shardwise.model.config import (
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import Row
 from shardwise.sql.functions import register
-from shardwise.sql.plans import CatalogOp, Fragment
+from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 from shardwise.sql.shard_schema import schema_changes
 
 
@@ -83,21 +83,32 @@ class LocalShards:
             raise SqlLimitError("max_rows", max_rows, f"shard {shard} has too many rows")
         return [tuple(r) for r in rows]
 
-    async def write(self, shard: ShardId, batch: Sequence[Fragment]) -> int:
-        conn = self._conns[shard]
+    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+        """Every batch in a transaction of its shard's database, committed only once all
+        ran (all in-process: nothing can fail between the commits but the process)."""
         changed = 0
+        begun: list[sqlite3.Connection] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fragment in batch:
-                changed += conn.execute(fragment.sql, dict(fragment.params)).rowcount
+            for batch in batches:
+                shard = ShardId(keyspace, batch.shard)
+                conn = self._conns[shard]
+                conn.execute("BEGIN IMMEDIATE")
+                begun.append(conn)
+                try:
+                    for fragment in batch.statements:
+                        changed += conn.execute(fragment.sql, dict(fragment.params)).rowcount
+                except sqlite3.Error as exc:
+                    # A broken constraint is told apart, as the cluster's shards do.
+                    if isinstance(exc, sqlite3.IntegrityError):
+                        raise SqlConstraintError(str(exc), str(shard)) from None
+                    raise SqlExecutionError(str(exc), str(shard)) from None
+        except BaseException:
+            for conn in begun:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise
+        for conn in begun:
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            # A broken constraint is told apart, as the cluster's shards do (sqlshard.py).
-            if isinstance(exc, sqlite3.IntegrityError):
-                raise SqlConstraintError(str(exc), str(shard)) from None
-            raise SqlExecutionError(str(exc), str(shard)) from None
         return changed
 
     # --- CatalogStore ----------------------------------------------------------------

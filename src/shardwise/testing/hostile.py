@@ -24,6 +24,7 @@ import msgspec
 
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Append, Cas, Delete, Get, KVOp, Put
+from shardwise.model.sql import SqlStatement
 from shardwise.net.harness import sample_raft_messages
 from shardwise.net.rpc import RpcMethod
 from shardwise.raft.messages import (
@@ -234,7 +235,7 @@ def shard_server_samples(config_num: int = 1) -> dict[str, list[object]]:
         Cas("fz-k", None, "v"),
     ]
     write = p.WriteRequest(shard, "fz-client", 1, Put("fz-k", "v"))
-    statement = p.SqlStatement("INSERT INTO fz_t VALUES (:a)", {"a": 1})
+    statement = SqlStatement("INSERT INTO fz_t VALUES (:a)", {"a": 1})
     return {
         p.WRITE.name: [p.WriteRequest(shard, "fz-client", i + 1, op) for i, op in enumerate(ops)],
         p.READ.name: [p.ReadRequest(shard, "fz-k")],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from shardwise.model.config import Column, IndexDef, Table
-from shardwise.shardserver.protocol import SqlStatement
+from shardwise.model.sql import SqlStatement
 
 TABLE: Final = Table(
     "h",

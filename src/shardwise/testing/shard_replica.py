@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shardwise.model.config import Configuration, ShardId, Table, initial_configuration
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver.commands import (
     Reconfigure,
     SqlWrite,
@@ -19,7 +20,7 @@ from shardwise.shardserver.commands import (
     decode_result,
     encode,
 )
-from shardwise.shardserver.protocol import SqlStatement, schema_digest
+from shardwise.shardserver.protocol import schema_digest
 from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.shardserver.store import ShardStore

@@ -1,7 +1,8 @@
 """A group server's transaction RPCs: each checked at the door, then through the Raft
 host (a read through ReadIndex, everything else as one log entry).
 
-``txn.read`` is a transaction's read (the value and its version); ``txn.commit`` a whole
+``txn.read`` is a transaction's read (the value and its version); ``txn.sql`` its visit
+to a shard's SQL (a read, or a write tried: ``TxnSqlRequest``); ``txn.commit`` a whole
 transaction whose every part this group serves (one entry); ``txn.prepare``,
 ``txn.resolve`` and ``txn.fence`` the steps of one that spans groups. The leader also
 logs a ``TxnExpire`` now and then (``recovery.py``): the records too old to matter go.
@@ -13,11 +14,26 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import msgspec
+
 from shardwise.controller.client import ControllerClient
-from shardwise.errors import ShardLimitError
+from shardwise.errors import (
+    NondeterministicSqlError,
+    ShardLimitError,
+    SqlError,
+    SqlWriteTooCostlyError,
+)
 from shardwise.model.access import Privilege
 from shardwise.model.config import ShardId
-from shardwise.model.txn import TxnPart, check_parts, check_txn_id, txn_tag, wall_ms
+from shardwise.model.txn import (
+    MAX_TXN_BYTES,
+    MAX_TXN_STATEMENTS,
+    TxnPart,
+    check_parts,
+    check_txn_id,
+    txn_tag,
+    wall_ms,
+)
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.leader import CallDeadline, loop_time
 from shardwise.net.rpc import CallContext, RpcMethod
@@ -39,20 +55,38 @@ from shardwise.shardserver.protocol import (
     TXN_PREPARE,
     TXN_READ,
     TXN_RESOLVE,
+    TXN_SQL,
     KVReply,
     ReadRequest,
+    SqlFailure,
+    SqlReply,
     TxnCommitRequest,
     TxnPrepareRequest,
     TxnReply,
     TxnShardsRequest,
+    TxnSqlRequest,
+)
+from shardwise.shardserver.sqlshard import (
+    MAX_WRITE_SECONDS,
+    MAX_WRITE_STEPS,
+    check_batch,
+    check_params,
+    failure_of,
+    result_failure,
 )
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.shardserver.txn.recovery import ConfigParticipants, TxnRecovery
 
 Req = TypeVar("Req")
 
+_encode = msgspec.msgpack.Encoder().encode
+
 Denied = Callable[[CallContext, Privilege, str], str | None]
 """Why the caller may not do ``Privilege`` on a keyspace ("" or None: it may)."""
+
+SqlDenied = Callable[..., SqlReply | None]
+"""The server's check of SQL statements against the caller's grants: ``(context, shard,
+[(sql, params)], writing=...)``, a refusal or None."""
 
 
 class TxnHandlers:
@@ -64,9 +98,16 @@ class TxnHandlers:
         transport: Endpoint,
         controller: ControllerClient,
         denied: Denied,
+        sql_denied: SqlDenied,
+        *,
+        sql_write_max_steps: int = MAX_WRITE_STEPS,
+        sql_write_max_seconds: float = MAX_WRITE_SECONDS,
     ) -> None:
         self.host = host
         self._keyspace_denied = denied
+        self._sql_denied = sql_denied
+        self._max_steps = sql_write_max_steps
+        self._max_seconds = sql_write_max_seconds
         sm = host.state_machine
         participants = ConfigParticipants(
             transport, lambda: sm.config, controller, gid=sm.gid, local=self.call_locally
@@ -78,6 +119,7 @@ class TxnHandlers:
         transport.serve(TXN_COMMIT, self._commit)
         transport.serve(TXN_RESOLVE, self._resolve)
         transport.serve(TXN_FENCE, self._fence)
+        transport.serve(TXN_SQL, self._sql)
 
     async def call_locally(
         self, method: RpcMethod[Req, TxnReply], request: Req, call: CallDeadline
@@ -97,10 +139,42 @@ class TxnHandlers:
         return self._keyspace_denied(context, need, shard.keyspace)
 
     def _parts_denied(self, context: CallContext, parts: tuple[TxnPart, ...]) -> str | None:
+        """KV reads and writes need a grant on the keyspace; SQL statements one on each
+        table they touch (as a SQL write does); a part that only read SQL, a grant to
+        read the keyspace (it holds a shared lock on the shard's tables)."""
         for part in parts:
-            need = Privilege.WRITE if part.writes else Privilege.READ
-            if denied := self._denied(context, need, part.shard):
-                return denied
+            statements = part.sql.statements if part.sql is not None else ()
+            if statements:
+                listed = [(s.sql, s.params) for s in statements]
+                refused = self._sql_denied(context, part.shard, listed, writing=True)
+                if refused is not None:
+                    return refused.error
+            if part.writes or part.reads or not statements:
+                need = Privilege.WRITE if part.writes else Privilege.READ
+                if denied := self._denied(context, need, part.shard):
+                    return denied
+        return None
+
+    def _sql_refused(self, parts: tuple[TxnPart, ...]) -> SqlFailure | None:
+        """Why a part's SQL is refused before it is proposed (``None``: it is not): over
+        a batch's limits, unbindable values, a function off the allow-list, or (on the
+        leader) too slow when tried, as for a SQL write (``server._sql_write``)."""
+        sm = self.host.state_machine
+        leading = self.host.node.leader == self.host.id
+        for part in parts:
+            statements = part.sql.statements if part.sql is not None else ()
+            if not statements:
+                continue
+            problem = check_batch(statements)
+            if problem:
+                return SqlFailure("limit", problem)
+            refused = sm.refused_sql(part.shard, statements)
+            if refused:
+                return SqlFailure(NondeterministicSqlError.code, refused)
+            too_slow = leading and sm.time_trial(part.shard, statements, self._max_seconds)
+            if too_slow:
+                limit_ms = round(self._max_seconds * 1000)
+                return SqlFailure(SqlWriteTooCostlyError.code, too_slow, "max_write_ms", limit_ms)
         return None
 
     def _shards_denied(
@@ -164,6 +238,8 @@ class TxnHandlers:
             self._check_participants(request.participants)
         except ShardLimitError as exc:
             return TxnReply("ok", error=str(exc))
+        if failure := self._sql_refused(request.parts):
+            return TxnReply("ok", error=failure.message, sql_failure=failure)
         now_ms = wall_ms()  # (the entry carries it: see TxnPrepare)
         r, user = request, context.user or ""
         return await self._propose(TxnPrepare(r.txn, r.participants, r.parts, now_ms, user))
@@ -185,6 +261,8 @@ class TxnHandlers:
             return TxnReply("ok", error=str(exc))
         if denied := self._parts_denied(context, request.parts):
             return TxnReply("ok", error=denied, denied=True)
+        if failure := self._sql_refused(request.parts):
+            return TxnReply("ok", error=failure.message, sql_failure=failure)
         return await self._propose(TxnCommit(request.client_id, request.seq, request.parts))
 
     async def _shards_command(
@@ -214,3 +292,73 @@ class TxnHandlers:
         r = request
         fence = lambda: TxnFence(r.txn, r.shards)  # noqa: E731
         return await self._shards_command(r, context, fence, Privilege.WRITE)
+
+    async def _sql(self, request: TxnSqlRequest, context: CallContext) -> SqlReply:
+        r = request
+        problem = _visit_problem(r)
+        if problem:
+            return SqlReply("ok", error=problem)
+        writes = [(s.sql, s.params) for s in (*r.pending, *r.statements)]
+        if writes and (refused := self._sql_denied(context, r.shard, writes, writing=True)):
+            return refused
+        if r.read is not None:
+            if refused := self._sql_denied(context, r.shard, [(r.read.sql, r.read.params)]):
+                return refused
+        elif not writes and (denied := self._denied(context, Privilege.READ, r.shard)):
+            return SqlReply("ok", error=denied, denied=True)
+        sm = self.host.state_machine
+        refused_fn = sm.refused_sql(r.shard, [*r.pending, *r.statements]) if writes else ""
+        if refused_fn:
+            return SqlReply("ok", failure=SqlFailure(NondeterministicSqlError.code, refused_fn))
+        steps = self._max_steps
+        read = self.host.read(lambda machine: _visit(machine, r, steps), REQUEST_TIMEOUT_S)
+        try:
+            outcome = await through_host(self.host, read)
+        except SqlError as exc:
+            return SqlReply("ok", failure=failure_of(exc))
+        if outcome.value is None:
+            return SqlReply(outcome.status, leader=outcome.leader)
+        return outcome.value
+
+
+def _visit_problem(request: TxnSqlRequest) -> str:
+    """Why a visit is refused at the door ("" if it is not): its bounds and values."""
+    statements = (*request.pending, *request.statements)
+    if len(statements) > MAX_TXN_STATEMENTS:
+        return f"a transaction runs at most {MAX_TXN_STATEMENTS} SQL statements on a shard"
+    size = len(_encode(statements))
+    if size > MAX_TXN_BYTES:
+        return f"a transaction's SQL on one shard takes {size} bytes, over {MAX_TXN_BYTES}"
+    if request.max_rows < 0:
+        return f"max_rows {request.max_rows} is negative"
+    for statement in (*statements, *((request.read,) if request.read else ())):
+        if problem := check_params(statement.params):
+            return problem
+    return ""
+
+
+def _visit(sm: ShardGroupStateMachine, r: TxnSqlRequest, max_steps: int) -> SqlReply:
+    """A visit on the leader, after its ReadIndex barrier (``SqlStoreMixin.sql_visit``)."""
+    num = sm.config.num
+    store = sm.serving_store(r.shard)
+    if store is None:
+        return SqlReply("wrong_group", config_num=num)
+    runs = bool(r.pending or r.statements or r.read)
+    verdict = sm.schema_verdict(r.shard.keyspace, r.catalog_num, r.schema) if runs else ""
+    if verdict:  # (a visit that runs nothing only reads the version: any tables will do)
+        return SqlReply("ok", config_num=num, schema=verdict)
+    if locker := store.sql_locked(write=False):
+        return SqlReply("locked", config_num=num, locked_by=txn_tag(locker))
+    visit = store.sql_visit(r.pending, r.statements, r.read, r.max_rows, max_steps)
+    failure = result_failure(visit.result)
+    if failure is not None and visit.pending_failed:
+        # Its earlier writes no longer run: the tables changed since (its version says so).
+        failure = SqlFailure("conflict", f"an earlier statement now fails: {failure.message}")
+    return SqlReply(
+        "ok",
+        config_num=num,
+        failure=failure,
+        rows=visit.rows,
+        rowcount=visit.result.rowcount,
+        version=visit.version,
+    )

@@ -5,8 +5,17 @@ transaction it takes part in (a :class:`~shardwise.model.txn.TxnState`, the list
 participants to recover from, the writes kept aside while prepared, and the index it was
 recorded at); ``txn_locks`` the locks of prepared transactions: a read takes a shared
 lock on its key, a write an exclusive one. A lock is named by its kind and key
-(:func:`kv_lock`: ``b"k"`` and the key's bytes), so SQL tables can take locks of their
-own later without meeting the keys'.
+(:func:`kv_lock`: ``b"k"`` and the key's bytes); a part with SQL takes the shard's SQL
+lock (:data:`SQL_LOCK`, ``b"s"``: all its tables at once), shared if it only read them,
+exclusive if it writes.
+
+**SQL** is validated and locked at the granularity of a shard's tables, by the shard's
+*SQL version* (``meta.sql_changed_at``: the write version of the last SQL write, DDL or
+transaction commit that changed any of its tables). A part carries the version it saw
+(``TxnSql``) and its write statements; a prepare checks the version and *tries* the
+statements (run, then rolled back: a constraint they break refuses the prepare, with
+the error), and a commit runs them. While the lock is held nothing else changes the
+shard's tables, so they run at commit exactly as they were tried.
 
 The rules, each deterministic (the same on every replica, from the entry and the file):
 
@@ -38,36 +47,66 @@ sees a prepared transaction half done or writes under its validated reads.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Delete, Key, Put, key_bytes
+from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import (
+    BLIND,
     MAX_CLOCK_AHEAD_MS,
     MAX_TXN_AGE_MS,
     TxnId,
     TxnPart,
     TxnState,
+    TxnVote,
     TxnWrite,
     txn_created_ms,
+    txn_tag,
 )
 from shardwise.shardserver import kvops
+from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.shardfile import put_meta
 from shardwise.shardserver.tracking import ChangeTracker, meta_int
 
+logger = logging.getLogger(__name__)
+
 KV_LOCK: Final = b"k"
 """The kind byte of a key's lock."""
+
+SQL_LOCK: Final = b"s"
+"""The lock on a shard's SQL tables (all of them)."""
 
 ABSENT_VERSION: Final = -1
 """The version a read of an absent key sees: apart from every row's, even a row of a
 file written before change tracking (version 0), so a key that was there and is gone
 does not pass for unchanged."""
 
+
+class Kept(msgspec.Struct, frozen=True, array_like=True):
+    """What a prepared transaction keeps aside until it resolves (``txns.writes``)."""
+
+    writes: tuple[Put | Delete, ...] = ()
+    sql: tuple[SqlStatement, ...] = ()
+
+
+class SqlRunner(Protocol):
+    """Applies a committed part's SQL statements on a shard's connection, inside the
+    store's transaction (the store's runner, so ``sqlshard`` loads only where SQL is
+    used). The result's error is the statements' deterministic failure."""
+
+    def __call__(
+        self, conn: sqlite3.Connection, statements: Sequence[SqlStatement]
+    ) -> SqlWriteResult: ...
+
+
+_KEPT = msgspec.msgpack.Decoder(Kept)
 _WRITES = msgspec.msgpack.Decoder(tuple[Put | Delete, ...])
 _PARTICIPANTS = msgspec.msgpack.Decoder(tuple[ShardId, ...])
 _ENCODER = msgspec.msgpack.Encoder()
@@ -126,7 +165,22 @@ def _locks(part: TxnPart) -> dict[bytes, bool]:
     """The locks a part takes: lock name -> exclusive."""
     wanted = {kv_lock(read.key): False for read in part.reads}
     wanted.update((kv_lock(write.key), True) for write in part.writes)
+    if part.sql is not None:
+        wanted[SQL_LOCK] = bool(part.sql.statements)
     return wanted
+
+
+def sql_version(conn: sqlite3.Connection) -> int:
+    """The shard's SQL version (see the module docstring)."""
+    return meta_int(conn, "sql_changed_at")
+
+
+def sql_blocked(conn: sqlite3.Connection, *, write: bool) -> TxnId | None:
+    """The prepared transaction that keeps a plain SQL statement off the shard's tables
+    (a write: any lock on them; a read: an exclusive one), or ``None``."""
+    sql = "SELECT txn FROM txn_locks WHERE lock = ?" + ("" if write else " AND exclusive")
+    row = conn.execute(sql + " LIMIT 1", (SQL_LOCK,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def conflict(conn: sqlite3.Connection, txn: TxnId, part: TxnPart) -> str:
@@ -136,13 +190,18 @@ def conflict(conn: sqlite3.Connection, txn: TxnId, part: TxnPart) -> str:
         now = version_of(conn, read.key)
         if now != read.version:
             return f"key {read.key!r} changed (version {read.version} read, {now} now)"
+    if part.sql is not None and part.sql.version != BLIND:
+        now = sql_version(conn)
+        if now != part.sql.version:
+            return f"the SQL tables changed (version {part.sql.version} read, {now} now)"
     for lock, exclusive in _locks(part).items():
         sql = "SELECT txn FROM txn_locks WHERE lock = ? AND txn != ?"
         held = conn.execute(
             sql + ("" if exclusive else " AND exclusive") + " LIMIT 1", (lock, txn)
         ).fetchone()
         if held is not None:
-            return f"key {lock[1:]!r} is locked by transaction {held[0]}"
+            what = "the SQL tables are" if lock == SQL_LOCK else f"key {lock[1:]!r} is"
+            return f"{what} locked by transaction {txn_tag(held[0])}"
     return ""
 
 
@@ -154,9 +213,11 @@ def _record(
     *,
     participants: Sequence[ShardId] = (),
     writes: Sequence[TxnWrite] = (),
+    sql: Sequence[SqlStatement] = (),
     owner: str = "",
 ) -> None:
-    shards, kept = _ENCODER.encode(tuple(participants)), _ENCODER.encode(tuple(writes))
+    shards = _ENCODER.encode(tuple(participants))
+    kept = _ENCODER.encode(Kept(tuple(writes), tuple(sql)) if sql else tuple(writes))
     conn.execute(
         "INSERT OR REPLACE INTO txns (txn, state, participants, writes, at, created, owner)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -202,17 +263,25 @@ def prepare(
     index: int,
     now_ms: int,
     owner: str = "",
-) -> tuple[TxnState, str]:
-    """Vote on ``part`` (see the module docstring): the state recorded, and the conflict
-    that refused it."""
+    tried: SqlWriteResult | None = None,
+) -> TxnVote:
+    """Vote on ``part`` (see the module docstring): the state recorded, with the conflict
+    or SQL error that refused it, and the rows its SQL statements change. ``tried``: what
+    the part's SQL statements came to when the store tried them on the shard as it
+    stands (required for a part with statements)."""
     now = clock(conn, now_ms)
     known = recorded(conn, txn)
     if known is not None:
-        return known.state, ""
+        return TxnVote(part.shard, known.state)
     why = too_old(txn, now) or conflict(conn, txn, part)
+    statements = part.sql.statements if part.sql is not None else ()
+    if statements:
+        assert tried is not None, "a part with SQL is tried before it is prepared"
+    tried = tried or SqlWriteResult()
+    why = why or tried.error
     if why:
         _record(conn, txn, TxnState.ABORTED, index, participants=participants, owner=owner)
-        return TxnState.ABORTED, why
+        return TxnVote(part.shard, TxnState.ABORTED, why, code=sql_code(tried))
     _record(
         conn,
         txn,
@@ -220,13 +289,20 @@ def prepare(
         index,
         participants=participants,
         writes=part.writes,
+        sql=statements,
         owner=owner,
     )
     conn.executemany(
         "INSERT INTO txn_locks (lock, txn, exclusive) VALUES (?, ?, ?)",
         [(lock, txn, int(exclusive)) for lock, exclusive in _locks(part).items()],
     )
-    return TxnState.PREPARED, ""
+    return TxnVote(part.shard, TxnState.PREPARED, rowcount=tried.rowcount)
+
+
+def sql_code(result: SqlWriteResult) -> str:
+    if not result.error:
+        return ""
+    return result.code or ("constraint" if result.constraint else "execution")
 
 
 def apply_writes(
@@ -241,10 +317,17 @@ def apply_writes(
 
 
 def resolve(
-    conn: sqlite3.Connection, txn: TxnId, commit: bool, index: int, changes: ChangeTracker
+    conn: sqlite3.Connection,
+    txn: TxnId,
+    commit: bool,
+    index: int,
+    changes: ChangeTracker,
+    *,
+    run_sql: SqlRunner | None = None,
 ) -> tuple[TxnState | None, list[bytes]]:
     """Commit or abort a prepared transaction; the state now recorded (``None``: a commit
-    of a transaction never heard of) and the keys written."""
+    of a transaction never heard of) and the keys written. ``run_sql`` runs the SQL
+    statements a part kept (required if it kept any)."""
     row = conn.execute("SELECT state, writes FROM txns WHERE txn = ?", (txn,)).fetchone()
     if row is None:
         if not commit:
@@ -254,7 +337,13 @@ def resolve(
     state = TxnState(row[0])
     if state is not TxnState.PREPARED:
         return state, []  # final already: a repeated resolve (or one that lost a race)
-    keys = apply_writes(conn, _WRITES.decode(row[1]), changes) if commit else []
+    keys: list[bytes] = []
+    if commit:
+        kept = kept_of(row[1])
+        keys = apply_writes(conn, kept.writes, changes)
+        if kept.sql:
+            assert run_sql is not None, "a part with SQL is resolved with a SQL runner"
+            apply_sql(conn, kept.sql, changes, run_sql)
     conn.execute("DELETE FROM txn_locks WHERE txn = ?", (txn,))
     outcome = TxnState.COMMITTED if commit else TxnState.ABORTED
     conn.execute(
@@ -262,6 +351,30 @@ def resolve(
         (outcome.value, _ENCODER.encode(()), index, txn),
     )
     return outcome, keys
+
+
+def kept_of(data: bytes) -> Kept:
+    """What ``txns.writes`` holds: a :class:`Kept`, or (a part without SQL) the writes."""
+    try:
+        return Kept(_WRITES.decode(data))
+    except msgspec.ValidationError:
+        return _KEPT.decode(data)
+
+
+def apply_sql(
+    conn: sqlite3.Connection,
+    statements: Sequence[SqlStatement],
+    changes: ChangeTracker,
+    run_sql: SqlRunner,
+) -> None:
+    """Run a committed part's SQL statements. They were tried at prepare on the tables
+    they now meet (the shard's SQL lock kept every other change out), so they fail
+    here only as they failed there, which refused the prepare: an error now is a bug,
+    logged, and the same on every replica."""
+    changes.sql_changed(conn)
+    result = run_sql(conn, statements)
+    if result.error:
+        logger.error("a committed transaction's SQL failed on apply: %s", result.error)
 
 
 def fence(conn: sqlite3.Connection, txn: TxnId, index: int) -> TxnState:

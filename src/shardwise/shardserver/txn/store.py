@@ -18,8 +18,10 @@ import msgspec
 
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Key, Value, key_bytes
+from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnId, TxnPart, TxnState, TxnVote
 from shardwise.shardserver import kvops
+from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.dedup import ClientSessions
 from shardwise.shardserver.shardfile import ShardMeta, put_meta
 from shardwise.shardserver.tracking import ChangeTracker
@@ -58,6 +60,12 @@ class TxnStoreMixin:
     def _error(self, exc: sqlite3.Error) -> Exception:
         raise NotImplementedError
 
+    def try_sql(self, statements: Sequence[SqlStatement]) -> SqlWriteResult:
+        raise NotImplementedError
+
+    def _sql_runner(self) -> txn_state.SqlRunner:
+        raise NotImplementedError
+
     # --- commands, through the log -------------------------------------------------------
 
     def _at(
@@ -78,6 +86,10 @@ class TxnStoreMixin:
                 put_meta(conn, "applied_index", index)
         return result
 
+    def fresh(self, index: int) -> bool:
+        """Whether the entry at ``index`` has yet to be applied here."""
+        return index > self._meta.applied_index
+
     def txn_prepare(
         self,
         index: int,
@@ -88,6 +100,14 @@ class TxnStoreMixin:
         now_ms: int,
         owner: str = "",
     ) -> TxnVote | None:
+        # SQL is tried before the entry's transaction begins (a write stopped past its
+        # work limit rolls back the whole SQLite transaction it is in), on the shard as
+        # the body will find it: nothing runs in between.
+        statements = part.sql.statements if part.sql is not None else ()
+        tried = None
+        if statements and index > self._meta.applied_index:
+            tried = self.try_sql(statements)
+
         def body(conn: sqlite3.Connection) -> TxnVote:
             if (
                 txn_state.recorded(conn, txn) is None
@@ -98,10 +118,16 @@ class TxnStoreMixin:
                     TxnState.ABORTED,
                     f"shard {self.shard} has {MAX_TXN_RECORDS} transactions open",
                 )
-            state, why = txn_state.prepare(
-                conn, txn, part, participants, index=index, now_ms=now_ms, owner=owner
+            return txn_state.prepare(
+                conn,
+                txn,
+                part,
+                participants,
+                index=index,
+                now_ms=now_ms,
+                owner=owner,
+                tried=tried,
             )
-            return TxnVote(self.shard, state, why)
 
         return self._at(index, body, locks=True)
 
@@ -112,7 +138,9 @@ class TxnStoreMixin:
         def body(conn: sqlite3.Connection) -> TxnVote:
             if txn_state.not_owner(conn, txn, caller):
                 return TxnVote(self.shard, "denied")
-            state, _ = txn_state.resolve(conn, txn, commit, index, self._changes)
+            state, _ = txn_state.resolve(
+                conn, txn, commit, index, self._changes, run_sql=self._sql_runner()
+            )
             return TxnVote(self.shard, "unknown" if state is None else state)
 
         return self._at(index, body, locks=True)
@@ -141,7 +169,7 @@ class TxnStoreMixin:
             def once() -> tuple[TxnVote, ...]:
                 votes = run()
                 if votes and votes[0].state == TxnState.COMMITTED:
-                    txn_state.apply_writes(conn, part.writes, self._changes)
+                    self._apply_part(conn, part)
                 return votes
 
             return self._sessions.once(
@@ -165,10 +193,31 @@ class TxnStoreMixin:
 
     def txn_apply(self, index: int, part: TxnPart) -> bool:
         """Apply a validated part's writes at ``index`` (False: applied before)."""
-        done = self._at(
-            index, lambda conn: txn_state.apply_writes(conn, part.writes, self._changes)
-        )
+        done = self._at(index, lambda conn: self._apply_part(conn, part))
         return done is not None
+
+    def _apply_part(self, conn: sqlite3.Connection, part: TxnPart) -> bool:
+        txn_state.apply_writes(conn, part.writes, self._changes)
+        if part.sql is not None and part.sql.statements:
+            txn_state.apply_sql(conn, part.sql.statements, self._changes, self._sql_runner())
+        return True
+
+    def sql_locked(self, *, write: bool) -> TxnId | None:
+        """The prepared transaction a plain SQL statement on this shard must wait for (a
+        write: any lock on its tables; a read: an exclusive one), or ``None``."""
+        if not self._txn_locks:
+            return None
+        try:
+            return txn_state.sql_blocked(self._connection(), write=write)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def sql_version(self) -> int:
+        """The shard's SQL version (``state.sql_version``)."""
+        try:
+            return txn_state.sql_version(self._connection())
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     # --- what the locks keep out ---------------------------------------------------------
 

@@ -1,0 +1,184 @@
+"""SQL in transactions, on the client: a session's ``BEGIN`` ... ``COMMIT``, and the
+statements that are made atomic on their own.
+
+A statement inside a transaction is planned as any other, but its fragments *visit*
+their shards (``txn.sql``: a read on the group's leader, nothing logged) instead of
+reading or writing them: each visit runs the transaction's own writes on that shard so
+far, then the fragment, and rolls it all back, so the transaction reads its own writes
+and learns each write's row count and errors at once. Every visit also returns the
+shard's SQL version; the commit (``client/txn.py``) validates each at prepare, where
+the writes are tried again and locked, and applies them at commit. Serializable: see
+``docs/sql.md``, "Transactions".
+
+A write to several shards outside a transaction is a transaction of its own with
+*blind* parts (nothing read, nothing to validate): prepared everywhere (each shard
+tries its statements, so a broken constraint anywhere refuses it everywhere), then
+committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from shardwise.errors import (
+    SqlError,
+    UnsupportedSqlError,
+)
+from shardwise.model.config import ShardId
+from shardwise.model.sql import SqlStatement
+from shardwise.model.txn import TransactionConflictError, TransactionError
+from shardwise.shardserver.protocol import TXN_SQL, SqlReply, TxnSqlRequest
+from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
+
+if TYPE_CHECKING:
+    from shardwise.client.sql import ClusterCatalog, ClusterShards
+    from shardwise.client.txn import Transaction
+    from shardwise.sql.catalog import Catalog
+    from shardwise.sql.executor import Row
+
+CONTROL: Final = re.compile(
+    r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT)"
+    r"(\s+(WORK|TRANSACTION))?\s*;?\s*$",
+    re.IGNORECASE,
+)
+"""Transaction control, recognised before planning: ``BEGIN`` (or ``START
+TRANSACTION``), ``COMMIT`` (or ``END``), ``ROLLBACK`` (or ``ABORT``)."""
+
+BLIND_RETRY_PAUSE_S: Final = 0.005
+MAX_BLIND_RETRY_PAUSE_S: Final = 0.2
+"""Back-off of a statement made atomic on its own when a transaction holds its shards."""
+
+
+def control_word(query: str) -> str | None:
+    """``begin``, ``commit`` or ``rollback`` for a transaction-control statement."""
+    found = CONTROL.match(query)
+    if found is None:
+        return None
+    word = found.group(1).split()[0].upper()
+    return {"BEGIN": "begin", "START": "begin", "COMMIT": "commit", "END": "commit"}.get(
+        word, "rollback"
+    )
+
+
+def to_statements(batch: Sequence[Fragment]) -> tuple[SqlStatement, ...]:
+    return tuple(SqlStatement(f.sql, dict(f.params)) for f in batch)
+
+
+class TxnShards:
+    """A :class:`~shardwise.sql.executor.ShardExecutor` whose fragments visit their
+    shards inside transaction ``tx`` (see the module docstring); ``cluster`` sends them."""
+
+    def __init__(self, tx: Transaction, cluster: ClusterShards) -> None:
+        self._tx = tx
+        self._cluster = cluster
+
+    async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
+        statement = SqlStatement(fragment.sql, dict(fragment.params))
+        reply = await self._visit(shard, (), statement, max_rows)
+        return [tuple(row) for row in reply.rows]
+
+    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+        """Every batch tried on its shard after the transaction's earlier writes there;
+        kept only if all ran (a failed statement leaves the transaction as it was)."""
+        tried = [(ShardId(keyspace, b.shard), to_statements(b.statements)) for b in batches]
+        replies = await _all([self._visit(shard, st, None, 0) for shard, st in tried])
+        for (shard, statements), _ in zip(tried, replies, strict=True):
+            self._tx.add_sql(shard, statements)
+        return sum(reply.rowcount for reply in replies)
+
+    async def _visit(
+        self,
+        shard: ShardId,
+        statements: tuple[SqlStatement, ...],
+        read: SqlStatement | None,
+        max_rows: int,
+    ) -> SqlReply:
+        state = self._tx.sql_state(shard)
+        pending = tuple(state.statements) if state is not None else ()
+        num, digest = self._cluster.planned(shard.keyspace)
+        request = TxnSqlRequest(shard, pending, statements, read, max_rows, num, digest)
+        reply = await self._cluster.send(shard, TXN_SQL, request, num)
+        self._tx.saw_sql(shard, reply.version)
+        return reply
+
+
+class TxnCatalog:
+    """The catalog as a transaction sees it. DDL is atomic on its own (one
+    configuration), not part of a transaction. In a transaction that has written
+    nothing yet it commits what was read (``before_ddl``: the reads validated, a new
+    transaction begun, as MySQL commits before DDL), then runs, so drivers that open a
+    transaction for everything work; in one that has written it is refused."""
+
+    def __init__(
+        self,
+        tx: Transaction,
+        catalog: ClusterCatalog,
+        before_ddl: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._tx = tx
+        self._catalog = catalog
+        self._before_ddl = before_ddl
+
+    async def catalog(self) -> Catalog:
+        return await self._catalog.catalog()
+
+    async def change(self, op: CatalogOp) -> Catalog:
+        if self._tx.has_writes:
+            raise UnsupportedSqlError(
+                "DDL in a transaction that has written",
+                "COMMIT first: a DDL statement takes effect at once, on its own",
+            )
+        await self._before_ddl()
+        return await self._catalog.change(op)
+
+
+async def write_atomically(
+    cluster: ClusterShards,
+    begin: Callable[[], Transaction],
+    keyspace: str,
+    batches: Sequence[ShardBatch],
+) -> int:
+    """A write to several shards as a transaction of its own (blind parts), committed; run
+    again while another transaction holds a shard (a lock conflict: nothing was read, so
+    nothing else can conflict) until the statement's deadline. The rows changed."""
+    pause = BLIND_RETRY_PAUSE_S
+    while True:
+        tx = begin()
+        for batch in batches:
+            tx.add_sql(ShardId(keyspace, batch.shard), to_statements(batch.statements), blind=True)
+        try:
+            await tx.commit()
+            return tx.rowcount
+        except TransactionConflictError:
+            if tx.sql_failure is not None:
+                shard, failure = tx.sql_failure
+                raise cluster.error(failure, shard) from None
+        if cluster.remaining() <= pause:
+            raise cluster.timed_out()
+        await asyncio.sleep(random.uniform(0, pause))
+        pause = min(MAX_BLIND_RETRY_PAUSE_S, 2 * pause)
+
+
+def sql_error_of(tx: Transaction, exc: TransactionError, cluster: ClusterShards) -> Exception:
+    """What a refused commit raises to a SQL caller: a participant's SQL error if its
+    statements failed at prepare, else the transaction error itself."""
+    if isinstance(exc, TransactionConflictError) and tx.sql_failure is not None:
+        shard, failure = tx.sql_failure
+        error: SqlError = cluster.error(failure, shard)
+        return error
+    return exc
+
+
+async def _all(tasks: Sequence[Coroutine[Any, Any, SqlReply]]) -> list[SqlReply]:
+    """Every visit; on the first error cancel the rest and raise it."""
+    running = [asyncio.ensure_future(t) for t in tasks]
+    try:
+        return list(await asyncio.gather(*running))
+    except BaseException:
+        for task in running:
+            task.cancel()
+        raise

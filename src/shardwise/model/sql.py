@@ -1,0 +1,22 @@
+"""A SQL statement as it travels to a shard: planned SQLite text and its parameters.
+
+Here rather than with the shard server's protocol because transactions (``model/txn.py``)
+carry statements too, in a participant's part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
+    """One planned SQLite statement with its named parameters (never spliced in). The
+    values are SQLite's (None, int, float, str, bytes); ``Any`` because msgspec cannot
+    tell ``str | bytes`` apart in a union. They are checked at the door
+    (``sqlshard.check_params``) and, if one got through, fail to bind on every replica
+    alike."""
+
+    sql: str
+    params: dict[str, Any] = {}
