@@ -46,8 +46,7 @@ CREATE = (
 )
 
 BREAK_ON_B = (
-    "UPDATE acct SET balance = CASE WHEN id = ? THEN NULL ELSE balance - 1 END "
-    "WHERE id IN (?, ?)"
+    "UPDATE acct SET balance = CASE WHEN id = ? THEN NULL ELSE balance - 1 END WHERE id IN (?, ?)"
 )
 """Applies on one account's shard, breaks NOT NULL on the other's."""
 
@@ -96,7 +95,9 @@ async def test_begin_commit_rollback_across_groups(tmp_path: Path, seed: int) ->
         other = kv.sql_session()
 
         await kv.sql("BEGIN")
-        assert (await kv.sql("UPDATE acct SET balance = balance - 30 WHERE id = ?", [a])).rowcount == 1
+        assert (
+            await kv.sql("UPDATE acct SET balance = balance - 30 WHERE id = ?", [a])
+        ).rowcount == 1
         await kv.sql("UPDATE acct SET balance = balance + 30 WHERE id = ?", [b])
         # The transaction reads its own writes; another session sees none of them.
         assert await _balances(kv, [a, b]) == {a: 70, b: 130}
@@ -128,7 +129,7 @@ async def test_a_statement_error_in_a_transaction_undoes_that_statement_only(
         await kv.sql("UPDATE acct SET balance = balance + 1 WHERE id = ?", [a])
         # Broken at once, on the shard that breaks it (tried there), not at COMMIT; the
         # statement's other shard keeps nothing of it either.
-        with pytest.raises(SqlConstraintError, match="NOT NULL constraint failed: acct.balance"):
+        with pytest.raises(SqlConstraintError, match=r"NOT NULL constraint failed: acct\.balance"):
             await kv.sql(BREAK_ON_B, [b, a, b])
         assert await _balances(kv, [a, b]) == {a: 101, b: 100}
         with pytest.raises(UnsupportedSqlError, match="COMMIT first"):
@@ -217,7 +218,9 @@ async def test_prepared_sql_holds_plain_statements_until_it_resolves(
         txn = new_txn_id()
         update = SqlStatement('UPDATE "sql_acct" SET "balance" = 1 WHERE "id" = :a', {"a": a})
         part = TxnPart(shard, sql=TxnSql(statements=(update,)))
-        reply = await router.call(shard, TXN_PREPARE, TxnPrepareRequest(txn, (shard,), (part,)), call)
+        reply = await router.call(
+            shard, TXN_PREPARE, TxnPrepareRequest(txn, (shard,), (part,)), call
+        )
         assert [v.state for v in reply.votes] == ["prepared"]
         assert reply.votes[0].rowcount == 1
 
@@ -269,10 +272,14 @@ async def test_sql_bank_transfers_keep_the_total_across_a_move(
                         await session.execute("ROLLBACK", None, _deadline())
                         continue
                     await session.execute(
-                        "UPDATE acct SET balance = balance - ? WHERE id = ?", [amount, src], _deadline()
+                        "UPDATE acct SET balance = balance - ? WHERE id = ?",
+                        [amount, src],
+                        _deadline(),
                     )
                     await session.execute(
-                        "UPDATE acct SET balance = balance + ? WHERE id = ?", [amount, dst], _deadline()
+                        "UPDATE acct SET balance = balance + ? WHERE id = ?",
+                        [amount, dst],
+                        _deadline(),
                     )
                     await session.execute("COMMIT", None, _deadline())
                     committed += 1
@@ -296,3 +303,52 @@ async def test_sql_bank_transfers_keep_the_total_across_a_move(
         # Every replica of every group holds the same rows (the checker compares them).
         total = (await kv.sql("SELECT sum(balance), count(*) FROM acct")).rows
         assert total == [(START * ACCOUNTS, ACCOUNTS)]
+
+
+@pytest.mark.virtual_time
+async def test_insert_select_copies_rows_to_their_shards_in_one_transaction(
+    tmp_path: Path, seed: int
+) -> None:
+    cluster = SimCluster(tmp_path, groups=2, seed=seed)
+    async with cluster, cluster.client() as kv:
+        await cluster.join(1, 2)
+        await cluster.settled()
+        await kv.sql(CREATE)
+        await kv.sql(
+            "CREATE TABLE audit (k INTEGER PRIMARY KEY, amount INTEGER, note TEXT) "
+            "WITH (distribution = 'k')"
+        )
+        rows = ", ".join(f"({i}, {i * 10})" for i in range(1, 41))
+        await kv.sql(f"INSERT INTO acct VALUES {rows}")
+        plan = await kv.sql(
+            "EXPLAIN INSERT INTO audit (k, amount) SELECT id + 1000, balance FROM acct"
+        )
+        assert "INSERT into audit (k, amount) of the rows of a read" in plan.rows[0][0]
+        copied = await kv.sql(
+            "INSERT INTO audit (k, amount, note) SELECT id + 1000, balance, ? FROM acct "
+            "WHERE balance > ?",
+            ["copy", 100],
+        )
+        assert copied.rowcount == 30
+        got = await kv.sql("SELECT k, amount, note FROM audit ORDER BY k")
+        assert got.rows == [(i + 1000, i * 10, "copy") for i in range(11, 41)]
+        # Each row sits on the shard its own distribution value names.
+        config = await cluster.configuration()
+        for k in (1011, 1040):
+            owner = config.owner(_shard(config, k))
+            assert owner in (1, 2)
+            point = await kv.sql("SELECT amount FROM audit WHERE k = ?", [k])
+            assert point.rows == [((k - 1000) * 10,)]
+        # Nothing to copy: nothing written. A duplicate key: nothing written either.
+        assert (
+            await kv.sql("INSERT INTO audit SELECT id, balance, 'x' FROM acct WHERE id < 0")
+        ).rowcount == 0
+        with pytest.raises(SqlConstraintError, match="UNIQUE"):
+            await kv.sql("INSERT INTO audit (k, amount) SELECT id + 1000, 0 FROM acct")
+        assert (await kv.sql("SELECT count(*) FROM audit")).rows == [(30,)]
+        # Inside a transaction it reads the transaction's own writes.
+        await kv.sql("BEGIN")
+        await kv.sql("INSERT INTO acct VALUES (500, 5000)")
+        await kv.sql("INSERT INTO audit (k, amount) SELECT id, balance FROM acct WHERE id = 500")
+        await kv.sql("COMMIT")
+        assert (await kv.sql("SELECT amount FROM audit WHERE k = 500")).rows == [(5000,)]

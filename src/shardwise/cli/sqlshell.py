@@ -41,6 +41,8 @@ from shardwise.sql.coordinator import EXPLAIN_COLUMN, Result
 from shardwise.sql.params import Params
 
 PROMPT: Final = "shardwise=> "
+PROMPT_IN_TRANSACTION: Final = "shardwise*> "
+"""The prompt while a transaction is open (``BEGIN`` ... ``COMMIT``), as psql's ``=*>``."""
 CONTINUATION: Final = "shardwise-> "
 """The prompt while a statement is not finished (no ``;`` yet, or inside a string)."""
 
@@ -243,6 +245,8 @@ def result_view(
         verb = _WRITE_VERBS.get(words[0] if words else "", "changed")
         return Text.assemble(f"{plural(result.rowcount, 'row')} {verb}", took)
     what = "OK"
+    if words and words[0] in ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"):
+        what = {"START": "BEGIN", "END": "COMMIT", "ABORT": "ROLLBACK"}.get(words[0], words[0])
     if words and words[0] in ("CREATE", "DROP", "ALTER"):
         kind = next((w for w in words[1:] if w in ("TABLE", "INDEX")), "")
         what = f"{words[0]} {kind}".strip()
@@ -454,6 +458,12 @@ class Shell:
                 first_failure = first_failure or code
         return first_failure
 
+    def prompt(self) -> str:
+        if self.splitter.pending:
+            return CONTINUATION
+        in_transaction = getattr(self.client, "in_transaction", False)
+        return PROMPT_IN_TRANSACTION if in_transaction else PROMPT
+
     def _take(self, line: str) -> list[str]:
         """The statements (or the shell command) ``line`` completes."""
         if not self.splitter.pending and line.lstrip().startswith("\\"):
@@ -476,7 +486,7 @@ class Shell:
         typed: list[str] = []
         while True:
             try:
-                line = input(CONTINUATION if self.splitter.pending else PROMPT)
+                line = input(self.prompt())
             except EOFError:
                 self.out.print()
                 break

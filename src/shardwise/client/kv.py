@@ -405,6 +405,11 @@ class Client:
             self.last_rows_shipped = session.last_rows_shipped
         return result
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether :meth:`sql`'s session has a transaction open (``BEGIN`` ran)."""
+        return self._sql_session is not None and self._sql_session.in_transaction
+
     def sql_session(self) -> ClusterSql:
         """A SQL session of its own on this client: ``await session.execute(query,
         params, deadline)``, with its own transaction between ``BEGIN`` and ``COMMIT``

@@ -31,6 +31,8 @@ the old tables on some shards and the new ones on others, never a mixture in one
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -97,6 +99,16 @@ SCHEMA_WAIT_S: Final = 0.05
 DDL_POLL_S: Final = 0.05
 """Pause between looks at whether a group has applied a DDL statement's configuration."""
 
+MAX_IMPLICIT_ATTEMPTS: Final = 8
+"""Attempts of a statement run in a transaction of its own (``INSERT ... SELECT``)
+before its last conflict is raised."""
+
+IMPLICIT_RETRY_PAUSE_S: Final = 0.01
+
+INSERT_SELECT: Final = re.compile(r"^\s*INSERT\b[\s\S]*\bSELECT\b", re.IGNORECASE)
+"""A statement that may read before it writes (a string literal that says SELECT only
+costs it a transaction of its own)."""
+
 MAX_REPLANS: Final = 8
 """Times one statement is planned again because the tables changed under it."""
 
@@ -136,6 +148,8 @@ class ClusterSql:
                 raise SqlError(f"{word.upper()} takes no parameters")
             return await self._control(word, deadline)
         if self.tx is None:
+            if INSERT_SELECT.match(query):
+                return await self._implicit(query, params, deadline)
             return await self._statement(query, params, deadline, None)
         tx = self.tx
         if tx.state != "open":
@@ -175,6 +189,24 @@ class ClusterSql:
                 tx, exc, ClusterShards(self._router, self._writers, call, catalog)
             ) from exc
         return Result(())
+
+    async def _implicit(self, query: str, params: Params | None, deadline: float) -> Result:
+        """A statement that reads before it writes (``INSERT ... SELECT``) outside a
+        transaction: run in one of its own, so its rows are written only if what it read
+        is unchanged; again after a conflict, up to :data:`MAX_IMPLICIT_ATTEMPTS`."""
+        for attempt in range(1, MAX_IMPLICIT_ATTEMPTS + 1):
+            tx = self._begin(deadline, attempt > 1)
+            try:
+                result = await self._statement(query, params, deadline, tx)
+                await tx.commit()
+                return result
+            except TransactionConflictError:
+                if tx.sql_failure is not None or attempt == MAX_IMPLICIT_ATTEMPTS:
+                    raise
+            finally:
+                tx.abort()
+            await asyncio.sleep(random.uniform(0, IMPLICIT_RETRY_PAUSE_S * attempt))
+        raise AssertionError("unreachable")
 
     async def _restart(self, deadline: float) -> None:
         """Commit the open transaction (it has only read) and begin another: what a DDL

@@ -181,6 +181,11 @@ class SyncClient:
         """:meth:`Client.sql`, blocking."""
         return self._run(self._async_client().sql(query, params, deadline_s=deadline_s))
 
+    @property
+    def in_transaction(self) -> bool:
+        """:attr:`Client.in_transaction`."""
+        return self._async_client().in_transaction
+
     def transaction(self, *, deadline_s: float | None = None) -> SyncTransaction:
         """:meth:`Client.transaction`, blocking: ``with client.transaction() as tx:``
         ``tx.get``, ``tx.put``, ``tx.delete``; commits when the block ends."""

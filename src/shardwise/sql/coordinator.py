@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from shardwise.errors import NondeterministicSqlError
 from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
-from shardwise.sql.determinism import StatementContext
+from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.engine import run_final, run_local
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
 from shardwise.sql.merge import Budget, MergeLimits, combine_aggregates, merge_rows
@@ -29,6 +29,7 @@ from shardwise.sql.planner import plan
 from shardwise.sql.plans import (
     AggregateMerge,
     CatalogPlan,
+    InsertSelectPlan,
     LocalEval,
     ReadPlan,
     RowMerge,
@@ -36,6 +37,7 @@ from shardwise.sql.plans import (
 )
 from shardwise.sql.shard_schema import create_table_ddl
 from shardwise.sql.write_functions import refused_function
+from shardwise.sql.writes import plan_insert_rows
 
 EXPLAIN_COLUMN = "QUERY PLAN"
 
@@ -83,6 +85,11 @@ class Coordinator:
         current = planned.plan
         if isinstance(current, ReadPlan):
             return await self._read(current)
+        if isinstance(current, InsertSelectPlan):
+            read = await self._read(current.read)
+            if not read.rows:
+                return Result((), [], rowcount=0)
+            current = plan_insert_rows(current, read.rows, catalog, Determinizer(self._context()))
         if isinstance(current, WritePlan):
             _check_functions(current, catalog)
             return await self._write(current)

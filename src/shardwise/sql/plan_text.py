@@ -12,6 +12,7 @@ from shardwise.sql.plans import (
     AggregateMerge,
     CatalogPlan,
     Fragment,
+    InsertSelectPlan,
     LocalEval,
     Plan,
     ReadPlan,
@@ -29,6 +30,11 @@ def explain(plan: Plan) -> list[str]:
         return _read(plan)
     if isinstance(plan, WritePlan):
         return _write(plan)
+    if isinstance(plan, InsertSelectPlan):
+        columns = ", ".join(plan.columns)
+        lines = [f"INSERT into {plan.table} ({columns}) of the rows of a read, placed by their"]
+        lines.append("  distribution values (one transaction outside one), after:")
+        return lines + [f"  {line}" for line in _read(plan.read)]
     return _catalog(plan)
 
 

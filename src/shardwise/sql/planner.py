@@ -3,23 +3,25 @@ clock, no randomness except what the :class:`StatementContext` carries."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
-from shardwise.errors import SqlLimitError, UnsupportedSqlError
+from shardwise.errors import SqlLimitError, SqlSemanticError, UnsupportedSqlError
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.dialect import DIALECT
 from shardwise.sql.params import Params, bind
 from shardwise.sql.parse import MAX_NESTING_DEPTH, parse_statement
-from shardwise.sql.plans import Plan
+from shardwise.sql.plans import InsertSelectPlan, Plan, ReadPlan
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select
-from shardwise.sql.writes import plan_insert, plan_update_delete
+from shardwise.sql.values import SqlValue
+from shardwise.sql.writes import insert_target, plan_insert, plan_update_delete
 
 _STATEMENT_NAMES: Final[dict[str, str]] = {
     "TruncateTable": "TRUNCATE",
@@ -27,9 +29,9 @@ _STATEMENT_NAMES: Final[dict[str, str]] = {
     "Except": "EXCEPT",
     "Intersect": "INTERSECT",
     "Merge": "MERGE",
-    "Transaction": "BEGIN (transactions)",
-    "Commit": "COMMIT (transactions)",
-    "Rollback": "ROLLBACK (transactions)",
+    "Transaction": "this form of BEGIN (write BEGIN alone, in a session)",
+    "Commit": "this form of COMMIT (write COMMIT alone, in a session)",
+    "Rollback": "this form of ROLLBACK (write ROLLBACK alone, in a session)",
     "Use": "USE",
     "Set": "SET",
     "Pragma": "PRAGMA",
@@ -71,13 +73,15 @@ def _plan(
     fixer = Determinizer(context)
     result: Plan
     if isinstance(statement, exp.Select):
-        fixed = fixer.fix(statement, "read")
-        values.update(fixer.values)
-        assert isinstance(fixed, exp.Select)
-        bound_select = bind_select(
-            fixed, catalog, values, heads=parsed.select_heads, written=statement
-        )
-        result = plan_select(bound_select, catalog, values)
+        result = _plan_read(statement, catalog, values, fixer, parsed.select_heads)
+    elif isinstance(statement, exp.Insert) and isinstance(statement.expression, exp.Select):
+        scope, columns = insert_target(statement, catalog)
+        read = _plan_read(statement.expression, catalog, values, fixer, ())
+        if len(read.columns) != len(columns):
+            raise SqlSemanticError(
+                f"the SELECT gives {len(read.columns)} columns for {len(columns)} in the INSERT"
+            )
+        result = InsertSelectPlan(scope.table.name, tuple(columns), read)
     elif isinstance(statement, exp.Insert):
         result = plan_insert(statement, catalog, values, fixer)
     elif isinstance(statement, exp.Update | exp.Delete):
@@ -90,3 +94,17 @@ def _plan(
         name = type(statement).__name__
         raise UnsupportedSqlError(_STATEMENT_NAMES.get(name, name.upper()))
     return Planned(result, parsed.explain)
+
+
+def _plan_read(
+    statement: exp.Select,
+    catalog: Catalog,
+    values: dict[str, SqlValue],
+    fixer: Determinizer,
+    heads: Sequence[str],
+) -> ReadPlan:
+    fixed = fixer.fix(statement, "read")
+    values.update(fixer.values)
+    assert isinstance(fixed, exp.Select)
+    bound_select = bind_select(fixed, catalog, values, heads=heads, written=statement)
+    return plan_select(bound_select, catalog, values)

@@ -110,6 +110,17 @@ class WritePlan:
     pruned_by: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class InsertSelectPlan:
+    """``INSERT INTO table (columns) SELECT ...``: the read runs first, then its rows are
+    placed as an INSERT's would be (one statement: in a transaction of its own outside
+    one, so what it read is still there when its rows are written)."""
+
+    table: str
+    columns: tuple[str, ...]
+    read: ReadPlan
+
+
 CatalogOp: TypeAlias = CreateTable | DropTable | AddColumn | CreateIndex
 
 
@@ -122,4 +133,4 @@ class CatalogPlan:
     """What every shard of the keyspace runs (derived from the catalog, shown by EXPLAIN)."""
 
 
-Plan: TypeAlias = ReadPlan | WritePlan | CatalogPlan
+Plan: TypeAlias = ReadPlan | WritePlan | InsertSelectPlan | CatalogPlan

@@ -4,7 +4,9 @@ An INSERT's rows are grouped by the shard of their distribution value (which mus
 literal or a parameter, so the coordinator can place the row without evaluating SQL); each
 shard gets its rows as one batch, applied through that shard's group log as one entry.
 UPDATE and DELETE go to the shard the WHERE clause pins, else to every shard. A write to
-several shards is atomic per shard, not across shards.
+several shards is atomic: the executor applies its batches as one transaction.
+``INSERT ... SELECT`` reads first (:class:`~shardwise.sql.plans.InsertSelectPlan`), then
+places the rows it read as an INSERT of their values (:func:`plan_insert_rows`).
 
 Refused: changing a row's distribution column (it would have to move shards), a NULL or
 unplaceable distribution value, and anything :mod:`shardwise.sql.determinism` cannot fix.
@@ -12,7 +14,7 @@ unplaceable distribution value, and anything :mod:`shardwise.sql.determinism` ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from sqlglot import exp
@@ -31,7 +33,7 @@ from shardwise.sql.determinism import Determinizer
 from shardwise.sql.dialect import to_sqlite
 from shardwise.sql.distribution import Router, insert_key
 from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, constant
-from shardwise.sql.plans import Fragment, ShardBatch, WritePlan
+from shardwise.sql.plans import Fragment, InsertSelectPlan, ShardBatch, WritePlan
 from shardwise.sql.pruning import Pruner
 from shardwise.sql.values import SqlValue
 
@@ -74,21 +76,10 @@ def plan_insert(
     values: dict[str, SqlValue],
     fixer: Determinizer,
 ) -> WritePlan:
-    _check_clauses(statement, frozenset({"this", "expression"}))
-    target = statement.this
-    names: list[str] | None = None
-    if isinstance(target, exp.Schema):
-        names = [c.name for c in target.expressions]
-        target = target.this
-    scope = _scope(catalog, target)
-    columns = names if names is not None else list(scope.names)
-    for name in columns:
-        scope.spec(name)
-    if len(set(columns)) != len(columns):
-        raise SqlSemanticError("a column is named twice in the INSERT")
+    scope, columns = insert_target(statement, catalog)
     source = statement.expression
     if not isinstance(source, exp.Values):
-        raise UnsupportedSqlError("INSERT ... SELECT", "insert VALUES rows")
+        raise UnsupportedSqlError("this INSERT source", "insert VALUES rows or a SELECT")
     rows = list(source.expressions)
     if len(rows) > MAX_INSERT_ROWS:
         raise SqlLimitError("MAX_INSERT_ROWS", MAX_INSERT_ROWS, "too many rows in one INSERT")
@@ -145,6 +136,50 @@ def plan_insert(
         tuple(batches),
         pruned_by="the rows' distribution values",
     )
+
+
+def insert_target(statement: exp.Insert, catalog: Catalog) -> tuple[Scope, list[str]]:
+    """An INSERT's table and the columns it gives, checked."""
+    _check_clauses(statement, frozenset({"this", "expression"}))
+    target = statement.this
+    names: list[str] | None = None
+    if isinstance(target, exp.Schema):
+        names = [c.name for c in target.expressions]
+        target = target.this
+    scope = _scope(catalog, target)
+    columns = names if names is not None else list(scope.names)
+    for name in columns:
+        scope.spec(name)
+    if len(set(columns)) != len(columns):
+        raise SqlSemanticError("a column is named twice in the INSERT")
+    return scope, columns
+
+
+def plan_insert_rows(
+    plan: InsertSelectPlan,
+    rows: Sequence[Sequence[SqlValue]],
+    catalog: Catalog,
+    fixer: Determinizer,
+) -> WritePlan:
+    """The INSERT of ``rows`` (what an ``INSERT ... SELECT`` read) into the plan's table:
+    each value a parameter, placed as :func:`plan_insert` places literal rows."""
+    if len(rows) > MAX_INSERT_ROWS:
+        raise SqlLimitError("MAX_INSERT_ROWS", MAX_INSERT_ROWS, "too many rows in one INSERT")
+    values: dict[str, SqlValue] = {}
+    tuples = []
+    for r, row in enumerate(rows):
+        cells = []
+        for c, value in enumerate(row):
+            name = f"ins_{r}_{c}"
+            values[name] = value
+            cells.append(exp.Placeholder(this=name))
+        tuples.append(exp.Tuple(expressions=cells))
+    target = exp.Schema(
+        this=exp.to_table(plan.table, quoted=True),
+        expressions=[exp.to_identifier(c, quoted=True) for c in plan.columns],
+    )
+    insert = exp.Insert(this=target, expression=exp.Values(expressions=tuples))
+    return plan_insert(insert, catalog, values, fixer)
 
 
 def plan_update_delete(
