@@ -54,9 +54,9 @@ from shardwise.model.txn import (
 from shardwise.net.leader import CallDeadline
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import (
+    READ,
     TXN_COMMIT,
     TXN_PREPARE,
-    TXN_READ,
     TXN_SQL,
     ReadRequest,
     SqlFailure,
@@ -173,7 +173,8 @@ class TxnProtocol:
 
     async def read(self, key: Key, call: CallDeadline) -> _Seen:
         shard = await self.shard_of(key, call)
-        reply = await self.router.call(shard, TXN_READ, ReadRequest(shard, key), call)
+        # (A plain read marked ``versioned``: it rides in the client's batches.)
+        reply = await self.router.call(shard, READ, ReadRequest(shard, key, versioned=True), call)
         return _Seen(key, reply.value, reply.version)
 
     async def sql_version(self, shard: ShardId, call: CallDeadline) -> int:

@@ -63,6 +63,11 @@ class ReadRequest(msgspec.Struct, frozen=True):
 
     shard: ShardId
     key: Key
+    versioned: bool = False
+    """A transaction's read: answered with the key's version too, and ``locked`` while a
+    prepared transaction writes it (``txn.read``'s answer, batched like any read). A
+    server that predates the field answers version 0: a transaction's commit is then
+    refused as a conflict, never wrongly accepted."""
 
     def __post_init__(self) -> None:
         check_type("key", self.key)

@@ -36,7 +36,7 @@ from shardwise.errors import (
 )
 from shardwise.model.access import Privilege
 from shardwise.model.config import Configuration, ShardId
-from shardwise.model.kv import MAX_BATCH_OPS, MAX_SCAN_ROWS, check_op
+from shardwise.model.kv import MAX_BATCH_OPS, MAX_SCAN_ROWS, Key, check_op
 from shardwise.model.txn import txn_tag
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
@@ -46,11 +46,7 @@ from shardwise.service import (
     REQUEST_TIMEOUT_S,
     ReplicaConfig,
     ReplicaService,
-    parse_peers,
-    replica_arg_parser,
-    replica_config,
     replica_status_fields,
-    run_main,
     through_host,
 )
 from shardwise.shardserver.access import AccessGuard
@@ -297,7 +293,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if denied := self._kv_denied(context, Privilege.READ, request.shard):
             return denied
         shard, key = request.shard, request.key
-        read = self.host.read(lambda sm: sm.read(shard, key), timeout_s=REQUEST_TIMEOUT_S)
+        look = ShardGroupStateMachine.versioned_read if request.versioned else _plain_read
+        read = self.host.read(lambda sm: look(sm, shard, key), timeout_s=REQUEST_TIMEOUT_S)
         outcome = await through_host(self.host, read)
         if outcome.value is None:
             return KVReply(outcome.status, leader=outcome.leader)
@@ -309,7 +306,13 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if found.locked:
             return KVReply("locked", config_num=found.config_num, locked_by=txn_tag(found.locked))
         self.reads_served[shard] += 1
-        return KVReply("ok", leader=leader, config_num=found.config_num, value=found.value)
+        return KVReply(
+            "ok",
+            leader=leader,
+            config_num=found.config_num,
+            value=found.value,
+            version=found.version,
+        )
 
     async def _batch(self, request: BatchRequest, context: CallContext) -> BatchReply:
         reads, writes = request.reads, request.writes
@@ -345,7 +348,11 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     async def _batch_reads(self, requests: Sequence[ReadRequest]) -> list[KVReply]:
         """Every read at one linearizable point: one ReadIndex round for all."""
         read = self.host.read(
-            lambda sm: [sm.read(r.shard, r.key) for r in requests], timeout_s=REQUEST_TIMEOUT_S
+            lambda sm: [
+                sm.versioned_read(r.shard, r.key) if r.versioned else sm.read(r.shard, r.key)
+                for r in requests
+            ],
+            timeout_s=REQUEST_TIMEOUT_S,
         )
         outcome = await through_host(self.host, read)
         if outcome.value is None:
@@ -586,62 +593,5 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return ArrivalInfo(shard, incoming.config_num, phase, staged, total)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = replica_arg_parser("python -m shardwise.shardserver", __doc__ or "")
-    parser.add_argument("--group", required=True, type=int, help="this server's replica group id")
-    parser.add_argument(
-        "--controller",
-        action="append",
-        default=[],
-        metavar="ID=HOST:PORT",
-        help="a replica of the shard controller (repeat for each)",
-    )
-    parser.add_argument(
-        "--sql-write-max-steps",
-        type=int,
-        default=MAX_WRITE_STEPS,
-        metavar="STEPS",
-        help="the most SQLite VM steps one SQL write batch may take on a shard "
-        f"(default {MAX_WRITE_STEPS:,}); the leader logs it with each write",
-    )
-    parser.add_argument(
-        "--sql-write-max-seconds",
-        type=float,
-        default=MAX_WRITE_SECONDS,
-        metavar="S",
-        help="how long the leader's trial of a SQL write may take before it refuses it "
-        f"(default {MAX_WRITE_SECONDS})",
-    )
-    parser.add_argument(
-        "--check-interval",
-        type=float,
-        default=CHECK_INTERVAL_S,
-        metavar="S",
-        help="seconds between the consistency checks this server runs while it leads "
-        f"(default {CHECK_INTERVAL_S:.0f})",
-    )
-    args = parser.parse_args(argv)
-    config = replica_config(parser, args)
-    controllers = parse_peers(parser, args.controller, "--controller")
-    if not controllers:
-        parser.error("name the controller's replicas with --controller ID=HOST:PORT")
-    if args.group <= 0:
-        parser.error("--group takes a positive group id")
-    if args.sql_write_max_steps < 1:
-        parser.error("--sql-write-max-steps takes a positive number")
-    if not args.sql_write_max_seconds > 0:
-        parser.error("--sql-write-max-seconds takes a positive number")
-    if not args.check_interval > 0:
-        parser.error("--check-interval takes a positive number")
-    steps, seconds = args.sql_write_max_steps, args.sql_write_max_seconds
-    return run_main(
-        lambda c: ShardServer(
-            c,
-            args.group,
-            controllers,
-            sql_write_max_steps=steps,
-            sql_write_max_seconds=seconds,
-            check_interval_s=args.check_interval,
-        ),
-        config,
-    )
+def _plain_read(sm: ShardGroupStateMachine, shard: ShardId, key: Key) -> Read:
+    return sm.read(shard, key)
