@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from shardwise import dbapi
+from shardwise.client.sqltxn import control_word
 from shardwise.errors import ShardwiseError, SqlConstraintError, SqlSyntaxError
 from shardwise.model.config import Keyspace, Scheme
-from shardwise.client.sqltxn import control_word
 from shardwise.sql import Coordinator, LocalShards, Result
 
 

@@ -284,6 +284,10 @@ class Connection:
         runner = self._runner()
         word = control_word(operation)
         if word is not None:
+            # Whatever happens, a COMMIT or ROLLBACK ends the session's transaction (a
+            # failed COMMIT drops it): the next statement begins a new one.
+            if word != "begin":
+                self._in_transaction = False
             result = runner.sql(operation, parameters)
             self._in_transaction = word == "begin"
             return result

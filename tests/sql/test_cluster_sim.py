@@ -23,7 +23,6 @@ from shardwise.errors import (
     ClientTimeoutError,
     SqlCatalogError,
     SqlConstraintError,
-    SqlExecutionError,
 )
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.schemes import shard_map
@@ -214,7 +213,9 @@ async def test_a_failing_batch_changes_nothing_and_the_group_keeps_serving(
             assert len({_shard(config, k) for k in keys}) > 2
             bad = keys[7]
             values = ", ".join(f"({k}, {'NULL' if k == bad else repr(str(k))}, 0)" for k in keys)
-            with pytest.raises(SqlConstraintError, match="NOT NULL constraint failed: acct.owner"):
+            with pytest.raises(
+                SqlConstraintError, match=r"NOT NULL constraint failed: acct\.owner"
+            ):
                 await kv.sql(f"INSERT INTO acct VALUES {values}")
             assert await _rows(kv, "SELECT id FROM acct WHERE id >= 100") == []
             good = ", ".join(f"({k}, {str(k)!r}, 0)" for k in keys)

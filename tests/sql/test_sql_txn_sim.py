@@ -217,14 +217,16 @@ async def test_prepared_sql_holds_plain_statements_until_it_resolves(
         call = CallDeadline.starting_now("test", _deadline())
         txn = new_txn_id()
         update = SqlStatement('UPDATE "sql_acct" SET "balance" = 1 WHERE "id" = :a', {"a": a})
-        part = TxnPart(shard, sql=TxnSql(statements=(update,)))
+        digest = schema_digest(config.tables, "default")
+        part = TxnPart(
+            shard, sql=TxnSql(statements=(update,), catalog_num=config.num, schema=digest)
+        )
         reply = await router.call(
             shard, TXN_PREPARE, TxnPrepareRequest(txn, (shard,), (part,)), call
         )
         assert [v.state for v in reply.votes] == ["prepared"]
         assert reply.votes[0].rowcount == 1
 
-        digest = schema_digest(config.tables, "default")
         read = SqlReadRequest(shard, 'SELECT "balance" FROM "sql_acct"', {}, 10, config.num, digest)
         write = SqlWriteRequest(
             shard, "raw-writer", 1, (SqlStatement('DELETE FROM "sql_acct"'),), config.num, digest

@@ -393,6 +393,10 @@ class ClusterShards:
     def timed_out(self) -> ClientTimeoutError:
         return self._call.timed_out()
 
+    async def refresh(self) -> None:
+        """Fetch the latest configuration (the tables changed since the plan)."""
+        await self._router.refresh(-1, self._call, wait=False)
+
     def error(self, failure: SqlFailure, shard: ShardId) -> SqlError:
         return _error(failure, shard, self._catalog.table_names())
 
@@ -475,6 +479,8 @@ def _error(failure: SqlFailure, shard: ShardId, tables: Sequence[str]) -> SqlErr
         return limit_kind(failure.limit, failure.value, message)
     if failure.code == NondeterministicSqlError.code:
         return NondeterministicSqlError(f"shard {shard}: {message}")
+    if failure.code == SqlSchemaChangedError.code:  # (a transaction's part: replanned)
+        return SqlSchemaChangedError(message)
     kind = error_for(failure.code, SqlExecutionError)
     if kind is None:
         return SqlExecutionError(f"{failure.code}: {message}", str(shard))

@@ -24,13 +24,17 @@ import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from shardwise.errors import (
-    SqlError,
-    UnsupportedSqlError,
-)
+import msgspec
+
+from shardwise.errors import SqlError, SqlLimitError, SqlSchemaChangedError, UnsupportedSqlError
 from shardwise.model.config import ShardId
 from shardwise.model.sql import SqlStatement
-from shardwise.model.txn import TransactionConflictError, TransactionError
+from shardwise.model.txn import (
+    MAX_TXN_BYTES,
+    MAX_TXN_PARTICIPANTS,
+    TransactionConflictError,
+    TransactionError,
+)
 from shardwise.shardserver.protocol import TXN_SQL, SqlReply, TxnSqlRequest
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 
@@ -47,6 +51,8 @@ CONTROL: Final = re.compile(
 )
 """Transaction control, recognised before planning: ``BEGIN`` (or ``START
 TRANSACTION``), ``COMMIT`` (or ``END``), ``ROLLBACK`` (or ``ABORT``)."""
+
+_encode = msgspec.msgpack.Encoder().encode
 
 BLIND_RETRY_PAUSE_S: Final = 0.005
 MAX_BLIND_RETRY_PAUSE_S: Final = 0.2
@@ -87,7 +93,7 @@ class TxnShards:
         tried = [(ShardId(keyspace, b.shard), to_statements(b.statements)) for b in batches]
         replies = await _all([self._visit(shard, st, None, 0) for shard, st in tried])
         for (shard, statements), _ in zip(tried, replies, strict=True):
-            self._tx.add_sql(shard, statements)
+            self._tx.add_sql(shard, statements, self._cluster.planned(keyspace))
         return sum(reply.rowcount for reply in replies)
 
     async def _visit(
@@ -145,22 +151,49 @@ async def write_atomically(
     """A write to several shards as a transaction of its own (blind parts), committed; run
     again while another transaction holds a shard (a lock conflict: nothing was read, so
     nothing else can conflict) until the statement's deadline. The rows changed."""
+    _check_atomic_bounds(keyspace, batches)
     pause = BLIND_RETRY_PAUSE_S
     while True:
         tx = begin()
+        planned = cluster.planned(keyspace)
         for batch in batches:
-            tx.add_sql(ShardId(keyspace, batch.shard), to_statements(batch.statements), blind=True)
+            shard, statements = ShardId(keyspace, batch.shard), to_statements(batch.statements)
+            tx.add_sql(shard, statements, planned, blind=True)
         try:
             await tx.commit()
             return tx.rowcount
         except TransactionConflictError:
             if tx.sql_failure is not None:
                 shard, failure = tx.sql_failure
-                raise cluster.error(failure, shard) from None
+                error = cluster.error(failure, shard)
+                if isinstance(error, SqlSchemaChangedError):
+                    await cluster.refresh()  # (planned again by the caller, on the new tables)
+                raise error from None
         if cluster.remaining() <= pause:
             raise cluster.timed_out()
         await asyncio.sleep(random.uniform(0, pause))
         pause = min(MAX_BLIND_RETRY_PAUSE_S, 2 * pause)
+
+
+def _check_atomic_bounds(keyspace: str, batches: Sequence[ShardBatch]) -> None:
+    """A write to several shards is one transaction: refused, before anything is sent,
+    past a transaction's bounds (shards, bytes), with what to do instead."""
+    if len(batches) > MAX_TXN_PARTICIPANTS:
+        raise SqlLimitError(
+            "max_txn_participants",
+            MAX_TXN_PARTICIPANTS,
+            f"the write touches {len(batches)} shards of keyspace {keyspace!r}, and a write "
+            f"is atomic across at most {MAX_TXN_PARTICIPANTS}: narrow it with a WHERE on the "
+            "distribution column, or split it",
+        )
+    size = sum(len(_encode(to_statements(b.statements))) for b in batches)
+    if size > MAX_TXN_BYTES:
+        raise SqlLimitError(
+            "max_txn_bytes",
+            MAX_TXN_BYTES,
+            f"the write takes {size} bytes over {len(batches)} shards, and a write to "
+            f"several shards is atomic up to {MAX_TXN_BYTES} bytes: split it",
+        )
 
 
 def sql_error_of(tx: Transaction, exc: TransactionError, cluster: ClusterShards) -> Exception:

@@ -39,7 +39,6 @@ from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import (
     BLIND,
     MAX_TXN_KEYS,
-    MAX_TXN_PARTICIPANTS,
     TransactionConflictError,
     TransactionOutcomeUnknownError,
     TxnPart,
@@ -102,6 +101,10 @@ class SqlShardState:
 
     version: int
     statements: list[SqlStatement] = field(default_factory=list)
+    planned: tuple[int, int] = (0, 0)
+    """The configuration and schema digest its statements were planned with (the
+    latest statement's: a transaction's statements on one shard meet one SQL version,
+    hence one set of tables)."""
 
 
 class Finisher:
@@ -270,11 +273,7 @@ class Transaction:
         transaction cannot commit) if an earlier visit saw another."""
         self._check_open()
         state = self._sql.get(shard)
-        if state is None:
-            if len(self._sql) >= MAX_TXN_PARTICIPANTS:
-                raise RequestRefusedError(
-                    f"a transaction touches at most {MAX_TXN_PARTICIPANTS} shards"
-                )
+        if state is None:  # (bounded by the shards there are; a commit that writes checks)
             state = self._sql[shard] = SqlShardState(version)
         elif state.version != version:
             self._state = "failed"
@@ -284,14 +283,22 @@ class Transaction:
         return state
 
     def add_sql(
-        self, shard: ShardId, statements: Iterable[SqlStatement], *, blind: bool = False
+        self,
+        shard: ShardId,
+        statements: Iterable[SqlStatement],
+        planned: tuple[int, int],
+        *,
+        blind: bool = False,
     ) -> None:
-        """Keep write statements for ``shard`` (``blind``: never visited; a statement
-        made atomic on its own, with nothing to validate)."""
+        """Keep write statements for ``shard``, planned with configuration and schema
+        digest ``planned`` (``blind``: never visited; a statement made atomic on its own,
+        with nothing to validate)."""
         self._check_open()
         if blind:
             self._sql.setdefault(shard, SqlShardState(BLIND))
-        self._sql[shard].statements.extend(statements)
+        state = self._sql[shard]
+        state.statements.extend(statements)
+        state.planned = planned
 
     def _buffer(self, write: TxnWrite) -> None:
         raw = key_bytes(write.key)
@@ -340,13 +347,13 @@ class Transaction:
         parts = await self.parts(call)
         if not parts:
             return
+        if not self.has_writes:  # (no participant: not bound by their limits)
+            await self._validate_reads(call)
+            return
         try:
             check_parts(tuple(parts.values()))
         except ShardLimitError as exc:
             raise RequestRefusedError(f"the transaction was refused: {exc}") from None
-        if not self.has_writes:
-            await self._validate_reads(call)
-            return
         try:
             config = await self._p.router.configuration_at_least(-1, call)
             groups = {config.owner(shard) for shard in parts}
@@ -376,7 +383,7 @@ class Transaction:
         for write in self._writes.values():
             shard = await self._p.shard_of(write.key, call)
             writes.setdefault(shard, []).append(write)
-        sql = {s: TxnSql(v.version, tuple(v.statements)) for s, v in self._sql.items()}
+        sql = {s: TxnSql(v.version, tuple(v.statements), *v.planned) for s, v in self._sql.items()}
         return {
             shard: TxnPart(
                 shard, tuple(reads.get(shard, ())), tuple(writes.get(shard, ())), sql.get(shard)

@@ -24,7 +24,7 @@ from typing import Final, TypeAlias
 import msgspec
 
 from shardwise.errors import ClientError, ShardLimitError
-from shardwise.model.bounds import Int64
+from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Delete, Key, Put, check_key, check_op, data_size, key_bytes
 from shardwise.model.sql import SqlStatement
@@ -87,8 +87,10 @@ BLIND: Final = -2
 """The SQL version of a part whose SQL was never read (a statement on its own, made
 atomic across shards: nothing to validate, see :class:`TxnSql`)."""
 
-MAX_TXN_PARTICIPANTS: Final = 64
-"""Shards one transaction may touch: each is told the others, to recover from."""
+MAX_TXN_PARTICIPANTS: Final = 256
+"""Shards one transaction that writes may touch: each records the list of the others,
+to recover from (a few KiB at this bound). A transaction that only reads is not bound
+by it (its commit only reads every shard's version again)."""
 
 TxnWrite: TypeAlias = Put | Delete
 """What a transaction writes: its last put or delete of each key (an append or a
@@ -124,6 +126,12 @@ class TxnSql(msgspec.Struct, frozen=True, array_like=True):
 
     version: Int64 = BLIND
     statements: tuple[SqlStatement, ...] = ()
+    catalog_num: Int64 = 0
+    schema: UInt64 = 0
+    """The configuration the statements were planned with, and the digest of the shard
+    keyspace's tables in it (as a SQL write carries them): a prepare whose group holds
+    other tables refuses the part (``schema_changed``), so a statement planned on an old
+    catalog is planned again rather than run against tables it never saw."""
 
 
 class TxnPart(msgspec.Struct, frozen=True, array_like=True):

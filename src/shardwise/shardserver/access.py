@@ -89,6 +89,22 @@ class AccessGuard:
             return ""
         return f"user {user!r} may not {need.name.lower()} the keys of keyspace {keyspace!r}"
 
+    def sql_read_denied(
+        self, context: CallContext, keyspace: str, tables: Mapping[str, Table]
+    ) -> str:
+        """Why the caller may not read any SQL table of ``keyspace`` (empty: it may read
+        one, or the whole keyspace): what a transaction needs to validate, and hold a
+        shared lock on, a shard's tables it read."""
+        user = context.user
+        if user is None or self.catalog.allows(user, Privilege.READ, keyspace):
+            return ""
+        for name, table in tables.items():
+            if table.keyspace == keyspace and self.catalog.allows(
+                user, Privilege.READ, keyspace, name
+            ):
+                return ""
+        return f"user {user!r} may not read any table of keyspace {keyspace!r}"
+
     def sql_denied(
         self,
         context: CallContext,

@@ -201,7 +201,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             self.host,
             self.transport,
             self.controller,
-            self.access.kv_denied,
+            self.access,
             self._sql_denied,
             sql_write_max_steps=sql_write_max_steps,
             sql_write_max_seconds=sql_write_max_seconds,

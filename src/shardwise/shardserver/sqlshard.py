@@ -190,17 +190,21 @@ def deterministic(exc: BaseException) -> bool:
 
 
 class _StepBudget:
-    """A write's progress handler: counts VM steps, stops the write past ``max_steps``."""
+    """A write's progress handler: counts VM steps, stops the write past ``max_steps``
+    (or, off the log only, past the monotonic clock's ``deadline``)."""
 
-    def __init__(self, max_steps: int) -> None:
+    def __init__(self, max_steps: int, deadline: float | None = None) -> None:
         self.max_steps = max_steps
         self.steps = 0
         self.exceeded = False
+        self.deadline = deadline
+        self.late = False
 
     def __call__(self) -> int:
         self.steps += WRITE_PROGRESS_STEPS
         self.exceeded = self.steps > self.max_steps
-        return 1 if self.exceeded else 0
+        self.late = self.deadline is not None and time.monotonic() > self.deadline
+        return 1 if self.exceeded or self.late else 0
 
 
 def run_batch(
@@ -209,15 +213,17 @@ def run_batch(
     *,
     max_steps: int = 0,
     times: TimeFunctions | None = None,
+    deadline: float | None = None,
 ) -> SqlWriteResult:
     """Run ``statements`` inside the caller's transaction: all of them, or, when one fails
     deterministically, none (the error is the result). ``max_steps`` not 0 (a batch logged
     by this version) holds the batch to the allow-list, the checked time functions (on
     ``conn``: ``times``) and the work limit; past the limit this raises
-    :class:`SqlWriteTooCostlyError` and the caller's transaction is gone."""
+    :class:`SqlWriteTooCostlyError` and the caller's transaction is gone. ``deadline``
+    (``time.monotonic``; off the log only: a transaction's visit) stops it as well."""
     checked = max_steps != 0  # (a negative limit, never logged by a leader, stops at once)
     authorizer = _WriteAuthorizer(checked)
-    budget = _StepBudget(max(0, max_steps))
+    budget = _StepBudget(max(0, max_steps), deadline)
     conn.execute(f"SAVEPOINT {SAVEPOINT}")
     changed = 0
     try:
@@ -239,6 +245,13 @@ def run_batch(
             if times is not None:
                 times.enforcing = False
     except (sqlite3.Error, ValueError, OverflowError, NondeterministicSqlError) as exc:
+        if budget.late:
+            raise SqlWriteTooCostlyError(
+                "max_write_ms",
+                0,
+                "the transaction's statements on this shard took too long when the leader "
+                "ran them: commit it in smaller transactions",
+            ) from None
         if budget.exceeded:
             raise SqlWriteTooCostlyError(
                 "max_write_steps",

@@ -8,6 +8,7 @@ only where it is used: a KV-only shard never loads them.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnId
 from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.dedup import ClientSessions
-from shardwise.shardserver.protocol import SchemaVerdict, keyspace_tables
+from shardwise.shardserver.protocol import SchemaVerdict, TxnSqlRequest, keyspace_tables
 from shardwise.shardserver.shardfile import ShardMeta, put_meta
 from shardwise.shardserver.tracking import ChangeTracker
 
@@ -189,30 +190,28 @@ class SqlStoreMixin:
 
         return run
 
-    def sql_visit(
-        self,
-        pending: Sequence[SqlStatement],
-        statements: Sequence[SqlStatement],
-        read: SqlStatement | None,
-        max_rows: int,
-        max_steps: int,
-    ) -> SqlVisit:
-        """A transaction's visit (``txn.sql``): ``pending`` run, then ``statements`` tried
-        or ``read`` read, on the shard as it stands, all rolled back; with the shard's SQL
-        version. Only on the leader, between applies (like a read)."""
+    def sql_visit(self, visit: TxnSqlRequest, *, max_steps: int, max_seconds: float) -> SqlVisit:
+        """A transaction's visit (``txn.sql``): its ``pending`` run, then its ``statements``
+        tried or its ``read`` read, on the shard as it stands, all rolled back; with the shard's SQL
+        version. Only on the leader, between applies (like a read); its writes within
+        ``max_steps`` and ``max_seconds`` together (as a SQL write's trial)."""
         from shardwise.errors import SqlWriteTooCostlyError  # noqa: PLC0415 - SQL only
         from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
 
+        pending, statements, read = visit.pending, visit.statements, visit.read
         conn = self._sql_connection()
         self.flush()
         version = self.sql_version()
+        deadline = time.monotonic() + max_seconds  # (its writes, as a write's time trial)
         try:
             conn.execute("BEGIN")
             try:
                 for batch in (pending, statements):
                     if not batch:
                         continue
-                    done = sqlshard.run_batch(conn, batch, max_steps=max_steps, times=self._times)
+                    done = sqlshard.run_batch(
+                        conn, batch, max_steps=max_steps, times=self._times, deadline=deadline
+                    )
                     if done.error:
                         return SqlVisit(version, done, pending_failed=batch is pending)
                     if batch is statements:
@@ -220,11 +219,13 @@ class SqlStoreMixin:
                 rows = []
                 if read is not None:
                     rows = sqlshard.run_read(
-                        conn, read.sql, read.params, max_rows, shard=str(self.shard)
+                        conn, read.sql, read.params, visit.max_rows, shard=str(self.shard)
                     )
                 return SqlVisit(version, SqlWriteResult(), rows)
             except SqlWriteTooCostlyError as exc:
-                return SqlVisit(version, SqlWriteResult(error=exc.detail, code=exc.code))
+                return SqlVisit(
+                    version, SqlWriteResult(error=exc.detail, code=exc.code, limit=exc.value)
+                )
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

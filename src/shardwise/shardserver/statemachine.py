@@ -473,8 +473,8 @@ class ShardGroupStateMachine:
 
     def _reconfigure(self, index: int, new: Configuration) -> bool:
         old = self.config
-        if new.num != old.num + 1 or not self.finished():
-            return False  # stale, repeated, or the group has not finished ``old`` yet
+        if new.num != old.num + 1 or not self.finished() or self.writes.tables_held(old, new):
+            return False  # stale, repeated, not finished with ``old``, or held (writes.py)
         for change in owner_changes(old, new, self.gid):
             if change.previous == self.gid:
                 self._lose(change.shard, new.num)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shardwise.errors import ShardLimitError
-from shardwise.model.config import ShardId
+from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import KVResult
 from shardwise.model.txn import TxnPart, TxnState, TxnVote, check_parts, check_txn_id
 from shardwise.shardserver import kvops
@@ -29,7 +29,7 @@ from shardwise.shardserver.commands import (
     TxnPrepare,
     TxnResolve,
 )
-from shardwise.shardserver.protocol import SchemaVerdict
+from shardwise.shardserver.protocol import SchemaVerdict, keyspace_tables
 from shardwise.shardserver.txn import state as txn_state
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 TxnCommand = TxnPrepare | TxnResolve | TxnFence | TxnExpire | TxnCommit
 
 WRONG_GROUP = "wrong_group"
+SCHEMA_CHANGED = "schema_changed"
+"""A vote's code for a part planned on other tables (``SqlSchemaChangedError.code``)."""
 STALE = "stale"
 
 
@@ -57,6 +59,10 @@ class WriteApplier:
         something to clean)."""
         self._config_num = config_num
         self._schema_verdict = schema_verdict
+        self.ddl_waiting: set[str] = set()
+        """Keyspaces whose next tables wait for prepared transactions to resolve (the
+        leader's reconciler says so; not replicated): new SQL prepares there are asked
+        to wait, so the DDL is not starved."""
 
     # --- KV and SQL ----------------------------------------------------------------------
 
@@ -130,6 +136,9 @@ class WriteApplier:
                 if store is None:
                     votes.append(_vote(part.shard, None, None))
                     continue
+                if stale_plan := self._planned_elsewhere(part):
+                    votes.append(stale_plan)  # (nothing recorded: a retry asks again)
+                    continue
                 prepared = store.txn_prepare(
                     index, cmd.txn, part, cmd.participants, now_ms=cmd.now_ms, owner=cmd.user
                 )
@@ -168,6 +177,9 @@ class WriteApplier:
         def run() -> tuple[TxnVote, ...]:
             if len(stores) < len(cmd.parts):
                 return (TxnVote(cmd.parts[len(stores)].shard, WRONG_GROUP),)
+            for part in cmd.parts:
+                if stale_plan := self._planned_elsewhere(part):
+                    return (stale_plan,)
             rows = 0
             for store, part in stores:
                 why = store.txn_conflict(part)
@@ -183,6 +195,34 @@ class WriteApplier:
 
         votes = anchor.txn_commit_once(index, cmd.client_id, cmd.seq, cmd.parts[0], run)
         return votes if votes is not None else (TxnVote(anchor_shard, TxnState.COMMITTED),)
+
+    def tables_held(self, old: Configuration, new: Configuration) -> set[str]:
+        """The keyspaces whose tables ``new`` changes and where a shard serving here is
+        held by a prepared transaction that writes its SQL: the group does not move to ``new``
+        until they resolve (its statements were tried on the tables they must meet at
+        commit). Deterministic: the locks are the shards' replicated state."""
+        if old.tables == new.tables:
+            return set()
+        held: set[str] = set()
+        for store in self._serving():
+            keyspace = store.shard.keyspace
+            if keyspace in held or store.sql_locked(write=False) is None:  # (exclusive)
+                continue
+            if keyspace_tables(old.tables, keyspace) != keyspace_tables(new.tables, keyspace):
+                held.add(keyspace)
+        return held
+
+    def _planned_elsewhere(self, part: TxnPart) -> TxnVote | None:
+        """A part whose SQL statements were planned with other tables than the group
+        holds (see ``TxnSql``): refused with ``schema_changed``, nothing recorded."""
+        sql = part.sql
+        if sql is None or not sql.statements:
+            return None
+        verdict = self._schema_verdict(part.shard.keyspace, sql.catalog_num, sql.schema)
+        if not verdict:
+            return None
+        why = f"the tables of shard {part.shard} are not those the statement was planned with"
+        return TxnVote(part.shard, TxnState.ABORTED, why, code=SCHEMA_CHANGED)
 
 
 def _refusal(cmd: TxnCommand) -> str:

@@ -183,11 +183,16 @@ class Reconciler:
         num = sm.config.num
         latest = await self._controller.watch(newer_than=num, wait_s=WATCH_S)
         if latest.num <= num or self._host.status().role is not Role.LEADER:
+            sm.writes.ddl_waiting = set()  # (nothing waits here)
             return latest.num > num
         following = latest if latest.num == num + 1 else await self._controller.query(num + 1)
         if following.num == num + 1:
             await self._precopy(following)
             if not self._source.may_freeze(following):
+                return False
+            held = sm.writes.tables_held(sm.config, following)
+            sm.writes.ddl_waiting = held
+            if held:  # prepared transactions must resolve first (``writes.tables_held``)
                 return False
             changes = owner_changes(sm.config, following, self.gid)
             if await self.propose(Reconfigure(following)):

@@ -40,6 +40,7 @@ from shardwise.net.rpc import CallContext, RpcMethod
 from shardwise.net.wire import PeerRole
 from shardwise.raft.host import RaftHost
 from shardwise.service import REQUEST_TIMEOUT_S, through_host
+from shardwise.shardserver.access import AccessGuard
 from shardwise.shardserver.commands import (
     Command,
     TxnCommit,
@@ -81,9 +82,6 @@ Req = TypeVar("Req")
 
 _encode = msgspec.msgpack.Encoder().encode
 
-Denied = Callable[[CallContext, Privilege, str], str | None]
-"""Why the caller may not do ``Privilege`` on a keyspace ("" or None: it may)."""
-
 SqlDenied = Callable[..., SqlReply | None]
 """The server's check of SQL statements against the caller's grants: ``(context, shard,
 [(sql, params)], writing=...)``, a refusal or None."""
@@ -97,14 +95,15 @@ class TxnHandlers:
         host: RaftHost[ShardGroupStateMachine],
         transport: Endpoint,
         controller: ControllerClient,
-        denied: Denied,
+        access: AccessGuard,
         sql_denied: SqlDenied,
         *,
         sql_write_max_steps: int = MAX_WRITE_STEPS,
         sql_write_max_seconds: float = MAX_WRITE_SECONDS,
     ) -> None:
         self.host = host
-        self._keyspace_denied = denied
+        self._access = access
+        self._keyspace_denied = access.kv_denied
         self._sql_denied = sql_denied
         self._max_steps = sql_write_max_steps
         self._max_seconds = sql_write_max_seconds
@@ -149,11 +148,17 @@ class TxnHandlers:
                 refused = self._sql_denied(context, part.shard, listed, writing=True)
                 if refused is not None:
                     return refused.error
-            if part.writes or part.reads or not statements:
+            if part.writes or part.reads:
                 need = Privilege.WRITE if part.writes else Privilege.READ
                 if denied := self._denied(context, need, part.shard):
                     return denied
+            elif not statements and (denied := self._sql_read_denied(context, part.shard)):
+                return denied
         return None
+
+    def _sql_read_denied(self, context: CallContext, shard: ShardId) -> str:
+        tables = self.host.state_machine.config.tables
+        return self._access.sql_read_denied(context, shard.keyspace, tables)
 
     def _sql_refused(self, parts: tuple[TxnPart, ...]) -> SqlFailure | None:
         """Why a part's SQL is refused before it is proposed (``None``: it is not): over
@@ -240,6 +245,8 @@ class TxnHandlers:
             return TxnReply("ok", error=str(exc))
         if failure := self._sql_refused(request.parts):
             return TxnReply("ok", error=failure.message, sql_failure=failure)
+        if self._ddl_waits(request.parts):
+            return TxnReply("locked")
         now_ms = wall_ms()  # (the entry carries it: see TxnPrepare)
         r, user = request, context.user or ""
         return await self._propose(TxnPrepare(r.txn, r.participants, r.parts, now_ms, user))
@@ -263,7 +270,17 @@ class TxnHandlers:
             return TxnReply("ok", error=denied, denied=True)
         if failure := self._sql_refused(request.parts):
             return TxnReply("ok", error=failure.message, sql_failure=failure)
+        if self._ddl_waits(request.parts):
+            return TxnReply("locked")
         return await self._propose(TxnCommit(request.client_id, request.seq, request.parts))
+
+    def _ddl_waits(self, parts: tuple[TxnPart, ...]) -> bool:
+        """Whether a part's SQL must wait for a DDL statement that waits for prepared
+        transactions to resolve (``writes.tables_held``): answered ``locked``, retried."""
+        waiting = self.host.state_machine.writes.ddl_waiting
+        return bool(waiting) and any(
+            p.sql is not None and p.shard.keyspace in waiting for p in parts
+        )
 
     async def _shards_command(
         self,
@@ -304,14 +321,14 @@ class TxnHandlers:
         if r.read is not None:
             if refused := self._sql_denied(context, r.shard, [(r.read.sql, r.read.params)]):
                 return refused
-        elif not writes and (denied := self._denied(context, Privilege.READ, r.shard)):
+        elif not writes and (denied := self._sql_read_denied(context, r.shard)):
             return SqlReply("ok", error=denied, denied=True)
         sm = self.host.state_machine
         refused_fn = sm.refused_sql(r.shard, [*r.pending, *r.statements]) if writes else ""
         if refused_fn:
             return SqlReply("ok", failure=SqlFailure(NondeterministicSqlError.code, refused_fn))
-        steps = self._max_steps
-        read = self.host.read(lambda machine: _visit(machine, r, steps), REQUEST_TIMEOUT_S)
+        steps, seconds = self._max_steps, self._max_seconds
+        read = self.host.read(lambda m: _visit(m, r, steps, seconds), REQUEST_TIMEOUT_S)
         try:
             outcome = await through_host(self.host, read)
         except SqlError as exc:
@@ -337,7 +354,9 @@ def _visit_problem(request: TxnSqlRequest) -> str:
     return ""
 
 
-def _visit(sm: ShardGroupStateMachine, r: TxnSqlRequest, max_steps: int) -> SqlReply:
+def _visit(
+    sm: ShardGroupStateMachine, r: TxnSqlRequest, max_steps: int, max_seconds: float
+) -> SqlReply:
     """A visit on the leader, after its ReadIndex barrier (``SqlStoreMixin.sql_visit``)."""
     num = sm.config.num
     store = sm.serving_store(r.shard)
@@ -349,7 +368,7 @@ def _visit(sm: ShardGroupStateMachine, r: TxnSqlRequest, max_steps: int) -> SqlR
         return SqlReply("ok", config_num=num, schema=verdict)
     if locker := store.sql_locked(write=False):
         return SqlReply("locked", config_num=num, locked_by=txn_tag(locker))
-    visit = store.sql_visit(r.pending, r.statements, r.read, r.max_rows, max_steps)
+    visit = store.sql_visit(r, max_steps=max_steps, max_seconds=max_seconds)
     failure = result_failure(visit.result)
     if failure is not None and visit.pending_failed:
         # Its earlier writes no longer run: the tables changed since (its version says so).

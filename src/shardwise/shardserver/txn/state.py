@@ -271,7 +271,11 @@ def prepare(
     stands (required for a part with statements)."""
     now = clock(conn, now_ms)
     known = recorded(conn, txn)
-    if known is not None:
+    if known is not None:  # a retry: answered as the first (``tried`` again: same tables)
+        if known.state is TxnState.PREPARED and tried is not None:
+            return TxnVote(part.shard, known.state, rowcount=tried.rowcount)
+        if known.state is TxnState.ABORTED and tried is not None and tried.error:
+            return TxnVote(part.shard, known.state, tried.error, code=sql_code(tried))
         return TxnVote(part.shard, known.state)
     why = too_old(txn, now) or conflict(conn, txn, part)
     statements = part.sql.statements if part.sql is not None else ()
