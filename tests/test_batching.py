@@ -12,17 +12,25 @@ from shardwise.client.batching import MAX_BATCH_READS, MAX_BATCHED_OP_BYTES, Cal
 from shardwise.errors import InvalidMessageError, PeerUnreachableError, RpcTimeoutError
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Get, KVResult, Put
+from shardwise.model.txn import TxnPart
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import (
     BATCH,
     READ,
     SCAN,
+    TXN_COMMIT,
+    TXN_PREPARE,
+    TXN_RESOLVE,
     WRITE,
     BatchReply,
     BatchRequest,
     KVReply,
     ReadRequest,
     ScanRequest,
+    TxnCommitRequest,
+    TxnPrepareRequest,
+    TxnReply,
+    TxnShardsRequest,
     WriteRequest,
 )
 
@@ -50,7 +58,11 @@ class ScriptedEndpoint:
         if method is BATCH:
             reads = [KVReply("ok", value=r.key) for r in request.reads]
             writes = [KVReply("ok", result=KVResult()) for _ in request.writes]
-            return BatchReply(reads[1:] if self.short_reply else reads, writes)
+            calls = [*request.commits, *request.prepares, *request.resolves]
+            txns = [TxnReply("ok", config_num=n) for n, _ in enumerate(calls)]
+            return BatchReply(reads[1:] if self.short_reply else reads, writes, txns)
+        if method in (TXN_COMMIT, TXN_PREPARE, TXN_RESOLVE):
+            return TxnReply("ok", config_num=-1)
         if method is READ:
             return KVReply("ok", value=request.key)
         return KVReply("ok", result=KVResult())
@@ -91,6 +103,27 @@ async def test_operations_for_one_server_in_one_pass_travel_together(
     assert isinstance(batch, BatchRequest)
     assert [r.key for r in batch.reads] == ["a", "c"] and [w.op.key for w in batch.writes] == ["b"]
     assert batcher.batches_sent == 1
+
+
+async def test_transactions_calls_ride_with_the_writes_each_with_its_own_answer(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    txn = "0" * 32
+    part = TxnPart(SHARD, writes=(Put("k", "v"),))
+    replies = await asyncio.gather(
+        batcher.call("s1", WRITE, write("b"), 1.0),
+        batcher.call("s1", TXN_RESOLVE, TxnShardsRequest(txn, (SHARD,), True), 1.0),
+        batcher.call("s1", TXN_COMMIT, TxnCommitRequest("c", 7, (part,)), 1.0),
+        batcher.call("s1", TXN_PREPARE, TxnPrepareRequest(txn, (SHARD,), (part,)), 1.0),
+        batcher.call("s2", TXN_COMMIT, TxnCommitRequest("c", 8, (part,)), 1.0),
+    )
+    sent = sorted((peer, name) for peer, name, _ in endpoint.calls)
+    assert sent == [("s1", BATCH.name), ("s2", TXN_COMMIT.name)]  # alone: the plain call
+    batch = next(r for _, name, r in endpoint.calls if name == BATCH.name)
+    assert [c.seq for c in batch.commits] == [7] and len(batch.prepares) == 1
+    assert [r.commit for r in batch.resolves] == [True] and len(batch.writes) == 1
+    # Answers in the batch's order (commits, prepares, resolves) back to their callers.
+    assert [r.config_num for r in replies[1:]] == [2, 0, 1, -1]
 
 
 async def test_a_full_batch_goes_at_once_and_the_rest_follow(

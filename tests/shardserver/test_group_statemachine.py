@@ -12,6 +12,7 @@ import pytest
 from shardwise.errors import CommandDecodeError, CommandVersionError
 from shardwise.model.config import Configuration, ShardId, initial_configuration
 from shardwise.model.kv import Append, Delete, Get, Put
+from shardwise.model.txn import TxnPart
 from shardwise.shardserver.commands import (
     GROUP_COMMAND_VERSION,
     AckDelivered,
@@ -26,6 +27,7 @@ from shardwise.shardserver.commands import (
     InstallDelta,
     InstallShard,
     Reconfigure,
+    TxnCommit,
     decode,
     decode_result,
     encode,
@@ -348,6 +350,34 @@ def test_a_batch_applies_each_operation_as_its_own_client_op(groups: tuple[Group
     again = g1.do(ClientBatch((ClientOp(S0, "c", 3, Append("k", "b")),)))
     assert again.batch[0].result is not None and again.batch[0].result.ok
     assert g1.op(S0, Get("k")).result.value == "ab"  # type: ignore[union-attr]
+
+
+def test_a_batch_carries_transactions_commands_on_shards_of_their_own(
+    groups: tuple[Group, Group],
+) -> None:
+    """A transaction's command in a batch entry applies as an entry of its own would, if
+    no earlier part of the entry touched its shards (a store applies an entry once);
+    else it is ``ignored`` (asked again, it goes in another entry), on every replica."""
+    g1, _ = groups
+    on_s0 = TxnCommit("t", 1, (TxnPart(S0, writes=(Put("a", "1"),)),))
+    on_s1 = TxnCommit("t", 2, (TxnPart(S1, writes=(Put("b", "2"),)),))
+    again_s1 = TxnCommit("t", 3, (TxnPart(S1, writes=(Put("c", "3"),)),))
+    batch = ClientBatch((ClientOp(S0, "c", 1, Put("k", "v")),), (on_s0, on_s1, again_s1))
+    assert decode(encode(batch)) == batch
+    result = g1.do(batch)
+    outcomes = [r.outcome for r in result.batch]
+    assert outcomes == ["ok", "ignored", "ok", "ignored"]
+    assert [v.state for v in result.batch[2].votes] == ["committed"]
+    assert g1.op(S1, Get("b")).result.value == "2"  # type: ignore[union-attr]
+    assert g1.op(S0, Get("a")).result.value is None  # type: ignore[union-attr]
+    assert g1.op(S1, Get("c")).result.value is None  # type: ignore[union-attr]
+    # A replay of the entry applies nothing again (every touched store is past it).
+    replay = decode_result(g1.sm.apply(g1.index - 3, encode(batch)))
+    assert [r.outcome for r in replay.batch] == ["ok", "ignored", "ok", "ignored"]
+    # Older replicas halt on such an entry rather than misread it.
+    envelope = msgspec.msgpack.decode(encode(batch))
+    assert envelope[0] == 10
+    assert msgspec.msgpack.decode(encode(ClientBatch(batch.ops)))[0] < 10
 
 
 def test_a_version_3_envelope_cannot_carry_a_batch() -> None:

@@ -174,10 +174,15 @@ class TxnProtocol:
     async def shard_of(self, key: Key, call: CallDeadline) -> ShardId:
         return shard_map(await self.router.keyspace(self.keyspace, call)).shard(key)
 
-    async def read(self, key: Key, call: CallDeadline) -> _Seen:
+    async def read(self, key: Key, call: CallDeadline, *, validated: bool = True) -> _Seen:
+        """A transaction's read of ``key``: its value and version. ``validated``: the
+        commit checks the version again (as every first read's is), so the leader may
+        answer from its applied state without a ReadIndex round; the re-reads of a
+        read-only commit are that check, so they are linearizable."""
         shard = await self.shard_of(key, call)
         # (A plain read marked ``versioned``: it rides in the client's batches.)
-        reply = await self.router.call(shard, READ, ReadRequest(shard, key, versioned=True), call)
+        request = ReadRequest(shard, key, versioned=True, validated=validated)
+        reply = await self.router.call(shard, READ, request, call)
         return _Seen(key, reply.value, reply.version)
 
     async def sql_version(self, shard: ShardId, call: CallDeadline) -> int:
@@ -395,7 +400,9 @@ class Transaction:
         """A read-only transaction: every key read again; any changed, a conflict. (Every
         read was current at its own moment and is current again now, after the last of
         them: so all were current together at the moment of the last first read.)"""
-        again = await asyncio.gather(*(self._p.read(s.key, call) for s in self._seen.values()))
+        again = await asyncio.gather(
+            *(self._p.read(s.key, call, validated=False) for s in self._seen.values())
+        )
         for before, now in zip(self._seen.values(), again, strict=True):
             if now.version != before.version:
                 raise TransactionConflictError(

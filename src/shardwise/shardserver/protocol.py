@@ -68,6 +68,11 @@ class ReadRequest(msgspec.Struct, frozen=True):
     prepared transaction writes it (``txn.read``'s answer, batched like any read). A
     server that predates the field answers version 0: a transaction's commit is then
     refused as a conflict, never wrongly accepted."""
+    validated: bool = False
+    """With ``versioned``: the transaction validates the version later (at its prepare,
+    in the log, or by a linearizable read again), so the leader answers from what it has
+    applied, with no ReadIndex round: a stale answer only makes the commit a conflict
+    (``shardserver/DESIGN.md``, "Transactions", on reads)."""
 
     def __post_init__(self) -> None:
         check_type("key", self.key)
@@ -121,6 +126,12 @@ class BatchRequest(msgspec.Struct, frozen=True):
 
     reads: tuple[ReadRequest, ...] = ()
     writes: tuple[WriteRequest, ...] = ()
+    commits: tuple[TxnCommitRequest, ...] = ()
+    prepares: tuple[TxnPrepareRequest, ...] = ()
+    resolves: tuple[TxnShardsRequest, ...] = ()
+    """Transactions' calls (``txn.commit``, ``txn.prepare``, ``txn.resolve``), each
+    answered as if it had come alone; they join the writes' log entry when they touch
+    shards nothing else in it touches (at most ``MAX_BATCH_TXNS`` in all)."""
 
 
 class BatchReply(msgspec.Struct, frozen=True):
@@ -128,6 +139,8 @@ class BatchReply(msgspec.Struct, frozen=True):
     """One per read, in the request's order."""
     writes: list[KVReply] = []
     """One per write, in the request's order."""
+    txns: list[TxnReply] = []
+    """One per transaction call: the commits, then the prepares, then the resolves."""
 
 
 # --- SQL -----------------------------------------------------------------------------

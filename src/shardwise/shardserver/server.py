@@ -22,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from shardwise.controller.client import ControllerClient
 from shardwise.errors import (
-    InvalidMessageError,
     NondeterministicSqlError,
     ShardLimitError,
     ShardwiseError,
@@ -36,7 +35,7 @@ from shardwise.errors import (
 )
 from shardwise.model.access import Privilege
 from shardwise.model.config import Configuration, ShardId
-from shardwise.model.kv import MAX_BATCH_OPS, MAX_SCAN_ROWS, Key, check_op
+from shardwise.model.kv import MAX_SCAN_ROWS, Key, check_op
 from shardwise.model.txn import txn_tag
 from shardwise.net.endpoint import Endpoint
 from shardwise.net.links import Address
@@ -50,10 +49,10 @@ from shardwise.service import (
     through_host,
 )
 from shardwise.shardserver.access import AccessGuard
+from shardwise.shardserver.batches import leader_reads, serve_batch
 from shardwise.shardserver.checker import CHECK_INTERVAL_S, Checker
 from shardwise.shardserver.checks import read_fault
 from shardwise.shardserver.commands import (
-    ClientBatch,
     ClientOp,
     GroupResult,
     HandOffDone,
@@ -78,8 +77,6 @@ from shardwise.shardserver.protocol import (
     STATUS,
     WRITE,
     ArrivalInfo,
-    BatchReply,
-    BatchRequest,
     HandedOffReply,
     HandedOffRequest,
     KVReply,
@@ -186,7 +183,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.writes_served: Counter[ShardId] = Counter()
         self.transport.serve(WRITE, self._write)
         self.transport.serve(READ, self._read)
-        self.transport.serve(BATCH, self._batch)
+        self.transport.serve(BATCH, lambda r, c: serve_batch(self, r, c))
         self.transport.serve(SCAN, self._scan)
         self.transport.serve(SQL_READ, self._sql_read)
         self.transport.serve(SQL_WRITE, self._sql_write)
@@ -234,7 +231,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
 
     # --- clients -------------------------------------------------------------------------
 
-    def _kv_denied(self, context: CallContext, need: Privilege, shard: ShardId) -> KVReply | None:
+    def kv_refusal(self, context: CallContext, need: Privilege, shard: ShardId) -> KVReply | None:
         denied = self.access.kv_denied(context, need, shard.keyspace)
         return KVReply("ok", error=denied, denied=True) if denied else None
 
@@ -260,7 +257,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         return SqlReply("ok", error=denied, denied=True) if denied else None
 
     async def _write(self, request: WriteRequest, context: CallContext) -> KVReply:
-        if denied := self._kv_denied(context, Privilege.WRITE, request.shard):
+        if denied := self.kv_refusal(context, Privilege.WRITE, request.shard):
             return denied
         try:
             check_op(request.op)
@@ -270,9 +267,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
         if outcome.value is None:
             return KVReply(outcome.status, leader=outcome.leader)
-        return self._write_reply(request.shard, decode_result(outcome.value))
+        return self.write_reply(request.shard, decode_result(outcome.value))
 
-    def _write_reply(self, shard: ShardId, result: GroupResult) -> KVReply:
+    def write_reply(self, shard: ShardId, result: GroupResult) -> KVReply:
         if result.outcome == "failed":
             return KVReply("ok", config_num=result.config_num, error=result.error)
         if result.outcome != "ok":
@@ -283,24 +280,26 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.writes_served[shard] += 1
         return KVReply("ok", config_num=result.config_num, result=result.result)
 
-    def _leader_hint(self) -> str | None:
+    def leader_hint(self) -> str | None:
         """For a read a follower served: the leader, so the client asks it next time (a
         follower's read costs a round trip to the leader besides the leader's own round)."""
         leader = self.host.node.leader
         return leader if leader != self.host.id else None
 
     async def _read(self, request: ReadRequest, context: CallContext) -> KVReply:
-        if denied := self._kv_denied(context, Privilege.READ, request.shard):
+        if denied := self.kv_refusal(context, Privilege.READ, request.shard):
             return denied
+        if request.versioned and request.validated:
+            return (await leader_reads(self, [request]))[0]
         shard, key = request.shard, request.key
         look = ShardGroupStateMachine.versioned_read if request.versioned else _plain_read
         read = self.host.read(lambda sm: look(sm, shard, key), timeout_s=REQUEST_TIMEOUT_S)
         outcome = await through_host(self.host, read)
         if outcome.value is None:
             return KVReply(outcome.status, leader=outcome.leader)
-        return self._read_reply(shard, outcome.value, self._leader_hint())
+        return self.read_reply(shard, outcome.value, self.leader_hint())
 
-    def _read_reply(self, shard: ShardId, found: Read, leader: str | None) -> KVReply:
+    def read_reply(self, shard: ShardId, found: Read, leader: str | None) -> KVReply:
         if not found.serving:
             return KVReply("wrong_group", config_num=found.config_num)
         if found.locked:
@@ -314,83 +313,8 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             version=found.version,
         )
 
-    async def _batch(self, request: BatchRequest, context: CallContext) -> BatchReply:
-        reads, writes = request.reads, request.writes
-        if len(reads) > MAX_BATCH_OPS or len(writes) > MAX_BATCH_OPS:
-            raise InvalidMessageError(
-                f"a batch has at most {MAX_BATCH_OPS} reads and {MAX_BATCH_OPS} writes, "
-                f"not {len(reads)} and {len(writes)}"
-            )
-        if context.user is not None:
-            return await self._batch_checked(request, context)
-        if not writes:
-            return BatchReply(reads=await self._batch_reads(reads))
-        if not reads:
-            return BatchReply(writes=await self._batch_writes(writes))
-        read_replies, write_replies = await asyncio.gather(
-            self._batch_reads(reads), self._batch_writes(writes)
-        )
-        return BatchReply(read_replies, write_replies)
-
-    async def _batch_checked(self, request: BatchRequest, context: CallContext) -> BatchReply:
-        """A user's batch: each operation its grant allows runs, each other is denied."""
-        read_denials = [self._kv_denied(context, Privilege.READ, r.shard) for r in request.reads]
-        write_denials = [self._kv_denied(context, Privilege.WRITE, w.shard) for w in request.writes]
-        reads = [r for r, d in zip(request.reads, read_denials, strict=True) if d is None]
-        writes = [w for w, d in zip(request.writes, write_denials, strict=True) if d is None]
-        read_replies = iter(await self._batch_reads(reads) if reads else [])
-        write_replies = iter(await self._batch_writes(writes) if writes else [])
-        return BatchReply(
-            [d or next(read_replies) for d in read_denials],
-            [d or next(write_replies) for d in write_denials],
-        )
-
-    async def _batch_reads(self, requests: Sequence[ReadRequest]) -> list[KVReply]:
-        """Every read at one linearizable point: one ReadIndex round for all."""
-        read = self.host.read(
-            lambda sm: [
-                sm.versioned_read(r.shard, r.key) if r.versioned else sm.read(r.shard, r.key)
-                for r in requests
-            ],
-            timeout_s=REQUEST_TIMEOUT_S,
-        )
-        outcome = await through_host(self.host, read)
-        if outcome.value is None:
-            return [KVReply(outcome.status, leader=outcome.leader)] * len(requests)
-        leader = self._leader_hint()
-        return [
-            self._read_reply(request.shard, found, leader)
-            for request, found in zip(requests, outcome.value, strict=True)
-        ]
-
-    async def _batch_writes(self, requests: Sequence[WriteRequest]) -> list[KVReply]:
-        """The writes within the limits, as one log entry; each answered on its own."""
-        replies: list[KVReply] = [KVReply("retry")] * len(requests)
-        ops: list[ClientOp] = []
-        positions: list[int] = []
-        for position, request in enumerate(requests):
-            try:
-                check_op(request.op)
-            except ShardLimitError as exc:
-                replies[position] = KVReply("ok", error=str(exc))
-                continue
-            ops.append(ClientOp(request.shard, request.client_id, request.seq, request.op))
-            positions.append(position)
-        if not ops:
-            return replies
-        command = encode(ClientBatch(tuple(ops)))
-        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
-        if outcome.value is None:
-            for position in positions:
-                replies[position] = KVReply(outcome.status, leader=outcome.leader)
-            return replies
-        results = decode_result(outcome.value).batch
-        for position, result in zip(positions, results, strict=True):
-            replies[position] = self._write_reply(requests[position].shard, result)
-        return replies
-
     async def _scan(self, request: ScanRequest, context: CallContext) -> KVReply:
-        if denied := self._kv_denied(context, Privilege.READ, request.shard):
+        if denied := self.kv_refusal(context, Privilege.READ, request.shard):
             return denied
         if not 0 <= request.limit <= MAX_SCAN_ROWS:
             return KVReply("ok", error=f"scan limit {request.limit} is not in [0, {MAX_SCAN_ROWS}]")
@@ -404,11 +328,11 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return KVReply(outcome.status, leader=outcome.leader)
         found = outcome.value
         if not found.serving or found.locked:
-            return self._read_reply(r.shard, found, None)
+            return self.read_reply(r.shard, found, None)
         self.reads_served[r.shard] += 1
         return KVReply(
             "ok",
-            leader=self._leader_hint(),
+            leader=self.leader_hint(),
             config_num=outcome.value.config_num,
             items=outcome.value.items,
         )

@@ -98,7 +98,16 @@ class WriteApplier:
             applied = store.apply_many(index, ops)
             for n, position in enumerate(positions):
                 results[position] = GroupResult("ok", num, None if applied is None else applied[n])
-        return GroupResult("ok", num, batch=tuple(r for r in results if r is not None))
+        done = [r for r in results if r is not None]
+        touched = set(by_shard)
+        for txn in cmd.txns:  # (see ``ClientBatch.txns``)
+            shards = shards_of(txn)
+            if touched & shards:
+                done.append(GroupResult("ignored", num))
+                continue
+            touched |= shards
+            done.append(self.txn(index, txn))
+        return GroupResult("ok", num, batch=tuple(done))
 
     def sql_write(self, index: int, cmd: SqlWrite) -> GroupResult:
         store = self._writable(cmd.shard)
@@ -223,6 +232,13 @@ class WriteApplier:
             return None
         why = f"the tables of shard {part.shard} are not those the statement was planned with"
         return TxnVote(part.shard, TxnState.ABORTED, why, code=SCHEMA_CHANGED)
+
+
+def shards_of(cmd: TxnPrepare | TxnResolve | TxnCommit) -> set[ShardId]:
+    """The shards a transaction's command changes (its parts', or those it resolves)."""
+    if isinstance(cmd, TxnResolve):
+        return set(cmd.shards)
+    return {part.shard for part in cmd.parts}
 
 
 def _refusal(cmd: TxnCommand) -> str:

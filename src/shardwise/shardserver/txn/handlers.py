@@ -43,6 +43,7 @@ from shardwise.service import REQUEST_TIMEOUT_S, through_host
 from shardwise.shardserver.access import AccessGuard
 from shardwise.shardserver.commands import (
     Command,
+    GroupResult,
     TxnCommit,
     TxnFence,
     TxnPrepare,
@@ -195,18 +196,17 @@ class TxnHandlers:
                 return denied
         return None
 
+    async def propose(self, command: Command) -> TxnReply:
+        """Log ``command`` as an entry of its own; its answer."""
+        return await self._propose(command)
+
     async def _propose(self, command: Command) -> TxnReply:
         outcome = await through_host(
             self.host, self.host.propose(encode(command), REQUEST_TIMEOUT_S)
         )
         if outcome.value is None:
             return TxnReply(outcome.status, leader=outcome.leader)
-        result = decode_result(outcome.value)
-        if result.outcome == "failed":
-            return TxnReply("ok", config_num=result.config_num, error=result.error)
-        if result.outcome == "wrong_group":  # (a commit whose first shard is not here)
-            return TxnReply("wrong_group", config_num=result.config_num)
-        return TxnReply("ok", config_num=result.config_num, votes=result.votes)
+        return self.reply_of(decode_result(outcome.value))
 
     # --- the RPCs ------------------------------------------------------------------------
 
@@ -227,6 +227,13 @@ class TxnHandlers:
         return KVReply("ok", config_num=found.config_num, value=found.value, version=found.version)
 
     async def _prepare(self, request: TxnPrepareRequest, context: CallContext) -> TxnReply:
+        admitted = self.admit_prepare(request, context)
+        return admitted if isinstance(admitted, TxnReply) else await self._propose(admitted)
+
+    def admit_prepare(
+        self, request: TxnPrepareRequest, context: CallContext
+    ) -> TxnReply | TxnPrepare:
+        """The door of ``txn.prepare``: the refusal, or the command to log."""
         try:
             check_txn_id(request.txn)
             if not request.participants:
@@ -249,7 +256,7 @@ class TxnHandlers:
             return TxnReply("locked")
         now_ms = wall_ms()  # (the entry carries it: see TxnPrepare)
         r, user = request, context.user or ""
-        return await self._propose(TxnPrepare(r.txn, r.participants, r.parts, now_ms, user))
+        return TxnPrepare(r.txn, r.participants, r.parts, now_ms, user)
 
     def _check_participants(self, participants: tuple[ShardId, ...]) -> None:
         """Every participant a shard that exists (a recoverer must be able to ask it)."""
@@ -260,6 +267,11 @@ class TxnHandlers:
                 raise ShardLimitError(f"participant {shard} is not a shard of this cluster")
 
     async def _commit(self, request: TxnCommitRequest, context: CallContext) -> TxnReply:
+        admitted = self.admit_commit(request, context)
+        return admitted if isinstance(admitted, TxnReply) else await self._propose(admitted)
+
+    def admit_commit(self, request: TxnCommitRequest, context: CallContext) -> TxnReply | TxnCommit:
+        """The door of ``txn.commit``: the refusal, or the command to log."""
         try:
             if not request.parts:
                 raise ShardLimitError("a transaction to commit has no parts")
@@ -272,7 +284,7 @@ class TxnHandlers:
             return TxnReply("ok", error=failure.message, sql_failure=failure)
         if self._ddl_waits(request.parts):
             return TxnReply("locked")
-        return await self._propose(TxnCommit(request.client_id, request.seq, request.parts))
+        return TxnCommit(request.client_id, request.seq, request.parts)
 
     def _ddl_waits(self, parts: tuple[TxnPart, ...]) -> bool:
         """Whether a part's SQL must wait for a DDL statement that waits for prepared
@@ -299,11 +311,33 @@ class TxnHandlers:
         return await self._propose(make())
 
     async def _resolve(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
+        admitted = self.admit_resolve(request, context)
+        return admitted if isinstance(admitted, TxnReply) else await self._propose(admitted)
+
+    def admit_resolve(
+        self, request: TxnShardsRequest, context: CallContext
+    ) -> TxnReply | TxnResolve:
+        """The door of ``txn.resolve``: the refusal, or the command to log."""
         r = request
-        user = context.user or ""
-        return await self._shards_command(
-            r, context, lambda: TxnResolve(r.txn, r.commit, r.shards, user)
-        )
+        try:
+            check_txn_id(r.txn)
+            check_parts((), r.shards)
+        except ShardLimitError as exc:
+            return TxnReply("ok", error=str(exc))
+        if denied := self._shards_denied(context, r.shards):
+            return TxnReply("ok", error=denied, denied=True)
+        return TxnResolve(r.txn, r.commit, r.shards, context.user or "")
+
+    def reply_of(self, result: GroupResult) -> TxnReply:
+        """A logged transaction command's result as its caller's answer (``ignored``: it
+        could not share its batch's entry: asked again, it goes in another)."""
+        if result.outcome == "failed":
+            return TxnReply("ok", config_num=result.config_num, error=result.error)
+        if result.outcome == "wrong_group":  # (a commit whose first shard is not here)
+            return TxnReply("wrong_group", config_num=result.config_num)
+        if result.outcome == "ignored":
+            return TxnReply("retry", leader=self.host.id)
+        return TxnReply("ok", config_num=result.config_num, votes=result.votes)
 
     async def _fence(self, request: TxnShardsRequest, context: CallContext) -> TxnReply:
         r = request
