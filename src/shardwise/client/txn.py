@@ -10,8 +10,9 @@ and the commit (``src/shardwise/shardserver/DESIGN.md``, "Transactions").
 
 A commit is, by where the transaction's shards are:
 
-* **none written** (read only): every key read is read again; if none changed, the
-  transaction committed at the moment of the last first read (no log entry at all);
+* **none written** (read only): every key read is read again, linearizably; if none
+  changed, the transaction committed at the moment of the first of these second reads
+  (no log entry at all);
 * **one group** holds them all: one ``txn.commit``, one log entry, validated and
   applied together (de-duplicated like a write, so a retry applies once);
 * **several groups**: a ``txn.prepare`` to each group at once (one log entry each). The
@@ -397,9 +398,10 @@ class Transaction:
         }
 
     async def _validate_reads(self, call: CallDeadline) -> None:
-        """A read-only transaction: every key read again; any changed, a conflict. (Every
-        read was current at its own moment and is current again now, after the last of
-        them: so all were current together at the moment of the last first read.)"""
+        """A read-only transaction: every key read again, linearizably; any changed, a
+        conflict. (Each key kept the value its first answer showed until its second
+        reading, and every second reading comes after every first: so all were current
+        together at the first second reading. DESIGN.md, "Transactions".)"""
         again = await asyncio.gather(
             *(self._p.read(s.key, call, validated=False) for s in self._seen.values())
         )
