@@ -47,6 +47,8 @@ class ScriptedEndpoint:
         self.hold.set()
         self.fail: Exception | None = None
         self.short_reply = False
+        self.old_server = False
+        """Answers batches as a server that predates batched transaction calls."""
 
     async def call(
         self, peer: str, method: RpcMethod[Any, Any], request: Any, *, timeout_s: float = 1.0
@@ -60,6 +62,8 @@ class ScriptedEndpoint:
             writes = [KVReply("ok", result=KVResult()) for _ in request.writes]
             calls = [*request.commits, *request.prepares, *request.resolves]
             txns = [TxnReply("ok", config_num=n) for n, _ in enumerate(calls)]
+            if self.old_server:
+                txns = []
             return BatchReply(reads[1:] if self.short_reply else reads, writes, txns)
         if method in (TXN_COMMIT, TXN_PREPARE, TXN_RESOLVE):
             return TxnReply("ok", config_num=-1)
@@ -124,6 +128,27 @@ async def test_transactions_calls_ride_with_the_writes_each_with_its_own_answer(
     assert [r.commit for r in batch.resolves] == [True] and len(batch.writes) == 1
     # Answers in the batch's order (commits, prepares, resolves) back to their callers.
     assert [r.config_num for r in replies[1:]] == [2, 0, 1, -1]
+
+
+async def test_a_server_that_drops_transaction_calls_gets_them_alone(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    """A server of an older version ignores the fields it does not know: its batch reply
+    has no transaction answers. Those calls are sent alone, and from then on go alone."""
+    endpoint.old_server = True
+    part = TxnPart(SHARD, writes=(Put("k", "v"),))
+    commit = TxnCommitRequest("c", 7, (part,))
+    written, committed = await asyncio.gather(
+        batcher.call("s1", WRITE, write("b"), 1.0), batcher.call("s1", TXN_COMMIT, commit, 1.0)
+    )
+    assert written.result == KVResult() and committed.config_num == -1  # (the plain call's)
+    assert [name for _, name, _ in endpoint.calls] == [BATCH.name, TXN_COMMIT.name]
+    await asyncio.gather(
+        batcher.call("s1", WRITE, write("c"), 1.0), batcher.call("s1", TXN_COMMIT, commit, 1.0)
+    )
+    assert sorted(name for _, name, _ in endpoint.calls[2:]) == sorted(
+        [TXN_COMMIT.name, WRITE.name]
+    )
 
 
 async def test_a_full_batch_goes_at_once_and_the_rest_follow(

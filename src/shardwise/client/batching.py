@@ -151,6 +151,9 @@ class CallBatcher:
         self._sending: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = {}
         """Batched calls in flight, by server."""
+        self._plain_txns: set[str] = set()
+        """Servers that answered a batch without its transaction calls (an older version):
+        their transaction calls go alone."""
         self.batches_sent = 0
         """Calls that carried more than one operation (for tests and curious users)."""
 
@@ -166,7 +169,7 @@ class CallBatcher:
             size = _write_bytes(request)
             if size is not None:
                 future = self._add(node, "writes", request, size, timeout_s)
-        elif (kind := _TXN_KINDS.get(method.name)) is not None:
+        elif (kind := _TXN_KINDS.get(method.name)) is not None and node not in self._plain_txns:
             size = len(_encode(request))
             if size <= MAX_BATCHED_TXN_BYTES:
                 future = self._add(node, kind, request, size, timeout_s)
@@ -264,6 +267,16 @@ class CallBatcher:
         request = BatchRequest(**lists)
         reply = await transport.call(node, BATCH, request, timeout_s=timeout_s)
         txns = sum(len(lists[k]) for k in _KINDS[2:])
+        if txns and not reply.txns and len(reply.writes) == len(lists["writes"]):
+            # A server older than batched transaction calls dropped them unread: send
+            # them alone, now and from now on (a rolling upgrade).
+            self._plain_txns.add(node)
+            alone = [
+                transport.call(node, _METHODS[kind], r, timeout_s=timeout_s)
+                for kind in _KINDS[2:]
+                for r in lists[kind]
+            ]
+            reply = msgspec.structs.replace(reply, txns=list(await asyncio.gather(*alone)))
         if (
             len(reply.reads) != len(lists["reads"])
             or len(reply.writes) != len(lists["writes"])

@@ -112,7 +112,7 @@ class TxnState(enum.StrEnum):
 
 
 class TxnRead(msgspec.Struct, frozen=True, array_like=True):
-    """A key the transaction read, and the version it saw (-1: absent)."""
+    """A key the transaction read, and the version it saw (negative: absent)."""
 
     key: Key
     version: Int64

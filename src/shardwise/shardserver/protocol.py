@@ -111,7 +111,8 @@ class KVReply(msgspec.Struct, frozen=True):
     denied: bool = False
     """The refusal is the logged-in user's lack of a grant (``error`` says which)."""
     version: Int64 = 0
-    """For a transaction's read: the write version that last wrote the key (-1: absent)."""
+    """For a transaction's read: the write version that last wrote the key (negative:
+    absent; see ``txn/state.version_of``)."""
     locked_by: str = ""
     """With ``locked``: a tag of the transaction that holds the key (``txn_tag``: not its
     id, which would let the reader resolve or fence it)."""

@@ -132,7 +132,7 @@ class Read:
     locked: str = ""
     """A prepared transaction writes what the read would see: ask again once it resolves."""
     version: int = 0
-    """For a transaction's read: the write version that last wrote the key (-1: absent)."""
+    """For a transaction's read: the key's version (negative: absent)."""
 
 
 @dataclass(frozen=True, slots=True)

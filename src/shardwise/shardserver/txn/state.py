@@ -84,9 +84,9 @@ SQL_LOCK: Final = b"s"
 """The lock on a shard's SQL tables (all of them)."""
 
 ABSENT_VERSION: Final = -1
-"""The version a read of an absent key sees: apart from every row's, even a row of a
-file written before change tracking (version 0), so a key that was there and is gone
-does not pass for unchanged."""
+"""The version of a key that is absent and was never deleted since the tombstones began
+(:func:`version_of`): apart from every row's, even a row of a file written before change
+tracking (version 0), so a key that was there and is gone does not pass for unchanged."""
 
 
 class Kept(msgspec.Struct, frozen=True, array_like=True):
@@ -144,9 +144,18 @@ def prepared(conn: sqlite3.Connection) -> list[Recorded]:
 
 
 def version_of(conn: sqlite3.Connection, key: Key) -> int:
-    """The write version that last wrote ``key`` (:data:`ABSENT_VERSION`: absent)."""
-    row = conn.execute("SELECT ver FROM kv WHERE key = ?", (key_bytes(key),)).fetchone()
-    return ABSENT_VERSION if row is None else int(row[0])
+    """The write version that last wrote ``key``; for an absent key, a negative number
+    that changes whenever the key is written and deleted again: ``ABSENT_VERSION`` less
+    the version of its tombstone, or, if that was pruned or never was, of the newest
+    pruned tombstone (``gone_horizon``: a later delete's tombstone is newer). Without it
+    every absent key would read -1, and a key created and deleted between a read-only
+    transaction's two readings would pass for unchanged (an ABA)."""
+    raw = key_bytes(key)
+    row = conn.execute("SELECT ver FROM kv WHERE key = ?", (raw,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    gone = conn.execute("SELECT ver FROM kv_gone WHERE key = ?", (raw,)).fetchone()
+    return ABSENT_VERSION - (int(gone[0]) if gone is not None else meta_int(conn, "gone_horizon"))
 
 
 def lock_count(conn: sqlite3.Connection) -> int:

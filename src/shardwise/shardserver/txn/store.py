@@ -264,18 +264,17 @@ class TxnStoreMixin:
     # --- reads ---------------------------------------------------------------------------
 
     def versioned(self, key: Key) -> tuple[Value | None, int]:
-        """``key``'s value and the write version that last wrote it (absent:
-        ``state.ABSENT_VERSION``)."""
+        """``key``'s value and the write version that last wrote it (absent: the
+        negative version ``state.version_of`` gives)."""
         try:
-            row = (
-                self._connection()
-                .execute("SELECT value, ver FROM kv WHERE key = ?", (key_bytes(key),))
-                .fetchone()
-            )
+            conn = self._connection()
+            row = conn.execute(
+                "SELECT value, ver FROM kv WHERE key = ?", (key_bytes(key),)
+            ).fetchone()
+            if row is None:
+                return None, txn_state.version_of(conn, key)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        if row is None:
-            return None, txn_state.ABSENT_VERSION
         return kvops.as_value(row[0]), int(row[1])
 
     def prepared_txns(self) -> list[txn_state.Recorded]:
