@@ -54,7 +54,7 @@ class _Server:
         self.guard.update(
             AccessCatalog(1, {"eve": User("eve", verifier, ("reader",))}, {"reader": role})
         )
-        status = SimpleNamespace(halted=False, leader="me")
+        status = SimpleNamespace(halted=False, leader="me", applied=0, commit=0)
         self.host = SimpleNamespace(
             id="me", state_machine=self.sm, status=lambda: status, node=SimpleNamespace(leader="me")
         )
