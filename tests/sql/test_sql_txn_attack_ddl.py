@@ -11,13 +11,10 @@ describe the bug as it was found: ``git log`` has the fix)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from shardwise.model.config import Configuration, ShardId
-from shardwise.model.schemes import shard_map
 from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart, TxnSql, new_txn_id
 from shardwise.net.leader import CallDeadline
@@ -30,21 +27,7 @@ from shardwise.shardserver.protocol import (
 )
 from shardwise.testing.cluster import SimCluster
 
-
-def _shard(config: Configuration, key: object) -> ShardId:
-    return shard_map(config.keyspaces["default"]).shard(str(key))
-
-
-def _deadline(budget_s: float = 10.0) -> float:
-    return asyncio.get_running_loop().time() + budget_s
-
-
-async def _two_groups_apart(cluster: SimCluster) -> tuple[int, int]:
-    config = await cluster.configuration()
-    first = 1
-    owner = config.owner(_shard(config, first))
-    other = next(k for k in range(2, 10_000) if config.owner(_shard(config, k)) != owner)
-    return first, other
+from .test_sql_txn_sim import deadline, shard_of, two_groups_apart
 
 
 @pytest.mark.virtual_time
@@ -71,14 +54,14 @@ async def test_ddl_between_prepare_and_commit_breaks_atomicity(tmp_path: Path, s
             "CREATE TABLE t (k INTEGER NOT NULL, j INTEGER NOT NULL, v INTEGER, "
             "PRIMARY KEY (k, j)) WITH (distribution = 'k')"
         )
-        a, b = await _two_groups_apart(cluster)
+        a, b = await two_groups_apart(cluster)
         await kv.sql("INSERT INTO t VALUES (?, 1, 5), (?, 1, 0)", [a, b])
         config = await cluster.configuration()
-        sa, sb = _shard(config, a), _shard(config, b)
+        sa, sb = shard_of(config, a), shard_of(config, b)
         assert config.owner(sa) != config.owner(sb)
 
         router = kv._router
-        call = CallDeadline.starting_now("test", _deadline())
+        call = CallDeadline.starting_now("test", deadline())
         txn = new_txn_id()
         insert = SqlStatement('INSERT INTO "sql_t" ("k", "j", "v") VALUES (:k, 2, 5)', {"k": a})
         update = SqlStatement('UPDATE "sql_t" SET "v" = 1 WHERE "k" = :k', {"k": b})
@@ -144,9 +127,9 @@ async def test_multi_shard_write_planned_on_a_stale_catalog_is_not_replanned(
         )
         config = await cluster.configuration()
         # Two rows whose shards by id differ from their shards by g (and from each other).
-        ids = [i for i in range(1, 500) if _shard(config, i) != _shard(config, i + 1000)]
+        ids = [i for i in range(1, 500) if shard_of(config, i) != shard_of(config, i + 1000)]
         one = ids[0]
-        two = next(i for i in ids if _shard(config, i) != _shard(config, one))
+        two = next(i for i in ids if shard_of(config, i) != shard_of(config, one))
         assert (await stale.sql("SELECT count(*) FROM t")).rows == [(0,)]  # (caches the catalog)
 
         await kv.sql("DROP TABLE t")

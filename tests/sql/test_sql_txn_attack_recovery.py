@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from shardwise.model.config import Configuration, ShardId
-from shardwise.model.schemes import shard_map
 from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart, TxnSql, new_txn_id
 from shardwise.net.leader import CallDeadline
 from shardwise.shardserver.protocol import TXN_PREPARE, TxnPrepareRequest, schema_digest
 from shardwise.testing.cluster import SimCluster
+
+from .test_sql_txn_sim import deadline, shard_of, two_groups_apart
 
 
 def _digest(config: Configuration) -> int:
@@ -26,21 +27,6 @@ CREATE = (
     "CREATE TABLE acct (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL) "
     "WITH (distribution = 'id')"
 )
-
-
-def _shard(config: Configuration, key: object) -> ShardId:
-    return shard_map(config.keyspaces["default"]).shard(str(key))
-
-
-def _deadline(budget_s: float = 10.0) -> float:
-    return asyncio.get_running_loop().time() + budget_s
-
-
-async def _two_groups_apart(cluster: SimCluster) -> tuple[int, int]:
-    config = await cluster.configuration()
-    owner = config.owner(_shard(config, 1))
-    other = next(k for k in range(2, 10_000) if config.owner(_shard(config, k)) != owner)
-    return 1, other
 
 
 def replica_rows(cluster: SimCluster, gid: int, shard: ShardId, sql: str) -> dict[str, Any]:
@@ -80,11 +66,11 @@ async def test_a_half_prepared_sql_transaction_is_recovered_and_frees_the_shard(
         await cluster.join(1, 2)
         await cluster.settled()
         await kv.sql(CREATE)
-        a, b = await _two_groups_apart(cluster)
+        a, b = await two_groups_apart(cluster)
         await kv.sql("INSERT INTO acct VALUES (?, 100), (?, 100)", [a, b])
         config = await cluster.configuration()
-        sa, sb = _shard(config, a), _shard(config, b)
-        call = CallDeadline.starting_now("test", _deadline())
+        sa, sb = shard_of(config, a), shard_of(config, b)
+        call = CallDeadline.starting_now("test", deadline())
         txn = new_txn_id()
         insert = SqlStatement('INSERT INTO "sql_acct" VALUES (:k, 1)', {"k": a + 10_000_000})
         part = TxnPart(
@@ -116,7 +102,7 @@ async def test_two_sessions_crossing_sql_transactions_do_not_deadlock(
         await cluster.join(1, 2)
         await cluster.settled()
         await kv.sql(CREATE)
-        a, b = await _two_groups_apart(cluster)
+        a, b = await two_groups_apart(cluster)
         await kv.sql("INSERT INTO acct VALUES (?, 100), (?, 100)", [a, b])
         one, two = kv.sql_session(), kv.sql_session()
         outcomes: list[str] = []
@@ -124,16 +110,16 @@ async def test_two_sessions_crossing_sql_transactions_do_not_deadlock(
         async def run(session: Any, first: int, second: int) -> None:
             for _ in range(10):
                 try:
-                    await session.execute("BEGIN", None, _deadline())
+                    await session.execute("BEGIN", None, deadline())
                     for key in (first, second):
                         await session.execute(
-                            "UPDATE acct SET balance = balance + 1 WHERE id = ?", [key], _deadline()
+                            "UPDATE acct SET balance = balance + 1 WHERE id = ?", [key], deadline()
                         )
-                    await session.execute("COMMIT", None, _deadline(5))
+                    await session.execute("COMMIT", None, deadline(5))
                     outcomes.append("committed")
                 except Exception as exc:
                     outcomes.append(type(exc).__name__)
-                    await session.execute("ROLLBACK", None, _deadline())
+                    await session.execute("ROLLBACK", None, deadline())
 
         await asyncio.gather(run(one, a, b), run(two, b, a))
         assert set(outcomes) <= {"committed", "TransactionConflictError"}, outcomes
@@ -160,11 +146,11 @@ async def test_a_retried_prepare_answers_as_the_first(tmp_path: Path, seed: int)
         await cluster.join(1, 2)
         await cluster.settled()
         await kv.sql(CREATE)
-        a, b = await _two_groups_apart(cluster)
+        a, b = await two_groups_apart(cluster)
         await kv.sql("INSERT INTO acct VALUES (?, 100), (?, 100)", [a, b])
         config = await cluster.configuration()
-        sa, sb = _shard(config, a), _shard(config, b)
-        call = CallDeadline.starting_now("test", _deadline())
+        sa, sb = shard_of(config, a), shard_of(config, b)
+        call = CallDeadline.starting_now("test", deadline())
 
         txn = new_txn_id()
         update = SqlStatement('UPDATE "sql_acct" SET "balance" = 1 WHERE "id" = :k', {"k": a})

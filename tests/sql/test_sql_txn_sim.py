@@ -51,16 +51,16 @@ BREAK_ON_B = (
 """Applies on one account's shard, breaks NOT NULL on the other's."""
 
 
-def _shard(config: Configuration, key: object) -> ShardId:
+def shard_of(config: Configuration, key: object) -> ShardId:
     return shard_map(config.keyspaces["default"]).shard(str(key))
 
 
-async def _two_groups_apart(cluster: SimCluster) -> tuple[int, int]:
+async def two_groups_apart(cluster: SimCluster) -> tuple[int, int]:
     """Two account ids whose shards belong to different groups."""
     config = await cluster.configuration()
     first = 1
-    owner = config.owner(_shard(config, first))
-    other = next(k for k in range(2, 10_000) if config.owner(_shard(config, k)) != owner)
+    owner = config.owner(shard_of(config, first))
+    other = next(k for k in range(2, 10_000) if config.owner(shard_of(config, k)) != owner)
     return first, other
 
 
@@ -70,11 +70,11 @@ async def _balances(kv: Client | ClusterSql, ids: list[int]) -> dict[int, int]:
     if isinstance(kv, Client):
         result = await kv.sql(query, ids)
     else:
-        result = await kv.execute(query, ids, _deadline())
+        result = await kv.execute(query, ids, deadline())
     return {int(r[0]): int(r[1]) for r in result.rows}  # type: ignore[arg-type]
 
 
-def _deadline(budget_s: float = 10.0) -> float:
+def deadline(budget_s: float = 10.0) -> float:
     return asyncio.get_running_loop().time() + budget_s
 
 
@@ -82,7 +82,7 @@ async def _setup(cluster: SimCluster, kv: Client) -> tuple[int, int]:
     await cluster.join(1, 2)
     await cluster.settled()
     await kv.sql(CREATE)
-    a, b = await _two_groups_apart(cluster)
+    a, b = await two_groups_apart(cluster)
     await kv.sql("INSERT INTO acct VALUES (?, ?), (?, ?)", [a, START, b, START])
     return a, b
 
@@ -154,26 +154,26 @@ async def test_lost_updates_and_write_skew_are_refused(tmp_path: Path, seed: int
 
         # Lost update: both read a, both write it; the second to commit is refused.
         for session in (one, two):
-            await session.execute("BEGIN", None, _deadline())
+            await session.execute("BEGIN", None, deadline())
             assert (await _balances(session, [a]))[a] == START
-        await one.execute("UPDATE acct SET balance = 90 WHERE id = ?", [a], _deadline())
-        await two.execute("UPDATE acct SET balance = 80 WHERE id = ?", [a], _deadline())
-        await one.execute("COMMIT", None, _deadline())
+        await one.execute("UPDATE acct SET balance = 90 WHERE id = ?", [a], deadline())
+        await two.execute("UPDATE acct SET balance = 80 WHERE id = ?", [a], deadline())
+        await one.execute("COMMIT", None, deadline())
         with pytest.raises(TransactionConflictError):
-            await two.execute("COMMIT", None, _deadline())
+            await two.execute("COMMIT", None, deadline())
         assert await _balances(kv, [a]) == {a: 90}
 
         # Write skew: each checks that the two balances together cover a withdrawal,
         # then withdraws from a different account. Serializable: one of them fails.
         for session in (one, two):
-            await session.execute("BEGIN", None, _deadline())
+            await session.execute("BEGIN", None, deadline())
             assert sum((await _balances(session, [a, b])).values()) == 190
-        await one.execute("UPDATE acct SET balance = balance - 90 WHERE id = ?", [a], _deadline())
-        await two.execute("UPDATE acct SET balance = balance - 100 WHERE id = ?", [b], _deadline())
+        await one.execute("UPDATE acct SET balance = balance - 90 WHERE id = ?", [a], deadline())
+        await two.execute("UPDATE acct SET balance = balance - 100 WHERE id = ?", [b], deadline())
         outcomes = []
         for session in (one, two):
             try:
-                await session.execute("COMMIT", None, _deadline())
+                await session.execute("COMMIT", None, deadline())
                 outcomes.append("committed")
             except TransactionConflictError:
                 outcomes.append("conflict")
@@ -182,25 +182,25 @@ async def test_lost_updates_and_write_skew_are_refused(tmp_path: Path, seed: int
 
         # A transaction that only read commits if nothing it read changed (its shards'
         # SQL versions read again), and is refused if something did.
-        await one.execute("BEGIN", None, _deadline())
+        await one.execute("BEGIN", None, deadline())
         assert await _balances(one, [a, b]) == {a: 0, b: 100}
-        await one.execute("COMMIT", None, _deadline())
-        await one.execute("BEGIN", None, _deadline())
+        await one.execute("COMMIT", None, deadline())
+        await one.execute("BEGIN", None, deadline())
         await _balances(one, [a, b])
         await kv.sql("UPDATE acct SET balance = 1 WHERE id = ?", [b])
         with pytest.raises(TransactionConflictError):
-            await one.execute("COMMIT", None, _deadline())
+            await one.execute("COMMIT", None, deadline())
 
         # A session whose statement met a conflict can only roll back.
-        await one.execute("BEGIN", None, _deadline())
+        await one.execute("BEGIN", None, deadline())
         await _balances(one, [a])
         await kv.sql("UPDATE acct SET balance = 7 WHERE id = ?", [a])
         with pytest.raises(TransactionConflictError):
             await _balances(one, [a])
         with pytest.raises(TransactionConflictError):
-            await one.execute("SELECT 1", None, _deadline())
+            await one.execute("SELECT 1", None, deadline())
         with pytest.raises(TransactionConflictError):
-            await one.execute("COMMIT", None, _deadline())
+            await one.execute("COMMIT", None, deadline())
         assert await _balances(one, [a]) == {a: 7}
 
 
@@ -212,9 +212,9 @@ async def test_prepared_sql_holds_plain_statements_until_it_resolves(
     async with cluster, cluster.client() as kv:
         a, _ = await _setup(cluster, kv)
         config = await cluster.configuration()
-        shard = _shard(config, a)
+        shard = shard_of(config, a)
         router = kv._router  # (the test plays a client that prepares and goes quiet)
-        call = CallDeadline.starting_now("test", _deadline())
+        call = CallDeadline.starting_now("test", deadline())
         txn = new_txn_id()
         update = SqlStatement('UPDATE "sql_acct" SET "balance" = 1 WHERE "id" = :a', {"a": a})
         digest = schema_digest(config.tables, "default")
@@ -267,31 +267,31 @@ async def test_sql_bank_transfers_keep_the_total_across_a_move(
                 src, dst = rng.sample(ids, 2)
                 amount = rng.randint(1, 60)
                 try:
-                    await session.execute("BEGIN", None, _deadline())
+                    await session.execute("BEGIN", None, deadline())
                     have = (await _balances(session, [src]))[src]
                     if have < amount:
                         refused += 1
-                        await session.execute("ROLLBACK", None, _deadline())
+                        await session.execute("ROLLBACK", None, deadline())
                         continue
                     await session.execute(
                         "UPDATE acct SET balance = balance - ? WHERE id = ?",
                         [amount, src],
-                        _deadline(),
+                        deadline(),
                     )
                     await session.execute(
                         "UPDATE acct SET balance = balance + ? WHERE id = ?",
                         [amount, dst],
-                        _deadline(),
+                        deadline(),
                     )
-                    await session.execute("COMMIT", None, _deadline())
+                    await session.execute("COMMIT", None, deadline())
                     committed += 1
                 except TransactionConflictError:
                     conflicts += 1
-                    await session.execute("ROLLBACK", None, _deadline())
+                    await session.execute("ROLLBACK", None, deadline())
 
         async def move_one() -> None:
             config = await cluster.configuration()
-            shard = _shard(config, rng.choice(ids))
+            shard = shard_of(config, rng.choice(ids))
             target = min(g for g in config.groups if g != config.owner(shard))
             await cluster.move(shard, target)
 
@@ -337,7 +337,7 @@ async def test_insert_select_copies_rows_to_their_shards_in_one_transaction(
         # Each row sits on the shard its own distribution value names.
         config = await cluster.configuration()
         for k in (1011, 1040):
-            owner = config.owner(_shard(config, k))
+            owner = config.owner(shard_of(config, k))
             assert owner in (1, 2)
             point = await kv.sql("SELECT amount FROM audit WHERE k = ?", [k])
             assert point.rows == [((k - 1000) * 10,)]

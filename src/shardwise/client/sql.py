@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -66,6 +66,7 @@ from shardwise.model.config import NO_GROUP, Configuration, CreateTable, DropTab
 from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TransactionConflictError, TransactionError
 from shardwise.net.leader import CallDeadline
+from shardwise.net.loop import gather_or_cancel
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import (
     MAX_SQL_BATCH_BYTES,
@@ -309,7 +310,7 @@ class ClusterCatalog:
         config = await router.configuration_at_least(result.num, call)
         owners = config.owners.get(keyspace, ())
         gids = sorted({gid for gid in owners if gid != NO_GROUP})
-        await _all([self._applied_by(gid, result.num, keyspace) for gid in gids])
+        await gather_or_cancel([self._applied_by(gid, result.num, keyspace) for gid in gids])
         return Catalog.from_configuration(config)
 
     def _keyspace_of(self, op: CatalogOp) -> str:
@@ -485,17 +486,6 @@ def _error(failure: SqlFailure, shard: ShardId, tables: Sequence[str]) -> SqlErr
     if kind is None:
         return SqlExecutionError(f"{failure.code}: {message}", str(shard))
     return kind(message, str(shard))
-
-
-async def _all(tasks: Sequence[Coroutine[Any, Any, None]]) -> None:
-    """Run every task; on the first error cancel the rest and raise it."""
-    running = [asyncio.ensure_future(t) for t in tasks]
-    try:
-        await asyncio.gather(*running)
-    except BaseException:
-        for task in running:
-            task.cancel()
-        raise
 
 
 def _abbreviate(query: str, limit: int = 60) -> str:

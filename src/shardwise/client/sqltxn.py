@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -35,6 +35,7 @@ from shardwise.model.txn import (
     TransactionConflictError,
     TransactionError,
 )
+from shardwise.net.loop import gather_or_cancel
 from shardwise.shardserver.protocol import TXN_SQL, SqlReply, TxnSqlRequest
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 
@@ -91,7 +92,7 @@ class TxnShards:
         """Every batch tried on its shard after the transaction's earlier writes there;
         kept only if all ran (a failed statement leaves the transaction as it was)."""
         tried = [(ShardId(keyspace, b.shard), to_statements(b.statements)) for b in batches]
-        replies = await _all([self._visit(shard, st, None, 0) for shard, st in tried])
+        replies = await gather_or_cancel([self._visit(shard, st, None, 0) for shard, st in tried])
         for (shard, statements), _ in zip(tried, replies, strict=True):
             self._tx.add_sql(shard, statements, self._cluster.planned(keyspace))
         return sum(reply.rowcount for reply in replies)
@@ -204,14 +205,3 @@ def sql_error_of(tx: Transaction, exc: TransactionError, cluster: ClusterShards)
         error: SqlError = cluster.error(failure, shard)
         return error
     return exc
-
-
-async def _all(tasks: Sequence[Coroutine[Any, Any, SqlReply]]) -> list[SqlReply]:
-    """Every visit; on the first error cancel the rest and raise it."""
-    running = [asyncio.ensure_future(t) for t in tasks]
-    try:
-        return list(await asyncio.gather(*running))
-    except BaseException:
-        for task in running:
-            task.cancel()
-        raise

@@ -7,7 +7,7 @@ behaves the same on both; uvloop just moves bytes with less CPU.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -30,3 +30,15 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the best loop available."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+async def gather_or_cancel(tasks: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every result in order, or the first error with the others cancelled (work fanned
+    out to several servers should stop when one part fails, not be waited for)."""
+    running = [asyncio.ensure_future(t) for t in tasks]
+    try:
+        return list(await asyncio.gather(*running))
+    except BaseException:
+        for task in running:
+            task.cancel()
+        raise

@@ -10,14 +10,14 @@ is atomic: the executor applies its batches together or not at all.
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shardwise.errors import NondeterministicSqlError
 from shardwise.model.config import ShardId
+from shardwise.net.loop import gather_or_cancel
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.engine import run_final, run_local
@@ -109,7 +109,7 @@ class Coordinator:
             budget.take(rows)  # single-threaded: the loop runs one callback at a time
             return rows
 
-        parts = await _gather([one(i) for i in read.shards])
+        parts = await gather_or_cancel([one(i) for i in read.shards])
         self.last_rows_shipped = {i: len(p) for i, p in zip(read.shards, parts, strict=True)}
         if isinstance(merge, RowMerge):
             return Result(read.columns, merge_rows(parts, merge))
@@ -139,15 +139,3 @@ def _check_functions(write: WritePlan, catalog: Catalog) -> None:
     why = refused_function(ddl, statements.items())
     if why:
         raise NondeterministicSqlError(why)
-
-
-async def _gather(tasks: Sequence[Coroutine[None, None, list[Row]]]) -> list[list[Row]]:
-    """All shard answers, or the first error with the others cancelled (a read over a
-    bound should stop the other shards' work, not wait for it)."""
-    running = [asyncio.ensure_future(t) for t in tasks]
-    try:
-        return list(await asyncio.gather(*running))
-    except BaseException:
-        for task in running:
-            task.cancel()
-        raise
