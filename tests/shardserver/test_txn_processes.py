@@ -14,14 +14,13 @@ import asyncio
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 from typing import Final
 
 import pytest
 
 from shardwise.testing.cluster import ProcessCluster
-from shardwise.testing.procs import wait_for_line
+from shardwise.testing.procs import kill_child, start_python_child
 from shardwise.testing.txnsweep import TxnSweepOptions, TxnWorkloads
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -65,22 +64,7 @@ with SyncClient(controllers, bytes.fromhex(secret), deadline_s=4.0) as kv:
 def start_child(cluster: ProcessCluster, accounts: list[str], seed: int) -> subprocess.Popen[str]:
     controllers = {name: list(address) for name, address in cluster.controllers.items()}
     argument = json.dumps([controllers, cluster.secret.hex(), accounts, seed])
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, argument],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert child.stdout is not None
-    wait_for_line(child.stdout, "READY", CHILD_START_S)
-    return child
-
-
-def stop_child(child: subprocess.Popen[str]) -> None:
-    child.kill()
-    child.wait()
-    if child.stdout is not None:
-        child.stdout.close()
+    return start_python_child(CHILD, argument, "READY", CHILD_START_S)
 
 
 async def test_transactions_survive_kill_9_of_leaders_and_of_clients_mid_commit(
@@ -110,12 +94,12 @@ async def test_transactions_survive_kill_9_of_leaders_and_of_clients_mid_commit(
                     await cluster.restart(status.node_id)
                 else:
                     victim = children.pop()
-                    stop_child(victim)  # kill -9, wherever its commit is
+                    kill_child(victim)  # kill -9, wherever its commit is
                     events.append("kill -9 a client process")
                     children.append(start_child(cluster, workloads.accounts, rng.getrandbits(32)))
         finally:
             for child in children:
-                stop_child(child)
+                kill_child(child)
             workloads.stop.set()
             await asyncio.gather(*clients)
         await cluster.settled()

@@ -12,7 +12,6 @@ import asyncio
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 from typing import Final
 
@@ -24,7 +23,7 @@ from shardwise.model.config import Configuration, ShardId
 from shardwise.model.schemes import shard_map
 from shardwise.model.txn import TransactionError
 from shardwise.testing.cluster import ProcessCluster
-from shardwise.testing.procs import wait_for_line
+from shardwise.testing.procs import kill_child, start_python_child
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -74,22 +73,7 @@ with SyncClient(controllers, bytes.fromhex(secret), deadline_s=4.0) as db:
 def start_child(cluster: ProcessCluster, accounts: list[int], seed: int) -> subprocess.Popen[str]:
     controllers = {name: list(address) for name, address in cluster.controllers.items()}
     argument = json.dumps([controllers, cluster.secret.hex(), accounts, seed])
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, argument],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert child.stdout is not None
-    wait_for_line(child.stdout, "READY", CHILD_START_S)
-    return child
-
-
-def stop_child(child: subprocess.Popen[str]) -> None:
-    child.kill()
-    child.wait()
-    if child.stdout is not None:
-        child.stdout.close()
+    return start_python_child(CHILD, argument, "READY", CHILD_START_S)
 
 
 async def transfers(
@@ -165,12 +149,12 @@ async def test_sql_transfers_survive_kill_9_of_leaders_and_of_clients_mid_commit
                         await asyncio.sleep(rng.uniform(0.2, 1.5))
                         await cluster.restart(status.node_id)
                     else:
-                        stop_child(children.pop())  # kill -9, wherever its commit is
+                        kill_child(children.pop())  # kill -9, wherever its commit is
                         events.append("kill -9 a client process")
                         children.append(start_child(cluster, accounts, rng.getrandbits(32)))
             finally:
                 for child in children:
-                    stop_child(child)
+                    kill_child(child)
                 stop.set()
                 done = await asyncio.gather(*sessions)
             await cluster.settled()

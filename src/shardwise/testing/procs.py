@@ -232,3 +232,27 @@ def run_cli(
         timeout=timeout_s,
         check=False,
     )
+
+
+def start_python_child(
+    code: str, argument: str, ready: str, timeout_s: float
+) -> subprocess.Popen[str]:
+    """``python -c code argument``, once it printed a line starting with ``ready`` (a
+    client process a test can kill with ``kill -9``; its stderr is dropped)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, argument],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None
+    wait_for_line(child.stdout, ready, timeout_s)
+    return child
+
+
+def kill_child(child: subprocess.Popen[str]) -> None:
+    """``kill -9`` a child, wherever it is, and reap it."""
+    child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
