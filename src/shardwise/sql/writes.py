@@ -237,7 +237,8 @@ def _assignments(statement: exp.Update, scope: Scope, fixer: Determinizer) -> li
         if name == scope.table.distribution_column:
             raise DistributionColumnUpdateError(
                 f"cannot UPDATE the distribution column {name!r} of {scope.table.name!r}: "
-                "the row would move to another shard; DELETE it and INSERT it instead"
+                "the row would move to another shard; DELETE it and INSERT it instead, in one "
+                "transaction (BEGIN ... COMMIT) to keep it atomic"
             )
         if name in seen:
             raise SqlSemanticError(f"column {name!r} is assigned twice")
