@@ -152,37 +152,17 @@ async def test_a_retried_prepare_answers_as_the_first(tmp_path: Path, seed: int)
         sa, sb = shard_of(config, a), shard_of(config, b)
         call = CallDeadline.starting_now("test", deadline())
 
-        txn = new_txn_id()
-        update = SqlStatement('UPDATE "sql_acct" SET "balance" = 1 WHERE "id" = :k', {"k": a})
-        request = TxnPrepareRequest(
-            txn,
-            (sa, sb),
-            (
-                TxnPart(
-                    sa,
-                    sql=TxnSql(
-                        statements=(update,), catalog_num=config.num, schema=_digest(config)
-                    ),
-                ),
-            ),
-        )
+        def prepare_on(shard: ShardId, sql: str, key: int) -> TxnPrepareRequest:
+            statement = SqlStatement(sql, {"k": key})
+            part_sql = TxnSql(
+                statements=(statement,), catalog_num=config.num, schema=_digest(config)
+            )
+            return TxnPrepareRequest(new_txn_id(), (sa, sb), (TxnPart(shard, sql=part_sql),))
+
+        request = prepare_on(sa, 'UPDATE "sql_acct" SET "balance" = 1 WHERE "id" = :k', a)
         first = await kv._router.call(sa, TXN_PREPARE, request, call)
         again = await kv._router.call(sa, TXN_PREPARE, request, call)
-
-        bad = new_txn_id()
-        broken = SqlStatement('UPDATE "sql_acct" SET "balance" = NULL WHERE "id" = :k', {"k": b})
-        refused = TxnPrepareRequest(
-            bad,
-            (sa, sb),
-            (
-                TxnPart(
-                    sb,
-                    sql=TxnSql(
-                        statements=(broken,), catalog_num=config.num, schema=_digest(config)
-                    ),
-                ),
-            ),
-        )
+        refused = prepare_on(sb, 'UPDATE "sql_acct" SET "balance" = NULL WHERE "id" = :k', b)
         no = await kv._router.call(sb, TXN_PREPARE, refused, call)
         no_again = await kv._router.call(sb, TXN_PREPARE, refused, call)
 
