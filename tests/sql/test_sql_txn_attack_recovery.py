@@ -16,17 +16,11 @@ from shardwise.net.leader import CallDeadline
 from shardwise.shardserver.protocol import TXN_PREPARE, TxnPrepareRequest, schema_digest
 from shardwise.testing.cluster import SimCluster
 
-from .test_sql_txn_sim import deadline, shard_of, two_groups_apart
+from .test_sql_txn_sim import deadline, setup_accounts, shard_of
 
 
 def _digest(config: Configuration) -> int:
     return schema_digest(config.tables, "default")
-
-
-CREATE = (
-    "CREATE TABLE acct (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL) "
-    "WITH (distribution = 'id')"
-)
 
 
 def replica_rows(cluster: SimCluster, gid: int, shard: ShardId, sql: str) -> dict[str, Any]:
@@ -63,11 +57,7 @@ async def test_a_half_prepared_sql_transaction_is_recovered_and_frees_the_shard(
     must never apply; every replica agrees."""
     cluster = SimCluster(tmp_path, groups=2, seed=seed)
     async with cluster, cluster.client() as kv:
-        await cluster.join(1, 2)
-        await cluster.settled()
-        await kv.sql(CREATE)
-        a, b = await two_groups_apart(cluster)
-        await kv.sql("INSERT INTO acct VALUES (?, 100), (?, 100)", [a, b])
+        a, b = await setup_accounts(cluster, kv)
         config = await cluster.configuration()
         sa, sb = shard_of(config, a), shard_of(config, b)
         call = CallDeadline.starting_now("test", deadline())
@@ -99,11 +89,7 @@ async def test_two_sessions_crossing_sql_transactions_do_not_deadlock(
     each commit ends (committed or conflict) well within its deadline."""
     cluster = SimCluster(tmp_path, groups=2, seed=seed)
     async with cluster, cluster.client() as kv:
-        await cluster.join(1, 2)
-        await cluster.settled()
-        await kv.sql(CREATE)
-        a, b = await two_groups_apart(cluster)
-        await kv.sql("INSERT INTO acct VALUES (?, 100), (?, 100)", [a, b])
+        a, b = await setup_accounts(cluster, kv)
         one, two = kv.sql_session(), kv.sql_session()
         outcomes: list[str] = []
 
@@ -143,11 +129,7 @@ async def test_a_retried_prepare_answers_as_the_first(tmp_path: Path, seed: int)
     the rowcount and code are not recorded)."""
     cluster = SimCluster(tmp_path, groups=2, seed=seed)
     async with cluster, cluster.client() as kv:
-        await cluster.join(1, 2)
-        await cluster.settled()
-        await kv.sql(CREATE)
-        a, b = await two_groups_apart(cluster)
-        await kv.sql("INSERT INTO acct VALUES (?, 100), (?, 100)", [a, b])
+        a, b = await setup_accounts(cluster, kv)
         config = await cluster.configuration()
         sa, sb = shard_of(config, a), shard_of(config, b)
         call = CallDeadline.starting_now("test", deadline())

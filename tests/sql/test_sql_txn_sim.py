@@ -78,7 +78,7 @@ def deadline(budget_s: float = 10.0) -> float:
     return asyncio.get_running_loop().time() + budget_s
 
 
-async def _setup(cluster: SimCluster, kv: Client) -> tuple[int, int]:
+async def setup_accounts(cluster: SimCluster, kv: Client) -> tuple[int, int]:
     await cluster.join(1, 2)
     await cluster.settled()
     await kv.sql(CREATE)
@@ -91,7 +91,7 @@ async def _setup(cluster: SimCluster, kv: Client) -> tuple[int, int]:
 async def test_begin_commit_rollback_across_groups(tmp_path: Path, seed: int) -> None:
     cluster = SimCluster(tmp_path, groups=2, seed=seed)
     async with cluster, cluster.client() as kv:
-        a, b = await _setup(cluster, kv)
+        a, b = await setup_accounts(cluster, kv)
         other = kv.sql_session()
 
         await kv.sql("BEGIN")
@@ -124,7 +124,7 @@ async def test_a_statement_error_in_a_transaction_undoes_that_statement_only(
 ) -> None:
     cluster = SimCluster(tmp_path, groups=2, seed=seed)
     async with cluster, cluster.client() as kv:
-        a, b = await _setup(cluster, kv)
+        a, b = await setup_accounts(cluster, kv)
         await kv.sql("START TRANSACTION")
         await kv.sql("UPDATE acct SET balance = balance + 1 WHERE id = ?", [a])
         # Broken at once, on the shard that breaks it (tried there), not at COMMIT; the
@@ -149,7 +149,7 @@ async def test_a_statement_error_in_a_transaction_undoes_that_statement_only(
 async def test_lost_updates_and_write_skew_are_refused(tmp_path: Path, seed: int) -> None:
     cluster = SimCluster(tmp_path, groups=2, seed=seed)
     async with cluster, cluster.client() as kv:
-        a, b = await _setup(cluster, kv)
+        a, b = await setup_accounts(cluster, kv)
         one, two = kv.sql_session(), kv.sql_session()
 
         # Lost update: both read a, both write it; the second to commit is refused.
@@ -210,7 +210,7 @@ async def test_prepared_sql_holds_plain_statements_until_it_resolves(
 ) -> None:
     cluster = SimCluster(tmp_path, groups=2, seed=seed)
     async with cluster, cluster.client() as kv:
-        a, _ = await _setup(cluster, kv)
+        a, _ = await setup_accounts(cluster, kv)
         config = await cluster.configuration()
         shard = shard_of(config, a)
         router = kv._router  # (the test plays a client that prepares and goes quiet)
