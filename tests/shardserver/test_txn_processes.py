@@ -19,7 +19,7 @@ from typing import Final
 
 import pytest
 
-from shardwise.testing.cluster import ProcessCluster
+from shardwise.testing.cluster import ProcessCluster, kill_leaders_and_clients
 from shardwise.testing.procs import kill_child, start_python_child
 from shardwise.testing.txnsweep import TxnSweepOptions, TxnWorkloads
 
@@ -77,26 +77,13 @@ async def test_transactions_survive_kill_9_of_leaders_and_of_clients_mid_commit(
         workloads = TxnWorkloads(SEED, cluster, TxnSweepOptions(clients=3))
         clients = [asyncio.create_task(workloads.client(n)) for n in range(3)]
         children = [start_child(cluster, workloads.accounts, rng.getrandbits(32))]
-        events: list[str] = []
-        loop = asyncio.get_running_loop()
-        end = loop.time() + WORKLOAD_S
+
+        async def replace_child() -> None:
+            kill_child(children.pop())  # kill -9, wherever its commit is
+            children.append(start_child(cluster, workloads.accounts, rng.getrandbits(32)))
+
         try:
-            while loop.time() < end:
-                await asyncio.sleep(rng.uniform(1.0, 3.0))
-                if rng.random() < 0.5:
-                    gid = rng.choice(sorted(cluster.servers))
-                    status = await cluster.group_status(gid)
-                    if status is None:
-                        continue
-                    events.append(f"kill -9 group {gid}'s leader {status.node_id}")
-                    await cluster.crash(status.node_id)
-                    await asyncio.sleep(rng.uniform(0.2, 1.5))
-                    await cluster.restart(status.node_id)
-                else:
-                    victim = children.pop()
-                    kill_child(victim)  # kill -9, wherever its commit is
-                    events.append("kill -9 a client process")
-                    children.append(start_child(cluster, workloads.accounts, rng.getrandbits(32)))
+            events = await kill_leaders_and_clients(cluster, rng, WORKLOAD_S, replace_child)
         finally:
             for child in children:
                 kill_child(child)

@@ -335,6 +335,35 @@ class ProcessCluster(Cluster):
         return _OwnEndpointClient(endpoint, self.controllers, self.secret, **options)
 
 
+async def kill_leaders_and_clients(
+    cluster: Cluster,
+    rng: random.Random,
+    seconds: float,
+    kill_client: Callable[[], Awaitable[None]],
+) -> list[str]:
+    """For ``seconds`` of loop time, every 1-3 s: either ``kill -9`` a random group's
+    leader (``crash``) and restart it 0.2-1.5 s later, or ``kill_client()`` (kill a client
+    process mid-whatever and start another). The events, for the failure message."""
+    events: list[str] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        if rng.random() < 0.5:
+            gid = rng.choice(sorted(cluster.servers))
+            status = await cluster.group_status(gid)
+            if status is None:
+                continue
+            events.append(f"kill -9 group {gid}'s leader {status.node_id}")
+            await cluster.crash(status.node_id)
+            await asyncio.sleep(rng.uniform(0.2, 1.5))
+            await cluster.restart(status.node_id)
+        else:
+            await kill_client()
+            events.append("kill -9 a client process")
+    return events
+
+
 class _OwnEndpointClient(Client):
     """A client on an endpoint made for it (simulated, or over TLS); it starts and
     closes that endpoint."""
