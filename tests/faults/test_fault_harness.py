@@ -21,7 +21,11 @@ from shardwise.testing.faults.run import RunOptions, run_faults
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
 SEED: Final = 21
-CONTROL_SEED: Final = 3
+CONTROL_SEEDS: Final = (3, 4, 5)
+"""A crash catches the planted bug only if it cuts acknowledged writes that only the
+leader had synced: on real processes that is a matter of timing, and one 30 s run missed
+it about one time in six (measured 2026-12-07, before and after that day's changes
+alike). The control passes once a run catches it; all three missing is a failure."""
 
 
 async def test_every_nemesis_once(tmp_path: Path) -> None:
@@ -42,15 +46,24 @@ async def test_every_nemesis_once(tmp_path: Path) -> None:
 async def test_control_run_catches_a_follower_that_acknowledges_before_fsync(
     tmp_path: Path,
 ) -> None:
-    options = RunOptions(
-        seed=CONTROL_SEED,
-        duration_s=30.0,
-        groups=1,
-        kinds=["crash-group"],
-        plant_follower_skips_fsync=True,
-    )
-    result = await run_faults(tmp_path, options)
-    print(result.log())
-    print(result.table())
-    caught = result.lost or result.anomalies or result.problems
-    assert caught, f"seed {CONTROL_SEED}: the planted bug went unnoticed:\n{result.table()}"
+    missed = []
+    for seed in CONTROL_SEEDS:
+        options = RunOptions(
+            seed=seed,
+            duration_s=30.0,
+            groups=1,
+            kinds=["crash-group"],
+            plant_follower_skips_fsync=True,
+            # Short faults and busy clients: more crashes, each with more acknowledged
+            # but unsynced writes to lose.
+            fault_s=(1.0, 2.0),
+            recover_s=1.5,
+            think_s=0.01,
+        )
+        result = await run_faults(tmp_path / f"seed{seed}", options)
+        print(result.log())
+        print(result.table())
+        if result.lost or result.anomalies or result.problems:
+            return
+        missed.append(f"seed {seed}:\n{result.table()}")
+    raise AssertionError("the planted bug went unnoticed in every run:\n" + "\n".join(missed))
