@@ -12,6 +12,9 @@ once, so plain puts are *batched* puts):
 * ``put``: one plain put of one key (the baseline);
 * ``txn 1-shard``: a transaction that reads two keys of one shard (at once:
   ``get_many``) and writes both (one ``TxnCommit`` log entry);
+* ``txn 1-shard blind``: a transaction that writes two keys of one shard without reading
+  them (one ``TxnCommit`` log entry, nothing to validate): the cost of the transaction
+  machinery itself against a put;
 * ``transfer 2-group``: read two accounts held by two different groups (at once), move an
   amount from one to the other (prepares to both groups at once, then a background
   resolve);
@@ -152,6 +155,13 @@ def workloads(
             tx.put(a, str(_int(found[a]) + 1))
             tx.put(b, str(_int(found[b]) + 1))
 
+    async def one_shard_blind() -> None:
+        pool = keys.by_shard[keys.rng.choice(shards_with_two)]
+        a, b = keys.pick(pool, zipf), keys.pick(pool, zipf)
+        async with client.transaction() as tx:
+            tx.put(a, "1")
+            tx.put(b, "1")
+
     async def transfer() -> None:
         g1, g2 = keys.rng.sample(groups, 2)
         a, b = keys.pick(keys.by_group[g1], zipf), keys.pick(keys.by_group[g2], zipf)
@@ -170,6 +180,7 @@ def workloads(
     return [
         ("put", put),
         ("txn 1-shard", one_shard),
+        ("txn 1-shard blind", one_shard_blind),
         ("transfer 2-group", transfer),
         ("txn 10-key", ten_keys),
     ]
@@ -180,6 +191,8 @@ async def run_workloads(client: Client, keys: Keys, args: argparse.Namespace) ->
     for zipf in (False, True) if not args.quick else (False,):
         mix = "zipfian" if zipf else "uniform"
         for name, one in workloads(client, keys, zipf):
+            if args.only and name not in args.only:
+                continue
             outcome = await _drive(args.clients, args.seconds, one)
             reports.append(Report(name, mix, args.seconds, outcome))
             print(
@@ -212,6 +225,8 @@ def print_report(reports: list[Report], args: argparse.Namespace) -> None:
     print()
     for mix in sorted({r.keys for r in reports}):
         by = {r.workload: r for r in reports if r.keys == mix}
+        if not {"put", "txn 1-shard", "transfer 2-group"} <= by.keys():
+            continue
         put, one, two = by["put"], by["txn 1-shard"], by["transfer 2-group"]
         print(
             f"{mix}: transfer 2-group p50 / put p50 = "
@@ -241,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument(
+        "--only", action="append", help="run only this workload (repeatable), e.g. put"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.seconds = min(args.clients, 16), min(args.seconds, 4.0)

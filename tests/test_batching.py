@@ -271,3 +271,26 @@ async def test_an_operation_given_up_while_waiting_is_not_sent(
     endpoint.hold.set()
     assert (await first).value == "a" and (await patient).value == "c"
     assert endpoint.calls[1] == ("s1", READ.name, read("c"))  # alone now: a plain call
+
+
+async def test_a_resolve_in_flight_does_not_hold_back_the_next_callers_read(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    # Nobody waits for a resolve (its transaction was already answered): the next
+    # transaction's read must not queue behind its round through the log.
+    endpoint.hold.clear()
+    resolve = asyncio.create_task(
+        batcher.call("s1", TXN_RESOLVE, TxnShardsRequest("0" * 32, (SHARD,), True), 5.0)
+    )
+    await passes_until(lambda: len(endpoint.calls) == 1)
+    following = asyncio.create_task(batcher.call("s1", READ, read("a"), 5.0))
+    await passes_until(lambda: len(endpoint.calls) == 2)
+    assert endpoint.calls[1] == ("s1", READ.name, read("a"))
+    # ... while the read (a paced call) still holds back what comes after it.
+    behind = asyncio.create_task(batcher.call("s1", READ, read("b"), 5.0))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert len(endpoint.calls) == 2
+    endpoint.hold.set()
+    assert (await following).value == "a" and (await behind).value == "b"
+    assert (await resolve).config_num == -1

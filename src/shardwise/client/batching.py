@@ -16,7 +16,8 @@ so a lone operation on an idle connection waits for nothing; it goes at once whe
 full. While a batched call to a server is in flight (:data:`MAX_CALLS_IN_FLIGHT`), what
 arrives for that server waits and goes when the call returns: the server's answers set
 the pace, so under load batches grow with the load instead of becoming more calls, each
-of which costs every replica of the group a log entry, an fsync and messages. A batch of
+of which costs every replica of the group a log entry, an fsync and messages. (A batch of
+nothing but resolves is not paced and paces nothing: no caller waits for it.) A batch of
 one is sent as the plain call; an operation whose caller gave up before its batch went
 is left out.
 """
@@ -132,6 +133,9 @@ class _Batch:
         for kind in _KINDS:
             self.items[kind] = [(r, f) for r, f in self.items[kind] if not f.done()]
 
+    def only_resolves(self) -> bool:
+        return len(self.items["resolves"]) == self.count()
+
     def count(self) -> int:
         return sum(len(self.items[kind]) for kind in _KINDS)
 
@@ -225,9 +229,14 @@ class CallBatcher:
         batch.drop_abandoned()
         if not batch.count():
             return
-        self._in_flight[node] = self._in_flight.get(node, 0) + 1
         task = asyncio.get_running_loop().create_task(self._send(node, batch))
         self._sending.add(task)
+        if batch.only_resolves():
+            # Nobody waits for a resolve (it runs after its transaction's commit was
+            # answered): it does not hold back the next caller's read or commit.
+            task.add_done_callback(self._sending.discard)
+            return
+        self._in_flight[node] = self._in_flight.get(node, 0) + 1
         task.add_done_callback(lambda done: self._returned(node, done))
 
     def _returned(self, node: str, task: asyncio.Task[None]) -> None:
