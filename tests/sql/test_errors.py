@@ -83,10 +83,12 @@ async def test_syntax_errors_report_line_and_column(
 @pytest.mark.parametrize(
     ("sql", "construct"),
     [
-        ("SELECT * FROM t JOIN t AS u ON t.id = u.id", "JOIN"),
-        ("SELECT * FROM t WHERE id IN (SELECT g FROM t)", "subquery"),
+        ("SELECT * FROM t NATURAL JOIN t AS u", "NATURAL JOIN"),
+        ("SELECT * FROM t WHERE g = ANY (SELECT g FROM t)", "ANY"),
+        ("SELECT sum(u.g) OVER () FROM t JOIN t AS u ON t.id = u.id", "window function"),
+        ("SELECT * FROM t JOIN t AS u ON t.id = u.id UNION SELECT * FROM t", "UNION"),
         ("SELECT id FROM t UNION SELECT g FROM t", "UNION"),
-        ("WITH c AS (SELECT 1) SELECT * FROM c", "WITH"),
+        ("WITH RECURSIVE c AS (SELECT 1) SELECT * FROM c", "WITH RECURSIVE"),
         ("SELECT sum(g) OVER () FROM t", "window function"),
         ("SELECT count(*) FILTER (WHERE g > 1) FROM t", "FILTER"),
         ("SELECT h COLLATE nocase FROM t", "COLLATE"),

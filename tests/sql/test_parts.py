@@ -190,7 +190,7 @@ def test_statements_are_fixed_at_the_coordinator() -> None:
 PURE_MODULES = frozenset(
     {
         "aggregates", "bind", "catalog", "colnames", "ddl", "determinism", "dialect",
-        "distribution",
+        "distribution", "join_plan",
         "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
         "plans", "planner", "pruning", "select_bind", "select_plan", "shard_schema", "values",
         "writes", "write_rules",

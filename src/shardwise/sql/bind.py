@@ -5,9 +5,10 @@ per statement today, so ``t.a`` and ``a`` are the same column and compare equal 
 planner matches GROUP BY keys to select items). Unquoted identifiers were folded to lower
 case first, as PostgreSQL does.
 
-The refusals are explicit and name the construct: subqueries, joins, set operations,
-window functions, ``FILTER``, ``COLLATE`` and the rest. The design note
-(``sql/DESIGN.md``) says where joins will plug in.
+The refusals are explicit and name the construct: set operations, window functions,
+``FILTER``, ``COLLATE`` and the rest. Statements over several tables (joins,
+subqueries, ``WITH``) are planned by :mod:`shardwise.sql.join_plan`, which refuses the
+same constructs except those (:data:`REFUSED_IN_ANY_SELECT`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ _REFUSED: Final[dict[type[exp.Expr], str]] = {
     exp.GroupingSets: "GROUP BY GROUPING SETS",
 }
 
+REFUSED_IN_ANY_SELECT: Final[dict[type[exp.Expr], str]] = {
+    kind: name
+    for kind, name in _REFUSED.items()
+    if kind not in (exp.Select, exp.Subquery, exp.Exists, exp.Join)
+}
+"""What a statement over several tables still may not hold (subqueries and joins it may)."""
+
 # Select clauses and their names; anything else present in a SELECT is refused.
 _SELECT_CLAUSES: Final = frozenset(
     {"expressions", "from_", "where", "group", "having", "order", "limit", "offset", "distinct"}
@@ -72,9 +80,10 @@ def check_supported(node: exp.Expr) -> None:
                 raise UnsupportedSqlError(name)
 
 
-def check_select_clauses(select: exp.Select) -> None:
+def check_select_clauses(select: exp.Select, *, allow_joins: bool = False) -> None:
+    allowed = _SELECT_CLAUSES | {"joins", "with_"} if allow_joins else _SELECT_CLAUSES
     for key, value in select.args.items():
-        if value and key not in _SELECT_CLAUSES:
+        if value and key not in allowed:
             raise UnsupportedSqlError(_CLAUSE_NAMES.get(key, key.upper()))
     distinct = select.args.get("distinct")
     if isinstance(distinct, exp.Distinct) and distinct.args.get("on"):

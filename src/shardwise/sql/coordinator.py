@@ -20,7 +20,7 @@ from shardwise.model.config import ShardId
 from shardwise.net.loop import gather_or_cancel
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.determinism import Determinizer, StatementContext
-from shardwise.sql.engine import run_final, run_local
+from shardwise.sql.engine import ScanRows, run_final, run_join, run_local
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
 from shardwise.sql.merge import Budget, MergeLimits, combine_aggregates, merge_rows
 from shardwise.sql.params import Params
@@ -30,6 +30,7 @@ from shardwise.sql.plans import (
     AggregateMerge,
     CatalogPlan,
     InsertSelectPlan,
+    JoinPlan,
     LocalEval,
     ReadPlan,
     RowMerge,
@@ -85,8 +86,14 @@ class Coordinator:
         current = planned.plan
         if isinstance(current, ReadPlan):
             return await self._read(current)
+        if isinstance(current, JoinPlan):
+            return await self._join(current)
         if isinstance(current, InsertSelectPlan):
-            read = await self._read(current.read)
+            read = await (
+                self._join(current.read)
+                if isinstance(current.read, JoinPlan)
+                else self._read(current.read)
+            )
             if not read.rows:
                 return Result((), [], rowcount=0)
             current = plan_insert_rows(current, read.rows, catalog, Determinizer(self._context()))
@@ -95,13 +102,13 @@ class Coordinator:
             return await self._write(current)
         return await self._change(current, catalog)
 
-    async def _read(self, read: ReadPlan) -> Result:
+    async def _read(self, read: ReadPlan, budget: Budget | None = None) -> Result:
         merge = read.merge
         if isinstance(merge, LocalEval):
             return Result(read.columns, run_local(merge.query))
         assert read.fragment is not None
         fragment = read.fragment
-        budget = Budget(self._limits)
+        budget = budget or Budget(self._limits)
         cap = self._limits.max_rows + 1
 
         async def one(index: int) -> list[Row]:
@@ -120,6 +127,26 @@ class Coordinator:
         )
         return Result(read.columns, rows)
 
+    async def _join(self, join: JoinPlan) -> Result:
+        """Every scan read (together, within one budget), then the statement over them."""
+        budget = Budget(self._limits)
+        shipped: dict[int, int] = {}
+
+        async def scan(read: ReadPlan) -> Result:
+            result = await self._read(read, budget)
+            for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
+                shipped[shard] = shipped.get(shard, 0) + rows
+            return result
+
+        results = await gather_or_cancel([scan(s.read) for s in join.scans])
+        self.last_rows_shipped = shipped
+        scans = [
+            ScanRows(scan.name, scan.columns, result.rows)
+            for scan, result in zip(join.scans, results, strict=True)
+        ]
+        names, rows = run_join(scans, join.final, self._limits.max_rows)
+        return Result(_result_names(join.columns, names), rows)
+
     async def _write(self, write: WritePlan) -> Result:
         rowcount = await self._shards.write(write.keyspace, write.batches)
         return Result((), [], rowcount=rowcount)
@@ -129,6 +156,24 @@ class Coordinator:
         if not change.skip:
             await self._catalog.change(change.op)
         return Result(())
+
+
+def _result_names(planned: tuple[str | None, ...], sqlite_names: list[str]) -> tuple[str, ...]:
+    """The planned names, a ``*`` item's columns named as SQLite named them (a column's
+    own name, as PostgreSQL names it too)."""
+    stars = planned.count(None)
+    if stars == 0 and len(planned) == len(sqlite_names):
+        return tuple(n for n in planned if n is not None)
+    if stars != 1:
+        return tuple(sqlite_names)
+    width = len(sqlite_names) - (len(planned) - 1)
+    names: list[str] = []
+    for name in planned:
+        if name is None:
+            names.extend(sqlite_names[len(names) : len(names) + width])
+        else:
+            names.append(name)
+    return tuple(names)
 
 
 def _check_functions(write: WritePlan, catalog: Catalog) -> None:

@@ -31,7 +31,7 @@ import sqlite3
 import statistics
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
@@ -548,10 +548,14 @@ def differences(got: Sequence[Row], want: Sequence[Row], ordered: bool) -> str:
     return ""
 
 
+class Generates(Protocol):
+    def next(self) -> Query: ...
+
+
 async def compare_queries(
     execute: Callable[[str, Sequence[SqlValue]], Awaitable[Sequence[Row]]],
     reference: sqlite3.Connection,
-    generator: QueryGenerator,
+    generator: Generates,
     count: int,
     seed: int,
 ) -> dict[str, int]:

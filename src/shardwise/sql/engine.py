@@ -11,14 +11,23 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
+from dataclasses import dataclass
+from typing import Final
 
-from shardwise.errors import SqlExecutionError
+from shardwise.errors import SqlCatalogError, SqlExecutionError, SqlLimitError
 from shardwise.sql.functions import register
 from shardwise.sql.plans import Fragment
 from shardwise.sql.select_plan import MERGED_TABLE
 from shardwise.sql.values import SqlValue
 
 Row = tuple[SqlValue, ...]
+
+MAX_FINAL_STEPS: Final = 2_000_000_000
+"""SQLite virtual-machine steps the coordinator may spend on one statement over the rows
+of its scans (a join of large tables with no equality could run for hours; this is some
+tens of seconds)."""
+
+_STEPS_PER_CHECK: Final = 100_000
 
 
 def _connect() -> sqlite3.Connection:
@@ -63,3 +72,55 @@ def run_local(query: Fragment) -> list[Row]:
             return [tuple(r) for r in conn.execute(query.sql, dict(query.params))]
         except sqlite3.Error as exc:
             raise SqlExecutionError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRows:
+    """The rows of one scan, as a table of the coordinator's SQLite."""
+
+    name: str
+    columns: Sequence[tuple[str, str]]
+    """Each column's name and declared type."""
+    rows: Sequence[Row]
+
+
+def run_join(
+    scans: Sequence[ScanRows], query: Fragment, max_rows: int, max_steps: int = MAX_FINAL_STEPS
+) -> tuple[list[str], list[Row]]:
+    """``query`` over tables holding ``scans``' rows: SQLite's own column names and the
+    rows, at most ``max_rows`` of them, in at most ``max_steps`` steps."""
+    with closing(_connect()) as conn:
+        budget = [max_steps]
+
+        def spend() -> int:
+            budget[0] -= _STEPS_PER_CHECK
+            return 1 if budget[0] < 0 else 0  # non-zero: SQLite interrupts the statement
+
+        try:
+            for scan in scans:
+                declared = ", ".join(f'"{_quoted(n)}" {t}'.rstrip() for n, t in scan.columns)
+                conn.execute(f'CREATE TABLE "{scan.name}" ({declared})')
+                marks = ", ".join("?" * len(scan.columns))
+                conn.executemany(f'INSERT INTO "{scan.name}" VALUES ({marks})', scan.rows)
+            conn.set_progress_handler(spend, _STEPS_PER_CHECK)
+            cursor = conn.execute(query.sql, dict(query.params))
+            rows = [tuple(r) for r in cursor.fetchmany(max_rows + 1)]
+            names = [d[0] for d in cursor.description or ()]
+        except sqlite3.Error as exc:
+            if budget[0] < 0:
+                raise SqlLimitError(
+                    "MAX_FINAL_STEPS",
+                    max_steps,
+                    "the statement did too much work at the coordinator",
+                ) from None
+            message = str(exc)
+            if message.startswith(("no such column", "ambiguous column")):
+                raise SqlCatalogError(message) from None
+            raise SqlExecutionError(message) from None
+        if len(rows) > max_rows:
+            raise SqlLimitError("max_rows", max_rows, "the statement's answer holds too many rows")
+        return names, rows
+
+
+def _quoted(name: str) -> str:
+    return name.replace('"', '""')

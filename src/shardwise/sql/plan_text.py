@@ -13,6 +13,7 @@ from shardwise.sql.plans import (
     CatalogPlan,
     Fragment,
     InsertSelectPlan,
+    JoinPlan,
     LocalEval,
     Plan,
     ReadPlan,
@@ -28,13 +29,16 @@ MAX_LISTED_SHARDS = 32
 def explain(plan: Plan) -> list[str]:
     if isinstance(plan, ReadPlan):
         return _read(plan)
+    if isinstance(plan, JoinPlan):
+        return _join(plan)
     if isinstance(plan, WritePlan):
         return _write(plan)
     if isinstance(plan, InsertSelectPlan):
         columns = ", ".join(plan.columns)
         lines = [f"INSERT into {plan.table} ({columns}) of the rows of a read, placed by their"]
         lines.append("  distribution values (one transaction outside one), after:")
-        return lines + [f"  {line}" for line in _read(plan.read)]
+        read = _join(plan.read) if isinstance(plan.read, JoinPlan) else _read(plan.read)
+        return lines + [f"  {line}" for line in read]
     return _catalog(plan)
 
 
@@ -72,6 +76,21 @@ def _read(plan: ReadPlan) -> list[str]:
         first, *rest = step.split("\n")
         lines.append(f"    {number}. {first}")
         lines.extend(f"       {line}" for line in rest)
+    return lines
+
+
+def _join(plan: JoinPlan) -> list[str]:
+    tables = ", ".join(
+        scan.table if scan.alias == scan.table else f"{scan.table} AS {scan.alias}"
+        for scan in plan.scans
+    )
+    lines = [f"Distributed {plan.strategy} read of {tables}"]
+    for number, scan in enumerate(plan.scans, 1):
+        columns = ", ".join(name for name, _ in scan.columns)
+        lines.append(f"  scan {number}: {scan.table} AS {scan.alias} ({columns}) as {scan.name}")
+        lines.extend(f"    {line}" for line in _read(scan.read))
+    lines.append("  at the coordinator, over the scans:")
+    lines.extend(_fragment(plan.final, "    "))
     return lines
 
 

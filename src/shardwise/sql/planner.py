@@ -15,9 +15,10 @@ from shardwise.sql.catalog import Catalog
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.dialect import DIALECT
+from shardwise.sql.join_plan import is_multi_table, plan_multi
 from shardwise.sql.params import Params, bind
 from shardwise.sql.parse import MAX_NESTING_DEPTH, parse_statement
-from shardwise.sql.plans import InsertSelectPlan, Plan, ReadPlan
+from shardwise.sql.plans import InsertSelectPlan, JoinPlan, Plan, ReadPlan
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select
 from shardwise.sql.values import SqlValue
@@ -77,7 +78,7 @@ def _plan(
     elif isinstance(statement, exp.Insert) and isinstance(statement.expression, exp.Select):
         scope, columns = insert_target(statement, catalog)
         read = _plan_read(statement.expression, catalog, values, fixer, ())
-        if len(read.columns) != len(columns):
+        if None not in read.columns and len(read.columns) != len(columns):
             raise SqlSemanticError(
                 f"the SELECT gives {len(read.columns)} columns for {len(columns)} in the INSERT"
             )
@@ -102,9 +103,11 @@ def _plan_read(
     values: dict[str, SqlValue],
     fixer: Determinizer,
     heads: Sequence[str],
-) -> ReadPlan:
+) -> ReadPlan | JoinPlan:
     fixed = fixer.fix(statement, "read")
     values.update(fixer.values)
     assert isinstance(fixed, exp.Select)
+    if is_multi_table(fixed):
+        return plan_multi(fixed, catalog, values, heads=heads, written=statement)
     bound_select = bind_select(fixed, catalog, values, heads=heads, written=statement)
     return plan_select(bound_select, catalog, values)

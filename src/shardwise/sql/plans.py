@@ -91,6 +91,34 @@ class ReadPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class TableScan:
+    """One table reference of a multi-table read: its rows, as a single-table ``read``
+    gives them, become table ``name`` of the coordinator's SQLite, declared with
+    ``columns`` (name and declared type, so values compare as on the shards)."""
+
+    name: str
+    table: str
+    alias: str
+    columns: tuple[tuple[str, str], ...]
+    read: ReadPlan
+
+
+JoinStrategy: TypeAlias = Literal["coordinator-join"]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinPlan:
+    """A read over several tables (joins, subqueries, ``WITH``): each scan read from its
+    shards, then ``final`` (the statement over the scans' tables) at the coordinator."""
+
+    columns: tuple[str | None, ...]
+    """Each select item's result name; None for a ``*`` (named by what it expands to)."""
+    strategy: JoinStrategy
+    scans: tuple[TableScan, ...]
+    final: Fragment
+
+
+@dataclass(frozen=True, slots=True)
 class ShardBatch:
     """The statements for one shard, applied together atomically (one log entry)."""
 
@@ -118,7 +146,7 @@ class InsertSelectPlan:
 
     table: str
     columns: tuple[str, ...]
-    read: ReadPlan
+    read: ReadPlan | JoinPlan
 
 
 CatalogOp: TypeAlias = CreateTable | DropTable | AddColumn | CreateIndex
@@ -133,4 +161,4 @@ class CatalogPlan:
     """What every shard of the keyspace runs (derived from the catalog, shown by EXPLAIN)."""
 
 
-Plan: TypeAlias = ReadPlan | WritePlan | InsertSelectPlan | CatalogPlan
+Plan: TypeAlias = ReadPlan | JoinPlan | WritePlan | InsertSelectPlan | CatalogPlan

@@ -165,6 +165,10 @@ def plan_insert_rows(
     each value a parameter, placed as :func:`plan_insert` places literal rows."""
     if len(rows) > MAX_INSERT_ROWS:
         raise SqlLimitError("MAX_INSERT_ROWS", MAX_INSERT_ROWS, "too many rows in one INSERT")
+    if rows and len(rows[0]) != len(plan.columns):
+        raise SqlSemanticError(
+            f"the SELECT gives {len(rows[0])} columns for {len(plan.columns)} in the INSERT"
+        )
     values: dict[str, SqlValue] = {}
     tuples = []
     for r, row in enumerate(rows):

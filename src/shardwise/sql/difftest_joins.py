@@ -1,0 +1,318 @@
+"""The differential kit's multi-table half: a schema of related tables, data where joins
+go wrong, and a seeded generator of joins and subqueries.
+
+The schema: ``c`` (customers, distributed by ``id``), ``o`` (orders, distributed by
+``cid``: co-located with ``c`` on ``c.id = o.cid``), ``p`` (order lines, distributed by
+``sku``, a TEXT column: joined to ``o`` on a column that is not its distribution
+column), and ``z``, shaped like ``c`` and empty. The data reach the corners: join keys
+that are NULL (``p.oid``), duplicated, missing on the other side (orders of customers
+that do not exist, customers without orders), skewed (a third of the orders belong to
+one customer), and an untyped column ``v`` holding every storage class, joined with an
+INTEGER column, so the comparison's affinity conversions are under test.
+
+Every query is built so that its answer is unique: with ``LIMIT``, ORDER BY covers every
+output column (identical rows are interchangeable); otherwise the comparison ignores
+order. REAL data are multiples of 1/4, so sums do not depend on the order of rows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Final, TypeVar
+
+from shardwise.sql.difftest import Query, Row
+from shardwise.sql.values import INT64_MAX, SqlValue
+
+JOIN_TABLES: Final = {
+    # name: (columns with declarations, distribution column)
+    "c": ("id INTEGER PRIMARY KEY, name TEXT, tier INTEGER, v", "id"),
+    "o": ("id INTEGER, cid INTEGER, amount REAL, s TEXT, v", "cid"),
+    "p": ("id INTEGER, oid INTEGER, sku TEXT, qty INTEGER", "sku"),
+    "z": ("id INTEGER PRIMARY KEY, name TEXT, tier INTEGER, v", "id"),
+}
+_COLUMNS: Final = {
+    "c": ("id", "name", "tier", "v"),
+    "o": ("id", "cid", "amount", "s", "v"),
+    "p": ("id", "oid", "sku", "qty"),
+    "z": ("id", "name", "tier", "v"),
+}
+_V: Final[tuple[SqlValue, ...]] = (None, 1, 2, 3, "1", "2", " 3", "x", 2.5, b"\x01", INT64_MAX)
+_NAMES: Final = (None, "ann", "bob", "cy", "", "Ann", "bob")
+
+
+def join_create_statements() -> list[str]:
+    return [
+        f"CREATE TABLE {name} ({columns}) WITH (distribution = '{column}')"
+        for name, (columns, column) in JOIN_TABLES.items()
+    ]
+
+
+def join_reference_ddl() -> list[str]:
+    return [f"CREATE TABLE {name} ({columns})" for name, (columns, _) in JOIN_TABLES.items()]
+
+
+def make_join_rows(rng: random.Random) -> dict[str, list[Row]]:
+    customers = rng.sample(range(-5, 60), 40)
+    c: list[Row] = [
+        (i, rng.choice(_NAMES), rng.choice((None, 0, 1, 2, 3)), rng.choice(_V)) for i in customers
+    ]
+    heavy = customers[0]
+    orders: list[Row] = []
+    for number in range(150):
+        roll = rng.random()
+        cid = (
+            heavy
+            if roll < 0.33
+            else (rng.randint(60, 70) if roll < 0.45 else rng.choice(customers))
+        )
+        orders.append(
+            (
+                number,
+                cid,
+                None if rng.random() < 0.1 else rng.randint(-40, 400) / 4,
+                rng.choice((None, "a", "b", "ann", "1", "")),
+                rng.choice(_V),
+            )
+        )
+    lines: list[Row] = []
+    for number in range(120):
+        oid = None if rng.random() < 0.12 else rng.randint(-3, 160)
+        lines.append(
+            (number, oid, rng.choice(("k1", "k2", "k3", "k10", "K1", "")), rng.randint(0, 5))
+        )
+    return {"c": c, "o": orders, "p": lines, "z": []}
+
+
+T = TypeVar("T")
+
+
+def _pick(rng: random.Random, options: Sequence[T]) -> T:
+    return options[rng.randrange(len(options))]
+
+
+class JoinQueryGenerator:
+    """Joins of two and three tables (every join type, equalities on distribution
+    columns and on other columns, conditions that are not equalities, self-joins),
+    aggregates over joins, subqueries (``IN``, ``EXISTS``, scalar, correlated, derived
+    tables) and ``WITH``."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self._forms: list[Callable[[], Query]] = [
+            self._two_way,
+            self._two_way,
+            self._three_way,
+            self._aggregate_over_join,
+            self._self_join,
+            self._in_subquery,
+            self._exists,
+            self._scalar_subquery,
+            self._derived_table,
+            self._with,
+        ]
+
+    def next(self) -> Query:
+        return self.rng.choice(self._forms)()
+
+    # --- pieces ------------------------------------------------------------------------
+
+    def _join_kind(self) -> str:
+        return _pick(
+            self.rng, ("JOIN", "INNER JOIN", "LEFT JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN")
+        )
+
+    def _condition(self, left: str, right: str) -> str:
+        """An ON condition between tables aliased ``left`` and ``right``."""
+        pairs = {
+            ("c", "o"): (
+                "c.id = o.cid",
+                "c.v = o.v",
+                "c.id = o.cid AND o.amount > 10",
+                "c.id = o.cid AND c.tier > 1",  # (an outer join keeps c's rows all the same)
+                "c.tier < o.id",
+            ),
+            ("o", "p"): (
+                "o.id = p.oid",
+                "o.id = p.oid AND p.qty > 1",
+                "o.id = p.oid AND o.s IS NOT NULL",
+                "o.s = p.sku",
+                "o.id < p.oid",
+            ),
+            ("c", "z"): ("c.id = z.id", "c.tier = z.tier"),
+            ("c", "p"): ("c.id = p.oid", "c.name = p.sku"),
+        }
+        options = pairs[(left, right)]
+        return _pick(self.rng, options)
+
+    def _filter(self, aliases: Sequence[str]) -> str:
+        alias = _pick(self.rng, aliases)
+        options = {
+            "c": ("c.tier >= 2", "c.name IS NULL", "c.id = $1", "c.id IN ($1, 3, 7)", "c.v = 2"),
+            "o": ("o.amount > $1", "o.cid = $1", "o.s = 'a'", "o.id IS NULL", "o.v IS NOT NULL"),
+            "p": ("p.qty > 2", "p.sku = 'k1'", "p.oid IS NULL", "p.sku IN ('k1', 'k10')"),
+            "z": ("z.id > 0", "z.id IS NULL"),
+        }[alias]
+        return _pick(self.rng, options)
+
+    def _where(self, aliases: Sequence[str], params: list[SqlValue]) -> str:
+        if self.rng.random() < 0.35:
+            return ""
+        terms = [self._filter(aliases) for _ in range(self.rng.randint(1, 2))]
+        glue = " AND " if self.rng.random() < 0.7 else " OR "
+        text = glue.join(terms)
+        if "$1" in text:
+            params.append(self.rng.choice((3, 10, 25, -2, "3")))
+        return f" WHERE {text}"
+
+    def _finish(self, select: str, width: int, params: list[SqlValue]) -> Query:
+        if self.rng.random() < 0.5:
+            order = ", ".join(str(i) for i in range(1, width + 1))
+            limit = f" LIMIT {self.rng.randint(0, 12)}" if self.rng.random() < 0.6 else ""
+            return Query(f"{select} ORDER BY {order}{limit}", params, ordered=True)
+        return Query(select, params)
+
+    def _columns(self, aliases: Sequence[str]) -> list[str]:
+        chosen: list[str] = []
+        for alias in aliases:
+            names = _COLUMNS[alias]
+            for name in self.rng.sample(names, self.rng.randint(1, 2)):
+                chosen.append(f"{alias}.{name}")
+        return chosen
+
+    # --- forms -------------------------------------------------------------------------
+
+    def _two_way(self) -> Query:
+        left, right = _pick(self.rng, (("c", "o"), ("c", "o"), ("o", "p"), ("c", "z"), ("c", "p")))
+        params: list[SqlValue] = []
+        if self.rng.random() < 0.1:
+            source = f"{left} CROSS JOIN {right}"
+        elif self.rng.random() < 0.1:
+            source = f"{left}, {right}"
+        else:
+            source = f"{left} {self._join_kind()} {right} ON {self._condition(left, right)}"
+        if self.rng.random() < 0.15:
+            columns = ["*"]
+            width = len(_COLUMNS[left]) + len(_COLUMNS[right])
+        else:
+            columns = self._columns((left, right))
+            width = len(columns)
+        where = self._where((left, right), params)
+        if source.endswith("CROSS JOIN " + right) or ", " in source:
+            where = where or f" WHERE {left}.id = {right}.id"
+        return self._finish(f"SELECT {', '.join(columns)} FROM {source}{where}", width, params)
+
+    def _three_way(self) -> Query:
+        params: list[SqlValue] = []
+        first, second = self._join_kind(), self._join_kind()
+        source = (
+            f"c {first} o ON {self._condition('c', 'o')} {second} p ON {self._condition('o', 'p')}"
+        )
+        columns = self._columns(("c", "o", "p"))
+        where = self._where(("c", "o", "p"), params)
+        return self._finish(
+            f"SELECT {', '.join(columns)} FROM {source}{where}", len(columns), params
+        )
+
+    def _aggregate_over_join(self) -> Query:
+        params: list[SqlValue] = []
+        left, right = _pick(self.rng, (("c", "o"), ("o", "p"), ("c", "o")))
+        kind = _pick(self.rng, ("JOIN", "LEFT JOIN", "FULL JOIN"))
+        key = _pick(self.rng, {"c": ("c.tier", "c.name", "c.id"), "o": ("o.s", "o.cid")}[left])
+        measure = _pick(
+            self.rng,
+            {
+                "o": ("count(o.id)", "sum(o.amount)", "max(o.v)", "count(DISTINCT o.cid)"),
+                "p": ("sum(p.qty)", "count(p.oid)", "min(p.sku)"),
+            }[right],
+        )
+        having = " HAVING count(*) > 1" if self.rng.random() < 0.3 else ""
+        where = self._where((left, right), params)
+        select = (
+            f"SELECT {key}, count(*), {measure} FROM {left} {kind} {right} "
+            f"ON {self._condition(left, right)}{where} GROUP BY {key}{having}"
+        )
+        return self._finish(select, 3, params)
+
+    def _self_join(self) -> Query:
+        params: list[SqlValue] = []
+        condition = _pick(
+            self.rng, ("a.tier = b.tier AND a.id < b.id", "a.id = b.id", "a.v = b.id")
+        )
+        kind = _pick(self.rng, ("JOIN", "LEFT JOIN"))
+        select = f"SELECT a.id, b.id, b.name FROM c AS a {kind} c AS b ON {condition}"
+        if self.rng.random() < 0.5:
+            select += " WHERE a.tier IS NOT NULL"
+        return self._finish(select, 3, params)
+
+    def _in_subquery(self) -> Query:
+        params: list[SqlValue] = []
+        negate = "NOT " if self.rng.random() < 0.4 else ""
+        inner = _pick(
+            self.rng,
+            (
+                "SELECT cid FROM o WHERE amount > 20",
+                "SELECT cid FROM o",
+                "SELECT oid FROM p",  # NULLs: NOT IN then matches nothing
+                "SELECT v FROM o",
+            ),
+        )
+        column = _pick(self.rng, ("c.id", "c.v", "c.tier"))
+        where = f" WHERE {column} {negate}IN ({inner})"
+        return self._finish(f"SELECT c.id, c.name FROM c{where}", 2, params)
+
+    def _exists(self) -> Query:
+        params: list[SqlValue] = []
+        negate = "NOT " if self.rng.random() < 0.4 else ""
+        inner = _pick(
+            self.rng,
+            (
+                "SELECT 1 FROM o WHERE o.cid = c.id",
+                "SELECT 1 FROM o WHERE o.cid = c.id AND o.amount > $1",
+                "SELECT 1 FROM o JOIN p ON o.id = p.oid WHERE o.cid = c.id",
+                "SELECT 1 FROM z",
+            ),
+        )
+        if "$1" in inner:
+            params.append(self.rng.choice((5, 50.5)))
+        return self._finish(f"SELECT c.id, c.tier FROM c WHERE {negate}EXISTS ({inner})", 2, params)
+
+    def _scalar_subquery(self) -> Query:
+        params: list[SqlValue] = []
+        form = self.rng.randrange(3)
+        if form == 0:
+            select = "SELECT c.id, (SELECT count(*) FROM o WHERE o.cid = c.id) FROM c"
+        elif form == 1:
+            select = "SELECT c.id, (SELECT max(o.amount) FROM o WHERE o.cid = c.id) FROM c"
+        else:
+            select = "SELECT o.id, o.amount FROM o WHERE o.amount > (SELECT avg(amount) FROM o)"
+        return self._finish(select, 2, params)
+
+    def _derived_table(self) -> Query:
+        params: list[SqlValue] = []
+        inner = _pick(
+            self.rng,
+            (
+                "SELECT cid, sum(amount) AS total FROM o GROUP BY cid",
+                "SELECT cid, count(*) AS total FROM o WHERE s IS NOT NULL GROUP BY cid",
+                "SELECT oid AS cid, sum(qty) AS total FROM p GROUP BY oid",
+            ),
+        )
+        kind = _pick(self.rng, ("JOIN", "LEFT JOIN"))
+        select = f"SELECT c.id, d.total FROM c {kind} ({inner}) AS d ON d.cid = c.id"
+        return self._finish(select, 2, params)
+
+    def _with(self) -> Query:
+        params: list[SqlValue] = []
+        select = _pick(
+            self.rng,
+            (
+                "WITH big AS (SELECT cid, amount FROM o WHERE amount > 20) "
+                "SELECT c.name, big.amount FROM c JOIN big ON big.cid = c.id",
+                "WITH n AS (SELECT cid, count(*) AS k FROM o GROUP BY cid) "
+                "SELECT n.k, count(*) FROM n GROUP BY n.k",
+                "WITH t AS (SELECT id FROM c WHERE tier > 1), u AS (SELECT cid FROM o) "
+                "SELECT t.id, count(u.cid) FROM t LEFT JOIN u ON u.cid = t.id GROUP BY t.id",
+            ),
+        )
+        return self._finish(select, 2, params)

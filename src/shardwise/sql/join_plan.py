@@ -1,0 +1,355 @@
+"""SELECTs over several tables (joins, subqueries, ``WITH``): each table read from its
+shards, the rest at the coordinator.
+
+The **coordinator join** is the strategy that is always right: every table the statement
+names is read as a single-table scatter read (:func:`plan_select`, so the shards prune
+and project), its rows become a table of the coordinator's in-memory SQLite (declared
+with the same column types, so comparisons convert values as on the shards), and the
+statement runs there whole, unchanged but for the table names. SQLite then decides every
+join type, subquery, ``EXISTS``, ``IN``, scalar and correlated subqueries and common
+table expressions exactly as one SQLite holding all the rows would.
+
+What makes it cheap is what the scans leave out, and every narrowing below only drops
+rows or columns that cannot reach the answer; the statement at the coordinator still
+applies every condition itself:
+
+* **columns**: a scan reads only the columns the statement names for that table (all of
+  them when a ``*`` may include it);
+* **rows**: a condition of the top-level ``WHERE`` that reads only one table's columns
+  runs in that table's scan (and prunes its shards), unless an outer join may extend the
+  table with NULLs (then the condition may hold for the NULLs where it fails for every
+  row); a condition in an inner join's ``ON`` does the same when the statement has no
+  outer join; a condition in a ``LEFT JOIN``'s ``ON`` that reads only the joined table
+  narrows that table.
+
+A table named twice (a self-join) is read twice, once per reference. Bounds: every scan
+together stays within the coordinator's row and byte limits
+(:class:`~shardwise.sql.merge.MergeLimits`), and the statement at the coordinator within
+:data:`~shardwise.sql.engine.MAX_FINAL_STEPS` steps and the same row limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from shardwise.errors import SqlSemanticError, UnsupportedSqlError
+from shardwise.sql.aggregates import is_aggregate, shard_function
+from shardwise.sql.bind import REFUSED_IN_ANY_SELECT, check_select_clauses
+from shardwise.sql.catalog import RESERVED_PREFIX, Catalog
+from shardwise.sql.colnames import column_name
+from shardwise.sql.dialect import to_sqlite
+from shardwise.sql.plans import Fragment, JoinPlan, ReadPlan, TableScan
+from shardwise.sql.select_bind import bind_select
+from shardwise.sql.select_plan import plan_select
+from shardwise.sql.values import SqlValue
+
+SCAN_PREFIX = "_sw_t"
+"""The coordinator's name for the rows of the i-th table reference: ``_sw_t0``, ..."""
+
+
+def is_multi_table(select: exp.Select) -> bool:
+    """Whether ``select`` reads more than one table, or anything but a table: joins, a
+    subquery anywhere, a derived table, ``WITH``."""
+    if select.args.get("joins") or select.args.get("with_"):
+        return True
+    source = select.args.get("from_")
+    if isinstance(source, exp.From) and not isinstance(source.this, exp.Table):
+        return True
+    return any(
+        isinstance(node, exp.Select | exp.Subquery | exp.Exists) and node is not select
+        for node in select.walk()
+    )
+
+
+@dataclass(slots=True)
+class _Reference:
+    """One table named in the statement, and what its scan may leave out."""
+
+    node: exp.Table
+    table_name: str
+    alias: str
+    top_level: bool
+    """Directly in the top-level FROM or one of its joins (so its conditions are known)."""
+    nullable: bool = False
+    """An outer join may extend it with NULLs: no WHERE condition narrows it."""
+    filters: list[exp.Expr] = field(default_factory=list)
+
+
+def plan_multi(
+    select: exp.Select,
+    catalog: Catalog,
+    values: Mapping[str, SqlValue],
+    *,
+    heads: Sequence[str] = (),
+    written: exp.Select | None = None,
+) -> JoinPlan:
+    _check(select)
+    ctes = _cte_names(select)
+    references = _references(select, catalog, ctes)  # (none: SQLite alone answers)
+    _mark_outer_joins(select, references)
+    _push_conditions(select, references, catalog)
+    stars = _star_sources(select)
+    scans: list[TableScan] = []
+    rewritten = select.copy()
+    originals = [r.node for r in references]
+    copies = {id(o): c for o, c in zip(select.walk(), rewritten.walk(), strict=True)}
+    for index, reference in enumerate(references):
+        table = catalog.table(reference.table_name)
+        specs = catalog.columns(table)
+        wanted = _wanted_columns(select, reference, [c.name for c in specs], stars)
+        chosen = [c for c in specs if c.name in wanted] or specs[:1]
+        name = f"{SCAN_PREFIX}{index}"
+        read = _scan(reference, [c.name for c in chosen], catalog, values)
+        declarations = tuple((c.name, c.type_name) for c in chosen)
+        scans.append(TableScan(name, reference.table_name, reference.alias, declarations, read))
+        target = copies[id(originals[index])]
+        target.replace(
+            exp.Table(
+                this=exp.to_identifier(name, quoted=True),
+                alias=exp.TableAlias(this=exp.to_identifier(reference.alias, quoted=True)),
+            )
+        )
+    final = _fragment(shard_function(rewritten), values)
+    names = _names(select, heads, written)
+    return JoinPlan(names, "coordinator-join", tuple(scans), final)
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def _check(select: exp.Select) -> None:
+    for node in select.walk():
+        for kind, name in REFUSED_IN_ANY_SELECT.items():
+            if isinstance(node, kind):
+                raise UnsupportedSqlError(name)
+        if isinstance(node, exp.Select):
+            check_select_clauses(node, allow_joins=True)
+        if isinstance(node, exp.Join) and node.args.get("method"):
+            raise UnsupportedSqlError(f"{node.args['method']} JOIN (name the columns: USING)")
+        if isinstance(node, exp.Lateral):
+            raise UnsupportedSqlError("LATERAL")
+        if isinstance(node, exp.Table) and (node.args.get("db") or node.args.get("catalog")):
+            raise UnsupportedSqlError("schema-qualified table names")
+        if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
+            raise UnsupportedSqlError("reading from anything but tables and subqueries")
+        if isinstance(node, exp.Column) and (node.args.get("db") or node.args.get("catalog")):
+            raise UnsupportedSqlError("schema-qualified column names")
+        if isinstance(node, exp.With) and node.args.get("recursive"):
+            raise UnsupportedSqlError("WITH RECURSIVE")
+        if isinstance(node, exp.TableAlias) and node.columns and isinstance(node.parent, exp.Table):
+            raise UnsupportedSqlError("column aliases on a table")
+
+
+def _cte_names(select: exp.Select) -> set[str]:
+    names: set[str] = set()
+    for cte in select.find_all(exp.CTE):
+        name = cte.alias
+        if not name:
+            raise SqlSemanticError("a common table expression needs a name")
+        if name.lower().startswith(RESERVED_PREFIX):
+            raise SqlSemanticError(f"names starting {RESERVED_PREFIX} are reserved")
+        names.add(name)
+    return names
+
+
+def _references(select: exp.Select, catalog: Catalog, ctes: set[str]) -> list[_Reference]:
+    top = _top_level_tables(select)
+    references: list[_Reference] = []
+    for node in select.find_all(exp.Table):
+        if node.name in ctes:
+            continue  # a common table expression: SQLite reads it from its definition
+        alias = node.alias or node.name
+        if alias.lower().startswith(RESERVED_PREFIX):
+            raise SqlSemanticError(f"names starting {RESERVED_PREFIX} are reserved")
+        catalog.table(node.name)  # an unknown table: the catalog's error
+        references.append(_Reference(node, node.name, alias, any(node is t for t in top)))
+    return references
+
+
+def _top_level_tables(select: exp.Select) -> list[exp.Table]:
+    tables: list[exp.Table] = []
+    source = select.args.get("from_")
+    if isinstance(source, exp.From) and isinstance(source.this, exp.Table):
+        tables.append(source.this)
+    for join in select.args.get("joins") or ():
+        if isinstance(join.this, exp.Table):
+            tables.append(join.this)
+    return tables
+
+
+# --- narrowing the scans ---------------------------------------------------------------
+
+
+def _mark_outer_joins(select: exp.Select, references: list[_Reference]) -> None:
+    """Which top-level tables an outer join may extend with NULLs (everything but tables:
+    derived ones, nested joins, is never narrowed anyway)."""
+    by_node = {id(r.node): r for r in references}
+    sides: list[exp.Expr] = []
+    source = select.args.get("from_")
+    if isinstance(source, exp.From):
+        sides.append(source.this)
+    for join in select.args.get("joins") or ():
+        side = (join.args.get("side") or "").upper()
+        if side in ("RIGHT", "FULL"):
+            for earlier in sides:
+                if (reference := by_node.get(id(earlier))) is not None:
+                    reference.nullable = True
+        if side in ("LEFT", "FULL") and (reference := by_node.get(id(join.this))) is not None:
+            reference.nullable = True
+        sides.append(join.this)
+
+
+def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    if node is None:
+        return []
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return [*_conjuncts(node.left), *_conjuncts(node.right)]
+    return [node]
+
+
+def _only_reference(
+    condition: exp.Expr, top: list[_Reference], catalog: Catalog
+) -> _Reference | None:
+    """The one top-level table ``condition`` reads, if it reads exactly one and nothing
+    that makes moving it unsafe (a subquery, an aggregate, a window)."""
+    for node in condition.walk():
+        if isinstance(node, exp.Select | exp.Subquery | exp.Exists | exp.Window):
+            return None
+        if isinstance(node, exp.Func) and is_aggregate(node):
+            return None
+    found: _Reference | None = None
+    columns = list(condition.find_all(exp.Column))
+    if not columns:
+        return None
+    for column in columns:
+        if isinstance(column.this, exp.Star):
+            return None
+        if column.table:
+            owners = [r for r in top if r.alias == column.table]
+        else:
+            owners = [
+                r
+                for r in top
+                if column.name in {c.name for c in catalog.table(r.table_name).columns}
+            ]
+        if len(owners) != 1 or (found is not None and owners[0] is not found):
+            return None
+        found = owners[0]
+    return found
+
+
+def _has_column(catalog: Catalog, table: str, column: str) -> bool:
+    return any(c.name == column for c in catalog.table(table).columns)
+
+
+def _push_conditions(select: exp.Select, references: list[_Reference], catalog: Catalog) -> None:
+    top = [r for r in references if r.top_level]
+    aliases = [r.alias for r in top]
+    if len(set(aliases)) != len(aliases):
+        return  # the same name twice: SQLite refuses the statement; narrow nothing
+    joins = select.args.get("joins") or ()
+    outer = any((j.args.get("side") or "") for j in joins)
+    where = select.args.get("where")
+    candidates = _conjuncts(where.this if where is not None else None)
+    for join in joins:
+        if not outer:
+            candidates.extend(_conjuncts(join.args.get("on")))
+        elif (join.args.get("side") or "").upper() == "LEFT":
+            for condition in _conjuncts(join.args.get("on")):
+                reference = _only_reference(condition, top, catalog)
+                if reference is not None and reference.node is join.this:
+                    reference.filters.append(condition)
+    for condition in candidates:
+        reference = _only_reference(condition, top, catalog)
+        if reference is not None and not reference.nullable:
+            reference.filters.append(condition)
+
+
+def _star_sources(select: exp.Select) -> tuple[bool, set[str]]:
+    """Whether some select list has a bare ``*``, and the qualifiers of ``x.*`` items."""
+    bare = False
+    qualified: set[str] = set()
+    for node in select.walk():
+        if not isinstance(node, exp.Select):
+            continue
+        for item in node.expressions:
+            if isinstance(item, exp.Star):
+                bare = True
+            elif isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
+                qualified.add(item.table)
+    return bare, qualified
+
+
+def _wanted_columns(
+    select: exp.Select,
+    reference: _Reference,
+    names: list[str],
+    stars: tuple[bool, set[str]],
+) -> set[str]:
+    bare, qualified = stars
+    if bare or reference.alias in qualified or reference.table_name in qualified:
+        return set(names)
+    wanted: set[str] = set()
+    for column in select.find_all(exp.Column):
+        if column.table in ("", reference.alias, reference.table_name):
+            wanted.add(column.name)
+    for join in select.find_all(exp.Join):
+        for using in join.args.get("using") or ():
+            wanted.add(using.name)
+    return wanted & set(names)
+
+
+def _scan(
+    reference: _Reference, columns: list[str], catalog: Catalog, values: Mapping[str, SqlValue]
+) -> ReadPlan:
+    scan = exp.Select(
+        expressions=[exp.column(c, table=reference.alias, quoted=True) for c in columns]
+    )
+    source = exp.Table(
+        this=exp.to_identifier(reference.table_name, quoted=True),
+        alias=exp.TableAlias(this=exp.to_identifier(reference.alias, quoted=True)),
+    )
+    scan.set("from_", exp.From(this=source))
+    if reference.filters:
+        scan.set(
+            "where", exp.Where(this=exp.and_(*(exp.paren(f.copy()) for f in reference.filters)))
+        )
+    return plan_select(bind_select(scan, catalog, values), catalog, values)
+
+
+# --- the coordinator's statement -------------------------------------------------------
+
+
+def _fragment(tree: exp.Expr, values: Mapping[str, SqlValue]) -> Fragment:
+    used = {str(p.this) for p in tree.find_all(exp.Placeholder) if p.this}
+    return Fragment(to_sqlite(tree), {k: values[k] for k in sorted(used)})
+
+
+def _names(
+    select: exp.Select, heads: Sequence[str], written: exp.Select | None
+) -> tuple[str | None, ...]:
+    """Each select item's result name as PostgreSQL gives it; None for a ``*`` item
+    (named at run time from the columns it expanded to)."""
+    items = select.expressions
+    shown = written.expressions if written is not None else items
+    if len(shown) != len(items):
+        shown = items
+    if len(heads) != len(items):
+        heads = [""] * len(items)
+    names: list[str | None] = []
+    for item, original, head in zip(items, shown, heads, strict=True):
+        node = item.this if isinstance(item, exp.Alias) else item
+        if isinstance(node, exp.Star) or (
+            isinstance(node, exp.Column) and isinstance(node.this, exp.Star)
+        ):
+            names.append(None)
+            continue
+        alias = item.alias if isinstance(item, exp.Alias) else ""
+        inner = original.this if isinstance(original, exp.Alias) else original
+        names.append(column_name(inner, alias, head))
+    return tuple(names)
