@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 
 import pytest
 
 from shardwise.model.config import Keyspace, Scheme
-from shardwise.sql import Coordinator, LocalShards, join_plan
-from shardwise.sql.difftest import Row, compare_queries
+from shardwise.sql import Coordinator, LocalShards, colocated, join_plan
+from shardwise.sql.determinism import StatementContext
+from shardwise.sql.difftest import Query, Row, compare_queries
 from shardwise.sql.difftest_joins import (
     JoinQueryGenerator,
     join_create_statements,
@@ -21,6 +24,8 @@ from shardwise.sql.difftest_joins import (
     make_join_rows,
 )
 from shardwise.sql.functions import register
+from shardwise.sql.planner import plan
+from shardwise.sql.plans import JoinPlan, ReadPlan
 from shardwise.sql.values import SqlValue
 
 QUERIES = 1_200
@@ -70,20 +75,57 @@ async def test_generated_joins_and_subqueries_match_single_sqlite(
     async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
         return (await coordinator.execute(sql, list(params))).rows
 
-    kinds = await compare_queries(execute, reference, JoinQueryGenerator(rng), QUERIES, seed)
-    print(f"seed={seed}: {kinds}")
+    generator = Recording(JoinQueryGenerator(rng))
+    kinds = await compare_queries(execute, reference, generator, QUERIES, seed)
+    catalog = await local.catalog()
+    context = StatementContext(datetime(2026, 1, 1, tzinfo=UTC), 0)
+    strategies = Counter(
+        _strategy(plan(q.sql, q.params, catalog, context).plan) for q in generator.queries
+    )
+    print(f"seed={seed}: {kinds} {dict(strategies)}")
     assert kinds["ordered"] > QUERIES // 4 and kinds["unordered"] > QUERIES // 4
+    # Both strategies, and the co-located one down to a single shard, on data where
+    # they matter.
+    assert strategies["coordinator-join"] > QUERIES // 4
+    assert strategies["co-located"] > QUERIES // 20
+    assert strategies["co-located single-shard"] > 0
     reference.close()
 
 
-@pytest.mark.parametrize("planted", ["outer-join-filter", "left-join-on-filter"])
+class Recording:
+    def __init__(self, inner: JoinQueryGenerator) -> None:
+        self.inner = inner
+        self.queries: list[Query] = []
+
+    def next(self) -> Query:
+        query = self.inner.next()
+        self.queries.append(query)
+        return query
+
+
+def _strategy(planned: object) -> str:
+    if isinstance(planned, JoinPlan):
+        return planned.strategy
+    assert isinstance(planned, ReadPlan)
+    if planned.table.startswith("co-located"):
+        return "co-located single-shard" if planned.strategy == "single-shard" else "co-located"
+    return planned.strategy
+
+
+@pytest.mark.parametrize(
+    "planted", ["outer-join-filter", "left-join-on-filter", "co-located-not-on-keys"]
+)
 async def test_control_a_planted_pushdown_bug_is_caught(
     local: LocalShards, seed: int, rng: random.Random, monkeypatch: pytest.MonkeyPatch, planted: str
 ) -> None:
-    """The comparison catches a scan narrowed where it must not be: WHERE conditions
-    pushed into the NULL-extended side of an outer join, or an outer join's ON condition
-    pushed into its preserved side."""
-    if planted == "outer-join-filter":
+    """The comparison catches a scan narrowed where it must not be (WHERE conditions
+    pushed into the NULL-extended side of an outer join, an outer join's ON condition
+    pushed into its preserved side) and a join run inside the shards that does not join
+    on the distribution columns."""
+    if planted == "co-located-not-on-keys":
+        # The bug: any join of one keyspace run inside the shards, whatever it joins on.
+        monkeypatch.setattr(colocated, "_joined_on_distribution", lambda select, refs: True)
+    elif planted == "outer-join-filter":
         monkeypatch.setattr(join_plan, "_mark_outer_joins", lambda select, references: None)
     else:
         original = join_plan._push_conditions

@@ -189,7 +189,7 @@ def test_statements_are_fixed_at_the_coordinator() -> None:
 
 PURE_MODULES = frozenset(
     {
-        "aggregates", "bind", "catalog", "colnames", "ddl", "determinism", "dialect",
+        "aggregates", "bind", "catalog", "colocated", "colnames", "ddl", "determinism", "dialect",
         "distribution", "join_plan",
         "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
         "plans", "planner", "pruning", "select_bind", "select_plan", "shard_schema", "values",

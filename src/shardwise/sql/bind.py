@@ -102,6 +102,14 @@ class Scope:
     table: Table
     alias: str
     columns: tuple[ColumnSpec, ...]
+    source: exp.Expr | None = None
+    """What shards read instead of the table (a co-located join as a derived table,
+    :mod:`shardwise.sql.colocated`); None: the table itself."""
+    distributed_alike: tuple[str, ...] = ()
+    """Other columns whose value, when not NULL, names the same shard as the
+    distribution column's (the joined tables' distribution columns): they prune too."""
+    label: str = ""
+    """What EXPLAIN calls the source, when it is not the table (the join, as written)."""
 
     @classmethod
     def of(cls, catalog: Catalog, node: exp.Expr) -> Scope:

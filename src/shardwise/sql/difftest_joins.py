@@ -110,6 +110,8 @@ class JoinQueryGenerator:
             self._scalar_subquery,
             self._derived_table,
             self._with,
+            self._colocated,
+            self._colocated,
         ]
 
     def next(self) -> Query:
@@ -233,6 +235,46 @@ class JoinQueryGenerator:
             f"ON {self._condition(left, right)}{where} GROUP BY {key}{having}"
         )
         return self._finish(select, 3, params)
+
+    def _colocated(self) -> Query:
+        """Joins on the distribution columns (``c.id = o.cid``, ``c.id = z.id``), where
+        each shard joins its own rows: rows, groups by either key, aggregates, top-k,
+        pinned to one shard or not."""
+        params: list[SqlValue] = []
+        kind = _pick(self.rng, ("JOIN", "LEFT JOIN"))
+        other, on = _pick(
+            self.rng, (("o", "o.cid = c.id"), ("o", "c.id = o.cid"), ("z", "c.id = z.id"))
+        )
+        if self.rng.random() < 0.3:
+            on += _pick(self.rng, (" AND o.amount > 0", " AND c.tier > 1"))
+            on = on.replace("o.amount", f"{other}.id") if other == "z" else on
+        where = ""
+        roll = self.rng.random()
+        if roll < 0.25:
+            where = " WHERE c.id = $1"
+            params.append(self.rng.choice((3, 7, 10, -2)))
+        elif roll < 0.4:
+            where = f" WHERE {other}.{'cid' if other == 'o' else 'id'} IN (1, 2, 3, 10)"
+        elif roll < 0.6:
+            where = " WHERE c.tier IS NOT NULL OR c.name = 'bob'"
+        shape = self.rng.randrange(4)
+        source = f"FROM c {kind} {other} ON {on}{where}"
+        if shape == 0:
+            return self._finish(f"SELECT c.id, c.name, {other}.id {source}", 3, params)
+        if shape == 1:
+            measure = "sum(o.amount)" if other == "o" else "count(z.id)"
+            return self._finish(
+                f"SELECT c.id, count(*), {measure} {source} GROUP BY c.id", 3, params
+            )
+        if shape == 2:
+            key = _pick(self.rng, ("c.tier", "c.name", f"{other}.id"))
+            having = " HAVING count(*) > 1" if self.rng.random() < 0.3 else ""
+            return self._finish(
+                f"SELECT {key}, count(*), max(c.v) {source} GROUP BY {key}{having}", 3, params
+            )
+        limit = self.rng.randint(0, 8)
+        select = f"SELECT c.id, {other}.id, c.v {source} ORDER BY 1, 2, 3 LIMIT {limit}"
+        return Query(select, params, ordered=True)
 
     def _self_join(self) -> Query:
         params: list[SqlValue] = []

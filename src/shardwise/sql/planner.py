@@ -12,6 +12,7 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from shardwise.errors import SqlLimitError, SqlSemanticError, UnsupportedSqlError
 from shardwise.sql.catalog import Catalog
+from shardwise.sql.colocated import plan_colocated
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.dialect import DIALECT
@@ -108,6 +109,9 @@ def _plan_read(
     values.update(fixer.values)
     assert isinstance(fixed, exp.Select)
     if is_multi_table(fixed):
+        colocated = plan_colocated(fixed, catalog, values, heads=heads, written=statement)
+        if colocated is not None:
+            return colocated
         return plan_multi(fixed, catalog, values, heads=heads, written=statement)
     bound_select = bind_select(fixed, catalog, values, heads=heads, written=statement)
     return plan_select(bound_select, catalog, values)

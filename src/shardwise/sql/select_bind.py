@@ -64,13 +64,17 @@ def bind_select(
     *,
     heads: Sequence[str] = (),
     written: exp.Select | None = None,
+    scope: Scope | None = None,
 ) -> BoundSelect:
     """``select`` bound. Result columns are named as PostgreSQL names them, from
     ``written`` (the SELECT before time and randomness became parameters) and ``heads``
-    (each item's first word as written, see :mod:`shardwise.sql.colnames`)."""
+    (each item's first word as written, see :mod:`shardwise.sql.colnames`). ``scope``:
+    what the FROM clause reads, when it is not the one table it names (a co-located
+    join)."""
     check_select_clauses(select)
     source = select.args.get("from_")
-    scope = Scope.of(catalog, source.this) if isinstance(source, exp.From) else None
+    if scope is None and isinstance(source, exp.From):
+        scope = Scope.of(catalog, source.this)
     outputs, names = _outputs(select, scope, heads, written)
     where = select.args.get("where")
     bound_where = _bind(scope, where.this, False, "in WHERE") if where is not None else None

@@ -69,18 +69,23 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
     router = Router(keyspace)
     column = scope.spec(scope.table.distribution_column)
     pruned = Pruner(column.name, column.affinity, router, values).shards(bound.where)
+    why = "" if pruned is None else f"WHERE on distribution column {column.name}"
+    for alike in scope.distributed_alike:  # (a co-located join's other tables)
+        spec = scope.spec(alike)
+        narrower = Pruner(alike, spec.affinity, router, values).shards(bound.where)
+        if narrower is not None:
+            pruned = narrower if pruned is None else pruned & narrower
+            why = f"{why}{', ' if why else 'WHERE on distribution column '}{alike}"
     shards = sorted(router.all_shards() if pruned is None else pruned)
     if not shards:
         shards = [0]  # a contradiction: any one shard answers (with no rows) as well
-    why = "" if pruned is None else f"WHERE on distribution column {column.name}"
-    why = "" if pruned is None else f"WHERE on distribution column {column.name}"
 
     def read(strategy: Strategy, merge: Merge, fragment: Fragment) -> ReadPlan:
         return ReadPlan(
             bound.names,
             strategy,
             merge,
-            table=scope.table.name,
+            table=scope.label or scope.table.name,
             keyspace=keyspace.name,
             shards=tuple(shards),
             shard_count=router.shard_count,
@@ -104,7 +109,9 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
 # --- assembling SQL --------------------------------------------------------------------
 
 
-def _source(scope: Scope) -> exp.Table:
+def _source(scope: Scope) -> exp.Expr:
+    if scope.source is not None:
+        return scope.source.copy()
     return exp.Table(
         this=exp.to_identifier(physical_name(scope.table.name), quoted=True),
         alias=exp.TableAlias(this=exp.to_identifier(scope.alias, quoted=True)),

@@ -1,0 +1,303 @@
+"""Co-located joins: tables of one keyspace joined on their distribution columns run
+inside each shard's fragment.
+
+Two rows whose distribution values are equal live on the same shard, so when every join
+of a statement requires equal distribution values (a conjunct ``a.k = b.k`` of its
+``ON``, ``k`` each table's distribution column), every joined row is made of rows of one
+shard, and each shard can join its own rows. The join then becomes the source of a
+single-table plan: it is written as a derived table (``FROM (SELECT "a"."x" AS "a.x",
+... FROM sql_a AS a JOIN sql_b AS b ON ...) AS _sw_j``), every column of the statement
+becomes a column of it, and :func:`~shardwise.sql.select_plan.plan_select` applies every
+strategy it has to the joined rows: pruning (an equality on any of the joined tables'
+distribution columns), single-shard reads, rows, grouping by the distribution column,
+partial aggregates, top-k.
+
+What qualifies (everything else goes to the coordinator join,
+:mod:`shardwise.sql.join_plan`): plain tables of one keyspace; ``JOIN`` and ``LEFT
+JOIN`` only (then the first table is never NULL-extended, so grouping by its
+distribution column keeps each group on one shard; a RIGHT or FULL join may make NULL
+groups on every shard); distribution columns of the same affinity, INTEGER or TEXT (an
+equality between them then implies the same stored value, hence the same shard: an
+untyped or REAL column may hold 3 and 3.0, equal but placed apart); no subquery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from shardwise.errors import SqlCatalogError, SqlSemanticError
+from shardwise.model.config import Column, Table
+from shardwise.sql.bind import Scope, check_supported
+from shardwise.sql.catalog import Catalog, ColumnSpec, physical_name
+from shardwise.sql.dialect import to_text
+from shardwise.sql.plans import ReadPlan
+from shardwise.sql.select_bind import bind_select
+from shardwise.sql.select_plan import plan_select
+from shardwise.sql.values import SqlValue
+
+JOINED_ALIAS = "_sw_j"
+"""The name a co-located join's rows go by in a shard's fragment."""
+
+_PLACED_BY_VALUE = ("INTEGER", "TEXT")
+"""Distribution column affinities for which equal values are stored alike."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    alias: str
+    table: Table
+    columns: tuple[ColumnSpec, ...]
+
+    def has(self, name: str) -> bool:
+        return any(c.name == name for c in self.columns)
+
+
+def plan_colocated(
+    select: exp.Select,
+    catalog: Catalog,
+    values: Mapping[str, SqlValue],
+    *,
+    heads: Sequence[str] = (),
+    written: exp.Select | None = None,
+) -> ReadPlan | None:
+    """The co-located plan of ``select``, or None when it does not qualify."""
+    refs = _refs(select, catalog)
+    if refs is None or not _joined_on_distribution(select, refs):
+        return None
+    resolve = _Resolver(refs)
+    expanded = _expand_stars(select, refs)
+    shown = _expand_stars(written, refs) if written is not None else expanded
+    if expanded is None or shown is None:
+        return None
+    if len(shown.expressions) != len(expanded.expressions):
+        shown = expanded
+    if len(heads) != len(select.expressions) or len(expanded.expressions) != len(heads):
+        heads = [""] * len(expanded.expressions)
+    used: dict[tuple[str, str], ColumnSpec] = {}
+    outer = expanded.copy()
+    outer.set("joins", None)
+    aliases = {item.alias for item in expanded.expressions if isinstance(item, exp.Alias)}
+    for column in list(outer.find_all(exp.Column)):
+        if _names_an_output(column, aliases, resolve):
+            continue  # select_bind resolves it to the select item
+        ref, spec = resolve(column)
+        used[(ref.alias, spec.name)] = spec
+        column.replace(exp.column(_virtual(ref.alias, spec.name), quoted=True))
+    first = refs[0]
+    for ref in refs:  # every distribution column: it prunes
+        used[(ref.alias, ref.table.distribution_column)] = _spec(ref, ref.table.distribution_column)
+    source = _derived_table(select, refs, used, resolve)
+    virtual = tuple(
+        ColumnSpec(_virtual(alias, name), spec.type_name) for (alias, name), spec in used.items()
+    )
+    table = Table(
+        JOINED_ALIAS,
+        first.table.keyspace,
+        _virtual(first.alias, first.table.distribution_column),
+        tuple(Column(c.name, c.type_name) for c in virtual),
+    )
+    label = " ".join(
+        [_as_written(select.args["from_"].this)]
+        + [to_text(join) for join in select.args.get("joins") or ()]
+    )
+    scope = Scope(
+        table,
+        JOINED_ALIAS,
+        virtual,
+        source=source,
+        distributed_alike=tuple(_virtual(r.alias, r.table.distribution_column) for r in refs[1:]),
+        label=f"co-located join {label}",
+    )
+    outer.set("from_", exp.From(this=exp.to_table(JOINED_ALIAS)))
+    bound = bind_select(outer, catalog, values, heads=heads, written=shown, scope=scope)
+    return plan_select(bound, catalog, values)
+
+
+def _names_an_output(column: exp.Column, aliases: set[str], resolve: _Resolver) -> bool:
+    """A bare name in ORDER BY or GROUP BY that PostgreSQL reads as a select item: in
+    ORDER BY an output name wins, in GROUP BY an input column does."""
+    if column.table or column.name not in aliases:
+        return False
+    clause = column.find_ancestor(exp.Order, exp.Group, exp.Select)
+    if isinstance(clause, exp.Order):
+        return True
+    return isinstance(clause, exp.Group) and not any(r.has(column.name) for r in resolve.refs)
+
+
+def _virtual(alias: str, column: str) -> str:
+    return f"{alias}.{column}"
+
+
+def _spec(ref: _Ref, name: str) -> ColumnSpec:
+    for column in ref.columns:
+        if column.name == name:
+            return column
+    raise SqlCatalogError(f"column {name!r} does not exist in table {ref.table.name!r}")
+
+
+def _as_written(node: exp.Expr) -> str:
+    return to_text(node)
+
+
+# --- what qualifies --------------------------------------------------------------------
+
+
+def _refs(select: exp.Select, catalog: Catalog) -> list[_Ref] | None:
+    if select.args.get("with_") or not select.args.get("joins"):
+        return None
+    if any(
+        isinstance(n, exp.Select | exp.Subquery | exp.Exists)
+        for n in select.walk()
+        if n is not select
+    ):
+        return None
+    source = select.args.get("from_")
+    if not isinstance(source, exp.From):
+        return None
+    nodes = [source.this, *(j.this for j in select.args["joins"])]
+    refs: list[_Ref] = []
+    for node in nodes:
+        if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
+            return None
+        if node.args.get("db") or node.args.get("catalog") or node.name not in catalog.tables:
+            return None
+        alias_node = node.args.get("alias")
+        if isinstance(alias_node, exp.TableAlias) and alias_node.columns:
+            return None
+        table = catalog.table(node.name)
+        refs.append(_Ref(node.alias or node.name, table, tuple(catalog.columns(table))))
+    aliases = [r.alias for r in refs]
+    if len(set(aliases)) != len(aliases) or len({r.table.keyspace for r in refs}) != 1:
+        return None
+    for ref in refs:
+        if _spec(ref, ref.table.distribution_column).affinity not in _PLACED_BY_VALUE:
+            return None
+    return refs
+
+
+def _joined_on_distribution(select: exp.Select, refs: list[_Ref]) -> bool:
+    """Every join an INNER or LEFT join whose ON requires its table's distribution value
+    to equal an earlier table's, of the same affinity."""
+    for position, join in enumerate(select.args["joins"], start=1):
+        side = (join.args.get("side") or "").upper()
+        kind = (join.args.get("kind") or "").upper()
+        if side not in ("", "LEFT") or kind not in ("", "INNER", "OUTER"):
+            return False
+        if join.args.get("method"):
+            return False
+        if join.args.get("using") or join.args.get("on") is None:
+            return False
+        new, earlier = refs[position], refs[:position]
+        if not any(_pins(c, new, earlier) for c in _conjuncts(join.args["on"])):
+            return False
+    return True
+
+
+def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return [*_conjuncts(node.left), *_conjuncts(node.right)]
+    return [node]
+
+
+def _pins(condition: exp.Expr, new: _Ref, earlier: list[_Ref]) -> bool:
+    if not isinstance(condition, exp.EQ):
+        return False
+    left, right = condition.left, condition.right
+    if not isinstance(left, exp.Column) or not isinstance(right, exp.Column):
+        return False
+    for mine, other in ((left, right), (right, left)):
+        if mine.table != new.alias or mine.name != new.table.distribution_column:
+            continue
+        for ref in earlier:
+            if other.table == ref.alias and other.name == ref.table.distribution_column:
+                kind = _spec(new, mine.name).affinity
+                return kind == _spec(ref, other.name).affinity
+    return False
+
+
+# --- rewriting -------------------------------------------------------------------------
+
+
+class _Resolver:
+    """A column reference -> its table and column, as PostgreSQL resolves it."""
+
+    def __init__(self, refs: list[_Ref]) -> None:
+        self.refs = refs
+
+    def __call__(self, column: exp.Column) -> tuple[_Ref, ColumnSpec]:
+        if column.args.get("db") or column.args.get("catalog"):
+            raise SqlCatalogError("schema-qualified column names")
+        if column.table:
+            owners = [r for r in self.refs if r.alias == column.table]
+            if not owners:
+                names = [r.table.name for r in self.refs if r.table.name == column.table]
+                if names:
+                    raise SqlCatalogError(f"table {column.table!r} goes by another name here")
+                raise SqlCatalogError(f"there is no table {column.table!r} in this statement")
+            return owners[0], _spec(owners[0], column.name)
+        owners = [r for r in self.refs if r.has(column.name)]
+        if not owners:
+            raise SqlCatalogError(f"column {column.name!r} does not exist")
+        if len(owners) > 1:
+            raise SqlSemanticError(f"column reference {column.name!r} is ambiguous")
+        return owners[0], _spec(owners[0], column.name)
+
+
+def _expand_stars(select: exp.Select, refs: list[_Ref]) -> exp.Select | None:
+    """``select`` with ``*`` and ``t.*`` written out as the columns they stand for."""
+    items: list[exp.Expr] = []
+    for item in select.expressions:
+        if isinstance(item, exp.Star):
+            chosen = refs
+        elif isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
+            chosen = [r for r in refs if r.alias == item.table]
+            if not chosen:
+                return None  # (the coordinator join says what is wrong with it)
+        else:
+            items.append(item.copy())
+            continue
+        for ref in chosen:
+            items.extend(exp.column(c.name, table=ref.alias, quoted=True) for c in ref.columns)
+    copy = select.copy()
+    copy.set("expressions", items)
+    return copy
+
+
+def _derived_table(
+    select: exp.Select,
+    refs: list[_Ref],
+    used: dict[tuple[str, str], ColumnSpec],
+    resolve: _Resolver,
+) -> exp.Expr:
+    """The join as each shard runs it: the used columns of the joined rows."""
+    items = [
+        exp.alias_(exp.column(name, table=alias, quoted=True), _virtual(alias, name), quoted=True)
+        for alias, name in used
+    ]
+    inner = exp.Select(expressions=items)
+    inner.set("from_", exp.From(this=_physical(refs[0])))
+    joins: list[exp.Expr] = []
+    for ref, join in zip(refs[1:], select.args["joins"], strict=True):
+        on = join.args["on"].copy()
+        check_supported(on)
+        for column in list(on.find_all(exp.Column)):
+            owner, spec = resolve(column)
+            column.replace(exp.column(spec.name, table=owner.alias, quoted=True))
+        side = (join.args.get("side") or "").upper()
+        joins.append(exp.Join(this=_physical(ref), on=on, side=side or None))
+    inner.set("joins", joins)
+    return exp.Subquery(
+        this=inner, alias=exp.TableAlias(this=exp.to_identifier(JOINED_ALIAS, quoted=True))
+    )
+
+
+def _physical(ref: _Ref) -> exp.Table:
+    return exp.Table(
+        this=exp.to_identifier(physical_name(ref.table.name), quoted=True),
+        alias=exp.TableAlias(this=exp.to_identifier(ref.alias, quoted=True)),
+    )
