@@ -6,7 +6,6 @@ test's seed (printed; replay with ``SHARDWISE_TEST_SEED``)."""
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -20,10 +19,9 @@ from shardwise.sql.difftest import Query, Row, compare_queries
 from shardwise.sql.difftest_joins import (
     JoinQueryGenerator,
     join_create_statements,
-    join_reference_ddl,
+    join_reference,
     make_join_rows,
 )
-from shardwise.sql.functions import register
 from shardwise.sql.planner import plan
 from shardwise.sql.plans import JoinPlan, ReadPlan
 from shardwise.sql.values import SqlValue
@@ -39,18 +37,6 @@ def local() -> Iterator[LocalShards]:
     shards = LocalShards([KEYSPACE])
     yield shards
     shards.close()
-
-
-def join_reference(data: dict[str, list[Row]]) -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    register(conn)
-    for ddl in join_reference_ddl():
-        conn.execute(ddl)
-    for name, rows in data.items():
-        if rows:
-            marks = ", ".join("?" * len(rows[0]))
-            conn.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
-    return conn
 
 
 async def load_join_tables(coordinator: Coordinator, data: dict[str, list[Row]]) -> None:

@@ -18,10 +18,12 @@ order. REAL data are multiples of 1/4, so sums do not depend on the order of row
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from shardwise.sql.difftest import Query, Row
+from shardwise.sql.functions import register
 from shardwise.sql.values import INT64_MAX, SqlValue
 
 JOIN_TABLES: Final = {
@@ -50,6 +52,19 @@ def join_create_statements() -> list[str]:
 
 def join_reference_ddl() -> list[str]:
     return [f"CREATE TABLE {name} ({columns})" for name, (columns, _) in JOIN_TABLES.items()]
+
+
+def join_reference(data: dict[str, list[Row]]) -> sqlite3.Connection:
+    """One SQLite database holding every row of the join tables."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    register(conn)
+    for ddl in join_reference_ddl():
+        conn.execute(ddl)
+    for name, rows in data.items():
+        if rows:
+            marks = ", ".join("?" * len(rows[0]))
+            conn.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
+    return conn
 
 
 def make_join_rows(rng: random.Random) -> dict[str, list[Row]]:
