@@ -21,7 +21,7 @@ from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import Key, KVOp, KVResult, Value, check_type
 from shardwise.model.replies import ReplicaStatus
-from shardwise.model.sql import SqlStatement as SqlStatement  # (re-exported: older imports)
+from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart, TxnVote
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
