@@ -120,7 +120,7 @@ async def test_control_a_planted_pushdown_bug_is_caught(
             # The bug: an outer join's ON condition treated as a WHERE condition, so it
             # narrows the preserved side too (whose rows must all survive).
             original(select, references, catalog)
-            top = [r for r in references if r.top_level]
+            top = references  # (the tables this SELECT names itself)
             for join in select.args.get("joins") or ():
                 for condition in join_plan._conjuncts(join.args.get("on")):
                     found = join_plan._only_reference(condition, top, catalog)

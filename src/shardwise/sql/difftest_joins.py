@@ -328,6 +328,9 @@ class JoinQueryGenerator:
                 "SELECT 1 FROM o WHERE o.cid = c.id AND o.amount > $1",
                 "SELECT 1 FROM o JOIN p ON o.id = p.oid WHERE o.cid = c.id",
                 "SELECT 1 FROM z",
+                "SELECT 1 FROM o WHERE o.cid = c.id AND tier > 1",  # tier: the outer c's
+                "SELECT 1 FROM z WHERE id = c.id AND v IS NOT NULL",  # z's own id and v
+                "SELECT 1 FROM o WHERE cid = c.id AND s = 'a' AND amount > $1",
             ),
         )
         if "$1" in inner:

@@ -71,8 +71,9 @@ class _Reference:
     node: exp.Table
     table_name: str
     alias: str
-    top_level: bool
-    """Directly in the top-level FROM or one of its joins (so its conditions are known)."""
+    home: exp.Select | None
+    """The SELECT whose FROM or joins name it directly (its WHERE may narrow it); None
+    for a table inside a nested join."""
     nullable: bool = False
     """An outer join may extend it with NULLs: no WHERE condition narrows it."""
     filters: list[exp.Expr] = field(default_factory=list)
@@ -89,8 +90,12 @@ def plan_multi(
     _check(select)
     ctes = _cte_names(select)
     references = _references(select, catalog, ctes)  # (none: SQLite alone answers)
-    _mark_outer_joins(select, references)
-    _push_conditions(select, references, catalog)
+    for node in list(select.walk()):
+        if isinstance(node, exp.Select):
+            own = [r for r in references if r.home is node]
+            if own:
+                _mark_outer_joins(node, own)
+                _push_conditions(node, own, catalog)
     stars = _star_sources(select)
     scans: list[TableScan] = []
     rewritten = select.copy()
@@ -156,7 +161,12 @@ def _cte_names(select: exp.Select) -> set[str]:
 
 
 def _references(select: exp.Select, catalog: Catalog, ctes: set[str]) -> list[_Reference]:
-    top = _top_level_tables(select)
+    homes = {
+        id(table): node
+        for node in select.walk()
+        if isinstance(node, exp.Select)
+        for table in _direct_tables(node)
+    }
     references: list[_Reference] = []
     for node in select.find_all(exp.Table):
         if node.name in ctes:
@@ -165,11 +175,11 @@ def _references(select: exp.Select, catalog: Catalog, ctes: set[str]) -> list[_R
         if alias.lower().startswith(RESERVED_PREFIX):
             raise SqlSemanticError(f"names starting {RESERVED_PREFIX} are reserved")
         catalog.table(node.name)  # an unknown table: the catalog's error
-        references.append(_Reference(node, node.name, alias, any(node is t for t in top)))
+        references.append(_Reference(node, node.name, alias, homes.get(id(node))))
     return references
 
 
-def _top_level_tables(select: exp.Select) -> list[exp.Table]:
+def _direct_tables(select: exp.Select) -> list[exp.Table]:
     tables: list[exp.Table] = []
     source = select.args.get("from_")
     if isinstance(source, exp.From) and isinstance(source.this, exp.Table):
@@ -184,8 +194,8 @@ def _top_level_tables(select: exp.Select) -> list[exp.Table]:
 
 
 def _mark_outer_joins(select: exp.Select, references: list[_Reference]) -> None:
-    """Which top-level tables an outer join may extend with NULLs (everything but tables:
-    derived ones, nested joins, is never narrowed anyway)."""
+    """Which of ``select``'s own tables an outer join may extend with NULLs (what is not
+    a table, a derived one or a nested join, is never narrowed anyway)."""
     by_node = {id(r.node): r for r in references}
     sides: list[exp.Expr] = []
     source = select.args.get("from_")
@@ -247,8 +257,10 @@ def _has_column(catalog: Catalog, table: str, column: str) -> bool:
     return any(c.name == column for c in catalog.table(table).columns)
 
 
-def _push_conditions(select: exp.Select, references: list[_Reference], catalog: Catalog) -> None:
-    top = [r for r in references if r.top_level]
+def _push_conditions(select: exp.Select, top: list[_Reference], catalog: Catalog) -> None:
+    """Narrow ``top`` (the tables ``select`` names directly) by the conditions of
+    ``select`` that read only one of them. In a subquery a column no table of its own
+    holds is an outer one, and such a condition narrows nothing."""
     aliases = [r.alias for r in top]
     if len(set(aliases)) != len(aliases):
         return  # the same name twice: SQLite refuses the statement; narrow nothing
