@@ -31,8 +31,7 @@ SCHEMA = (
     "WITH (distribution = 'id')",
     "CREATE TABLE orders (customer TEXT, order_id INTEGER, total REAL, "
     "PRIMARY KEY (customer, order_id)) WITH (distribution = 'customer', keyspace = 'ranges')",
-    "CREATE TABLE c (id INTEGER PRIMARY KEY, name TEXT, tier INTEGER) "
-    "WITH (distribution = 'id')",
+    "CREATE TABLE c (id INTEGER PRIMARY KEY, name TEXT, tier INTEGER) WITH (distribution = 'id')",
     "CREATE TABLE o (id INTEGER, cid INTEGER, amount REAL) WITH (distribution = 'cid')",
 )
 
