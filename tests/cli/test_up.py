@@ -355,6 +355,28 @@ def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> No
     assert missing.returncode == ExitCode.SQL
     assert "ERROR (catalog)" in missing.stderr and "nope" in missing.stderr
 
+    # Joins: one co-located with items (sales distributed by item_id), one subquery.
+    joined = cli(
+        root,
+        "sql",
+        "-c",
+        "CREATE TABLE sales (id INTEGER, item_id INTEGER, qty INTEGER)"
+        " WITH (distribution = 'item_id');"
+        " INSERT INTO sales VALUES (1, 1, 5), (2, 1, 2), (3, 2, 4), (4, 9, 1);"
+        " SELECT i.name, sum(s.qty) AS sold FROM items i JOIN sales s ON s.item_id = i.id"
+        " GROUP BY i.name ORDER BY sold DESC;"
+        " EXPLAIN SELECT i.name FROM items i JOIN sales s ON s.item_id = i.id WHERE s.item_id = 2;"
+        " SELECT name FROM items WHERE id NOT IN (SELECT item_id FROM sales) ORDER BY 1",
+    )
+    assert joined.returncode == 0, joined.stderr
+    lines = [line.split() for line in joined.stdout.splitlines()]
+    assert ["apple", "7"] in lines and ["pear", "4"] in lines
+    assert lines.index(["apple", "7"]) < lines.index(["pear", "4"])
+    assert any(
+        "co-located" in line and "single-shard" in line for line in joined.stdout.splitlines()
+    )
+    assert ["fig"] in lines
+
 
 def test_a_server_killed_with_sigkill_and_the_cluster_keeps_serving(cluster: Up) -> None:
     root = cluster.root
@@ -400,8 +422,8 @@ def test_up_again_reuses_the_data_and_a_killed_supervisor_leaves_nothing(cluster
         assert "sizing flags" not in again.text()
         assert "First start" not in again.text()
         snapshot = status(cluster.root)
-        # Two joins, a leave and the SQL test's CREATE TABLE; nothing joined again.
-        assert snapshot["config_num"] == 4
+        # Two joins, a leave and the SQL test's two CREATE TABLEs; nothing joined again.
+        assert snapshot["config_num"] == 5
         assert owners(snapshot) == {1, 2}
         with shardwise.connect(cluster.root) as kv:
             assert kv.mget(KEYS) == KEYS
