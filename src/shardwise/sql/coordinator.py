@@ -144,7 +144,7 @@ class Coordinator:
             ScanRows(scan.name, scan.columns, result.rows)
             for scan, result in zip(join.scans, results, strict=True)
         ]
-        names, rows = run_join(scans, join.final, self._limits.max_rows)
+        names, rows = run_join(scans, join.final, self._limits.max_rows, self._limits.max_bytes)
         return Result(_result_names(join.columns, names), rows)
 
     async def _write(self, write: WritePlan) -> Result:

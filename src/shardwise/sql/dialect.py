@@ -19,6 +19,7 @@ from typing import Final
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
+from sqlglot.dialects.sqlite import SQLite
 from sqlglot.errors import ErrorLevel, UnsupportedError
 
 from shardwise.errors import UnsupportedSqlError
@@ -56,14 +57,29 @@ def _numeric_affinity(node: exp.Expr) -> exp.Expr:
     return node
 
 
-def to_sqlite(expression: exp.Expr) -> str:
+class _BacktickSQLite(SQLite):
+    """SQLite quoting identifiers with backticks: SQLite reads a double-quoted name that
+    matches no column as a string (its "double-quoted string literal" quirk, which
+    Python 3.11 cannot switch off), a backticked one never."""
+
+
+# (Set after the class is made: sqlglot's dialect metaclass derives them from the
+# tokenizer while making it.)
+_BacktickSQLite.IDENTIFIER_START = _BacktickSQLite.IDENTIFIER_END = "`"
+
+
+def to_sqlite(expression: exp.Expr, *, backticks: bool = False) -> str:
     """SQLite text for ``expression``; a construct SQLite cannot express is refused here
-    rather than silently dropped (sqlglot only warns by default)."""
+    rather than silently dropped (sqlglot only warns by default). ``backticks``: quote
+    identifiers so, for SQL whose column names nothing checked before SQLite does (a
+    misspelt name is then an error, not a string)."""
     if any(t.this in _DECIMAL_TYPES for t in expression.find_all(exp.DataType)):
         expression = expression.transform(_numeric_affinity, copy=True)
     try:
         return expression.sql(
-            dialect=SHARD_DIALECT, identify=True, unsupported_level=ErrorLevel.RAISE
+            dialect=_BacktickSQLite if backticks else SHARD_DIALECT,
+            identify=True,
+            unsupported_level=ErrorLevel.RAISE,
         )
     except UnsupportedError as exc:
         raise UnsupportedSqlError("this construct on SQLite", str(exc)) from exc

@@ -16,6 +16,7 @@ from typing import Final
 
 from shardwise.errors import SqlCatalogError, SqlExecutionError, SqlLimitError
 from shardwise.sql.functions import register
+from shardwise.sql.join_plan import SINGLE_ROW
 from shardwise.sql.plans import Fragment
 from shardwise.sql.select_plan import MERGED_TABLE
 from shardwise.sql.values import SqlValue
@@ -28,6 +29,7 @@ of its scans (a join of large tables with no equality could run for hours; this 
 tens of seconds)."""
 
 _STEPS_PER_CHECK: Final = 100_000
+_FETCH_BATCH: Final = 1_000
 
 
 def _connect() -> sqlite3.Connection:
@@ -85,41 +87,85 @@ class ScanRows:
 
 
 def run_join(
-    scans: Sequence[ScanRows], query: Fragment, max_rows: int, max_steps: int = MAX_FINAL_STEPS
+    scans: Sequence[ScanRows],
+    query: Fragment,
+    max_rows: int,
+    max_bytes: int,
+    max_steps: int = MAX_FINAL_STEPS,
 ) -> tuple[list[str], list[Row]]:
     """``query`` over tables holding ``scans``' rows: SQLite's own column names and the
-    rows, at most ``max_rows`` of them, in at most ``max_steps`` steps."""
+    rows, at most ``max_rows`` of them and ``max_bytes`` of values (counted as the
+    coordinator's merges count them), in at most ``max_steps`` steps."""
     with closing(_connect()) as conn:
         budget = [max_steps]
+        several = _SeveralRows()
+        conn.create_aggregate(SINGLE_ROW, 1, several.aggregate())
 
         def spend() -> int:
             budget[0] -= _STEPS_PER_CHECK
             return 1 if budget[0] < 0 else 0  # non-zero: SQLite interrupts the statement
 
+        rows: list[Row] = []
+        size = 0
         try:
             for scan in scans:
-                declared = ", ".join(f'"{_quoted(n)}" {t}'.rstrip() for n, t in scan.columns)
-                conn.execute(f'CREATE TABLE "{scan.name}" ({declared})')
+                declared = ", ".join(f"`{_quoted(n)}` {t}".rstrip() for n, t in scan.columns)
+                conn.execute(f"CREATE TABLE `{scan.name}` ({declared})")
                 marks = ", ".join("?" * len(scan.columns))
-                conn.executemany(f'INSERT INTO "{scan.name}" VALUES ({marks})', scan.rows)
+                conn.executemany(f"INSERT INTO `{scan.name}` VALUES ({marks})", scan.rows)
             conn.set_progress_handler(spend, _STEPS_PER_CHECK)
             cursor = conn.execute(query.sql, dict(query.params))
-            rows = [tuple(r) for r in cursor.fetchmany(max_rows + 1)]
             names = [d[0] for d in cursor.description or ()]
+            while batch := cursor.fetchmany(_FETCH_BATCH):
+                rows.extend(tuple(r) for r in batch)
+                size += sum(len(v) if isinstance(v, str | bytes) else 8 for r in batch for v in r)
+                if len(rows) > max_rows:
+                    why = "the statement's answer holds too many rows"
+                    raise SqlLimitError("max_rows", max_rows, why)
+                if size > max_bytes:
+                    why = "the statement's answer holds too many bytes"
+                    raise SqlLimitError("max_bytes", max_bytes, why)
         except sqlite3.Error as exc:
             if budget[0] < 0:
-                raise SqlLimitError(
-                    "MAX_FINAL_STEPS",
-                    max_steps,
-                    "the statement did too much work at the coordinator",
+                why = "the statement did too much work at the coordinator"
+                raise SqlLimitError("MAX_FINAL_STEPS", max_steps, why) from None
+            if several.seen:
+                raise SqlExecutionError(
+                    "more than one row returned by a subquery used as an expression"
                 ) from None
             message = str(exc)
             if message.startswith(("no such column", "ambiguous column")):
                 raise SqlCatalogError(message) from None
             raise SqlExecutionError(message) from None
-        if len(rows) > max_rows:
-            raise SqlLimitError("max_rows", max_rows, "the statement's answer holds too many rows")
         return names, rows
+
+
+class _SeveralRows:
+    """The ``_sw_single`` aggregate: the one value it saw (NULL for none), and an error
+    on a second one, remembered so the error can say what SQLite's message cannot."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def aggregate(self) -> type:
+        owner = self
+
+        class Single:
+            def __init__(self) -> None:
+                self.count = 0
+                self.value: SqlValue = None
+
+            def step(self, value: SqlValue) -> None:
+                self.count += 1
+                if self.count > 1:
+                    owner.seen = True
+                    raise ValueError("more than one row")
+                self.value = value
+
+            def finalize(self) -> SqlValue:
+                return self.value
+
+        return Single
 
 
 def _quoted(name: str) -> str:

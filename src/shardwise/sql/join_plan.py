@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from sqlglot import exp
 
@@ -42,7 +43,7 @@ from shardwise.sql.catalog import RESERVED_PREFIX, Catalog
 from shardwise.sql.colnames import column_name
 from shardwise.sql.dialect import to_sqlite
 from shardwise.sql.plans import Fragment, JoinPlan, ReadPlan, TableScan
-from shardwise.sql.select_bind import bind_select
+from shardwise.sql.select_bind import bind_select, count
 from shardwise.sql.select_plan import plan_select
 from shardwise.sql.values import SqlValue
 
@@ -87,9 +88,8 @@ def plan_multi(
     heads: Sequence[str] = (),
     written: exp.Select | None = None,
 ) -> JoinPlan:
-    _check(select)
-    ctes = _cte_names(select)
-    references = _references(select, catalog, ctes)  # (none: SQLite alone answers)
+    _check(select, catalog, values)
+    references = _references(select, catalog)  # (none: SQLite alone answers)
     for node in list(select.walk()):
         if isinstance(node, exp.Select):
             own = [r for r in references if r.home is node]
@@ -117,7 +117,7 @@ def plan_multi(
                 alias=exp.TableAlias(this=exp.to_identifier(reference.alias, quoted=True)),
             )
         )
-    final = _fragment(shard_function(rewritten), values)
+    final = _fragment(_single_rows(shard_function(rewritten)), values)
     names = _names(select, heads, written)
     return JoinPlan(names, "coordinator-join", tuple(scans), final)
 
@@ -125,13 +125,38 @@ def plan_multi(
 # --- checks ----------------------------------------------------------------------------
 
 
-def _check(select: exp.Select) -> None:
+_KINDS: Final = frozenset({"", "INNER", "OUTER", "CROSS"})
+"""Join kinds (besides the LEFT/RIGHT/FULL side); SEMI and ANTI are not SQL."""
+
+_ROW_NUMBERS: Final = frozenset({"rowid", "oid", "_rowid_"})
+"""SQLite's names for a row's number: at the coordinator, that of a scan's copy."""
+
+_NONDETERMINISTIC: Final = frozenset({"random", "randomblob"})
+"""Functions whose value differs between calls: a condition calling one must run once."""
+
+SINGLE_ROW = "_sw_single"
+"""The coordinator's aggregate that refuses a second row (a scalar subquery's)."""
+
+
+def _check(select: exp.Select, catalog: Catalog, values: Mapping[str, SqlValue]) -> None:
+    named = {
+        c.name.lower()
+        for t in select.find_all(exp.Table)
+        if t.name in catalog.tables
+        for c in catalog.table(t.name).columns
+    }
     for node in select.walk():
         for kind, name in REFUSED_IN_ANY_SELECT.items():
             if isinstance(node, kind):
                 raise UnsupportedSqlError(name)
         if isinstance(node, exp.Select):
             check_select_clauses(node, allow_joins=True)
+            count(node.args.get("limit"), values, "LIMIT")
+            count(node.args.get("offset"), values, "OFFSET")
+        if isinstance(node, exp.Join) and (node.args.get("kind") or "").upper() not in _KINDS:
+            raise UnsupportedSqlError(f"{node.args['kind'].upper()} JOIN")
+        if isinstance(node, exp.Column) and node.name.lower() in _ROW_NUMBERS - named:
+            raise UnsupportedSqlError(f"{node.name} (a row's storage number)")
         if isinstance(node, exp.Join) and node.args.get("method"):
             raise UnsupportedSqlError(f"{node.args['method']} JOIN (name the columns: USING)")
         if isinstance(node, exp.Lateral):
@@ -148,19 +173,22 @@ def _check(select: exp.Select) -> None:
             raise UnsupportedSqlError("column aliases on a table")
 
 
-def _cte_names(select: exp.Select) -> set[str]:
-    names: set[str] = set()
-    for cte in select.find_all(exp.CTE):
-        name = cte.alias
-        if not name:
-            raise SqlSemanticError("a common table expression needs a name")
-        if name.lower().startswith(RESERVED_PREFIX):
-            raise SqlSemanticError(f"names starting {RESERVED_PREFIX} are reserved")
-        names.add(name)
-    return names
+def _names_a_cte(table: exp.Table) -> bool:
+    """Whether ``table`` names a common table expression of a WITH around it (outside
+    that expression's own body: there, as in PostgreSQL, the name is the table's)."""
+    child: exp.Expr = table
+    parent = table.parent
+    while parent is not None:
+        with_ = parent.args.get("with_") if isinstance(parent, exp.Select) else None
+        if isinstance(with_, exp.With):
+            for cte in with_.expressions:
+                if cte.alias == table.name and child is not cte:
+                    return True
+        child, parent = parent, parent.parent
+    return False
 
 
-def _references(select: exp.Select, catalog: Catalog, ctes: set[str]) -> list[_Reference]:
+def _references(select: exp.Select, catalog: Catalog) -> list[_Reference]:
     homes = {
         id(table): node
         for node in select.walk()
@@ -168,9 +196,12 @@ def _references(select: exp.Select, catalog: Catalog, ctes: set[str]) -> list[_R
         for table in _direct_tables(node)
     }
     references: list[_Reference] = []
+    for cte in select.find_all(exp.CTE):
+        if cte.alias.lower().startswith(RESERVED_PREFIX):
+            raise SqlSemanticError(f"names starting {RESERVED_PREFIX} are reserved")
     for node in select.find_all(exp.Table):
-        if node.name in ctes:
-            continue  # a common table expression: SQLite reads it from its definition
+        if _names_a_cte(node):
+            continue  # SQLite reads it from its definition
         alias = node.alias or node.name
         if alias.lower().startswith(RESERVED_PREFIX):
             raise SqlSemanticError(f"names starting {RESERVED_PREFIX} are reserved")
@@ -223,14 +254,20 @@ def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
 
 
 def _only_reference(
-    condition: exp.Expr, top: list[_Reference], catalog: Catalog
+    condition: exp.Expr, top: list[_Reference], catalog: Catalog, opaque: bool = False
 ) -> _Reference | None:
-    """The one top-level table ``condition`` reads, if it reads exactly one and nothing
-    that makes moving it unsafe (a subquery, an aggregate, a window)."""
+    """The one table of ``top`` ``condition`` reads, if it reads exactly one and nothing
+    that makes moving it unsafe (a subquery, an aggregate, a window, a function that
+    differs between calls: the condition runs in the scan and again at the
+    coordinator). ``opaque``: the SELECT also reads something that is not one of
+    ``top`` (a derived table, a CTE) or joins with USING, so a bare column name may be
+    that source's: only qualified names count."""
     for node in condition.walk():
-        if isinstance(node, exp.Select | exp.Subquery | exp.Exists | exp.Window):
+        if isinstance(node, exp.Select | exp.Subquery | exp.Exists | exp.Window | exp.Rand):
             return None
         if isinstance(node, exp.Func) and is_aggregate(node):
+            return None
+        if isinstance(node, exp.Anonymous) and node.name.lower() in _NONDETERMINISTIC:
             return None
     found: _Reference | None = None
     columns = list(condition.find_all(exp.Column))
@@ -241,6 +278,8 @@ def _only_reference(
             return None
         if column.table:
             owners = [r for r in top if r.alias == column.table]
+        elif opaque:
+            return None
         else:
             owners = [
                 r
@@ -266,6 +305,10 @@ def _push_conditions(select: exp.Select, top: list[_Reference], catalog: Catalog
         return  # the same name twice: SQLite refuses the statement; narrow nothing
     joins = select.args.get("joins") or ()
     outer = any((j.args.get("side") or "") for j in joins)
+    source = select.args.get("from_")
+    items = [source.this if isinstance(source, exp.From) else None, *(j.this for j in joins)]
+    mine = {id(r.node) for r in top}
+    opaque = any(id(i) not in mine for i in items) or any(j.args.get("using") for j in joins)
     where = select.args.get("where")
     candidates = _conjuncts(where.this if where is not None else None)
     for join in joins:
@@ -273,11 +316,11 @@ def _push_conditions(select: exp.Select, top: list[_Reference], catalog: Catalog
             candidates.extend(_conjuncts(join.args.get("on")))
         elif (join.args.get("side") or "").upper() == "LEFT":
             for condition in _conjuncts(join.args.get("on")):
-                reference = _only_reference(condition, top, catalog)
+                reference = _only_reference(condition, top, catalog, opaque)
                 if reference is not None and reference.node is join.this:
                     reference.filters.append(condition)
     for condition in candidates:
-        reference = _only_reference(condition, top, catalog)
+        reference = _only_reference(condition, top, catalog, opaque)
         if reference is not None and not reference.nullable:
             reference.filters.append(condition)
 
@@ -339,7 +382,34 @@ def _scan(
 
 def _fragment(tree: exp.Expr, values: Mapping[str, SqlValue]) -> Fragment:
     used = {str(p.this) for p in tree.find_all(exp.Placeholder) if p.this}
-    return Fragment(to_sqlite(tree), {k: values[k] for k in sorted(used)})
+    return Fragment(to_sqlite(tree, backticks=True), {k: values[k] for k in sorted(used)})
+
+
+def _single_rows(tree: exp.Expr) -> exp.Expr:
+    """Each scalar subquery (one used as a value) made to fail on a second row, as in
+    PostgreSQL; SQLite would take whichever row came first, which at the coordinator
+    depends on the order the shards answered in."""
+    for subquery in list(tree.find_all(exp.Subquery)):
+        inner = subquery.this
+        if not isinstance(inner, exp.Select) or len(inner.expressions) != 1:
+            continue
+        if isinstance(subquery.parent, exp.From | exp.Join | exp.In | exp.Exists | exp.CTE):
+            continue
+        item = inner.expressions[0]
+        if isinstance(item, exp.Star) or (
+            isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
+        ):
+            continue
+        value = item.this if isinstance(item, exp.Alias) else item
+        body = inner.copy()
+        body.set("expressions", [exp.alias_(value.copy(), "_sw_v", quoted=True)])
+        single = exp.Select(
+            expressions=[
+                exp.Anonymous(this=SINGLE_ROW, expressions=[exp.column("_sw_v", quoted=True)])
+            ]
+        ).from_(exp.Subquery(this=body))
+        subquery.set("this", single)
+    return tree
 
 
 def _names(

@@ -98,8 +98,8 @@ def bind_select(
                 raise SqlSemanticError(
                     "for SELECT DISTINCT, ORDER BY expressions must appear in the select list"
                 )
-    limit = _count(select.args.get("limit"), values, "LIMIT")
-    offset = _count(select.args.get("offset"), values, "OFFSET") or 0
+    limit = count(select.args.get("limit"), values, "LIMIT")
+    offset = count(select.args.get("offset"), values, "OFFSET") or 0
     return BoundSelect(
         scope,
         tuple(outputs),
@@ -210,7 +210,7 @@ def _order(
     return terms
 
 
-def _count(node: exp.Expr | None, values: Mapping[str, SqlValue], clause: str) -> int | None:
+def count(node: exp.Expr | None, values: Mapping[str, SqlValue], clause: str) -> int | None:
     if node is None:
         return None
     inner = node.args.get("expression") or node.this
