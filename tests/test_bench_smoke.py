@@ -45,3 +45,20 @@ def test_faults_benchmark_quick_etcd_run() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "| fault | injected (shardwise / etcd) |" in run.stdout
     assert "linearizable, 0 lost, 0 doubled" in run.stdout
+
+
+def test_join_benchmark_small_run() -> None:
+    """``bench/sql_joins.py`` on 2,000 sales rows: every query answers as SQLite does (the
+    script checks) and the table has a row per query."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sql_joins.py"), "--sales", "2000", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT / "bench",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name in ("co-located join, grouped", "star join", "join on a column neither", "top-10"):
+        assert f"| {name}" in run.stdout
+    assert "co-located" not in run.stdout.split("| star join")[1].split("\n")[0]
