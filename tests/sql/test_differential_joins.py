@@ -99,16 +99,21 @@ def _strategy(planned: object) -> str:
 
 
 @pytest.mark.parametrize(
-    "planted", ["outer-join-filter", "left-join-on-filter", "co-located-not-on-keys"]
+    "planted",
+    ["outer-join-filter", "left-join-on-filter", "co-located-not-on-keys", "pins-any-affinity"],
 )
 async def test_control_a_planted_pushdown_bug_is_caught(
     local: LocalShards, seed: int, rng: random.Random, monkeypatch: pytest.MonkeyPatch, planted: str
 ) -> None:
     """The comparison catches a scan narrowed where it must not be (WHERE conditions
     pushed into the NULL-extended side of an outer join, an outer join's ON condition
-    pushed into its preserved side) and a join run inside the shards that does not join
-    on the distribution columns."""
-    if planted == "co-located-not-on-keys":
+    pushed into its preserved side, a constant carried across an equality of two
+    affinities) and a join run inside the shards that does not join on the distribution
+    columns."""
+    if planted == "pins-any-affinity":
+        # The bug: a.k = b.k AND a.k = 3 carried to b.k = 3 whatever b.k's affinity.
+        monkeypatch.setattr(join_plan, "_affinity", lambda catalog, reference, column: "")
+    elif planted == "co-located-not-on-keys":
         # The bug: any join of one keyspace run inside the shards, whatever it joins on.
         monkeypatch.setattr(colocated, "_joined_on_distribution", lambda select, refs: True)
     elif planted == "outer-join-filter":

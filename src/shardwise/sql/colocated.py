@@ -23,6 +23,8 @@ untyped or REAL column may hold 3 and 3.0, equal but placed apart); no subquery.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from shardwise.errors import SqlCatalogError, SqlSemanticError
 from shardwise.model.config import Column, Table
 from shardwise.sql.bind import Scope, check_supported
 from shardwise.sql.catalog import Catalog, ColumnSpec, physical_name
+from shardwise.sql.colnames import column_name
 from shardwise.sql.dialect import to_text
 from shardwise.sql.plans import ReadPlan
 from shardwise.sql.select_bind import bind_select
@@ -40,6 +43,10 @@ from shardwise.sql.values import SqlValue
 
 JOINED_ALIAS = "_sw_j"
 """The name a co-located join's rows go by in a shard's fragment."""
+
+VIRTUAL_PREFIX = "_sw_c"
+"""The joined rows' columns: ``_sw_c0``, ``_sw_c1``, ... (a user's names cannot start
+so, so no name of theirs, an output's or a column's, is ever taken for one)."""
 
 _PLACED_BY_VALUE = ("INTEGER", "TEXT")
 """Distribution column affinities for which equal values are stored alike."""
@@ -68,67 +75,81 @@ def plan_colocated(
     if refs is None or not _joined_on_distribution(select, refs):
         return None
     resolve = _Resolver(refs)
-    expanded = _expand_stars(select, refs)
-    shown = _expand_stars(written, refs) if written is not None else expanded
+    expanded, expanded_heads = _expand_stars(select, refs, heads)
+    shown, _ = _expand_stars(written, refs, heads) if written is not None else (expanded, [])
     if expanded is None or shown is None:
         return None
     if len(shown.expressions) != len(expanded.expressions):
         shown = expanded
-    if len(heads) != len(select.expressions) or len(expanded.expressions) != len(heads):
-        heads = [""] * len(expanded.expressions)
+    outputs = _output_names(shown, expanded_heads)
+    virtual_names: dict[tuple[str, str], str] = {}
     used: dict[tuple[str, str], ColumnSpec] = {}
+
+    def virtual(ref: _Ref, name: str) -> str:
+        key = (ref.alias, name)
+        if key not in virtual_names:
+            virtual_names[key] = f"{VIRTUAL_PREFIX}{len(virtual_names)}"
+            used[key] = _spec(ref, name)
+        return virtual_names[key]
+
     outer = expanded.copy()
     outer.set("joins", None)
-    aliases = {item.alias for item in expanded.expressions if isinstance(item, exp.Alias)}
     for column in list(outer.find_all(exp.Column)):
-        if _names_an_output(column, aliases, resolve):
+        if _names_an_output(column, outputs, resolve):
             continue  # select_bind resolves it to the select item
         ref, spec = resolve(column)
-        used[(ref.alias, spec.name)] = spec
-        column.replace(exp.column(_virtual(ref.alias, spec.name), quoted=True))
+        column.replace(exp.column(virtual(ref, spec.name), quoted=True))
+    keys = [virtual(ref, ref.table.distribution_column) for ref in refs]  # (they prune)
+    source = _derived_table(select, refs, virtual_names, resolve)
+    columns = tuple(ColumnSpec(virtual_names[key], spec.type_name) for key, spec in used.items())
     first = refs[0]
-    for ref in refs:  # every distribution column: it prunes
-        used[(ref.alias, ref.table.distribution_column)] = _spec(ref, ref.table.distribution_column)
-    source = _derived_table(select, refs, used, resolve)
-    virtual = tuple(
-        ColumnSpec(_virtual(alias, name), spec.type_name) for (alias, name), spec in used.items()
-    )
     table = Table(
         JOINED_ALIAS,
         first.table.keyspace,
-        _virtual(first.alias, first.table.distribution_column),
-        tuple(Column(c.name, c.type_name) for c in virtual),
+        keys[0],
+        tuple(Column(c.name, c.type_name) for c in columns),
     )
     label = " ".join(
-        [_as_written(select.args["from_"].this)]
+        [to_text(select.args["from_"].this)]
         + [to_text(join) for join in select.args.get("joins") or ()]
     )
     scope = Scope(
         table,
         JOINED_ALIAS,
-        virtual,
+        columns,
         source=source,
-        distributed_alike=tuple(_virtual(r.alias, r.table.distribution_column) for r in refs[1:]),
+        distributed_alike=tuple(keys[1:]),
         label=f"co-located join {label}",
     )
     outer.set("from_", exp.From(this=exp.to_table(JOINED_ALIAS)))
-    bound = bind_select(outer, catalog, values, heads=heads, written=shown, scope=scope)
-    return plan_select(bound, catalog, values)
+    bound = bind_select(outer, catalog, values, heads=expanded_heads, written=shown, scope=scope)
+    planned = plan_select(bound, catalog, values)
+    why = planned.pruned_by
+    for (alias, name), virtual_name in virtual_names.items():
+        why = re.sub(rf"\b{virtual_name}\b", f"{alias}.{name}", why)
+    return dataclasses.replace(planned, pruned_by=why)
 
 
-def _names_an_output(column: exp.Column, aliases: set[str], resolve: _Resolver) -> bool:
-    """A bare name in ORDER BY or GROUP BY that PostgreSQL reads as a select item: in
-    ORDER BY an output name wins, in GROUP BY an input column does."""
-    if column.table or column.name not in aliases:
+def _output_names(shown: exp.Select, heads: Sequence[str]) -> set[str]:
+    """The result names (PostgreSQL's) that name one select item each."""
+    names: list[str] = []
+    for item, head in zip(shown.expressions, heads, strict=True):
+        alias = item.alias if isinstance(item, exp.Alias) else ""
+        names.append(column_name(item.this if isinstance(item, exp.Alias) else item, alias, head))
+    return {n for n in names if names.count(n) == 1}
+
+
+def _names_an_output(column: exp.Column, outputs: set[str], resolve: _Resolver) -> bool:
+    """A bare name that is a whole ORDER BY or GROUP BY item and that PostgreSQL reads
+    as a select item: in ORDER BY an output name wins, in GROUP BY an input column
+    does. (Inside an expression a name is always an input column.)"""
+    if column.table or column.name not in outputs:
         return False
-    clause = column.find_ancestor(exp.Order, exp.Group, exp.Select)
-    if isinstance(clause, exp.Order):
+    if isinstance(column.parent, exp.Ordered) and isinstance(column.parent.parent, exp.Order):
         return True
-    return isinstance(clause, exp.Group) and not any(r.has(column.name) for r in resolve.refs)
-
-
-def _virtual(alias: str, column: str) -> str:
-    return f"{alias}.{column}"
+    return isinstance(column.parent, exp.Group) and not any(
+        r.has(column.name) for r in resolve.refs
+    )
 
 
 def _spec(ref: _Ref, name: str) -> ColumnSpec:
@@ -136,10 +157,6 @@ def _spec(ref: _Ref, name: str) -> ColumnSpec:
         if column.name == name:
             return column
     raise SqlCatalogError(f"column {name!r} does not exist in table {ref.table.name!r}")
-
-
-def _as_written(node: exp.Expr) -> str:
-    return to_text(node)
 
 
 # --- what qualifies --------------------------------------------------------------------
@@ -248,36 +265,44 @@ class _Resolver:
         return owners[0], _spec(owners[0], column.name)
 
 
-def _expand_stars(select: exp.Select, refs: list[_Ref]) -> exp.Select | None:
-    """``select`` with ``*`` and ``t.*`` written out as the columns they stand for."""
+def _expand_stars(
+    select: exp.Select, refs: list[_Ref], heads: Sequence[str]
+) -> tuple[exp.Select | None, list[str]]:
+    """``select`` with ``*`` and ``t.*`` written out as the columns they stand for, and
+    each item's first word as written (a column a star adds has none)."""
+    if len(heads) != len(select.expressions):
+        heads = [""] * len(select.expressions)
     items: list[exp.Expr] = []
-    for item in select.expressions:
+    words: list[str] = []
+    for item, head in zip(select.expressions, heads, strict=True):
         if isinstance(item, exp.Star):
             chosen = refs
         elif isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
             chosen = [r for r in refs if r.alias == item.table]
             if not chosen:
-                return None  # (the coordinator join says what is wrong with it)
+                return None, []  # (the coordinator join says what is wrong with it)
         else:
             items.append(item.copy())
+            words.append(head)
             continue
         for ref in chosen:
             items.extend(exp.column(c.name, table=ref.alias, quoted=True) for c in ref.columns)
+            words.extend("" for _ in ref.columns)
     copy = select.copy()
     copy.set("expressions", items)
-    return copy
+    return copy, words
 
 
 def _derived_table(
     select: exp.Select,
     refs: list[_Ref],
-    used: dict[tuple[str, str], ColumnSpec],
+    virtual_names: dict[tuple[str, str], str],
     resolve: _Resolver,
 ) -> exp.Expr:
     """The join as each shard runs it: the used columns of the joined rows."""
     items = [
-        exp.alias_(exp.column(name, table=alias, quoted=True), _virtual(alias, name), quoted=True)
-        for alias, name in used
+        exp.alias_(exp.column(name, table=alias, quoted=True), virtual, quoted=True)
+        for (alias, name), virtual in virtual_names.items()
     ]
     inner = exp.Select(expressions=items)
     inner.set("from_", exp.From(this=_physical(refs[0])))

@@ -323,6 +323,63 @@ def _push_conditions(select: exp.Select, top: list[_Reference], catalog: Catalog
         reference = _only_reference(condition, top, catalog, opaque)
         if reference is not None and not reference.nullable:
             reference.filters.append(condition)
+    if not opaque:
+        _carry_pins(candidates, top, catalog)
+
+
+def _carry_pins(candidates: list[exp.Expr], top: list[_Reference], catalog: Catalog) -> None:
+    """``a.k = b.k AND a.k = 5``: ``b.k = 5`` narrows (and prunes) ``b``'s scan too. Only
+    between columns of one affinity (then SQLite's equality is transitive: no side's
+    value is converted), of tables no outer join NULL-extends, and for constants (a
+    literal, a parameter, or a list of them after ``IN``)."""
+    by_alias = {r.alias: r for r in top}
+
+    def column_of(node: exp.Expr) -> tuple[_Reference, str] | None:
+        if isinstance(node, exp.Column) and node.table in by_alias:
+            reference = by_alias[node.table]
+            if not reference.nullable and _has_column(catalog, reference.table_name, node.name):
+                return reference, node.name
+        return None
+
+    def constant(node: exp.Expr) -> bool:
+        return isinstance(node, exp.Literal | exp.Placeholder | exp.Null) or (
+            isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal)
+        )
+
+    equal: list[tuple[tuple[_Reference, str], tuple[_Reference, str]]] = []
+    pins: list[tuple[tuple[_Reference, str], exp.Expr]] = []
+    for condition in candidates:
+        if isinstance(condition, exp.EQ):
+            left, right = column_of(condition.left), column_of(condition.right)
+            if left and right and left[0] is not right[0]:
+                if _affinity(catalog, *left) == _affinity(catalog, *right):
+                    equal.extend([(left, right), (right, left)])
+            elif left and constant(condition.right):
+                pins.append((left, condition.right))
+            elif right and constant(condition.left):
+                pins.append((right, condition.left))
+        elif isinstance(condition, exp.In) and not condition.args.get("query"):
+            target = column_of(condition.this)
+            if target and all(constant(v) for v in condition.expressions):
+                pins.append((target, exp.Tuple(expressions=condition.expressions)))
+    carried = {(id(r), c) for (r, c), _ in pins}
+    for (source_ref, source_col), value in pins:
+        for (a_ref, a_col), (b_ref, b_col) in equal:
+            if (a_ref, a_col) != (source_ref, source_col) or (id(b_ref), b_col) in carried:
+                continue
+            column = exp.column(b_col, table=b_ref.alias, quoted=True)
+            if isinstance(value, exp.Tuple):
+                implied: exp.Expr = exp.In(
+                    this=column, expressions=[v.copy() for v in value.expressions]
+                )
+            else:
+                implied = exp.EQ(this=column, expression=value.copy())
+            b_ref.filters.append(implied)
+            carried.add((id(b_ref), b_col))
+
+
+def _affinity(catalog: Catalog, reference: _Reference, column: str) -> str:
+    return catalog.column(catalog.table(reference.table_name), column).affinity
 
 
 def _star_sources(select: exp.Select) -> tuple[bool, set[str]]:
