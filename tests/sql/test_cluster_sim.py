@@ -46,8 +46,8 @@ from shardwise.sql.difftest import (
 )
 from shardwise.sql.difftest_joins import (
     JoinQueryGenerator,
-    join_create_statements,
     join_reference,
+    load_join_tables,
     make_join_rows,
 )
 from shardwise.sql.values import SqlValue
@@ -148,21 +148,14 @@ async def test_generated_joins_match_single_sqlite_across_shard_moves(
         await cluster.join(1, 2, 3)
         await cluster.settled()
         async with cluster.client(deadline_s=30.0) as kv:
-            for ddl in join_create_statements():
-                await kv.sql(ddl)
-            for name, rows in data.items():
-                for start in range(0, len(rows), 60):
-                    chunk = rows[start : start + 60]
-                    marks = ", ".join("(" + ", ".join("?" * len(chunk[0])) + ")" for _ in chunk)
-                    await kv.sql(
-                        f"INSERT INTO {name} VALUES {marks}", [v for r in chunk for v in r]
-                    )
-            # Customers' shards move, with their orders (co-located: the same shards).
-            moved = await _move_some(cluster, [r[0] for r in data["c"]], MOVES)
-            assert moved
 
             async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
                 return (await kv.sql(sql, params)).rows
+
+            await load_join_tables(execute, data)
+            # Customers' shards move, with their orders (co-located: the same shards).
+            moved = await _move_some(cluster, [r[0] for r in data["c"]], MOVES)
+            assert moved
 
             generator = JoinQueryGenerator(rng)
             await compare_queries(execute, reference, generator, JOIN_QUERIES, seed)

@@ -17,9 +17,10 @@ from shardwise.sql import Coordinator, LocalShards, colocated, join_plan
 from shardwise.sql.determinism import StatementContext
 from shardwise.sql.difftest import Query, Row, compare_queries
 from shardwise.sql.difftest_joins import (
+    Execute,
     JoinQueryGenerator,
-    join_create_statements,
     join_reference,
+    load_join_tables,
     make_join_rows,
 )
 from shardwise.sql.planner import plan
@@ -39,15 +40,11 @@ def local() -> Iterator[LocalShards]:
     shards.close()
 
 
-async def load_join_tables(coordinator: Coordinator, data: dict[str, list[Row]]) -> None:
-    for ddl in join_create_statements():
-        await coordinator.execute(ddl)
-    for name, rows in data.items():
-        for start in range(0, len(rows), 50):
-            chunk = rows[start : start + 50]
-            marks = ", ".join("(" + ", ".join("?" * len(chunk[0])) + ")" for _ in chunk)
-            params = [value for row in chunk for value in row]
-            await coordinator.execute(f"INSERT INTO {name} VALUES {marks}", params)
+def runner(coordinator: Coordinator) -> Execute:
+    async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
+        return (await coordinator.execute(sql, list(params))).rows
+
+    return execute
 
 
 async def test_generated_joins_and_subqueries_match_single_sqlite(
@@ -55,12 +52,8 @@ async def test_generated_joins_and_subqueries_match_single_sqlite(
 ) -> None:
     data = make_join_rows(rng)
     reference = join_reference(data)
-    coordinator = Coordinator(local, local)
-    await load_join_tables(coordinator, data)
-
-    async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
-        return (await coordinator.execute(sql, list(params))).rows
-
+    execute = runner(Coordinator(local, local))
+    await load_join_tables(execute, data)
     generator = Recording(JoinQueryGenerator(rng))
     kinds = await compare_queries(execute, reference, generator, QUERIES, seed)
     catalog = await local.catalog()
@@ -135,12 +128,8 @@ async def test_control_a_planted_pushdown_bug_is_caught(
         monkeypatch.setattr(join_plan, "_push_conditions", as_where)
     data = make_join_rows(rng)
     reference = join_reference(data)
-    coordinator = Coordinator(local, local)
-    await load_join_tables(coordinator, data)
-
-    async def execute(sql: str, params: Sequence[SqlValue]) -> list[Row]:
-        return (await coordinator.execute(sql, list(params))).rows
-
+    execute = runner(Coordinator(local, local))
+    await load_join_tables(execute, data)
     with pytest.raises(AssertionError, match=r"differs|failed"):
         await compare_queries(execute, reference, JoinQueryGenerator(rng), QUERIES, seed)
     reference.close()

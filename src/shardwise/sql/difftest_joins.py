@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeVar
 
 from shardwise.sql.difftest import Query, Row
@@ -65,6 +65,21 @@ def join_reference(data: dict[str, list[Row]]) -> sqlite3.Connection:
             marks = ", ".join("?" * len(rows[0]))
             conn.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
     return conn
+
+
+Execute = Callable[[str, Sequence[SqlValue]], Awaitable[Sequence[Row]]]
+"""Runs one statement with its parameters on the system under test; its rows."""
+
+
+async def load_join_tables(execute: Execute, data: dict[str, list[Row]]) -> None:
+    """The join tables created and filled through ``execute`` (multi-row INSERTs)."""
+    for ddl in join_create_statements():
+        await execute(ddl, [])
+    for name, rows in data.items():
+        for start in range(0, len(rows), 50):
+            chunk = rows[start : start + 50]
+            marks = ", ".join("(" + ", ".join("?" * len(chunk[0])) + ")" for _ in chunk)
+            await execute(f"INSERT INTO {name} VALUES {marks}", [v for r in chunk for v in r])
 
 
 def make_join_rows(rng: random.Random) -> dict[str, list[Row]]:
