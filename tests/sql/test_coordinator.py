@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from shardwise.errors import UnsupportedSqlError
 from shardwise.model.config import Keyspace, Scheme, ShardId
 from shardwise.sql import EXPLAIN_COLUMN, Coordinator, LocalShards
 from shardwise.sql.difftest import (
@@ -85,6 +86,32 @@ async def test_placeholder_styles_and_explain(local: LocalShards) -> None:
     assert "partial-aggregates" in text and "all 8" in text
     now = await sql.execute("SELECT now() = CURRENT_TIMESTAMP, length(now())")
     assert now.rows == [(1, 19)]
+    # ``?`` after EXPLAIN is numbered as without it (it was left unnumbered).
+    pinned = await sql.execute("EXPLAIN SELECT s FROM t WHERE id = ?", [3])
+    assert any("single-shard" in str(r[0]) for r in pinned.rows)
+
+
+async def test_explain_analyze_runs_a_read_and_reports_each_stage(local: LocalShards) -> None:
+    sql = Coordinator(local, local)
+    await sql.execute("CREATE TABLE a (id INTEGER, x INTEGER) WITH (distribution = 'id')")
+    await sql.execute("CREATE TABLE b (id INTEGER, a_x INTEGER) WITH (distribution = 'id')")
+    await sql.execute("INSERT INTO a VALUES (1, 10), (2, 20), (3, 30)")
+    await sql.execute("INSERT INTO b VALUES (1, 10), (2, 10), (3, 99)")
+    joined = await sql.execute(
+        "EXPLAIN ANALYZE SELECT a.id, b.id FROM a JOIN b ON b.a_x = a.x WHERE a.x < ?", [25]
+    )
+    lines = [str(r[0]) for r in joined.rows]
+    assert lines[0].startswith("Distributed coordinator-join read of a, b")
+    actual = lines[lines.index("actual:") + 1 :]
+    assert actual[0].startswith("  scan 1: 8 shard(s) read in ") and "2 rows sent" in actual[0]
+    assert actual[1].startswith("  scan 2: 8 shard(s) read in ") and "3 rows sent" in actual[1]
+    assert actual[2].startswith("  at the coordinator: 5 rows in 2 table(s) -> 2 rows in ")
+    assert actual[3].startswith("  2 rows returned in ")
+    pinned = await sql.execute("EXPLAIN ANALYZE SELECT x FROM a WHERE id = 2")
+    assert "  1 shard(s) read in" in "\n".join(str(r[0]) for r in pinned.rows)
+    with pytest.raises(UnsupportedSqlError, match="EXPLAIN ANALYZE"):
+        await sql.execute("EXPLAIN ANALYZE DELETE FROM a")
+    assert (await sql.execute("SELECT count(*) FROM a")).rows == [(3,)]  # nothing ran
 
 
 async def test_writes_match_a_single_database(

@@ -10,6 +10,7 @@ is atomic: the executor applies its batches together or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from shardwise.sql.plans import (
     InsertSelectPlan,
     JoinPlan,
     LocalEval,
+    Plan,
     ReadPlan,
     RowMerge,
     WritePlan,
@@ -74,6 +76,8 @@ class Coordinator:
         self._rng = rng or random.Random()
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last read (for benchmarks and tests)."""
+        self._analysis: list[str] | None = None
+        """What each stage did, while an ``EXPLAIN ANALYZE`` runs."""
 
     def _context(self) -> StatementContext:
         return StatementContext(self._wall_clock(), self._rng.getrandbits(64))
@@ -81,6 +85,8 @@ class Coordinator:
     async def execute(self, sql: str, params: Params | None = None) -> Result:
         catalog = await self._catalog.catalog()
         planned = plan(sql, params, catalog, self._context())
+        if planned.explain and planned.analyze:
+            return await self._analyze(planned.plan)
         if planned.explain:
             return Result((EXPLAIN_COLUMN,), [(line,) for line in explain(planned.plan)])
         current = planned.plan
@@ -102,7 +108,27 @@ class Coordinator:
             return await self._write(current)
         return await self._change(current, catalog)
 
-    async def _read(self, read: ReadPlan, budget: Budget | None = None) -> Result:
+    async def _analyze(self, planned: Plan) -> Result:
+        """``EXPLAIN ANALYZE``: the plan, then the statement run, with the rows each stage
+        moved and its time (the loop's clock: virtual in simulations)."""
+        assert isinstance(planned, ReadPlan | JoinPlan)  # (the planner refuses the rest)
+        self._analysis = []
+        started = _now()
+        try:
+            result = await (
+                self._join(planned) if isinstance(planned, JoinPlan) else self._read(planned)
+            )
+            lines = [*explain(planned), "actual:", *self._analysis]
+        finally:
+            self._analysis = None
+        lines.append(f"  {len(result.rows):,} rows returned in {_ms(_now() - started)}")
+        return Result((EXPLAIN_COLUMN,), [(line,) for line in lines])
+
+    def _note(self, line: str) -> None:
+        if self._analysis is not None:
+            self._analysis.append(line)
+
+    async def _read(self, read: ReadPlan, budget: Budget | None = None, stage: str = "") -> Result:
         merge = read.merge
         if isinstance(merge, LocalEval):
             return Result(read.columns, run_local(merge.query))
@@ -116,8 +142,15 @@ class Coordinator:
             budget.take(rows)  # single-threaded: the loop runs one callback at a time
             return rows
 
+        started = _now()
         parts = await gather_or_cancel([one(i) for i in read.shards])
         self.last_rows_shipped = {i: len(p) for i, p in zip(read.shards, parts, strict=True)}
+        sent = sum(self.last_rows_shipped.values())
+        most = max(self.last_rows_shipped.values(), default=0)
+        self._note(
+            f"  {stage}{len(read.shards)} shard(s) read in {_ms(_now() - started)}: "
+            f"{sent:,} rows sent (at most {most:,} from one shard)"
+        )
         if isinstance(merge, RowMerge):
             return Result(read.columns, merge_rows(parts, merge))
         assert isinstance(merge, AggregateMerge)
@@ -132,19 +165,25 @@ class Coordinator:
         budget = Budget(self._limits)
         shipped: dict[int, int] = {}
 
-        async def scan(read: ReadPlan) -> Result:
-            result = await self._read(read, budget)
+        async def scan(read: ReadPlan, number: int) -> Result:
+            result = await self._read(read, budget, f"scan {number}: ")
             for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
                 shipped[shard] = shipped.get(shard, 0) + rows
             return result
 
-        results = await gather_or_cancel([scan(s.read) for s in join.scans])
+        results = await gather_or_cancel([scan(s.read, n) for n, s in enumerate(join.scans, 1)])
         self.last_rows_shipped = shipped
         scans = [
             ScanRows(scan.name, scan.columns, result.rows)
             for scan, result in zip(join.scans, results, strict=True)
         ]
+        started = _now()
         names, rows = run_join(scans, join.final, self._limits.max_rows, self._limits.max_bytes)
+        held = sum(len(scan.rows) for scan in scans)
+        self._note(
+            f"  at the coordinator: {held:,} rows in {len(scans)} table(s) -> {len(rows):,} rows"
+            f" in {_ms(_now() - started)}"
+        )
         return Result(_result_names(join.columns, names), rows)
 
     async def _write(self, write: WritePlan) -> Result:
@@ -156,6 +195,14 @@ class Coordinator:
         if not change.skip:
             await self._catalog.change(change.op)
         return Result(())
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
 
 
 def _result_names(planned: tuple[str | None, ...], sqlite_names: list[str]) -> tuple[str, ...]:

@@ -111,6 +111,8 @@ class ParsedStatement:
     """For a SELECT, each select item's function name as written (folded to lower case
     unless quoted), "" for an item that does not start with a call; for naming result
     columns as PostgreSQL does (:mod:`shardwise.sql.colnames`)."""
+    analyze: bool = False
+    """``EXPLAIN ANALYZE``: run the statement and report what each stage did."""
 
 
 def parse_statement(sql: str) -> ParsedStatement:
@@ -122,23 +124,27 @@ def parse_statement(sql: str) -> ParsedStatement:
     integers = _hex_integers(sql, tokens)
     if integers != sql:
         sql, tokens = integers, DIALECT().tokenize(integers)
-    explain = False
+    explain = analyze = False
     offset = 0  # where the statement proper starts in ``sql``
     if tokens and tokens[0].text.upper() == "EXPLAIN":
+        # sqlglot's tokens hold what follows EXPLAIN as one opaque token: read it again
+        # (from here on, token positions are in ``body``).
         explain = True
         offset = tokens[0].end + 1
-        tokens = tokens[1:]
-        if tokens and tokens[0].text.upper() in ("ANALYZE", "VERBOSE"):
-            raise UnsupportedSqlError(f"EXPLAIN {tokens[0].text.upper()}")
+        tokens = DIALECT().tokenize(sql[offset:])
+        if tokens and tokens[0].text.upper() == "ANALYZE":
+            analyze = True
+            offset += tokens[0].end + 1
+            tokens = DIALECT().tokenize(sql[offset:])
+        if tokens and tokens[0].text.upper() == "VERBOSE":
+            raise UnsupportedSqlError("EXPLAIN VERBOSE")
     if not tokens:
         line, column = _line_column(sql, len(sql))
         raise SqlSyntaxError("empty statement", line, column)
     body = sql[offset:]
-    # After EXPLAIN, sqlglot's tokens hold the rest as one opaque token: read it again.
-    first = tokens[0] if not explain else DIALECT().tokenize(body)[0]
-    _check_first_word(sql, first, offset if explain else 0)
+    _check_first_word(sql, tokens[0], offset)
     statements = _parse(body, sql, offset)
-    numbered = _number_qmarks(body, tokens, offset)
+    numbered = _number_qmarks(body, tokens)
     if numbered != body:
         statements = _parse(numbered, sql, offset)
     found = [s for s in statements if s is not None]
@@ -151,7 +157,7 @@ def parse_statement(sql: str) -> ParsedStatement:
         if name == "CREATE TABLE":
             hint = "declare the distribution column with WITH (distribution = 'column')"
         raise UnsupportedSqlError(f"this form of {name}", hint)
-    return ParsedStatement(statement, explain, sql, _select_heads(tokens))
+    return ParsedStatement(statement, explain, sql, _select_heads(tokens), analyze)
 
 
 def _select_heads(tokens: list[Token]) -> tuple[str, ...]:
@@ -342,7 +348,7 @@ def _parse(body: str, sql: str, offset: int) -> list[exp.Expr | None]:
         raise _syntax_error(exc, offset) from None
 
 
-def _number_qmarks(body: str, tokens: list[Token], offset: int) -> str:
+def _number_qmarks(body: str, tokens: list[Token]) -> str:
     """``?`` placeholders become ``$1, $2, ...`` in the order they appear in the text
     (sqlglot's tree does not keep that order: ``LIMIT`` comes before ``FROM``). The
     first parse, of the text as written, has already reported any syntax error with
@@ -355,7 +361,7 @@ def _number_qmarks(body: str, tokens: list[Token], offset: int) -> str:
     out: list[str] = []
     last = 0
     for number, mark in enumerate(marks, 1):
-        start = mark.start - offset
+        start = mark.start
         out.append(body[last:start])
         out.append(f"${number} ")
         last = start + 1

@@ -44,6 +44,7 @@ _STATEMENT_NAMES: Final[dict[str, str]] = {
 class Planned:
     plan: Plan
     explain: bool
+    analyze: bool = False
 
 
 def plan(
@@ -95,7 +96,11 @@ def _plan(
     else:
         name = type(statement).__name__
         raise UnsupportedSqlError(_STATEMENT_NAMES.get(name, name.upper()))
-    return Planned(result, parsed.explain)
+    if parsed.analyze and not isinstance(result, ReadPlan | JoinPlan):
+        raise UnsupportedSqlError(
+            "EXPLAIN ANALYZE of anything but a SELECT", "it runs the statement: use EXPLAIN"
+        )
+    return Planned(result, parsed.explain, parsed.analyze)
 
 
 def _plan_read(
