@@ -268,7 +268,7 @@ def test_a_replica_that_halts_again_after_each_restart_is_left_halted(tmp_path: 
     fake = cast(Any, SimpleNamespace(_stopping=False, _restart=True, _say=said.append))
     spec = cast(Any, SimpleNamespace(name="g1-2"))
     child = sup._Child(spec, [], tmp_path / "g1-2.log")
-    delays = []
+    delays: list[float | None] = []
     now = 1000.0
     for _ in range(sup.MAX_QUICK_RESTARTS + 1):
         child.started_at, child.halt_stop_at = now, None

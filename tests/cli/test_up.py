@@ -369,13 +369,13 @@ def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> No
         " SELECT name FROM items WHERE id NOT IN (SELECT item_id FROM sales) ORDER BY 1",
     )
     assert joined.returncode == 0, joined.stderr
-    lines = [line.split() for line in joined.stdout.splitlines()]
-    assert ["apple", "7"] in lines and ["pear", "4"] in lines
-    assert lines.index(["apple", "7"]) < lines.index(["pear", "4"])
+    words = [line.split() for line in joined.stdout.splitlines()]
+    assert ["apple", "7"] in words and ["pear", "4"] in words
+    assert words.index(["apple", "7"]) < words.index(["pear", "4"])
     assert any(
         "co-located" in line and "single-shard" in line for line in joined.stdout.splitlines()
     )
-    assert ["fig"] in lines
+    assert ["fig"] in words
 
 
 def test_a_server_killed_with_sigkill_and_the_cluster_keeps_serving(cluster: Up) -> None:

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from shardwise.errors import SqlLimitError
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver.commands import SqlWrite, decode_result, encode
-from shardwise.shardserver.protocol import SqlStatement, schema_digest
+from shardwise.shardserver.protocol import schema_digest
 from shardwise.shardserver.sqlshard import MAX_WRITE_STEPS, run_read
 from shardwise.testing.hostile_sql import TABLE
 from shardwise.testing.shard_replica import SHARD as S0

@@ -12,6 +12,7 @@ from shardwise.errors import NetError
 from shardwise.model.access import AccessCatalog, CreateUser, User
 from shardwise.model.config import Column, ShardId, Table
 from shardwise.model.scram import make_verifier
+from shardwise.model.sql import SqlStatement
 from shardwise.net.auth import Login
 from shardwise.net.rpc import CallContext
 from shardwise.net.transport import Transport
@@ -21,7 +22,6 @@ from shardwise.shardserver.protocol import (
     SQL_SCHEMA,
     SQL_WRITE,
     SqlSchemaRequest,
-    SqlStatement,
     SqlWriteRequest,
 )
 from shardwise.testing.cluster import ProcessCluster

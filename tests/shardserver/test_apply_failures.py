@@ -23,6 +23,7 @@ from shardwise.model.config import (
     initial_configuration,
 )
 from shardwise.model.kv import MAX_KEY_BYTES, Get, Put
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver import sqlshard
 from shardwise.shardserver.commands import (
     ClientBatch,
@@ -34,7 +35,7 @@ from shardwise.shardserver.commands import (
     decode_result,
     encode,
 )
-from shardwise.shardserver.protocol import SqlStatement, schema_digest
+from shardwise.shardserver.protocol import schema_digest
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.storage.space import DiskFullError
 

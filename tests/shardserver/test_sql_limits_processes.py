@@ -18,11 +18,11 @@ import pytest
 
 from shardwise.errors import NondeterministicSqlError, SqlWriteTooCostlyError
 from shardwise.model.config import ShardId
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver.digest import file_digest, vacuumed_digest
 from shardwise.shardserver.protocol import (
     SQL_WRITE,
     SqlReply,
-    SqlStatement,
     SqlWriteRequest,
     schema_digest,
 )

@@ -23,6 +23,7 @@ from shardwise.model.config import (
     initial_configuration,
 )
 from shardwise.model.kv import Get, Put
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver import sqlshard
 from shardwise.shardserver.commands import (
     GROUP_COMMAND_VERSION,
@@ -40,7 +41,7 @@ from shardwise.shardserver.commands import (
     encode,
 )
 from shardwise.shardserver.migration.image import export_image
-from shardwise.shardserver.protocol import SqlStatement, schema_digest
+from shardwise.shardserver.protocol import schema_digest
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 
 S0, S1 = ShardId("default", 0), ShardId("default", 1)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from shardwise.errors import CorruptShardSnapshotError, ShardFormatError
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Append, Cas, Delete, KVOp, Put
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver.migration.image import (
     EXPORT_HEADER,
     apply_delta,
@@ -24,7 +25,6 @@ from shardwise.shardserver.migration.image import (
     install_image,
 )
 from shardwise.shardserver.migration.staged import StagedImage
-from shardwise.shardserver.protocol import SqlStatement
 from shardwise.shardserver.store import ShardStore
 from shardwise.storage.fsutil import CacheDisk
 

@@ -23,7 +23,9 @@ from shardwise.shardserver.commands import (
 )
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 
-from .test_group_statemachine import config
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.shardserver; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_group_statemachine import config  # type: ignore[import-not-found]
 
 S = [ShardId("default", i) for i in range(4)]
 

@@ -16,7 +16,9 @@ from shardwise.shardserver import batches
 from shardwise.shardserver.txn.handlers import TxnHandlers
 from shardwise.testing.cluster import SimCluster
 
-from .test_txn_sim import keys_on_groups
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.shardserver; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_txn_sim import keys_on_groups  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.virtual_time
 

@@ -35,7 +35,9 @@ from shardwise.shardserver.server import ShardServer
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.shardserver.txn.handlers import TxnHandlers
 
-from .test_group_statemachine import config
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.shardserver; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_group_statemachine import config  # type: ignore[import-not-found]
 
 S = [ShardId("default", i) for i in range(4)]
 

@@ -16,7 +16,9 @@ from shardwise.shardserver.protocol import TXN_COMMIT
 from shardwise.testing import scenarios
 from shardwise.testing.cluster import SimCluster
 
-from .test_txn_sim import keys_on_groups
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.shardserver; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_txn_sim import keys_on_groups  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.virtual_time
 
@@ -34,7 +36,7 @@ async def test_a_commit_retried_at_the_old_owner_after_a_move_applies_twice(
             await kv.put(a, "0")
             router: Any = kv._router
             original = router.call
-            lost = []
+            lost: list[Any] = []
 
             async def call(shard: Any, method: Any, request: Any, call_: Any, **kw: Any) -> Any:
                 if method is TXN_COMMIT and not lost:

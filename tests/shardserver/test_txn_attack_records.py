@@ -20,7 +20,9 @@ from shardwise.shardserver.txn.recovery import EXPIRE_EVERY_S
 from shardwise.testing import scenarios
 from shardwise.testing.cluster import SimCluster
 
-from .test_txn_sim import keys_on_groups
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.shardserver; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_txn_sim import keys_on_groups  # type: ignore[import-not-found]
 
 SHARD = ShardId("default", 0)
 
@@ -89,6 +91,6 @@ async def test_a_refused_prepare_whose_client_died_is_never_forgotten(
         await asyncio.sleep(MAX_TXN_AGE_MS / 1000 + 2 * EXPIRE_EVERY_S)
         leader = await cluster.group_status(1)
         assert leader is not None
-        store = cluster._live[leader.node_id].state_machine.shards[sa].store  # type: ignore[attr-defined]
+        store = cluster._live[leader.node_id].state_machine.shards[sa].store
         record = store.txn_record(txn)
         assert record is None, f"still recorded: {record}"

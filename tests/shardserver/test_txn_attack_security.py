@@ -32,7 +32,9 @@ from shardwise.shardserver.txn.handlers import TxnHandlers
 from shardwise.testing import scenarios
 from shardwise.testing.cluster import SimCluster
 
-from .test_txn_sim import keys_on_groups
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.shardserver; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_txn_sim import keys_on_groups  # type: ignore[import-not-found]
 
 
 async def test_a_read_only_user_may_not_fence_nor_prepare_writes() -> None:
@@ -90,7 +92,7 @@ async def test_a_reader_learns_no_id_and_another_user_cannot_resolve(
         assert seen.status == "locked" and seen.locked_by == txn_tag(txn) != txn
         # With the id, another user's resolve is refused (prepared by no user here, so
         # the check is the store's: a transaction prepared by "alice", resolved by "eve").
-        store = cluster._live[leaders[1]].state_machine.shards[sa].store  # type: ignore[attr-defined]
+        store = cluster._live[leaders[1]].state_machine.shards[sa].store
         assert store.txn_record(txn).state == "prepared"
         # The client's background resolution (TxnResolver.finish) commits both:
         for gid, shard in ((1, sa), (2, sc)):

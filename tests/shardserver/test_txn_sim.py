@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shardwise.client import Client
-from shardwise.model.config import ShardId
+from shardwise.model.config import Configuration, ShardId
 from shardwise.model.kv import Put
 from shardwise.model.txn import TransactionConflictError, TxnPart, new_txn_id
 from shardwise.shardserver.protocol import TXN_PREPARE, TxnPrepareRequest
@@ -19,14 +19,14 @@ from shardwise.testing.cluster import SimCluster
 pytestmark = pytest.mark.virtual_time
 
 
-def keys_on_groups(config: object, count: int, groups: int) -> list[str]:
+def keys_on_groups(config: Configuration, count: int, groups: int) -> list[str]:
     """``count`` keys per group, so a transaction over them spans every group."""
     found: dict[int, list[str]] = {}
     i = 0
     while any(len(found.get(g, [])) < count for g in range(1, groups + 1)):
         key = f"k{i}"
         i += 1
-        gid = config.owner(scenarios.shard_of(config, key))  # type: ignore[attr-defined]
+        gid = config.owner(scenarios.shard_of(config, key))
         if len(found.setdefault(gid, [])) < count:
             found[gid].append(key)
     return [k for g in sorted(found) for k in found[g]]
@@ -93,8 +93,8 @@ async def test_transfers_keep_the_total(tmp_path: Path, seed: int) -> None:
 
                 async def body(tx: object) -> None:
                     assert hasattr(tx, "get")
-                    s = int(await tx.get(source) or 0)  # type: ignore[attr-defined]
-                    t = int(await tx.get(target) or 0)  # type: ignore[attr-defined]
+                    s = int(await tx.get(source) or 0)
+                    t = int(await tx.get(target) or 0)
                     if s >= 7:
                         tx.put(source, str(s - 7))  # type: ignore[attr-defined]
                         tx.put(target, str(t + 7))  # type: ignore[attr-defined]

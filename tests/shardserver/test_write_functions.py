@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.shardserver.protocol import SqlStatement
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver.shardfile import MAX_SQLITE_VALUE_BYTES
 from shardwise.shardserver.sqlshard import plain_inserts
 from shardwise.testing.hostile_sql import TABLE

@@ -26,12 +26,12 @@ from shardwise.errors import (
 )
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.schemes import shard_map
+from shardwise.model.sql import SqlStatement
 from shardwise.shardserver.protocol import (
     SQL_READ,
     SQL_WRITE,
     SqlReadRequest,
     SqlReply,
-    SqlStatement,
     SqlWriteRequest,
     schema_digest,
 )

@@ -43,7 +43,7 @@ class _SessionRunner:
     open when it ran (outside one, it would commit on its own at once)."""
 
     def __init__(self) -> None:
-        self.session = ClusterSql(None, None, lambda deadline, ordered: _DoomedTxn())  # type: ignore[arg-type]
+        self.session = ClusterSql(None, None, lambda deadline, ordered: _DoomedTxn())  # type: ignore[arg-type, return-value]
         self.ran: list[tuple[str, bool]] = []
 
     def sql(self, query: str, params: Any = None) -> Result:

@@ -27,7 +27,9 @@ from shardwise.shardserver.protocol import (
 )
 from shardwise.testing.cluster import SimCluster
 
-from .test_sql_txn_sim import deadline, shard_of, two_groups_apart
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.sql; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_sql_txn_sim import deadline, shard_of, two_groups_apart  # type: ignore[import-not-found]
 
 
 @pytest.mark.virtual_time

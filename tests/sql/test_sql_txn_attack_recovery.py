@@ -16,7 +16,9 @@ from shardwise.net.leader import CallDeadline
 from shardwise.shardserver.protocol import TXN_PREPARE, TxnPrepareRequest, schema_digest
 from shardwise.testing.cluster import SimCluster
 
-from .test_sql_txn_sim import deadline, setup_accounts, shard_of
+# pytest (--import-mode=importlib) imports this file as part of the namespace package
+# tests.sql; mypy, with no __init__.py in tests/, sees a top-level module instead.
+from .test_sql_txn_sim import deadline, setup_accounts, shard_of  # type: ignore[import-not-found]
 
 
 def _digest(config: Configuration) -> int:
@@ -30,7 +32,7 @@ def replica_rows(cluster: SimCluster, gid: int, shard: ShardId, sql: str) -> dic
         service = cluster._live.get(server)
         if service is None:
             continue
-        record = service.state_machine.shards.get(shard)  # type: ignore[attr-defined]
+        record = service.state_machine.shards.get(shard)
         if record is None or record.store is None:
             out[server] = None
             continue
@@ -109,7 +111,7 @@ async def test_two_sessions_crossing_sql_transactions_do_not_deadlock(
 
         await asyncio.gather(run(one, a, b), run(two, b, a))
         assert set(outcomes) <= {"committed", "TransactionConflictError"}, outcomes
-        rows = dict((await kv.sql("SELECT id, balance FROM acct")).rows)  # type: ignore[arg-type]
+        rows: dict[Any, Any] = dict((await kv.sql("SELECT id, balance FROM acct")).rows)  # type: ignore[arg-type]
         assert rows[a] == rows[b] == 100 + outcomes.count("committed")
 
 

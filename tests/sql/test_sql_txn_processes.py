@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -86,7 +87,7 @@ async def transfers(
         source, dest = rng.sample(accounts, 2)
         amount = rng.randint(1, 40)
 
-        async def run(sql: str, params: list[int] | None = None) -> list[tuple[object, ...]]:
+        async def run(sql: str, params: list[int] | None = None) -> Sequence[tuple[object, ...]]:
             return (await session.execute(sql, params, loop.time() + 4.0)).rows
 
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -325,7 +326,7 @@ async def test_insert_select_copies_rows_to_their_shards_in_one_transaction(
         plan = await kv.sql(
             "EXPLAIN INSERT INTO audit (k, amount) SELECT id + 1000, balance FROM acct"
         )
-        assert "INSERT into audit (k, amount) of the rows of a read" in plan.rows[0][0]
+        assert "INSERT into audit (k, amount) of the rows of a read" in cast(str, plan.rows[0][0])
         copied = await kv.sql(
             "INSERT INTO audit (k, amount, note) SELECT id + 1000, balance, ? FROM acct "
             "WHERE balance > ?",
