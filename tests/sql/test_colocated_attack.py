@@ -221,3 +221,15 @@ async def test_dotted_alias_and_dotted_column_get_distinct_virtual_names(
     expected = _sorted(_reference(DOTTED).execute(sql).fetchall())
     # got: [(10, 10), (20, 20), (30, 30)] (expected: [(10, 100), (20, 200), (30, 300)])
     assert _sorted((await coordinator.execute(sql)).rows) == expected
+
+
+async def test_a_planner_error_names_the_columns_as_written(local: LocalShards) -> None:
+    # The bug: errors of the single-table planner named the joined rows' virtual columns
+    # ("column '_sw_c1' must appear in the GROUP BY clause").
+    coordinator = await _cluster(local)
+    with pytest.raises(ShardwiseError) as info:
+        await coordinator.execute(
+            "SELECT c.id, c.name, count(*) FROM c JOIN o ON o.cid = c.id GROUP BY c.id"
+        )
+    assert "'c.name' must appear in the GROUP BY clause" in str(info.value)
+    assert "_sw_" not in str(info.value)

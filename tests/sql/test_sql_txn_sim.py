@@ -355,3 +355,54 @@ async def test_insert_select_copies_rows_to_their_shards_in_one_transaction(
         await kv.sql("INSERT INTO audit (k, amount) SELECT id, balance FROM acct WHERE id = 500")
         await kv.sql("COMMIT")
         assert (await kv.sql("SELECT amount FROM audit WHERE k = 500")).rows == [(5000,)]
+
+
+@pytest.mark.virtual_time
+async def test_joins_in_a_transaction_read_its_writes_and_are_validated(
+    tmp_path: Path, seed: int
+) -> None:
+    """A co-located join and a coordinator join inside a transaction see the
+    transaction's own writes (and nobody else does); what a join read is validated at
+    COMMIT like any read: a write skew through a join is refused."""
+    cluster = SimCluster(tmp_path, groups=2, seed=seed)
+    async with cluster, cluster.client() as kv:
+        a, b = await setup_accounts(cluster, kv)
+        await kv.sql(
+            "CREATE TABLE moves (id INTEGER, acct INTEGER, amount INTEGER) "
+            "WITH (distribution = 'acct')"
+        )
+        await kv.sql("CREATE TABLE notes (id INTEGER, acct INTEGER) WITH (distribution = 'id')")
+        colocated = (
+            "SELECT acct.id, acct.balance, sum(moves.amount) FROM acct "
+            "JOIN moves ON moves.acct = acct.id GROUP BY acct.id, acct.balance ORDER BY acct.id"
+        )
+        coordinator = (
+            "SELECT notes.id, acct.balance FROM notes JOIN acct ON acct.id = notes.acct "
+            "ORDER BY notes.id"
+        )
+        one, two = kv.sql_session(), kv.sql_session()
+        await one.execute("BEGIN", None, deadline())
+        await one.execute("INSERT INTO moves VALUES (1, ?, -30), (2, ?, 30)", [a, b], deadline())
+        await one.execute("UPDATE acct SET balance = balance - 30 WHERE id = ?", [a], deadline())
+        await one.execute("INSERT INTO notes VALUES (7, ?)", [a], deadline())
+        mine = await one.execute(colocated, None, deadline())
+        assert "co-located" in str((await kv.sql(f"EXPLAIN {colocated}")).rows[0][0])
+        assert sorted(mine.rows) == sorted([(a, 70, -30), (b, 100, 30)])
+        assert (await one.execute(coordinator, None, deadline())).rows == [(7, 70)]
+        assert (await two.execute(colocated, None, deadline())).rows == []
+        assert (await two.execute(coordinator, None, deadline())).rows == []
+        await one.execute("COMMIT", None, deadline())
+        assert (await two.execute(coordinator, None, deadline())).rows == [(7, 70)]
+
+        # Write skew through joins: each reads both accounts' moves by a join, then
+        # writes a move of its own; serializable, so the second commit is refused.
+        for session in (one, two):
+            await session.execute("BEGIN", None, deadline())
+            assert len((await session.execute(colocated, None, deadline())).rows) == 2
+        await one.execute("INSERT INTO moves VALUES (3, ?, -70)", [a], deadline())
+        await two.execute("INSERT INTO moves VALUES (4, ?, -100)", [b], deadline())
+        await one.execute("COMMIT", None, deadline())
+        with pytest.raises(TransactionConflictError):
+            await two.execute("COMMIT", None, deadline())
+        total = await kv.sql("SELECT sum(amount) FROM moves")
+        assert total.rows == [(-70,)]

@@ -122,12 +122,20 @@ def plan_colocated(
         label=f"co-located join {label}",
     )
     outer.set("from_", exp.From(this=exp.to_table(JOINED_ALIAS)))
-    bound = bind_select(outer, catalog, values, heads=expanded_heads, written=shown, scope=scope)
-    planned = plan_select(bound, catalog, values)
-    why = planned.pruned_by
-    for (alias, name), virtual_name in virtual_names.items():
-        why = re.sub(rf"\b{virtual_name}\b", f"{alias}.{name}", why)
-    return dataclasses.replace(planned, pruned_by=why)
+
+    def as_written(text: str) -> str:
+        for (alias, name), virtual_name in virtual_names.items():
+            text = re.sub(rf"\b{virtual_name}\b", f"{alias}.{name}", text)
+        return text
+
+    try:
+        bound = bind_select(
+            outer, catalog, values, heads=expanded_heads, written=shown, scope=scope
+        )
+        planned = plan_select(bound, catalog, values)
+    except (SqlSemanticError, SqlCatalogError) as exc:  # named as the user wrote them
+        raise type(exc)(as_written(str(exc))) from None
+    return dataclasses.replace(planned, pruned_by=as_written(planned.pruned_by))
 
 
 def _output_names(shown: exp.Select, heads: Sequence[str]) -> set[str]:
