@@ -340,3 +340,16 @@ async def test_a_scalar_subquery_of_several_rows_is_refused(local: LocalShards) 
         "SELECT (SELECT u.c FROM u ORDER BY u.c DESC LIMIT 1), (SELECT count(*) FROM e)"
     )
     assert top.rows == [(70, 0)]
+
+
+async def test_a_cte_named_like_a_table_reads_the_table_in_its_own_body(
+    local: LocalShards,
+) -> None:
+    # As in PostgreSQL, a (non-recursive) WITH name is not visible in its own body: there
+    # the name is the table's. (It was taken for the CTE, and SQLite refused a circular
+    # reference.)
+    coordinator = await _cluster(local)
+    result = await coordinator.execute(
+        "WITH t AS (SELECT id, a * 2 AS a FROM t WHERE id > 3) SELECT id, a FROM t ORDER BY id"
+    )
+    assert result.rows == [(4, 8), (5, 10)]

@@ -176,15 +176,17 @@ def _check(select: exp.Select, catalog: Catalog, values: Mapping[str, SqlValue])
 def _names_a_cte(table: exp.Table) -> bool:
     """Whether ``table`` names a common table expression of a WITH around it (outside
     that expression's own body: there, as in PostgreSQL, the name is the table's)."""
-    child: exp.Expr = table
+    around: list[exp.Expr] = []
     parent = table.parent
     while parent is not None:
-        with_ = parent.args.get("with_") if isinstance(parent, exp.Select) else None
+        around.append(parent)
+        parent = parent.parent
+    for node in around:
+        with_ = node.args.get("with_") if isinstance(node, exp.Select) else None
         if isinstance(with_, exp.With):
             for cte in with_.expressions:
-                if cte.alias == table.name and child is not cte:
+                if cte.alias == table.name and not any(a is cte for a in around):
                     return True
-        child, parent = parent, parent.parent
     return False
 
 
