@@ -353,3 +353,14 @@ async def test_a_cte_named_like_a_table_reads_the_table_in_its_own_body(
         "WITH t AS (SELECT id, a * 2 AS a FROM t WHERE id > 3) SELECT id, a FROM t ORDER BY id"
     )
     assert result.rows == [(4, 8), (5, 10)]
+
+
+async def test_a_scalar_subquery_ordered_by_its_own_alias(local: LocalShards) -> None:
+    # Wrapping a scalar subquery for the single-row check renamed its item, so an ORDER BY
+    # naming the item's alias lost it.
+    coordinator = await _cluster(local)
+    result = await coordinator.execute(
+        "SELECT id, (SELECT u.c AS best FROM u WHERE u.id <= t.id ORDER BY best DESC LIMIT 1) "
+        "FROM t ORDER BY id"
+    )
+    assert result.rows == [(1, 10), (2, 20), (3, 30), (4, 30), (5, 30)]

@@ -459,12 +459,14 @@ def _single_rows(tree: exp.Expr) -> exp.Expr:
             isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
         ):
             continue
-        value = item.this if isinstance(item, exp.Alias) else item
         body = inner.copy()
-        body.set("expressions", [exp.alias_(value.copy(), "_sw_v", quoted=True)])
+        name = item.alias if isinstance(item, exp.Alias) else ""
+        if not name:  # (an alias it has stays: its ORDER BY may name it)
+            name = "_sw_v"
+            body.set("expressions", [exp.alias_(item.copy(), name, quoted=True)])
         single = exp.Select(
             expressions=[
-                exp.Anonymous(this=SINGLE_ROW, expressions=[exp.column("_sw_v", quoted=True)])
+                exp.Anonymous(this=SINGLE_ROW, expressions=[exp.column(name, quoted=True)])
             ]
         ).from_(exp.Subquery(this=body))
         subquery.set("this", single)
