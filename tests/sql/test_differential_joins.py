@@ -14,6 +14,7 @@ import pytest
 
 from shardwise.model.config import Keyspace, Scheme
 from shardwise.sql import Coordinator, LocalShards, colocated, join_plan
+from shardwise.sql.bind import conjuncts
 from shardwise.sql.determinism import StatementContext
 from shardwise.sql.difftest import Query, Row, compare_queries, differences
 from shardwise.sql.difftest_joins import (
@@ -120,7 +121,7 @@ async def test_control_a_planted_pushdown_bug_is_caught(
             original(select, references, catalog)
             top = references  # (the tables this SELECT names itself)
             for join in select.args.get("joins") or ():
-                for condition in join_plan._conjuncts(join.args.get("on")):
+                for condition in conjuncts(join.args.get("on")):
                     found = join_plan._only_reference(condition, top, catalog)
                     if found is not None and found.node is not join.this:
                         found.filters.append(condition)

@@ -172,5 +172,16 @@ class Scope:
             raise SqlCatalogError(f"table {qualifier!r} goes by {self.alias!r} here")
 
 
+def conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
+    """The terms of ``node``'s top-level AND (parentheses looked through)."""
+    if node is None:
+        return []
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return [*conjuncts(node.left), *conjuncts(node.right)]
+    return [node]
+
+
 def has_aggregate(node: exp.Expr) -> bool:
     return any(is_aggregate(n) for n in node.find_all(exp.Func))

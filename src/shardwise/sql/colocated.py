@@ -32,7 +32,7 @@ from sqlglot import exp
 
 from shardwise.errors import SqlCatalogError, SqlSemanticError
 from shardwise.model.config import Column, Table
-from shardwise.sql.bind import Scope, check_supported
+from shardwise.sql.bind import Scope, check_supported, conjuncts
 from shardwise.sql.catalog import Catalog, ColumnSpec, physical_name
 from shardwise.sql.colnames import column_name
 from shardwise.sql.dialect import to_text
@@ -216,17 +216,9 @@ def _joined_on_distribution(select: exp.Select, refs: list[_Ref]) -> bool:
         if join.args.get("using") or join.args.get("on") is None:
             return False
         new, earlier = refs[position], refs[:position]
-        if not any(_pins(c, new, earlier) for c in _conjuncts(join.args["on"])):
+        if not any(_pins(c, new, earlier) for c in conjuncts(join.args["on"])):
             return False
     return True
-
-
-def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.And):
-        return [*_conjuncts(node.left), *_conjuncts(node.right)]
-    return [node]
 
 
 def _pins(condition: exp.Expr, new: _Ref, earlier: list[_Ref]) -> bool:

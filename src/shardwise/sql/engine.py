@@ -17,6 +17,7 @@ from typing import Final
 from shardwise.errors import SqlCatalogError, SqlExecutionError, SqlLimitError
 from shardwise.sql.functions import register
 from shardwise.sql.join_plan import SINGLE_ROW
+from shardwise.sql.merge import Budget, MergeLimits
 from shardwise.sql.plans import Fragment
 from shardwise.sql.select_plan import MERGED_TABLE
 from shardwise.sql.values import SqlValue
@@ -106,7 +107,7 @@ def run_join(
             return 1 if budget[0] < 0 else 0  # non-zero: SQLite interrupts the statement
 
         rows: list[Row] = []
-        size = 0
+        answer = Budget(MergeLimits(max_rows, max_bytes), "the statement's answer")
         try:
             for scan in scans:
                 declared = ", ".join(f"`{_quoted(n)}` {t}".rstrip() for n, t in scan.columns)
@@ -117,14 +118,8 @@ def run_join(
             cursor = conn.execute(query.sql, dict(query.params))
             names = [d[0] for d in cursor.description or ()]
             while batch := cursor.fetchmany(_FETCH_BATCH):
+                answer.take(batch)
                 rows.extend(tuple(r) for r in batch)
-                size += sum(len(v) if isinstance(v, str | bytes) else 8 for r in batch for v in r)
-                if len(rows) > max_rows:
-                    why = "the statement's answer holds too many rows"
-                    raise SqlLimitError("max_rows", max_rows, why)
-                if size > max_bytes:
-                    why = "the statement's answer holds too many bytes"
-                    raise SqlLimitError("max_bytes", max_bytes, why)
         except sqlite3.Error as exc:
             if budget[0] < 0:
                 why = "the statement did too much work at the coordinator"

@@ -38,13 +38,12 @@ from sqlglot import exp
 
 from shardwise.errors import SqlSemanticError, UnsupportedSqlError
 from shardwise.sql.aggregates import is_aggregate, shard_function
-from shardwise.sql.bind import REFUSED_IN_ANY_SELECT, check_select_clauses
+from shardwise.sql.bind import REFUSED_IN_ANY_SELECT, check_select_clauses, conjuncts
 from shardwise.sql.catalog import RESERVED_PREFIX, Catalog
 from shardwise.sql.colnames import column_name
-from shardwise.sql.dialect import to_sqlite
-from shardwise.sql.plans import Fragment, JoinPlan, ReadPlan, TableScan
+from shardwise.sql.plans import JoinPlan, ReadPlan, TableScan
 from shardwise.sql.select_bind import bind_select, count
-from shardwise.sql.select_plan import plan_select
+from shardwise.sql.select_plan import fragment, plan_select
 from shardwise.sql.values import SqlValue
 
 SCAN_PREFIX = "_sw_t"
@@ -117,7 +116,7 @@ def plan_multi(
                 alias=exp.TableAlias(this=exp.to_identifier(reference.alias, quoted=True)),
             )
         )
-    final = _fragment(_single_rows(shard_function(rewritten)), values)
+    final = fragment(_single_rows(shard_function(rewritten)), values, backticks=True)
     names = _names(select, heads, written)
     return JoinPlan(names, "coordinator-join", tuple(scans), final)
 
@@ -245,16 +244,6 @@ def _mark_outer_joins(select: exp.Select, references: list[_Reference]) -> None:
         sides.append(join.this)
 
 
-def _conjuncts(node: exp.Expr | None) -> list[exp.Expr]:
-    if node is None:
-        return []
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.And):
-        return [*_conjuncts(node.left), *_conjuncts(node.right)]
-    return [node]
-
-
 def _only_reference(
     condition: exp.Expr, top: list[_Reference], catalog: Catalog, opaque: bool = False
 ) -> _Reference | None:
@@ -312,12 +301,12 @@ def _push_conditions(select: exp.Select, top: list[_Reference], catalog: Catalog
     mine = {id(r.node) for r in top}
     opaque = any(id(i) not in mine for i in items) or any(j.args.get("using") for j in joins)
     where = select.args.get("where")
-    candidates = _conjuncts(where.this if where is not None else None)
+    candidates = conjuncts(where.this if where is not None else None)
     for join in joins:
         if not outer:
-            candidates.extend(_conjuncts(join.args.get("on")))
+            candidates.extend(conjuncts(join.args.get("on")))
         elif (join.args.get("side") or "").upper() == "LEFT":
-            for condition in _conjuncts(join.args.get("on")):
+            for condition in conjuncts(join.args.get("on")):
                 reference = _only_reference(condition, top, catalog, opaque)
                 if reference is not None and reference.node is join.this:
                     reference.filters.append(condition)
@@ -437,11 +426,6 @@ def _scan(
 
 
 # --- the coordinator's statement -------------------------------------------------------
-
-
-def _fragment(tree: exp.Expr, values: Mapping[str, SqlValue]) -> Fragment:
-    used = {str(p.this) for p in tree.find_all(exp.Placeholder) if p.this}
-    return Fragment(to_sqlite(tree, backticks=True), {k: values[k] for k in sorted(used)})
 
 
 def _single_rows(tree: exp.Expr) -> exp.Expr:

@@ -45,19 +45,19 @@ class MergeLimits:
 
 
 class Budget:
-    """Counts what the shards sent against :class:`MergeLimits`, refusing past either bound."""
+    """Counts rows against :class:`MergeLimits`, refusing past either bound; ``what``
+    names them in the error (the shards' answers, or a statement's own answer)."""
 
-    def __init__(self, limits: MergeLimits) -> None:
+    def __init__(self, limits: MergeLimits, what: str = "the shards' answers") -> None:
         self.limits = limits
+        self.what = what
         self.rows = 0
         self.bytes = 0
 
     def take(self, rows: Sequence[Row]) -> None:
         self.rows += len(rows)
         if self.rows > self.limits.max_rows:
-            raise SqlLimitError(
-                "max_rows", self.limits.max_rows, "the shards' answers hold too many rows"
-            )
+            raise SqlLimitError("max_rows", self.limits.max_rows, f"{self.what} hold too many rows")
         size = 0
         for row in rows:
             for value in row:
@@ -65,7 +65,7 @@ class Budget:
         self.bytes += size
         if self.bytes > self.limits.max_bytes:
             raise SqlLimitError(
-                "max_bytes", self.limits.max_bytes, "the shards' answers hold too many bytes"
+                "max_bytes", self.limits.max_bytes, f"{self.what} hold too many bytes"
             )
 
 

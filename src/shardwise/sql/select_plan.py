@@ -118,9 +118,13 @@ def _source(scope: Scope) -> exp.Expr:
     )
 
 
-def _fragment(tree: exp.Expr, values: Mapping[str, SqlValue]) -> Fragment:
+def fragment(
+    tree: exp.Expr, values: Mapping[str, SqlValue], *, backticks: bool = False
+) -> Fragment:
+    """``tree`` as SQLite text with the parameters it uses (``backticks``: see
+    :func:`~shardwise.sql.dialect.to_sqlite`)."""
     used = {str(p.this) for p in tree.find_all(exp.Placeholder) if p.this}
-    return Fragment(to_sqlite(tree), {k: values[k] for k in sorted(used)})
+    return Fragment(to_sqlite(tree, backticks=backticks), {k: values[k] for k in sorted(used)})
 
 
 def _assemble(
@@ -160,7 +164,7 @@ def _assemble(
             select.set("limit", exp.Limit(expression=exp.Placeholder(this=LIMIT_PARAM)))
         params[OFFSET_PARAM] = bound.offset
         select.set("offset", exp.Offset(expression=exp.Placeholder(this=OFFSET_PARAM)))
-    return _fragment(select, params)
+    return fragment(select, params)
 
 
 def _ordered(node: exp.Expr, term: OrderTerm) -> exp.Ordered:
@@ -367,4 +371,4 @@ def _final_query(
     if bound.offset:
         params[OFFSET_PARAM] = bound.offset
         select.set("offset", exp.Offset(expression=exp.Placeholder(this=OFFSET_PARAM)))
-    return _fragment(select, params)
+    return fragment(select, params)
