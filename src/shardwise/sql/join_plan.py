@@ -272,11 +272,7 @@ def _only_reference(
         elif opaque:
             return None
         else:
-            owners = [
-                r
-                for r in top
-                if column.name in {c.name for c in catalog.table(r.table_name).columns}
-            ]
+            owners = [r for r in top if _has_column(catalog, r.table_name, column.name)]
         if len(owners) != 1 or (found is not None and owners[0] is not found):
             return None
         found = owners[0]
