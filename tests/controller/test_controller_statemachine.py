@@ -269,6 +269,12 @@ def test_catalog() -> None:
     assert d.do(CreateTable(Table("users", "default", "id", columns))).error == "catalog"
     bad = Table("t2", "default", "missing", columns)
     assert d.do(CreateTable(bad)).error == "catalog"
+    reference = Table("tiers", "default", "", columns)  # a copy on every shard
+    assert not d.do(CreateTable(reference)).error
+    assert d.sm.latest().tables["tiers"].is_reference
+    # Each CREATE TABLE is told apart from any other of the same name (shard_schema).
+    assert d.sm.latest().tables["tiers"].created_at == d.sm.latest().num
+    assert d.sm.latest().tables["users"].created_at == 1
     assert not d.do(AddColumn("users", Column("email", "TEXT"))).error
     assert not d.do(CreateIndex("users", IndexDef("by_email", ("email",), unique=True))).error
     assert d.do(CreateIndex("users", IndexDef("by_x", ("x",)))).error == "catalog"
@@ -276,4 +282,4 @@ def test_catalog() -> None:
     assert [c.name for c in table.columns] == ["id", "name", "email"]
     assert not d.do(DropTable("users")).error
     assert "users" not in d.sm.latest().tables
-    assert "users" in d.sm.query(3).tables  # the past catalog stays queryable
+    assert "users" in d.sm.query(4).tables  # the past catalog stays queryable

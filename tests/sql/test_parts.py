@@ -163,6 +163,20 @@ def test_schema_changes_take_a_shard_from_one_catalog_to_the_next() -> None:
     assert schema_changes({"t": t2}, {}, "default") == ['DROP TABLE IF EXISTS "sql_t"']
 
 
+def test_a_table_dropped_and_created_again_is_a_new_table_to_a_shard_that_saw_neither() -> None:
+    # A shard in transit while DROP TABLE t and CREATE TABLE t (alike) ran meets both at
+    # once: the old rows must not come back under the new table.
+    old = Table("t", "default", "id", (Column("id", "INTEGER"),), created_at=3)
+    again = Table("t", "default", "id", (Column("id", "INTEGER"),), created_at=7)
+    conn = sqlite3.connect(":memory:")
+    for statement in schema_changes({}, {"t": old}, "default"):
+        conn.execute(statement)
+    conn.execute("INSERT INTO sql_t VALUES (1)")
+    for statement in schema_changes({"t": old}, {"t": again}, "default"):
+        conn.execute(statement)
+    assert conn.execute("SELECT * FROM sql_t").fetchall() == []
+
+
 # --- determinism ---------------------------------------------------------------------------
 
 

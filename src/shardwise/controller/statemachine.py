@@ -385,12 +385,12 @@ def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
         if table.keyspace not in latest.keyspaces:
             raise UnknownKeyspaceError(f"there is no keyspace {table.keyspace!r}")
         names = [c.name for c in table.columns]
-        if len(set(names)) != len(names) or table.distribution_column not in names:
+        if len(set(names)) != len(names) or table.distribution_column not in [*names, ""]:
             raise CatalogError("columns must be unique and include the distribution column")
         _check_columns(table.columns)
         if len(tables) >= MAX_TABLES:
             raise CatalogError(f"at most {MAX_TABLES} tables")
-        tables[table.name] = table
+        tables[table.name] = msgspec.structs.replace(table, created_at=latest.num + 1)
     elif isinstance(op, DropTable):
         if tables.pop(op.name, None) is None:
             raise CatalogError(f"there is no table {op.name!r}")

@@ -120,8 +120,18 @@ class Table(msgspec.Struct, frozen=True, array_like=True):
     name: str
     keyspace: str
     distribution_column: str
+    """The column whose value places each row; empty for a reference table, of which
+    every shard of the keyspace holds a full copy."""
     columns: tuple[Column, ...]
     indexes: tuple[IndexDef, ...] = ()
+    created_at: Int64 = 0
+    """The configuration whose ``CREATE TABLE`` made this table (the controller sets it):
+    a table dropped and created again under its name is another table, even to a shard
+    that sees both changes at once (one moved while they happened)."""
+
+    @property
+    def is_reference(self) -> bool:
+        return not self.distribution_column
 
 
 class ShardId(msgspec.Struct, frozen=True, array_like=True, order=True):
