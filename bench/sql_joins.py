@@ -9,8 +9,9 @@ loopback, fsync on, the default keyspace of 64 hash shards. The schema:
 
 * ``sales`` (the fact table, ``--sales`` rows), distributed by ``customer_id``;
 * ``customers`` (a tenth of the sales), distributed by ``id``: co-located with sales;
-* ``products`` (1,000 rows), distributed by ``id`` (a dimension; reference tables,
-  copied to every group, are not built yet, so a join with it is a coordinator join);
+* ``products`` (1,000 rows), a reference table (a copy on every shard): the star join
+  runs inside the shards; ``products_by_id``, the same rows distributed by ``id``, shows
+  the same join as a coordinator join;
 * ``stores`` (a fifth of the sales), distributed by ``code``, a TEXT column, and joined on
   ``id``: neither side co-located (where a repartition join belongs; today a coordinator
   join).
@@ -58,7 +59,8 @@ SCHEMA: Final = {
         "customer_id",
     ),
     "customers": ("id INTEGER PRIMARY KEY, name TEXT, region TEXT", "id"),
-    "products": ("id INTEGER PRIMARY KEY, category TEXT, price INTEGER", "id"),
+    "products": ("id INTEGER PRIMARY KEY, category TEXT, price INTEGER", ""),
+    "products_by_id": ("id INTEGER PRIMARY KEY, category TEXT, price INTEGER", "id"),
     "stores": ("code TEXT PRIMARY KEY, id INTEGER, city TEXT", "code"),
 }
 
@@ -67,11 +69,13 @@ def make_rows(sales: int) -> dict[str, list[Row]]:
     rng = random.Random(SEED)
     customers = max(10, sales // 10)
     stores = max(10, sales // 5)
+    products: list[Row] = [
+        (i, f"k{rng.randrange(CATEGORIES):02d}", rng.randrange(1, 500)) for i in range(PRODUCTS)
+    ]
     return {
         "customers": [(i, f"name{i}", f"r{rng.randrange(REGIONS):02d}") for i in range(customers)],
-        "products": [
-            (i, f"k{rng.randrange(CATEGORIES):02d}", rng.randrange(1, 500)) for i in range(PRODUCTS)
-        ],
+        "products": products,
+        "products_by_id": products,
         "stores": [(f"s{i:07d}", i, f"city{rng.randrange(50)}") for i in range(stores)],
         "sales": [
             (
@@ -94,9 +98,14 @@ def queries() -> list[Query]:
             "JOIN sales s ON s.customer_id = c.id GROUP BY c.region",
         ),
         Query(
-            "star join with a 1,000-row dimension",
+            "star join with a 1,000-row reference table",
             "SELECT p.category, sum(s.amount * p.price) FROM sales s "
             "JOIN products p ON p.id = s.product_id GROUP BY p.category",
+        ),
+        Query(
+            "the same star join, the dimension distributed",
+            "SELECT p.category, sum(s.amount * p.price) FROM sales s "
+            "JOIN products_by_id p ON p.id = s.product_id GROUP BY p.category",
         ),
         Query(
             "join on a column neither side is distributed by",
@@ -115,7 +124,8 @@ def queries() -> list[Query]:
 async def load_cluster(client: Client, data: dict[str, list[Row]]) -> float:
     started = time.perf_counter()
     for name, (columns, key) in SCHEMA.items():
-        await client.sql(f"CREATE TABLE {name} ({columns}) WITH (distribution = '{key}')")
+        placement = f"distribution = '{key}'" if key else "reference = true"
+        await client.sql(f"CREATE TABLE {name} ({columns}) WITH ({placement})")
     for name, rows in data.items():
         width = len(rows[0])
         pending = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
@@ -184,6 +194,7 @@ def make_sizes(sales: int) -> dict[str, int]:
         "sales": sales,
         "customers": max(10, sales // 10),
         "products": PRODUCTS,
+        "products_by_id": PRODUCTS,
         "stores": max(10, sales // 5),
     }
 

@@ -200,6 +200,8 @@ def test_create_table_names_the_distribution_column() -> None:
         shardwise_keyspace="events",
     )
     assert ddl(chosen).endswith("WITH (distribution = 'it''s', keyspace = 'events')")
+    reference = sa.Table("r", md, sa.Column("x", sa.Float), shardwise_reference=True)
+    assert ddl(reference).endswith("WITH (reference = true, keyspace = 'default')")
     only_floats = sa.Table("o", md, sa.Column("x", sa.Float))
     with pytest.raises(sa.exc.CompileError, match="distribute"):
         ddl(only_floats)

@@ -22,10 +22,11 @@ parameters, double-quoted names), which the planner reads. ``CREATE TABLE`` gets
 ``WITH (distribution = ..., keyspace = ...)`` shardwise requires: the table's
 ``shardwise_distribution`` / ``shardwise_keyspace`` options, else the first column of
 the primary key, else the first column that can distribute rows (INTEGER, TEXT or BLOB
-affinity), so a DataFrame written with its index is distributed by the index. Types are
-SQLite's: dates and times are stored as ISO 8601 text (an aware datetime in UTC, with its
-``+00:00``), booleans as 0 and 1. Reflection reads the catalog (what ``\\d`` shows), never
-``sqlite_master``.
+affinity), so a DataFrame written with its index is distributed by the index;
+``shardwise_reference=True`` makes a reference table instead (``WITH (reference =
+true)``). Types are SQLite's: dates and times are stored as ISO 8601 text (an aware
+datetime in UTC, with its ``+00:00``), booleans as 0 and 1. Reflection reads the catalog
+(what ``\\d`` shows), never ``sqlite_master``.
 
 **Transactions** are the DB-API's (``shardwise.dbapi``): serializable, across shards;
 ``commit()`` commits and ``rollback()`` drops. A DDL statement takes effect at once, on
@@ -161,8 +162,10 @@ class ShardwiseTypeCompiler(compiler.GenericTypeCompiler):
 class ShardwiseDDLCompiler(compiler.DDLCompiler):
     def post_create_table(self, table: SaTable) -> str:
         options = table.dialect_options["shardwise"]
-        column = options["distribution"] or distribution_column(table, self.dialect)
         keyspace = options["keyspace"] or DEFAULT_KEYSPACE
+        if options["reference"]:
+            return f" WITH (reference = true, keyspace = {_literal(keyspace)})"
+        column = options["distribution"] or distribution_column(table, self.dialect)
         return f" WITH (distribution = {_literal(column)}, keyspace = {_literal(keyspace)})"
 
     def visit_foreign_key_constraint(self, constraint: ForeignKeyConstraint, **kw: Any) -> str:
@@ -215,8 +218,11 @@ class ShardwiseDialect(default.DefaultDialect):
         types.Time: _Time,
         types.Numeric: _Numeric,
     }
-    construct_arguments = [(SaTable, {"distribution": None, "keyspace": None})]  # noqa: RUF012
-    """``Table(..., shardwise_distribution="id", shardwise_keyspace="events")``."""
+    construct_arguments = [  # noqa: RUF012
+        (SaTable, {"distribution": None, "keyspace": None, "reference": False})
+    ]
+    """``Table(..., shardwise_distribution="id", shardwise_keyspace="events")``, or
+    ``shardwise_reference=True`` for a reference table (a copy on every shard)."""
 
     max_identifier_length = MAX_NAME_LENGTH
     supports_native_boolean = False

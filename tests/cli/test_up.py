@@ -355,7 +355,8 @@ def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> No
     assert missing.returncode == ExitCode.SQL
     assert "ERROR (catalog)" in missing.stderr and "nope" in missing.stderr
 
-    # Joins: one co-located with items (sales distributed by item_id), one subquery.
+    # Joins: one co-located with items (sales distributed by item_id), one subquery, one
+    # with a reference table (a copy on every shard, written to all of them at once).
     joined = cli(
         root,
         "sql",
@@ -366,7 +367,13 @@ def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> No
         " SELECT i.name, sum(s.qty) AS sold FROM items i JOIN sales s ON s.item_id = i.id"
         " GROUP BY i.name ORDER BY sold DESC;"
         " EXPLAIN SELECT i.name FROM items i JOIN sales s ON s.item_id = i.id WHERE s.item_id = 2;"
-        " SELECT name FROM items WHERE id NOT IN (SELECT item_id FROM sales) ORDER BY 1",
+        " SELECT name FROM items WHERE id NOT IN (SELECT item_id FROM sales) ORDER BY 1;"
+        " CREATE TABLE colours (item_id INTEGER UNIQUE, colour TEXT) WITH (reference = true);"
+        " INSERT INTO colours VALUES (1, 'red'), (2, 'green'), (7, 'blue');"
+        " UPDATE colours SET colour = 'ruby' WHERE item_id = 1;"
+        " EXPLAIN SELECT i.name, c.colour FROM items i JOIN colours c ON c.item_id = i.id;"
+        " SELECT i.name, c.colour FROM items i LEFT JOIN colours c ON c.item_id = i.id"
+        " ORDER BY 1",
     )
     assert joined.returncode == 0, joined.stderr
     words = [line.split() for line in joined.stdout.splitlines()]
@@ -376,6 +383,10 @@ def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> No
         "co-located" in line and "single-shard" in line for line in joined.stdout.splitlines()
     )
     assert ["fig"] in words
+    assert words[words.index(["fig"]) + 3][:3] == ["3", "rows", "inserted"], words
+    assert words[words.index(["fig"]) + 4][:3] == ["1", "row", "updated"], words
+    assert "co-located join items AS i JOIN colours AS c" in joined.stdout, joined.stdout
+    assert ["apple", "ruby"] in words and ["pear", "green"] in words and ["fig", "NULL"] in words
 
 
 def test_a_server_killed_with_sigkill_and_the_cluster_keeps_serving(cluster: Up) -> None:
@@ -422,8 +433,8 @@ def test_up_again_reuses_the_data_and_a_killed_supervisor_leaves_nothing(cluster
         assert "sizing flags" not in again.text()
         assert "First start" not in again.text()
         snapshot = status(cluster.root)
-        # Two joins, a leave and the SQL test's two CREATE TABLEs; nothing joined again.
-        assert snapshot["config_num"] == 5
+        # Two joins, a leave and the SQL test's three CREATE TABLEs; nothing joined again.
+        assert snapshot["config_num"] == 6
         assert owners(snapshot) == {1, 2}
         with shardwise.connect(cluster.root) as kv:
             assert kv.mget(KEYS) == KEYS

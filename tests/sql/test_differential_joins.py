@@ -6,6 +6,7 @@ test's seed (printed; replay with ``SHARDWISE_TEST_SEED``)."""
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -69,7 +70,18 @@ async def test_generated_joins_and_subqueries_match_single_sqlite(
     assert strategies["coordinator-join"] > QUERIES // 4
     assert strategies["co-located"] > QUERIES // 20
     assert strategies["co-located single-shard"] > 0
+    with_reference = sum(
+        1
+        for q in generator.queries
+        if " co-located join " in " " + _label(plan(q.sql, q.params, catalog, context).plan)
+        and re.search(r"\bt\b", _label(plan(q.sql, q.params, catalog, context).plan))
+    )
+    assert with_reference > QUERIES // 40  # joins with the reference table on the shards
     reference.close()
+
+
+def _label(planned: object) -> str:
+    return planned.table if isinstance(planned, ReadPlan) else ""
 
 
 class Recording:
@@ -94,7 +106,13 @@ def _strategy(planned: object) -> str:
 
 @pytest.mark.parametrize(
     "planted",
-    ["outer-join-filter", "left-join-on-filter", "co-located-not-on-keys", "pins-any-affinity"],
+    [
+        "outer-join-filter",
+        "left-join-on-filter",
+        "co-located-not-on-keys",
+        "pins-any-affinity",
+        "reference-rows-preserved",
+    ],
 )
 async def test_control_a_planted_pushdown_bug_is_caught(
     local: LocalShards, seed: int, rng: random.Random, monkeypatch: pytest.MonkeyPatch, planted: str
@@ -103,8 +121,11 @@ async def test_control_a_planted_pushdown_bug_is_caught(
     pushed into the NULL-extended side of an outer join, an outer join's ON condition
     pushed into its preserved side, a constant carried across an equality of two
     affinities) and a join run inside the shards that does not join on the distribution
-    columns."""
-    if planted == "pins-any-affinity":
+    columns, or that keeps a reference table's unmatched rows on every shard."""
+    if planted == "reference-rows-preserved":
+        # The bug: t LEFT JOIN c run inside the shards.
+        monkeypatch.setattr(colocated, "_may_anchor", lambda side: True)
+    elif planted == "pins-any-affinity":
         # The bug: a.k = b.k AND a.k = 3 carried to b.k = 3 whatever b.k's affinity.
         monkeypatch.setattr(join_plan, "_affinity", lambda catalog, reference, column: "")
     elif planted == "co-located-not-on-keys":

@@ -33,6 +33,7 @@ SCHEMA = (
     "PRIMARY KEY (customer, order_id)) WITH (distribution = 'customer', keyspace = 'ranges')",
     "CREATE TABLE c (id INTEGER PRIMARY KEY, name TEXT, tier INTEGER) WITH (distribution = 'id')",
     "CREATE TABLE o (id INTEGER, cid INTEGER, amount REAL) WITH (distribution = 'cid')",
+    "CREATE TABLE tiers (tier INTEGER PRIMARY KEY, label TEXT) WITH (reference = true)",
 )
 
 

@@ -306,11 +306,14 @@ def tables_view(config: Configuration | None) -> RenderableType:
         view.add_row(
             Text(t.name),
             Text(t.keyspace),
-            Text(t.distribution_column),
+            Text(t.distribution_column or _REFERENCE),
             str(len(t.columns)),
             Text(", ".join(i.name for i in t.indexes)),
         )
     return view
+
+
+_REFERENCE = "reference table (a copy on every shard)"
 
 
 def find_table(config: Configuration | None, name: str) -> TableDef:
@@ -331,7 +334,8 @@ def table_view(table: TableDef) -> RenderableType:
     head = Text.assemble(
         ("Table ", "bold"),
         (table.name, "bold"),
-        f" · keyspace {table.keyspace} · distributed by {table.distribution_column}",
+        f" · keyspace {table.keyspace} · "
+        + (_REFERENCE if table.is_reference else f"distributed by {table.distribution_column}"),
     )
     columns = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for name in ("column", "type", "not null", "default", ""):

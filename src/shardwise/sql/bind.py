@@ -72,6 +72,33 @@ _CLAUSE_NAMES: Final[dict[str, str]] = {
 }
 
 
+_TABLE_PARTS: Final = frozenset({"this", "alias", "quoted"})
+_TABLE_ARG_NAMES: Final[dict[str, tuple[str, str]]] = {
+    "joins": (
+        "a parenthesized or nested join",
+        "write the joins one after another: a JOIN b ON ... JOIN c ON ...",
+    ),
+    "sample": ("TABLESAMPLE", ""),
+    "pivots": ("PIVOT", ""),
+    "laterals": ("LATERAL", ""),
+    "only": ("ONLY", "name the table alone"),
+}
+
+
+def check_table(node: exp.Table) -> None:
+    """Refuse what a table reference may carry besides its name and alias (a nested
+    join, TABLESAMPLE, ...): each would otherwise be dropped where the table is read."""
+    if node.args.get("db") or node.args.get("catalog"):
+        raise UnsupportedSqlError("schema-qualified table names")
+    alias = node.args.get("alias")
+    if isinstance(alias, exp.TableAlias) and alias.columns:
+        raise UnsupportedSqlError("column aliases on a table")
+    for key, value in node.args.items():
+        if value and key not in _TABLE_PARTS:
+            name, hint = _TABLE_ARG_NAMES.get(key, (f"{key.upper()} on a table", ""))
+            raise UnsupportedSqlError(name, hint)
+
+
 def check_supported(node: exp.Expr) -> None:
     """Refuse any node of ``node``'s tree that shardwise cannot run."""
     for sub in node.walk():
@@ -115,14 +142,9 @@ class Scope:
     def of(cls, catalog: Catalog, node: exp.Expr) -> Scope:
         if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
             raise UnsupportedSqlError("reading from anything but one table")
-        if node.args.get("db") or node.args.get("catalog"):
-            raise UnsupportedSqlError("schema-qualified table names")
+        check_table(node)
         table = catalog.table(node.name)
-        alias = node.alias or table.name
-        alias_node = node.args.get("alias")
-        if isinstance(alias_node, exp.TableAlias) and alias_node.columns:
-            raise UnsupportedSqlError("column aliases on a table")
-        return cls(table, alias, tuple(catalog.columns(table)))
+        return cls(table, node.alias or table.name, tuple(catalog.columns(table)))
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -14,11 +14,19 @@ partial aggregates, top-k.
 
 What qualifies (everything else goes to the coordinator join,
 :mod:`shardwise.sql.join_plan`): plain tables of one keyspace; ``JOIN`` and ``LEFT
-JOIN`` only (then the first table is never NULL-extended, so grouping by its
-distribution column keeps each group on one shard; a RIGHT or FULL join may make NULL
-groups on every shard); distribution columns of the same affinity, INTEGER or TEXT (an
-equality between them then implies the same stored value, hence the same shard: an
-untyped or REAL column may hold 3 and 3.0, equal but placed apart); no subquery.
+JOIN`` only (then the first distributed table, the *anchor*, is never NULL-extended, so
+grouping by its distribution column keeps each group on one shard; a RIGHT or FULL join
+may make NULL groups on every shard); distribution columns of the same affinity, INTEGER
+or TEXT (an equality between them then implies the same stored value, hence the same
+shard: an untyped or REAL column may hold 3 and 3.0, equal but placed apart); no
+subquery.
+
+**Reference tables** (a full copy on every shard) join on any condition, or none, by
+``JOIN`` or ``LEFT JOIN``: each joined row still holds exactly one row of a distributed
+table, of one shard, so each shard makes its own joined rows and no other shard makes
+them. The anchor itself must then come by an inner join (``r LEFT JOIN d`` would keep
+the rows of ``r`` that match nothing on every shard); a statement of reference tables
+alone is the coordinator join's (each read from one copy).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from sqlglot import exp
 
 from shardwise.errors import SqlCatalogError, SqlSemanticError
 from shardwise.model.config import Column, Table
-from shardwise.sql.bind import Scope, check_supported, conjuncts
+from shardwise.sql.bind import Scope, check_supported, check_table, conjuncts
 from shardwise.sql.catalog import Catalog, ColumnSpec, physical_name
 from shardwise.sql.colnames import column_name
 from shardwise.sql.dialect import to_text
@@ -99,14 +107,14 @@ def plan_colocated(
             continue  # select_bind resolves it to the select item
         ref, spec = resolve(column)
         column.replace(exp.column(virtual(ref, spec.name), quoted=True))
-    keys = [virtual(ref, ref.table.distribution_column) for ref in refs]  # (they prune)
+    distributed = [ref for ref in refs if not ref.table.is_reference]
+    keys = [virtual(ref, ref.table.distribution_column) for ref in distributed]  # (they prune)
     source = _derived_table(select, refs, virtual_names, resolve)
     columns = tuple(ColumnSpec(virtual_names[key], spec.type_name) for key, spec in used.items())
-    first = refs[0]
     table = Table(
         JOINED_ALIAS,
-        first.table.keyspace,
-        keys[0],
+        refs[0].table.keyspace,
+        keys[0],  # the anchor's
         tuple(Column(c.name, c.type_name) for c in columns),
     )
     label = " ".join(
@@ -187,10 +195,8 @@ def _refs(select: exp.Select, catalog: Catalog) -> list[_Ref] | None:
     for node in nodes:
         if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
             return None
-        if node.args.get("db") or node.args.get("catalog") or node.name not in catalog.tables:
-            return None
-        alias_node = node.args.get("alias")
-        if isinstance(alias_node, exp.TableAlias) and alias_node.columns:
+        check_table(node)
+        if node.name not in catalog.tables:
             return None
         table = catalog.table(node.name)
         refs.append(_Ref(node.alias or node.name, table, tuple(catalog.columns(table))))
@@ -198,27 +204,45 @@ def _refs(select: exp.Select, catalog: Catalog) -> list[_Ref] | None:
     if len(set(aliases)) != len(aliases) or len({r.table.keyspace for r in refs}) != 1:
         return None
     for ref in refs:
+        if ref.table.is_reference:
+            continue
         if _spec(ref, ref.table.distribution_column).affinity not in _PLACED_BY_VALUE:
             return None
     return refs
 
 
 def _joined_on_distribution(select: exp.Select, refs: list[_Ref]) -> bool:
-    """Every join an INNER or LEFT join whose ON requires its table's distribution value
-    to equal an earlier table's, of the same affinity."""
+    """Every join an INNER or LEFT join; a distributed table's ON requiring its
+    distribution value to equal an earlier distributed table's, of the same affinity,
+    except the first distributed table's (the anchor), which comes by an inner join; a
+    reference table's on anything."""
+    anchored = not refs[0].table.is_reference
     for position, join in enumerate(select.args["joins"], start=1):
         side = (join.args.get("side") or "").upper()
         kind = (join.args.get("kind") or "").upper()
-        if side not in ("", "LEFT") or kind not in ("", "INNER", "OUTER"):
+        if side not in ("", "LEFT") or kind not in ("", "INNER", "OUTER", "CROSS"):
             return False
-        if join.args.get("method"):
+        if join.args.get("method") or join.args.get("using"):
             return False
-        if join.args.get("using") or join.args.get("on") is None:
+        new, on = refs[position], join.args.get("on")
+        if new.table.is_reference:
+            continue
+        if not anchored:
+            if not _may_anchor(side):
+                return False
+            anchored = True
+            continue
+        earlier = [r for r in refs[:position] if not r.table.is_reference]
+        if on is None or not any(_pins(c, new, earlier) for c in conjuncts(on)):
             return False
-        new, earlier = refs[position], refs[:position]
-        if not any(_pins(c, new, earlier) for c in conjuncts(join.args["on"])):
-            return False
-    return True
+    return anchored
+
+
+def _may_anchor(side: str) -> bool:
+    """Whether a distributed table joined to reference tables alone by a join of this
+    side may anchor the co-located join: an inner join only (``r LEFT JOIN d`` keeps
+    the rows of ``r`` that match nothing on every shard)."""
+    return not side
 
 
 def _pins(condition: exp.Expr, new: _Ref, earlier: list[_Ref]) -> bool:
@@ -308,7 +332,8 @@ def _derived_table(
     inner.set("from_", exp.From(this=_physical(refs[0])))
     joins: list[exp.Expr] = []
     for ref, join in zip(refs[1:], select.args["joins"], strict=True):
-        on = join.args["on"].copy()
+        on = join.args.get("on")
+        on = on.copy() if on is not None else exp.true()  # (a cross or comma join)
         check_supported(on)
         for column in list(on.find_all(exp.Column)):
             owner, spec = resolve(column)

@@ -187,7 +187,7 @@ class Coordinator:
         return Result(_result_names(join.columns, names), rows)
 
     async def _write(self, write: WritePlan) -> Result:
-        rowcount = await self._shards.write(write.keyspace, write.batches)
+        rowcount = await self._shards.write(write.keyspace, write.batches) // write.copies
         return Result((), [], rowcount=rowcount)
 
     async def _change(self, change: CatalogPlan, catalog: Catalog) -> Result:

@@ -9,10 +9,16 @@ The syntax for a distributed table is PostgreSQL's storage parameters::
         PRIMARY KEY (customer_id, order_id)
     ) WITH (distribution = 'customer_id', keyspace = 'default')
 
-``distribution`` is required and names the distribution column; ``keyspace`` defaults to
-``default``. A PRIMARY KEY or UNIQUE constraint becomes a unique index on every shard, so it
-must include the distribution column (each shard can only check its own rows), as in
-Citus. Defaults are literals: a default such as ``CURRENT_TIMESTAMP`` would differ between
+``distribution`` names the distribution column; ``keyspace`` defaults to ``default``. A
+PRIMARY KEY or UNIQUE constraint becomes a unique index on every shard, so it must include
+the distribution column (each shard can only check its own rows), as in Citus.
+
+A **reference table** (``WITH (reference = true)``, PostgreSQL's boolean storage
+parameter, instead of ``distribution``) has no distribution column: every shard of its
+keyspace holds a full copy, written by every write at once (one atomic write to all the
+shards), so a join with it runs inside each shard, and any constraint holds table-wide.
+
+Defaults are literals: a default such as ``CURRENT_TIMESTAMP`` would differ between
 replicas. The result is a controller command; every shard of the keyspace then creates the
 table from the catalog (:mod:`shardwise.sql.shard_schema`), including shards made later.
 """
@@ -37,6 +43,7 @@ from shardwise.model.config import (
     IndexDef,
     Table,
 )
+from shardwise.model.txn import MAX_TXN_PARTICIPANTS
 from shardwise.sql.catalog import MAX_COLUMNS, Catalog, ColumnSpec, check_name
 from shardwise.sql.dialect import to_sqlite
 from shardwise.sql.distribution import check_distribution_column
@@ -45,7 +52,9 @@ from shardwise.sql.plans import CatalogPlan
 from shardwise.sql.shard_schema import add_column_ddl, create_table_ddl, drop_table_ddl, index_ddl
 
 MAX_INDEXES_PER_TABLE: Final = 64
-_PROPERTIES: Final = frozenset({"distribution", "keyspace"})
+_PROPERTIES: Final = frozenset({"distribution", "keyspace", "reference"})
+_TRUE: Final = frozenset({"true", "on", "yes", "1"})
+_FALSE: Final = frozenset({"false", "off", "no", "0"})
 
 
 def plan_ddl(statement: exp.Expr, catalog: Catalog) -> CatalogPlan:
@@ -79,10 +88,12 @@ def _create_table(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
     check_name(name, "table")
     properties = _properties(statement)
     keyspace_name = properties.get("keyspace", DEFAULT_KEYSPACE)
-    if "distribution" not in properties:
+    reference = _is_reference(properties)
+    if reference == ("distribution" in properties):
         raise SqlCatalogError(
-            f"table {name!r} needs a distribution column: CREATE TABLE ... "
-            "WITH (distribution = 'column')"
+            f"table {name!r} needs a distribution column, or to be a reference table "
+            "(a copy in every shard), and not both: CREATE TABLE ... "
+            "WITH (distribution = 'column') or WITH (reference = true)"
         )
     columns: list[ColumnSpec] = []
     unique: list[tuple[str, tuple[str, ...]]] = []
@@ -107,14 +118,20 @@ def _create_table(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
         check_name(column, "column")
     if len({n.lower() for n in names}) != len(names):
         raise SqlCatalogError("column names must differ (SQLite ignores case in names)")
-    distribution = properties["distribution"]
-    if distribution not in names:
+    distribution = properties.get("distribution", "")
+    if not reference and distribution not in names:
         raise SqlCatalogError(f"the distribution column {distribution!r} is not a column")
     keyspace = catalog.keyspaces.get(keyspace_name)
     if keyspace is None:
         raise SqlCatalogError(f"there is no keyspace {keyspace_name!r}")
-    spec = columns[names.index(distribution)]
-    check_distribution_column(spec.affinity, keyspace)
+    if not reference:
+        check_distribution_column(columns[names.index(distribution)].affinity, keyspace)
+    elif keyspace.scheme.shards > MAX_TXN_PARTICIPANTS:
+        raise SqlCatalogError(
+            f"a reference table's keyspace has at most {MAX_TXN_PARTICIPANTS} shards (a write "
+            f"to it is one transaction over every shard); {keyspace_name!r} has "
+            f"{keyspace.scheme.shards}"
+        )
     indexes = _unique_indexes(name, unique, names, distribution)
     table = Table(
         name,
@@ -138,9 +155,18 @@ def _properties(statement: exp.Create) -> dict[str, str]:
         key = prop.name.lower()
         value = prop.args.get("value")
         if key not in _PROPERTIES or not isinstance(value, exp.Expr):
-            raise UnsupportedSqlError(f"the table option {key!r}", "use distribution, keyspace")
-        found[key] = value.name
+            raise UnsupportedSqlError(
+                f"the table option {key!r}", "use distribution, reference, keyspace"
+            )
+        found[key] = str(value.this).lower() if isinstance(value, exp.Boolean) else value.name
     return found
+
+
+def _is_reference(properties: dict[str, str]) -> bool:
+    value = properties.get("reference", "false").lower()
+    if value not in _TRUE | _FALSE:
+        raise SqlCatalogError(f"reference = {value!r}: write true or false")
+    return value in _TRUE
 
 
 def _column(node: exp.ColumnDef) -> tuple[ColumnSpec, str]:
@@ -186,7 +212,7 @@ def _unique_indexes(
         for column in columns:
             if column not in names:
                 raise SqlCatalogError(f"a constraint names a missing column {column!r}")
-        if distribution not in columns:
+        if distribution and distribution not in columns:  # (a reference table: any)
             raise SqlCatalogError(
                 f"a PRIMARY KEY or UNIQUE constraint on {table!r} must include the "
                 f"distribution column {distribution!r}: each shard checks only its own rows"
@@ -225,7 +251,7 @@ def _create_index(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
     if not columns:
         raise SqlCatalogError("an index names at least one column")
     unique = bool(statement.args.get("unique"))
-    if unique and table.distribution_column not in columns:
+    if unique and not table.is_reference and table.distribution_column not in columns:
         raise SqlCatalogError(
             f"a UNIQUE index on {table.name!r} must include the distribution column "
             f"{table.distribution_column!r}: each shard checks only its own rows"

@@ -4,11 +4,13 @@ go wrong, and a seeded generator of joins and subqueries.
 The schema: ``c`` (customers, distributed by ``id``), ``o`` (orders, distributed by
 ``cid``: co-located with ``c`` on ``c.id = o.cid``), ``p`` (order lines, distributed by
 ``sku``, a TEXT column: joined to ``o`` on a column that is not its distribution
-column), and ``z``, shaped like ``c`` and empty. The data reach the corners: join keys
-that are NULL (``p.oid``), duplicated, missing on the other side (orders of customers
-that do not exist, customers without orders), skewed (a third of the orders belong to
-one customer), and an untyped column ``v`` holding every storage class, joined with an
-INTEGER column, so the comparison's affinity conversions are under test.
+column), ``z``, shaped like ``c`` and empty, and ``t`` (tiers), a reference table (a copy
+on every shard) joined to ``c.tier`` and others. The data reach the corners: join keys
+that are NULL (``p.oid``, ``t.tier``), duplicated (two rows of ``t`` for tier 1),
+missing on the other side (orders of customers that do not exist, customers without
+orders, a tier nobody has), skewed (a third of the orders belong to one customer), and
+an untyped column ``v`` holding every storage class, joined with an INTEGER column, so
+the comparison's affinity conversions are under test.
 
 Every query is built so that its answer is unique: with ``LIMIT``, ORDER BY covers every
 output column (identical rows are interchangeable); otherwise the comparison ignores
@@ -27,25 +29,36 @@ from shardwise.sql.functions import register
 from shardwise.sql.values import INT64_MAX, SqlValue
 
 JOIN_TABLES: Final = {
-    # name: (columns with declarations, distribution column)
+    # name: (columns with declarations, distribution column; empty: a reference table)
     "c": ("id INTEGER PRIMARY KEY, name TEXT, tier INTEGER, v", "id"),
     "o": ("id INTEGER, cid INTEGER, amount REAL, s TEXT, v", "cid"),
     "p": ("id INTEGER, oid INTEGER, sku TEXT, qty INTEGER", "sku"),
     "z": ("id INTEGER PRIMARY KEY, name TEXT, tier INTEGER, v", "id"),
+    "t": ("tier INTEGER, label TEXT, weight REAL, v", ""),
 }
 _COLUMNS: Final = {
     "c": ("id", "name", "tier", "v"),
     "o": ("id", "cid", "amount", "s", "v"),
     "p": ("id", "oid", "sku", "qty"),
     "z": ("id", "name", "tier", "v"),
+    "t": ("tier", "label", "weight", "v"),
 }
+_TIERS: Final[list[Row]] = [
+    (0, "free", 0.0, None),
+    (1, "basic", 1.25, 1),
+    (1, "basic-old", 0.75, "1"),  # a duplicate join key
+    (2, "pro", 2.5, 2.5),
+    (5, "nobody", 9.0, "x"),  # no customer has tier 5
+    (None, "unknown", None, b"\x01"),
+]
 _V: Final[tuple[SqlValue, ...]] = (None, 1, 2, 3, "1", "2", " 3", "x", 2.5, b"\x01", INT64_MAX)
 _NAMES: Final = (None, "ann", "bob", "cy", "", "Ann", "bob")
 
 
 def join_create_statements() -> list[str]:
     return [
-        f"CREATE TABLE {name} ({columns}) WITH (distribution = '{column}')"
+        f"CREATE TABLE {name} ({columns}) WITH "
+        + (f"(distribution = '{column}')" if column else "(reference = true)")
         for name, (columns, column) in JOIN_TABLES.items()
     ]
 
@@ -113,7 +126,7 @@ def make_join_rows(rng: random.Random) -> dict[str, list[Row]]:
         lines.append(
             (number, oid, rng.choice(("k1", "k2", "k3", "k10", "K1", "")), rng.randint(0, 5))
         )
-    return {"c": c, "o": orders, "p": lines, "z": []}
+    return {"c": c, "o": orders, "p": lines, "z": [], "t": list(_TIERS)}
 
 
 T = TypeVar("T")
@@ -145,6 +158,8 @@ class JoinQueryGenerator:
             self._colocated,
             self._colocated,
             self._carried,
+            self._with_reference,
+            self._with_reference,
         ]
 
     def next(self) -> Query:
@@ -308,6 +323,75 @@ class JoinQueryGenerator:
         limit = self.rng.randint(0, 8)
         select = f"SELECT c.id, {other}.id, c.v {source} ORDER BY 1, 2, 3 LIMIT {limit}"
         return Query(select, params, ordered=True)
+
+    def _with_reference(self) -> Query:
+        """Joins with the reference table ``t``: inside each shard where a distributed
+        table anchors the join (``c JOIN t``, ``t JOIN c``, ``c LEFT JOIN t``, with
+        co-located ``o``), at the coordinator where the reference rows are preserved
+        (``t LEFT JOIN c``, ``RIGHT JOIN t``) or ``t`` is alone."""
+        params: list[SqlValue] = []
+        on = _pick(
+            self.rng,
+            (
+                "t.tier = c.tier",
+                "c.tier = t.tier",
+                "t.v = c.v",
+                "t.tier < c.tier",
+                "t.label = c.name",
+            ),
+        )
+        source = _pick(
+            self.rng,
+            (
+                f"c JOIN t ON {on}",
+                f"c LEFT JOIN t ON {on}",
+                f"t JOIN c ON {on}",
+                f"t LEFT JOIN c ON {on}",
+                f"c RIGHT JOIN t ON {on}",
+                f"c JOIN o ON o.cid = c.id LEFT JOIN t ON {on}",
+                f"t JOIN c ON {on} JOIN o ON o.cid = c.id",
+                "c CROSS JOIN t",
+                "c, t",
+            ),
+        )
+        where = ""
+        roll = self.rng.random()
+        if roll < 0.2:
+            where = " WHERE c.id = $1"
+            params.append(self.rng.choice((3, 7, 10)))
+        elif roll < 0.35:
+            where = " WHERE t.weight > 1"
+        elif roll < 0.45:
+            where = " WHERE t.tier IS NULL"
+        shape = self.rng.randrange(5)
+        if shape == 0:
+            return self._finish(f"SELECT c.id, t.label, t.v FROM {source}{where}", 3, params)
+        if shape == 1:
+            return self._finish(
+                f"SELECT t.label, count(*), sum(c.id) FROM {source}{where} GROUP BY t.label",
+                3,
+                params,
+            )
+        if shape == 2:
+            return self._finish(
+                f"SELECT c.id, count(t.tier), max(t.weight) FROM {source}{where} GROUP BY c.id",
+                3,
+                params,
+            )
+        if shape == 3:
+            limit = self.rng.randint(0, 8)
+            select = f"SELECT c.id, t.label, c.tier FROM {source}{where} ORDER BY 1, 2, 3"
+            return Query(f"{select} LIMIT {limit}", params, ordered=True)
+        alone = _pick(
+            self.rng,
+            (
+                "SELECT tier, label FROM t WHERE weight >= 1",
+                "SELECT a.label, b.label FROM t AS a JOIN t AS b ON a.tier = b.tier",
+                "SELECT tier, count(*) FROM t GROUP BY tier",
+                "SELECT c.id, c.tier FROM c WHERE c.tier IN (SELECT tier FROM t WHERE weight > 1)",
+            ),
+        )
+        return self._finish(alone, 2, [])
 
     def _carried(self) -> Query:
         """An inner join on an equality and a constant on one side of it, which the

@@ -38,7 +38,12 @@ from sqlglot import exp
 
 from shardwise.errors import SqlSemanticError, UnsupportedSqlError
 from shardwise.sql.aggregates import is_aggregate, shard_function
-from shardwise.sql.bind import REFUSED_IN_ANY_SELECT, check_select_clauses, conjuncts
+from shardwise.sql.bind import (
+    REFUSED_IN_ANY_SELECT,
+    check_select_clauses,
+    check_table,
+    conjuncts,
+)
 from shardwise.sql.catalog import RESERVED_PREFIX, Catalog
 from shardwise.sql.colnames import column_name
 from shardwise.sql.plans import JoinPlan, ReadPlan, TableScan
@@ -160,16 +165,14 @@ def _check(select: exp.Select, catalog: Catalog, values: Mapping[str, SqlValue])
             raise UnsupportedSqlError(f"{node.args['method']} JOIN (name the columns: USING)")
         if isinstance(node, exp.Lateral):
             raise UnsupportedSqlError("LATERAL")
-        if isinstance(node, exp.Table) and (node.args.get("db") or node.args.get("catalog")):
-            raise UnsupportedSqlError("schema-qualified table names")
         if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
             raise UnsupportedSqlError("reading from anything but tables and subqueries")
+        if isinstance(node, exp.Table):
+            check_table(node)
         if isinstance(node, exp.Column) and (node.args.get("db") or node.args.get("catalog")):
             raise UnsupportedSqlError("schema-qualified column names")
         if isinstance(node, exp.With) and node.args.get("recursive"):
             raise UnsupportedSqlError("WITH RECURSIVE")
-        if isinstance(node, exp.TableAlias) and node.columns and isinstance(node.parent, exp.Table):
-            raise UnsupportedSqlError("column aliases on a table")
 
 
 def _names_a_cte(table: exp.Table) -> bool:

@@ -35,8 +35,13 @@ def explain(plan: Plan) -> list[str]:
         return _write(plan)
     if isinstance(plan, InsertSelectPlan):
         columns = ", ".join(plan.columns)
-        lines = [f"INSERT into {plan.table} ({columns}) of the rows of a read, placed by their"]
-        lines.append("  distribution values (one transaction outside one), after:")
+        placed = (
+            "written to every shard's copy of the reference table"
+            if plan.reference
+            else "placed by their distribution values"
+        )
+        lines = [f"INSERT into {plan.table} ({columns}) of the rows of a read, {placed}"]
+        lines.append("  (one transaction outside one), after:")
         read = _join(plan.read) if isinstance(plan.read, JoinPlan) else _read(plan.read)
         return lines + [f"  {line}" for line in read]
     return _catalog(plan)
@@ -138,8 +143,9 @@ def _write(plan: WritePlan) -> list[str]:
     if plan.pruned_by:
         lines.append(f"  routed by: {plan.pruned_by}")
     same = all(b.statements == plan.batches[0].statements for b in plan.batches)
-    if plan.kind != "INSERT" and same and len(plan.batches) > 1:
-        lines.append("  each shard: one atomic batch of:")
+    if (plan.kind != "INSERT" or plan.copies > 1) and same and len(plan.batches) > 1:
+        rows = f" ({plan.batches[0].rows} row(s))" if plan.kind == "INSERT" else ""
+        lines.append(f"  each shard: one atomic batch{rows} of:")
         for statement in plan.batches[0].statements:
             lines.extend(_fragment(statement, "    "))
         return lines

@@ -84,7 +84,9 @@ def _plan(
             raise SqlSemanticError(
                 f"the SELECT gives {len(read.columns)} columns for {len(columns)} in the INSERT"
             )
-        result = InsertSelectPlan(scope.table.name, tuple(columns), read)
+        result = InsertSelectPlan(
+            scope.table.name, tuple(columns), read, reference=scope.table.is_reference
+        )
     elif isinstance(statement, exp.Insert):
         result = plan_insert(statement, catalog, values, fixer)
     elif isinstance(statement, exp.Update | exp.Delete):

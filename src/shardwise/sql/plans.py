@@ -136,6 +136,9 @@ class WritePlan:
     shard_count: int
     batches: tuple[ShardBatch, ...]
     pruned_by: str = ""
+    copies: int = 1
+    """How many shards hold each row: a reference table's every shard. The rows changed
+    are the shards' total over this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,8 @@ class InsertSelectPlan:
     table: str
     columns: tuple[str, ...]
     read: ReadPlan | JoinPlan
+    reference: bool = False
+    """The table is a reference table: every row goes to every shard."""
 
 
 CatalogOp: TypeAlias = CreateTable | DropTable | AddColumn | CreateIndex

@@ -50,6 +50,8 @@ from shardwise.sql.select_bind import BoundSelect, OrderTerm
 from shardwise.sql.values import INT64_MAX, SqlValue
 
 MERGED_TABLE = "_sw_merged"
+REFERENCE_COPY = 0
+"""The shard whose copy of a reference table a read of it alone reads (each holds all)."""
 LIMIT_PARAM = "sw_limit"
 OFFSET_PARAM = "sw_offset"
 
@@ -67,15 +69,7 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
         return ReadPlan(bound.names, "local", LocalEval(Fragment(f"SELECT {nothing} LIMIT 0")))
     keyspace = catalog.keyspace(scope.table)
     router = Router(keyspace)
-    column = scope.spec(scope.table.distribution_column)
-    pruned = Pruner(column.name, column.affinity, router, values).shards(bound.where)
-    why = "" if pruned is None else f"WHERE on distribution column {column.name}"
-    for alike in scope.distributed_alike:  # (a co-located join's other tables)
-        spec = scope.spec(alike)
-        narrower = Pruner(alike, spec.affinity, router, values).shards(bound.where)
-        if narrower is not None:
-            pruned = narrower if pruned is None else pruned & narrower
-            why = f"{why}{', ' if why else 'WHERE on distribution column '}{alike}"
+    pruned, why = _pruned(bound, router, values)
     shards = sorted(router.all_shards() if pruned is None else pruned)
     if not shards:
         shards = [0]  # a contradiction: any one shard answers (with no rows) as well
@@ -96,7 +90,8 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
     if len(shards) == 1:
         fragment = _assemble(bound, list(bound.outputs), scope, values, with_limit=True)
         return read("single-shard", RowMerge(width=len(bound.names)), fragment)
-    grouped_by_key = any(isinstance(g, exp.Column) and g.name == column.name for g in bound.group)
+    key = scope.table.distribution_column
+    grouped_by_key = any(isinstance(g, exp.Column) and g.name == key for g in bound.group)
     if not bound.aggregated or grouped_by_key:
         fragment, merge = _scatter_rows(bound, scope, values)
         return read(
@@ -104,6 +99,26 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
         )
     fragment, aggregate_merge = _partial_aggregates(bound, scope, values)
     return read("partial-aggregates", aggregate_merge, fragment)
+
+
+def _pruned(
+    bound: BoundSelect, router: Router, values: Mapping[str, SqlValue]
+) -> tuple[frozenset[int] | set[int] | None, str]:
+    """The shards that can hold matching rows (None: all of them), and why."""
+    scope = bound.scope
+    assert scope is not None
+    if scope.table.is_reference:
+        return {REFERENCE_COPY}, "a reference table: one copy holds every row"
+    column = scope.spec(scope.table.distribution_column)
+    pruned = Pruner(column.name, column.affinity, router, values).shards(bound.where)
+    why = "" if pruned is None else f"WHERE on distribution column {column.name}"
+    for alike in scope.distributed_alike:  # (a co-located join's other tables)
+        spec = scope.spec(alike)
+        narrower = Pruner(alike, spec.affinity, router, values).shards(bound.where)
+        if narrower is not None:
+            pruned = narrower if pruned is None else pruned & narrower
+            why = f"{why}{', ' if why else 'WHERE on distribution column '}{alike}"
+    return pruned, why
 
 
 # --- assembling SQL --------------------------------------------------------------------

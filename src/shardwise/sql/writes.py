@@ -4,7 +4,8 @@ An INSERT's rows are grouped by the shard of their distribution value (which mus
 literal or a parameter, so the coordinator can place the row without evaluating SQL); each
 shard gets its rows as one batch, applied through that shard's group log as one entry.
 UPDATE and DELETE go to the shard the WHERE clause pins, else to every shard. A write to
-several shards is atomic: the executor applies its batches as one transaction.
+several shards is atomic: the executor applies its batches as one transaction. A write to a
+reference table goes whole to every shard of its keyspace (each holds a copy), atomically.
 ``INSERT ... SELECT`` reads first (:class:`~shardwise.sql.plans.InsertSelectPlan`), then
 places the rows it read as an INSERT of their values (:func:`plan_insert_rows`).
 
@@ -39,6 +40,8 @@ from shardwise.sql.values import SqlValue
 
 MAX_INSERT_ROWS: Final = 100_000
 """Rows in one INSERT: the statement's text and values are held whole at the coordinator."""
+
+_REFERENCE_WRITE: Final = "a reference table: every shard's copy, at once"
 
 MAX_ROWS_PER_STATEMENT: Final = 500
 """Rows per generated INSERT (a shard's batch holds several): keeps each statement far
@@ -83,14 +86,15 @@ def plan_insert(
     rows = list(source.expressions)
     if len(rows) > MAX_INSERT_ROWS:
         raise SqlLimitError("MAX_INSERT_ROWS", MAX_INSERT_ROWS, "too many rows in one INSERT")
-    dist = scope.spec(scope.table.distribution_column)
-    if dist.name not in columns:
+    reference = scope.table.is_reference
+    dist = None if reference else scope.spec(scope.table.distribution_column)
+    if dist is not None and dist.name not in columns:
         raise DistributionValueError(
             f"an INSERT into {scope.table.name!r} must give the distribution column {dist.name!r}"
         )
-    position = columns.index(dist.name)
     router = Router(catalog.keyspace(scope.table))
     by_shard: dict[int, list[exp.Tuple]] = {}
+    every_row: list[exp.Tuple] = []
     for row in rows:
         cells = list(row.expressions) if isinstance(row, exp.Tuple) else [row]
         if len(cells) != len(columns):
@@ -106,7 +110,10 @@ def plan_insert(
                 raise SqlSemanticError("INSERT values cannot name columns")
             fixed.append(fixer.fix(cell, "insert"))
         values.update(fixer.values)
-        key_value = constant(fixed[position], values)
+        if dist is None:
+            every_row.append(exp.Tuple(expressions=fixed))
+            continue
+        key_value = constant(fixed[columns.index(dist.name)], values)
         if key_value is NOT_CONSTANT:
             raise DistributionValueError(
                 f"the distribution column {dist.name!r} takes a literal or a parameter in "
@@ -114,6 +121,8 @@ def plan_insert(
             )
         shard = router.shard_of(insert_key(key_value, dist.name, dist.affinity))
         by_shard.setdefault(shard, []).append(exp.Tuple(expressions=fixed))
+    if reference:
+        by_shard = {shard: every_row for shard in router.all_shards()}
     table = exp.to_table(physical_name(scope.table.name), quoted=True)
     schema = exp.Schema(
         this=table, expressions=[exp.to_identifier(c, quoted=True) for c in columns]
@@ -134,7 +143,8 @@ def plan_insert(
         router.keyspace.name,
         router.shard_count,
         tuple(batches),
-        pruned_by="the rows' distribution values",
+        pruned_by=_REFERENCE_WRITE if reference else "the rows' distribution values",
+        copies=router.shard_count if reference else 1,
     )
 
 
@@ -211,13 +221,16 @@ def plan_update_delete(
     if scope.alias != scope.table.name:
         physical.set("alias", exp.TableAlias(this=exp.to_identifier(scope.alias, quoted=True)))
     tree.set("this", physical)
-    dist = scope.spec(scope.table.distribution_column)
     router = Router(catalog.keyspace(scope.table))
-    pruned = Pruner(dist.name, dist.affinity, router, values).shards(bound_where)
+    reference = scope.table.is_reference
+    pruned, why = None, _REFERENCE_WRITE if reference else ""
+    if not reference:
+        dist = scope.spec(scope.table.distribution_column)
+        pruned = Pruner(dist.name, dist.affinity, router, values).shards(bound_where)
+        why = "" if pruned is None else f"WHERE on distribution column {dist.name}"
     shards = sorted(router.all_shards() if pruned is None else pruned)
     fragment = _fragment(tree, values)
     batches = tuple(ShardBatch(shard, (fragment,)) for shard in shards)
-    why = "" if pruned is None else f"WHERE on distribution column {dist.name}"
     return WritePlan(
         "UPDATE" if is_update else "DELETE",
         scope.table.name,
@@ -225,6 +238,7 @@ def plan_update_delete(
         router.shard_count,
         batches,
         pruned_by=why,
+        copies=router.shard_count if reference else 1,
     )
 
 
