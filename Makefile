@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 venv: $(STAMP)
 
 test: $(STAMP) jepsen-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # A local cluster in the foreground until Ctrl-C: a controller of 3 and 3 groups of 3,
 # data in ./.shardwise (running it again reuses the data). Flags go through UP, e.g.

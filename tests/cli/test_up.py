@@ -373,7 +373,9 @@ def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> No
         " UPDATE colours SET colour = 'ruby' WHERE item_id = 1;"
         " EXPLAIN SELECT i.name, c.colour FROM items i JOIN colours c ON c.item_id = i.id;"
         " SELECT i.name, c.colour FROM items i LEFT JOIN colours c ON c.item_id = i.id"
-        " ORDER BY 1",
+        " ORDER BY 1;"
+        " ANALYZE;"  # row counts into the controller's configuration, for EXPLAIN
+        " EXPLAIN SELECT * FROM items WHERE id = 2",
     )
     assert joined.returncode == 0, joined.stderr
     words = [line.split() for line in joined.stdout.splitlines()]
@@ -387,6 +389,12 @@ def test_the_sql_shell_runs_statements_from_c_and_from_a_pipe(cluster: Up) -> No
     assert words[words.index(["fig"]) + 4][:3] == ["1", "row", "updated"], words
     assert "co-located join items AS i JOIN colours AS c" in joined.stdout, joined.stdout
     assert ["apple", "ruby"] in words and ["pear", "green"] in words and ["fig", "NULL"] in words
+    assert ["colours", "3"] in words and ["items", "3"] in words and ["sales", "4"] in words
+    assert "expected rows read: items ~1" in joined.stdout
+    listed = cli(root, "sql", stdin="\\d")
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines() if line.strip()}
+    assert rows["colours"][2:4] == ["reference", "table"] and rows["colours"][-1] == "3"
+    assert rows["items"][-1] == "3" and rows["sales"][-1] == "4"  # ANALYZE's counts
 
 
 def test_a_server_killed_with_sigkill_and_the_cluster_keeps_serving(cluster: Up) -> None:
@@ -433,8 +441,9 @@ def test_up_again_reuses_the_data_and_a_killed_supervisor_leaves_nothing(cluster
         assert "sizing flags" not in again.text()
         assert "First start" not in again.text()
         snapshot = status(cluster.root)
-        # Two joins, a leave and the SQL test's three CREATE TABLEs; nothing joined again.
-        assert snapshot["config_num"] == 6
+        # Two joins, a leave, the SQL test's three CREATE TABLEs and its ANALYZE; nothing
+        # joined again.
+        assert snapshot["config_num"] == 7
         assert owners(snapshot) == {1, 2}
         with shardwise.connect(cluster.root) as kv:
             assert kv.mget(KEYS) == KEYS

@@ -25,8 +25,10 @@ from shardwise.model.config import (
     Op,
     Rebalance,
     Scheme,
+    SetStats,
     ShardId,
     Table,
+    initial_configuration,
 )
 from shardwise.model.schemes import shard_map
 
@@ -283,3 +285,22 @@ def test_catalog() -> None:
     assert not d.do(DropTable("users")).error
     assert "users" not in d.sm.latest().tables
     assert "users" in d.sm.query(4).tables  # the past catalog stays queryable
+
+
+def test_the_controller_checks_and_keeps_counts_beside_the_catalog() -> None:
+    d = Driver()
+    columns = (Column("id", "INTEGER"),)
+    assert not d.do(CreateTable(Table("t", "default", "id", columns))).error
+    catalog_num = d.sm.latest().catalog_changed_at
+    assert not d.do(SetStats({"t": 42})).error
+    latest = d.sm.latest()
+    assert latest.stats["t"].rows == 42 and latest.stats["t"].analyzed_at == latest.num
+    # A count changes no table: statements planned before it are not refused for it.
+    assert latest.catalog_changed_at == catalog_num
+    for bad in ({"nope": 1}, {"t": -1}, {}):
+        assert d.do(SetStats(bad)).error == "catalog", bad
+    assert not d.do(DropTable("t")).error
+    assert "t" not in d.sm.latest().stats
+    # Older encodings (no stats field) still decode.
+    old = msgspec.msgpack.encode(msgspec.structs.astuple(initial_configuration())[:7])
+    assert msgspec.msgpack.decode(old, type=type(initial_configuration())).stats == {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shardwise.model.config import CreateTable, Keyspace, Scheme
+from shardwise.model.config import CreateTable, Keyspace, Scheme, TableStats
 from shardwise.sql import Catalog, StatementContext, explain, plan
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.parse import parse_statement
@@ -43,7 +43,9 @@ def catalog() -> Catalog:
         op = plan_ddl(parse_statement(ddl).statement, current).op
         assert isinstance(op, CreateTable)
         current = Catalog({**current.tables, op.table.name: op.table}, KEYSPACES)
-    return current
+    # As after ANALYZE of these tables (orders never analyzed): the expected rows.
+    stats = {"t": TableStats(8_000), "c": TableStats(1_000), "o": TableStats(5_000)}
+    return Catalog(current.tables, KEYSPACES, {**stats, "tiers": TableStats(4)})
 
 
 def read_blocks() -> list[tuple[str, list[str]]]:

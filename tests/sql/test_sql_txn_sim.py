@@ -406,3 +406,50 @@ async def test_joins_in_a_transaction_read_its_writes_and_are_validated(
             await two.execute("COMMIT", None, deadline())
         total = await kv.sql("SELECT sum(amount) FROM moves")
         assert total.rows == [(-70,)]
+
+
+async def test_a_reference_table_changes_in_every_copy_with_the_transaction(
+    tmp_path: Path, seed: int
+) -> None:
+    """A reference table written in a transaction: the transaction's own joins (inside
+    every shard) see the new row, nobody else does until COMMIT, then every shard's copy
+    has it; two transactions that read the table and both write it cannot both commit."""
+    cluster = SimCluster(tmp_path, groups=2, seed=seed)
+    async with cluster, cluster.client() as kv:
+        a, b = await setup_accounts(cluster, kv)
+        await kv.sql(
+            "CREATE TABLE kinds (id INTEGER PRIMARY KEY, kind TEXT) WITH (reference = true)"
+        )
+        await kv.sql("INSERT INTO kinds VALUES (?, 'checking')", [a])
+        joined = (
+            "SELECT acct.id, kinds.kind FROM acct LEFT JOIN kinds ON kinds.id = acct.id "
+            "ORDER BY acct.id"
+        )
+        assert "co-located" in str((await kv.sql(f"EXPLAIN {joined}")).rows[0][0])
+        one, two = kv.sql_session(), kv.sql_session()
+        await one.execute("BEGIN", None, deadline())
+        await one.execute("INSERT INTO kinds VALUES (?, 'savings')", [b], deadline())
+        mine = await one.execute(joined, None, deadline())
+        assert mine.rows == sorted([(a, "checking"), (b, "savings")])
+        theirs = await two.execute(joined, None, deadline())
+        assert theirs.rows == sorted([(a, "checking"), (b, None)])
+        await one.execute("COMMIT", None, deadline())
+        assert (await kv.sql(joined)).rows == mine.rows
+        # Every copy: a read pinned to each account's shard joins that shard's copy.
+        for account in (a, b):
+            pinned = f"{joined.split(' ORDER', maxsplit=1)[0]} WHERE acct.id = ?"
+            assert (await kv.sql(pinned, [account])).rows == [
+                r for r in mine.rows if r[0] == account
+            ]
+
+        for session in (one, two):
+            await session.execute("BEGIN", None, deadline())
+            assert (await session.execute("SELECT count(*) FROM kinds", None, deadline())).rows
+        await one.execute("UPDATE kinds SET kind = 'gold' WHERE id = ?", [a], deadline())
+        await two.execute("DELETE FROM kinds WHERE id = ?", [b], deadline())
+        await one.execute("COMMIT", None, deadline())
+        with pytest.raises(TransactionConflictError):
+            await two.execute("COMMIT", None, deadline())
+        assert (await kv.sql("SELECT id, kind FROM kinds ORDER BY id")).rows == sorted(
+            [(a, "gold"), (b, "savings")]
+        )

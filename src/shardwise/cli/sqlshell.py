@@ -295,20 +295,24 @@ def error_view(exc: Exception, statement: str | None = None) -> RenderableType:
 
 
 def tables_view(config: Configuration | None) -> RenderableType:
-    """``\\d``: every table with its keyspace, distribution column and indexes."""
+    """``\\d``: every table with its keyspace, distribution column, indexes and rows
+    (as of its latest ``ANALYZE``)."""
     tables = sorted((config.tables if config is not None else {}).values(), key=lambda t: t.name)
     if not tables:
         return Text("No tables.")
+    stats = config.stats if config is not None else {}
     view = Table(title="Tables", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-    for column in ("table", "keyspace", "distributed by", "columns", "indexes"):
-        view.add_column(column, justify="right" if column == "columns" else "left")
+    for column in ("table", "keyspace", "distributed by", "columns", "indexes", "rows"):
+        view.add_column(column, justify="right" if column in ("columns", "rows") else "left")
     for t in tables:
+        counted = stats.get(t.name)
         view.add_row(
             Text(t.name),
             Text(t.keyspace),
             Text(t.distribution_column or _REFERENCE),
             str(len(t.columns)),
             Text(", ".join(i.name for i in t.indexes)),
+            f"{counted.rows:,}" if counted is not None else "",
         )
     return view
 

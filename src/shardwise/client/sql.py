@@ -62,7 +62,14 @@ from shardwise.errors import (
     UnknownKeyspaceError,
     error_for,
 )
-from shardwise.model.config import NO_GROUP, Configuration, CreateTable, DropTable, ShardId
+from shardwise.model.config import (
+    NO_GROUP,
+    Configuration,
+    CreateTable,
+    DropTable,
+    SetStats,
+    ShardId,
+)
 from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TransactionConflictError, TransactionError
 from shardwise.net.leader import CallDeadline
@@ -308,6 +315,8 @@ class ClusterCatalog:
             # same table first): the controller's check is the one that counts.
             raise SqlCatalogError(str(exc)) from None
         config = await router.configuration_at_least(result.num, call)
+        if isinstance(op, SetStats):
+            return Catalog.from_configuration(config)  # (no shard changes anything)
         owners = config.owners.get(keyspace, ())
         gids = sorted({gid for gid in owners if gid != NO_GROUP})
         await gather_or_cancel([self._applied_by(gid, result.num, keyspace) for gid in gids])
@@ -316,6 +325,8 @@ class ClusterCatalog:
     def _keyspace_of(self, op: CatalogOp) -> str:
         if isinstance(op, CreateTable):
             return op.table.keyspace
+        if isinstance(op, SetStats):
+            return ""
         name = op.name if isinstance(op, DropTable) else op.table
         assert self._planned is not None
         table = self._planned.tables.get(name)

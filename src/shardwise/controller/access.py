@@ -35,6 +35,7 @@ from shardwise.model.config import (
     CreateTable,
     DropTable,
     Op,
+    SetStats,
 )
 
 
@@ -121,9 +122,14 @@ def change_denied(catalog: AccessCatalog, user: str | None, op: Op, config: Conf
     """Why ``user`` may not make the change ``op`` (empty: it may). ``None`` is a holder
     of the cluster secret, who may do anything. DDL needs admin on the table's keyspace;
     everything else (groups, moves, keyspaces, users and roles) needs admin on the whole
-    cluster."""
+    cluster; recording ``ANALYZE``'s counts needs write on the tables' keyspaces."""
     if user is None or catalog.allows_cluster_admin(user):
         return ""
+    if isinstance(op, SetStats):
+        spaces = sorted({t.keyspace for n, t in config.tables.items() if n in op.rows})
+        if all(catalog.allows(user, Privilege.WRITE, k) for k in spaces):
+            return ""
+        return f"user {user!r} may not ANALYZE: it needs write on keyspaces {spaces}"
     keyspace: str | None = None
     if isinstance(op, CreateTable):
         keyspace = op.table.keyspace

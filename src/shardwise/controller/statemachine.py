@@ -69,7 +69,9 @@ from shardwise.model.config import (
     MoveInfo,
     Op,
     Rebalance,
+    SetStats,
     Table,
+    TableStats,
     column_type_problem,
     initial_configuration,
 )
@@ -220,7 +222,11 @@ class ControllerStateMachine:
             return self._rebalance(latest, op)
         if isinstance(op, CreateKeyspace):
             return self._create_keyspace(latest, op)
-        return _next(latest, tables=_catalog(latest, op)), []
+        if isinstance(op, SetStats):
+            return _with_stats(latest, op), []
+        tables = _catalog(latest, op)
+        stats = {name: s for name, s in latest.stats.items() if name in tables}  # (dropped)
+        return _next(latest, tables=tables, stats=stats), []
 
     def _join(self, latest: Configuration, op: Join) -> tuple[Configuration, list[MoveInfo]]:
         if not op.groups:
@@ -360,6 +366,7 @@ def _next(latest: Configuration, *, bump: bool = True, **changes: object) -> Con
         keyspaces=dict(sorted(config.keyspaces.items())),
         owners=dict(sorted(config.owners.items())),
         tables=dict(sorted(config.tables.items())),
+        stats=dict(sorted(config.stats.items())),
     )
 
 
@@ -409,6 +416,18 @@ def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
             raise CatalogError(f"index {op.index.name!r} names a column {op.table!r} lacks")
         tables[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, op.index))
     return tables
+
+
+def _with_stats(latest: Configuration, op: SetStats) -> Configuration:
+    if not op.rows or len(op.rows) > MAX_TABLES:
+        raise CatalogError(f"statistics for 1 to {MAX_TABLES} tables")
+    stats = dict(latest.stats)
+    for name, rows in op.rows.items():
+        _table(dict(latest.tables), name)
+        if rows < 0:
+            raise CatalogError(f"a row count is never negative ({name!r}: {rows})")
+        stats[name] = TableStats(rows, latest.num + 1)
+    return _next(latest, stats=stats)
 
 
 def _check_columns(columns: tuple[Column, ...]) -> None:

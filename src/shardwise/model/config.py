@@ -142,6 +142,14 @@ class ShardId(msgspec.Struct, frozen=True, array_like=True, order=True):
         return f"{self.keyspace}/{self.index}"
 
 
+class TableStats(msgspec.Struct, frozen=True, array_like=True):
+    """What ``ANALYZE`` counted in a table (the planner's estimates start here)."""
+
+    rows: Int64
+    analyzed_at: Int64 = 0
+    """The configuration that recorded the count."""
+
+
 UNRECORDED: Final = -1
 """``Configuration.shard_map_changed_at`` / ``catalog_changed_at`` of a configuration
 encoded before they were recorded (the controller derives them again on restore)."""
@@ -165,6 +173,10 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
     applies it at one point of its own log, ordered with its writes) but leaves this be."""
     catalog_changed_at: Int64 = UNRECORDED
     """The latest configuration (``<= num``) that changed the SQL catalog (``tables``)."""
+    stats: dict[str, TableStats] = {}
+    """Table -> its statistics as of its latest ``ANALYZE`` (none: never analyzed). Not
+    part of the catalog: a new count changes no table, so no statement planned before it
+    is refused for it."""
 
     def owner(self, shard: ShardId) -> int:
         return self.owners[shard.keyspace][shard.index]
@@ -235,6 +247,12 @@ class CreateIndex(msgspec.Struct, frozen=True, tag="create_index"):
     index: IndexDef
 
 
+class SetStats(msgspec.Struct, frozen=True, tag="set_stats"):
+    """Record ``ANALYZE``'s row counts: table -> rows."""
+
+    rows: dict[str, Int64]
+
+
 Op: TypeAlias = (
     Join
     | Leave
@@ -245,6 +263,7 @@ Op: TypeAlias = (
     | DropTable
     | AddColumn
     | CreateIndex
+    | SetStats
     | CreateUser
     | DropUser
     | SetPassword

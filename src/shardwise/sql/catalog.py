@@ -13,13 +13,14 @@ planner only reads it. Two conventions live here, shared by the planner and the 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
 from shardwise.errors import SqlCatalogError
-from shardwise.model.config import Column, Configuration, Keyspace, Table
+from shardwise.model.config import Column, Configuration, Keyspace, Table, TableStats
 
 PHYSICAL_PREFIX: Final = "sql_"
 RESERVED_PREFIX: Final = "_sw_"
@@ -115,10 +116,24 @@ class Catalog:
 
     tables: Mapping[str, Table] = field(default_factory=dict)
     keyspaces: Mapping[str, Keyspace] = field(default_factory=dict)
+    stats: Mapping[str, TableStats] = field(default_factory=dict)
+    """Row counts as of each table's latest ``ANALYZE`` (:mod:`shardwise.sql.stats`)."""
 
     @classmethod
     def from_configuration(cls, config: Configuration) -> Catalog:
-        return cls(dict(config.tables), dict(config.keyspaces))
+        return cls(dict(config.tables), dict(config.keyspaces), dict(config.stats))
+
+    def expected_rows(self, table: Table, shards_read: int, shard_count: int) -> int | None:
+        """The rows of ``table`` a stage reading ``shards_read`` of its keyspace's
+        ``shard_count`` shards expects to read, from ``ANALYZE``'s count (rows spread
+        evenly; each shard visited reads its whole copy of a reference table); None:
+        never analyzed."""
+        stats = self.stats.get(table.name)
+        if stats is None:
+            return None
+        if table.is_reference:
+            return stats.rows * shards_read
+        return math.ceil(stats.rows * shards_read / max(1, shard_count))
 
     def table(self, name: str) -> Table:
         table = self.tables.get(name)

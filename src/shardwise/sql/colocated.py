@@ -143,7 +143,14 @@ def plan_colocated(
         planned = plan_select(bound, catalog, values)
     except (SqlSemanticError, SqlCatalogError) as exc:  # named as the user wrote them
         raise type(exc)(as_written(str(exc))) from None
-    return dataclasses.replace(planned, pruned_by=as_written(planned.pruned_by))
+    expected = tuple(
+        (
+            ref.table.name if ref.alias == ref.table.name else f"{ref.table.name} AS {ref.alias}",
+            catalog.expected_rows(ref.table, len(planned.shards), planned.shard_count),
+        )
+        for ref in refs
+    )
+    return dataclasses.replace(planned, pruned_by=as_written(planned.pruned_by), expected=expected)
 
 
 def _output_names(shown: exp.Select, heads: Sequence[str]) -> set[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shardwise.errors import NondeterministicSqlError
-from shardwise.model.config import ShardId
+from shardwise.model.config import SetStats, ShardId
 from shardwise.net.loop import gather_or_cancel
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.determinism import Determinizer, StatementContext
@@ -29,6 +29,7 @@ from shardwise.sql.plan_text import explain
 from shardwise.sql.planner import plan
 from shardwise.sql.plans import (
     AggregateMerge,
+    AnalyzePlan,
     CatalogPlan,
     InsertSelectPlan,
     JoinPlan,
@@ -106,6 +107,8 @@ class Coordinator:
         if isinstance(current, WritePlan):
             _check_functions(current, catalog)
             return await self._write(current)
+        if isinstance(current, AnalyzePlan):
+            return await self._count_rows(current)
         return await self._change(current, catalog)
 
     async def _analyze(self, planned: Plan) -> Result:
@@ -189,6 +192,17 @@ class Coordinator:
     async def _write(self, write: WritePlan) -> Result:
         rowcount = await self._shards.write(write.keyspace, write.batches) // write.copies
         return Result((), [], rowcount=rowcount)
+
+    async def _count_rows(self, analyze: AnalyzePlan) -> Result:
+        """``ANALYZE``: each table's rows counted, then the counts recorded together."""
+        counts: dict[str, int] = {}
+        for name, read in zip(analyze.tables, analyze.reads, strict=True):
+            (count,), *_ = (await self._read(read)).rows
+            assert isinstance(count, int)
+            counts[name] = count
+        if counts:
+            await self._catalog.change(SetStats(counts))
+        return Result(("table", "rows"), list(counts.items()))
 
     async def _change(self, change: CatalogPlan, catalog: Catalog) -> Result:
         del catalog

@@ -10,6 +10,7 @@ at a time (SQLite on small test shards is faster than a hop to a worker thread).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -28,8 +29,10 @@ from shardwise.model.config import (
     CreateTable,
     DropTable,
     Keyspace,
+    SetStats,
     ShardId,
     Table,
+    TableStats,
 )
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import Row
@@ -117,6 +120,11 @@ class LocalShards:
         return self._catalog
 
     async def change(self, op: CatalogOp) -> Catalog:
+        if isinstance(op, SetStats):
+            counts = {name: TableStats(rows) for name, rows in op.rows.items()}
+            stats = {**self._catalog.stats, **counts}
+            self._catalog = dataclasses.replace(self._catalog, stats=stats)
+            return self._catalog
         old = dict(self._catalog.tables)
         new = dict(old)
         if isinstance(op, CreateTable):
@@ -138,7 +146,8 @@ class LocalShards:
                 if shard.keyspace == keyspace:
                     for statement in statements:
                         conn.execute(statement)
-        self._catalog = Catalog(new, self._catalog.keyspaces)
+        stats = {name: s for name, s in self._catalog.stats.items() if name in new}
+        self._catalog = Catalog(new, self._catalog.keyspaces, stats)
         return self._catalog
 
     @staticmethod

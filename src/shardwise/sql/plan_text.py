@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from shardwise.sql.plans import (
     AggregateMerge,
+    AnalyzePlan,
     CatalogPlan,
     Fragment,
     InsertSelectPlan,
@@ -33,6 +34,8 @@ def explain(plan: Plan) -> list[str]:
         return _join(plan)
     if isinstance(plan, WritePlan):
         return _write(plan)
+    if isinstance(plan, AnalyzePlan):
+        return _analyze(plan)
     if isinstance(plan, InsertSelectPlan):
         columns = ", ".join(plan.columns)
         placed = (
@@ -73,6 +76,8 @@ def _read(plan: ReadPlan) -> list[str]:
     lines.append(f"  shards: {_shards(plan.shards, plan.shard_count)}")
     if plan.pruned_by:
         lines.append(f"  pruned by: {plan.pruned_by}")
+    if plan.expected:
+        lines.append(f"  expected rows read: {_expected(plan.expected)}")
     if plan.fragment is not None:
         lines.append("  fragment (each shard):")
         lines.extend(_fragment(plan.fragment, "    "))
@@ -94,8 +99,28 @@ def _join(plan: JoinPlan) -> list[str]:
         columns = ", ".join(name for name, _ in scan.columns)
         lines.append(f"  scan {number}: {scan.table} AS {scan.alias} ({columns}) as {scan.name}")
         lines.extend(f"    {line}" for line in _read(scan.read))
-    lines.append("  at the coordinator, over the scans:")
+    counts = [rows for scan in plan.scans for _, rows in scan.read.expected]
+    held = "" if None in counts else f" (at most ~{sum(c or 0 for c in counts):,} rows sent)"
+    lines.append(f"  at the coordinator, over the scans{held}:")
     lines.extend(_fragment(plan.final, "    "))
+    return lines
+
+
+def _expected(expected: tuple[tuple[str, int | None], ...]) -> str:
+    """``t ~1,000, o not analyzed (ANALYZE counts rows)``."""
+    parts = [
+        f"{name} ~{rows:,}" if rows is not None else f"{name} not analyzed"
+        for name, rows in expected
+    ]
+    unknown = any(rows is None for _, rows in expected)
+    return ", ".join(parts) + (" (ANALYZE counts rows)" if unknown else "")
+
+
+def _analyze(plan: AnalyzePlan) -> list[str]:
+    lines = [f"ANALYZE: count the rows of {', '.join(plan.tables)}, then record the counts"]
+    for name, read in zip(plan.tables, plan.reads, strict=True):
+        lines.append(f"  {name}:")
+        lines.extend(f"    {line}" for line in _read(read))
     return lines
 
 

@@ -22,6 +22,7 @@ from shardwise.sql.parse import MAX_NESTING_DEPTH, parse_statement
 from shardwise.sql.plans import InsertSelectPlan, JoinPlan, Plan, ReadPlan
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select
+from shardwise.sql.stats import plan_analyze
 from shardwise.sql.values import SqlValue
 from shardwise.sql.writes import insert_target, plan_insert, plan_update_delete
 
@@ -95,6 +96,8 @@ def _plan(
         if values:
             raise UnsupportedSqlError("parameters in DDL")
         result = plan_ddl(statement, catalog)
+    elif isinstance(statement, exp.Analyze):
+        result = plan_analyze(statement, catalog)
     else:
         name = type(statement).__name__
         raise UnsupportedSqlError(_STATEMENT_NAMES.get(name, name.upper()))

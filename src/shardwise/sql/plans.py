@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from shardwise.model.config import AddColumn, CreateIndex, CreateTable, DropTable
+from shardwise.model.config import AddColumn, CreateIndex, CreateTable, DropTable, SetStats
 from shardwise.sql.aggregates import Kind
 from shardwise.sql.ordering import SortKey
 from shardwise.sql.values import SqlValue
@@ -88,6 +88,9 @@ class ReadPlan:
     fragment: Fragment | None = None
     pruned_by: str = ""
     """Why the shards were narrowed ("" when all are read)."""
+    expected: tuple[tuple[str, int | None], ...] = ()
+    """Each table the shards read, with the rows they are expected to read of it
+    (``Catalog.expected_rows``; None: never analyzed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,7 @@ class InsertSelectPlan:
     """The table is a reference table: every row goes to every shard."""
 
 
-CatalogOp: TypeAlias = CreateTable | DropTable | AddColumn | CreateIndex
+CatalogOp: TypeAlias = CreateTable | DropTable | AddColumn | CreateIndex | SetStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,4 +169,13 @@ class CatalogPlan:
     """What every shard of the keyspace runs (derived from the catalog, shown by EXPLAIN)."""
 
 
-Plan: TypeAlias = ReadPlan | JoinPlan | WritePlan | InsertSelectPlan | CatalogPlan
+@dataclass(frozen=True, slots=True)
+class AnalyzePlan:
+    """``ANALYZE``: count each table's rows (``reads``, one per table), then record the
+    counts (``SetStats``)."""
+
+    tables: tuple[str, ...]
+    reads: tuple[ReadPlan, ...]
+
+
+Plan: TypeAlias = ReadPlan | JoinPlan | WritePlan | InsertSelectPlan | CatalogPlan | AnalyzePlan

@@ -85,6 +85,16 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
             shard_count=router.shard_count,
             fragment=fragment,
             pruned_by=why,
+            expected=(
+                ()
+                if scope.source is not None  # (a co-located join: colocated.py fills it in)
+                else (
+                    (
+                        scope.table.name,
+                        catalog.expected_rows(scope.table, len(shards), router.shard_count),
+                    ),
+                )
+            ),
         )
 
     if len(shards) == 1:
