@@ -57,7 +57,10 @@ _encode = msgspec.msgpack.Encoder().encode
 
 BLIND_RETRY_PAUSE_S: Final = 0.005
 MAX_BLIND_RETRY_PAUSE_S: Final = 0.2
-"""Back-off of a statement made atomic on its own when a transaction holds its shards."""
+"""Back-off of a statement made atomic on its own when a transaction holds its shards:
+doubling from the first, up to the larger of this and twice the attempt's own time (a
+write to every shard of a keyspace, a reference table's, takes long enough that writers
+pausing less than it would meet each other again at every retry)."""
 
 
 def control_word(query: str) -> str | None:
@@ -154,7 +157,9 @@ async def write_atomically(
     nothing else can conflict) until the statement's deadline. The rows changed."""
     _check_atomic_bounds(keyspace, batches)
     pause = BLIND_RETRY_PAUSE_S
+    clock = asyncio.get_running_loop().time
     while True:
+        started = clock()
         tx = begin()
         planned = cluster.planned(keyspace)
         for batch in batches:
@@ -170,10 +175,11 @@ async def write_atomically(
                 if isinstance(error, SqlSchemaChangedError):
                     await cluster.refresh()  # (planned again by the caller, on the new tables)
                 raise error from None
+        took = clock() - started
         if cluster.remaining() <= pause:
             raise cluster.timed_out()
         await asyncio.sleep(random.uniform(0, pause))
-        pause = min(MAX_BLIND_RETRY_PAUSE_S, 2 * pause)
+        pause = min(max(MAX_BLIND_RETRY_PAUSE_S, 2 * took), 2 * pause)
 
 
 def _check_atomic_bounds(keyspace: str, batches: Sequence[ShardBatch]) -> None:
