@@ -7,9 +7,7 @@ what held up."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,13 +17,11 @@ from shardwise.errors import (
     SqlConstraintError,
     UnsupportedSqlError,
 )
-from shardwise.model.config import Keyspace, Scheme, ShardId
-from shardwise.sql import Coordinator, LocalShards
-from shardwise.sql.determinism import StatementContext
-from shardwise.sql.functions import register
-from shardwise.sql.planner import plan
-from shardwise.sql.plans import JoinPlan, ReadPlan
+from shardwise.model.config import Keyspace, Scheme
+from shardwise.sql import LocalShards
+from shardwise.sql.plans import ReadPlan
 from shardwise.sql.values import SqlValue
+from shardwise.testing.local_sql import LocalSql
 
 SHARDS = 4
 KEYSPACES = [
@@ -67,50 +63,6 @@ ROWS: dict[str, list[Row]] = {
 }
 
 
-class Cluster:
-    def __init__(self, local: LocalShards, keyspace: str = "default") -> None:
-        self.local = local
-        self.keyspace = keyspace
-        self.shards = next(k.scheme.shards for k in KEYSPACES if k.name == keyspace)
-        self.coordinator = Coordinator(local, local)
-        self.sqlite = sqlite3.connect(":memory:", isolation_level=None)
-        register(self.sqlite)
-
-    async def run(self, sql: str, params: Sequence[SqlValue] = ()) -> list[Row]:
-        return [tuple(r) for r in (await self.coordinator.execute(sql, list(params))).rows]
-
-    async def both(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
-        result = await self.coordinator.execute(sql, list(params))
-        self.sqlite.execute(sql, list(params))
-        return result.rowcount
-
-    def copies(self, table: str) -> list[list[Row]]:
-        return [
-            sorted(
-                self.local.connection(ShardId(self.keyspace, i)).execute(
-                    f"SELECT * FROM sql_{table}"
-                ),
-                key=repr,
-            )
-            for i in range(self.shards)
-        ]
-
-    def assert_identical(self, table: str) -> list[Row]:
-        copies = self.copies(table)
-        assert all(c == copies[0] for c in copies), copies
-        return copies[0]
-
-    async def plan(self, sql: str) -> ReadPlan | JoinPlan:
-        context = StatementContext(datetime(2026, 1, 1, tzinfo=UTC), 0)
-        planned = plan(sql, [], await self.local.catalog(), context).plan
-        assert isinstance(planned, ReadPlan | JoinPlan)
-        return planned
-
-    async def same(self, sql: str, want_sql: str | None = None) -> None:
-        want = sorted(self.sqlite.execute(want_sql or sql).fetchall(), key=repr)
-        assert sorted(await self.run(sql), key=repr) == want, sql
-
-
 @pytest.fixture
 def local() -> Iterator[LocalShards]:
     shards = LocalShards(KEYSPACES)
@@ -118,8 +70,9 @@ def local() -> Iterator[LocalShards]:
     shards.close()
 
 
-async def loaded(local: LocalShards, keyspace: str = "default") -> Cluster:
-    cluster = Cluster(local, keyspace)
+async def loaded(local: LocalShards, keyspace: str = "default") -> LocalSql:
+    shards = next(k.scheme.shards for k in KEYSPACES if k.name == keyspace)
+    cluster = LocalSql(local, shards, keyspace)
     for columns, options in TABLES:
         await cluster.run(f"CREATE TABLE {columns} WITH ({options}, keyspace = '{keyspace}')")
         cluster.sqlite.execute(f"CREATE TABLE {columns}")

@@ -7,19 +7,15 @@ tables"). Answers are compared with one SQLite database holding every row."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator
 
 import pytest
 
 from shardwise.errors import SqlCatalogError, SqlConstraintError, SqlError
-from shardwise.model.config import Keyspace, Scheme, ShardId
-from shardwise.sql import Coordinator, LocalShards
-from shardwise.sql.determinism import StatementContext
-from shardwise.sql.planner import plan
+from shardwise.model.config import Keyspace, Scheme
+from shardwise.sql import LocalShards
 from shardwise.sql.plans import JoinPlan, ReadPlan
-from shardwise.sql.values import SqlValue
+from shardwise.testing.local_sql import LocalSql
 
 SHARDS = 4
 KEYSPACES = [
@@ -32,42 +28,6 @@ TIERS: list[tuple[int, str]] = [(0, "free"), (1, "basic"), (2, "pro"), (5, "nobo
 USERS: list[tuple[int, int | None]] = [(1, 1), (2, 2), (3, None), (4, 1), (5, 7), (6, 0)]
 
 
-class Cluster:
-    def __init__(self, local: LocalShards) -> None:
-        self.local = local
-        self.coordinator = Coordinator(local, local)
-        self.sqlite = sqlite3.connect(":memory:", isolation_level=None)
-
-    async def run(self, sql: str, params: Sequence[SqlValue] = ()) -> list[tuple[SqlValue, ...]]:
-        return (await self.coordinator.execute(sql, list(params))).rows
-
-    async def both(self, sql: str, params: Sequence[SqlValue] = ()) -> int:
-        """``sql`` on the cluster and on the single SQLite database; the rows changed."""
-        result = await self.coordinator.execute(sql, list(params))
-        self.sqlite.execute(sql, list(params))
-        return result.rowcount
-
-    def copies(self, table: str = "tiers") -> list[list[tuple[SqlValue, ...]]]:
-        """Every shard's copy of ``table``, sorted."""
-        return [
-            sorted(
-                self.local.connection(ShardId("default", i)).execute(f"SELECT * FROM sql_{table}"),
-                key=repr,
-            )
-            for i in range(SHARDS)
-        ]
-
-    async def plan(self, sql: str) -> ReadPlan | JoinPlan:
-        context = StatementContext(datetime(2026, 1, 1, tzinfo=UTC), 0)
-        planned = plan(sql, [], await self.local.catalog(), context).plan
-        assert isinstance(planned, ReadPlan | JoinPlan)
-        return planned
-
-    async def same(self, sql: str) -> None:
-        want = sorted(self.sqlite.execute(sql).fetchall(), key=repr)
-        assert sorted(await self.run(sql), key=repr) == want, sql
-
-
 @pytest.fixture
 def local() -> Iterator[LocalShards]:
     shards = LocalShards(KEYSPACES)
@@ -75,10 +35,10 @@ def local() -> Iterator[LocalShards]:
     shards.close()
 
 
-async def loaded(local: LocalShards) -> Cluster:
+async def loaded(local: LocalShards) -> LocalSql:
     """The tables ``tiers`` (a reference table) and ``users``, filled, on the cluster and
     in the single SQLite database."""
-    cluster = Cluster(local)
+    cluster = LocalSql(local, SHARDS)
     for columns, options in (
         ("tiers (tier INTEGER PRIMARY KEY, label TEXT UNIQUE)", "reference = true"),
         ("users (id INTEGER, tier INTEGER)", "distribution = 'id'"),
@@ -99,7 +59,7 @@ async def test_every_shard_holds_the_same_full_copy_after_every_kind_of_write(
     local: LocalShards,
 ) -> None:
     cluster = await loaded(local)
-    assert cluster.copies() == [sorted(TIERS, key=repr)] * SHARDS
+    assert cluster.copies("tiers") == [sorted(TIERS, key=repr)] * SHARDS
     assert await cluster.both("UPDATE tiers SET label = label || '!' WHERE tier > 0") == 3
     assert await cluster.both("DELETE FROM tiers WHERE tier = 5") == 1
     assert await cluster.both("INSERT INTO tiers VALUES (9, 'new'), (10, 'newer')") == 2
@@ -108,7 +68,7 @@ async def test_every_shard_holds_the_same_full_copy_after_every_kind_of_write(
     cluster.sqlite.execute("ALTER TABLE tiers ADD COLUMN weight REAL DEFAULT 1.5")
     want = sorted(cluster.sqlite.execute("SELECT * FROM tiers").fetchall(), key=repr)
     assert len(want) == 11
-    assert cluster.copies() == [want] * SHARDS
+    assert cluster.copies("tiers") == [want] * SHARDS
     await cluster.same("SELECT * FROM tiers")
 
 
@@ -122,7 +82,7 @@ async def test_a_constraint_holds_table_wide_and_a_refused_write_changes_no_copy
         await cluster.run("INSERT INTO tiers VALUES (7, 'seven'), (8, 'free')")
     with pytest.raises(SqlConstraintError, match="UNIQUE"):
         await cluster.run("UPDATE tiers SET tier = 1 WHERE tier = 2")
-    assert cluster.copies() == [sorted(TIERS, key=repr)] * SHARDS
+    assert cluster.copies("tiers") == [sorted(TIERS, key=repr)] * SHARDS
     await cluster.run("CREATE UNIQUE INDEX tiers_label_tier ON tiers (label, tier)")
     with pytest.raises(SqlCatalogError, match="must include the distribution column"):
         await cluster.run("CREATE UNIQUE INDEX users_tier ON users (tier)")
@@ -131,7 +91,7 @@ async def test_a_constraint_holds_table_wide_and_a_refused_write_changes_no_copy
 async def test_the_rows_changed_are_counted_once_not_once_per_copy(local: LocalShards) -> None:
     cluster = await loaded(local)
     assert (await cluster.coordinator.execute("DELETE FROM tiers", [])).rowcount == len(TIERS)
-    assert cluster.copies() == [[]] * SHARDS
+    assert cluster.copies("tiers") == [[]] * SHARDS
 
 
 @pytest.mark.parametrize(
