@@ -92,6 +92,7 @@ def plan_insert(
         raise DistributionValueError(
             f"an INSERT into {scope.table.name!r} must give the distribution column {dist.name!r}"
         )
+    position = -1 if dist is None else columns.index(dist.name)
     router = Router(catalog.keyspace(scope.table))
     by_shard: dict[int, list[exp.Tuple]] = {}
     every_row: list[exp.Tuple] = []
@@ -113,7 +114,7 @@ def plan_insert(
         if dist is None:
             every_row.append(exp.Tuple(expressions=fixed))
             continue
-        key_value = constant(fixed[columns.index(dist.name)], values)
+        key_value = constant(fixed[position], values)
         if key_value is NOT_CONSTANT:
             raise DistributionValueError(
                 f"the distribution column {dist.name!r} takes a literal or a parameter in "
@@ -121,22 +122,32 @@ def plan_insert(
             )
         shard = router.shard_of(insert_key(key_value, dist.name, dist.affinity))
         by_shard.setdefault(shard, []).append(exp.Tuple(expressions=fixed))
-    if reference:
-        by_shard = {shard: every_row for shard in router.all_shards()}
     table = exp.to_table(physical_name(scope.table.name), quoted=True)
     schema = exp.Schema(
         this=table, expressions=[exp.to_identifier(c, quoted=True) for c in columns]
     )
     per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, MAX_PARAMS // max(1, len(columns))))
-    batches = []
-    for shard in sorted(by_shard):
-        shard_rows = by_shard[shard]
-        statements = []
-        for start in range(0, len(shard_rows), per_statement):
-            chunk = shard_rows[start : start + per_statement]
-            insert = exp.Insert(this=schema.copy(), expression=exp.Values(expressions=chunk))
-            statements.append(_fragment(insert, values))
-        batches.append(ShardBatch(shard, tuple(statements), rows=len(shard_rows)))
+
+    def statements(rows: list[exp.Tuple]) -> tuple[Fragment, ...]:
+        return tuple(
+            _fragment(
+                exp.Insert(
+                    this=schema.copy(),
+                    expression=exp.Values(expressions=rows[start : start + per_statement]),
+                ),
+                values,
+            )
+            for start in range(0, len(rows), per_statement)
+        )
+
+    if reference:  # the same statements for every copy, written out once
+        every = statements(every_row)
+        batches = [ShardBatch(s, every, rows=len(every_row)) for s in router.all_shards()]
+    else:
+        batches = [
+            ShardBatch(shard, statements(by_shard[shard]), rows=len(by_shard[shard]))
+            for shard in sorted(by_shard)
+        ]
     return WritePlan(
         "INSERT",
         scope.table.name,
