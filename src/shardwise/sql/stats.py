@@ -7,10 +7,11 @@ a reference table), and records the counts in the controller's configuration
 count changes no table). As in PostgreSQL, nothing counts rows as they are written; the
 counts are as fresh as the last ``ANALYZE``.
 
-Plans carry what they expect from the counts (:meth:`Catalog.expected_rows`): the rows a stage
-reads on the shards it visits, assuming a table's rows spread evenly over its shards.
-``EXPLAIN`` prints them next to each stage; ``EXPLAIN ANALYZE`` adds what the stage did
-read and send. They are the input for choosing among join strategies.
+Plans carry what they expect from the counts (:meth:`Catalog.expected_rows`): the rows a
+stage reads on the shards it visits, assuming a table's rows spread evenly over its
+shards. ``EXPLAIN`` prints them next to each stage; ``EXPLAIN ANALYZE`` adds what the
+stage did read and send. (Broadcast and repartition joins, not built yet, are to be
+chosen by them.)
 """
 
 from __future__ import annotations
