@@ -294,6 +294,7 @@ def test_the_controller_checks_and_keeps_counts_beside_the_catalog() -> None:
     catalog_num = d.sm.latest().catalog_changed_at
     assert not d.do(SetStats({"t": 42})).error
     latest = d.sm.latest()
+    assert d.do(SetStats({"t": 42})).num == latest.num  # the same count: no new configuration
     assert latest.stats["t"].rows == 42 and latest.stats["t"].analyzed_at == latest.num
     # A count changes no table: statements planned before it are not refused for it.
     assert latest.catalog_changed_at == catalog_num

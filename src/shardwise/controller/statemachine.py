@@ -172,7 +172,9 @@ class ControllerStateMachine:
             # A command the edge checks should have refused: the same on every replica.
             result = ChangeResult(self.latest().num, error="controller", message=f"{exc}")
         else:
-            if len(self._configs) >= MAX_CONFIGURATIONS:
+            if config is self.latest():  # (nothing to change: no new configuration)
+                result = ChangeResult(config.num, tuple(moves))
+            elif len(self._configs) >= MAX_CONFIGURATIONS:
                 result = ChangeResult(self.latest().num, error="full", message="too many configs")
             else:
                 config = with_change_numbers(self.latest(), config)
@@ -387,7 +389,7 @@ def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
     if isinstance(op, CreateTable):
         table = op.table
         _check_name(table.name, "table")
-        if table.name in tables:
+        if table.name.lower() in {name.lower() for name in tables}:  # (SQLite ignores case)
             raise CatalogError(f"table {table.name!r} exists")
         if table.keyspace not in latest.keyspaces:
             raise UnknownKeyspaceError(f"there is no keyspace {table.keyspace!r}")
@@ -419,15 +421,23 @@ def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
 
 
 def _with_stats(latest: Configuration, op: SetStats) -> Configuration:
+    """``latest`` with ``op``'s counts (``latest`` itself when they are its own)."""
     if not op.rows or len(op.rows) > MAX_TABLES:
         raise CatalogError(f"statistics for 1 to {MAX_TABLES} tables")
     stats = dict(latest.stats)
     for name, rows in op.rows.items():
-        _table(dict(latest.tables), name)
+        table = _table(dict(latest.tables), name)
         if rows < 0:
             raise CatalogError(f"a row count is never negative ({name!r}: {rows})")
-        stats[name] = TableStats(rows, latest.num + 1)
-    return _next(latest, stats=stats)
+        if op.created.get(name, table.created_at) != table.created_at:
+            raise CatalogError(
+                f"table {name!r} was dropped and created again while ANALYZE counted it: "
+                "run ANALYZE again"
+            )
+        known = stats.get(name)
+        if known is None or known.rows != rows:
+            stats[name] = TableStats(rows, latest.num + 1)
+    return latest if stats == latest.stats else _next(latest, stats=stats)
 
 
 def _check_columns(columns: tuple[Column, ...]) -> None:

@@ -251,6 +251,9 @@ class SetStats(msgspec.Struct, frozen=True, tag="set_stats"):
     """Record ``ANALYZE``'s row counts: table -> rows."""
 
     rows: dict[str, Int64]
+    created: dict[str, Int64] = {}
+    """Table -> the ``created_at`` of the table that was counted: a table dropped and
+    created again since is refused, not given the old table's count."""
 
 
 Op: TypeAlias = (

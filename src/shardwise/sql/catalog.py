@@ -13,11 +13,12 @@ planner only reads it. Two conventions live here, shared by the planner and the 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
+
+from sqlglot import exp
 
 from shardwise.errors import SqlCatalogError
 from shardwise.model.config import Column, Configuration, Keyspace, Table, TableStats
@@ -84,6 +85,12 @@ def physical_name(table: str) -> str:
     return PHYSICAL_PREFIX + table
 
 
+def table_node(name: str) -> exp.Table:
+    """A reference to the table called exactly ``name``, quoted (never parsed: a name may
+    hold dots, quotes or dashes)."""
+    return exp.Table(this=exp.to_identifier(name, quoted=True))
+
+
 def logical_names(message: str, tables: Iterable[str]) -> str:
     """``message`` (SQLite's, from a shard) with the physical name of each of ``tables``
     made the user's again: ``UNIQUE constraint failed: sql_users.id`` becomes ``...:
@@ -133,7 +140,7 @@ class Catalog:
             return None
         if table.is_reference:
             return stats.rows * shards_read
-        return math.ceil(stats.rows * shards_read / max(1, shard_count))
+        return -(-stats.rows * shards_read // max(1, shard_count))  # (exact: no floats)
 
     def table(self, name: str) -> Table:
         table = self.tables.get(name)

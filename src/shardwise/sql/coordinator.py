@@ -201,7 +201,9 @@ class Coordinator:
             assert isinstance(count, int)
             counts[name] = count
         if counts:
-            await self._catalog.change(SetStats(counts))
+            await self._catalog.change(
+                SetStats(counts, dict(zip(analyze.tables, analyze.created, strict=True)))
+            )
         return Result(("table", "rows"), list(counts.items()))
 
     async def _change(self, change: CatalogPlan, catalog: Catalog) -> Result:

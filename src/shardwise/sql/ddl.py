@@ -25,6 +25,7 @@ table from the catalog (:mod:`shardwise.sql.shard_schema`), including shards mad
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 from sqlglot import exp
@@ -143,7 +144,19 @@ def _create_table(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
     exists = name in catalog.tables
     if exists and not statement.args.get("exists"):
         raise SqlCatalogError(f"table {name!r} already exists")
+    _check_case_apart(name, catalog.tables, "table")
     return CatalogPlan(CreateTable(table), skip=exists, shard_ddl=tuple(create_table_ddl(table)))
+
+
+def _check_case_apart(name: str, names: Iterable[str], what: str) -> None:
+    """Refuse ``name`` where another differs from it only in case: SQLite, which holds
+    them on the shards, takes them for one (the second would share the first's rows)."""
+    twin = next((n for n in names if n != name and n.lower() == name.lower()), None)
+    if twin is not None:
+        raise SqlCatalogError(
+            f"{what} {name!r} differs from {twin!r} only in case, which SQLite ignores in "
+            "names: choose another name"
+        )
 
 
 def _properties(statement: exp.Create) -> dict[str, str]:
@@ -259,6 +272,7 @@ def _create_index(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
     exists = any(i.name == name for i in table.indexes)
     if exists and not statement.args.get("exists"):
         raise SqlCatalogError(f"index {name!r} already exists on {table.name!r}")
+    _check_case_apart(name, (i.name for i in table.indexes), "index")
     if len(table.indexes) >= MAX_INDEXES_PER_TABLE:
         raise SqlCatalogError(f"at most {MAX_INDEXES_PER_TABLE} indexes per table")
     definition = IndexDef(name, tuple(columns), unique)

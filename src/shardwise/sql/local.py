@@ -121,6 +121,8 @@ class LocalShards:
 
     async def change(self, op: CatalogOp) -> Catalog:
         if isinstance(op, SetStats):
+            for name in op.rows:
+                self._table(dict(self._catalog.tables), name)
             counts = {name: TableStats(rows) for name, rows in op.rows.items()}
             stats = {**self._catalog.stats, **counts}
             self._catalog = dataclasses.replace(self._catalog, stats=stats)

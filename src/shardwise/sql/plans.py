@@ -176,6 +176,8 @@ class AnalyzePlan:
 
     tables: tuple[str, ...]
     reads: tuple[ReadPlan, ...]
+    created: tuple[int, ...] = ()
+    """Each table's ``created_at`` when planned (a table made anew since is not counted)."""
 
 
 Plan: TypeAlias = ReadPlan | JoinPlan | WritePlan | InsertSelectPlan | CatalogPlan | AnalyzePlan

@@ -39,12 +39,13 @@ def add_column_ddl(table: str, spec: ColumnSpec) -> str:
 
 def _same_table(before: Table, after: Table) -> bool:
     """Whether ``after`` is ``before`` changed in place (else: dropped, made anew). A
-    table created again under its name has another ``created_at``; the distribution
-    column is compared too, for catalogs that do not record it (a test's)."""
+    table created again under its name has another ``created_at``; 0 is unknown (a
+    table recorded before the field existed, or a test's catalog), where only the
+    distribution column tells."""
+    known = before.created_at and after.created_at
     return (
-        before.created_at == after.created_at
-        and before.distribution_column == after.distribution_column
-    )
+        not known or before.created_at == after.created_at
+    ) and before.distribution_column == after.distribution_column
 
 
 def _problem(columns: Iterable[Column]) -> bool:

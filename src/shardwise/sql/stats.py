@@ -22,7 +22,7 @@ from sqlglot import exp
 
 from shardwise.errors import SqlLimitError, UnsupportedSqlError
 from shardwise.sql.bind import check_table
-from shardwise.sql.catalog import Catalog
+from shardwise.sql.catalog import Catalog, table_node
 from shardwise.sql.plans import AnalyzePlan, ReadPlan
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select
@@ -47,8 +47,9 @@ def plan_analyze(statement: exp.Analyze, catalog: Catalog) -> AnalyzePlan:
         )
     reads: list[ReadPlan] = []
     for name in names:
-        catalog.table(name)
-        count = exp.select(exp.Count(this=exp.Star())).from_(exp.to_table(name, quoted=True))
+        catalog.table(name)  # (raises if there is none)
+        count = exp.select(exp.Count(this=exp.Star())).from_(table_node(name))
         read = plan_select(bind_select(count, catalog, {}), catalog, {})
         reads.append(read)
-    return AnalyzePlan(tuple(names), tuple(reads))
+    created = tuple(catalog.table(name).created_at for name in names)
+    return AnalyzePlan(tuple(names), tuple(reads), created)

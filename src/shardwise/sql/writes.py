@@ -29,7 +29,7 @@ from shardwise.errors import (
     UnsupportedSqlError,
 )
 from shardwise.sql.bind import Scope, check_supported
-from shardwise.sql.catalog import Catalog, physical_name
+from shardwise.sql.catalog import Catalog, physical_name, table_node
 from shardwise.sql.determinism import Determinizer
 from shardwise.sql.dialect import to_sqlite
 from shardwise.sql.distribution import Router, insert_key
@@ -122,7 +122,7 @@ def plan_insert(
             )
         shard = router.shard_of(insert_key(key_value, dist.name, dist.affinity))
         by_shard.setdefault(shard, []).append(exp.Tuple(expressions=fixed))
-    table = exp.to_table(physical_name(scope.table.name), quoted=True)
+    table = table_node(physical_name(scope.table.name))
     schema = exp.Schema(
         this=table, expressions=[exp.to_identifier(c, quoted=True) for c in columns]
     )
@@ -200,7 +200,7 @@ def plan_insert_rows(
             cells.append(exp.Placeholder(this=name))
         tuples.append(exp.Tuple(expressions=cells))
     target = exp.Schema(
-        this=exp.to_table(plan.table, quoted=True),
+        this=table_node(plan.table),
         expressions=[exp.to_identifier(c, quoted=True) for c in plan.columns],
     )
     insert = exp.Insert(this=target, expression=exp.Values(expressions=tuples))
@@ -228,7 +228,7 @@ def plan_update_delete(
     if isinstance(statement, exp.Update):
         tree.set("expressions", _assignments(statement, scope, fixer))
     values.update(fixer.values)
-    physical = exp.to_table(physical_name(scope.table.name), quoted=True)
+    physical = table_node(physical_name(scope.table.name))
     if scope.alias != scope.table.name:
         physical.set("alias", exp.TableAlias(this=exp.to_identifier(scope.alias, quoted=True)))
     tree.set("this", physical)
