@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_placement_benchmark_quick_run() -> None:
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "placement.py"), "--quick"],
-        capture_output=True,
+def run_script(
+    args: list[str], *, timeout: float, check: bool = False, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` in a session of its own: a timeout (this one, or pytest's
+    around the test) kills the script and every server it started, where killing the
+    script alone would leave its cluster running and loading the machine."""
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, args, out, err)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def test_placement_benchmark_quick_run() -> None:
+    run = run_script(
+        [sys.executable, str(ROOT / "bench" / "placement.py"), "--quick"],
         timeout=300,
         check=True,
     )
@@ -33,10 +59,8 @@ def test_faults_benchmark_quick_etcd_run() -> None:
     """etcd's side of ``bench/faults.py`` (its addresses, cut links and client, which no
     other test covers), about 20 s; skipped without root, nftables or etcd."""
     script = ROOT / "bench" / "faults.py"
-    run = subprocess.run(
+    run = run_script(
         [sys.executable, str(script), "--quick", "--systems", "etcd", "--duration", "10"],
-        capture_output=True,
-        text=True,
         timeout=120,
         check=False,
     )
@@ -51,11 +75,9 @@ def test_faults_benchmark_quick_etcd_run() -> None:
 def test_join_benchmark_small_run() -> None:
     """``bench/sql_joins.py`` on 2,000 sales rows: every query answers as SQLite does (the
     script checks) and the table has a row per query."""
-    run = subprocess.run(
+    run = run_script(
         [sys.executable, str(ROOT / "bench" / "sql_joins.py"), "--sales", "2000", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        timeout=270,  # (under the test's own limit: our kill comes first)
         check=False,
         cwd=ROOT / "bench",
     )
