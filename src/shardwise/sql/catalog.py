@@ -18,8 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-from sqlglot import exp
-
 from shardwise.errors import SqlCatalogError
 from shardwise.model.config import Column, Configuration, Keyspace, Table, TableStats
 
@@ -83,12 +81,6 @@ class ColumnSpec:
 def physical_name(table: str) -> str:
     """The table's name inside a shard's SQLite file."""
     return PHYSICAL_PREFIX + table
-
-
-def table_node(name: str) -> exp.Table:
-    """A reference to the table called exactly ``name``, quoted (never parsed: a name may
-    hold dots, quotes or dashes)."""
-    return exp.Table(this=exp.to_identifier(name, quoted=True))
 
 
 def logical_names(message: str, tables: Iterable[str]) -> str:

@@ -90,3 +90,9 @@ def to_sqlite(expression: exp.Expr, *, backticks: bool = False) -> str:
 def to_text(expression: exp.Expr) -> str:
     """The expression as shardwise SQL (for column names and messages)."""
     return expression.sql(dialect=Shardwise)
+
+
+def table_node(name: str) -> exp.Table:
+    """A reference to the table called exactly ``name``, quoted (never parsed, as
+    ``exp.to_table`` parses: a name may hold dots, quotes or dashes)."""
+    return exp.Table(this=exp.to_identifier(name, quoted=True))

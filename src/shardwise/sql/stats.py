@@ -22,7 +22,8 @@ from sqlglot import exp
 
 from shardwise.errors import SqlLimitError, UnsupportedSqlError
 from shardwise.sql.bind import check_table
-from shardwise.sql.catalog import Catalog, table_node
+from shardwise.sql.catalog import Catalog
+from shardwise.sql.dialect import table_node
 from shardwise.sql.plans import AnalyzePlan, ReadPlan
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select

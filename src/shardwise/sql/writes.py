@@ -29,9 +29,9 @@ from shardwise.errors import (
     UnsupportedSqlError,
 )
 from shardwise.sql.bind import Scope, check_supported
-from shardwise.sql.catalog import Catalog, physical_name, table_node
+from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.determinism import Determinizer
-from shardwise.sql.dialect import to_sqlite
+from shardwise.sql.dialect import table_node, to_sqlite
 from shardwise.sql.distribution import Router, insert_key
 from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, constant
 from shardwise.sql.plans import Fragment, InsertSelectPlan, ShardBatch, WritePlan
