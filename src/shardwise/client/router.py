@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Final, Protocol, TypeVar
 
 from shardwise.client.batching import CallBatcher
+from shardwise.client.turns import ShardTurns
 from shardwise.controller.client import ControllerClient
 from shardwise.errors import (
     AuthenticationError,
@@ -128,6 +129,8 @@ class ShardRouter:
         )
         self._config: Configuration | None = None
         self._fetched_at = 0.0
+        self.turns = ShardTurns()
+        """Turns on shards for this client's writes over several shards (turns.py)."""
         """When the controller last answered (loop time)."""
         self._fetching: asyncio.Task[None] | None = None
         """The one configuration fetch in flight, shared by every call that needs it."""

@@ -47,6 +47,7 @@ from shardwise.client.sqltxn import (
     to_statements,
     write_atomically,
 )
+from shardwise.client.turns import ShardTurns
 from shardwise.client.writers import WriterPool
 from shardwise.errors import (
     CatalogError,
@@ -398,6 +399,11 @@ class ClusterShards:
 
     def planned(self, keyspace: str) -> tuple[int, int]:
         return self._catalog.planned(keyspace)
+
+    @property
+    def turns(self) -> ShardTurns:
+        """This client's turns on shards for its writes over several shards."""
+        return self._router.turns
 
     def remaining(self) -> float:
         return self._call.remaining()

@@ -156,6 +156,20 @@ async def write_atomically(
     again while another transaction holds a shard (a lock conflict: nothing was read, so
     nothing else can conflict) until the statement's deadline. The rows changed."""
     _check_atomic_bounds(keyspace, batches)
+    shards = [ShardId(keyspace, batch.shard) for batch in batches]
+    try:
+        async with cluster.turns.holding(shards, cluster.remaining()):
+            return await _write_in_turn(cluster, begin, keyspace, batches)
+    except TimeoutError:
+        raise cluster.timed_out() from None
+
+
+async def _write_in_turn(
+    cluster: ClusterShards,
+    begin: Callable[[], Transaction],
+    keyspace: str,
+    batches: Sequence[ShardBatch],
+) -> int:
     pause = BLIND_RETRY_PAUSE_S
     clock = asyncio.get_running_loop().time
     while True:
