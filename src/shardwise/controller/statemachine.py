@@ -426,7 +426,7 @@ def _with_stats(latest: Configuration, op: SetStats) -> Configuration:
         raise CatalogError(f"statistics for 1 to {MAX_TABLES} tables")
     stats = dict(latest.stats)
     for name, rows in op.rows.items():
-        table = _table(dict(latest.tables), name)
+        table = _table(latest.tables, name)
         if rows < 0:
             raise CatalogError(f"a row count is never negative ({name!r}: {rows})")
         if op.created.get(name, table.created_at) != table.created_at:

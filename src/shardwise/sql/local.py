@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -122,7 +122,7 @@ class LocalShards:
     async def change(self, op: CatalogOp) -> Catalog:
         if isinstance(op, SetStats):
             for name in op.rows:
-                self._table(dict(self._catalog.tables), name)
+                self._table(self._catalog.tables, name)
             counts = {name: TableStats(rows) for name, rows in op.rows.items()}
             stats = {**self._catalog.stats, **counts}
             self._catalog = dataclasses.replace(self._catalog, stats=stats)
@@ -153,7 +153,7 @@ class LocalShards:
         return self._catalog
 
     @staticmethod
-    def _table(tables: dict[str, Table], name: str) -> Table:
+    def _table(tables: Mapping[str, Table], name: str) -> Table:
         if name not in tables:
             raise SqlCatalogError(f"there is no table {name!r}")
         return tables[name]
