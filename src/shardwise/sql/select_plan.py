@@ -73,6 +73,10 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
     shards = sorted(router.all_shards() if pruned is None else pruned)
     if not shards:
         shards = [0]  # a contradiction: any one shard answers (with no rows) as well
+    expected: tuple[tuple[str, int | None], ...] = ()  # (a co-located join: colocated.py's)
+    if scope.source is None:
+        rows = catalog.expected_rows(scope.table, len(shards), router.shard_count)
+        expected = ((scope.table.name, rows),)
 
     def read(strategy: Strategy, merge: Merge, fragment: Fragment) -> ReadPlan:
         return ReadPlan(
@@ -85,16 +89,7 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
             shard_count=router.shard_count,
             fragment=fragment,
             pruned_by=why,
-            expected=(
-                ()
-                if scope.source is not None  # (a co-located join: colocated.py fills it in)
-                else (
-                    (
-                        scope.table.name,
-                        catalog.expected_rows(scope.table, len(shards), router.shard_count),
-                    ),
-                )
-            ),
+            expected=expected,
         )
 
     if len(shards) == 1:
