@@ -43,6 +43,7 @@ from shardwise.shardserver.commands import (
 from shardwise.shardserver.migration.image import export_image
 from shardwise.shardserver.protocol import schema_digest
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
+from shardwise.sql.shipped import ShippedTable, refusal
 
 S0, S1 = ShardId("default", 0), ShardId("default", 1)
 SERVERS: dict[int, tuple[str, ...]] = {1: ("127.0.0.1:1",), 2: ("127.0.0.1:2",)}
@@ -330,3 +331,73 @@ def test_only_errors_of_the_statement_and_data_are_deterministic() -> None:
     assert sqlshard.check_params({"a": 1 << 63}) != ""
     assert sqlshard.check_params({"a": [1]}) != ""
     assert sqlshard.check_params({"a": None, "b": 1.5, "c": b"x", "d": "s", "e": True}) == ""
+
+
+# --- shipped tables (a broadcast join's small side) --------------------------------------
+
+NAMES = ShippedTable("_sw_t1", (("k", "INTEGER"), ("label", "TEXT")), ((1, "one"), (2, 5)))
+
+
+def test_a_read_joins_shipped_rows_typed_and_leaves_nothing_behind(group: Group) -> None:
+    group.write(S0, row(1, "5"), row(2, "b"), row(3, "c"))
+    store = group.sm.shards[S0].store
+    assert store is not None
+    join = (
+        'SELECT i.id, n.label FROM "sql_items" i JOIN _sw_t1 n ON n.k = i.id'
+        " WHERE n.label = i.name OR n.label = 'one' ORDER BY i.id"
+    )
+    # label 5 was stored as '5' by the TEXT column, as it would be in the table it came
+    # from, so it equals the name '5'... and 'one' matches itself.
+    conn = store._sql_connection()
+    open_before = conn.in_transaction  # (a store on a cache disk keeps one open)
+    assert store.read_sql(join, {}, 10, (NAMES,)) == [(1, "one")]
+    assert conn.in_transaction == open_before
+    typed = "SELECT n.k FROM _sw_t1 n WHERE n.label = 5"
+    assert store.read_sql(typed, {}, 10, (NAMES,)) == [(2,)]
+    for hostile in (
+        "INSERT INTO _sw_t1 VALUES (3, 'x')",
+        "DELETE FROM _sw_t1",
+        "SELECT * FROM temp.sqlite_master",
+        "CREATE TEMP TABLE _sw_t2 (x)",
+    ):
+        with pytest.raises(SqlExecutionError):
+            store.read_sql(hostile, {}, 10, (NAMES,))
+    # Gone after each read, however it ended: not in the next read, not in the file.
+    with pytest.raises(SqlExecutionError, match="no such table"):
+        group.read(S0, "SELECT * FROM _sw_t1")
+    assert group.read(S0, 'SELECT count(*) FROM "sql_items"') == [(3,)]
+    assert group.write(S0, row(4, "d"), seq=2).rowcount == 1  # writes go on
+    assert conn.execute("SELECT count(*) FROM temp.sqlite_master").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("tables", "why"),
+    [
+        ((ShippedTable("sql_items", (("k", "INTEGER"),), ()),), "is not _sw_t<number>"),
+        ((ShippedTable('_sw_t1"; DROP TABLE sql_items; --', (("k", "TEXT"),), ()),), "not _sw_t"),
+        ((ShippedTable("_sw_t1", (("k", "INTEGER PRIMARY KEY"),), ()),), "not an affinity"),
+        ((ShippedTable("_sw_t1", (("k", "INTEGER"), ("K", "TEXT")), ()),), "column twice"),
+        ((ShippedTable("_sw_t1", (), ()),), "1 to 256 columns"),
+        ((ShippedTable("_sw_t1", (("", "TEXT"),), ()),), "empty, long or has NUL"),
+        ((ShippedTable("_sw_t1", (("k", "TEXT"),), ((1, 2),)),), "a row of 2 values"),
+        ((ShippedTable("_sw_t1", (("k", "INTEGER"),), ((1 << 63,),)),), "64-bit"),
+        ((ShippedTable("_sw_t1", (("k", "INTEGER"),), (([1],),)),), "not a SQL value"),  # type: ignore[arg-type]
+        ((NAMES, NAMES), "two shipped tables of one name"),
+        (tuple(ShippedTable(f"_sw_t{i}", (("k", "INTEGER"),), ()) for i in range(9)), "more than"),
+        ((ShippedTable("_sw_t1", (("k", "INTEGER"),), ((0,),) * 100_001),), "shipped rows"),
+    ],
+)
+def test_shipped_tables_are_checked_before_anything_is_made(
+    tables: tuple[ShippedTable, ...], why: str
+) -> None:
+    assert why in refusal(tables)
+
+
+def test_a_column_name_cannot_escape_its_quotes(group: Group) -> None:
+    store = group.sm.shards[S0].store
+    assert store is not None
+    name = 'x" INTEGER); DROP TABLE "sql_items"; --'
+    table = ShippedTable("_sw_t0", ((name, "TEXT"),), (("v",),))
+    assert refusal((table,)) == ""
+    assert store.read_sql("SELECT * FROM _sw_t0", {}, 10, (table,)) == [("v",)]
+    assert group.read(S0, 'SELECT count(*) FROM "sql_items"') == [(0,)]

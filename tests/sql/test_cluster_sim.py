@@ -30,6 +30,7 @@ from shardwise.model.sql import SqlStatement
 from shardwise.shardserver.protocol import (
     SQL_READ,
     SQL_WRITE,
+    ShippedRows,
     SqlReadRequest,
     SqlReply,
     SqlWriteRequest,
@@ -355,3 +356,40 @@ async def test_a_shard_runs_a_statement_only_against_the_tables_it_was_planned_w
             assert not waiting.done()
             cluster.heal()
             assert (await waiting).rows == [(5 * 7,)]
+
+
+@pytest.mark.virtual_time
+async def test_shipped_rows_are_refused_at_the_door_when_hostile_and_joined_when_not(
+    tmp_path: Path, seed: int
+) -> None:
+    """A broadcast join's rows travel in the read request: the server checks them before
+    the read reaches the state machine, and the group serves on either way."""
+    cluster = SimCluster(tmp_path, groups=1, seed=seed)
+    async with cluster:
+        await cluster.join(1)
+        await cluster.settled()
+        async with cluster.client() as kv:
+            await kv.sql("CREATE TABLE t (id INTEGER, v TEXT) WITH (distribution = 'id')")
+            await kv.sql("INSERT INTO t VALUES (1, '1'), (2, 'b')")
+            config = await cluster.configuration()
+            digest = schema_digest(config.tables, "default")
+            shard = _shard(config, 1)
+            gid = config.owner(shard)
+            join = 'SELECT t.id, s.n FROM "sql_t" t JOIN _sw_t0 s ON s.n = t.v'
+
+            def read(*rows: tuple[object, ...], name: str = "_sw_t0") -> SqlReadRequest:
+                shipped = ShippedRows(name, (("n", "TEXT"),), rows)
+                return SqlReadRequest(shard, join, {}, 10, config.num, digest, (shipped,))
+
+            hostile = [
+                read((1,), name="sql_t"),
+                read((1, 2)),
+                read(((1 << 64) - 1,)),
+            ]
+            for request in hostile:
+                reply: SqlReply = await cluster.call_group(gid, SQL_READ, request)
+                assert reply.error and not reply.rows, reply
+            # 1 travels as an integer and is stored as '1' by the TEXT column, as in t.
+            reply = await cluster.call_group(gid, SQL_READ, read((1,), ("zz",)))
+            assert reply.error == "" and [tuple(r) for r in reply.rows] == [(1, "1")], reply
+            assert (await _rows(kv, "SELECT count(*) FROM t")) == [(2,)]

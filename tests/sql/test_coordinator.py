@@ -101,12 +101,23 @@ async def test_explain_analyze_runs_a_read_and_reports_each_stage(local: LocalSh
         "EXPLAIN ANALYZE SELECT a.id, b.id FROM a JOIN b ON b.a_x = a.x WHERE a.x < ?", [25]
     )
     lines = [str(r[0]) for r in joined.rows]
+    assert lines[0].startswith("Distributed broadcast read of a, b")
+    actual = lines[lines.index("actual:") + 1 :]
+    assert actual[0].startswith("  scan 2: 8 shard(s) read in ") and "3 rows sent" in actual[0]
+    assert (
+        actual[1]
+        == "  broadcast: 3 rows of 1 table(s) shipped to each of 8 shard(s) (24 rows sent)"
+    )
+    assert actual[2].startswith("  join: 8 shard(s) read in ") and ": 2 rows sent" in actual[2]
+    assert actual[3].startswith("  2 rows returned in ")
+    full = await sql.execute("EXPLAIN ANALYZE SELECT a.id, b.id FROM a FULL JOIN b ON b.a_x = a.x")
+    lines = [str(r[0]) for r in full.rows]
     assert lines[0].startswith("Distributed coordinator-join read of a, b")
     actual = lines[lines.index("actual:") + 1 :]
-    assert actual[0].startswith("  scan 1: 8 shard(s) read in ") and "2 rows sent" in actual[0]
+    assert actual[0].startswith("  scan 1: 8 shard(s) read in ") and "3 rows sent" in actual[0]
     assert actual[1].startswith("  scan 2: 8 shard(s) read in ") and "3 rows sent" in actual[1]
-    assert actual[2].startswith("  at the coordinator: 5 rows in 2 table(s) -> 2 rows in ")
-    assert actual[3].startswith("  2 rows returned in ")
+    assert actual[2].startswith("  at the coordinator: 6 rows in 2 table(s) -> 5 rows in ")
+    assert actual[3].startswith("  5 rows returned in ")
     pinned = await sql.execute("EXPLAIN ANALYZE SELECT x FROM a WHERE id = 2")
     assert "  1 shard(s) read in" in "\n".join(str(r[0]) for r in pinned.rows)
     with pytest.raises(UnsupportedSqlError, match="EXPLAIN ANALYZE"):

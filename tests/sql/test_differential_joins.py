@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shardwise.model.config import Keyspace, Scheme
-from shardwise.sql import Coordinator, LocalShards, colocated, join_plan
+from shardwise.sql import Coordinator, LocalShards, colocated, coordinator, join_plan
 from shardwise.sql.bind import conjuncts
 from shardwise.sql.determinism import StatementContext
 from shardwise.sql.difftest import Query, Row, compare_queries, differences
@@ -27,6 +27,7 @@ from shardwise.sql.difftest_joins import (
 )
 from shardwise.sql.planner import plan
 from shardwise.sql.plans import JoinPlan, ReadPlan
+from shardwise.sql.shipped import ShippedTable
 from shardwise.sql.values import SqlValue
 
 QUERIES = 1_200
@@ -67,6 +68,7 @@ async def test_generated_joins_and_subqueries_match_single_sqlite(
     # Both strategies, and the co-located one down to a single shard, on data where
     # they matter.
     assert strategies["coordinator-join"] > QUERIES // 4
+    assert strategies["broadcast"] > QUERIES // 10
     assert strategies["co-located"] > QUERIES // 20
     assert strategies["co-located single-shard"] > 0
     # Joins with the reference table t run on the shards.
@@ -109,6 +111,7 @@ def _strategy(planned: object) -> str:
         "co-located-not-on-keys",
         "pins-any-affinity",
         "reference-rows-preserved",
+        "shipped-untyped",
     ],
 )
 async def test_control_a_planted_pushdown_bug_is_caught(
@@ -118,8 +121,16 @@ async def test_control_a_planted_pushdown_bug_is_caught(
     pushed into the NULL-extended side of an outer join, an outer join's ON condition
     pushed into its preserved side, a constant carried across an equality of two
     affinities) and a join run inside the shards that does not join on the distribution
-    columns, or that keeps a reference table's unmatched rows on every shard."""
-    if planted == "reference-rows-preserved":
+    columns, or that keeps a reference table's unmatched rows on every shard, and a
+    broadcast join whose shipped rows lose their columns' affinity."""
+    if planted == "shipped-untyped":
+        # The bug: a broadcast join's shipped rows declared without their affinity (as a
+        # VALUES list would be), so text_column = 5 no longer converts the 5.
+        def untyped(scan, rows):  # type: ignore[no-untyped-def]
+            return ShippedTable(scan.name, tuple((n, "BLOB") for n, _ in scan.columns), rows)
+
+        monkeypatch.setattr(coordinator, "_shipped", untyped)
+    elif planted == "reference-rows-preserved":
         # The bug: t LEFT JOIN c run inside the shards.
         monkeypatch.setattr(colocated, "_may_anchor", lambda side: True)
     elif planted == "pins-any-affinity":

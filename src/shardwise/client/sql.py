@@ -43,6 +43,7 @@ from shardwise.client.sqltxn import (
     TxnCatalog,
     TxnShards,
     control_word,
+    shipped_rows,
     sql_error_of,
     to_statements,
     write_atomically,
@@ -381,7 +382,8 @@ class ClusterShards:
     async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
         num, digest = self._catalog.planned(shard.keyspace)
         params = dict(fragment.params)
-        request = SqlReadRequest(shard, fragment.sql, params, max_rows, num, digest)
+        shipped = shipped_rows(fragment)
+        request = SqlReadRequest(shard, fragment.sql, params, max_rows, num, digest, shipped)
         reply = await self.send(shard, SQL_READ, request, num)
         return [tuple(row) for row in reply.rows]
 

@@ -36,7 +36,7 @@ from shardwise.model.txn import (
     TransactionError,
 )
 from shardwise.net.loop import gather_or_cancel
-from shardwise.shardserver.protocol import TXN_SQL, SqlReply, TxnSqlRequest
+from shardwise.shardserver.protocol import TXN_SQL, ShippedRows, SqlReply, TxnSqlRequest
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class TxnShards:
 
     async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
         statement = SqlStatement(fragment.sql, dict(fragment.params))
-        reply = await self._visit(shard, (), statement, max_rows)
+        reply = await self._visit(shard, (), statement, max_rows, shipped_rows(fragment))
         return [tuple(row) for row in reply.rows]
 
     async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
@@ -106,11 +106,12 @@ class TxnShards:
         statements: tuple[SqlStatement, ...],
         read: SqlStatement | None,
         max_rows: int,
+        shipped: tuple[ShippedRows, ...] = (),
     ) -> SqlReply:
         state = self._tx.sql_state(shard)
         pending = tuple(state.statements) if state is not None else ()
         num, digest = self._cluster.planned(shard.keyspace)
-        request = TxnSqlRequest(shard, pending, statements, read, max_rows, num, digest)
+        request = TxnSqlRequest(shard, pending, statements, read, max_rows, num, digest, shipped)
         reply = await self._cluster.send(shard, TXN_SQL, request, num)
         self._tx.saw_sql(shard, reply.version)
         return reply
@@ -225,3 +226,11 @@ def sql_error_of(tx: Transaction, exc: TransactionError, cluster: ClusterShards)
         error: SqlError = cluster.error(failure, shard)
         return error
     return exc
+
+
+def shipped_rows(fragment: Fragment) -> tuple[ShippedRows, ...]:
+    """A read fragment's shipped tables as a request carries them."""
+    return tuple(
+        ShippedRows(t.name, t.columns, tuple(tuple(row) for row in t.rows))
+        for t in fragment.shipped
+    )

@@ -182,6 +182,16 @@ def schema_digest(tables: Mapping[str, Table], keyspace: str) -> int:
     return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little")
 
 
+class ShippedRows(msgspec.Struct, frozen=True, array_like=True):
+    """A table a read fragment reads beside the shard's own (a broadcast join's small
+    side): see ``shardwise.sql.shipped``, which checks and makes it."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    """Each column's name and affinity."""
+    rows: tuple[tuple[Any, ...], ...] = ()
+
+
 class SqlReadRequest(msgspec.Struct, frozen=True):
     """A read fragment on one shard, linearizable (ReadIndex, then the shard's SQLite)."""
 
@@ -190,9 +200,10 @@ class SqlReadRequest(msgspec.Struct, frozen=True):
     params: dict[str, Any] = {}
     """SQLite values by parameter name (checked by the server: see ``SqlStatement``)."""
     max_rows: Int64 = 1000
-    """More rows than this: the read fails with a limit error (nothing is shipped)."""
+    """More rows than this: the read fails with a limit error (no row is sent)."""
     catalog_num: Int64 = 0
     schema: UInt64 = 0
+    shipped: tuple[ShippedRows, ...] = ()
 
 
 class SqlWriteRequest(msgspec.Struct, frozen=True):
@@ -221,6 +232,8 @@ class TxnSqlRequest(msgspec.Struct, frozen=True):
     max_rows: Int64 = 1000
     catalog_num: Int64 = 0
     schema: UInt64 = 0
+    shipped: tuple[ShippedRows, ...] = ()
+    """Tables ``read`` reads beside the shard's own (as :class:`SqlReadRequest`'s)."""
 
 
 class SqlFailure(msgspec.Struct, frozen=True):

@@ -102,6 +102,8 @@ from shardwise.shardserver.sqlshard import (
     check_params,
     failure_of,
     result_failure,
+    shipped_of,
+    shipped_refusal,
 )
 from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine
 from shardwise.shardserver.txn.handlers import TxnHandlers
@@ -342,7 +344,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     async def _sql_read(self, request: SqlReadRequest, context: CallContext) -> SqlReply:
         if denied := self._sql_denied(context, request.shard, [(request.sql, request.params)]):
             return denied
-        problem = check_params(request.params)
+        problem = check_params(request.params) or shipped_refusal(request.shipped)
         if problem or request.max_rows < 0:
             return SqlReply("ok", error=problem or f"max_rows {request.max_rows} is negative")
         r = request
@@ -354,6 +356,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
                 sql=r.sql,
                 params=r.params,
                 max_rows=r.max_rows,
+                shipped=shipped_of(r.shipped),
             ),
             timeout_s=REQUEST_TIMEOUT_S,
         )

@@ -62,10 +62,12 @@ from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.protocol import (
     MAX_SQL_BATCH_BYTES,
     MAX_SQL_STATEMENTS,
+    ShippedRows,
     SqlFailure,
 )
 from shardwise.sql.catalog import PHYSICAL_PREFIX
 from shardwise.sql.shard_schema import schema_changes
+from shardwise.sql.shipped import ShippedTable, is_shipped, refusal, shipped_tables
 from shardwise.sql.values import INT64_MAX, INT64_MIN
 from shardwise.sql.write_functions import TimeFunctions
 from shardwise.sql.write_rules import function_refusal
@@ -410,6 +412,17 @@ def check_params(params: Mapping[str, Any]) -> str:
 # --- reads -----------------------------------------------------------------------------------
 
 
+def shipped_of(shipped: Sequence[ShippedRows]) -> tuple[ShippedTable, ...]:
+    """A request's shipped tables as :func:`run_read` takes them (check them with
+    :func:`shipped_refusal` first)."""
+    return tuple(ShippedTable(t.name, t.columns, t.rows) for t in shipped)
+
+
+def shipped_refusal(shipped: Sequence[ShippedRows]) -> str:
+    """Why a request's shipped tables are refused at the door ("" if they are not)."""
+    return refusal(shipped_of(shipped)) if shipped else ""
+
+
 def run_read(
     conn: sqlite3.Connection,
     sql: str,
@@ -420,9 +433,39 @@ def run_read(
     max_bytes: int = MAX_SQL_REPLY_BYTES,
     max_seconds: float = MAX_SQL_READ_S,
     clock: Callable[[], float] = time.monotonic,
+    shipped: Sequence[ShippedTable] = (),
 ) -> list[tuple[Any, ...]]:
-    """The rows of a read fragment, read-only, within the bounds above."""
+    """The rows of a read fragment, read-only, within the bounds above; ``shipped``
+    (checked by the caller: ``shipped.refusal``) are tables it may read for as long as
+    it runs (a broadcast join's small side)."""
     max_rows = min(max_rows, MAX_SQL_READ_ROWS)
+    try:
+        with shipped_tables(conn, shipped):
+            return _read_rows(
+                conn,
+                sql,
+                params,
+                max_rows,
+                shard=shard,
+                max_bytes=max_bytes,
+                max_seconds=max_seconds,
+                clock=clock,
+            )
+    except sqlite3.Error as exc:  # (making the shipped tables: the fragment's are typed)
+        raise SqlExecutionError(str(exc) or type(exc).__name__, shard) from None
+
+
+def _read_rows(
+    conn: sqlite3.Connection,
+    sql: str,
+    params: Mapping[str, Any],
+    max_rows: int,
+    *,
+    shard: str,
+    max_bytes: int,
+    max_seconds: float,
+    clock: Callable[[], float],
+) -> list[tuple[Any, ...]]:
     deadline = clock() + max_seconds
     rows: list[tuple[Any, ...]] = []
     size = 0
@@ -483,8 +526,12 @@ def _user_table(name: str | None) -> bool:
     return name is not None and name.startswith(PHYSICAL_PREFIX)
 
 
-def _authorize_read(action: int, arg1: str | None, *_: object) -> int:
-    if action in _READ_ACTIONS or (action == sqlite3.SQLITE_READ and _user_table(arg1)):
+def _authorize_read(
+    action: int, arg1: str | None, _arg2: str | None, database: str | None, *_: object
+) -> int:
+    if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_READ and (_user_table(arg1) or is_shipped(arg1, database)):
         return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 

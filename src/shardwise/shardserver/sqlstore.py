@@ -27,6 +27,7 @@ from shardwise.shardserver.tracking import ChangeTracker
 
 if TYPE_CHECKING:
     from shardwise.shardserver.txn.state import SqlRunner
+    from shardwise.sql.shipped import ShippedTable
     from shardwise.sql.write_functions import TimeFunctions
 
 _SQL_STALE: Final = SqlWriteResult(stale=True)
@@ -219,7 +220,12 @@ class SqlStoreMixin:
                 rows = []
                 if read is not None:
                     rows = sqlshard.run_read(
-                        conn, read.sql, read.params, visit.max_rows, shard=str(self.shard)
+                        conn,
+                        read.sql,
+                        read.params,
+                        visit.max_rows,
+                        shard=str(self.shard),
+                        shipped=sqlshard.shipped_of(visit.shipped),
                     )
                 return SqlVisit(version, SqlWriteResult(), rows)
             except SqlWriteTooCostlyError as exc:
@@ -278,12 +284,20 @@ class SqlStoreMixin:
         self.flush()
         return sqlshard.time_trial(conn, statements, max_seconds=max_seconds, times=self._times)
 
-    def read_sql(self, sql: str, params: Mapping[str, Any], max_rows: int) -> list[tuple[Any, ...]]:
+    def read_sql(
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        max_rows: int,
+        shipped: Sequence[ShippedTable] = (),
+    ) -> list[tuple[Any, ...]]:
         """The rows of a read fragment (read-only, bounded: see ``sqlshard.run_read``)."""
         from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
 
         conn = self._sql_connection()
-        return sqlshard.run_read(conn, sql, params, max_rows, shard=str(self.shard))
+        return sqlshard.run_read(
+            conn, sql, params, max_rows, shard=str(self.shard), shipped=shipped
+        )
 
     def sql_tables(self) -> dict[str, Table]:
         """The catalog tables this shard's SQL schema reflects."""

@@ -87,6 +87,7 @@ from shardwise.shardserver.migration.owners import owner_changes
 from shardwise.shardserver.protocol import SchemaVerdict, schema_digest
 from shardwise.shardserver.store import ShardStore
 from shardwise.shardserver.writes import TxnCommand, WriteApplier
+from shardwise.sql.shipped import ShippedTable
 from shardwise.storage.fsutil import CacheDisk
 
 logger = logging.getLogger(__name__)
@@ -370,6 +371,7 @@ class ShardGroupStateMachine:
         sql: str,
         params: Mapping[str, Any],
         max_rows: int,
+        shipped: Sequence[ShippedTable] = (),
     ) -> SqlRead:
         """A read fragment on ``shard`` (raises ``SqlError`` if it fails or passes a
         bound), if the shard serves here with the tables the client planned with."""
@@ -381,7 +383,8 @@ class ShardGroupStateMachine:
             return SqlRead(True, self.config.num, verdict)
         if locker := record.store.sql_locked(write=False):
             return SqlRead(True, self.config.num, locked=locker)
-        return SqlRead(True, self.config.num, rows=record.store.read_sql(sql, params, max_rows))
+        rows = record.store.read_sql(sql, params, max_rows, shipped)
+        return SqlRead(True, self.config.num, rows=rows)
 
     def refused_sql(self, shard: ShardId, statements: Sequence[SqlStatement]) -> str:
         """Why a SQL write to ``shard`` is refused before it is proposed ("" if it is

@@ -27,6 +27,11 @@ table, of one shard, so each shard makes its own joined rows and no other shard 
 them. The anchor itself must then come by an inner join (``r LEFT JOIN d`` would keep
 the rows of ``r`` that match nothing on every shard); a statement of reference tables
 alone is the coordinator join's (each read from one copy).
+
+**Shipped tables** (a broadcast join, :mod:`shardwise.sql.broadcast`) are planned the
+same way as reference tables: the rows of such a table, read once, travel with the
+fragment to every shard and become a table there, so each shard again holds all of them.
+They may come from any keyspace.
 """
 
 from __future__ import annotations
@@ -65,6 +70,13 @@ class _Ref:
     alias: str
     table: Table
     columns: tuple[ColumnSpec, ...]
+    shipped: str = ""
+    """The name its shipped rows go by on each shard ("": it is read in place)."""
+
+    @property
+    def everywhere(self) -> bool:
+        """Every shard has all its rows: a reference table or shipped rows."""
+        return self.table.is_reference or bool(self.shipped)
 
     def has(self, name: str) -> bool:
         return any(c.name == name for c in self.columns)
@@ -77,9 +89,11 @@ def plan_colocated(
     *,
     heads: Sequence[str] = (),
     written: exp.Select | None = None,
+    shipped: Mapping[str, str] | None = None,
 ) -> ReadPlan | None:
-    """The co-located plan of ``select``, or None when it does not qualify."""
-    refs = _refs(select, catalog)
+    """The co-located plan of ``select``, or None when it does not qualify; the tables
+    of the aliases in ``shipped`` are read from the shipped tables it names."""
+    refs = _refs(select, catalog, shipped or {})
     if refs is None or not _joined_on_distribution(select, refs):
         return None
     resolve = _Resolver(refs)
@@ -107,13 +121,13 @@ def plan_colocated(
             continue  # select_bind resolves it to the select item
         ref, spec = resolve(column)
         column.replace(exp.column(virtual(ref, spec.name), quoted=True))
-    distributed = [ref for ref in refs if not ref.table.is_reference]
+    distributed = [ref for ref in refs if not ref.everywhere]
     keys = [virtual(ref, ref.table.distribution_column) for ref in distributed]  # (they prune)
     source = _derived_table(select, refs, virtual_names, resolve)
     columns = tuple(ColumnSpec(virtual_names[key], spec.type_name) for key, spec in used.items())
     table = Table(
         JOINED_ALIAS,
-        refs[0].table.keyspace,
+        distributed[0].table.keyspace,
         keys[0],  # the anchor's
         tuple(Column(c.name, c.type_name) for c in columns),
     )
@@ -121,13 +135,14 @@ def plan_colocated(
         [to_text(select.args["from_"].this)]
         + [to_text(join) for join in select.args.get("joins") or ()]
     )
+    kind = "broadcast join" if shipped else "co-located join"
     scope = Scope(
         table,
         JOINED_ALIAS,
         columns,
         source=source,
         distributed_alike=tuple(keys[1:]),
-        label=f"co-located join {label}",
+        label=f"{kind} {label}",
     )
     outer.set("from_", exp.From(this=exp.to_table(JOINED_ALIAS)))
 
@@ -149,6 +164,7 @@ def plan_colocated(
             catalog.expected_rows(ref.table, len(planned.shards), planned.shard_count),
         )
         for ref in refs
+        if not ref.shipped  # (read by its own scan: see broadcast.py)
     )
     return dataclasses.replace(planned, pruned_by=as_written(planned.pruned_by), expected=expected)
 
@@ -185,7 +201,7 @@ def _spec(ref: _Ref, name: str) -> ColumnSpec:
 # --- what qualifies --------------------------------------------------------------------
 
 
-def _refs(select: exp.Select, catalog: Catalog) -> list[_Ref] | None:
+def _refs(select: exp.Select, catalog: Catalog, shipped: Mapping[str, str]) -> list[_Ref] | None:
     if select.args.get("with_") or not select.args.get("joins"):
         return None
     if any(
@@ -206,12 +222,16 @@ def _refs(select: exp.Select, catalog: Catalog) -> list[_Ref] | None:
         if node.name not in catalog.tables:
             return None
         table = catalog.table(node.name)
-        refs.append(_Ref(node.alias or node.name, table, tuple(catalog.columns(table))))
+        alias = node.alias or node.name
+        columns = tuple(catalog.columns(table))
+        refs.append(_Ref(alias, table, columns, shipped.get(alias, "")))
     aliases = [r.alias for r in refs]
-    if len(set(aliases)) != len(aliases) or len({r.table.keyspace for r in refs}) != 1:
+    if len(set(aliases)) != len(aliases) or set(shipped) - set(aliases):
+        return None
+    if len({r.table.keyspace for r in refs if not r.shipped}) != 1:
         return None
     for ref in refs:
-        if ref.table.is_reference:
+        if ref.everywhere:
             continue
         if _spec(ref, ref.table.distribution_column).affinity not in _PLACED_BY_VALUE:
             return None
@@ -223,7 +243,7 @@ def _joined_on_distribution(select: exp.Select, refs: list[_Ref]) -> bool:
     distribution value to equal an earlier distributed table's, of the same affinity,
     except the first distributed table's (the anchor), which comes by an inner join; a
     reference table's on anything."""
-    anchored = not refs[0].table.is_reference
+    anchored = not refs[0].everywhere
     for position, join in enumerate(select.args["joins"], start=1):
         side = (join.args.get("side") or "").upper()
         kind = (join.args.get("kind") or "").upper()
@@ -232,14 +252,14 @@ def _joined_on_distribution(select: exp.Select, refs: list[_Ref]) -> bool:
         if join.args.get("method") or join.args.get("using"):
             return False
         new, on = refs[position], join.args.get("on")
-        if new.table.is_reference:
+        if new.everywhere:
             continue
         if not anchored:
             if not _may_anchor(side):
                 return False
             anchored = True
             continue
-        earlier = [r for r in refs[:position] if not r.table.is_reference]
+        earlier = [r for r in refs[:position] if not r.everywhere]
         if on is None or not any(_pins(c, new, earlier) for c in conjuncts(on)):
             return False
     return anchored
@@ -355,6 +375,6 @@ def _derived_table(
 
 def _physical(ref: _Ref) -> exp.Table:
     return exp.Table(
-        this=exp.to_identifier(physical_name(ref.table.name), quoted=True),
+        this=exp.to_identifier(ref.shipped or physical_name(ref.table.name), quoted=True),
         alias=exp.TableAlias(this=exp.to_identifier(ref.alias, quoted=True)),
     )

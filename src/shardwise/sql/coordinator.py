@@ -11,6 +11,7 @@ is atomic: the executor applies its batches together or not at all.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from shardwise.errors import NondeterministicSqlError
 from shardwise.model.config import SetStats, ShardId
 from shardwise.net.loop import gather_or_cancel
-from shardwise.sql.catalog import Catalog
+from shardwise.sql.catalog import Catalog, affinity
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.engine import ScanRows, run_final, run_join, run_local
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
@@ -30,6 +31,7 @@ from shardwise.sql.planner import plan
 from shardwise.sql.plans import (
     AggregateMerge,
     AnalyzePlan,
+    Broadcast,
     CatalogPlan,
     InsertSelectPlan,
     JoinPlan,
@@ -37,9 +39,11 @@ from shardwise.sql.plans import (
     Plan,
     ReadPlan,
     RowMerge,
+    TableScan,
     WritePlan,
 )
 from shardwise.sql.shard_schema import create_table_ddl
+from shardwise.sql.shipped import ShippedTable
 from shardwise.sql.write_functions import refused_function
 from shardwise.sql.writes import plan_insert_rows
 
@@ -164,21 +168,38 @@ class Coordinator:
         return Result(read.columns, rows)
 
     async def _join(self, join: JoinPlan) -> Result:
-        """Every scan read (together, within one budget), then the statement over them."""
+        """Every scan read (together, within one budget), then the statement over them;
+        or, for a broadcast join, the shipped scans first, then the shards of the
+        anchor with their rows (the coordinator join if they are too many)."""
         budget = Budget(self._limits)
-        shipped: dict[int, int] = {}
+        sent: dict[int, int] = {}
+        results: dict[int, Result] = {}
 
-        async def scan(read: ReadPlan, number: int) -> Result:
-            result = await self._read(read, budget, f"scan {number}: ")
+        async def scan(index: int) -> None:
+            results[index] = await self._read(join.scans[index].read, budget, f"scan {index + 1}: ")
             for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
-                shipped[shard] = shipped.get(shard, 0) + rows
-            return result
+                sent[shard] = sent.get(shard, 0) + rows
 
-        results = await gather_or_cancel([scan(s.read, n) for n, s in enumerate(join.scans, 1)])
-        self.last_rows_shipped = shipped
+        broadcast = join.broadcast
+        if broadcast is not None and broadcast.read.fragment is None:
+            return await self._read(broadcast.read)  # (LIMIT 0: nothing to read)
+        if broadcast is not None:
+            await gather_or_cancel([scan(i) for i in broadcast.shipped])
+            tables = tuple(_shipped(join.scans[i], results[i].rows) for i in broadcast.shipped)
+            count = sum(len(t.rows) for t in tables)
+            if count <= broadcast.max_rows and _bytes(tables) <= broadcast.max_bytes:
+                return await self._broadcast(broadcast, tables, sent)
+            self._note(
+                f"  {count:,} rows to ship, over the broadcast bounds"
+                f" ({broadcast.max_rows:,} rows, {broadcast.max_bytes:,} bytes):"
+                " the coordinator join instead"
+            )
+        rest = [i for i in range(len(join.scans)) if i not in results]
+        await gather_or_cancel([scan(i) for i in rest])
+        self.last_rows_shipped = sent
         scans = [
-            ScanRows(scan.name, scan.columns, result.rows)
-            for scan, result in zip(join.scans, results, strict=True)
+            ScanRows(scan.name, scan.columns, results[index].rows)
+            for index, scan in enumerate(join.scans)
         ]
         started = _now()
         names, rows = run_join(scans, join.final, self._limits.max_rows, self._limits.max_bytes)
@@ -188,6 +209,22 @@ class Coordinator:
             f" in {_ms(_now() - started)}"
         )
         return Result(_result_names(join.columns, names), rows)
+
+    async def _broadcast(
+        self, broadcast: Broadcast, tables: tuple[ShippedTable, ...], sent: dict[int, int]
+    ) -> Result:
+        read = broadcast.read
+        assert read.fragment is not None
+        rows = sum(len(t.rows) for t in tables)
+        self._note(
+            f"  broadcast: {rows:,} rows of {len(tables)} table(s) shipped to each of"
+            f" {len(read.shards)} shard(s) ({rows * len(read.shards):,} rows sent)"
+        )
+        fragment = dataclasses.replace(read.fragment, shipped=tables)
+        result = await self._read(dataclasses.replace(read, fragment=fragment), stage="join: ")
+        for shard, count in sent.items():
+            self.last_rows_shipped[shard] = self.last_rows_shipped.get(shard, 0) + count
+        return result
 
     async def _write(self, write: WritePlan) -> Result:
         rowcount = await self._shards.write(write.keyspace, write.batches) // write.copies
@@ -211,6 +248,18 @@ class Coordinator:
         if not change.skip:
             await self._catalog.change(change.op)
         return Result(())
+
+
+def _shipped(scan: TableScan, rows: list[Row]) -> ShippedTable:
+    """A scan's rows as a broadcast join ships them: columns declared by affinity."""
+    columns = tuple((name, affinity(type_name)) for name, type_name in scan.columns)
+    return ShippedTable(scan.name, columns, rows)
+
+
+def _bytes(tables: tuple[ShippedTable, ...]) -> int:
+    return sum(
+        len(v) if isinstance(v, str | bytes) else 8 for t in tables for row in t.rows for v in row
+    )
 
 
 def _now() -> float:

@@ -39,6 +39,7 @@ from shardwise.sql.executor import Row
 from shardwise.sql.functions import register
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 from shardwise.sql.shard_schema import schema_changes
+from shardwise.sql.shipped import refusal, shipped_tables
 
 
 class LocalShards:
@@ -77,9 +78,13 @@ class LocalShards:
     async def read(self, shard: ShardId, fragment: Fragment, max_rows: int) -> list[Row]:
         self.reads += 1
         conn = self._conns[shard]
+        if why := refusal(fragment.shipped):
+            raise SqlExecutionError(why, str(shard))
         try:
-            cursor = conn.execute(fragment.sql, dict(fragment.params))
-            rows = cursor.fetchmany(max_rows + 1)
+            with shipped_tables(conn, fragment.shipped):
+                cursor = conn.execute(fragment.sql, dict(fragment.params))
+                rows = cursor.fetchmany(max_rows + 1)
+                cursor.close()
         except sqlite3.Error as exc:
             raise SqlExecutionError(str(exc), str(shard)) from None
         if len(rows) > max_rows:

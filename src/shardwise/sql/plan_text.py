@@ -95,7 +95,27 @@ def _join(plan: JoinPlan) -> list[str]:
         for scan in plan.scans
     )
     lines = [f"Distributed {plan.strategy} read of {tables}"]
+    broadcast = plan.broadcast
+    shipped = broadcast.shipped if broadcast is not None else ()
     for number, scan in enumerate(plan.scans, 1):
+        if broadcast is not None and number - 1 not in shipped:
+            continue
+        columns = ", ".join(name for name, _ in scan.columns)
+        lines.append(f"  scan {number}: {scan.table} AS {scan.alias} ({columns}) as {scan.name}")
+        lines.extend(f"    {line}" for line in _read(scan.read))
+    if broadcast is not None:
+        counts = [rows for i in shipped for _, rows in plan.scans[i].read.expected]
+        many = "" if None in counts else f" (~{sum(c or 0 for c in counts):,} rows"
+        many += f" to each of {len(broadcast.read.shards)} shard(s))" if many else ""
+        lines.append(f"  shipped with each fragment of the join{many}, which runs:")
+        lines.extend(f"    {line}" for line in _read(broadcast.read))
+        lines.append(
+            f"  over {broadcast.max_rows:,} rows or {broadcast.max_bytes:,} bytes to ship:"
+            " the coordinator join instead, after reading the other scans:"
+        )
+    for number, scan in enumerate(plan.scans, 1):
+        if broadcast is None or number - 1 in shipped:
+            continue
         columns = ", ".join(name for name, _ in scan.columns)
         lines.append(f"  scan {number}: {scan.table} AS {scan.alias} ({columns}) as {scan.name}")
         lines.extend(f"    {line}" for line in _read(scan.read))

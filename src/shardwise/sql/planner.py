@@ -3,6 +3,7 @@ clock, no randomness except what the :class:`StatementContext` carries."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -11,6 +12,7 @@ from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from shardwise.errors import SqlLimitError, SqlSemanticError, UnsupportedSqlError
+from shardwise.sql.broadcast import plan_broadcast
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.colocated import plan_colocated
 from shardwise.sql.ddl import plan_ddl
@@ -122,6 +124,10 @@ def _plan_read(
         colocated = plan_colocated(fixed, catalog, values, heads=heads, written=statement)
         if colocated is not None:
             return colocated
-        return plan_multi(fixed, catalog, values, heads=heads, written=statement)
+        join = plan_multi(fixed, catalog, values, heads=heads, written=statement)
+        broadcast = plan_broadcast(fixed, catalog, values, join, heads=heads, written=statement)
+        if broadcast is None:
+            return join
+        return dataclasses.replace(join, strategy="broadcast", broadcast=broadcast)
     bound_select = bind_select(fixed, catalog, values, heads=heads, written=statement)
     return plan_select(bound_select, catalog, values)

@@ -14,15 +14,18 @@ from typing import Literal, TypeAlias
 from shardwise.model.config import AddColumn, CreateIndex, CreateTable, DropTable, SetStats
 from shardwise.sql.aggregates import Kind
 from shardwise.sql.ordering import SortKey
+from shardwise.sql.shipped import ShippedTable
 from shardwise.sql.values import SqlValue
 
 
 @dataclass(frozen=True, slots=True)
 class Fragment:
-    """SQLite text with named parameters, and their values."""
+    """SQLite text with named parameters, and their values; a read's may also read
+    ``shipped`` tables (a broadcast join's small side, sent along with it)."""
 
     sql: str
     params: Mapping[str, SqlValue] = field(default_factory=dict)
+    shipped: tuple[ShippedTable, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +109,34 @@ class TableScan:
     read: ReadPlan
 
 
-JoinStrategy: TypeAlias = Literal["coordinator-join"]
+JoinStrategy: TypeAlias = Literal["coordinator-join", "broadcast"]
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A broadcast join: the ``shipped`` scans (indexes into the plan's) read once, their
+    rows sent with ``read``'s fragment to each of its shards, which join them with their
+    own rows there. Past ``max_rows`` or ``max_bytes`` shipped, the coordinator join runs
+    instead (the shipped scans' rows are not read again)."""
+
+    shipped: tuple[int, ...]
+    read: ReadPlan
+    max_rows: int
+    max_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
 class JoinPlan:
     """A read over several tables (joins, subqueries, ``WITH``): each scan read from its
-    shards, then ``final`` (the statement over the scans' tables) at the coordinator."""
+    shards, then ``final`` (the statement over the scans' tables) at the coordinator;
+    or, with ``broadcast``, that first."""
 
     columns: tuple[str | None, ...]
     """Each select item's result name; None for a ``*`` (named by what it expands to)."""
     strategy: JoinStrategy
     scans: tuple[TableScan, ...]
     final: Fragment
+    broadcast: Broadcast | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ from shardwise.shardserver.sqlshard import (
     check_params,
     failure_of,
     result_failure,
+    shipped_refusal,
 )
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.shardserver.txn.recovery import ConfigParticipants, TxnRecovery
@@ -382,6 +383,8 @@ def _visit_problem(request: TxnSqlRequest) -> str:
         return f"a transaction's SQL on one shard takes {size} bytes, over {MAX_TXN_BYTES}"
     if request.max_rows < 0:
         return f"max_rows {request.max_rows} is negative"
+    if problem := shipped_refusal(request.shipped):
+        return problem
     for statement in (*statements, *((request.read,) if request.read else ())):
         if problem := check_params(statement.params):
             return problem
