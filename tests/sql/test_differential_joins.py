@@ -5,6 +5,7 @@ test's seed (printed; replay with ``SHARDWISE_TEST_SEED``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections import Counter
@@ -14,7 +15,15 @@ from datetime import UTC, datetime
 import pytest
 
 from shardwise.model.config import Keyspace, Scheme
-from shardwise.sql import Coordinator, LocalShards, colocated, coordinator, join_plan
+from shardwise.sql import (
+    Coordinator,
+    LocalShards,
+    colocated,
+    coordinator,
+    join_plan,
+    planner,
+    repartition,
+)
 from shardwise.sql.bind import conjuncts
 from shardwise.sql.determinism import StatementContext
 from shardwise.sql.difftest import Query, Row, compare_queries, differences
@@ -26,7 +35,7 @@ from shardwise.sql.difftest_joins import (
     make_join_rows,
 )
 from shardwise.sql.planner import plan
-from shardwise.sql.plans import JoinPlan, ReadPlan
+from shardwise.sql.plans import JoinPlan, ReadPlan, TableScan
 from shardwise.sql.shipped import ShippedTable
 from shardwise.sql.values import SqlValue
 
@@ -80,6 +89,75 @@ async def test_generated_joins_and_subqueries_match_single_sqlite(
         and re.search(r"\bt\b", p.table)
     )
     assert with_reference > QUERIES // 40
+    reference.close()
+
+
+REPARTITION_QUERIES = 400
+"""Generated queries of the run with broadcast joins off and small repartition steps."""
+STEP_ROWS = 80
+"""Rows a step holds there: several steps for every join, room for the most skewed key
+(a third of the orders are one customer's)."""
+
+
+@pytest.mark.parametrize("analyzed", [False, True])
+async def test_generated_joins_match_single_sqlite_by_repartition_in_many_steps(
+    local: LocalShards,
+    seed: int,
+    rng: random.Random,
+    monkeypatch: pytest.MonkeyPatch,
+    analyzed: bool,
+) -> None:
+    """With broadcast joins off and steps of 80 rows, every join on a column neither
+    table is distributed by runs as a repartition join over several steps: planned from
+    ANALYZE's counts, or grown from one step when the tables were never analyzed."""
+    monkeypatch.setattr(planner, "plan_broadcast", lambda *args, **kwargs: None)
+    monkeypatch.setattr(repartition, "REPARTITION_STEP_ROWS", STEP_ROWS)
+    data = make_join_rows(rng)
+    reference = join_reference(data)
+    execute = runner(Coordinator(local, local))
+    await load_join_tables(execute, data)
+    if analyzed:
+        await execute("ANALYZE", [])
+    generator = Recording(JoinQueryGenerator(rng))
+    await compare_queries(execute, reference, generator, REPARTITION_QUERIES, seed)
+    catalog = await local.catalog()
+    context = StatementContext(datetime(2026, 1, 1, tzinfo=UTC), 0)
+    plans = [plan(q.sql, q.params, catalog, context).plan for q in generator.queries]
+    steps = [p.repartition.steps for p in plans if isinstance(p, JoinPlan) and p.repartition]
+    print(f"seed={seed}: {len(steps)} repartition joins, planned steps {Counter(steps)}")
+    assert len(steps) > REPARTITION_QUERIES // 40
+    assert all(s > 1 for s in steps) if analyzed else all(s == 1 for s in steps)
+    reference.close()
+
+
+async def test_control_repartition_sides_split_differently_is_caught(
+    local: LocalShards, seed: int, rng: random.Random, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comparison catches a repartition join whose two scans put equal keys in
+    different steps (the second scan's step numbered backwards)."""
+    monkeypatch.setattr(planner, "plan_broadcast", lambda *args, **kwargs: None)
+    monkeypatch.setattr(repartition, "REPARTITION_STEP_ROWS", STEP_ROWS)
+    original = repartition._stepped
+
+    def backwards(scan: TableScan, key: str) -> TableScan:
+        stepped = original(scan, key)
+        if scan.name != "_sw_t1":
+            return stepped
+        fragment = stepped.read.fragment
+        assert fragment is not None
+        sql = fragment.sql.replace(":sw_step", "(:sw_steps - 1 - :sw_step)").replace(
+            "(:sw_steps - 1 - :sw_step)s", ":sw_steps"
+        )
+        read = dataclasses.replace(stepped.read, fragment=dataclasses.replace(fragment, sql=sql))
+        return dataclasses.replace(stepped, read=read)
+
+    monkeypatch.setattr(repartition, "_stepped", backwards)
+    data = make_join_rows(rng)
+    reference = join_reference(data)
+    execute = runner(Coordinator(local, local))
+    await load_join_tables(execute, data)
+    with pytest.raises(AssertionError, match=r"differs|failed"):
+        await compare_queries(execute, reference, JoinQueryGenerator(rng), QUERIES, seed)
     reference.close()
 
 

@@ -206,8 +206,8 @@ PURE_MODULES = frozenset(
         "aggregates", "bind", "broadcast", "catalog", "colocated", "colnames", "ddl",
         "determinism", "dialect", "distribution", "join_plan", "shipped",
         "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
-        "plans", "planner", "pruning", "select_bind", "select_plan", "shard_schema", "stats",
-        "values", "writes", "write_rules",
+        "plans", "planner", "pruning", "repartition", "select_bind", "select_plan",
+        "shard_schema", "stats", "values", "writes", "write_rules",
     }
 )  # fmt: skip
 IO_MODULES = {"sqlite3", "asyncio", "os", "socket", "time", "threading", "subprocess"}

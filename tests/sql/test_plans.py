@@ -34,6 +34,8 @@ SCHEMA = (
     "CREATE TABLE c (id INTEGER PRIMARY KEY, name TEXT, tier INTEGER) WITH (distribution = 'id')",
     "CREATE TABLE o (id INTEGER, cid INTEGER, amount REAL) WITH (distribution = 'cid')",
     "CREATE TABLE tiers (tier INTEGER PRIMARY KEY, label TEXT) WITH (reference = true)",
+    "CREATE TABLE visits (id INTEGER, page TEXT, user_id INTEGER) WITH (distribution = 'id')",
+    "CREATE TABLE users (id INTEGER, handle TEXT) WITH (distribution = 'handle')",
 )
 
 
@@ -45,7 +47,8 @@ def catalog() -> Catalog:
         current = Catalog({**current.tables, op.table.name: op.table}, KEYSPACES)
     # As after ANALYZE of these tables (orders never analyzed): the expected rows.
     stats = {"t": TableStats(8_000), "c": TableStats(1_000), "o": TableStats(5_000)}
-    return Catalog(current.tables, KEYSPACES, {**stats, "tiers": TableStats(4)})
+    large = {"visits": TableStats(2_000_000), "users": TableStats(500_000)}
+    return Catalog(current.tables, KEYSPACES, {**stats, **large, "tiers": TableStats(4)})
 
 
 def read_blocks() -> list[tuple[str, list[str]]]:

@@ -50,6 +50,9 @@ HLL: Final = "shardwise_hll"
 DISTINCT_SET: Final = "shardwise_distinct"
 EXACT_SUM: Final = "shardwise_sum"
 APPROX_DISTINCT: Final = "approx_count_distinct"
+PARTITION_FUNCTION: Final = "shardwise_partition"
+"""Not an aggregate: the scalar function that places a repartition join's key in one
+of its steps (named here with shardwise's other functions; see ``functions.py``)."""
 
 
 _STATISTICS: Final[dict[type[exp.Expr], Kind]] = {

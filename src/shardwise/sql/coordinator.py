@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shardwise.errors import NondeterministicSqlError
+from shardwise.errors import NondeterministicSqlError, SqlLimitError
 from shardwise.model.config import SetStats, ShardId
 from shardwise.net.loop import gather_or_cancel
 from shardwise.sql.catalog import Catalog, affinity
@@ -38,16 +38,21 @@ from shardwise.sql.plans import (
     LocalEval,
     Plan,
     ReadPlan,
+    Repartition,
     RowMerge,
     TableScan,
     WritePlan,
 )
+from shardwise.sql.repartition import REPARTITION_GROWTH, STEP_PARAM, STEPS_PARAM
 from shardwise.sql.shard_schema import create_table_ddl
 from shardwise.sql.shipped import ShippedTable
+from shardwise.sql.values import SqlValue
 from shardwise.sql.write_functions import refused_function
 from shardwise.sql.writes import plan_insert_rows
 
 EXPLAIN_COLUMN = "QUERY PLAN"
+_STEP_LIMITS = frozenset({"max_rows", "max_bytes", "max_reply_bytes"})
+"""The limits a step of a repartition join may pass: more steps hold fewer rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +140,16 @@ class Coordinator:
         if self._analysis is not None:
             self._analysis.append(line)
 
-    async def _read(self, read: ReadPlan, budget: Budget | None = None, stage: str = "") -> Result:
+    async def _read(
+        self, read: ReadPlan, budget: Budget | None = None, stage: str = "", quiet: bool = False
+    ) -> Result:
         merge = read.merge
         if isinstance(merge, LocalEval):
             return Result(read.columns, run_local(merge.query))
         assert read.fragment is not None
         fragment = read.fragment
         budget = budget or Budget(self._limits)
-        cap = self._limits.max_rows + 1
+        cap = budget.limits.max_rows + 1
 
         async def one(index: int) -> list[Row]:
             rows = await self._shards.read(ShardId(read.keyspace, index), fragment, cap)
@@ -154,18 +161,67 @@ class Coordinator:
         self.last_rows_shipped = {i: len(p) for i, p in zip(read.shards, parts, strict=True)}
         sent = sum(self.last_rows_shipped.values())
         most = max(self.last_rows_shipped.values(), default=0)
-        self._note(
-            f"  {stage}{len(read.shards)} shard(s) read in {_ms(_now() - started)}: "
-            f"{sent:,} rows sent (at most {most:,} from one shard)"
-        )
-        if isinstance(merge, RowMerge):
-            return Result(read.columns, merge_rows(parts, merge))
-        assert isinstance(merge, AggregateMerge)
-        groups = combine_aggregates(parts, merge)
-        rows = run_final(
-            groups, merge.group_width, len(merge.aggregates), merge.final, merge.group_types
-        )
-        return Result(read.columns, rows)
+        if not quiet:
+            self._note(
+                f"  {stage}{len(read.shards)} shard(s) read in {_ms(_now() - started)}: "
+                f"{sent:,} rows sent (at most {most:,} from one shard)"
+            )
+        return _merged(read, parts)
+
+    async def _repartition(self, parts: Repartition) -> Result:
+        """The steps of a repartition join, each its rows of both scans joined here,
+        then their answers merged; again in more steps if one is past its bounds."""
+        steps = parts.steps
+        while True:
+            started = _now()
+            try:
+                answers, sent = await self._steps(parts, steps)
+            except SqlLimitError as exc:
+                if exc.limit not in _STEP_LIMITS:
+                    raise
+                if steps >= parts.max_steps:
+                    raise SqlLimitError(
+                        "repartition_step_rows",
+                        parts.max_rows,
+                        f"a step of the repartition join holds more than {parts.max_rows:,}"
+                        f" rows or {parts.max_bytes:,} bytes even in {steps} step(s):"
+                        f" one value of {parts.keys[0]} = {parts.keys[1]} has too many rows",
+                    ) from None
+                more = min(parts.max_steps, steps * REPARTITION_GROWTH)
+                self._note(f"  {steps} step(s) too few ({exc.limit}): again in {more}")
+                steps = more
+                continue
+            self._note(
+                f"  {steps} step(s) in {_ms(_now() - started)}: {sent:,} rows of the scans"
+                f" read, {sum(len(a) for a in answers):,} rows of answers"
+            )
+            self.last_rows_shipped = {}
+            return _merged(parts.read, answers)
+
+    async def _steps(self, parts: Repartition, steps: int) -> tuple[list[list[Row]], int]:
+        fragment = parts.read.fragment
+        assert fragment is not None
+        limits = MergeLimits(parts.max_rows, parts.max_bytes)
+        answers: list[list[Row]] = []
+        held = Budget(self._limits, "the steps' answers")  # (all kept until the merge)
+        sent = 0
+        for step in range(steps):
+            budget = Budget(limits, "a step of the repartition join")
+            values = {STEPS_PARAM: steps, STEP_PARAM: step}
+            reads = [_with_params(scan.read, values) for scan in parts.scans]
+            results = await gather_or_cancel([self._read(r, budget, quiet=True) for r in reads])
+            scans = [
+                ScanRows(scan.name, scan.columns, result.rows)
+                for scan, result in zip(parts.scans, results, strict=True)
+            ]
+            sent += sum(len(s.rows) for s in scans)
+            _, rows = run_join(scans, fragment, self._limits.max_rows, self._limits.max_bytes)
+            try:
+                held.take(rows)
+            except SqlLimitError as exc:  # (not a step's: more steps would not help)
+                raise SqlLimitError(f"answer_{exc.limit}", exc.value, exc.detail) from None
+            answers.append(rows)
+        return answers, sent
 
     async def _join(self, join: JoinPlan) -> Result:
         """Every scan read (together, within one budget), then the statement over them;
@@ -180,6 +236,8 @@ class Coordinator:
             for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
                 sent[shard] = sent.get(shard, 0) + rows
 
+        if join.repartition is not None:
+            return await self._repartition(join.repartition)
         broadcast = join.broadcast
         if broadcast is not None and broadcast.read.fragment is None:
             return await self._read(broadcast.read)  # (LIMIT 0: nothing to read)
@@ -248,6 +306,25 @@ class Coordinator:
         if not change.skip:
             await self._catalog.change(change.op)
         return Result(())
+
+
+def _merged(read: ReadPlan, parts: list[list[Row]]) -> Result:
+    """The shards' (or a repartition join's steps') answers, merged as ``read`` says."""
+    merge = read.merge
+    if isinstance(merge, RowMerge):
+        return Result(read.columns, merge_rows(parts, merge))
+    assert isinstance(merge, AggregateMerge)
+    groups = combine_aggregates(parts, merge)
+    rows = run_final(
+        groups, merge.group_width, len(merge.aggregates), merge.final, merge.group_types
+    )
+    return Result(read.columns, rows)
+
+
+def _with_params(read: ReadPlan, values: Mapping[str, SqlValue]) -> ReadPlan:
+    assert read.fragment is not None
+    params = {**read.fragment.params, **values}
+    return dataclasses.replace(read, fragment=dataclasses.replace(read.fragment, params=params))
 
 
 def _shipped(scan: TableScan, rows: list[Row]) -> ShippedTable:

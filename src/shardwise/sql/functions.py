@@ -13,20 +13,30 @@ connection. All are deterministic functions of their input rows.
 | ``shardwise_hll(x)`` | aggregate | BLOB: a HyperLogLog sketch |
 | ``shardwise_distinct(x)`` | aggregate | BLOB: the set of distinct non-NULL values (MessagePack) |
 | ``shardwise_sum(x)`` | aggregate | BLOB: SQLite's SUM state, exact past 64 bits (MessagePack) |
+| ``shardwise_partition(x, n)`` | scalar | INTEGER in ``[0, n)``: the step of a repartition join |
 """
 
 from __future__ import annotations
 
 import sqlite3
+import struct
 from typing import Any, Final, cast
 
 import msgspec
+import xxhash
 
-from shardwise.sql.aggregates import APPROX_DISTINCT, DISTINCT_SET, EXACT_SUM, HLL, MOMENTS
+from shardwise.sql.aggregates import (
+    APPROX_DISTINCT,
+    DISTINCT_SET,
+    EXACT_SUM,
+    HLL,
+    MOMENTS,
+    PARTITION_FUNCTION,
+)
 from shardwise.sql.hll import Sketch
 from shardwise.sql.moments import Moments, Statistic
 from shardwise.sql.numeric import ExactSum, as_real
-from shardwise.sql.values import SqlValue
+from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
 
 _encode: Final = msgspec.msgpack.Encoder().encode
 
@@ -96,8 +106,40 @@ class _DistinctSet:
         return _encode(list(self.values))
 
 
+def partition(value: SqlValue, parts: object, *rest: SqlValue) -> int | None:
+    """The part in ``[0, parts)`` of a repartition join's key ``value`` (None for a
+    count that is not a positive integer). Values SQLite holds equal get the same part:
+    an integral REAL within 64 bits hashes as its INTEGER (a column of INTEGER affinity
+    never stores one, but the function does not rely on that); any other value by its
+    storage class and bytes. A NULL key equals nothing, so its row may go anywhere: by
+    the ``rest`` of the row, so a table's NULL keys spread over the parts."""
+    if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
+        return None
+    if parts == 1:
+        return 0
+    data = _hashed(value) if value is not None else b"".join(_hashed(v) for v in rest)
+    return int(xxhash.xxh3_64_intdigest(data) % parts)
+
+
+def _hashed(value: SqlValue) -> bytes:
+    if isinstance(value, float) and value.is_integer() and INT64_MIN <= value <= INT64_MAX:
+        value = int(value)
+    if value is None:
+        return b"n"
+    if isinstance(value, int):
+        return b"i" + value.to_bytes(8, "little", signed=True)
+    if isinstance(value, float):
+        return b"f" + struct.pack("<d", value)
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        return b"s" + len(data).to_bytes(8, "little") + data
+    data = bytes(value)
+    return b"b" + len(data).to_bytes(8, "little") + data
+
+
 def register(conn: sqlite3.Connection) -> None:
     """Add shardwise's functions to ``conn``."""
+    conn.create_function(PARTITION_FUNCTION, -1, partition, deterministic=True)
     statistics: tuple[Statistic, ...] = ("var_samp", "var_pop", "stddev_samp", "stddev_pop")
     # typeshed's aggregate protocol wants int results; SQLite takes any value it stores.
     aggregates: list[tuple[str, Any]] = [(which, _statistic(which)) for which in statistics]

@@ -18,6 +18,7 @@ from shardwise.sql.plans import (
     LocalEval,
     Plan,
     ReadPlan,
+    Repartition,
     RowMerge,
     WritePlan,
 )
@@ -95,6 +96,8 @@ def _join(plan: JoinPlan) -> list[str]:
         for scan in plan.scans
     )
     lines = [f"Distributed {plan.strategy} read of {tables}"]
+    if plan.repartition is not None:
+        return lines + _repartition(plan.repartition)
     broadcast = plan.broadcast
     shipped = broadcast.shipped if broadcast is not None else ()
     for number, scan in enumerate(plan.scans, 1):
@@ -123,6 +126,32 @@ def _join(plan: JoinPlan) -> list[str]:
     held = "" if None in counts else f" (at most ~{sum(c or 0 for c in counts):,} rows sent)"
     lines.append(f"  at the coordinator, over the scans{held}:")
     lines.extend(_fragment(plan.final, "    "))
+    return lines
+
+
+def _repartition(parts: Repartition) -> list[str]:
+    first, second = parts.keys
+    lines = [
+        f"  on {first} = {second}, in {parts.steps} step(s) (more if one holds over"
+        f" {parts.max_rows:,} rows or {parts.max_bytes:,} bytes, at most {parts.max_steps})"
+    ]
+    if parts.read.expected:
+        lines.append(f"  expected rows read: {_expected(parts.read.expected)}")
+    for number, scan in enumerate(parts.scans, 1):
+        columns = ", ".join(name for name, _ in scan.columns)
+        lines.append(
+            f"  scan {number}, the rows of one step: {scan.table} AS {scan.alias} ({columns})"
+            f" as {scan.name}"
+        )
+        lines.extend(f"    {line}" for line in _read(scan.read))
+    lines.append(f"  each step, at the coordinator ({parts.read.strategy} of the steps):")
+    assert parts.read.fragment is not None
+    lines.extend(_fragment(parts.read.fragment, "    "))
+    lines.append("  merge of the steps' answers:")
+    for number, step in enumerate(_merge_steps(parts.read), 1):
+        head, *rest = step.replace("shard", "step").split("\n")
+        lines.append(f"    {number}. {head}")
+        lines.extend(f"       {line}" for line in rest)
     return lines
 
 

@@ -22,6 +22,7 @@ from shardwise.sql.join_plan import is_multi_table, plan_multi
 from shardwise.sql.params import Params, bind
 from shardwise.sql.parse import MAX_NESTING_DEPTH, parse_statement
 from shardwise.sql.plans import InsertSelectPlan, JoinPlan, Plan, ReadPlan
+from shardwise.sql.repartition import plan_repartition
 from shardwise.sql.select_bind import bind_select
 from shardwise.sql.select_plan import plan_select
 from shardwise.sql.stats import plan_analyze
@@ -126,8 +127,11 @@ def _plan_read(
             return colocated
         join = plan_multi(fixed, catalog, values, heads=heads, written=statement)
         broadcast = plan_broadcast(fixed, catalog, values, join, heads=heads, written=statement)
-        if broadcast is None:
-            return join
-        return dataclasses.replace(join, strategy="broadcast", broadcast=broadcast)
+        if broadcast is not None:
+            return dataclasses.replace(join, strategy="broadcast", broadcast=broadcast)
+        parts = plan_repartition(fixed, catalog, values, join, heads=heads, written=statement)
+        if parts is not None:
+            return dataclasses.replace(join, strategy="repartition", repartition=parts)
+        return join
     bound_select = bind_select(fixed, catalog, values, heads=heads, written=statement)
     return plan_select(bound_select, catalog, values)

@@ -109,7 +109,7 @@ class TableScan:
     read: ReadPlan
 
 
-JoinStrategy: TypeAlias = Literal["coordinator-join", "broadcast"]
+JoinStrategy: TypeAlias = Literal["coordinator-join", "broadcast", "repartition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +126,30 @@ class Broadcast:
 
 
 @dataclass(frozen=True, slots=True)
+class Repartition:
+    """A repartition join, run in steps: step ``k`` of ``n`` reads, from each of the
+    two ``scans``, the rows whose join key's part (``shardwise_partition(key, n)``, the
+    scans' parameters ``sw_steps`` and ``sw_step``) is ``k``, and runs ``read``'s
+    fragment over them at the coordinator (the scans' rows as tables named after them);
+    ``read``'s merge then combines the steps' answers as a read's combines its shards'.
+    A step holds at most ``max_rows`` rows and ``max_bytes`` bytes; past them the join
+    starts again in more steps, at most ``max_steps``."""
+
+    keys: tuple[str, str]
+    """The join key of each scan, as written (``s.store_id``)."""
+    scans: tuple[TableScan, TableScan]
+    read: ReadPlan
+    steps: int
+    max_rows: int
+    max_bytes: int
+    max_steps: int
+
+
+@dataclass(frozen=True, slots=True)
 class JoinPlan:
     """A read over several tables (joins, subqueries, ``WITH``): each scan read from its
     shards, then ``final`` (the statement over the scans' tables) at the coordinator;
-    or, with ``broadcast``, that first."""
+    or, with ``broadcast`` or ``repartition``, that instead."""
 
     columns: tuple[str | None, ...]
     """Each select item's result name; None for a ``*`` (named by what it expands to)."""
@@ -137,6 +157,7 @@ class JoinPlan:
     scans: tuple[TableScan, ...]
     final: Fragment
     broadcast: Broadcast | None = None
+    repartition: Repartition | None = None
 
 
 @dataclass(frozen=True, slots=True)
