@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from shardwise.errors import SqlLimitError
 from shardwise.model.config import Keyspace, Scheme
-from shardwise.sql import Coordinator, LocalShards, planner, repartition
+from shardwise.sql import Coordinator, LocalShards, broadcast, planner, repartition
 from shardwise.sql.difftest import Row, differences
 from shardwise.sql.functions import partition, register
 from shardwise.sql.values import INT64_MAX, INT64_MIN
@@ -141,3 +141,30 @@ def test_the_step_function_in_sqlite() -> None:
         for i in range(200)
     }
     assert len(spread) == 16  # NULL keys go by the rest of the row
+
+
+async def test_a_broadcast_past_its_bounds_becomes_the_repartition_join(
+    monkeypatch: pytest.MonkeyPatch, rng: random.Random
+) -> None:
+    monkeypatch.setattr(repartition, "REPARTITION_STEP_ROWS", 50)
+    monkeypatch.setattr(broadcast, "BROADCAST_MAX_ROWS", 20)
+    local = LocalShards([Keyspace("default", Scheme("hash", 8))])
+    try:
+        sales = [(i, rng.randrange(30), i) for i in range(150)]
+        stores = [(f"c{i}", i % 35, f"city{i % 4}") for i in range(60)]
+        sql, reference = await _load(local, sales, stores)
+        analysis = await _lines(sql, f"EXPLAIN ANALYZE {JOIN}")
+        assert analysis[0] == "Distributed broadcast read of s, st"
+        assert any(
+            "over 20 rows or 4,194,304 bytes to ship: the repartition join" in line
+            for line in analysis
+        ), analysis
+        assert any(
+            line.startswith("  60 rows to ship, over the broadcast bounds")
+            and line.endswith("the repartition join instead")
+            for line in analysis
+        )
+        got = (await sql.execute(JOIN)).rows
+        assert differences(got, reference.execute(JOIN).fetchall(), ordered=False) == ""
+    finally:
+        local.close()

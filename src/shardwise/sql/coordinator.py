@@ -236,9 +236,9 @@ class Coordinator:
             for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
                 sent[shard] = sent.get(shard, 0) + rows
 
-        if join.repartition is not None:
-            return await self._repartition(join.repartition)
         broadcast = join.broadcast
+        if broadcast is None and join.repartition is not None:
+            return await self._repartition(join.repartition)
         if broadcast is not None and broadcast.read.fragment is None:
             return await self._read(broadcast.read)  # (LIMIT 0: nothing to read)
         if broadcast is not None:
@@ -247,11 +247,14 @@ class Coordinator:
             count = sum(len(t.rows) for t in tables)
             if count <= broadcast.max_rows and _bytes(tables) <= broadcast.max_bytes:
                 return await self._broadcast(broadcast, tables, sent)
+            instead = "repartition" if join.repartition is not None else "coordinator"
             self._note(
                 f"  {count:,} rows to ship, over the broadcast bounds"
                 f" ({broadcast.max_rows:,} rows, {broadcast.max_bytes:,} bytes):"
-                " the coordinator join instead"
+                f" the {instead} join instead"
             )
+            if join.repartition is not None:
+                return await self._repartition(join.repartition)
         rest = [i for i in range(len(join.scans)) if i not in results]
         await gather_or_cancel([scan(i) for i in rest])
         self.last_rows_shipped = sent

@@ -96,9 +96,9 @@ def _join(plan: JoinPlan) -> list[str]:
         for scan in plan.scans
     )
     lines = [f"Distributed {plan.strategy} read of {tables}"]
-    if plan.repartition is not None:
-        return lines + _repartition(plan.repartition)
     broadcast = plan.broadcast
+    if plan.repartition is not None and broadcast is None:
+        return lines + _repartition(plan.repartition)
     shipped = broadcast.shipped if broadcast is not None else ()
     for number, scan in enumerate(plan.scans, 1):
         if broadcast is not None and number - 1 not in shipped:
@@ -112,6 +112,12 @@ def _join(plan: JoinPlan) -> list[str]:
         many += f" to each of {len(broadcast.read.shards)} shard(s))" if many else ""
         lines.append(f"  shipped with each fragment of the join{many}, which runs:")
         lines.extend(f"    {line}" for line in _read(broadcast.read))
+        if plan.repartition is not None:
+            lines.append(
+                f"  over {broadcast.max_rows:,} rows or {broadcast.max_bytes:,} bytes to ship:"
+                " the repartition join instead:"
+            )
+            return lines + _repartition(plan.repartition)
         lines.append(
             f"  over {broadcast.max_rows:,} rows or {broadcast.max_bytes:,} bytes to ship:"
             " the coordinator join instead, after reading the other scans:"

@@ -127,9 +127,11 @@ def _plan_read(
             return colocated
         join = plan_multi(fixed, catalog, values, heads=heads, written=statement)
         broadcast = plan_broadcast(fixed, catalog, values, join, heads=heads, written=statement)
-        if broadcast is not None:
-            return dataclasses.replace(join, strategy="broadcast", broadcast=broadcast)
         parts = plan_repartition(fixed, catalog, values, join, heads=heads, written=statement)
+        if broadcast is not None:  # (too many rows to ship: the repartition join, if any)
+            return dataclasses.replace(
+                join, strategy="broadcast", broadcast=broadcast, repartition=parts
+            )
         if parts is not None:
             return dataclasses.replace(join, strategy="repartition", repartition=parts)
         return join

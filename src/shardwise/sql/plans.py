@@ -116,8 +116,9 @@ JoinStrategy: TypeAlias = Literal["coordinator-join", "broadcast", "repartition"
 class Broadcast:
     """A broadcast join: the ``shipped`` scans (indexes into the plan's) read once, their
     rows sent with ``read``'s fragment to each of its shards, which join them with their
-    own rows there. Past ``max_rows`` or ``max_bytes`` shipped, the coordinator join runs
-    instead (the shipped scans' rows are not read again)."""
+    own rows there. Past ``max_rows`` or ``max_bytes`` shipped, the plan's repartition
+    join runs instead if it has one, else its coordinator join (which does not read the
+    shipped scans again)."""
 
     shipped: tuple[int, ...]
     read: ReadPlan
