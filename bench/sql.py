@@ -279,6 +279,8 @@ class Measured:
     coordinator_cpu_s: float
     rows: int
     plan: str
+    sent: int = 0
+    """Rows sent to the shards (a broadcast join's shipped rows, once per shard)."""
 
     @property
     def ratio(self) -> float:
@@ -315,10 +317,12 @@ async def measure(
     cluster_s: list[float] = []
     reference_s: list[float] = []
     shipped: dict[int, int] = {}
+    sent = 0
     cpu_servers = cpu_coordinator = 0.0
     want: list[Row] = []
     for run in range(repeat + 1):  # run 0 warms both up and is not counted
         client.last_rows_shipped = {}
+        client.last_rows_sent = 0
         servers0, coordinator0 = cpu_seconds(pids), time.process_time()
         started = time.perf_counter()
         got = (await client.sql(query.sql, list(query.params), deadline_s=QUERY_DEADLINE_S)).rows
@@ -334,9 +338,10 @@ async def measure(
             cpu_servers += servers
             cpu_coordinator += coordinator
             shipped = dict(client.last_rows_shipped)
+            sent = client.last_rows_sent
     return Measured(
         query, cluster_s, reference_s, shipped, cpu_servers / repeat, cpu_coordinator / repeat,
-        len(want), plan,
+        len(want), plan, sent,
     )  # fmt: skip
 
 

@@ -201,6 +201,8 @@ class Client:
         """The session :meth:`sql` runs in (its open transaction, if any)."""
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last SQL read to finish, by shard index."""
+        self.last_rows_sent = 0
+        """Rows that read sent to the shards (a broadcast join's shipped rows)."""
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -403,6 +405,7 @@ class Client:
         result = await session.execute(query, params, self._deadline(deadline_s))
         if session.last_rows_shipped:
             self.last_rows_shipped = session.last_rows_shipped
+            self.last_rows_sent = session.last_rows_sent
         return result
 
     @property

@@ -143,6 +143,8 @@ class ClusterSql:
         """The open transaction (``None``: each statement commits on its own)."""
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last read run here, by shard index."""
+        self.last_rows_sent = 0
+        """Rows the last read run here sent to the shards (a broadcast join's)."""
 
     @property
     def in_transaction(self) -> bool:
@@ -264,6 +266,7 @@ class ClusterSql:
                 continue
             if coordinator.last_rows_shipped:
                 self.last_rows_shipped = coordinator.last_rows_shipped
+                self.last_rows_sent = coordinator.last_rows_sent
             return result
         raise SqlSchemaChangedError(
             f"the tables changed {MAX_REPLANS} times while {call.what} was planned; try again"

@@ -86,6 +86,8 @@ class Coordinator:
         self._rng = rng or random.Random()
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last read (for benchmarks and tests)."""
+        self.last_rows_sent = 0
+        """Rows the last read sent to the shards (a broadcast join's, once per shard)."""
         self._analysis: list[str] | None = None
         """What each stage did, while an ``EXPLAIN ANALYZE`` runs."""
 
@@ -93,6 +95,7 @@ class Coordinator:
         return StatementContext(self._wall_clock(), self._rng.getrandbits(64))
 
     async def execute(self, sql: str, params: Params | None = None) -> Result:
+        self.last_rows_sent = 0
         catalog = await self._catalog.catalog()
         planned = plan(sql, params, catalog, self._context())
         if planned.explain and planned.analyze:
@@ -192,29 +195,37 @@ class Coordinator:
                 steps = more
                 continue
             self._note(
-                f"  {steps} step(s) in {_ms(_now() - started)}: {sent:,} rows of the scans"
-                f" read, {sum(len(a) for a in answers):,} rows of answers"
+                f"  {steps} step(s) in {_ms(_now() - started)}: {sum(sent.values()):,} rows"
+                f" of the scans read, {sum(len(a) for a in answers):,} rows of answers"
             )
-            self.last_rows_shipped = {}
+            self.last_rows_shipped = sent
             return _merged(parts.read, answers)
 
-    async def _steps(self, parts: Repartition, steps: int) -> tuple[list[list[Row]], int]:
+    async def _steps(
+        self, parts: Repartition, steps: int
+    ) -> tuple[list[list[Row]], dict[int, int]]:
         fragment = parts.read.fragment
         assert fragment is not None
         limits = MergeLimits(parts.max_rows, parts.max_bytes)
         answers: list[list[Row]] = []
         held = Budget(self._limits, "the steps' answers")  # (all kept until the merge)
-        sent = 0
+        sent: dict[int, int] = {}
+
+        async def scan(read: ReadPlan, budget: Budget) -> Result:
+            result = await self._read(read, budget, quiet=True)
+            for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
+                sent[shard] = sent.get(shard, 0) + rows
+            return result
+
         for step in range(steps):
             budget = Budget(limits, "a step of the repartition join")
             values = {STEPS_PARAM: steps, STEP_PARAM: step}
             reads = [_with_params(scan.read, values) for scan in parts.scans]
-            results = await gather_or_cancel([self._read(r, budget, quiet=True) for r in reads])
+            results = await gather_or_cancel([scan(r, budget) for r in reads])
             scans = [
                 ScanRows(scan.name, scan.columns, result.rows)
                 for scan, result in zip(parts.scans, results, strict=True)
             ]
-            sent += sum(len(s.rows) for s in scans)
             _, rows = run_join(scans, fragment, self._limits.max_rows, self._limits.max_bytes)
             try:
                 held.take(rows)
@@ -283,6 +294,7 @@ class Coordinator:
         )
         fragment = dataclasses.replace(read.fragment, shipped=tables)
         result = await self._read(dataclasses.replace(read, fragment=fragment), stage="join: ")
+        self.last_rows_sent = rows * len(read.shards)
         for shard, count in sent.items():
             self.last_rows_shipped[shard] = self.last_rows_shipped.get(shard, 0) + count
         return result
