@@ -11,6 +11,7 @@ from shardwise.model.scram import make_verifier
 from shardwise.net.rpc import CallContext
 from shardwise.net.wire import PeerRole
 from shardwise.shardserver.access import AccessGuard
+from shardwise.sql.shipped import ShippedTable
 
 TABLES = {
     "orders": Table("orders", "shop", "id", (Column("id", "INTEGER"), Column("total", "REAL"))),
@@ -85,3 +86,25 @@ def test_an_older_catalog_never_replaces_a_newer_one() -> None:
     guard.update(AccessCatalog(0))
     assert guard.catalog.version == 1 and guard.find_user("alice") == VERIFIER
     assert guard.find_user("nobody") is None
+
+
+def test_a_broadcast_fragment_reads_its_shipped_rows_with_the_grants_of_its_tables() -> None:
+    """A broadcast join's fragment reads the rows sent along with it (no grant names
+    them: the caller sent them) and the shard's tables (each needs its grant)."""
+    guard = guard_with("read:shop.orders")
+    shipped = [ShippedTable("_sw_t1", (("id", "INTEGER"), ("name", "TEXT")), ((1, "a"),))]
+    join = "SELECT o.id, u.name FROM sql_orders o JOIN _sw_t1 u ON u.id = o.id"
+    cross = "SELECT o.id FROM sql_orders o CROSS JOIN _sw_t1"  # (no column of _sw_t1)
+    for sql in (join, cross):
+        assert (
+            guard.sql_denied(as_user("alice"), "shop", TABLES, 1, [(sql, {})], shipped=shipped)
+            == ""
+        )
+    sneaky = "SELECT u.name FROM sql_users u JOIN _sw_t1 s ON s.id = u.id"
+    assert "'users'" in guard.sql_denied(
+        as_user("alice"), "shop", TABLES, 1, [(sneaky, {})], shipped=shipped
+    )
+    # Without the shipped table the statement does not compile: refused, not run.
+    assert "no such table" in denied(guard, "alice", join)
+    # Nothing of the shipped tables stays in the scratch schema for the next check.
+    assert "no such table" in guard.sql_denied(as_user("alice"), "shop", TABLES, 1, [(join, {})])

@@ -349,11 +349,13 @@ def test_a_read_joins_shipped_rows_typed_and_leaves_nothing_behind(group: Group)
     # label 5 was stored as '5' by the TEXT column, as it would be in the table it came
     # from, so it equals the name '5'... and 'one' matches itself.
     conn = store._sql_connection()
-    open_before = conn.in_transaction  # (a store on a cache disk keeps one open)
     assert store.read_sql(join, {}, 10, (NAMES,)) == [(1, "one")]
-    assert conn.in_transaction == open_before
+    assert not conn.in_transaction  # (applied writes committed first, the savepoint gone)
     typed = "SELECT n.k FROM _sw_t1 n WHERE n.label = 5"
     assert store.read_sql(typed, {}, 10, (NAMES,)) == [(2,)]
+    # Read without a column of it (SQLite then names no database to the authorizer).
+    cross = 'SELECT i.id FROM "sql_items" i CROSS JOIN _sw_t1 WHERE i.id = 1'
+    assert store.read_sql(cross, {}, 10, (NAMES,)) == [(1,), (1,)]
     for hostile in (
         "INSERT INTO _sw_t1 VALUES (3, 'x')",
         "DELETE FROM _sw_t1",
@@ -385,12 +387,42 @@ def test_a_read_joins_shipped_rows_typed_and_leaves_nothing_behind(group: Group)
         ((NAMES, NAMES), "two shipped tables of one name"),
         (tuple(ShippedTable(f"_sw_t{i}", (("k", "INTEGER"),), ()) for i in range(9)), "more than"),
         ((ShippedTable("_sw_t1", (("k", "INTEGER"),), ((0,),) * 100_001),), "shipped rows"),
+        ((ShippedTable("_sw_t1", (("k", "INTEGER"),) * 2, ((0, 0),) * 1),), "column twice"),
+        (
+            (
+                ShippedTable(
+                    "_sw_t1", tuple((f"c{i}", "BLOB") for i in range(10)), ((None,) * 10,) * 50_001
+                ),
+            ),
+            "shipped values",
+        ),
     ],
 )
 def test_shipped_tables_are_checked_before_anything_is_made(
     tables: tuple[ShippedTable, ...], why: str
 ) -> None:
     assert why in refusal(tables)
+
+
+def test_shipped_rows_that_fill_the_temp_store_lose_no_applied_write(group: Group) -> None:
+    """Making shipped tables writes: if that fills the disk (or memory), SQLite rolls
+    back the whole open transaction. A store on a cache disk holds applied batches in
+    one: the read commits them first, so the failed read loses none of them."""
+    cached = group  # (a group's stores are a cache of its log: see ShardGroupStateMachine)
+    cached.write(S0, row(1, "a"), row(2, "b"), row(3, "c"))
+    store = cached.sm.shards[S0].store
+    assert store is not None
+    conn = store._sql_connection()
+    conn.execute("PRAGMA temp.max_page_count = 3")  # (stands in for a full disk)
+    big = ShippedTable(
+        "_sw_t0", (("k", "INTEGER"), ("pad", "TEXT")), [(i, "x" * 2000) for i in range(200)]
+    )
+    with pytest.raises(SqlExecutionError, match="full"):
+        store.read_sql('SELECT i.id FROM "sql_items" i JOIN _sw_t0 t ON t.k = i.id', {}, 10, (big,))
+    assert cached.read(S0, 'SELECT count(*) FROM "sql_items"') == [(3,)]
+    assert cached.write(S0, row(4, "d"), seq=2).rowcount == 1
+    store.flush()
+    assert cached.read(S0, 'SELECT count(*) FROM "sql_items"') == [(4,)]
 
 
 def test_a_column_name_cannot_escape_its_quotes(group: Group) -> None:

@@ -48,9 +48,16 @@ def _handlers() -> tuple[Any, CallContext]:
     guard.update(AccessCatalog(1, {"tess": tess}, {"acct_rw": role}))
 
     def sql_denied(
-        context: CallContext, shard: ShardId, statements: Any, *, writing: bool = False
+        context: CallContext,
+        shard: ShardId,
+        statements: Any,
+        *,
+        writing: bool = False,
+        shipped: Any = (),
     ) -> SqlReply | None:
-        why = guard.sql_denied(context, shard.keyspace, TABLES, 1, statements, writing=writing)
+        why = guard.sql_denied(
+            context, shard.keyspace, TABLES, 1, statements, writing=writing, shipped=shipped
+        )
         return SqlReply("ok", error=why, denied=True) if why else None
 
     def read(*_: object) -> None:

@@ -273,7 +273,7 @@ async def test_expected_rows_of_limit_0_self_joins_and_coordinator_joins(
     await run(coordinator, "CREATE TABLE n (k INTEGER) WITH (distribution = 'k')")
     partly = await explain(coordinator, "SELECT d.k FROM d JOIN n ON n.k = d.r")
     assert "n not analyzed" in partly
-    assert "at the coordinator, over the scans:" in partly
+    assert "(at most ~" not in partly
 
 
 @pytest.mark.parametrize("rows", [2**53 + 1, 2**63 - 1])

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from shardwise.errors import NetError, ShardwiseError
@@ -35,6 +35,7 @@ from shardwise.model.scram import ScramVerifier
 from shardwise.net.rpc import CallContext
 from shardwise.sql.catalog import physical_name
 from shardwise.sql.shard_schema import create_table_ddl
+from shardwise.sql.shipped import ShippedTable, is_shipped, shipped_tables
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class AccessGuard:
         statements: Iterable[tuple[str, Mapping[str, Any]]],
         *,
         writing: bool = False,
+        shipped: Sequence[ShippedTable] = (),
     ) -> str:
         """Why the caller may not run ``statements`` (empty: it may). ``tables`` is the
         catalog the server holds (numbered ``catalog_num``): what SQLite will see.
@@ -121,13 +123,15 @@ class AccessGuard:
         Every table a statement touches needs its grant. A read that touches no table
         (``SELECT 1``) still runs on the shard, so it needs read on the whole keyspace;
         in a write batch (``writing``), which goes into the group's log, every statement
-        must write a table."""
+        must write a table. ``shipped`` are the tables a read fragment is sent with (a
+        broadcast join's rows, checked already: ``shipped.refusal``): reading them needs
+        no grant, as they hold only what the caller sent."""
         user = context.user
         if user is None:
             return ""
         scratch = self._scratch_for(keyspace, tables, catalog_num)
         for sql, params in statements:
-            touched = scratch.touched(sql, params)
+            touched = scratch.touched(sql, params, shipped)
             if isinstance(touched, str):
                 return f"user {user!r}: the statement cannot be checked: {touched}"
             if writing and not any(need is Privilege.WRITE for need, _ in touched):
@@ -182,7 +186,11 @@ class _Scratch:
         self._seen: list[tuple[Privilege, str]] = []
         self._db.set_authorizer(self._record)
 
-    def _record(self, action: int, arg1: str | None, *_: object) -> int:
+    def _record(
+        self, action: int, arg1: str | None, _arg2: str | None, database: str | None, *_: object
+    ) -> int:
+        if action in _READS and is_shipped(arg1, database):
+            return sqlite3.SQLITE_OK  # (what the caller sent along: see sql_denied)
         if arg1 is not None and (action in _READS or action in _WRITES):
             need = Privilege.WRITE if action in _WRITES else Privilege.READ
             # A table the catalog does not have (an internal one) keeps its physical
@@ -190,12 +198,17 @@ class _Scratch:
             self._seen.append((need, self._logical.get(arg1, arg1)))
         return sqlite3.SQLITE_OK
 
-    def touched(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Privilege, str]] | str:
-        """The tables ``sql`` reads and writes, as SQLite compiles it; or, if it does not
-        compile, why (a user's statement that cannot be checked is not run)."""
-        self._seen = []
+    def touched(
+        self, sql: str, params: Mapping[str, Any], shipped: Sequence[ShippedTable] = ()
+    ) -> list[tuple[Privilege, str]] | str:
+        """The tables ``sql`` reads and writes, as SQLite compiles it (beside the empty
+        ``shipped`` tables); or, if it does not compile, why (a user's statement that
+        cannot be checked is not run)."""
+        empty = [ShippedTable(t.name, t.columns, ()) for t in shipped]
         try:
-            self._db.execute("EXPLAIN " + sql, dict(params)).fetchall()
+            with shipped_tables(self._db, empty):
+                self._seen = []  # (not the making of the shipped tables)
+                self._db.execute("EXPLAIN " + sql, dict(params)).fetchall()
         except (sqlite3.Error, ValueError, OverflowError, TypeError) as exc:
             return str(exc) or type(exc).__name__
         return list(dict.fromkeys(self._seen))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from shardwise.controller.client import ControllerClient
@@ -107,6 +107,7 @@ from shardwise.shardserver.sqlshard import (
 )
 from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine
 from shardwise.shardserver.txn.handlers import TxnHandlers
+from shardwise.sql.shipped import ShippedTable
 from shardwise.storage.interface import RaftStorage
 
 logger = logging.getLogger(__name__)
@@ -244,6 +245,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         statements: Iterable[tuple[str, Any]],
         *,
         writing: bool = False,
+        shipped: Sequence[ShippedTable] = (),
     ) -> SqlReply | None:
         if context.user is None:
             return None
@@ -255,6 +257,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             config.catalog_changed_at,
             statements,
             writing=writing,
+            shipped=shipped,
         )
         return SqlReply("ok", error=denied, denied=True) if denied else None
 
@@ -342,11 +345,13 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
     # --- SQL ---------------------------------------------------------------------------
 
     async def _sql_read(self, request: SqlReadRequest, context: CallContext) -> SqlReply:
-        if denied := self._sql_denied(context, request.shard, [(request.sql, request.params)]):
-            return denied
         problem = check_params(request.params) or shipped_refusal(request.shipped)
         if problem or request.max_rows < 0:
             return SqlReply("ok", error=problem or f"max_rows {request.max_rows} is negative")
+        shipped = shipped_of(request.shipped)  # (checked: the access check makes them too)
+        read_sql = [(request.sql, request.params)]
+        if denied := self._sql_denied(context, request.shard, read_sql, shipped=shipped):
+            return denied
         r = request
         read = self.host.read(
             lambda sm: sm.sql_read(
@@ -356,7 +361,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
                 sql=r.sql,
                 params=r.params,
                 max_rows=r.max_rows,
-                shipped=shipped_of(r.shipped),
+                shipped=shipped,
             ),
             timeout_s=REQUEST_TIMEOUT_S,
         )

@@ -295,6 +295,11 @@ class SqlStoreMixin:
         from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
 
         conn = self._sql_connection()
+        if shipped:
+            # Shipped rows are written (to temp tables): a full disk or memory then rolls
+            # back the whole open transaction, which on a cache disk may hold applied
+            # batches. Commit them first, so a failed read can lose nothing.
+            self.flush()
         return sqlshard.run_read(
             conn, sql, params, max_rows, shard=str(self.shard), shipped=shipped
         )

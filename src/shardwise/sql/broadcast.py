@@ -40,13 +40,14 @@ from shardwise.errors import SqlError
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.colocated import plan_colocated
 from shardwise.sql.plans import Broadcast, JoinPlan, TableScan
-from shardwise.sql.shipped import MAX_SHIPPED_ROWS, MAX_SHIPPED_TABLES
+from shardwise.sql.shipped import MAX_SHIPPED_COLUMNS, MAX_SHIPPED_ROWS, MAX_SHIPPED_TABLES
 from shardwise.sql.values import SqlValue
 
 BROADCAST_MAX_ROWS: Final = 10_000
 """Rows of all shipped tables of one broadcast join together (each shard gets them all)."""
 BROADCAST_MAX_BYTES: Final = 4 << 20
-"""Their bytes (strings and blobs by length, other values 8): within one request frame."""
+"""Their bytes as a request carries them (``shipped.shipped_size``): well within one
+request frame. (They are also within ``shipped.MAX_SHIPPED_VALUES``.)"""
 
 assert BROADCAST_MAX_ROWS <= MAX_SHIPPED_ROWS
 
@@ -69,6 +70,8 @@ def plan_broadcast(
     for anchor in _anchors(scans, catalog):
         for shipped in _shipments(select, scans, anchor, catalog):
             if not 0 < len(shipped) <= MAX_SHIPPED_TABLES:
+                continue
+            if any(len(scans[i].columns) > MAX_SHIPPED_COLUMNS for i in shipped):
                 continue
             sizes = [_rows(scans[i]) for i in shipped]
             known = [rows for rows in sizes if rows is not None]

@@ -45,7 +45,7 @@ from shardwise.sql.plans import (
 )
 from shardwise.sql.repartition import REPARTITION_GROWTH, STEP_PARAM, STEPS_PARAM
 from shardwise.sql.shard_schema import create_table_ddl
-from shardwise.sql.shipped import ShippedTable
+from shardwise.sql.shipped import MAX_SHIPPED_VALUES, ShippedTable, shipped_size
 from shardwise.sql.values import SqlValue
 from shardwise.sql.write_functions import refused_function
 from shardwise.sql.writes import plan_insert_rows
@@ -255,13 +255,18 @@ class Coordinator:
         if broadcast is not None:
             await gather_or_cancel([scan(i) for i in broadcast.shipped])
             tables = tuple(_shipped(join.scans[i], results[i].rows) for i in broadcast.shipped)
-            count = sum(len(t.rows) for t in tables)
-            if count <= broadcast.max_rows and _bytes(tables) <= broadcast.max_bytes:
+            count, values, size = shipped_size(tables)
+            if (
+                count <= broadcast.max_rows
+                and values <= MAX_SHIPPED_VALUES
+                and size <= broadcast.max_bytes
+            ):
                 return await self._broadcast(broadcast, tables, sent)
             instead = "repartition" if join.repartition is not None else "coordinator"
             self._note(
                 f"  {count:,} rows to ship, over the broadcast bounds"
-                f" ({broadcast.max_rows:,} rows, {broadcast.max_bytes:,} bytes):"
+                f" ({broadcast.max_rows:,} rows, {MAX_SHIPPED_VALUES:,} values,"
+                f" {broadcast.max_bytes:,} bytes):"
                 f" the {instead} join instead"
             )
             if join.repartition is not None:
@@ -346,12 +351,6 @@ def _shipped(scan: TableScan, rows: list[Row]) -> ShippedTable:
     """A scan's rows as a broadcast join ships them: columns declared by affinity."""
     columns = tuple((name, affinity(type_name)) for name, type_name in scan.columns)
     return ShippedTable(scan.name, columns, rows)
-
-
-def _bytes(tables: tuple[ShippedTable, ...]) -> int:
-    return sum(
-        len(v) if isinstance(v, str | bytes) else 8 for t in tables for row in t.rows for v in row
-    )
 
 
 def _now() -> float:

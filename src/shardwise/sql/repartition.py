@@ -60,6 +60,9 @@ STEPS_PARAM: Final = "sw_steps"
 STEP_PARAM: Final = "sw_step"
 _KEYSPACE: Final = "_sw_parts"
 _JOIN_KEY_AFFINITIES: Final = ("INTEGER", "TEXT")
+_SPREAD_COLUMNS: Final = 16
+"""The columns of a row whose NULL join key places it by the rest of the row (SQLite
+takes at most 127 arguments to a function)."""
 
 
 def plan_repartition(
@@ -193,7 +196,8 @@ def _stepped(scan: TableScan, key: str) -> TableScan:
     def quoted(name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
 
-    others = "".join(f", {quoted(name)}" for name, _ in scan.columns if name != key)
+    rest = [name for name, _ in scan.columns if name != key][:_SPREAD_COLUMNS]
+    others = "".join(f", {quoted(name)}" for name in rest)
     sql = (
         f"SELECT * FROM ({fragment.sql}) "
         f"WHERE {PARTITION_FUNCTION}({quoted(key)}, :{STEPS_PARAM}{others}) = :{STEP_PARAM}"

@@ -38,6 +38,9 @@ MAX_SHIPPED_TABLES: Final = 8
 MAX_SHIPPED_ROWS: Final = 100_000
 """Rows of all tables of one read together (the request's frame bounds their bytes)."""
 MAX_SHIPPED_COLUMNS: Final = 256
+MAX_SHIPPED_VALUES: Final = 500_000
+"""Values (rows times columns) of all tables of one read: making them holds the shard's
+event loop, and is not within the fragment's time limit."""
 MAX_COLUMN_NAME: Final = 128
 
 _NAME: Final = re.compile(rf"{SHIPPED_PREFIX}[0-9]{{1,3}}")
@@ -46,6 +49,9 @@ _SAVEPOINT: Final = "sw_shipped"
 
 class Connection(Protocol):
     """What :func:`shipped_tables` needs of a ``sqlite3.Connection`` (the caller's)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
 
     def execute(self, sql: str, /) -> Any: ...
 
@@ -68,6 +74,8 @@ def refusal(tables: Sequence[ShippedTable]) -> str:
         return "two shipped tables of one name"
     if sum(len(t.rows) for t in tables) > MAX_SHIPPED_ROWS:
         return f"more than {MAX_SHIPPED_ROWS:,} shipped rows"
+    if sum(len(t.rows) * len(t.columns) for t in tables) > MAX_SHIPPED_VALUES:
+        return f"more than {MAX_SHIPPED_VALUES:,} shipped values"
     for table in tables:
         if not _NAME.fullmatch(table.name):
             return f"shipped table name {table.name[:40]!r} is not {SHIPPED_PREFIX}<number>"
@@ -113,7 +121,7 @@ def shipped_tables(conn: Connection, tables: Sequence[ShippedTable]) -> Iterator
     if not tables:
         yield
         return
-    conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+    conn.execute(f"SAVEPOINT {_SAVEPOINT}")  # (inside an open transaction: nested in it)
     try:
         for table in tables:
             columns = ", ".join(f"{_quoted(n)} {kind}" for n, kind in table.columns)
@@ -122,13 +130,36 @@ def shipped_tables(conn: Connection, tables: Sequence[ShippedTable]) -> Iterator
             conn.executemany(f"INSERT INTO temp.{table.name} VALUES ({marks})", table.rows)
         yield
     finally:
-        conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
-        conn.execute(f"RELEASE {_SAVEPOINT}")
+        # A full disk or memory while making them rolls back the whole transaction
+        # (SQLite's choice): then there is no savepoint left to roll back to, and the
+        # error that did it is the one to see. (A caller with writes of its own in an
+        # open transaction commits them first: see the shard store's read_sql.)
+        if conn.in_transaction:
+            conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+            conn.execute(f"RELEASE {_SAVEPOINT}")
+
+
+def shipped_size(tables: Sequence[ShippedTable]) -> tuple[int, int, int]:
+    """Rows, values and bytes of ``tables`` as a request carries them (UTF-8 text, and a
+    MessagePack header's worst case per value): what a sender checks against its bounds."""
+    rows = sum(len(t.rows) for t in tables)
+    values = sum(len(t.rows) * len(t.columns) for t in tables)
+    size = 9 * values
+    for table in tables:
+        for row in table.rows:
+            for value in row:
+                if isinstance(value, str):
+                    size += len(value.encode("utf-8", "surrogatepass"))
+                elif isinstance(value, bytes):
+                    size += len(value)
+    return rows, values, size
 
 
 def is_shipped(table: str | None, database: str | None) -> bool:
-    """Whether a read authorizer's table is a shipped one (they are in ``temp`` only)."""
-    return database == "temp" and table is not None and _NAME.fullmatch(table) is not None
+    """Whether an authorizer's table is a shipped one: named so, in ``temp`` (or in no
+    database named: SQLite names none when a statement reads no column of the table,
+    and no table of a shard's own file has such a name)."""
+    return database in ("temp", None) and table is not None and _NAME.fullmatch(table) is not None
 
 
 def _quoted(name: str) -> str:

@@ -75,6 +75,7 @@ from shardwise.shardserver.sqlshard import (
     check_params,
     failure_of,
     result_failure,
+    shipped_of,
     shipped_refusal,
 )
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
@@ -354,7 +355,9 @@ class TxnHandlers:
         if writes and (refused := self._sql_denied(context, r.shard, writes, writing=True)):
             return refused
         if r.read is not None:
-            if refused := self._sql_denied(context, r.shard, [(r.read.sql, r.read.params)]):
+            read_sql = [(r.read.sql, r.read.params)]
+            shipped = shipped_of(r.shipped)  # (checked by _visit_problem)
+            if refused := self._sql_denied(context, r.shard, read_sql, shipped=shipped):
                 return refused
         elif not writes and (denied := self._sql_read_denied(context, r.shard)):
             return SqlReply("ok", error=denied, denied=True)
