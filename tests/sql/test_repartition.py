@@ -160,7 +160,7 @@ async def test_a_broadcast_past_its_bounds_becomes_the_repartition_join(
             for line in analysis
         ), analysis
         assert any(
-            line.startswith("  60 rows to ship, over the broadcast bounds")
+            line.startswith("  the rows to ship are over the broadcast bounds")
             and line.endswith("the repartition join instead")
             for line in analysis
         )

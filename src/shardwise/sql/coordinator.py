@@ -242,8 +242,8 @@ class Coordinator:
         sent: dict[int, int] = {}
         results: dict[int, Result] = {}
 
-        async def scan(index: int) -> None:
-            results[index] = await self._read(join.scans[index].read, budget, f"scan {index + 1}: ")
+        async def scan(index: int, within: Budget = budget) -> None:
+            results[index] = await self._read(join.scans[index].read, within, f"scan {index + 1}: ")
             for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
                 sent[shard] = sent.get(shard, 0) + rows
 
@@ -253,21 +253,26 @@ class Coordinator:
         if broadcast is not None and broadcast.read.fragment is None:
             return await self._read(broadcast.read)  # (LIMIT 0: nothing to read)
         if broadcast is not None:
-            await gather_or_cancel([scan(i) for i in broadcast.shipped])
-            tables = tuple(_shipped(join.scans[i], results[i].rows) for i in broadcast.shipped)
+            # Read no more than may be shipped: a table never analyzed may be huge.
+            capped = Budget(MergeLimits(broadcast.max_rows, broadcast.max_bytes), "the shipment")
+            try:
+                await gather_or_cancel([scan(i, capped) for i in broadcast.shipped])
+            except SqlLimitError as exc:
+                if exc.limit not in _STEP_LIMITS:
+                    raise
+                results.clear()  # (partly read: the fallback reads them again)
+                sent.clear()
+            tables = tuple(
+                _shipped(join.scans[i], results[i].rows) for i in broadcast.shipped if i in results
+            )
             count, values, size = shipped_size(tables)
-            if (
-                count <= broadcast.max_rows
-                and values <= MAX_SHIPPED_VALUES
-                and size <= broadcast.max_bytes
-            ):
+            if results and values <= MAX_SHIPPED_VALUES and size <= broadcast.max_bytes:
                 return await self._broadcast(broadcast, tables, sent)
             instead = "repartition" if join.repartition is not None else "coordinator"
             self._note(
-                f"  {count:,} rows to ship, over the broadcast bounds"
-                f" ({broadcast.max_rows:,} rows, {MAX_SHIPPED_VALUES:,} values,"
-                f" {broadcast.max_bytes:,} bytes):"
-                f" the {instead} join instead"
+                f"  {'the rows' if not results else f'{count:,} rows'} to ship are over the"
+                f" broadcast bounds ({broadcast.max_rows:,} rows, {MAX_SHIPPED_VALUES:,}"
+                f" values, {broadcast.max_bytes:,} bytes): the {instead} join instead"
             )
             if join.repartition is not None:
                 return await self._repartition(join.repartition)
