@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from shardwise.client import Client
+from shardwise.client.sql import ClusterShards
 from shardwise.errors import (
     ClientTimeoutError,
     SqlCatalogError,
@@ -27,15 +28,20 @@ from shardwise.errors import (
 from shardwise.model.config import Configuration, ShardId
 from shardwise.model.schemes import shard_map
 from shardwise.model.sql import SqlStatement
+from shardwise.shardserver import group_reads
 from shardwise.shardserver.protocol import (
+    SQL_GROUP_READ,
     SQL_READ,
     SQL_WRITE,
     ShippedRows,
+    SqlGroupReadReply,
+    SqlGroupReadRequest,
     SqlReadRequest,
     SqlReply,
     SqlWriteRequest,
     schema_digest,
 )
+from shardwise.shardserver.sqlshard import MAX_SQL_REPLY_BYTES
 from shardwise.sql.difftest import (
     DEFAULT_TABLES,
     QueryGenerator,
@@ -51,6 +57,7 @@ from shardwise.sql.difftest_joins import (
     load_join_tables,
     make_join_rows,
 )
+from shardwise.sql.plans import Fragment
 from shardwise.sql.values import SqlValue
 from shardwise.testing.cluster import SimCluster
 
@@ -393,3 +400,58 @@ async def test_shipped_rows_are_refused_at_the_door_when_hostile_and_joined_when
             reply = await cluster.call_group(gid, SQL_READ, read((1,), ("zz",)))
             assert reply.error == "" and [tuple(r) for r in reply.rows] == [(1, "1")], reply
             assert (await _rows(kv, "SELECT count(*) FROM t")) == [(2,)]
+
+
+@pytest.mark.virtual_time
+async def test_a_scatter_read_is_one_request_per_group_and_a_shard_it_cannot_settle_goes_alone(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = SimCluster(tmp_path, groups=2, seed=seed)
+    async with cluster:
+        await cluster.join(1, 2)
+        await cluster.settled()
+        async with cluster.client() as kv:
+            await kv.sql("CREATE TABLE t (id INTEGER, v TEXT) WITH (distribution = 'id')")
+            values = ", ".join(f"({i}, '{'x' * 40}')" for i in range(200))
+            await kv.sql(f"INSERT INTO t VALUES {values}")
+            # (Until the INSERT's transaction is resolved everywhere, its shards answer
+            # `locked` and are read alone, after a pause: wait for that first.)
+            assert await _rows(kv, "SELECT count(*) FROM t") == [(200,)]
+            alone: list[ShardId] = []
+            original = ClusterShards.read
+
+            async def counted(
+                self: ClusterShards, shard: ShardId, fragment: Fragment, max_rows: int
+            ) -> list[Row]:
+                alone.append(shard)
+                return await original(self, shard, fragment, max_rows)
+
+            monkeypatch.setattr(ClusterShards, "read", counted)
+            assert await _rows(kv, "SELECT count(*) FROM t") == [(200,)]
+            assert alone == []  # (each group's shards in one request)
+            # Rows past a shared frame: the shards that do not fit are read alone.
+            monkeypatch.setattr(group_reads, "MAX_SQL_REPLY_BYTES", 600)
+            rows = await _rows(kv, "SELECT id FROM t")
+            assert sorted(int(str(r[0])) for r in rows) == list(range(200))
+            assert alone, "some shards did not fit a shared frame of 600 bytes"
+            monkeypatch.setattr(group_reads, "MAX_SQL_REPLY_BYTES", MAX_SQL_REPLY_BYTES)
+            # Hostile requests are refused at the door; the group serves on.
+            config = await cluster.configuration()
+            digest = schema_digest(config.tables, "default")
+            gid = config.owner(_shard(config, 1))
+            mine = [i for i in range(64) if config.owner(ShardId("default", i)) == gid]
+            other = next(i for i in range(64) if config.owner(ShardId("default", i)) != gid)
+            sql = 'SELECT count(*) FROM "sql_t"'
+
+            def read(shards: Sequence[int], max_rows: int = 10) -> SqlGroupReadRequest:
+                return SqlGroupReadRequest("default", tuple(shards), sql, {}, max_rows,
+                                           config.num, digest)  # fmt: skip
+
+            for hostile in (read([]), read(range(2000)), read([mine[0]] * 2), read(mine, -1)):
+                refused: SqlGroupReadReply = await cluster.call_group(gid, SQL_GROUP_READ, hostile)
+                assert refused.error and not refused.replies, refused
+            mixed: SqlGroupReadReply = await cluster.call_group(
+                gid, SQL_GROUP_READ, read([mine[0], other, mine[1]])
+            )
+            assert [r.status for r in mixed.replies] == ["ok", "wrong_group", "ok"]
+            assert await _rows(kv, "SELECT count(*) FROM t") == [(200,)]

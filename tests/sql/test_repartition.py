@@ -16,6 +16,7 @@ from shardwise.model.config import Keyspace, Scheme
 from shardwise.sql import Coordinator, LocalShards, broadcast, planner, repartition
 from shardwise.sql.difftest import Row, differences
 from shardwise.sql.functions import partition, register
+from shardwise.sql.merge import MergeLimits
 from shardwise.sql.values import INT64_MAX, INT64_MIN
 
 SCHEMA = (
@@ -55,23 +56,30 @@ async def _load(
     return sql, reference
 
 
-async def test_null_keys_spread_over_the_steps_and_each_row_is_read_once(
+async def test_null_keys_are_read_only_where_a_left_join_keeps_them_and_group_as_one(
     local: LocalShards, rng: random.Random
 ) -> None:
     sales = [(i, None if i % 3 else rng.randrange(30), i) for i in range(240)]
     stores = [(f"c{i}", None if i % 7 == 0 else i % 35, f"city{i % 4}") for i in range(60)]
     sql, reference = await _load(local, sales, stores)
-    got = (await sql.execute(JOIN)).rows
-    assert differences(got, reference.execute(JOIN).fetchall(), ordered=False) == ""
-    analysis = await _lines(sql, f"EXPLAIN ANALYZE {JOIN}")
+    inner = JOIN.replace("LEFT JOIN", "JOIN")
+    got = (await sql.execute(inner)).rows
+    assert differences(got, reference.execute(inner).fetchall(), ordered=False) == ""
+    analysis = await _lines(sql, f"EXPLAIN ANALYZE {inner}")
     assert analysis[0] == "Distributed repartition read of s, st"
-    # 160 NULL store ids would overflow a 50-row step if they all went to one: they are
-    # spread by the rest of their row, and 300 rows (240 + 60) are read in all.
-    assert "  1 step(s) too few (max_rows): again in 8" in analysis
-    assert any(
-        line.startswith("  8 step(s) in ") and ": 300 rows of the scans" in line
-        for line in analysis
-    ), analysis
+    # A NULL key matches nothing: an inner join reads none of the 160 + 9 such rows.
+    assert any(": 131 rows of the scans read" in line for line in analysis), analysis
+    # The side a LEFT JOIN keeps reads them all, in one step: 160 of them do not fit a
+    # step of 50, and the error says what does not.
+    with pytest.raises(SqlLimitError, match=r"one value of s.store = st.id .*NULL counts as one"):
+        await sql.execute(JOIN)
+    grouped = (
+        "SELECT s.store, count(*), count(st.code) FROM s LEFT JOIN st ON st.id = s.store"
+        " WHERE s.id < 60 GROUP BY s.store"
+    )
+    got = (await sql.execute(grouped)).rows
+    assert differences(got, reference.execute(grouped).fetchall(), ordered=False) == ""
+    assert sum(1 for row in got if row[0] is None) == 1  # (one NULL group, not one per step)
 
 
 async def test_one_key_with_more_rows_than_a_step_is_a_clear_limit_error(
@@ -136,11 +144,7 @@ def test_the_step_function_in_sqlite() -> None:
     assert one[0] == one[1]
     for bad in ("0", "-1", "'8'", "NULL", "2.5"):
         assert conn.execute(f"SELECT shardwise_partition(5, {bad})").fetchone() == (None,)
-    spread = {
-        conn.execute("SELECT shardwise_partition(NULL, 16, ?)", (i,)).fetchone()[0]
-        for i in range(200)
-    }
-    assert len(spread) == 16  # NULL keys go by the rest of the row
+    assert conn.execute("SELECT shardwise_partition(NULL, 16)").fetchone() == (0,)
 
 
 async def test_a_broadcast_past_its_bounds_becomes_the_repartition_join(
@@ -168,3 +172,34 @@ async def test_a_broadcast_past_its_bounds_becomes_the_repartition_join(
         assert differences(got, reference.execute(JOIN).fetchall(), ordered=False) == ""
     finally:
         local.close()
+
+
+async def test_an_answer_past_the_limit_is_that_error_not_more_steps(local: LocalShards) -> None:
+    sql = Coordinator(local, local, limits=MergeLimits(max_rows=300))
+    for ddl, placement in zip(SCHEMA, PLACEMENT, strict=True):
+        await sql.execute(ddl + placement)
+    for i in range(20):  # 20 x 20 rows of one key: 40 rows read, 400 rows of answer
+        await sql.execute("INSERT INTO s VALUES (?, 7, 1)", [i])
+        await sql.execute("INSERT INTO st VALUES (?, 7, 'x')", [f"c{i}"])
+    analysis = await _lines(sql, "EXPLAIN SELECT s.id, st.code FROM s JOIN st ON st.id = s.store")
+    assert analysis[0] == "Distributed repartition read of s, st"
+    with pytest.raises(SqlLimitError, match=r"the statement's answer hold too many rows"):
+        await sql.execute("SELECT s.id, st.code FROM s JOIN st ON st.id = s.store")
+
+
+@pytest.mark.parametrize("name", ['x"y', "p`q", "a b"])
+async def test_column_names_that_need_quoting_join_at_the_coordinator(
+    local: LocalShards, name: str
+) -> None:
+    sql = Coordinator(local, local)
+    quoted = '"' + name.replace('"', '""') + '"'
+    await sql.execute(f"CREATE TABLE a (id INTEGER, k INTEGER, {quoted} INTEGER)"
+                      " WITH (distribution = 'id')")  # fmt: skip
+    await sql.execute("CREATE TABLE b (id INTEGER, k INTEGER) WITH (distribution = 'id')")
+    await sql.execute("INSERT INTO a VALUES (1, 5, 10), (2, 6, 20)")
+    await sql.execute("INSERT INTO b VALUES (1, 5), (2, 5)")
+    for join in ("JOIN", "FULL JOIN"):  # (repartition, then the coordinator join)
+        statement = f"SELECT a.{quoted}, b.id FROM a {join} b ON a.k = b.k"
+        rows = sorted((await sql.execute(statement)).rows, key=repr)
+        assert rows == sorted([(10, 1), (10, 2)] + ([(20, None)] if join != "JOIN" else []),
+                              key=repr)  # fmt: skip

@@ -54,6 +54,7 @@ from shardwise.errors import (
     CatalogError,
     ClientTimeoutError,
     NondeterministicSqlError,
+    PermissionDeniedError,
     RequestRefusedError,
     SqlCatalogError,
     SqlError,
@@ -80,10 +81,12 @@ from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import (
     MAX_SQL_BATCH_BYTES,
     MAX_SQL_STATEMENTS,
+    SQL_GROUP_READ,
     SQL_READ,
     SQL_SCHEMA,
     SQL_WRITE,
     SqlFailure,
+    SqlGroupReadRequest,
     SqlReadRequest,
     SqlReply,
     SqlSchemaRequest,
@@ -390,6 +393,64 @@ class ClusterShards:
         reply = await self.send(shard, SQL_READ, request, num)
         return [tuple(row) for row in reply.rows]
 
+    async def read_shards(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        """:meth:`read` on each of ``shards``: one request per group that serves several
+        of them (``shard.sql_group_read``: one ReadIndex round, and shipped rows sent
+        once); a shard that request does not settle plainly is read on its own."""
+        config = self._router.configuration
+        by_group: dict[int, list[int]] = {}
+        for index in shards:
+            gid = config.owner(ShardId(keyspace, index)) if config is not None else NO_GROUP
+            by_group.setdefault(gid, []).append(index)
+        found: dict[int, list[Row]] = {}
+
+        async def group(gid: int, indexes: list[int]) -> None:
+            if gid != NO_GROUP and len(indexes) > 1:
+                found.update(await self._group_read(gid, keyspace, indexes, fragment, max_rows))
+            alone = [i for i in indexes if i not in found]
+            rows = await gather_or_cancel(
+                [self.read(ShardId(keyspace, i), fragment, max_rows) for i in alone]
+            )
+            found.update(zip(alone, rows, strict=True))
+
+        await gather_or_cancel([group(gid, indexes) for gid, indexes in by_group.items()])
+        return [found[index] for index in shards]
+
+    async def _group_read(
+        self, gid: int, keyspace: str, indexes: list[int], fragment: Fragment, max_rows: int
+    ) -> dict[int, list[Row]]:
+        """The rows of the shards one group's request settled (the rest: not there)."""
+        num, digest = self._catalog.planned(keyspace)
+        request = SqlGroupReadRequest(
+            keyspace,
+            tuple(indexes),
+            fragment.sql,
+            dict(fragment.params),
+            max_rows,
+            num,
+            digest,
+            shipped_rows(fragment),
+        )
+        router, call = self._router, self._call
+        reply = await router.call_group(
+            gid, SQL_GROUP_READ, request, call, attempt_s=self._attempt_s
+        )
+        if reply is None or reply.status != "ok" or len(reply.replies) != len(indexes):
+            return {}  # (each shard on its own: its router follows the group's changes)
+        if reply.error:
+            refused = PermissionDeniedError if reply.denied else RequestRefusedError
+            raise refused(f"{call.what} was refused: {reply.error}")
+        rows: dict[int, list[Row]] = {}
+        for index, one in zip(indexes, reply.replies, strict=True):
+            if one.status != "ok" or one.schema or one.error:
+                continue  # (moved, locked, behind, too big to share a frame: alone)
+            if one.failure is not None:
+                raise self.failure(ShardId(keyspace, index), one.failure)
+            rows[index] = [tuple(row) for row in one.rows]
+        return rows
+
     async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
         """One shard's batch as one write (one log entry); several as one transaction
         (``sqltxn.write_atomically``)."""
@@ -442,6 +503,12 @@ class ClusterShards:
             )
         return reply.rowcount
 
+    def failure(self, shard: ShardId, failure: SqlFailure) -> Exception:
+        """The error a shard's failed statement raises here."""
+        if failure.code == "conflict":
+            return TransactionConflictError(failure.message)
+        return _error(failure, shard, self._catalog.table_names())
+
     async def send(
         self, shard: ShardId, method: RpcMethod[Any, SqlReply], request: object, num: int
     ) -> SqlReply:
@@ -453,9 +520,7 @@ class ClusterShards:
             if reply.error:
                 raise RequestRefusedError(f"{call.what} was refused: {reply.error}")
             if reply.failure is not None:
-                if reply.failure.code == "conflict":
-                    raise TransactionConflictError(reply.failure.message)
-                raise _error(reply.failure, shard, self._catalog.table_names())
+                raise self.failure(shard, reply.failure)
             if reply.schema == "behind":
                 call.why = (
                     f"the group of shard {shard} has yet to reach configuration {num} "

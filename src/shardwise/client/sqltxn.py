@@ -91,6 +91,14 @@ class TxnShards:
         reply = await self._visit(shard, (), statement, max_rows, shipped_rows(fragment))
         return [tuple(row) for row in reply.rows]
 
+    async def read_shards(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        """Each shard visited on its own (a visit runs the transaction's writes there)."""
+        return await gather_or_cancel(
+            [self.read(ShardId(keyspace, i), fragment, max_rows) for i in shards]
+        )
+
     async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
         """Every batch tried on its shard after the transaction's earlier writes there;
         kept only if all ran (a failed statement leaves the transaction as it was)."""

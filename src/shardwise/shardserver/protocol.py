@@ -268,6 +268,41 @@ class SqlReply(msgspec.Struct, frozen=True):
     """With ``locked``: a tag of the transaction that holds the shard's SQL tables."""
 
 
+MAX_GROUP_READ_SHARDS: Final = 1024
+"""Shards one :class:`SqlGroupReadRequest` may name."""
+
+
+class SqlGroupReadRequest(msgspec.Struct, frozen=True):
+    """One read fragment on several shards of ``keyspace`` that one group serves (a
+    scatter read's share of that group), behind one ReadIndex round: what ``shards``
+    SQL reads would do, one :class:`SqlReply` per shard in ``SqlGroupReadReply``.
+    Together the shards' rows fit one reply frame and their fragments one read's time;
+    a shard past either is answered ``retry``, to be read on its own."""
+
+    keyspace: str
+    shards: tuple[Int64, ...]
+    sql: str
+    params: dict[str, Any] = {}
+    max_rows: Int64 = 1000
+    """Per shard, as :class:`SqlReadRequest`'s."""
+    catalog_num: Int64 = 0
+    schema: UInt64 = 0
+    shipped: tuple[ShippedRows, ...] = ()
+
+
+class SqlGroupReadReply(msgspec.Struct, frozen=True):
+    status: ShardStatus
+    """Not ``ok``: nothing ran (``leader`` may say where to ask); ``error``: refused at
+    the door, as a read's would be."""
+    leader: str | None = None
+    config_num: Int64 = 0
+    """(Unused: each shard's reply carries its own.)"""
+    error: str = ""
+    denied: bool = False
+    replies: list[SqlReply] = []
+    """With ``ok``: one per shard, in the request's order, as a lone read's reply."""
+
+
 class SqlSchemaRequest(msgspec.Struct, frozen=True):
     """The group's configuration and the digest of ``keyspace``'s tables in it (a
     ReadIndex read on the leader): a client waits with it for a DDL to reach a group."""
@@ -513,6 +548,7 @@ PULL = RpcMethod("shard.pull", PullRequest, PullReply)
 HANDED_OFF = RpcMethod("shard.handed_off", HandedOffRequest, HandedOffReply)
 STATUS = RpcMethod("shard.status", StatusRequest, StatusReply)
 SQL_READ = RpcMethod("shard.sql_read", SqlReadRequest, SqlReply)
+SQL_GROUP_READ = RpcMethod("shard.sql_group_read", SqlGroupReadRequest, SqlGroupReadReply)
 SQL_WRITE = RpcMethod("shard.sql_write", SqlWriteRequest, SqlReply)
 SQL_SCHEMA = RpcMethod("shard.sql_schema", SqlSchemaRequest, SqlSchemaReply)
 CHECK = RpcMethod("shard.check", CheckRequest, CheckReply)

@@ -60,6 +60,7 @@ from shardwise.shardserver.commands import (
     decode_result,
     encode,
 )
+from shardwise.shardserver.group_reads import serve_group_read
 from shardwise.shardserver.migration.arrivals import Incoming
 from shardwise.shardserver.migration.reconciler import Reconciler
 from shardwise.shardserver.migration.source import ShardSource
@@ -71,6 +72,7 @@ from shardwise.shardserver.protocol import (
     PULL,
     READ,
     SCAN,
+    SQL_GROUP_READ,
     SQL_READ,
     SQL_SCHEMA,
     SQL_WRITE,
@@ -105,7 +107,7 @@ from shardwise.shardserver.sqlshard import (
     shipped_of,
     shipped_refusal,
 )
-from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine
+from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine, SqlRead
 from shardwise.shardserver.txn.handlers import TxnHandlers
 from shardwise.sql.shipped import ShippedTable
 from shardwise.storage.interface import RaftStorage
@@ -189,6 +191,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.transport.serve(BATCH, lambda r, c: serve_batch(self, r, c))
         self.transport.serve(SCAN, self._scan)
         self.transport.serve(SQL_READ, self._sql_read)
+        self.transport.serve(SQL_GROUP_READ, lambda r, c: serve_group_read(self, r, c))
         self.transport.serve(SQL_WRITE, self._sql_write)
         self.transport.serve(SQL_SCHEMA, self._sql_schema)
         self.transport.serve(PULL, self._pull)
@@ -202,7 +205,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             self.transport,
             self.controller,
             self.access,
-            self._sql_denied,
+            self.sql_denied,
             sql_write_max_steps=sql_write_max_steps,
             sql_write_max_seconds=sql_write_max_seconds,
         )
@@ -238,7 +241,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         denied = self.access.kv_denied(context, need, shard.keyspace)
         return KVReply("ok", error=denied, denied=True) if denied else None
 
-    def _sql_denied(
+    def sql_denied(
         self,
         context: CallContext,
         shard: ShardId,
@@ -350,7 +353,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return SqlReply("ok", error=problem or f"max_rows {request.max_rows} is negative")
         shipped = shipped_of(request.shipped)  # (checked: the access check makes them too)
         read_sql = [(request.sql, request.params)]
-        if denied := self._sql_denied(context, request.shard, read_sql, shipped=shipped):
+        if denied := self.sql_denied(context, request.shard, read_sql, shipped=shipped):
             return denied
         r = request
         read = self.host.read(
@@ -371,14 +374,17 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
             return SqlReply("ok", failure=failure_of(exc))
         if outcome.value is None:
             return SqlReply(outcome.status, leader=outcome.leader)
-        answer = outcome.value
+        return self.sql_read_reply(r.shard, outcome.value)
+
+    def sql_read_reply(self, shard: ShardId, answer: SqlRead) -> SqlReply:
+        """A shard's answer to a read fragment, as its reply."""
         if not answer.serving:
             return SqlReply("wrong_group", config_num=answer.config_num)
         if answer.locked:
             tag = txn_tag(answer.locked)
             return SqlReply("locked", config_num=answer.config_num, locked_by=tag)
         if not answer.schema:  # a schema verdict means the fragment did not run
-            self.reads_served[r.shard] += 1
+            self.reads_served[shard] += 1
         return SqlReply("ok", config_num=answer.config_num, schema=answer.schema, rows=answer.rows)
 
     async def _sql_write(self, request: SqlWriteRequest, context: CallContext) -> SqlReply:
@@ -386,7 +392,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if problem:
             return SqlReply("ok", error=problem)
         statements = [(s.sql, s.params) for s in request.statements]
-        if denied := self._sql_denied(context, request.shard, statements, writing=True):
+        if denied := self.sql_denied(context, request.shard, statements, writing=True):
             return denied
         r = request
         # Refused here, on the leader, before the log; checked again as it applies.

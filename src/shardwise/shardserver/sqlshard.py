@@ -497,6 +497,11 @@ def _read_rows(
     return rows
 
 
+def rows_bytes(rows: Sequence[tuple[Any, ...]]) -> int:
+    """The size of ``rows`` as a read's bytes bound counts them."""
+    return sum(map(_row_bytes, rows))
+
+
 def _row_bytes(row: tuple[Any, ...]) -> int:
     return sum(len(v) + 5 if isinstance(v, str | bytes) else 9 for v in row) + 5
 

@@ -290,8 +290,10 @@ class SqlStoreMixin:
         params: Mapping[str, Any],
         max_rows: int,
         shipped: Sequence[ShippedTable] = (),
+        bounds: tuple[int, float] | None = None,
     ) -> list[tuple[Any, ...]]:
-        """The rows of a read fragment (read-only, bounded: see ``sqlshard.run_read``)."""
+        """The rows of a read fragment (read-only, bounded: see ``sqlshard.run_read``;
+        ``bounds``: bytes and seconds, if less than a lone read's)."""
         from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
 
         conn = self._sql_connection()
@@ -300,8 +302,16 @@ class SqlStoreMixin:
             # back the whole open transaction, which on a cache disk may hold applied
             # batches. Commit them first, so a failed read can lose nothing.
             self.flush()
+        max_bytes, max_seconds = bounds or (sqlshard.MAX_SQL_REPLY_BYTES, sqlshard.MAX_SQL_READ_S)
         return sqlshard.run_read(
-            conn, sql, params, max_rows, shard=str(self.shard), shipped=shipped
+            conn,
+            sql,
+            params,
+            max_rows,
+            shard=str(self.shard),
+            shipped=shipped,
+            max_bytes=max_bytes,
+            max_seconds=max_seconds,
         )
 
     def sql_tables(self) -> dict[str, Table]:

@@ -372,9 +372,11 @@ class ShardGroupStateMachine:
         params: Mapping[str, Any],
         max_rows: int,
         shipped: Sequence[ShippedTable] = (),
+        bounds: tuple[int, float] | None = None,
     ) -> SqlRead:
         """A read fragment on ``shard`` (raises ``SqlError`` if it fails or passes a
-        bound), if the shard serves here with the tables the client planned with."""
+        bound), if the shard serves here with the tables the client planned with.
+        ``bounds``: its reply's bytes and its seconds, if less than a lone read's."""
         record = self.shards.get(shard)
         if record is None or record.store is None or not self.serves(shard):
             return SqlRead(False, self.config.num)
@@ -383,7 +385,7 @@ class ShardGroupStateMachine:
             return SqlRead(True, self.config.num, verdict)
         if locker := record.store.sql_locked(write=False):
             return SqlRead(True, self.config.num, locked=locker)
-        rows = record.store.read_sql(sql, params, max_rows, shipped)
+        rows = record.store.read_sql(sql, params, max_rows, shipped, bounds)
         return SqlRead(True, self.config.num, rows=rows)
 
     def refused_sql(self, shard: ShardId, statements: Sequence[SqlStatement]) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shardwise.errors import NondeterministicSqlError, SqlLimitError
-from shardwise.model.config import SetStats, ShardId
+from shardwise.model.config import SetStats
 from shardwise.net.loop import gather_or_cancel
 from shardwise.sql.catalog import Catalog, affinity
 from shardwise.sql.determinism import Determinizer, StatementContext
@@ -154,13 +154,10 @@ class Coordinator:
         budget = budget or Budget(self._limits)
         cap = budget.limits.max_rows + 1
 
-        async def one(index: int) -> list[Row]:
-            rows = await self._shards.read(ShardId(read.keyspace, index), fragment, cap)
-            budget.take(rows)  # single-threaded: the loop runs one callback at a time
-            return rows
-
         started = _now()
-        parts = await gather_or_cancel([one(i) for i in read.shards])
+        parts = await self._shards.read_shards(read.keyspace, read.shards, fragment, cap)
+        for rows in parts:
+            budget.take(rows)
         self.last_rows_shipped = {i: len(p) for i, p in zip(read.shards, parts, strict=True)}
         sent = sum(self.last_rows_shipped.values())
         most = max(self.last_rows_shipped.values(), default=0)
@@ -175,20 +172,21 @@ class Coordinator:
         """The steps of a repartition join, each its rows of both scans joined here,
         then their answers merged; again in more steps if one is past its bounds."""
         steps = parts.steps
+        sent: dict[int, int] = {}  # (by every attempt)
         while True:
             started = _now()
             try:
-                answers, sent = await self._steps(parts, steps)
-            except SqlLimitError as exc:
-                if exc.limit not in _STEP_LIMITS:
-                    raise
+                answers = await self._steps(parts, steps, sent)
+            except _StepFullError as full:
+                exc = full.limit
                 if steps >= parts.max_steps:
                     raise SqlLimitError(
                         "repartition_step_rows",
                         parts.max_rows,
                         f"a step of the repartition join holds more than {parts.max_rows:,}"
                         f" rows or {parts.max_bytes:,} bytes even in {steps} step(s):"
-                        f" one value of {parts.keys[0]} = {parts.keys[1]} has too many rows",
+                        f" one value of {parts.keys[0]} = {parts.keys[1]} has too many rows"
+                        " (NULL counts as one, on the side a LEFT JOIN keeps)",
                     ) from None
                 more = min(parts.max_steps, steps * REPARTITION_GROWTH)
                 self._note(f"  {steps} step(s) too few ({exc.limit}): again in {more}")
@@ -196,23 +194,31 @@ class Coordinator:
                 continue
             self._note(
                 f"  {steps} step(s) in {_ms(_now() - started)}: {sum(sent.values()):,} rows"
-                f" of the scans read, {sum(len(a) for a in answers):,} rows of answers"
+                f" of the scans read (by every attempt), {sum(len(a) for a in answers):,} rows"
+                " of answers"
             )
             self.last_rows_shipped = sent
             return _merged(parts.read, answers)
 
-    async def _steps(
-        self, parts: Repartition, steps: int
-    ) -> tuple[list[list[Row]], dict[int, int]]:
+    async def _steps(self, parts: Repartition, steps: int, sent: dict[int, int]) -> list[list[Row]]:
+        """The answers of ``steps`` steps, the scans' rows counted into ``sent``; raises
+        :class:`_StepFullError` when a step's scans pass its bounds."""
         fragment = parts.read.fragment
         assert fragment is not None
-        limits = MergeLimits(parts.max_rows, parts.max_bytes)
+        limits = MergeLimits(
+            min(parts.max_rows, self._limits.max_rows),
+            min(parts.max_bytes, self._limits.max_bytes),
+        )
         answers: list[list[Row]] = []
         held = Budget(self._limits, "the steps' answers")  # (all kept until the merge)
-        sent: dict[int, int] = {}
 
         async def scan(read: ReadPlan, budget: Budget) -> Result:
-            result = await self._read(read, budget, quiet=True)
+            try:
+                result = await self._read(read, budget, quiet=True)
+            except SqlLimitError as exc:
+                if exc.limit in _STEP_LIMITS:
+                    raise _StepFullError(exc) from None
+                raise
             for shard, rows in self.last_rows_shipped.items():  # (set by this read, just now)
                 sent[shard] = sent.get(shard, 0) + rows
             return result
@@ -227,12 +233,9 @@ class Coordinator:
                 for scan, result in zip(parts.scans, results, strict=True)
             ]
             _, rows = run_join(scans, fragment, self._limits.max_rows, self._limits.max_bytes)
-            try:
-                held.take(rows)
-            except SqlLimitError as exc:  # (not a step's: more steps would not help)
-                raise SqlLimitError(f"answer_{exc.limit}", exc.value, exc.detail) from None
+            held.take(rows)  # (past it: more steps would not help)
             answers.append(rows)
-        return answers, sent
+        return answers
 
     async def _join(self, join: JoinPlan) -> Result:
         """Every scan read (together, within one budget), then the statement over them;
@@ -331,6 +334,14 @@ class Coordinator:
         if not change.skip:
             await self._catalog.change(change.op)
         return Result(())
+
+
+class _StepFullError(Exception):
+    """A step of a repartition join read more than a step may hold."""
+
+    def __init__(self, limit: SqlLimitError) -> None:
+        super().__init__(str(limit))
+        self.limit = limit
 
 
 def _merged(read: ReadPlan, parts: list[list[Row]]) -> Result:

@@ -164,4 +164,5 @@ class _SeveralRows:
 
 
 def _quoted(name: str) -> str:
-    return name.replace('"', '""')
+    """``name`` inside backticks (as the statements here quote names)."""
+    return name.replace("`", "``")

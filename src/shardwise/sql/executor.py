@@ -31,6 +31,13 @@ class ShardExecutor(Protocol):
         """
         ...
 
+    async def read_shards(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        """:meth:`read` on each of ``shards`` of ``keyspace`` (their rows in that order),
+        in as few rounds as the executor can."""
+        ...
+
     async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
         """Apply every batch (its statements, on its shard of ``keyspace``) atomically:
         all of them or none, across shards too, and return the number of rows they

@@ -106,26 +106,22 @@ class _DistinctSet:
         return _encode(list(self.values))
 
 
-def partition(value: SqlValue, parts: object, *rest: SqlValue) -> int | None:
+def partition(value: SqlValue, parts: object) -> int | None:
     """The part in ``[0, parts)`` of a repartition join's key ``value`` (None for a
     count that is not a positive integer). Values SQLite holds equal get the same part:
     an integral REAL within 64 bits hashes as its INTEGER (a column of INTEGER affinity
     never stores one, but the function does not rely on that); any other value by its
-    storage class and bytes. A NULL key equals nothing, so its row may go anywhere: by
-    the ``rest`` of the row, so a table's NULL keys spread over the parts."""
+    storage class and bytes. NULL, one group to a GROUP BY, is part 0."""
     if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
         return None
-    if parts == 1:
+    if parts == 1 or value is None:
         return 0
-    data = _hashed(value) if value is not None else b"".join(_hashed(v) for v in rest)
-    return int(xxhash.xxh3_64_intdigest(data) % parts)
+    return int(xxhash.xxh3_64_intdigest(_hashed(value)) % parts)
 
 
-def _hashed(value: SqlValue) -> bytes:
+def _hashed(value: int | float | str | bytes) -> bytes:
     if isinstance(value, float) and value.is_integer() and INT64_MIN <= value <= INT64_MAX:
         value = int(value)
-    if value is None:
-        return b"n"
     if isinstance(value, int):
         return b"i" + value.to_bytes(8, "little", signed=True)
     if isinstance(value, float):
@@ -139,7 +135,7 @@ def _hashed(value: SqlValue) -> bytes:
 
 def register(conn: sqlite3.Connection) -> None:
     """Add shardwise's functions to ``conn``."""
-    conn.create_function(PARTITION_FUNCTION, -1, partition, deterministic=True)
+    conn.create_function(PARTITION_FUNCTION, 2, partition, deterministic=True)
     statistics: tuple[Statistic, ...] = ("var_samp", "var_pop", "stddev_samp", "stddev_pop")
     # typeshed's aggregate protocol wants int results; SQLite takes any value it stores.
     aggregates: list[tuple[str, Any]] = [(which, _statistic(which)) for which in statistics]

@@ -91,6 +91,11 @@ class LocalShards:
             raise SqlLimitError("max_rows", max_rows, f"shard {shard} has too many rows")
         return [tuple(r) for r in rows]
 
+    async def read_shards(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        return [await self.read(ShardId(keyspace, i), fragment, max_rows) for i in shards]
+
     async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
         """Every batch in a transaction of its shard's database, committed only once all
         ran (all in-process: nothing can fail between the commits but the process)."""

@@ -60,9 +60,6 @@ STEPS_PARAM: Final = "sw_steps"
 STEP_PARAM: Final = "sw_step"
 _KEYSPACE: Final = "_sw_parts"
 _JOIN_KEY_AFFINITIES: Final = ("INTEGER", "TEXT")
-_SPREAD_COLUMNS: Final = 16
-"""The columns of a row whose NULL join key places it by the rest of the row (SQLite
-takes at most 127 arguments to a function)."""
 
 
 def plan_repartition(
@@ -124,10 +121,12 @@ def plan_repartition(
     total = sum(known) if len(known) == len(rows) else 0
     room = REPARTITION_STEP_ROWS * 2 // 3  # (steps are uneven: a third to spare)
     steps = min(MAX_REPARTITION_STEPS, max(1, -(-total // room)))
-    stepped = tuple(_stepped(scan, key) for scan, key in zip(scans, keys, strict=True))
+    # A NULL key matches nothing: its rows matter only on the side a LEFT JOIN keeps.
+    kept = (joins[0].args.get("side") or "").upper() == "LEFT"
+    stepped = (_stepped(scans[0], keys[0], nulls=kept), _stepped(scans[1], keys[1], nulls=False))
     return Repartition(
         (f"{scans[0].alias}.{keys[0]}", f"{scans[1].alias}.{keys[1]}"),
-        (stepped[0], stepped[1]),
+        stepped,
         read,
         steps,
         REPARTITION_STEP_ROWS,
@@ -187,20 +186,15 @@ def _affinity(catalog: Catalog, table: str, column: str) -> str:
     return next(c.affinity for c in catalog.columns(catalog.table(table)) if c.name == column)
 
 
-def _stepped(scan: TableScan, key: str) -> TableScan:
+def _stepped(scan: TableScan, key: str, *, nulls: bool) -> TableScan:
     """``scan`` reading only the rows of one step (its parameters name which), named as
-    the step's fragment reads it."""
+    the step's fragment reads it; rows with a NULL key only if ``nulls`` (all in one
+    step: a GROUP BY of the key makes them one group)."""
     fragment = scan.read.fragment
     assert fragment is not None  # (a table's scan always reads its shards)
-
-    def quoted(name: str) -> str:
-        return '"' + name.replace('"', '""') + '"'
-
-    rest = [name for name, _ in scan.columns if name != key][:_SPREAD_COLUMNS]
-    others = "".join(f", {quoted(name)}" for name in rest)
-    sql = (
-        f"SELECT * FROM ({fragment.sql}) "
-        f"WHERE {PARTITION_FUNCTION}({quoted(key)}, :{STEPS_PARAM}{others}) = :{STEP_PARAM}"
-    )
+    quoted = '"' + key.replace('"', '""') + '"'
+    step = f"{PARTITION_FUNCTION}({quoted}, :{STEPS_PARAM}) = :{STEP_PARAM}"
+    present = "" if nulls else f" AND {quoted} IS NOT NULL"
+    sql = f"SELECT * FROM ({fragment.sql}) WHERE {step}{present}"
     read = dataclasses.replace(scan.read, fragment=Fragment(sql, fragment.params))
     return TableScan(physical_name(scan.name), scan.table, scan.alias, scan.columns, read)
