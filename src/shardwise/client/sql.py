@@ -437,11 +437,11 @@ class ClusterShards:
         reply = await router.call_group(
             gid, SQL_GROUP_READ, request, call, attempt_s=self._attempt_s
         )
-        if reply is None or reply.status != "ok" or len(reply.replies) != len(indexes):
-            return {}  # (each shard on its own: its router follows the group's changes)
-        if reply.error:
+        if reply is not None and reply.error:  # (refused at the door: alone, it would be too)
             refused = PermissionDeniedError if reply.denied else RequestRefusedError
             raise refused(f"{call.what} was refused: {reply.error}")
+        if reply is None or reply.status != "ok" or len(reply.replies) != len(indexes):
+            return {}  # (each shard on its own: its router follows the group's changes)
         rows: dict[int, list[Row]] = {}
         for index, one in zip(indexes, reply.replies, strict=True):
             if one.status != "ok" or one.schema or one.error:
