@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shardwise.controller.access import change_denied
-from shardwise.controller.statemachine import _catalog
 from shardwise.model.access import AccessCatalog, Role, User, parse_grant
+from shardwise.model.catalog_changes import changed_tables
 from shardwise.model.config import (
     AddColumn,
     Column,
@@ -66,7 +66,7 @@ def test_raw_create_table_with_nonliteral_default_is_refused_by_controller() -> 
     assert change_denied(catalog, "ka", CreateTable(EVIL), config) == ""  # allowed
     assert change_denied(catalog, "ka", AddColumn("x", Column("c", "INT")), config) != ""
     with pytest.raises(Exception):  # noqa: B017 - any refusal will do
-        _catalog(config, CreateTable(EVIL))
+        changed_tables(config.tables, config.keyspaces, CreateTable(EVIL), 1)
 
 
 def test_nonliteral_default_makes_replicas_diverge(tmp_path: Path) -> None:

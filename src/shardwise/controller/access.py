@@ -33,8 +33,10 @@ from shardwise.model.config import (
     Configuration,
     CreateIndex,
     CreateTable,
+    DropIndex,
     DropTable,
     Op,
+    SetIndexState,
     SetStats,
 )
 
@@ -133,7 +135,7 @@ def change_denied(catalog: AccessCatalog, user: str | None, op: Op, config: Conf
     keyspace: str | None = None
     if isinstance(op, CreateTable):
         keyspace = op.table.keyspace
-    elif isinstance(op, DropTable | AddColumn | CreateIndex):
+    elif isinstance(op, DropTable | AddColumn | CreateIndex | DropIndex | SetIndexState):
         name = op.name if isinstance(op, DropTable) else op.table
         table = config.tables.get(name)
         keyspace = table.keyspace if table is not None else None

@@ -43,36 +43,37 @@ from shardwise.errors import (
 )
 from shardwise.model.access import AccessCatalog, AccessOp
 from shardwise.model.bounds import Int64
+from shardwise.model.catalog_changes import (
+    building,
+    changed_tables,
+    check_name,
+    index_state,
+    table_named,
+)
 from shardwise.model.config import (
     COMMAND_VERSION,
     MAX_GROUPS,
     MAX_KEYSPACES,
-    MAX_NAME_LENGTH,
     MAX_SERVERS_PER_GROUP,
     MAX_SHARDS_PER_KEYSPACE,
     MAX_TABLES,
     NO_GROUP,
     STRATEGIES,
     UNRECORDED,
-    AddColumn,
     ChangeResult,
-    Column,
     Command,
     Configuration,
     CreateIndex,
     CreateKeyspace,
-    CreateTable,
-    DropTable,
     Join,
     Leave,
     Move,
     MoveInfo,
     Op,
     Rebalance,
+    SetIndexState,
     SetStats,
-    Table,
     TableStats,
-    column_type_problem,
     initial_configuration,
 )
 from shardwise.model.schemes import check_scheme
@@ -226,9 +227,16 @@ class ControllerStateMachine:
             return self._create_keyspace(latest, op)
         if isinstance(op, SetStats):
             return _with_stats(latest, op), []
-        tables = _catalog(latest, op)
+        if isinstance(op, SetIndexState):
+            tables, builds = index_state(latest.tables, latest.keyspaces, latest.index_builds, op)
+            return _next(latest, tables=tables, index_builds=builds), []
+        assert not isinstance(op, AccessOp), "access commands leave the configuration be"
+        tables = changed_tables(latest.tables, latest.keyspaces, op, latest.num + 1)
         stats = {name: s for name, s in latest.stats.items() if name in tables}  # (dropped)
-        return _next(latest, tables=tables, stats=stats), []
+        builds = building(tables, latest.index_builds)
+        if isinstance(op, CreateIndex) and op.index.state == "building":
+            builds[op.index.name] = ()
+        return _next(latest, tables=tables, stats=stats, index_builds=builds), []
 
     def _join(self, latest: Configuration, op: Join) -> tuple[Configuration, list[MoveInfo]]:
         if not op.groups:
@@ -290,7 +298,7 @@ class ControllerStateMachine:
         self, latest: Configuration, op: CreateKeyspace
     ) -> tuple[Configuration, list[MoveInfo]]:
         keyspace = op.keyspace
-        _check_name(keyspace.name, "keyspace")
+        check_name(keyspace.name, "keyspace")
         if keyspace.name in latest.keyspaces:
             raise KeyspaceExistsError(f"keyspace {keyspace.name!r} exists")
         if len(latest.keyspaces) >= MAX_KEYSPACES:
@@ -344,11 +352,6 @@ def fill_change_numbers(configs: list[Configuration]) -> list[Configuration]:
     return filled
 
 
-def _check_name(name: str, what: str) -> None:
-    if not name or len(name) > MAX_NAME_LENGTH or "/" in name:
-        raise ControllerError(f"a {what} name is 1-{MAX_NAME_LENGTH} characters without '/'")
-
-
 def _check_servers(gid: int, servers: tuple[str, ...]) -> None:
     if not servers:
         raise InvalidServersError(f"group {gid} has no servers")
@@ -369,6 +372,7 @@ def _next(latest: Configuration, *, bump: bool = True, **changes: object) -> Con
         owners=dict(sorted(config.owners.items())),
         tables=dict(sorted(config.tables.items())),
         stats=dict(sorted(config.stats.items())),
+        index_builds=dict(sorted(config.index_builds.items())),
     )
 
 
@@ -384,49 +388,13 @@ def _rebalanced(
     return _next(latest, groups=groups, owners=owners), moves
 
 
-def _catalog(latest: Configuration, op: Op) -> dict[str, Table]:
-    tables = dict(latest.tables)
-    if isinstance(op, CreateTable):
-        table = op.table
-        _check_name(table.name, "table")
-        if table.name.lower() in {name.lower() for name in tables}:  # (SQLite ignores case)
-            raise CatalogError(f"table {table.name!r} exists")
-        if table.keyspace not in latest.keyspaces:
-            raise UnknownKeyspaceError(f"there is no keyspace {table.keyspace!r}")
-        names = [c.name for c in table.columns]
-        if len(set(names)) != len(names) or table.distribution_column not in [*names, ""]:
-            raise CatalogError("columns must be unique and include the distribution column")
-        _check_columns(table.columns)
-        if len(tables) >= MAX_TABLES:
-            raise CatalogError(f"at most {MAX_TABLES} tables")
-        tables[table.name] = msgspec.structs.replace(table, created_at=latest.num + 1)
-    elif isinstance(op, DropTable):
-        if tables.pop(op.name, None) is None:
-            raise CatalogError(f"there is no table {op.name!r}")
-    elif isinstance(op, AddColumn):
-        table = _table(tables, op.table)
-        if any(c.name == op.column.name for c in table.columns):
-            raise CatalogError(f"table {op.table!r} already has a column {op.column.name!r}")
-        _check_columns((op.column,))
-        tables[op.table] = msgspec.structs.replace(table, columns=(*table.columns, op.column))
-    elif isinstance(op, CreateIndex):
-        table = _table(tables, op.table)
-        columns = {c.name for c in table.columns}
-        if any(i.name == op.index.name for i in table.indexes) or not op.index.columns:
-            raise CatalogError(f"index {op.index.name!r} exists or names no columns")
-        if not set(op.index.columns) <= columns:
-            raise CatalogError(f"index {op.index.name!r} names a column {op.table!r} lacks")
-        tables[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, op.index))
-    return tables
-
-
 def _with_stats(latest: Configuration, op: SetStats) -> Configuration:
     """``latest`` with ``op``'s counts (``latest`` itself when they are its own)."""
     if not op.rows or len(op.rows) > MAX_TABLES:
         raise CatalogError(f"statistics for 1 to {MAX_TABLES} tables")
     stats = dict(latest.stats)
     for name, rows in op.rows.items():
-        table = _table(latest.tables, name)
+        table = table_named(latest.tables, name)
         if rows < 0:
             raise CatalogError(f"a row count is never negative ({name!r}: {rows})")
         if op.created.get(name, table.created_at) != table.created_at:
@@ -438,21 +406,6 @@ def _with_stats(latest: Configuration, op: SetStats) -> Configuration:
         if known is None or known.rows != rows:
             stats[name] = TableStats(rows, latest.num + 1)
     return latest if stats == latest.stats else _next(latest, stats=stats)
-
-
-def _check_columns(columns: tuple[Column, ...]) -> None:
-    """Refuse a declaration a shard could not paste into its DDL safely (a computed
-    default, a constraint): ``column_type_problem``."""
-    for column in columns:
-        problem = column_type_problem(column.type)
-        if problem:
-            raise CatalogError(problem)
-
-
-def _table(tables: dict[str, Table], name: str) -> Table:
-    if name not in tables:
-        raise CatalogError(f"there is no table {name!r}")
-    return tables[name]
 
 
 def _version(command: bytes) -> int:

@@ -110,10 +110,29 @@ def column_type_problem(declaration: str) -> str:
     return ""
 
 
+IndexScope: TypeAlias = Literal["local", "global"]
+IndexState: TypeAlias = Literal["public", "building"]
+
+
 class IndexDef(msgspec.Struct, frozen=True, array_like=True):
+    """An index of a table. ``local``: each shard indexes its own rows (a SQLite index
+    in every shard file). ``global``: a hidden table of the keyspace holding one entry per
+    row (its ``columns``, its distribution value, ``include`` and its rowid), distributed
+    by the first of ``columns`` (``shardwise.sql.global_index``)."""
+
     name: str
     columns: tuple[str, ...]
     unique: bool = False
+    scope: IndexScope = "local"
+    include: tuple[str, ...] = ()
+    """Columns a global index also holds, so a query of them alone reads only the index."""
+    state: IndexState = "public"
+    """``building``: every write maintains it, no read uses it, while its entries for
+    the rows written before it existed are filled in; then ``public``."""
+
+    @property
+    def is_global(self) -> bool:
+        return self.scope == "global"
 
 
 class Table(msgspec.Struct, frozen=True, array_like=True):
@@ -177,6 +196,10 @@ class Configuration(msgspec.Struct, frozen=True, array_like=True):
     """Table -> its statistics as of its latest ``ANALYZE`` (none: never analyzed). Not
     part of the catalog: a new count changes no table, so no statement planned before it
     is refused for it."""
+    index_builds: dict[str, tuple[Int64, ...]] = {}
+    """A global index being built (by name: unique in the catalog) -> the base shards
+    done so far (``SetIndexState``). Not part of the catalog, as ``stats``: progress
+    changes no table."""
 
     def owner(self, shard: ShardId) -> int:
         return self.owners[shard.keyspace][shard.index]
@@ -247,6 +270,24 @@ class CreateIndex(msgspec.Struct, frozen=True, tag="create_index"):
     index: IndexDef
 
 
+class DropIndex(msgspec.Struct, frozen=True, tag="drop_index"):
+    table: str
+    name: str
+
+
+class SetIndexState(msgspec.Struct, frozen=True, tag="set_index_state"):
+    """A global index's build: ``done`` are the base shards whose rows have entries
+    (recorded as the build goes, so an interrupted one resumes), ``state`` ``public``
+    once all have. ``created_at`` is the table's: a table dropped and created again since
+    the build began is refused."""
+
+    table: str
+    name: str
+    state: IndexState
+    created_at: Int64
+    done: tuple[Int64, ...] = ()
+
+
 class SetStats(msgspec.Struct, frozen=True, tag="set_stats"):
     """Record ``ANALYZE``'s row counts: table -> rows."""
 
@@ -266,6 +307,8 @@ Op: TypeAlias = (
     | DropTable
     | AddColumn
     | CreateIndex
+    | DropIndex
+    | SetIndexState
     | SetStats
     | CreateUser
     | DropUser

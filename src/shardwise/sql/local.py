@@ -13,30 +13,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-
-import msgspec
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from shardwise.errors import (
+    ControllerError,
     SqlCatalogError,
     SqlConstraintError,
     SqlExecutionError,
     SqlLimitError,
 )
+from shardwise.model.catalog_changes import building, changed_tables, index_state
 from shardwise.model.config import (
-    AddColumn,
     CreateIndex,
-    CreateTable,
-    DropTable,
     Keyspace,
+    SetIndexState,
     SetStats,
     ShardId,
     Table,
     TableStats,
 )
+from shardwise.sql.capture import capturing
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import Row
 from shardwise.sql.functions import register
+from shardwise.sql.index_tables import IndexMaintenance
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 from shardwise.sql.shard_schema import schema_changes
 from shardwise.sql.shipped import refusal, shipped_tables
@@ -61,6 +61,8 @@ class LocalShards:
                 conn = sqlite3.connect(path, isolation_level=None)
                 register(conn)
                 self._conns[shard] = conn
+        self._num = 0
+        """The catalog changes so far (a new table's ``created_at``, as the controller's)."""
         self.reads = 0
         """Fragments read so far (tests check pruning with it)."""
 
@@ -96,32 +98,74 @@ class LocalShards:
     ) -> list[list[Row]]:
         return [await self.read(ShardId(keyspace, i), fragment, max_rows) for i in shards]
 
-    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+    async def write(
+        self,
+        keyspace: str,
+        batches: Sequence[ShardBatch],
+        maintenance: IndexMaintenance | None = None,
+    ) -> int:
         """Every batch in a transaction of its shard's database, committed only once all
-        ran (all in-process: nothing can fail between the commits but the process)."""
+        ran (all in-process: nothing can fail between the commits but the process); the
+        index entries ``maintenance`` makes of the changes, likewise."""
         changed = 0
-        begun: list[sqlite3.Connection] = []
+        begun: dict[ShardId, sqlite3.Connection] = {}
         try:
+            captured = []
             for batch in batches:
-                shard = ShardId(keyspace, batch.shard)
-                conn = self._conns[shard]
-                conn.execute("BEGIN IMMEDIATE")
-                begun.append(conn)
-                try:
-                    for fragment in batch.statements:
-                        changed += conn.execute(fragment.sql, dict(fragment.params)).rowcount
-                except sqlite3.Error as exc:
-                    # A broken constraint is told apart, as the cluster's shards do.
-                    if isinstance(exc, sqlite3.IntegrityError):
-                        raise SqlConstraintError(str(exc), str(shard)) from None
-                    raise SqlExecutionError(str(exc), str(shard)) from None
+                conn = self._begin(begun, ShardId(keyspace, batch.shard))
+                capture = (maintenance.capture,) if maintenance is not None else ()
+                with capturing(conn, capture) as rows:
+                    changed += self._run(conn, ShardId(keyspace, batch.shard), batch.statements)
+                captured.extend(rows)
+            if maintenance is not None:
+                for batch in maintenance.batches(captured):
+                    shard = ShardId(keyspace, batch.shard)
+                    try:
+                        self._run(self._begin(begun, shard), shard, batch.statements)
+                    except SqlConstraintError as exc:
+                        raise maintenance.violation(exc) from None
         except BaseException:
-            for conn in begun:
+            for conn in begun.values():
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             raise
-        for conn in begun:
+        for conn in begun.values():
             conn.execute("COMMIT")
+        return changed
+
+    async def fill(
+        self,
+        keyspace: str,
+        shard: int,
+        read: Fragment,
+        max_rows: int,
+        entries: Callable[[list[Row]], list[ShardBatch]],
+    ) -> list[Row]:
+        rows = await self.read(ShardId(keyspace, shard), read, max_rows)
+        for batch in entries(rows):
+            await self.write(keyspace, [batch])
+        return rows
+
+    def _begin(
+        self, begun: dict[ShardId, sqlite3.Connection], shard: ShardId
+    ) -> sqlite3.Connection:
+        conn = begun.get(shard)
+        if conn is None:
+            conn = begun[shard] = self._conns[shard]
+            conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    @staticmethod
+    def _run(conn: sqlite3.Connection, shard: ShardId, statements: Sequence[Fragment]) -> int:
+        changed = 0
+        try:
+            for fragment in statements:
+                changed += conn.execute(fragment.sql, dict(fragment.params)).rowcount
+        except sqlite3.Error as exc:
+            # A broken constraint is told apart, as the cluster's shards do.
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise SqlConstraintError(str(exc), str(shard)) from None
+            raise SqlExecutionError(str(exc), str(shard)) from None
         return changed
 
     # --- CatalogStore ----------------------------------------------------------------
@@ -137,29 +181,28 @@ class LocalShards:
             stats = {**self._catalog.stats, **counts}
             self._catalog = dataclasses.replace(self._catalog, stats=stats)
             return self._catalog
-        old = dict(self._catalog.tables)
-        new = dict(old)
-        if isinstance(op, CreateTable):
-            if op.table.name in new:
-                raise SqlCatalogError(f"table {op.table.name!r} exists")
-            new[op.table.name] = op.table
-        elif isinstance(op, DropTable):
-            if new.pop(op.name, None) is None:
-                raise SqlCatalogError(f"there is no table {op.name!r}")
-        elif isinstance(op, AddColumn):
-            table = self._table(new, op.table)
-            new[op.table] = msgspec.structs.replace(table, columns=(*table.columns, op.column))
-        elif isinstance(op, CreateIndex):
-            table = self._table(new, op.table)
-            new[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, op.index))
-        for keyspace in self._catalog.keyspaces:
+        catalog = self._catalog
+        old = dict(catalog.tables)
+        builds = dict(catalog.index_builds)
+        try:
+            if isinstance(op, SetIndexState):
+                new, builds = index_state(old, catalog.keyspaces, builds, op)
+            else:
+                self._num += 1
+                new = changed_tables(old, catalog.keyspaces, op, self._num)
+                builds = building(new, builds)
+                if isinstance(op, CreateIndex) and op.index.state == "building":
+                    builds[op.index.name] = ()
+        except ControllerError as exc:
+            raise SqlCatalogError(str(exc)) from None
+        for keyspace in catalog.keyspaces:
             statements = schema_changes(old, new, keyspace)
             for shard, conn in self._conns.items():
                 if shard.keyspace == keyspace:
                     for statement in statements:
                         conn.execute(statement)
-        stats = {name: s for name, s in self._catalog.stats.items() if name in new}
-        self._catalog = Catalog(new, self._catalog.keyspaces, stats)
+        stats = {name: s for name, s in catalog.stats.items() if name in new}
+        self._catalog = Catalog(new, catalog.keyspaces, stats, builds)
         return self._catalog
 
     @staticmethod
