@@ -141,10 +141,16 @@ async def test_unsupported_constructs_name_themselves(
         ("CREATE TABLE n (id INT)", SqlCatalogError, "distribution"),
         ("CREATE TABLE n (id REAL) WITH (distribution = 'id')", SqlCatalogError, "REAL"),
         (
-            "CREATE TABLE n (id INT, a INT UNIQUE) WITH (distribution = 'id')",
+            "CREATE TABLE n (id INT, a REAL UNIQUE) WITH (distribution = 'id')",
             SqlCatalogError,
-            "include",
+            "INTEGER, TEXT or BLOB",
         ),
+        ("CREATE INDEX i ON t (g) INCLUDE (h)", SqlCatalogError, "INCLUDE is for global"),
+        ("CREATE UNIQUE INDEX i ON t (g) WITH (scope = 'local')", SqlCatalogError, "global"),
+        ("CREATE INDEX i ON t (g) WITH (scope = 'everywhere')", SqlCatalogError, "'global'"),
+        ("CREATE INDEX i ON t (g) WITH (fill = 1)", UnsupportedSqlError, "scope"),
+        ("CREATE INDEX i ON t (g, g) WITH (scope = 'global')", SqlCatalogError, "twice"),
+        ("DROP INDEX missing", SqlCatalogError, "no index"),
         (
             "CREATE TABLE n (k INT) WITH (distribution = 'k', keyspace = 'ranges')",
             SqlCatalogError,

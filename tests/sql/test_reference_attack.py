@@ -359,16 +359,10 @@ async def test_schema_changes_reach_every_copy(local: LocalShards) -> None:
         assert await cluster.run("SELECT count(*) FROM tiers") == [(0,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, left for the secondary indexes issue (an index built and checked online): "
-    "CREATE UNIQUE INDEX over duplicate rows escapes LocalShards.change as a raw "
-    "sqlite3.IntegrityError; the cluster's shards skip the index while the catalog records it",
-)
 async def test_a_unique_index_over_duplicate_rows_is_a_typed_error(local: LocalShards) -> None:
     cluster = await loaded(local)
     await cluster.run("INSERT INTO mix VALUES (1, 'int')")
-    with pytest.raises(ShardwiseError):
+    with pytest.raises(SqlConstraintError, match="could not create unique index 'mix_note'"):
         await cluster.run("CREATE UNIQUE INDEX mix_note ON mix (note)")
     assert not (await local.catalog()).table("mix").indexes
     cluster.assert_identical("mix")

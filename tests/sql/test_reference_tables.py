@@ -76,16 +76,18 @@ async def test_a_constraint_holds_table_wide_and_a_refused_write_changes_no_copy
     local: LocalShards,
 ) -> None:
     cluster = await loaded(local)
-    # On a distributed table a UNIQUE constraint must include the distribution column;
-    # each copy of a reference table holds every row, so any constraint is table-wide.
+    # Each copy of a reference table holds every row, so any constraint is table-wide; on
+    # a distributed table a UNIQUE index without the distribution column is global.
     with pytest.raises(SqlConstraintError, match="UNIQUE"):
         await cluster.run("INSERT INTO tiers VALUES (7, 'seven'), (8, 'free')")
     with pytest.raises(SqlConstraintError, match="UNIQUE"):
         await cluster.run("UPDATE tiers SET tier = 1 WHERE tier = 2")
     assert cluster.copies("tiers") == [sorted(TIERS, key=repr)] * SHARDS
     await cluster.run("CREATE UNIQUE INDEX tiers_label_tier ON tiers (label, tier)")
-    with pytest.raises(SqlCatalogError, match="must include the distribution column"):
+    with pytest.raises(SqlConstraintError, match="could not create unique index 'users_tier'"):
         await cluster.run("CREATE UNIQUE INDEX users_tier ON users (tier)")
+    with pytest.raises(SqlCatalogError, match="make it global"):
+        await cluster.run("CREATE UNIQUE INDEX users_tier ON users (tier) WITH (scope = 'local')")
 
 
 async def test_the_rows_changed_are_counted_once_not_once_per_copy(local: LocalShards) -> None:

@@ -96,6 +96,15 @@ def status_view(
         f"{sum(len(o) for o in config.owners.values())} shards · controller leader ",
         (leader or "none", "bold green" if leader else "bold red"),
     )
+    for table in sorted(config.tables.values(), key=lambda t: t.name):
+        for index in table.indexes:
+            if index.state == "building":
+                done = len(config.index_builds.get(index.name, ()))
+                shards = config.keyspaces[table.keyspace].scheme.shards
+                header.append(
+                    f"\nBuilding global index {index.name} of {table.name}: {done} of "
+                    f"{shards} shards done (CREATE INDEX again resumes an interrupted build)"
+                )
     if snapshot.rate_window_s is not None:
         reads = sum(r.reads_per_s or 0.0 for r in snapshot.shards)
         writes = sum(r.writes_per_s or 0.0 for r in snapshot.shards)

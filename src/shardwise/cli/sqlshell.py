@@ -25,18 +25,16 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from shardwise.cli.catalog_views import find_table, table_view, tables_view
 from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.errors import (
     ShardwiseError,
-    SqlCatalogError,
     SqlError,
     SqlExecutionError,
     SqlSyntaxError,
     UnsupportedSqlError,
 )
 from shardwise.model.config import Configuration
-from shardwise.model.config import Table as TableDef
-from shardwise.sql.catalog import ColumnSpec
 from shardwise.sql.coordinator import EXPLAIN_COLUMN, Result
 from shardwise.sql.params import Params
 
@@ -294,78 +292,6 @@ def error_view(exc: Exception, statement: str | None = None) -> RenderableType:
     return Text.assemble(("error: ", "bold red"), str(exc))
 
 
-def tables_view(config: Configuration | None) -> RenderableType:
-    """``\\d``: every table with its keyspace, distribution column, indexes and rows
-    (as of its latest ``ANALYZE``)."""
-    tables = sorted((config.tables if config is not None else {}).values(), key=lambda t: t.name)
-    if not tables:
-        return Text("No tables.")
-    stats = config.stats if config is not None else {}
-    view = Table(title="Tables", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-    for column in ("table", "keyspace", "distributed by", "columns", "indexes", "rows"):
-        view.add_column(column, justify="right" if column in ("columns", "rows") else "left")
-    for t in tables:
-        counted = stats.get(t.name)
-        view.add_row(
-            Text(t.name),
-            Text(t.keyspace),
-            Text(t.distribution_column or _REFERENCE),
-            str(len(t.columns)),
-            Text(", ".join(i.name for i in t.indexes)),
-            f"{counted.rows:,}" if counted is not None else "",
-        )
-    return view
-
-
-_REFERENCE = "reference table (a copy on every shard)"
-
-
-def find_table(config: Configuration | None, name: str) -> TableDef:
-    """The table called ``name``, compared as SQLite compares identifiers (ignoring
-    case) when no table has exactly that name."""
-    tables = config.tables if config is not None else {}
-    found = tables.get(name) or next(
-        (t for n, t in tables.items() if n.lower() == name.lower()), None
-    )
-    if found is None:
-        raise SqlCatalogError(f"there is no table {name!r} (\\d lists them)")
-    return found
-
-
-def table_view(table: TableDef) -> RenderableType:
-    """``\\d NAME``: the table's columns (type, NOT NULL, default), its distribution
-    column and its indexes."""
-    head = Text.assemble(
-        ("Table ", "bold"),
-        (table.name, "bold"),
-        f" · keyspace {table.keyspace} · "
-        + (_REFERENCE if table.is_reference else f"distributed by {table.distribution_column}"),
-    )
-    columns = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for name in ("column", "type", "not null", "default", ""):
-        columns.add_column(name)
-    for model in table.columns:
-        spec = ColumnSpec.from_model(model)
-        columns.add_row(
-            Text(spec.name),
-            Text(spec.type_name),
-            "not null" if spec.not_null else "",
-            Text(spec.default_sql) if spec.default_sql is not None else "",
-            "distribution" if spec.name == table.distribution_column else "",
-        )
-    parts: list[RenderableType] = [head, columns]
-    if table.indexes:
-        indexes = Table(title="Indexes", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-        for name in ("index", "columns", "unique"):
-            indexes.add_column(name)
-        for index in table.indexes:
-            indexes.add_row(
-                Text(index.name), Text(", ".join(index.columns)), "unique" if index.unique else ""
-            )
-        parts.append(indexes)
-    return Group(*parts)
-
-
 # --- the shell -------------------------------------------------------------------------
 
 
@@ -428,7 +354,7 @@ class Shell:
         elif name == "\\d":
             config = self._known = self.catalog()
             if argument:
-                self.out.print(table_view(find_table(config, argument)))
+                self.out.print(table_view(find_table(config, argument), config))
             else:
                 self.out.print(tables_view(config))
         else:

@@ -47,6 +47,7 @@ from shardwise.client.sqltxn import (
     sql_error_of,
     to_statements,
     write_atomically,
+    write_maintained,
 )
 from shardwise.client.turns import ShardTurns
 from shardwise.client.writers import WriterPool
@@ -96,6 +97,7 @@ from shardwise.shardserver.protocol import (
 from shardwise.sql import Catalog, Coordinator, Result
 from shardwise.sql.catalog import logical_names
 from shardwise.sql.executor import Row
+from shardwise.sql.index_tables import IndexMaintenance
 from shardwise.sql.params import Params
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 
@@ -173,6 +175,19 @@ class ClusterSql:
             )
         tx.set_deadline(deadline)
         return await self._statement(query, params, deadline, tx)
+
+    async def read_every_shard(
+        self, keyspace: str, sql: str, deadline: float, max_rows: int = 1_000_000
+    ) -> list[list[Row]]:
+        """``sql`` (planned SQLite text, not a user's statement: it may read the hidden
+        tables of global indexes) on every shard of ``keyspace``, each shard's rows in
+        shard order: what a consistency check reads (``testing/index_check.py``)."""
+        call = CallDeadline.starting_now(f"raw read of {keyspace!r}", deadline)
+        catalog = ClusterCatalog(self._router, call)
+        found = await catalog.catalog()
+        shards = ClusterShards(self._router, self._writers, call, catalog)
+        count = found.keyspaces[keyspace].scheme.shards
+        return await shards.read_shards(keyspace, range(count), Fragment(sql), max_rows)
 
     async def _control(self, word: str, deadline: float) -> Result:
         if word == "begin":
@@ -287,6 +302,8 @@ class ClusterCatalog:
 
     async def catalog(self) -> Catalog:
         config = await self._router.configuration_at_least(-1, self._call)
+        if self._planned is None or config.num != self._planned.num:
+            self._digests.clear()  # (asked again during a statement: an index build)
         self._planned = config
         return Catalog.from_configuration(config)
 
@@ -451,17 +468,38 @@ class ClusterShards:
             rows[index] = [tuple(row) for row in one.rows]
         return rows
 
-    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+    async def write(
+        self,
+        keyspace: str,
+        batches: Sequence[ShardBatch],
+        maintenance: IndexMaintenance | None = None,
+    ) -> int:
         """One shard's batch as one write (one log entry); several as one transaction
-        (``sqltxn.write_atomically``)."""
+        (``sqltxn.write_atomically``); a write that keeps global indexes as a transaction
+        that learns the changes first (``sqltxn.write_maintained``)."""
         for batch in batches:
             _check_batch(ShardId(keyspace, batch.shard), to_statements(batch.statements))
+        if maintenance is not None and batches:
+            assert self._begin is not None, "a write is sent with a way to begin a transaction"
+            return await write_maintained(self, self._begin, keyspace, batches, maintenance)
         if len(batches) == 1:
             return await self._write_one(ShardId(keyspace, batches[0].shard), batches[0].statements)
         if not batches:
             return 0
         assert self._begin is not None, "a write is sent with a way to begin a transaction"
         return await write_atomically(self, self._begin, keyspace, batches)
+
+    async def fill(
+        self,
+        keyspace: str,
+        shard: int,
+        read: Fragment,
+        max_rows: int,
+        entries: Callable[[list[Row]], list[ShardBatch]],
+    ) -> list[Row]:
+        rows = await self.read(ShardId(keyspace, shard), read, max_rows)
+        await gather_or_cancel([self.write(keyspace, [batch]) for batch in entries(rows)])
+        return rows
 
     def planned(self, keyspace: str) -> tuple[int, int]:
         return self._catalog.planned(keyspace)

@@ -22,13 +22,19 @@ import asyncio
 import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import msgspec
 
-from shardwise.errors import SqlError, SqlLimitError, SqlSchemaChangedError, UnsupportedSqlError
+from shardwise.errors import (
+    SqlConstraintError,
+    SqlError,
+    SqlLimitError,
+    SqlSchemaChangedError,
+    UnsupportedSqlError,
+)
 from shardwise.model.config import ShardId
-from shardwise.model.sql import SqlStatement
+from shardwise.model.sql import RowCapture, SqlStatement
 from shardwise.model.txn import (
     MAX_TXN_BYTES,
     MAX_TXN_PARTICIPANTS,
@@ -44,6 +50,9 @@ if TYPE_CHECKING:
     from shardwise.client.txn import Transaction
     from shardwise.sql.catalog import Catalog
     from shardwise.sql.executor import Row
+    from shardwise.sql.index_tables import IndexMaintenance
+
+_T = TypeVar("_T")
 
 CONTROL: Final = re.compile(
     r"^\s*(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT)"
@@ -99,14 +108,49 @@ class TxnShards:
             [self.read(ShardId(keyspace, i), fragment, max_rows) for i in shards]
         )
 
-    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+    async def write(
+        self,
+        keyspace: str,
+        batches: Sequence[ShardBatch],
+        maintenance: IndexMaintenance | None = None,
+        *,
+        try_entries: bool = True,
+    ) -> int:
         """Every batch tried on its shard after the transaction's earlier writes there;
-        kept only if all ran (a failed statement leaves the transaction as it was)."""
+        kept only if all ran (a failed statement leaves the transaction as it was). With
+        ``maintenance``, the global index entries the changes call for are kept too
+        (``try_entries``: tried on their shards now, so a duplicate in a UNIQUE index
+        fails this statement rather than the commit)."""
         tried = [(ShardId(keyspace, b.shard), to_statements(b.statements)) for b in batches]
-        replies = await gather_or_cancel([self._visit(shard, st, None, 0) for shard, st in tried])
-        for (shard, statements), _ in zip(tried, replies, strict=True):
-            self._tx.add_sql(shard, statements, self._cluster.planned(keyspace))
+        capture = (maintenance.capture,) if maintenance is not None else ()
+        replies = await gather_or_cancel(
+            [self._visit(shard, st, None, 0, capture=capture) for shard, st in tried]
+        )
+        entries: list[tuple[ShardId, tuple[SqlStatement, ...]]] = []
+        if maintenance is not None:
+            for batch in maintenance.batches([reply.captured[0] for reply in replies]):
+                entries.append((ShardId(keyspace, batch.shard), to_statements(batch.statements)))
+            if try_entries and entries:
+                await gather_or_cancel(
+                    [self._visit(shard, st, None, 0, index=maintenance) for shard, st in entries]
+                )
+        planned = self._cluster.planned(keyspace)
+        for shard, statements in tried:
+            self._tx.add_sql(shard, statements, planned)
+        for shard, statements in entries:
+            self._tx.add_sql(shard, statements, planned, blind=True)
         return sum(reply.rowcount for reply in replies)
+
+    async def fill(
+        self,
+        keyspace: str,
+        shard: int,
+        read: Fragment,
+        max_rows: int,
+        entries: Callable[[list[Row]], list[ShardBatch]],
+    ) -> list[Row]:
+        """A build's step is never part of the session's transaction."""
+        return await self._cluster.fill(keyspace, shard, read, max_rows, entries)
 
     async def _visit(
         self,
@@ -115,12 +159,22 @@ class TxnShards:
         read: SqlStatement | None,
         max_rows: int,
         shipped: tuple[ShippedRows, ...] = (),
+        *,
+        capture: tuple[RowCapture, ...] = (),
+        index: IndexMaintenance | None = None,
     ) -> SqlReply:
         state = self._tx.sql_state(shard)
         pending = tuple(state.statements) if state is not None else ()
         num, digest = self._cluster.planned(shard.keyspace)
-        request = TxnSqlRequest(shard, pending, statements, read, max_rows, num, digest, shipped)
-        reply = await self._cluster.send(shard, TXN_SQL, request, num)
+        request = TxnSqlRequest(
+            shard, pending, statements, read, max_rows, num, digest, shipped, capture
+        )
+        try:
+            reply = await self._cluster.send(shard, TXN_SQL, request, num)
+        except SqlConstraintError as exc:
+            if index is None:
+                raise
+            raise index.violation(exc) from None
         self._tx.saw_sql(shard, reply.version)
         return reply
 
@@ -153,6 +207,69 @@ class TxnCatalog:
             )
         await self._before_ddl()
         return await self._catalog.change(op)
+
+
+async def write_maintained(
+    cluster: ClusterShards,
+    begin: Callable[[], Transaction],
+    keyspace: str,
+    batches: Sequence[ShardBatch],
+    maintenance: IndexMaintenance,
+) -> int:
+    """A write to a table with global indexes, outside a transaction: a transaction of
+    its own that visits the written shards (recording the rows the write changes), adds
+    the index entries they call for, and commits; run again after a conflict (the
+    written shards changed since the visit) until the statement's deadline."""
+    _check_atomic_bounds(keyspace, batches)
+
+    async def attempt(tx: Transaction) -> int:
+        shards = TxnShards(tx, cluster)
+        return await shards.write(keyspace, batches, maintenance, try_entries=False)
+
+    shards = [ShardId(keyspace, batch.shard) for batch in batches]
+    return await _retried(cluster, begin, shards, attempt, maintenance)
+
+
+async def _retried(
+    cluster: ClusterShards,
+    begin: Callable[[], Transaction],
+    shards: list[ShardId],
+    attempt: Callable[[Transaction], Awaitable[_T]],
+    maintenance: IndexMaintenance | None,
+) -> _T:
+    """``attempt`` in a new transaction, committed; again after a conflict (a shard it
+    visited changed, or another transaction held one) until the statement's deadline.
+    A statement that failed on a shard raises its error (a duplicate in a global
+    index's UNIQUE index in the index's terms)."""
+    pause = BLIND_RETRY_PAUSE_S
+    clock = asyncio.get_running_loop().time
+    try:
+        async with cluster.turns.holding(shards, cluster.remaining()):
+            while True:
+                started = clock()
+                tx = begin()
+                try:
+                    result = await attempt(tx)
+                    await tx.commit()
+                    return result
+                except TransactionConflictError:
+                    if tx.sql_failure is not None:
+                        shard, failure = tx.sql_failure
+                        error = cluster.error(failure, shard)
+                        if isinstance(error, SqlSchemaChangedError):
+                            await cluster.refresh()
+                        if isinstance(error, SqlConstraintError) and maintenance is not None:
+                            error = maintenance.violation(error)
+                        raise error from None
+                finally:
+                    tx.abort()
+                took = clock() - started
+                if cluster.remaining() <= pause:
+                    raise cluster.timed_out()
+                await asyncio.sleep(random.uniform(0, pause))
+                pause = min(max(MAX_BLIND_RETRY_PAUSE_S, 2 * took), 2 * pause)
+    except TimeoutError:
+        raise cluster.timed_out() from None
 
 
 async def write_atomically(

@@ -20,3 +20,16 @@ class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
 
     sql: str
     params: dict[str, Any] = {}
+
+
+class RowCapture(msgspec.Struct, frozen=True, array_like=True):
+    """What a transaction's visit records of the rows its statements change in one table
+    (a table with global indexes, ``shardwise.sql.global_index``): for each row inserted,
+    deleted, or updated in one of ``columns``, the row's ``row`` (a name of its rowid
+    that no column shadows) and ``columns`` before (sign -1) and after (sign +1). The
+    coordinator turns them into the index entries to delete and insert."""
+
+    table: str
+    """The physical table name (``sql_<table>``)."""
+    row: str
+    columns: tuple[str, ...]

@@ -34,6 +34,7 @@ from shardwise.model.config import Table
 from shardwise.model.scram import ScramVerifier
 from shardwise.net.rpc import CallContext
 from shardwise.sql.catalog import physical_name
+from shardwise.sql.index_tables import hidden_tables
 from shardwise.sql.shard_schema import create_table_ddl
 from shardwise.sql.shipped import ShippedTable, is_shipped, shipped_tables
 
@@ -171,7 +172,8 @@ class _Scratch:
     touches."""
 
     def __init__(self, tables: Mapping[str, Table]) -> None:
-        self._logical = {physical_name(name): name for name in tables}
+        # A global index's hidden table is its table's, for grants.
+        self._logical = {physical_name(name): name for name in tables} | hidden_tables(tables)
         # No statement cache: SQLite calls the authorizer when it compiles a statement,
         # and a cached one is not compiled again, so its tables would go unrecorded.
         self._db = sqlite3.connect(":memory:", check_same_thread=False, cached_statements=0)

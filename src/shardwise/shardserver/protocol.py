@@ -21,7 +21,7 @@ from shardwise.model.bounds import Int64, UInt64
 from shardwise.model.config import ShardId, Table
 from shardwise.model.kv import Key, KVOp, KVResult, Value, check_type
 from shardwise.model.replies import ReplicaStatus
-from shardwise.model.sql import SqlStatement
+from shardwise.model.sql import RowCapture, SqlStatement
 from shardwise.model.txn import TxnPart, TxnVote
 from shardwise.net.links import Address
 from shardwise.net.rpc import RpcMethod
@@ -234,6 +234,9 @@ class TxnSqlRequest(msgspec.Struct, frozen=True):
     schema: UInt64 = 0
     shipped: tuple[ShippedRows, ...] = ()
     """Tables ``read`` reads beside the shard's own (as :class:`SqlReadRequest`'s)."""
+    capture: tuple[RowCapture, ...] = ()
+    """Tables whose rows ``statements`` change are recorded (``SqlReply.captured``): a
+    write to a table with global indexes learns the entries to change."""
 
 
 class SqlFailure(msgspec.Struct, frozen=True):
@@ -266,6 +269,8 @@ class SqlReply(msgspec.Struct, frozen=True):
     """For a transaction's visit (``txn.sql``): the shard's SQL version it saw."""
     locked_by: str = ""
     """With ``locked``: a tag of the transaction that holds the shard's SQL tables."""
+    captured: list[list[tuple[Any, ...]]] = []
+    """For a visit with ``capture``: each capture's rows ``(sign, rowid, *columns)``."""
 
 
 MAX_GROUP_READ_SHARDS: Final = 1024

@@ -65,6 +65,7 @@ from shardwise.shardserver.protocol import (
     ShippedRows,
     SqlFailure,
 )
+from shardwise.sql.capture import is_capture_table
 from shardwise.sql.catalog import PHYSICAL_PREFIX
 from shardwise.sql.shard_schema import schema_changes
 from shardwise.sql.shipped import ShippedTable, is_shipped, refusal, shipped_tables
@@ -216,15 +217,18 @@ def run_batch(
     max_steps: int = 0,
     times: TimeFunctions | None = None,
     deadline: float | None = None,
+    capturing: bool = False,
 ) -> SqlWriteResult:
     """Run ``statements`` inside the caller's transaction: all of them, or, when one fails
     deterministically, none (the error is the result). ``max_steps`` not 0 (a batch logged
     by this version) holds the batch to the allow-list, the checked time functions (on
     ``conn``: ``times``) and the work limit; past the limit this raises
     :class:`SqlWriteTooCostlyError` and the caller's transaction is gone. ``deadline``
-    (``time.monotonic``; off the log only: a transaction's visit) stops it as well."""
+    (``time.monotonic``; off the log only: a transaction's visit) stops it as well.
+    ``capturing``: a visit's capture triggers (``shardwise.sql.capture``) may write their
+    temporary tables."""
     checked = max_steps != 0  # (a negative limit, never logged by a leader, stops at once)
-    authorizer = _WriteAuthorizer(checked)
+    authorizer = _WriteAuthorizer(checked, capturing)
     budget = _StepBudget(max(0, max_steps), deadline)
     conn.execute(f"SAVEPOINT {SAVEPOINT}")
     changed = 0
@@ -545,12 +549,17 @@ class _WriteAuthorizer:
     """User tables only; with ``checked``, functions only from the allow-list. Notes the
     first function refused and the tables written."""
 
-    def __init__(self, checked: bool) -> None:
+    def __init__(self, checked: bool, capturing: bool = False) -> None:
         self.checked = checked
+        self.capturing = capturing
         self.refused = ""
         self.written: set[str] = set()
 
-    def __call__(self, action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
+    def __call__(
+        self, action: int, arg1: str | None, arg2: str | None, database: str | None, *_: object
+    ) -> int:
+        if self.capturing and action == sqlite3.SQLITE_INSERT and is_capture_table(arg1, database):
+            return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_FUNCTION:
             name = (arg2 or "").lower()
             why = function_refusal(name) if self.checked else ""

@@ -44,6 +44,8 @@ class SqlVisit:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     pending_failed: bool = False
     """The transaction's earlier writes failed (the tables changed under it)."""
+    captured: list[list[tuple[Any, ...]]] = field(default_factory=list)
+    """The rows ``statements`` changed in the visit's captured tables."""
 
 
 _decode_sql = msgspec.msgpack.Decoder(SqlWriteResult).decode
@@ -198,6 +200,7 @@ class SqlStoreMixin:
         ``max_steps`` and ``max_seconds`` together (as a SQL write's trial)."""
         from shardwise.errors import SqlWriteTooCostlyError  # noqa: PLC0415 - SQL only
         from shardwise.shardserver import sqlshard  # noqa: PLC0415 - see above
+        from shardwise.sql.capture import capturing  # noqa: PLC0415 - see above
 
         pending, statements, read = visit.pending, visit.statements, visit.read
         conn = self._sql_connection()
@@ -207,16 +210,25 @@ class SqlStoreMixin:
         try:
             conn.execute("BEGIN")
             try:
-                for batch in (pending, statements):
-                    if not batch:
-                        continue
+                if pending:
                     done = sqlshard.run_batch(
-                        conn, batch, max_steps=max_steps, times=self._times, deadline=deadline
+                        conn, pending, max_steps=max_steps, times=self._times, deadline=deadline
                     )
                     if done.error:
-                        return SqlVisit(version, done, pending_failed=batch is pending)
-                    if batch is statements:
-                        return SqlVisit(version, done)
+                        return SqlVisit(version, done, pending_failed=True)
+                if statements:
+                    with capturing(conn, visit.capture) as captured:
+                        done = sqlshard.run_batch(
+                            conn,
+                            statements,
+                            max_steps=max_steps,
+                            times=self._times,
+                            deadline=deadline,
+                            capturing=bool(visit.capture),
+                        )
+                        if done.error:
+                            return SqlVisit(version, done)
+                    return SqlVisit(version, done, captured=captured)
                 rows = []
                 if read is not None:
                     rows = sqlshard.run_read(

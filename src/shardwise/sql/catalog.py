@@ -117,10 +117,17 @@ class Catalog:
     keyspaces: Mapping[str, Keyspace] = field(default_factory=dict)
     stats: Mapping[str, TableStats] = field(default_factory=dict)
     """Row counts as of each table's latest ``ANALYZE`` (:mod:`shardwise.sql.stats`)."""
+    index_builds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """Global indexes being built -> the base shards done (``Configuration.index_builds``)."""
 
     @classmethod
     def from_configuration(cls, config: Configuration) -> Catalog:
-        return cls(dict(config.tables), dict(config.keyspaces), dict(config.stats))
+        return cls(
+            dict(config.tables),
+            dict(config.keyspaces),
+            dict(config.stats),
+            dict(config.index_builds),
+        )
 
     def expected_rows(self, table: Table, shards_read: int, shard_count: int) -> int | None:
         """The rows of ``table`` a stage reading ``shards_read`` of its keyspace's

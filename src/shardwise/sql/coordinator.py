@@ -17,13 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shardwise.errors import NondeterministicSqlError, SqlLimitError
-from shardwise.model.config import SetStats
+from shardwise.errors import NondeterministicSqlError, SqlConstraintError, SqlLimitError
+from shardwise.model.config import CreateIndex, SetStats
 from shardwise.net.loop import gather_or_cancel
 from shardwise.sql.catalog import Catalog, affinity
 from shardwise.sql.determinism import Determinizer, StatementContext
+from shardwise.sql.distribution import Router, stored_key
 from shardwise.sql.engine import ScanRows, run_final, run_join, run_local
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
+from shardwise.sql.index_build import build_index
 from shardwise.sql.merge import Budget, MergeLimits, combine_aggregates, merge_rows
 from shardwise.sql.params import Params
 from shardwise.sql.plan_text import explain
@@ -33,6 +35,7 @@ from shardwise.sql.plans import (
     AnalyzePlan,
     Broadcast,
     CatalogPlan,
+    IndexLookup,
     InsertSelectPlan,
     JoinPlan,
     LocalEval,
@@ -149,6 +152,8 @@ class Coordinator:
         merge = read.merge
         if isinstance(merge, LocalEval):
             return Result(read.columns, run_local(merge.query))
+        if read.lookup is not None:
+            read = await self._looked_up(read, read.lookup)
         assert read.fragment is not None
         fragment = read.fragment
         budget = budget or Budget(self._limits)
@@ -167,6 +172,29 @@ class Coordinator:
                 f"{sent:,} rows sent (at most {most:,} from one shard)"
             )
         return _merged(read, parts)
+
+    async def _looked_up(self, read: ReadPlan, lookup: IndexLookup) -> ReadPlan:
+        """``read`` narrowed to the shards of the rows global index ``lookup.index``
+        finds (every shard of the plan past ``lookup.max_matches`` distinct values)."""
+        limits = dataclasses.replace(self._limits, max_rows=lookup.max_matches)
+        try:
+            found = await self._read(lookup.read, Budget(limits), stage="index: ")
+        except SqlLimitError:
+            self._note(f"  index {lookup.index}: over {lookup.max_matches:,} matches, every shard")
+            return read
+        router = Router(lookup.keyspace)
+        shards = set()
+        for (value,) in found.rows:
+            key = stored_key(value, lookup.distribution_affinity)
+            if key is None:  # (never so for a value that placed its row)
+                return read
+            shards.add(router.shard_of(key))
+        narrowed = tuple(s for s in read.shards if s in shards) or read.shards[:1]
+        self._note(
+            f"  index {lookup.index}: {len(found.rows):,} distribution value(s), "
+            f"{len(narrowed)} shard(s) to read"
+        )
+        return dataclasses.replace(read, shards=narrowed, lookup=None)
 
     async def _repartition(self, parts: Repartition) -> Result:
         """The steps of a repartition join, each its rows of both scans joined here,
@@ -313,8 +341,8 @@ class Coordinator:
         return result
 
     async def _write(self, write: WritePlan) -> Result:
-        rowcount = await self._shards.write(write.keyspace, write.batches) // write.copies
-        return Result((), [], rowcount=rowcount)
+        changed = await self._shards.write(write.keyspace, write.batches, write.maintenance)
+        return Result((), [], rowcount=changed // write.copies)
 
     async def _count_rows(self, analyze: AnalyzePlan) -> Result:
         """``ANALYZE``: each table's rows counted, then the counts recorded together."""
@@ -330,10 +358,45 @@ class Coordinator:
         return Result(("table", "rows"), list(counts.items()))
 
     async def _change(self, change: CatalogPlan, catalog: Catalog) -> Result:
-        del catalog
+        op = change.op
+        local_unique = isinstance(op, CreateIndex) and op.index.unique and not op.index.is_global
+        if local_unique and not change.skip:
+            assert isinstance(op, CreateIndex)
+            await self._check_unique(op, catalog)
         if not change.skip:
-            await self._catalog.change(change.op)
+            catalog = await self._catalog.change(op)
+        if isinstance(op, CreateIndex) and op.index.is_global:
+            table = catalog.tables.get(op.table)
+            index = (
+                next((i for i in table.indexes if i.name == op.index.name), None) if table else None
+            )
+            if index is not None and index.state == "building":  # (new, or resumed)
+                await build_index(self._shards, self._catalog, op.table, index.name, self._note)
         return Result(())
+
+    async def _check_unique(self, op: CreateIndex, catalog: Catalog) -> None:
+        """A local UNIQUE index is refused, with the values, while its table holds
+        duplicates (every duplicate is in one shard: the columns include the distribution
+        column, or the table is a reference table). A duplicate written between this
+        check and the shards' applying the index makes that shard skip the index."""
+        columns = ", ".join(_quoted(c) for c in op.index.columns)
+        present = " AND ".join(f"{_quoted(c)} IS NOT NULL" for c in op.index.columns)
+        sql = (
+            f"SELECT {columns} FROM {_quoted(op.table)} WHERE {present} GROUP BY {columns} "
+            "HAVING count(*) > 1 LIMIT 1"
+        )
+        planned = plan(sql, None, catalog, self._context()).plan
+        assert isinstance(planned, ReadPlan)
+        found = (await self._read(planned)).rows
+        if found:
+            raise SqlConstraintError(
+                f"could not create unique index {op.index.name!r}: table {op.table!r} holds "
+                f"more than one row with ({', '.join(op.index.columns)}) = {found[0]!r}"
+            )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class _StepFullError(Exception):

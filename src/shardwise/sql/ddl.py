@@ -10,8 +10,14 @@ The syntax for a distributed table is PostgreSQL's storage parameters::
     ) WITH (distribution = 'customer_id', keyspace = 'default')
 
 ``distribution`` names the distribution column; ``keyspace`` defaults to ``default``. A
-PRIMARY KEY or UNIQUE constraint becomes a unique index on every shard, so it must include
-the distribution column (each shard can only check its own rows), as in Citus.
+PRIMARY KEY or UNIQUE constraint becomes a unique index: local (on every shard) if it
+includes the distribution column, else global (:mod:`shardwise.sql.index_tables`), so
+it holds across the whole table either way.
+
+``CREATE [UNIQUE] INDEX name ON t (cols) [INCLUDE (cols)] [WITH (scope = 'global')]``:
+local by default (each shard indexes its rows), global with the option (or when UNIQUE
+without the distribution column); a global index is built online
+(``shardwise.sql.index_build``). ``DROP INDEX [IF EXISTS] name``.
 
 A **reference table** (``WITH (reference = true)``, PostgreSQL's boolean storage
 parameter, instead of ``distribution``) has no distribution column: every shard of its
@@ -40,17 +46,27 @@ from shardwise.model.config import (
     AddColumn,
     CreateIndex,
     CreateTable,
+    DropIndex,
     DropTable,
     IndexDef,
+    IndexScope,
+    IndexState,
     Table,
 )
 from shardwise.model.txn import MAX_TXN_PARTICIPANTS
 from shardwise.sql.catalog import MAX_COLUMNS, Catalog, ColumnSpec, check_name
 from shardwise.sql.dialect import to_sqlite
-from shardwise.sql.distribution import check_distribution_column
+from shardwise.sql.distribution import DISTRIBUTABLE, check_distribution_column
+from shardwise.sql.index_tables import global_indexes, row_name
 from shardwise.sql.params import NOT_CONSTANT, constant
 from shardwise.sql.plans import CatalogPlan
-from shardwise.sql.shard_schema import add_column_ddl, create_table_ddl, drop_table_ddl, index_ddl
+from shardwise.sql.shard_schema import (
+    add_column_ddl,
+    create_table_ddl,
+    drop_index_ddl,
+    drop_table_ddl,
+    index_ddl,
+)
 
 MAX_INDEXES_PER_TABLE: Final = 64
 _PROPERTIES: Final = frozenset({"distribution", "keyspace", "reference"})
@@ -133,14 +149,16 @@ def _create_table(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
             f"to it is one transaction over every shard); {keyspace_name!r} has "
             f"{keyspace.scheme.shards}"
         )
-    indexes = _unique_indexes(name, unique, names, distribution)
     table = Table(
         name,
         keyspace_name,
         distribution,
         tuple(c.to_model() for c in columns),
-        tuple(indexes),
+        tuple(_unique_indexes(name, unique, names, distribution)),
     )
+    with_table = Catalog({**catalog.tables, name: table}, catalog.keyspaces)
+    for index in global_indexes(table):
+        _check_global(table, index, with_table)
     exists = name in catalog.tables
     if exists and not statement.args.get("exists"):
         raise SqlCatalogError(f"table {name!r} already exists")
@@ -218,6 +236,9 @@ def _unique_indexes(
     names: list[str],
     distribution: str,
 ) -> list[IndexDef]:
+    """The table's PRIMARY KEY and UNIQUE constraints as unique indexes: local where they
+    include the distribution column (every duplicate is then in one shard), global
+    otherwise (checked across the whole table)."""
     indexes: list[IndexDef] = []
     if sum(1 for kind, _ in unique if kind == "pkey") > 1:
         raise SqlCatalogError(f"table {table!r} has more than one primary key")
@@ -225,15 +246,40 @@ def _unique_indexes(
         for column in columns:
             if column not in names:
                 raise SqlCatalogError(f"a constraint names a missing column {column!r}")
-        if distribution and distribution not in columns:  # (a reference table: any)
-            raise SqlCatalogError(
-                f"a PRIMARY KEY or UNIQUE constraint on {table!r} must include the "
-                f"distribution column {distribution!r}: each shard checks only its own rows"
-            )
+        scope: IndexScope = "global" if distribution and distribution not in columns else "local"
         name = f"{table}_pkey" if kind == "pkey" else f"{table}_{'_'.join(columns)}_key"
         if all(i.name != name for i in indexes):
-            indexes.append(IndexDef(name, columns, unique=True))
+            indexes.append(IndexDef(name, columns, unique=True, scope=scope))
     return indexes
+
+
+def _check_global(table: Table, index: IndexDef, catalog: Catalog) -> None:
+    """What a global index needs: a table with a distribution column, a first column
+    whose values place as a distribution column's do, a rowid name, a unique name."""
+    if table.is_reference:
+        raise SqlCatalogError(
+            f"{table.name!r} is a reference table: every shard holds all its rows, so a "
+            "local index serves (and a UNIQUE one holds table-wide)"
+        )
+    first = catalog.column(table, index.columns[0])
+    if first.affinity not in DISTRIBUTABLE:
+        raise SqlCatalogError(
+            f"a global index is distributed by its first column, which must be INTEGER, "
+            f"TEXT or BLOB: {first.name!r} is {first.affinity}"
+        )
+    check_distribution_column(first.affinity, catalog.keyspace(table))
+    if row_name(table) is None:
+        raise SqlCatalogError(
+            f"table {table.name!r} has columns named rowid, _rowid_ and oid: a global index "
+            "names each row by its rowid"
+        )
+    others = [i.name for t in catalog.tables.values() for i in t.indexes if t is not table]
+    _check_case_apart(index.name, [*others, *(i.name for i in table.indexes)], "index")
+    if index.name.lower() in {n.lower() for n in others}:
+        raise SqlCatalogError(
+            f"there is an index {index.name!r} on another table: a global index's name is "
+            "unique in the catalog"
+        )
 
 
 # --- CREATE INDEX, DROP TABLE, ALTER TABLE ---------------------------------------------
@@ -243,48 +289,89 @@ def _create_index(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
     index = statement.this
     if not isinstance(index, exp.Index) or not isinstance(index.args.get("table"), exp.Table):
         raise UnsupportedSqlError("this form of CREATE INDEX")
+    if statement.args.get("concurrently"):
+        raise UnsupportedSqlError(
+            "CREATE INDEX CONCURRENTLY",
+            "a global index is always built online; a local one is built by each shard at once",
+        )
     table = catalog.table(index.args["table"].name)
     name = index.name
     if not name:
         raise UnsupportedSqlError("CREATE INDEX without a name")
     check_name(name, "index")
     params = index.args.get("params")
+    if not isinstance(params, exp.IndexParameters):
+        params = exp.IndexParameters()
+    for key, value in params.args.items():
+        if value and key not in ("columns", "include", "with_storage"):
+            raise UnsupportedSqlError(f"CREATE INDEX ({key})")
     columns: list[str] = []
-    for item in params.args.get("columns") or [] if isinstance(params, exp.IndexParameters) else []:
+    for item in params.args.get("columns") or []:
         node = item.this if isinstance(item, exp.Ordered) else item
         if isinstance(item, exp.Ordered) and item.args.get("desc"):
             raise UnsupportedSqlError("DESC in an index")
         if not isinstance(node, exp.Column):
             raise UnsupportedSqlError("an index on an expression")
         columns.append(node.name)
+    include = [node.name for node in params.args.get("include") or []]
     known = {c.name for c in table.columns}
-    for column in columns:
+    for column in (*columns, *include):
         if column not in known:
             raise SqlCatalogError(f"table {table.name!r} has no column {column!r}")
     if not columns:
         raise SqlCatalogError("an index names at least one column")
+    if len(set(columns) | set(include)) != len(columns) + len(include):
+        raise SqlCatalogError("an index names a column twice")
     unique = bool(statement.args.get("unique"))
-    if unique and not table.is_reference and table.distribution_column not in columns:
-        raise SqlCatalogError(
-            f"a UNIQUE index on {table.name!r} must include the distribution column "
-            f"{table.distribution_column!r}: each shard checks only its own rows"
-        )
+    scope = _index_scope(params, table, columns, unique)
+    if include and scope != "global":
+        raise SqlCatalogError("INCLUDE is for global indexes: WITH (scope = 'global')")
     exists = any(i.name == name for i in table.indexes)
     if exists and not statement.args.get("exists"):
         raise SqlCatalogError(f"index {name!r} already exists on {table.name!r}")
     _check_case_apart(name, (i.name for i in table.indexes), "index")
     if len(table.indexes) >= MAX_INDEXES_PER_TABLE:
         raise SqlCatalogError(f"at most {MAX_INDEXES_PER_TABLE} indexes per table")
-    definition = IndexDef(name, tuple(columns), unique)
+    state: IndexState = "building" if scope == "global" else "public"
+    definition = IndexDef(name, tuple(columns), unique, scope, tuple(include), state)
+    if scope == "global" and not exists:
+        _check_global(table, definition, catalog)
     return CatalogPlan(
         CreateIndex(table.name, definition),
         skip=exists,
-        shard_ddl=(index_ddl(table.name, definition),),
+        shard_ddl=tuple(index_ddl(table, definition)),
     )
+
+
+def _index_scope(
+    params: exp.IndexParameters, table: Table, columns: list[str], unique: bool
+) -> IndexScope:
+    """``WITH (scope = 'global' | 'local')``; without it, local, except a UNIQUE index
+    without the distribution column, which only a global index can check."""
+    scope = ""
+    for prop in params.args.get("with_storage") or []:
+        value = prop.args.get("value") if isinstance(prop, exp.Property) else None
+        if not isinstance(prop, exp.Property) or prop.name.lower() != "scope" or value is None:
+            raise UnsupportedSqlError(f"the index option {prop.sql()}", "use scope")
+        scope = value.name.lower()
+        if scope not in ("global", "local"):
+            raise SqlCatalogError(f"scope = {value.name!r}: write 'global' or 'local'")
+    local_unique = table.is_reference or table.distribution_column in columns
+    if not scope:
+        scope = "global" if unique and not local_unique else "local"
+    if scope == "local" and unique and not local_unique:
+        raise SqlCatalogError(
+            f"a local UNIQUE index on {table.name!r} must include the distribution column "
+            f"{table.distribution_column!r} (each shard checks only its own rows): make it "
+            "global, WITH (scope = 'global'), to check the whole table"
+        )
+    return "global" if scope == "global" else "local"
 
 
 def _drop(statement: exp.Drop, catalog: Catalog) -> CatalogPlan:
     kind = str(statement.args.get("kind") or "").upper()
+    if kind == "INDEX":
+        return _drop_index(statement, catalog)
     if kind != "TABLE":
         raise UnsupportedSqlError(f"DROP {kind}")
     tables = statement.args.get("tables") or []
@@ -297,6 +384,43 @@ def _drop(statement: exp.Drop, catalog: Catalog) -> CatalogPlan:
     if not exists and not statement.args.get("exists"):
         raise SqlCatalogError(f"there is no table {name!r}")
     return CatalogPlan(DropTable(name), skip=not exists, shard_ddl=(drop_table_ddl(name),))
+
+
+def _drop_index(statement: exp.Drop, catalog: Catalog) -> CatalogPlan:
+    """``DROP INDEX [IF EXISTS] name``: the index of that name on whichever table has
+    it (a name two tables' local indexes share must be dropped with the table)."""
+    tables = statement.args.get("tables") or []
+    if len(tables) != 1:
+        raise UnsupportedSqlError("DROP INDEX of several indexes", "drop them one by one")
+    if statement.args.get("cascade") or statement.args.get("concurrently"):
+        raise UnsupportedSqlError("DROP INDEX ... CASCADE or CONCURRENTLY")
+    name = tables[0].name
+    found = [(t, i) for t in catalog.tables.values() for i in t.indexes if i.name == name]
+    if not found:
+        if statement.args.get("exists"):
+            return CatalogPlan(DropIndex("", name), skip=True)
+        raise SqlCatalogError(f"there is no index {name!r}")
+    if len(found) > 1:
+        raise SqlCatalogError(
+            f"index name {name!r} is on {len(found)} tables "
+            f"({', '.join(sorted(t.name for t, _ in found))}): it cannot say which"
+        )
+    table, index = found[0]
+    if index.name in {i.name for i in _constraint_indexes(table)}:
+        raise SqlCatalogError(
+            f"index {name!r} is {table.name!r}'s PRIMARY KEY or UNIQUE constraint"
+        )
+    return CatalogPlan(DropIndex(table.name, name), shard_ddl=tuple(drop_index_ddl(table, index)))
+
+
+def _constraint_indexes(table: Table) -> list[IndexDef]:
+    """The indexes ``CREATE TABLE`` made for the table's constraints (by their names)."""
+    return [
+        i
+        for i in table.indexes
+        if i.unique
+        and (i.name == f"{table.name}_pkey" or i.name == f"{table.name}_{'_'.join(i.columns)}_key")
+    ]
 
 
 def _alter(statement: exp.Alter, catalog: Catalog) -> CatalogPlan:

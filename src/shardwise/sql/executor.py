@@ -10,13 +10,16 @@ implementation of both (tests, the in-process cluster).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from shardwise.model.config import ShardId
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 from shardwise.sql.values import SqlValue
+
+if TYPE_CHECKING:
+    from shardwise.sql.index_tables import IndexMaintenance
 
 Row = tuple[SqlValue, ...]
 
@@ -38,11 +41,34 @@ class ShardExecutor(Protocol):
         in as few rounds as the executor can."""
         ...
 
-    async def write(self, keyspace: str, batches: Sequence[ShardBatch]) -> int:
+    async def write(
+        self,
+        keyspace: str,
+        batches: Sequence[ShardBatch],
+        maintenance: IndexMaintenance | None = None,
+    ) -> int:
         """Apply every batch (its statements, on its shard of ``keyspace``) atomically:
         all of them or none, across shards too, and return the number of rows they
         changed. A failure raises the error of the batch that failed (a
-        :class:`~shardwise.errors.SqlExecutionError` naming its shard, a limit)."""
+        :class:`~shardwise.errors.SqlExecutionError` naming its shard, a limit).
+
+        With ``maintenance`` (the table has global indexes), the rows the batches change
+        are recorded as they run (``maintenance.capture``) and the index entries
+        ``maintenance.batches`` makes of them are written in the same transaction."""
+        ...
+
+    async def fill(
+        self,
+        keyspace: str,
+        shard: int,
+        read: Fragment,
+        max_rows: int,
+        entries: Callable[[list[Row]], list[ShardBatch]],
+    ) -> list[Row]:
+        """Read ``read`` on ``shard``, then write each batch of ``entries(rows)``, each
+        on its own (not atomically, outside any transaction the executor is part of): a
+        step of a global index's build, whose entry writes are idempotent and need no
+        validation (``index_tables.backfill_statements``). The rows read."""
         ...
 
 

@@ -74,6 +74,18 @@ def _read(plan: ReadPlan) -> list[str]:
     if isinstance(plan.merge, LocalEval):
         return ["Local (no table): the coordinator evaluates", *_fragment(plan.merge.query, "  ")]
     lines = [f"Distributed {plan.strategy} read of {plan.table} (keyspace {plan.keyspace})"]
+    if plan.index:
+        lines.append(f"  global index {plan.index} covers the statement: only the index is read")
+    lookup = plan.lookup
+    if lookup is not None:
+        looked = lookup.read
+        lines.append(
+            f"  global index {lookup.index} first: {_shards(looked.shards, looked.shard_count)}"
+            " of its table read for the matching rows' distribution values, then only"
+            f" their shards (of those below; all of them past {lookup.max_matches:,} values)"
+        )
+        if looked.fragment is not None:
+            lines.extend(_fragment(looked.fragment, "    "))
     lines.append(f"  shards: {_shards(plan.shards, plan.shard_count)}")
     if plan.pruned_by:
         lines.append(f"  pruned by: {plan.pruned_by}")
@@ -222,6 +234,12 @@ def _write(plan: WritePlan) -> list[str]:
     lines.append(f"  shards: {_shards(shards, plan.shard_count)}")
     if plan.pruned_by:
         lines.append(f"  routed by: {plan.pruned_by}")
+    if plan.maintenance is not None:
+        names = ", ".join(t.index.name for t in plan.maintenance.targets)
+        lines.append(
+            f"  global indexes kept in the same transaction: {names} (the shards record the"
+            " rows changed; their entries are deleted and inserted on the index shards)"
+        )
     same = all(b.statements == plan.batches[0].statements for b in plan.batches)
     if (plan.kind != "INSERT" or plan.copies > 1) and same and len(plan.batches) > 1:
         rows = f" ({plan.batches[0].rows} row(s))" if plan.kind == "INSERT" else ""

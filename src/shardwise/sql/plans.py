@@ -9,13 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
-from shardwise.model.config import AddColumn, CreateIndex, CreateTable, DropTable, SetStats
-from shardwise.sql.aggregates import Kind
+from shardwise.model.config import (
+    AddColumn,
+    CreateIndex,
+    CreateTable,
+    DropIndex,
+    DropTable,
+    Keyspace,
+    SetIndexState,
+    SetStats,
+)
 from shardwise.sql.ordering import SortKey
 from shardwise.sql.shipped import ShippedTable
 from shardwise.sql.values import SqlValue
+
+if TYPE_CHECKING:  # (the aggregates module parses: the shard server loads plans without it)
+    from shardwise.sql.aggregates import Kind
+    from shardwise.sql.catalog import Affinity
+    from shardwise.sql.index_tables import IndexMaintenance
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,25 @@ class ReadPlan:
     expected: tuple[tuple[str, int | None], ...] = ()
     """Each table the shards read, with the rows they are expected to read of it
     (``Catalog.expected_rows``; None: never analyzed)."""
+    lookup: IndexLookup | None = None
+    """A global index read first: only the shards of the distribution values it finds
+    (among ``shards``) are read."""
+    index: str = ""
+    """The global index a covering read reads instead of the table (EXPLAIN's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexLookup:
+    """The first step of a read through global index ``index``: ``read`` returns the
+    distinct distribution values of the entries that may match (one column); the rows
+    are on their shards. Past ``max_matches`` values the read goes to every shard of
+    the plan instead."""
+
+    index: str
+    read: ReadPlan
+    keyspace: Keyspace
+    distribution_affinity: Affinity
+    max_matches: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +214,8 @@ class WritePlan:
     copies: int = 1
     """How many shards hold each row: a reference table's every shard. The rows changed
     are the shards' total over this."""
+    maintenance: IndexMaintenance | None = None
+    """The table's global indexes, kept by this write in the same transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +231,9 @@ class InsertSelectPlan:
     """The table is a reference table: every row goes to every shard."""
 
 
-CatalogOp: TypeAlias = CreateTable | DropTable | AddColumn | CreateIndex | SetStats
+CatalogOp: TypeAlias = (
+    CreateTable | DropTable | AddColumn | CreateIndex | DropIndex | SetIndexState | SetStats
+)
 
 
 @dataclass(frozen=True, slots=True)

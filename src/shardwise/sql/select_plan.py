@@ -18,11 +18,13 @@ Four strategies, from the most work on the shards to the least:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from sqlglot import exp
 
 from shardwise.errors import SqlSemanticError
+from shardwise.sql import index_plan
 from shardwise.sql.aggregates import (
     Aggregate,
     classify,
@@ -34,10 +36,12 @@ from shardwise.sql.bind import Scope, has_aggregate
 from shardwise.sql.catalog import Catalog, affinity, physical_name
 from shardwise.sql.dialect import to_sqlite, to_text
 from shardwise.sql.distribution import Router
+from shardwise.sql.index_tables import INDEX_TABLE_PREFIX
 from shardwise.sql.ordering import SortKey
 from shardwise.sql.plans import (
     AggregateMerge,
     Fragment,
+    IndexLookup,
     LocalEval,
     Merge,
     PartialAggregate,
@@ -70,6 +74,10 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
     keyspace = catalog.keyspace(scope.table)
     router = Router(keyspace)
     pruned, why = _pruned(bound, router, values)
+    choice = index_plan.choose(bound, catalog, values, router, pruned)
+    if choice is not None and choice.covering is not None:
+        covering = plan_select(choice.covering, catalog, values)
+        return dataclasses.replace(covering, index=choice.index.name)
     shards = sorted(router.all_shards() if pruned is None else pruned)
     if not shards:
         shards = [0]  # a contradiction: any one shard answers (with no rows) as well
@@ -77,6 +85,16 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
     if scope.source is None:
         rows = catalog.expected_rows(scope.table, len(shards), router.shard_count)
         expected = ((scope.table.name, rows),)
+
+    lookup = None
+    if choice is not None and choice.lookup is not None:
+        lookup = IndexLookup(
+            choice.index.name,
+            plan_select(choice.lookup, catalog, values),
+            keyspace,
+            scope.spec(scope.table.distribution_column).affinity,
+            index_plan.MAX_INDEX_MATCHES,
+        )
 
     def read(strategy: Strategy, merge: Merge, fragment: Fragment) -> ReadPlan:
         return ReadPlan(
@@ -90,6 +108,7 @@ def plan_select(bound: BoundSelect, catalog: Catalog, values: Mapping[str, SqlVa
             fragment=fragment,
             pruned_by=why,
             expected=expected,
+            lookup=lookup,
         )
 
     if len(shards) == 1:
@@ -116,7 +135,8 @@ def _pruned(
         return {REFERENCE_COPY}, "a reference table: one copy holds every row"
     column = scope.spec(scope.table.distribution_column)
     pruned = Pruner(column.name, column.affinity, router, values).shards(bound.where)
-    why = "" if pruned is None else f"WHERE on distribution column {column.name}"
+    kind = "indexed" if scope.table.name.startswith(INDEX_TABLE_PREFIX) else "distribution"
+    why = "" if pruned is None else f"WHERE on {kind} column {column.name}"
     for alike in scope.distributed_alike:  # (a co-located join's other tables)
         spec = scope.spec(alike)
         narrower = Pruner(alike, spec.affinity, router, values).shards(bound.where)

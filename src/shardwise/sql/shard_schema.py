@@ -13,6 +13,14 @@ from collections.abc import Iterable, Mapping
 
 from shardwise.model.config import Column, IndexDef, Table, column_type_problem
 from shardwise.sql.catalog import ColumnSpec, physical_name
+from shardwise.sql.index_tables import (
+    base_local_index,
+    global_indexes,
+    index_table,
+    index_table_name,
+    tombstone_table,
+    tombstone_table_name,
+)
 
 
 def _quote(name: str) -> str:
@@ -24,13 +32,36 @@ def _column_sql(spec: ColumnSpec) -> str:
     return f"{_quote(spec.name)} {declaration}".rstrip()
 
 
-def index_ddl(table: str, index: IndexDef) -> str:
+def _local_index_ddl(table: str, index: IndexDef) -> str:
     unique = "UNIQUE " if index.unique else ""
     name = _quote(f"{physical_name(table)}__{index.name}")
     columns = ", ".join(_quote(c) for c in index.columns)
     return (
         f"CREATE {unique}INDEX IF NOT EXISTS {name} ON {_quote(physical_name(table))} ({columns})"
     )
+
+
+def index_ddl(table: Table, index: IndexDef) -> list[str]:
+    """A local index: a SQLite index in each shard file. A global one: its hidden table
+    (:mod:`shardwise.sql.index_tables`) and the base table's local index for it."""
+    if not index.is_global:
+        return [_local_index_ddl(table.name, index)]
+    statements = [
+        *create_table_ddl(index_table(table, index)),
+        _local_index_ddl(table.name, base_local_index(index)),
+    ]
+    if index.state == "building":
+        statements.extend(create_table_ddl(tombstone_table(table, index)))
+    return statements
+
+
+def drop_index_ddl(table: Table, index: IndexDef) -> list[str]:
+    local = base_local_index(index) if index.is_global else index
+    statements = [f"DROP INDEX IF EXISTS {_quote(f'{physical_name(table.name)}__{local.name}')}"]
+    if index.is_global:
+        statements.append(drop_table_ddl(index_table_name(index)))
+        statements.append(drop_table_ddl(tombstone_table_name(index)))
+    return statements
 
 
 def add_column_ddl(table: str, spec: ColumnSpec) -> str:
@@ -55,7 +86,8 @@ def _problem(columns: Iterable[Column]) -> bool:
 def create_table_ddl(table: Table) -> list[str]:
     columns = ", ".join(_column_sql(ColumnSpec.from_model(c)) for c in table.columns)
     statements = [f"CREATE TABLE IF NOT EXISTS {_quote(physical_name(table.name))} ({columns})"]
-    statements.extend(index_ddl(table.name, index) for index in table.indexes)
+    for index in table.indexes:
+        statements.extend(index_ddl(table, index))
     return statements
 
 
@@ -79,6 +111,9 @@ def schema_changes(old: Mapping[str, Table], new: Mapping[str, Table], keyspace:
     statements: list[str] = []
     for name in sorted(before):
         if name not in after or not _same_table(before[name], after[name]):
+            for hidden in global_indexes(before[name]):
+                statements.append(drop_table_ddl(index_table_name(hidden)))
+                statements.append(drop_table_ddl(tombstone_table_name(hidden)))
             statements.append(drop_table_ddl(name))
     for name in sorted(after):
         table = after[name]
@@ -90,8 +125,14 @@ def schema_changes(old: Mapping[str, Table], new: Mapping[str, Table], keyspace:
         for column in table.columns:
             if column.name not in known and not _problem((column,)):
                 statements.append(add_column_ddl(name, ColumnSpec.from_model(column)))
+        now = {i.name: i for i in table.indexes}
+        for index in previous.indexes:
+            if index.name not in now:
+                statements.extend(drop_index_ddl(previous, index))
+            elif index.state == "building" and now[index.name].state == "public":
+                statements.append(drop_table_ddl(tombstone_table_name(index)))  # (built)
         indexes = {i.name for i in previous.indexes}
         for index in table.indexes:
             if index.name not in indexes:
-                statements.append(index_ddl(name, index))
+                statements.extend(index_ddl(table, index))
     return statements

@@ -33,6 +33,7 @@ from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.determinism import Determinizer
 from shardwise.sql.dialect import table_node, to_sqlite
 from shardwise.sql.distribution import Router, insert_key
+from shardwise.sql.index_tables import IndexMaintenance
 from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, constant
 from shardwise.sql.plans import Fragment, InsertSelectPlan, ShardBatch, WritePlan
 from shardwise.sql.pruning import Pruner
@@ -156,6 +157,7 @@ def plan_insert(
         tuple(batches),
         pruned_by=_REFERENCE_WRITE if reference else "the rows' distribution values",
         copies=router.shard_count if reference else 1,
+        maintenance=IndexMaintenance.of(scope.table, router.keyspace),
     )
 
 
@@ -225,8 +227,14 @@ def plan_update_delete(
             scope.bind(where.this, aggregates=False, where="in WHERE"), "update"
         )
         tree.set("where", exp.Where(this=bound_where))
+    maintenance = IndexMaintenance.of(scope.table, catalog.keyspace(scope.table))
     if isinstance(statement, exp.Update):
-        tree.set("expressions", _assignments(statement, scope, fixer))
+        assignments = _assignments(statement, scope, fixer)
+        tree.set("expressions", assignments)
+        if maintenance is not None and not maintenance.touches(
+            a.left.name for a in assignments if isinstance(a, exp.EQ)
+        ):
+            maintenance = None  # (no entry can change)
     values.update(fixer.values)
     physical = table_node(physical_name(scope.table.name))
     if scope.alias != scope.table.name:
@@ -250,6 +258,7 @@ def plan_update_delete(
         batches,
         pruned_by=why,
         copies=router.shard_count if reference else 1,
+        maintenance=maintenance,
     )
 
 

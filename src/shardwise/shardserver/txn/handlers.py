@@ -80,6 +80,7 @@ from shardwise.shardserver.sqlshard import (
 )
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.shardserver.txn.recovery import ConfigParticipants, TxnRecovery
+from shardwise.sql.capture import capture_refusal
 
 Req = TypeVar("Req")
 
@@ -388,6 +389,8 @@ def _visit_problem(request: TxnSqlRequest) -> str:
         return f"max_rows {request.max_rows} is negative"
     if problem := shipped_refusal(request.shipped):
         return problem
+    if problem := capture_refusal(request.capture):
+        return problem
     for statement in (*statements, *((request.read,) if request.read else ())):
         if problem := check_params(statement.params):
             return problem
@@ -420,4 +423,5 @@ def _visit(
         rows=visit.rows,
         rowcount=visit.result.rowcount,
         version=visit.version,
+        captured=visit.captured,
     )

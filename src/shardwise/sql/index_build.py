@@ -1,0 +1,136 @@
+"""Building a global index on a table that holds rows, online.
+
+``CREATE INDEX ... WITH (scope = 'global')`` commits the index in state ``building``
+(``IndexDef.state``): from the configuration that holds it, every shard of the keyspace
+has the index's table and a tombstone table, and every write to the base table keeps
+the index (a write planned before it is refused by the shards that hold it: its schema
+digest differs, and it is planned again); a write that deletes an entry (a row deleted,
+or its indexed values changed) also leaves a tombstone of the row on that entry's index
+shard. No read uses the index yet. Once every group has applied that configuration (the
+catalog store waits for it), each base shard's rows are read in steps of
+:data:`BUILD_STEP_ROWS` in rowid order, and each row's entry is written to its index
+shard unless the row has an entry (a write made it) or a tombstone there
+(``index_tables.backfill_statements``; ``ShardExecutor.fill``). So no step needs a
+transaction, and none holds up the writes: a row the step read is either unchanged
+(its entry is right), or a write changed it after the read, and then the write either
+came first on the index shard (its tombstone stops the stale entry) or second (it
+deletes the entry the step made). The base shards done are recorded every
+:data:`PROGRESS_EVERY_S` (``SetIndexState``, ``Configuration.index_builds``), so an
+interrupted build (its client gone, its deadline passed) resumes about where it was
+when the same ``CREATE INDEX`` runs again; ``DROP INDEX`` drops it instead. When every
+shard is done the index becomes ``public`` and the tombstones are dropped.
+
+Why not F1's four states: F1 needs ``delete-only`` because servers on the old schema
+still write while others use the new one. Here a shard refuses any statement planned on
+another schema than its own, so no shard ever takes a write that ignores an index it
+holds: ``building`` is F1's ``write-only``, entered by each shard at one log index.
+
+A UNIQUE index whose rows hold a duplicate fails its build: the index is dropped and the
+error names the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+from shardwise.errors import SqlCatalogError, SqlConstraintError, SqlSchemaChangedError
+from shardwise.model.config import DropIndex, IndexDef, SetIndexState, Table
+from shardwise.sql.catalog import Catalog
+from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
+from shardwise.sql.index_tables import backfill_read, backfill_statements
+from shardwise.sql.plans import ShardBatch
+from shardwise.sql.values import INT64_MIN
+
+PROGRESS_EVERY_S: Final = 2.0
+"""How often a build records the base shards it has done (each record is a new
+configuration every group applies; a resumed build redoes at most this much)."""
+
+MAX_BUILD_REPLANS: Final = 20
+"""Times a build goes on after other DDL in its keyspace changed the tables under it."""
+
+BUILD_STEP_ROWS: Final = 2_000
+"""Rows one step of a build reads and indexes: a read, then one write per index shard
+(each of about ``BUILD_STEP_ROWS / shards`` entries)."""
+
+
+async def build_index(
+    shards: ShardExecutor,
+    store: CatalogStore,
+    table_name: str,
+    index_name: str,
+    note: Callable[[str], None] = lambda _: None,
+) -> int:
+    """Fill in the entries of global index ``index_name`` (being built) and make it
+    public; the rows indexed. ``note`` hears of each shard done."""
+    catalog = await store.catalog()
+    table = catalog.table(table_name)
+    index = _index(table, index_name)
+    keyspace = catalog.keyspace(table)
+    done = set(catalog.index_builds.get(index.name, ()))
+
+    def entries(found: list[Row]) -> list[ShardBatch]:
+        return backfill_statements(table, index, keyspace, found)
+
+    rows = replans = 0
+    clock = asyncio.get_running_loop().time
+    recorded = clock()
+    unrecorded: list[int] = []
+    for shard in range(keyspace.scheme.shards):
+        if shard in done:
+            continue
+        after = INT64_MIN
+        while True:
+            read = backfill_read(table, index, after, BUILD_STEP_ROWS)
+            assert read is not None, "a global index's table has a rowid name"
+            try:
+                step = await shards.fill(keyspace.name, shard, read, BUILD_STEP_ROWS, entries)
+            except SqlSchemaChangedError:
+                # Other DDL in the keyspace: go on with the new tables, unless it dropped
+                # the index or its table (then the build ends; a new CREATE INDEX
+                # would make the index again).
+                replans += 1
+                latest = await store.catalog()
+                table = latest.tables.get(table_name, table)
+                if replans > MAX_BUILD_REPLANS or not _building(latest, table_name, index_name):
+                    raise SqlCatalogError(
+                        f"index {index_name!r} was dropped, or its table changed, during its build"
+                    ) from None
+                continue
+            except SqlConstraintError as exc:
+                await store.change(DropIndex(table.name, index.name))
+                raise SqlConstraintError(
+                    f"could not create unique index {index.name!r}: table {table.name!r} "
+                    f"holds rows with equal {', '.join(index.columns)} (the index was dropped)",
+                    exc.shard,
+                ) from None
+            rows += len(step)
+            if len(step) < BUILD_STEP_ROWS:
+                break
+            last = step[-1][0]
+            assert isinstance(last, int)
+            after = last
+        note(f"index {index.name!r}: shard {shard} of {keyspace.scheme.shards} indexed")
+        unrecorded.append(shard)
+        if clock() - recorded >= PROGRESS_EVERY_S:
+            progress = SetIndexState(
+                table.name, index.name, "building", table.created_at, tuple(unrecorded)
+            )
+            await store.change(progress)
+            recorded, unrecorded = clock(), []
+    await store.change(SetIndexState(table.name, index.name, "public", table.created_at))
+    return rows
+
+
+def _building(catalog: Catalog, table_name: str, index_name: str) -> bool:
+    table = catalog.tables.get(table_name)
+    index = next((i for i in table.indexes if i.name == index_name), None) if table else None
+    return index is not None and index.state == "building"
+
+
+def _index(table: Table, name: str) -> IndexDef:
+    for index in table.indexes:
+        if index.name == name:
+            return index
+    raise SqlCatalogError(f"table {table.name!r} has no index {name!r}")
