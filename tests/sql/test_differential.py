@@ -23,6 +23,7 @@ from shardwise.sql.difftest import (
     Row,
     compare_queries,
     create_statements,
+    load,
     make_rows,
     reference_database,
 )
@@ -44,22 +45,7 @@ def local() -> Iterator[LocalShards]:
 
 
 async def _load(coordinator: Coordinator, data: dict[str, list[Row]], rng: random.Random) -> None:
-    for ddl in create_statements():
-        await coordinator.execute(ddl)
-    for name, rows in data.items():
-        # Multi-row INSERTs of random sizes, with values bound as parameters.
-        start = 0
-        while start < len(rows):
-            chunk = rows[start : start + rng.randint(1, 60)]
-            start += len(chunk)
-            width = len(chunk[0])
-            marks = ", ".join(
-                "(" + ", ".join(f"${width * i + j + 1}" for j in range(width)) + ")"
-                for i in range(len(chunk))
-            )
-            params = [value for row in chunk for value in row]
-            result = await coordinator.execute(f"INSERT INTO {name} VALUES {marks}", params)
-            assert result.rowcount == len(chunk)
+    await load(coordinator, data, rng, create_statements())
 
 
 async def test_rows_land_on_the_shard_of_their_distribution_value(

@@ -27,6 +27,7 @@ from shardwise.sql.difftest import (
     Row,
     compare_queries,
     create_statements,
+    load,
     make_rows,
     reference_database,
 )
@@ -59,16 +60,7 @@ def local() -> Iterator[LocalShards]:
 
 
 async def _load(coordinator: Coordinator, data: dict[str, list[Row]], rng: random.Random) -> None:
-    for ddl in (*create_statements(), *BEFORE_LOAD):
-        await coordinator.execute(ddl)
-    for name, rows in data.items():
-        start = 0
-        while start < len(rows):
-            chunk = rows[start : start + rng.randint(1, 60)]
-            start += len(chunk)
-            marks = ", ".join("(" + ", ".join("?" for _ in chunk[0]) + ")" for _ in chunk)
-            params = [value for row in chunk for value in row]
-            await coordinator.execute(f"INSERT INTO {name} VALUES {marks}", params)
+    await load(coordinator, data, rng, (*create_statements(), *BEFORE_LOAD))
     for ddl in AFTER_LOAD:
         await coordinator.execute(ddl)
 

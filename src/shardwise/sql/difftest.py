@@ -87,6 +87,39 @@ def create_statements(tables: Sequence[str] = tuple(TABLES)) -> list[str]:
     ]
 
 
+class Executes(Protocol):
+    """A coordinator, or anything that runs a statement and says the rows it changed."""
+
+    async def execute(self, sql: str, params: Sequence[SqlValue]) -> _Changed: ...
+
+
+class _Changed(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+
+async def load(
+    target: Executes, data: dict[str, list[Row]], rng: random.Random, ddl: Sequence[str]
+) -> None:
+    """Run ``ddl``, then INSERT ``data`` in multi-row statements of random sizes, the
+    values bound as numbered parameters; each must report its rows inserted."""
+    for statement in ddl:
+        await target.execute(statement, [])
+    for name, rows in data.items():
+        start = 0
+        while start < len(rows):
+            chunk = rows[start : start + rng.randint(1, 60)]
+            start += len(chunk)
+            width = len(chunk[0])
+            marks = ", ".join(
+                "(" + ", ".join(f"${width * i + j + 1}" for j in range(width)) + ")"
+                for i in range(len(chunk))
+            )
+            params = [value for row in chunk for value in row]
+            result = await target.execute(f"INSERT INTO {name} VALUES {marks}", params)
+            assert result.rowcount == len(chunk), (name, result.rowcount, len(chunk))
+
+
 def reference_ddl(tables: Sequence[str] = tuple(TABLES)) -> list[str]:
     return [
         f"CREATE TABLE {name} (id {TABLES[name][0]} PRIMARY KEY, {_DECLARATIONS})"
