@@ -434,3 +434,29 @@ def test_the_caret_points_at_a_misspelt_first_word(
     assert "did you mean SELECT?" in lines[0]
     assert lines[1] == "LINE 1: SELEC name FROM users"
     assert lines[2] == " " * len("LINE 1: ") + "^"
+
+
+def test_a_global_index_being_built_shows_its_progress_in_the_shell_and_status() -> None:
+    from shardwise.cli.catalog_views import table_view  # noqa: PLC0415
+    from shardwise.model.config import Keyspace, Scheme  # noqa: PLC0415
+
+    building = IndexDef("by_name", ("name",), scope="global", include=("id",), state="building")
+    table = Table("items", "default", "id", (Column("id", "INTEGER"), Column("name", "TEXT")),
+                  (IndexDef("items_pkey", ("id",), unique=True), building))  # fmt: skip
+    config = Configuration(
+        7,
+        {1: ("a", "b", "c")},
+        {"default": Keyspace("default", Scheme(shards=8))},
+        {"default": (1,) * 8},
+        {"items": table},
+        index_builds={"by_name": (0, 1, 2)},
+    )
+    printed = io.StringIO()
+    Console(file=printed, width=160, color_system=None).print(table_view(table, config))
+    row = next(line for line in printed.getvalue().splitlines() if "by_name" in line)
+    assert row.split() == [
+        "by_name", "name", "global", "id", "building:", "3", "of", "8", "shards", "done"
+    ]  # fmt: skip
+    view = snapshot(0.0, None, None, None)
+    view.config = config
+    assert "Building global index by_name of items: 3 of 8 shards done" in render(view)
