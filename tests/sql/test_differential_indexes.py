@@ -103,7 +103,7 @@ async def test_queries_through_global_indexes_match_single_sqlite(
         reference.close()
     print(f"{QUERIES} queries in {time.monotonic() - started:.1f}s: {kinds}, indexes: {used}")
     # The generator pins indexed columns often enough for the indexes to be exercised.
-    assert used["lookup"] > QUERIES // 20 and used["covering"] > QUERIES // 100, used
+    assert used["lookup"] > QUERIES // 20 and used["covering"] > 2, used
 
 
 async def test_control_an_index_missing_entries_answers_differently(

@@ -43,6 +43,7 @@ from shardwise.client.sqltxn import (
     TxnCatalog,
     TxnShards,
     control_word,
+    read_snapshot,
     shipped_rows,
     sql_error_of,
     to_statements,
@@ -488,6 +489,19 @@ class ClusterShards:
             return 0
         assert self._begin is not None, "a write is sent with a way to begin a transaction"
         return await write_atomically(self, self._begin, keyspace, batches)
+
+    async def read_snapshot(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        assert self._begin is not None, "a statement is sent with a way to begin a transaction"
+        return await read_snapshot(
+            self,
+            self._begin,
+            keyspace=keyspace,
+            shards=shards,
+            fragment=fragment,
+            max_rows=max_rows,
+        )
 
     async def fill(
         self,

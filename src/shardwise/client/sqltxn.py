@@ -108,6 +108,12 @@ class TxnShards:
             [self.read(ShardId(keyspace, i), fragment, max_rows) for i in shards]
         )
 
+    async def read_snapshot(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        """The transaction's visits are validated together at its commit already."""
+        return await self.read_shards(keyspace, shards, fragment, max_rows)
+
     async def write(
         self,
         keyspace: str,
@@ -228,6 +234,25 @@ async def write_maintained(
 
     shards = [ShardId(keyspace, batch.shard) for batch in batches]
     return await _retried(cluster, begin, shards, attempt, maintenance)
+
+
+async def read_snapshot(
+    cluster: ClusterShards,
+    begin: Callable[[], Transaction],
+    *,
+    keyspace: str,
+    shards: Sequence[int],
+    fragment: Fragment,
+    max_rows: int,
+) -> list[list[Row]]:
+    """``ShardExecutor.read_snapshot``: the shards visited in a transaction that only
+    reads, committed (its commit checks every shard's SQL version again, so the rows are
+    those of one moment); again after a conflict, until the statement's deadline."""
+
+    async def attempt(tx: Transaction) -> list[list[Row]]:
+        return await TxnShards(tx, cluster).read_shards(keyspace, shards, fragment, max_rows)
+
+    return await _retried(cluster, begin, [], attempt, None)
 
 
 async def _retried(

@@ -9,6 +9,7 @@ place.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 import msgspec
 
@@ -32,9 +33,16 @@ from shardwise.model.config import (
 TableOp = CreateTable | DropTable | AddColumn | CreateIndex | DropIndex
 
 
+RESERVED_PREFIX: Final = "_sw_"
+"""Names of the catalog's own (the hidden tables of global indexes): no table or index
+of a user's may take one."""
+
+
 def check_name(name: str, what: str) -> None:
     if not name or len(name) > MAX_NAME_LENGTH or "/" in name:
         raise ControllerError(f"a {what} name is 1-{MAX_NAME_LENGTH} characters without '/'")
+    if what in ("table", "index") and name.lower().startswith(RESERVED_PREFIX):
+        raise CatalogError(f"{what} name {name!r}: names starting {RESERVED_PREFIX} are reserved")
 
 
 def changed_tables(
@@ -58,7 +66,8 @@ def changed_tables(
             raise CatalogError(f"at most {MAX_TABLES} tables")
         for index in table.indexes:
             _check_index(new, table, index)
-        new[table.name] = msgspec.structs.replace(table, created_at=num)
+        indexes = tuple(msgspec.structs.replace(i, created_at=num) for i in table.indexes)
+        new[table.name] = msgspec.structs.replace(table, created_at=num, indexes=indexes)
     elif isinstance(op, DropTable):
         if new.pop(op.name, None) is None:
             raise CatalogError(f"there is no table {op.name!r}")
@@ -67,13 +76,17 @@ def changed_tables(
         if any(c.name == op.column.name for c in table.columns):
             raise CatalogError(f"table {op.table!r} already has a column {op.column.name!r}")
         check_columns((op.column,))
-        new[op.table] = msgspec.structs.replace(table, columns=(*table.columns, op.column))
+        widened = msgspec.structs.replace(table, columns=(*table.columns, op.column))
+        if any(i.is_global for i in table.indexes) and not _row_named(widened):
+            raise CatalogError(f"a column {op.column.name!r} would hide the rowid of {op.table!r}")
+        new[op.table] = widened
     elif isinstance(op, CreateIndex):
         table = table_named(new, op.table)
         if any(i.name == op.index.name for i in table.indexes):
             raise CatalogError(f"index {op.index.name!r} exists")
         _check_index(new, table, op.index)
-        new[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, op.index))
+        index = msgspec.structs.replace(op.index, created_at=num)
+        new[op.table] = msgspec.structs.replace(table, indexes=(*table.indexes, index))
     else:
         table = table_named(new, op.table)
         kept = tuple(i for i in table.indexes if i.name != op.name)
@@ -87,6 +100,7 @@ def _check_index(tables: Mapping[str, Table], table: Table, index: IndexDef) -> 
     """Columns the table has, each once. A global index's name names its hidden table
     in every shard file of the keyspace: unique in the catalog (SQLite ignores case); a
     reference table needs none (every shard holds every row)."""
+    check_name(index.name, "index")
     columns = {c.name for c in table.columns}
     named = (*index.columns, *index.include)
     if not index.columns or not set(named) <= columns or len(set(named)) != len(named):
@@ -97,9 +111,18 @@ def _check_index(tables: Mapping[str, Table], table: Table, index: IndexDef) -> 
         return
     if table.is_reference:
         raise CatalogError(f"reference table {table.name!r} needs no global index")
+    if not _row_named(table):
+        raise CatalogError(f"table {table.name!r} hides its rowid: no global index")
     others = {i.name.lower() for t in tables.values() if t.name != table.name for i in t.indexes}
     if index.name.lower() in others:
         raise CatalogError(f"there is an index named {index.name!r} already")
+
+
+def _row_named(table: Table) -> bool:
+    """Whether a name of the rowid (rowid, _rowid_, oid) is free of columns: a global
+    index names each row by it."""
+    taken = {c.name.lower() for c in table.columns}
+    return bool({"rowid", "_rowid_", "oid"} - taken)
 
 
 def building(
@@ -122,8 +145,11 @@ def index_state(
     if table.created_at != op.created_at:
         raise CatalogError(f"table {op.table!r} was dropped and created again during the build")
     index = next((i for i in table.indexes if i.name == op.name), None)
-    if index is None or index.state != "building":
-        raise CatalogError(f"table {op.table!r} has no index {op.name!r} being built")
+    if index is None or index.state != "building" or index.created_at != op.index_created_at:
+        raise CatalogError(
+            f"table {op.table!r} has no index {op.name!r} being built (it was dropped, or "
+            "dropped and made again)"
+        )
     shards = keyspaces[table.keyspace].scheme.shards
     if len(op.done) > shards or any(not 0 <= s < shards for s in op.done):
         raise CatalogError(f"an index build names shards outside 0..{shards - 1}")

@@ -129,6 +129,9 @@ class IndexDef(msgspec.Struct, frozen=True, array_like=True):
     state: IndexState = "public"
     """``building``: every write maintains it, no read uses it, while its entries for
     the rows written before it existed are filled in; then ``public``."""
+    created_at: Int64 = 0
+    """The configuration that made the index (the controller sets it): an index dropped
+    and made again under its name is another index, to a build and to a shard."""
 
     @property
     def is_global(self) -> bool:
@@ -286,6 +289,8 @@ class SetIndexState(msgspec.Struct, frozen=True, tag="set_index_state"):
     state: IndexState
     created_at: Int64
     done: tuple[Int64, ...] = ()
+    index_created_at: Int64 = 0
+    """The index's ``created_at``: a build of an index dropped since is refused."""
 
 
 class SetStats(msgspec.Struct, frozen=True, tag="set_stats"):

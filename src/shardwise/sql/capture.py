@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from shardwise.errors import SqlLimitError
 from shardwise.model.sql import RowCapture
-from shardwise.sql.index_tables import ROW_NAMES
+from shardwise.sql.index_tables import MAX_CAPTURED_COLUMNS, ROW_NAMES
 
 CAPTURE_PREFIX: Final = "_sw_cap"
 """Temporary tables and triggers of a capture: ``_sw_cap<i>`` in database ``temp``."""
@@ -29,11 +29,17 @@ MAX_CAPTURES: Final = 8
 MAX_CAPTURED_ROWS: Final = 100_000
 """Row images one visit records: an UPDATE of an indexed column records two per row."""
 
-MAX_CAPTURED_COLUMNS: Final = 256
+MAX_CAPTURED_BYTES: Final = 8 << 20
+"""Bytes of the row images one visit records (they travel in the visit's reply, and
+become entry statements of one transaction, itself bounded at 4 MiB)."""
 
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _size(value: object) -> int:
+    return len(value) if isinstance(value, str | bytes) else 8
 
 
 def capture_refusal(captures: Sequence[RowCapture]) -> str:
@@ -89,13 +95,21 @@ def capturing(
         )
     try:
         yield found
-        total = 0
+        total = size = 0
         for i in range(len(captures)):
             rows = conn.execute(
                 f"SELECT * FROM temp.{CAPTURE_PREFIX}{i} ORDER BY rowid LIMIT ?",
                 (MAX_CAPTURED_ROWS + 1 - total,),
             ).fetchall()
             total += len(rows)
+            size += sum(_size(v) for row in rows for v in row)
+            if size > MAX_CAPTURED_BYTES:
+                raise SqlLimitError(
+                    "max_captured_bytes",
+                    MAX_CAPTURED_BYTES,
+                    "the rows this statement changes in a table with a global index are too "
+                    "large to index in one transaction: split it",
+                )
             if total > MAX_CAPTURED_ROWS:
                 raise SqlLimitError(
                     "max_captured_rows",

@@ -147,7 +147,13 @@ class Coordinator:
             self._analysis.append(line)
 
     async def _read(
-        self, read: ReadPlan, budget: Budget | None = None, stage: str = "", quiet: bool = False
+        self,
+        read: ReadPlan,
+        budget: Budget | None = None,
+        stage: str = "",
+        quiet: bool = False,
+        *,
+        snapshot: bool = False,
     ) -> Result:
         merge = read.merge
         if isinstance(merge, LocalEval):
@@ -160,7 +166,8 @@ class Coordinator:
         cap = budget.limits.max_rows + 1
 
         started = _now()
-        parts = await self._shards.read_shards(read.keyspace, read.shards, fragment, cap)
+        reader = self._shards.read_snapshot if snapshot else self._shards.read_shards
+        parts = await reader(read.keyspace, read.shards, fragment, cap)
         for rows in parts:
             budget.take(rows)
         self.last_rows_shipped = {i: len(p) for i, p in zip(read.shards, parts, strict=True)}
@@ -178,7 +185,10 @@ class Coordinator:
         finds (every shard of the plan past ``lookup.max_matches`` distinct values)."""
         limits = dataclasses.replace(self._limits, max_rows=lookup.max_matches)
         try:
-            found = await self._read(lookup.read, Budget(limits), stage="index: ")
+            # Several index shards are read as of one moment: an entry moving between
+            # two of them (its row's value changing) is then seen once, not 0 or 2 times.
+            several = len(lookup.read.shards) > 1
+            found = await self._read(lookup.read, Budget(limits), stage="index: ", snapshot=several)
         except SqlLimitError:
             self._note(f"  index {lookup.index}: over {lookup.max_matches:,} matches, every shard")
             return read

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+import msgspec
 from sqlglot import exp
 
 from shardwise.errors import (
@@ -57,7 +58,12 @@ from shardwise.model.txn import MAX_TXN_PARTICIPANTS
 from shardwise.sql.catalog import MAX_COLUMNS, Catalog, ColumnSpec, check_name
 from shardwise.sql.dialect import to_sqlite
 from shardwise.sql.distribution import DISTRIBUTABLE, check_distribution_column
-from shardwise.sql.index_tables import global_indexes, row_name
+from shardwise.sql.index_tables import (
+    MAX_CAPTURED_COLUMNS,
+    entry_columns,
+    global_indexes,
+    row_name,
+)
 from shardwise.sql.params import NOT_CONSTANT, constant
 from shardwise.sql.plans import CatalogPlan
 from shardwise.sql.shard_schema import (
@@ -261,6 +267,12 @@ def _check_global(table: Table, index: IndexDef, catalog: Catalog) -> None:
             f"{table.name!r} is a reference table: every shard holds all its rows, so a "
             "local index serves (and a UNIQUE one holds table-wide)"
         )
+    captured = {c for i in (*global_indexes(table), index) for c in entry_columns(table, i)}
+    if len(captured) > MAX_CAPTURED_COLUMNS:
+        raise SqlCatalogError(
+            f"the global indexes of {table.name!r} would hold {len(captured)} columns, over "
+            f"{MAX_CAPTURED_COLUMNS}: each write records them all for its rows"
+        )
     first = catalog.column(table, index.columns[0])
     if first.affinity not in DISTRIBUTABLE:
         raise SqlCatalogError(
@@ -326,14 +338,27 @@ def _create_index(statement: exp.Create, catalog: Catalog) -> CatalogPlan:
     scope = _index_scope(params, table, columns, unique)
     if include and scope != "global":
         raise SqlCatalogError("INCLUDE is for global indexes: WITH (scope = 'global')")
-    exists = any(i.name == name for i in table.indexes)
-    if exists and not statement.args.get("exists"):
-        raise SqlCatalogError(f"index {name!r} already exists on {table.name!r}")
-    _check_case_apart(name, (i.name for i in table.indexes), "index")
-    if len(table.indexes) >= MAX_INDEXES_PER_TABLE:
-        raise SqlCatalogError(f"at most {MAX_INDEXES_PER_TABLE} indexes per table")
     state: IndexState = "building" if scope == "global" else "public"
     definition = IndexDef(name, tuple(columns), unique, scope, tuple(include), state)
+    existing = next((i for i in table.indexes if i.name == name), None)
+    exists = existing is not None
+    # The same CREATE INDEX again resumes the build of its index (IF NOT EXISTS too).
+    resumes = (
+        existing is not None
+        and existing.state == "building"
+        and (msgspec.structs.replace(existing, created_at=0) == definition)
+    )
+    if exists and not (statement.args.get("exists") or resumes):
+        raise SqlCatalogError(f"index {name!r} already exists on {table.name!r}")
+    _check_case_apart(name, (i.name for i in table.indexes), "index")
+    elsewhere = [i.name for t in catalog.tables.values() if t is not table for i in t.indexes]
+    if not exists and name.lower() in {n.lower() for n in elsewhere}:
+        raise SqlCatalogError(
+            f"there is an index {name!r} on another table: choose another name (DROP INDEX "
+            "names an index by its name alone)"
+        )
+    if len(table.indexes) >= MAX_INDEXES_PER_TABLE:
+        raise SqlCatalogError(f"at most {MAX_INDEXES_PER_TABLE} indexes per table")
     if scope == "global" and not exists:
         _check_global(table, definition, catalog)
     return CatalogPlan(
@@ -437,6 +462,12 @@ def _alter(statement: exp.Alter, catalog: Catalog) -> CatalogPlan:
         raise UnsupportedSqlError("a UNIQUE or PRIMARY KEY column added by ALTER TABLE")
     check_name(spec.name, "column")
     exists = any(c.name.lower() == spec.name.lower() for c in table.columns)
+    widened = msgspec.structs.replace(table, columns=(*table.columns, spec.to_model()))
+    if global_indexes(table) and not exists and row_name(widened) is None:
+        raise SqlCatalogError(
+            f"table {table.name!r} has global indexes, which name each row by its rowid: "
+            f"a column {spec.name!r} would hide the last name of the rowid"
+        )
     if exists and not actions[0].args.get("exists"):
         raise SqlCatalogError(f"table {table.name!r} already has a column {spec.name!r}")
     if spec.not_null and spec.default_sql is None:

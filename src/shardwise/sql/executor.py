@@ -41,6 +41,14 @@ class ShardExecutor(Protocol):
         in as few rounds as the executor can."""
         ...
 
+    async def read_snapshot(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        """:meth:`read_shards`, every shard's rows as of one moment (the shards of a
+        lookup through a global index: a row whose entry moves between two of them must
+        be seen once, neither twice nor never)."""
+        ...
+
     async def write(
         self,
         keyspace: str,

@@ -35,8 +35,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-from shardwise.errors import SqlCatalogError, SqlConstraintError, SqlSchemaChangedError
-from shardwise.model.config import DropIndex, IndexDef, SetIndexState, Table
+from shardwise.errors import (
+    SqlCatalogError,
+    SqlConstraintError,
+    SqlLimitError,
+    SqlSchemaChangedError,
+)
+from shardwise.model.config import DropIndex, IndexDef, IndexState, SetIndexState, Table
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
 from shardwise.sql.index_tables import backfill_read, backfill_statements
@@ -73,7 +78,13 @@ async def build_index(
     def entries(found: list[Row]) -> list[ShardBatch]:
         return backfill_statements(table, index, keyspace, found)
 
+    def state(name: IndexState, shards: tuple[int, ...] = ()) -> SetIndexState:
+        return SetIndexState(
+            table.name, index.name, name, table.created_at, shards, index.created_at
+        )
+
     rows = replans = 0
+    step_rows = BUILD_STEP_ROWS
     clock = asyncio.get_running_loop().time
     recorded = clock()
     unrecorded: list[int] = []
@@ -82,18 +93,23 @@ async def build_index(
             continue
         after = INT64_MIN
         while True:
-            read = backfill_read(table, index, after, BUILD_STEP_ROWS)
-            assert read is not None, "a global index's table has a rowid name"
+            read = backfill_read(table, index, after, step_rows)
+            if read is None:
+                raise SqlCatalogError(f"table {table.name!r} hides its rowid: no global index")
             try:
-                step = await shards.fill(keyspace.name, shard, read, BUILD_STEP_ROWS, entries)
+                step = await shards.fill(keyspace.name, shard, read, step_rows, entries)
+            except SqlLimitError:
+                if step_rows == 1:
+                    raise
+                step_rows = max(1, step_rows // 8)  # (wide rows: fewer per step)
+                continue
             except SqlSchemaChangedError:
                 # Other DDL in the keyspace: go on with the new tables, unless it dropped
-                # the index or its table (then the build ends; a new CREATE INDEX
-                # would make the index again).
+                # the index (even if it made another of the name) or its table.
                 replans += 1
                 latest = await store.catalog()
                 table = latest.tables.get(table_name, table)
-                if replans > MAX_BUILD_REPLANS or not _building(latest, table_name, index_name):
+                if replans > MAX_BUILD_REPLANS or not _building(latest, table_name, index):
                     raise SqlCatalogError(
                         f"index {index_name!r} was dropped, or its table changed, during its build"
                     ) from None
@@ -106,7 +122,7 @@ async def build_index(
                     exc.shard,
                 ) from None
             rows += len(step)
-            if len(step) < BUILD_STEP_ROWS:
+            if len(step) < step_rows:
                 break
             last = step[-1][0]
             assert isinstance(last, int)
@@ -114,19 +130,18 @@ async def build_index(
         note(f"index {index.name!r}: shard {shard} of {keyspace.scheme.shards} indexed")
         unrecorded.append(shard)
         if clock() - recorded >= PROGRESS_EVERY_S:
-            progress = SetIndexState(
-                table.name, index.name, "building", table.created_at, tuple(unrecorded)
-            )
-            await store.change(progress)
+            await store.change(state("building", tuple(unrecorded)))
             recorded, unrecorded = clock(), []
-    await store.change(SetIndexState(table.name, index.name, "public", table.created_at))
+    await store.change(state("public"))
     return rows
 
 
-def _building(catalog: Catalog, table_name: str, index_name: str) -> bool:
+def _building(catalog: Catalog, table_name: str, index: IndexDef) -> bool:
+    """Whether ``index`` itself (not another made since under its name) is still being
+    built."""
     table = catalog.tables.get(table_name)
-    index = next((i for i in table.indexes if i.name == index_name), None) if table else None
-    return index is not None and index.state == "building"
+    now = next((i for i in table.indexes if i.name == index.name), None) if table else None
+    return now is not None and now.state == "building" and now.created_at == index.created_at
 
 
 def _index(table: Table, name: str) -> IndexDef:

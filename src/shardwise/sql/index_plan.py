@@ -5,16 +5,19 @@ when its WHERE pins ``i``'s first column (``col = v``, ``col IN (...)``: the lea
 prune a distribution column, :mod:`shardwise.sql.pruning`) and the distribution column
 does not already pin as few shards. Then:
 
-* **covering**: every column the statement names is in the index's entries: the
-  statement is planned over the index's table instead of ``t`` (same column names,
+* **covering**: every column the statement names is in the index's entries and the
+  values pinned are on one index shard: the statement is planned over the index's table
+  instead of ``t`` (same column names,
   types and alias; distributed by the indexed column, so it prunes to the index shards
   of the values). Only rows whose first indexed column is not NULL have entries, and a
   WHERE that pins the column matches no other row.
 * **lookup**: first the distinct distribution values of the entries that may match
   (the WHERE's conjuncts that read only entry columns, on the index shards), then the
   statement on the shards of those values only (``ReadPlan.lookup``, run by the
-  coordinator). The statement still applies its whole WHERE there, so the index only
-  narrows the shards; each base shard reads by its local index on the same columns.
+  coordinator, which reads several index shards as of one moment,
+  ``ShardExecutor.read_snapshot``: a row whose value moves between two of them is found
+  once, never twice or not at all). The statement still applies its whole WHERE there,
+  so the index only narrows the shards; each base shard reads by its local index.
 
 Among several indexes, the one that reads the fewest index shards, covering first.
 """
@@ -71,10 +74,11 @@ def choose(
         entries = set(entry_columns(table, index))
         over = _scope(table, index, scope, catalog)
         first = over.spec(index.columns[0])
-        if named <= entries:
-            shards = Pruner(first.name, first.affinity, router, values).shards(bound.where)
-            if shards is None:
-                continue
+        shards = Pruner(first.name, first.affinity, router, values).shards(bound.where)
+        if named <= entries and shards is not None and len(shards) <= 1:
+            # Covering, on one index shard (on several, read at different moments, an
+            # entry moving between them could be counted twice or missed: a lookup
+            # reads them as of one moment instead).
             choice = IndexChoice(index, shards, covering=dataclasses.replace(bound, scope=over))
         else:
             narrow = _conjuncts_over(bound.where, entries)

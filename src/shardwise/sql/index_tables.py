@@ -30,20 +30,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from shardwise.errors import SqlConstraintError
+from shardwise.errors import SqlCatalogError, SqlConstraintError
 from shardwise.model.config import Column, IndexDef, Keyspace, Table
 from shardwise.model.sql import RowCapture
 from shardwise.placement import Key
 from shardwise.sql.catalog import Affinity, ColumnSpec, affinity, physical_name
 from shardwise.sql.distribution import Router, stored_key
 from shardwise.sql.plans import Fragment, ShardBatch
-from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
+from shardwise.sql.values import INT64_MAX, INT64_MIN, MAX_PARAMS, SqlValue
 
 INDEX_TABLE_PREFIX: Final = "_sw_gi_"
 TOMBSTONE_TABLE_PREFIX: Final = "_sw_gt_"
 ROW_COLUMN: Final = "_sw_row"
 ROW_NAMES: Final = ("rowid", "_rowid_", "oid")
 """SQLite's names of a rowid; a column of the same name shadows one."""
+MAX_CAPTURED_COLUMNS: Final = 256
+"""Columns a write records of each row it changes in a table with global indexes (the
+union of their entries' columns): ``CREATE INDEX`` refuses more."""
 ENTRIES_PER_STATEMENT: Final = 200
 """Entries one generated statement inserts or deletes (several make a shard's batch)."""
 
@@ -134,13 +137,21 @@ def hidden_tables(tables: Mapping[str, Table]) -> dict[str, str]:
     }
 
 
-def entry_key(value: SqlValue, column_affinity: Affinity) -> Key | None:
+LAST_KEY: Final = b"\xff" * 64
+"""A placement key after every text: where a key-range keyspace puts a BLOB of a TEXT
+column (SQLite orders every BLOB after every TEXT, so a range on the column that takes
+in BLOBs reaches the last shard)."""
+
+
+def entry_key(value: SqlValue, column_affinity: Affinity, *, ordered: bool = False) -> Key | None:
     """Where an entry whose first indexed value is ``value`` (as stored) lives: the
     value's placement key where it has one (so a lookup ``col = v`` finds it as pruning
     finds a distribution value), else a key no other storage class gives; None for NULL,
     which is not indexed (``col = NULL`` matches nothing, and NULLs are never equal)."""
     if value is None:
         return None
+    if ordered and column_affinity == "TEXT" and not isinstance(value, str):
+        return LAST_KEY
     if isinstance(value, float) and value.is_integer() and INT64_MIN <= value <= INT64_MAX:
         value = int(value)  # (an untyped column's 0.0 equals 0: SQLite compares numbers)
     key = stored_key(value, column_affinity)
@@ -185,9 +196,11 @@ class IndexMaintenance:
     def of(cls, table: Table, keyspace: Keyspace) -> IndexMaintenance | None:
         """For a write to ``table``; None if it has no global index."""
         indexes = global_indexes(table)
-        row = row_name(table)
-        if not indexes or row is None:
+        if not indexes:
             return None
+        row = row_name(table)
+        if row is None:  # (refused by ALTER TABLE: a write must never skip its indexes)
+            raise SqlCatalogError(f"table {table.name!r} hides its rowid from its indexes")
         columns: list[str] = []
         for index in indexes:
             columns.extend(c for c in entry_columns(table, index) if c not in columns)
@@ -210,9 +223,12 @@ class IndexMaintenance:
 
     def violation(self, error: SqlConstraintError) -> SqlConstraintError:
         """A shard's constraint error on an index table, in the index's terms."""
-        message = error.detail
+        message = error.detail.lower()
         for target in self.targets:
-            if physical_name(target.table.name).lower() in message.lower():
+            columns = ", ".join(
+                f"{physical_name(target.table.name)}.{c}" for c in target.index.columns
+            )
+            if target.index.unique and message.endswith(columns.lower()):
                 columns = ", ".join(target.index.columns)
                 return SqlConstraintError(
                     f"duplicate key value violates unique index {target.index.name!r} of "
@@ -247,7 +263,7 @@ class IndexMaintenance:
             for side, into in ((gone, deletes), (new, inserts)):
                 for change, count in sorted((side - kept).items(), key=lambda kv: repr(kv[0])):
                     entry = images[change]
-                    key = entry_key(entry[0], target.key_affinity)
+                    key = entry_key(entry[0], target.key_affinity, ordered=router.ordered)
                     if key is None:
                         continue  # (a NULL first column: no entry)
                     shard = router.shard_of(key)
@@ -272,8 +288,10 @@ def _grouped(
 
 
 def _chunks(rows: list[tuple[Any, ...]]) -> Iterable[list[tuple[Any, ...]]]:
-    for start in range(0, len(rows), ENTRIES_PER_STATEMENT):
-        yield rows[start : start + ENTRIES_PER_STATEMENT]
+    width = max((len(r) for r in rows), default=1)
+    per = max(1, min(ENTRIES_PER_STATEMENT, MAX_PARAMS // width))
+    for start in range(0, len(rows), per):
+        yield rows[start : start + per]
 
 
 def _values(rows: list[tuple[Any, ...]], params: dict[str, SqlValue]) -> str:
@@ -367,7 +385,7 @@ def backfill_statements(
     router = Router(keyspace)
     by_shard: dict[int, list[tuple[_Target, tuple[Any, ...]]]] = {}
     for rowid, *values in rows:
-        key = entry_key(values[0], target.key_affinity)
+        key = entry_key(values[0], target.key_affinity, ordered=router.ordered)
         if key is not None:
             by_shard.setdefault(router.shard_of(key), []).append((target, (*values, rowid)))
     return [

@@ -98,6 +98,11 @@ class LocalShards:
     ) -> list[list[Row]]:
         return [await self.read(ShardId(keyspace, i), fragment, max_rows) for i in shards]
 
+    async def read_snapshot(
+        self, keyspace: str, shards: Sequence[int], fragment: Fragment, max_rows: int
+    ) -> list[list[Row]]:
+        return await self.read_shards(keyspace, shards, fragment, max_rows)  # (one thread)
+
     async def write(
         self,
         keyspace: str,

@@ -17,12 +17,11 @@ from typing import Final, TypeAlias
 from sqlglot import exp
 
 from shardwise.errors import SqlParameterError
-from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
+from shardwise.sql.values import INT64_MAX, INT64_MIN, MAX_PARAMS, SqlValue
 
 Params: TypeAlias = Sequence[object] | Mapping[str, object]
 
-MAX_PARAMS: Final = 32_766
-"""SQLite's own bound on parameters in one statement (SQLITE_MAX_VARIABLE_NUMBER)."""
+__all__ = ["MAX_PARAMS"]  # (defined with the values, which the shard side loads)
 
 _NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import msgspec
+
 from shardwise.model.config import Column, IndexDef, Table, column_type_problem
 from shardwise.sql.catalog import ColumnSpec, physical_name
 from shardwise.sql.index_tables import (
@@ -126,13 +128,25 @@ def schema_changes(old: Mapping[str, Table], new: Mapping[str, Table], keyspace:
             if column.name not in known and not _problem((column,)):
                 statements.append(add_column_ddl(name, ColumnSpec.from_model(column)))
         now = {i.name: i for i in table.indexes}
+        kept: set[str] = set()
         for index in previous.indexes:
-            if index.name not in now:
+            later = now.get(index.name)
+            if later is None or not _same_index(index, later):
                 statements.extend(drop_index_ddl(previous, index))
-            elif index.state == "building" and now[index.name].state == "public":
+                continue
+            kept.add(index.name)
+            if index.state == "building" and later.state == "public":
                 statements.append(drop_table_ddl(tombstone_table_name(index)))  # (built)
-        indexes = {i.name for i in previous.indexes}
         for index in table.indexes:
-            if index.name not in indexes:
+            if index.name not in kept:
                 statements.extend(index_ddl(table, index))
     return statements
+
+
+def _same_index(before: IndexDef, after: IndexDef) -> bool:
+    """Whether ``after`` is ``before``, built since at most (else: dropped, made anew,
+    perhaps under the same name: a shard that meets both changes at once, one installed
+    from an older configuration, must not keep the old one's tables)."""
+    return msgspec.structs.replace(before, state=after.state) == after and not (
+        before.state == "public" and after.state == "building"
+    )

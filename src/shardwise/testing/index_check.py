@@ -78,7 +78,7 @@ async def _check(
     for shard, rows in enumerate(entries):
         for entry in rows:
             actual[_typed(entry)] += 1
-            key = entry_key(entry[0], key_affinity)
+            key = entry_key(entry[0], key_affinity, ordered=router.ordered)
             home = None if key is None else router.shard_of(key)
             if home != shard:
                 problems.append(f"{what}: entry {entry!r} on shard {shard}, belongs on {home}")
