@@ -19,8 +19,8 @@ from shardwise.testing.indexsweep import IndexSweepOptions, run_index_sweep
 CHUNKS: Final = 2
 SEEDS_PER_CHUNK: Final = 25
 """50 seeds a run, in two tests (a failure names its seed)."""
-SWEEP: Final = IndexSweepOptions(duration_s=1.5, clients=2, build=False)
-BUILDING: Final = IndexSweepOptions(duration_s=1.5, clients=2, build=True)
+SWEEP: Final = IndexSweepOptions(duration_s=1.2, clients=2, build=False)
+BUILDING: Final = IndexSweepOptions(duration_s=1.2, clients=2, build=True)
 CONTROL_SEEDS: Final = 4
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shardwise.errors import SqlConstraintError
 from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart, TxnSql, new_txn_id
 from shardwise.net.leader import CallDeadline
@@ -84,8 +85,12 @@ async def test_ddl_between_prepare_and_commit_breaks_atomicity(tmp_path: Path, s
 
         # Both prepared: the transaction is committed (every participant voted yes).
         # Another client's DDL now changes the tables under the exclusive SQL locks.
+        # Its reads wait for the prepared transaction, which the participants' recovery
+        # settles (every one voted yes: committed); then the table holds (a, 5) twice,
+        # and the index is refused before any shard is asked to make it.
         async with cluster.client() as other:
-            await other.sql("CREATE UNIQUE INDEX t_kv ON t (k, v)")
+            with pytest.raises(SqlConstraintError, match="could not create unique index"):
+                await other.sql("CREATE UNIQUE INDEX t_kv ON t (k, v)")
 
         for shard in (sa, sb):
             done = await router.call(
