@@ -3,7 +3,6 @@ the distribution column, and a global index built online under a write load.
 
     python bench/sql_indexes.py                 # 1,000,000 rows
     python bench/sql_indexes.py --quick         # 50,000 rows, shorter phases
-    python bench/sql.py --indexes               # the same (bench/sql.py's index section)
 
 shardwise runs as ``bench/sql.py`` starts it: a controller of 3 and 3 groups of 3 on
 loopback, fsync on, the default keyspace of 64 hash shards. The table ``people`` is
