@@ -94,3 +94,30 @@ async def test_concurrent_inserts_of_one_unique_value_exactly_one_wins(
         finally:
             for client in clients:
                 await client.__aexit__(None, None, None)
+
+
+@pytest.mark.virtual_time
+async def test_a_lookup_over_several_index_shards_reads_them_as_of_one_moment(
+    tmp_path: Path, seed: int
+) -> None:
+    """``IN`` over values on several index shards: their entries read in one read-only
+    transaction (``read_snapshot``), then only the matching rows' shards; in a session's
+    transaction too."""
+    cluster = SimCluster(tmp_path, groups=2, seed=seed)
+    async with cluster:
+        await cluster.join(1, 2)
+        await cluster.settled()
+        async with cluster.client() as kv:
+            await kv.sql(
+                "CREATE TABLE u (id INTEGER, email TEXT UNIQUE, n INTEGER) "
+                "WITH (distribution = 'id')"
+            )
+            await kv.sql("INSERT INTO u VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3), (4, 'd', 4)")
+            select = "SELECT id, n FROM u WHERE email IN ('a', 'b', 'c', 'zz') ORDER BY id"
+            plan = "\n".join(str(r[0]) for r in (await kv.sql("EXPLAIN ANALYZE " + select)).rows)
+            assert "index: 4 shard(s) read" in plan and "3 shard(s) to read" in plan, plan
+            assert (await kv.sql(select)).rows == [(1, 1), (2, 2), (3, 3)]
+            await kv.sql("BEGIN")
+            both = "SELECT id FROM u WHERE email IN ('a', 'd') ORDER BY id"
+            assert (await kv.sql(both)).rows == [(1,), (4,)]
+            await kv.sql("COMMIT")
