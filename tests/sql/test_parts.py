@@ -208,7 +208,7 @@ PURE_MODULES = frozenset(
         "shipped",
         "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
         "plans", "planner", "pruning", "repartition", "select_bind", "select_plan",
-        "shard_schema", "stats", "values", "writes", "write_rules",
+        "shard_schema", "statement_cache", "stats", "values", "writes", "write_rules",
     }
 )  # fmt: skip
 IO_MODULES = {"sqlite3", "asyncio", "os", "socket", "time", "threading", "subprocess"}

@@ -9,18 +9,17 @@ from dataclasses import dataclass
 from typing import Final
 
 from sqlglot import exp
-from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from shardwise.errors import SqlLimitError, SqlSemanticError, UnsupportedSqlError
+from shardwise.sql import statement_cache
 from shardwise.sql.broadcast import plan_broadcast
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.colocated import plan_colocated
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.determinism import Determinizer, StatementContext
-from shardwise.sql.dialect import DIALECT
 from shardwise.sql.join_plan import is_multi_table, plan_multi
 from shardwise.sql.params import Params, bind
-from shardwise.sql.parse import MAX_NESTING_DEPTH, parse_statement
+from shardwise.sql.parse import MAX_NESTING_DEPTH
 from shardwise.sql.plans import InsertSelectPlan, JoinPlan, Plan, ReadPlan
 from shardwise.sql.repartition import plan_repartition
 from shardwise.sql.select_bind import bind_select
@@ -73,9 +72,8 @@ def _plan(
     catalog: Catalog,
     context: StatementContext,
 ) -> Planned:
-    parsed = parse_statement(sql)
-    tree = normalize_identifiers(parsed.statement, dialect=DIALECT)
-    bound = bind(tree, params)
+    parsed = statement_cache.parsed(sql)
+    bound = bind(parsed.statement, params)
     statement, values = bound.statement, bound.values
     fixer = Determinizer(context)
     result: Plan
