@@ -233,12 +233,12 @@ async def test_a_build_indexes_the_rows_there_and_resumes_when_cut_short(
     monkeypatch.setattr(index_build, "PROGRESS_EVERY_S", 0.0)
     real_fill, steps = local.fill, 0
 
-    async def failing_fill(*args: Any) -> Any:
+    async def failing_fill(*args: Any, in_flight: int) -> Any:
         nonlocal steps
         steps += 1
         if steps == 12:
             raise SqlError("the build's client went away")
-        return await real_fill(*args)
+        return await real_fill(*args, in_flight=in_flight)
 
     monkeypatch.setattr(local, "fill", failing_fill)
     with pytest.raises(SqlError, match="went away"):

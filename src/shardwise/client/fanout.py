@@ -12,10 +12,10 @@ MAX_FANOUT: Final = 64
 """Requests one ``mget``/``mput``/``scan`` keeps in flight at once."""
 
 
-async def fan_out(jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Run every job, at most MAX_FANOUT at once; the first error (in job order) is
+async def fan_out(jobs: list[Callable[[], Awaitable[T]]], limit: int = MAX_FANOUT) -> list[T]:
+    """Run every job, at most ``limit`` at once; the first error (in job order) is
     raised once all have finished, so none is left running unwatched."""
-    slots = asyncio.Semaphore(MAX_FANOUT)
+    slots = asyncio.Semaphore(limit)
 
     async def run(job: Callable[[], Awaitable[T]]) -> T:
         async with slots:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from shardwise.client.fanout import bind, fan_out
 from shardwise.client.router import ShardRouter
 from shardwise.client.sqltxn import (
     TxnCatalog,
@@ -510,9 +511,11 @@ class ClusterShards:
         read: Fragment,
         max_rows: int,
         entries: Callable[[list[Row]], list[ShardBatch]],
+        *,
+        in_flight: int,
     ) -> list[Row]:
         rows = await self.read(ShardId(keyspace, shard), read, max_rows)
-        await gather_or_cancel([self.write(keyspace, [batch]) for batch in entries(rows)])
+        await fan_out([bind(self.write, keyspace, [b]) for b in entries(rows)], in_flight)
         return rows
 
     def planned(self, keyspace: str) -> tuple[int, int]:

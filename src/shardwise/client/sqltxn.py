@@ -154,9 +154,13 @@ class TxnShards:
         read: Fragment,
         max_rows: int,
         entries: Callable[[list[Row]], list[ShardBatch]],
+        *,
+        in_flight: int,
     ) -> list[Row]:
         """A build's step is never part of the session's transaction."""
-        return await self._cluster.fill(keyspace, shard, read, max_rows, entries)
+        return await self._cluster.fill(
+            keyspace, shard, read, max_rows, entries, in_flight=in_flight
+        )
 
     async def _visit(
         self,

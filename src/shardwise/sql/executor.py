@@ -72,11 +72,14 @@ class ShardExecutor(Protocol):
         read: Fragment,
         max_rows: int,
         entries: Callable[[list[Row]], list[ShardBatch]],
+        *,
+        in_flight: int,
     ) -> list[Row]:
         """Read ``read`` on ``shard``, then write each batch of ``entries(rows)``, each
-        on its own (not atomically, outside any transaction the executor is part of): a
-        step of a global index's build, whose entry writes are idempotent and need no
-        validation (``index_tables.backfill_statements``). The rows read."""
+        on its own, at most ``in_flight`` at once (not atomically, outside any
+        transaction the executor is part of): a step of a global index's build, whose
+        entry writes are idempotent and need no validation
+        (``index_tables.backfill_statements``). The rows read."""
         ...
 
 

@@ -14,7 +14,9 @@ shard unless the row has an entry (a write made it) or a tombstone there
 transaction, and none holds up the writes: a row the step read is either unchanged
 (its entry is right), or a write changed it after the read, and then the write either
 came first on the index shard (its tombstone stops the stale entry) or second (it
-deletes the entry the step made). The base shards done are recorded every
+deletes the entry the step made). The steps are paced so that a build leaves most of
+the groups' capacity to the clients' load (:data:`BUILD_WRITES_IN_FLIGHT`,
+:data:`BUILD_BUSY_SHARE`). The base shards done are recorded every
 :data:`PROGRESS_EVERY_S` (``SetIndexState``, ``Configuration.index_builds``), so an
 interrupted build (its client gone, its deadline passed) resumes about where it was
 when the same ``CREATE INDEX`` runs again; ``DROP INDEX`` drops it instead. When every
@@ -45,7 +47,7 @@ from shardwise.model.config import DropIndex, IndexDef, IndexState, SetIndexStat
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
 from shardwise.sql.index_tables import backfill_read, backfill_statements
-from shardwise.sql.plans import ShardBatch
+from shardwise.sql.plans import Fragment, ShardBatch
 from shardwise.sql.values import INT64_MIN
 
 PROGRESS_EVERY_S: Final = 2.0
@@ -55,9 +57,21 @@ configuration every group applies; a resumed build redoes at most this much)."""
 MAX_BUILD_REPLANS: Final = 20
 """Times a build goes on after other DDL in its keyspace changed the tables under it."""
 
-BUILD_STEP_ROWS: Final = 2_000
+BUILD_STEP_ROWS: Final = 8_000
 """Rows one step of a build reads and indexes: a read, then one write per index shard
-(each of about ``BUILD_STEP_ROWS / shards`` entries)."""
+(each of about ``BUILD_STEP_ROWS / shards`` entries: large enough that the groups'
+cost per entry, not per request, dominates)."""
+
+BUILD_WRITES_IN_FLIGHT: Final = 2
+"""Entry writes of a step in flight at once: the step's writes queue behind each other,
+not in front of every other client's requests at the groups' leaders."""
+
+BUILD_BUSY_SHARE: Final = 0.3
+"""Share of its time a build spends on its steps: after a step that took ``t`` seconds
+it rests ``t * (1 / BUILD_BUSY_SHARE - 1)``. The rest follows the groups' load: under a
+heavy write load the steps slow down, and the build rests longer, so the load keeps
+most of the groups' capacity (the build of 1M rows under 8 writers, measured in
+``docs/benchmarks.md``)."""
 
 
 async def build_index(
@@ -97,7 +111,9 @@ async def build_index(
             if read is None:
                 raise SqlCatalogError(f"table {table.name!r} hides its rowid: no global index")
             try:
-                step = await shards.fill(keyspace.name, shard, read, step_rows, entries)
+                step = await _paced_fill(
+                    shards, keyspace.name, shard, read, step_rows, entries=entries
+                )
             except SqlLimitError:
                 if step_rows == 1:
                     raise
@@ -134,6 +150,25 @@ async def build_index(
             recorded, unrecorded = clock(), []
     await store.change(state("public"))
     return rows
+
+
+async def _paced_fill(
+    shards: ShardExecutor,
+    keyspace: str,
+    shard: int,
+    read: Fragment,
+    step_rows: int,
+    *,
+    entries: Callable[[list[Row]], list[ShardBatch]],
+) -> list[Row]:
+    """One step, then its rest (:data:`BUILD_BUSY_SHARE`)."""
+    clock = asyncio.get_running_loop().time
+    began = clock()
+    step = await shards.fill(
+        keyspace, shard, read, step_rows, entries, in_flight=BUILD_WRITES_IN_FLIGHT
+    )
+    await asyncio.sleep((clock() - began) * (1 / BUILD_BUSY_SHARE - 1))
+    return step
 
 
 def _building(catalog: Catalog, table_name: str, index: IndexDef) -> bool:

@@ -145,9 +145,11 @@ class LocalShards:
         read: Fragment,
         max_rows: int,
         entries: Callable[[list[Row]], list[ShardBatch]],
+        *,
+        in_flight: int,
     ) -> list[Row]:
         rows = await self.read(ShardId(keyspace, shard), read, max_rows)
-        for batch in entries(rows):
+        for batch in entries(rows):  # (one at a time: ``in_flight`` is for clusters)
             await self.write(keyspace, [batch])
         return rows
 
