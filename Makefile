@@ -25,11 +25,11 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 venv: $(STAMP)
 
 # Two workers: most tests are one Python process at 100% of a core, and CI has two cores.
-# Tests that must not overlap (real clusters that share addresses, nftables tables or
-# a heavy load) share an xdist_group and run one after another on one worker.
+# Whole files go to a worker (--dist loadfile): a file's tests run in order, one at a
+# time, as some share a module's cluster or build on what earlier ones did.
 TEST_WORKERS ?= 2
 test: $(STAMP) jepsen-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # A local cluster in the foreground until Ctrl-C: a controller of 3 and 3 groups of 3,
 # data in ./.shardwise (running it again reuses the data). Flags go through UP, e.g.

@@ -20,7 +20,7 @@ import os
 import random
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -39,21 +39,7 @@ settings.register_profile("soak", parent=settings.get_profile("default"), max_ex
 settings.load_profile("soak" if os.environ.get("SHARDWISE_SOAK") else "default")
 
 
-ONE_AT_A_TIME: Final = (
-    "tests/faults/",  # (nftables tables and loopback addresses of their own: shared)
-    "tests/test_bench_smoke.py",
-    "tests/shardserver/test_txn_processes.py",
-    "tests/sql/test_sql_txn_processes.py",
-)
-"""Tests of real clusters under heavy load or faults: under ``make test``'s workers
-(pytest-xdist, ``--dist loadgroup``) they share one group, so no two of them run at the
-same time (each still runs beside other tests)."""
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.startswith(ONE_AT_A_TIME):
-            item.add_marker(pytest.mark.xdist_group("one-at-a-time"))
     if os.environ.get("SHARDWISE_SOAK"):
         return
     skip_soak = pytest.mark.skip(reason="soak test: run with `make soak`")
