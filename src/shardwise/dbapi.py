@@ -372,9 +372,11 @@ class Cursor:
 
         A one-row ``INSERT ... VALUES (?, ...)`` runs as multi-row INSERTs of up to
         ``shardwise.sql.bulk.MAX_BULK_ROWS`` rows each (one batch per shard per
-        statement, as a multi-row INSERT you write yourself); a batch that fails may
-        leave some of its rows applied, as one multi-row INSERT may, and ``now()`` is
-        one instant per batch. Any other statement runs once per set, in order."""
+        statement, as a multi-row INSERT you write yourself, planned by the bulk path of
+        ``shardwise.sql.param_insert``); each is atomic, and when one fails the ones
+        before it stay applied (in autocommit; in a transaction, until it is rolled
+        back). ``now()`` is one instant per batch. Any other statement runs once per
+        set, in order."""
         from shardwise.sql.bulk import multi_row_inserts  # noqa: PLC0415 - loads the parser
 
         sets = list(seq_of_parameters)

@@ -205,7 +205,7 @@ PURE_MODULES = frozenset(
     {
         "aggregates", "bind", "broadcast", "catalog", "colocated", "colnames", "ddl",
         "determinism", "dialect", "distribution", "index_plan", "index_tables", "join_plan",
-        "shipped",
+        "param_insert", "shipped",
         "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",
         "plans", "planner", "pruning", "repartition", "select_bind", "select_plan",
         "shard_schema", "statement_cache", "stats", "values", "writes", "write_rules",

@@ -18,6 +18,7 @@ from shardwise.sql.colocated import plan_colocated
 from shardwise.sql.ddl import plan_ddl
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.join_plan import is_multi_table, plan_multi
+from shardwise.sql.param_insert import plan_shaped_insert
 from shardwise.sql.params import Params, bind
 from shardwise.sql.parse import MAX_NESTING_DEPTH
 from shardwise.sql.plans import InsertSelectPlan, JoinPlan, Plan, ReadPlan
@@ -72,7 +73,12 @@ def _plan(
     catalog: Catalog,
     context: StatementContext,
 ) -> Planned:
-    parsed = statement_cache.parsed(sql)
+    known = statement_cache.kept(sql)
+    if known.insert is not None:  # (the bulk path: no tree copied or walked per row)
+        placed = plan_shaped_insert(known.insert, params, catalog)
+        if placed is not None:
+            return Planned(placed, explain=False)
+    parsed = known.parsed or statement_cache.parse(sql)
     bound = bind(parsed.statement, params)
     statement, values = bound.statement, bound.values
     fixer = Determinizer(context)
