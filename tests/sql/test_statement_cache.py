@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from sqlglot import exp
 
-from shardwise.errors import SqlCatalogError, SqlSyntaxError
+from shardwise.errors import SqlCatalogError, SqlParameterError, SqlSyntaxError
 from shardwise.model.config import Keyspace, Scheme
 from shardwise.sql import Coordinator, LocalShards, parse, planner, statement_cache
 from shardwise.sql.difftest import (
@@ -43,6 +43,7 @@ def local() -> Iterator[LocalShards]:
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The texts the cache had to parse, from an empty cache."""
     statement_cache._cached.cache_clear()
+    statement_cache._shapes.clear()
     seen: list[str] = []
     real = parse.parse_statement
 
@@ -154,3 +155,33 @@ async def test_control_a_planner_that_binds_into_the_kept_tree_is_caught(
             )
         )
     print(str(caught.value).splitlines()[0][:200])
+
+
+async def test_a_long_insert_of_parameters_is_kept_by_its_shape_alone(
+    local: LocalShards, parses: list[str]
+) -> None:
+    sql = Coordinator(local, local)
+    await sql.execute("CREATE TABLE t (id INTEGER, v TEXT) WITH (distribution = 'id')")
+    insert = "INSERT INTO t VALUES " + ", ".join(["(?, ?)"] * 1000)
+    assert statement_cache.MAX_CACHED_CHARS < len(insert) <= statement_cache.MAX_SHAPE_CHARS
+    for batch in range(3):
+        params = [v for n in range(1000) for v in (batch * 1000 + n, f"v{n}")]
+        assert (await sql.execute(insert, params)).rowcount == 1000
+    assert parses.count(insert) == 1
+    known = statement_cache.kept(insert)
+    assert known.parsed is None and known.insert is not None and known.insert.rows == 1000
+    assert (await sql.execute("SELECT count(*) FROM t")).rows == [(3000,)]
+    # Its parse is still at hand for what the bulk path leaves to the planner (an error):
+    with pytest.raises(SqlParameterError):
+        await sql.execute(insert, [1, 2])
+    assert parses.count(insert) == 2
+    # Only shapes of INSERTs are kept, and only so many.
+    long_select = "SELECT " + ", ".join(["1"] * 2000)
+    for _ in range(2):
+        await sql.execute(long_select)
+    assert parses.count(long_select) == 2
+    for width in range(statement_cache.MAX_CACHED_SHAPES + 5):
+        many = "INSERT INTO t VALUES " + ", ".join(["(?, ?)"] * (1000 + width))
+        await sql.execute(many, [v for n in range(1000 + width) for v in (-n - 1, "x")])
+    assert len(statement_cache._shapes) == statement_cache.MAX_CACHED_SHAPES
+    assert insert not in statement_cache._shapes

@@ -67,7 +67,8 @@ def kept(sql: str) -> Kept:
     if found.insert is not None:
         _shapes[sql] = found.insert
         while len(_shapes) > MAX_CACHED_SHAPES:
-            _shapes.popitem(last=False)
+            with contextlib.suppress(KeyError):  # (emptied meanwhile by another thread)
+                _shapes.popitem(last=False)
     return found
 
 
