@@ -23,16 +23,10 @@ from shardwise.errors import DistributionValueError, SqlLimitError
 from shardwise.sql.bind import Scope
 from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.distribution import Router, insert_key
-from shardwise.sql.index_tables import IndexMaintenance
 from shardwise.sql.params import MAX_PARAMS, sql_value
-from shardwise.sql.plans import Fragment, ShardBatch, WritePlan
+from shardwise.sql.plans import Fragment, WritePlan
 from shardwise.sql.values import SqlValue
-from shardwise.sql.writes import (
-    MAX_INSERT_ROWS,
-    MAX_ROWS_PER_STATEMENT,
-    REFERENCE_WRITE,
-    insert_target,
-)
+from shardwise.sql.writes import MAX_INSERT_ROWS, insert_plan, insert_target, rows_per_statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +116,8 @@ def plan_rows(
         raise SqlLimitError("MAX_INSERT_ROWS", MAX_INSERT_ROWS, "too many rows in one INSERT")
     table = scope.table
     router = Router(catalog.keyspace(table))
-    reference = table.is_reference
     by_shard: dict[int, list[int]] = {}
-    if not reference:
+    if not table.is_reference:
         dist = scope.spec(table.distribution_column)
         if dist.name not in columns:
             raise DistributionValueError(
@@ -138,7 +131,7 @@ def plan_rows(
         f"INSERT INTO {_quoted(physical_name(table.name))} "
         f"({', '.join(_quoted(c) for c in columns)}) VALUES "
     )
-    per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, MAX_PARAMS // max(1, width)))
+    per_statement = rows_per_statement(width)
 
     def statements(rows: Sequence[int]) -> tuple[Fragment, ...]:
         out = []
@@ -150,24 +143,7 @@ def plan_rows(
             out.append(Fragment(text, dict(sorted(bound.items()))))
         return tuple(out)
 
-    if reference:
-        every = statements(range(count))
-        batches = [ShardBatch(s, every, rows=count) for s in sorted(router.all_shards())]
-    else:
-        batches = [
-            ShardBatch(shard, statements(by_shard[shard]), rows=len(by_shard[shard]))
-            for shard in sorted(by_shard)
-        ]
-    return WritePlan(
-        "INSERT",
-        table.name,
-        router.keyspace.name,
-        router.shard_count,
-        tuple(batches),
-        pruned_by=REFERENCE_WRITE if reference else "the rows' distribution values",
-        copies=router.shard_count if reference else 1,
-        maintenance=IndexMaintenance.of(table, router.keyspace),
-    )
+    return insert_plan(table, router, by_shard, range(count), statements)
 
 
 def _quoted(name: str) -> str:

@@ -15,8 +15,8 @@ unplaceable distribution value, and anything :mod:`shardwise.sql.determinism` ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, TypeVar
 
 from sqlglot import exp
 
@@ -28,6 +28,7 @@ from shardwise.errors import (
     SqlSemanticError,
     UnsupportedSqlError,
 )
+from shardwise.model.config import Table
 from shardwise.sql.bind import Scope, check_supported
 from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.determinism import Determinizer
@@ -38,6 +39,8 @@ from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, constant
 from shardwise.sql.plans import Fragment, InsertSelectPlan, ShardBatch, WritePlan
 from shardwise.sql.pruning import Pruner
 from shardwise.sql.values import SqlValue
+
+R = TypeVar("R")
 
 MAX_INSERT_ROWS: Final = 100_000
 """Rows in one INSERT: the statement's text and values are held whole at the coordinator."""
@@ -127,9 +130,9 @@ def plan_insert(
     schema = exp.Schema(
         this=table, expressions=[exp.to_identifier(c, quoted=True) for c in columns]
     )
-    per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, MAX_PARAMS // max(1, len(columns))))
+    per_statement = rows_per_statement(len(columns))
 
-    def statements(rows: list[exp.Tuple]) -> tuple[Fragment, ...]:
+    def statements(rows: Sequence[exp.Tuple]) -> tuple[Fragment, ...]:
         return tuple(
             _fragment(
                 exp.Insert(
@@ -141,9 +144,26 @@ def plan_insert(
             for start in range(0, len(rows), per_statement)
         )
 
-    if reference:  # the same statements for every copy, written out once
+    return insert_plan(scope.table, router, by_shard, every_row, statements)
+
+
+def rows_per_statement(width: int) -> int:
+    """Rows per generated INSERT of rows ``width`` values wide."""
+    return max(1, min(MAX_ROWS_PER_STATEMENT, MAX_PARAMS // max(1, width)))
+
+
+def insert_plan(
+    table: Table,
+    router: Router,
+    by_shard: Mapping[int, Sequence[R]],
+    every_row: Sequence[R],
+    statements: Callable[[Sequence[R]], tuple[Fragment, ...]],
+) -> WritePlan:
+    """The plan of an INSERT into ``table``: each shard its rows (``by_shard``), or, for
+    a reference table, ``every_row`` to every shard (the statements written out once)."""
+    if table.is_reference:
         every = statements(every_row)
-        batches = [ShardBatch(s, every, rows=len(every_row)) for s in router.all_shards()]
+        batches = [ShardBatch(s, every, rows=len(every_row)) for s in sorted(router.all_shards())]
     else:
         batches = [
             ShardBatch(shard, statements(by_shard[shard]), rows=len(by_shard[shard]))
@@ -151,13 +171,13 @@ def plan_insert(
         ]
     return WritePlan(
         "INSERT",
-        scope.table.name,
+        table.name,
         router.keyspace.name,
         router.shard_count,
         tuple(batches),
-        pruned_by=REFERENCE_WRITE if reference else "the rows' distribution values",
-        copies=router.shard_count if reference else 1,
-        maintenance=IndexMaintenance.of(scope.table, router.keyspace),
+        pruned_by=REFERENCE_WRITE if table.is_reference else "the rows' distribution values",
+        copies=router.shard_count if table.is_reference else 1,
+        maintenance=IndexMaintenance.of(table, router.keyspace),
     )
 
 
