@@ -75,7 +75,7 @@ def insert_shape(statement: exp.Expr) -> InsertShape | None:
                 return None
     if width == 0 or number > MAX_PARAMS:
         return None
-    return InsertShape(target, columns, width, len(rows))
+    return InsertShape(target.copy(), columns, width, len(rows))  # (not the kept tree's)
 
 
 def plan_shaped_insert(shape: InsertShape, params: object, catalog: Catalog) -> WritePlan | None:
@@ -95,9 +95,10 @@ def plan_shaped_insert(shape: InsertShape, params: object, catalog: Catalog) -> 
 
 
 def _target(shape: InsertShape) -> exp.Expr:
+    table = shape.table.copy()  # (a node has one parent: the kept one stays unchanged)
     if shape.columns is None:
-        return shape.table
-    return exp.Schema(this=shape.table, expressions=[exp.to_identifier(c) for c in shape.columns])
+        return table
+    return exp.Schema(this=table, expressions=[exp.to_identifier(c) for c in shape.columns])
 
 
 def plan_rows(
