@@ -25,14 +25,12 @@ from typing import Any, Final
 
 import msgspec
 
+from shardwise.sql.identifiers import quote_identifier
+
 DIGEST_BYTES: Final = 16
 """Size of a digest (BLAKE2b): collisions are out of reach, and it prints short."""
 
 _encode = msgspec.msgpack.Encoder().encode
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def canonical_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
@@ -48,11 +46,11 @@ def canonical_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
         if kind != "table":
             continue
         if "WITHOUT ROWID" in sql.upper():
-            width = len(conn.execute(f"SELECT * FROM {_quote(name)} LIMIT 0").description)
+            width = len(conn.execute(f"SELECT * FROM {quote_identifier(name)} LIMIT 0").description)
             order = ", ".join(str(i) for i in range(1, width + 1))
-            query = f"SELECT * FROM {_quote(name)} ORDER BY {order}"
+            query = f"SELECT * FROM {quote_identifier(name)} ORDER BY {order}"
         else:
-            query = f"SELECT rowid, * FROM {_quote(name)} ORDER BY rowid"
+            query = f"SELECT rowid, * FROM {quote_identifier(name)} ORDER BY rowid"
         for values in conn.execute(query):
             yield (name, *values)
 

@@ -67,6 +67,7 @@ from shardwise.shardserver.protocol import (
 )
 from shardwise.sql.capture import is_capture_table
 from shardwise.sql.catalog import PHYSICAL_PREFIX
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.shard_schema import schema_changes
 from shardwise.sql.shipped import ShippedTable, is_shipped, refusal, shipped_tables
 from shardwise.sql.values import INT64_MAX, INT64_MIN
@@ -357,7 +358,7 @@ def time_trial(
 def _check_rowids(conn: sqlite3.Connection, tables: set[str]) -> None:
     """Refuse a rowid at its largest value: SQLite then picks each new row's at random."""
     for table in sorted(tables):
-        quoted = '"' + table.replace('"', '""') + '"'
+        quoted = quote_identifier(table)
         top = conn.execute(f"SELECT max(rowid) FROM {quoted}").fetchone()[0]
         if top == INT64_MAX:
             raise NondeterministicSqlError(

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from shardwise.errors import SqlLimitError
 from shardwise.model.sql import RowCapture
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.index_tables import MAX_CAPTURED_COLUMNS, ROW_NAMES
 
 CAPTURE_PREFIX: Final = "_sw_cap"
@@ -32,10 +33,6 @@ MAX_CAPTURED_ROWS: Final = 100_000
 MAX_CAPTURED_BYTES: Final = 8 << 20
 """Bytes of the row images one visit records (they travel in the visit's reply, and
 become entry statements of one transaction, itself bounded at 4 MiB)."""
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _size(value: object) -> int:
@@ -70,17 +67,17 @@ def capturing(
     found: list[list[tuple[Any, ...]]] = []
     for i, capture in enumerate(captures):
         name = f"{CAPTURE_PREFIX}{i}"
-        table = f"main.{_quote(capture.table)}"
+        table = f"main.{quote_identifier(capture.table)}"
         width = ", ".join(f"c{k}" for k in range(len(capture.columns)))
         conn.execute(f"CREATE TEMP TABLE {name} (s, r, {width})")
 
         def image(side: str, capture: RowCapture = capture) -> str:
-            cells = ", ".join(f"{side}.{_quote(c)}" for c in capture.columns)
+            cells = ", ".join(f"{side}.{quote_identifier(c)}" for c in capture.columns)
             return f"{side}.{capture.row}, {cells}"
 
         insert = f"INSERT INTO {name} VALUES (1, "
         delete = f"INSERT INTO {name} VALUES (-1, "
-        of = ", ".join(_quote(c) for c in capture.columns)
+        of = ", ".join(quote_identifier(c) for c in capture.columns)
         conn.execute(
             f"CREATE TEMP TRIGGER {name}_i AFTER INSERT ON {table} "
             f"BEGIN {insert}{image('NEW')}); END"

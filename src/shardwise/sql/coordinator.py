@@ -25,6 +25,7 @@ from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.distribution import Router, stored_key
 from shardwise.sql.engine import ScanRows, run_final, run_join, run_local
 from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.index_build import build_index
 from shardwise.sql.merge import Budget, MergeLimits, combine_aggregates, merge_rows
 from shardwise.sql.params import Params
@@ -389,11 +390,11 @@ class Coordinator:
         duplicates (every duplicate is in one shard: the columns include the distribution
         column, or the table is a reference table). A duplicate written between this
         check and the shards' applying the index makes that shard skip the index."""
-        columns = ", ".join(_quoted(c) for c in op.index.columns)
-        present = " AND ".join(f"{_quoted(c)} IS NOT NULL" for c in op.index.columns)
+        columns = ", ".join(quote_identifier(c) for c in op.index.columns)
+        present = " AND ".join(f"{quote_identifier(c)} IS NOT NULL" for c in op.index.columns)
         sql = (
-            f"SELECT {columns} FROM {_quoted(op.table)} WHERE {present} GROUP BY {columns} "
-            "HAVING count(*) > 1 LIMIT 1"
+            f"SELECT {columns} FROM {quote_identifier(op.table)} WHERE {present} "
+            f"GROUP BY {columns} HAVING count(*) > 1 LIMIT 1"
         )
         planned = plan(sql, None, catalog, self._context()).plan
         assert isinstance(planned, ReadPlan)
@@ -403,10 +404,6 @@ class Coordinator:
                 f"could not create unique index {op.index.name!r}: table {op.table!r} holds "
                 f"more than one row with ({', '.join(op.index.columns)}) = {found[0]!r}"
             )
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class _StepFullError(Exception):

@@ -36,6 +36,7 @@ from shardwise.model.sql import RowCapture
 from shardwise.placement import Key
 from shardwise.sql.catalog import Affinity, ColumnSpec, affinity, physical_name
 from shardwise.sql.distribution import Router, stored_key
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.plans import Fragment, ShardBatch
 from shardwise.sql.values import INT64_MAX, INT64_MIN, MAX_PARAMS, SqlValue
 
@@ -49,10 +50,6 @@ MAX_CAPTURED_COLUMNS: Final = 256
 union of their entries' columns): ``CREATE INDEX`` refuses more."""
 ENTRIES_PER_STATEMENT: Final = 200
 """Entries one generated statement inserts or deletes (several make a shard's batch)."""
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def index_table_name(index: IndexDef) -> str:
@@ -309,14 +306,14 @@ def _values(rows: list[tuple[Any, ...]], params: dict[str, SqlValue]) -> str:
 def _deletes(entries: Sequence[tuple[_Target, tuple[Any, ...]]]) -> list[Fragment]:
     out = []
     for target, rows in _grouped(entries):
-        table = _quote(physical_name(target.table.name))
-        keys = f"({_quote(target.table.columns[target.distribution].name)}, {ROW_COLUMN})"
+        table = quote_identifier(physical_name(target.table.name))
+        keys = f"({quote_identifier(target.table.columns[target.distribution].name)}, {ROW_COLUMN})"
         for chunk in _chunks(rows):
             params: dict[str, SqlValue] = {}
             pairs = _values([(e[target.distribution], e[-1]) for e in chunk], params)
             out.append(Fragment(f"DELETE FROM {table} WHERE {keys} IN (VALUES {pairs})", params))
             if target.tombstones is not None:  # (being built: see backfill_statements)
-                tombs = _quote(physical_name(target.tombstones.name))
+                tombs = quote_identifier(physical_name(target.tombstones.name))
                 out.append(Fragment(f"INSERT OR IGNORE INTO {tombs} {keys} VALUES {pairs}", params))
     return out
 
@@ -326,8 +323,8 @@ def _inserts(
 ) -> list[Fragment]:
     out = []
     for target, rows in _grouped(entries):
-        table = _quote(physical_name(target.table.name))
-        names = ", ".join(_quote(c.name) for c in target.table.columns)
+        table = quote_identifier(physical_name(target.table.name))
+        names = ", ".join(quote_identifier(c.name) for c in target.table.columns)
         for chunk in _chunks(rows):
             params: dict[str, SqlValue] = {}
             values = _values(chunk, params)
@@ -337,9 +334,9 @@ def _inserts(
             # A build's entries: only those of rows no write has touched since the
             # index began (a write made the entry, or deleted it and left a tombstone).
             assert target.tombstones is not None, "a build's index is being built"
-            tombs = _quote(physical_name(target.tombstones.name))
+            tombs = quote_identifier(physical_name(target.tombstones.name))
             width = len(target.table.columns)
-            distribution = _quote(target.table.columns[target.distribution].name)
+            distribution = quote_identifier(target.table.columns[target.distribution].name)
             row = (
                 f"{distribution} = v.column{target.distribution + 1} "
                 f"AND {ROW_COLUMN} = v.column{width}"
@@ -361,9 +358,9 @@ def backfill_read(table: Table, index: IndexDef, after: int, limit: int) -> Frag
     row = row_name(table)
     if row is None:
         return None
-    columns = ", ".join(_quote(c) for c in entry_columns(table, index))
+    columns = ", ".join(quote_identifier(c) for c in entry_columns(table, index))
     return Fragment(
-        f"SELECT {row}, {columns} FROM {_quote(physical_name(table.name))} "
+        f"SELECT {row}, {columns} FROM {quote_identifier(physical_name(table.name))} "
         f"WHERE {row} > :after ORDER BY {row} LIMIT :limit",
         {"after": after, "limit": limit},
     )

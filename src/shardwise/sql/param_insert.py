@@ -23,6 +23,7 @@ from shardwise.errors import DistributionValueError, SqlLimitError
 from shardwise.sql.bind import Scope
 from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.distribution import Router, insert_key
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.params import MAX_PARAMS, sql_value
 from shardwise.sql.plans import Fragment, WritePlan
 from shardwise.sql.values import SqlValue
@@ -129,8 +130,8 @@ def plan_rows(
             key = insert_key(values[row * width + position], dist.name, dist.affinity)
             by_shard.setdefault(router.shard_of(key), []).append(row)
     head = (
-        f"INSERT INTO {_quoted(physical_name(table.name))} "
-        f"({', '.join(_quoted(c) for c in columns)}) VALUES "
+        f"INSERT INTO {quote_identifier(physical_name(table.name))} "
+        f"({', '.join(quote_identifier(c) for c in columns)}) VALUES "
     )
     per_statement = rows_per_statement(width)
 
@@ -145,7 +146,3 @@ def plan_rows(
         return tuple(out)
 
     return insert_plan(table, router, by_shard, range(count), statements)
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -45,6 +45,7 @@ from shardwise.sql.aggregates import PARTITION_FUNCTION
 from shardwise.sql.bind import conjuncts
 from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.colocated import plan_colocated
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.plans import Fragment, JoinPlan, Repartition, TableScan
 from shardwise.sql.values import SqlValue
 
@@ -192,7 +193,7 @@ def _stepped(scan: TableScan, key: str, *, nulls: bool) -> TableScan:
     step: a GROUP BY of the key makes them one group)."""
     fragment = scan.read.fragment
     assert fragment is not None  # (a table's scan always reads its shards)
-    quoted = '"' + key.replace('"', '""') + '"'
+    quoted = quote_identifier(key)
     step = f"{PARTITION_FUNCTION}({quoted}, :{STEPS_PARAM}) = :{STEP_PARAM}"
     present = "" if nulls else f" AND {quoted} IS NOT NULL"
     sql = f"SELECT * FROM ({fragment.sql}) WHERE {step}{present}"

@@ -15,6 +15,7 @@ import msgspec
 
 from shardwise.model.config import Column, IndexDef, Table, column_type_problem
 from shardwise.sql.catalog import ColumnSpec, physical_name
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.index_tables import (
     base_local_index,
     global_indexes,
@@ -25,22 +26,17 @@ from shardwise.sql.index_tables import (
 )
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _column_sql(spec: ColumnSpec) -> str:
     declaration = spec.declaration().strip()
-    return f"{_quote(spec.name)} {declaration}".rstrip()
+    return f"{quote_identifier(spec.name)} {declaration}".rstrip()
 
 
 def _local_index_ddl(table: str, index: IndexDef) -> str:
     unique = "UNIQUE " if index.unique else ""
-    name = _quote(f"{physical_name(table)}__{index.name}")
-    columns = ", ".join(_quote(c) for c in index.columns)
-    return (
-        f"CREATE {unique}INDEX IF NOT EXISTS {name} ON {_quote(physical_name(table))} ({columns})"
-    )
+    name = quote_identifier(f"{physical_name(table)}__{index.name}")
+    columns = ", ".join(quote_identifier(c) for c in index.columns)
+    on = quote_identifier(physical_name(table))
+    return f"CREATE {unique}INDEX IF NOT EXISTS {name} ON {on} ({columns})"
 
 
 def index_ddl(table: Table, index: IndexDef) -> list[str]:
@@ -59,7 +55,9 @@ def index_ddl(table: Table, index: IndexDef) -> list[str]:
 
 def drop_index_ddl(table: Table, index: IndexDef) -> list[str]:
     local = base_local_index(index) if index.is_global else index
-    statements = [f"DROP INDEX IF EXISTS {_quote(f'{physical_name(table.name)}__{local.name}')}"]
+    statements = [
+        f"DROP INDEX IF EXISTS {quote_identifier(f'{physical_name(table.name)}__{local.name}')}"
+    ]
     if index.is_global:
         statements.append(drop_table_ddl(index_table_name(index)))
         statements.append(drop_table_ddl(tombstone_table_name(index)))
@@ -67,7 +65,7 @@ def drop_index_ddl(table: Table, index: IndexDef) -> list[str]:
 
 
 def add_column_ddl(table: str, spec: ColumnSpec) -> str:
-    return f"ALTER TABLE {_quote(physical_name(table))} ADD COLUMN {_column_sql(spec)}"
+    return f"ALTER TABLE {quote_identifier(physical_name(table))} ADD COLUMN {_column_sql(spec)}"
 
 
 def _same_table(before: Table, after: Table) -> bool:
@@ -87,14 +85,16 @@ def _problem(columns: Iterable[Column]) -> bool:
 
 def create_table_ddl(table: Table) -> list[str]:
     columns = ", ".join(_column_sql(ColumnSpec.from_model(c)) for c in table.columns)
-    statements = [f"CREATE TABLE IF NOT EXISTS {_quote(physical_name(table.name))} ({columns})"]
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {quote_identifier(physical_name(table.name))} ({columns})"
+    ]
     for index in table.indexes:
         statements.extend(index_ddl(table, index))
     return statements
 
 
 def drop_table_ddl(name: str) -> str:
-    return f"DROP TABLE IF EXISTS {_quote(physical_name(name))}"
+    return f"DROP TABLE IF EXISTS {quote_identifier(physical_name(name))}"
 
 
 def schema_changes(old: Mapping[str, Table], new: Mapping[str, Table], keyspace: str) -> list[str]:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
 
 SHIPPED_PREFIX: Final = "_sw_t"
@@ -124,7 +125,7 @@ def shipped_tables(conn: Connection, tables: Sequence[ShippedTable]) -> Iterator
     conn.execute(f"SAVEPOINT {_SAVEPOINT}")  # (inside an open transaction: nested in it)
     try:
         for table in tables:
-            columns = ", ".join(f"{_quoted(n)} {kind}" for n, kind in table.columns)
+            columns = ", ".join(f"{quote_identifier(n)} {kind}" for n, kind in table.columns)
             conn.execute(f"CREATE TEMP TABLE {table.name} ({columns})")
             marks = ", ".join("?" for _ in table.columns)
             conn.executemany(f"INSERT INTO temp.{table.name} VALUES ({marks})", table.rows)
@@ -160,7 +161,3 @@ def is_shipped(table: str | None, database: str | None) -> bool:
     database named: SQLite names none when a statement reads no column of the table,
     and no table of a shard's own file has such a name)."""
     return database in ("temp", None) and table is not None and _NAME.fullmatch(table) is not None
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -18,6 +18,7 @@ from typing import Any
 from shardwise.model.config import Configuration, IndexDef, Table
 from shardwise.sql.catalog import ColumnSpec, physical_name
 from shardwise.sql.distribution import Router
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.index_tables import (
     ROW_COLUMN,
     entry_columns,
@@ -30,10 +31,6 @@ from shardwise.sql.index_tables import (
 
 ReadEveryShard = Callable[[str, str], Awaitable[list[list[tuple[Any, ...]]]]]
 """``(keyspace, sql) -> each shard's rows``, in shard order."""
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _typed(row: Sequence[Any]) -> tuple[tuple[str, Any], ...]:
@@ -56,14 +53,16 @@ async def _check(
     names = entry_columns(table, index)
     row = row_name(table)
     assert row is not None
-    columns = ", ".join(_quote(c) for c in names)
+    columns = ", ".join(quote_identifier(c) for c in names)
     base = await read(
-        table.keyspace, f"SELECT {columns}, {row} FROM {_quote(physical_name(table.name))}"
+        table.keyspace,
+        f"SELECT {columns}, {row} FROM {quote_identifier(physical_name(table.name))}",
     )
     hidden = index_table(table, index)
-    stored = ", ".join(_quote(c.name) for c in hidden.columns)
+    stored = ", ".join(quote_identifier(c.name) for c in hidden.columns)
     entries = await read(
-        table.keyspace, f"SELECT {stored} FROM {_quote(physical_name(index_table_name(index)))}"
+        table.keyspace,
+        f"SELECT {stored} FROM {quote_identifier(physical_name(index_table_name(index)))}",
     )
     expected: Counter[tuple[tuple[str, Any], ...]] = Counter(
         _typed(r) for rows in base for r in rows if r[0] is not None
