@@ -45,7 +45,7 @@ R = TypeVar("R")
 MAX_INSERT_ROWS: Final = 100_000
 """Rows in one INSERT: the statement's text and values are held whole at the coordinator."""
 
-REFERENCE_WRITE: Final = "a reference table: every shard's copy, at once"
+_REFERENCE_WRITE: Final = "a reference table: every shard's copy, at once"
 
 MAX_ROWS_PER_STATEMENT: Final = 500
 """Rows per generated INSERT (a shard's batch holds several): keeps each statement far
@@ -175,7 +175,7 @@ def insert_plan(
         router.keyspace.name,
         router.shard_count,
         tuple(batches),
-        pruned_by=REFERENCE_WRITE if table.is_reference else "the rows' distribution values",
+        pruned_by=_REFERENCE_WRITE if table.is_reference else "the rows' distribution values",
         copies=router.shard_count if table.is_reference else 1,
         maintenance=IndexMaintenance.of(table, router.keyspace),
     )
@@ -262,7 +262,7 @@ def plan_update_delete(
     tree.set("this", physical)
     router = Router(catalog.keyspace(scope.table))
     reference = scope.table.is_reference
-    pruned, why = None, REFERENCE_WRITE if reference else ""
+    pruned, why = None, _REFERENCE_WRITE if reference else ""
     if not reference:
         dist = scope.spec(scope.table.distribution_column)
         pruned = Pruner(dist.name, dist.affinity, router, values).shards(bound_where)
