@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from shardwise.net.loop import loop_factory
+from shardwise.net.ports import FREE_PORT_RANGE, PORT_RANGE_VARIABLE
 from shardwise.testing.virtualtime import VirtualTimeLoop
 
 # Slow, shared CI machines: no per-example deadline (a hang is caught by pytest-timeout).
@@ -37,6 +38,18 @@ settings.register_profile(
 )
 settings.register_profile("soak", parent=settings.get_profile("default"), max_examples=5000)
 settings.load_profile("soak" if os.environ.get("SHARDWISE_SOAK") else "default")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under `make test`'s workers (pytest-xdist), each worker picks ports from its own
+    # part of the range: two workers' clusters never pick the same port.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        low, high = FREE_PORT_RANGE
+        width = (high - low) // count
+        start = low + int(worker[2:]) * width
+        os.environ[PORT_RANGE_VARIABLE] = f"{start}-{start + width - 1}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from typing import Final
@@ -13,6 +14,12 @@ port of every outgoing connection: between picking such a port and a server bind
 any connection of any process may take it (a listener then fails with "address already
 in use"). Ports below the range are only ever taken by a bind."""
 
+PORT_RANGE_VARIABLE: Final = "SHARDWISE_PORT_RANGE"
+"""``LOW-HIGH``: the ports :func:`free_ports` and ``testing.procs.free_base_port`` pick
+from, in place of their defaults. Processes that pick ports at the same time (the test
+suite's workers) each get a range of their own, so one never takes a port another picked
+for a server that is stopped or not yet started."""
+
 MAX_FREE_PORT_TRIES: Final = 1000
 """Random ports tried before :func:`free_ports` gives up."""
 
@@ -20,7 +27,7 @@ MAX_FREE_PORT_TRIES: Final = 1000
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Ports free right now in :data:`FREE_PORT_RANGE` (held open together, so they
     differ), at random so concurrent callers rarely meet."""
-    low, high = FREE_PORT_RANGE
+    low, high = port_range(FREE_PORT_RANGE)
     rng = random.SystemRandom()
     sockets: list[socket.socket] = []
     try:
@@ -40,3 +47,12 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def port_range(default: tuple[int, int]) -> tuple[int, int]:
+    """``default``, or the range :data:`PORT_RANGE_VARIABLE` names."""
+    named = os.environ.get(PORT_RANGE_VARIABLE)
+    if not named:
+        return default
+    low, _, high = named.partition("-")
+    return int(low), int(high)

@@ -23,7 +23,7 @@ from typing import IO, Any, Final
 from shardwise.clusterfile import DEFAULT_BASE_PORT, ClusterLayout
 from shardwise.net.certs import CA_CERT, make_node_certificate
 from shardwise.net.links import Address
-from shardwise.net.ports import free_ports
+from shardwise.net.ports import free_ports, port_range
 from shardwise.net.tls import TlsFiles
 
 __all__ = ["ProcessGroup", "free_ports", "wait_for_line"]
@@ -193,7 +193,8 @@ def free_base_port(layout: ClusterLayout, attempts: int = 50) -> int:
     ]
     rng = random.Random()
     for _ in range(attempts):
-        base = rng.randrange(BASE_PORT_RANGE[0], BASE_PORT_RANGE[1] - max(offsets))
+        low, high = port_range(BASE_PORT_RANGE)
+        base = rng.randrange(low, high - max(offsets))
         sockets = []
         try:
             for offset in offsets:
