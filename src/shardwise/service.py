@@ -41,6 +41,7 @@ from shardwise.net.tls import TlsFiles
 from shardwise.net.transport import Transport
 from shardwise.raft.host import HostOptions, HostStatus, RaftHost
 from shardwise.raft.messages import Membership
+from shardwise.raft.ready import RaftConfig
 from shardwise.raft.statemachine import StateMachine
 from shardwise.raft.worker import WorkerThread
 from shardwise.storage.file import FileStorage
@@ -158,6 +159,7 @@ class ReplicaService(Generic[S]):
             self.storage,
             state_machine,
             self.transport.raft_sender(group),
+            config=RaftConfig(lease_reads=True),
             options=HostOptions(
                 tick_interval_s=config.tick_ms / 1000,
                 snapshot_every=config.snapshot_every,

@@ -45,6 +45,7 @@ from shardwise.errors import (
     ReplicaStoppedError,
 )
 from shardwise.model.kv import KVResult
+from shardwise.raft import host as host_module
 from shardwise.raft.client_sessions import SessionTable
 from shardwise.raft.host import HostOptions, RaftHost
 from shardwise.raft.hosting.waiting import Proposals
@@ -54,6 +55,7 @@ from shardwise.raft.messages import ReadIndexResponse
 from shardwise.raft.node import RaftNode
 from shardwise.raft.reads import ReadIndex
 from shardwise.raft.ready import ReadState, Ready
+from shardwise.raft.tracker import ProgressTracker
 from shardwise.testing.history import UNKNOWN_OUTPUT, KvOp, Operation, kv_model
 from shardwise.testing.hostsim import (
     HEALTHY_NETWORK,
@@ -119,6 +121,10 @@ CONTROL_SEEDS: Final = 40
 """Seeds a control may try before it must have caught the broken rule. The rarest
 controls fail about one seed in eight, so 40 leave a wide margin; each stops at its
 first failing seed."""
+
+LEASE_ALONE_SEEDS: Final = CI_SEEDS
+"""Seeds run with leaders that never step down (``test_a_lease_of_the_right_length...``):
+the same seeds as the sweep itself."""
 
 RETRIABLE: Final = (
     ProposalDroppedError,
@@ -464,6 +470,7 @@ class HostSweep:
         cluster, net = self.cluster, self.cluster.network
         self.stats.update(crashes=cluster.crashes, sent=net.sent, dropped=net.dropped)
         self.stats.update(snapshots=cluster.delivered["InstallSnapshot"], steps=cluster.step)
+        self.stats.update(lease_reads=cluster.lease_reads())
         return SweepResult(
             self.seed, self.config, history, result, self.problems, self.events, self.stats
         )
@@ -583,3 +590,34 @@ def test_the_sweep_catches_duplicate_applies(monkeypatch: pytest.MonkeyPatch) ->
     assert _first_failing_seed(range(CONTROL_SEEDS)) is not None, (
         f"no seed in range({CONTROL_SEEDS}) caught the missing de-duplication"
     )
+
+
+def test_the_sweep_serves_reads_from_leases() -> None:
+    """The sweep exercises the lease: without reads served from it, the controls below
+    would prove nothing."""
+    assert run_host_sweep(0).stats["lease_reads"] > 0
+
+
+def test_the_sweep_catches_a_lease_that_outlasts_the_followers_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Control: a lease far longer than the followers' refusal to vote, held by a leader
+    that also stops stepping down when it loses its quorum (which alone, with reads
+    confirmed by ReadIndex, would be safe): cut off from the rest, it goes on serving
+    reads that miss the new leader's writes."""
+    monkeypatch.setattr(host_module, "lease_duration_s", lambda ticks, interval_s: 1_000.0)
+    monkeypatch.setattr(ProgressTracker, "quorum_active", lambda self: True)
+    assert _first_failing_seed(range(CONTROL_SEEDS)) is not None, (
+        f"no seed in range({CONTROL_SEEDS}) caught the overlong lease"
+    )
+
+
+def test_a_lease_of_the_right_length_is_safe_even_for_a_leader_that_never_steps_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other half of the control above: with the lease as the servers compute it, the
+    leader that never steps down is still safe, so what the control caught was the
+    lease's length (the followers' refusal alone bounds it)."""
+    monkeypatch.setattr(ProgressTracker, "quorum_active", lambda self: True)
+    failing = _first_failing_seed(range(LEASE_ALONE_SEEDS))
+    assert failing is None, failing.describe() if failing else ""

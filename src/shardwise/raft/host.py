@@ -64,6 +64,7 @@ from shardwise.errors import (
 from shardwise.raft.hosting.applying import Applier
 from shardwise.raft.hosting.diskfull import DiskFullStop, disk_full_cause, rebuild_state_machine
 from shardwise.raft.hosting.events import LeadershipLog
+from shardwise.raft.hosting.lease import LeaseClock, lease_duration_s
 from shardwise.raft.hosting.options import (
     DEFAULT_SNAPSHOT_EVERY,
     DEFAULT_TICK_INTERVAL_S,
@@ -172,6 +173,11 @@ class RaftHost(Generic[S]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._snapshots = SnapshotSchedule(node_id, self._options)
+        self._lease = LeaseClock(
+            lease_duration_s(self._config.election_ticks, self._options.tick_interval_s)
+        )
+        self.lease_reads = 0
+        """Reads this host served from its lease, without a ReadIndex round."""
         self._senders = SenderFilter(node_id)
         self._read_count = 0
         opts = self._options
@@ -307,7 +313,8 @@ class RaftHost(Generic[S]):
         await self._await_entry(index, node.term, timeout_s, f"membership change {change}")
 
     async def read(self, fn: Callable[[S], T], timeout_s: float) -> T:
-        """Run ``fn(state_machine)`` at a linearizable point, through ReadIndex.
+        """Run ``fn(state_machine)`` at a linearizable point: from the leader's lease
+        (:meth:`_lease_read_index`) when it holds, else through ReadIndex.
 
         The leader confirms it still leads and names its commit index; once this replica
         has applied that far, ``fn`` sees every write that completed before the call.
@@ -316,20 +323,12 @@ class RaftHost(Generic[S]):
         """
         node = self._require_running()
         _check_timeout(timeout_s)
-        if len(self._reads) >= self._options.max_pending_reads:
-            raise ProposalDroppedError(f"{len(self._reads)} reads pending on {self.id!r}")
         deadline = self._clock.now() + timeout_s
-        self._read_count += 1
-        context = _encode((self.id, self._incarnation, self._read_count))
-        index_future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[context] = index_future
-        self._deadlines.add(deadline, index_future, f"read on {self.id!r}")
-        try:
-            node.read_index(context)
-            self._wakeup()
-            index = await index_future
-        finally:
-            self._reads.pop(context, None)
+        index = self._lease_read_index(node)
+        if index is not None:
+            self.lease_reads += 1
+        else:
+            index = await self._read_index(node, deadline)
         if index > self._applier.applied and self._applier.is_holding():
             try:
                 self._applier.apply_held()
@@ -342,6 +341,28 @@ class RaftHost(Generic[S]):
             self._deadlines.add(deadline, applied_future, f"read on {self.id!r} (applying)")
             await applied_future
         return fn(self.state_machine)
+
+    async def _read_index(self, node: RaftNode, deadline: float) -> int:
+        if len(self._reads) >= self._options.max_pending_reads:
+            raise ProposalDroppedError(f"{len(self._reads)} reads pending on {self.id!r}")
+        self._read_count += 1
+        context = _encode((self.id, self._incarnation, self._read_count))
+        index_future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[context] = index_future
+        self._deadlines.add(deadline, index_future, f"read on {self.id!r}")
+        try:
+            node.read_index(context)
+            self._wakeup()
+            return await index_future
+        finally:
+            self._reads.pop(context, None)
+
+    def _lease_read_index(self, node: RaftNode) -> int | None:
+        """The index to read at if this leader's lease holds now, else None."""
+        index = node.lease_read_index()
+        if index is None or self._lease.until(node.term, node.lease.confirmed) <= self._clock.now():
+            return None
+        return index
 
     async def transfer_leadership(self, target: str, timeout_s: float) -> None:
         """Hand leadership to ``target``; return once this replica follows it."""
@@ -424,6 +445,7 @@ class RaftHost(Generic[S]):
                     await self._wake.wait()
                     self._wake.clear()
                     continue
+                self._lease.note(node.term, node.lease.sent, self._clock.now())
                 await self._handle_ready(node, node.ready())
                 if self._running_normally():
                     await self._maybe_snapshot(node)

@@ -138,10 +138,13 @@ class Heartbeat(_Message, tag="hb", frozen=True):
     commit: Int64 = 0
     context: bytes = b""
     """Non-empty when the heartbeat confirms leadership for a ReadIndex read."""
+    round: Int64 = 0
+    """The leader's number for this heartbeat round, echoed back (``raft/lease.py``)."""
 
 
 class HeartbeatResponse(_Message, tag="hb_resp", frozen=True):
     context: bytes = b""
+    round: Int64 = 0
     space_low: bool = False
     """The follower's disk is nearly full: a leader looking for a successor with room
     passes it over (``RaftNode.space_low``)."""

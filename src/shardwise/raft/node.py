@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from shardwise.errors import ConfChangeError, NotLeaderError, ProposalDroppedError, RaftError
+from shardwise.raft.lease import LeaseRounds
 from shardwise.raft.log import RaftLog
 from shardwise.raft.messages import (
     NOOP_PAYLOAD,
@@ -118,6 +119,10 @@ class RaftNode:
         self._msgs: list[Message] = []
         self.replication = Replicator(self, data)
         self.reads = ReadIndex(self)
+        self.lease = LeaseRounds()
+        self._restarted_quiet = self.config.lease_reads
+        """Refuse votes for the first election timeout, as if a leader had just been
+        heard from (see ``RaftConfig.lease_reads``)."""
         self.receiver = Receiver(self)
         self._pending_conf_index = 0
         self._awaiting_advance = False
@@ -189,6 +194,7 @@ class RaftNode:
         self.tracker.reset_votes()
         self.transferee = None
         self.reads.drop_all()
+        self.lease.reset()
 
     def _become_follower(self, term: int, lead: str | None) -> None:
         self._reset(term)
@@ -202,6 +208,7 @@ class RaftNode:
         self.lead = None
         self.role = Role.PRE_CANDIDATE
         self.reads.drop_all()
+        self.lease.reset()
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
@@ -260,6 +267,8 @@ class RaftNode:
             self._tick_leader()
             return
         self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self._restarted_quiet = False
         if self.promotable() and self.election_elapsed >= self._randomized_timeout:
             self.election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote)
@@ -352,6 +361,7 @@ class RaftNode:
         if target not in self.voters:
             raise RaftError(f"cannot transfer leadership to {target!r}: not a voter")
         self.transferee = target
+        self.lease.forfeited = True  # the transferee's election ignores the voters' leases
         self.election_elapsed = 0
         if self.progress[target].match == self.log.last_index():
             self.emit(TimeoutNow(term=self.term, sender=self.id, to=target))
@@ -365,6 +375,21 @@ class RaftNode:
         comes back in ``Ready.dropped_reads`` instead.
         """
         self.reads.request(context)
+
+    def lease_read_index(self) -> int | None:
+        """The index a read may be served at without a ReadIndex round, if the host's
+        clock says the lease of round :attr:`LeaseRounds.confirmed` still holds: this
+        leader's commit index, once it has committed an entry of its term and unless it
+        gave the lease up for a transfer. None: read through :meth:`read_index`."""
+        if (
+            not self.config.lease_reads
+            or self.role is not Role.LEADER
+            or self.lease.forfeited
+            or self.lease.confirmed == 0
+            or self.log.term_or_none(self.log.committed) != self.term
+        ):
+            return None
+        return self.log.committed
 
     def compact(self, index: int, data: bytes) -> SnapshotMeta:
         """The host took a snapshot of the state machine at ``index`` (its applied index).
@@ -389,7 +414,7 @@ class RaftNode:
             if isinstance(m, RequestVote):
                 in_lease = (
                     self.config.check_quorum
-                    and self.lead is not None
+                    and (self.lead is not None or self._restarted_quiet)
                     and self.election_elapsed < self.config.election_ticks
                 )
                 if in_lease and not m.transfer:

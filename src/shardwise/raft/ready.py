@@ -50,12 +50,20 @@ class RaftConfig:
     check_quorum: bool = True
     """A leader steps down when it has not heard from a quorum in an election timeout;
     followers that heard from a leader recently ignore vote requests (a lease)."""
+    lease_reads: bool = False
+    """Let a leader serve linearizable reads from a lease (``raft/lease.py``) instead of a
+    ReadIndex round each. Needs ``check_quorum``. A node then also refuses votes for its
+    first election timeout after a (re)start, as if it had just heard from a leader: it
+    may have answered the leader's heartbeat just before it crashed. The servers turn
+    it on; off here so that the core's own tests elect at once."""
     catch_up_entries: int = 100
     """A learner may be promoted once it is within this many entries of the leader."""
 
     def __post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")
+        if self.lease_reads and not self.check_quorum:
+            raise ValueError("lease_reads needs check_quorum (the followers' side of the lease)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,7 @@ class Receiver:
                 sender=node.id,
                 to=m.sender,
                 context=m.context,
+                round=m.round,
                 space_low=node.space_low,
             )
         )

@@ -115,6 +115,7 @@ class Replicator:
             elif pr.match < node.log.last_index():
                 self.send_append(m.sender)
             node.reads.acknowledge(m.sender, m.context)
+            node.lease.acknowledge(m.sender, m.round, node.tracker.voters, node.quorum())
         elif isinstance(m, SnapshotResponse):
             self._handle_snapshot_response(m, pr)
         elif isinstance(m, ReadIndexRequest):
@@ -214,6 +215,7 @@ class Replicator:
 
     def _heartbeat(self, peers: Iterable[str], context: bytes) -> None:
         node = self._node
+        number = node.lease.next_round(node.id) if node.config.lease_reads else 0
         for peer in peers:
             pr = node.tracker.progress[peer]
             node.emit(
@@ -223,6 +225,7 @@ class Replicator:
                     to=peer,
                     commit=min(pr.match, node.log.committed),
                     context=context,
+                    round=number,
                 )
             )
 

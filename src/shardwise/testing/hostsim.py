@@ -175,7 +175,7 @@ class HostCluster(Generic[S]):
         self.options = options or HostOptions(tick_interval_s=TICK_S)
         if self.options.tick_interval_s != TICK_S:
             raise ValueError(f"hosts must tick every {TICK_S} s, the step grid assumes it")
-        self.config = config
+        self.config = config or RaftConfig(lease_reads=True)
         self.make_state_machine = make_state_machine
         self.membership = Membership(frozenset(self.names))
         self.spaces: dict[str, SimulatedSpace] = {n: SimulatedSpace() for n in self.names}
@@ -193,6 +193,7 @@ class HostCluster(Generic[S]):
         self._tick_deliveries = 0
         self.crashes = 0
         self.restarts = 0
+        self._lease_reads_before = 0
         self.halted: list[str] = []
         """Hosts found halted when crashed or closed: a halt means a bug or a broken disk,
         and the simulated disks never break (a lost write's halt is not counted)."""
@@ -207,6 +208,7 @@ class HostCluster(Generic[S]):
         """Stop every running host for good (closing its storage)."""
         for name in sorted(self.hosts):
             host = self.hosts.pop(name)
+            self._lease_reads_before += host.lease_reads
             self._note_halt(host)
             await self.disks.pop(name).power_off(lose_write=False)
             await host.stop()
@@ -219,6 +221,7 @@ class HostCluster(Generic[S]):
         is not writing stops between two Readies; written-but-unsynced data is exactly
         what :meth:`MemoryStorage.crash` discards, so that case loses nothing either."""
         host = self.hosts.pop(name)
+        self._lease_reads_before += host.lease_reads
         self._note_halt(host)  # first: the halt that a lost write causes is no bug
         await self.disks.pop(name).power_off(lose_write=lose_write)
         await host.stop(close_storage=False)
@@ -261,6 +264,10 @@ class HostCluster(Generic[S]):
         packet = Packet(message.sender, message.to, _encode(message))
         bulky = isinstance(message, AppendEntries | InstallSnapshot)
         self.network.send(packet, self.step, duplicable=True, bulky=bulky)
+
+    def lease_reads(self) -> int:
+        """Reads served from a leader's lease, by every host that ran (crashed ones too)."""
+        return self._lease_reads_before + sum(h.lease_reads for h in self.hosts.values())
 
     def _note_halt(self, host: RaftHost[S]) -> None:
         if host.status().halted and host.id not in self.halted:
