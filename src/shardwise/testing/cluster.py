@@ -93,7 +93,13 @@ class Cluster(ABC):
     def running(self, server: str) -> bool: ...
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # A start that fails half way (a server that never says READY) must not leave
+            # the servers it did start running, holding their ports, after the test.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
