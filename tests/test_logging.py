@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from shardwise.service import JsonLogFormatter
-from shardwise.testing.cluster import Cluster, SimCluster
+from shardwise.testing.cluster import Cluster, SimCluster, wait_until
+
+HEARD_TIMEOUT_S = 10.0
 
 
 def test_a_log_record_becomes_one_json_object() -> None:
@@ -93,11 +95,16 @@ async def test_a_failover_a_restart_and_a_configuration_change_are_each_logged(
         caplog.clear()
         await cluster.restart(old)
         await cluster.settled()
+        # The group may answer "settled" (a lease read at its leader) before the restarted
+        # replica has heard its first heartbeat: wait for that, a tick or two.
+        heard = f"{old}: group 1 has a new leader, {new}, in term {term} (none known before)"
+
+        async def told_of_the_leader() -> bool:
+            return heard in _info(caplog)
+
+        await wait_until(told_of_the_leader, HEARD_TIMEOUT_S, "the restarted replica's log line")
         lines = _info(caplog)
         assert any(m.startswith(f"{old}: group 1 replica starts in term ") for m in lines), lines
-        assert (
-            f"{old}: group 1 has a new leader, {new}, in term {term} (none known before)" in lines
-        )
 
         caplog.clear()
         changed = await cluster.join(2)

@@ -11,7 +11,6 @@ learn of a change as soon as it commits instead of polling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 from shardwise.controller.access import change_denied
@@ -108,6 +107,7 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
     async def _query(self, request: QueryRequest, context: CallContext) -> QueryReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(request.wait_s, 0.0), MAX_WATCH_S)
+        timed_out = False
         while True:
             self._changed.clear()
             read = self.host.read(lambda sm: sm.query(request.num), timeout_s=REQUEST_TIMEOUT_S)
@@ -119,11 +119,10 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
             if config is None:
                 return QueryReply(outcome.status, leader=outcome.leader)
             remaining = deadline - loop.time()
-            if config.num > request.newer_than or remaining <= 0 or request.num != -1:
+            if config.num > request.newer_than or remaining <= 0 or timed_out or request.num != -1:
                 return QueryReply("ok", config=config)
             # A watch: wait for the next configuration to apply here, then read again.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+            timed_out = not await _changed_within(self._changed, remaining)
 
     async def _access(self, request: AccessRequest, context: CallContext) -> AccessReply:
         user = context.user
@@ -135,6 +134,7 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(request.wait_s, 0.0), MAX_WATCH_S)
+        timed_out = False
         while True:
             self._access_changed.clear()
             read = self.host.read(lambda sm: sm.access(), timeout_s=REQUEST_TIMEOUT_S)
@@ -142,17 +142,28 @@ class ControllerServer(ReplicaService[ControllerStateMachine]):
             catalog: AccessCatalog | None = outcome.value
             if catalog is None:
                 return AccessReply(outcome.status, leader=outcome.leader)
-            if catalog.version > request.newer_than or deadline - loop.time() <= 0:
+            if catalog.version > request.newer_than or deadline - loop.time() <= 0 or timed_out:
                 whole = user is None and context.peer_role is PeerRole.NODE
                 return AccessReply("ok", catalog=catalog if whole else catalog.redacted())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._access_changed.wait(), deadline - loop.time())
+            timed_out = not await _changed_within(self._access_changed, deadline - loop.time())
 
     async def _status(self, request: StatusRequest, context: CallContext) -> StatusReply:
         return StatusReply(
             **replica_status_fields(self.host.status()),
             config_num=self.state_machine.latest().num,
         )
+
+
+async def _changed_within(changed: asyncio.Event, timeout_s: float) -> bool:
+    """Whether ``changed`` is set within ``timeout_s``. A watch that timed out reads once
+    more and answers: it must not loop on the clock alone, which may not have moved
+    (a timer within the loop's clock resolution runs at once, and a read from the
+    leader's lease takes no time at all)."""
+    try:
+        await asyncio.wait_for(changed.wait(), timeout_s)
+    except TimeoutError:
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,11 +50,8 @@ import secrets
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
-import msgspec
-
 from shardwise.clock import AsyncioClock, Clock
 from shardwise.errors import (
-    NotLeaderError,
     ProposalDroppedError,
     ProposalOutcomeUnknownError,
     RaftError,
@@ -77,6 +74,7 @@ from shardwise.raft.hosting.options import (
     Send,
     run_inline,
 )
+from shardwise.raft.hosting.reads import HostReads
 from shardwise.raft.hosting.senders import SenderFilter
 from shardwise.raft.hosting.snapshots import SnapshotSchedule
 from shardwise.raft.hosting.waiting import Deadlines, FutureHeap, Proposals, fail
@@ -173,20 +171,17 @@ class RaftHost(Generic[S]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._snapshots = SnapshotSchedule(node_id, self._options)
-        self._lease = LeaseClock(
-            lease_duration_s(self._config.election_ticks, self._options.tick_interval_s)
-        )
-        self.lease_reads = 0
-        """Reads this host served from its lease, without a ReadIndex round."""
         self._senders = SenderFilter(node_id)
-        self._read_count = 0
         opts = self._options
         in_flight = opts.max_pending_proposals + 2 * opts.max_pending_reads + MAX_PENDING_TRANSFERS
         self._proposals = Proposals(limit=opts.max_pending_proposals)
-        self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._applied_waiters = FutureHeap(prune_at=_PRUNE_FACTOR * opts.max_pending_reads)
         self._transfers: list[tuple[str, asyncio.Future[None]]] = []
         self._deadlines = Deadlines(prune_at=_PRUNE_FACTOR * in_flight)
+        lease = LeaseClock(lease_duration_s(self._config.election_ticks, opts.tick_interval_s))
+        self._reads = HostReads(
+            node_id, self._incarnation, opts.max_pending_reads, self._deadlines, lease
+        )
         self._applier = Applier(
             node_id,
             state_machine,
@@ -313,22 +308,16 @@ class RaftHost(Generic[S]):
         await self._await_entry(index, node.term, timeout_s, f"membership change {change}")
 
     async def read(self, fn: Callable[[S], T], timeout_s: float) -> T:
-        """Run ``fn(state_machine)`` at a linearizable point: from the leader's lease
-        (:meth:`_lease_read_index`) when it holds, else through ReadIndex.
-
-        The leader confirms it still leads and names its commit index; once this replica
-        has applied that far, ``fn`` sees every write that completed before the call.
-        The read's context carries this host's id and a random incarnation, so a late
-        answer to a previous run's read can never be taken for one of ours.
-        """
+        """Run ``fn(state_machine)`` at a linearizable point: a leader whose lease holds
+        reads at its commit index, else the leader confirms it still leads with a
+        ReadIndex round and names its commit index (``hosting/reads.py``). Once this
+        replica has applied that far, ``fn`` sees every write that completed before."""
         node = self._require_running()
         _check_timeout(timeout_s)
         deadline = self._clock.now() + timeout_s
-        index = self._lease_read_index(node)
-        if index is not None:
-            self.lease_reads += 1
-        else:
-            index = await self._read_index(node, deadline)
+        index = self._reads.lease_index(node, self._clock.now())
+        if index is None:
+            index = await self._reads.read_index(node, deadline, self._wakeup)
         if index > self._applier.applied and self._applier.is_holding():
             try:
                 self._applier.apply_held()
@@ -342,27 +331,10 @@ class RaftHost(Generic[S]):
             await applied_future
         return fn(self.state_machine)
 
-    async def _read_index(self, node: RaftNode, deadline: float) -> int:
-        if len(self._reads) >= self._options.max_pending_reads:
-            raise ProposalDroppedError(f"{len(self._reads)} reads pending on {self.id!r}")
-        self._read_count += 1
-        context = _encode((self.id, self._incarnation, self._read_count))
-        index_future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[context] = index_future
-        self._deadlines.add(deadline, index_future, f"read on {self.id!r}")
-        try:
-            node.read_index(context)
-            self._wakeup()
-            return await index_future
-        finally:
-            self._reads.pop(context, None)
-
-    def _lease_read_index(self, node: RaftNode) -> int | None:
-        """The index to read at if this leader's lease holds now, else None."""
-        index = node.lease_read_index()
-        if index is None or self._lease.until(node.term, node.lease.confirmed) <= self._clock.now():
-            return None
-        return index
+    @property
+    def lease_reads(self) -> int:
+        """Reads this host served from its lease, without a ReadIndex round."""
+        return self._reads.from_lease
 
     async def transfer_leadership(self, target: str, timeout_s: float) -> None:
         """Hand leadership to ``target``; return once this replica follows it."""
@@ -445,7 +417,7 @@ class RaftHost(Generic[S]):
                     await self._wake.wait()
                     self._wake.clear()
                     continue
-                self._lease.note(node.term, node.lease.sent, self._clock.now())
+                self._reads.lease.note(node.term, node.lease.sent, self._clock.now())
                 await self._handle_ready(node, node.ready())
                 if self._running_normally():
                     await self._maybe_snapshot(node)
@@ -512,18 +484,7 @@ class RaftHost(Generic[S]):
         self._applier.release_applied()
 
     def _answer_reads(self, node: RaftNode, ready: Ready) -> None:
-        for state in ready.read_states:
-            future = self._reads.get(state.context)
-            if future is not None and not future.done():
-                future.set_result(state.index)
-        for context in ready.dropped_reads:
-            future = self._reads.get(context)
-            if future is None or future.done():
-                continue
-            if node.is_leader():
-                fail(future, ProposalDroppedError(f"leader {self.id!r} has too many reads"))
-            else:
-                fail(future, NotLeaderError(node.id, node.leader))
+        self._reads.answer(node, ready)
 
     async def _maybe_snapshot(self, node: RaftNode) -> None:
         """Snapshot when the schedule says so (see ``hosting/snapshots.py``)."""
@@ -653,17 +614,13 @@ class RaftHost(Generic[S]):
 
     def _fail_all(self, error: RaftError) -> None:
         self._proposals.fail_all(error)
-        for future in self._reads.values():
-            fail(future, error)
+        self._reads.fail_all(error)
         for future in self._applied_waiters.drain():
             fail(future, error)
         for _, transfer in self._transfers:
             fail(transfer, error)
         self._transfers.clear()
         self._deadlines.clear()
-
-
-_encode = msgspec.msgpack.Encoder().encode
 
 
 def _check_timeout(timeout_s: float) -> None:
