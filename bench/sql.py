@@ -3,6 +3,7 @@
     python bench/sql.py                        # 1,000,000 rows, 5 timed runs per query
     python bench/sql.py --quick                # 50,000 rows, 3 timed runs
     python bench/sql.py --rows 200000 --repeat 7
+    python bench/sql.py --indexes [--quick]    # the index section: bench/sql_indexes.py
 
 shardwise runs as ``bench/kv.py`` starts it (``peers.start_shardwise``): a controller of 3
 and 3 groups of 3 servers on loopback, fsync on. The table is in the default keyspace (64
@@ -446,7 +447,15 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--indexes" in given:
+        # Its own script (a 1M-row load, then a build under load: about 20 minutes), run
+        # from here too; the rest of the flags are its own.
+        from sql_indexes import main as indexes  # noqa: PLC0415 - it imports this module
+
+        return indexes([flag for flag in given if flag != "--indexes"])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--indexes", action="store_true", help="run the index section instead")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the table")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per query")
     parser.add_argument(
@@ -459,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 50,000 rows, 3 runs")
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**QUICK)  # flags given explicitly still win
-    args = parser.parse_args(argv)
+    args = parser.parse_args(given)
     if args.rows < 1 or args.repeat < 1 or args.loaders < 1 or args.in_flight < 1:
         parser.error("--rows, --repeat, --loaders and --in-flight must be positive")
     if not 1 <= args.batch * COLUMNS <= MAX_PARAMS:
