@@ -24,6 +24,7 @@ from shardwise.raft.messages import (
 from shardwise.raft.progress import MAX_INFLIGHT_MSGS, Progress, ProgressState
 from shardwise.raft.ready import ReadState
 from shardwise.storage.types import HardState, LogEntry, SnapshotMeta
+from shardwise.testing.sim import drain
 
 THREE = Membership(frozenset({"a", "b", "c"}))
 FIVE = Membership(frozenset({"a", "b", "c", "d", "e"}))
@@ -31,16 +32,6 @@ FIVE = Membership(frozenset({"a", "b", "c", "d", "e"}))
 
 def entry(index: int, term: int, data: bytes = b"x") -> LogEntry:
     return LogEntry(index, term, command_payload(data))
-
-
-def drain(node: RaftNode) -> list[object]:
-    """Process Readies as a host would (persist, apply, advance); return the messages."""
-    messages: list[object] = []
-    while node.has_ready():
-        ready = node.ready()
-        messages.extend([*ready.early_messages, *ready.messages])
-        node.advance(ready)
-    return messages
 
 
 def role(node: RaftNode) -> Role:

@@ -17,18 +17,10 @@ from shardwise.raft.messages import (
     RequestVote,
     VoteResponse,
 )
+from shardwise.testing.sim import drain
 
 THREE = Membership(frozenset({"a", "b", "c"}))
 LEASED = RaftConfig(lease_reads=True)
-
-
-def drain(node: RaftNode) -> list[object]:
-    messages: list[object] = []
-    while node.has_ready():
-        ready = node.ready()
-        messages.extend([*ready.early_messages, *ready.messages])
-        node.advance(ready)
-    return messages
 
 
 def leader(config: RaftConfig = LEASED) -> RaftNode:

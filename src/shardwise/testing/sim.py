@@ -36,6 +36,17 @@ MAX_READY_ROUNDS: Final = 10_000
 """Bound on Ready rounds one server handles in one time unit (a livelock detector)."""
 
 
+def drain(node: RaftNode) -> list[Message]:
+    """Take a lone core's Readies until it has none, advancing each as if handled (nothing
+    persisted or applied): the messages it sent. For white-box tests of single rules."""
+    messages: list[Message] = []
+    while node.has_ready():
+        ready = node.ready()
+        messages.extend([*ready.early_messages, *ready.messages])
+        node.advance(ready)
+    return messages
+
+
 class InvariantViolationError(ShardwiseError, AssertionError):
     """The simulation reached a state Raft forbids."""
 
