@@ -199,3 +199,48 @@ def test_numbering_that_starts_again_in_a_term_forgets_the_old_rounds() -> None:
     clock.note(term=3, sent_round=5, now=10.0)
     clock.note(term=3, sent_round=1, now=30.0)
     assert clock.until(3, 1) == 31.0
+
+
+def test_a_read_heartbeat_numbered_inside_ready_is_covered_by_its_lease_round() -> None:
+    """A ReadIndex read's heartbeat round is numbered inside ``ready()`` (its flush): a
+    host that noted the time before taking the Ready would date that round by its next
+    note, after this Ready's fsync and whatever else held it up: too late, so a lease
+    counted from it could outlast the followers' refusal. ``Ready.lease_round`` covers it."""
+    node = leader()
+    before = node.lease.sent
+    node.read_index(b"read")
+    ready = node.ready()
+    rounds = [m.round for m in [*ready.early_messages, *ready.messages] if isinstance(m, Heartbeat)]
+    node.advance(ready)
+    assert rounds and max(rounds) > before, "the read's round was numbered inside ready()"
+    assert max(rounds) <= ready.lease_round
+
+
+def test_a_later_higher_term_message_does_not_undo_the_refusal_to_vote() -> None:
+    """A follower that answered the leader's heartbeat adopts a higher term from a message
+    that is no vote request (here the late rejection of a pre-vote it sent before it heard
+    the leader again). That clears its leader and vote, but its promise stands: a vote
+    request of that very term is refused until an election timeout has passed."""
+    node = RaftNode("b", THREE, config=LEASED)
+    for _ in range(LEASED.election_ticks):  # (past the restart's quiet timeout)
+        node.tick()
+        drain(node)
+    node.step(Heartbeat(term=2, sender="a", to="b"))
+    drain(node)
+    node.step(VoteResponse(term=3, sender="c", to="b", granted=False, pre_vote=True))
+    assert node.term == 3 and node.lead is None and node.vote is None
+    assert not granted(node, vote_request(3, pre_vote=False))
+    assert not granted(node, vote_request(4, pre_vote=True))
+    for _ in range(LEASED.election_ticks):
+        node.tick()
+        drain(node)
+    assert granted(node, vote_request(4, pre_vote=True))
+
+
+def test_without_lease_reads_the_higher_term_message_frees_the_vote() -> None:
+    """Control for the test above (and etcd's rule too): the refusal rides on the term."""
+    node = RaftNode("b", THREE, config=RaftConfig())
+    node.step(Heartbeat(term=2, sender="a", to="b"))
+    drain(node)
+    node.step(VoteResponse(term=3, sender="c", to="b", granted=False, pre_vote=True))
+    assert granted(node, vote_request(3, pre_vote=False))

@@ -417,8 +417,11 @@ class RaftHost(Generic[S]):
                     await self._wake.wait()
                     self._wake.clear()
                     continue
-                self._reads.lease.note(node.term, node.lease.sent, self._clock.now())
-                await self._handle_ready(node, node.ready())
+                ready = node.ready()
+                # Before anything in it is sent: no round it carries left earlier. (Not
+                # before ready(): its flush may number the round of a ReadIndex read.)
+                self._reads.lease.note(node.term, ready.lease_round, self._clock.now())
+                await self._handle_ready(node, ready)
                 if self._running_normally():
                     await self._maybe_snapshot(node)
                     self._check_transfers()

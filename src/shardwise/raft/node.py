@@ -120,9 +120,11 @@ class RaftNode:
         self.replication = Replicator(self, data)
         self.reads = ReadIndex(self)
         self.lease = LeaseRounds()
-        self._restarted_quiet = self.config.lease_reads
-        """Refuse votes for the first election timeout, as if a leader had just been
-        heard from (see ``RaftConfig.lease_reads``)."""
+        self._since_leader_heard = 0 if self.config.lease_reads else self.config.election_ticks
+        """Ticks since a leader was last heard from (with ``lease_reads``: a restart
+        counts as having just heard one, see ``RaftConfig.lease_reads``). Kept apart from
+        ``lead`` and the term, which any higher-term message resets: the promise not to
+        help elect another leader for an election timeout must survive that."""
         self.receiver = Receiver(self)
         self._pending_conf_index = 0
         self._awaiting_advance = False
@@ -267,8 +269,7 @@ class RaftNode:
             self._tick_leader()
             return
         self.election_elapsed += 1
-        if self.election_elapsed >= self.config.election_ticks:
-            self._restarted_quiet = False
+        self._since_leader_heard += 1
         if self.promotable() and self.election_elapsed >= self._randomized_timeout:
             self.election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote)
@@ -411,14 +412,8 @@ class RaftNode:
         if m.to != self.id or m.sender == self.id:
             return
         if m.term > self.term:
-            if isinstance(m, RequestVote):
-                in_lease = (
-                    self.config.check_quorum
-                    and (self.lead is not None or self._restarted_quiet)
-                    and self.election_elapsed < self.config.election_ticks
-                )
-                if in_lease and not m.transfer:
-                    return  # we heard from a leader recently: do not help depose it
+            if isinstance(m, RequestVote) and self._in_lease() and not m.transfer:
+                return  # we heard from a leader recently: do not help depose it
             if isinstance(m, RequestVote) and m.pre_vote:
                 pass  # a pre-vote does not change our term
             elif isinstance(m, VoteResponse) and m.pre_vote and m.granted:
@@ -476,12 +471,26 @@ class RaftNode:
             self._become_follower(self.term, leader)
         self.lead = leader
         self.election_elapsed = 0
+        self._since_leader_heard = 0
+
+    def _in_lease(self) -> bool:
+        """Whether this node must not help elect another leader: it heard from one less
+        than an election timeout ago (CheckQuorum), or leads itself. With ``lease_reads``
+        a leader's reads rely on it, so it is counted apart from the term and ``lead``:
+        a higher-term message that is not a vote request (the late rejection of a
+        pre-vote) resets those, and must not let a vote of that term through."""
+        if not self.config.check_quorum:
+            return False
+        if self.config.lease_reads:
+            return self.role is Role.LEADER or self._since_leader_heard < self.config.election_ticks
+        return self.lead is not None and self.election_elapsed < self.config.election_ticks
 
     def _handle_vote_request(self, m: RequestVote) -> None:
+        leased = self.config.lease_reads and not m.transfer and self._in_lease()
         can_vote = (
             self.vote == m.sender
-            or (self.vote is None and self.lead is None)
-            or (m.pre_vote and m.term > self.term)
+            or (self.vote is None and self.lead is None and not leased)
+            or (m.pre_vote and m.term > self.term and not leased)
         )
         if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
             term = m.term if m.pre_vote else self.term
@@ -546,6 +555,7 @@ class RaftNode:
             committed=self.log.committed_entries(MAX_APPLY_BYTES),
             read_states=read_states,
             dropped_reads=dropped_reads,
+            lease_round=self.lease.sent,  # (after the flush above, which may number one)
         )
         ready.must_sync = bool(
             entries

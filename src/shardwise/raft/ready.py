@@ -98,6 +98,10 @@ class Ready:
     committed: list[LogEntry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     dropped_reads: list[bytes] = field(default_factory=list)
+    lease_round: int = 0
+    """The newest lease round numbered so far (``raft/lease.py``): every heartbeat in
+    this Ready carries at most it, so a host that notes the time between taking the
+    Ready and sending it knows no round it carries left before that time."""
     """Contexts of reads that cannot be served here (no leader, or leadership lost)."""
     must_sync: bool = False
 

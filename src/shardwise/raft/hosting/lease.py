@@ -42,8 +42,9 @@ class LeaseClock:
         self._until_round = 0
 
     def note(self, term: int, sent_round: int, now: float) -> None:
-        """Before the host takes a Ready: rounds up to ``sent_round`` go out with it (or
-        went out before), so none was sent before ``now``."""
+        """Between taking a Ready and sending any of it: rounds up to ``sent_round``
+        (``Ready.lease_round``) go out with it or went out before, so a round first noted
+        here was not sent before ``now``."""
         if term != self._term or sent_round < self._noted:
             self._restart(term)
         for number in range(self._noted + 1, sent_round + 1):
