@@ -48,10 +48,11 @@ from shardwise.model.kv import KVResult
 from shardwise.raft import host as host_module
 from shardwise.raft.client_sessions import SessionTable
 from shardwise.raft.host import HostOptions, RaftHost
+from shardwise.raft.hosting.reads import HostReads
 from shardwise.raft.hosting.waiting import Proposals
 from shardwise.raft.kv import KVStateMachine, decode_result, encode_command
 from shardwise.raft.log import RaftLog
-from shardwise.raft.messages import ReadIndexResponse
+from shardwise.raft.messages import Heartbeat, Message, ReadIndexResponse
 from shardwise.raft.node import RaftNode
 from shardwise.raft.reads import ReadIndex
 from shardwise.raft.ready import ReadState, Ready
@@ -122,6 +123,8 @@ CONTROL_SEEDS: Final = 40
 controls fail about one seed in eight, so 40 leave a wide margin; each stops at its
 first failing seed."""
 
+LEASE_TIMING_SEEDS: Final = 6
+"""Seeds whose lease reads are each checked against the send times of their rounds."""
 LEASE_ALONE_SEEDS: Final = CI_SEEDS
 """Seeds run with leaders that never step down (``test_a_lease_of_the_right_length...``):
 the same seeds as the sweep itself."""
@@ -621,3 +624,44 @@ def test_a_lease_of_the_right_length_is_safe_even_for_a_leader_that_never_steps_
     monkeypatch.setattr(ProgressTracker, "quorum_active", lambda self: True)
     failing = _first_failing_seed(range(LEASE_ALONE_SEEDS))
     assert failing is None, failing.describe() if failing else ""
+
+
+def test_every_lease_counts_from_no_later_than_its_round_was_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each lease read is checked as it is served: the lease it relies on must count from
+    a time no later than the first send of the round it stands on (the followers heard
+    that round no earlier, so their refusal covers the lease). Slow disks and ReadIndex
+    reads make the gap between taking a Ready and sending it real."""
+    first_sent: dict[tuple[str, int, int], float] = {}
+    send = HostCluster._send
+
+    def recording_send(self: HostCluster[Any], message: Message) -> None:
+        if isinstance(message, Heartbeat) and message.round:
+            key = (message.sender, message.term, message.round)
+            first_sent.setdefault(key, self.clock.now())
+        send(self, message)
+
+    checked: list[int] = []
+    late: list[str] = []
+    lease_index = HostReads.lease_index
+
+    def checked_lease_index(self: HostReads, node: RaftNode, now: float) -> int | None:
+        index = lease_index(self, node, now)
+        if index is not None:
+            confirmed = node.lease.confirmed
+            start = self.lease.until(node.term, confirmed) - self.lease.duration_s
+            sent = first_sent.get((node.id, node.term, confirmed), math.inf)
+            checked.append(confirmed)
+            if start > sent:
+                late.append(f"{node.id} term {node.term} round {confirmed}: {start} > {sent}")
+        return index
+
+    monkeypatch.setattr(HostCluster, "_send", recording_send)
+    monkeypatch.setattr(HostReads, "lease_index", checked_lease_index)
+    for seed in range(LEASE_TIMING_SEEDS):
+        first_sent.clear()  # (names, terms and rounds repeat from one run to the next)
+        result = run_host_sweep(seed)
+        assert not result.problems, result.describe()
+    assert checked, "no lease read was served"
+    assert not late, late[:5]

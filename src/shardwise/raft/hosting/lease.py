@@ -31,10 +31,10 @@ def lease_duration_s(election_ticks: int, tick_interval_s: float) -> float:
 class LeaseClock:
     """Send times of a leader's heartbeat rounds, and the lease the confirmed one gives."""
 
-    __slots__ = ("_duration_s", "_noted", "_sent_at", "_term", "_until", "_until_round")
+    __slots__ = ("_noted", "_sent_at", "_term", "_until", "_until_round", "duration_s")
 
     def __init__(self, duration_s: float) -> None:
-        self._duration_s = duration_s
+        self.duration_s = duration_s
         self._term = -1
         self._noted = 0
         self._sent_at: OrderedDict[int, float] = OrderedDict()
@@ -61,7 +61,7 @@ class LeaseClock:
         if confirmed > self._until_round:
             sent_at = self._sent_at.get(confirmed)
             if sent_at is not None:
-                self._until, self._until_round = sent_at + self._duration_s, confirmed
+                self._until, self._until_round = sent_at + self.duration_s, confirmed
             while self._sent_at and next(iter(self._sent_at)) <= confirmed:
                 self._sent_at.popitem(last=False)
         return self._until
