@@ -651,9 +651,9 @@ def test_every_lease_counts_from_no_later_than_its_round_was_sent(
         if index is not None:
             confirmed = node.lease.confirmed
             start = self.lease.until(node.term, confirmed) - self.lease.duration_s
-            sent = first_sent.get((node.id, node.term, confirmed), math.inf)
+            sent = first_sent.get((node.id, node.term, confirmed))
             checked.append(confirmed)
-            if start > sent:
+            if sent is None or start > sent:
                 late.append(f"{node.id} term {node.term} round {confirmed}: {start} > {sent}")
         return index
 

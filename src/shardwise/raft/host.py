@@ -61,7 +61,7 @@ from shardwise.errors import (
 from shardwise.raft.hosting.applying import Applier
 from shardwise.raft.hosting.diskfull import DiskFullStop, disk_full_cause, rebuild_state_machine
 from shardwise.raft.hosting.events import LeadershipLog
-from shardwise.raft.hosting.lease import LeaseClock, lease_duration_s
+from shardwise.raft.hosting.lease import lease_duration_s
 from shardwise.raft.hosting.options import (
     DEFAULT_SNAPSHOT_EVERY,
     DEFAULT_TICK_INTERVAL_S,
@@ -178,9 +178,9 @@ class RaftHost(Generic[S]):
         self._applied_waiters = FutureHeap(prune_at=_PRUNE_FACTOR * opts.max_pending_reads)
         self._transfers: list[tuple[str, asyncio.Future[None]]] = []
         self._deadlines = Deadlines(prune_at=_PRUNE_FACTOR * in_flight)
-        lease = LeaseClock(lease_duration_s(self._config.election_ticks, opts.tick_interval_s))
+        lease_s = lease_duration_s(self._config.election_ticks, opts.tick_interval_s)
         self._reads = HostReads(
-            node_id, self._incarnation, opts.max_pending_reads, self._deadlines, lease
+            node_id, self._incarnation, opts.max_pending_reads, self._deadlines, lease_s
         )
         self._applier = Applier(
             node_id,

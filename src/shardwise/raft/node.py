@@ -486,11 +486,13 @@ class RaftNode:
         return self.lead is not None and self.election_elapsed < self.config.election_ticks
 
     def _handle_vote_request(self, m: RequestVote) -> None:
-        leased = self.config.lease_reads and not m.transfer and self._in_lease()
+        # A request of a higher term was refused in step() already; one of our own term
+        # may find ``lead`` cleared by a higher-term message, and the promise standing.
+        refused = not m.transfer and self._in_lease()
         can_vote = (
             self.vote == m.sender
-            or (self.vote is None and self.lead is None and not leased)
-            or (m.pre_vote and m.term > self.term and not leased)
+            or (self.vote is None and self.lead is None and not refused)
+            or (m.pre_vote and m.term > self.term)
         )
         if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
             term = m.term if m.pre_vote else self.term

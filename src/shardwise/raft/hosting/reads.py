@@ -37,7 +37,7 @@ class HostReads:
         incarnation: bytes,
         max_pending: int,
         deadlines: Deadlines,
-        lease: LeaseClock,
+        lease_s: float,
     ) -> None:
         self._host_id = host_id
         self._incarnation = incarnation
@@ -45,7 +45,7 @@ class HostReads:
         self._deadlines = deadlines
         self._waiting: dict[bytes, asyncio.Future[int]] = {}
         self._count = 0
-        self.lease = lease
+        self.lease = LeaseClock(lease_s)
         self.from_lease = 0
         """Reads served from the lease, without a ReadIndex round."""
 
