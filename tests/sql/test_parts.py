@@ -204,7 +204,8 @@ def test_statements_are_fixed_at_the_coordinator() -> None:
 PURE_MODULES = frozenset(
     {
         "aggregates", "bind", "broadcast", "catalog", "colocated", "colnames", "ddl",
-        "determinism", "dialect", "distribution", "identifiers", "index_plan", "index_tables",
+        "decisions", "determinism", "dialect", "distribution", "identifiers", "index_plan",
+        "index_tables", "plan_cache",
         "join_plan",
         "param_insert", "shipped",
         "plan_text", "hll", "merge", "moments", "numeric", "ordering", "params", "parse",

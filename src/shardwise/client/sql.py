@@ -97,7 +97,7 @@ from shardwise.shardserver.protocol import (
     schema_digest,
 )
 from shardwise.sql import Catalog, Coordinator, Result
-from shardwise.sql.catalog import logical_names
+from shardwise.sql.catalog import catalog_of, logical_names
 from shardwise.sql.executor import Row
 from shardwise.sql.index_tables import IndexMaintenance
 from shardwise.sql.params import Params
@@ -307,7 +307,7 @@ class ClusterCatalog:
         if self._planned is None or config.num != self._planned.num:
             self._digests.clear()  # (asked again during a statement: an index build)
         self._planned = config
-        return Catalog.from_configuration(config)
+        return catalog_of(config)
 
     @property
     def planned_num(self) -> int | None:

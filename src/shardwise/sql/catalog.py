@@ -13,7 +13,9 @@ planner only reads it. Two conventions live here, shared by the planner and the 
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
@@ -161,3 +163,24 @@ class Catalog:
             if column.name == name:
                 return ColumnSpec.from_model(column)
         raise SqlCatalogError(f"table {table.name!r} has no column {name!r}")
+
+
+MAX_KEPT_CATALOGS: Final = 8
+"""Configurations whose catalog is kept (several clients of one process, each with its
+own cluster or view of it)."""
+
+_catalogs: OrderedDict[int, tuple[Configuration, Catalog]] = OrderedDict()
+
+
+def catalog_of(config: Configuration) -> Catalog:
+    """The catalog of ``config``: the same object each time for the same configuration,
+    which is what keeps the planner's plans (``sql/plan_cache.py``) until it changes."""
+    kept = _catalogs.get(id(config))
+    if kept is not None and kept[0] is config:
+        return kept[1]
+    catalog = Catalog.from_configuration(config)
+    _catalogs[id(config)] = (config, catalog)  # (holding it: its id stays its own)
+    while len(_catalogs) > MAX_KEPT_CATALOGS:
+        with contextlib.suppress(KeyError):  # (emptied meanwhile by another thread)
+            _catalogs.popitem(last=False)
+    return catalog

@@ -34,6 +34,7 @@ from typing import Final, Literal, TypeAlias
 from sqlglot import exp
 
 from shardwise.errors import NondeterministicSqlError
+from shardwise.sql.decisions import note_contextual
 from shardwise.sql.values import INT64_MAX, INT64_MIN, SqlValue
 from shardwise.sql.write_rules import TIME_FUNCTIONS, ZONE_MODIFIERS
 
@@ -79,6 +80,7 @@ class Determinizer:
         self.values: dict[str, SqlValue] = {}
 
     def _param(self, value: SqlValue) -> exp.Placeholder:
+        note_contextual()  # (the plan holds this statement's instant or seed)
         name = f"c{len(self.values) + 1}"
         self.values[name] = value
         return exp.Placeholder(this=name)

@@ -10,18 +10,21 @@ only where it must (shard pruning, ``LIMIT``), never writes them into the text.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 from sqlglot import exp
 
 from shardwise.errors import SqlParameterError
+from shardwise.sql.decisions import EXACT, note
 from shardwise.sql.values import INT64_MAX, INT64_MIN, MAX_PARAMS, SqlValue
 
 Params: TypeAlias = Sequence[object] | Mapping[str, object]
 
 __all__ = ["MAX_PARAMS"]  # (defined with the values, which the shard side loads)
+
+T = TypeVar("T", bound=Hashable)
 
 _NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -52,58 +55,96 @@ def sql_value(value: object, where: str) -> SqlValue:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Placeholders:
+    """A statement's placeholders as written, in order: enough to bind new values
+    without its tree (the plan cache binds each execution's values with it)."""
+
+    positional: tuple[str, ...] = ()
+    """The text after each ``$`` (``?`` are numbered ``$n`` by the parser)."""
+    named: tuple[str, ...] = ()
+    """The name after each ``:``."""
+
+
+def placeholders(statement: exp.Expr) -> Placeholders:
+    return Placeholders(
+        tuple(_number_text(node) for node in statement.find_all(exp.Parameter)),
+        tuple(str(p.this) for p in statement.find_all(exp.Placeholder) if p.this),
+    )
+
+
 def bind(statement: exp.Expr, params: Params | None) -> Bound:
     """Name every placeholder of ``statement`` (a copy) and collect the values."""
     tree = statement.copy()
     positional = list(tree.find_all(exp.Parameter))
     named = [p for p in tree.find_all(exp.Placeholder) if p.this]
+    written = Placeholders(tuple(map(_number_text, positional)), tuple(str(p.this) for p in named))
+    values, names = bind_values(written, params)
+    for node, name in zip([*positional, *named], names, strict=True):
+        node.replace(exp.Placeholder(this=name))
+    return Bound(tree, values)
+
+
+def bind_values(
+    written: Placeholders, params: Params | None
+) -> tuple[dict[str, SqlValue], list[str]]:
+    """The values of ``params`` for the placeholders ``written``, by their SQLite names,
+    and each placeholder's name in order (what :func:`bind` writes into the tree)."""
+    positional, named = written.positional, written.named
     if positional and named:
         raise SqlParameterError("a statement uses either positional or :named placeholders")
     if len(positional) + len(named) > MAX_PARAMS:
         raise SqlParameterError(f"more than MAX_PARAMS={MAX_PARAMS} placeholders")
-    values: dict[str, SqlValue] = {}
     if positional:
-        values = _bind_positional(positional, params)
-    elif named:
-        values = _bind_named(named, params)
-    elif params:
+        return _bind_positional(positional, params)
+    if named:
+        return _bind_named(named, params)
+    if params:
         raise SqlParameterError(f"the statement takes no parameters, {len(params)} given")
-    return Bound(tree, values)
+    return {}, []
 
 
-def _bind_positional(nodes: list[exp.Parameter], params: Params | None) -> dict[str, SqlValue]:
+def _number_text(node: exp.Parameter) -> str:
+    return node.this.name if isinstance(node.this, exp.Expr) else str(node.this)
+
+
+def _bind_positional(
+    texts: tuple[str, ...], params: Params | None
+) -> tuple[dict[str, SqlValue], list[str]]:
     if params is None or isinstance(params, Mapping | str | bytes):
         raise SqlParameterError("positional placeholders take a sequence of values")
     numbers: list[int] = []
-    for node in nodes:
-        text = node.this.name if isinstance(node.this, exp.Expr) else str(node.this)
+    for text in texts:
         if not text.isdigit() or int(text) < 1:
             raise SqlParameterError(f"bad placeholder ${text}")
         numbers.append(int(text))
     if len(params) != max(numbers):
         raise SqlParameterError(f"the statement takes {max(numbers)} parameters, got {len(params)}")
     values: dict[str, SqlValue] = {}
-    for node, number in zip(nodes, numbers, strict=True):
+    names: list[str] = []
+    for number in numbers:
         name = f"p{number}"
         values[name] = sql_value(params[number - 1], f"parameter ${number}")
-        node.replace(exp.Placeholder(this=name))
-    return values
+        names.append(name)
+    return values, names
 
 
-def _bind_named(nodes: list[exp.Placeholder], params: Params | None) -> dict[str, SqlValue]:
+def _bind_named(
+    keys: tuple[str, ...], params: Params | None
+) -> tuple[dict[str, SqlValue], list[str]]:
     if not isinstance(params, Mapping):
         raise SqlParameterError(":named placeholders take a mapping of values")
     values: dict[str, SqlValue] = {}
-    for node in nodes:
-        key = str(node.this)
+    names: list[str] = []
+    for key in keys:
         if not _NAME.match(key):
             raise SqlParameterError(f"bad placeholder name {key!r}")
         if key not in params:
             raise SqlParameterError(f"no value for :{key}")
         name = f"n_{key}"
         values[name] = sql_value(params[key], f"parameter :{key}")
-        node.replace(exp.Placeholder(this=name))
-    return values
+        names.append(name)
+    return values, names
 
 
 NOT_CONSTANT: Final = object()
@@ -113,22 +154,43 @@ NOT_CONSTANT: Final = object()
 def constant(node: exp.Expr, values: Mapping[str, SqlValue]) -> object:
     """The value of a literal, a signed literal, NULL, TRUE/FALSE or a bound parameter;
     :data:`NOT_CONSTANT` for anything else (the planner never evaluates expressions:
-    that is the shards' job, with SQLite's exact semantics)."""
+    that is the shards' job, with SQLite's exact semantics). A parameter's value read
+    here is a decision of the plan (:mod:`shardwise.sql.decisions`): the value itself."""
+    value, name = _constant(node, values)
+    if name is not None:
+        note(name, EXACT, EXACT(value))
+    return value
+
+
+def decided(node: exp.Expr, values: Mapping[str, SqlValue], derivation: Callable[[object], T]) -> T:
+    """``derivation`` of :func:`constant`'s value of ``node``: when that is a parameter's,
+    the decision of the plan is the derived result, not the value (the shards a value
+    pins: any value on the same shards makes the same plan)."""
+    value, name = _constant(node, values)
+    result = derivation(value)
+    if name is not None:
+        note(name, derivation, result)
+    return result
+
+
+def _constant(node: exp.Expr, values: Mapping[str, SqlValue]) -> tuple[object, str | None]:
+    """:func:`constant`'s value, and the parameter it is the value of (None: none)."""
     if isinstance(node, exp.Paren):
-        return constant(node.this, values)
+        return _constant(node.this, values)
     if isinstance(node, exp.Null):
-        return None
+        return None, None
     if isinstance(node, exp.Boolean):
-        return 1 if node.this else 0
+        return (1 if node.this else 0), None
     if isinstance(node, exp.Placeholder) and node.this in values:
-        return values[str(node.this)]
+        name = str(node.this)
+        return values[name], name
     if isinstance(node, exp.Literal):
-        return _literal(node)
-    if isinstance(node, exp.Neg):
-        inner = constant(node.this, values)
-        if isinstance(node.this, exp.Literal) and isinstance(inner, int | float):
-            return -inner
-    return NOT_CONSTANT
+        return _literal(node), None
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
+        inner = _literal(node.this)
+        if isinstance(inner, int | float):
+            return -inner, None
+    return NOT_CONSTANT, None
 
 
 def _literal(node: exp.Literal) -> object:

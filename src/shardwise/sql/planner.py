@@ -11,7 +11,7 @@ from typing import Final
 from sqlglot import exp
 
 from shardwise.errors import SqlLimitError, SqlSemanticError, UnsupportedSqlError
-from shardwise.sql import statement_cache
+from shardwise.sql import plan_cache, statement_cache
 from shardwise.sql.broadcast import plan_broadcast
 from shardwise.sql.catalog import Catalog
 from shardwise.sql.colocated import plan_colocated
@@ -58,7 +58,9 @@ def plan(
     context: StatementContext,
 ) -> Planned:
     try:
-        return _plan(sql, params, catalog, context)
+        return plan_cache.PLANS.plan(
+            sql, params, catalog, lambda: _plan(sql, params, catalog, context)
+        )
     except RecursionError:
         # MAX_NESTING_DEPTH bounds parentheses and CASE; long chains of unary operators
         # nest too, and reach Python's recursion limit first: the same refusal.

@@ -12,18 +12,41 @@ converts it with the column's affinity exactly as :func:`stored_key` does.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from shardwise.model.config import Keyspace
 from shardwise.placement import Key
 from shardwise.sql.catalog import Affinity
 from shardwise.sql.distribution import Router, stored_key
-from shardwise.sql.params import NOT_CONSTANT, constant
+from shardwise.sql.params import NOT_CONSTANT, constant, decided
 from shardwise.sql.values import SqlValue
 
 Shards = frozenset[int] | None
 """A set of shard indexes, or None for all of them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """The shards a value compared equal to the column can be on: the decision of the
+    plan (``decisions``) that a point query's parameter makes, so that any value on
+    the same shard makes the same plan. Two are the same for the same keyspace."""
+
+    column_affinity: Affinity
+    router: Router = field(compare=False)
+    keyspace: Keyspace = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keyspace", self.router.keyspace)
+
+    def __call__(self, value: object) -> Shards:
+        if value is NOT_CONSTANT:
+            return None
+        if value is None:  # col = NULL is never true: no shard holds a match
+            return frozenset()
+        key = stored_key(value, self.column_affinity)
+        return None if key is None else frozenset({self.router.shard_of(key)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +95,7 @@ class Pruner:
         return None
 
     def _pinned(self, node: exp.Expr) -> Shards:
-        value = constant(node, self.values)
-        if value is NOT_CONSTANT:
-            return None
-        if value is None:  # col = NULL is never true: no shard holds a match
-            return frozenset()
-        key = stored_key(value, self.column_affinity)
-        return None if key is None else frozenset({self.router.shard_of(key)})
+        return decided(node, self.values, Pin(self.column_affinity, self.router))
 
     def _key(self, node: exp.Expr) -> Key | None:
         value = constant(node, self.values)

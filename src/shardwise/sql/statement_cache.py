@@ -4,8 +4,9 @@ Parsing (sqlglot's tokenizer and parser) is the largest single part of planning 
 statement: about a third of a point query's planning, and two thirds of a multi-row
 INSERT's. What is kept depends on the text alone, not on the catalog, the parameters or
 the clock, so nothing needs to invalidate it: after DDL or a shard move the same
-statement is planned again against the new catalog (planning runs on every execution,
-and binds the parameters into a copy of the tree, so a kept tree never changes).
+statement is planned again against the new catalog (planning binds the parameters into
+a copy of the tree, so a kept tree never changes). Plans are kept apart, by text and
+catalog: ``plan_cache``.
 
 - A text of up to :data:`MAX_CACHED_CHARS` characters: its parsed tree, identifiers
   normalized, and its INSERT shape if it has one (``param_insert.insert_shape``).
