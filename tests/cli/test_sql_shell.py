@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -98,6 +98,18 @@ class FakeClient:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str] | None,
+        rows: Iterable[Sequence[object]],
+        *,
+        deadline_s: float | None = None,
+    ) -> int:
+        loaded = [list(row) for row in rows]
+        self.ran.append(f"copy {table} {columns} {loaded}")
+        return len(loaded)
 
 
 ITEMS = Table(
@@ -217,6 +229,22 @@ def test_backslash_d_lists_and_describes_tables() -> None:
     assert "there is no table 'nothing'" in err.getvalue()
     assert shell.run_text("\\x") == ExitCode.USAGE
     assert "unknown command \\x" in err.getvalue()
+
+
+def test_backslash_copy_loads_a_csv_file_through_the_bulk_path(tmp_path: Path) -> None:
+    path = tmp_path / "items.csv"
+    path.write_text("id,name\n1,apple\n2,\n")
+    client = FakeClient(ANSWERS)
+    shell, out, err = make_shell(client)
+    assert shell.run_text(f"\\copy items (id, name) FROM '{path}' CSV HEADER") == ExitCode.OK
+    assert client.ran == ["copy items ('id', 'name') [['1', 'apple'], ['2', None]]"]
+    assert "COPY 2" in out.getvalue()
+    assert shell.run_text("\\copy items TO 'x.csv'") == ExitCode.USAGE
+    assert "usage: \\copy TABLE" in err.getvalue()
+    assert shell.run_text(f"\\copy items FROM '{tmp_path / 'missing.csv'}'") == ExitCode.USAGE
+    assert "cannot read" in err.getvalue()
+    assert shell.run_text("\\?") == ExitCode.OK
+    assert "\\copy TABLE" in out.getvalue()
 
 
 def scripted_input(

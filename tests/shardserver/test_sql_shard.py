@@ -433,3 +433,61 @@ def test_a_column_name_cannot_escape_its_quotes(group: Group) -> None:
     assert refusal((table,)) == ""
     assert store.read_sql("SELECT * FROM _sw_t0", {}, 10, (table,)) == [("v",)]
     assert group.read(S0, 'SELECT count(*) FROM "sql_items"') == [(0,)]
+
+
+MANY = 'INSERT INTO "sql_items" (id, name) VALUES (?, ?)'
+
+
+def test_a_statement_run_for_each_row_applies_whole_or_not_at_all(group: Group) -> None:
+    """``SqlStatement.rows``: one compile, every row; a refused row changes nothing, on
+    every replica alike (a deterministic result, not a halt)."""
+    rows = tuple((n, f"r{n}") for n in range(1, 501))
+    done = group.write(S0, SqlStatement(MANY, {}, rows))
+    assert done.rowcount == 500 and not done.error
+    dup = group.write(S0, SqlStatement(MANY, {}, ((900, "x"), (1, "dup"))), seq=2)
+    assert dup.constraint and "UNIQUE" in dup.error and dup.rowcount == 0
+    # Hostile shapes: each a result the same everywhere, nothing applied.
+    for seq, statement in enumerate(
+        (
+            SqlStatement(MANY, {}, ((901,), (902, "x"))),  # (too few values in a row)
+            SqlStatement('INSERT INTO "sql_items" VALUES (:id, :name)', {}, ((903, "x"),)),
+            SqlStatement("DELETE FROM kv WHERE ? = ?", {}, ((1, 1),)),  # (not a user table)
+            SqlStatement(f"{MANY}; DELETE FROM sql_items", {}, ((904, "x"),)),
+        ),
+        start=10,
+    ):
+        refused = group.write(S0, statement, seq=seq)
+        assert refused.error and refused.rowcount == 0, statement
+    assert group.read(S0, 'SELECT count(*), max(id) FROM "sql_items"') == [(500, 500)]
+
+
+def test_rows_that_cannot_be_bound_are_refused_at_the_door() -> None:
+    wide = SqlStatement(MANY, {}, ((1, "a"), (2, "b", "c")))
+    assert "row 2 has 3 values" in sqlshard.check_batch((wide,))
+    huge = SqlStatement(MANY, {}, ((1, "a"), (1 << 63, "b")))
+    assert "row 2: 9223372036854775808 does not fit" in sqlshard.check_batch((huge,))
+    odd = SqlStatement(MANY, {}, ((1, ["a"]),))
+    assert "row 1: a list is not a SQL value" in sqlshard.check_batch((odd,))
+    both = SqlStatement(MANY, {"id": 1}, ((1, "a"),))
+    assert "none named" in sqlshard.check_batch((both,))
+    for named in ("VALUES (:id, ?)", "VALUES (@id, ?)", "VALUES ($id, ?)", "VALUES (?,:x)"):
+        statement = SqlStatement(f'INSERT INTO "sql_items" (id, name) {named}', {}, ((1, "a"),))
+        assert "none named" in sqlshard.check_batch((statement,)), named
+    quoted = SqlStatement("""INSERT INTO "sql_:t" ("@a", b) VALUES (?, ':x $y')""", {}, ((1,),))
+    assert sqlshard.check_batch((quoted,)) == ""
+    many = SqlStatement(MANY, {}, tuple((n, "a") for n in range(sqlshard.MAX_STATEMENT_ROWS + 1)))
+    assert "over" in sqlshard.check_statement(many)
+    assert sqlshard.check_batch((SqlStatement(MANY, {}, ((1, "a"), (2, None))),)) == ""
+
+
+def test_a_function_off_the_allow_list_is_refused_in_a_statement_run_for_each_row(
+    group: Group,
+) -> None:
+    statement = SqlStatement(
+        'INSERT INTO "sql_items" (id, name) VALUES (?, sqlite_version() || ?)', {}, ((1, "a"),)
+    )
+    num, digest = group.catalog()
+    (result,) = group.do(SqlWrite(S0, "c/0", 1, num, digest, (statement,), max_steps=10**6))
+    refused = result.sql
+    assert refused is not None and "sqlite_version" in refused.error
+    assert group.read(S0, 'SELECT count(*) FROM "sql_items"') == [(0,)]

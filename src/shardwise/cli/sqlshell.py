@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shardwise.cli.catalog_views import find_table, table_view, tables_view
+from shardwise.cli.copy_command import CopyUsageError, RowCopier, parse_copy, run_copy
 from shardwise.cli.exits import ExitCode, exit_code_for
 from shardwise.errors import (
     ShardwiseError,
@@ -60,6 +61,8 @@ HELP: Final = """\
 Statements end with ; and may span lines. Shell commands (at the start of a statement):
   \\d          list the tables
   \\d NAME     describe table NAME: columns, distribution column, indexes
+  \\copy TABLE [(COLUMNS)] FROM 'FILE' [CSV] [HEADER]
+              load a CSV file into TABLE (fast: the bulk path; empty fields are NULL)
   \\?          this help
   \\q          quit (or Ctrl-D); Ctrl-C drops the statement being typed
 EXPLAIN <statement> shows the distributed plan; docs/sql.md has the SQL that runs."""
@@ -80,7 +83,7 @@ _LEADING_WORDS: Final = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(\w+)", 
 _WRITE_VERBS: Final = {"INSERT": "inserted", "UPDATE": "updated", "DELETE": "deleted"}
 
 
-class SqlRunner(Protocol):
+class SqlRunner(RowCopier, Protocol):
     """What the shell runs statements with (:class:`~shardwise.client.SyncClient`)."""
 
     def sql(
@@ -351,6 +354,14 @@ class Shell:
             raise Quit
         if name in ("\\?", "\\h", "\\help"):
             self.out.print(Text(HELP))
+        elif name == "\\copy":
+            try:
+                started = time.perf_counter()
+                written = run_copy(self.client, parse_copy(argument), self.deadline_s)
+            except CopyUsageError as exc:
+                raise _UsageError(str(exc)) from None
+            seconds = time.perf_counter() - started
+            self.out.print(Text(f"COPY {written}", style="bold"), Text(f"({seconds:.3f} s)"))
         elif name == "\\d":
             config = self._known = self.catalog()
             if argument:

@@ -30,7 +30,7 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from shardwise.client.fanout import bind, fan_out
@@ -412,6 +412,30 @@ class Client:
     def in_transaction(self) -> bool:
         """Whether :meth:`sql`'s session has a transaction open (``BEGIN`` ran)."""
         return self._sql_session is not None and self._sql_session.in_transaction
+
+    async def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str] | None,
+        rows: Iterable[Sequence[object]],
+        *,
+        deadline_s: float | None = None,
+    ) -> int:
+        """Load ``rows`` into ``table`` fast (a bulk load: no SQL text per row): each row
+        the values of ``columns`` (None: every column of the table, in order), placed by
+        its distribution value. Rows go in chunks of up to ``COPY_CHUNK_ROWS``, each one
+        transaction, pipelined; ``deadline_s`` bounds each chunk. Returns the rows
+        written. A chunk that fails writes nothing and raises its error, naming the
+        offending row and the rows written so far (``docs/sql.md``, "Bulk loading")."""
+        self._check_running()
+        from shardwise.client.copy import copy_rows  # noqa: PLC0415 - loads sqlglot: SQL users only
+
+        if self._sql_session is None:
+            self._sql_session = self.sql_session()
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        if budget <= 0:
+            raise ValueError("deadline_s must be positive")
+        return await copy_rows(self._sql_session, table, columns, rows, deadline_s=budget)
 
     def sql_session(self) -> ClusterSql:
         """A SQL session of its own on this client: ``await session.execute(query,

@@ -7,7 +7,8 @@ seams on the client's router.
   deadline): reads as ``shard.sql_read`` (ReadIndex on the leader, then the shard's
   SQLite), writes as ``shard.sql_write`` (one log entry per shard, with a pooled writer
   id and sequence number, so a retried write applies once).
-* :class:`ClusterCatalog` (a :class:`~shardwise.sql.executor.CatalogStore`) reads the
+* :class:`~shardwise.client.sql_catalog.ClusterCatalog` (a
+  :class:`~shardwise.sql.executor.CatalogStore`, in ``client/sql_catalog.py``) reads the
   catalog from the router's cached configuration and changes it through the controller.
 
 :class:`ClusterSql` plans and runs a statement with both, on the client's own router and
@@ -40,6 +41,7 @@ import msgspec
 
 from shardwise.client.fanout import bind, fan_out
 from shardwise.client.router import ShardRouter
+from shardwise.client.sql_catalog import ClusterCatalog
 from shardwise.client.sqltxn import (
     TxnCatalog,
     TxnShards,
@@ -54,7 +56,6 @@ from shardwise.client.sqltxn import (
 from shardwise.client.turns import ShardTurns
 from shardwise.client.writers import WriterPool
 from shardwise.errors import (
-    CatalogError,
     ClientTimeoutError,
     NondeterministicSqlError,
     PermissionDeniedError,
@@ -65,15 +66,10 @@ from shardwise.errors import (
     SqlLimitError,
     SqlSchemaChangedError,
     StaleWriteError,
-    UnknownKeyspaceError,
     error_for,
 )
 from shardwise.model.config import (
     NO_GROUP,
-    Configuration,
-    CreateTable,
-    DropTable,
-    SetStats,
     ShardId,
 )
 from shardwise.model.sql import SqlStatement
@@ -86,22 +82,19 @@ from shardwise.shardserver.protocol import (
     MAX_SQL_STATEMENTS,
     SQL_GROUP_READ,
     SQL_READ,
-    SQL_SCHEMA,
     SQL_WRITE,
     SqlFailure,
     SqlGroupReadRequest,
     SqlReadRequest,
     SqlReply,
-    SqlSchemaRequest,
     SqlWriteRequest,
-    schema_digest,
 )
-from shardwise.sql import Catalog, Coordinator, Result
-from shardwise.sql.catalog import catalog_of, logical_names
+from shardwise.sql import Coordinator, Result
+from shardwise.sql.catalog import logical_names
 from shardwise.sql.executor import Row
 from shardwise.sql.index_tables import IndexMaintenance
 from shardwise.sql.params import Params
-from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
+from shardwise.sql.plans import Fragment, ShardBatch
 
 if TYPE_CHECKING:
     from shardwise.client.txn import Transaction
@@ -112,9 +105,6 @@ read fragment may run up to the server's ``MAX_SQL_READ_S`` (5 s)."""
 
 SCHEMA_WAIT_S: Final = 0.05
 """Pause before asking a group that has yet to reach the client's configuration again."""
-
-DDL_POLL_S: Final = 0.05
-"""Pause between looks at whether a group has applied a DDL statement's configuration."""
 
 MAX_IMPLICIT_ATTEMPTS: Final = 8
 """Attempts of a statement run in a transaction of its own (``INSERT ... SELECT``)
@@ -248,9 +238,26 @@ class ClusterSql:
             await tx.commit()
         self.tx = self._begin(deadline, False)
 
+    async def insert_rows(
+        self, table: str, columns: Sequence[str] | None, values: Sequence[object], deadline: float
+    ) -> int:
+        """``values`` (row after row) inserted into ``table``, as one INSERT of them as
+        parameters (``Client.copy_rows``' chunks), in the open transaction if any."""
+        what = f"INSERT INTO {table} of {len(values)} values"
+        result = await self._statement(what, None, deadline, self.tx, rows=(table, columns, values))
+        return result.rowcount
+
     async def _statement(
-        self, query: str, params: Params | None, deadline: float, tx: Transaction | None
+        self,
+        query: str,
+        params: Params | None,
+        deadline: float,
+        tx: Transaction | None,
+        *,
+        rows: tuple[str, Sequence[str] | None, Sequence[object]] | None = None,
     ) -> Result:
+        """``query`` planned and run; or, given ``rows`` (a table, its columns, the values),
+        their INSERT, planned without SQL text (``query`` then only says what it is)."""
         router = self._router
         call = CallDeadline.starting_now(f"SQL statement {_abbreviate(query)!r}", deadline)
         for _ in range(MAX_REPLANS):
@@ -267,7 +274,10 @@ class ClusterSql:
                 )
             )
             try:
-                result = await coordinator.execute(query, params)
+                if rows is None:
+                    result = await coordinator.execute(query, params)
+                else:
+                    result = await coordinator.insert_rows(*rows)
             except SqlSchemaChangedError:
                 # The coordinator raises it bare only when nothing was applied (a write to
                 # several shards is one transaction), and a batch whose outcome is unknown
@@ -291,98 +301,6 @@ class ClusterSql:
         raise SqlSchemaChangedError(
             f"the tables changed {MAX_REPLANS} times while {call.what} was planned; try again"
         )
-
-
-class ClusterCatalog:
-    """The catalog of the router's configuration; changes through the controller."""
-
-    def __init__(self, router: ShardRouter, call: CallDeadline) -> None:
-        self._router = router
-        self._call = call
-        self._planned: Configuration | None = None
-        self._digests: dict[str, int] = {}
-
-    async def catalog(self) -> Catalog:
-        config = await self._router.configuration_at_least(-1, self._call)
-        if self._planned is None or config.num != self._planned.num:
-            self._digests.clear()  # (asked again during a statement: an index build)
-        self._planned = config
-        return catalog_of(config)
-
-    @property
-    def planned_num(self) -> int | None:
-        """The configuration the statement was planned with (None: not planned yet)."""
-        return None if self._planned is None else self._planned.num
-
-    def table_names(self) -> list[str]:
-        """The tables of the catalog the statement was planned with (a shard's error names
-        them by their physical names, which the user never wrote)."""
-        return [] if self._planned is None else list(self._planned.tables)
-
-    def planned(self, keyspace: str) -> tuple[int, int]:
-        """The configuration the statement was planned with, and the digest of
-        ``keyspace``'s tables in it: what every request of the statement carries."""
-        config = self._planned
-        assert config is not None, "a statement is planned before it runs"
-        digest = self._digests.get(keyspace)
-        if digest is None:
-            digest = self._digests[keyspace] = schema_digest(config.tables, keyspace)
-        return config.num, digest
-
-    async def change(self, op: CatalogOp) -> Catalog:
-        router, call = self._router, self._call
-        keyspace = self._keyspace_of(op)
-        remaining = call.remaining()
-        if remaining <= 0:
-            raise call.timed_out()
-        try:
-            result = await router.controller.change(op, deadline_s=remaining)
-        except (CatalogError, UnknownKeyspaceError) as exc:
-            # Another client changed the catalog since ours was read (e.g. created the
-            # same table first): the controller's check is the one that counts.
-            raise SqlCatalogError(str(exc)) from None
-        config = await router.configuration_at_least(result.num, call)
-        if isinstance(op, SetStats):
-            return Catalog.from_configuration(config)  # (no shard changes anything)
-        owners = config.owners.get(keyspace, ())
-        gids = sorted({gid for gid in owners if gid != NO_GROUP})
-        await gather_or_cancel([self._applied_by(gid, result.num, keyspace) for gid in gids])
-        return Catalog.from_configuration(config)
-
-    def _keyspace_of(self, op: CatalogOp) -> str:
-        if isinstance(op, CreateTable):
-            return op.table.keyspace
-        if isinstance(op, SetStats):
-            return ""
-        name = op.name if isinstance(op, DropTable) else op.table
-        assert self._planned is not None
-        table = self._planned.tables.get(name)
-        if table is None:
-            raise SqlCatalogError(f"there is no table {name!r}")
-        return table.keyspace
-
-    async def _applied_by(self, gid: int, num: int, keyspace: str) -> None:
-        """Return once group ``gid`` has applied configuration ``num`` (a ReadIndex read
-        on its leader: applied there means committed in the group's log, so every later
-        read or write of the group comes after it)."""
-        router, call = self._router, self._call
-        request = SqlSchemaRequest(keyspace)
-        while True:
-            router.check_running()
-            if not router.knows_group(gid):
-                return  # the group left in a newer configuration: nothing to wait for
-            reply = await router.call_group(gid, SQL_SCHEMA, request, call)
-            if reply is not None and reply.status == "ok" and reply.config_num >= num:
-                return
-            remaining = call.remaining()
-            if remaining <= 0:
-                raise ClientTimeoutError(
-                    f"{call.what} was committed (configuration {num}), but group {gid} had "
-                    f"not applied it within {call.budget_s} s; statements on its shards "
-                    "wait until it has"
-                )
-            call.why = f"group {gid} has yet to apply configuration {num}"
-            await asyncio.sleep(min(DDL_POLL_S, remaining))
 
 
 class ClusterShards:

@@ -46,7 +46,8 @@ from shardwise.shardserver.protocol import TXN_SQL, ShippedRows, SqlReply, TxnSq
 from shardwise.sql.plans import CatalogOp, Fragment, ShardBatch
 
 if TYPE_CHECKING:
-    from shardwise.client.sql import ClusterCatalog, ClusterShards
+    from shardwise.client.sql import ClusterShards
+    from shardwise.client.sql_catalog import ClusterCatalog
     from shardwise.client.txn import Transaction
     from shardwise.sql.catalog import Catalog
     from shardwise.sql.executor import Row
@@ -84,7 +85,7 @@ def control_word(query: str) -> str | None:
 
 
 def to_statements(batch: Sequence[Fragment]) -> tuple[SqlStatement, ...]:
-    return tuple(SqlStatement(f.sql, dict(f.params)) for f in batch)
+    return tuple(SqlStatement(f.sql, dict(f.params), f.rows) for f in batch)
 
 
 class TxnShards:

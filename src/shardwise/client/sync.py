@@ -15,7 +15,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardwise.client.kv import DEFAULT_DEADLINE_S, MAX_WRITES_IN_FLIGHT, Client
@@ -180,6 +180,19 @@ class SyncClient:
     ) -> Result:
         """:meth:`Client.sql`, blocking."""
         return self._run(self._async_client().sql(query, params, deadline_s=deadline_s))
+
+    def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str] | None,
+        rows: Iterable[Sequence[object]],
+        *,
+        deadline_s: float | None = None,
+    ) -> int:
+        """:meth:`Client.copy_rows`, blocking."""
+        return self._run(
+            self._async_client().copy_rows(table, columns, rows, deadline_s=deadline_s)
+        )
 
     @property
     def in_transaction(self) -> bool:

@@ -20,6 +20,15 @@ class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
 
     sql: str
     params: dict[str, Any] = {}
+    rows: tuple[tuple[Any, ...], ...] = ()
+    """Not empty: ``sql`` (its parameters ``?``, ``params`` empty) runs once for each row,
+    bound to its values (``executemany``): a bulk INSERT, compiled once, not one text
+    of thousands of parameters to compile on every replica."""
+
+    def bindings(self) -> dict[str, Any] | tuple[Any, ...]:
+        """The values ``sql`` is compiled with (the first row's, for ``rows``): what a
+        check that prepares the statement without running it binds."""
+        return self.rows[0] if self.rows else self.params
 
 
 class RowCapture(msgspec.Struct, frozen=True, array_like=True):

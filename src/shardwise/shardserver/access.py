@@ -113,7 +113,7 @@ class AccessGuard:
         keyspace: str,
         tables: Mapping[str, Table],
         catalog_num: int,
-        statements: Iterable[tuple[str, Mapping[str, Any]]],
+        statements: Iterable[tuple[str, Mapping[str, Any] | Sequence[Any]]],
         *,
         writing: bool = False,
         shipped: Sequence[ShippedTable] = (),
@@ -201,7 +201,10 @@ class _Scratch:
         return sqlite3.SQLITE_OK
 
     def touched(
-        self, sql: str, params: Mapping[str, Any], shipped: Sequence[ShippedTable] = ()
+        self,
+        sql: str,
+        params: Mapping[str, Any] | Sequence[Any],
+        shipped: Sequence[ShippedTable] = (),
     ) -> list[tuple[Privilege, str]] | str:
         """The tables ``sql`` reads and writes, as SQLite compiles it (beside the empty
         ``shipped`` tables); or, if it does not compile, why (a user's statement that
@@ -210,7 +213,8 @@ class _Scratch:
         try:
             with shipped_tables(self._db, empty):
                 self._seen = []  # (not the making of the shipped tables)
-                self._db.execute("EXPLAIN " + sql, dict(params)).fetchall()
+                bound = dict(params) if isinstance(params, Mapping) else tuple(params)
+                self._db.execute("EXPLAIN " + sql, bound).fetchall()
         except (sqlite3.Error, ValueError, OverflowError, TypeError) as exc:
             return str(exc) or type(exc).__name__
         return list(dict.fromkeys(self._seen))

@@ -391,7 +391,7 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         problem = check_batch(request.statements)
         if problem:
             return SqlReply("ok", error=problem)
-        statements = [(s.sql, s.params) for s in request.statements]
+        statements = [(s.sql, s.bindings()) for s in request.statements]
         if denied := self.sql_denied(context, request.shard, statements, writing=True):
             return denied
         r = request

@@ -117,6 +117,10 @@ WRITE_PROGRESS_STEPS: Final = 1000
 """VM steps between calls of a write's step counter: the limit is met to within this
 many steps, for a call of Python every few microseconds of SQLite work."""
 
+MAX_STATEMENT_ROWS: Final = 100_000
+"""Rows one statement run for each of its rows may hold (``SqlStatement.rows``; its batch
+is bounded by bytes as well, ``MAX_SQL_BATCH_BYTES``): an INSERT's own bound."""
+
 SQL_TABLES_KEY: Final = "sql_tables"
 """The ``meta`` key holding the catalog tables a shard's schema reflects."""
 
@@ -241,7 +245,11 @@ def run_batch(
             times.enforcing, times.refusal = checked, ""
         try:
             for statement in statements:
-                cursor = conn.execute(statement.sql, statement.params)
+                if statement.rows and _named_parameter(statement.sql):
+                    raise sqlite3.ProgrammingError(  # (refused at the door as well)
+                        "a statement run for each of its rows takes ? parameters only"
+                    )
+                cursor = _execute(conn, statement)
                 changed += max(0, cursor.rowcount)
                 cursor.close()
                 if checked:
@@ -298,7 +306,7 @@ def plain_inserts(conn: sqlite3.Connection, statements: Sequence[SqlStatement]) 
     conn.set_authorizer(note)
     try:
         for statement in statements:
-            conn.execute("EXPLAIN " + statement.sql, statement.params).close()
+            conn.execute("EXPLAIN " + statement.sql, statement.bindings()).close()
             if other:
                 return False
     except (sqlite3.Error, ValueError, OverflowError):
@@ -338,7 +346,7 @@ def time_trial(
         if times is not None:
             times.enforcing, times.refusal = True, ""
         for statement in statements:
-            conn.execute(statement.sql, statement.params).close()
+            _execute(conn, statement).close()
     except (sqlite3.Error, ValueError, OverflowError, NondeterministicSqlError):
         if stopped:
             return (
@@ -376,7 +384,7 @@ def refused_functions(conn: sqlite3.Connection, statements: Sequence[SqlStatemen
     try:
         for statement in statements:
             with contextlib.suppress(sqlite3.Error, ValueError, OverflowError):
-                conn.execute("EXPLAIN " + statement.sql, statement.params).close()
+                conn.execute("EXPLAIN " + statement.sql, statement.bindings()).close()
             if authorizer.refused:
                 return authorizer.refused
     finally:
@@ -395,23 +403,69 @@ def check_batch(statements: Sequence[SqlStatement]) -> str:
     if size > MAX_SQL_BATCH_BYTES:
         return f"a SQL write batch of {size} bytes is over the limit of {MAX_SQL_BATCH_BYTES}"
     for statement in statements:
-        problem = check_params(statement.params)
+        problem = check_statement(statement)
         if problem:
             return problem
+    return ""
+
+
+def check_statement(statement: SqlStatement) -> str:
+    """Why a write statement's values cannot be bound ("" if they can)."""
+    if not statement.rows:
+        return check_params(statement.params)
+    if statement.params or _named_parameter(statement.sql):
+        return "a statement run for each of its rows takes ? parameters only, none named"
+    if len(statement.rows) > MAX_STATEMENT_ROWS:
+        return f"{len(statement.rows)} rows in one statement, over {MAX_STATEMENT_ROWS}"
+    width = len(statement.rows[0])
+    for number, row in enumerate(statement.rows, 1):
+        if len(row) != width:
+            return f"row {number} has {len(row)} values, the first {width}"
+        for value in row:
+            if not _bindable(value):
+                return f"row {number}: {_unbindable(value)}"
     return ""
 
 
 def check_params(params: Mapping[str, Any]) -> str:
     """Why parameter values cannot be bound ("" if they can): SQLite values only."""
     for name, value in params.items():
-        if isinstance(value, bool) or value is None or isinstance(value, str | float | bytes):
-            continue
-        if isinstance(value, int):
-            if not INT64_MIN <= value <= INT64_MAX:
-                return f"parameter {name}: {value} does not fit in a 64-bit integer"
-            continue
-        return f"parameter {name}: a {type(value).__name__} is not a SQL value"
+        if not _bindable(value):
+            return f"parameter {name}: {_unbindable(value)}"
     return ""
+
+
+def _named_parameter(sql: str) -> bool:
+    """Whether ``sql`` has a named parameter (``:a``, ``@a``, ``$a``) outside its quoted
+    strings and names: bound from a row's values by position, as Python's sqlite3 module
+    does for now but will refuse (a difference between replicas' Pythons is divergence)."""
+    quote = ""
+    for at, char in enumerate(sql):
+        if quote:
+            quote = "" if char == quote else quote  # ('' and "" close and reopen: alike)
+        elif char in "'\"`[":
+            quote = "]" if char == "[" else char
+        elif char in ":@$" and sql[at + 1 : at + 2].isidentifier():
+            return True
+    return False
+
+
+def _bindable(value: object) -> bool:
+    if value is None or isinstance(value, str | float | bytes):
+        return True
+    return isinstance(value, int) and (isinstance(value, bool) or INT64_MIN <= value <= INT64_MAX)
+
+
+def _unbindable(value: object) -> str:
+    if isinstance(value, int):
+        return f"{value} does not fit in a 64-bit integer"
+    return f"a {type(value).__name__} is not a SQL value"
+
+
+def _execute(conn: sqlite3.Connection, statement: SqlStatement) -> sqlite3.Cursor:
+    if statement.rows:
+        return conn.executemany(statement.sql, statement.rows)
+    return conn.execute(statement.sql, statement.params)
 
 
 # --- reads -----------------------------------------------------------------------------------

@@ -13,14 +13,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shardwise.errors import NondeterministicSqlError, SqlConstraintError, SqlLimitError
-from shardwise.model.config import CreateIndex, SetStats
+from shardwise.errors import (
+    NondeterministicSqlError,
+    ShardwiseError,
+    SqlConstraintError,
+    SqlExecutionError,
+    SqlLimitError,
+)
+from shardwise.model.config import CreateIndex, SetStats, Table
 from shardwise.net.loop import gather_or_cancel
-from shardwise.sql.catalog import Catalog, affinity
+from shardwise.sql.catalog import Catalog, affinity, physical_name
 from shardwise.sql.determinism import Determinizer, StatementContext
 from shardwise.sql.distribution import Router, stored_key
 from shardwise.sql.engine import ScanRows, run_final, run_join, run_local
@@ -28,6 +34,7 @@ from shardwise.sql.executor import CatalogStore, Row, ShardExecutor
 from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.index_build import build_index
 from shardwise.sql.merge import Budget, MergeLimits, combine_aggregates, merge_rows
+from shardwise.sql.param_insert import place_rows
 from shardwise.sql.params import Params
 from shardwise.sql.plan_text import explain
 from shardwise.sql.planner import plan
@@ -48,6 +55,7 @@ from shardwise.sql.plans import (
     WritePlan,
 )
 from shardwise.sql.repartition import REPARTITION_GROWTH, STEP_PARAM, STEPS_PARAM
+from shardwise.sql.row_errors import offending_row, shown
 from shardwise.sql.shard_schema import create_table_ddl
 from shardwise.sql.shipped import MAX_SHIPPED_VALUES, ShippedTable, shipped_size
 from shardwise.sql.values import SqlValue
@@ -55,6 +63,9 @@ from shardwise.sql.write_functions import refused_function
 from shardwise.sql.writes import plan_insert_rows
 
 EXPLAIN_COLUMN = "QUERY PLAN"
+MAX_ROWS_READ_BACK = 500
+"""Distribution values per read when a refused INSERT's stored rows are read back to
+find the row it refused (the error path only)."""
 _STEP_LIMITS = frozenset({"max_rows", "max_bytes", "max_reply_bytes"})
 """The limits a step of a repartition join may pass: more steps hold fewer rows."""
 
@@ -126,6 +137,51 @@ class Coordinator:
         if isinstance(current, AnalyzePlan):
             return await self._count_rows(current)
         return await self._change(current, catalog)
+
+    async def insert_rows(
+        self, table: str, columns: Sequence[str] | None, values: Sequence[object]
+    ) -> Result:
+        """``values`` (row after row) inserted into ``table`` as the INSERT of them as
+        parameters would insert them, planned without SQL text (``place_rows``)."""
+        catalog = await self._catalog.catalog()
+        write, names, checked = place_rows(table, columns, values, catalog)
+        try:
+            return await self._write(write)
+        except SqlExecutionError as exc:
+            width = len(names)
+            rows = [checked[n : n + width] for n in range(0, len(checked), width)]
+            found = await self._offending(catalog.table(write.table), names, rows)
+            if found is None:
+                raise
+            position, why = found
+            where = f"row {position + 1} of the INSERT {shown(names, rows[position])}"
+            raise type(exc)(f"{why}: {where}", exc.shard) from exc
+
+    async def _offending(
+        self, table: Table, columns: list[str], rows: list[list[SqlValue]]
+    ) -> tuple[int, str] | None:
+        """The first of ``rows`` a shard refused, and why: against the table's definition
+        alone, then with the rows stored under the same distribution values."""
+        found = offending_row(table, columns, rows)
+        if found is None and table.distribution_column in columns:
+            at = columns.index(table.distribution_column)
+            keys = list(dict.fromkeys(row[at] for row in rows if row[at] is not None))
+            column = quote_identifier(table.distribution_column)
+            present: list[Row] = []
+            try:
+                for first in range(0, len(keys), MAX_ROWS_READ_BACK):
+                    part = keys[first : first + MAX_ROWS_READ_BACK]
+                    marks = ", ".join(f"${n}" for n in range(1, len(part) + 1))
+                    name = quote_identifier(table.name)
+                    sql = f"SELECT * FROM {name} WHERE {column} IN ({marks})"
+                    present += (await self.execute(sql, part)).rows
+            except ShardwiseError:
+                return None  # (not readable now, e.g. in a failed transaction: unnamed)
+            found = offending_row(table, columns, rows, present)
+        if found is None:
+            return None
+        position, why = found
+        return position, why.replace(f"{physical_name(table.name)}.", f"{table.name}.")
 
     async def _analyze(self, planned: Plan) -> Result:
         """``EXPLAIN ANALYZE``: the plan, then the statement run, with the rows each stage
@@ -469,7 +525,9 @@ def _check_functions(write: WritePlan, catalog: Catalog) -> None:
     """Refuse a write that calls a function off the allow-list before anything is sent
     (the shards refuse it too: this says so sooner, and without a shard's name)."""
     ddl = create_table_ddl(catalog.table(write.table))
-    statements = {f.sql: f.params for b in write.batches for f in b.statements}
+    statements = {
+        f.sql: f.rows[0] if f.rows else f.params for b in write.batches for f in b.statements
+    }
     why = refused_function(ddl, statements.items())
     if why:
         raise NondeterministicSqlError(why)

@@ -167,7 +167,10 @@ class LocalShards:
         changed = 0
         try:
             for fragment in statements:
-                changed += conn.execute(fragment.sql, dict(fragment.params)).rowcount
+                if fragment.rows:
+                    changed += conn.executemany(fragment.sql, fragment.rows).rowcount
+                else:
+                    changed += conn.execute(fragment.sql, dict(fragment.params)).rowcount
         except sqlite3.Error as exc:
             # A broken constraint is told apart, as the cluster's shards do.
             if isinstance(exc, sqlite3.IntegrityError):

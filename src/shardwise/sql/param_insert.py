@@ -19,15 +19,15 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from shardwise.errors import DistributionValueError, SqlLimitError
+from shardwise.errors import DistributionValueError, SqlLimitError, SqlParameterError
 from shardwise.sql.bind import Scope
 from shardwise.sql.catalog import Catalog, physical_name
+from shardwise.sql.dialect import table_node
 from shardwise.sql.distribution import Router, insert_key
-from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.params import MAX_PARAMS, sql_value
 from shardwise.sql.plans import Fragment, WritePlan
 from shardwise.sql.values import SqlValue
-from shardwise.sql.writes import MAX_INSERT_ROWS, insert_plan, insert_target, rows_per_statement
+from shardwise.sql.writes import MAX_INSERT_ROWS, insert_each, insert_plan, insert_target
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,33 @@ def plan_shaped_insert(shape: InsertShape, params: object, catalog: Catalog) -> 
     return _placed(scope, columns, values, catalog)
 
 
+def place_rows(
+    table: str, columns: Sequence[str] | None, values: Sequence[object], catalog: Catalog
+) -> tuple[WritePlan, list[str], list[SqlValue]]:
+    """The plan of inserting ``values`` (``len(columns)`` a row, row after row) into
+    ``table``: the plan of ``INSERT INTO table (columns) VALUES ($1, ...), ...`` with
+    them, made without SQL text (a bulk load's chunk: ``Client.copy_rows``). Names are
+    taken exactly, as the catalog has them (``CREATE TABLE Events`` made ``events``);
+    ``columns`` None: the table's, in order. Errors name the row and column of a value
+    that cannot be bound. Also the columns, resolved, and the values as they are bound."""
+    target: exp.Expr = table_node(table)
+    if columns is not None:
+        named = [exp.to_identifier(c, quoted=True) for c in columns]
+        target = exp.Schema(this=target, expressions=named)
+    statement = exp.Insert(this=target, expression=exp.Values(expressions=[]))
+    scope, names = insert_target(statement, catalog)
+    width = len(names)
+    if not values or len(values) % width:
+        raise SqlParameterError(
+            f"{len(values)} values do not make whole rows of {width} columns ({', '.join(names)})"
+        )
+    checked = [
+        sql_value(value, f"row {n // width + 1}, column {names[n % width]}")
+        for n, value in enumerate(values)
+    ]
+    return _placed(scope, names, checked, catalog), names, checked
+
+
 def _target(shape: InsertShape) -> exp.Expr:
     table = shape.table.copy()  # (a node has one parent: the kept one stays unchanged)
     if shape.columns is None:
@@ -124,23 +151,10 @@ def _placed(
         for row in range(count):
             key = insert_key(values[row * width + position], dist.name, dist.affinity)
             by_shard.setdefault(router.shard_of(key), []).append(row)
-    head = (
-        f"INSERT INTO {quote_identifier(physical_name(table.name))} "
-        f"({', '.join(quote_identifier(c) for c in columns)}) VALUES "
-    )
-    per_statement = rows_per_statement(width)
+    physical = physical_name(table.name)
 
     def statements(rows: Sequence[int]) -> tuple[Fragment, ...]:
-        out = []
-        for start in range(0, len(rows), per_statement):
-            cells = [
-                [r * width + c for c in range(width)] for r in rows[start : start + per_statement]
-            ]
-            text = head + ", ".join(
-                "(" + ", ".join(f":p{i + 1}" for i in row) + ")" for row in cells
-            )
-            bound = {f"p{i + 1}": values[i] for row in cells for i in row}
-            out.append(Fragment(text, dict(sorted(bound.items()))))  # (the planner's order)
-        return tuple(out)
+        cells = [values[r * width : (r + 1) * width] for r in rows]
+        return (insert_each(physical, columns, cells),)
 
     return insert_plan(table, router, by_shard, range(count), statements)

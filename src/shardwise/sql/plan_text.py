@@ -24,6 +24,9 @@ from shardwise.sql.plans import (
 )
 from shardwise.sql.values import SqlValue
 
+MAX_ROWS_SHOWN = 3
+"""Rows of a statement run for each row that EXPLAIN prints (then ``...``)."""
+
 MAX_LISTED_SHARDS = 32
 """Shard lists longer than this are summarised (a keyspace may have thousands)."""
 
@@ -67,6 +70,12 @@ def _fragment(fragment: Fragment, indent: str) -> list[str]:
     lines = [f"{indent}{fragment.sql}"]
     if fragment.params:
         lines.append(f"{indent}params: {_params(fragment.params)}")
+    if fragment.rows:
+        shown = ", ".join(repr(row) for row in fragment.rows[:MAX_ROWS_SHOWN])
+        more = len(fragment.rows) - MAX_ROWS_SHOWN
+        lines.append(
+            f"{indent}for each of {len(fragment.rows)} rows: {shown}{' ...' if more > 0 else ''}"
+        )
     return lines
 
 

@@ -39,6 +39,9 @@ class Fragment:
     sql: str
     params: Mapping[str, SqlValue] = field(default_factory=dict)
     shipped: tuple[ShippedTable, ...] = ()
+    rows: tuple[tuple[SqlValue, ...], ...] = ()
+    """A write only: ``sql`` (``?`` parameters, ``params`` empty) runs for each of these
+    rows (``executemany``): an INSERT of parameters, compiled once on each shard."""
 
 
 @dataclass(frozen=True, slots=True)

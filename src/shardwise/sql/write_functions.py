@@ -16,7 +16,7 @@ from shardwise.sql.write_rules import TIME_FUNCTIONS, function_refusal, time_ref
 
 
 def refused_function(
-    ddl: Sequence[str], statements: Iterable[tuple[str, Mapping[str, Any]]]
+    ddl: Sequence[str], statements: Iterable[tuple[str, Mapping[str, Any] | Sequence[Any]]]
 ) -> str:
     """Why ``statements`` may not be written ("" if they may): the first function off
     the allow-list they call. Each is prepared (``EXPLAIN``: nothing runs) against a
@@ -41,7 +41,8 @@ def refused_function(
         conn.set_authorizer(authorize)
         for sql, params in statements:
             with contextlib.suppress(sqlite3.Error, ValueError, OverflowError):
-                conn.execute("EXPLAIN " + sql, dict(params)).close()
+                bound = dict(params) if isinstance(params, Mapping) else tuple(params)
+                conn.execute("EXPLAIN " + sql, bound).close()
             if refused:
                 return refused[0]
     return ""

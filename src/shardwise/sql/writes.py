@@ -34,6 +34,7 @@ from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.determinism import Determinizer
 from shardwise.sql.dialect import table_node, to_sqlite
 from shardwise.sql.distribution import Router, insert_key
+from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.index_tables import IndexMaintenance
 from shardwise.sql.params import MAX_PARAMS, NOT_CONSTANT, constant
 from shardwise.sql.plans import Fragment, InsertSelectPlan, ShardBatch, WritePlan
@@ -133,6 +134,9 @@ def plan_insert(
     per_statement = rows_per_statement(len(columns))
 
     def statements(rows: Sequence[exp.Tuple]) -> tuple[Fragment, ...]:
+        if all(_bound_cells(row, values) for row in rows):  # (the bulk path's form)
+            cells = [[values[str(c.this)] for c in row.expressions] for row in rows]
+            return (insert_each(physical_name(scope.table.name), columns, cells),)
         return tuple(
             _fragment(
                 exp.Insert(
@@ -145,6 +149,22 @@ def plan_insert(
         )
 
     return insert_plan(scope.table, router, by_shard, every_row, statements)
+
+
+def insert_each(
+    physical: str, columns: Sequence[str], rows: Sequence[Sequence[SqlValue]]
+) -> Fragment:
+    """The INSERT of ``rows`` into the shard table ``physical``: one statement of ``?``
+    parameters run for each row (compiled once on each shard, where a multi-row VALUES
+    of thousands of parameters would be compiled on every replica, twice)."""
+    marks = ", ".join("?" * len(columns))
+    head = f"INSERT INTO {quote_identifier(physical)} "
+    listed = ", ".join(quote_identifier(c) for c in columns)
+    return Fragment(f"{head}({listed}) VALUES ({marks})", {}, (), tuple(map(tuple, rows)))
+
+
+def _bound_cells(row: exp.Tuple, values: Mapping[str, SqlValue]) -> bool:
+    return all(isinstance(c, exp.Placeholder) and str(c.this) in values for c in row.expressions)
 
 
 def rows_per_statement(width: int) -> int:

@@ -73,6 +73,7 @@ from shardwise.shardserver.sqlshard import (
     MAX_WRITE_STEPS,
     check_batch,
     check_params,
+    check_statement,
     failure_of,
     result_failure,
     shipped_of,
@@ -148,7 +149,7 @@ class TxnHandlers:
         for part in parts:
             statements = part.sql.statements if part.sql is not None else ()
             if statements:
-                listed = [(s.sql, s.params) for s in statements]
+                listed = [(s.sql, s.bindings()) for s in statements]
                 refused = self._sql_denied(context, part.shard, listed, writing=True)
                 if refused is not None:
                     return refused.error
@@ -352,7 +353,7 @@ class TxnHandlers:
         problem = _visit_problem(r)
         if problem:
             return SqlReply("ok", error=problem)
-        writes = [(s.sql, s.params) for s in (*r.pending, *r.statements)]
+        writes = [(s.sql, s.bindings()) for s in (*r.pending, *r.statements)]
         if writes and (refused := self._sql_denied(context, r.shard, writes, writing=True)):
             return refused
         if r.read is not None:
@@ -391,8 +392,13 @@ def _visit_problem(request: TxnSqlRequest) -> str:
         return problem
     if problem := capture_refusal(request.capture):
         return problem
-    for statement in (*statements, *((request.read,) if request.read else ())):
-        if problem := check_params(statement.params):
+    for statement in statements:
+        if problem := check_statement(statement):
+            return problem
+    if request.read is not None:
+        if request.read.rows:
+            return "a read is one statement, not one for each of several rows"
+        if problem := check_params(request.read.params):
             return problem
     return ""
 
