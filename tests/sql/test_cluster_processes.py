@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shardwise import dbapi
+from shardwise.client import SyncClient
 from shardwise.testing.cluster import ProcessCluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,4 +63,22 @@ async def test_sql_on_real_processes(tmp_path: Path, rng: random.Random) -> None
                 with pytest.raises(dbapi.IntegrityError):
                     cursor.execute("INSERT INTO orders VALUES (?, ?, ?)", orders[0])
 
+        def sessions_of_one_client() -> None:
+            """Connections on threads, each a session of one SyncClient, each its own
+            transaction: one's rollback leaves the other's commit."""
+            with SyncClient(cluster.controllers, cluster.secret) as client:
+                one = dbapi.Connection(client.sql_session())
+                two = dbapi.Connection(client.sql_session())
+                one.cursor().execute("INSERT INTO orders VALUES (?, ?, ?)", (9001, "s1", 1.0))
+                two.cursor().execute("INSERT INTO orders VALUES (?, ?, ?)", (9002, "s2", 2.0))
+                one.rollback()
+                two.commit()
+                found = client.sql("SELECT id FROM orders WHERE id > 9000 ORDER BY id").rows
+                assert found == [(9002,)]
+                copied = client.copy_rows("orders", None, [(9003, "s3", 3.0), (9004, "s3", 4.0)])
+                assert copied == 2
+                one.close()
+                two.close()
+
         await asyncio.to_thread(through_dbapi)
+        await asyncio.to_thread(sessions_of_one_client)

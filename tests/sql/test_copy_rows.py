@@ -19,6 +19,7 @@ from shardwise.errors import (
     SqlCatalogError,
     SqlConstraintError,
     SqlParameterError,
+    SqlSemanticError,
 )
 from shardwise.model.config import Keyspace, Scheme
 from shardwise.sql import Coordinator, LocalShards
@@ -110,6 +111,8 @@ async def test_bad_rows_are_refused_before_anything_is_sent(local: LocalShards) 
         await coordinator.insert_rows("m", ["id", "missing"], [1, 2])
     with pytest.raises(SqlCatalogError):
         await coordinator.insert_rows("M", None, [1])  # (names are taken exactly)
+    with pytest.raises(SqlSemanticError, match="no column"):
+        await coordinator.insert_rows("m", [], [1])
     assert (await coordinator.execute("SELECT count(*) FROM m")).rows == [(0,)]
 
 
@@ -118,7 +121,8 @@ def test_the_copy_command_parses_as_psqls() -> None:
     assert command.table == "items" and command.columns == ("id", "Odd Name")
     assert command.path == Path("/tmp/it's.csv") and command.header
     assert not parse_copy("t FROM data.csv").header
-    for bad in ("t TO 'x.csv'", "t FROM stdin BINARY", "FROM 'x'", "t (a,,b) FROM 'x'"):
+    assert parse_copy('t ("a,b", c, "x)") FROM f').columns == ("a,b", "c", "x)")
+    for bad in ("t TO 'x.csv'", "t FROM x BINARY", "FROM 'x'", "t (a,,b) FROM 'x'", "t () FROM x"):
         with pytest.raises(CopyUsageError):
             parse_copy(bad)
 
@@ -177,6 +181,40 @@ async def test_a_chunk_over_a_transactions_bytes_goes_in_halves(
             rows = [(n, bytes(2000)) for n in range(64)]  # (64 x 2 KB x 64 shards: 8 MiB)
             assert await kv.copy_rows("ref", ["id", "pad"], rows) == 64
             assert (await kv.sql("SELECT count(*) FROM ref")).rows == [(64,)]
+            # A failure in the second half: the first half stays, and is counted; the
+            # row is named by its place in the whole copy.
+            more = [(1000 + n, bytes(2000)) for n in range(64)]
+            more[50] = (1040, bytes(2000))
+            with pytest.raises(SqlConstraintError) as caught:
+                await kv.copy_rows("ref", ["id", "pad"], more)
+            message = str(caught.value)
+            assert "row 51 of the copy (id=1040" in message, message
+            assert "32 rows of the copy were written (rows 1 to 32)" in message, message
+            assert (await kv.sql("SELECT count(*) FROM ref WHERE id >= 1000")).rows == [(32,)]
+
+
+@pytest.mark.virtual_time
+async def test_a_failing_source_of_rows_stops_the_copy_after_what_was_sent_settles(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "COPY_CHUNK_ROWS", 300)
+    cluster = SimCluster(tmp_path, groups=2, seed=seed)
+    async with cluster:
+        await cluster.join(1, 2)
+        await cluster.settled()
+        async with cluster.client() as kv:
+            await kv.sql(TABLE + " WITH (distribution = 'id')")
+
+            def rows() -> Iterator[tuple[int, str]]:
+                for n in range(650):
+                    yield (n, "t")
+                raise ValueError("a bad line")
+
+            with pytest.raises(ValueError, match="a bad line") as caught:
+                await kv.copy_rows("m", ["id", "t"], rows())
+            notes = " ".join(getattr(caught.value, "__notes__", []))
+            stored = (await kv.sql("SELECT count(*) FROM m")).rows
+            assert stored == [(600,)] and "600 rows of the copy were written" in notes, notes
 
 
 def test_the_shell_loads_a_csv_file(tmp_path: Path) -> None:

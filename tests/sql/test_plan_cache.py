@@ -239,3 +239,19 @@ def test_one_configuration_one_catalog() -> None:
     again = Configuration(1, {}, {"default": KEYSPACE}, {}, {})
     assert catalog_of(first) is catalog_of(first)
     assert catalog_of(again) is not catalog_of(first)
+
+
+async def test_kept_plans_hold_no_values_and_clients_catalogs_keep_their_own(
+    local: LocalShards,
+) -> None:
+    catalog = await _catalog(local)
+    twin = Catalog(catalog.tables, catalog.keyspaces)  # (another client's, the same tables)
+    cache = plan_cache.PlanCache()
+    sql = "UPDATE t SET s = ? WHERE id = ?"
+    blob = "x" * (1 << 20)
+    for n in range(200):
+        for current in (catalog, twin):
+            fresh = functools.partial(planner._plan, sql, [blob, n], current, CONTEXT)
+            cache.plan(sql, [blob, n], current, fresh)
+    assert cache.hits >= 400 - 2 * 2 * KEYSPACE.scheme.shards
+    assert all(blob not in repr(kept.planned) for kept in cache._plans.values())

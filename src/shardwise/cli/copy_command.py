@@ -5,7 +5,10 @@
 
 The file is read on the client, a chunk at a time (any size). Each field is a value as
 text, which the column's type converts as an INSERT of that text would (``'42'`` into an
-INTEGER column is 42); an empty field is NULL. ``HEADER`` skips the first line.
+INTEGER column is 42); an empty field is NULL, quoted or not (Python's csv module tells
+them apart no more than that; psql keeps ``""`` as an empty string). The format is always
+CSV (psql's default is tab-separated text: write ``CSV``). ``HEADER`` skips the first
+line; a UTF-8 byte order mark is dropped.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ MAX_CSV_FIELD_CHARS: Final = 16 << 20
 
 _COPY: Final = re.compile(
     r"""^\s*(?P<table>[A-Za-z_][A-Za-z0-9_]*|"(?:[^"]|"")+")\s*
-        (?:\((?P<columns>[^)]*)\)\s*)?
+        (?:\((?P<columns>(?:[^)"]|"(?:[^"]|"")*")*)\)\s*)?
         FROM\s+(?:'(?P<quoted>(?:[^']|'')*)'|(?P<bare>\S+))
         (?P<options>(?:\s+\w+)*)\s*;?\s*$""",
     re.IGNORECASE | re.VERBOSE,
 )
 _OPTIONS: Final = frozenset({"CSV", "HEADER", "WITH"})
+_COLUMN_NAME: Final = re.compile(r'"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*')
+_COLUMN_LIST: Final = re.compile(
+    rf"\s*(?:{_COLUMN_NAME.pattern})\s*(?:,\s*(?:{_COLUMN_NAME.pattern})\s*)*"
+)
 
 
 class CopyUsageError(ValueError):
@@ -66,9 +73,9 @@ def parse_copy(argument: str) -> CopyCommand:
         raise CopyUsageError(f"\\copy does not know the option(s) {', '.join(sorted(unknown))}")
     columns = None
     if found["columns"] is not None:
-        columns = tuple(_name(c.strip()) for c in found["columns"].split(","))
-        if not all(columns):
-            raise CopyUsageError("\\copy: an empty column name in the list")
+        if _COLUMN_LIST.fullmatch(found["columns"]) is None:
+            raise CopyUsageError("\\copy: a column list is names separated by commas")
+        columns = tuple(_name(c) for c in _COLUMN_NAME.findall(found["columns"]))
     path = found["quoted"].replace("''", "'") if found["quoted"] is not None else found["bare"]
     return CopyCommand(_name(found["table"]), columns, Path(path), "HEADER" in options)
 
@@ -76,7 +83,7 @@ def parse_copy(argument: str) -> CopyCommand:
 def run_copy(client: RowCopier, command: CopyCommand, deadline_s: float | None) -> int:
     """Load the command's file; the rows written."""
     try:
-        source = command.path.open(newline="", encoding="utf-8")
+        source = command.path.open(newline="", encoding="utf-8-sig")  # (a BOM: dropped)
     except OSError as exc:
         raise CopyUsageError(f"\\copy cannot read {command.path}: {exc.strerror}") from None
     with source:

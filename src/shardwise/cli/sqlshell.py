@@ -358,8 +358,8 @@ class Shell:
             try:
                 started = time.perf_counter()
                 written = run_copy(self.client, parse_copy(argument), self.deadline_s)
-            except CopyUsageError as exc:
-                raise _UsageError(str(exc)) from None
+            except CopyUsageError as exc:  # (with what was written, if it stopped a load)
+                raise _UsageError("; ".join([str(exc), *getattr(exc, "__notes__", ())])) from None
             seconds = time.perf_counter() - started
             self.out.print(Text(f"COPY {written}", style="bold"), Text(f"({seconds:.3f} s)"))
         elif name == "\\d":

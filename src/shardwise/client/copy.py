@@ -17,7 +17,6 @@ many rows were written before it: load again from there.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import re
 from collections.abc import Iterable, Sequence
@@ -67,47 +66,55 @@ async def copy_rows(
     if not 1 <= in_flight <= MAX_COPY_IN_FLIGHT:
         raise ValueError(f"in_flight must be between 1 and {MAX_COPY_IN_FLIGHT}")
     loop = asyncio.get_running_loop()
-    written: list[tuple[int, int]] = []  # (first row, rows) of each chunk committed
-    sending: set[asyncio.Task[int]] = set()
-    failed: list[tuple[int, BaseException]] = []
+    written: list[tuple[int, int]] = []  # (first row, rows) of each part committed
+    failed: list[tuple[int, BaseException]] = []  # (first row of the part, its error)
+    sending: set[asyncio.Task[None]] = set()
 
-    async def send(chunk: list[Sequence[object]]) -> int:
+    async def send(first: int, chunk: list[Sequence[object]]) -> None:
+        """One chunk, or its halves in turn (each half its own transaction), each
+        recorded as written or failed with its own first row."""
         values = [value for row in chunk for value in row]
         try:
-            return await session.insert_rows(table, columns, values, loop.time() + deadline_s)
+            await session.insert_rows(table, columns, values, loop.time() + deadline_s)
         except SqlLimitError as exc:  # (refused before anything was sent)
             if exc.limit != "max_txn_bytes" or len(chunk) < 2:
-                raise
-        half = len(chunk) // 2
-        return await send(chunk[:half]) + await send(chunk[half:])
-
-    def settled(task: asyncio.Task[int], first: int, count: int) -> None:
-        sending.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            written.append((first, count))
-        else:
+                failed.append((first, exc))
+                return
+        except Exception as exc:
             failed.append((first, exc))
+            return
+        else:
+            written.append((first, len(chunk)))
+            return
+        half = len(chunk) // 2
+        await send(first, chunk[:half])
+        if not failed:
+            await send(first + half, chunk[half:])
 
+    source_error: BaseException | None = None
     try:
-        for first, chunk in _chunks(rows, chunk_rows):
-            if failed:
-                break
-            task = asyncio.ensure_future(send(chunk))
-            sending.add(task)
-            task.add_done_callback(functools.partial(settled, first=first, count=len(chunk)))
-            while len(sending) >= in_flight and not failed:
-                await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
-        if sending:
-            await asyncio.wait(sending)
+        try:
+            for first, chunk in _chunks(rows, chunk_rows):
+                if failed:
+                    break
+                task = asyncio.ensure_future(send(first, chunk))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
+                while len(sending) >= in_flight and not failed:
+                    await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+        except Exception as exc:  # (the rows' source failed: a bad line of a file)
+            source_error = exc
+        if sending:  # (let what was sent settle: the count of rows written is exact)
+            await asyncio.wait(set(sending))
     finally:
         for task in sending:
             task.cancel()
     if failed:
-        first, exc = min(failed, key=lambda f: f[0])
-        raise _copy_error(exc, first, written) from exc
+        first, error = min(failed, key=lambda f: f[0])
+        raise _copy_error(error, first, written) from error
+    if source_error is not None:
+        source_error.add_note(f"shardwise: copy_rows stopped; {_written(written)}")
+        raise source_error
     return sum(count for _, count in written)
 
 
@@ -135,17 +142,8 @@ def _chunks(
 
 def _copy_error(exc: BaseException, first: int, written: list[tuple[int, int]]) -> BaseException:
     """The chunk's error, its row named by its place in the whole copy, and what was
-    written (rows ``a`` to ``b``, counted from 1)."""
-    ranges = sorted(written)
-    spans: list[list[int]] = []
-    for start, count in ranges:
-        if spans and spans[-1][1] == start:
-            spans[-1][1] = start + count
-        else:
-            spans.append([start, start + count])
-    total = sum(count for _, count in ranges)
-    listed = ", ".join(f"{a + 1:,} to {b:,}" for a, b in spans) if spans else "none"
-    where = f"{total:,} rows of the copy were written (rows {listed})"
+    written."""
+    where = _written(written)
     if isinstance(exc, SqlExecutionError):
         message = _ROW_OF_INSERT.sub(
             lambda m: f"row {first + int(m.group(1)):,} of the copy", str(exc.detail)
@@ -156,6 +154,19 @@ def _copy_error(exc: BaseException, first: int, written: list[tuple[int, int]]) 
     if isinstance(exc, ShardwiseError):
         exc.add_note(f"shardwise: copy_rows failed at the chunk from row {first + 1:,}; {where}")
     return exc
+
+
+def _written(written: list[tuple[int, int]]) -> str:
+    """``N rows of the copy were written (rows a to b, ...)``, counted from 1."""
+    spans: list[list[int]] = []
+    for start, count in sorted(written):
+        if spans and spans[-1][1] == start:
+            spans[-1][1] = start + count
+        else:
+            spans.append([start, start + count])
+    total = sum(count for _, count in written)
+    listed = ", ".join(f"{a + 1:,} to {b:,}" for a, b in spans) if spans else "none"
+    return f"{total:,} rows of the copy were written (rows {listed})"
 
 
 def _size(value: object) -> int:

@@ -398,10 +398,21 @@ class Client:
         a shard of the keyspace has applied it. One deadline bounds the whole statement.
         Errors are :class:`~shardwise.errors.SqlError`
         subclasses, or :class:`~shardwise.errors.ClientTimeoutError`."""
-        self._check_running()
         if self._sql_session is None:
             self._sql_session = self.sql_session()
-        session = self._sql_session
+        return await self.sql_in(self._sql_session, query, params, deadline_s=deadline_s)
+
+    async def sql_in(
+        self,
+        session: ClusterSql,
+        query: str,
+        params: Params | None = None,
+        *,
+        deadline_s: float | None = None,
+    ) -> Result:
+        """:meth:`sql` in ``session`` (one of :meth:`sql_session`'s) instead of the
+        client's default session: its own transaction between ``BEGIN`` and ``COMMIT``."""
+        self._check_running()
         result = await session.execute(query, params, self._deadline(deadline_s))
         if session.last_rows_shipped:
             self.last_rows_shipped = session.last_rows_shipped

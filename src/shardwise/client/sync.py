@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import random
 import ssl
 import threading
@@ -26,7 +27,7 @@ from shardwise.client.txn import (
     RETRY_PAUSE_S,
     Transaction,
 )
-from shardwise.errors import ClientClosedError
+from shardwise.errors import ClientClosedError, ShardwiseError
 from shardwise.model.config import Configuration
 from shardwise.model.kv import Key, Pairs, Value
 from shardwise.model.txn import TransactionConflictError
@@ -36,6 +37,7 @@ from shardwise.net.links import Address
 from shardwise.net.loop import loop_factory
 
 if TYPE_CHECKING:  # shardwise.sql (and sqlglot) load on the first SQL call only
+    from shardwise.client.sql import ClusterSql
     from shardwise.sql import Result
     from shardwise.sql.params import Params
 
@@ -194,6 +196,13 @@ class SyncClient:
             self._async_client().copy_rows(table, columns, rows, deadline_s=deadline_s)
         )
 
+    def sql_session(self) -> SyncSqlSession:
+        """A SQL session of its own on this client (:meth:`Client.sql_session`): its own
+        transaction, the client's connections. Many threads, each with its session (a
+        DB-API connection each: ``shardwise.dbapi.Connection(client.sql_session())``),
+        share one client."""
+        return SyncSqlSession(self, self._async_client().sql_session())
+
     @property
     def in_transaction(self) -> bool:
         """:attr:`Client.in_transaction`."""
@@ -283,6 +292,33 @@ class SyncClient:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
         self._client = None
+
+
+class SyncSqlSession:
+    """A SQL session on a :class:`SyncClient` (:meth:`SyncClient.sql_session`), blocking;
+    one thread at a time. Closing it drops its open transaction, not the client."""
+
+    def __init__(self, client: SyncClient, session: ClusterSql) -> None:
+        self._client = client
+        self._session = session
+
+    def sql(
+        self, query: str, params: Params | None = None, *, deadline_s: float | None = None
+    ) -> Result:
+        """:meth:`Client.sql`, in this session."""
+        client = self._client
+        return client._run(
+            client._async_client().sql_in(self._session, query, params, deadline_s=deadline_s)
+        )
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._session.in_transaction
+
+    def close(self) -> None:
+        if self._session.in_transaction:
+            with contextlib.suppress(ShardwiseError):  # (nothing of it was applied)
+                self.sql("ROLLBACK")
 
 
 class SyncTransaction:

@@ -41,6 +41,7 @@ module runs it on the shard's own connection, never anything else:
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -120,6 +121,13 @@ many steps, for a call of Python every few microseconds of SQLite work."""
 MAX_STATEMENT_ROWS: Final = 100_000
 """Rows one statement run for each of its rows may hold (``SqlStatement.rows``; its batch
 is bounded by bytes as well, ``MAX_SQL_BATCH_BYTES``): an INSERT's own bound."""
+
+_QUOTED: Final = re.compile(r'"(?:[^"]|"")*"')
+_INSERT_EACH: Final = re.compile(
+    r'INSERT INTO "(?:[^"]|"")*" \((?P<columns>"(?:[^"]|"")*"(?:, "(?:[^"]|"")*")*)\) '
+    r"VALUES \((?P<marks>\?(?:, \?)*)\)",
+)
+"""``sql.writes.insert_each``'s statements (``fullmatch``: nothing before or after)."""
 
 SQL_TABLES_KEY: Final = "sql_tables"
 """The ``meta`` key holding the catalog tables a shard's schema reflects."""
@@ -245,9 +253,9 @@ def run_batch(
             times.enforcing, times.refusal = checked, ""
         try:
             for statement in statements:
-                if statement.rows and _named_parameter(statement.sql):
+                if statement.rows and not _insert_each_shape(statement.sql, len(statement.rows[0])):
                     raise sqlite3.ProgrammingError(  # (refused at the door as well)
-                        "a statement run for each of its rows takes ? parameters only"
+                        "a statement run for each of its rows is a plain INSERT of ? marks"
                     )
                 cursor = _execute(conn, statement)
                 changed += max(0, cursor.rowcount)
@@ -413,11 +421,16 @@ def check_statement(statement: SqlStatement) -> str:
     """Why a write statement's values cannot be bound ("" if they can)."""
     if not statement.rows:
         return check_params(statement.params)
-    if statement.params or _named_parameter(statement.sql):
-        return "a statement run for each of its rows takes ? parameters only, none named"
+    if statement.params:
+        return "a statement run for each of its rows takes no named parameters"
     if len(statement.rows) > MAX_STATEMENT_ROWS:
         return f"{len(statement.rows)} rows in one statement, over {MAX_STATEMENT_ROWS}"
     width = len(statement.rows[0])
+    if not _insert_each_shape(statement.sql, width):
+        return (
+            'a statement run for each of its rows is INSERT INTO "table" ("column", ...) '
+            "VALUES (?, ...), one ? for each value of a row"
+        )
     for number, row in enumerate(statement.rows, 1):
         if len(row) != width:
             return f"row {number} has {len(row)} values, the first {width}"
@@ -435,19 +448,17 @@ def check_params(params: Mapping[str, Any]) -> str:
     return ""
 
 
-def _named_parameter(sql: str) -> bool:
-    """Whether ``sql`` has a named parameter (``:a``, ``@a``, ``$a``) outside its quoted
-    strings and names: bound from a row's values by position, as Python's sqlite3 module
-    does for now but will refuse (a difference between replicas' Pythons is divergence)."""
-    quote = ""
-    for at, char in enumerate(sql):
-        if quote:
-            quote = "" if char == quote else quote  # ('' and "" close and reopen: alike)
-        elif char in "'\"`[":
-            quote = "]" if char == "[" else char
-        elif char in ":@$" and sql[at + 1 : at + 2].isidentifier():
-            return True
-    return False
+def _insert_each_shape(sql: str, width: int) -> bool:
+    """Whether ``sql`` is exactly ``INSERT INTO "table" ("a", ...) VALUES (?, ...)`` with
+    ``width`` columns and marks: the only statement a client runs for each of several rows
+    (``sql.writes.insert_each``). Anything else could cost far more than its bytes
+    (a long literal copied into every row) or bind its rows by name (which Python's
+    sqlite3 does by position now and will refuse later: replicas would differ)."""
+    found = _INSERT_EACH.fullmatch(sql)
+    if found is None:
+        return False
+    columns = len(_QUOTED.findall(found["columns"]))
+    return columns == width and found["marks"].count("?") == width
 
 
 def _bindable(value: object) -> bool:

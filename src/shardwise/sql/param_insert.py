@@ -19,7 +19,12 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from shardwise.errors import DistributionValueError, SqlLimitError, SqlParameterError
+from shardwise.errors import (
+    DistributionValueError,
+    SqlLimitError,
+    SqlParameterError,
+    SqlSemanticError,
+)
 from shardwise.sql.bind import Scope
 from shardwise.sql.catalog import Catalog, physical_name
 from shardwise.sql.dialect import table_node
@@ -111,6 +116,8 @@ def place_rows(
     statement = exp.Insert(this=target, expression=exp.Values(expressions=[]))
     scope, names = insert_target(statement, catalog)
     width = len(names)
+    if not width:
+        raise SqlSemanticError("an INSERT names no column")
     if not values or len(values) % width:
         raise SqlParameterError(
             f"{len(values)} values do not make whole rows of {width} columns ({', '.join(names)})"

@@ -9,7 +9,8 @@ the new values. What is kept:
 
 - per text, for one catalog: how its placeholders bind (``params.Placeholders``) and
   its *recipe*, the decisions of its first planning in order (parameter and derivation);
-- per text and decision results: the plan.
+- per text and decision results: the plan, its user values blanked (each hit gives it
+  its own: nothing of a user's data is held, and a plan's size is not its values').
 
 An execution binds its values (the same checks and errors as planning), derives each
 decision of the recipe from them, and looks the plan up. A hit is exactly the plan the
@@ -83,8 +84,8 @@ class PlanCache:
     ) -> None:
         self._max_texts = max_texts
         self._max_plans = max_plans
-        self._texts: OrderedDict[str, _Text] = OrderedDict()
-        self._plans: OrderedDict[tuple[str, tuple[Hashable, ...]], _Kept] = OrderedDict()
+        self._texts: OrderedDict[tuple[str, int], _Text] = OrderedDict()
+        self._plans: OrderedDict[tuple[str, int, tuple[Hashable, ...]], _Kept] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -96,34 +97,37 @@ class PlanCache:
         fresh: Callable[[], Planned],
     ) -> Planned:
         """The plan of ``sql`` for ``params``: kept, with their values, or ``fresh()``."""
-        text = self._texts.get(sql)
+        at = (sql, id(catalog))  # (several clients' catalogs in one process: one entry each)
+        text = self._texts.get(at)
         if text is not None and text.catalog is catalog:
             if text.recipe is None:
                 return fresh()
             values, _ = bind_values(text.written, params)
-            key = (sql, tuple(derive(values[name]) for name, derive in text.recipe))
+            key = (*at, tuple(derive(values[name]) for name, derive in text.recipe))
             kept = self._plans.get(key)
             if kept is not None and kept.catalog is catalog:
                 self.hits += 1
                 with contextlib.suppress(KeyError):  # (dropped meanwhile by another thread)
                     self._plans.move_to_end(key)
-                    self._texts.move_to_end(sql)
+                    self._texts.move_to_end(at)
                 return rebound(kept.planned, values)
         self.misses += 1
         with recording() as found:
             planned = fresh()
-        self._keep(sql, catalog, found, planned)
+        self._keep(sql, params, catalog, found, planned)
         return planned
 
     def _keep(
         self,
         sql: str,
+        params: Params | None,
         catalog: Catalog,
         found: Recording,
         planned: Planned,
     ) -> None:
         recipe = tuple((d.name, d.derivation) for d in found.decisions)
-        text = self._texts.get(sql)
+        at = (sql, id(catalog))
+        text = self._texts.get(at)
         if text is None or text.catalog is not catalog:
             keep = (
                 not found.contextual
@@ -132,11 +136,15 @@ class PlanCache:
             )
             written = placeholders(statement_cache.parse(sql).statement) if keep else Placeholders()
             text = _Text(catalog, written, recipe if keep else None)
-            self._texts[sql] = text
+            self._texts[at] = text
             _bound(self._texts, self._max_texts)
         if text.recipe is None or text.recipe != recipe:
             return  # (not kept, or a branch other than the recipe's: planned each time)
-        self._plans[(sql, tuple(d.result for d in found.decisions))] = _Kept(catalog, planned)
+        # Kept without this execution's values (a hit gives each its own): no user data
+        # held on to, and a plan's size not its values' (an UPDATE of a 1 MiB blob).
+        values, _ = bind_values(text.written, params)
+        blank = rebound(planned, dict.fromkeys(values))
+        self._plans[(*at, tuple(d.result for d in found.decisions))] = _Kept(catalog, blank)
         _bound(self._plans, self._max_plans)
 
     def clear(self) -> None:
@@ -163,7 +171,7 @@ def _rebound(node: object, values: Mapping[str, SqlValue]) -> object:
         if not any(name in values for name in node.params):
             return node
         params = {name: values.get(name, value) for name, value in node.params.items()}
-        return Fragment(node.sql, params, node.shipped)
+        return dataclasses.replace(node, params=params)
     if isinstance(node, tuple):
         items = tuple(_rebound(item, values) for item in node)
         return node if all(a is b for a, b in zip(items, node, strict=True)) else items
