@@ -5,14 +5,16 @@ and the 64-bit edges go through as they went in."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from shardwise.cli.copy_command import CopyUsageError, parse_copy, run_copy
+from shardwise.client import Client
 from shardwise.client import copy as bulk
 from shardwise.errors import (
     DistributionValueError,
@@ -35,6 +37,17 @@ EVERY_CLASS: tuple[SqlValue, ...] = (
     None, 0, -1, INT64_MAX, INT64_MIN, 2.5, -0.0, 1e308, "", "7", "007", " 3", "é", "x" * 300,
     b"", b"\x00\xff", b"7",
 )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _cluster(tmp_path: Path, seed: int) -> AsyncIterator[Client]:
+    """A simulated cluster of two groups, joined, and a client of it."""
+    cluster = SimCluster(tmp_path, groups=2, seed=seed)
+    async with cluster:
+        await cluster.join(1, 2)
+        await cluster.settled()
+        async with cluster.client() as kv:
+            yield kv
 
 
 @pytest.fixture
@@ -132,35 +145,31 @@ async def test_copy_rows_loads_in_chunks_and_says_what_a_failed_chunk_left(
     tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bulk, "COPY_CHUNK_ROWS", 300)
-    cluster = SimCluster(tmp_path, groups=2, seed=seed)
-    async with cluster:
-        await cluster.join(1, 2)
-        await cluster.settled()
-        async with cluster.client() as kv:
-            await kv.sql(TABLE + " WITH (distribution = 'id')")
-            rng = random.Random(seed)
-            rows = [_row(rng, key) for key in range(2000)]
-            assert await kv.copy_rows("m", None, iter(rows)) == 2000
-            found = await kv.sql("SELECT count(*), sum(id) FROM m")
-            assert found.rows == [(2000, sum(range(2000)))]
-            # A duplicate in the fourth chunk: three chunks before it stay, it and the
-            # chunks after it (never sent, or sent with it) are named.
-            more = [_row(rng, key) for key in range(5000, 6500)]
-            more[1000] = (7, "dup", None, None, None, "t")
-            with pytest.raises(SqlConstraintError) as caught:
-                await kv.copy_rows("m", None, more, deadline_s=30)
-            message = str(caught.value)
-            assert "row 1,001 of the copy (id=7, v='dup'" in message, message
-            assert "rows 1 to 900" in message, message
-            stored = (await kv.sql("SELECT count(*) FROM m WHERE id >= 5000")).rows[0][0]
-            assert isinstance(stored, int) and 900 <= stored < 1500
-            assert f"{stored:,} rows of the copy were written" in message
-            # Inside a transaction the chunks join it: rolled back, nothing stays.
-            await kv.sql("BEGIN")
-            assert await kv.copy_rows("m", ["id", "t"], [(9000, "a"), (9001, "b")]) == 2
-            assert (await kv.sql("SELECT count(*) FROM m WHERE id >= 9000")).rows == [(2,)]
-            await kv.sql("ROLLBACK")
-            assert (await kv.sql("SELECT count(*) FROM m WHERE id >= 9000")).rows == [(0,)]
+    async with _cluster(tmp_path, seed) as kv:
+        await kv.sql(TABLE + " WITH (distribution = 'id')")
+        rng = random.Random(seed)
+        rows = [_row(rng, key) for key in range(2000)]
+        assert await kv.copy_rows("m", None, iter(rows)) == 2000
+        found = await kv.sql("SELECT count(*), sum(id) FROM m")
+        assert found.rows == [(2000, sum(range(2000)))]
+        # A duplicate in the fourth chunk: three chunks before it stay, it and the
+        # chunks after it (never sent, or sent with it) are named.
+        more = [_row(rng, key) for key in range(5000, 6500)]
+        more[1000] = (7, "dup", None, None, None, "t")
+        with pytest.raises(SqlConstraintError) as caught:
+            await kv.copy_rows("m", None, more, deadline_s=30)
+        message = str(caught.value)
+        assert "row 1,001 of the copy (id=7, v='dup'" in message, message
+        assert "rows 1 to 900" in message, message
+        stored = (await kv.sql("SELECT count(*) FROM m WHERE id >= 5000")).rows[0][0]
+        assert isinstance(stored, int) and 900 <= stored < 1500
+        assert f"{stored:,} rows of the copy were written" in message
+        # Inside a transaction the chunks join it: rolled back, nothing stays.
+        await kv.sql("BEGIN")
+        assert await kv.copy_rows("m", ["id", "t"], [(9000, "a"), (9001, "b")]) == 2
+        assert (await kv.sql("SELECT count(*) FROM m WHERE id >= 9000")).rows == [(2,)]
+        await kv.sql("ROLLBACK")
+        assert (await kv.sql("SELECT count(*) FROM m WHERE id >= 9000")).rows == [(0,)]
 
 
 @pytest.mark.virtual_time
@@ -170,27 +179,21 @@ async def test_a_chunk_over_a_transactions_bytes_goes_in_halves(
     """A reference table's chunk is written to every shard: past a transaction's bytes,
     refused before anything is sent, it goes again in halves."""
     monkeypatch.setattr(bulk, "COPY_CHUNK_ROWS", 64)
-    cluster = SimCluster(tmp_path, groups=2, seed=seed)
-    async with cluster:
-        await cluster.join(1, 2)
-        await cluster.settled()
-        async with cluster.client() as kv:
-            await kv.sql(
-                "CREATE TABLE ref (id INTEGER PRIMARY KEY, pad BLOB) WITH (reference = true)"
-            )
-            rows = [(n, bytes(2000)) for n in range(64)]  # (64 x 2 KB x 64 shards: 8 MiB)
-            assert await kv.copy_rows("ref", ["id", "pad"], rows) == 64
-            assert (await kv.sql("SELECT count(*) FROM ref")).rows == [(64,)]
-            # A failure in the second half: the first half stays, and is counted; the
-            # row is named by its place in the whole copy.
-            more = [(1000 + n, bytes(2000)) for n in range(64)]
-            more[50] = (1040, bytes(2000))
-            with pytest.raises(SqlConstraintError) as caught:
-                await kv.copy_rows("ref", ["id", "pad"], more)
-            message = str(caught.value)
-            assert "row 51 of the copy (id=1040" in message, message
-            assert "32 rows of the copy were written (rows 1 to 32)" in message, message
-            assert (await kv.sql("SELECT count(*) FROM ref WHERE id >= 1000")).rows == [(32,)]
+    async with _cluster(tmp_path, seed) as kv:
+        await kv.sql("CREATE TABLE ref (id INTEGER PRIMARY KEY, pad BLOB) WITH (reference = true)")
+        rows = [(n, bytes(2000)) for n in range(64)]  # (64 x 2 KB x 64 shards: 8 MiB)
+        assert await kv.copy_rows("ref", ["id", "pad"], rows) == 64
+        assert (await kv.sql("SELECT count(*) FROM ref")).rows == [(64,)]
+        # A failure in the second half: the first half stays, and is counted; the
+        # row is named by its place in the whole copy.
+        more = [(1000 + n, bytes(2000)) for n in range(64)]
+        more[50] = (1040, bytes(2000))
+        with pytest.raises(SqlConstraintError) as caught:
+            await kv.copy_rows("ref", ["id", "pad"], more)
+        message = str(caught.value)
+        assert "row 51 of the copy (id=1040" in message, message
+        assert "32 rows of the copy were written (rows 1 to 32)" in message, message
+        assert (await kv.sql("SELECT count(*) FROM ref WHERE id >= 1000")).rows == [(32,)]
 
 
 @pytest.mark.virtual_time
@@ -198,23 +201,19 @@ async def test_a_failing_source_of_rows_stops_the_copy_after_what_was_sent_settl
     tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bulk, "COPY_CHUNK_ROWS", 300)
-    cluster = SimCluster(tmp_path, groups=2, seed=seed)
-    async with cluster:
-        await cluster.join(1, 2)
-        await cluster.settled()
-        async with cluster.client() as kv:
-            await kv.sql(TABLE + " WITH (distribution = 'id')")
+    async with _cluster(tmp_path, seed) as kv:
+        await kv.sql(TABLE + " WITH (distribution = 'id')")
 
-            def rows() -> Iterator[tuple[int, str]]:
-                for n in range(650):
-                    yield (n, "t")
-                raise ValueError("a bad line")
+        def rows() -> Iterator[tuple[int, str]]:
+            for n in range(650):
+                yield (n, "t")
+            raise ValueError("a bad line")
 
-            with pytest.raises(ValueError, match="a bad line") as caught:
-                await kv.copy_rows("m", ["id", "t"], rows())
-            notes = " ".join(getattr(caught.value, "__notes__", []))
-            stored = (await kv.sql("SELECT count(*) FROM m")).rows
-            assert stored == [(600,)] and "600 rows of the copy were written" in notes, notes
+        with pytest.raises(ValueError, match="a bad line") as caught:
+            await kv.copy_rows("m", ["id", "t"], rows())
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        stored = (await kv.sql("SELECT count(*) FROM m")).rows
+        assert stored == [(600,)] and "600 rows of the copy were written" in notes, notes
 
 
 def test_the_shell_loads_a_csv_file(tmp_path: Path) -> None:
