@@ -24,7 +24,7 @@ from shardwise.model.config import (
 )
 from shardwise.model.kv import Get, Put
 from shardwise.model.sql import SqlStatement
-from shardwise.shardserver import sqlshard
+from shardwise.shardserver import sql_checks, sqlshard
 from shardwise.shardserver.commands import (
     GROUP_COMMAND_VERSION,
     ClientOp,
@@ -328,9 +328,9 @@ def test_only_errors_of_the_statement_and_data_are_deterministic() -> None:
         error.sqlite_errorcode = code
         assert not sqlshard.deterministic(error), code
     assert sqlshard.deterministic(OverflowError("Python int too large"))
-    assert sqlshard.check_params({"a": 1 << 63}) != ""
-    assert sqlshard.check_params({"a": [1]}) != ""
-    assert sqlshard.check_params({"a": None, "b": 1.5, "c": b"x", "d": "s", "e": True}) == ""
+    assert sql_checks.check_params({"a": 1 << 63}) != ""
+    assert sql_checks.check_params({"a": [1]}) != ""
+    assert sql_checks.check_params({"a": None, "b": 1.5, "c": b"x", "d": "s", "e": True}) == ""
 
 
 # --- shipped tables (a broadcast join's small side) --------------------------------------
@@ -463,13 +463,13 @@ def test_a_statement_run_for_each_row_applies_whole_or_not_at_all(group: Group) 
 
 def test_rows_that_cannot_be_bound_are_refused_at_the_door() -> None:
     wide = SqlStatement(MANY, {}, ((1, "a"), (2, "b", "c")))
-    assert "row 2 has 3 values" in sqlshard.check_batch((wide,))
+    assert "row 2 has 3 values" in sql_checks.check_batch((wide,))
     huge = SqlStatement(MANY, {}, ((1, "a"), (1 << 63, "b")))
-    assert "row 2: 9223372036854775808 does not fit" in sqlshard.check_batch((huge,))
+    assert "row 2: 9223372036854775808 does not fit" in sql_checks.check_batch((huge,))
     odd = SqlStatement(MANY, {}, ((1, ["a"]),))
-    assert "row 1: a list is not a SQL value" in sqlshard.check_batch((odd,))
+    assert "row 1: a list is not a SQL value" in sql_checks.check_batch((odd,))
     both = SqlStatement(MANY, {"id": 1}, ((1, "a"),))
-    assert "no named parameters" in sqlshard.check_batch((both,))
+    assert "no named parameters" in sql_checks.check_batch((both,))
     # Only the plain INSERT of ? marks: nothing named (bound by position today, refused by
     # later Pythons), no literal copied into every row (a 100 KB text x 100,000 rows).
     for other in (
@@ -482,11 +482,11 @@ def test_rows_that_cannot_be_bound_are_refused_at_the_door() -> None:
         'DELETE FROM "sql_items" WHERE "id" = ? AND "name" = ?',
         'INSERT INTO "sql_items" ("id", "name") VALUES (?, ?, ?)',
     ):
-        refused = sqlshard.check_batch((SqlStatement(other, {}, ((1, "a"),)),))
+        refused = sql_checks.check_batch((SqlStatement(other, {}, ((1, "a"),)),))
         assert "INSERT INTO" in refused, other
     quoted = SqlStatement("""INSERT INTO "sql_:t" ("@a", "b"";") VALUES (?, ?)""", {}, ((1, 2),))
-    assert sqlshard.check_batch((quoted,)) == ""
-    assert sqlshard.check_batch((SqlStatement(MANY, {}, ((1, "a"), (2, None))),)) == ""
+    assert sql_checks.check_batch((quoted,)) == ""
+    assert sql_checks.check_batch((SqlStatement(MANY, {}, ((1, "a"), (2, None))),)) == ""
 
 
 def test_a_statement_run_for_each_row_of_another_shape_is_refused_as_it_applies(

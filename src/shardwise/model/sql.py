@@ -15,7 +15,7 @@ class SqlStatement(msgspec.Struct, frozen=True, array_like=True):
     """One planned SQLite statement with its named parameters (never spliced in). The
     values are SQLite's (None, int, float, str, bytes); ``Any`` because msgspec cannot
     tell ``str | bytes`` apart in a union. They are checked at the door
-    (``sqlshard.check_params``) and, if one got through, fail to bind on every replica
+    (``sql_checks.check_params``) and, if one got through, fail to bind on every replica
     alike."""
 
     sql: str

@@ -29,10 +29,10 @@ from shardwise.shardserver.protocol import (
     SqlGroupReadRequest,
     SqlReply,
 )
+from shardwise.shardserver.sql_checks import check_params
 from shardwise.shardserver.sqlshard import (
     MAX_SQL_READ_S,
     MAX_SQL_REPLY_BYTES,
-    check_params,
     failure_of,
     rows_bytes,
     shipped_of,

@@ -97,11 +97,10 @@ from shardwise.shardserver.protocol import (
     StatusRequest,
     WriteRequest,
 )
+from shardwise.shardserver.sql_checks import check_batch, check_params
 from shardwise.shardserver.sqlshard import (
     MAX_WRITE_SECONDS,
     MAX_WRITE_STEPS,
-    check_batch,
-    check_params,
     failure_of,
     result_failure,
     shipped_of,

@@ -41,7 +41,6 @@ module runs it on the shard's own connection, never anything else:
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,17 +60,16 @@ from shardwise.model.sql import SqlStatement
 from shardwise.net.frames import MAX_FRAME_BYTES
 from shardwise.shardserver.commands import SqlWriteResult
 from shardwise.shardserver.protocol import (
-    MAX_SQL_BATCH_BYTES,
-    MAX_SQL_STATEMENTS,
     ShippedRows,
     SqlFailure,
 )
+from shardwise.shardserver.sql_checks import insert_each_shape
 from shardwise.sql.capture import is_capture_table
 from shardwise.sql.catalog import PHYSICAL_PREFIX
 from shardwise.sql.identifiers import quote_identifier
 from shardwise.sql.shard_schema import schema_changes
 from shardwise.sql.shipped import ShippedTable, is_shipped, refusal, shipped_tables
-from shardwise.sql.values import INT64_MAX, INT64_MIN
+from shardwise.sql.values import INT64_MAX
 from shardwise.sql.write_functions import TimeFunctions
 from shardwise.sql.write_rules import function_refusal
 
@@ -117,17 +115,6 @@ refuses it past this: what enters the log has been seen to run quickly. Well und
 WRITE_PROGRESS_STEPS: Final = 1000
 """VM steps between calls of a write's step counter: the limit is met to within this
 many steps, for a call of Python every few microseconds of SQLite work."""
-
-MAX_STATEMENT_ROWS: Final = 100_000
-"""Rows one statement run for each of its rows may hold (``SqlStatement.rows``; its batch
-is bounded by bytes as well, ``MAX_SQL_BATCH_BYTES``): an INSERT's own bound."""
-
-_QUOTED: Final = re.compile(r'"(?:[^"]|"")*"')
-_INSERT_EACH: Final = re.compile(
-    r'INSERT INTO "(?:[^"]|"")*" \((?P<columns>"(?:[^"]|"")*"(?:, "(?:[^"]|"")*")*)\) '
-    r"VALUES \((?P<marks>\?(?:, \?)*)\)",
-)
-"""``sql.writes.insert_each``'s statements (``fullmatch``: nothing before or after)."""
 
 SQL_TABLES_KEY: Final = "sql_tables"
 """The ``meta`` key holding the catalog tables a shard's schema reflects."""
@@ -253,7 +240,7 @@ def run_batch(
             times.enforcing, times.refusal = checked, ""
         try:
             for statement in statements:
-                if statement.rows and not _insert_each_shape(statement.sql, len(statement.rows[0])):
+                if statement.rows and not insert_each_shape(statement.sql, len(statement.rows[0])):
                     raise sqlite3.ProgrammingError(  # (refused at the door as well)
                         "a statement run for each of its rows is a plain INSERT of ? marks"
                     )
@@ -398,79 +385,6 @@ def refused_functions(conn: sqlite3.Connection, statements: Sequence[SqlStatemen
     finally:
         conn.set_authorizer(None)
     return ""
-
-
-def check_batch(statements: Sequence[SqlStatement]) -> str:
-    """Why a batch is refused at the door ("" if it is not): checked before it is
-    proposed, so nothing over a limit or unbindable reaches the log."""
-    if not statements:
-        return "a SQL write batch has no statements"
-    if len(statements) > MAX_SQL_STATEMENTS:
-        return f"{len(statements)} statements in one batch, over {MAX_SQL_STATEMENTS}"
-    size = len(_encode(statements))
-    if size > MAX_SQL_BATCH_BYTES:
-        return f"a SQL write batch of {size} bytes is over the limit of {MAX_SQL_BATCH_BYTES}"
-    for statement in statements:
-        problem = check_statement(statement)
-        if problem:
-            return problem
-    return ""
-
-
-def check_statement(statement: SqlStatement) -> str:
-    """Why a write statement's values cannot be bound ("" if they can)."""
-    if not statement.rows:
-        return check_params(statement.params)
-    if statement.params:
-        return "a statement run for each of its rows takes no named parameters"
-    if len(statement.rows) > MAX_STATEMENT_ROWS:
-        return f"{len(statement.rows)} rows in one statement, over {MAX_STATEMENT_ROWS}"
-    width = len(statement.rows[0])
-    if not _insert_each_shape(statement.sql, width):
-        return (
-            'a statement run for each of its rows is INSERT INTO "table" ("column", ...) '
-            "VALUES (?, ...), one ? for each value of a row"
-        )
-    for number, row in enumerate(statement.rows, 1):
-        if len(row) != width:
-            return f"row {number} has {len(row)} values, the first {width}"
-        for value in row:
-            if not _bindable(value):
-                return f"row {number}: {_unbindable(value)}"
-    return ""
-
-
-def check_params(params: Mapping[str, Any]) -> str:
-    """Why parameter values cannot be bound ("" if they can): SQLite values only."""
-    for name, value in params.items():
-        if not _bindable(value):
-            return f"parameter {name}: {_unbindable(value)}"
-    return ""
-
-
-def _insert_each_shape(sql: str, width: int) -> bool:
-    """Whether ``sql`` is exactly ``INSERT INTO "table" ("a", ...) VALUES (?, ...)`` with
-    ``width`` columns and marks: the only statement a client runs for each of several rows
-    (``sql.writes.insert_each``). Anything else could cost far more than its bytes
-    (a long literal copied into every row) or bind its rows by name (which Python's
-    sqlite3 does by position now and will refuse later: replicas would differ)."""
-    found = _INSERT_EACH.fullmatch(sql)
-    if found is None:
-        return False
-    columns = len(_QUOTED.findall(found["columns"]))
-    return columns == width and found["marks"].count("?") == width
-
-
-def _bindable(value: object) -> bool:
-    if value is None or isinstance(value, str | float | bytes):
-        return True
-    return isinstance(value, int) and (isinstance(value, bool) or INT64_MIN <= value <= INT64_MAX)
-
-
-def _unbindable(value: object) -> str:
-    if isinstance(value, int):
-        return f"{value} does not fit in a 64-bit integer"
-    return f"a {type(value).__name__} is not a SQL value"
 
 
 def _execute(conn: sqlite3.Connection, statement: SqlStatement) -> sqlite3.Cursor:

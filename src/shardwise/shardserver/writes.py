@@ -270,7 +270,7 @@ def _sql_refusal(parts: tuple[TxnPart, ...]) -> str:
     are not SQLite values (the door refuses them first)."""
     if not any(part.sql for part in parts):
         return ""
-    from shardwise.shardserver.sqlshard import check_statement  # noqa: PLC0415 - SQL only
+    from shardwise.shardserver.sql_checks import check_statement  # noqa: PLC0415 - SQL only
 
     for part in parts:
         for statement in part.sql.statements if part.sql is not None else ():

@@ -68,12 +68,10 @@ from shardwise.shardserver.protocol import (
     TxnShardsRequest,
     TxnSqlRequest,
 )
+from shardwise.shardserver.sql_checks import check_batch, check_params, check_statement
 from shardwise.shardserver.sqlshard import (
     MAX_WRITE_SECONDS,
     MAX_WRITE_STEPS,
-    check_batch,
-    check_params,
-    check_statement,
     failure_of,
     result_failure,
     shipped_of,
