@@ -398,9 +398,7 @@ class Client:
         a shard of the keyspace has applied it. One deadline bounds the whole statement.
         Errors are :class:`~shardwise.errors.SqlError`
         subclasses, or :class:`~shardwise.errors.ClientTimeoutError`."""
-        if self._sql_session is None:
-            self._sql_session = self.sql_session()
-        return await self.sql_in(self._sql_session, query, params, deadline_s=deadline_s)
+        return await self.sql_in(self._default_session(), query, params, deadline_s=deadline_s)
 
     async def sql_in(
         self,
@@ -441,12 +439,8 @@ class Client:
         self._check_running()
         from shardwise.client.copy import copy_rows  # noqa: PLC0415 - loads sqlglot: SQL users only
 
-        if self._sql_session is None:
-            self._sql_session = self.sql_session()
-        budget = self.deadline_s if deadline_s is None else deadline_s
-        if budget <= 0:
-            raise ValueError("deadline_s must be positive")
-        return await copy_rows(self._sql_session, table, columns, rows, deadline_s=budget)
+        session, budget = self._default_session(), self._budget(deadline_s)
+        return await copy_rows(session, table, columns, rows, deadline_s=budget)
 
     def sql_session(self) -> ClusterSql:
         """A SQL session of its own on this client: ``await session.execute(query,
@@ -470,10 +464,19 @@ class Client:
     # --- operations --------------------------------------------------------------------
 
     def _deadline(self, deadline_s: float | None) -> float:
+        return loop_time() + self._budget(deadline_s)
+
+    def _budget(self, deadline_s: float | None) -> float:
         budget = self.deadline_s if deadline_s is None else deadline_s
         if budget <= 0:
             raise ValueError("deadline_s must be positive")
-        return loop_time() + budget
+        return budget
+
+    def _default_session(self) -> ClusterSql:
+        """The session :meth:`sql` and :meth:`copy_rows` run in (made on first use)."""
+        if self._sql_session is None:
+            self._sql_session = self.sql_session()
+        return self._sql_session
 
     def _scan_bound(self, what: str, bound: Key | None) -> Key | None:
         if bound is None:
