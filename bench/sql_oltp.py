@@ -57,6 +57,7 @@ class Side:
     seconds: float
     latencies: list[float]
     servers_cpu_s: float
+    client_cpu_s: float
 
     @property
     def throughput(self) -> float:
@@ -74,13 +75,15 @@ async def kv_side(cluster: ShardwiseCluster, records: int, seconds: float, clien
         await ycsb.load(stores, keys, value)
         plan = ycsb.Plan.make(keys, ycsb.WORKLOADS["a"], SEED)
         cpu0, started = cpu_seconds(cluster.pids), time.perf_counter()
+        client0 = time.process_time()
         ops = await ycsb.run(stores, plan, value, ycsb.Stop(seconds=seconds))
         wall = time.perf_counter() - started
         cpu = cpu_seconds(cluster.pids) - cpu0
+        client_cpu = time.process_time() - client0
     finally:
         for store in stores:
             await store.close()
-    return Side("KV YCSB A", len(ops), ops.errors, wall, list(ops.latency), cpu)
+    return Side("KV YCSB A", len(ops), ops.errors, wall, list(ops.latency), cpu, client_cpu)
 
 
 async def load_accounts(cluster: ShardwiseCluster, records: int) -> float:
@@ -133,6 +136,7 @@ def sql_side(cluster: ShardwiseCluster, records: int, seconds: float, clients: i
         connection.close()
 
     cpu0, started = cpu_seconds(cluster.pids), time.perf_counter()
+    client0 = time.process_time()
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
     for thread in threads:
         thread.start()
@@ -140,9 +144,10 @@ def sql_side(cluster: ShardwiseCluster, records: int, seconds: float, clients: i
         thread.join()
     wall = time.perf_counter() - started
     cpu = cpu_seconds(cluster.pids) - cpu0
+    client_cpu = time.process_time() - client0
     client.close()
     merged = [x for per in latencies for x in per]
-    return Side("SQL mix (DB-API)", len(merged), sum(errors), wall, merged, cpu)
+    return Side("SQL mix (DB-API)", len(merged), sum(errors), wall, merged, cpu, client_cpu)
 
 
 def report(args: argparse.Namespace, kv: Side, sql: Side, load_s: float) -> None:
@@ -155,13 +160,17 @@ def report(args: argparse.Namespace, kv: Side, sql: Side, load_s: float) -> None
         f"{args.records:,} records/rows, {args.clients} concurrent clients, {args.seconds:g} s "
         f"each; the accounts table loaded by copy_rows in {load_s:.1f} s\n"
     )
-    print("| workload | ops/s | p50 ms | p99 ms | errors | servers' CPU per op (us) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| workload | ops/s | p50 ms | p99 ms | errors | servers' CPU per op (us) "
+        "| the client's CPU per op (us) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for side in (kv, sql):
         print(
             f"| {side.name} | {side.throughput:,.0f} | {side.percentile_ms(50):.2f} "
             f"| {side.percentile_ms(99):.2f} | {side.errors} "
-            f"| {side.servers_cpu_s / max(1, side.ops) * 1e6:,.0f} |"
+            f"| {side.servers_cpu_s / max(1, side.ops) * 1e6:,.0f} "
+            f"| {side.client_cpu_s / max(1, side.ops) * 1e6:,.0f} |"
         )
     ratio = sql.throughput / kv.throughput
     print(

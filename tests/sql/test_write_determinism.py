@@ -73,3 +73,18 @@ async def test_reads_are_not_restricted(local: LocalShards) -> None:
     sql = await coordinator(local)
     rows = (await sql.execute("SELECT sqlite_version() IS NOT NULL, abs(sin(0)) FROM users")).rows
     assert rows == [(1, 0.0), (1, 0.0)]
+
+
+async def test_a_repeated_refused_write_is_refused_every_time(
+    local: LocalShards,
+) -> None:
+    """The function check is kept by table and text (``coordinator._function_refusal``):
+    a kept answer must refuse as the first did, whatever the values, and a write the
+    check allows must stay allowed."""
+    sql = await coordinator(local)
+    for n in range(3):
+        with pytest.raises(NondeterministicSqlError, match="sin"):
+            await sql.execute("UPDATE users SET name = sin(?) WHERE id = ?", (n, 21))
+    for n in range(3):
+        await sql.execute("UPDATE users SET name = abs(?) WHERE id = ?", (-n, 22))
+    assert (await sql.execute("SELECT name FROM users WHERE id = 22")).rows == [("2",)]

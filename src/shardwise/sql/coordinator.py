@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,12 @@ MAX_ROWS_READ_BACK = 500
 find the row it refused (the error path only)."""
 _STEP_LIMITS = frozenset({"max_rows", "max_bytes", "max_reply_bytes"})
 """The limits a step of a repartition join may pass: more steps hold fewer rows."""
+FUNCTION_CHECKS_KEPT = 1024
+"""Write statements (by table and text) whose function check is kept."""
+_SEEDS = random.Random()
+"""Each statement's seed (``StatementContext``), unless a coordinator is given its own
+generator: one for all, since seeding a generator from the OS costs more than planning
+a kept statement does (a client makes a coordinator per statement)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +105,7 @@ class Coordinator:
         self._catalog = catalog
         self._limits = limits or MergeLimits()
         self._wall_clock = wall_clock
-        self._rng = rng or random.Random()
+        self._rng = rng or _SEEDS
         self.last_rows_shipped: dict[int, int] = {}
         """Rows each shard sent for the last read (for benchmarks and tests)."""
         self.last_rows_sent = 0
@@ -524,10 +531,18 @@ def _result_names(planned: tuple[str | None, ...], sqlite_names: list[str]) -> t
 def _check_functions(write: WritePlan, catalog: Catalog) -> None:
     """Refuse a write that calls a function off the allow-list before anything is sent
     (the shards refuse it too: this says so sooner, and without a shard's name)."""
-    ddl = create_table_ddl(catalog.table(write.table))
-    statements = {
-        f.sql: f.rows[0] if f.rows else f.params for b in write.batches for f in b.statements
-    }
-    why = refused_function(ddl, statements.items())
-    if why:
-        raise NondeterministicSqlError(why)
+    table = catalog.table(write.table)
+    for text in dict.fromkeys(f.sql for b in write.batches for f in b.statements):
+        why = _function_refusal(table, text)
+        if why:
+            raise NondeterministicSqlError(why)
+
+
+@functools.lru_cache(maxsize=FUNCTION_CHECKS_KEPT)
+def _function_refusal(table: Table, sql: str) -> str:
+    """Why ``sql`` on ``table`` is refused for its functions ("" if it is not). SQLite
+    asks the authorizer about functions as it prepares a statement, before any value is
+    bound, so the answer depends on the text and the table alone: kept, a repeated write
+    (a kept plan's) is not prepared again. (Prepared with no values, the binding then
+    fails, which ``refused_function`` leaves for the shard.)"""
+    return refused_function(create_table_ddl(table), [(sql, ())])
