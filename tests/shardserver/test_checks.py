@@ -12,7 +12,7 @@ from shardwise.cli.admin import leader_of
 from shardwise.model.config import Configuration, ShardId, initial_configuration
 from shardwise.model.kv import Put
 from shardwise.shardserver.checker import ABSENT, compare
-from shardwise.shardserver.checks import ReplicaCheck, ShardChecks
+from shardwise.shardserver.checks import ReplicaCheck, ShardChecks, image_digest
 from shardwise.shardserver.commands import (
     CheckShards,
     ClientOp,
@@ -92,6 +92,32 @@ def test_replicas_agree_at_a_check_whatever_their_history_and_differ_after_a_str
     mine, theirs = digests(a.sm.checks, index), digests(b.sm.checks, index)
     differ = {s for s in mine.digests if mine.digests[s] != theirs.digests[s]}
     assert differ == {S0}
+    a.sm.close()
+    b.sm.close()
+
+
+def test_replicas_agree_at_a_check_whatever_local_reads_wrote_their_held_puts(
+    tmp_path: Path,
+) -> None:
+    # A replica holds a known client's plain puts and writes them, with the client's
+    # session row, when something needs the file: here b's status (or metrics scrape)
+    # counts the keys after every put, so b writes the row twice where a writes it once,
+    # as the check copies the shard. Each write is an INSERT OR REPLACE, so the row's
+    # rowid differs (3 on b, 2 on a), though the replicated state is the same.
+    a, b = Replica(tmp_path / "a"), Replica(tmp_path / "b")
+    commands: list[Command] = [Reconfigure(first_config())]
+    commands += [ClientOp(S0, "c", seq, Put(f"k{seq}", "v")) for seq in (1, 2, 3)]
+    for command in commands:  # (the first put is not held: c has no session yet)
+        a.do(command)
+        b.do(command)
+        store = b.sm.serving_store(S0)
+        assert store is not None
+        store.count()
+    mine, theirs = a.sm.serving_store(S0), b.sm.serving_store(S0)
+    assert mine is not None and theirs is not None
+    # (What ShardChecks.take hashes, without its thread.)
+    assert image_digest(mine.file_image(reserve=0)) == image_digest(theirs.file_image(reserve=0))
+    assert mine.content_digest() == theirs.content_digest()
     a.sm.close()
     b.sm.close()
 

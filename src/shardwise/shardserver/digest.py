@@ -6,7 +6,8 @@ pages depend on where each replica's transactions began and ended (its batch
 boundaries), which Raft leaves to each replica. So the digest is over a canonical
 serialization instead: every table of the file (the schema SQL of each table and index,
 by name) and every row, in key order (``rowid`` for a rowid table, which SQL reads see
-as the rows' order; the primary key for a ``WITHOUT ROWID`` table), each value with its
+as the rows' order; the primary key for a ``WITHOUT ROWID`` table, and for a table whose
+rowids are not replicated state: :data:`ROWID_NOT_REPLICATED`), each value with its
 storage class (MessagePack keeps SQLite's five apart: an INTEGER 1, a REAL 1.0, a TEXT
 '1' and a BLOB x'31' all differ, and a REAL is its exact 64 bits). Nothing is left out:
 the ``kv`` rows with their write versions, tombstones, the de-duplication table (so a
@@ -30,6 +31,15 @@ from shardwise.sql.identifiers import quote_identifier
 DIGEST_BYTES: Final = 16
 """Size of a digest (BLAKE2b): collisions are out of reach, and it prints short."""
 
+ROWID_NOT_REPLICATED: Final = frozenset({"sessions"})
+"""The shard's own rowid tables digested in primary-key order, without their rowids.
+Each write of a ``sessions`` row is an ``INSERT OR REPLACE``, which gives the row a new
+rowid, and how often a replica writes a client's row is its own business: its held puts
+(``writecache.py``) write it once for all of the client's puts since they were last
+written, and they are written at replica-local moments (its batches, a status or a
+metrics scrape that counts the rows). Nothing reads those rowids. (A SQL table is
+``sql_*``, and its rowids are the users'.)"""
+
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -45,7 +55,7 @@ def canonical_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
     for kind, name, _, sql in ((*map(_str, row),) for row in schema):
         if kind != "table":
             continue
-        if "WITHOUT ROWID" in sql.upper():
+        if "WITHOUT ROWID" in sql.upper() or name in ROWID_NOT_REPLICATED:
             width = len(conn.execute(f"SELECT * FROM {quote_identifier(name)} LIMIT 0").description)
             order = ", ".join(str(i) for i in range(1, width + 1))
             query = f"SELECT * FROM {quote_identifier(name)} ORDER BY {order}"
