@@ -12,12 +12,16 @@ from shardwise.client.batching import MAX_BATCH_READS, MAX_BATCHED_OP_BYTES, Cal
 from shardwise.errors import InvalidMessageError, PeerUnreachableError, RpcTimeoutError
 from shardwise.model.config import ShardId
 from shardwise.model.kv import Get, KVResult, Put
+from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import (
     BATCH,
+    MAX_BATCHED_SQL_BYTES,
     READ,
     SCAN,
+    SQL_READ,
+    SQL_WRITE,
     TXN_COMMIT,
     TXN_PREPARE,
     TXN_RESOLVE,
@@ -27,6 +31,9 @@ from shardwise.shardserver.protocol import (
     KVReply,
     ReadRequest,
     ScanRequest,
+    SqlReadRequest,
+    SqlReply,
+    SqlWriteRequest,
     TxnCommitRequest,
     TxnPrepareRequest,
     TxnReply,
@@ -48,7 +55,9 @@ class ScriptedEndpoint:
         self.fail: Exception | None = None
         self.short_reply = False
         self.old_server = False
-        """Answers batches as a server that predates batched transaction calls."""
+        """Answers batches as a server that predates batched transaction and SQL calls."""
+        self.sql_retry: set[str] = set()
+        """SQL reads (by text) a batch answers ``retry`` (their rows did not fit)."""
 
     async def call(
         self, peer: str, method: RpcMethod[Any, Any], request: Any, *, timeout_s: float = 1.0
@@ -62,11 +71,22 @@ class ScriptedEndpoint:
             writes = [KVReply("ok", result=KVResult()) for _ in request.writes]
             calls = [*request.commits, *request.prepares, *request.resolves]
             txns = [TxnReply("ok", config_num=n) for n, _ in enumerate(calls)]
+            sql = [
+                *(
+                    SqlReply("retry" if r.sql in self.sql_retry else "ok", rows=[(r.sql, "batch")])
+                    for r in request.sql_reads
+                ),
+                *(SqlReply("ok", rowcount=w.seq) for w in request.sql_writes),
+            ]
             if self.old_server:
-                txns = []
-            return BatchReply(reads[1:] if self.short_reply else reads, writes, txns)
+                txns, sql = [], []
+            return BatchReply(reads[1:] if self.short_reply else reads, writes, txns, sql)
         if method in (TXN_COMMIT, TXN_PREPARE, TXN_RESOLVE):
             return TxnReply("ok", config_num=-1)
+        if method is SQL_READ:
+            return SqlReply("ok", rows=[(request.sql, "alone")])
+        if method is SQL_WRITE:
+            return SqlReply("ok", rowcount=-request.seq)
         if method is READ:
             return KVReply("ok", value=request.key)
         return KVReply("ok", result=KVResult())
@@ -294,3 +314,72 @@ async def test_a_resolve_in_flight_does_not_hold_back_the_next_callers_read(
     endpoint.hold.set()
     assert (await following).value == "a" and (await behind).value == "b"
     assert (await resolve).config_num == -1
+
+
+def sql_read(sql: str) -> SqlReadRequest:
+    return SqlReadRequest(SHARD, sql)
+
+
+def sql_write(seq: int, sql: str = "UPDATE t SET a = 1") -> SqlWriteRequest:
+    return SqlWriteRequest(SHARD, "c", seq, (SqlStatement(sql),))
+
+
+async def test_sql_calls_ride_with_the_rest_each_with_its_own_answer(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    replies = await asyncio.gather(
+        batcher.call("s1", SQL_WRITE, sql_write(5), 1.0),
+        batcher.call("s1", READ, read("a"), 1.0),
+        batcher.call("s1", SQL_READ, sql_read("SELECT 1"), 1.0),
+        batcher.call("s1", SQL_READ, sql_read("SELECT 2"), 1.0),
+        batcher.call("s1", SQL_WRITE, sql_write(6), 1.0),
+    )
+    assert [name for _, name, _ in endpoint.calls] == [BATCH.name]
+    batch = endpoint.calls[0][2]
+    assert [r.sql for r in batch.sql_reads] == ["SELECT 1", "SELECT 2"]
+    assert [w.seq for w in batch.sql_writes] == [5, 6]
+    # Answers in the batch's order (the SQL reads, then the writes) back to their callers.
+    assert [replies[0].rowcount, replies[4].rowcount] == [5, 6] and replies[1].value == "a"
+    assert [replies[2].rows, replies[3].rows] == [[("SELECT 1", "batch")], [("SELECT 2", "batch")]]
+
+
+async def test_a_batched_sql_read_whose_rows_did_not_fit_is_asked_again_alone(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.sql_retry = {"SELECT big"}
+    small, big = await asyncio.gather(
+        batcher.call("s1", SQL_READ, sql_read("SELECT small"), 1.0),
+        batcher.call("s1", SQL_READ, sql_read("SELECT big"), 1.0),
+    )
+    assert small.rows == [("SELECT small", "batch")] and big.rows == [("SELECT big", "alone")]
+    assert [name for _, name, _ in endpoint.calls] == [BATCH.name, SQL_READ.name]
+
+
+async def test_a_server_that_drops_sql_calls_gets_them_alone(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    endpoint.old_server = True
+    replies = await asyncio.gather(
+        batcher.call("s1", WRITE, write("b"), 1.0),
+        batcher.call("s1", SQL_WRITE, sql_write(5), 1.0),
+        batcher.call("s1", SQL_READ, sql_read("SELECT 1"), 1.0),
+    )
+    assert replies[1].rowcount == -5 and replies[2].rows == [("SELECT 1", "alone")]
+    names = [name for _, name, _ in endpoint.calls]
+    assert names[0] == BATCH.name and sorted(names[1:]) == [SQL_READ.name, SQL_WRITE.name]
+    endpoint.calls.clear()
+    await asyncio.gather(
+        batcher.call("s1", WRITE, write("c"), 1.0), batcher.call("s1", SQL_WRITE, sql_write(6), 1.0)
+    )
+    assert sorted(name for _, name, _ in endpoint.calls) == [SQL_WRITE.name, WRITE.name]
+
+
+async def test_a_large_sql_write_goes_alone(
+    endpoint: ScriptedEndpoint, batcher: CallBatcher
+) -> None:
+    large = sql_write(9, "INSERT INTO t VALUES ('" + "x" * MAX_BATCHED_SQL_BYTES + "')")
+    replies = await asyncio.gather(
+        batcher.call("s1", SQL_WRITE, large, 1.0), batcher.call("s1", READ, read("a"), 1.0)
+    )
+    assert replies[0].rowcount == -9
+    assert sorted(name for _, name, _ in endpoint.calls) == [READ.name, SQL_WRITE.name]

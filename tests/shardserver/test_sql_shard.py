@@ -6,7 +6,9 @@ the bounds and authorizer of fragments."""
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import crc32c
@@ -24,9 +26,13 @@ from shardwise.model.config import (
 )
 from shardwise.model.kv import Get, Put
 from shardwise.model.sql import SqlStatement
-from shardwise.shardserver import sql_checks, sqlshard
+from shardwise.net.rpc import CallContext
+from shardwise.net.wire import PeerRole
+from shardwise.shardserver import sql_checks, sql_serving, sqlshard
 from shardwise.shardserver.commands import (
+    BATCHED_SQL_VERSION,
     GROUP_COMMAND_VERSION,
+    ClientBatch,
     ClientOp,
     Command,
     GroupCommand,
@@ -41,7 +47,8 @@ from shardwise.shardserver.commands import (
     encode,
 )
 from shardwise.shardserver.migration.image import export_image
-from shardwise.shardserver.protocol import schema_digest
+from shardwise.shardserver.protocol import SqlReadRequest, SqlReply, schema_digest
+from shardwise.shardserver.server import ShardServer
 from shardwise.shardserver.statemachine import ShardGroupStateMachine
 from shardwise.sql.shipped import ShippedTable, refusal
 
@@ -318,6 +325,36 @@ def test_sql_writes_have_a_command_version_of_their_own() -> None:
         decode(msgspec.msgpack.encode(GroupCommand(unknown, write)))
 
 
+def test_sql_writes_in_a_batch_entry_apply_each_as_alone_one_per_shard(group: Group) -> None:
+    """``ClientBatch.sql``: each SQL write applies as an entry of its own would, unless
+    something before it in the entry touched its shard (a store applies one entry's
+    changes once): then ``ignored``, the same on every replica, and nothing changed."""
+    kv = ClientOp(S1, "k/0", 1, Put("key", "v"))
+    entry = ClientBatch(
+        (kv,),
+        sql=(
+            group.sql_write(S0, row(1, "a"), client="c/1"),
+            group.sql_write(S0, row(2, "b"), client="c/2"),  # S0 again: ignored
+            group.sql_write(S1, row(3, "c"), client="c/3"),  # S1 has the KV put: ignored
+        ),
+    )
+    raw = msgspec.msgpack.decode(encode(entry))
+    assert raw[0] == BATCHED_SQL_VERSION
+    with pytest.raises(CommandDecodeError, match="with SQL writes"):
+        decode(msgspec.msgpack.encode(GroupCommand(BATCHED_SQL_VERSION - 1, entry)))
+    (result,) = group.do(entry)
+    put, first, again, other = result.batch
+    assert put.outcome == "ok" and first.outcome == "ok" and first.sql is not None
+    assert first.sql.rowcount == 1
+    assert again.outcome == other.outcome == "ignored" and again.sql is other.sql is None
+    assert group.read(S0, 'SELECT id FROM "sql_items"') == [(1,)]
+    assert group.read(S1, 'SELECT id FROM "sql_items"') == []
+    # Asked again (the door's "retry"), each applies in an entry of its own, once.
+    assert group.write(S0, row(2, "b"), client="c/2").rowcount == 1
+    assert group.write(S0, row(1, "a"), client="c/1").rowcount == 1  # (a retry: its result)
+    assert group.read(S0, 'SELECT id FROM "sql_items" ORDER BY id') == [(1,), (2,)]
+
+
 def test_only_errors_of_the_statement_and_data_are_deterministic() -> None:
     assert sqlshard.deterministic(sqlite3.IntegrityError("UNIQUE constraint failed"))
     error = sqlite3.OperationalError("no such column: q")
@@ -507,3 +544,34 @@ def test_a_statement_run_for_each_row_of_another_shape_is_refused_as_it_applies(
         (result,) = group.do(SqlWrite(S0, "c/0", seq, num, digest, (statement,), max_steps=10**6))
         assert result.sql is not None and "plain INSERT" in result.sql.error, sql
     assert group.read(S0, 'SELECT count(*) FROM "sql_items"') == [(0,)]
+
+
+async def test_batched_sql_reads_share_one_frame_and_the_overflow_is_answered_retry(
+    group: Group, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sql_serving.serve_sql_reads``: a batch's reads run at one point and their rows
+    share one reply frame; a read whose rows no longer fit is answered ``retry`` (the
+    client asks it alone), while a lone read of the same rows gets them all."""
+    group.write(S0, *(row(n, "x" * 100) for n in range(20)))
+    num, digest = group.catalog()
+
+    async def read_now(fn: Any, timeout_s: float) -> Any:
+        return fn(group.sm)
+
+    server: Any = SimpleNamespace(
+        host=SimpleNamespace(read=read_now, status=lambda: SimpleNamespace(leader="me")),
+        sql_denied=lambda *a, **k: None,
+        reads_served=Counter(),
+    )
+    server.sql_read_reply = lambda shard, answer: ShardServer.sql_read_reply(server, shard, answer)
+    monkeypatch.setattr(sql_serving, "MAX_SQL_REPLY_BYTES", 3_000)  # room for about 25 rows
+    every = SqlReadRequest(S0, 'SELECT * FROM "sql_items"', {}, 1000, num, digest)
+    one = SqlReadRequest(S0, 'SELECT * FROM "sql_items" WHERE id = 1', {}, 1000, num, digest)
+    context = CallContext("c", PeerRole.CLIENT, 0.0, None)
+    replies: list[SqlReply] = await sql_serving.serve_sql_reads(
+        server, [every, every, one], context
+    )
+    assert [r.status for r in replies] == ["ok", "retry", "ok"]
+    assert len(replies[0].rows) == 20 and len(replies[2].rows) == 1
+    alone = await sql_serving.serve_sql_reads(server, [every], context)
+    assert alone[0].status == "ok" and len(alone[0].rows) == 20  # (its own frame)

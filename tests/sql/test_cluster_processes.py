@@ -82,3 +82,29 @@ async def test_sql_on_real_processes(tmp_path: Path, rng: random.Random) -> None
 
         await asyncio.to_thread(through_dbapi)
         await asyncio.to_thread(sessions_of_one_client)
+
+        await batched_statements(cluster, orders)
+
+
+async def batched_statements(cluster: ProcessCluster, orders: list[tuple[int, str, float]]) -> None:
+    """Statements of one client that meet in one pass of its loop travel in one call
+    to a server (client/batching.py), point reads and writes alike. Writes of one shard
+    cannot share a log entry (a store applies an entry once): the first joins it, the
+    others are logged alone, and each applies once."""
+    async with cluster.client(deadline_s=30.0) as kv:
+        before = kv.batches_sent
+        bump = "UPDATE orders SET total = total + 1 WHERE id = ?"
+        scatter = "SELECT id, customer FROM orders WHERE id < ?"
+        done = await asyncio.gather(
+            *(kv.sql(bump, [17]) for _ in range(8)),
+            *(kv.sql(bump, [i]) for i in range(20, 60)),
+            *(kv.sql("SELECT total FROM orders WHERE id = ?", [i]) for i in range(60, 90)),
+            *(kv.sql(scatter, [ORDERS]) for _ in range(3)),
+        )
+        assert [r.rowcount for r in done[:48]] == [1] * 48
+        assert [r.rows for r in done[48:78]] == [[(orders[i][2],)] for i in range(60, 90)]
+        assert all(len(r.rows) == ORDERS for r in done[78:])
+        assert kv.batches_sent > before
+        after = await kv.sql("SELECT id, total FROM orders WHERE id = 17 OR id BETWEEN 20 AND 59")
+        bumped = {i: orders[i][2] + (8 if i == 17 else 1) for i in (17, *range(20, 60))}
+        assert {row[0]: row[1] for row in after.rows} == bumped

@@ -6,10 +6,13 @@ or a write for the same server in the same pass of the event loop, they travel a
 writes and one ReadIndex round for the reads, where separate calls would cost one of
 each per operation. A transaction's commits, prepares and resolves ride along too (in
 the writes' log entry, as far as they touch other shards than the rest of it: see the
-server's ``_batch``). Everything above stays per operation: which server to ask, the
-retries, the leader hints, and each operation's own timeout (a batch that fails fails
-each of its operations as its own call would have failed, and each is retried alone).
-Nothing is atomic across the operations of a batch.
+server's ``batches.py``), and so do SQL read fragments and write batches on one shard
+(``shard.sql_read``, ``shard.sql_write``; not larger than ``MAX_BATCHED_SQL_BYTES``): the
+reads at one linearizable point, the writes in the same entry. A SQL read whose rows did
+not fit beside its batch's is asked again alone. Everything above stays per operation:
+which server to ask, the retries, the leader hints, and each operation's own timeout (a
+batch that fails fails each of its operations as its own call would have failed, and
+each is retried alone). Nothing is atomic across the operations of a batch.
 
 A batch goes at the end of the pass in which its first operation arrived (``call_soon``),
 so a lone operation on an idle connection waits for nothing; it goes at once when it is
@@ -25,6 +28,7 @@ is left out.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -36,13 +40,19 @@ from shardwise.net.endpoint import Endpoint
 from shardwise.net.rpc import RpcMethod
 from shardwise.shardserver.protocol import (
     BATCH,
+    MAX_BATCH_SQL_READS,
+    MAX_BATCH_SQL_WRITES,
+    MAX_BATCHED_SQL_BYTES,
     READ,
+    SQL_READ,
+    SQL_WRITE,
     TXN_COMMIT,
     TXN_PREPARE,
     TXN_RESOLVE,
     WRITE,
     BatchRequest,
     ReadRequest,
+    SqlReply,
     WriteRequest,
 )
 
@@ -79,12 +89,15 @@ _TXN_KINDS: Final = {
     TXN_PREPARE.name: "prepares",
     TXN_RESOLVE.name: "resolves",
 }
+_SQL_KINDS: Final = {SQL_READ.name: "sql_reads", SQL_WRITE.name: "sql_writes"}
 _METHODS: Final[dict[str, RpcMethod[Any, Any]]] = {
     "reads": READ,
     "writes": WRITE,
     "commits": TXN_COMMIT,
     "prepares": TXN_PREPARE,
     "resolves": TXN_RESOLVE,
+    "sql_reads": SQL_READ,
+    "sql_writes": SQL_WRITE,
 }
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -107,8 +120,10 @@ def _write_bytes(request: WriteRequest) -> int | None:
     return size if size <= MAX_BATCHED_OP_BYTES else None
 
 
-_KINDS: Final = ("reads", "writes", "commits", "prepares", "resolves")
+_KINDS: Final = ("reads", "writes", "commits", "prepares", "resolves", "sql_reads", "sql_writes")
 """What a batch carries, in :class:`BatchRequest`'s order (its reply's too)."""
+_TXN_KIND_NAMES: Final = _KINDS[2:5]
+_SQL_KIND_NAMES: Final = _KINDS[5:]
 
 
 @dataclass
@@ -124,7 +139,9 @@ class _Batch:
         return (
             len(self.items["reads"]) >= MAX_BATCH_READS
             or len(self.items["writes"]) >= MAX_BATCH_WRITES
-            or sum(len(self.items[k]) for k in _KINDS[2:]) >= MAX_BATCH_TXNS
+            or sum(len(self.items[k]) for k in _TXN_KIND_NAMES) >= MAX_BATCH_TXNS
+            or len(self.items["sql_reads"]) >= MAX_BATCH_SQL_READS
+            or len(self.items["sql_writes"]) >= MAX_BATCH_SQL_WRITES
             or self.size >= MAX_BATCH_BYTES
         )
 
@@ -158,6 +175,8 @@ class CallBatcher:
         self._plain_txns: set[str] = set()
         """Servers that answered a batch without its transaction calls (an older version):
         their transaction calls go alone."""
+        self._plain_sql: set[str] = set()
+        """Likewise for SQL calls."""
         self.batches_sent = 0
         """Calls that carried more than one operation (for tests and curious users)."""
 
@@ -177,11 +196,20 @@ class CallBatcher:
             size = len(_encode(request))
             if size <= MAX_BATCHED_TXN_BYTES:
                 future = self._add(node, kind, request, size, timeout_s)
+        elif (kind := _SQL_KINDS.get(method.name)) is not None and node not in self._plain_sql:
+            size = len(_encode(request))
+            if size <= MAX_BATCHED_SQL_BYTES:
+                future = self._add(node, kind, request, size, timeout_s)
         if future is None:
             return await self._transport.call(node, method, request, timeout_s=timeout_s)
         try:
             async with asyncio.timeout(timeout_s):
-                return cast(Rep, await future)  # (each kind answers its method's reply)
+                reply = await future
+                if method is SQL_READ and isinstance(reply, SqlReply) and reply.status == "retry":
+                    # Its rows did not fit beside its batch's (or its time ran out there):
+                    # alone it has a whole frame and a whole read's time.
+                    reply = await self._transport.call(node, method, request, timeout_s=timeout_s)
+                return cast(Rep, reply)  # (each kind answers its method's reply)
         except TimeoutError:
             raise RpcTimeoutError(
                 f"{method.name} to {node!r}: no answer in {timeout_s} s"
@@ -275,25 +303,44 @@ class CallBatcher:
         lists = {kind: tuple(r for r, _ in batch.items[kind]) for kind in _KINDS}
         request = BatchRequest(**lists)
         reply = await transport.call(node, BATCH, request, timeout_s=timeout_s)
-        txns = sum(len(lists[k]) for k in _KINDS[2:])
-        if txns and not reply.txns and len(reply.writes) == len(lists["writes"]):
+        txns = sum(len(lists[k]) for k in _TXN_KIND_NAMES)
+        sql = sum(len(lists[k]) for k in _SQL_KIND_NAMES)
+        kv_answered = len(reply.writes) == len(lists["writes"])
+        if txns and not reply.txns and kv_answered:
             # A server older than batched transaction calls dropped them unread: send
             # them alone, now and from now on (a rolling upgrade).
             self._plain_txns.add(node)
-            alone = [
-                transport.call(node, _METHODS[kind], r, timeout_s=timeout_s)
-                for kind in _KINDS[2:]
-                for r in lists[kind]
-            ]
+            alone = self._alone(node, lists, _TXN_KIND_NAMES, timeout_s)
             reply = msgspec.structs.replace(reply, txns=list(await asyncio.gather(*alone)))
+        if sql and not reply.sql and kv_answered:
+            self._plain_sql.add(node)  # (likewise, older than batched SQL)
+            alone = self._alone(node, lists, _SQL_KIND_NAMES, timeout_s)
+            reply = msgspec.structs.replace(reply, sql=list(await asyncio.gather(*alone)))
         if (
             len(reply.reads) != len(lists["reads"])
             or len(reply.writes) != len(lists["writes"])
             or len(reply.txns) != txns
+            or len(reply.sql) != sql
         ):
             raise InvalidMessageError(
                 f"{node} answered a batch of {len(lists['reads'])} reads, "
-                f"{len(lists['writes'])} writes and {txns} transaction calls with "
-                f"{len(reply.reads)}, {len(reply.writes)} and {len(reply.txns)}"
+                f"{len(lists['writes'])} writes, {txns} transaction calls and {sql} SQL "
+                f"calls with {len(reply.reads)}, {len(reply.writes)}, {len(reply.txns)} "
+                f"and {len(reply.sql)}"
             )
-        return [*reply.reads, *reply.writes, *reply.txns]
+        return [*reply.reads, *reply.writes, *reply.txns, *reply.sql]
+
+    def _alone(
+        self,
+        node: str,
+        lists: dict[str, tuple[Any, ...]],
+        kinds: tuple[str, ...],
+        timeout_s: float,
+    ) -> list[Awaitable[Any]]:
+        """The calls of ``kinds`` in ``lists``, each sent alone."""
+        transport = self._transport
+        return [
+            transport.call(node, _METHODS[kind], r, timeout_s=timeout_s)
+            for kind in kinds
+            for r in lists[kind]
+        ]

@@ -1,19 +1,23 @@
 """A shard server's ``shard.batch``: what one client had ready for this server at once
 (``client/batching.py``), each part answered as if it had come alone.
 
-The reads share one ReadIndex round. The writes, and the transactions' calls (commits,
-prepares, resolves) that passed their door (``txn/handlers.py``), share one log entry
+The reads share one ReadIndex round (the SQL reads another: ``sql_serving.py``). The
+writes, and the SQL writes and transactions' calls (commits, prepares, resolves) that
+passed their doors (``sql_serving.py``, ``txn/handlers.py``), share one log entry
 (``ClientBatch``), so a busy client costs the group one entry per batch rather than one
-per call. A store applies one entry's changes at most once (its applied index), so a
-transaction's command joins the entry only if it touches shards nothing before it in the
-entry touches; the others are logged as entries of their own, at the same time.
+per call. A store applies one entry's changes at most once (its applied index), so a SQL
+write or a transaction's command joins the entry only if it touches shards nothing before
+it in the entry touches (and the entry's SQL stays within ``MAX_SQL_BATCH_BYTES``); the
+others are logged as entries of their own, at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
 
 from shardwise.errors import InvalidMessageError, ShardLimitError, ShardwiseError
 from shardwise.model.access import Privilege
@@ -24,6 +28,7 @@ from shardwise.shardserver.commands import (
     ClientBatch,
     ClientOp,
     GroupResult,
+    SqlWrite,
     TxnCommit,
     TxnPrepare,
     TxnResolve,
@@ -31,12 +36,23 @@ from shardwise.shardserver.commands import (
     encode,
 )
 from shardwise.shardserver.protocol import (
+    MAX_BATCH_SQL_READS,
+    MAX_BATCH_SQL_WRITES,
+    MAX_SQL_BATCH_BYTES,
     BatchReply,
     BatchRequest,
     KVReply,
     ReadRequest,
+    SqlReply,
+    SqlWriteRequest,
     TxnReply,
     WriteRequest,
+)
+from shardwise.shardserver.sql_serving import (
+    log_sql_write,
+    serve_sql_reads,
+    sql_write_door,
+    sql_write_reply,
 )
 from shardwise.shardserver.writes import shards_of
 
@@ -47,6 +63,7 @@ MAX_BATCH_TXNS: Final = 64
 """Transactions' calls in one batch (the client sends at most as many)."""
 
 TxnCommand = TxnCommit | TxnPrepare | TxnResolve
+_encode = msgspec.msgpack.Encoder().encode
 
 
 async def serve_batch(
@@ -58,6 +75,12 @@ async def serve_batch(
         raise InvalidMessageError(
             f"a batch has at most {MAX_BATCH_OPS} reads, {MAX_BATCH_OPS} writes and "
             f"{MAX_BATCH_TXNS} transaction calls, not {len(reads)}, {len(writes)} and {calls}"
+        )
+    sql_reads, sql_writes = request.sql_reads, request.sql_writes
+    if len(sql_reads) > MAX_BATCH_SQL_READS or len(sql_writes) > MAX_BATCH_SQL_WRITES:
+        raise InvalidMessageError(
+            f"a batch has at most {MAX_BATCH_SQL_READS} SQL reads and {MAX_BATCH_SQL_WRITES} "
+            f"SQL writes, not {len(sql_reads)} and {len(sql_writes)}"
         )
     checked = context.user is not None  # (a node's batch needs no grant)
     read_denials = [
@@ -72,24 +95,37 @@ async def serve_batch(
         *(doors.admit_prepare(r, context) for r in request.prepares),
         *(doors.admit_resolve(r, context) for r in request.resolves),
     ]
+    sql_doors = [sql_write_door(server, w, context) for w in sql_writes]
     run_reads = [r for r, d in zip(reads, read_denials, strict=True) if d is None]
     run_writes = [w for w, d in zip(writes, write_denials, strict=True) if d is None]
     commands = [c for c in admitted if not isinstance(c, TxnReply)]
-    if run_reads and (run_writes or commands):
-        read_replies, (write_replies, txn_replies) = await asyncio.gather(
-            _reads(server, run_reads), _writes(server, run_writes, commands)
-        )
-    elif run_reads:
-        read_replies, write_replies, txn_replies = await _reads(server, run_reads), [], []
-    else:
-        read_replies = []
-        write_replies, txn_replies = await _writes(server, run_writes, commands)
+    sql_commands = [
+        (w, d) for w, d in zip(sql_writes, sql_doors, strict=True) if isinstance(d, SqlWrite)
+    ]
+    (
+        read_replies,
+        sql_read_replies,
+        (write_replies, txn_replies, sql_write_replies),
+    ) = await asyncio.gather(
+        _reads(server, run_reads) if run_reads else _nothing(),
+        serve_sql_reads(server, sql_reads, context) if sql_reads else _nothing(),
+        _writes(server, run_writes, commands, sql_commands),
+    )
     read_iter, write_iter, txn_iter = iter(read_replies), iter(write_replies), iter(txn_replies)
+    sql_write_iter = iter(sql_write_replies)
     return BatchReply(
         [d or next(read_iter) for d in read_denials],
         [d or next(write_iter) for d in write_denials],
         [a if isinstance(a, TxnReply) else next(txn_iter) for a in admitted],
+        [
+            *sql_read_replies,
+            *(d if isinstance(d, SqlReply) else next(sql_write_iter) for d in sql_doors),
+        ],
     )
+
+
+async def _nothing() -> list[Any]:
+    return []  # (what a batch without reads of a kind answers them)
 
 
 async def _reads(server: ShardServer, requests: Sequence[ReadRequest]) -> list[KVReply]:
@@ -141,10 +177,13 @@ async def _linearizable(server: ShardServer, requests: Sequence[ReadRequest]) ->
 
 
 async def _writes(
-    server: ShardServer, requests: Sequence[WriteRequest], commands: Sequence[TxnCommand]
-) -> tuple[list[KVReply], list[TxnReply]]:
-    """The writes within the limits and the transactions' commands that touch shards of
-    their own, as one log entry; the other commands as entries of their own."""
+    server: ShardServer,
+    requests: Sequence[WriteRequest],
+    commands: Sequence[TxnCommand],
+    sql: Sequence[tuple[SqlWriteRequest, SqlWrite]] = (),
+) -> tuple[list[KVReply], list[TxnReply], list[SqlReply]]:
+    """The writes within the limits, and the SQL writes and transactions' commands that
+    touch shards of their own, as one log entry; the others as entries of their own."""
     replies: list[KVReply] = [KVReply("retry")] * len(requests)
     ops: list[ClientOp] = []
     positions: list[int] = []
@@ -157,6 +196,17 @@ async def _writes(
         ops.append(ClientOp(request.shard, request.client_id, request.seq, request.op))
         positions.append(position)
     touched = {op.shard for op in ops}
+    sql_joined: list[int] = []
+    sql_alone: list[int] = []
+    sql_bytes = 0
+    for n, (_, logged_sql) in enumerate(sql):
+        size = len(_encode(logged_sql.statements))
+        if logged_sql.shard in touched or sql_bytes + size > MAX_SQL_BATCH_BYTES:
+            sql_alone.append(n)
+        else:
+            touched.add(logged_sql.shard)
+            sql_bytes += size
+            sql_joined.append(n)
     joined: list[int] = []
     alone: list[int] = []
     for n, command in enumerate(commands):
@@ -167,30 +217,42 @@ async def _writes(
             touched |= shards
             joined.append(n)
     txn_replies: list[TxnReply] = [TxnReply("retry")] * len(commands)
-    entry = ClientBatch(tuple(ops), tuple(commands[n] for n in joined))
-    own = asyncio.gather(*(server.txns.propose(commands[n]) for n in alone))
-    logged, own_replies = await asyncio.gather(_propose(server, entry), own)
+    sql_replies: list[SqlReply] = [SqlReply("retry")] * len(sql)
+    entry = ClientBatch(
+        tuple(ops), tuple(commands[n] for n in joined), tuple(sql[n][1] for n in sql_joined)
+    )
+    logged, own_replies, own_sql_replies = await asyncio.gather(
+        _propose(server, entry),
+        asyncio.gather(*(server.txns.propose(commands[n]) for n in alone)),
+        asyncio.gather(*(log_sql_write(server, *sql[n]) for n in sql_alone)),
+    )
     for n, reply in zip(alone, own_replies, strict=True):
         txn_replies[n] = reply
+    for n, sql_reply in zip(sql_alone, own_sql_replies, strict=True):
+        sql_replies[n] = sql_reply
     if isinstance(logged, KVReply):  # nobody could log it: each part answers the same
         for position in positions:
             replies[position] = logged
         for n in joined:
             txn_replies[n] = TxnReply(logged.status, leader=logged.leader)
-        return replies, txn_replies
+        for n in sql_joined:
+            sql_replies[n] = SqlReply(logged.status, leader=logged.leader)
+        return replies, txn_replies, sql_replies
     if logged is None:
-        return replies, txn_replies
-    done = logged.batch
+        return replies, txn_replies, sql_replies
+    done = iter(logged.batch)
     for position, result in zip(positions, done, strict=False):
         replies[position] = server.write_reply(requests[position].shard, result)
-    for n, result in zip(joined, done[len(positions) :], strict=False):
+    for n, result in zip(sql_joined, done, strict=False):
+        sql_replies[n] = sql_write_reply(server, sql[n][0], result)
+    for n, result in zip(joined, done, strict=False):
         txn_replies[n] = server.txns.reply_of(result)
-    return replies, txn_replies
+    return replies, txn_replies, sql_replies
 
 
 async def _propose(server: ShardServer, entry: ClientBatch) -> GroupResult | KVReply | None:
     """Log ``entry`` (``None``: it is empty); a :class:`KVReply` if nobody could."""
-    if not entry.ops and not entry.txns:
+    if not entry.ops and not entry.txns and not entry.sql:
         return None
     outcome = await through_host(server.host, server.host.propose(encode(entry), REQUEST_TIMEOUT_S))
     if outcome.value is None:

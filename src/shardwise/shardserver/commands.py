@@ -17,7 +17,8 @@ which also holds it to the allow-list of functions (see ``sqlshard.py``); versio
 transactions' :class:`TxnPrepare`, :class:`TxnResolve`, :class:`TxnFence`,
 :class:`TxnExpire` and :class:`TxnCommit` (``txn/state.py``); version 9 a transaction's
 part with SQL (``TxnPart.sql``); version 10 a :class:`ClientBatch` carrying
-transactions' commands (``txns``). Each command
+transactions' commands (``txns``); version 11 one carrying SQL writes (``sql``). Each
+command
 is written with the lowest version that has it (a client operation with only str keys
 and values still as version 1 or 4), so a log
 without SQL writes stays readable by version-1 replicas (a rolling upgrade), and a
@@ -39,7 +40,7 @@ from shardwise.model.sql import SqlStatement
 from shardwise.model.txn import TxnPart, TxnVote
 from shardwise.shardserver.protocol import SchemaVerdict
 
-GROUP_COMMAND_VERSION: Final = 10
+GROUP_COMMAND_VERSION: Final = 11
 """The newest envelope version this code writes and reads (see the module's docstring)."""
 
 INSTALL_CHUNK_BYTES: Final = 256 << 10
@@ -63,10 +64,14 @@ class ClientBatch(msgspec.Struct, frozen=True, array_like=True, tag="op_batch"):
     ops: tuple[ClientOp, ...]
     txns: tuple[TxnPrepare | TxnResolve | TxnCommit, ...] = ()
     """Transactions' commands that reached the leader with the operations, each applied
-    as if it were an entry of its own, after the operations (version 10). Each touches
-    shards that nothing before it in the entry touches: a store applies one entry's
-    changes at most once (its applied index), so one that does not is answered
-    ``ignored`` (a retry goes in another entry), the same on every replica."""
+    as if it were an entry of its own, after the operations and the SQL writes (version
+    10). Each touches shards that nothing before it in the entry touches: a store
+    applies one entry's changes at most once (its applied index), so one that does not
+    is answered ``ignored`` (a retry goes in another entry), the same on every replica."""
+    sql: tuple[SqlWrite, ...] = ()
+    """SQL writes that reached the leader with the operations, each applied as if it
+    were an entry of its own, after the operations (version 11); likewise each on a
+    shard nothing before it in the entry touches, or ``ignored``."""
 
 
 class Reconfigure(msgspec.Struct, frozen=True, array_like=True, tag="reconfigure"):
@@ -256,6 +261,9 @@ TXN_SQL_VERSION: Final = 9
 BATCHED_TXN_VERSION: Final = 10
 """The envelope version from which a :class:`ClientBatch` may carry transactions' commands."""
 
+BATCHED_SQL_VERSION: Final = 11
+"""The envelope version from which a :class:`ClientBatch` may carry SQL writes."""
+
 
 class GroupCommand(msgspec.Struct, frozen=True, array_like=True):
     version: Int64
@@ -335,6 +343,8 @@ def _version_for(command: Command) -> int:
         version = max(version, TXN_SQL_VERSION)
     if isinstance(command, ClientBatch) and command.txns:
         version = max(version, BATCHED_TXN_VERSION)
+    if isinstance(command, ClientBatch) and command.sql:
+        version = max(version, BATCHED_SQL_VERSION)
     return version
 
 
@@ -373,6 +383,8 @@ def decode(data: bytes) -> Command:
 
 def _what(command: Command) -> str:
     name = type(command).__name__
+    if isinstance(command, ClientBatch) and command.sql:
+        return f"{name} with SQL writes"
     if isinstance(command, ClientBatch) and command.txns:
         return f"{name} with transactions' commands"
     if isinstance(command, TxnPrepare | TxnCommit) and any(p.sql for p in command.parts):

@@ -133,6 +133,13 @@ class BatchRequest(msgspec.Struct, frozen=True):
     """Transactions' calls (``txn.commit``, ``txn.prepare``, ``txn.resolve``), each
     answered as if it had come alone; they join the writes' log entry when they touch
     shards nothing else in it touches (at most ``MAX_BATCH_TXNS`` in all)."""
+    sql_reads: tuple[SqlReadRequest, ...] = ()
+    """SQL read fragments (``shard.sql_read``), at the reads' linearizable point; their
+    rows share one reply frame and one read's time (``MAX_BATCH_SQL_READS`` at most)."""
+    sql_writes: tuple[SqlWriteRequest, ...] = ()
+    """SQL write batches (``shard.sql_write``), each through its door as if alone; those
+    on shards nothing before them in the entry touches join the writes' log entry, the
+    others are logged alone (``MAX_BATCH_SQL_WRITES`` at most)."""
 
 
 class BatchReply(msgspec.Struct, frozen=True):
@@ -142,6 +149,9 @@ class BatchReply(msgspec.Struct, frozen=True):
     """One per write, in the request's order."""
     txns: list[TxnReply] = []
     """One per transaction call: the commits, then the prepares, then the resolves."""
+    sql: list[SqlReply] = []
+    """One per SQL call: the reads, then the writes. (Empty from a server older than
+    batched SQL, which drops them unread: the client then sends them alone.)"""
 
 
 # --- SQL -----------------------------------------------------------------------------
@@ -272,6 +282,17 @@ class SqlReply(msgspec.Struct, frozen=True):
     captured: list[list[tuple[Any, ...]]] = []
     """For a visit with ``capture``: each capture's rows ``(sign, rowid, *columns)``."""
 
+
+MAX_BATCH_SQL_READS: Final = 16
+"""SQL reads in one :class:`BatchRequest`: their rows share one reply frame and one
+read's time (a read the sharing stops is answered ``retry``; the client asks alone)."""
+
+MAX_BATCH_SQL_WRITES: Final = 64
+"""SQL writes in one :class:`BatchRequest`."""
+
+MAX_BATCHED_SQL_BYTES: Final = 64 << 10
+"""A SQL call whose request encodes larger than this goes alone (the client's rule): a
+bulk load's chunk gains nothing from company, and would make the entry it shares large."""
 
 MAX_GROUP_READ_SHARDS: Final = 1024
 """Shards one :class:`SqlGroupReadRequest` may name."""

@@ -27,11 +27,8 @@ from typing import Any, Final
 
 from shardwise.controller.client import ControllerClient
 from shardwise.errors import (
-    NondeterministicSqlError,
     ShardLimitError,
     ShardwiseError,
-    SqlError,
-    SqlWriteTooCostlyError,
 )
 from shardwise.model.access import Privilege
 from shardwise.model.config import Configuration, ShardId
@@ -56,7 +53,6 @@ from shardwise.shardserver.commands import (
     ClientOp,
     GroupResult,
     HandOffDone,
-    SqlWrite,
     decode_result,
     encode,
 )
@@ -87,24 +83,17 @@ from shardwise.shardserver.protocol import (
     ReadRequest,
     ScanRequest,
     ShardInfo,
-    SqlFailure,
-    SqlReadRequest,
     SqlReply,
     SqlSchemaReply,
     SqlSchemaRequest,
-    SqlWriteRequest,
     StatusReply,
     StatusRequest,
     WriteRequest,
 )
-from shardwise.shardserver.sql_checks import check_batch, check_params
+from shardwise.shardserver.sql_serving import serve_sql_read, serve_sql_write
 from shardwise.shardserver.sqlshard import (
     MAX_WRITE_SECONDS,
     MAX_WRITE_STEPS,
-    failure_of,
-    result_failure,
-    shipped_of,
-    shipped_refusal,
 )
 from shardwise.shardserver.statemachine import Read, ShardGroupStateMachine, SqlRead
 from shardwise.shardserver.txn.handlers import TxnHandlers
@@ -189,9 +178,9 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         self.transport.serve(READ, self._read)
         self.transport.serve(BATCH, lambda r, c: serve_batch(self, r, c))
         self.transport.serve(SCAN, self._scan)
-        self.transport.serve(SQL_READ, self._sql_read)
+        self.transport.serve(SQL_READ, lambda r, c: serve_sql_read(self, r, c))
         self.transport.serve(SQL_GROUP_READ, lambda r, c: serve_group_read(self, r, c))
-        self.transport.serve(SQL_WRITE, self._sql_write)
+        self.transport.serve(SQL_WRITE, lambda r, c: serve_sql_write(self, r, c))
         self.transport.serve(SQL_SCHEMA, self._sql_schema)
         self.transport.serve(PULL, self._pull)
         self.transport.serve(HANDED_OFF, self._handed_off)
@@ -346,35 +335,6 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
 
     # --- SQL ---------------------------------------------------------------------------
 
-    async def _sql_read(self, request: SqlReadRequest, context: CallContext) -> SqlReply:
-        problem = check_params(request.params) or shipped_refusal(request.shipped)
-        if problem or request.max_rows < 0:
-            return SqlReply("ok", error=problem or f"max_rows {request.max_rows} is negative")
-        shipped = shipped_of(request.shipped)  # (checked: the access check makes them too)
-        read_sql = [(request.sql, request.params)]
-        if denied := self.sql_denied(context, request.shard, read_sql, shipped=shipped):
-            return denied
-        r = request
-        read = self.host.read(
-            lambda sm: sm.sql_read(
-                r.shard,
-                catalog_num=r.catalog_num,
-                schema=r.schema,
-                sql=r.sql,
-                params=r.params,
-                max_rows=r.max_rows,
-                shipped=shipped,
-            ),
-            timeout_s=REQUEST_TIMEOUT_S,
-        )
-        try:
-            outcome = await through_host(self.host, read)
-        except SqlError as exc:
-            return SqlReply("ok", failure=failure_of(exc))
-        if outcome.value is None:
-            return SqlReply(outcome.status, leader=outcome.leader)
-        return self.sql_read_reply(r.shard, outcome.value)
-
     def sql_read_reply(self, shard: ShardId, answer: SqlRead) -> SqlReply:
         """A shard's answer to a read fragment, as its reply."""
         if not answer.serving:
@@ -385,55 +345,6 @@ class ShardServer(ReplicaService[ShardGroupStateMachine]):
         if not answer.schema:  # a schema verdict means the fragment did not run
             self.reads_served[shard] += 1
         return SqlReply("ok", config_num=answer.config_num, schema=answer.schema, rows=answer.rows)
-
-    async def _sql_write(self, request: SqlWriteRequest, context: CallContext) -> SqlReply:
-        problem = check_batch(request.statements)
-        if problem:
-            return SqlReply("ok", error=problem)
-        statements = [(s.sql, s.bindings()) for s in request.statements]
-        if denied := self.sql_denied(context, request.shard, statements, writing=True):
-            return denied
-        r = request
-        # Refused here, on the leader, before the log; checked again as it applies.
-        refused = self.state_machine.refused_sql(r.shard, r.statements)
-        if refused:
-            return SqlReply("ok", failure=SqlFailure(NondeterministicSqlError.code, refused))
-        if self.host.node.leader == self.host.id:  # (a follower only answers not_leader)
-            too_slow = self.state_machine.time_trial(
-                r.shard, r.statements, self.sql_write_max_seconds
-            )
-            if too_slow:
-                limit_ms = round(self.sql_write_max_seconds * 1000)
-                slow = SqlFailure(SqlWriteTooCostlyError.code, too_slow, "max_write_ms", limit_ms)
-                return SqlReply("ok", failure=slow)
-        steps = self.sql_write_max_steps
-        command = encode(
-            SqlWrite(r.shard, r.client_id, r.seq, r.catalog_num, r.schema, r.statements, steps)
-        )
-        outcome = await through_host(self.host, self.host.propose(command, REQUEST_TIMEOUT_S))
-        if outcome.value is None:
-            return SqlReply(outcome.status, leader=outcome.leader)
-        result = decode_result(outcome.value)
-        if result.outcome == "failed":
-            return SqlReply("ok", config_num=result.config_num, error=result.error)
-        if result.outcome != "ok":
-            return SqlReply("wrong_group", config_num=result.config_num)
-        sql = result.sql
-        if sql is None:  # the shard had applied this index before: cannot happen live
-            return SqlReply("retry", leader=self.host.status().leader)
-        if sql.locked:
-            return SqlReply("locked", config_num=result.config_num, locked_by=txn_tag(sql.locked))
-        failure = result_failure(sql)
-        if failure is None and not sql.schema and not sql.stale:
-            self.writes_served[r.shard] += 1
-        return SqlReply(
-            "ok",
-            config_num=result.config_num,
-            schema=sql.schema,
-            failure=failure,
-            rowcount=sql.rowcount,
-            stale=sql.stale,
-        )
 
     async def _sql_schema(self, request: SqlSchemaRequest, context: CallContext) -> SqlSchemaReply:
         keyspace = request.keyspace

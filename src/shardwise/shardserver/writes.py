@@ -100,6 +100,12 @@ class WriteApplier:
                 results[position] = GroupResult("ok", num, None if applied is None else applied[n])
         done = [r for r in results if r is not None]
         touched = set(by_shard)
+        for sql in cmd.sql:  # (see ``ClientBatch.sql``)
+            if sql.shard in touched:
+                done.append(GroupResult("ignored", num))
+                continue
+            touched.add(sql.shard)
+            done.append(self.sql_write(index, sql))
         for txn in cmd.txns:  # (see ``ClientBatch.txns``)
             shards = shards_of(txn)
             if touched & shards:
