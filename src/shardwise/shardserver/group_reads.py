@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from shardwise.errors import SqlError, SqlLimitError
 from shardwise.model.config import ShardId
 from shardwise.net.rpc import CallContext
 from shardwise.service import REQUEST_TIMEOUT_S, through_host
@@ -30,11 +29,10 @@ from shardwise.shardserver.protocol import (
     SqlReply,
 )
 from shardwise.shardserver.sql_checks import check_params
+from shardwise.shardserver.sql_serving import bounded_read
 from shardwise.shardserver.sqlshard import (
     MAX_SQL_READ_S,
     MAX_SQL_REPLY_BYTES,
-    failure_of,
-    rows_bytes,
     shipped_of,
     shipped_refusal,
 )
@@ -42,9 +40,6 @@ from shardwise.shardserver.sqlshard import (
 if TYPE_CHECKING:
     from shardwise.shardserver.server import ShardServer
     from shardwise.shardserver.statemachine import ShardGroupStateMachine
-
-_SHARED_LIMITS = ("max_reply_bytes", "max_read_seconds")
-"""A shard's limit errors that may come of sharing the frame and the time."""
 
 
 async def serve_group_read(
@@ -77,29 +72,9 @@ async def serve_group_read(
             if left <= 0 or room <= 0:
                 replies.append(SqlReply("retry"))
                 continue
-            try:
-                answer = sm.sql_read(
-                    shard,
-                    catalog_num=r.catalog_num,
-                    schema=r.schema,
-                    sql=r.sql,
-                    params=r.params,
-                    max_rows=r.max_rows,
-                    shipped=shipped,
-                    bounds=(room, left),
-                )
-            except SqlLimitError as exc:
-                shared = room < MAX_SQL_REPLY_BYTES or left < MAX_SQL_READ_S
-                if exc.limit in _SHARED_LIMITS and shared:
-                    replies.append(SqlReply("retry"))  # (alone it has a frame and a time)
-                else:
-                    replies.append(SqlReply("ok", failure=failure_of(exc)))
-                continue
-            except SqlError as exc:
-                replies.append(SqlReply("ok", failure=failure_of(exc)))
-                continue
-            room -= rows_bytes(answer.rows)
-            replies.append(server.sql_read_reply(shard, answer))
+            reply, size = bounded_read(server, sm, shard, r, shipped=shipped, bounds=(room, left))
+            room -= size
+            replies.append(reply)
         return replies
 
     read = server.host.read(run, timeout_s=REQUEST_TIMEOUT_S)

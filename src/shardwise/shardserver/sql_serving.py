@@ -25,12 +25,14 @@ from shardwise.errors import (
     SqlLimitError,
     SqlWriteTooCostlyError,
 )
+from shardwise.model.config import ShardId
 from shardwise.model.txn import txn_tag
 from shardwise.net.rpc import CallContext
 from shardwise.service import REQUEST_TIMEOUT_S, through_host
 from shardwise.shardserver.commands import GroupResult, SqlWrite, decode_result, encode
 from shardwise.shardserver.protocol import (
     SqlFailure,
+    SqlGroupReadRequest,
     SqlReadRequest,
     SqlReply,
     SqlWriteRequest,
@@ -90,28 +92,16 @@ async def serve_sql_reads(
                 replies.append(SqlReply("retry"))
                 continue
             r = read.request
-            try:
-                answer = sm.sql_read(
-                    r.shard,
-                    catalog_num=r.catalog_num,
-                    schema=r.schema,
-                    sql=r.sql,
-                    params=r.params,
-                    max_rows=r.max_rows,
-                    shipped=read.shipped,
-                    bounds=(room, left) if shared else None,
-                )
-            except SqlLimitError as exc:
-                if shared and exc.limit in _SHARED_LIMITS:
-                    replies.append(SqlReply("retry"))  # (alone it has a frame and a time)
-                else:
-                    replies.append(SqlReply("ok", failure=failure_of(exc)))
-                continue
-            except SqlError as exc:
-                replies.append(SqlReply("ok", failure=failure_of(exc)))
-                continue
-            room -= rows_bytes(answer.rows)
-            replies.append(server.sql_read_reply(r.shard, answer))
+            reply, size = bounded_read(
+                server,
+                sm,
+                r.shard,
+                r,
+                shipped=read.shipped,
+                bounds=(room, left) if shared else None,
+            )
+            room -= size
+            replies.append(reply)
         return replies
 
     outcome = await through_host(server.host, server.host.read(run, timeout_s=REQUEST_TIMEOUT_S))
@@ -121,6 +111,39 @@ async def serve_sql_reads(
         else [SqlReply(outcome.status, leader=outcome.leader)] * len(admitted)
     )
     return [d if isinstance(d, SqlReply) else next(answers) for d in doors]
+
+
+def bounded_read(
+    server: ShardServer,
+    sm: ShardGroupStateMachine,
+    shard: ShardId,
+    r: SqlReadRequest | SqlGroupReadRequest,
+    *,
+    shipped: Sequence[ShippedTable],
+    bounds: tuple[int, float] | None,
+) -> tuple[SqlReply, int]:
+    """``r``'s fragment on ``shard`` as its reply, and the bytes its rows took.
+    ``bounds``: the reply bytes and seconds left to it when it shares them with other
+    reads (then a read that passes either is answered ``retry``: alone it has a whole
+    frame and a whole read's time); None: a lone read's."""
+    try:
+        answer = sm.sql_read(
+            shard,
+            catalog_num=r.catalog_num,
+            schema=r.schema,
+            sql=r.sql,
+            params=r.params,
+            max_rows=r.max_rows,
+            shipped=shipped,
+            bounds=bounds,
+        )
+    except SqlLimitError as exc:
+        if bounds is not None and exc.limit in _SHARED_LIMITS:
+            return SqlReply("retry"), 0
+        return SqlReply("ok", failure=failure_of(exc)), 0
+    except SqlError as exc:
+        return SqlReply("ok", failure=failure_of(exc)), 0
+    return server.sql_read_reply(shard, answer), rows_bytes(answer.rows)
 
 
 def _read_door(
