@@ -184,6 +184,8 @@ async def _writes(
 ) -> tuple[list[KVReply], list[TxnReply], list[SqlReply]]:
     """The writes within the limits, and the SQL writes and transactions' commands that
     touch shards of their own, as one log entry; the others as entries of their own."""
+    if not requests and not commands and not sql:
+        return [], [], []  # (a batch of reads only: nothing to build or log)
     replies: list[KVReply] = [KVReply("retry")] * len(requests)
     ops: list[ClientOp] = []
     positions: list[int] = []
